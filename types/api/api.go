@@ -1,0 +1,114 @@
+// Package api defines the JSON documents of the daemon's local HTTP API (a unix
+// socket, root only). The daemon serves them; the CLI, the test bed and any
+// script reading `weavewg status --json` consume them.
+//
+// Compatibility rule: fields are only ever added. A consumer ignores fields it
+// does not know.
+package api
+
+import "time"
+
+// DefaultSocket is where the daemon listens and the CLI looks when neither
+// --api-socket nor WEAVEWG_API_SOCKET says otherwise.
+const DefaultSocket = "/run/weavewg/weavewg.sock"
+
+// EnvSocket names the environment variable that overrides DefaultSocket.
+const EnvSocket = "WEAVEWG_API_SOCKET"
+
+// Paths served on the socket.
+const (
+	PathStatus  = "/v1/status"  // GET → Status
+	PathConnect = "/v1/connect" // POST ConnectRequest
+	PathForget  = "/v1/forget"  // POST ConnectRequest
+	PathAttach  = "/v1/attach"  // POST AttachRequest → Attachment
+	PathDetach  = "/v1/detach"  // POST DetachRequest
+	PathMetrics = "/metrics"    // Prometheus text format
+)
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Status is everything `weavewg status` shows.
+type Status struct {
+	Version    string            `json:"version"`
+	Name       string            `json:"name"`     // peer name, derived from the public key
+	Nickname   string            `json:"nickname"` // --name, default the hostname
+	PublicKey  string            `json:"public_key"`
+	Encryption string            `json:"encryption"`
+	Port       int               `json:"port"`
+	HostIP     string            `json:"host_ip"` // CIDR on the bridge, e.g. 10.32.0.1/12
+	Range      string            `json:"range"`   // the overlay prefix
+	Interface  string            `json:"interface"`
+	Bridge     string            `json:"bridge"`
+	MTU        int               `json:"mtu"`
+	Peers      []Peer            `json:"peers"`       // every peer known by gossip, self first
+	Conns      []Connection      `json:"connections"` // one per control target or peer
+	Attached   []Attachment      `json:"attachments"`
+	Counters   map[string]uint64 `json:"counters"` // drops and events, by name
+}
+
+// Peer is one peer as gossip describes it.
+type Peer struct {
+	Name      string   `json:"name"`
+	Nickname  string   `json:"nickname"`
+	PublicKey string   `json:"public_key"`
+	HostIP    string   `json:"host_ip,omitempty"`
+	Reachable bool     `json:"reachable"`      // a path of confirmed edges leads there
+	Self      bool     `json:"self,omitempty"` // this daemon
+	Addresses []string `json:"addresses"`      // overlay prefixes routed to it
+	Neighbors []string `json:"neighbors"`      // names of peers it has established connections to
+}
+
+// Connection states.
+const (
+	StateConnecting  = "connecting"
+	StateEstablished = "established"
+	StateFailed      = "failed"
+)
+
+// Connection is how this daemon reaches one peer or one configured address.
+type Connection struct {
+	Address  string `json:"address"`            // HOST:PORT of the control connection
+	Peer     string `json:"peer,omitempty"`     // peer name, once known
+	Nickname string `json:"nickname,omitempty"` // its nickname
+	Outbound bool   `json:"outbound"`           // we dialled it
+	State    string `json:"state"`              // connecting, established, failed
+	Error    string `json:"error,omitempty"`    // why the last attempt failed
+	Direct   bool   `json:"direct"`             // data flows straight to the endpoint
+	Endpoint string `json:"endpoint,omitempty"` // WireGuard UDP endpoint in use
+	// LastHandshake is the last completed WireGuard handshake; nil if none.
+	LastHandshake *time.Time `json:"last_handshake,omitempty"`
+	RxBytes       uint64     `json:"rx_bytes"`
+	TxBytes       uint64     `json:"tx_bytes"`
+}
+
+// ConnectRequest names a peer address for connect and forget.
+type ConnectRequest struct {
+	Address string `json:"address"` // HOST or HOST:PORT
+}
+
+// AttachRequest asks the daemon to give a network namespace an overlay interface.
+type AttachRequest struct {
+	// Netns is a network namespace path (/var/run/netns/NAME, /proc/PID/ns/net).
+	// The CLI turns a PID into its path before sending.
+	Netns string `json:"netns"`
+	IP    string `json:"ip"`             // CIDR, e.g. 10.32.1.5/12; required until IPAM exists
+	Name  string `json:"name,omitempty"` // container name, for status and later DNS
+}
+
+// Attachment is one attached namespace.
+type Attachment struct {
+	Netns     string `json:"netns"`
+	IP        string `json:"ip"`
+	Name      string `json:"name,omitempty"`
+	Interface string `json:"interface"` // inside the namespace, ethwe0
+	HostVeth  string `json:"host_veth"` // the end on the bridge
+	MTU       int    `json:"mtu"`
+}
+
+// DetachRequest names the namespace to detach.
+type DetachRequest struct {
+	Netns string `json:"netns"`
+}
