@@ -1,0 +1,139 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weavewg/weavewg/types/api"
+)
+
+func connectCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "connect",
+		Usage:     "add a peer address to the running daemon; it is dialled until it answers",
+		ArgsUsage: "HOST[:PORT]",
+		Flags:     []cli.Flag{apiSocketFlag()},
+		Action: func(c *cli.Context) error {
+			addr, err := oneArg(c, "HOST[:PORT]")
+			if err != nil {
+				return err
+			}
+			return newClient(c).do("POST", api.PathConnect, api.ConnectRequest{Address: addr}, nil)
+		},
+	}
+}
+
+func forgetCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "forget",
+		Usage:     "stop connecting to a peer address given to launch or connect",
+		ArgsUsage: "HOST[:PORT]",
+		Flags:     []cli.Flag{apiSocketFlag()},
+		Action: func(c *cli.Context) error {
+			addr, err := oneArg(c, "HOST[:PORT]")
+			if err != nil {
+				return err
+			}
+			return newClient(c).do("POST", api.PathForget, api.ConnectRequest{Address: addr}, nil)
+		},
+	}
+}
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "attach",
+		Usage:     "give a network namespace an interface (ethwe0) on the overlay",
+		ArgsUsage: "NETNS_PATH|NETNS_NAME|PID",
+		Description: `The target is a network namespace path (/var/run/netns/NAME, /proc/PID/ns/net),
+the name of a namespace made with 'ip netns add', or the PID of a process in it.
+It gets ethwe0 with --ip and the tunnel MTU, its host end on the weavewg bridge.`,
+		Flags: []cli.Flag{
+			apiSocketFlag(),
+			&cli.StringFlag{Name: "ip", Usage: "address with the overlay prefix length, e.g. 10.32.1.5/12 (required until automatic allocation)"},
+			&cli.StringFlag{Name: "name", Usage: "a name for the attachment"},
+			&cli.BoolFlag{Name: "json", Usage: "print the attachment as JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			target, err := oneArg(c, "NETNS_PATH|NETNS_NAME|PID")
+			if err != nil {
+				return err
+			}
+			ns, err := netnsPath(target)
+			if err != nil {
+				return err
+			}
+			var a api.Attachment
+			if err := newClient(c).do("POST", api.PathAttach, api.AttachRequest{Netns: ns, IP: c.String("ip"), Name: c.String("name")}, &a); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(a)
+			}
+			fmt.Println(a.IP)
+			return nil
+		},
+	}
+}
+
+func detachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "detach",
+		Usage:     "remove a namespace's overlay interface",
+		ArgsUsage: "NETNS_PATH|NETNS_NAME|PID",
+		Flags:     []cli.Flag{apiSocketFlag()},
+		Action: func(c *cli.Context) error {
+			target, err := oneArg(c, "NETNS_PATH|NETNS_NAME|PID")
+			if err != nil {
+				return err
+			}
+			ns, err := netnsPath(target)
+			if err != nil {
+				return err
+			}
+			return newClient(c).do("POST", api.PathDetach, api.DetachRequest{Netns: ns}, nil)
+		},
+	}
+}
+
+func oneArg(c *cli.Context, what string) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s needs exactly one argument: %s", c.Command.Name, what)
+	}
+	return c.Args().First(), nil
+}
+
+// netnsPath turns what a user names a namespace by into a path the daemon can
+// open. A PID's namespace is named by its /proc path; if the process exits the
+// attachment goes with it.
+func netnsPath(target string) (string, error) {
+	if pid, err := strconv.Atoi(target); err == nil {
+		if pid <= 0 {
+			return "", fmt.Errorf("%q is not a process ID", target)
+		}
+		p := fmt.Sprintf("/proc/%d/ns/net", pid)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("no process %d", pid)
+		}
+		return p, nil
+	}
+	if filepath.IsAbs(target) {
+		return target, nil
+	}
+	p := filepath.Join("/var/run/netns", target)
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	abs, err := filepath.Abs(target)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", errors.New("no network namespace " + target + " (want a path, an 'ip netns' name or a PID)")
+	}
+	return abs, nil
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weavewg/weavewg/daemon"
+)
+
+func launchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "launch",
+		Usage:     "run the weavewg router on this host (in the foreground)",
+		ArgsUsage: "[PEER_HOST[:PORT] ...]",
+		Description: `Runs the daemon until SIGINT or SIGTERM: a TUN device driven by wireguard-go,
+a bridge for containers, the control plane on TCP --port and WireGuard on UDP
+--port. PEER arguments are hosts already running weavewg; they are dialled
+with backoff until they answer, and the rest of the mesh is learned from them.
+Every host of a network needs the same --password.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Usage: "nickname shown beside this peer's name (default: the hostname)"},
+			&cli.UintFlag{Name: "port", Value: daemon.DefaultPort, Usage: "TCP (control) and UDP (WireGuard) port"},
+			&cli.StringFlag{Name: "password", EnvVars: []string{"WEAVEWG_PASSWORD"}, Usage: "network password; every host of the network needs the same one"},
+			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "where the identity key and attachments are kept"},
+			apiSocketFlag(),
+			&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "name of the TUN device"},
+			&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "name of the bridge containers are attached to"},
+			&cli.IntFlag{Name: "mtu", Value: daemon.DefaultMTU, Usage: "tunnel MTU, also given to every container interface"},
+			&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
+			&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: runLaunch,
+	}
+}
+
+func runLaunch(c *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	port := c.Uint("port")
+	if port == 0 || port > 65535 {
+		return fmt.Errorf("--port %d: want 1-65535", port)
+	}
+	rng, err := netip.ParsePrefix(c.String("ipalloc-range"))
+	if err != nil {
+		return fmt.Errorf("--ipalloc-range: %w", err)
+	}
+	var hostIP netip.Prefix
+	if s := c.String("host-ip"); s != "" {
+		if hostIP, err = netip.ParsePrefix(s); err != nil {
+			return fmt.Errorf("--host-ip %q: want an address with prefix length, e.g. 10.32.0.1/12", s)
+		}
+	}
+	nick := c.String("name")
+	if nick == "" {
+		nick, _ = os.Hostname()
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("launch needs root (it creates a TUN device, a bridge and routes)")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return daemon.Run(ctx, daemon.Config{
+		Nickname:  nick,
+		Port:      uint16(port),
+		Password:  c.String("password"),
+		StateDir:  c.String("state-dir"),
+		APISocket: c.String("api-socket"),
+		Iface:     c.String("iface"),
+		Bridge:    c.String("bridge"),
+		MTU:       c.Int("mtu"),
+		HostIP:    hostIP,
+		Range:     rng,
+		Peers:     c.Args().Slice(),
+		Logger:    logger,
+		Version:   versionString(),
+	})
+}

@@ -1,0 +1,62 @@
+// Command weavewg runs and controls a weavewg router: `weavewg launch` is the
+// daemon; every other subcommand is a thin client of its local API.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = ""
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func main() {
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "weavewg:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "weavewg",
+		Usage: "one flat, encrypted network for containers on many hosts",
+		Description: `weavewg connects hosts into an overlay network over WireGuard. Run
+'weavewg launch' on the first host and 'weavewg launch FIRST_HOST' on the others
+(with the same --password); attach network namespaces to give them an address on
+the overlay. Every command but launch talks to the local daemon through its API
+socket (--api-socket or WEAVEWG_API_SOCKET).`,
+		Version:              versionString(),
+		EnableBashCompletion: true,
+		HideVersion:          true,
+		Commands: []*cli.Command{
+			launchCommand(),
+			connectCommand(),
+			forgetCommand(),
+			attachCommand(),
+			detachCommand(),
+			statusCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version of this binary",
+				Action: func(c *cli.Context) error {
+					fmt.Println("weavewg", versionString())
+					return nil
+				},
+			},
+		},
+	}
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/weavewg/weavewg/types/api"
+)
+
+func statusCommand() *cli.Command {
+	jsonFlag := &cli.BoolFlag{Name: "json", Usage: "print the daemon's status document as JSON"}
+	sub := func(name, usage string, show func(io.Writer, api.Status)) *cli.Command {
+		return &cli.Command{
+			Name:  name,
+			Usage: usage,
+			Flags: []cli.Flag{apiSocketFlag(), jsonFlag},
+			Action: func(c *cli.Context) error {
+				return runStatus(c, show)
+			},
+		}
+	}
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show this peer, its peers and its connections",
+		Flags: []cli.Flag{apiSocketFlag(), jsonFlag},
+		Subcommands: []*cli.Command{
+			sub("peers", "list every peer and whom it is connected to", showPeers),
+			sub("connections", "list connections: state, direct or not, endpoint, last handshake, bytes", showConnections),
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("unknown status view %q (want peers or connections)", c.Args().First())
+			}
+			return runStatus(c, showSummary)
+		},
+	}
+}
+
+func runStatus(c *cli.Context, show func(io.Writer, api.Status)) error {
+	var st api.Status
+	if err := newClient(c).do("GET", api.PathStatus, nil, &st); err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(st)
+	}
+	show(os.Stdout, st)
+	return nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func showSummary(w io.Writer, st api.Status) {
+	var reachable int
+	for _, p := range st.Peers {
+		if !p.Self && p.Reachable {
+			reachable++
+		}
+	}
+	states := map[string]int{}
+	for _, c := range st.Conns {
+		states[c.State]++
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t %s\t\n", k, v) }
+	row("Version", st.Version)
+	row("Name", fmt.Sprintf("%s(%s)", st.Name, st.Nickname))
+	row("Encryption", st.Encryption)
+	row("Port", fmt.Sprintf("%d (TCP control, UDP WireGuard)", st.Port))
+	row("Host IP", fmt.Sprintf("%s on bridge %s", st.HostIP, st.Bridge))
+	row("Range", st.Range)
+	row("Interface", fmt.Sprintf("%s (MTU %d)", st.Interface, st.MTU))
+	row("Peers", fmt.Sprintf("%d (%d reachable)", len(st.Peers)-1, reachable))
+	row("Connections", fmt.Sprintf("%d (%d established, %d connecting, %d failed)",
+		len(st.Conns), states[api.StateEstablished], states[api.StateConnecting], states[api.StateFailed]))
+	row("Attachments", fmt.Sprint(len(st.Attached)))
+	tw.Flush()
+}
+
+func showPeers(w io.Writer, st api.Status) {
+	nick := map[string]string{}
+	for _, p := range st.Peers {
+		nick[p.Name] = p.Nickname
+	}
+	for _, p := range st.Peers {
+		mark := ""
+		switch {
+		case p.Self:
+			mark = "  (this peer)"
+		case !p.Reachable:
+			mark = "  unreachable!"
+		}
+		fmt.Fprintf(w, "%s(%s)  %s%s\n", p.Name, p.Nickname, p.HostIP, mark)
+		ns := append([]string(nil), p.Neighbors...)
+		sort.Strings(ns)
+		for _, n := range ns {
+			fmt.Fprintf(w, "   <-> %s(%s)\n", n, nick[n])
+		}
+	}
+}
+
+func showConnections(w io.Writer, st api.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range st.Conns {
+		dir := "<-"
+		if c.Outbound {
+			dir = "->"
+		}
+		peer := "-"
+		if c.Peer != "" {
+			peer = fmt.Sprintf("%s(%s)", c.Peer, c.Nickname)
+		}
+		path := ""
+		if c.Endpoint != "" {
+			path = "relayed"
+			if c.Direct {
+				path = "direct"
+			}
+		}
+		detail := c.Error
+		if detail == "" && c.Endpoint != "" {
+			detail = fmt.Sprintf("endpoint %s, handshake %s, rx %s, tx %s",
+				c.Endpoint, ago(c.LastHandshake), bytesHuman(c.RxBytes), bytesHuman(c.TxBytes))
+		}
+		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\n", dir, orDash(c.Address), c.State, orDash(path), peer, detail)
+	}
+	tw.Flush()
+}
+
+func ago(t *time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return time.Since(*t).Truncate(time.Second).String() + " ago"
+}
+
+func bytesHuman(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,227 @@
+// Package daemon wires one host's weavewg together: identity and state dir,
+// the control plane (discovery), the data plane (tunnel), the local API on a
+// unix socket, and metrics. It owns lifecycle: start, reconcile, stop.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// reconcileInterval bounds how stale the data plane can be if a change
+// notification is missed; normally Changes() drives reconciliation at once.
+const reconcileInterval = 5 * time.Second
+
+// Daemon is one running weavewg router.
+type Daemon struct {
+	// Constant after New.
+	cfg    Config
+	log    *slog.Logger
+	priv   key.Private
+	pub    key.Public
+	secret key.Secret
+	hostIP netip.Prefix
+	router *discovery.Router
+	tun    *tunnel.Tunnel
+
+	// Guarded by mu. attach serialises attach/detach and the state file.
+	mu          sync.Mutex
+	attachments []attachmentRecord
+
+	// Owned by the reconcile loop.
+	hostIPConflict map[key.Public]bool
+
+	kick chan struct{} // capacity 1: ask the reconcile loop to run now
+}
+
+// Run starts the daemon and blocks until ctx is cancelled or a fatal error
+// occurs. On return everything it created in the host is removed, except the
+// attached namespaces' veths, which the next start re-adopts.
+func Run(ctx context.Context, cfg Config) error {
+	d, err := start(cfg)
+	if err != nil {
+		return err
+	}
+	return d.run(ctx)
+}
+
+func start(cfg Config) (_ *Daemon, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), hostIPConflict: map[key.Public]bool{}}
+	var created bool
+	d.priv, created, err = loadOrCreateKey(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d.pub = d.priv.Public()
+	if created {
+		d.log.Info("created a new identity", "name", d.pub.Name(), "state_dir", cfg.StateDir)
+	}
+	if cfg.Password == "" {
+		d.log.Warn("no --password given: any host that can reach this port can join the network and read its traffic")
+	}
+	d.secret = key.SecretFromPassword(cfg.Password)
+	d.hostIP = cfg.HostIP
+	if !d.hostIP.IsValid() {
+		d.hostIP = derivedHostIP(cfg.Range, d.pub)
+	}
+	d.attachments, err = loadAttachments(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+
+	// Undo in reverse order whatever succeeded if a later step fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for _, f := range slices.Backward(undo) {
+				f()
+			}
+		}
+	}()
+
+	d.tun, err = tunnel.New(tunnel.Config{
+		Private: d.priv,
+		Secret:  d.secret,
+		Port:    cfg.Port,
+		Iface:   cfg.Iface,
+		Bridge:  cfg.Bridge,
+		MTU:     cfg.MTU,
+		HostIP:  d.hostIP,
+		Logger:  d.log.With("part", "tunnel"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("data plane: %w", err)
+	}
+	undo = append(undo, func() { d.tun.Close() })
+
+	d.router, err = discovery.New(discovery.Config{
+		Private:  d.priv,
+		Secret:   d.secret,
+		Nickname: cfg.Nickname,
+		Port:     cfg.Port,
+		HostIP:   d.hostIP.Addr(),
+		Logger:   d.log.With("part", "discovery"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	if err := d.router.Start(); err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	undo = append(undo, func() { d.router.Close() })
+
+	d.adoptAttachments()
+	for _, p := range cfg.Peers {
+		if err := d.router.Connect(p); err != nil {
+			return nil, fmt.Errorf("peer %q: %w", p, err)
+		}
+	}
+	return d, nil
+}
+
+func (d *Daemon) run(ctx context.Context) error {
+	srv, err := d.serveAPI()
+	if err != nil {
+		d.router.Close()
+		d.tun.Close()
+		return err
+	}
+	d.log.Info("weavewg is running",
+		"name", d.pub.Name(), "nickname", d.cfg.Nickname, "port", d.cfg.Port,
+		"host_ip", d.hostIP.String(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
+		"api_socket", d.cfg.APISocket)
+
+	var wg sync.WaitGroup
+	loopCtx, stopLoop := context.WithCancel(ctx)
+	wg.Go(func() { d.reconcileLoop(loopCtx) })
+
+	<-ctx.Done()
+	d.log.Info("stopping")
+	stopLoop()
+	wg.Wait()
+	var errs []error
+	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	errs = append(errs, srv.Shutdown(shutCtx))
+	errs = append(errs, d.router.Close())
+	errs = append(errs, d.tun.Close())
+	if err := errors.Join(errs...); err != nil {
+		d.log.Error("unclean stop", "err", err)
+		return err
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+// reconcileLoop makes the data plane follow the control plane.
+func (d *Daemon) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(reconcileInterval)
+	defer t.Stop()
+	for {
+		d.reconcile()
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.router.Changes():
+		case <-d.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile sets WireGuard peers and routes from the peers gossip knows: every
+// reachable peer, allowed exactly its host address and attached prefixes.
+func (d *Daemon) reconcile() {
+	var want []tunnel.PeerConfig
+	conflicts := map[key.Public]bool{}
+	for _, p := range d.router.Peers() {
+		if p.Self || !p.Reachable {
+			continue
+		}
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint}
+		if p.HostIP.IsValid() {
+			if p.HostIP == d.hostIP.Addr() {
+				// Routing our own address into the tunnel would cut this host
+				// off; refuse it and say so once.
+				conflicts[p.Key] = true
+				if !d.hostIPConflict[p.Key] {
+					d.log.Error("peer uses this host's overlay address; give one of them a different --host-ip",
+						"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String())
+				}
+			} else {
+				pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(p.HostIP, 32))
+			}
+		}
+		for _, a := range p.Attached {
+			if a.Contains(d.hostIP.Addr()) {
+				continue
+			}
+			pc.AllowedIPs = append(pc.AllowedIPs, a)
+		}
+		want = append(want, pc)
+	}
+	d.hostIPConflict = conflicts
+	if err := d.tun.SetPeers(want); err != nil {
+		d.log.Error("configuring WireGuard peers", "err", err)
+	}
+}
+
+func (d *Daemon) nudge() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}

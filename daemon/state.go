@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// The state directory holds what must survive a restart or a crash:
+//
+//	key               the peer's private key, base64, mode 0600
+//	attachments.json  the namespaces attached here, so a restart re-adopts them
+//
+// Every file is written whole to a temporary name, synced and renamed, so a
+// crash at any point leaves either the old or the new version, never a torn one.
+const (
+	keyFile         = "key"
+	attachmentsFile = "attachments.json"
+)
+
+// loadOrCreateKey returns the identity kept in dir, creating it on first use.
+func loadOrCreateKey(dir string) (priv key.Private, created bool, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return key.Private{}, false, fmt.Errorf("state dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, keyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		priv, err := key.ParsePrivate(strings.TrimSpace(string(b)))
+		if err != nil {
+			return key.Private{}, false, fmt.Errorf("identity key %s is corrupt (%v); move it away to start as a new peer", path, err)
+		}
+		return priv, false, nil
+	case errors.Is(err, os.ErrNotExist):
+		priv, err := key.NewPrivate()
+		if err != nil {
+			return key.Private{}, false, err
+		}
+		if err := writeFileAtomic(path, []byte(priv.String()+"\n"), 0o600); err != nil {
+			return key.Private{}, false, fmt.Errorf("saving identity key: %w", err)
+		}
+		return priv, true, nil
+	default:
+		return key.Private{}, false, fmt.Errorf("reading identity key: %w", err)
+	}
+}
+
+// attachmentRecord is one attachment as persisted.
+type attachmentRecord struct {
+	Netns    string `json:"netns"`
+	IP       string `json:"ip"`
+	Name     string `json:"name,omitempty"`
+	IfName   string `json:"ifname"`
+	HostVeth string `json:"host_veth"`
+	MTU      int    `json:"mtu"`
+}
+
+func loadAttachments(dir string) ([]attachmentRecord, error) {
+	b, err := os.ReadFile(filepath.Join(dir, attachmentsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var recs []attachmentRecord
+	if err := json.Unmarshal(b, &recs); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", attachmentsFile, err)
+	}
+	return recs, nil
+}
+
+func saveAttachments(dir string, recs []attachmentRecord) error {
+	if recs == nil {
+		recs = []attachmentRecord{}
+	}
+	b, err := json.MarshalIndent(recs, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, attachmentsFile), append(b, '\n'), 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
