@@ -1,0 +1,123 @@
+package testbed
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Container is a network namespace attached to a host with `weavewg attach`.
+type Container struct {
+	bed   *Bed
+	Host  *Host
+	Index int    // M: address 10.32.N.M
+	Name  string // hNcM
+	Netns string
+	IP    string // CIDR given to attach, 10.32.N.M/12
+	Addr  string // the address alone
+}
+
+// AddContainer makes the next container of h and attaches it with
+// `weavewg attach --ip 10.32.N.M/12 --name hNcM /var/run/netns/...`, run in
+// the host's namespace.
+func (h *Host) AddContainer() *Container {
+	b := h.bed
+	b.tb.Helper()
+	b.mu.Lock()
+	m := 1
+	for _, c := range b.ctrs {
+		if c.Host == h {
+			m++
+		}
+	}
+	c := &Container{
+		bed:   b,
+		Host:  h,
+		Index: m,
+		Name:  fmt.Sprintf("h%dc%d", h.Index, m),
+		Netns: fmt.Sprintf("%sh%dc%d", b.Prefix, h.Index, m),
+		Addr:  fmt.Sprintf("10.32.%d.%d", h.Index, m),
+	}
+	c.IP = c.Addr + "/12"
+	b.ctrs = append(b.ctrs, c)
+	b.mu.Unlock()
+	b.addNetns(c.Netns)
+	c.Attach()
+	return c
+}
+
+// AddContainers makes n containers on every host in hs.
+func (b *Bed) AddContainers(n int, hs ...*Host) []*Container {
+	b.tb.Helper()
+	if len(hs) == 0 {
+		hs = b.Hosts()
+	}
+	var cs []*Container
+	for _, h := range hs {
+		for i := 0; i < n; i++ {
+			cs = append(cs, h.AddContainer())
+		}
+	}
+	return cs
+}
+
+// Attach runs `weavewg attach` for c again (e.g. after a detach).
+func (c *Container) Attach() {
+	c.bed.tb.Helper()
+	out := c.Host.CLI("attach", "--ip", c.IP, "--name", c.Name, NetnsPath(c.Netns))
+	c.bed.logf("testbed: %s: attached %s %s: %s", c.Host, c.Name, c.IP, strings.TrimSpace(out))
+}
+
+// Detach runs `weavewg detach` for c.
+func (c *Container) Detach() {
+	c.bed.tb.Helper()
+	c.Host.CLI("detach", NetnsPath(c.Netns))
+}
+
+func (c *Container) String() string { return c.Name }
+
+// Exec runs a command in the container's namespace and returns its combined output.
+func (c *Container) Exec(name string, args ...string) (string, error) {
+	return run("ip", append([]string{"netns", "exec", c.Netns, name}, args...)...)
+}
+
+// Ping sends one echo request to addr and waits up to a second for the reply.
+func (c *Container) Ping(addr string) error {
+	_, err := c.Exec("ping", "-c", "1", "-W", "1", "-n", "-q", addr)
+	return err
+}
+
+// PingEventually retries Ping until it succeeds or timeout passes.
+func (c *Container) PingEventually(addr string, timeout time.Duration) error {
+	return Poll(c.bed.tb, timeout, fmt.Sprintf("ping %s → %s", c, addr), func() error { return c.Ping(addr) })
+}
+
+// PingResult is one cell of a ping matrix.
+type PingResult struct {
+	From, To *Container
+	Err      error
+	Took     time.Duration // until the first reply, retries included
+}
+
+// PingMatrix pings every container in cs from every other one, retrying each
+// pair until it answers or per passes, and returns the results row by row.
+func PingMatrix(cs []*Container, per time.Duration) []PingResult {
+	var rs []PingResult
+	for _, from := range cs {
+		for _, to := range cs {
+			if from == to {
+				continue
+			}
+			start := time.Now()
+			var err error
+			for {
+				if err = from.Ping(to.Addr); err == nil || time.Since(start) > per {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			rs = append(rs, PingResult{From: from, To: to, Err: err, Took: time.Since(start)})
+		}
+	}
+	return rs
+}
