@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +21,36 @@ import (
 // notification is missed; normally Changes() drives reconciliation at once.
 const reconcileInterval = 5 * time.Second
 
+// controlPlane is what the daemon uses of discovery.Router; an interface so
+// the daemon's own logic is tested with a fake.
+type controlPlane interface {
+	Start() error
+	Close() error
+	Connect(addr string) error
+	Forget(addr string) error
+	SetAttached(prefixes []netip.Prefix)
+	Changes() <-chan struct{}
+	Peers() []discovery.Peer
+	Connections() []discovery.ConnState
+	Counters() map[string]uint64
+}
+
+// dataPlane is what the daemon uses of tunnel.Tunnel.
+type dataPlane interface {
+	Close() error
+	SetPeers(peers []tunnel.PeerConfig) error
+	PeerStats() map[key.Public]tunnel.PeerStats
+	Counters() map[string]uint64
+	Attach(spec tunnel.AttachSpec) (tunnel.Attached, error)
+	Adopt(a tunnel.Attached) error
+	Detach(a tunnel.Attached) error
+}
+
+var (
+	_ controlPlane = (*discovery.Router)(nil)
+	_ dataPlane    = (*tunnel.Tunnel)(nil)
+)
+
 // Daemon is one running weavewg router.
 type Daemon struct {
 	// Constant after New.
@@ -31,8 +60,8 @@ type Daemon struct {
 	pub    key.Public
 	secret key.Secret
 	hostIP netip.Prefix
-	router *discovery.Router
-	tun    *tunnel.Tunnel
+	router controlPlane
+	tun    dataPlane
 
 	// Guarded by mu. attach serialises attach/detach and the state file.
 	mu          sync.Mutex
@@ -55,12 +84,50 @@ func Run(ctx context.Context, cfg Config) error {
 	return d.run(ctx)
 }
 
-func start(cfg Config) (_ *Daemon, err error) {
+func start(cfg Config) (*Daemon, error) {
+	d, err := prepare(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tun, err := tunnel.New(tunnel.Config{
+		Private: d.priv,
+		Secret:  d.secret,
+		Port:    cfg.Port,
+		Iface:   cfg.Iface,
+		Bridge:  cfg.Bridge,
+		MTU:     cfg.MTU,
+		HostIP:  d.hostIP,
+		Logger:  d.log.With("part", "tunnel"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("data plane: %w", err)
+	}
+	router, err := discovery.New(discovery.Config{
+		Private:  d.priv,
+		Secret:   d.secret,
+		Nickname: cfg.Nickname,
+		Port:     cfg.Port,
+		HostIP:   d.hostIP.Addr(),
+		Logger:   d.log.With("part", "discovery"),
+	})
+	if err != nil {
+		tun.Close()
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+	if err := d.assemble(router, tun); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// prepare validates cfg and loads what the state dir keeps.
+func prepare(cfg Config) (*Daemon, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), hostIPConflict: map[key.Public]bool{}}
 	var created bool
+	var err error
 	d.priv, created, err = loadOrCreateKey(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -81,55 +148,26 @@ func start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-
-	// Undo in reverse order whatever succeeded if a later step fails.
-	var undo []func()
-	defer func() {
-		if err != nil {
-			for _, f := range slices.Backward(undo) {
-				f()
-			}
-		}
-	}()
-
-	d.tun, err = tunnel.New(tunnel.Config{
-		Private: d.priv,
-		Secret:  d.secret,
-		Port:    cfg.Port,
-		Iface:   cfg.Iface,
-		Bridge:  cfg.Bridge,
-		MTU:     cfg.MTU,
-		HostIP:  d.hostIP,
-		Logger:  d.log.With("part", "tunnel"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("data plane: %w", err)
-	}
-	undo = append(undo, func() { d.tun.Close() })
-
-	d.router, err = discovery.New(discovery.Config{
-		Private:  d.priv,
-		Secret:   d.secret,
-		Nickname: cfg.Nickname,
-		Port:     cfg.Port,
-		HostIP:   d.hostIP.Addr(),
-		Logger:   d.log.With("part", "discovery"),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("control plane: %w", err)
-	}
-	if err := d.router.Start(); err != nil {
-		return nil, fmt.Errorf("control plane: %w", err)
-	}
-	undo = append(undo, func() { d.router.Close() })
-
-	d.adoptAttachments()
-	for _, p := range cfg.Peers {
-		if err := d.router.Connect(p); err != nil {
-			return nil, fmt.Errorf("peer %q: %w", p, err)
-		}
-	}
 	return d, nil
+}
+
+// assemble starts the control plane over an existing data plane, re-adopts
+// attachments and dials the configured peers. On error it closes both parts.
+func (d *Daemon) assemble(router controlPlane, tun dataPlane) error {
+	d.router, d.tun = router, tun
+	if err := router.Start(); err != nil {
+		tun.Close()
+		return fmt.Errorf("control plane: %w", err)
+	}
+	d.adoptAttachments()
+	for _, p := range d.cfg.Peers {
+		if err := router.Connect(p); err != nil {
+			router.Close()
+			tun.Close()
+			return fmt.Errorf("peer %q: %w", p, err)
+		}
+	}
+	return nil
 }
 
 func (d *Daemon) run(ctx context.Context) error {

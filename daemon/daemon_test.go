@@ -1,0 +1,373 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// fakeRouter stands in for discovery.Router.
+type fakeRouter struct {
+	mu       sync.Mutex
+	peers    []discovery.Peer
+	attached []netip.Prefix
+	targets  []string
+	changes  chan struct{}
+}
+
+func newFakeRouter() *fakeRouter { return &fakeRouter{changes: make(chan struct{}, 1)} }
+
+func (f *fakeRouter) Start() error { return nil }
+func (f *fakeRouter) Close() error { return nil }
+func (f *fakeRouter) Connect(addr string) error {
+	if strings.ContainsAny(addr, " !") {
+		return errors.New("invalid address")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.targets = append(f.targets, addr)
+	return nil
+}
+func (f *fakeRouter) Forget(addr string) error { return discovery.ErrUnknownTarget }
+func (f *fakeRouter) SetAttached(p []netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.attached = append([]netip.Prefix(nil), p...)
+}
+func (f *fakeRouter) Changes() <-chan struct{} { return f.changes }
+func (f *fakeRouter) Peers() []discovery.Peer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]discovery.Peer(nil), f.peers...)
+}
+func (f *fakeRouter) Connections() []discovery.ConnState { return nil }
+func (f *fakeRouter) Counters() map[string]uint64        { return map[string]uint64{"control_x": 1} }
+
+// fakeTunnel stands in for tunnel.Tunnel.
+type fakeTunnel struct {
+	mu       sync.Mutex
+	peers    []tunnel.PeerConfig
+	attached map[string]tunnel.Attached
+	gone     map[string]bool // namespaces whose Adopt fails
+}
+
+func newFakeTunnel() *fakeTunnel {
+	return &fakeTunnel{attached: map[string]tunnel.Attached{}, gone: map[string]bool{}}
+}
+
+func (f *fakeTunnel) Close() error { return nil }
+func (f *fakeTunnel) SetPeers(p []tunnel.PeerConfig) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peers = p
+	return nil
+}
+func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats { return nil }
+func (f *fakeTunnel) Counters() map[string]uint64                { return map[string]uint64{"udp_y": 2} }
+func (f *fakeTunnel) Attach(s tunnel.AttachSpec) (tunnel.Attached, error) {
+	a := tunnel.Attached{Netns: s.Netns, IP: s.IP, IfName: s.IfName, HostVeth: "vethwe-test", MTU: 1420}
+	f.attached[s.Netns] = a
+	return a, nil
+}
+func (f *fakeTunnel) Adopt(a tunnel.Attached) error {
+	if f.gone[a.Netns] {
+		return errors.New("namespace is gone")
+	}
+	return nil
+}
+func (f *fakeTunnel) Detach(a tunnel.Attached) error { delete(f.attached, a.Netns); return nil }
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	dir := t.TempDir()
+	return Config{
+		Nickname:  "test",
+		Port:      DefaultPort,
+		Password:  "pw",
+		StateDir:  filepath.Join(dir, "state"),
+		APISocket: filepath.Join(dir, "api.sock"),
+		Iface:     DefaultIface,
+		Bridge:    DefaultBridge,
+		MTU:       DefaultMTU,
+		HostIP:    netip.MustParsePrefix("10.32.0.1/12"),
+		Range:     netip.MustParsePrefix(DefaultRange),
+		Logger:    slog.New(slog.DiscardHandler),
+	}
+}
+
+func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Daemon {
+	t.Helper()
+	d, err := prepare(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.assemble(r, tn); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func pubKey(b byte) key.Public {
+	var k key.Public
+	k[0] = b
+	return k
+}
+
+func TestReconcileAllowsEachPeerItsAddresses(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	ep := netip.MustParseAddrPort("192.0.2.2:6783")
+	r.peers = []discovery.Peer{
+		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+		{Key: pubKey(1), Reachable: true, Endpoint: ep, HostIP: netip.MustParseAddr("10.32.0.2"),
+			Attached: []netip.Prefix{netip.MustParsePrefix("10.32.1.1/32")}},
+		{Key: pubKey(2), Reachable: false, HostIP: netip.MustParseAddr("10.32.0.3")},
+		// Claims our host address: must never get a route to it.
+		{Key: pubKey(3), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1"),
+			Attached: []netip.Prefix{netip.MustParsePrefix("10.32.3.1/32")}},
+	}
+	d.reconcile()
+	got := map[key.Public][]netip.Prefix{}
+	for _, p := range tn.peers {
+		got[p.Key] = p.AllowedIPs
+		if p.Key == pubKey(1) && p.Endpoint != ep {
+			t.Errorf("endpoint = %v, want %v", p.Endpoint, ep)
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("WireGuard peers = %v, want exactly the two reachable non-self peers", got)
+	}
+	if a := got[pubKey(1)]; len(a) != 2 || a[0].String() != "10.32.0.2/32" || a[1].String() != "10.32.1.1/32" {
+		t.Errorf("peer 1 allowed %v, want [10.32.0.2/32 10.32.1.1/32]", a)
+	}
+	if a := got[pubKey(3)]; len(a) != 1 || a[0].String() != "10.32.3.1/32" {
+		t.Errorf("conflicting peer allowed %v, want only its attachment", a)
+	}
+	if !d.hostIPConflict[pubKey(3)] {
+		t.Error("host address conflict not recorded")
+	}
+}
+
+func TestAttachValidation(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	r.peers = []discovery.Peer{{Key: pubKey(1), Nickname: "h2", Reachable: true,
+		Attached: []netip.Prefix{netip.MustParsePrefix("10.32.9.9/32")}}}
+	ns := filepath.Join(t.TempDir(), "ns")
+	os.WriteFile(ns, nil, 0o600)
+	if _, err := d.attach(api.AttachRequest{Netns: ns, IP: "10.32.1.5/12"}); err != nil {
+		t.Fatalf("valid attach failed: %v", err)
+	}
+	ns2 := filepath.Join(t.TempDir(), "ns2")
+	os.WriteFile(ns2, nil, 0o600)
+	for _, tc := range []struct {
+		name, netns, ip, want string
+	}{
+		{"no netns", "", "10.32.1.6/12", "netns is required"},
+		{"missing netns", "/nonexistent/ns", "10.32.1.6/12", "network namespace"},
+		{"no ip", ns2, "", "address is required"},
+		{"garbage ip", ns2, "ten.one", "not an IPv4 address"},
+		{"outside range", ns2, "192.168.1.1/12", "outside the overlay range"},
+		{"wrong prefix", ns2, "10.32.1.6/24", "prefix length /12"},
+		{"network address", ns2, "10.32.0.0/12", "network or broadcast"},
+		{"host address", ns2, "10.32.0.1/12", "host's own overlay address"},
+		{"remote in use", ns2, "10.32.9.9/12", "in use on peer"},
+		{"local in use", ns2, "10.32.1.5/12", "already attached here"},
+		{"netns attached", ns, "10.32.1.7/12", "already attached with"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := d.attach(api.AttachRequest{Netns: tc.netns, IP: tc.ip})
+			if err == nil || !errors.Is(err, errBadRequest) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("attach(%q, %q) = %v, want a bad-request error containing %q", tc.netns, tc.ip, err, tc.want)
+			}
+		})
+	}
+	if len(tn.attached) != 1 {
+		t.Errorf("tunnel has %d attachments after refused requests, want 1", len(tn.attached))
+	}
+	// A bare address gets the overlay prefix length.
+	a, err := d.attach(api.AttachRequest{Netns: ns2, IP: "10.32.1.8"})
+	if err != nil || a.IP != "10.32.1.8/12" {
+		t.Fatalf("attach with a bare address = %+v, %v; want 10.32.1.8/12", a, err)
+	}
+	if len(r.attached) != 2 {
+		t.Errorf("published %v, want both attachments", r.attached)
+	}
+}
+
+func TestAttachmentsSurviveRestart(t *testing.T) {
+	cfg := testConfig(t)
+	dir := t.TempDir()
+	nsA, nsB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(nsA, nil, 0o600)
+	os.WriteFile(nsB, nil, 0o600)
+
+	r1, tn1 := newFakeRouter(), newFakeTunnel()
+	d1 := newTestDaemon(t, cfg, r1, tn1)
+	for ns, ip := range map[string]string{nsA: "10.32.1.1/12", nsB: "10.32.1.2/12"} {
+		if _, err := d1.attach(api.AttachRequest{Netns: ns, IP: ip}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The restarted daemon finds nsB gone: it keeps nsA only, and says so
+	// to the mesh.
+	r2, tn2 := newFakeRouter(), newFakeTunnel()
+	tn2.gone[nsB] = true
+	d2 := newTestDaemon(t, cfg, r2, tn2)
+	if d2.pub != d1.pub {
+		t.Fatal("identity changed across restart")
+	}
+	if len(d2.attachments) != 1 || d2.attachments[0].Netns != nsA {
+		t.Fatalf("attachments after restart = %+v, want only %s", d2.attachments, nsA)
+	}
+	if len(r2.attached) != 1 || r2.attached[0].String() != "10.32.1.1/32" {
+		t.Fatalf("published %v after restart, want [10.32.1.1/32]", r2.attached)
+	}
+	recs, err := loadAttachments(cfg.StateDir)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("state file holds %v (%v), want the one surviving attachment", recs, err)
+	}
+	if err := d2.detach(api.DetachRequest{Netns: nsA}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.detach(api.DetachRequest{Netns: nsA}); !errors.Is(err, errBadRequest) {
+		t.Fatalf("second detach = %v, want not attached", err)
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	k1, created, err := loadOrCreateKey(dir)
+	if err != nil || !created {
+		t.Fatalf("first load: %v created=%v", err, created)
+	}
+	fi, err := os.Stat(filepath.Join(dir, keyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode = %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	k2, created, err := loadOrCreateKey(dir)
+	if err != nil || created || k1 != k2 {
+		t.Fatalf("second load gave a different key or recreated it (%v)", err)
+	}
+	os.WriteFile(filepath.Join(dir, keyFile), []byte("garbage"), 0o600)
+	if _, _, err := loadOrCreateKey(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("corrupt key: err = %v, want a clear error", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"host ip outside", func(c *Config) { c.HostIP = netip.MustParsePrefix("192.0.2.1/12") }, "inside"},
+		{"host ip broadcast", func(c *Config) { c.HostIP = netip.MustParsePrefix("10.47.255.255/12") }, "broadcast"},
+		{"range unmasked", func(c *Config) { c.Range = netip.MustParsePrefix("10.32.0.1/12") }, "network prefix"},
+		{"mtu", func(c *Config) { c.MTU = 100 }, "mtu"},
+		{"long iface", func(c *Config) { c.Iface = "averyveryverylongname" }, "15 characters"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig(t)
+			tc.mod(&c)
+			if err := c.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate() = %v, want error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDerivedHostIP(t *testing.T) {
+	r := netip.MustParsePrefix("10.32.0.0/30")
+	for i := range 64 {
+		p := derivedHostIP(r, pubKey(byte(i)))
+		if !r.Contains(p.Addr()) || p.Addr() == r.Addr() || p.Addr() == lastAddr(r) || p.Bits() != 30 {
+			t.Fatalf("derivedHostIP = %v, want a host address in %v", p, r)
+		}
+	}
+}
+
+func TestAPI(t *testing.T) {
+	cfg := testConfig(t)
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, cfg, r, tn)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if _, err := os.Stat(cfg.APISocket); err == nil {
+			t.Error("API socket left behind after stop")
+		}
+	})
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.APISocket)
+	}}}
+	var resp *http.Response
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if resp, err = c.Get("http://x" + api.PathStatus); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st api.Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || st.Name != d.pub.Name() || st.Counters["control_x"] != 1 || st.Counters["udp_y"] != 2 {
+		t.Fatalf("status = %+v, %v", st, err)
+	}
+	resp.Body.Close()
+
+	for _, tc := range []struct {
+		name, method, path, body string
+		code                     int
+		want                     string
+	}{
+		{"bad json", "POST", api.PathAttach, "{not json", 400, "not the expected JSON"},
+		{"empty body", "POST", api.PathAttach, "", 400, "not the expected JSON"},
+		{"missing field", "POST", api.PathAttach, "{}", 400, "netns is required"},
+		{"oversized", "POST", api.PathConnect, `{"address":"` + strings.Repeat("a", 100<<10) + `"}`, 400, "too large"},
+		{"bad address", "POST", api.PathConnect, `{"address":"no such!"}`, 400, "invalid address"},
+		{"unknown target", "POST", api.PathForget, `{"address":"192.0.2.9"}`, 400, "not a connection target"},
+		{"unknown path", "GET", "/v1/nope", "", 404, "no such API path"},
+		{"wrong method", "DELETE", api.PathStatus, "", 405, ""},
+		{"metrics", "GET", api.PathMetrics, "", 200, "weavewg_control_x_total 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, "http://x"+tc.path, strings.NewReader(tc.body))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.code || !strings.Contains(string(b), tc.want) {
+				t.Fatalf("%s %s = %d %s, want %d containing %q", tc.method, tc.path, resp.StatusCode, b, tc.code, tc.want)
+			}
+		})
+	}
+	if len(tn.attached) != 0 {
+		t.Error("a refused request attached something")
+	}
+}
