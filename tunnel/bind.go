@@ -1,0 +1,220 @@
+package tunnel
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// PacketHandler receives one datagram that the Bind took out of WireGuard's
+// stream, with the address it came from. It runs synchronously on a receive
+// goroutine, so it must not block; pkt is reused as soon as it returns, so it
+// must copy what it keeps.
+type PacketHandler func(pkt []byte, src netip.AddrPort)
+
+// Bind is the conn.Bind of a Tunnel: the one UDP socket of the host. It wraps
+// another Bind (conn.NewStdNetBind in production, which keeps recvmmsg,
+// sendmmsg and UDP GSO/GRO) and sorts every received datagram with Classify.
+// WireGuard datagrams go on to wireguard-go untouched; every other one is
+// removed from the batch by setting its size to zero (conn.ReceiveFunc allows
+// zero sizes and wireguard-go's receive loop skips them), counted, and given
+// to the STUN or relay handler if one is set.
+//
+// wireguard-go calls Close and then Open on every device Up and every port
+// change. Bind keeps no state per Open: each Open wraps the inner Bind's fresh
+// receive functions, and the old wrappers return net.ErrClosed because the
+// inner ones do.
+type Bind struct {
+	// Constant after NewBind.
+	inner conn.Bind
+	ns    netns.NsHandle // namespace Open creates sockets in; netns.None(): the caller's
+
+	// Atomics, read on the packet path.
+	stun  atomic.Pointer[PacketHandler]
+	relay atomic.Pointer[PacketHandler]
+	ctr   counters
+}
+
+var _ conn.Bind = (*Bind)(nil)
+
+// NewBind wraps inner. If ns is valid (not netns.None()), Open creates the
+// sockets in that network namespace whichever thread calls it: wireguard-go
+// reopens the Bind from its own goroutines (after the TUN goes down and up,
+// for instance), and those may run on threads of another namespace.
+func NewBind(inner conn.Bind, ns netns.NsHandle) *Bind {
+	return &Bind{inner: inner, ns: ns}
+}
+
+// SetSTUNHandler sets (or, with nil, clears) the function given STUN datagrams.
+func (b *Bind) SetSTUNHandler(h PacketHandler) { storeHandler(&b.stun, h) }
+
+// SetRelayHandler sets (or, with nil, clears) the function given relay frames.
+func (b *Bind) SetRelayHandler(h PacketHandler) { storeHandler(&b.relay, h) }
+
+func storeHandler(p *atomic.Pointer[PacketHandler], h PacketHandler) {
+	if h == nil {
+		p.Store(nil)
+		return
+	}
+	p.Store(&h)
+}
+
+// Counters reports the sorting counters by name (the Counter* constants).
+func (b *Bind) Counters() map[string]uint64 { return b.ctr.snapshot() }
+
+// Open opens the inner Bind, in b's namespace if it has one, and wraps its
+// receive functions.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	var (
+		fns    []conn.ReceiveFunc
+		actual uint16
+		err    error
+	)
+	if nerr := b.inNetns(func() { fns, actual, err = b.inner.Open(port) }); nerr != nil {
+		return nil, 0, nerr
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	wrapped := make([]conn.ReceiveFunc, len(fns))
+	for i, fn := range fns {
+		wrapped[i] = b.wrap(fn)
+	}
+	return wrapped, actual, nil
+}
+
+// inNetns runs f with the calling thread in b.ns. When the thread is there
+// already (the daemon runs wholly inside its namespace) it only costs the
+// check.
+func (b *Bind) inNetns(f func()) error {
+	if !b.ns.IsOpen() {
+		f()
+		return nil
+	}
+	runtime.LockOSThread()
+	cur, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("bind: reading the thread's network namespace: %w", err)
+	}
+	defer cur.Close()
+	if cur.Equal(b.ns) {
+		runtime.UnlockOSThread()
+		f()
+		return nil
+	}
+	if err := netns.Set(b.ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("bind: entering the tunnel's network namespace: %w", err)
+	}
+	f()
+	if err := netns.Set(cur); err != nil {
+		// The thread is stuck in the wrong namespace: keep it locked so
+		// that the runtime never schedules another goroutine onto it.
+		return nil
+	}
+	runtime.UnlockOSThread()
+	return nil
+}
+
+// wrap returns a ReceiveFunc that calls fn and sorts what it received.
+func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
+	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		n, err := fn(packets, sizes, eps)
+		if n > 0 {
+			b.sortBatch(packets[:n], sizes[:n], eps[:n])
+		}
+		return n, err
+	}
+}
+
+// sortBatch classifies each datagram of a received batch, zeroes the size of
+// every one that is not WireGuard, hands STUN and relay datagrams to their
+// handlers, and adds up the counters once per batch. It takes no lock and
+// does not allocate (the handlers may).
+func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
+	var (
+		n                             [numKinds]uint64
+		stunUnhandled, relayUnhandled uint64
+	)
+	for i, size := range sizes {
+		if size <= 0 {
+			continue
+		}
+		pkt := packets[i][:size]
+		k := Classify(pkt)
+		n[k]++
+		switch k {
+		case KindWireGuard:
+			continue
+		case KindSTUN:
+			if h := b.stun.Load(); h != nil {
+				(*h)(pkt, endpointAddr(eps[i]))
+			} else {
+				stunUnhandled++
+			}
+		case KindRelay:
+			if h := b.relay.Load(); h != nil {
+				(*h)(pkt, endpointAddr(eps[i]))
+			} else {
+				relayUnhandled++
+			}
+		}
+		sizes[i] = 0
+	}
+	b.ctr.batches.Add(1)
+	for k := range n {
+		if n[k] != 0 {
+			b.ctr.byKind[k].Add(n[k])
+		}
+	}
+	if stunUnhandled != 0 {
+		b.ctr.stunUnhandled.Add(stunUnhandled)
+	}
+	if relayUnhandled != 0 {
+		b.ctr.relayUnhandled.Add(relayUnhandled)
+	}
+}
+
+// endpointAddr is the source address of a received datagram. The std Bind's
+// endpoints carry it as a netip.AddrPort; others are parsed from text.
+func endpointAddr(ep conn.Endpoint) netip.AddrPort {
+	switch ep := ep.(type) {
+	case *conn.StdNetEndpoint:
+		return ep.AddrPort
+	case nil:
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(ep.DstToString())
+	return ap
+}
+
+// SendTo sends one datagram (a STUN answer, a relay frame) from the shared
+// port to dst.
+func (b *Bind) SendTo(pkt []byte, dst netip.AddrPort) error {
+	ep, err := b.inner.ParseEndpoint(dst.String())
+	if err != nil {
+		return err
+	}
+	return b.inner.Send([][]byte{pkt}, ep)
+}
+
+// Close closes the inner Bind; the receive functions of the last Open then
+// return net.ErrClosed.
+func (b *Bind) Close() error { return b.inner.Close() }
+
+// SetMark sets SO_MARK on the inner Bind's sockets.
+func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
+
+// Send sends a batch to ep through the inner Bind.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+
+// ParseEndpoint parses an endpoint with the inner Bind.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
+
+// BatchSize is the inner Bind's batch size.
+func (b *Bind) BatchSize() int { return b.inner.BatchSize() }
