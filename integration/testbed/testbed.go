@@ -266,7 +266,7 @@ func Poll(tb TB, timeout time.Duration, what string, f func() error) error {
 		err := f()
 		var perm Permanent
 		if errors.As(err, &perm) {
-			return fmt.Errorf("%s: %w", what, perm.error)
+			return fmt.Errorf("%s: %w", what, perm.Err)
 		}
 		if err == nil {
 			if d := time.Since(start); d > time.Second {
@@ -290,7 +290,10 @@ func Poll(tb TB, timeout time.Duration, what string, f func() error) error {
 }
 
 // Permanent wraps an error that Poll and Eventually must not retry.
-type Permanent struct{ error }
+type Permanent struct{ Err error }
+
+func (p Permanent) Error() string { return p.Err.Error() }
+func (p Permanent) Unwrap() error { return p.Err }
 
 // Path joins elements under the bed's directory.
 func (b *Bed) Path(elem ...string) string { return filepath.Join(append([]string{b.Dir}, elem...)...) }

@@ -1,0 +1,125 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/integration/testbed"
+)
+
+// TestConnectForget is acceptance 6 of issue 2: `weavewg connect` and
+// `weavewg forget` change a running mesh, and `weavewg status` shows it.
+func TestConnectForget(t *testing.T) {
+	needTool(t, "ping")
+	b := newBed(t, testbed.Options{})
+	var hs []*testbed.Host
+	for i := 0; i < 3; i++ {
+		hs = append(hs, b.AddHost(testbed.HostOptions{NoPeers: true}))
+	}
+	cs := b.AddContainers(1)
+	for _, h := range hs {
+		st := h.Status()
+		if len(st.Peers) != 1 || len(st.Conns) != 0 {
+			t.Fatalf("%s launched with no peers knows %d peers and %d connections", h, len(st.Peers), len(st.Conns))
+		}
+	}
+	if err := cs[0].Ping(cs[1].Addr); err == nil {
+		t.Fatalf("containers of unconnected hosts reach each other")
+	}
+
+	// A chain: h2 → h1, h3 → h2. Gossip tells h1 and h3 of each other.
+	hs[1].CLI("connect", hs[0].UnderlayIP)
+	hs[2].CLI("connect", hs[1].UnderlayIP+":6783")
+	b.WaitMesh(30*time.Second, hs[0], hs[1])
+	b.WaitMesh(30*time.Second, hs[1], hs[2])
+	testbed.Eventually(t, 30*time.Second, "h1 and h3 see each other reachable", func() error {
+		for _, p := range [][2]*testbed.Host{{hs[0], hs[2]}, {hs[2], hs[0]}} {
+			st, err := p[0].StatusErr()
+			if err != nil {
+				return err
+			}
+			if peer := testbed.PeerByNick(st, p[1].Name); peer == nil || !peer.Reachable {
+				return errorf("%s does not see %s reachable", p[0], p[1])
+			}
+		}
+		return nil
+	})
+	for _, p := range [][2]*testbed.Container{{cs[0], cs[1]}, {cs[0], cs[2]}, {cs[2], cs[1]}} {
+		if err := p[0].PingEventually(p[1].Addr, 20*time.Second); err != nil {
+			t.Errorf("after connect: %v", err)
+		}
+	}
+
+	// The human view shows the peers and the connection.
+	for _, args := range [][]string{{"status"}, {"status", "peers"}, {"status", "connections"}} {
+		out := hs[1].CLI(args...)
+		t.Logf("h2: weavewg %s:\n%s", strings.Join(args, " "), out)
+		for _, want := range []string{hs[0].Name, hs[2].Name} {
+			if args[len(args)-1] != "connections" && !strings.Contains(out, want) {
+				t.Errorf("weavewg %s on h2 does not mention %s", strings.Join(args, " "), want)
+			}
+		}
+	}
+	if out := hs[1].CLI("status", "connections"); !strings.Contains(out, hs[0].UnderlayIP) || !strings.Contains(out, "established") {
+		t.Errorf("status connections on h2 does not show the established connection to %s", hs[0].UnderlayIP)
+	}
+
+	// connect to an address where nothing listens: the target shows up and
+	// is retried; forget removes it.
+	dead := b.AddHost(testbed.HostOptions{NoLaunch: true})
+	deadAddr := dead.UnderlayIP + ":6783"
+	hs[0].CLI("connect", deadAddr)
+	testbed.Eventually(t, 10*time.Second, "h1 shows the target "+deadAddr, func() error {
+		st, err := hs[0].StatusErr()
+		if err != nil {
+			return err
+		}
+		for _, c := range st.Conns {
+			if c.Address == deadAddr {
+				if c.State == "established" {
+					return testbed.Permanent{Err: errorf("a connection to %s where nothing listens is established", deadAddr)}
+				}
+				return nil
+			}
+		}
+		return errorf("no connection entry for %s", deadAddr)
+	})
+	hs[0].CLI("forget", deadAddr)
+	testbed.Eventually(t, 10*time.Second, "h1 forgets "+deadAddr, func() error {
+		st, err := hs[0].StatusErr()
+		if err != nil {
+			return err
+		}
+		for _, c := range st.Conns {
+			if c.Address == deadAddr {
+				return errorf("still listed: %+v", c)
+			}
+		}
+		return nil
+	})
+	if _, err := hs[0].CLIErr("forget", "192.0.2.77:6783"); err == nil {
+		t.Errorf("forget of an address that is not a target succeeded")
+	}
+
+	// forget a live target: h3 stops dialling h2. The connection goes; h3
+	// may get back into the mesh only through a peer that dials it.
+	hs[2].CLI("forget", hs[1].UnderlayIP+":6783")
+	testbed.Eventually(t, 10*time.Second, "h3 drops its target h2", func() error {
+		st, err := hs[2].StatusErr()
+		if err != nil {
+			return err
+		}
+		for _, c := range st.Conns {
+			if c.Outbound && c.Address == hs[1].UnderlayIP+":6783" && c.State != "established" {
+				return errorf("h3 still dials %s: %+v", c.Address, c)
+			}
+		}
+		return nil
+	})
+	for _, h := range hs {
+		if !h.Running() {
+			t.Errorf("%s died", h)
+		}
+	}
+}
