@@ -1,12 +1,36 @@
 // Package discovery owns a peer's place in the mesh: control connections
 // (TCP, Noise XXpsk0 keyed by the network secret), gossip of peer records,
 // the topology and the routes derived from it.
+//
+// Control connections: see handshake.go for the handshake (and why it is
+// XXpsk0), conn.go for the framing, gossip.go for the messages and their
+// version rule, topology.go for edges and routes, targets.go for dialling.
+//
+// Gossip: every peer owns one Record about itself. Its Version starts at the
+// current time in unix nanoseconds (so the records of a restarted peer win
+// over those of its previous run) and grows by at least one on every change.
+// Merge keeps, per key, the record with the highest version; that merge is
+// commutative, associative and idempotent, so delivery order never matters.
+// A new connection starts with both sides sending every record they hold; a
+// record that is new or newer is forwarded at once to every other established
+// connection; every ~10 s the full state goes to one random neighbor
+// (anti-entropy). Peers unreachable for more than a minute are dropped, and
+// their last version is remembered for a while so that stale copies still in
+// flight do not resurrect them; a restarted peer comes back with a higher
+// version.
 package discovery
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -14,11 +38,15 @@ import (
 
 // Config is what a Router needs. Zero values get defaults noted per field.
 type Config struct {
-	Private  key.Private
+	Private key.Private
+	// Secret is the network secret. All zero is allowed and means an open
+	// network (no --password): anyone who can reach the port can join.
 	Secret   key.Secret
 	Nickname string
 	// Port is the TCP port to listen on, the UDP port advertised for
 	// WireGuard, and the default port of targets given without one.
+	// 0: DefaultPort, except with a ListenAddr, where 0 advertises the port
+	// actually bound (tests listen on "127.0.0.1:0").
 	Port uint16
 	// ListenAddr overrides the listen address; "" means ":Port".
 	ListenAddr string
@@ -27,6 +55,9 @@ type Config struct {
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // nil: time.Now
 }
+
+// DefaultPort is Weave Net's control port, used when Config.Port is 0.
+const DefaultPort = 6783
 
 // Peer is one peer as known from gossip, seen from this router.
 type Peer struct {
@@ -43,6 +74,12 @@ type Peer struct {
 	// at. Invalid when unknown.
 	Endpoint netip.AddrPort
 	Direct   bool // we have an established control connection to it
+	// NextHop is the first hop of the route to this peer (the peer itself
+	// when Direct and the best path is the direct edge); zero when
+	// unreachable or Self.
+	NextHop key.Public
+	// Version is the version of the peer's record.
+	Version uint64
 }
 
 // Connection states, as shown by status.
@@ -65,36 +102,437 @@ type ConnState struct {
 // ErrUnknownTarget is returned by Forget for an address that is not a target.
 var ErrUnknownTarget = errors.New("not a connection target")
 
+// ErrClosed is returned by Start and Connect after Close.
+var ErrClosed = errors.New("discovery: router closed")
+
+// tunables are timings, fixed after New; tests shorten them before Start.
+type tunables struct {
+	tick          time.Duration // maintenance period (expiry, gossip dials)
+	antiEntropy   time.Duration // full state to one random neighbor
+	expireAfter   time.Duration // unreachable this long: dropped
+	tombstoneFor  time.Duration // how long an expired version is remembered
+	backoffMin    time.Duration
+	backoffMax    time.Duration
+	keepalive     time.Duration // send a keepalive when idle this long
+	readTimeout   time.Duration // nothing received this long: close
+	writeTimeout  time.Duration
+	dialTimeout   time.Duration
+	resolveTimout time.Duration
+	hsRate        float64 // inbound handshakes per second per IP
+	hsBurst       float64
+	maxHandshakes int // inbound handshakes in progress at once
+}
+
+func defaultTunables() tunables {
+	return tunables{
+		tick:          time.Second,
+		antiEntropy:   10 * time.Second,
+		expireAfter:   time.Minute,
+		tombstoneFor:  5 * time.Minute,
+		backoffMin:    time.Second,
+		backoffMax:    30 * time.Second,
+		keepalive:     15 * time.Second,
+		readTimeout:   60 * time.Second,
+		writeTimeout:  10 * time.Second,
+		dialTimeout:   5 * time.Second,
+		resolveTimout: 5 * time.Second,
+		hsRate:        5,
+		hsBurst:       20,
+		maxHandshakes: 64,
+	}
+}
+
 // Router is the control plane of one peer.
-type Router struct{}
+type Router struct {
+	// Constant after New.
+	cfg     Config
+	priv    key.Private
+	self    key.Public
+	log     *slog.Logger
+	now     func() time.Time
+	changes chan struct{}
+	ctr     counters
+	tun     tunables
+	limiter *rateLimiter // has its own lock
+
+	// Set by Start under mu, constant afterwards.
+	ln      net.Listener
+	port    uint16 // advertised port
+	ctx     context.Context
+	cancel  context.CancelFunc
+	hsSlots chan struct{} // semaphore: inbound handshakes in progress
+
+	// wg counts every goroutine Start, Connect and the maintenance loop
+	// begin; Close waits for it. Add is called only under mu while !closed,
+	// or by a goroutine already counted.
+	wg sync.WaitGroup
+
+	// mu guards everything below. Lock order: mu before conn.mu; nothing
+	// else is held while taking mu. No I/O is done under mu except
+	// non-blocking channel sends and net.Conn.Close.
+	mu       sync.Mutex
+	started  bool
+	closed   bool
+	selfRec  Record
+	recs     map[key.Public]*entry // every known peer, self included
+	tombs    map[key.Public]tomb   // expired peers' last versions
+	conns    map[*conn]struct{}    // every connection past its handshake
+	active   map[key.Public]*conn  // the one established connection per peer
+	targets  map[string]*target    // by normalised HOST:PORT
+	dials    map[key.Public]*gossipDial
+	rt       routes
+	logged   map[string]string // log-once: subject → last message logged
+	nextAE   time.Time
+	attached []netip.Prefix
+}
+
+// entry is one peer's record and our view of it. Guarded by Router.mu.
+type entry struct {
+	rec              Record
+	hello            Hello     // from our connection to it, if any
+	unreachableSince time.Time // zero while reachable
+}
+
+type tomb struct {
+	version uint64
+	at      time.Time
+}
 
 // New checks cfg and returns a Router that is not yet listening.
-func New(cfg Config) (*Router, error) { panic("not implemented") }
+func New(cfg Config) (*Router, error) {
+	if cfg.Private.IsZero() {
+		return nil, errors.New("discovery: no private key")
+	}
+	if cfg.Port == 0 && cfg.ListenAddr == "" {
+		cfg.Port = DefaultPort
+	}
+	if cfg.ListenAddr != "" {
+		if _, _, err := net.SplitHostPort(cfg.ListenAddr); err != nil {
+			return nil, fmt.Errorf("discovery: listen address %q: %w", cfg.ListenAddr, err)
+		}
+	}
+	cfg.Nickname = truncateNick(cfg.Nickname)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	r := &Router{
+		cfg:     cfg,
+		priv:    cfg.Private,
+		self:    cfg.Private.Public(),
+		log:     log,
+		now:     now,
+		changes: make(chan struct{}, 1),
+		ctr:     newCounters(),
+		tun:     defaultTunables(),
+		recs:    map[key.Public]*entry{},
+		tombs:   map[key.Public]tomb{},
+		conns:   map[*conn]struct{}{},
+		active:  map[key.Public]*conn{},
+		targets: map[string]*target{},
+		dials:   map[key.Public]*gossipDial{},
+		logged:  map[string]string{},
+	}
+	r.selfRec = Record{
+		Key:      r.self,
+		Version:  uint64(now().UnixNano()),
+		Nickname: cfg.Nickname,
+		HostIP:   cfg.HostIP,
+		Port:     cfg.Port,
+	}
+	r.recs[r.self] = &entry{rec: r.selfRec}
+	r.rt = computeRoutes(r.self, nil)
+	return r, nil
+}
 
 // Start listens on the TCP port and starts dialling, gossip and anti-entropy.
-func (r *Router) Start() error { panic("not implemented") }
+func (r *Router) Start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	if r.started {
+		return errors.New("discovery: already started")
+	}
+	addr := r.cfg.ListenAddr
+	if addr == "" {
+		addr = net.JoinHostPort("", strconv.Itoa(int(r.cfg.Port)))
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("discovery: listening for control connections: %w", err)
+	}
+	r.ln = ln
+	r.port = r.cfg.Port
+	if r.port == 0 {
+		r.port = uint16(ln.Addr().(*net.TCPAddr).Port)
+	}
+	r.selfRec.Port = r.port
+	r.bumpSelfLocked()
+	r.limiter = newRateLimiter(r.tun.hsRate, r.tun.hsBurst)
+	r.hsSlots = make(chan struct{}, r.tun.maxHandshakes)
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.started = true
+	r.nextAE = r.now().Add(r.jitter(r.tun.antiEntropy))
+	r.wg.Add(2)
+	go r.acceptLoop()
+	go r.maintainLoop()
+	for _, t := range r.targets {
+		r.startTargetLocked(t)
+	}
+	r.log.Info("listening for control connections", "addr", ln.Addr().String(), "peer", r.self.Name())
+	return nil
+}
 
-// Close stops everything Start began and closes every connection.
-func (r *Router) Close() error { panic("not implemented") }
+// Addr is the address the router listens on; nil before Start.
+func (r *Router) Addr() net.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ln == nil {
+		return nil
+	}
+	return r.ln.Addr()
+}
 
-// Connect adds a persistent target, dialled with backoff until forgotten.
-func (r *Router) Connect(addr string) error { panic("not implemented") }
+// Self is this router's public key.
+func (r *Router) Self() key.Public { return r.self }
 
-// Forget removes a target and closes its connection.
-func (r *Router) Forget(addr string) error { panic("not implemented") }
+// Close stops everything Start began and closes every connection. It returns
+// when every goroutine of the router has exited.
+func (r *Router) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		r.wg.Wait()
+		return nil
+	}
+	r.closed = true
+	if r.cancel != nil {
+		r.cancel()
+	}
+	if r.ln != nil {
+		r.ln.Close()
+	}
+	for c := range r.conns {
+		c.close()
+	}
+	for _, t := range r.targets {
+		t.cancel()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	return nil
+}
 
-// SetAttached publishes the overlay prefixes attached on this host.
-func (r *Router) SetAttached(prefixes []netip.Prefix) { panic("not implemented") }
+// SetAttached publishes the overlay prefixes attached on this host. Invalid
+// prefixes are ignored and at most MaxAttached are published.
+func (r *Router) SetAttached(prefixes []netip.Prefix) {
+	ps := validPrefixes(prefixes)
+	if len(ps) > MaxAttached {
+		r.log.Warn("too many attached prefixes to publish; publishing the first ones", "count", len(ps), "max", MaxAttached)
+		ps = ps[:MaxAttached]
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if slices.Equal(ps, r.selfRec.Attached) {
+		return
+	}
+	r.selfRec.Attached = ps
+	r.bumpSelfLocked()
+	r.floodLocked(nil, []*Record{r.copySelf()})
+	r.nudge()
+}
 
 // Changes is nudged (capacity 1, never blocks the router) whenever Peers may
 // have changed.
-func (r *Router) Changes() <-chan struct{} { panic("not implemented") }
+func (r *Router) Changes() <-chan struct{} { return r.changes }
+
+func (r *Router) nudge() {
+	select {
+	case r.changes <- struct{}{}:
+	default:
+	}
+}
 
 // Peers returns a snapshot of every known peer, self first.
-func (r *Router) Peers() []Peer { panic("not implemented") }
+func (r *Router) Peers() []Peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Peer, 0, len(r.recs))
+	for k, e := range r.recs {
+		p := Peer{
+			Key:      k,
+			Nickname: e.rec.Nickname,
+			HostIP:   e.rec.HostIP,
+			Port:     e.rec.Port,
+			Attached: slices.Clone(e.rec.Attached),
+			Version:  e.rec.Version,
+			Self:     k == r.self,
+		}
+		for _, n := range e.rec.Neighbors {
+			if n.Established {
+				p.Neighbors = append(p.Neighbors, n.Key)
+			}
+		}
+		_, p.Reachable = r.rt.hops[k]
+		p.NextHop = r.rt.nextHop[k]
+		if !p.Self {
+			p.Endpoint, p.Direct = r.endpointLocked(k, e)
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int {
+		if a.Self != b.Self {
+			if a.Self {
+				return -1
+			}
+			return 1
+		}
+		return cmpKey(a.Key, b.Key)
+	})
+	return out
+}
 
-// Connections returns a snapshot of control connections and targets.
-func (r *Router) Connections() []ConnState { panic("not implemented") }
+// endpointLocked chooses where to reach peer k: the remote IP of our
+// established connection to it, else the IP reported by the reachable peer
+// nearest to us (ties: smaller key), always with k's advertised port.
+func (r *Router) endpointLocked(k key.Public, e *entry) (netip.AddrPort, bool) {
+	port := e.rec.Port
+	if port == 0 {
+		port = e.hello.Port
+	}
+	if c := r.active[k]; c != nil {
+		if port == 0 {
+			port = c.hello.Port
+		}
+		return netip.AddrPortFrom(c.remote.Addr(), port), true
+	}
+	if port == 0 {
+		return netip.AddrPort{}, false
+	}
+	var best netip.Addr
+	bestHops := -1
+	var bestKey key.Public
+	for rk, re := range r.recs {
+		if rk == k || rk == r.self {
+			continue
+		}
+		h, ok := r.rt.hops[rk]
+		if !ok {
+			continue
+		}
+		for _, n := range re.rec.Neighbors {
+			if n.Key != k || !n.Established || !n.IP.IsValid() || n.IP.IsUnspecified() {
+				continue
+			}
+			if bestHops < 0 || h < bestHops || (h == bestHops && rk.Less(bestKey)) {
+				best, bestHops, bestKey = n.IP, h, rk
+			}
+		}
+	}
+	if bestHops < 0 {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(best.Unmap(), port), false
+}
 
-// Counters returns event and drop counters by name.
-func (r *Router) Counters() map[string]uint64 { panic("not implemented") }
+// NextHop is the first hop on the route to dst: dst itself when the best
+// path is our direct edge, another peer to relay through, or false when dst
+// is unreachable (or is ourselves). The route A→C is the reverse of C→A.
+func (r *Router) NextHop(dst key.Public) (key.Public, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k, ok := r.rt.nextHop[dst]
+	return k, ok
+}
+
+// Route is the whole best path from us to dst, both ends included; nil when
+// dst is unreachable.
+func (r *Router) Route(dst key.Public) []key.Public {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rt.path(dst)
+}
+
+// Connections returns a snapshot of control connections and targets: one
+// ConnState per target, then one per established connection that no target
+// accounts for.
+func (r *Router) Connections() []ConnState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []ConnState
+	covered := map[*conn]bool{}
+	for _, t := range r.targets {
+		cs := ConnState{Addr: t.addr, Outbound: true, State: t.state, Err: t.err, Peer: t.peer, Nickname: t.nickname}
+		if c := r.active[t.peer]; !t.peer.IsZero() && c != nil && cs.State != StateFailed {
+			cs.State, cs.Err, cs.Nickname = StateEstablished, "", c.hello.Nickname
+			covered[c] = true
+		}
+		out = append(out, cs)
+	}
+	slices.SortFunc(out, func(a, b ConnState) int { return cmpStr(a.Addr, b.Addr) })
+	n := len(out)
+	for _, c := range r.active {
+		if covered[c] {
+			continue
+		}
+		out = append(out, ConnState{
+			Addr:     c.addr,
+			Peer:     c.peer,
+			Nickname: c.hello.Nickname,
+			Outbound: c.outbound,
+			State:    StateEstablished,
+		})
+	}
+	slices.SortFunc(out[n:], func(a, b ConnState) int { return cmpStr(a.Addr, b.Addr) })
+	return out
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Counters returns event and drop counters by name (see counters.go).
+func (r *Router) Counters() map[string]uint64 { return r.ctr.snapshot() }
+
+// logOnceLocked logs msg at level unless the same condition (msg and
+// detail) was the last one logged for subject; repeats go to Debug. Subjects
+// are e.g. a remote IP or a target address, so a failing retry loop logs one
+// line per change of error, not one per attempt.
+func (r *Router) logOnceLocked(level slog.Level, subject, detail, msg string, attrs ...any) {
+	cond := msg + "\x00" + detail
+	if r.logged[subject] == cond {
+		r.log.Debug(msg, attrs...)
+		return
+	}
+	if len(r.logged) >= 4096 {
+		clear(r.logged)
+	}
+	r.logged[subject] = cond
+	r.log.Log(context.Background(), level, msg, attrs...)
+}
+
+func (r *Router) logOnce(level slog.Level, subject, detail, msg string, attrs ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logOnceLocked(level, subject, detail, msg, attrs...)
+}
+
+// jitter returns d ± 20 %.
+func (r *Router) jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d*8/10 + rand.N(d*4/10+1)
+}

@@ -1,0 +1,348 @@
+package discovery
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/flynn/noise"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Transport framing, after the handshake (handshake.go):
+//
+//	+------------+---------------------------------------------+
+//	| length (2) | Noise transport message (length ≤ 65535)    |
+//	+------------+---------------------------------------------+
+//
+// The transport message is ChaCha20-Poly1305 with the handshake's split
+// keys and implicit counters, so frames cannot be dropped, reordered or
+// replayed. It decrypts to one message (gossip.go). A frame that does not
+// decrypt, or a message that does not parse, closes the connection.
+
+// sendQueueLen bounds each connection's queue of messages waiting to be
+// written. When full the oldest is dropped (control_send_dropped): gossip
+// repairs itself through anti-entropy, and the router never blocks on a slow
+// peer.
+const sendQueueLen = 256
+
+var (
+	errDuplicate    = errors.New("duplicate connection to the same peer")
+	errTooManyConns = errors.New("too many control connections")
+	errDecrypt      = errors.New("frame did not decrypt")
+	errNoHello      = errors.New("first message was not a hello")
+)
+
+// conn is one control connection past its handshake.
+type conn struct {
+	// Constant after establish.
+	r        *Router
+	nc       net.Conn
+	addr     string // HOST:PORT dialled, or the remote address
+	remote   netip.AddrPort
+	outbound bool
+	target   *target // the target that dialled it, or nil
+	peer     key.Public
+	hello    Hello
+
+	send *noise.CipherState // owned by establish, then by writeLoop
+	recv *noise.CipherState // owned by establish, then by readLoop
+
+	out       chan []byte   // plaintext messages for writeLoop; sends under Router.mu
+	done      chan struct{} // closed by close
+	closeOnce sync.Once
+}
+
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.nc.Close()
+	})
+}
+
+// dialler returns the key of the end that dialled c.
+func (c *conn) dialler(self key.Public) key.Public {
+	if c.outbound {
+		return self
+	}
+	return c.peer
+}
+
+// preferredOver reports whether c should replace old, a connection to the
+// same peer. Both ends compute the same answer.
+func (c *conn) preferredOver(old *conn, self key.Public) bool {
+	dc, do := c.dialler(self), old.dialler(self)
+	if dc == do {
+		return false // the same end dialled twice: keep the older
+	}
+	lo := self
+	if c.peer.Less(self) {
+		lo = c.peer
+	}
+	return dc == lo
+}
+
+// queue hands m to the writer without blocking, dropping the oldest queued
+// message if the queue is full. Called with Router.mu held, so there is one
+// producer at a time.
+func (c *conn) queue(m []byte) {
+	for {
+		select {
+		case c.out <- m:
+			return
+		default:
+		}
+		select {
+		case <-c.out:
+			c.r.ctr.inc(CtrSendDropped)
+		default:
+		}
+	}
+}
+
+// writeMsg encrypts and writes one message. Only one goroutine at a time
+// owns c.send.
+func (c *conn) writeMsg(m []byte, deadline time.Duration) error {
+	b := make([]byte, 2, 2+len(m)+16)
+	b, err := c.send.Encrypt(b, nil, m)
+	if err != nil {
+		return err
+	}
+	if len(b)-2 > maxFrame {
+		return fmt.Errorf("message of %d bytes does not fit a frame", len(m))
+	}
+	binary.BigEndian.PutUint16(b, uint16(len(b)-2))
+	if deadline > 0 {
+		c.nc.SetWriteDeadline(time.Now().Add(deadline))
+	}
+	_, err = c.nc.Write(b)
+	return err
+}
+
+// readMsg reads and decrypts one message into plain (reused).
+func (c *conn) readMsg(buf, plain []byte) ([]byte, error) {
+	f, err := readFrame(c.nc, buf, maxFrame)
+	if err != nil {
+		return nil, err
+	}
+	plain, err = c.recv.Decrypt(plain[:0], nil, f)
+	if err != nil {
+		return nil, errDecrypt
+	}
+	return plain, nil
+}
+
+func (c *conn) writeLoop() {
+	defer c.r.wg.Done()
+	tick := time.NewTicker(c.r.tun.keepalive / 3)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		var err error
+		select {
+		case <-c.done:
+			return
+		case m := <-c.out:
+			err = c.writeMsg(m, c.r.tun.writeTimeout)
+			last = time.Now()
+		case <-tick.C:
+			if time.Since(last) >= c.r.tun.keepalive {
+				err = c.writeMsg([]byte{msgKeepalive}, c.r.tun.writeTimeout)
+				last = time.Now()
+			}
+		}
+		if err != nil {
+			c.close()
+			return
+		}
+	}
+}
+
+// readLoop reads messages until the connection fails or is closed, and
+// returns why.
+func (c *conn) readLoop() error {
+	r := c.r
+	buf := make([]byte, maxFrame)
+	var plain []byte
+	for {
+		c.nc.SetReadDeadline(time.Now().Add(r.tun.readTimeout))
+		m, err := c.readMsg(buf, plain)
+		if err != nil {
+			if errors.Is(err, errDecrypt) {
+				r.ctr.inc(CtrFrameDecryptFailed)
+				r.logOnce(slog.LevelWarn, "peer:"+c.peer.String(), "decrypt",
+					"closing control connection: a frame failed to decrypt",
+					"peer", c.peer.Name(), "addr", c.addr)
+			}
+			return err
+		}
+		plain = m
+		if err := c.handle(m); err != nil {
+			r.ctr.inc(CtrMessageMalformed)
+			r.logOnce(slog.LevelWarn, "peer:"+c.peer.String(), err.Error(),
+				"closing control connection: peer sent a malformed message",
+				"peer", c.peer.Name(), "addr", c.addr, "err", err.Error())
+			return err
+		}
+	}
+}
+
+// handle acts on one message; an error means it was malformed.
+func (c *conn) handle(m []byte) error {
+	r := c.r
+	if len(m) == 0 {
+		return errShort
+	}
+	switch m[0] {
+	case msgRecords:
+		recs, err := ParseRecordsMessage(m)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.active[c.peer] == c {
+			r.applyRecordsLocked(c, recs)
+		}
+		r.mu.Unlock()
+	case msgKeepalive:
+		if len(m) != 1 {
+			return errTrailing
+		}
+	case msgHello:
+		return errors.New("second hello")
+	default:
+		r.ctr.inc(CtrMessageUnknownType)
+	}
+	return nil
+}
+
+// establish runs the handshake and the hello exchange on nc, within
+// handshakeTimeout. Closing ctx aborts it.
+func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr string, t *target) (*conn, error) {
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	var res handshakeResult
+	var err error
+	if outbound {
+		res, err = handshakeInitiator(nc, r.priv, r.cfg.Secret)
+	} else {
+		res, err = handshakeResponder(nc, r.priv, r.cfg.Secret)
+	}
+	if err != nil {
+		if isTimeout(err) {
+			err = errTimeout
+		}
+		return nil, err
+	}
+	c := &conn{
+		r:        r,
+		nc:       nc,
+		addr:     addr,
+		remote:   addrPortOf(nc.RemoteAddr()),
+		outbound: outbound,
+		target:   t,
+		peer:     res.peer,
+		send:     res.send,
+		recv:     res.recv,
+		out:      make(chan []byte, sendQueueLen),
+		done:     make(chan struct{}),
+	}
+	r.mu.Lock()
+	h := Hello{Port: r.port, RecordVersion: r.selfRec.Version, Nickname: r.selfRec.Nickname}
+	r.mu.Unlock()
+	if err := c.writeMsg(AppendHello(nil, &h), 0); err != nil {
+		return nil, wrapTimeout(err)
+	}
+	m, err := c.readMsg(make([]byte, maxFrame), nil)
+	if err != nil {
+		if errors.Is(err, errDecrypt) {
+			r.ctr.inc(CtrFrameDecryptFailed)
+		}
+		return nil, wrapTimeout(err)
+	}
+	if len(m) == 0 || m[0] != msgHello {
+		r.ctr.inc(CtrMessageMalformed)
+		return nil, errNoHello
+	}
+	c.hello, err = ParseHello(m)
+	if err != nil {
+		r.ctr.inc(CtrMessageMalformed)
+		return nil, fmt.Errorf("malformed hello: %w", err)
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	nc.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func wrapTimeout(err error) error {
+	if isTimeout(err) {
+		return errTimeout
+	}
+	return err
+}
+
+// runConn registers an established c and serves it until it ends. It
+// reports whether c became the active connection to its peer, and why it
+// ended.
+func (r *Router) runConn(c *conn) (bool, error) {
+	r.mu.Lock()
+	if c.target != nil && c.target.ctx.Err() != nil {
+		r.mu.Unlock()
+		c.close()
+		return false, context.Canceled
+	}
+	r.conns[c] = struct{}{}
+	if err := r.addConnLocked(c); err != nil {
+		delete(r.conns, c)
+		r.mu.Unlock()
+		c.close()
+		switch err {
+		case errDuplicate:
+			r.ctr.inc(CtrConnDuplicate)
+		case errTooManyConns:
+			r.ctr.inc(CtrConnLimit)
+		}
+		return false, err
+	}
+	if t := c.target; t != nil {
+		t.conn, t.state, t.err = c, StateEstablished, ""
+		t.peer, t.nickname = c.peer, c.hello.Nickname
+	}
+	r.wg.Add(1)
+	go c.writeLoop()
+	r.mu.Unlock()
+
+	err := c.readLoop()
+	c.close()
+
+	r.mu.Lock()
+	if t := c.target; t != nil && t.conn == c {
+		t.conn = nil
+	}
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // closed by us
+	}
+	r.removeConnLocked(c, err)
+	r.mu.Unlock()
+	return true, err
+}
+
+// addrPortOf converts a net.Addr from a TCP socket.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

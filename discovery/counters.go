@@ -1,0 +1,71 @@
+package discovery
+
+import "sync/atomic"
+
+// Counter names, as returned by Router.Counters. They are stable: the daemon
+// exports them as metrics.
+const (
+	CtrAccepted           = "control_accepted"              // inbound TCP connections accepted
+	CtrHandshakeRateLimit = "control_handshake_ratelimited" // inbound dropped by the per-IP token bucket
+	CtrHandshakeBusy      = "control_handshake_busy"        // inbound dropped: too many handshakes in progress
+	CtrHandshakeFailed    = "control_handshake_failed"      // any handshake failure (both directions), timeouts included
+	CtrHandshakeTimeout   = "control_handshake_timeout"     // handshake or hello not done within 5 s
+	CtrHandshakeBadSecret = "control_handshake_bad_secret"  // inbound message 1 did not decrypt: wrong secret or version
+	CtrHandshakeRefused   = "control_handshake_refused"     // outbound closed by the peer after message 1
+	CtrFrameOversized     = "control_frame_oversized"       // handshake frame above its bound
+	CtrFrameDecryptFailed = "control_frame_decrypt_failed"  // transport frame failed to authenticate
+	CtrMessageMalformed   = "control_message_malformed"     // message that does not parse
+	CtrMessageUnknownType = "control_message_unknown_type"  // message of a type we do not know (ignored)
+	CtrEstablished        = "control_established"           // connections that completed handshake + hello
+	CtrConnSelf           = "control_connection_self"       // connections to ourselves, closed
+	CtrConnDuplicate      = "control_connection_duplicate"  // duplicate connections to one peer, closed
+	CtrConnLimit          = "control_connection_limit"      // closed: MaxNeighbors established already
+	CtrConnClosed         = "control_connection_closed"     // established connections that ended
+	CtrDialFailed         = "control_dial_failed"           // TCP dial or resolution failures
+	CtrSendDropped        = "control_send_dropped"          // message dropped: connection send queue full
+	CtrRecordsReceived    = "gossip_records_received"       // records received in records messages
+	CtrRecordsApplied     = "gossip_records_applied"        // received records that were newer than ours
+	CtrRecordsSent        = "gossip_records_sent"           // records queued for sending
+	CtrAntiEntropy        = "gossip_antientropy_rounds"     // periodic full-state sends
+	CtrPeersExpired       = "gossip_peers_expired"          // peers dropped after being unreachable too long
+)
+
+var counterNames = []string{
+	CtrAccepted, CtrHandshakeRateLimit, CtrHandshakeBusy, CtrHandshakeFailed,
+	CtrHandshakeTimeout, CtrHandshakeBadSecret, CtrHandshakeRefused,
+	CtrFrameOversized, CtrFrameDecryptFailed, CtrMessageMalformed,
+	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
+	CtrConnLimit, CtrConnClosed, CtrDialFailed, CtrSendDropped,
+	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrAntiEntropy,
+	CtrPeersExpired,
+}
+
+// counters is a fixed set of atomic counters; the map is never written after
+// newCounters, so reads need no lock.
+type counters map[string]*atomic.Uint64
+
+func newCounters() counters {
+	c := make(counters, len(counterNames))
+	for _, n := range counterNames {
+		c[n] = new(atomic.Uint64)
+	}
+	return c
+}
+
+func (c counters) inc(name string) { c.add(name, 1) }
+
+func (c counters) add(name string, n uint64) {
+	v, ok := c[name]
+	if !ok {
+		panic("discovery: unknown counter " + name)
+	}
+	v.Add(n)
+}
+
+func (c counters) snapshot() map[string]uint64 {
+	m := make(map[string]uint64, len(c))
+	for n, v := range c {
+		m[n] = v.Load()
+	}
+	return m
+}

@@ -1,0 +1,256 @@
+package discovery
+
+import (
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// The record table: merge, flooding, reachability and expiry. Everything here
+// runs with Router.mu held.
+
+// bumpSelfLocked gives our record a new version and stores it in the table:
+// the current time in unix nanoseconds, or one more than the last version if
+// the clock has not moved past it.
+func (r *Router) bumpSelfLocked() {
+	v := uint64(r.now().UnixNano())
+	if v <= r.selfRec.Version {
+		v = r.selfRec.Version + 1
+	}
+	r.selfRec.Version = v
+	e := r.recs[r.self]
+	e.rec = r.selfRec
+	e.rec.Attached = slices.Clone(r.selfRec.Attached)
+	e.rec.Neighbors = slices.Clone(r.selfRec.Neighbors)
+}
+
+// copySelf returns a copy of our record that does not alias selfRec.
+func (r *Router) copySelf() *Record {
+	rec := r.selfRec
+	rec.Attached = slices.Clone(rec.Attached)
+	rec.Neighbors = slices.Clone(rec.Neighbors)
+	return &rec
+}
+
+// selfNeighborsLocked rebuilds our neighbor list from the active connections
+// and publishes a new version of our record to everyone.
+func (r *Router) selfNeighborsChangedLocked() {
+	nb := make([]Neighbor, 0, len(r.active))
+	for k, c := range r.active {
+		nb = append(nb, Neighbor{Key: k, IP: c.remote.Addr(), Established: true})
+	}
+	slices.SortFunc(nb, func(a, b Neighbor) int { return cmpKey(a.Key, b.Key) })
+	r.selfRec.Neighbors = nb
+	r.bumpSelfLocked()
+	r.recomputeLocked()
+	r.floodLocked(nil, []*Record{r.copySelf()})
+	r.nudge()
+}
+
+// applyRecordsLocked merges records received from conn from (nil: local) and
+// forwards the ones that changed our table to every other connection.
+func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
+	r.ctr.add(CtrRecordsReceived, uint64(len(recs)))
+	var changed []*Record
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Key == r.self {
+			// A record of ours with a version at least as high as the
+			// current one comes from a previous run whose clock was ahead.
+			// Jump past it so that our current state wins everywhere.
+			if rec.Version > r.selfRec.Version {
+				r.selfRec.Version = rec.Version
+				r.bumpSelfLocked()
+				changed = append(changed, r.copySelf())
+				r.log.Info("saw a newer record of ours from a previous run; superseding it", "version", rec.Version)
+			}
+			continue
+		}
+		if t, ok := r.tombs[rec.Key]; ok && rec.Version <= t.version {
+			continue
+		}
+		e := r.recs[rec.Key]
+		if e != nil && rec.Version <= e.rec.Version {
+			continue
+		}
+		r.ctr.inc(CtrRecordsApplied)
+		if e == nil {
+			e = &entry{}
+			r.recs[rec.Key] = e
+			r.log.Info("learned of peer", "peer", rec.Key.Name(), "nickname", rec.Nickname)
+		}
+		e.rec = *rec
+		changed = append(changed, rec)
+	}
+	if len(changed) == 0 {
+		return
+	}
+	r.recomputeLocked()
+	r.floodLocked(from, changed)
+	r.nudge()
+}
+
+// floodLocked queues recs to every active connection except skip.
+func (r *Router) floodLocked(skip *conn, recs []*Record) {
+	if len(r.active) == 0 || len(recs) == 0 {
+		return
+	}
+	msgs := packRecords(recs)
+	for _, c := range r.active {
+		if c == skip {
+			continue
+		}
+		r.ctr.add(CtrRecordsSent, uint64(len(recs)))
+		for _, m := range msgs {
+			c.queue(m)
+		}
+	}
+}
+
+// sendFullStateLocked queues every record we hold to c.
+func (r *Router) sendFullStateLocked(c *conn) {
+	recs := make([]*Record, 0, len(r.recs))
+	recs = append(recs, r.copySelf())
+	for k, e := range r.recs {
+		if k == r.self {
+			continue
+		}
+		rec := e.rec
+		recs = append(recs, &rec)
+	}
+	r.ctr.add(CtrRecordsSent, uint64(len(recs)))
+	for _, m := range packRecords(recs) {
+		c.queue(m)
+	}
+}
+
+// recomputeLocked recomputes edges, reachability and routes, and notes when
+// each peer became unreachable.
+func (r *Router) recomputeLocked() {
+	recs := make(map[key.Public]*Record, len(r.recs))
+	for k, e := range r.recs {
+		recs[k] = &e.rec
+	}
+	old := r.rt
+	r.rt = computeRoutes(r.self, buildAdjacency(recs))
+	now := r.now()
+	for k, e := range r.recs {
+		_, reach := r.rt.hops[k]
+		_, was := old.hops[k]
+		switch {
+		case reach:
+			e.unreachableSince = time.Time{}
+		case e.unreachableSince.IsZero():
+			e.unreachableSince = now
+		}
+		if reach != was && k != r.self {
+			if reach {
+				r.log.Info("peer reachable", "peer", k.Name(), "nickname", e.rec.Nickname)
+			} else if was {
+				r.log.Info("peer unreachable", "peer", k.Name(), "nickname", e.rec.Nickname)
+			}
+		}
+	}
+}
+
+// expireLocked drops peers unreachable for longer than expireAfter, and
+// tombstones past tombstoneFor.
+func (r *Router) expireLocked(now time.Time) {
+	dropped := false
+	for k, e := range r.recs {
+		if k == r.self || e.unreachableSince.IsZero() || r.active[k] != nil {
+			continue
+		}
+		if now.Sub(e.unreachableSince) < r.tun.expireAfter {
+			continue
+		}
+		delete(r.recs, k)
+		delete(r.dials, k)
+		r.tombs[k] = tomb{version: e.rec.Version, at: now}
+		r.ctr.inc(CtrPeersExpired)
+		r.log.Info("forgot unreachable peer", "peer", k.Name(), "nickname", e.rec.Nickname)
+		dropped = true
+	}
+	for k, t := range r.tombs {
+		if now.Sub(t.at) > r.tun.tombstoneFor {
+			delete(r.tombs, k)
+		}
+	}
+	if dropped {
+		r.recomputeLocked()
+		r.nudge()
+	}
+}
+
+// antiEntropyLocked sends the full state to one random active connection.
+func (r *Router) antiEntropyLocked() {
+	if len(r.active) == 0 {
+		return
+	}
+	cs := make([]*conn, 0, len(r.active))
+	for _, c := range r.active {
+		cs = append(cs, c)
+	}
+	r.ctr.inc(CtrAntiEntropy)
+	r.sendFullStateLocked(cs[rand.N(len(cs))])
+}
+
+// addConnLocked makes c the active connection to its peer, or reports why
+// not. Duplicates are resolved the same way on both sides: between two
+// connections dialled by different ends, the one dialled by the end with the
+// smaller key stays; between two dialled by the same end, the older stays.
+func (r *Router) addConnLocked(c *conn) error {
+	if r.closed {
+		return ErrClosed
+	}
+	if old := r.active[c.peer]; old != nil {
+		if !c.preferredOver(old, r.self) {
+			return errDuplicate
+		}
+		r.ctr.inc(CtrConnDuplicate)
+		r.log.Debug("closing duplicate control connection", "peer", c.peer.Name(), "addr", old.addr)
+		delete(r.active, c.peer)
+		old.close()
+	} else if len(r.active) >= MaxNeighbors {
+		return errTooManyConns
+	}
+	r.active[c.peer] = c
+	e := r.recs[c.peer]
+	if e == nil {
+		// Until its record arrives, show the peer with what its hello said.
+		e = &entry{rec: Record{Key: c.peer, Nickname: c.hello.Nickname, Port: c.hello.Port}, unreachableSince: r.now()}
+		r.recs[c.peer] = e
+	}
+	e.hello = c.hello
+	r.ctr.inc(CtrEstablished)
+	r.log.Info("control connection established", "peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr, "outbound", c.outbound)
+	r.selfNeighborsChangedLocked()
+	r.sendFullStateLocked(c)
+	return nil
+}
+
+// removeConnLocked forgets c; if it was the active connection to its peer,
+// our record changes and targets waiting on that peer are woken.
+func (r *Router) removeConnLocked(c *conn, why error) {
+	delete(r.conns, c)
+	if r.active[c.peer] != c {
+		return
+	}
+	delete(r.active, c.peer)
+	r.ctr.inc(CtrConnClosed)
+	attrs := []any{"peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr}
+	if why != nil {
+		attrs = append(attrs, "err", why.Error())
+	}
+	r.log.Info("control connection closed", attrs...)
+	for _, t := range r.targets {
+		if t.peer == c.peer {
+			t.wakeUp()
+		}
+	}
+	if !r.closed {
+		r.selfNeighborsChangedLocked()
+	}
+}

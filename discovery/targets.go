@@ -1,0 +1,401 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Targets are the addresses the user asked us to connect to (Connect). Each
+// has one goroutine that dials it with exponential backoff (backoffMin
+// doubling to backoffMax, ±20 % jitter) until Forget. Peers learned through
+// gossip are dialled too, at their known endpoint, but only while they are
+// in the table and we have no connection to them (gossipDial).
+
+// target is one persistent connection target.
+type target struct {
+	// Constant after Connect.
+	addr   string // normalised HOST:PORT
+	host   string
+	port   uint16
+	ctx    context.Context // cancelled by Forget and Close
+	cancel context.CancelFunc
+	wake   chan struct{} // cap 1: the peer it reached lost its connection
+
+	// Guarded by Router.mu.
+	state    string
+	err      string
+	peer     key.Public // the peer it reached last; zero until then
+	nickname string
+	conn     *conn // its established connection, if any
+}
+
+func (t *target) wakeUp() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// gossipDial is the dial state of a peer learned through gossip. Guarded by
+// Router.mu.
+type gossipDial struct {
+	inFlight bool
+	next     time.Time
+	backoff  time.Duration
+}
+
+// Connect adds a persistent target, dialled with backoff until forgotten.
+// addr is HOST or HOST:PORT (IPv6 literals in brackets when a port is
+// given); the port defaults to Config.Port. The host must resolve now.
+// Connecting to an existing target is not an error.
+func (r *Router) Connect(addr string) error {
+	host, port, err := r.parseTarget(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.tun.resolveTimout)
+	_, err = resolve(ctx, host)
+	cancel()
+	if err != nil {
+		return err
+	}
+	norm := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	if r.targets[norm] != nil {
+		return nil
+	}
+	t := &target{addr: norm, host: host, port: port, state: StateConnecting, wake: make(chan struct{}, 1)}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	r.targets[norm] = t
+	r.log.Info("added connection target", "addr", norm)
+	if r.started {
+		r.startTargetLocked(t)
+	}
+	return nil
+}
+
+// Forget removes a target and closes its connection.
+func (r *Router) Forget(addr string) error {
+	host, port, err := r.parseTarget(addr)
+	if err != nil {
+		return ErrUnknownTarget
+	}
+	norm := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.targets[norm]
+	if t == nil {
+		return ErrUnknownTarget
+	}
+	delete(r.targets, norm)
+	delete(r.logged, "target:"+norm)
+	t.cancel()
+	if t.conn != nil {
+		t.conn.close()
+	}
+	r.log.Info("forgot connection target", "addr", norm)
+	r.nudge()
+	return nil
+}
+
+func (r *Router) defaultPort() uint16 {
+	if r.cfg.Port != 0 {
+		return r.cfg.Port
+	}
+	return DefaultPort
+}
+
+// parseTarget splits and validates HOST[:PORT].
+func (r *Router) parseTarget(addr string) (string, uint16, error) {
+	s := strings.TrimSpace(addr)
+	if s == "" {
+		return "", 0, errors.New("empty address")
+	}
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		host, portStr = s, ""
+		if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+			host = s[1 : len(s)-1]
+		}
+	}
+	port := r.defaultPort()
+	if portStr != "" {
+		p, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || p == 0 {
+			return "", 0, fmt.Errorf("address %q: bad port %q", addr, portStr)
+		}
+		port = uint16(p)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" {
+			return "", 0, fmt.Errorf("address %q: zoned IPv6 addresses are not supported", addr)
+		}
+		return ip.Unmap().String(), port, nil
+	}
+	if !validHostname(host) {
+		return "", 0, fmt.Errorf("address %q: not an IP address or host name", addr)
+	}
+	return strings.ToLower(strings.TrimSuffix(host, ".")), port, nil
+}
+
+// validHostname checks RFC 1123 host name syntax.
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// resolve returns one address of host, IPv4 preferred.
+func resolve(ctx context.Context, host string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return ip, nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cannot resolve %q: %w", host, err)
+	}
+	if len(ips) == 0 {
+		return netip.Addr{}, fmt.Errorf("cannot resolve %q: no addresses", host)
+	}
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			return ip.Unmap(), nil
+		}
+	}
+	return ips[0], nil
+}
+
+func (r *Router) startTargetLocked(t *target) {
+	r.wg.Add(1)
+	go r.runTarget(t)
+}
+
+// satisfied reports whether another connection to the peer t reached last
+// is established, so t need not dial.
+func (r *Router) targetSatisfied(t *target) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t.peer.IsZero() {
+		return false
+	}
+	c := r.active[t.peer]
+	if c != nil && c.target != t {
+		t.state, t.err, t.nickname = StateEstablished, "", c.hello.Nickname
+		return true
+	}
+	return false
+}
+
+func (r *Router) runTarget(t *target) {
+	defer r.wg.Done()
+	backoff := r.tun.backoffMin
+	for {
+		for r.targetSatisfied(t) {
+			select {
+			case <-t.ctx.Done():
+				return
+			case <-t.wake:
+			}
+		}
+		if t.ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		t.state = StateConnecting
+		r.mu.Unlock()
+
+		established, err := r.dialTarget(t)
+		if t.ctx.Err() != nil {
+			return
+		}
+		switch {
+		case established:
+			backoff = r.tun.backoffMin
+			r.mu.Lock()
+			t.state = StateConnecting
+			r.mu.Unlock()
+		case errors.Is(err, errDuplicate) && r.targetSatisfied(t):
+			continue
+		case err != nil:
+			r.targetFailed(t, err)
+			if errors.Is(err, errSelf) {
+				backoff = r.tun.backoffMax
+			}
+		}
+		timer := time.NewTimer(r.jitter(backoff))
+		select {
+		case <-t.ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, r.tun.backoffMax)
+	}
+}
+
+// dialTarget makes one attempt at t and, if it succeeds, serves the
+// connection until it ends.
+func (r *Router) dialTarget(t *target) (bool, error) {
+	ctx, cancel := context.WithTimeout(t.ctx, r.tun.resolveTimout)
+	ip, err := resolve(ctx, t.host)
+	cancel()
+	if err != nil {
+		r.ctr.inc(CtrDialFailed)
+		return false, err
+	}
+	c, err := r.dialAddr(t.ctx, netip.AddrPortFrom(ip, t.port), t.addr, t)
+	if err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	t.peer, t.nickname = c.peer, c.hello.Nickname
+	r.mu.Unlock()
+	return r.runConn(c)
+}
+
+// targetFailed records and logs (once per change) why t failed.
+func (r *Router) targetFailed(t *target, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.targets[t.addr] != t {
+		return
+	}
+	t.state, t.err = StateFailed, err.Error()
+	var msg string
+	switch {
+	case errors.Is(err, errRefused):
+		msg = "control connection refused by peer: it does not know our network secret (different --password?)"
+	case errors.Is(err, errSelf):
+		msg = "connection target is this peer itself; not connecting to ourselves"
+	default:
+		msg = "cannot connect to control target"
+	}
+	r.logOnceLocked(slog.LevelWarn, "target:"+t.addr, err.Error(), msg, "addr", t.addr, "err", err.Error())
+	r.nudge()
+}
+
+// dialAddr dials ap and runs the handshake; display is the address shown.
+func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string, t *target) (*conn, error) {
+	d := net.Dialer{Timeout: r.tun.dialTimeout}
+	nc, err := d.DialContext(ctx, "tcp", ap.String())
+	if err != nil {
+		r.ctr.inc(CtrDialFailed)
+		return nil, err
+	}
+	c, err := r.establish(ctx, nc, true, display, t)
+	if err != nil {
+		nc.Close()
+		r.countHandshakeFailure(err, true)
+		return nil, err
+	}
+	return c, nil
+}
+
+// countHandshakeFailure counts a failed handshake by cause.
+func (r *Router) countHandshakeFailure(err error, outbound bool) {
+	switch {
+	case errors.Is(err, errSelf):
+		r.ctr.inc(CtrConnSelf)
+		return
+	case errors.Is(err, context.Canceled), errors.Is(err, net.ErrClosed):
+		return
+	case errors.Is(err, errTimeout):
+		r.ctr.inc(CtrHandshakeTimeout)
+	case errors.Is(err, errBadSecret):
+		r.ctr.inc(CtrHandshakeBadSecret)
+	case errors.Is(err, errRefused):
+		r.ctr.inc(CtrHandshakeRefused)
+	case errors.Is(err, errOversized):
+		r.ctr.inc(CtrFrameOversized)
+	}
+	r.ctr.inc(CtrHandshakeFailed)
+}
+
+// gossipDialsLocked starts a dial to every peer in the table we have no
+// connection to, whose endpoint we know, and that no target is handling.
+func (r *Router) gossipDialsLocked(now time.Time) {
+	covered := map[key.Public]bool{}
+	for _, t := range r.targets {
+		if !t.peer.IsZero() {
+			covered[t.peer] = true
+		}
+	}
+	for k, e := range r.recs {
+		if k == r.self || covered[k] {
+			continue
+		}
+		d := r.dials[k]
+		if r.active[k] != nil {
+			if d != nil && !d.inFlight {
+				delete(r.dials, k)
+			}
+			continue
+		}
+		ep, _ := r.endpointLocked(k, e)
+		if !ep.IsValid() {
+			continue
+		}
+		if d == nil {
+			d = &gossipDial{backoff: r.tun.backoffMin}
+			r.dials[k] = d
+		}
+		if d.inFlight || now.Before(d.next) {
+			continue
+		}
+		d.inFlight = true
+		r.wg.Add(1)
+		go r.gossipDial(k, ep)
+	}
+}
+
+func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
+	defer r.wg.Done()
+	established := false
+	c, err := r.dialAddr(r.ctx, ep, ep.String(), nil)
+	if err == nil {
+		established, err = r.runConn(c)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil && !established && r.ctx.Err() == nil {
+		r.logOnceLocked(slog.LevelDebug, "gossip:"+k.String(), err.Error(),
+			"cannot connect to peer learned through gossip", "peer", k.Name(), "addr", ep.String(), "err", err.Error())
+	}
+	d := r.dials[k]
+	if d == nil {
+		return
+	}
+	d.inFlight = false
+	if established {
+		d.backoff = r.tun.backoffMin
+	} else {
+		d.backoff = min(2*d.backoff, r.tun.backoffMax)
+	}
+	d.next = r.now().Add(r.jitter(d.backoff))
+}
