@@ -228,7 +228,7 @@ func (c *conn) handle(m []byte) error {
 func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr string, t *target) (*conn, error) {
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	nc.SetDeadline(time.Now().Add(r.tun.handshake))
 	var res handshakeResult
 	var err error
 	if outbound {

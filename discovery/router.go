@@ -118,7 +118,8 @@ type tunables struct {
 	writeTimeout  time.Duration
 	dialTimeout   time.Duration
 	resolveTimout time.Duration
-	hsRate        float64 // inbound handshakes per second per IP
+	handshake     time.Duration // handshake and hello must finish within it
+	hsRate        float64       // inbound handshakes per second per IP
 	hsBurst       float64
 	maxHandshakes int // inbound handshakes in progress at once
 }
@@ -136,6 +137,7 @@ func defaultTunables() tunables {
 		writeTimeout:  10 * time.Second,
 		dialTimeout:   5 * time.Second,
 		resolveTimout: 5 * time.Second,
+		handshake:     handshakeTimeout,
 		hsRate:        5,
 		hsBurst:       20,
 		maxHandshakes: 64,

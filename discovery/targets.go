@@ -103,10 +103,11 @@ func (r *Router) Forget(addr string) error {
 	delete(r.targets, norm)
 	delete(r.logged, "target:"+norm)
 	t.cancel()
-	if t.conn != nil {
-		t.conn.close()
-	}
 	r.log.Info("forgot connection target", "addr", norm)
+	if c := t.conn; c != nil {
+		c.close()
+		r.removeConnLocked(c, nil) // at once, so Connections no longer shows it
+	}
 	r.nudge()
 	return nil
 }

@@ -1,0 +1,347 @@
+package discovery
+
+import (
+	"errors"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+func TestTwoRoutersConnect(t *testing.T) {
+	a := newTestRouter(t, "a", withHostIP(netip.MustParseAddr("10.32.0.1")))
+	b := newTestRouter(t, "b", withHostIP(netip.MustParseAddr("10.32.0.2")))
+	if err := a.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	bPort := uint16(b.Addr().(interface{ AddrPort() netip.AddrPort }).AddrPort().Port())
+	waitFor(t, 5*time.Second, "a and b reachable with endpoints", func() bool {
+		pb, ok1 := a.peer(b.Self())
+		pa, ok2 := b.peer(a.Self())
+		return ok1 && ok2 && pb.Reachable && pa.Reachable && pb.Direct && pa.Direct &&
+			pb.Endpoint.IsValid() && pa.Endpoint.IsValid()
+	})
+	pb, _ := a.peer(b.Self())
+	if pb.Endpoint != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), bPort) {
+		t.Errorf("a sees b at %v, want 127.0.0.1:%d", pb.Endpoint, bPort)
+	}
+	if pb.Nickname != "b" || pb.HostIP != netip.MustParseAddr("10.32.0.2") || pb.Port != bPort {
+		t.Errorf("a's view of b = %+v", pb)
+	}
+	if !slices.Contains(pb.Neighbors, a.Self()) {
+		t.Errorf("b's neighbors %v lack a", pb.Neighbors)
+	}
+	if hop, ok := a.NextHop(b.Self()); !ok || hop != b.Self() {
+		t.Errorf("NextHop(b) = %v, %v", hop, ok)
+	}
+	if ps := a.Peers(); !ps[0].Self || ps[0].Key != a.Self() {
+		t.Errorf("Peers()[0] is not self: %+v", ps[0])
+	}
+	cs := a.Connections()
+	if len(cs) != 1 || cs[0].State != StateEstablished || cs[0].Peer != b.Self() || !cs[0].Outbound || cs[0].Addr != b.addr() || cs[0].Nickname != "b" {
+		t.Errorf("a's connections:\n%s", connStates(a))
+	}
+	cs = b.Connections()
+	if len(cs) != 1 || cs[0].State != StateEstablished || cs[0].Peer != a.Self() || cs[0].Outbound {
+		t.Errorf("b's connections:\n%s", connStates(b))
+	}
+	c := a.Counters()
+	if c[CtrEstablished] != 1 || c[CtrRecordsApplied] == 0 || c[CtrHandshakeFailed] != 0 {
+		t.Errorf("counters: %v", c)
+	}
+}
+
+func TestLineLearnsThroughMiddle(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	c := newTestRouter(t, "c")
+	if err := a.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a learns c through b", func() bool {
+		p, ok := a.peer(c.Self())
+		return ok && p.Reachable && p.Endpoint.IsValid()
+	})
+	waitFor(t, 10*time.Second, "a and c connect directly", func() bool {
+		p, ok := a.peer(c.Self())
+		q, ok2 := c.peer(a.Self())
+		hop, _ := a.NextHop(c.Self())
+		return ok && ok2 && p.Direct && q.Direct && hop == c.Self()
+	})
+	// The gossip-driven connection shows up as its own ConnState.
+	waitFor(t, 5*time.Second, "a lists two connections", func() bool { return len(a.Connections()) == 2 })
+}
+
+func TestRelayRouteWithoutDirectConnection(t *testing.T) {
+	// c does not listen where a can reach it: c's advertised port is wrong,
+	// so a's gossip dial fails and a keeps routing through b.
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	c := newTestRouter(t, "c")
+	c.mu.Lock()
+	c.selfRec.Port = 1 // nobody listens on port 1
+	c.port = 1
+	c.bumpSelfLocked()
+	c.mu.Unlock()
+	a.Connect(b.addr())
+	c.Connect(b.addr())
+	waitFor(t, 5*time.Second, "a reaches c through b", func() bool {
+		p, ok := a.peer(c.Self())
+		hop, _ := a.NextHop(c.Self())
+		return ok && p.Reachable && !p.Direct && hop == b.Self()
+	})
+	if r := a.Route(c.Self()); len(r) != 3 || r[1] != b.Self() {
+		t.Errorf("route a→c = %v", r)
+	}
+	if r := c.Route(a.Self()); len(r) != 3 || r[1] != b.Self() {
+		t.Errorf("route c→a = %v", r)
+	}
+}
+
+func TestWrongSecret(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b", withSecret(key.Secret{9, 9, 9}))
+	if err := a.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "several refused attempts", func() bool {
+		return a.Counters()[CtrHandshakeRefused] >= 3 && b.Counters()[CtrHandshakeBadSecret] >= 3
+	})
+	cs := a.Connections()
+	if len(cs) != 1 {
+		t.Fatalf("connections:\n%s", connStates(a))
+	}
+	waitFor(t, 2*time.Second, "target failed", func() bool {
+		cs := a.Connections()
+		return cs[0].State == StateFailed
+	})
+	cs = a.Connections()
+	if !strings.Contains(cs[0].Err, "does not know our network secret") || !cs[0].Peer.IsZero() {
+		t.Errorf("target state %+v", cs[0])
+	}
+	if n := a.logs.count("refused by peer: it does not know our network secret"); n != 1 {
+		t.Errorf("dialler logged the refusal %d times, want 1", n)
+	}
+	if n := b.logs.count("it does not know this network's secret"); n != 1 {
+		t.Errorf("responder logged the rejection %d times, want 1", n)
+	}
+	if len(a.Peers()) != 1 || len(b.Peers()) != 1 {
+		t.Errorf("peers learned despite the wrong secret: %v %v", a.Peers(), b.Peers())
+	}
+	if got := len(b.Connections()); got != 0 {
+		t.Errorf("b has %d connections", got)
+	}
+}
+
+func TestForget(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	if err := a.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "connected", func() bool {
+		p, ok := b.peer(a.Self())
+		return ok && p.Direct
+	})
+	if err := a.Forget(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Connections()) != 0 {
+		t.Errorf("connections after Forget:\n%s", connStates(a))
+	}
+	waitFor(t, 5*time.Second, "b sees the connection closed", func() bool {
+		p, ok := b.peer(a.Self())
+		return !ok || !p.Direct
+	})
+	if err := a.Forget(b.addr()); !errors.Is(err, ErrUnknownTarget) {
+		t.Errorf("second Forget: %v", err)
+	}
+}
+
+func TestSetAttachedPropagates(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	c := newTestRouter(t, "c")
+	a.Connect(b.addr())
+	c.Connect(b.addr())
+	waitFor(t, 5*time.Second, "c learns a", func() bool { _, ok := c.peer(a.Self()); return ok })
+	want := []netip.Prefix{netip.MustParsePrefix("10.32.0.0/24"), netip.MustParsePrefix("10.33.1.7/32")}
+	// Drain so we can see the nudge.
+	select {
+	case <-c.Changes():
+	default:
+	}
+	a.SetAttached(append(want, netip.Prefix{}))
+	waitFor(t, 5*time.Second, "c sees a's prefixes", func() bool {
+		p, _ := c.peer(a.Self())
+		return slices.Equal(p.Attached, want)
+	})
+	select {
+	case <-c.Changes():
+	case <-time.After(time.Second):
+		t.Error("Changes was not nudged")
+	}
+	if p, _ := a.peer(a.Self()); !slices.Equal(p.Attached, want) {
+		t.Errorf("self record attached = %v", p.Attached)
+	}
+}
+
+func TestRestartWithSameKeyWins(t *testing.T) {
+	k := newKey(t)
+	b := newTestRouter(t, "b")
+	a1 := newTestRouter(t, "a-old", withKey(k))
+	a1.Connect(b.addr())
+	waitFor(t, 5*time.Second, "b learns a-old", func() bool {
+		p, ok := b.peer(k.Public())
+		return ok && p.Nickname == "a-old" && p.Reachable
+	})
+	old, _ := b.peer(k.Public())
+	a1.Close()
+	a2 := newTestRouter(t, "a-new", withKey(k))
+	a2.Connect(b.addr())
+	waitFor(t, 5*time.Second, "b sees the restarted a", func() bool {
+		p, ok := b.peer(k.Public())
+		return ok && p.Nickname == "a-new" && p.Reachable && p.Direct
+	})
+	p, _ := b.peer(k.Public())
+	if p.Version <= old.Version {
+		t.Errorf("version %d not above %d", p.Version, old.Version)
+	}
+	if p.Port == old.Port {
+		t.Errorf("port not updated: %d", p.Port)
+	}
+	// A stale copy of the old record must not win.
+	b.mu.Lock()
+	stale := Record{Key: k.Public(), Version: old.Version, Nickname: "a-old"}
+	b.applyRecordsLocked(nil, []Record{stale})
+	b.mu.Unlock()
+	if p, _ := b.peer(k.Public()); p.Nickname != "a-new" {
+		t.Errorf("stale record won: %+v", p)
+	}
+}
+
+func TestConnectToSelf(t *testing.T) {
+	a := newTestRouter(t, "a")
+	if err := a.Connect(a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "self connection fails", func() bool {
+		cs := a.Connections()
+		return len(cs) == 1 && cs[0].State == StateFailed && strings.Contains(cs[0].Err, "ourselves")
+	})
+	if a.Counters()[CtrConnSelf] == 0 {
+		t.Error("control_connection_self not counted")
+	}
+	if len(a.Peers()) != 1 {
+		t.Errorf("peers: %+v", a.Peers())
+	}
+}
+
+func TestDuplicateConnectionsResolve(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	a.Connect(b.addr())
+	b.Connect(a.addr())
+	waitFor(t, 5*time.Second, "both targets established over one connection", func() bool {
+		ca, cb := a.Connections(), b.Connections()
+		return len(ca) == 1 && len(cb) == 1 && ca[0].State == StateEstablished && cb[0].State == StateEstablished
+	})
+	// Exactly one connection, dialled by the smaller key, on both sides.
+	lo := a
+	if b.Self().Less(a.Self()) {
+		lo = b
+	}
+	for _, r := range []*testRouter{a, b} {
+		r.mu.Lock()
+		n := len(r.active)
+		var c *conn
+		for _, c = range r.active {
+		}
+		r.mu.Unlock()
+		if n != 1 {
+			t.Fatalf("%d active connections", n)
+		}
+		if c.dialler(r.Self()) != lo.Self() {
+			t.Errorf("kept a connection dialled by the larger key")
+		}
+	}
+}
+
+func TestConnectValidation(t *testing.T) {
+	a := newTestRouter(t, "a")
+	for _, bad := range []string{"", "   ", "foo:bar:baz", "host:0", "host:99999", "-bad-.example", "a b", "[::1", "1.2.3.4:x"} {
+		if err := a.Connect(bad); err == nil {
+			t.Errorf("Connect(%q) accepted", bad)
+		}
+	}
+	if len(a.Connections()) != 0 {
+		t.Errorf("bad targets added:\n%s", connStates(a))
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	r, err := New(Config{Private: newKey(t), Port: 6783})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, in string
+		host     string
+		port     uint16
+		ok       bool
+	}{
+		{"ipv4", "192.0.2.1", "192.0.2.1", 6783, true},
+		{"ipv4 port", "192.0.2.1:7000", "192.0.2.1", 7000, true},
+		{"ipv6", "2001:db8::1", "2001:db8::1", 6783, true},
+		{"ipv6 brackets", "[2001:db8::1]", "2001:db8::1", 6783, true},
+		{"ipv6 port", "[2001:db8::1]:7000", "2001:db8::1", 7000, true},
+		{"name", "Host-1.Example.com.", "host-1.example.com", 6783, true},
+		{"name port", "localhost:1", "localhost", 1, true},
+		{"mapped", "::ffff:192.0.2.1", "192.0.2.1", 6783, true},
+		{"empty", "", "", 0, false},
+		{"port 0", "h:0", "", 0, false},
+		{"bad port", "h:65536", "", 0, false},
+		{"bad name", "under_score", "", 0, false},
+		{"label dash", "-a.b", "", 0, false},
+		{"zone", "fe80::1%eth0", "", 0, false},
+		{"colons", "a:b:c", "", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			host, port, err := r.parseTarget(tt.in)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if tt.ok && (host != tt.host || port != tt.port) {
+				t.Errorf("= %q, %d; want %q, %d", host, port, tt.host, tt.port)
+			}
+		})
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		a := newTestRouter(t, "a")
+		b := newTestRouter(t, "b")
+		a.Connect(b.addr())
+		b.Connect("127.0.0.1:1") // a target that keeps failing
+		waitFor(t, 5*time.Second, "connected", func() bool { p, _ := a.peer(b.Self()); return p.Direct })
+		a.Close()
+		b.Close()
+		if err := a.Start(); !errors.Is(err, ErrClosed) {
+			t.Errorf("Start after Close: %v", err)
+		}
+		if err := a.Connect("127.0.0.1:2"); !errors.Is(err, ErrClosed) {
+			t.Errorf("Connect after Close: %v", err)
+		}
+	}()
+	waitFor(t, 5*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
+}
