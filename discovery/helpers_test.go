@@ -63,13 +63,14 @@ type testRouter struct {
 	logs *logSink
 }
 
-type routerOpt func(*Config)
+type routerOpt func(*Config, *tunables)
 
-func withKey(k key.Private) routerOpt     { return func(c *Config) { c.Private = k } }
-func withNick(n string) routerOpt         { return func(c *Config) { c.Nickname = n } }
-func withSecret(s key.Secret) routerOpt   { return func(c *Config) { c.Secret = s } }
-func withHostIP(ip netip.Addr) routerOpt  { return func(c *Config) { c.HostIP = ip } }
-func withListen(addr string) routerOpt    { return func(c *Config) { c.ListenAddr = addr } }
+func withKey(k key.Private) routerOpt    { return func(c *Config, _ *tunables) { c.Private = k } }
+func withSecret(s key.Secret) routerOpt  { return func(c *Config, _ *tunables) { c.Secret = s } }
+func withHostIP(ip netip.Addr) routerOpt { return func(c *Config, _ *tunables) { c.HostIP = ip } }
+func withTuning(f func(*tunables)) routerOpt {
+	return func(_ *Config, tu *tunables) { f(tu) }
+}
 
 var testSecret = key.Secret{1, 2, 3, 4, 5}
 
@@ -93,18 +94,20 @@ func newTestRouter(t testing.TB, name string, opts ...routerOpt) *testRouter {
 		ListenAddr: "127.0.0.1:0",
 		Logger:     slog.New(sink),
 	}
+	tu := defaultTunables()
+	tu.tick = 20 * time.Millisecond
+	tu.antiEntropy = 300 * time.Millisecond
+	tu.backoffMin = 50 * time.Millisecond
+	tu.backoffMax = 400 * time.Millisecond
+	tu.handshake = 2 * time.Second
 	for _, o := range opts {
-		o(&cfg)
+		o(&cfg, &tu)
 	}
 	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.tun.tick = 20 * time.Millisecond
-	r.tun.antiEntropy = 300 * time.Millisecond
-	r.tun.backoffMin = 50 * time.Millisecond
-	r.tun.backoffMax = 400 * time.Millisecond
-	r.tun.handshake = 2 * time.Second
+	r.tun = tu
 	if err := r.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -142,3 +145,5 @@ func connStates(r *testRouter) string {
 	}
 	return b.String()
 }
+
+func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
