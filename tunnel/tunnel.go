@@ -5,9 +5,23 @@
 package tunnel
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -55,31 +69,348 @@ type Attached struct {
 	MTU      int
 }
 
+// ErrClosed is returned by the methods of a closed Tunnel.
+var ErrClosed = errors.New("tunnel closed")
+
+// routeProtocol marks the routes a Tunnel installs (rtm_protocol), so that
+// SetPeers can tell them from any other route and reconcile exactly its own.
+// 0x57 is 'W'; iproute2 prints it as "proto 87".
+const routeProtocol netlink.RouteProtocol = 0x57
+
 // Tunnel is the data plane of one host.
-type Tunnel struct{}
+//
+// Network namespaces: New creates everything (the TUN, the UDP sockets, the
+// bridge, the sysctls) in the network namespace of the thread that calls it,
+// and remembers that namespace. Every later netlink call goes through a
+// handle opened there, and the Bind reopens its sockets there, so the other
+// methods may be called from any goroutine.
+type Tunnel struct {
+	// Constant after New.
+	cfg      Config
+	log      *slog.Logger
+	ns       netns.NsHandle  // the namespace New ran in
+	nl       *netlink.Handle // netlink in ns
+	tunDev   tun.Device
+	dev      *device.Device
+	bind     *Bind
+	tunName  string
+	tunIndex int
+	brIndex  int
+
+	// mu guards what follows and serialises every change to WireGuard's
+	// peers, the routes and the attachments. It is never taken on the
+	// packet path.
+	mu      sync.Mutex
+	closed  bool
+	applied map[key.Public]peerState // peers as last set in wireguard-go
+	synced  bool                     // applied is what wireguard-go holds; false after a failed IpcSet
+	skipped string                   // prefixes last refused a route, to log a change once
+}
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
 // creates (or re-adopts) the bridge with HostIP, and brings everything up.
-func New(cfg Config) (*Tunnel, error) { panic("not implemented") }
+//
+// It works in the network namespace of the calling thread: a daemon started
+// with `ip netns exec` is wholly inside it; a test that serves several
+// namespaces from one process locks its thread and enters the namespace
+// first (runtime.LockOSThread, netns.Set) and may leave it once New returns.
+func New(cfg Config) (*Tunnel, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	// Keep one thread, hence one namespace, for all of New.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true}
+	ok := false
+	defer func() {
+		if !ok {
+			t.teardown()
+		}
+	}()
+	var err error
+	if t.ns, err = netns.Get(); err != nil {
+		return nil, fmt.Errorf("tunnel: reading the network namespace: %w", err)
+	}
+	if t.nl, err = netlink.NewHandleAt(t.ns); err != nil {
+		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
+	}
+	if t.tunDev, err = tun.CreateTUN(cfg.Iface, cfg.MTU); err != nil {
+		return nil, fmt.Errorf("tunnel: creating TUN %s: %w", cfg.Iface, err)
+	}
+	if t.tunName, err = t.tunDev.Name(); err != nil {
+		return nil, fmt.Errorf("tunnel: TUN %s: %w", cfg.Iface, err)
+	}
+	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
+	t.dev = device.NewDevice(t.tunDev, t.bind, newWGLogger(t.log))
+	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
+		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
+	}
+	if err := t.dev.Up(); err != nil {
+		return nil, fmt.Errorf("tunnel: bringing WireGuard up on UDP port %d: %w", cfg.Port, err)
+	}
+	link, err := t.nl.LinkByName(t.tunName)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: TUN %s: %w", t.tunName, err)
+	}
+	t.tunIndex = link.Attrs().Index
+	if err := t.nl.LinkSetMTU(link, cfg.MTU); err != nil {
+		return nil, fmt.Errorf("tunnel: TUN %s: setting MTU %d: %w", t.tunName, cfg.MTU, err)
+	}
+	if err := t.nl.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("tunnel: TUN %s: setting up: %w", t.tunName, err)
+	}
+	pub := cfg.Private.Public()
+	br, err := setupBridge(t.nl, cfg.Bridge, cfg.MTU, cfg.HostIP, pub[:])
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	t.brIndex = br.Attrs().Index
+	if err := setSysctls(cfg.Bridge, t.tunName); err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	ok = true
+	t.log.Info("data plane up", "tun", t.tunName, "bridge", cfg.Bridge, "host_ip", cfg.HostIP.String(), "port", cfg.Port, "mtu", cfg.MTU)
+	return t, nil
+}
+
+func (c *Config) check() error {
+	switch {
+	case c.Private.IsZero():
+		return errors.New("tunnel: no private key")
+	case c.Iface == "" || len(c.Iface) > maxIfNameLen:
+		return fmt.Errorf("tunnel: TUN name %q must have 1 to %d characters", c.Iface, maxIfNameLen)
+	case c.Bridge == "" || len(c.Bridge) > maxIfNameLen:
+		return fmt.Errorf("tunnel: bridge name %q must have 1 to %d characters", c.Bridge, maxIfNameLen)
+	case c.Bridge == c.Iface:
+		return fmt.Errorf("tunnel: the TUN and the bridge are both named %q", c.Iface)
+	case c.MTU < 576 || c.MTU > 65535:
+		return fmt.Errorf("tunnel: MTU %d is out of range", c.MTU)
+	case !c.HostIP.IsValid() || !c.HostIP.Addr().Is4():
+		return fmt.Errorf("tunnel: host address %v is not an IPv4 prefix", c.HostIP)
+	case c.Port == 0:
+		return errors.New("tunnel: no UDP port")
+	}
+	return nil
+}
 
 // Close tears down the device, its routes, the TUN and the bridge.
-func (t *Tunnel) Close() error { panic("not implemented") }
+// Attached namespaces keep their veth pairs (off the bridge), so that the
+// next run can Adopt them.
+func (t *Tunnel) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	return t.teardown()
+}
+
+// teardown releases whatever New made; it copes with a half-made Tunnel.
+func (t *Tunnel) teardown() error {
+	var errs []error
+	if t.nl != nil && t.tunIndex != 0 {
+		if _, err := t.syncRoutes(nil); err != nil && !isGone(err) {
+			errs = append(errs, err)
+		}
+	}
+	switch {
+	case t.dev != nil:
+		t.dev.Close() // closes the Bind and the TUN; the TUN link goes with it
+	case t.tunDev != nil:
+		t.tunDev.Close()
+	}
+	if t.nl != nil && t.brIndex != 0 {
+		if l, err := t.nl.LinkByIndex(t.brIndex); err == nil {
+			if err := t.nl.LinkDel(l); err != nil && !isGone(err) {
+				errs = append(errs, fmt.Errorf("tunnel: deleting bridge %s: %w", t.cfg.Bridge, err))
+			}
+		}
+	}
+	if t.nl != nil {
+		t.nl.Close()
+	}
+	if t.ns.IsOpen() {
+		t.ns.Close()
+	}
+	return errors.Join(errs...)
+}
 
 // SetPeers makes the WireGuard peers and the routes into the TUN exactly peers.
-func (t *Tunnel) SetPeers(peers []PeerConfig) error { panic("not implemented") }
+//
+// Only what changed since the last call is sent to wireguard-go, and nothing
+// when nothing changed. A peer's endpoint is set only when the one given
+// changes, so an endpoint wireguard-go learned by roaming is kept. Routes
+// (dev TUN, src HostIP) are installed for the AllowedIPs that lie strictly
+// inside the overlay prefix; any other prefix (one that would cover the
+// bridge's own subnet, or lies outside the overlay) stays in WireGuard's
+// AllowedIPs but gets no route, and is logged once.
+func (t *Tunnel) SetPeers(peers []PeerConfig) error {
+	want := normalizePeers(peers)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("set peers: %w", ErrClosed)
+	}
+	var errs []error
+	applied := t.applied
+	if !t.synced {
+		// A failed IpcSet may have applied part of its text: start from
+		// what wireguard-go holds, every peer of it marked stale so it is
+		// written out whole or removed.
+		if cur, err := t.currentPeersLocked(); err != nil {
+			errs = append(errs, err)
+		} else {
+			applied = cur
+		}
+	}
+	if text := buildPeersUAPI(applied, want, t.cfg.Secret); text != "" {
+		if err := t.dev.IpcSet(text); err != nil {
+			t.synced = false
+			errs = append(errs, fmt.Errorf("set peers: configuring WireGuard: %w", err))
+		} else {
+			t.applied, t.synced = want, true
+		}
+	} else if len(errs) == 0 {
+		t.applied, t.synced = want, true
+	}
 
-// PeerStats reports every WireGuard peer.
-func (t *Tunnel) PeerStats() map[key.Public]PeerStats { panic("not implemented") }
+	routes, skipped := t.routesFor(want)
+	if skipped != t.skipped {
+		t.skipped = skipped
+		if skipped != "" {
+			t.log.Warn("not routing peer prefixes that are not inside the overlay prefix", "overlay", t.cfg.HostIP.Masked().String(), "prefixes", skipped)
+		}
+	}
+	if _, err := t.syncRoutes(routes); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
 
-// Counters reports datagram sorting and drop counters by name.
-func (t *Tunnel) Counters() map[string]uint64 { panic("not implemented") }
+// currentPeersLocked reads wireguard-go's peers, each marked stale.
+func (t *Tunnel) currentPeersLocked() (map[key.Public]peerState, error) {
+	text, err := t.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("set peers: reading WireGuard peers: %w", err)
+	}
+	stats, err := parsePeerStats(text)
+	if err != nil {
+		return nil, fmt.Errorf("set peers: %w", err)
+	}
+	cur := make(map[key.Public]peerState, len(stats))
+	for k := range stats {
+		cur[k] = peerState{stale: true}
+	}
+	return cur, nil
+}
 
-// Attach gives a namespace an interface on the bridge.
-func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) { panic("not implemented") }
+// routesFor returns the prefixes to route into the TUN, and the refused ones
+// as text.
+func (t *Tunnel) routesFor(want map[key.Public]peerState) (map[netip.Prefix]bool, string) {
+	overlay := t.cfg.HostIP.Masked()
+	routes := make(map[netip.Prefix]bool)
+	var skipped []string
+	for _, p := range want {
+		for _, pfx := range p.allowed {
+			if pfx.Addr().Is4() && pfx.Bits() > overlay.Bits() && overlay.Contains(pfx.Addr()) {
+				routes[pfx] = true
+			} else {
+				skipped = append(skipped, pfx.String())
+			}
+		}
+	}
+	slices.Sort(skipped)
+	return routes, strings.Join(slices.Compact(skipped), ",")
+}
 
-// Adopt puts a previously attached namespace's host veth back on the bridge
-// after a restart; it fails if the namespace or veth is gone.
-func (t *Tunnel) Adopt(a Attached) error { panic("not implemented") }
+// syncRoutes makes the routes into the TUN that carry routeProtocol exactly
+// want. It reads the routes back every time, so a route lost behind its back
+// (the TUN went down and up, someone ran ip route del) comes back on the next
+// call. It reports how many routes it changed.
+func (t *Tunnel) syncRoutes(want map[netip.Prefix]bool) (int, error) {
+	filter := &netlink.Route{LinkIndex: t.tunIndex, Table: unix.RT_TABLE_MAIN, Protocol: routeProtocol}
+	have, err := t.nl.RouteListFiltered(netlink.FAMILY_ALL, filter,
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return 0, fmt.Errorf("routes: listing routes of %s: %w", t.tunName, err)
+	}
+	var (
+		errs    []error
+		changed int
+		present = make(map[netip.Prefix]bool, len(have))
+	)
+	for _, r := range have {
+		pfx, ok := ipNetToPrefix(r.Dst)
+		if ok && want[pfx] {
+			present[pfx] = true
+			continue
+		}
+		if err := t.nl.RouteDel(&r); err != nil && !isGone(err) {
+			errs = append(errs, fmt.Errorf("routes: deleting %v dev %s: %w", r.Dst, t.tunName, err))
+			continue
+		}
+		changed++
+	}
+	for pfx := range want {
+		if present[pfx] {
+			continue
+		}
+		r := tunRoute(t.tunIndex, pfx, t.cfg.HostIP.Addr())
+		r.Protocol = routeProtocol
+		if err := t.nl.RouteReplace(r); err != nil {
+			errs = append(errs, fmt.Errorf("routes: adding %s dev %s: %w", pfx, t.tunName, err))
+			continue
+		}
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
 
-// Detach removes an attachment's veth pair.
-func (t *Tunnel) Detach(a Attached) error { panic("not implemented") }
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
+}
+
+// PeerStats reports every WireGuard peer. It returns an empty map (and logs)
+// if wireguard-go cannot be read, which only happens once it is closed.
+func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
+	text, err := t.dev.IpcGet()
+	if err != nil {
+		t.log.Error("reading WireGuard peer stats", "err", err)
+		return map[key.Public]PeerStats{}
+	}
+	stats, err := parsePeerStats(text)
+	if err != nil {
+		t.log.Error("parsing WireGuard peer stats", "err", err)
+		return map[key.Public]PeerStats{}
+	}
+	return stats
+}
+
+// Counters reports datagram sorting and drop counters by name: the Counter*
+// constants (udp_wireguard, udp_stun, udp_relay, udp_junk_dropped, …).
+func (t *Tunnel) Counters() map[string]uint64 { return t.bind.Counters() }
+
+// SetSTUNHandler sets the function given every STUN datagram that arrives on
+// the shared port (nil: STUN is counted and dropped). See PacketHandler.
+func (t *Tunnel) SetSTUNHandler(h PacketHandler) { t.bind.SetSTUNHandler(h) }
+
+// SetRelayHandler sets the function given every relay frame that arrives on
+// the shared port (nil: relay frames are counted and dropped).
+func (t *Tunnel) SetRelayHandler(h PacketHandler) { t.bind.SetRelayHandler(h) }
+
+// SendUDP sends one datagram from the shared UDP port, e.g. a STUN answer.
+func (t *Tunnel) SendUDP(pkt []byte, dst netip.AddrPort) error { return t.bind.SendTo(pkt, dst) }

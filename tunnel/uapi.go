@@ -20,12 +20,13 @@ const keepaliveInterval = 25
 // peerState is one peer as last applied to wireguard-go, normalized so that
 // two configurations compare equal exactly when they mean the same.
 type peerState struct {
+	stale    bool           // read back after a failure: always rewritten
 	endpoint netip.AddrPort // invalid: not set by us
 	allowed  []netip.Prefix // masked, sorted, no duplicates
 }
 
 func (p peerState) equal(o peerState) bool {
-	return p.endpoint == o.endpoint && slices.Equal(p.allowed, o.allowed)
+	return !p.stale && !o.stale && p.endpoint == o.endpoint && slices.Equal(p.allowed, o.allowed)
 }
 
 // normalizePeers turns the control plane's list into peerStates by key. A key

@@ -1,0 +1,171 @@
+package tunnel
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// DefaultIfName is the interface a namespace gets when AttachSpec.IfName is "".
+const DefaultIfName = "ethwe0"
+
+// maxIfNameLen is IFNAMSIZ minus the terminating NUL.
+const maxIfNameLen = 15
+
+// HostVethName is the name of the host end of the veth pair that attaches
+// ifName in the namespace at nsPath: "vethwe" and 8 hex digits of a hash of
+// both, 14 characters, the same on every run so a restarted daemon finds it.
+func HostVethName(nsPath, ifName string) string {
+	h := sha256.Sum256([]byte(nsPath + "\x00" + ifName))
+	return "vethwe" + hex.EncodeToString(h[:4])
+}
+
+// Attach gives a namespace an interface on the bridge.
+//
+// It creates a veth pair whose host end (HostVethName) is on the bridge and
+// whose other end is created directly inside the namespace under its final
+// name, so no half-made interface is ever seen there. Inside the namespace
+// the work is done through a netlink handle opened in it; the calling
+// thread never changes namespace.
+func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) {
+	ifName := spec.IfName
+	if ifName == "" {
+		ifName = DefaultIfName
+	}
+	if len(ifName) > maxIfNameLen {
+		return Attached{}, fmt.Errorf("attach: interface name %q is longer than %d characters", ifName, maxIfNameLen)
+	}
+	if !spec.IP.IsValid() {
+		return Attached{}, fmt.Errorf("attach: namespace %s: no address given", spec.Netns)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return Attached{}, fmt.Errorf("attach: %w", ErrClosed)
+	}
+
+	ns, err := netns.GetFromPath(spec.Netns)
+	if err != nil {
+		return Attached{}, fmt.Errorf("attach: namespace %s: %w", spec.Netns, err)
+	}
+	defer ns.Close()
+	cnl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return Attached{}, fmt.Errorf("attach: namespace %s: opening netlink: %w", spec.Netns, err)
+	}
+	defer cnl.Close()
+
+	if _, err := cnl.LinkByName(ifName); err == nil {
+		return Attached{}, fmt.Errorf("attach: namespace %s already has an interface %s (attached already?)", spec.Netns, ifName)
+	} else if !isNotFound(err) {
+		return Attached{}, fmt.Errorf("attach: namespace %s: %w", spec.Netns, err)
+	}
+	host := HostVethName(spec.Netns, ifName)
+	if _, err := t.nl.LinkByName(host); err == nil {
+		return Attached{}, fmt.Errorf("attach: namespace %s: host veth %s exists already (attached already?)", spec.Netns, host)
+	}
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: host, MTU: t.cfg.MTU},
+		PeerName:      ifName,
+		PeerMTU:       uint32(t.cfg.MTU),
+		PeerNamespace: netlink.NsFd(int(ns)),
+	}
+	if err := t.nl.LinkAdd(veth); err != nil {
+		return Attached{}, fmt.Errorf("attach: namespace %s: creating veth pair %s/%s: %w", spec.Netns, host, ifName, err)
+	}
+	fail := func(format string, args ...any) (Attached, error) {
+		if l, err := t.nl.LinkByName(host); err == nil {
+			t.nl.LinkDel(l)
+		}
+		return Attached{}, fmt.Errorf("attach: namespace %s: "+format, append([]any{spec.Netns}, args...)...)
+	}
+
+	hostLink, err := t.nl.LinkByName(host)
+	if err != nil {
+		return fail("host veth %s: %w", host, err)
+	}
+	if err := t.nl.LinkSetMasterByIndex(hostLink, t.brIndex); err != nil {
+		return fail("putting %s on bridge %s: %w", host, t.cfg.Bridge, err)
+	}
+	if err := t.nl.LinkSetUp(hostLink); err != nil {
+		return fail("setting %s up: %w", host, err)
+	}
+
+	inner, err := cnl.LinkByName(ifName)
+	if err != nil {
+		return fail("finding %s: %w", ifName, err)
+	}
+	if err := cnl.AddrAdd(inner, &netlink.Addr{IPNet: prefixToIPNet(spec.IP)}); err != nil {
+		return fail("adding address %s to %s: %w", spec.IP, ifName, err)
+	}
+	if err := cnl.LinkSetUp(inner); err != nil {
+		return fail("setting %s up: %w", ifName, err)
+	}
+	if lo, err := cnl.LinkByName("lo"); err != nil {
+		return fail("finding lo: %w", err)
+	} else if err := cnl.LinkSetUp(lo); err != nil {
+		return fail("setting lo up: %w", err)
+	}
+	return Attached{Netns: spec.Netns, IP: spec.IP, IfName: ifName, HostVeth: host, MTU: t.cfg.MTU}, nil
+}
+
+// Adopt puts a previously attached namespace's host veth back on the bridge
+// after a restart; it fails if the namespace or veth is gone.
+func (t *Tunnel) Adopt(a Attached) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("adopt: %w", ErrClosed)
+	}
+	ns, err := netns.GetFromPath(a.Netns)
+	if err != nil {
+		return fmt.Errorf("adopt: namespace %s: %w", a.Netns, err)
+	}
+	ns.Close()
+	link, err := t.nl.LinkByName(a.HostVeth)
+	if err != nil {
+		if isNotFound(err) {
+			return fmt.Errorf("adopt: namespace %s: host veth %s is gone", a.Netns, a.HostVeth)
+		}
+		return fmt.Errorf("adopt: namespace %s: host veth %s: %w", a.Netns, a.HostVeth, err)
+	}
+	if link.Type() != "veth" {
+		return fmt.Errorf("adopt: namespace %s: %s is a %s link, not a veth", a.Netns, a.HostVeth, link.Type())
+	}
+	if err := t.nl.LinkSetMasterByIndex(link, t.brIndex); err != nil {
+		return fmt.Errorf("adopt: namespace %s: putting %s on bridge %s: %w", a.Netns, a.HostVeth, t.cfg.Bridge, err)
+	}
+	if err := t.nl.LinkSetUp(link); err != nil {
+		return fmt.Errorf("adopt: namespace %s: setting %s up: %w", a.Netns, a.HostVeth, err)
+	}
+	return nil
+}
+
+// Detach removes an attachment's veth pair: deleting the host end deletes
+// the namespace's end with it. An attachment whose veth is gone already is
+// detached.
+func (t *Tunnel) Detach(a Attached) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("detach: %w", ErrClosed)
+	}
+	link, err := t.nl.LinkByName(a.HostVeth)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("detach: namespace %s: host veth %s: %w", a.Netns, a.HostVeth, err)
+	}
+	if link.Type() != "veth" {
+		return fmt.Errorf("detach: namespace %s: %s is a %s link, not a veth", a.Netns, a.HostVeth, link.Type())
+	}
+	if err := t.nl.LinkDel(link); err != nil && !isGone(err) {
+		return fmt.Errorf("detach: namespace %s: deleting %s: %w", a.Netns, a.HostVeth, err)
+	}
+	return nil
+}

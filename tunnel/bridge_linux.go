@@ -1,0 +1,132 @@
+package tunnel
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// setupBridge creates the bridge, or adopts the one a previous run left
+// behind (after a kill -9), and makes it exactly: MTU, a stable MAC address,
+// HostIP as its only IPv4 address (which gives the connected route for the
+// overlay prefix), up. Then the sysctls the data plane needs.
+func setupBridge(nl *netlink.Handle, name string, mtu int, hostIP netip.Prefix, macSeed []byte) (netlink.Link, error) {
+	link, err := nl.LinkByName(name)
+	switch {
+	case err == nil:
+		if link.Type() != "bridge" {
+			return nil, fmt.Errorf("bridge %s: a %s link of that name exists", name, link.Type())
+		}
+	case isNotFound(err):
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtu, HardwareAddr: bridgeMAC(macSeed)}}
+		if err := nl.LinkAdd(br); err != nil {
+			return nil, fmt.Errorf("bridge %s: creating: %w", name, err)
+		}
+		if link, err = nl.LinkByName(name); err != nil {
+			return nil, fmt.Errorf("bridge %s: %w", name, err)
+		}
+	default:
+		return nil, fmt.Errorf("bridge %s: %w", name, err)
+	}
+	// A bridge takes the lowest MAC address of its ports unless one was set
+	// explicitly; then every new container would change the address that the
+	// others have cached for the gateway and every proxy-ARPed peer address.
+	// Setting it (again, on an adopted bridge) pins it.
+	if err := nl.LinkSetHardwareAddr(link, bridgeMAC(macSeed)); err != nil {
+		return nil, fmt.Errorf("bridge %s: setting the MAC address: %w", name, err)
+	}
+	if err := nl.LinkSetMTU(link, mtu); err != nil {
+		return nil, fmt.Errorf("bridge %s: setting MTU %d: %w", name, mtu, err)
+	}
+	addrs, err := nl.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("bridge %s: listing addresses: %w", name, err)
+	}
+	want := &netlink.Addr{IPNet: prefixToIPNet(hostIP)}
+	for _, a := range addrs {
+		if a.IPNet.String() != want.IPNet.String() {
+			if err := nl.AddrDel(link, &a); err != nil {
+				return nil, fmt.Errorf("bridge %s: removing stale address %s: %w", name, a.IPNet, err)
+			}
+		}
+	}
+	if err := nl.AddrReplace(link, want); err != nil {
+		return nil, fmt.Errorf("bridge %s: adding address %s: %w", name, hostIP, err)
+	}
+	if err := nl.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("bridge %s: setting up: %w", name, err)
+	}
+	return link, nil
+}
+
+// setSysctls sets what routing between the bridge and the TUN needs. It
+// writes /proc/sys/net, which shows the network namespace of the calling
+// thread: run it there.
+//
+//   - ip_forward: the host routes between containers on the bridge and the TUN.
+//   - proxy_arp on the bridge: the bridge answers ARP for every address routed
+//     elsewhere (into the TUN), so containers see one flat subnet.
+//   - neigh proxy_delay 0 on the bridge: by default a proxied answer to a
+//     broadcast ARP request is delayed randomly by up to 0.8 s.
+//   - rp_filter 2 (loose) on the bridge and TUN: the kernel uses the larger of
+//     "all" and the interface's value, so this is loose whatever "all" is;
+//     strict mode would drop packets from peers whose addresses are routed
+//     into the TUN only once SetPeers has run.
+func setSysctls(bridge, tun string) error {
+	for _, s := range []struct{ path, val string }{
+		{"net/ipv4/ip_forward", "1"},
+		{"net/ipv4/conf/" + bridge + "/proxy_arp", "1"},
+		{"net/ipv4/neigh/" + bridge + "/proxy_delay", "0"},
+		{"net/ipv4/conf/" + bridge + "/rp_filter", "2"},
+		{"net/ipv4/conf/" + tun + "/rp_filter", "2"},
+	} {
+		p := filepath.Join("/proc/sys", s.path)
+		if err := os.WriteFile(p, []byte(s.val), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", s.path, s.val, err)
+		}
+	}
+	return nil
+}
+
+// bridgeMAC derives a locally administered unicast MAC address from seed, so
+// the bridge keeps its address across restarts of the daemon.
+func bridgeMAC(seed []byte) net.HardwareAddr {
+	h := sha256.Sum256(append([]byte("weavewg bridge mac "), seed...))
+	mac := net.HardwareAddr(h[:6])
+	mac[0] = (mac[0] &^ 0x01) | 0x02
+	return mac
+}
+
+// tunRoute is the route that sends dst into the TUN from the bridge address.
+func tunRoute(tunIndex int, dst netip.Prefix, src netip.Addr) *netlink.Route {
+	r := &netlink.Route{
+		LinkIndex: tunIndex,
+		Dst:       prefixToIPNet(dst),
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if src.Is4() == dst.Addr().Is4() {
+		r.Src = src.AsSlice()
+	}
+	return r
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func isNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}
+
+// isGone reports whether a delete failed only because the thing is not there.
+func isGone(err error) bool {
+	return isNotFound(err) || errors.Is(err, unix.ESRCH)
+}
