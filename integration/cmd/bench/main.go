@@ -1,0 +1,379 @@
+// Command bench measures weavewg's data plane against its baselines in one
+// run on the namespace test bed (integration/testbed), two hosts on the
+// underlay 192.0.2.0/24:
+//
+//	(a) the raw underlay: host 1 → host 2 on their veth addresses
+//	(b) the reference: the wireguard-go binary of the module version in
+//	    go.mod, one per host namespace, configured over its UAPI socket,
+//	    10.40.0.N/24, MTU 1420
+//	(c) weavewg: container h1c1 → container h2c1 across the two hosts
+//
+// For each it runs iperf3 TCP (one stream, and -P 2 unless --parallel 0) and
+// ping (RTT avg, p50, p99), then prints the ratios c/a and c/b beside the
+// targets of the performance issue (c/b ≥ 0.95 in throughput, RTT within
+// 10%). It is a benchmark, not a test: nothing fails on a ratio; the exit
+// status is 0 when every path asked for was measured. Everything it makes is
+// torn down at the end, on a failure and on Ctrl-C.
+//
+// Usage (as root; `make bench` builds and runs it):
+//
+//	bench [--json] [--time 10s] [--pings 200] [--interval 10ms] [--parallel 2]
+//	      [--rounds 1] [--only a,b,c] [--profile DIR] [-v]
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/weavewg/weavewg/integration/testbed"
+)
+
+type options struct {
+	json     bool
+	dur      time.Duration
+	pings    int
+	interval time.Duration
+	parallel int
+	rounds   int
+	only     map[string]bool
+	profile  string
+	verbose  bool
+}
+
+func main() {
+	var o options
+	var only string
+	flag.BoolVar(&o.json, "json", false, "print the results as JSON (progress still goes to stderr)")
+	flag.DurationVar(&o.dur, "time", 10*time.Second, "length of each iperf3 run")
+	flag.IntVar(&o.pings, "pings", 200, "echo requests per ping run")
+	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
+	flag.IntVar(&o.parallel, "parallel", 2, "also run iperf3 with this many parallel streams (0 or 1: skip)")
+	flag.IntVar(&o.rounds, "rounds", 1, "measure every path this many times, interleaved; report medians")
+	flag.StringVar(&only, "only", "a,b,c", "paths to measure: a (underlay), b (wireguard-go), c (weavewg)")
+	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
+	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
+	flag.Parse()
+	o.only = map[string]bool{}
+	for _, p := range strings.Split(only, ",") {
+		p = strings.TrimSpace(p)
+		if p != "a" && p != "b" && p != "c" {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c)\n", p)
+			os.Exit(2)
+		}
+		o.only[p] = true
+	}
+	if o.rounds < 1 || o.pings < 1 || o.dur < time.Second {
+		fmt.Fprintln(os.Stderr, "bench: --rounds and --pings must be ≥ 1, --time ≥ 1s")
+		os.Exit(2)
+	}
+	if err := testbed.Check(); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+	for _, tool := range []string{"iperf3", "ping"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s is not installed (make bench installs it)\n", tool)
+			os.Exit(1)
+		}
+	}
+	if o.profile != "" {
+		if _, err := exec.LookPath("perf"); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: --profile needs perf (apt-get install linux-perf)")
+			os.Exit(1)
+		}
+	}
+
+	tb := &benchTB{verbose: o.verbose}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "\nbench: %v: tearing the test bed down\n", s)
+		tb.RunCleanups()
+		os.Exit(130)
+	}()
+
+	code := 1
+	func() {
+		defer tb.RunCleanups()
+		err := try(func() { code = run(tb, o) })
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			if !o.verbose {
+				fmt.Fprintf(os.Stderr, "---- last steps ----\n%s\n", tb.Recent(25))
+			}
+			code = 1
+		}
+	}()
+	os.Exit(code)
+}
+
+// progress prints a step to stderr (the table or JSON goes to stdout).
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func run(tb *benchTB, o options) int {
+	start := time.Now()
+	rep := &Report{
+		Started:  start.UTC().Format(time.RFC3339),
+		CPUs:     runtime.NumCPU(),
+		LoadFrom: loadavg(),
+		Seconds:  o.dur.Seconds(),
+		Pings:    o.pings,
+		Interval: float64(o.interval) / 1e6,
+		MTU:      refMTU,
+		Rounds:   o.rounds,
+	}
+	dir, err := os.MkdirTemp("", "weavewg-bench-")
+	if err != nil {
+		tb.Fatalf("bench: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+
+	// Binaries first: a build failure of weavewg still leaves a and b.
+	var wgBin string
+	if o.only["b"] {
+		progress("building wireguard-go (reference) …")
+		var err error
+		wgBin, rep.WireguardVersion, err = buildWireguardGo(dir)
+		if err != nil {
+			tb.Fatalf("bench: %v", err)
+		}
+	}
+	var cErr error
+	if o.only["c"] {
+		progress("building weavewg …")
+		if _, err := testbed.BuildBinary(dir); err != nil {
+			cErr = err
+		}
+	}
+
+	progress("building the test bed: 2 hosts on %s0/24 …", testbed.UnderlayNet)
+	bed := testbed.New(tb, testbed.Options{LogLevel: "info", Quiet: !o.verbose})
+	h1 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
+	h2 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
+
+	type path struct {
+		key, name, from, to string
+		srcNS, dstNS, dst   string
+		pids                func() []int
+		ref                 []*refNode
+	}
+	var paths []*path
+	if o.only["a"] {
+		if err := pingOnce(h1.Netns, h2.UnderlayIP); err != nil {
+			tb.Fatalf("bench: underlay: %v", err)
+		}
+		paths = append(paths, &path{key: "a", name: "underlay veth",
+			from: "h1 " + h1.UnderlayIP, to: "h2 " + h2.UnderlayIP,
+			srcNS: h1.Netns, dstNS: h2.Netns, dst: h2.UnderlayIP,
+			pids: func() []int { return nil }})
+	}
+	if o.only["b"] {
+		progress("starting wireguard-go %s in both hosts …", rep.WireguardVersion)
+		nodes := startRef(tb, bed, wgBin, []*testbed.Host{h1, h2})
+		if err := testbed.Poll(tb, 15*time.Second, "wireguard-go handshake", func() error {
+			return pingOnce(h1.Netns, nodes[1].Addr)
+		}); err != nil {
+			tb.Fatalf("bench: reference: %v", err)
+		}
+		paths = append(paths, &path{key: "b", name: "wireguard-go " + shortVersion(rep.WireguardVersion),
+			from: "h1 " + nodes[0].Addr, to: "h2 " + nodes[1].Addr,
+			srcNS: h1.Netns, dstNS: h2.Netns, dst: nodes[1].Addr,
+			pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} },
+			ref:  nodes})
+	}
+	if o.only["c"] && cErr == nil {
+		progress("launching weavewg on both hosts, attaching a container to each …")
+		var c1, c2 *testbed.Container
+		cErr = try(func() {
+			h1.Launch()
+			h2.Launch()
+			bed.WaitMesh(60*time.Second, h1, h2)
+			c1 = h1.AddContainer()
+			c2 = h2.AddContainer()
+			if err := c1.PingEventually(c2.Addr, 30*time.Second); err != nil {
+				tb.Fatalf("%v", err)
+			}
+		})
+		if cErr == nil {
+			paths = append(paths, &path{key: "c", name: "weavewg",
+				from: "h1c1 " + c1.Addr, to: "h2c1 " + c2.Addr,
+				srcNS: c1.Netns, dstNS: c2.Netns, dst: c2.Addr,
+				pids: func() []int { return []int{h1.Pid(), h2.Pid()} }})
+		} else if !o.verbose {
+			fmt.Fprintf(os.Stderr, "---- last steps ----\n%s\n", tb.Recent(25))
+			for _, h := range []*testbed.Host{h1, h2} {
+				if log := h.Log(); log != "" {
+					fmt.Fprintf(os.Stderr, "---- %s daemon log (tail) ----\n%s\n", h, tailString(log, 15))
+				}
+			}
+		}
+	}
+	if cErr != nil {
+		progress("weavewg path not measured: %v", cErr)
+		rep.Errors = append(rep.Errors, "c: "+cErr.Error())
+	}
+
+	// Measure: per round, the pings of every path, then one-stream iperf3 of
+	// every path, then the parallel one, so slow drifts in the machine's load
+	// hit all paths alike.
+	results := map[string]*Result{}
+	raw := map[string][]Result{}
+	for _, p := range paths {
+		results[p.key] = &Result{Key: p.key, Name: p.name, From: p.from, To: p.to}
+	}
+	for r := 1; r <= o.rounds; r++ {
+		round := ""
+		if o.rounds > 1 {
+			round = fmt.Sprintf(" [round %d/%d]", r, o.rounds)
+		}
+		cur := map[string]*Result{}
+		for _, p := range paths {
+			cur[p.key] = &Result{}
+		}
+		for _, p := range paths {
+			progress("(%s) %s: ping %d × %v%s …", p.key, p.name, o.pings, o.interval, round)
+			l, err := ping(p.srcNS, p.dst, o.pings, o.interval)
+			if err != nil {
+				l.Err = err.Error()
+			}
+			cur[p.key].Ping = l
+		}
+		for _, streams := range streamCounts(o.parallel) {
+			for _, p := range paths {
+				progress("(%s) %s: iperf3 -P %d for %v%s …", p.key, p.name, streams, o.dur, round)
+				var prof *perfRun
+				if o.profile != "" && streams == 1 && r == 1 && len(p.pids()) > 0 {
+					prof = startPerf(o.profile, p.key, p.pids(), o.dur)
+				}
+				var rx0, tx0 uint64
+				if p.ref != nil {
+					rx0, tx0, _ = refBytes(p.ref[0])
+				}
+				t, err := iperf3(p.srcNS, p.dstNS, p.dst, 5201, o.dur, streams, p.pids())
+				if err != nil {
+					t.Err = err.Error()
+					progress("(%s) %v", p.key, err)
+				}
+				if p.ref != nil {
+					if rx1, tx1, err := refBytes(p.ref[0]); err == nil {
+						t.TunnelBytes = (rx1 - rx0) + (tx1 - tx0)
+					}
+				}
+				if prof != nil {
+					results[p.key].Profile = prof.finish()
+				}
+				if streams == 1 {
+					cur[p.key].TCP1 = &t
+				} else {
+					cur[p.key].TCPn = &t
+				}
+			}
+		}
+		for _, p := range paths {
+			raw[p.key] = append(raw[p.key], *cur[p.key])
+		}
+	}
+	for _, p := range paths {
+		median(results[p.key], raw[p.key])
+		rep.Paths = append(rep.Paths, *results[p.key])
+	}
+	rep.Ratios = ratios(results)
+	rep.LoadTo = loadavg()
+	rep.Elapsed = time.Since(start).Seconds()
+
+	if o.json {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	} else {
+		printTable(os.Stdout, rep)
+	}
+
+	measured := len(paths) == len(o.only)
+	for _, p := range rep.Paths {
+		if p.Ping.Err != "" || p.TCP1 == nil || p.TCP1.Err != "" {
+			measured = false
+		}
+	}
+	if !measured {
+		return 1
+	}
+	return 0
+}
+
+func streamCounts(parallel int) []int {
+	if parallel > 1 {
+		return []int{1, parallel}
+	}
+	return []int{1}
+}
+
+// median fills res with the per-metric medians of the rounds (the only
+// values when there was one round).
+func median(res *Result, rounds []Result) {
+	if len(rounds) == 1 {
+		res.Ping, res.TCP1, res.TCPn = rounds[0].Ping, rounds[0].TCP1, rounds[0].TCPn
+		return
+	}
+	res.Rounds = rounds
+	byAvg := append([]Result(nil), rounds...)
+	sort.Slice(byAvg, func(i, j int) bool { return byAvg[i].Ping.AvgMs < byAvg[j].Ping.AvgMs })
+	res.Ping = byAvg[len(byAvg)/2].Ping
+	pick := func(get func(Result) *Throughput) *Throughput {
+		var ts []*Throughput
+		for _, r := range rounds {
+			if t := get(r); t != nil && t.Err == "" {
+				ts = append(ts, t)
+			}
+		}
+		if len(ts) == 0 {
+			return get(rounds[0])
+		}
+		sort.Slice(ts, func(i, j int) bool { return ts[i].Gbps < ts[j].Gbps })
+		return ts[len(ts)/2]
+	}
+	res.TCP1 = pick(func(r Result) *Throughput { return r.TCP1 })
+	res.TCPn = pick(func(r Result) *Throughput { return r.TCPn })
+}
+
+func loadavg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func shortVersion(v string) string {
+	// v0.0.0-20260522210424-ecfc5a8d5446 → 2026-05-22 (ecfc5a8d)
+	parts := strings.Split(v, "-")
+	if len(parts) == 3 && len(parts[1]) == 14 && len(parts[2]) >= 8 {
+		d := parts[1]
+		return fmt.Sprintf("%s-%s-%s (%s)", d[:4], d[4:6], d[6:8], parts[2][:8])
+	}
+	return v
+}
+
+func tailString(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}

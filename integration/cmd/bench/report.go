@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// Report is everything one run measured; --json prints it as is.
+type Report struct {
+	Started          string   `json:"started"`
+	Elapsed          float64  `json:"elapsed_s"`
+	CPUs             int      `json:"cpus"`
+	LoadFrom         string   `json:"loadavg_start"`
+	LoadTo           string   `json:"loadavg_end"`
+	Seconds          float64  `json:"iperf3_seconds"`
+	Pings            int      `json:"pings"`
+	Interval         float64  `json:"ping_interval_ms"`
+	MTU              int      `json:"mtu"`
+	Rounds           int      `json:"rounds"`
+	WireguardVersion string   `json:"wireguard_go_version,omitempty"`
+	Paths            []Result `json:"paths"`
+	Ratios           []Ratio  `json:"ratios"`
+	Errors           []string `json:"errors,omitempty"`
+}
+
+// Result is one path's figures (medians over rounds when there were several).
+type Result struct {
+	Key     string      `json:"key"` // a, b, c
+	Name    string      `json:"name"`
+	From    string      `json:"from"`
+	To      string      `json:"to"`
+	Ping    Latency     `json:"ping"`
+	TCP1    *Throughput `json:"tcp_1_stream,omitempty"`
+	TCPn    *Throughput `json:"tcp_parallel,omitempty"`
+	Profile *Profile    `json:"profile,omitempty"`
+	Rounds  []Result    `json:"rounds,omitempty"`
+}
+
+// Ratio is one quotient of two paths' figures with the target it is held
+// to, if any. Nothing fails on it.
+type Ratio struct {
+	Name   string  `json:"name"` // e.g. "c/b throughput 1 stream"
+	Value  float64 `json:"value"`
+	Target string  `json:"target,omitempty"` // e.g. ">= 0.95"
+	Met    *bool   `json:"met,omitempty"`
+}
+
+func ratios(rs map[string]*Result) []Ratio {
+	var out []Ratio
+	add := func(num, den, what string, get func(*Result) (float64, bool), target string, ok func(float64) bool) {
+		n, d := rs[num], rs[den]
+		if n == nil || d == nil {
+			return
+		}
+		x, okx := get(n)
+		y, oky := get(d)
+		if !okx || !oky || y == 0 {
+			return
+		}
+		r := Ratio{Name: num + "/" + den + " " + what, Value: x / y, Target: target}
+		if ok != nil {
+			m := ok(r.Value)
+			r.Met = &m
+		}
+		out = append(out, r)
+	}
+	tcp1 := func(r *Result) (float64, bool) { return r.TCP1.gbps() }
+	tcpn := func(r *Result) (float64, bool) { return r.TCPn.gbps() }
+	avg := func(r *Result) (float64, bool) { return r.Ping.AvgMs, r.Ping.Received > 0 }
+	p50 := func(r *Result) (float64, bool) { return r.Ping.P50Ms, r.Ping.Received > 0 }
+	p99 := func(r *Result) (float64, bool) { return r.Ping.P99Ms, r.Ping.Received > 0 }
+	atLeast95 := func(v float64) bool { return v >= 0.95 }
+	within10 := func(v float64) bool { return v <= 1.10 }
+	for _, den := range []string{"a", "b"} {
+		var tgtT, tgtR string
+		var okT, okR func(float64) bool
+		if den == "b" {
+			tgtT, okT = ">= 0.95", atLeast95
+			tgtR, okR = "<= 1.10", within10
+		}
+		add("c", den, "throughput 1 stream", tcp1, tgtT, okT)
+		add("c", den, "throughput parallel", tcpn, tgtT, okT)
+		add("c", den, "RTT avg", avg, tgtR, okR)
+		add("c", den, "RTT p50", p50, "", nil)
+		add("c", den, "RTT p99", p99, "", nil)
+	}
+	// How much the reference itself costs against the wire, for context.
+	add("b", "a", "throughput 1 stream", tcp1, "", nil)
+	add("b", "a", "RTT avg", avg, "", nil)
+	return out
+}
+
+func (t *Throughput) gbps() (float64, bool) {
+	if t == nil || t.Err != "" || t.Gbps == 0 {
+		return 0, false
+	}
+	return t.Gbps, true
+}
+
+func fmtGbps(t *Throughput) string {
+	if t == nil {
+		return "-"
+	}
+	if t.Err != "" {
+		return "error"
+	}
+	return fmt.Sprintf("%.2f Gbit/s", t.Gbps)
+}
+
+func fmtCPU(t *Throughput) string {
+	if t == nil || t.Err != "" || t.TunnelCPU < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%% (%.1f s/GB)", t.TunnelCPU, t.TunnelCPUPer)
+}
+
+func printTable(w io.Writer, rep *Report) {
+	fmt.Fprintf(w, "\nweavewg bench — 2 namespace hosts on 192.0.2.0/24, tunnel MTU %d, %d CPUs, load %s → %s, %.0f s\n",
+		rep.MTU, rep.CPUs, rep.LoadFrom, rep.LoadTo, rep.Elapsed)
+	par := ""
+	for _, p := range rep.Paths {
+		if p.TCPn != nil {
+			par = fmt.Sprintf(" and -P %d", p.TCPn.Streams)
+			break
+		}
+	}
+	rounds := ""
+	if rep.Rounds > 1 {
+		rounds = fmt.Sprintf("; medians of %d interleaved rounds", rep.Rounds)
+	}
+	fmt.Fprintf(w, "iperf3 TCP %.0f s, 1 stream%s; ping %d × %.0f ms%s\n\n", rep.Seconds, par, rep.Pings, rep.Interval, rounds)
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	hdrPar := "TCP -P n"
+	for _, p := range rep.Paths {
+		if p.TCPn != nil {
+			hdrPar = fmt.Sprintf("TCP -P %d", p.TCPn.Streams)
+			break
+		}
+	}
+	fmt.Fprintf(tw, "path\tfrom → to\tTCP 1 stream\tretr\t%s\ttunnel CPU (1 stream)\tRTT avg\tp50\tp99\tloss\n", hdrPar)
+	for _, p := range rep.Paths {
+		retr := "-"
+		if p.TCP1 != nil && p.TCP1.Err == "" {
+			retr = fmt.Sprint(p.TCP1.Retransmits)
+		}
+		rtt, p50, p99, loss := "error", "-", "-", "-"
+		if p.Ping.Received > 0 {
+			rtt = fmt.Sprintf("%.3f ms", p.Ping.AvgMs)
+			p50 = fmt.Sprintf("%.3f", p.Ping.P50Ms)
+			p99 = fmt.Sprintf("%.3f", p.Ping.P99Ms)
+			loss = fmt.Sprintf("%d/%d", p.Ping.Sent-p.Ping.Received, p.Ping.Sent)
+		}
+		fmt.Fprintf(tw, "(%s) %s\t%s → %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			p.Key, p.Name, p.From, p.To, fmtGbps(p.TCP1), retr, fmtGbps(p.TCPn), fmtCPU(p.TCP1), rtt, p50, p99, loss)
+	}
+	tw.Flush()
+
+	if len(rep.Ratios) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, r := range rep.Ratios {
+			verdict := ""
+			if r.Target != "" {
+				tgt := strings.Replace(strings.Replace(r.Target, ">=", "≥", 1), "<=", "≤", 1)
+				v := "short"
+				if r.Met != nil && *r.Met {
+					v = "ok"
+				}
+				verdict = fmt.Sprintf("(target %s)\t%s", tgt, v)
+			}
+			fmt.Fprintf(tw, "%s\t%.2f\t%s\n", r.Name, r.Value, verdict)
+		}
+		tw.Flush()
+	}
+	for _, p := range rep.Paths {
+		for _, t := range []*Throughput{p.TCP1, p.TCPn} {
+			if t != nil && t.Err != "" {
+				fmt.Fprintf(w, "(%s) iperf3 -P %d: %s\n", p.Key, t.Streams, t.Err)
+			}
+		}
+		if p.Ping.Err != "" {
+			fmt.Fprintf(w, "(%s) ping: %s\n", p.Key, p.Ping.Err)
+		}
+		if p.Key == "b" && p.TCP1 != nil && p.TCP1.TunnelBytes > 0 {
+			fmt.Fprintf(w, "(b) wireguard-go h1 counted %.2f GB through its tunnel during the 1-stream run\n", float64(p.TCP1.TunnelBytes)/1e9)
+		}
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(w, "not measured: %s\n", firstLines(e, 3))
+	}
+	for _, p := range rep.Paths {
+		if p.Profile != nil {
+			printProfile(w, p)
+		}
+	}
+	fmt.Fprintln(w, "\ntunnel CPU: user+system time of the tunnel processes at both ends (wireguard-go, or the weavewg daemons) during the run, in % of one core and CPU-seconds per GB received (kernel work in their own syscalls counts, softirq work charged elsewhere does not).")
+	fmt.Fprintln(w, "A benchmark on a shared 2-core machine: figures are noisy, compare the ratios of one run. Nothing fails on a target.")
+}
