@@ -1,0 +1,405 @@
+package dns
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Table is the gossiped name table: a map from entry identity to the latest
+// state its owner gave it (a last-writer-wins register per entry, where the
+// only writer is the owner). Merge keeps the higher version per identity,
+// which is commutative, associative and idempotent.
+//
+// The table reads no clock and does no I/O: callers pass now. It is safe for
+// concurrent use; readers on the DNS answer path use Snapshot, which is an
+// atomic pointer and takes no lock.
+//
+// Three local (not gossiped) rules sit on top of the CRDT:
+//   - The owner is the authority on its own entries. If gossip brings this
+//     peer a live entry it owns but does not hold live (e.g. from before a
+//     restart), the merge answers with a tombstone at a higher version; a
+//     tombstone for an entry it holds live is answered by re-asserting it.
+//   - Entries of peers marked unreachable (SetReachable, RemovePeer) are kept
+//     but not answered; when the peer is reachable again they are answered at
+//     once, and its gossip brings any change. After PeerExpiry unreachable they
+//     are deleted.
+//   - A tombstone is deleted TombstoneExpiry after this peer first saw it.
+//     Should a stale live copy come back later, the owner rule above buries
+//     it again once it reaches the owner.
+type Table struct {
+	// Constant after NewTable.
+	self            key.Public
+	tombstoneExpiry time.Duration
+	peerExpiry      time.Duration
+
+	// Atomic: the answer path's view, replaced after every change.
+	snap atomic.Pointer[Snapshot]
+
+	mu sync.Mutex
+	// Guarded by mu.
+	entries map[id]*row
+	// lastVersion is the highest version this peer has stamped on its own
+	// entries; new stamps are max(now, lastVersion+1).
+	lastVersion uint64
+	// down holds the peers marked unreachable, with the time they went down.
+	down map[key.Public]time.Time
+}
+
+type row struct {
+	Entry
+	seen time.Time // when this peer stored the current state (for tombstone expiry)
+}
+
+// Defaults for TableOptions.
+const (
+	DefaultTombstoneExpiry = 10 * time.Minute
+	DefaultPeerExpiry      = time.Hour
+)
+
+// TableOptions tunes a Table; zero values take the defaults.
+type TableOptions struct {
+	TombstoneExpiry time.Duration
+	PeerExpiry      time.Duration
+}
+
+// NewTable returns an empty table for the peer self.
+func NewTable(self key.Public, opts TableOptions) *Table {
+	t := &Table{
+		self:            self,
+		tombstoneExpiry: cmpOr(opts.TombstoneExpiry, DefaultTombstoneExpiry),
+		peerExpiry:      cmpOr(opts.PeerExpiry, DefaultPeerExpiry),
+		entries:         make(map[id]*row),
+		down:            make(map[key.Public]time.Time),
+	}
+	t.snap.Store(emptySnapshot)
+	return t
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func (t *Table) stampLocked(now time.Time) uint64 {
+	v := uint64(max(now.UnixNano(), 1))
+	if v <= t.lastVersion {
+		v = t.lastVersion + 1
+	}
+	t.lastVersion = v
+	return v
+}
+
+// Add makes this peer's entry (name, addr, origin) live. name must be in
+// canonical form (CanonicalName). It returns the entries to broadcast (none
+// when the entry was already live).
+func (t *Table) Add(name string, addr netip.Addr, origin string, now time.Time) ([]Entry, error) {
+	e := Entry{Owner: t.self, Name: name, Addr: addr, Origin: origin}
+	if err := e.valid(); err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r, ok := t.entries[e.id()]; ok && !r.Tombstone {
+		return nil, nil
+	}
+	e.Version = t.stampLocked(now)
+	t.entries[e.id()] = &row{Entry: e, seen: now}
+	t.publishLocked()
+	return []Entry{e}, nil
+}
+
+// Remove tombstones this peer's live entries that match: an empty name or
+// origin and an invalid addr match anything. It returns the tombstones to
+// broadcast.
+func (t *Table) Remove(name string, addr netip.Addr, origin string, now time.Time) []Entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []Entry
+	for _, r := range t.entries {
+		if r.Owner != t.self || r.Tombstone ||
+			(name != "" && r.Name != name) ||
+			(addr.IsValid() && r.Addr != addr) ||
+			(origin != "" && r.Origin != origin) {
+			continue
+		}
+		r.Version = t.stampLocked(now)
+		r.Tombstone = true
+		r.seen = now
+		out = append(out, r.Entry)
+	}
+	if len(out) > 0 {
+		t.publishLocked()
+	}
+	return out
+}
+
+// Merge merges entries received from gossip. It returns the entries that
+// changed this table (news, for a transport that must relay) and the
+// entries this peer must broadcast as the owner's answer to stale copies of
+// its own entries (see the Table doc).
+func (t *Table) Merge(in []Entry, now time.Time) (news, replies []Entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range in {
+		e := in[i]
+		if e.valid() != nil {
+			continue
+		}
+		r, ok := t.entries[e.id()]
+		if e.Owner == t.self {
+			if ok && !newer(&e, &r.Entry) {
+				continue
+			}
+			// Someone holds a copy newer than ours (or one we never had):
+			// our own state wins, at a version above theirs.
+			if t.lastVersion < e.Version {
+				t.lastVersion = e.Version
+			}
+			var reply Entry
+			switch {
+			case !ok && e.Tombstone:
+				// A tombstone of ours we had already expired: keep it.
+				t.entries[e.id()] = &row{Entry: e, seen: now}
+				continue
+			case !ok:
+				reply = e
+				reply.Tombstone = true
+			case r.Tombstone == e.Tombstone:
+				// Same state at a higher version: adopt the version.
+				r.Version = e.Version
+				continue
+			default:
+				reply = r.Entry
+			}
+			reply.Version = t.stampLocked(now)
+			t.entries[e.id()] = &row{Entry: reply, seen: now}
+			replies = append(replies, reply)
+			continue
+		}
+		if ok && !newer(&e, &r.Entry) {
+			continue
+		}
+		t.entries[e.id()] = &row{Entry: e, seen: now}
+		news = append(news, e)
+	}
+	if len(news) > 0 || len(replies) > 0 {
+		t.publishLocked()
+	}
+	return news, replies
+}
+
+// SetReachable marks exactly the given peers reachable and every other
+// peer that owns entries (except this one) unreachable since now.
+func (t *Table) SetReachable(peers []key.Public, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	up := make(map[key.Public]bool, len(peers))
+	for _, p := range peers {
+		up[p] = true
+	}
+	changed := false
+	for p := range t.down {
+		if up[p] {
+			delete(t.down, p)
+			changed = true
+		}
+	}
+	for _, r := range t.entries {
+		if o := r.Owner; o != t.self && !up[o] {
+			if _, ok := t.down[o]; !ok {
+				t.down[o] = now
+				changed = true
+			}
+		}
+	}
+	if changed {
+		t.publishLocked()
+	}
+}
+
+// SetPeerReachable marks one peer reachable or not (since now).
+func (t *Table) SetPeerReachable(p key.Public, reachable bool, now time.Time) {
+	if p == t.self {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, isDown := t.down[p]
+	switch {
+	case reachable && isDown:
+		delete(t.down, p)
+	case !reachable && !isDown:
+		t.down[p] = now
+	default:
+		return
+	}
+	t.publishLocked()
+}
+
+// Expire deletes tombstones older than TombstoneExpiry and the entries of
+// peers unreachable for longer than PeerExpiry. Call it now and then (every
+// few seconds is plenty).
+func (t *Table) Expire(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := false
+	for k, r := range t.entries {
+		if r.Tombstone && now.Sub(r.seen) >= t.tombstoneExpiry {
+			delete(t.entries, k)
+			changed = true
+			continue
+		}
+		if since, ok := t.down[r.Owner]; ok && now.Sub(since) >= t.peerExpiry {
+			delete(t.entries, k)
+			changed = true
+		}
+	}
+	for p, since := range t.down {
+		if now.Sub(since) >= t.peerExpiry {
+			delete(t.down, p)
+		}
+	}
+	if changed {
+		t.publishLocked()
+	}
+}
+
+// All returns every entry, tombstones included, in a stable order: the full
+// state for anti-entropy.
+func (t *Table) All() []Entry {
+	t.mu.Lock()
+	out := make([]Entry, 0, len(t.entries))
+	for _, r := range t.entries {
+		out = append(out, r.Entry)
+	}
+	t.mu.Unlock()
+	sortEntries(out)
+	return out
+}
+
+// EntryStatus is an entry as `status dns` shows it.
+type EntryStatus struct {
+	Entry
+	Reachable bool // false: the owner is unreachable and the entry is not answered
+}
+
+// Entries returns the live entries, sorted by name, address, owner.
+func (t *Table) Entries() []EntryStatus {
+	t.mu.Lock()
+	out := make([]EntryStatus, 0, len(t.entries))
+	for _, r := range t.entries {
+		if r.Tombstone {
+			continue
+		}
+		_, down := t.down[r.Owner]
+		out = append(out, EntryStatus{Entry: r.Entry, Reachable: !down})
+	}
+	t.mu.Unlock()
+	slices.SortFunc(out, func(a, b EntryStatus) int { return compareEntries(&a.Entry, &b.Entry) })
+	return out
+}
+
+func sortEntries(es []Entry) {
+	slices.SortFunc(es, func(a, b Entry) int { return compareEntries(&a, &b) })
+}
+
+func compareEntries(a, b *Entry) int {
+	if c := strings.Compare(a.Name, b.Name); c != 0 {
+		return c
+	}
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if c := strings.Compare(string(a.Owner[:]), string(b.Owner[:])); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Origin, b.Origin)
+}
+
+// Snapshot returns the current answerable view. It never blocks.
+func (t *Table) Snapshot() *Snapshot { return t.snap.Load() }
+
+// Snapshot is an immutable view of the answerable names: live entries of
+// reachable owners. Addresses are deduplicated and sorted.
+type Snapshot struct {
+	names map[string]*nameAddrs
+	// ents holds the empty non-terminals: "b" when only "a.b" exists. They
+	// exist (NODATA), they just have no addresses.
+	ents map[string]bool
+	ptr  map[netip.Addr][]string
+}
+
+type nameAddrs struct {
+	v4, v6 []netip.Addr
+}
+
+var emptySnapshot = &Snapshot{}
+
+// Lookup returns the addresses of name (canonical form), IPv4 first.
+func (s *Snapshot) Lookup(name string) []netip.Addr {
+	n := s.names[name]
+	if n == nil {
+		return nil
+	}
+	return append(slices.Clip(n.v4), n.v6...)
+}
+
+// Names returns the names that have addr.
+func (s *Snapshot) Names(addr netip.Addr) []string { return slices.Clone(s.ptr[addr]) }
+
+func (t *Table) publishLocked() {
+	s := &Snapshot{
+		names: make(map[string]*nameAddrs),
+		ents:  make(map[string]bool),
+		ptr:   make(map[netip.Addr][]string),
+	}
+	for _, r := range t.entries {
+		if r.Tombstone {
+			continue
+		}
+		if _, down := t.down[r.Owner]; down {
+			continue
+		}
+		n := s.names[r.Name]
+		if n == nil {
+			n = &nameAddrs{}
+			s.names[r.Name] = n
+			for rest := r.Name; ; {
+				i := strings.IndexByte(rest, '.')
+				if i < 0 {
+					break
+				}
+				rest = rest[i+1:]
+				s.ents[rest] = true
+			}
+		}
+		if r.Addr.Is4() {
+			n.v4 = append(n.v4, r.Addr)
+		} else {
+			n.v6 = append(n.v6, r.Addr)
+		}
+		s.ptr[r.Addr] = append(s.ptr[r.Addr], r.Name)
+	}
+	for _, n := range s.names {
+		n.v4 = compactSorted(n.v4)
+		n.v6 = compactSorted(n.v6)
+	}
+	for a, ns := range s.ptr {
+		slices.Sort(ns)
+		s.ptr[a] = slices.Compact(ns)
+	}
+	t.snap.Store(s)
+}
+
+func compactSorted(as []netip.Addr) []netip.Addr {
+	slices.SortFunc(as, netip.Addr.Compare)
+	return slices.Clip(slices.Compact(as))
+}
