@@ -178,7 +178,17 @@ func twoHosts(t *testing.T) (a, b *testHost) {
 	return a, b
 }
 
+// ping pings to from the namespace from, three times, after waiting up to
+// 15 s for a first answer: when both peers start a handshake at the same
+// moment (both SetPeers at once), WireGuard resolves the collision only at
+// the next retry, 5 s later.
 func ping(from *testNetns, to string) (string, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if exec.Command("ip", "netns", "exec", from.name, "ping", "-c", "1", "-W", "1", to).Run() == nil {
+			break
+		}
+	}
 	out, err := exec.Command("ip", "netns", "exec", from.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", to).CombinedOutput()
 	return string(out), err
 }
