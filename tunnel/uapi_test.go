@@ -1,0 +1,194 @@
+package tunnel
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+func testKey(b byte) key.Public {
+	var k key.Public
+	k[0] = b
+	return k
+}
+
+func TestBuildPeersUAPI(t *testing.T) {
+	var psk key.Secret
+	psk[31] = 0xff
+	pskLine := "preshared_key=" + psk.Hex() + "\n"
+	k1, k2 := testKey(1), testKey(2)
+	ep1 := netip.MustParseAddrPort("192.0.2.1:6783")
+	ep1b := netip.MustParseAddrPort("192.0.2.11:6783")
+	pfx := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	peer1 := PeerConfig{Key: k1, Endpoint: ep1, AllowedIPs: pfx("10.32.0.2/32", "10.32.2.0/24")}
+	full1 := "public_key=" + k1.Hex() + "\n" + pskLine +
+		"endpoint=192.0.2.1:6783\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\n" +
+		"allowed_ip=10.32.0.2/32\nallowed_ip=10.32.2.0/24\n"
+
+	tests := []struct {
+		name          string
+		applied, want []PeerConfig
+		out           string
+	}{
+		{"nothing", nil, nil, ""},
+		{"add one", nil, []PeerConfig{peer1}, full1},
+		{"unchanged", []PeerConfig{peer1}, []PeerConfig{peer1}, ""},
+		{"unchanged, reordered and unmasked prefixes",
+			[]PeerConfig{peer1},
+			[]PeerConfig{{Key: k1, Endpoint: ep1, AllowedIPs: pfx("10.32.2.7/24", "10.32.0.2/32", "10.32.0.2/32")}}, ""},
+		{"remove one", []PeerConfig{peer1}, nil, "public_key=" + k1.Hex() + "\nremove=true\n"},
+		{"allowed IPs change keeps the learned endpoint",
+			[]PeerConfig{peer1},
+			[]PeerConfig{{Key: k1, Endpoint: ep1, AllowedIPs: pfx("10.32.0.2/32")}},
+			"public_key=" + k1.Hex() + "\n" + pskLine +
+				"persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.32.0.2/32\n"},
+		{"endpoint change",
+			[]PeerConfig{peer1},
+			[]PeerConfig{{Key: k1, Endpoint: ep1b, AllowedIPs: peer1.AllowedIPs}},
+			strings.Replace(full1, "192.0.2.1:", "192.0.2.11:", 1)},
+		{"no endpoint",
+			nil,
+			[]PeerConfig{{Key: k2, AllowedIPs: pfx("10.32.0.3/32")}},
+			"public_key=" + k2.Hex() + "\n" + pskLine +
+				"persistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.32.0.3/32\n"},
+		{"v4-mapped endpoint is unmapped",
+			nil,
+			[]PeerConfig{{Key: k1, Endpoint: netip.MustParseAddrPort("[::ffff:192.0.2.1]:6783"), AllowedIPs: peer1.AllowedIPs}},
+			full1},
+		{"remove comes first, then adds in key order",
+			[]PeerConfig{peer1},
+			[]PeerConfig{{Key: k2}},
+			"public_key=" + k1.Hex() + "\nremove=true\n" +
+				"public_key=" + k2.Hex() + "\n" + pskLine + "persistent_keepalive_interval=25\nreplace_allowed_ips=true\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := buildPeersUAPI(normalizePeers(tt.applied), normalizePeers(tt.want), psk)
+			if got != tt.out {
+				t.Errorf("got:\n%s\nwant:\n%s", got, tt.out)
+			}
+		})
+	}
+}
+
+// A peer read back after a failed IpcSet is stale: always rewritten whole.
+func TestBuildPeersUAPIStale(t *testing.T) {
+	k := testKey(1)
+	applied := map[key.Public]peerState{k: {stale: true}}
+	want := map[key.Public]peerState{k: {}}
+	if got := buildPeersUAPI(applied, want, key.Secret{}); !strings.HasPrefix(got, "public_key="+k.Hex()+"\n") {
+		t.Errorf("stale peer not rewritten: %q", got)
+	}
+}
+
+func TestParsePeerStats(t *testing.T) {
+	k1, k2 := testKey(1), testKey(2)
+	// As device.IpcGet prints it: device lines first, then each peer.
+	text := "private_key=" + strings.Repeat("ab", 32) + "\n" +
+		"listen_port=6783\n" +
+		"public_key=" + k1.Hex() + "\n" +
+		"preshared_key=" + strings.Repeat("00", 32) + "\n" +
+		"protocol_version=1\n" +
+		"endpoint=192.0.2.2:6783\n" +
+		"last_handshake_time_sec=1700000000\n" +
+		"last_handshake_time_nsec=500\n" +
+		"tx_bytes=1234\n" +
+		"rx_bytes=5678\n" +
+		"persistent_keepalive_interval=25\n" +
+		"allowed_ip=10.32.0.2/32\n" +
+		"public_key=" + k2.Hex() + "\n" +
+		"preshared_key=" + strings.Repeat("00", 32) + "\n" +
+		"protocol_version=1\n" +
+		"last_handshake_time_sec=0\n" +
+		"last_handshake_time_nsec=0\n" +
+		"tx_bytes=0\n" +
+		"rx_bytes=0\n" +
+		"persistent_keepalive_interval=25\n"
+	got, err := parsePeerStats(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[key.Public]PeerStats{
+		k1: {Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), LastHandshake: time.Unix(1700000000, 500), TxBytes: 1234, RxBytes: 5678},
+		k2: {},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d peers, want %d: %+v", len(got), len(want), got)
+	}
+	for k, w := range want {
+		g := got[k]
+		if g.Endpoint != w.Endpoint || !g.LastHandshake.Equal(w.LastHandshake) || g.TxBytes != w.TxBytes || g.RxBytes != w.RxBytes {
+			t.Errorf("peer %x: got %+v, want %+v", k[0], g, w)
+		}
+	}
+	if !got[k2].LastHandshake.IsZero() {
+		t.Errorf("peer without handshake: LastHandshake = %v, want zero", got[k2].LastHandshake)
+	}
+}
+
+func TestParsePeerStatsErrors(t *testing.T) {
+	for _, tt := range []struct{ name, text string }{
+		{"no equals", "public_key\n"},
+		{"bad key", "public_key=zz\n"},
+		{"bad endpoint", "public_key=" + testKey(1).Hex() + "\nendpoint=nowhere\n"},
+		{"bad counter", "public_key=" + testKey(1).Hex() + "\nrx_bytes=-1\n"},
+		{"errno", "errno=1\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := parsePeerStats(tt.text); err == nil {
+				t.Errorf("parsePeerStats(%q) succeeded", tt.text)
+			}
+		})
+	}
+}
+
+func FuzzParsePeerStats(f *testing.F) {
+	f.Add("public_key=" + testKey(1).Hex() + "\nendpoint=192.0.2.2:1\nrx_bytes=1\n")
+	f.Add("listen_port=1\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		parsePeerStats(s) // must not panic
+	})
+}
+
+func TestHostVethName(t *testing.T) {
+	a := HostVethName("/var/run/netns/x", "ethwe0")
+	if len(a) > maxIfNameLen || !strings.HasPrefix(a, "vethwe") {
+		t.Errorf("HostVethName = %q", a)
+	}
+	if a != HostVethName("/var/run/netns/x", "ethwe0") {
+		t.Error("HostVethName is not deterministic")
+	}
+	if a == HostVethName("/var/run/netns/y", "ethwe0") || a == HostVethName("/var/run/netns/x", "ethwe1") {
+		t.Error("HostVethName collides for different namespaces or interfaces")
+	}
+}
+
+func TestWGLogFilter(t *testing.T) {
+	for _, f := range []string{"Routine: TUN reader - started", "%v - Routine: sequential sender - stopped", "%v - Sending keepalive packet"} {
+		if !droppedWGFormat(f) {
+			t.Errorf("%q not dropped", f)
+		}
+	}
+	if droppedWGFormat("%v - Received handshake response") {
+		t.Error("handshake line dropped")
+	}
+	rl := &rateLimiter{last: map[string]rateState{}}
+	now := time.Unix(0, 0)
+	if ok, _ := rl.allow("x", now); !ok {
+		t.Error("first line not allowed")
+	}
+	rl.allow("x", now.Add(time.Second))
+	rl.allow("x", now.Add(2*time.Second))
+	if ok, n := rl.allow("x", now.Add(errorEvery+time.Second)); !ok || n != 2 {
+		t.Errorf("after the interval: allow = %v, %d suppressed; want true, 2", ok, n)
+	}
+}
