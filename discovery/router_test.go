@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,4 +345,33 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		}
 	}()
 	waitFor(t, 5*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// fakeClock is a wall clock that tests can move forward.
+type fakeClock struct{ offset atomic.Int64 }
+
+func (c *fakeClock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *fakeClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+func TestUnreachablePeerExpires(t *testing.T) {
+	var clk fakeClock
+	a := newTestRouter(t, "a", func(c *Config, _ *tunables) { c.Now = clk.now })
+	b := newTestRouter(t, "b")
+	a.Connect(b.addr())
+	waitFor(t, 5*time.Second, "connected", func() bool { p, _ := a.peer(b.Self()); return p.Reachable })
+	a.Forget(b.addr())
+	waitFor(t, 5*time.Second, "b unreachable", func() bool { p, ok := a.peer(b.Self()); return ok && !p.Reachable })
+	clk.advance(30 * time.Second)
+	time.Sleep(100 * time.Millisecond) // several maintenance ticks: b must stay
+	if _, ok := a.peer(b.Self()); !ok {
+		t.Fatal("b dropped after 30 s")
+	}
+	clk.advance(31 * time.Second)
+	waitFor(t, 5*time.Second, "b dropped", func() bool { _, ok := a.peer(b.Self()); return !ok })
+	if a.Counters()[CtrPeersExpired] != 1 {
+		t.Errorf("counters: %v", a.Counters())
+	}
+	// b comes back by its own gossip.
+	a.Connect(b.addr())
+	waitFor(t, 5*time.Second, "b back", func() bool { p, _ := a.peer(b.Self()); return p.Reachable })
 }

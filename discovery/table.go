@@ -68,6 +68,9 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 			}
 			continue
 		}
+		if rec.Version == 0 {
+			continue // versions start at a unix time; 0 is never a real record
+		}
 		if t, ok := r.tombs[rec.Key]; ok && rec.Version <= t.version {
 			continue
 		}
@@ -114,8 +117,8 @@ func (r *Router) sendFullStateLocked(c *conn) {
 	recs := make([]*Record, 0, len(r.recs))
 	recs = append(recs, r.copySelf())
 	for k, e := range r.recs {
-		if k == r.self {
-			continue
+		if k == r.self || e.rec.Version == 0 {
+			continue // version 0: a placeholder made from a hello, not a record
 		}
 		rec := e.rec
 		recs = append(recs, &rec)

@@ -159,7 +159,7 @@ func better(h1 int, t1 uint64, p1 key.Public, h2 int, t2 uint64, p2 key.Public) 
 
 // path returns the best path from self to dst, both included, or nil when
 // dst is unreachable.
-func (rt *routes) path(dst key.Public) []key.Public {
+func (rt routes) path(dst key.Public) []key.Public {
 	if _, ok := rt.hops[dst]; !ok {
 		return nil
 	}
