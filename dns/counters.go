@@ -1,0 +1,52 @@
+package dns
+
+import "sync/atomic"
+
+// counters counts every outcome on the query path and of gossip. Names are
+// the keys of Server.Counters.
+type counters struct {
+	queries        atomic.Uint64 // every query handed to the handler
+	answeredLocal  atomic.Uint64 // NOERROR with records from the table
+	nodata         atomic.Uint64 // name exists, no records of the type
+	nxdomain       atomic.Uint64 // name under the domain (or overlay PTR) unknown
+	refused        atomic.Uint64 // ANY, zone transfers, non-IN class in our zones
+	notimp         atomic.Uint64 // opcode other than QUERY
+	formerr        atomic.Uint64 // header parsed but message rejected (qdcount != 1, ...)
+	malformed      atomic.Uint64 // could not be parsed at all (dropped or FORMERR)
+	truncated      atomic.Uint64 // local UDP answer cut to the client's size, TC set
+	forwarded      atomic.Uint64 // answered from an upstream
+	forwardFailed  atomic.Uint64 // no upstream answered: SERVFAIL
+	forwardTCP     atomic.Uint64 // truncated UDP upstream answer retried over TCP
+	forwardTimeout atomic.Uint64 // upstream attempts that failed or timed out
+	writeFailed    atomic.Uint64 // writing the answer to the client failed
+
+	gossipUpdatesIn atomic.Uint64 // update messages merged
+	gossipStateIn   atomic.Uint64 // state messages merged
+	gossipMalformed atomic.Uint64 // rejected gossip messages
+	gossipUnknown   atomic.Uint64 // unknown version or type, ignored
+	gossipSent      atomic.Uint64 // messages handed to the transport
+}
+
+func (c *counters) snapshot() map[string]uint64 {
+	return map[string]uint64{
+		"dns_queries":                c.queries.Load(),
+		"dns_answered_local":         c.answeredLocal.Load(),
+		"dns_nodata":                 c.nodata.Load(),
+		"dns_nxdomain":               c.nxdomain.Load(),
+		"dns_refused":                c.refused.Load(),
+		"dns_notimp":                 c.notimp.Load(),
+		"dns_formerr":                c.formerr.Load(),
+		"dns_malformed":              c.malformed.Load(),
+		"dns_truncated":              c.truncated.Load(),
+		"dns_forwarded":              c.forwarded.Load(),
+		"dns_forward_failed":         c.forwardFailed.Load(),
+		"dns_forward_tcp_retries":    c.forwardTCP.Load(),
+		"dns_forward_upstream_error": c.forwardTimeout.Load(),
+		"dns_write_failed":           c.writeFailed.Load(),
+		"dns_gossip_updates_in":      c.gossipUpdatesIn.Load(),
+		"dns_gossip_state_in":        c.gossipStateIn.Load(),
+		"dns_gossip_malformed":       c.gossipMalformed.Load(),
+		"dns_gossip_unknown":         c.gossipUnknown.Load(),
+		"dns_gossip_sent":            c.gossipSent.Load(),
+	}
+}

@@ -1,0 +1,187 @@
+package dns
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// upstreamRecheck is how often the resolv.conf file's mtime is checked.
+const upstreamRecheck = 5 * time.Second
+
+// upstreams is the list of resolvers to forward to: a fixed list, or the
+// nameservers of a resolv.conf file, re-read when the file changes.
+type upstreams struct {
+	// Constant after newUpstreams.
+	fixed bool
+	path  string
+	now   func() time.Time
+	logf  func(string, ...any)
+
+	mu sync.Mutex
+	// Guarded by mu.
+	addrs     []string // "ip:port"
+	self      []netip.AddrPort
+	selfAny   uint16 // port when listening on an unspecified address
+	mtime     time.Time
+	checked   time.Time
+	loadedErr bool
+}
+
+func newUpstreams(list []string, path string, now func() time.Time, logf func(string, ...any)) *upstreams {
+	u := &upstreams{path: path, now: now, logf: logf}
+	if len(list) > 0 {
+		u.fixed = true
+		for _, a := range list {
+			u.addrs = append(u.addrs, withPort(a, "53"))
+		}
+	}
+	return u
+}
+
+func withPort(a, port string) string {
+	if _, _, err := net.SplitHostPort(a); err == nil {
+		return a
+	}
+	return net.JoinHostPort(a, port)
+}
+
+// exclude keeps the server's own address out of the list: forwarding to
+// itself would loop.
+func (u *upstreams) exclude(a net.Addr) {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	if ap.Addr().IsUnspecified() {
+		u.selfAny = ap.Port()
+	}
+	u.self = append(u.self, ap)
+}
+
+func (u *upstreams) isSelfLocked(a string) bool {
+	ap, err := netip.ParseAddrPort(a)
+	if err != nil {
+		return false
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	for _, s := range u.self {
+		if s == ap {
+			return true
+		}
+	}
+	// Listening on 0.0.0.0 or :: also answers on loopback.
+	return u.selfAny != 0 && ap.Port() == u.selfAny && (ap.Addr().IsLoopback() || ap.Addr().IsUnspecified())
+}
+
+// list returns the upstreams to try, in order, without this server.
+func (u *upstreams) list() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.fixed {
+		u.reloadLocked()
+	}
+	out := make([]string, 0, len(u.addrs))
+	for _, a := range u.addrs {
+		if !u.isSelfLocked(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (u *upstreams) reloadLocked() {
+	now := u.now()
+	if !u.checked.IsZero() && now.Sub(u.checked) < upstreamRecheck {
+		return
+	}
+	u.checked = now
+	fi, err := os.Stat(u.path)
+	if err != nil {
+		if !u.loadedErr {
+			u.logf("dns: upstreams: %v", err)
+			u.loadedErr = true
+		}
+		u.addrs = nil
+		return
+	}
+	if fi.ModTime().Equal(u.mtime) && u.addrs != nil {
+		return
+	}
+	cc, err := mdns.ClientConfigFromFile(u.path)
+	if err != nil {
+		if !u.loadedErr {
+			u.logf("dns: upstreams: %v", err)
+			u.loadedErr = true
+		}
+		return
+	}
+	u.loadedErr = false
+	u.mtime = fi.ModTime()
+	u.addrs = u.addrs[:0]
+	for _, s := range cc.Servers {
+		u.addrs = append(u.addrs, net.JoinHostPort(s, cc.Port))
+	}
+	if u.addrs == nil {
+		u.addrs = []string{}
+	}
+}
+
+// forward asks the upstreams in turn and passes the first useful answer
+// through unchanged (only cut to the client's UDP size). A truncated UDP
+// answer is retried over TCP at the same upstream. SERVFAIL and REFUSED
+// move on to the next upstream; if every upstream says so, the last such
+// answer is passed through. No answer at all: SERVFAIL.
+func (s *Server) forward(w mdns.ResponseWriter, req *mdns.Msg) {
+	tcp := isTCP(w)
+	var last *mdns.Msg
+	for _, up := range s.up.list() {
+		cli := s.udpCli
+		if tcp {
+			cli = s.tcpCli
+		}
+		resp, _, err := cli.Exchange(req, up)
+		if err == nil && resp.Truncated && !tcp {
+			s.c.forwardTCP.Add(1)
+			if r2, _, err2 := s.tcpCli.Exchange(req, up); err2 == nil {
+				resp = r2
+			}
+		}
+		if err != nil {
+			s.c.forwardTimeout.Add(1)
+			continue
+		}
+		last = resp
+		if resp.Rcode == mdns.RcodeServerFailure || resp.Rcode == mdns.RcodeRefused {
+			continue
+		}
+		break
+	}
+	if last == nil {
+		s.c.forwardFailed.Add(1)
+		s.writeRcode(w, req, mdns.RcodeServerFailure)
+		return
+	}
+	s.c.forwarded.Add(1)
+	last.Id = req.Id
+	if !tcp {
+		// The client's own limit: it asked the upstream through us.
+		size := mdns.MinMsgSize
+		if opt := req.IsEdns0(); opt != nil {
+			size = max(int(opt.UDPSize()), mdns.MinMsgSize)
+		}
+		if last.Len() > size {
+			last.Truncate(size)
+		}
+	}
+	if err := w.WriteMsg(last); err != nil {
+		s.c.writeFailed.Add(1)
+	}
+}

@@ -1,0 +1,412 @@
+package dns
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Transport carries the name table's gossip (the "dns" channel).
+//
+// Broadcast sends msg to every other peer (directly or along routes). It must
+// not block for long and must not call back into the Server synchronously;
+// it may keep msg. Messages are at most MaxMessageLen bytes.
+type Transport interface {
+	Broadcast(msg []byte)
+}
+
+// Defaults for Config.
+const (
+	DefaultDomain         = "weave.local."
+	DefaultTTL            = time.Second
+	DefaultResolvConf     = "/etc/resolv.conf"
+	DefaultForwardTimeout = 2 * time.Second
+	DefaultGossipInterval = 10 * time.Second
+)
+
+// Config configures a Server. Zero values take the defaults.
+type Config struct {
+	// Self is this peer's key: the owner of the entries it adds.
+	Self key.Public
+	// ListenAddr is the UDP and TCP address to answer on, e.g. the host's
+	// overlay address "10.32.0.1:53". Empty: no listener (the table still
+	// gossips, Lookup still works).
+	ListenAddr string
+	// Domain is the zone answered from the table (default "weave.local.").
+	Domain string
+	// TTL of answers from the table, whole seconds (default 1 s).
+	TTL time.Duration
+	// OverlayRange is the range whose in-addr.arpa names this server is
+	// authoritative for (NXDOMAIN for unknown addresses). Zero: only
+	// addresses in the table are answered; other PTR questions are forwarded.
+	OverlayRange netip.Prefix
+	// Upstreams, "ip" or "ip:port", overrides ResolvConf.
+	Upstreams []string
+	// ResolvConf is read for upstream servers when Upstreams is empty
+	// (default /etc/resolv.conf); it is re-read when it changes.
+	ResolvConf string
+	// ForwardTimeout bounds each attempt at one upstream (default 2 s).
+	ForwardTimeout time.Duration
+	// Transport for gossip; may be set later with SetTransport.
+	Transport Transport
+	// GossipInterval is the period of anti-entropy (broadcasting the whole
+	// table) and of tombstone expiry (default 10 s; negative: no loop, the
+	// caller drives Tick).
+	GossipInterval time.Duration
+	// Relay: rebroadcast gossip news. Needed only when Transport.Broadcast
+	// reaches direct neighbours only.
+	Relay bool
+	// Table tunes expiry of tombstones and of unreachable peers' entries.
+	Table TableOptions
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logf logs; nil is silent.
+	Logf func(format string, args ...any)
+}
+
+// Server is one host's DNS server and name table.
+type Server struct {
+	// Constant after New.
+	cfg    Config
+	domain string // lower case, fully qualified, "weave.local."
+	ttl    uint32
+	table  *Table
+	soa    *mdns.SOA
+	opt    *mdns.OPT
+	up     *upstreams
+	udpCli *mdns.Client
+	tcpCli *mdns.Client
+
+	c         counters
+	transport atomic.Pointer[transportBox]
+	zone      atomic.Pointer[zone]
+	zoneMu    sync.Mutex // serializes zone rebuilds
+	replies   sync.Pool  // of *reply
+
+	mu sync.Mutex
+	// Guarded by mu.
+	started, closed bool
+	udpSrv, tcpSrv  *mdns.Server
+	udpAddr         net.Addr
+	tcpAddr         net.Addr
+	stop            chan struct{}
+	wg              sync.WaitGroup
+}
+
+type transportBox struct{ t Transport }
+
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("dns: server closed")
+
+// New returns a Server; Start makes it listen and gossip.
+func New(cfg Config) (*Server, error) {
+	if cfg.Domain == "" {
+		cfg.Domain = DefaultDomain
+	}
+	domain := mdns.Fqdn(strings.ToLower(cfg.Domain))
+	if _, ok := mdns.IsDomainName(domain); !ok || domain == "." {
+		return nil, fmt.Errorf("dns: bad domain %q", cfg.Domain)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = DefaultResolvConf
+	}
+	if cfg.ForwardTimeout <= 0 {
+		cfg.ForwardTimeout = DefaultForwardTimeout
+	}
+	if cfg.GossipInterval == 0 {
+		cfg.GossipInterval = DefaultGossipInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	ttl := uint32(max(cfg.TTL, 0) / time.Second)
+	s := &Server{
+		cfg:    cfg,
+		domain: domain,
+		ttl:    ttl,
+		table:  NewTable(cfg.Self, cfg.Table),
+		soa: &mdns.SOA{
+			Hdr:     mdns.RR_Header{Name: domain, Rrtype: mdns.TypeSOA, Class: mdns.ClassINET, Ttl: ttl},
+			Ns:      "ns." + domain,
+			Mbox:    "hostmaster." + domain,
+			Serial:  1,
+			Refresh: 3600,
+			Retry:   600,
+			Expire:  86400,
+			Minttl:  ttl, // negative answers are cached for the TTL (RFC 2308)
+		},
+		opt:    &mdns.OPT{Hdr: mdns.RR_Header{Name: ".", Rrtype: mdns.TypeOPT, Class: ednsSize}},
+		udpCli: &mdns.Client{Net: "udp", Timeout: cfg.ForwardTimeout},
+		tcpCli: &mdns.Client{Net: "tcp", Timeout: cfg.ForwardTimeout},
+	}
+	s.up = newUpstreams(cfg.Upstreams, cfg.ResolvConf, cfg.Now, cfg.Logf)
+	if cfg.Transport != nil {
+		s.transport.Store(&transportBox{cfg.Transport})
+	}
+	s.replies.New = func() any { return new(reply) }
+	return s, nil
+}
+
+// Start listens on ListenAddr (UDP and TCP) and starts the gossip loop.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.started {
+		return errors.New("dns: server already started")
+	}
+	if s.cfg.ListenAddr != "" {
+		pc, ln, err := listen(s.cfg.ListenAddr)
+		if err != nil {
+			return err
+		}
+		s.udpAddr, s.tcpAddr = pc.LocalAddr(), ln.Addr()
+		s.up.exclude(s.udpAddr)
+		s.udpSrv = s.newServer()
+		s.udpSrv.PacketConn = pc
+		s.tcpSrv = s.newServer()
+		s.tcpSrv.Listener = ln
+		for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
+					s.cfg.Logf("dns: serve: %v", err)
+				}
+			}()
+		}
+	}
+	s.stop = make(chan struct{})
+	if s.cfg.GossipInterval > 0 {
+		s.wg.Add(1)
+		go s.loop(s.stop)
+	}
+	s.started = true
+	return nil
+}
+
+func (s *Server) newServer() *mdns.Server {
+	return &mdns.Server{
+		Handler: s,
+		// Read UDP queries up to this size; longer ones arrive cut and fail
+		// to parse (FORMERR). Real queries are far smaller.
+		UDPSize:        maxUDPQuery,
+		MsgAcceptFunc:  s.accept,
+		MsgInvalidFunc: func([]byte, error) { s.c.malformed.Add(1) },
+	}
+}
+
+// listen opens UDP and TCP on the same address; with port 0 it picks a
+// port free for both.
+func listen(addr string) (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 10 {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns: listen udp: %w", err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+		if _, port, _ := net.SplitHostPort(addr); port != "0" {
+			break
+		}
+	}
+	return nil, nil, fmt.Errorf("dns: listen tcp: %w", lastErr)
+}
+
+// Addr returns the UDP address the server listens on (nil before Start or
+// without ListenAddr). TCP listens on the same address.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.udpAddr
+}
+
+// Close stops the listeners and the gossip loop and waits for them.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	if s.stop != nil {
+		close(s.stop)
+	}
+	for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
+		if srv != nil {
+			srv.Shutdown()
+		}
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) loop(stop chan struct{}) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.GossipInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			s.Tick()
+		}
+	}
+}
+
+// Tick expires old tombstones and unreachable peers' entries and broadcasts
+// the whole table (anti-entropy). Start calls it every GossipInterval.
+func (s *Server) Tick() {
+	s.table.Expire(s.cfg.Now())
+	s.broadcast(MsgState, s.table.All())
+}
+
+// SetTransport sets (or replaces) the gossip transport.
+func (s *Server) SetTransport(t Transport) {
+	if t == nil {
+		s.transport.Store(nil)
+		return
+	}
+	s.transport.Store(&transportBox{t})
+}
+
+func (s *Server) broadcast(typ byte, entries []Entry) {
+	if len(entries) == 0 {
+		return
+	}
+	tb := s.transport.Load()
+	if tb == nil {
+		return
+	}
+	for _, m := range AppendMessages(typ, entries) {
+		tb.t.Broadcast(m)
+		s.c.gossipSent.Add(1)
+	}
+}
+
+// StateMessages encodes the whole table (tombstones included) as state
+// messages, for a transport that sends anti-entropy itself (e.g. to a new
+// neighbour).
+func (s *Server) StateMessages() [][]byte { return AppendMessages(MsgState, s.table.All()) }
+
+// HandleMessage merges a gossip message from peer from (the neighbour that
+// delivered it; entries may be owned by anyone). A malformed message is
+// counted and returns an error wrapping ErrMalformed; an unknown version or
+// type is counted, ignored and returns ErrVersion or ErrUnknownType.
+func (s *Server) HandleMessage(from key.Public, msg []byte) error {
+	typ, entries, err := ParseMessage(msg)
+	switch {
+	case errors.Is(err, ErrVersion), errors.Is(err, ErrUnknownType):
+		s.c.gossipUnknown.Add(1)
+		return err
+	case err != nil:
+		s.c.gossipMalformed.Add(1)
+		return fmt.Errorf("dns: gossip from %s: %w", from.Name(), err)
+	}
+	if typ == MsgState {
+		s.c.gossipStateIn.Add(1)
+	} else {
+		s.c.gossipUpdatesIn.Add(1)
+	}
+	news, replies := s.table.Merge(entries, s.cfg.Now())
+	if s.cfg.Relay {
+		replies = append(replies, news...)
+	}
+	s.broadcast(MsgUpdate, replies)
+	return nil
+}
+
+// AddEntry makes name (as typed: "web", "web.weave.local.") resolve to addr
+// for this peer's container origin ("" for names added by hand), and
+// broadcasts the change. Adding an entry that is already live does nothing.
+func (s *Server) AddEntry(name string, addr netip.Addr, origin string) error {
+	n, err := CanonicalName(name, s.domain)
+	if err != nil {
+		return err
+	}
+	up, err := s.table.Add(n, addr.Unmap(), origin, s.cfg.Now())
+	if err != nil {
+		return err
+	}
+	s.broadcast(MsgUpdate, up)
+	return nil
+}
+
+// RemoveEntries withdraws this peer's entries that match (name "", an
+// invalid addr and origin "" match anything; so RemoveEntries("", {}, id)
+// withdraws a container's names on detach) and broadcasts the tombstones.
+// It returns how many entries it withdrew.
+func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int, error) {
+	if name != "" {
+		n, err := CanonicalName(name, s.domain)
+		if err != nil {
+			return 0, err
+		}
+		name = n
+	}
+	if addr.IsValid() {
+		addr = addr.Unmap()
+	}
+	ts := s.table.Remove(name, addr, origin, s.cfg.Now())
+	s.broadcast(MsgUpdate, ts)
+	return len(ts), nil
+}
+
+// SetReachable tells the table which peers are reachable now: entries of
+// every other peer are no longer answered (and deleted after
+// TableOptions.PeerExpiry). Call it whenever the set changes.
+func (s *Server) SetReachable(peers []key.Public) { s.table.SetReachable(peers, s.cfg.Now()) }
+
+// RemovePeer withdraws the names of a peer that left or became unreachable.
+// They come back when PeerReachable(p) is called or p is listed in
+// SetReachable again.
+func (s *Server) RemovePeer(p key.Public) { s.table.SetPeerReachable(p, false, s.cfg.Now()) }
+
+// PeerReachable answers a peer's names again (see RemovePeer).
+func (s *Server) PeerReachable(p key.Public) { s.table.SetPeerReachable(p, true, s.cfg.Now()) }
+
+// Lookup returns the addresses the server answers for name ("web" or
+// "web.weave.local."), IPv4 first, sorted. For `dns-lookup`.
+func (s *Server) Lookup(name string) ([]netip.Addr, error) {
+	n, err := CanonicalName(name, s.domain)
+	if err != nil {
+		return nil, err
+	}
+	return s.table.Snapshot().Lookup(n), nil
+}
+
+// Entries lists the live entries with their owners, for `status dns`.
+func (s *Server) Entries() []EntryStatus { return s.table.Entries() }
+
+// Domain returns the zone answered from the table, e.g. "weave.local.".
+func (s *Server) Domain() string { return s.domain }
+
+// Table returns the server's name table.
+func (s *Server) Table() *Table { return s.table }
+
+// Counters returns the named counters (see counters.go).
+func (s *Server) Counters() map[string]uint64 { return s.c.snapshot() }
