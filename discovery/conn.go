@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -50,6 +51,7 @@ type conn struct {
 	outbound bool
 	target   *target // the target that dialled it, or nil
 	peer     key.Public
+	hash     []byte // handshake hash (see handshakeResult)
 	hello    Hello
 
 	send *noise.CipherState // owned by establish, then by writeLoop
@@ -76,11 +78,14 @@ func (c *conn) dialler(self key.Public) key.Public {
 }
 
 // preferredOver reports whether c should replace old, a connection to the
-// same peer. Both ends compute the same answer.
+// same peer. Both ends compute the same answer from what both know: between
+// connections dialled by different ends, the one dialled by the smaller key
+// wins; between two dialled by the same end (a target and a gossip dial
+// racing), the smaller handshake hash wins.
 func (c *conn) preferredOver(old *conn, self key.Public) bool {
 	dc, do := c.dialler(self), old.dialler(self)
 	if dc == do {
-		return false // the same end dialled twice: keep the older
+		return bytes.Compare(c.hash, old.hash) < 0
 	}
 	lo := self
 	if c.peer.Less(self) {
@@ -250,6 +255,7 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		outbound: outbound,
 		target:   t,
 		peer:     res.peer,
+		hash:     res.hash,
 		send:     res.send,
 		recv:     res.recv,
 		out:      make(chan []byte, sendQueueLen),

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -67,6 +68,10 @@ var (
 type handshakeResult struct {
 	peer       key.Public
 	send, recv *noise.CipherState
+	// hash is the final handshake hash, the same on both ends and unique
+	// to the session: the tie-break between two connections dialled by the
+	// same end.
+	hash []byte
 }
 
 func newHandshakeState(priv key.Private, secret key.Secret, initiator bool) (*noise.HandshakeState, error) {
@@ -122,7 +127,7 @@ func handshakeInitiator(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	if err := writeFrame(nc, m3); err != nil {
 		return handshakeResult{}, err
 	}
-	return handshakeResult{peer: peer, send: cs1, recv: cs2}, nil
+	return handshakeResult{peer: peer, send: cs1, recv: cs2, hash: bytes.Clone(hs.ChannelBinding())}, nil
 }
 
 // handshakeResponder runs the listener's side on nc. The caller has set the
@@ -162,7 +167,7 @@ func handshakeResponder(nc net.Conn, priv key.Private, secret key.Secret) (hands
 		if peer == priv.Public() {
 			return handshakeResult{peer: peer}, errSelf
 		}
-		return handshakeResult{peer: peer, send: cs2, recv: cs1}, nil
+		return handshakeResult{peer: peer, send: cs2, recv: cs1, hash: bytes.Clone(hs.ChannelBinding())}, nil
 	}
 }
 
@@ -206,4 +211,38 @@ func isTimeout(err error) bool {
 func isClosedByPeer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// failureClass names the kind of a connection failure, without addresses or
+// ports, so that log-once can tell a new condition from a repeat.
+func failureClass(err error) string {
+	switch {
+	case errors.Is(err, errBadSecret):
+		return "bad secret"
+	case errors.Is(err, errRefused):
+		return "refused"
+	case errors.Is(err, errSelf):
+		return "self"
+	case errors.Is(err, errTimeout), isTimeout(err):
+		return "timeout"
+	case errors.Is(err, errOversized):
+		return "oversized"
+	case errors.Is(err, errShort), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "truncated"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return "dns: " + dnsErr.Err
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr.Op + ": " + opErr.Err.Error()
+	}
+	return err.Error()
 }

@@ -69,7 +69,7 @@ func (r *Router) logInboundFailure(ip string, err error) {
 			"rejected control connection: it does not know this network's secret (different --password?)", "from", ip)
 	case errors.Is(err, errSelf), r.ctx.Err() != nil:
 	default:
-		r.logOnce(slog.LevelInfo, "in:"+ip, err.Error(),
+		r.logOnce(slog.LevelInfo, "in:"+ip, failureClass(err),
 			"rejected control connection: handshake failed", "from", ip, "err", err.Error())
 	}
 }

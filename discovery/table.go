@@ -201,9 +201,7 @@ func (r *Router) antiEntropyLocked() {
 }
 
 // addConnLocked makes c the active connection to its peer, or reports why
-// not. Duplicates are resolved the same way on both sides: between two
-// connections dialled by different ends, the one dialled by the end with the
-// smaller key stays; between two dialled by the same end, the older stays.
+// not. Duplicates are resolved the same way on both sides (preferredOver).
 func (r *Router) addConnLocked(c *conn) error {
 	if r.closed {
 		return ErrClosed

@@ -297,7 +297,7 @@ func (r *Router) targetFailed(t *target, err error) {
 	default:
 		msg = "cannot connect to control target"
 	}
-	r.logOnceLocked(slog.LevelWarn, "target:"+t.addr, err.Error(), msg, "addr", t.addr, "err", err.Error())
+	r.logOnceLocked(slog.LevelWarn, "target:"+t.addr, failureClass(err), msg, "addr", t.addr, "err", err.Error())
 	r.nudge()
 }
 
@@ -385,7 +385,7 @@ func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil && !established && r.ctx.Err() == nil {
-		r.logOnceLocked(slog.LevelDebug, "gossip:"+k.String(), err.Error(),
+		r.logOnceLocked(slog.LevelDebug, "gossip:"+k.String(), failureClass(err),
 			"cannot connect to peer learned through gossip", "peer", k.Name(), "addr", ep.String(), "err", err.Error())
 	}
 	d := r.dials[k]

@@ -210,3 +210,43 @@ func BenchmarkRoutes(b *testing.B) {
 		computeRoutes(ks[0], adj)
 	}
 }
+
+func TestDuplicateTieBreakAgrees(t *testing.T) {
+	ks := testKeys(2)
+	a, b := ks[0], ks[1]
+	// view returns conn as seen from self, for a connection dialled by
+	// dialler with handshake hash h.
+	view := func(self, dialler key.Public, h byte) *conn {
+		peer := a
+		if self == a {
+			peer = b
+		}
+		return &conn{peer: peer, outbound: dialler == self, hash: []byte{h}}
+	}
+	tests := []struct {
+		name          string
+		d1, d2        key.Public
+		h1, h2        byte
+		wantFirstKept bool
+	}{
+		{"crossed, smaller key dialled first", a, b, 1, 2, true},
+		{"crossed, smaller key dialled second", b, a, 1, 2, false},
+		{"same dialler a, smaller hash first", a, a, 1, 2, true},
+		{"same dialler a, smaller hash second", a, a, 2, 1, false},
+		{"same dialler b", b, b, 3, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, self := range []key.Public{a, b} {
+				c1, c2 := view(self, tt.d1, tt.h1), view(self, tt.d2, tt.h2)
+				// Whichever arrived first, the same one is kept.
+				if got := !c2.preferredOver(c1, self); got != tt.wantFirstKept {
+					t.Errorf("self %d, c1 first: kept first = %v", self[0], got)
+				}
+				if got := c1.preferredOver(c2, self); got != tt.wantFirstKept {
+					t.Errorf("self %d, c2 first: kept first = %v", self[0], got)
+				}
+			}
+		})
+	}
+}
