@@ -159,3 +159,25 @@ func TestSetPeersRoutes(t *testing.T) {
 		t.Errorf("%d WireGuard peers after SetPeers(nil)", n)
 	}
 }
+
+// A New that fails (here: the UDP port is taken) leaves nothing behind.
+func TestNewFailureCleansUp(t *testing.T) {
+	h := oneHost(t)
+	h.start(t)
+	cfg := h.cfg
+	cfg.Iface, cfg.Bridge = "weavewg9", "weavewgbr9"
+	var err error
+	if nerr := inNetns(h.ns, func() { _, err = New(cfg) }); nerr != nil {
+		t.Fatal(nerr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "6783") {
+		t.Fatalf("New on a taken port: err = %v", err)
+	}
+	out := run(t, "ip", "-n", h.ns.name, "-o", "link", "show")
+	if strings.Contains(out, "weavewg9") || strings.Contains(out, "weavewgbr9") {
+		t.Errorf("failed New left links behind:\n%s", out)
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Error("New with an empty Config succeeded")
+	}
+}

@@ -145,19 +145,19 @@ func New(cfg Config) (*Tunnel, error) {
 	if t.tunName, err = t.tunDev.Name(); err != nil {
 		return nil, fmt.Errorf("tunnel: TUN %s: %w", cfg.Iface, err)
 	}
+	link, err := t.nl.LinkByName(t.tunName)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: TUN %s: %w", t.tunName, err)
+	}
+	t.tunIndex = link.Attrs().Index
 	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
-	t.dev = device.NewDevice(t.tunDev, t.bind, newWGLogger(t.log))
+	t.dev = device.NewDevice(&nsTUN{Device: t.tunDev, nl: t.nl, index: t.tunIndex}, t.bind, newWGLogger(t.log))
 	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
 		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
 	}
 	if err := t.dev.Up(); err != nil {
 		return nil, fmt.Errorf("tunnel: bringing WireGuard up on UDP port %d: %w", cfg.Port, err)
 	}
-	link, err := t.nl.LinkByName(t.tunName)
-	if err != nil {
-		return nil, fmt.Errorf("tunnel: TUN %s: %w", t.tunName, err)
-	}
-	t.tunIndex = link.Attrs().Index
 	if err := t.nl.LinkSetMTU(link, cfg.MTU); err != nil {
 		return nil, fmt.Errorf("tunnel: TUN %s: setting MTU %d: %w", t.tunName, cfg.MTU, err)
 	}
