@@ -308,31 +308,37 @@ func TestForwardDeadUpstreamThenLive(t *testing.T) {
 		m.Answer = append(m.Answer, &mdns.A{Hdr: mdns.RR_Header{Name: req.Question[0].Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 1}, A: net.IPv4(192, 0, 2, 2)})
 		w.WriteMsg(m)
 	})
-	// A resolv.conf listing a dead server, the server itself (skipped), then the live one.
-	s := startServer(t, func(c *Config) { c.Upstreams = nil })
-	host, port, _ := net.SplitHostPort(up)
-	_, selfPort, _ := net.SplitHostPort(s.Addr().String())
-	dir := t.TempDir()
-	rc := filepath.Join(dir, "resolv.conf")
-	// One port for all nameservers in resolv.conf: use explicit lists instead
-	// to mix ports; here check the self-exclusion and the order.
-	must(t, os.WriteFile(rc, []byte("nameserver 127.0.0.1\nnameserver "+host+"\noptions ndots:1\n"), 0o644))
-	u := newUpstreams(nil, rc, time.Now, nil)
-	u.exclude(s.Addr())
-	if got := u.list(); !slices.Equal(got, []string{"127.0.0.1:53", host + ":53"}) {
-		t.Errorf("resolv.conf upstreams %v", got)
-	}
-	u = newUpstreams([]string{"127.0.0.1:" + selfPort, "127.0.0.2:9", up}, "", time.Now, nil)
-	u.exclude(s.Addr())
-	if got := u.list(); !slices.Equal(got, []string{"127.0.0.2:9", up}) {
-		t.Errorf("self not excluded: %v", got)
-	}
-	s.up = u
+	// A dead upstream first: the live one answers, within the timeout.
+	s := startServer(t, func(c *Config) { c.Upstreams = []string{"127.0.0.2:9", up} })
 	r := query(t, s, "udp", "example.net.", mdns.TypeA)
 	if a := answerAddrs(r); len(a) != 1 || a[0] != "192.0.2.2" {
 		t.Fatalf("after dead upstream: %v", r)
 	}
-	_ = port
+	if c := s.Counters(); c["dns_forward_upstream_error"] != 1 || c["dns_forwarded"] != 1 {
+		t.Errorf("counters %v", c)
+	}
+}
+
+func TestUpstreamList(t *testing.T) {
+	self, _ := net.ResolveUDPAddr("udp", "127.0.0.1:5353")
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	must(t, os.WriteFile(rc, []byte("# comment\nnameserver 127.0.0.1\nnameserver 192.0.2.53\noptions ndots:1\n"), 0o644))
+	u := newUpstreams(nil, rc, time.Now, nil)
+	u.exclude(self)
+	if got := u.list(); !slices.Equal(got, []string{"127.0.0.1:53", "192.0.2.53:53"}) {
+		t.Errorf("resolv.conf upstreams %v", got)
+	}
+	u = newUpstreams([]string{"127.0.0.1:5353", "192.0.2.1", "[2001:db8::1]:54"}, "", time.Now, nil)
+	u.exclude(self)
+	if got := u.list(); !slices.Equal(got, []string{"192.0.2.1:53", "[2001:db8::1]:54"}) {
+		t.Errorf("self not excluded: %v", got)
+	}
+	any, _ := net.ResolveUDPAddr("udp", "0.0.0.0:53")
+	u = newUpstreams([]string{"127.0.0.1", "127.0.0.53", "192.0.2.1"}, "", time.Now, nil)
+	u.exclude(any)
+	if got := u.list(); !slices.Equal(got, []string{"192.0.2.1:53"}) {
+		t.Errorf("listening on 0.0.0.0:53, loopback not excluded: %v", got)
+	}
 }
 
 func TestMalformedThenGood(t *testing.T) {
