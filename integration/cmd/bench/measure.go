@@ -52,7 +52,7 @@ func iperf3(srcNS, dstNS, dst string, port int, dur time.Duration, streams int, 
 	res := Throughput{Streams: streams, TunnelCPU: -1}
 	// Bounded lifetime: the server handles one client (-1) and is killed
 	// with its process group if anything hangs.
-	life := dur + 30*time.Second
+	life := dur + 31*time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), life)
 	defer cancel()
 	srv := nsCommand(ctx, dstNS, "iperf3", "-s", "-1", "-B", dst, "-p", strconv.Itoa(port),
@@ -87,14 +87,25 @@ func iperf3(srcNS, dstNS, dst string, port int, dur time.Duration, streams int, 
 		return res, fmt.Errorf("iperf3 server in %s did not start listening: %s", dstNS, srvOut.String())
 	}
 
-	cpu0 := cpuTicks(tunnelPIDs)
-	start := time.Now()
+	// The CPU of the tunnel processes is counted over the measured part of
+	// the run: iperf3 omits the first second (-O 1, slow start) from its
+	// figures, so counting starts a second in.
+	type mark struct {
+		ticks int64
+		at    time.Time
+	}
+	first := make(chan mark, 1)
+	go func() {
+		time.Sleep(time.Second)
+		first <- mark{cpuTicks(tunnelPIDs), time.Now()}
+	}()
 	cli := nsCommand(ctx, srcNS, "iperf3", "-c", dst, "-p", strconv.Itoa(port),
 		"-t", strconv.FormatFloat(dur.Seconds(), 'f', -1, 64), "-P", strconv.Itoa(streams),
-		"-J", "--connect-timeout", "5000")
+		"-O", "1", "-J", "--connect-timeout", "5000")
 	out, err := cli.Output()
-	wall := time.Since(start)
 	cpu1 := cpuTicks(tunnelPIDs)
+	m0 := <-first
+	cpu0, wall := m0.ticks, time.Since(m0.at)
 	select {
 	case <-srvDone:
 	case <-time.After(5 * time.Second):

@@ -45,9 +45,12 @@ type Ratio struct {
 	Value  float64 `json:"value"`
 	Target string  `json:"target,omitempty"` // e.g. ">= 0.95"
 	Met    *bool   `json:"met,omitempty"`
+	// Rounds are the same quotient within each round (paths measured
+	// minutes apart share less of the machine's load than paths of a round).
+	Rounds []float64 `json:"rounds,omitempty"`
 }
 
-func ratios(rs map[string]*Result) []Ratio {
+func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	var out []Ratio
 	add := func(num, den, what string, get func(*Result) (float64, bool), target string, ok func(float64) bool) {
 		n, d := rs[num], rs[den]
@@ -63,6 +66,17 @@ func ratios(rs map[string]*Result) []Ratio {
 		if ok != nil {
 			m := ok(r.Value)
 			r.Met = &m
+		}
+		if nr, dr := rounds[num], rounds[den]; len(nr) > 1 && len(nr) == len(dr) {
+			for i := range nr {
+				x, okx := get(&nr[i])
+				y, oky := get(&dr[i])
+				if okx && oky && y != 0 {
+					r.Rounds = append(r.Rounds, x/y)
+				} else {
+					r.Rounds = append(r.Rounds, 0)
+				}
+			}
 		}
 		out = append(out, r)
 	}
@@ -153,13 +167,16 @@ func printTable(w io.Writer, rep *Report) {
 			p99 = fmt.Sprintf("%.3f", p.Ping.P99Ms)
 			loss = fmt.Sprintf("%d/%d", p.Ping.Sent-p.Ping.Received, p.Ping.Sent)
 		}
-		fmt.Fprintf(tw, "(%s) %s\t%s → %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			p.Key, p.Name, p.From, p.To, fmtGbps(p.TCP1), retr, fmtGbps(p.TCPn), fmtCPU(p.TCP1), rtt, p50, p99, loss)
+		fmt.Fprintf(tw, "(%s) %s\t%s → %s\t%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			p.Key, p.Name, p.From, p.To, fmtGbps(p.TCP1), spread(p.Rounds), retr, fmtGbps(p.TCPn), fmtCPU(p.TCP1), rtt, p50, p99, loss)
 	}
 	tw.Flush()
 
 	if len(rep.Ratios) > 0 {
 		fmt.Fprintln(w)
+		if rep.Rounds > 1 {
+			fmt.Fprintln(w, "ratios of the medians above; per round: the same ratio within each round")
+		}
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, r := range rep.Ratios {
 			verdict := ""
@@ -171,7 +188,18 @@ func printTable(w io.Writer, rep *Report) {
 				}
 				verdict = fmt.Sprintf("(target %s)\t%s", tgt, v)
 			}
-			fmt.Fprintf(tw, "%s\t%.2f\t%s\n", r.Name, r.Value, verdict)
+			per := ""
+			if len(r.Rounds) > 0 {
+				var vs []string
+				for _, v := range r.Rounds {
+					vs = append(vs, fmt.Sprintf("%.2f", v))
+				}
+				per = "per round " + strings.Join(vs, " ")
+			}
+			if verdict == "" {
+				verdict = "\t"
+			}
+			fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\n", r.Name, r.Value, verdict, per)
 		}
 		tw.Flush()
 	}
@@ -198,4 +226,27 @@ func printTable(w io.Writer, rep *Report) {
 	}
 	fmt.Fprintln(w, "\ntunnel CPU: user+system time of the tunnel processes at both ends (wireguard-go, or the weavewg daemons) during the run, in % of one core and CPU-seconds per GB received (kernel work in their own syscalls counts, softirq work charged elsewhere does not).")
 	fmt.Fprintln(w, "A benchmark on a shared 2-core machine: figures are noisy, compare the ratios of one run. Nothing fails on a target.")
+}
+
+// spread is " [min–max]" of the one-stream throughput over the rounds.
+func spread(rounds []Result) string {
+	lo, hi := 0.0, 0.0
+	n := 0
+	for _, r := range rounds {
+		g, ok := r.TCP1.gbps()
+		if !ok {
+			continue
+		}
+		if n == 0 || g < lo {
+			lo = g
+		}
+		if n == 0 || g > hi {
+			hi = g
+		}
+		n++
+	}
+	if n < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" [%.2f–%.2f]", lo, hi)
 }
