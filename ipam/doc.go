@@ -1,0 +1,58 @@
+// Package ipam allocates overlay addresses without a cluster store: a ring
+// CRDT of owned ranges gossiped between peers, and a per-peer allocator that
+// hands out addresses from its own ranges and persists them in bbolt.
+//
+// # The ring
+//
+// The overlay range (an IPv4 prefix) is cut by tokens. Each Entry owns the
+// addresses from its token to the next. Only an entry's owner changes it, and
+// each change bumps its version, so a merge is a per-token maximum: it is
+// commutative, associative and idempotent, and gossip order never matters.
+// Tokens are never removed. A peer gives space away by splitting one of its
+// entries (Ring.Grant): it inserts tokens and hands the new entry to the
+// other peer. The ring carries its Seed (creating peer and random ID); rings
+// of different seeds refuse to merge (SeedMismatchError names both), and
+// neither is touched.
+//
+// Who seeds: the peer that creates the network (launch with nobody to join)
+// calls Allocator.Seed and owns the whole range at once. Every other peer
+// starts with an empty ring, adopts the first ring gossip brings, and when
+// it needs an address asks a donor (the reachable peer with the most free
+// space published in the ring) with a request message; the donor grants the
+// upper half of its largest aligned free block, so ranges stay CIDR-shaped.
+// No consensus round, so nothing can get stuck awaiting one.
+//
+// # rmpeer
+//
+// RemovePeer(X) on peer I records Transfer{X, I} in the ring; I votes for
+// itself. Every peer that learns of transfers of X votes for the smallest
+// live issuer, and keeps that vote (sticky) unless that transfer is
+// withdrawn. An issuer that sees a smaller live competitor withdraws (and
+// then never completes). An issuer completes (Done, and then never
+// withdraws) when every elector votes for it: the electors are every owner
+// in its ring and every peer it can reach, plus itself, minus X and minus
+// any peer that is itself being removed. Once Done, X's entries belong to I
+// (through Ring.heir, so X entries that arrive late map to I too).
+//
+// Why two issuers never both complete: both need the votes of every owner
+// they know; any owner O known to both votes for one transfer at a time and
+// moves its vote only after that transfer is withdrawn, and an issuer never
+// withdraws after completing. So if I1 completed, no vote ever left I1, and
+// I2 cannot have collected O's vote, in or across partitions. A partition
+// only delays completion (an owner on the other side has not voted yet);
+// competing issuers resolve deterministically (smallest key wins) on heal.
+// If an issuer dies with its transfer pending, rmpeer the issuer too: its
+// pending transfers then count as withdrawn.
+//
+// Known hole: if X grants space to a new peer J and dies before that grant
+// leaves the part of the network J is in, while I's part (which never heard
+// of J) completes the transfer, then after the heal J's newer entry beats
+// X's old one and I loses that piece. I then drops the allocations it made
+// there (Allocator.Conflicts returns them) and the daemon must re-address
+// those containers. Using rmpeer on a live peer is misuse, as in Weave Net.
+//
+// # Wire format
+//
+// See wire.go: one version byte, one type byte, a fixed layout per type.
+// Ring state goes by Broadcast; space requests go by Send to the donor.
+package ipam

@@ -1,0 +1,57 @@
+package ipam
+
+import (
+	"bytes"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Status is what `weavewg status ipam` shows.
+type Status struct {
+	Self      key.Public
+	Range     netip.Prefix
+	Seed      Seed
+	Peers     []PeerStatus // by key
+	Allocated int          // addresses this peer handed out
+	// WaitingForSpace: this peer owns no free address and has asked Donor.
+	WaitingForSpace bool
+	Donor           key.Public
+	Transfers       []Transfer // rmpeer records
+	// Err is the last refused ring (e.g. another network's), or "".
+	Err      string
+	Counters map[string]uint64
+}
+
+// PeerStatus is one owner's share of the range.
+type PeerStatus struct {
+	Peer      key.Public
+	Prefixes  []netip.Prefix
+	Size      uint64 // addresses owned
+	Free      uint64 // as last published by the owner
+	Reachable bool   // false: show "unreachable!"
+}
+
+// Status returns a snapshot for display.
+func (a *Allocator) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{
+		Self: a.self, Range: a.ring.Range, Seed: a.ring.Seed, Allocated: len(a.allocs),
+		WaitingForSpace: a.wantSpace, Donor: a.reqDonor,
+		Transfers: slices.Clone(a.ring.Transfers), Counters: maps.Clone(a.counters),
+	}
+	if a.lastErr != nil {
+		s.Err = a.lastErr.Error()
+	}
+	for p, size := range a.ring.Owners() {
+		s.Peers = append(s.Peers, PeerStatus{
+			Peer: p, Prefixes: SpansToPrefixes(a.ring.Spans(p)), Size: size,
+			Free: a.ring.FreeOf(p), Reachable: p == a.self || a.reachable[p],
+		})
+	}
+	slices.SortFunc(s.Peers, func(x, y PeerStatus) int { return bytes.Compare(x.Peer[:], y.Peer[:]) })
+	return s
+}

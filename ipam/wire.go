@@ -1,0 +1,340 @@
+package ipam
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Wire format. Every IPAM message is
+//
+//	+-----------+--------+------------------------------+
+//	| version 1 | type 1 | body (layout fixed per type) |
+//	+-----------+--------+------------------------------+
+//
+// Version rule: a receiver refuses a version other than WireVersion and a
+// type it does not know (both counted, neither fatal); a known type's body
+// must be exactly its layout, without trailing bytes. All integers are
+// big-endian.
+//
+// msgRing (Broadcast), the whole ring state:
+//
+//	+--------------------+----------+----------------+----------+
+//	| range addr 4       | bits 1   | seed peer 32   | seed id 8|
+//	+--------------------+----------+----------------+----------+
+//	| npeers 2 | npeers × peer key 32 (strictly increasing)      |
+//	+----------+-------------------------------------------------+
+//	| nentries 2 | nentries × entry 14:                          |
+//	|   token 4 | owner index 2 | version 4 | free 4             |
+//	+------------+-----------------------------------------------+
+//	| ntransfers 2 | ntransfers × transfer 5:                    |
+//	|   dead index 2 | issuer index 2 | flags 1 (1 done, 2 withdrawn)
+//	+--------------+---------------------------------------------+
+//	| nvotes 2 | nvotes × vote 10:                               |
+//	|   voter index 2 | dead index 2 | seq 4 | issuer index 2    |
+//	+----------+-------------------------------------------------+
+//
+// Peer indexes point into the peer table; every table key is used. The
+// encoding is canonical (one byte string per ring), so Append(Parse(b)) == b.
+//
+// msgRequest (Send, to the chosen donor): "give me some space".
+//
+//	+----------------+--------------+
+//	| seed peer 32   | seed id 8    |
+//	+----------------+--------------+
+//
+// The seed lets a donor of another network refuse instead of granting.
+
+// WireVersion is the version byte of every message.
+const WireVersion = 1
+
+// Message types.
+const (
+	msgRing    byte = 1
+	msgRequest byte = 2
+)
+
+// Size bounds. A maximal ring fits in MaxMessage, under one discovery frame.
+const (
+	MaxPeers     = 512
+	MaxEntries   = 2048
+	MaxTransfers = 256
+	MaxVotes     = 1024
+
+	hdrLen       = 2
+	ringFixedLen = 4 + 1 + key.Len + 8 + 2*4
+	entryLen     = 4 + 2 + 4 + 4
+	transferLen  = 2 + 2 + 1
+	voteLen      = 2 + 2 + 4 + 2
+	requestLen   = key.Len + 8
+	maxRingLen   = ringFixedLen + MaxPeers*key.Len + MaxEntries*entryLen + MaxTransfers*transferLen + MaxVotes*voteLen
+
+	// MaxMessage bounds every IPAM message.
+	MaxMessage = 60000
+)
+
+var _ [MaxMessage - hdrLen - maxRingLen]struct{} // a maximal ring fits
+
+const (
+	flagDone      = 1
+	flagWithdrawn = 2
+)
+
+// ErrMalformed is wrapped by every decoding error.
+var ErrMalformed = errors.New("ipam: malformed message")
+
+// peerTable collects the keys a ring mentions, sorted.
+func peerTable(r *Ring) ([]key.Public, map[key.Public]uint16, error) {
+	set := map[key.Public]bool{}
+	for _, e := range r.Entries {
+		set[e.Owner] = true
+	}
+	for _, t := range r.Transfers {
+		set[t.Dead], set[t.Issuer] = true, true
+	}
+	for _, v := range r.Votes {
+		set[v.Voter], set[v.Dead], set[v.Issuer] = true, true, true
+	}
+	if len(set) > MaxPeers {
+		return nil, nil, ErrRingFull
+	}
+	keys := make([]key.Public, 0, len(set))
+	for k := range set {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
+	idx := make(map[key.Public]uint16, len(keys))
+	for i, k := range keys {
+		idx[k] = uint16(i)
+	}
+	return keys, idx, nil
+}
+
+// AppendRing appends the body of a ring message (no header) to b. It fails
+// only for a ring beyond the size bounds.
+func AppendRing(b []byte, r *Ring) ([]byte, error) {
+	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes {
+		return b, ErrRingFull
+	}
+	keys, idx, err := peerTable(r)
+	if err != nil {
+		return b, err
+	}
+	a4 := r.Range.Addr().As4()
+	b = append(b, a4[:]...)
+	b = append(b, byte(r.Range.Bits()))
+	b = append(b, r.Seed.Peer[:]...)
+	b = binary.BigEndian.AppendUint64(b, r.Seed.ID)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(keys)))
+	for _, k := range keys {
+		b = append(b, k[:]...)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Entries)))
+	for _, e := range r.Entries {
+		b = binary.BigEndian.AppendUint32(b, e.Token)
+		b = binary.BigEndian.AppendUint16(b, idx[e.Owner])
+		b = binary.BigEndian.AppendUint32(b, e.Version)
+		b = binary.BigEndian.AppendUint32(b, e.Free)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Transfers)))
+	for _, t := range r.Transfers {
+		b = binary.BigEndian.AppendUint16(b, idx[t.Dead])
+		b = binary.BigEndian.AppendUint16(b, idx[t.Issuer])
+		var f byte
+		if t.Done {
+			f |= flagDone
+		}
+		if t.Withdrawn {
+			f |= flagWithdrawn
+		}
+		b = append(b, f)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Votes)))
+	for _, v := range r.Votes {
+		b = binary.BigEndian.AppendUint16(b, idx[v.Voter])
+		b = binary.BigEndian.AppendUint16(b, idx[v.Dead])
+		b = binary.BigEndian.AppendUint32(b, v.Seq)
+		b = binary.BigEndian.AppendUint16(b, idx[v.Issuer])
+	}
+	return b, nil
+}
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || len(r.b) < n {
+		if r.err == nil {
+			r.err = fmt.Errorf("%w: truncated", ErrMalformed)
+		}
+		return make([]byte, n)
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+func (r *reader) u8() byte    { return r.bytes(1)[0] }
+func (r *reader) u16() uint16 { return binary.BigEndian.Uint16(r.bytes(2)) }
+func (r *reader) u32() uint32 { return binary.BigEndian.Uint32(r.bytes(4)) }
+func (r *reader) u64() uint64 { return binary.BigEndian.Uint64(r.bytes(8)) }
+
+func (r *reader) fail(format string, args ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
+	}
+}
+
+// count reads a u16 count bounded by max.
+func (r *reader) count(max int, what string) int {
+	n := int(r.u16())
+	if n > max {
+		r.fail("%d %s exceeds %d", n, what, max)
+		return 0
+	}
+	return n
+}
+
+// ParseRing decodes a ring body, refusing anything non-canonical or that
+// breaks the ring invariants. It never panics.
+func ParseRing(b []byte) (*Ring, error) {
+	rd := &reader{b: b}
+	a4 := [4]byte(rd.bytes(4))
+	bits := int(rd.u8())
+	pfx := netip.PrefixFrom(netip.AddrFrom4(a4), bits)
+	if rd.err == nil && (!validRange(pfx) || pfx.Masked() != pfx) {
+		rd.fail("bad range")
+	}
+	r := &Ring{Range: pfx}
+	r.Seed.Peer = key.Public(rd.bytes(key.Len))
+	r.Seed.ID = rd.u64()
+	if (r.Seed.ID == 0) != r.Seed.Peer.IsZero() {
+		rd.fail("half a seed")
+	}
+	np := rd.count(MaxPeers, "peers")
+	keys := make([]key.Public, np)
+	used := make([]bool, np)
+	for i := range keys {
+		keys[i] = key.Public(rd.bytes(key.Len))
+		if i > 0 && !keys[i-1].Less(keys[i]) {
+			rd.fail("peer table not sorted")
+		}
+	}
+	peer := func() key.Public {
+		i := int(rd.u16())
+		if i >= np {
+			rd.fail("peer index %d out of table", i)
+			return key.Public{}
+		}
+		used[i] = true
+		return keys[i]
+	}
+	if n := rd.count(MaxEntries, "entries"); n > 0 && rd.err == nil {
+		r.Entries = make([]Entry, n)
+		for i := range r.Entries {
+			e := &r.Entries[i]
+			e.Token = rd.u32()
+			e.Owner = peer()
+			e.Version = rd.u32()
+			e.Free = rd.u32()
+		}
+	}
+	if n := rd.count(MaxTransfers, "transfers"); n > 0 && rd.err == nil {
+		r.Transfers = make([]Transfer, n)
+		for i := range r.Transfers {
+			t := &r.Transfers[i]
+			t.Dead = peer()
+			t.Issuer = peer()
+			f := rd.u8()
+			if f&^(flagDone|flagWithdrawn) != 0 {
+				rd.fail("unknown transfer flags %#x", f)
+			}
+			t.Done, t.Withdrawn = f&flagDone != 0, f&flagWithdrawn != 0
+		}
+	}
+	if n := rd.count(MaxVotes, "votes"); n > 0 && rd.err == nil {
+		r.Votes = make([]Vote, n)
+		for i := range r.Votes {
+			v := &r.Votes[i]
+			v.Voter = peer()
+			v.Dead = peer()
+			v.Seq = rd.u32()
+			v.Issuer = peer()
+			if v.Seq == 0 {
+				rd.fail("vote with seq 0")
+			}
+		}
+	}
+	if rd.err != nil {
+		return nil, rd.err
+	}
+	if len(rd.b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(rd.b))
+	}
+	if slices.Contains(used, false) {
+		return nil, fmt.Errorf("%w: unused peer in table", ErrMalformed)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	for _, t := range r.Transfers {
+		if t.Dead == t.Issuer {
+			return nil, fmt.Errorf("%w: self transfer", ErrMalformed)
+		}
+	}
+	return r, nil
+}
+
+// AppendRingMessage appends a whole ring message (header and body).
+func AppendRingMessage(b []byte, r *Ring) ([]byte, error) {
+	return AppendRing(append(b, WireVersion, msgRing), r)
+}
+
+// AppendRequestMessage appends a space request for a network with seed s.
+func AppendRequestMessage(b []byte, s Seed) []byte {
+	b = append(b, WireVersion, msgRequest)
+	b = append(b, s.Peer[:]...)
+	return binary.BigEndian.AppendUint64(b, s.ID)
+}
+
+// Message is a decoded IPAM message: exactly one of Ring and Request is set.
+type Message struct {
+	Ring    *Ring
+	Request *Seed
+}
+
+// ParseMessage decodes one message. It never panics.
+func ParseMessage(b []byte) (Message, error) {
+	if len(b) > MaxMessage {
+		return Message{}, fmt.Errorf("%w: %d bytes exceeds %d", ErrMalformed, len(b), MaxMessage)
+	}
+	if len(b) < hdrLen {
+		return Message{}, fmt.Errorf("%w: short header", ErrMalformed)
+	}
+	if b[0] != WireVersion {
+		return Message{}, fmt.Errorf("%w: version %d", ErrMalformed, b[0])
+	}
+	body := b[hdrLen:]
+	switch b[1] {
+	case msgRing:
+		r, err := ParseRing(body)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Ring: r}, nil
+	case msgRequest:
+		if len(body) != requestLen {
+			return Message{}, fmt.Errorf("%w: request of %d bytes", ErrMalformed, len(body))
+		}
+		s := Seed{Peer: key.Public(body[:key.Len]), ID: binary.BigEndian.Uint64(body[key.Len:])}
+		return Message{Request: &s}, nil
+	}
+	return Message{}, fmt.Errorf("%w: unknown type %d", ErrMalformed, b[1])
+}
