@@ -73,6 +73,9 @@ func CanonicalName(name, domain string) (string, error) {
 	n := strings.ToLower(strings.TrimSuffix(name, "."))
 	d := strings.ToLower(strings.TrimSuffix(domain, "."))
 	if d != "" {
+		if n == d {
+			return "", ErrBadName // the apex has no addresses
+		}
 		n = strings.TrimSuffix(n, "."+d)
 	}
 	if !validName(n) {
