@@ -1,0 +1,149 @@
+package ipam
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
+
+func TestRingRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, r := range history(t, rng, 6, 300) {
+		b, err := AppendRingMessage(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := ParseMessage(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.Ring.Equal(r) {
+			t.Fatal("round trip changed the ring")
+		}
+	}
+}
+
+// goldenRing: 10.32.0.0/12 seeded by peer A, half granted to peer B, a
+// transfer of C by A (done) and A's vote.
+func goldenRing(t testing.TB) *Ring {
+	r := mustRing(t)
+	r.SeedTo(pk(0), 0x0102030405060708)
+	if err := r.Grant(pk(0), pk(1), Span{a2u(testRange.Addr()) + 1<<19, a2u(testRange.Addr()) + 1<<20 - 1}); err != nil {
+		t.Fatal(err)
+	}
+	r.Transfers = []Transfer{{Dead: pk(2), Issuer: pk(0), Done: true}}
+	r.Votes = []Vote{{Voter: pk(0), Dead: pk(2), Seq: 1, Issuer: pk(0)}}
+	return r
+}
+
+func TestGolden(t *testing.T) {
+	k := func(i int) string { p := pk(i); return hex.EncodeToString(p[:]) }
+	tests := []struct {
+		name string
+		msg  func() []byte
+		want []string
+	}{
+		{"ring", func() []byte {
+			b, err := AppendRingMessage(nil, goldenRing(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}, []string{
+			"01 01",                  // version 1, type ring
+			"0a200000 0c",            // range 10.32.0.0/12
+			k(0), "0102030405060708", // seed: peer A, id
+			"0003", k(0), k(1), k(2), // peer table: A, B, C
+			"0002",                            // two entries
+			"0a200000 0000 00000001 00100000", // 10.32.0.0 A v1 free 1<<20
+			"0a280000 0001 00000001 00000000", // 10.40.0.0 B v1 free 0
+			"0001 0002 0000 01",               // transfer C → A, done
+			"0001 0000 0002 00000001 0000",    // vote A for C: A, seq 1
+		}},
+		{"request", func() []byte {
+			return AppendRequestMessage(nil, Seed{pk(0), 0x0102030405060708})
+		}, []string{"01 02", k(0), "0102030405060708"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			want, err := hex.DecodeString(strings.ReplaceAll(strings.Join(tt.want, ""), " ", ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := tt.msg()
+			if !bytes.Equal(got, want) {
+				t.Fatalf("got\n%x\nwant\n%x", got, want)
+			}
+			if _, err := ParseMessage(got); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	good, _ := AppendRingMessage(nil, goldenRing(t))
+	mut := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"version", mut(func(b []byte) []byte { b[0] = 2; return b })},
+		{"type", mut(func(b []byte) []byte { b[1] = 9; return b })},
+		{"trailing", append(bytes.Clone(good), 0)},
+		{"truncated", good[:len(good)-1]},
+		{"bits", mut(func(b []byte) []byte { b[6] = 4; return b })},
+		{"unmasked", mut(func(b []byte) []byte { b[5] = 0x21; return b })},
+		{"too long", make([]byte, MaxMessage+1)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParseMessage(tt.b); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("err = %v", err)
+			}
+		})
+	}
+}
+
+// FuzzParseMessage: never panics; whatever parses re-encodes to the same
+// bytes (the encoding is canonical) and is a valid ring.
+func FuzzParseMessage(f *testing.F) {
+	good, _ := AppendRingMessage(nil, goldenRing(f))
+	f.Add(good)
+	f.Add(AppendRequestMessage(nil, Seed{pk(0), 1}))
+	empty, _ := AppendRingMessage(nil, mustRing(f))
+	f.Add(empty)
+	rng := rand.New(rand.NewPCG(5, 6))
+	snaps := history(f, rng, 4, 60)
+	for i := 0; i < len(snaps); i += 10 {
+		b, _ := AppendRingMessage(nil, snaps[i])
+		f.Add(b)
+	}
+	f.Add([]byte{1})
+	f.Add([]byte{1, 1, 10, 32, 0, 0, 12})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseMessage(b)
+		if err != nil {
+			return
+		}
+		var again []byte
+		switch {
+		case m.Ring != nil:
+			if err := m.Ring.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if again, err = AppendRingMessage(nil, m.Ring); err != nil {
+				t.Fatal(err)
+			}
+		case m.Request != nil:
+			again = AppendRequestMessage(nil, *m.Request)
+		}
+		if !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs:\n%x\n%x", b, again)
+		}
+	})
+}
