@@ -2,10 +2,15 @@ package tunnel
 
 import (
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -180,4 +185,50 @@ func TestNewFailureCleansUp(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Error("New with an empty Config succeeded")
 	}
+}
+
+// Close stops every goroutine the Tunnel and wireguard-go started.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	h := oneHost(t)
+	before := runtime.NumGoroutine()
+	h.start(t)
+	if err := h.tun.SetPeers([]PeerConfig{{Key: testKey(7), Endpoint: netip.MustParseAddrPort("192.0.2.9:6783"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.32.9.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.tun.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := h.tun.SetPeers(nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetPeers after Close: %v, want ErrClosed", err)
+	}
+}
+
+// The control methods may be called from many goroutines at once.
+func TestConcurrentControl(t *testing.T) {
+	a, b := twoHosts(t)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				extra := fmt.Sprintf("10.32.%d.0/24", 100+(i*20+j)%50)
+				if err := a.tun.SetPeers([]PeerConfig{b.peerConfig("10.32.2.0/24", extra)}); err != nil {
+					t.Error(err)
+					return
+				}
+				a.tun.PeerStats()
+				a.tun.Counters()
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/tun"
@@ -21,12 +22,20 @@ type nsTUN struct {
 	tun.Device
 	nl    *netlink.Handle
 	index int
+	last  atomic.Int64 // the MTU last read
 }
 
+// MTU reads the TUN's MTU. While the device closes, the link is gone before
+// wireguard-go's event goroutine stops asking: that case answers the last
+// MTU read instead of making wireguard-go log an error at every shutdown.
 func (t *nsTUN) MTU() (int, error) {
 	l, err := t.nl.LinkByIndex(t.index)
 	if err != nil {
+		if isNotFound(err) && t.last.Load() != 0 {
+			return int(t.last.Load()), nil
+		}
 		return 0, fmt.Errorf("TUN MTU: %w", err)
 	}
+	t.last.Store(int64(l.Attrs().MTU))
 	return l.Attrs().MTU, nil
 }
