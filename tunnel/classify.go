@@ -47,10 +47,10 @@ import "encoding/binary"
 type Kind uint8
 
 const (
-	KindJunk Kind = iota
-	KindWireGuard
-	KindSTUN
-	KindRelay
+	KindJunk      Kind = iota // none of the below: dropped
+	KindWireGuard             // a WireGuard message: handed to wireguard-go
+	KindSTUN                  // a STUN message (ICE, NAT discovery)
+	KindRelay                 // a relay frame
 	numKinds
 )
 

@@ -2,6 +2,11 @@
 // the one UDP socket (a conn.Bind that sorts WireGuard from everything else),
 // the bridge containers hang off, the routes into the TUN, and attaching
 // network namespaces to the bridge.
+//
+// The wire format of the shared UDP port (how WireGuard, STUN and relay
+// frames are told apart, and the relay frame prefix) is described in
+// classify.go. Everything here is created in the network namespace of the
+// thread that calls New; see Tunnel.
 package tunnel
 
 import (

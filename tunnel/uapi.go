@@ -34,6 +34,9 @@ func (p peerState) equal(o peerState) bool {
 func normalizePeers(peers []PeerConfig) map[key.Public]peerState {
 	m := make(map[key.Public]peerState, len(peers))
 	for _, p := range peers {
+		if p.Key.IsZero() {
+			continue // not a key; wireguard-go would reject the whole text
+		}
 		s := m[p.Key]
 		if p.Endpoint.IsValid() {
 			s.endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())

@@ -40,6 +40,7 @@ func TestBuildPeersUAPI(t *testing.T) {
 		out           string
 	}{
 		{"nothing", nil, nil, ""},
+		{"zero key is skipped", nil, []PeerConfig{{Key: key.Public{}, AllowedIPs: pfx("10.32.0.9/32")}}, ""},
 		{"add one", nil, []PeerConfig{peer1}, full1},
 		{"unchanged", []PeerConfig{peer1}, []PeerConfig{peer1}, ""},
 		{"unchanged, reordered and unmasked prefixes",
