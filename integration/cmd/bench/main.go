@@ -38,6 +38,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,6 +105,7 @@ func main() {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		s := <-sigs
+		stopping.Store(true)
 		fmt.Fprintf(os.Stderr, "\nbench: %v: tearing the test bed down\n", s)
 		tb.RunCleanups()
 		os.Exit(130)
@@ -124,8 +126,18 @@ func main() {
 	os.Exit(code)
 }
 
+// stopping is set by the signal handler: the bed is being torn down, so
+// the measurements stop and say nothing more.
+var stopping atomic.Bool
+
 // progress prints a step to stderr (the table or JSON goes to stdout).
 func progress(format string, args ...any) {
+	if stopping.Load() {
+		// Wait here for the handler to finish the teardown and exit.
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
