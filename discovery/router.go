@@ -1,23 +1,3 @@
-// Package discovery owns a peer's place in the mesh: control connections
-// (TCP, Noise XXpsk0 keyed by the network secret), gossip of peer records,
-// the topology and the routes derived from it.
-//
-// Control connections: see handshake.go for the handshake (and why it is
-// XXpsk0), conn.go for the framing, gossip.go for the messages and their
-// version rule, topology.go for edges and routes, targets.go for dialling.
-//
-// Gossip: every peer owns one Record about itself. Its Version starts at the
-// current time in unix nanoseconds (so the records of a restarted peer win
-// over those of its previous run) and grows by at least one on every change.
-// Merge keeps, per key, the record with the highest version; that merge is
-// commutative, associative and idempotent, so delivery order never matters.
-// A new connection starts with both sides sending every record they hold; a
-// record that is new or newer is forwarded at once to every other established
-// connection; every ~10 s the full state goes to one random neighbor
-// (anti-entropy). Peers unreachable for more than a minute are dropped, and
-// their last version is remembered for a while so that stale copies still in
-// flight do not resurrect them; a restarted peer comes back with a higher
-// version.
 package discovery
 
 import (

@@ -1,0 +1,68 @@
+// Package discovery owns a peer's place in the mesh: control connections
+// (TCP, Noise XXpsk0 keyed by the network secret), gossip of peer records,
+// the topology and the routes derived from it.
+//
+// # Control connections
+//
+// A control connection is TCP to Config.Port. It starts with the Noise
+// handshake Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s, static key = the peer's
+// key, PSK = the network secret, prologue "weavewg control v1" (handshake.go).
+// XXpsk0 rather than IKpsk2: a peer joining with a password knows only
+// HOST:PORT, not the responder's key, so IK is impossible; with the PSK at
+// position 0 the very first message is already authenticated by the secret,
+// so a host without it learns nothing (not even the responder's static key)
+// and gets nothing. The handshake and hello must finish within 5 s; each
+// handshake message is at most 512 bytes; inbound handshakes are rate
+// limited per source IP.
+//
+// After the handshake every frame is
+//
+//	+------------+-----------------------------------------+
+//	| length (2) | Noise transport message (≤ 65535 bytes) |
+//	+------------+-----------------------------------------+
+//
+// and decrypts to one message: a type byte and a body. Each side first sends
+// a hello (its advertised port, record version and nickname), then records
+// messages and keepalives. Layouts are drawn in gossip.go. A frame that does
+// not decrypt or a message that does not parse closes the connection; it is
+// counted and logged once.
+//
+// Version rule: the prologue carries the major version, so peers of another
+// major version fail the handshake (logged like a wrong secret). Within v1,
+// new message types may be added: receivers ignore unknown types and count
+// them (control_message_unknown_type). Known types have fixed layouts, and
+// trailing bytes make a message malformed, so extending a message means a new
+// type.
+//
+// # Gossip
+//
+// Every peer owns one Record about itself: key, nickname, version, host IP,
+// port, attached prefixes and neighbors (key, the IP it sees the neighbor at,
+// established). The version starts at the current time in unix nanoseconds
+// (so a restarted peer's records win over its previous run's) and grows by at
+// least one on every change. Merge keeps, per key, the highest version: it is
+// commutative, associative and idempotent, so delivery order never matters.
+// A new connection starts with both sides sending every record they hold; a
+// record that is new or newer is forwarded at once to every other
+// established connection; every ~10 s the full state goes to one random
+// neighbor (anti-entropy). Peers unreachable for more than a minute are
+// dropped; their last version is remembered for five minutes so that stale
+// copies still in flight do not bring them back, while a restarted peer comes
+// back with a higher version.
+//
+// # Topology and routes
+//
+// An edge A–B exists only when both A's and B's records list each other as
+// established. Reachable peers are those a path of edges leads to. Routes are
+// shortest in hops with a direction-independent tie-break (topology.go), so
+// the route A→C is the reverse of C→A and every relay on it agrees.
+//
+// # Dialling
+//
+// Connect adds a persistent target dialled with exponential backoff (1 s to
+// 30 s, jittered) until Forget. Peers learned through gossip are also dialled
+// at their Endpoint while they stay in the table and we have no connection
+// to them, so the mesh becomes full where the network allows. When two
+// connections to the same peer exist, both ends keep the same one
+// (conn.preferredOver).
+package discovery
