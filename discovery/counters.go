@@ -26,6 +26,7 @@ const (
 	CtrRecordsReceived    = "gossip_records_received"       // records received in records messages
 	CtrRecordsApplied     = "gossip_records_applied"        // received records that were newer than ours
 	CtrRecordsSent        = "gossip_records_sent"           // records queued for sending
+	CtrRecordsTableFull   = "gossip_records_table_full"     // records of new peers ignored: MaxPeers known
 	CtrAntiEntropy        = "gossip_antientropy_rounds"     // periodic full-state sends
 	CtrPeersExpired       = "gossip_peers_expired"          // peers dropped after being unreachable too long
 )
@@ -36,7 +37,7 @@ var counterNames = []string{
 	CtrFrameOversized, CtrFrameDecryptFailed, CtrMessageMalformed,
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnClosed, CtrDialFailed, CtrSendDropped,
-	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrAntiEntropy,
+	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
 	CtrPeersExpired,
 }
 

@@ -39,6 +39,7 @@ const (
 	MaxNickname  = 64   // bytes of UTF-8
 	MaxAttached  = 1024 // prefixes per record
 	MaxNeighbors = 896  // neighbors per record
+	MaxPeers     = 4096 // records kept; records of further new peers are ignored
 
 	// maxFrame is the largest Noise transport message (2-byte length prefix).
 	maxFrame = 65535

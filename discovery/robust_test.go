@@ -179,3 +179,13 @@ func TestRateLimiter(t *testing.T) {
 		t.Errorf("%d buckets kept", len(l.buckets))
 	}
 }
+
+func rawDialAddr(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}

@@ -385,3 +385,32 @@ func TestUnreachablePeerExpires(t *testing.T) {
 	a.Connect(b.addr())
 	waitFor(t, 5*time.Second, "b back", func() bool { p, _ := a.peer(b.Self()); return p.Reachable })
 }
+
+func TestAntiEntropyRepairs(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	a.Connect(b.addr())
+	waitFor(t, 5*time.Second, "connected", func() bool { p, _ := b.peer(a.Self()); return p.Direct })
+	// b learns a record "from a" so flooding skips a: only anti-entropy
+	// can bring it to a.
+	x := newKey(t).Public()
+	b.mu.Lock()
+	b.applyRecordsLocked(b.active[a.Self()], []Record{{Key: x, Version: 1, Nickname: "x"}})
+	b.mu.Unlock()
+	waitFor(t, 5*time.Second, "a learns x by anti-entropy", func() bool { _, ok := a.peer(x); return ok })
+	if b.Counters()[CtrAntiEntropy] == 0 {
+		t.Error("no anti-entropy round counted")
+	}
+}
+
+func TestCloseDuringHandshake(t *testing.T) {
+	a := newTestRouter(t, "a")
+	nc := rawDialAddr(t, a.addr())
+	nc.Write([]byte{0, 48, 1, 2, 3})  // a handshake that never completes
+	time.Sleep(20 * time.Millisecond) // let the router start reading it
+	start := time.Now()
+	a.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v with a handshake pending", d)
+	}
+}

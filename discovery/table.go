@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -76,6 +77,11 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 		}
 		e := r.recs[rec.Key]
 		if e != nil && rec.Version <= e.rec.Version {
+			continue
+		}
+		if e == nil && len(r.recs) >= MaxPeers {
+			r.ctr.inc(CtrRecordsTableFull)
+			r.logOnceLocked(slog.LevelWarn, "table", "full", "ignoring records of new peers: the peer table is full", "max", MaxPeers)
 			continue
 		}
 		r.ctr.inc(CtrRecordsApplied)
