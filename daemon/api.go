@@ -78,7 +78,17 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		d.answer(w, d.detach(req), nil)
 	})
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// The catch-all would otherwise shadow ServeMux's own 405 answers.
+	methods := map[string]string{
+		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",
+		api.PathForget: "POST", api.PathAttach: "POST", api.PathDetach: "POST",
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := methods[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeJSON(w, http.StatusMethodNotAllowed, api.Error{Error: r.URL.Path + " takes " + m + ", not " + r.Method})
+			return
+		}
 		writeJSON(w, http.StatusNotFound, api.Error{Error: "no such API path: " + r.Method + " " + r.URL.Path})
 	})
 

@@ -351,7 +351,7 @@ func TestAPI(t *testing.T) {
 		{"bad address", "POST", api.PathConnect, `{"address":"no such!"}`, 400, "invalid address"},
 		{"unknown target", "POST", api.PathForget, `{"address":"192.0.2.9"}`, 400, "not a connection target"},
 		{"unknown path", "GET", "/v1/nope", "", 404, "no such API path"},
-		{"wrong method", "DELETE", api.PathStatus, "", 405, ""},
+		{"wrong method", "DELETE", api.PathStatus, "", 405, "takes GET"},
 		{"metrics", "GET", api.PathMetrics, "", 200, "weavewg_control_x_total 1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
