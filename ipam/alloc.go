@@ -664,8 +664,14 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	var o outbox
 	if changed {
 		a.ring = next
+		merged := a.ring.Clone()
 		if o, err = a.ringChangedLocked(); err != nil {
 			return outbox{}, err
+		}
+		// Rebroadcast only what we added ourselves (votes, free counts):
+		// the gossip layer already floods what we merged.
+		if a.ring.Equal(merged) {
+			o.broadcast = nil
 		}
 	}
 	// Tell the sender what it lacks (one round trip converges).
