@@ -35,7 +35,7 @@ func (r *Router) copySelf() *Record {
 	return &rec
 }
 
-// selfNeighborsLocked rebuilds our neighbor list from the active connections
+// selfNeighborsChangedLocked rebuilds our neighbor list from the active connections
 // and publishes a new version of our record to everyone.
 func (r *Router) selfNeighborsChangedLocked() {
 	nb := make([]Neighbor, 0, len(r.active))
