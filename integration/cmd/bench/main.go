@@ -7,6 +7,8 @@
 //	    go.mod, one per host namespace, configured over its UAPI socket,
 //	    10.40.0.N/24, MTU 1420
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
+//	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
+//	    the like-for-like of b without the containers' veth and bridge hops
 //
 // For each it runs iperf3 TCP (one stream; --parallel N adds -P N) and
 // ping (RTT avg, p50, p99), then prints the ratios c/a and c/b beside the
@@ -66,15 +68,15 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
-	flag.StringVar(&only, "only", "a,b,c", "paths to measure: a (underlay), b (wireguard-go), c (weavewg)")
+	flag.StringVar(&only, "only", "a,b,c", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
 	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
 	flag.Parse()
 	o.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
 		p = strings.TrimSpace(p)
-		if p != "a" && p != "b" && p != "c" {
-			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c)\n", p)
+		if p != "a" && p != "b" && p != "c" && p != "d" {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d)\n", p)
 			os.Exit(2)
 		}
 		o.only[p] = true
@@ -170,7 +172,8 @@ func run(tb *benchTB, o options) int {
 		}
 	}
 	var cErr error
-	if o.only["c"] {
+	wwg := o.only["c"] || o.only["d"]
+	if wwg {
 		progress("building weavewg …")
 		if _, err := testbed.BuildBinary(dir); err != nil {
 			cErr = err
@@ -212,24 +215,40 @@ func run(tb *benchTB, o options) int {
 			pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} },
 			ref:  nodes})
 	}
-	if o.only["c"] && cErr == nil {
+	if wwg && cErr == nil {
 		progress("launching weavewg on both hosts, attaching a container to each …")
 		var c1, c2 *testbed.Container
 		cErr = try(func() {
 			h1.Launch()
 			h2.Launch()
 			bed.WaitMesh(60*time.Second, h1, h2)
-			c1 = h1.AddContainer()
-			c2 = h2.AddContainer()
-			if err := c1.PingEventually(c2.Addr, 30*time.Second); err != nil {
-				tb.Fatalf("%v", err)
+			if o.only["c"] {
+				c1 = h1.AddContainer()
+				c2 = h2.AddContainer()
+				if err := c1.PingEventually(c2.Addr, 30*time.Second); err != nil {
+					tb.Fatalf("%v", err)
+				}
+			}
+			if o.only["d"] {
+				if err := testbed.Poll(tb, 30*time.Second, "ping h1 → h2 host IP", func() error {
+					return pingOnce(h1.Netns, hostAddr(h2))
+				}); err != nil {
+					tb.Fatalf("%v", err)
+				}
 			}
 		})
+		daemons := func() []int { return []int{h1.Pid(), h2.Pid()} }
 		if cErr == nil {
-			paths = append(paths, &path{key: "c", name: "weavewg",
-				from: "h1c1 " + c1.Addr, to: "h2c1 " + c2.Addr,
-				srcNS: c1.Netns, dstNS: c2.Netns, dst: c2.Addr,
-				pids: func() []int { return []int{h1.Pid(), h2.Pid()} }})
+			if o.only["c"] {
+				paths = append(paths, &path{key: "c", name: "weavewg",
+					from: "h1c1 " + c1.Addr, to: "h2c1 " + c2.Addr,
+					srcNS: c1.Netns, dstNS: c2.Netns, dst: c2.Addr, pids: daemons})
+			}
+			if o.only["d"] {
+				paths = append(paths, &path{key: "d", name: "weavewg host → host",
+					from: "h1 " + hostAddr(h1), to: "h2 " + hostAddr(h2),
+					srcNS: h1.Netns, dstNS: h2.Netns, dst: hostAddr(h2), pids: daemons})
+			}
 		} else if !o.verbose {
 			fmt.Fprintf(os.Stderr, "---- last steps ----\n%s\n", tb.Recent(25))
 			for _, h := range []*testbed.Host{h1, h2} {
@@ -241,7 +260,7 @@ func run(tb *benchTB, o options) int {
 	}
 	if cErr != nil {
 		progress("weavewg path not measured: %v", cErr)
-		rep.Errors = append(rep.Errors, "c: "+cErr.Error())
+		rep.Errors = append(rep.Errors, "weavewg: "+cErr.Error())
 	}
 
 	// Measure: per round, the pings of every path, then one-stream iperf3 of
@@ -395,4 +414,10 @@ func tailString(s string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// hostAddr is a host's overlay address without its prefix length.
+func hostAddr(h *testbed.Host) string {
+	a, _, _ := strings.Cut(h.HostIP, "/")
+	return a
 }

@@ -97,9 +97,14 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 		add("c", den, "throughput 1 stream", tcp1, tgtT, okT)
 		add("c", den, "throughput parallel", tcpn, tgtT, okT)
 		add("c", den, "RTT avg", avg, tgtR, okR)
-		add("c", den, "RTT p50", p50, "", nil)
+		add("c", den, "RTT p50", p50, tgtR, okR)
 		add("c", den, "RTT p99", p99, "", nil)
 	}
+	// The like-for-like of b (host to host, no container hops), when measured.
+	add("d", "b", "throughput 1 stream", tcp1, "", nil)
+	add("d", "b", "RTT avg", avg, "", nil)
+	add("d", "b", "RTT p50", p50, "", nil)
+	add("c", "d", "RTT p50", p50, "", nil)
 	// How much the reference itself costs against the wire, for context.
 	add("b", "a", "throughput 1 stream", tcp1, "", nil)
 	add("b", "a", "RTT avg", avg, "", nil)
