@@ -299,6 +299,9 @@ func (s *sim) converge() {
 		for len(s.queue) > 0 {
 			s.deliver(len(s.queue))
 		}
+		if s.quiet() {
+			break
+		}
 		if round%5 == 4 {
 			for _, d := range s.peers {
 				if d.dead {
@@ -352,6 +355,23 @@ func (s *sim) converge() {
 	s.check(-2)
 }
 
+// quiet reports whether the rings agree and no dead peer owns space.
+func (s *sim) quiet() bool {
+	alive := s.alive()
+	r0 := alive[0].a.View().Ring
+	for _, p := range alive[1:] {
+		if !p.a.View().Ring.Equal(r0) {
+			return false
+		}
+	}
+	for _, d := range s.peers {
+		if d.dead && len(r0.Spans(d.key)) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // full reports whether the whole range is allocated (or reserved).
 func (s *sim) full() bool {
 	n := 0
@@ -362,7 +382,7 @@ func (s *sim) full() bool {
 }
 
 func TestSimulation(t *testing.T) {
-	seqs, steps := 300, 80
+	seqs, steps := 200, 70
 	if testing.Short() {
 		seqs, steps = 40, 60
 	}
