@@ -724,12 +724,11 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 // aligned free block (a single address only if we keep one too).
 func (a *Allocator) pickGrantLocked() (Span, bool) {
 	_, spans := a.ownEntries()
-	used := make([]uint32, 0, len(a.allocs)+len(a.reserved))
+	// Reserved addresses do not count as used: every peer refuses to hand
+	// them out, so a block may contain them and stay aligned.
+	used := make([]uint32, 0, len(a.allocs))
 	for addr := range a.allocs {
 		used = append(used, a2u(addr))
-	}
-	for r := range a.reserved {
-		used = append(used, r)
 	}
 	slices.Sort(used)
 	used = slices.Compact(used)

@@ -1,0 +1,261 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// loopNet delivers messages synchronously after the sender returns.
+type loopNet struct {
+	peers map[key.Public]*Allocator
+	queue []simMsg2
+}
+
+type simMsg2 struct {
+	from, to key.Public
+	b        []byte
+}
+
+type loopTransport struct {
+	n    *loopNet
+	self key.Public
+}
+
+func (t loopTransport) Broadcast(b []byte) {
+	for p := range t.n.peers {
+		if p != t.self {
+			t.n.queue = append(t.n.queue, simMsg2{t.self, p, b})
+		}
+	}
+}
+
+func (t loopTransport) Send(to key.Public, b []byte) error {
+	t.n.queue = append(t.n.queue, simMsg2{t.self, to, b})
+	return nil
+}
+
+func (n *loopNet) run(t testing.TB) {
+	for len(n.queue) > 0 {
+		m := n.queue[0]
+		n.queue = n.queue[1:]
+		if a := n.peers[m.to]; a != nil {
+			if err := a.HandleMessage(m.from, m.b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func openTest(t testing.TB, n *loopNet, self key.Public, path string) *Allocator {
+	a, err := Open(Config{Self: self, Range: netip.MustParsePrefix("10.32.0.0/24"), Path: path, NoSync: true,
+		Transport: loopTransport{n, self}, Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.peers[self] = a
+	return a
+}
+
+func TestAllocatorJoinClaimRestart(t *testing.T) {
+	dir := t.TempDir()
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openTest(t, n, pk(0), filepath.Join(dir, "a.db"))
+	b := openTest(t, n, pk(1), filepath.Join(dir, "b.db"))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeers([]key.Public{pk(1)})
+	b.SetPeers([]key.Public{pk(0)})
+	n.run(t)
+
+	// a never hands out the network, broadcast or reserved addresses.
+	got, err := a.Allocate("c1")
+	if err != nil || got != netip.MustParseAddr("10.32.0.2") {
+		t.Fatalf("first allocation = %v, %v", got, err)
+	}
+	if again, _ := a.Allocate("c1"); again != got {
+		t.Fatalf("Allocate not idempotent: %v", again)
+	}
+	// b has no space: it asks a and gets the upper half of a's largest block.
+	if _, err := b.Allocate("d1"); !errors.Is(err, ErrWaitingForSpace) {
+		t.Fatalf("b.Allocate before space: %v", err)
+	}
+	n.run(t)
+	bAddr, err := b.Allocate("d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmtPrefixes(b.Prefixes(pk(1))); got != "[10.32.0.192/26]" {
+		t.Fatalf("b owns %s", got)
+	}
+	if got := fmtPrefixes(a.Prefixes(pk(1))); got != "[10.32.0.192/26]" {
+		t.Fatalf("a sees b own %s", got)
+	}
+
+	claims := []struct {
+		name string
+		on   *Allocator
+		addr string
+		want error
+		msg  string
+	}{
+		{"own free", a, "10.32.0.9", nil, ""},
+		{"same id again", a, "10.32.0.9", nil, ""},
+		{"taken", b, bAddr.String(), ErrAddressTaken, "in use"},
+		{"other peer's", a, "10.32.0.200", ErrNotOwner, pk(1).Name()},
+		{"reserved", a, "10.32.0.1", ErrReserved, ""},
+		{"broadcast", b, "10.32.0.255", ErrReserved, ""},
+		{"outside", a, "10.99.0.1", ErrNotInRange, ""},
+	}
+	for _, c := range claims {
+		t.Run(c.name, func(t *testing.T) {
+			id := "k"
+			if c.name == "taken" {
+				id = "other"
+			}
+			err := c.on.Claim(netip.MustParseAddr(c.addr), id)
+			if !errors.Is(err, c.want) || (err != nil && !strings.Contains(err.Error(), c.msg)) {
+				t.Fatalf("Claim(%s) = %v, want %v", c.addr, err, c.want)
+			}
+		})
+	}
+	if err := Check([]PeerView{a.View(), b.View()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restart b (kill -9 is the same to bbolt: every call committed).
+	before := b.Allocations()
+	b.Close()
+	b = openTest(t, n, pk(1), filepath.Join(dir, "b.db"))
+	if fmt.Sprint(b.Allocations()) != fmt.Sprint(before) {
+		t.Fatalf("allocations after restart %v, want %v", b.Allocations(), before)
+	}
+	if got := fmtPrefixes(b.Prefixes(pk(1))); got != "[10.32.0.192/26]" {
+		t.Fatalf("b owns %s after restart", got)
+	}
+	if n, _ := b.Free("d1"); n != 1 {
+		t.Fatalf("Free = %d", n)
+	}
+	// A state file of another peer is refused.
+	a.Close()
+	if _, err := Open(Config{Self: pk(2), Range: netip.MustParsePrefix("10.32.0.0/24"), Path: filepath.Join(dir, "a.db")}); err == nil {
+		t.Fatal("opened another peer's state")
+	}
+}
+
+func TestTwoNetworksRefuse(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openTest(t, n, pk(0), "")
+	b := openTest(t, n, pk(1), "")
+	a.Seed()
+	b.Seed()
+	ra, rb := a.View().Ring, b.View().Ring
+	err := a.HandleMessage(pk(1), b.RingMessage())
+	if !errors.Is(err, ErrSeedMismatch) || !strings.Contains(err.Error(), pk(0).Name()) || !strings.Contains(err.Error(), pk(1).Name()) {
+		t.Fatalf("err = %v", err)
+	}
+	if !a.View().Ring.Equal(ra) || !b.View().Ring.Equal(rb) {
+		t.Fatal("a refused merge changed a ring")
+	}
+	if st := a.Status(); st.Err == "" || st.Counters["ipam_ring_refused"] != 1 {
+		t.Fatalf("status %+v", st)
+	}
+	if err := a.HandleMessage(pk(1), []byte{1, 1, 2}); !errors.Is(err, ErrMalformed) || a.Status().Counters["ipam_message_malformed"] != 1 {
+		t.Fatalf("malformed: %v", err)
+	}
+}
+
+func TestReclaim(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	now := time.Unix(1e9, 0)
+	var as []*Allocator
+	for i := range 3 {
+		a, err := Open(Config{Self: pk(i), Range: netip.MustParsePrefix("10.32.0.0/24"), Transport: loopTransport{n, pk(i)},
+			Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.peers[pk(i)] = a
+		as = append(as, a)
+	}
+	as[0].Seed()
+	for i, a := range as {
+		var r []key.Public
+		for j := range as {
+			if j != i {
+				r = append(r, pk(j))
+			}
+		}
+		a.SetPeers(r)
+	}
+	n.run(t)
+	for _, a := range as[1:] {
+		a.Allocate("x")
+		n.run(t)
+	}
+	// Peer 2 dies. Peers 0 and 1 both reclaim it automatically.
+	delete(n.peers, pk(2))
+	as[0].SetPeers([]key.Public{pk(1)})
+	as[1].SetPeers([]key.Public{pk(0)})
+	gone := map[key.Public]time.Time{pk(2): now.Add(-time.Hour)}
+	if got := as[0].Reclaim(gone, 2*time.Hour); len(got) != 0 {
+		t.Fatalf("reclaimed too early: %v", got)
+	}
+	as[0].Reclaim(gone, time.Minute)
+	as[1].Reclaim(gone, time.Minute)
+	for range 3 {
+		n.run(t)
+		as[0].Tick()
+		as[1].Tick()
+	}
+	n.run(t)
+	if err := Check([]PeerView{as[0].View(), as[1].View()}); err != nil {
+		t.Fatal(err)
+	}
+	r := as[1].View().Ring
+	if len(r.Spans(pk(2))) != 0 {
+		t.Fatal("dead peer still owns space")
+	}
+	if heir, _ := r.doneTransfer(pk(2)); heir != pk(0) {
+		t.Fatalf("heir %s, want the smaller key", heir.Name())
+	}
+}
+
+func BenchmarkAllocate(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		path func() string
+	}{
+		{"memory", func() string { return "" }},
+		{"bbolt-nosync", func() string { return filepath.Join(b.TempDir(), "s.db") }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			a, err := Open(Config{Self: pk(0), Range: netip.MustParsePrefix("10.32.0.0/12"), Path: bc.path(), NoSync: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer a.Close()
+			a.Seed()
+			i := 0
+			for b.Loop() {
+				id := fmt.Sprint("c", i)
+				if _, err := a.Allocate(id); err != nil {
+					b.Fatal(err)
+				}
+				if i%1000 == 999 { // keep the table at ~1000 entries
+					for j := i - 999; j <= i; j++ {
+						a.Free(fmt.Sprint("c", j))
+					}
+				}
+				i++
+			}
+		})
+	}
+}
