@@ -220,6 +220,13 @@ func (c *conn) handle(m []byte) error {
 		if len(m) != 1 {
 			return errTrailing
 		}
+	case msgChannel:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.active[c.peer] != c {
+			return nil // a duplicate being closed; its peer resends elsewhere
+		}
+		return r.handleChannelLocked(m)
 	case msgHello:
 		return errors.New("second hello")
 	default:

@@ -29,6 +29,13 @@ const (
 	CtrRecordsTableFull   = "gossip_records_table_full"     // records of new peers ignored: MaxPeers known
 	CtrAntiEntropy        = "gossip_antientropy_rounds"     // periodic full-state sends
 	CtrPeersExpired       = "gossip_peers_expired"          // peers dropped after being unreachable too long
+	CtrChannelSent        = "gossip_channel_sent"           // channel messages queued (own and forwarded)
+	CtrChannelReceived    = "gossip_channel_received"       // channel messages delivered to a handler here
+	CtrChannelForwarded   = "gossip_channel_forwarded"      // channel messages relayed towards their destination
+	CtrChannelUnknown     = "gossip_channel_unknown"        // channel messages for a channel not registered here
+	CtrChannelExpired     = "gossip_channel_expired"        // channel messages dropped: hop limit reached
+	CtrChannelNoRoute     = "gossip_channel_no_route"       // channel messages dropped: destination unreachable
+	CtrChannelDropped     = "gossip_channel_dropped"        // delivered messages dropped: handler queue full
 )
 
 var counterNames = []string{
@@ -38,7 +45,8 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
-	CtrPeersExpired,
+	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
+	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
 }
 
 // counters is a fixed set of atomic counters; the map is never written after

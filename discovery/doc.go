@@ -57,6 +57,13 @@
 // shortest in hops with a direction-independent tie-break (topology.go), so
 // the route A→C is the reverse of C→A and every relay on it agrees.
 //
+// # Channels
+//
+// Other subsystems (ipam, dns) register a named Channel and exchange their own
+// messages over the control connections: Send routes a message hop by hop
+// along the same routes, Broadcast sends one to every reachable peer
+// (channel.go has the format).
+//
 // # Dialling
 //
 // Connect adds a persistent target dialled with exponential backoff (1 s to

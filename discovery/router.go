@@ -166,6 +166,8 @@ type Router struct {
 	logged   map[string]string // log-once: subject → last message logged
 	nextAE   time.Time
 	attached []netip.Prefix
+
+	channelsState // registered channels (guarded by mu) and their stop signal
 }
 
 // entry is one peer's record and our view of it. Guarded by Router.mu.
@@ -219,6 +221,8 @@ func New(cfg Config) (*Router, error) {
 		dials:   map[key.Public]*gossipDial{},
 		logged:  map[string]string{},
 	}
+	r.channels = map[string]*Channel{}
+	r.chanDone = make(chan struct{})
 	r.selfRec = Record{
 		Key:      r.self,
 		Version:  uint64(now().UnixNano()),
@@ -306,6 +310,7 @@ func (r *Router) Close() error {
 	for _, t := range r.targets {
 		t.cancel()
 	}
+	r.chanStop.Do(func() { close(r.chanDone) })
 	r.mu.Unlock()
 	r.wg.Wait()
 	return nil

@@ -1,0 +1,250 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Named channels carry other subsystems' messages (ipam, dns) over the
+// control connections, hop by hop along the gossiped routes, so peers with no
+// direct connection still hear each other.
+//
+// A channel message:
+//
+//	+--------+--------+----------+---------+---------+--------+--------------+
+//	| type 1 | nlen 1 | name     | src 32  | dst 32  | hops 1 | payload      |
+//	| (4)    |        | (≤ 32 B) | key     | key     |        | (≤ MaxChan.) |
+//	+--------+--------+----------+---------+---------+--------+--------------+
+//
+// Each hop delivers it when dst is itself and otherwise forwards it to its own
+// next hop towards dst with hops decremented; a message whose hops reach zero
+// is dropped, so a transient routing loop cannot keep a message alive. Routes
+// are symmetric and agreed on by every relay (topology.go). Broadcast is a
+// unicast to every reachable peer: simple, loop-free, and O(peers) for the
+// sender, which suits the sizes weavewg runs at. src is the sender's claim;
+// every hop is an authenticated member, and members are trusted alike.
+
+const (
+	msgChannel byte = 4
+
+	// MaxChannelName bounds channel names.
+	MaxChannelName = 32
+	// maxHops bounds how far a channel message travels.
+	maxHops = 64
+	// channelHdrMax is the header of a channel message with a maximal name.
+	channelHdrMax = 1 + 1 + MaxChannelName + 2*key.Len + 1
+	// MaxChannelPayload is the largest payload one channel message carries.
+	MaxChannelPayload = maxPlaintext - channelHdrMax
+
+	// channelQueueLen bounds each channel's queue of messages waiting for
+	// its handler; when full the oldest is dropped (gossip_channel_dropped).
+	channelQueueLen = 1024
+)
+
+// ErrUnreachable is returned by Channel.Send for a peer no route leads to.
+var ErrUnreachable = errors.New("discovery: peer unreachable")
+
+// ChannelMessage is one message of a named channel.
+type ChannelMessage struct {
+	Name     string
+	Src, Dst key.Public
+	Hops     uint8
+	Payload  []byte
+}
+
+// AppendChannelMessage appends m in wire form to b.
+func AppendChannelMessage(b []byte, m ChannelMessage) ([]byte, error) {
+	if len(m.Name) == 0 || len(m.Name) > MaxChannelName {
+		return b, fmt.Errorf("discovery: channel name of %d bytes", len(m.Name))
+	}
+	if len(m.Payload) > MaxChannelPayload {
+		return b, fmt.Errorf("discovery: channel payload of %d bytes exceeds %d", len(m.Payload), MaxChannelPayload)
+	}
+	b = append(b, msgChannel, byte(len(m.Name)))
+	b = append(b, m.Name...)
+	b = append(b, m.Src[:]...)
+	b = append(b, m.Dst[:]...)
+	b = append(b, m.Hops)
+	return append(b, m.Payload...), nil
+}
+
+// ParseChannelMessage parses a channel message. Payload aliases b.
+func ParseChannelMessage(b []byte) (ChannelMessage, error) {
+	var m ChannelMessage
+	if len(b) < 2 || b[0] != msgChannel {
+		return m, errShort
+	}
+	n := int(b[1])
+	if n == 0 || n > MaxChannelName {
+		return m, fmt.Errorf("discovery: channel name of %d bytes", n)
+	}
+	b = b[2:]
+	if len(b) < n+2*key.Len+1 {
+		return m, errShort
+	}
+	m.Name = string(b[:n])
+	b = b[n:]
+	copy(m.Src[:], b[:key.Len])
+	copy(m.Dst[:], b[key.Len:2*key.Len])
+	m.Hops = b[2*key.Len]
+	m.Payload = b[2*key.Len+1:]
+	return m, nil
+}
+
+// Channel is one named channel of a Router.
+type Channel struct {
+	r       *Router
+	name    string
+	handler func(from key.Public, msg []byte)
+	in      chan channelDelivery
+}
+
+type channelDelivery struct {
+	from key.Public
+	msg  []byte
+}
+
+// Channel registers the named channel and returns it. handler receives every
+// message addressed to this peer on it, one at a time on a goroutine of the
+// channel's own (never with router locks held); msg is its own copy. Messages
+// for a channel nobody registered are dropped and counted. Register before
+// Start so no early message is dropped.
+func (r *Router) Channel(name string, handler func(from key.Public, msg []byte)) (*Channel, error) {
+	if len(name) == 0 || len(name) > MaxChannelName {
+		return nil, fmt.Errorf("discovery: channel name %q: 1-%d bytes", name, MaxChannelName)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, ErrClosed
+	}
+	if _, dup := r.channels[name]; dup {
+		return nil, fmt.Errorf("discovery: channel %q registered twice", name)
+	}
+	ch := &Channel{r: r, name: name, handler: handler, in: make(chan channelDelivery, channelQueueLen)}
+	r.channels[name] = ch
+	r.wg.Add(1)
+	go ch.deliverLoop(r.chanDone)
+	return ch, nil
+}
+
+func (ch *Channel) deliverLoop(done <-chan struct{}) {
+	defer ch.r.wg.Done()
+	for {
+		select {
+		case <-done:
+			return
+		case d := <-ch.in:
+			ch.handler(d.from, d.msg)
+		}
+	}
+}
+
+// enqueueLocked hands a message to the channel's handler without blocking,
+// dropping the oldest waiting one if the queue is full. Called with
+// Router.mu held, so there is one producer at a time.
+func (ch *Channel) enqueueLocked(d channelDelivery) {
+	for {
+		select {
+		case ch.in <- d:
+			return
+		default:
+		}
+		select {
+		case <-ch.in:
+			ch.r.ctr.inc(CtrChannelDropped)
+		default:
+		}
+	}
+}
+
+// Send routes msg to peer to. It returns ErrUnreachable if no route leads
+// there; delivery is otherwise best effort, like all gossip.
+func (ch *Channel) Send(to key.Public, msg []byte) error {
+	r := ch.r
+	m := ChannelMessage{Name: ch.name, Src: r.self, Dst: to, Hops: maxHops, Payload: msg}
+	b, err := AppendChannelMessage(nil, m)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.forwardLocked(to, b) {
+		return fmt.Errorf("%w: %s", ErrUnreachable, to.Name())
+	}
+	return nil
+}
+
+// Broadcast sends msg to every reachable peer.
+func (ch *Channel) Broadcast(msg []byte) {
+	r := ch.r
+	m := ChannelMessage{Name: ch.name, Src: r.self, Hops: maxHops, Payload: msg}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for dst := range r.rt.nextHop {
+		m.Dst = dst
+		b, err := AppendChannelMessage(nil, m)
+		if err != nil {
+			r.log.Warn("channel message not sent", "channel", ch.name, "err", err)
+			return
+		}
+		r.forwardLocked(dst, b)
+	}
+}
+
+// forwardLocked queues a channel message in wire form on the connection to
+// dst's next hop.
+func (r *Router) forwardLocked(dst key.Public, wire []byte) bool {
+	nh, ok := r.rt.nextHop[dst]
+	if !ok {
+		return false
+	}
+	c := r.active[nh]
+	if c == nil {
+		return false
+	}
+	c.queue(wire)
+	r.ctr.inc(CtrChannelSent)
+	return true
+}
+
+// handleChannelLocked delivers or forwards a channel message received on c.
+// raw is the whole message, reused by the reader after return.
+func (r *Router) handleChannelLocked(raw []byte) error {
+	m, err := ParseChannelMessage(raw)
+	if err != nil {
+		return err
+	}
+	if m.Dst == r.self {
+		ch := r.channels[m.Name]
+		if ch == nil {
+			r.ctr.inc(CtrChannelUnknown)
+			return nil
+		}
+		r.ctr.inc(CtrChannelReceived)
+		ch.enqueueLocked(channelDelivery{from: m.Src, msg: append([]byte(nil), m.Payload...)})
+		return nil
+	}
+	if m.Hops <= 1 {
+		r.ctr.inc(CtrChannelExpired)
+		return nil
+	}
+	fwd := append([]byte(nil), raw...)
+	fwd[1+1+len(m.Name)+2*key.Len]--
+	if !r.forwardLocked(m.Dst, fwd) {
+		r.ctr.inc(CtrChannelNoRoute)
+	} else {
+		r.ctr.inc(CtrChannelForwarded)
+	}
+	return nil
+}
+
+// channelsState is part of Router; kept here to keep channel code together.
+type channelsState struct {
+	channels map[string]*Channel
+	chanDone chan struct{}
+	chanStop sync.Once
+}
