@@ -51,6 +51,26 @@
 // there (Allocator.Conflicts returns them) and the daemon must re-address
 // those containers. Using rmpeer on a live peer is misuse, as in Weave Net.
 //
+// Other limits: transfers and votes are never pruned (a CRDT cannot forget
+// without another round), so a network sees at most MaxTransfers rmpeers
+// and MaxVotes votes in its life; a peer whose own transfer was withdrawn
+// cannot issue another for the same dead peer (another peer must, if the
+// winner itself died); every peer must be given the same Reserved list.
+//
+// # What the daemon does
+//
+//   - Open at startup with the state dir's ipam.db. Creating a network
+//     (launch with nobody to join): Seed once, when Status().Seed is zero.
+//     Joining: nothing; the first ring gossip makes the peer a member.
+//   - Carry messages: Transport.Broadcast/Send out, HandleMessage in (a
+//     returned error is logged once and counted; a seed mismatch also shows
+//     in Status().Err). Call Gossip when a peer connects and periodically.
+//   - SetPeers whenever reachability changes; Tick about once a second;
+//     Reclaim from that loop when --reclaim-after is set.
+//   - Attach: Claim existing addresses first after a restart, then Allocate
+//     (on ErrWaitingForSpace wait on Updated() and retry). Detach: Free.
+//   - Routes and AllowedIPs: Prefixes(peer) / AllPrefixes after Updated().
+//
 // # Wire format
 //
 // See wire.go: one version byte, one type byte, a fixed layout per type.
