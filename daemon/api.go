@@ -77,11 +77,35 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		}
 		d.answer(w, d.detach(req), nil)
 	})
+	mux.HandleFunc("GET "+api.PathDNS, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.dnsStatus(true))
+	})
+	mux.HandleFunc("GET "+api.PathDNSLookup, func(w http.ResponseWriter, r *http.Request) {
+		res, err := d.dnsLookup(r.URL.Query().Get("name"))
+		d.answer(w, err, res)
+	})
+	mux.HandleFunc("POST "+api.PathDNSAdd, func(w http.ResponseWriter, r *http.Request) {
+		var req api.DNSRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		_, err := d.dnsChange(req, true)
+		d.answer(w, err, nil)
+	})
+	mux.HandleFunc("POST "+api.PathDNSRemove, func(w http.ResponseWriter, r *http.Request) {
+		var req api.DNSRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		n, err := d.dnsChange(req, false)
+		d.answer(w, err, api.DNSRemoved{Removed: n})
+	})
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// The catch-all would otherwise shadow ServeMux's own 405 answers.
 	methods := map[string]string{
 		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",
 		api.PathForget: "POST", api.PathAttach: "POST", api.PathDetach: "POST",
+		api.PathDNS: "GET", api.PathDNSLookup: "GET", api.PathDNSAdd: "POST", api.PathDNSRemove: "POST",
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := methods[r.URL.Path]; ok {

@@ -36,6 +36,7 @@ func (d *Daemon) adoptAttachments() {
 		}
 		d.log.Info("re-adopted attachment", "netns", rec.Netns, "ip", rec.IP)
 		kept = append(kept, rec)
+		d.dnsAddAttachment(rec)
 	}
 	d.attachments = kept
 	if err := saveAttachments(d.cfg.StateDir, d.attachments); err != nil {
@@ -125,6 +126,7 @@ func (d *Daemon) attach(req api.AttachRequest) (api.Attachment, error) {
 		return api.Attachment{}, fmt.Errorf("recording the attachment: %w", err)
 	}
 	d.publishAttachedLocked()
+	d.dnsAddAttachment(rec)
 	d.log.Info("attached", "netns", rec.Netns, "ip", rec.IP, "name", rec.Name, "host_veth", rec.HostVeth)
 	return rec.api(), nil
 }
@@ -173,6 +175,7 @@ func (d *Daemon) detach(req api.DetachRequest) error {
 		return fmt.Errorf("recording the detachment: %w", err)
 	}
 	d.publishAttachedLocked()
+	d.dnsRemoveAttachment(rec)
 	d.log.Info("detached", "netns", rec.Netns, "ip", rec.IP)
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"golang.org/x/crypto/blake2s"
 
@@ -38,7 +39,15 @@ type Config struct {
 	HostIP netip.Prefix
 	Range  netip.Prefix
 	Peers  []string // HOST[:PORT] to connect to at start
-	Logger *slog.Logger
+
+	// DNS. NoDNS turns the name server off.
+	NoDNS         bool
+	DNSDomain     string        // "" means weave.local.
+	DNSTTL        time.Duration // 0 means 1 s
+	DNSUpstreams  []string      // overrides DNSResolvConf
+	DNSResolvConf string        // "" means /etc/resolv.conf
+	DNSListen     string        // "" means HOST_IP:53
+	Logger        *slog.Logger
 	// Version is reported by status.
 	Version string
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/dns"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -34,6 +35,16 @@ type controlPlane interface {
 	Connections() []discovery.ConnState
 	Counters() map[string]uint64
 }
+
+// gossipChannel is a named channel of the control plane (discovery.Channel).
+type gossipChannel interface {
+	Send(to key.Public, msg []byte) error
+	Broadcast(msg []byte)
+}
+
+// channelOpener registers a named gossip channel; it must be called before
+// the control plane starts.
+type channelOpener func(name string, handler func(from key.Public, msg []byte)) (gossipChannel, error)
 
 // dataPlane is what the daemon uses of tunnel.Tunnel.
 type dataPlane interface {
@@ -62,6 +73,7 @@ type Daemon struct {
 	hostIP netip.Prefix
 	router controlPlane
 	tun    dataPlane
+	dns    *dns.Server // nil with --no-dns
 
 	// Guarded by mu. attach serialises attach/detach and the state file.
 	mu          sync.Mutex
@@ -114,7 +126,10 @@ func start(cfg Config) (*Daemon, error) {
 		tun.Close()
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
-	if err := d.assemble(router, tun); err != nil {
+	open := func(name string, h func(key.Public, []byte)) (gossipChannel, error) {
+		return router.Channel(name, h)
+	}
+	if err := d.assemble(router, tun, open); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -153,9 +168,14 @@ func prepare(cfg Config) (*Daemon, error) {
 
 // assemble starts the control plane over an existing data plane, re-adopts
 // attachments and dials the configured peers. On error it closes both parts.
-func (d *Daemon) assemble(router controlPlane, tun dataPlane) error {
+func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener) error {
 	d.router, d.tun = router, tun
+	if err := d.startDNS(open); err != nil {
+		tun.Close()
+		return err
+	}
 	if err := router.Start(); err != nil {
+		d.closeDNS()
 		tun.Close()
 		return fmt.Errorf("control plane: %w", err)
 	}
@@ -163,6 +183,7 @@ func (d *Daemon) assemble(router controlPlane, tun dataPlane) error {
 	for _, p := range d.cfg.Peers {
 		if err := router.Connect(p); err != nil {
 			router.Close()
+			d.closeDNS()
 			tun.Close()
 			return fmt.Errorf("peer %q: %w", p, err)
 		}
@@ -174,6 +195,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	srv, err := d.serveAPI()
 	if err != nil {
 		d.router.Close()
+		d.closeDNS()
 		d.tun.Close()
 		return err
 	}
@@ -195,6 +217,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	defer cancel()
 	errs = append(errs, srv.Shutdown(shutCtx))
 	errs = append(errs, d.router.Close())
+	errs = append(errs, d.closeDNS())
 	errs = append(errs, d.tun.Close())
 	if err := errors.Join(errs...); err != nil {
 		d.log.Error("unclean stop", "err", err)
@@ -224,11 +247,13 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 // reachable peer, allowed exactly its host address and attached prefixes.
 func (d *Daemon) reconcile() {
 	var want []tunnel.PeerConfig
+	var reachable []key.Public
 	conflicts := map[key.Public]bool{}
 	for _, p := range d.router.Peers() {
 		if p.Self || !p.Reachable {
 			continue
 		}
+		reachable = append(reachable, p.Key)
 		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
@@ -255,6 +280,18 @@ func (d *Daemon) reconcile() {
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)
 	}
+	if d.dns != nil {
+		// Names of peers that left are withdrawn at once and come back
+		// with them.
+		d.dns.SetReachable(reachable)
+	}
+}
+
+func (d *Daemon) closeDNS() error {
+	if d.dns == nil {
+		return nil
+	}
+	return d.dns.Close()
 }
 
 func (d *Daemon) nudge() {

@@ -93,6 +93,14 @@ func (f *fakeTunnel) Adopt(a tunnel.Attached) error {
 }
 func (f *fakeTunnel) Detach(a tunnel.Attached) error { delete(f.attached, a.Netns); return nil }
 
+// fakeChannel drops what is sent: one daemon under test has no peers.
+type fakeChannel struct{}
+
+func (fakeChannel) Send(key.Public, []byte) error { return nil }
+func (fakeChannel) Broadcast([]byte)              {}
+
+func fakeOpener(string, func(key.Public, []byte)) (gossipChannel, error) { return fakeChannel{}, nil }
+
 func testConfig(t *testing.T) Config {
 	t.Helper()
 	dir := t.TempDir()
@@ -108,6 +116,7 @@ func testConfig(t *testing.T) Config {
 		HostIP:    netip.MustParsePrefix("10.32.0.1/12"),
 		Range:     netip.MustParsePrefix(DefaultRange),
 		Logger:    slog.New(slog.DiscardHandler),
+		DNSListen: "127.0.0.1:0",
 	}
 }
 
@@ -117,7 +126,7 @@ func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Dae
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.assemble(r, tn); err != nil {
+	if err := d.assemble(r, tn, fakeOpener); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -208,6 +217,39 @@ func TestAttachValidation(t *testing.T) {
 	}
 	if len(r.attached) != 2 {
 		t.Errorf("published %v, want both attachments", r.attached)
+	}
+}
+
+func TestAttachNameResolves(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	t.Cleanup(func() { d.closeDNS() })
+	ns := filepath.Join(t.TempDir(), "ns")
+	os.WriteFile(ns, nil, 0o600)
+	if _, err := d.attach(api.AttachRequest{Netns: ns, IP: "10.32.1.5/12", Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.dnsLookup("web")
+	if err != nil || len(got.Addresses) != 1 || got.Addresses[0] != "10.32.1.5" {
+		t.Fatalf("lookup web = %+v, %v; want 10.32.1.5", got, err)
+	}
+	if st := d.dnsStatus(true); len(st.Entries) != 1 || st.Entries[0].Name != "web.weave.local." || st.Entries[0].Peer != d.pub.Name() {
+		t.Fatalf("dns status = %+v", st)
+	}
+	if _, err := d.dnsChange(api.DNSRequest{Name: "db", Addresses: []string{"10.32.9.1", "10.32.9.2"}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := d.dnsLookup("db.weave.local."); len(got.Addresses) != 2 {
+		t.Fatalf("lookup db = %+v, want two addresses", got)
+	}
+	if _, err := d.dnsChange(api.DNSRequest{Name: "x", Addresses: []string{"nonsense"}}, true); !errors.Is(err, errBadRequest) {
+		t.Fatalf("dns-add of a bad address: %v", err)
+	}
+	if err := d.detach(api.DetachRequest{Netns: ns}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := d.dnsLookup("web"); len(got.Addresses) != 0 {
+		t.Fatalf("web still resolves to %v after detach", got.Addresses)
 	}
 }
 

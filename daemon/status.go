@@ -38,6 +38,7 @@ func (d *Daemon) status() api.Status {
 		Conns:      []api.Connection{},
 		Attached:   []api.Attachment{},
 		Counters:   d.counters(),
+		DNS:        d.dnsStatus(false),
 	}
 
 	nick := map[key.Public]string{}
@@ -127,6 +128,9 @@ func (d *Daemon) counters() map[string]uint64 {
 	out := map[string]uint64{}
 	maps.Copy(out, d.router.Counters())
 	maps.Copy(out, d.tun.Counters())
+	if d.dns != nil {
+		maps.Copy(out, d.dns.Counters())
+	}
 	return out
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -37,6 +38,11 @@ Every host of a network needs the same --password.`,
 			&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
 			&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
+			&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
+			&cli.DurationFlag{Name: "dns-ttl", Value: time.Second, Usage: "TTL of weave.local answers (short, so load balancing and moves take effect)"},
+			&cli.StringSliceFlag{Name: "dns-upstream", Usage: "upstream resolver for other names, IP[:PORT] (repeatable; default: from /etc/resolv.conf)"},
+			&cli.StringFlag{Name: "dns-resolv-conf", Value: "/etc/resolv.conf", Usage: "where upstream resolvers are read from when --dns-upstream is not given"},
 		},
 		Action: runLaunch,
 	}
@@ -87,5 +93,11 @@ func runLaunch(c *cli.Context) error {
 		Peers:     c.Args().Slice(),
 		Logger:    logger,
 		Version:   versionString(),
+
+		NoDNS:         c.Bool("no-dns"),
+		DNSDomain:     c.String("dns-domain"),
+		DNSTTL:        c.Duration("dns-ttl"),
+		DNSUpstreams:  c.StringSlice("dns-upstream"),
+		DNSResolvConf: c.String("dns-resolv-conf"),
 	})
 }

@@ -42,7 +42,7 @@ socket (--api-socket or WEAVEWG_API_SOCKET).`,
 		Version:              versionString(),
 		EnableBashCompletion: true,
 		HideVersion:          true,
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			launchCommand(),
 			connectCommand(),
 			forgetCommand(),
@@ -57,6 +57,6 @@ socket (--api-socket or WEAVEWG_API_SOCKET).`,
 					return nil
 				},
 			},
-		},
+		}, dnsCommands()...),
 	}
 }

@@ -34,10 +34,11 @@ func statusCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			sub("peers", "list every peer and whom it is connected to", showPeers),
 			sub("connections", "list connections: state, direct or not, endpoint, last handshake, bytes", showConnections),
+			statusDNSCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return fmt.Errorf("unknown status view %q (want peers or connections)", c.Args().First())
+				return fmt.Errorf("unknown status view %q (want peers, connections or dns)", c.Args().First())
 			}
 			return runStatus(c, showSummary)
 		},
@@ -73,8 +74,7 @@ func showSummary(w io.Writer, st api.Status) {
 	for _, c := range st.Conns {
 		states[c.State]++
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.AlignRight)
-	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t %s\t\n", k, v) }
+	row := func(k, v string) { fmt.Fprintf(w, "%13s: %s\n", k, v) }
 	row("Version", st.Version)
 	row("Name", fmt.Sprintf("%s(%s)", st.Name, st.Nickname))
 	row("Encryption", st.Encryption)
@@ -86,7 +86,11 @@ func showSummary(w io.Writer, st api.Status) {
 	row("Connections", fmt.Sprintf("%d (%d established, %d connecting, %d failed)",
 		len(st.Conns), states[api.StateEstablished], states[api.StateConnecting], states[api.StateFailed]))
 	row("Attachments", fmt.Sprint(len(st.Attached)))
-	tw.Flush()
+	if st.DNS.Enabled {
+		row("DNS", fmt.Sprintf("%s on %s (TTL %ds)", st.DNS.Domain, st.DNS.Listen, st.DNS.TTL))
+	} else {
+		row("DNS", "off")
+	}
 }
 
 func showPeers(w io.Writer, st api.Status) {

@@ -47,6 +47,8 @@ type Status struct {
 	Conns      []Connection      `json:"connections"` // one per control target or peer
 	Attached   []Attachment      `json:"attachments"`
 	Counters   map[string]uint64 `json:"counters"` // drops and events, by name
+	// DNS summarises the name server; its entries are at PathDNS.
+	DNS DNSStatus `json:"dns"`
 }
 
 // Peer is one peer as gossip describes it.
@@ -111,4 +113,48 @@ type Attachment struct {
 // DetachRequest names the namespace to detach.
 type DetachRequest struct {
 	Netns string `json:"netns"`
+}
+
+// Paths of the DNS part of the API.
+const (
+	PathDNS       = "/v1/dns"        // GET → DNSStatus
+	PathDNSAdd    = "/v1/dns/add"    // POST DNSRequest
+	PathDNSRemove = "/v1/dns/remove" // POST DNSRequest → DNSRemoved
+	PathDNSLookup = "/v1/dns/lookup" // GET ?name=NAME → DNSLookup
+)
+
+// DNSStatus is what `weavewg status dns` shows.
+type DNSStatus struct {
+	Enabled bool       `json:"enabled"`
+	Domain  string     `json:"domain,omitempty"`
+	Listen  string     `json:"listen,omitempty"` // address the server answers on
+	TTL     int        `json:"ttl_seconds,omitempty"`
+	Entries []DNSEntry `json:"entries"`
+}
+
+// DNSEntry is one name → address mapping in the gossiped table.
+type DNSEntry struct {
+	Name      string `json:"name"` // fully qualified, e.g. web.weave.local.
+	Address   string `json:"address"`
+	Peer      string `json:"peer"` // owning peer's name
+	Nickname  string `json:"nickname,omitempty"`
+	Origin    string `json:"origin,omitempty"` // the attachment (namespace) it came from; "" for dns-add
+	Reachable bool   `json:"reachable"`        // false: its peer is unreachable and it is not answered
+}
+
+// DNSRequest adds or removes names by hand (dns-add, dns-remove).
+type DNSRequest struct {
+	Name      string   `json:"name"`      // e.g. web or web.weave.local; may be "" for remove
+	Addresses []string `json:"addresses"` // IPv4 addresses
+}
+
+// DNSRemoved says how many entries a remove withdrew.
+type DNSRemoved struct {
+	Removed int `json:"removed"`
+}
+
+// DNSLookup is the answer of the local name table for one name.
+type DNSLookup struct {
+	Name      string   `json:"name"`
+	Addresses []string `json:"addresses"`
 }
