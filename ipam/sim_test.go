@@ -44,7 +44,7 @@ type sim struct {
 	now    time.Time
 	drop   float64
 	log    []string
-	failed bool
+	seed   uint64 // reproduce a failure: newSim(t, seed, ...)
 }
 
 type simTransport struct {
@@ -73,7 +73,7 @@ func (tr simTransport) Send(to key.Public, b []byte) error {
 }
 
 func newSim(t testing.TB, seed uint64, n int, useBolt bool) *sim {
-	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), group: make([]int, n), now: time.Unix(1e9, 0)}
+	s := &sim{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), group: make([]int, n), now: time.Unix(1e9, 0)}
 	dir := ""
 	if useBolt {
 		dir = t.TempDir()
@@ -164,7 +164,7 @@ func (s *sim) check(step int) {
 		views = append(views, p.a.View())
 	}
 	if err := Check(views); err != nil {
-		s.t.Fatalf("step %d: invariant broken: %v\nlast operations:\n%s", step, err, strings.Join(s.log[max(0, len(s.log)-30):], "\n"))
+		s.t.Fatalf("sequence %d step %d: invariant broken: %v\nlast operations:\n%s", s.seed, step, err, strings.Join(s.log[max(0, len(s.log)-30):], "\n"))
 	}
 	for _, p := range s.alive() {
 		if c := p.a.Conflicts(); len(c) > 0 {
@@ -389,14 +389,37 @@ func TestSimulation(t *testing.T) {
 	if raceEnabled {
 		seqs /= 4
 	}
+	var stats struct {
+		done, withdrawn int
+		grants          uint64
+	}
+	defer func() {
+		t.Logf("transfers completed %d, withdrawn %d; grants %d", stats.done, stats.withdrawn, stats.grants)
+		if !t.Failed() && (stats.done == 0 || stats.withdrawn == 0 || stats.grants == 0) {
+			t.Errorf("the simulation did not exercise competing rmpeers and grants")
+		}
+	}()
 	for seq := range seqs {
-		t.Logf("sequence %d", seq)
 		s := newSim(t, uint64(seq), 10, seq%4 == 0)
 		for i := range steps {
 			s.step(i)
 			s.check(i)
 		}
 		s.converge()
+		r := s.alive()[0].a.View().Ring
+		for _, tr := range r.Transfers {
+			switch {
+			case tr.Done:
+				stats.done++
+			case tr.Withdrawn:
+				stats.withdrawn++
+			}
+		}
+		for _, p := range s.peers {
+			if !p.dead {
+				stats.grants += p.a.Status().Counters["ipam_grant"]
+			}
+		}
 		for _, p := range s.peers {
 			if !p.dead {
 				p.a.Close()
