@@ -36,15 +36,15 @@ type simPeer struct {
 }
 
 type sim struct {
-	t      testing.TB
-	rng    *rand.Rand
-	peers  []*simPeer
-	queue  []simMsg
-	group  []int
-	now    time.Time
-	drop   float64
-	log    []string
-	seed   uint64 // reproduce a failure: newSim(t, seed, ...)
+	t     testing.TB
+	rng   *rand.Rand
+	peers []*simPeer
+	queue []simMsg
+	group []int
+	now   time.Time
+	drop  float64
+	log   []string
+	seed  uint64 // reproduce a failure: newSim(t, seed, ...)
 }
 
 type simTransport struct {
