@@ -366,9 +366,39 @@ func median(res *Result, rounds []Result) {
 		return
 	}
 	res.Rounds = rounds
-	byAvg := append([]Result(nil), rounds...)
-	sort.Slice(byAvg, func(i, j int) bool { return byAvg[i].Ping.AvgMs < byAvg[j].Ping.AvgMs })
-	res.Ping = byAvg[len(byAvg)/2].Ping
+	// Each ping figure is its own median over the rounds that got replies.
+	var ok []Latency
+	for _, r := range rounds {
+		if r.Ping.Received > 0 {
+			ok = append(ok, r.Ping)
+		}
+	}
+	if len(ok) == 0 {
+		res.Ping = rounds[0].Ping
+	} else {
+		res.Ping = ok[0]
+		res.Ping.Err = ""
+		for _, f := range []func(*Latency) *float64{
+			func(l *Latency) *float64 { return &l.AvgMs },
+			func(l *Latency) *float64 { return &l.MinMs },
+			func(l *Latency) *float64 { return &l.P50Ms },
+			func(l *Latency) *float64 { return &l.P99Ms },
+			func(l *Latency) *float64 { return &l.MaxMs },
+		} {
+			var vs []float64
+			for i := range ok {
+				vs = append(vs, *f(&ok[i]))
+			}
+			sort.Float64s(vs)
+			*f(&res.Ping) = vs[len(vs)/2]
+		}
+		// Loss over all rounds.
+		res.Ping.Sent, res.Ping.Received = 0, 0
+		for _, r := range rounds {
+			res.Ping.Sent += r.Ping.Sent
+			res.Ping.Received += r.Ping.Received
+		}
+	}
 	pick := func(get func(Result) *Throughput) *Throughput {
 		var ts []*Throughput
 		for _, r := range rounds {
