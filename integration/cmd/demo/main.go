@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,8 +26,13 @@ type demoTB struct {
 
 	mu       sync.Mutex
 	cleanups []func()
-	done     bool
+	done     bool // cleanups have started; later registrations run at once
 	failed   bool
+
+	interrupted atomic.Bool
+
+	once     sync.Once
+	finished chan struct{} // closed when the cleanups have all run
 }
 
 type fatal struct{ msg string }
@@ -68,16 +74,23 @@ func (d *demoTB) Cleanup(f func()) {
 	d.cleanups = append(d.cleanups, f)
 }
 
+// runCleanups runs the cleanups once; a second caller (main racing the
+// signal handler) waits until the first has finished, so neither exits the
+// process halfway through the teardown.
 func (d *demoTB) runCleanups() {
-	d.mu.Lock()
-	if d.done {
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.done = true
+		fs := d.cleanups
+		d.cleanups = nil
 		d.mu.Unlock()
-		return
-	}
-	d.done = true
-	fs := d.cleanups
-	d.cleanups = nil
-	d.mu.Unlock()
+		d.cleanupAll(fs)
+		close(d.finished)
+	})
+	<-d.finished
+}
+
+func (d *demoTB) cleanupAll(fs []func()) {
 	for i := len(fs) - 1; i >= 0; i-- {
 		func() {
 			defer func() {
@@ -96,11 +109,12 @@ func main() {
 	verbose := flag.Bool("v", false, "show every test-bed step")
 	flag.Parse()
 
-	tb := &demoTB{verbose: *verbose}
+	tb := &demoTB{verbose: *verbose, finished: make(chan struct{})}
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sigc
+		tb.interrupted.Store(true)
 		fmt.Fprintf(os.Stderr, "\n%v: tearing down...\n", s)
 		tb.runCleanups()
 		fmt.Fprintln(os.Stderr, "torn down")
@@ -111,7 +125,9 @@ func main() {
 	func() {
 		defer func() {
 			if r := recover(); r != nil {
-				if f, ok := r.(fatal); ok {
+				if tb.interrupted.Load() {
+					// The teardown pulled the bed from under run; say nothing.
+				} else if f, ok := r.(fatal); ok {
 					fmt.Fprintf(os.Stderr, "\nFAILED: %s\n", f.msg)
 				} else {
 					fmt.Fprintf(os.Stderr, "\npanic: %v\n", r)
@@ -127,6 +143,10 @@ func main() {
 		tb.mu.Lock()
 		tb.failed = true
 		tb.mu.Unlock()
+	}
+	if tb.interrupted.Load() {
+		tb.runCleanups() // the handler's; wait for it, it exits 130
+		select {}
 	}
 	signal.Stop(sigc)
 	fmt.Println("\ntearing down...")
