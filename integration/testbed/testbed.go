@@ -105,8 +105,9 @@ func New(tb TB, opts Options) *Bed {
 	}
 	b.Dir = dir
 	tb.Cleanup(func() {
-		if f, ok := tb.(failer); ok && f.Failed() && os.Getenv("WEAVEWG_KEEP") != "" {
-			tb.Logf("testbed: WEAVEWG_KEEP set: leaving %s", dir)
+		keep := os.Getenv("WEAVEWG_KEEP") // "always", or any other value: on failure
+		if f, ok := tb.(failer); keep == "always" || keep != "" && ok && f.Failed() {
+			tb.Logf("testbed: WEAVEWG_KEEP=%s: leaving %s", keep, dir)
 			return
 		}
 		os.RemoveAll(dir)
