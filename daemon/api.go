@@ -67,7 +67,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		if !readJSON(w, r, &req) {
 			return
 		}
-		a, err := d.attach(req)
+		a, err := d.attach(r.Context(), req)
 		d.answer(w, err, a)
 	})
 	mux.HandleFunc("POST "+api.PathDetach, func(w http.ResponseWriter, r *http.Request) {
@@ -76,6 +76,20 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 			return
 		}
 		d.answer(w, d.detach(req), nil)
+	})
+	mux.HandleFunc("GET "+api.PathIPAM, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.ipamStatus())
+	})
+	mux.HandleFunc("GET "+api.PathPS, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.ps())
+	})
+	mux.HandleFunc("POST "+api.PathRmpeer, func(w http.ResponseWriter, r *http.Request) {
+		var req api.RmpeerRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		name, err := d.rmpeer(req.Peer)
+		d.answer(w, err, api.RmpeerResult{Peer: name})
 	})
 	mux.HandleFunc("GET "+api.PathDNS, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.dnsStatus(true))
@@ -105,6 +119,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 	methods := map[string]string{
 		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",
 		api.PathForget: "POST", api.PathAttach: "POST", api.PathDetach: "POST",
+		api.PathIPAM: "GET", api.PathPS: "GET", api.PathRmpeer: "POST",
 		api.PathDNS: "GET", api.PathDNSLookup: "GET", api.PathDNSAdd: "POST", api.PathDNSRemove: "POST",
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -1,10 +1,13 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
+	"time"
 
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
@@ -19,8 +22,8 @@ func badRequest(format string, args ...any) error {
 }
 
 // adoptAttachments puts the namespaces attached before a restart back on the
-// bridge. One whose namespace is gone is dropped from the record: its
-// container has stopped.
+// bridge and re-claims their addresses. One whose namespace is gone is
+// dropped from the record and its address released: its container stopped.
 func (d *Daemon) adoptAttachments() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -32,8 +35,10 @@ func (d *Daemon) adoptAttachments() {
 		}
 		if err != nil {
 			d.log.Warn("dropping an attachment that is gone", "netns", rec.Netns, "ip", rec.IP, "err", err)
+			d.ipam.Free(rec.Netns)
 			continue
 		}
+		d.claimLocked(rec)
 		d.log.Info("re-adopted attachment", "netns", rec.Netns, "ip", rec.IP)
 		kept = append(kept, rec)
 		d.dnsAddAttachment(rec)
@@ -68,52 +73,45 @@ func (d *Daemon) publishAttachedLocked() {
 	d.router.SetAttached(ps)
 }
 
-func (d *Daemon) attach(req api.AttachRequest) (api.Attachment, error) {
+func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachment, error) {
 	if req.Netns == "" {
 		return api.Attachment{}, badRequest("netns is required (a path such as /var/run/netns/NAME or /proc/PID/ns/net)")
 	}
 	if _, err := os.Stat(req.Netns); err != nil {
 		return api.Attachment{}, badRequest("network namespace %s: %v", req.Netns, errors.Unwrap(err))
 	}
-	if req.IP == "" {
-		return api.Attachment{}, badRequest("an address is required until automatic allocation exists: --ip ADDR/%d", d.cfg.Range.Bits())
-	}
-	ip, err := netip.ParsePrefix(req.IP)
-	if err != nil {
-		addr, aerr := netip.ParseAddr(req.IP)
-		if aerr != nil {
-			return api.Attachment{}, badRequest("address %q is not an IPv4 address or CIDR", req.IP)
+	// Reserve the namespace so a concurrent attach of it cannot allocate
+	// the same (idempotent) address and then free it on failure.
+	d.mu.Lock()
+	for _, rec := range d.attachments {
+		if rec.Netns == req.Netns {
+			d.mu.Unlock()
+			return api.Attachment{}, badRequest("namespace %s is already attached with %s", req.Netns, rec.IP)
 		}
-		ip = netip.PrefixFrom(addr, d.cfg.Range.Bits())
 	}
-	if !ip.Addr().Is4() || !d.cfg.Range.Contains(ip.Addr()) {
-		return api.Attachment{}, badRequest("address %s is outside the overlay range %s", ip.Addr(), d.cfg.Range)
+	if d.pending[req.Netns] {
+		d.mu.Unlock()
+		return api.Attachment{}, badRequest("namespace %s is being attached by another request", req.Netns)
 	}
-	if ip.Bits() != d.cfg.Range.Bits() {
-		return api.Attachment{}, badRequest("address %s must carry the overlay prefix length /%d so containers see one flat subnet", ip, d.cfg.Range.Bits())
-	}
-	if ip.Addr() == d.cfg.Range.Addr() || ip.Addr() == lastAddr(d.cfg.Range) {
-		return api.Attachment{}, badRequest("address %s is the network or broadcast address of %s", ip.Addr(), d.cfg.Range)
-	}
-	if ip.Addr() == d.hostIP.Addr() {
-		return api.Attachment{}, badRequest("address %s is this host's own overlay address", ip.Addr())
-	}
-	if owner, ok := d.remoteOwner(ip.Addr()); ok {
-		return api.Attachment{}, badRequest("address %s is already in use on peer %s", ip.Addr(), owner)
+	d.pending[req.Netns] = true
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.pending, req.Netns)
+		d.mu.Unlock()
+	}()
+
+	// Waiting for address space happens without the lock.
+	ip, err := d.allocate(ctx, req)
+	if err != nil {
+		return api.Attachment{}, err
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, rec := range d.attachments {
-		if rec.Netns == req.Netns {
-			return api.Attachment{}, badRequest("namespace %s is already attached with %s", req.Netns, rec.IP)
-		}
-		if p, _ := netip.ParsePrefix(rec.IP); p.Addr() == ip.Addr() {
-			return api.Attachment{}, badRequest("address %s is already attached here to %s", ip.Addr(), rec.Netns)
-		}
-	}
 	a, err := d.tun.Attach(tunnel.AttachSpec{Netns: req.Netns, IP: ip, IfName: ContainerIfName})
 	if err != nil {
+		d.ipam.Free(req.Netns)
 		return api.Attachment{}, err
 	}
 	rec := attachmentRecord{Netns: req.Netns, IP: ip.String(), Name: req.Name, IfName: a.IfName, HostVeth: a.HostVeth, MTU: a.MTU}
@@ -123,6 +121,7 @@ func (d *Daemon) attach(req api.AttachRequest) (api.Attachment, error) {
 		// than leave a container the daemon would forget.
 		d.attachments = d.attachments[:len(d.attachments)-1]
 		d.tun.Detach(a)
+		d.ipam.Free(req.Netns)
 		return api.Attachment{}, fmt.Errorf("recording the attachment: %w", err)
 	}
 	d.publishAttachedLocked()
@@ -131,51 +130,74 @@ func (d *Daemon) attach(req api.AttachRequest) (api.Attachment, error) {
 	return rec.api(), nil
 }
 
-// remoteOwner names the peer that already routes addr, if any.
-func (d *Daemon) remoteOwner(addr netip.Addr) (string, bool) {
-	for _, p := range d.router.Peers() {
-		if p.Self {
-			continue
-		}
-		if p.HostIP == addr {
-			return p.Key.Name() + "(" + p.Nickname + ")", true
-		}
-		for _, a := range p.Attached {
-			if a.Contains(addr) {
-				return p.Key.Name() + "(" + p.Nickname + ")", true
-			}
-		}
-	}
-	return "", false
-}
-
 func (d *Daemon) detach(req api.DetachRequest) error {
 	if req.Netns == "" {
 		return badRequest("netns is required")
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	i := -1
-	for j, rec := range d.attachments {
+	for i, rec := range d.attachments {
 		if rec.Netns == req.Netns {
-			i = j
+			return d.detachLocked(i)
 		}
 	}
-	if i < 0 {
-		return badRequest("namespace %s is not attached", req.Netns)
-	}
+	return badRequest("namespace %s is not attached", req.Netns)
+}
+
+// detachLocked removes attachment i: veth, address, name, record.
+func (d *Daemon) detachLocked(i int) error {
 	rec := d.attachments[i]
 	if a, err := rec.tunnel(); err == nil {
 		if err := d.tun.Detach(a); err != nil {
 			d.log.Warn("removing veth", "host_veth", rec.HostVeth, "err", err)
 		}
 	}
-	d.attachments = append(d.attachments[:i], d.attachments[i+1:]...)
+	d.attachments = slices.Delete(d.attachments, i, i+1)
+	delete(d.missing, rec.Netns)
 	if err := saveAttachments(d.cfg.StateDir, d.attachments); err != nil {
 		return fmt.Errorf("recording the detachment: %w", err)
+	}
+	// Released only once the record is gone, so a crash in between can
+	// never leave an address both free and in use.
+	if _, err := d.ipam.Free(rec.Netns); err != nil {
+		d.log.Warn("releasing address", "ip", rec.IP, "err", err)
 	}
 	d.publishAttachedLocked()
 	d.dnsRemoveAttachment(rec)
 	d.log.Info("detached", "netns", rec.Netns, "ip", rec.IP)
 	return nil
+}
+
+// releaseVanished detaches attachments whose namespace has been gone for
+// vanishedGrace: the container stopped without a detach.
+func (d *Daemon) releaseVanished(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := len(d.attachments) - 1; i >= 0; i-- {
+		rec := d.attachments[i]
+		if _, err := os.Stat(rec.Netns); err == nil {
+			delete(d.missing, rec.Netns)
+			continue
+		}
+		since, ok := d.missing[rec.Netns]
+		if !ok {
+			d.missing[rec.Netns] = now
+			continue
+		}
+		if now.Sub(since) >= vanishedGrace {
+			d.log.Info("releasing the address of a namespace that is gone", "netns", rec.Netns, "ip", rec.IP)
+			d.detachLocked(i)
+		}
+	}
+}
+
+// ps lists the attachments here.
+func (d *Daemon) ps() []api.Attachment {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := []api.Attachment{}
+	for _, rec := range d.attachments {
+		out = append(out, rec.api())
+	}
+	return out
 }

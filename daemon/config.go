@@ -47,7 +47,13 @@ type Config struct {
 	DNSUpstreams  []string      // overrides DNSResolvConf
 	DNSResolvConf string        // "" means /etc/resolv.conf
 	DNSListen     string        // "" means HOST_IP:53
-	Logger        *slog.Logger
+
+	// ReclaimAfter, when positive, hands over the address space of peers
+	// unreachable that long, as rmpeer would (--reclaim-after).
+	ReclaimAfter time.Duration
+	// IPAMInMemory keeps the allocator's state in memory only (tests).
+	IPAMInMemory bool
+	Logger       *slog.Logger
 	// Version is reported by status.
 	Version string
 }

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/dns"
+	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -74,13 +76,19 @@ type Daemon struct {
 	router controlPlane
 	tun    dataPlane
 	dns    *dns.Server // nil with --no-dns
+	ipam   *ipam.Allocator
 
-	// Guarded by mu. attach serialises attach/detach and the state file.
+	// Guarded by mu, which serialises attach/detach and the state file.
 	mu          sync.Mutex
 	attachments []attachmentRecord
+	pending     map[string]bool      // namespaces being attached right now
+	missing     map[string]time.Time // attached namespaces found gone, since when
 
 	// Owned by the reconcile loop.
 	hostIPConflict map[key.Public]bool
+	goneSince      map[key.Public]time.Time // range owners unreachable, since when
+	reachableSet   map[key.Public]bool      // as last told to the allocator
+	ticks          int
 
 	kick chan struct{} // capacity 1: ask the reconcile loop to run now
 }
@@ -140,7 +148,11 @@ func prepare(cfg Config) (*Daemon, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), hostIPConflict: map[key.Public]bool{}}
+	d := &Daemon{
+		cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
+		pending: map[string]bool{}, missing: map[string]time.Time{},
+		hostIPConflict: map[key.Public]bool{}, goneSince: map[key.Public]time.Time{},
+	}
 	var created bool
 	var err error
 	d.priv, created, err = loadOrCreateKey(cfg.StateDir)
@@ -170,12 +182,18 @@ func prepare(cfg Config) (*Daemon, error) {
 // attachments and dials the configured peers. On error it closes both parts.
 func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener) error {
 	d.router, d.tun = router, tun
+	if err := d.openIPAM(open); err != nil {
+		tun.Close()
+		return err
+	}
 	if err := d.startDNS(open); err != nil {
+		d.ipam.Close()
 		tun.Close()
 		return err
 	}
 	if err := router.Start(); err != nil {
 		d.closeDNS()
+		d.ipam.Close()
 		tun.Close()
 		return fmt.Errorf("control plane: %w", err)
 	}
@@ -184,6 +202,7 @@ func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener
 		if err := router.Connect(p); err != nil {
 			router.Close()
 			d.closeDNS()
+			d.ipam.Close()
 			tun.Close()
 			return fmt.Errorf("peer %q: %w", p, err)
 		}
@@ -196,6 +215,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	if err != nil {
 		d.router.Close()
 		d.closeDNS()
+		d.ipam.Close()
 		d.tun.Close()
 		return err
 	}
@@ -218,6 +238,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	errs = append(errs, srv.Shutdown(shutCtx))
 	errs = append(errs, d.router.Close())
 	errs = append(errs, d.closeDNS())
+	errs = append(errs, d.ipam.Close())
 	errs = append(errs, d.tun.Close())
 	if err := errors.Join(errs...); err != nil {
 		d.log.Error("unclean stop", "err", err)
@@ -231,29 +252,44 @@ func (d *Daemon) run(ctx context.Context) error {
 func (d *Daemon) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(reconcileInterval)
 	defer t.Stop()
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
 	for {
+		ringChanged := d.ipam.Updated() // before reconcile, so no change is missed
 		d.reconcile()
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.router.Changes():
+		case <-ringChanged:
 		case <-d.kick:
 		case <-t.C:
+		case now := <-tick.C:
+			d.ipamTick(now)
 		}
 	}
 }
 
-// reconcile sets WireGuard peers and routes from the peers gossip knows: every
-// reachable peer, allowed exactly its host address and attached prefixes.
+// reconcile sets WireGuard peers and routes from what gossip knows: every
+// reachable peer, allowed exactly its host address and the address ranges
+// it owns in IPAM. It also tells the allocator and DNS who is reachable and
+// which host addresses must never be handed out.
 func (d *Daemon) reconcile() {
 	var want []tunnel.PeerConfig
 	var reachable []key.Public
+	reachSet := map[key.Public]bool{}
+	hostIPs := []netip.Addr{d.hostIP.Addr()}
 	conflicts := map[key.Public]bool{}
+	ranges := d.ipam.AllPrefixes()
 	for _, p := range d.router.Peers() {
+		if !p.Self && p.HostIP.IsValid() {
+			hostIPs = append(hostIPs, p.HostIP)
+		}
 		if p.Self || !p.Reachable {
 			continue
 		}
 		reachable = append(reachable, p.Key)
+		reachSet[p.Key] = true
 		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
@@ -268,14 +304,29 @@ func (d *Daemon) reconcile() {
 				pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(p.HostIP, 32))
 			}
 		}
-		for _, a := range p.Attached {
-			if a.Contains(d.hostIP.Addr()) {
-				continue
-			}
-			pc.AllowedIPs = append(pc.AllowedIPs, a)
-		}
+		// A range may hold this host's own address (host addresses are
+		// reserved, not carved out); the kernel's local route still wins
+		// for it, and WireGuard never sees packets to it.
+		pc.AllowedIPs = append(pc.AllowedIPs, ranges[p.Key]...)
 		want = append(want, pc)
 	}
+	d.ipam.SetReserved(hostIPs)
+	if !maps.Equal(reachSet, d.reachableSet) {
+		newPeer := false
+		for k := range reachSet {
+			if !d.reachableSet[k] {
+				newPeer = true
+			}
+		}
+		d.reachableSet = reachSet
+		d.ipam.SetPeers(reachable)
+		if newPeer {
+			// A peer that just arrived may lack the ring, or hold one that
+			// lacks ours: exchange at once rather than at the next round.
+			d.ipam.Gossip()
+		}
+	}
+	d.trackLiveness(reachSet, time.Now())
 	d.hostIPConflict = conflicts
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)

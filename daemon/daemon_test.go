@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,12 +12,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
@@ -117,6 +120,8 @@ func testConfig(t *testing.T) Config {
 		Range:     netip.MustParsePrefix(DefaultRange),
 		Logger:    slog.New(slog.DiscardHandler),
 		DNSListen: "127.0.0.1:0",
+
+		IPAMInMemory: true,
 	}
 }
 
@@ -144,12 +149,19 @@ func TestReconcileAllowsEachPeerItsAddresses(t *testing.T) {
 	ep := netip.MustParseAddrPort("192.0.2.2:6783")
 	r.peers = []discovery.Peer{
 		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
-		{Key: pubKey(1), Reachable: true, Endpoint: ep, HostIP: netip.MustParseAddr("10.32.0.2"),
-			Attached: []netip.Prefix{netip.MustParsePrefix("10.32.1.1/32")}},
+		{Key: pubKey(1), Reachable: true, Endpoint: ep, HostIP: netip.MustParseAddr("10.32.0.2")},
 		{Key: pubKey(2), Reachable: false, HostIP: netip.MustParseAddr("10.32.0.3")},
 		// Claims our host address: must never get a route to it.
-		{Key: pubKey(3), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1"),
-			Attached: []netip.Prefix{netip.MustParsePrefix("10.32.3.1/32")}},
+		{Key: pubKey(3), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+	}
+	d.reconcile()
+	// Peer 1 asks for space; we own everything, so we grant it a range.
+	if err := d.ipam.HandleMessage(pubKey(1), ipam.AppendRequestMessage(nil, d.ipam.Status().Seed)); err != nil {
+		t.Fatal(err)
+	}
+	granted := d.ipam.Prefixes(pubKey(1))
+	if len(granted) == 0 {
+		t.Fatal("no range granted to peer 1")
 	}
 	d.reconcile()
 	got := map[key.Public][]netip.Prefix{}
@@ -162,11 +174,12 @@ func TestReconcileAllowsEachPeerItsAddresses(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("WireGuard peers = %v, want exactly the two reachable non-self peers", got)
 	}
-	if a := got[pubKey(1)]; len(a) != 2 || a[0].String() != "10.32.0.2/32" || a[1].String() != "10.32.1.1/32" {
-		t.Errorf("peer 1 allowed %v, want [10.32.0.2/32 10.32.1.1/32]", a)
+	want1 := append([]netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}, granted...)
+	if a := got[pubKey(1)]; !slices.Equal(a, want1) {
+		t.Errorf("peer 1 allowed %v, want its host address and its range %v", a, want1)
 	}
-	if a := got[pubKey(3)]; len(a) != 1 || a[0].String() != "10.32.3.1/32" {
-		t.Errorf("conflicting peer allowed %v, want only its attachment", a)
+	if a := got[pubKey(3)]; len(a) != 0 {
+		t.Errorf("peer claiming our host address allowed %v, want nothing", a)
 	}
 	if !d.hostIPConflict[pubKey(3)] {
 		t.Error("host address conflict not recorded")
@@ -177,10 +190,10 @@ func TestAttachValidation(t *testing.T) {
 	r, tn := newFakeRouter(), newFakeTunnel()
 	d := newTestDaemon(t, testConfig(t), r, tn)
 	r.peers = []discovery.Peer{{Key: pubKey(1), Nickname: "h2", Reachable: true,
-		Attached: []netip.Prefix{netip.MustParsePrefix("10.32.9.9/32")}}}
+		HostIP: netip.MustParseAddr("10.32.9.9")}}
 	ns := filepath.Join(t.TempDir(), "ns")
 	os.WriteFile(ns, nil, 0o600)
-	if _, err := d.attach(api.AttachRequest{Netns: ns, IP: "10.32.1.5/12"}); err != nil {
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, IP: "10.32.1.5/12"}); err != nil {
 		t.Fatalf("valid attach failed: %v", err)
 	}
 	ns2 := filepath.Join(t.TempDir(), "ns2")
@@ -190,18 +203,17 @@ func TestAttachValidation(t *testing.T) {
 	}{
 		{"no netns", "", "10.32.1.6/12", "netns is required"},
 		{"missing netns", "/nonexistent/ns", "10.32.1.6/12", "network namespace"},
-		{"no ip", ns2, "", "address is required"},
 		{"garbage ip", ns2, "ten.one", "not an IPv4 address"},
 		{"outside range", ns2, "192.168.1.1/12", "outside the overlay range"},
 		{"wrong prefix", ns2, "10.32.1.6/24", "prefix length /12"},
 		{"network address", ns2, "10.32.0.0/12", "network or broadcast"},
 		{"host address", ns2, "10.32.0.1/12", "host's own overlay address"},
-		{"remote in use", ns2, "10.32.9.9/12", "in use on peer"},
-		{"local in use", ns2, "10.32.1.5/12", "already attached here"},
+		{"remote host address", ns2, "10.32.9.9/12", "overlay address of peer"},
+		{"local in use", ns2, "10.32.1.5/12", "already in use here"},
 		{"netns attached", ns, "10.32.1.7/12", "already attached with"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := d.attach(api.AttachRequest{Netns: tc.netns, IP: tc.ip})
+			_, err := d.attach(context.Background(), api.AttachRequest{Netns: tc.netns, IP: tc.ip})
 			if err == nil || !errors.Is(err, errBadRequest) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("attach(%q, %q) = %v, want a bad-request error containing %q", tc.netns, tc.ip, err, tc.want)
 			}
@@ -211,12 +223,55 @@ func TestAttachValidation(t *testing.T) {
 		t.Errorf("tunnel has %d attachments after refused requests, want 1", len(tn.attached))
 	}
 	// A bare address gets the overlay prefix length.
-	a, err := d.attach(api.AttachRequest{Netns: ns2, IP: "10.32.1.8"})
+	a, err := d.attach(context.Background(), api.AttachRequest{Netns: ns2, IP: "10.32.1.8"})
 	if err != nil || a.IP != "10.32.1.8/12" {
 		t.Fatalf("attach with a bare address = %+v, %v; want 10.32.1.8/12", a, err)
 	}
 	if len(r.attached) != 2 {
 		t.Errorf("published %v, want both attachments", r.attached)
+	}
+}
+
+func TestAttachAllocates(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	dir := t.TempDir()
+	seen := map[string]bool{}
+	var first string
+	for i := range 20 {
+		ns := filepath.Join(dir, fmt.Sprint("ns", i))
+		os.WriteFile(ns, nil, 0o600)
+		a, err := d.attach(context.Background(), api.AttachRequest{Netns: ns})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[a.IP] || !strings.HasSuffix(a.IP, "/12") || a.IP == "10.32.0.1/12" {
+			t.Fatalf("attach %d got %s: duplicate, host address or not /12", i, a.IP)
+		}
+		seen[a.IP] = true
+		if i == 0 {
+			first = a.IP
+		}
+	}
+	// A claimed address is refused to anyone else, and free again after detach.
+	ns0 := filepath.Join(dir, "ns0")
+	other := filepath.Join(dir, "other")
+	os.WriteFile(other, nil, 0o600)
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: other, IP: first}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("claiming a used address: %v", err)
+	}
+	if err := d.detach(api.DetachRequest{Netns: ns0}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: other, IP: first}); err != nil {
+		t.Fatalf("claiming a freed address: %v", err)
+	}
+	st := d.ipamStatus()
+	if st.Allocated != 20 || len(st.Peers) != 1 || !st.Peers[0].Self || st.Peers[0].Percent != 100 {
+		t.Fatalf("ipam status = %+v, want 20 allocated on the one peer owning everything", st)
+	}
+	if ps := d.ps(); len(ps) != 20 {
+		t.Fatalf("ps lists %d attachments, want 20", len(ps))
 	}
 }
 
@@ -226,7 +281,7 @@ func TestAttachNameResolves(t *testing.T) {
 	t.Cleanup(func() { d.closeDNS() })
 	ns := filepath.Join(t.TempDir(), "ns")
 	os.WriteFile(ns, nil, 0o600)
-	if _, err := d.attach(api.AttachRequest{Netns: ns, IP: "10.32.1.5/12", Name: "web"}); err != nil {
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, IP: "10.32.1.5/12", Name: "web"}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := d.dnsLookup("web")
@@ -263,7 +318,7 @@ func TestAttachmentsSurviveRestart(t *testing.T) {
 	r1, tn1 := newFakeRouter(), newFakeTunnel()
 	d1 := newTestDaemon(t, cfg, r1, tn1)
 	for ns, ip := range map[string]string{nsA: "10.32.1.1/12", nsB: "10.32.1.2/12"} {
-		if _, err := d1.attach(api.AttachRequest{Netns: ns, IP: ip}); err != nil {
+		if _, err := d1.attach(context.Background(), api.AttachRequest{Netns: ns, IP: ip}); err != nil {
 			t.Fatal(err)
 		}
 	}

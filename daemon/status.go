@@ -39,6 +39,7 @@ func (d *Daemon) status() api.Status {
 		Attached:   []api.Attachment{},
 		Counters:   d.counters(),
 		DNS:        d.dnsStatus(false),
+		IPAM:       d.ipamStatus(),
 	}
 
 	nick := map[key.Public]string{}
@@ -128,6 +129,7 @@ func (d *Daemon) counters() map[string]uint64 {
 	out := map[string]uint64{}
 	maps.Copy(out, d.router.Counters())
 	maps.Copy(out, d.tun.Counters())
+	maps.Copy(out, d.ipam.Status().Counters)
 	if d.dns != nil {
 		maps.Copy(out, d.dns.Counters())
 	}

@@ -33,7 +33,11 @@ func TestWrongPasswordRefused(t *testing.T) {
 	b := newBed(t, testbed.Options{})
 	h1 := b.AddHost(testbed.HostOptions{})
 	h2 := b.AddHost(testbed.HostOptions{})
-	bad := b.AddHost(testbed.HostOptions{Password: "not-" + b.Password()}) // dials h1 and h2
+	// The outsider creates its own network (so it has addresses to give its
+	// container) and then dials h1 and h2.
+	bad := b.AddHost(testbed.HostOptions{Password: "not-" + b.Password(), NoPeers: true})
+	bad.CLI("connect", h1.UnderlayIP)
+	bad.CLI("connect", h2.UnderlayIP)
 	cs := b.AddContainers(1)
 	b.WaitMesh(30*time.Second, h1, h2)
 	if err := cs[0].PingEventually(cs[1].Addr, 20*time.Second); err != nil {

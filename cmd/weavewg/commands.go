@@ -51,11 +51,13 @@ func attachCommand() *cli.Command {
 		ArgsUsage: "NETNS_PATH|NETNS_NAME|PID",
 		Description: `The target is a network namespace path (/var/run/netns/NAME, /proc/PID/ns/net),
 the name of a namespace made with 'ip netns add', or the PID of a process in it.
-It gets ethwe0 with --ip and the tunnel MTU, its host end on the weavewg bridge.`,
+It gets ethwe0 with an address from the network's allocator (or --ip, which
+must lie in this peer's part of the range) and the tunnel MTU, its host end on
+the weavewg bridge. --name registers NAME.weave.local in DNS. Prints the address.`,
 		Flags: []cli.Flag{
 			apiSocketFlag(),
-			&cli.StringFlag{Name: "ip", Usage: "address with the overlay prefix length, e.g. 10.32.1.5/12 (required until automatic allocation)"},
-			&cli.StringFlag{Name: "name", Usage: "a name for the attachment"},
+			&cli.StringFlag{Name: "ip", Usage: "a specific address, e.g. 10.32.1.5/12 (default: the next free one)"},
+			&cli.StringFlag{Name: "name", Usage: "a name for the attachment, registered as NAME.weave.local"},
 			&cli.BoolFlag{Name: "json", Usage: "print the attachment as JSON"},
 		},
 		Action: func(c *cli.Context) error {

@@ -49,6 +49,8 @@ socket (--api-socket or WEAVEWG_API_SOCKET).`,
 			attachCommand(),
 			detachCommand(),
 			statusCommand(),
+			psCommand(),
+			rmpeerCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version of this binary",

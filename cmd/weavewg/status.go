@@ -35,10 +35,11 @@ func statusCommand() *cli.Command {
 			sub("peers", "list every peer and whom it is connected to", showPeers),
 			sub("connections", "list connections: state, direct or not, endpoint, last handshake, bytes", showConnections),
 			statusDNSCommand(),
+			statusIPAMCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
-				return fmt.Errorf("unknown status view %q (want peers, connections or dns)", c.Args().First())
+				return fmt.Errorf("unknown status view %q (want peers, connections, ipam or dns)", c.Args().First())
 			}
 			return runStatus(c, showSummary)
 		},
@@ -86,6 +87,20 @@ func showSummary(w io.Writer, st api.Status) {
 	row("Connections", fmt.Sprintf("%d (%d established, %d connecting, %d failed)",
 		len(st.Conns), states[api.StateEstablished], states[api.StateConnecting], states[api.StateFailed]))
 	row("Attachments", fmt.Sprint(len(st.Attached)))
+	owned := 0.0
+	for _, p := range st.IPAM.Peers {
+		if p.Self {
+			owned = p.Percent
+		}
+	}
+	switch {
+	case st.IPAM.Network == "":
+		row("IPAM", "waiting for the address ring from a peer")
+	case st.IPAM.Error != "":
+		row("IPAM", "error: "+st.IPAM.Error)
+	default:
+		row("IPAM", fmt.Sprintf("%d allocated here, %.1f%% of %s owned", st.IPAM.Allocated, owned, st.IPAM.Range))
+	}
 	if st.DNS.Enabled {
 		row("DNS", fmt.Sprintf("%s on %s (TTL %ds)", st.DNS.Domain, st.DNS.Listen, st.DNS.TTL))
 	} else {

@@ -1,9 +1,12 @@
 package testbed
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/weavewg/weavewg/types/api"
 )
 
 // Container is a network namespace attached to a host with `weavewg attach`.
@@ -13,13 +16,15 @@ type Container struct {
 	Index int    // M: address 10.32.N.M
 	Name  string // hNcM
 	Netns string
-	IP    string // CIDR given to attach, 10.32.N.M/12
+	IP    string // CIDR the daemon gave it (or Fixed: asked for), e.g. 10.32.N.M/12
 	Addr  string // the address alone
+	// Fixed makes Attach ask for IP instead of letting the allocator choose.
+	Fixed bool
 }
 
 // AddContainer makes the next container of h and attaches it with
-// `weavewg attach --ip 10.32.N.M/12 --name hNcM /var/run/netns/...`, run in
-// the host's namespace.
+// `weavewg attach --name hNcM /var/run/netns/...`, run in the host's
+// namespace; the daemon allocates its address.
 func (h *Host) AddContainer() *Container {
 	b := h.bed
 	b.tb.Helper()
@@ -61,11 +66,23 @@ func (b *Bed) AddContainers(n int, hs ...*Host) []*Container {
 	return cs
 }
 
-// Attach runs `weavewg attach` for c again (e.g. after a detach).
+// Attach runs `weavewg attach` for c (again, e.g. after a detach). The
+// address comes from the daemon's allocator unless c.Fixed asks for c.IP;
+// c.IP and c.Addr are set to what the daemon handed out.
 func (c *Container) Attach() {
 	c.bed.tb.Helper()
-	out := c.Host.CLI("attach", "--ip", c.IP, "--name", c.Name, NetnsPath(c.Netns))
-	c.bed.logf("testbed: %s: attached %s %s: %s", c.Host, c.Name, c.IP, strings.TrimSpace(out))
+	args := []string{"attach", "--json", "--name", c.Name}
+	if c.Fixed {
+		args = append(args, "--ip", c.IP)
+	}
+	out := c.Host.CLI(append(args, NetnsPath(c.Netns))...)
+	var a api.Attachment
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		c.bed.tb.Fatalf("testbed: %s: attach %s printed %q: %v", c.Host, c.Name, out, err)
+	}
+	c.IP = a.IP
+	c.Addr = strings.Split(a.IP, "/")[0]
+	c.bed.logf("testbed: %s: attached %s %s", c.Host, c.Name, c.IP)
 }
 
 // Detach runs `weavewg detach` for c.

@@ -49,6 +49,8 @@ type Status struct {
 	Counters   map[string]uint64 `json:"counters"` // drops and events, by name
 	// DNS summarises the name server; its entries are at PathDNS.
 	DNS DNSStatus `json:"dns"`
+	// IPAM is the address allocator's view, as at PathIPAM.
+	IPAM IPAMStatus `json:"ipam"`
 }
 
 // Peer is one peer as gossip describes it.
@@ -96,7 +98,7 @@ type AttachRequest struct {
 	// Netns is a network namespace path (/var/run/netns/NAME, /proc/PID/ns/net).
 	// The CLI turns a PID into its path before sending.
 	Netns string `json:"netns"`
-	IP    string `json:"ip"`             // CIDR, e.g. 10.32.1.5/12; required until IPAM exists
+	IP    string `json:"ip,omitempty"`   // CIDR or address, e.g. 10.32.1.5/12; "" allocates the next free one
 	Name  string `json:"name,omitempty"` // container name, for status and later DNS
 }
 
@@ -157,4 +159,52 @@ type DNSRemoved struct {
 type DNSLookup struct {
 	Name      string   `json:"name"`
 	Addresses []string `json:"addresses"`
+}
+
+// Paths of the address-allocation part of the API.
+const (
+	PathIPAM   = "/v1/ipam"   // GET → IPAMStatus
+	PathPS     = "/v1/ps"     // GET → []Attachment
+	PathRmpeer = "/v1/rmpeer" // POST RmpeerRequest → RmpeerResult
+)
+
+// IPAMStatus is what `weavewg status ipam` shows.
+type IPAMStatus struct {
+	Range     string         `json:"range"`
+	Network   string         `json:"network,omitempty"` // the seed: who created the network; "" until known
+	Allocated int            `json:"allocated"`         // addresses this peer handed out
+	Waiting   bool           `json:"waiting_for_space"` // this peer has none free and asked a peer
+	Error     string         `json:"error,omitempty"`   // last refused ring, e.g. another network's
+	Peers     []IPAMPeer     `json:"peers"`
+	Transfers []IPAMTransfer `json:"transfers"` // rmpeer hand-overs
+}
+
+// IPAMPeer is one peer's share of the range.
+type IPAMPeer struct {
+	Peer      string   `json:"peer"`
+	Nickname  string   `json:"nickname,omitempty"`
+	Self      bool     `json:"self,omitempty"`
+	Reachable bool     `json:"reachable"` // false: shown as unreachable!
+	Ranges    []string `json:"ranges"`    // CIDRs
+	Size      uint64   `json:"size"`      // addresses owned
+	Free      uint64   `json:"free"`      // as last published by the owner
+	InUse     uint64   `json:"in_use"`
+	Percent   float64  `json:"percent"` // of the whole range
+}
+
+// IPAMTransfer is one rmpeer hand-over of a dead peer's space.
+type IPAMTransfer struct {
+	Dead   string `json:"dead"`
+	Issuer string `json:"issuer"`
+	State  string `json:"state"` // pending, done, withdrawn
+}
+
+// RmpeerRequest names the dead peer (name, nickname or public key).
+type RmpeerRequest struct {
+	Peer string `json:"peer"`
+}
+
+// RmpeerResult names the peer whose space is being taken over.
+type RmpeerResult struct {
+	Peer string `json:"peer"`
 }

@@ -199,7 +199,7 @@ func run(tb *demoTB, nHosts, perHost int) bool {
 		for j := 0; j < perHost; j++ {
 			c := h.AddContainer()
 			cs = append(cs, c)
-			fmt.Printf("  container %s on %s: weavewg attach --ip %s\n", c.Name, h.Name, c.IP)
+			fmt.Printf("  container %s on %s: weavewg attach --name %s → %s\n", c.Name, h.Name, c.Name, c.IP)
 		}
 	}
 	fmt.Print("\nwaiting for the mesh... ")

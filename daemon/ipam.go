@@ -1,0 +1,335 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weavewg/weavewg/ipam"
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+const (
+	ipamChannel = "ipam"
+	ipamFile    = "ipam.db"
+	// allocateWait bounds how long attach waits for address space from
+	// another peer before giving up with a clear error.
+	allocateWait = 30 * time.Second
+	// tickInterval drives the allocator's periodic work and the checks for
+	// vanished namespaces.
+	tickInterval = time.Second
+	// vanishedGrace is how long an attachment's namespace may be missing
+	// before its address is released: long enough to ride out a container
+	// runtime re-creating a bind mount, short enough to recycle addresses.
+	vanishedGrace = 30 * time.Second
+	// antiEntropyTicks is how many ticks pass between full ring broadcasts.
+	antiEntropyTicks = 10
+)
+
+// openIPAM opens the allocator on the state dir and joins it to gossip. The
+// peer that creates the network (launched with no peer to join, and with no
+// ring in its state) seeds the whole range to itself at once; every other
+// peer gets the ring by gossip and asks for space.
+func (d *Daemon) openIPAM(open channelOpener) error {
+	var alloc *ipam.Allocator
+	ch, err := open(ipamChannel, func(from key.Public, msg []byte) {
+		if err := alloc.HandleMessage(from, msg); err != nil {
+			d.log.Debug("ipam message refused", "from", from.Name(), "err", err)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("ipam: %w", err)
+	}
+	path := ""
+	if !d.cfg.IPAMInMemory {
+		path = filepath.Join(d.cfg.StateDir, ipamFile)
+	}
+	alloc, err = ipam.Open(ipam.Config{
+		Self:      d.pub,
+		Range:     d.cfg.Range,
+		Path:      path,
+		Transport: ch,
+		Reserved:  []netip.Addr{d.hostIP.Addr()},
+		Logf: func(format string, args ...any) {
+			d.log.Warn(fmt.Sprintf(format, args...), "part", "ipam")
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("ipam state %s: %w", path, err)
+	}
+	d.ipam = alloc
+	st := alloc.Status()
+	switch {
+	case !st.Seed.IsZero():
+		d.log.Info("address space from the state dir", "network", st.Seed.String(), "allocated", st.Allocated)
+	case len(d.cfg.Peers) == 0:
+		if err := alloc.Seed(); err != nil {
+			alloc.Close()
+			return fmt.Errorf("ipam: creating the network: %w", err)
+		}
+		d.log.Info("created a new network: this peer owns the whole range until others ask for space",
+			"range", d.cfg.Range.String(), "network", alloc.Status().Seed.String())
+	default:
+		d.log.Info("joining: address space will come from the peers")
+	}
+	return nil
+}
+
+// claimAttachmentsLocked re-records the addresses of re-adopted attachments
+// before anything new is allocated, so a restart (even with a lost ipam
+// state file) never hands them to someone else.
+func (d *Daemon) claimLocked(rec attachmentRecord) {
+	p, err := netip.ParsePrefix(rec.IP)
+	if err != nil {
+		return
+	}
+	if err := d.ipam.Claim(p.Addr(), rec.Netns); err != nil {
+		d.log.Warn("could not re-claim an attachment's address", "netns", rec.Netns, "ip", rec.IP, "err", err)
+	}
+}
+
+// allocate finds the address for an attach request: the one asked for
+// (claimed, refused if another peer owns it or it is taken) or the next free
+// one (waiting for space from a peer if this one has none).
+func (d *Daemon) allocate(ctx context.Context, req api.AttachRequest) (netip.Prefix, error) {
+	bits := d.cfg.Range.Bits()
+	if req.IP != "" {
+		ip, err := netip.ParsePrefix(req.IP)
+		if err != nil {
+			addr, aerr := netip.ParseAddr(req.IP)
+			if aerr != nil {
+				return netip.Prefix{}, badRequest("address %q is not an IPv4 address or CIDR", req.IP)
+			}
+			ip = netip.PrefixFrom(addr, bits)
+		}
+		if err := d.checkAddress(ip); err != nil {
+			return netip.Prefix{}, err
+		}
+		if err := d.ipam.Claim(ip.Addr(), req.Netns); err != nil {
+			return netip.Prefix{}, d.ipamError(ip.Addr(), err)
+		}
+		return ip, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, allocateWait)
+	defer cancel()
+	for {
+		updated := d.ipam.Updated()
+		addr, err := d.ipam.Allocate(req.Netns)
+		if err == nil {
+			return netip.PrefixFrom(addr, bits), nil
+		}
+		if !errors.Is(err, ipam.ErrWaitingForSpace) {
+			return netip.Prefix{}, err
+		}
+		select {
+		case <-updated:
+		case <-time.After(tickInterval):
+		case <-ctx.Done():
+			st := d.ipam.Status()
+			if st.Seed.IsZero() {
+				return netip.Prefix{}, errors.New("no address space yet: this peer has not received the network's address ring (is it connected to any peer?)")
+			}
+			return netip.Prefix{}, errors.New("no free address here and no peer granted space in time (are the peers with free space reachable?)")
+		}
+	}
+}
+
+func (d *Daemon) checkAddress(ip netip.Prefix) error {
+	if !ip.Addr().Is4() || !d.cfg.Range.Contains(ip.Addr()) {
+		return badRequest("address %s is outside the overlay range %s", ip.Addr(), d.cfg.Range)
+	}
+	if ip.Bits() != d.cfg.Range.Bits() {
+		return badRequest("address %s must carry the overlay prefix length /%d so containers see one flat subnet", ip, d.cfg.Range.Bits())
+	}
+	if ip.Addr() == d.cfg.Range.Addr() || ip.Addr() == lastAddr(d.cfg.Range) {
+		return badRequest("address %s is the network or broadcast address of %s", ip.Addr(), d.cfg.Range)
+	}
+	if ip.Addr() == d.hostIP.Addr() {
+		return badRequest("address %s is this host's own overlay address", ip.Addr())
+	}
+	if owner, ok := d.remoteHost(ip.Addr()); ok {
+		return badRequest("address %s is the overlay address of peer %s", ip.Addr(), owner)
+	}
+	return nil
+}
+
+// ipamError words an allocator refusal for the user.
+func (d *Daemon) ipamError(addr netip.Addr, err error) error {
+	var elsewhere *ipam.OwnedElsewhereError
+	switch {
+	case errors.As(err, &elsewhere):
+		return badRequest("address %s belongs to peer %s's range; attach it there, or omit --ip", addr, d.describe(elsewhere.Owner))
+	case errors.Is(err, ipam.ErrAddressTaken):
+		return badRequest("address %s is already in use here", addr)
+	case errors.Is(err, ipam.ErrReserved):
+		return badRequest("address %s is reserved (a host's overlay address)", addr)
+	case errors.Is(err, ipam.ErrWaitingForSpace):
+		return badRequest("address %s: this peer has not received the network's address ring yet; retry once it is connected", addr)
+	}
+	return err
+}
+
+// describe names a peer the way status does: NAME(nickname).
+func (d *Daemon) describe(k key.Public) string {
+	for _, p := range d.router.Peers() {
+		if p.Key == k {
+			return k.Name() + "(" + p.Nickname + ")"
+		}
+	}
+	return k.Name()
+}
+
+// remoteHost names the peer whose host address is addr, if any.
+func (d *Daemon) remoteHost(addr netip.Addr) (string, bool) {
+	for _, p := range d.router.Peers() {
+		if !p.Self && p.HostIP == addr {
+			return p.Key.Name() + "(" + p.Nickname + ")", true
+		}
+	}
+	return "", false
+}
+
+// ipamTick runs once a second from the reconcile loop: the allocator's
+// periodic work, automatic reclaim, and releasing vanished namespaces.
+func (d *Daemon) ipamTick(now time.Time) {
+	d.ipam.Tick()
+	d.ticks++
+	if d.ticks%antiEntropyTicks == 0 {
+		d.ipam.Gossip() // repairs ring updates lost on the way
+	}
+	if d.cfg.ReclaimAfter > 0 {
+		for _, p := range d.ipam.Reclaim(d.goneSince, d.cfg.ReclaimAfter) {
+			d.log.Warn("reclaiming the address space of a peer gone too long", "peer", p.Name(), "after", d.cfg.ReclaimAfter.String())
+		}
+	}
+	d.releaseVanished(now)
+}
+
+// trackLiveness records when each range owner was last reachable, for
+// --reclaim-after.
+func (d *Daemon) trackLiveness(reachable map[key.Public]bool, now time.Time) {
+	for _, ps := range d.ipam.Status().Peers {
+		if ps.Peer == d.pub || reachable[ps.Peer] {
+			delete(d.goneSince, ps.Peer)
+			continue
+		}
+		if _, ok := d.goneSince[ps.Peer]; !ok {
+			d.goneSince[ps.Peer] = now
+		}
+	}
+}
+
+// rmpeer hands a dead peer's ranges to this one.
+func (d *Daemon) rmpeer(name string) (string, error) {
+	k, err := d.findPeer(name)
+	if err != nil {
+		return "", err
+	}
+	if k == d.pub {
+		return "", badRequest("%s is this peer; run rmpeer on another one", name)
+	}
+	for _, p := range d.router.Peers() {
+		if p.Key == k && p.Reachable {
+			return "", badRequest("peer %s is reachable; rmpeer is for peers that are gone for good (stop it first)", d.describe(k))
+		}
+	}
+	if err := d.ipam.RemovePeer(k); err != nil {
+		return "", badRequest("rmpeer %s: %v", name, err)
+	}
+	d.log.Warn("rmpeer: taking over a dead peer's address space", "peer", k.Name())
+	return k.Name(), nil
+}
+
+// findPeer resolves a peer name, nickname or public key among the range
+// owners and the gossiped peers.
+func (d *Daemon) findPeer(s string) (key.Public, error) {
+	if k, err := key.ParsePublic(s); err == nil {
+		return k, nil
+	}
+	var found []key.Public
+	seen := map[key.Public]bool{}
+	add := func(k key.Public, nick string) {
+		if !seen[k] && (k.Name() == s || nick == s) {
+			seen[k] = true
+			found = append(found, k)
+		}
+	}
+	for _, p := range d.router.Peers() {
+		add(p.Key, p.Nickname)
+	}
+	for _, ps := range d.ipam.Status().Peers {
+		add(ps.Peer, "")
+	}
+	switch len(found) {
+	case 0:
+		return key.Public{}, badRequest("no peer named %q owns address space or is known", s)
+	case 1:
+		return found[0], nil
+	}
+	var names []string
+	for _, k := range found {
+		names = append(names, k.Name())
+	}
+	slices.Sort(names)
+	return key.Public{}, badRequest("%q is ambiguous: %s; use the peer name", s, strings.Join(names, ", "))
+}
+
+func (d *Daemon) ipamStatus() api.IPAMStatus {
+	st := d.ipam.Status()
+	nick := map[key.Public]string{}
+	for _, p := range d.router.Peers() {
+		nick[p.Key] = p.Nickname
+	}
+	total := uint64(1) << (32 - d.cfg.Range.Bits())
+	out := api.IPAMStatus{
+		Range:     st.Range.String(),
+		Allocated: st.Allocated,
+		Waiting:   st.WaitingForSpace,
+		Error:     st.Err,
+		Peers:     []api.IPAMPeer{},
+		Transfers: []api.IPAMTransfer{},
+	}
+	if !st.Seed.IsZero() {
+		out.Network = st.Seed.String()
+	}
+	// Allocation counts are only known for this peer; others publish free
+	// counts, from which use follows.
+	for _, ps := range st.Peers {
+		p := api.IPAMPeer{
+			Peer:      ps.Peer.Name(),
+			Nickname:  nick[ps.Peer],
+			Self:      ps.Peer == d.pub,
+			Reachable: ps.Reachable,
+			Size:      ps.Size,
+			Free:      ps.Free,
+			Percent:   100 * float64(ps.Size) / float64(total),
+			Ranges:    []string{},
+		}
+		if p.Self {
+			p.InUse = uint64(st.Allocated)
+		} else if ps.Size >= ps.Free {
+			p.InUse = ps.Size - ps.Free
+		}
+		for _, pr := range ps.Prefixes {
+			p.Ranges = append(p.Ranges, pr.String())
+		}
+		out.Peers = append(out.Peers, p)
+	}
+	for _, t := range st.Transfers {
+		state := "pending"
+		switch {
+		case t.Done:
+			state = "done"
+		case t.Withdrawn:
+			state = "withdrawn"
+		}
+		out.Transfers = append(out.Transfers, api.IPAMTransfer{Dead: t.Dead.Name(), Issuer: d.describe(t.Issuer), State: state})
+	}
+	return out
+}
