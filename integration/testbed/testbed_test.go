@@ -17,6 +17,15 @@ func needBed(t *testing.T) {
 	}
 }
 
+func needTools(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Skipf("%s is not installed (make test installs it)", n)
+		}
+	}
+}
+
 func netnsWithPrefix(prefix string) []string {
 	names, _ := listNetns()
 	var out []string
@@ -32,6 +41,7 @@ func netnsWithPrefix(prefix string) []string {
 // nftables blocks, the capture, sockets in namespaces and the cleanup.
 func TestUnderlay(t *testing.T) {
 	needBed(t)
+	needTools(t, "ping", "nft", "tcpdump")
 	var prefix string
 	t.Run("bed", func(t *testing.T) {
 		b := New(t, Options{})
