@@ -5,7 +5,7 @@
 //	(a) the raw underlay: host 1 → host 2 on their veth addresses
 //	(b) the reference: the wireguard-go binary of the module version in
 //	    go.mod, one per host namespace, configured over its UAPI socket,
-//	    10.40.0.N/24, MTU 1420
+//	    10.47.255.N/24, MTU 1420
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
 //	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
 //	    the like-for-like of b without the containers' veth and bridge hops
@@ -261,6 +261,17 @@ func run(tb *benchTB, o options) int {
 	if cErr != nil {
 		progress("weavewg path not measured: %v", cErr)
 		rep.Errors = append(rep.Errors, "weavewg: "+cErr.Error())
+	}
+
+	for _, p := range paths {
+		if p.ref != nil {
+			if err := checkRefRoute(p.ref[0], p.ref[1]); err != nil {
+				tb.Fatalf("bench: reference path: %v", err)
+			}
+			if err := checkRefRoute(p.ref[1], p.ref[0]); err != nil {
+				tb.Fatalf("bench: reference path: %v", err)
+			}
+		}
 	}
 
 	// Measure: per round, the pings of every path, then one-stream iperf3 of

@@ -23,10 +23,12 @@ import (
 // The reference data plane: the stock wireguard-go binary of the module
 // version weavewg is built against, one per host namespace, configured over
 // its UAPI socket. Same MTU as weavewg, addresses inside the overlay range
-// 10.32.0.0/12 but away from the ones the test bed gives out (10.32.N.M).
+// 10.32.0.0/12 at its top end, away from what weavewg's allocator hands out
+// first (it fills each peer's range from the bottom); checkRefRoute makes
+// sure the reference traffic really takes the reference interface.
 const (
 	refPort   = 51820
-	refSubnet = "10.40.0."
+	refSubnet = "10.47.255."
 	refMTU    = 1420
 	uapiDir   = "/var/run/wireguard"
 )
@@ -236,4 +238,18 @@ func refBytes(n *refNode) (rx, tx uint64, err error) {
 		}
 	}
 	return rx, tx, nil
+}
+
+// checkRefRoute fails unless the kernel of n's namespace sends traffic for
+// the peer's address to n's own wireguard-go interface (a weavewg route to
+// an address it allocated could otherwise capture it).
+func checkRefRoute(n, peer *refNode) error {
+	out, err := exec.Command("ip", "-n", n.Netns, "-o", "route", "get", peer.Addr).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip route get %s in %s: %v: %s", peer.Addr, n.Netns, err, out)
+	}
+	if !strings.Contains(" "+string(out)+" ", " dev "+n.Iface+" ") {
+		return fmt.Errorf("in %s, %s is routed %q, not via %s", n.Netns, peer.Addr, strings.TrimSpace(string(out)), n.Iface)
+	}
+	return nil
 }
