@@ -653,6 +653,16 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	a.count("ipam_ring_received")
 	next := a.ring.Clone()
 	changed, err := next.Merge(in)
+	var mismatch *SeedMismatchError
+	if errors.As(err, &mismatch) && a.abandonsFor(in) {
+		// Our network was never used: take theirs instead of splitting
+		// the mesh into two networks forever.
+		a.logf("ipam: joining network %v; the network this peer created (%v) was never used and is dropped", in.Seed, a.ring.Seed)
+		a.count("ipam_seed_abandoned")
+		a.lastErr = nil
+		next, _ = NewRing(a.ring.Range)
+		changed, err = next.Merge(in)
+	}
 	if err != nil {
 		a.count("ipam_ring_refused")
 		if a.lastErr == nil || a.lastErr.Error() != err.Error() {
@@ -695,6 +705,41 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 		}
 	}
 	return o, nil
+}
+
+// untouchedLocked reports whether our ring is a seed nobody used: we created
+// it, it still holds just our one entry, we handed out no address, and no
+// rmpeer happened. Nothing depends on such a network.
+func (a *Allocator) untouchedLocked() bool {
+	r := a.ring
+	return r.Seeded() && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
+		len(r.Transfers) == 0 && len(r.Votes) == 0 && len(a.allocs) == 0
+}
+
+// abandonsFor decides, when a ring of another network arrives, whether ours
+// gives way. A used network never does. An untouched one gives way to one
+// that has grown (more than one owner, or an rmpeer), and otherwise to the
+// smaller seed, so two fresh peers that connect agree without talking.
+// Allocations do not show in a ring: a one-peer network with containers
+// looks untouched from outside, so a fresh peer with a smaller seed refuses
+// it (both log why; relaunching the fresh peer with the other as its peer
+// fixes it).
+func (a *Allocator) abandonsFor(in *Ring) bool {
+	if !a.untouchedLocked() {
+		return false
+	}
+	theirsUntouched := len(in.Entries) == 1 && in.Entries[0].Owner == in.Seed.Peer && len(in.Transfers) == 0 && len(in.Votes) == 0
+	if !theirsUntouched {
+		return true
+	}
+	return seedLess(in.Seed, a.ring.Seed)
+}
+
+func seedLess(x, y Seed) bool {
+	if x.Peer != y.Peer {
+		return x.Peer.Less(y.Peer)
+	}
+	return x.ID < y.ID
 }
 
 func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error) {

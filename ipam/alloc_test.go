@@ -259,3 +259,58 @@ func BenchmarkAllocate(b *testing.B) {
 		})
 	}
 }
+
+// TestUntouchedNetworkGivesWay: a peer that launched alone (seeding its own
+// network) and then connects to another one joins it, as long as its own
+// network was never used; a used network never gives way.
+func TestUntouchedNetworkGivesWay(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	small, large := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), "")
+	small.Seed()
+	large.Seed()
+	smallSeed := small.Status().Seed
+	// Both untouched: the larger seed gives way, the smaller keeps refusing.
+	if err := large.HandleMessage(pk(0), small.RingMessage()); err != nil {
+		t.Fatalf("untouched larger seed refused: %v", err)
+	}
+	if st := large.Status(); st.Seed != smallSeed || st.Counters["ipam_seed_abandoned"] != 1 || st.Err != "" {
+		t.Fatalf("after giving way: %+v", st)
+	}
+
+	used, fresh := openTest(t, n, pk(2), ""), openTest(t, n, pk(0x10), "")
+	used.Seed()
+	fresh.Seed()
+	if _, err := used.Allocate("c1"); err != nil {
+		t.Fatal(err)
+	}
+	freshRing := fresh.RingMessage()
+	if err := used.HandleMessage(pk(0x10), freshRing); !errors.Is(err, ErrSeedMismatch) {
+		t.Fatalf("a used network accepted another: %v", err)
+	}
+	if err := fresh.HandleMessage(pk(2), used.RingMessage()); err != nil {
+		t.Fatalf("untouched network refused a used one: %v", err)
+	}
+	if fresh.Status().Seed != used.Status().Seed {
+		t.Fatal("fresh peer did not join the used network")
+	}
+
+	// An untouched network with the smaller seed still gives way to one
+	// that has visibly grown (more than one owner).
+	tiny, big := openTest(t, n, pk(0), ""), openTest(t, n, pk(0x20), "")
+	tiny.Seed()
+	big.Seed()
+	n.peers = map[key.Public]*Allocator{pk(0x20): big}
+	big.SetPeers([]key.Public{pk(0x21)})
+	if err := big.HandleMessage(pk(0x21), AppendRequestMessage(nil, big.Status().Seed)); err != nil {
+		t.Fatal(err)
+	}
+	if len(big.Status().Peers) != 2 {
+		t.Fatalf("big did not grant space: %+v", big.Status().Peers)
+	}
+	if err := tiny.HandleMessage(pk(0x20), big.RingMessage()); err != nil || tiny.Status().Seed != big.Status().Seed {
+		t.Fatalf("untouched smaller seed did not join the grown network: %v", err)
+	}
+	if err := Check(nil); err != nil {
+		t.Fatal(err)
+	}
+}
