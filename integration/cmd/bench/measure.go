@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"sync"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -34,12 +34,12 @@ func nsCommand(ctx context.Context, ns, name string, args ...string) *exec.Cmd {
 type Throughput struct {
 	Streams      int     `json:"streams"`
 	Seconds      float64 `json:"seconds"`
-	Gbps         float64 `json:"gbps"`          // received by the server
-	SentGbps     float64 `json:"sent_gbps"`     // sent by the client
-	Retransmits  int     `json:"retransmits"`   // TCP retransmits seen by the sender
-	SenderCPU    float64 `json:"sender_cpu"`    // iperf3's own CPU %, client side
-	ReceiverCPU  float64 `json:"receiver_cpu"`  // iperf3's own CPU %, server side
-	TunnelCPU    float64 `json:"tunnel_cpu"`    // CPU of the tunnel processes at both ends, % of one core (-1: none)
+	Gbps         float64 `json:"gbps"`         // received by the server
+	SentGbps     float64 `json:"sent_gbps"`    // sent by the client
+	Retransmits  int     `json:"retransmits"`  // TCP retransmits seen by the sender
+	SenderCPU    float64 `json:"sender_cpu"`   // iperf3's own CPU %, client side
+	ReceiverCPU  float64 `json:"receiver_cpu"` // iperf3's own CPU %, server side
+	TunnelCPU    float64 `json:"tunnel_cpu"`   // CPU of the tunnel processes at both ends, % of one core (-1: none)
 	TunnelCPUPer float64 `json:"tunnel_cpu_s_per_gb,omitempty"`
 	TunnelBytes  uint64  `json:"tunnel_bytes,omitempty"` // bytes wireguard-go counted at the sender (b only)
 	Err          string  `json:"error,omitempty"`

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 )
@@ -41,10 +42,12 @@ type Result struct {
 // Ratio is one quotient of two paths' figures with the target it is held
 // to, if any. Nothing fails on it.
 type Ratio struct {
-	Name   string  `json:"name"` // e.g. "c/b throughput 1 stream"
-	Value  float64 `json:"value"`
-	Target string  `json:"target,omitempty"` // e.g. ">= 0.95"
-	Met    *bool   `json:"met,omitempty"`
+	Name  string  `json:"name"`  // e.g. "c/b throughput 1 stream"
+	Value float64 `json:"value"` // median of Rounds when there are several, else OfMedians
+	// OfMedians is the quotient of the two paths' figures in the table.
+	OfMedians float64 `json:"of_medians"`
+	Target    string  `json:"target,omitempty"` // e.g. ">= 0.95"
+	Met       *bool   `json:"met,omitempty"`
 	// Rounds are the same quotient within each round (paths measured
 	// minutes apart share less of the machine's load than paths of a round).
 	Rounds []float64 `json:"rounds,omitempty"`
@@ -62,21 +65,30 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 		if !okx || !oky || y == 0 {
 			return
 		}
-		r := Ratio{Name: num + "/" + den + " " + what, Value: x / y, Target: target}
-		if ok != nil {
-			m := ok(r.Value)
-			r.Met = &m
-		}
+		r := Ratio{Name: num + "/" + den + " " + what, Value: x / y, OfMedians: x / y, Target: target}
 		if nr, dr := rounds[num], rounds[den]; len(nr) > 1 && len(nr) == len(dr) {
+			var good []float64
 			for i := range nr {
 				x, okx := get(&nr[i])
 				y, oky := get(&dr[i])
 				if okx && oky && y != 0 {
 					r.Rounds = append(r.Rounds, x/y)
+					good = append(good, x/y)
 				} else {
 					r.Rounds = append(r.Rounds, 0)
 				}
 			}
+			// Paths of one round ran seconds apart under the same load, so
+			// the median of the per-round ratios is steadier than the ratio
+			// of the medians, whose rounds may differ.
+			if len(good) > 0 {
+				sort.Float64s(good)
+				r.Value = good[len(good)/2]
+			}
+		}
+		if ok != nil {
+			m := ok(r.Value)
+			r.Met = &m
 		}
 		out = append(out, r)
 	}
@@ -180,7 +192,7 @@ func printTable(w io.Writer, rep *Report) {
 	if len(rep.Ratios) > 0 {
 		fmt.Fprintln(w)
 		if rep.Rounds > 1 {
-			fmt.Fprintln(w, "ratios of the medians above; per round: the same ratio within each round")
+			fmt.Fprintln(w, "ratios: median of the per-round ratios (each round measures a, b, c back to back under the same load)")
 		}
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, r := range rep.Ratios {
@@ -199,7 +211,7 @@ func printTable(w io.Writer, rep *Report) {
 				for _, v := range r.Rounds {
 					vs = append(vs, fmt.Sprintf("%.2f", v))
 				}
-				per = "per round " + strings.Join(vs, " ")
+				per = fmt.Sprintf("per round %s; of the medians %.2f", strings.Join(vs, " "), r.OfMedians)
 			}
 			if verdict == "" {
 				verdict = "\t"
