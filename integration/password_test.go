@@ -36,9 +36,14 @@ func TestWrongPasswordRefused(t *testing.T) {
 	// The outsider creates its own network (so it has addresses to give its
 	// container) and then dials h1 and h2.
 	bad := b.AddHost(testbed.HostOptions{Password: "not-" + b.Password(), NoPeers: true})
+	// Its container is attached first, so its network is used and never
+	// gives way, and at an address the good network does not use, so that
+	// "reaches nothing" is not confused with reaching a same-numbered
+	// address on the good side.
+	cs := b.AddContainers(1, h1, h2)
+	cs = append(cs, bad.AddContainerWithIP("10.47.255.1/12"))
 	bad.CLI("connect", h1.UnderlayIP)
 	bad.CLI("connect", h2.UnderlayIP)
-	cs := b.AddContainers(1)
 	b.WaitMesh(30*time.Second, h1, h2)
 	if err := cs[0].PingEventually(cs[1].Addr, 20*time.Second); err != nil {
 		t.Fatalf("the good pair does not work, so the rest means nothing: %v", err)

@@ -26,6 +26,18 @@ type Container struct {
 // `weavewg attach --name hNcM /var/run/netns/...`, run in the host's
 // namespace; the daemon allocates its address.
 func (h *Host) AddContainer() *Container {
+	h.bed.tb.Helper()
+	return h.addContainer("")
+}
+
+// AddContainerWithIP is AddContainer asking for a specific address
+// (`attach --ip`), which must lie in this host's part of the range.
+func (h *Host) AddContainerWithIP(ip string) *Container {
+	h.bed.tb.Helper()
+	return h.addContainer(ip)
+}
+
+func (h *Host) addContainer(ip string) *Container {
 	b := h.bed
 	b.tb.Helper()
 	b.mu.Lock()
@@ -44,6 +56,9 @@ func (h *Host) AddContainer() *Container {
 		Addr:  fmt.Sprintf("10.32.%d.%d", h.Index, m),
 	}
 	c.IP = c.Addr + "/12"
+	if ip != "" {
+		c.IP, c.Fixed = ip, true
+	}
 	b.ctrs = append(b.ctrs, c)
 	b.mu.Unlock()
 	b.addNetns(c.Netns)

@@ -23,7 +23,8 @@ import (
 type HostOptions struct {
 	// Password overrides the bed's network secret for this host.
 	Password string
-	// HostIP overrides --host-ip; "" means 10.32.0.N/12, "-" means omit it.
+	// HostIP is passed as --host-ip; "" lets the daemon derive it from its
+	// key (as users do), which keeps it clear of allocated addresses.
 	HostIP string
 	// Peers are the PEER arguments of launch. nil means the underlay
 	// addresses of every host made before this one; use NoPeers for none.
@@ -37,19 +38,20 @@ type HostOptions struct {
 
 // Host is a namespace on the underlay running a weavewg daemon.
 type Host struct {
-	bed        *Bed
-	Index      int    // N: underlay 192.0.2.N, host IP 10.32.0.N
-	Name       string // nickname given with --name: hN
-	Netns      string
-	UnderlayIP string // 192.0.2.N
-	HostIP     string // --host-ip, "" if omitted
-	Dir        string
-	StateDir   string
-	Socket     string
-	LogPath    string
-	Password   string
-	Peers      []string
-	Args       []string
+	bed         *Bed
+	Index       int    // N: underlay 192.0.2.N, host IP 10.32.0.N
+	Name        string // nickname given with --name: hN
+	Netns       string
+	UnderlayIP  string // 192.0.2.N
+	HostIP      string // the host's overlay address (CIDR), from status once launched
+	Dir         string
+	StateDir    string
+	Socket      string
+	LogPath     string
+	Password    string
+	Peers       []string
+	Args        []string
+	fixedHostIP bool // HostIP came from HostOptions and is passed as --host-ip
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -77,7 +79,6 @@ func (b *Bed) AddHost(opts HostOptions) *Host {
 		Name:       fmt.Sprintf("h%d", n),
 		Netns:      fmt.Sprintf("%sh%d", b.Prefix, n),
 		UnderlayIP: fmt.Sprintf("%s%d", UnderlayNet, n),
-		HostIP:     fmt.Sprintf("10.32.0.%d/12", n),
 		Dir:        b.Path(fmt.Sprintf("h%d", n)),
 		Password:   b.opts.Password,
 		Peers:      earlier,
@@ -86,13 +87,8 @@ func (b *Bed) AddHost(opts HostOptions) *Host {
 	if opts.Password != "" {
 		h.Password = opts.Password
 	}
-	switch opts.HostIP {
-	case "":
-	case "-":
-		h.HostIP = ""
-	default:
-		h.HostIP = opts.HostIP
-	}
+	h.HostIP = opts.HostIP
+	h.fixedHostIP = opts.HostIP != ""
 	if opts.Peers != nil {
 		h.Peers = opts.Peers
 	}
@@ -138,7 +134,7 @@ func (h *Host) LaunchArgs() []string {
 		"--api-socket", h.Socket,
 		"--log-level", h.bed.opts.LogLevel,
 	}
-	if h.HostIP != "" {
+	if h.fixedHostIP {
 		args = append(args, "--host-ip", h.HostIP)
 	}
 	args = append(args, h.Args...)
@@ -246,7 +242,10 @@ func (h *Host) WaitAPI(timeout time.Duration) {
 		if closed(done) {
 			return Permanent{fmt.Errorf("daemon exited: %v", h.ExitErr())}
 		}
-		_, err := h.StatusErr()
+		st, err := h.StatusErr()
+		if err == nil {
+			h.HostIP = st.HostIP
+		}
 		return err
 	})
 	if err != nil {
