@@ -36,6 +36,8 @@ const (
 	CtrChannelExpired     = "gossip_channel_expired"        // channel messages dropped: hop limit reached
 	CtrChannelNoRoute     = "gossip_channel_no_route"       // channel messages dropped: destination unreachable
 	CtrChannelDropped     = "gossip_channel_dropped"        // delivered messages dropped: handler queue full
+	CtrJoinAdmitted       = "control_join_admitted"         // joiners admitted with a token
+	CtrJoinRefused        = "control_join_refused"          // joiners refused (expired, revoked, used up, other network)
 )
 
 var counterNames = []string{
@@ -47,6 +49,7 @@ var counterNames = []string{
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
+	CtrJoinAdmitted, CtrJoinRefused,
 }
 
 // counters is a fixed set of atomic counters; the map is never written after

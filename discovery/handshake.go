@@ -39,7 +39,8 @@ import (
 //	I -> R: len | s, se             (msg 3, empty payload: 48 + 16)
 //
 // After it, the same framing carries Noise transport messages (see conn.go).
-// Payloads are empty in v1 and ignored if present, within the size bounds.
+// Payloads are empty in v1, so message 1 is exactly 48 bytes; a longer one
+// is a join handshake (join.go).
 
 // prologue is mixed into the handshake hash. It carries the major version:
 // peers that speak another version fail the handshake.
@@ -63,6 +64,12 @@ var (
 	errSelf      = errors.New("this address is our own: connected to ourselves")
 	errTimeout   = errors.New("handshake timed out")
 )
+
+// joinRequest is returned by handshakeResponder for a join handshake's
+// message 1; the router answers it with admit.
+type joinRequest struct{ m1 []byte }
+
+func (*joinRequest) Error() string { return "join request" }
 
 // handshakeResult is what a completed handshake yields.
 type handshakeResult struct {
@@ -144,6 +151,9 @@ func handshakeResponder(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	}
 	if len(m1) < msg1Min {
 		return handshakeResult{}, errShort
+	}
+	if len(m1) > msg1Min {
+		return handshakeResult{}, &joinRequest{m1: bytes.Clone(m1)}
 	}
 	if _, _, _, err := hs.ReadMessage(nil, m1); err != nil {
 		return handshakeResult{}, errBadSecret

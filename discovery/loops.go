@@ -52,6 +52,17 @@ func (r *Router) serveInbound(nc net.Conn) {
 	defer r.wg.Done()
 	remote := addrPortOf(nc.RemoteAddr())
 	c, err := r.establish(r.ctx, nc, false, remote.String(), nil)
+	var jr *joinRequest
+	if errors.As(err, &jr) {
+		err = r.admit(nc, jr.m1)
+		<-r.hsSlots
+		nc.Close()
+		if err != nil {
+			r.countHandshakeFailure(err, false)
+			r.logInboundFailure(remote.Addr().String(), err)
+		}
+		return
+	}
 	<-r.hsSlots
 	if err != nil {
 		nc.Close()
@@ -92,10 +103,14 @@ func (r *Router) maintainLoop() {
 		if !r.closed {
 			r.gossipDialsLocked(now)
 		}
-		if !now.Before(r.nextAE) {
+		ae := !now.Before(r.nextAE)
+		if ae {
 			r.antiEntropyLocked()
 			r.nextAE = now.Add(r.jitter(r.tun.antiEntropy))
 		}
 		r.mu.Unlock()
+		if ae {
+			r.broadcastTokens(nil)
+		}
 	}
 }

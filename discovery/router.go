@@ -32,8 +32,15 @@ type Config struct {
 	ListenAddr string
 	// HostIP is this host's overlay address, advertised in gossip.
 	HostIP netip.Addr
-	Logger *slog.Logger     // nil: discard
-	Now    func() time.Time // nil: time.Now
+	// Range is the overlay range, told to peers admitted with a token.
+	Range netip.Prefix
+	// Tokens is the token registry as SaveTokens saved it last time.
+	Tokens []TokenRecord
+	// SaveTokens, if set, persists the token registry whenever it changes.
+	// It is called without router locks held.
+	SaveTokens func([]TokenRecord) error
+	Logger     *slog.Logger     // nil: discard
+	Now        func() time.Time // nil: time.Now
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -168,6 +175,9 @@ type Router struct {
 	attached []netip.Prefix
 
 	channelsState // registered channels (guarded by mu) and their stop signal
+
+	tokens   map[TokenID]*TokenRecord // the token registry; guarded by mu
+	tokensCh *Channel                 // constant after New
 }
 
 // entry is one peer's record and our view of it. Guarded by Router.mu.
@@ -223,6 +233,10 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.channels = map[string]*Channel{}
 	r.chanDone = make(chan struct{})
+	r.tokens = map[TokenID]*TokenRecord{}
+	if err := r.openTokens(); err != nil {
+		return nil, err
+	}
 	r.selfRec = Record{
 		Key:      r.self,
 		Version:  uint64(now().UnixNano()),

@@ -1,0 +1,249 @@
+package discovery
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+func testToken(t testing.TB) Token {
+	var k key.Public
+	k[0] = 7
+	tok := Token{
+		Network:   IDOf(testSecret),
+		Expiry:    time.Unix(1900000000, 0).UTC(),
+		Uses:      1,
+		Endpoints: []Bootstrap{{Addr: netip.MustParseAddrPort("192.0.2.1:6783"), Key: k}},
+	}
+	tok.ID[0] = 9
+	tok.JoinKey = JoinKey(testSecret, tok.Network, tok.ID, tok.Expiry, tok.Uses)
+	return tok
+}
+
+func TestTokenRoundTripAndTypos(t *testing.T) {
+	tok := testToken(t)
+	s := tok.String()
+	if !strings.HasPrefix(s, TokenPrefix) || strings.ContainsAny(s, " \n+/=") {
+		t.Fatalf("token text %q is not one copy-pastable line", s)
+	}
+	got, err := ParseToken("  '" + s + "'\n")
+	if err != nil || got.String() != s {
+		t.Fatalf("round trip: %v", err)
+	}
+	if strings.Contains(s, base64.RawURLEncoding.EncodeToString(testSecret[:8])) {
+		t.Fatal("the token contains the network secret")
+	}
+	// Every single-character change is caught before any traffic.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	for i := len(TokenPrefix); i < len(s); i++ {
+		c := alphabet[(strings.IndexByte(alphabet, s[i])+1)%len(alphabet)]
+		bad := s[:i] + string(c) + s[i+1:]
+		if _, err := ParseToken(bad); err == nil {
+			t.Fatalf("token with character %d changed parsed fine", i)
+		}
+	}
+	for _, bad := range []string{"", "hello", "wwg1-", "wwg1-!!!", s[:len(s)-3], s + "AA"} {
+		if _, err := ParseToken(bad); err == nil {
+			t.Errorf("ParseToken(%q) succeeded", bad)
+		}
+	}
+	if _, err := ParseToken("wwg2-AAAA"); !errors.Is(err, ErrTokenFormat) {
+		t.Errorf("a foreign prefix: %v", err)
+	}
+}
+
+func TestTokenRecordsRoundTrip(t *testing.T) {
+	var a, b key.Public
+	a[0], b[0] = 1, 2
+	recs := []TokenRecord{
+		{ID: TokenID{1}, Expiry: time.Unix(1800000000, 0).UTC(), Uses: 3, Creator: a, Created: time.Unix(1700000000, 0).UTC(), UsedBy: []key.Public{a, b}},
+		{ID: TokenID{2}, Revoked: true},
+	}
+	got, err := ParseTokenRecords(AppendTokenRecords(nil, recs))
+	if err != nil || len(got) != 2 || !got[0].Expiry.Equal(recs[0].Expiry) || len(got[0].UsedBy) != 2 || !got[1].Revoked {
+		t.Fatalf("round trip = %+v, %v", got, err)
+	}
+	// Merge is an OR of revocations and a union of uses: order-free.
+	x := TokenRecord{UsedBy: []key.Public{a}}
+	y := TokenRecord{UsedBy: []key.Public{b}, Revoked: true}
+	xy, yx := x, y
+	mergeToken(&xy, y)
+	mergeToken(&yx, x)
+	if !xy.Revoked || !yx.Revoked || len(xy.UsedBy) != 2 || len(yx.UsedBy) != 2 || xy.UsedBy[0] != yx.UsedBy[0] {
+		t.Fatalf("merge not commutative: %+v vs %+v", xy, yx)
+	}
+	if mergeToken(&xy, y) {
+		t.Fatal("merge not idempotent")
+	}
+}
+
+func FuzzParseToken(f *testing.F) {
+	f.Add(testToken(f).String())
+	f.Add("wwg1-AQ")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := ParseToken(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseToken(tok.String())
+		if err != nil || again.String() != tok.String() {
+			t.Fatalf("re-encoding a parsed token failed: %v", err)
+		}
+	})
+}
+
+func FuzzParseTokenRecords(f *testing.F) {
+	var a key.Public
+	a[3] = 1
+	f.Add(AppendTokenRecords(nil, []TokenRecord{{ID: TokenID{1}, Uses: 2, UsedBy: []key.Public{a}}}))
+	f.Add([]byte{1, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs, err := ParseTokenRecords(b)
+		if err != nil {
+			return
+		}
+		if _, err := ParseTokenRecords(AppendTokenRecords(nil, recs)); err != nil {
+			t.Fatalf("re-encoding failed: %v", err)
+		}
+	})
+}
+
+// bootstrapOf names r as a token endpoint.
+func bootstrapOf(r *testRouter) Bootstrap {
+	return Bootstrap{Addr: netip.MustParseAddrPort(r.addr()), Key: r.Self()}
+}
+
+func TestJoinWithToken(t *testing.T) {
+	m := newTestRouter(t, "member")
+	m.cfg.Range = netip.MustParsePrefix("10.32.0.0/12")
+	ctx := context.Background()
+	join := func(tok Token) (JoinResult, error) {
+		return Join(ctx, JoinConfig{Private: newKey(t), Token: tok, Nickname: "joiner", Timeout: 3 * time.Second})
+	}
+
+	tok, err := m.CreateToken(time.Hour, 1, []Bootstrap{bootstrapOf(m)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joiner := newKey(t)
+	res, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	if res.Secret != testSecret || res.Range.String() != "10.32.0.0/12" || res.By.Key != m.Self() {
+		t.Fatalf("admission = %+v", res)
+	}
+	// The same host again is a rejoin, not a second use.
+	if _, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: 3 * time.Second}); err != nil {
+		t.Fatalf("rejoin with a single-use token: %v", err)
+	}
+	if _, err := join(tok); err == nil || !strings.Contains(err.Error(), "used already") {
+		t.Fatalf("second host with a single-use token: %v", err)
+	}
+	if m.Counters()[CtrJoinAdmitted] != 2 || m.Counters()[CtrJoinRefused] != 1 {
+		t.Errorf("counters %v", m.Counters())
+	}
+
+	// Revoked.
+	tok2, _ := m.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
+	if err := m.RevokeToken(tok2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join(tok2); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("revoked token: %v", err)
+	}
+
+	// Expired: refused by the joiner itself, before any traffic.
+	tok3, _ := m.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
+	_, err = Join(ctx, JoinConfig{Private: newKey(t), Token: tok3, Timeout: time.Second,
+		Now: func() time.Time { return time.Now().Add(2 * time.Hour) }})
+	if !errors.Is(err, ErrTokenExpired) {
+		t.Fatalf("expired token: %v", err)
+	}
+
+	// Altered: a field changed and the checksum recomputed. The member's
+	// reply does not match the join key.
+	tok4 := tok3
+	tok4.Uses = 50
+	if _, err := join(tok4); err == nil || !strings.Contains(err.Error(), "altered") {
+		t.Fatalf("altered token: %v", err)
+	}
+
+	// Another network's token pointed at this member.
+	other := newTestRouter(t, "other", withSecret(key.Secret{9}))
+	tok5, _ := other.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
+	if _, err := join(tok5); err == nil || !strings.Contains(err.Error(), "network") {
+		t.Fatalf("token of another network: %v", err)
+	}
+
+	// No endpoint answers: bounded, with a sentence saying so.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	tok6, _ := m.CreateToken(time.Hour, 0, []Bootstrap{{Addr: netip.MustParseAddrPort(dead), Key: m.Self()}})
+	start := time.Now()
+	_, err = Join(ctx, JoinConfig{Private: newKey(t), Token: tok6, Timeout: 2 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "could not reach") || time.Since(start) > 5*time.Second {
+		t.Fatalf("unreachable endpoints: %v after %v", err, time.Since(start))
+	}
+
+	// The registry travels: a second member learns the tokens and the use.
+	m2 := newTestRouter(t, "member2")
+	m2.Connect(m.addr())
+	waitFor(t, 5*time.Second, "m2 learns the token registry", func() bool {
+		for _, r := range m2.Tokens() {
+			if r.ID == tok.ID && len(r.UsedBy) == 1 {
+				for _, r2 := range m2.Tokens() {
+					if r2.ID == tok2.ID && r2.Revoked {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	})
+	// ...and refuses a second host with the single-use token too.
+	if _, err := join(Token{Network: tok.Network, ID: tok.ID, Expiry: tok.Expiry, Uses: tok.Uses, JoinKey: tok.JoinKey,
+		Endpoints: []Bootstrap{bootstrapOf(m2)}}); err == nil || !strings.Contains(err.Error(), "used already") {
+		t.Fatalf("second member admitted a used single-use token: %v", err)
+	}
+}
+
+// FuzzJoinResponder feeds arbitrary first messages to a member's responder:
+// it must answer or drop, never panic.
+func FuzzJoinResponder(f *testing.F) {
+	f.Add(make([]byte, 48))
+	f.Add(make([]byte, 120))
+	f.Add([]byte{1, 2, 3})
+	r := newTestRouter(f, "m")
+	f.Fuzz(func(t *testing.T, m1 []byte) {
+		if len(m1) > maxHandshakeMsg {
+			return
+		}
+		a, b := net.Pipe()
+		defer a.Close()
+		go func() {
+			buf := make([]byte, 1024)
+			for {
+				if _, err := a.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+		b.SetDeadline(time.Now().Add(time.Second))
+		if len(m1) > msg1Min {
+			r.admit(b, m1)
+		} else {
+			go func() { writeFrame(a, m1); a.Close() }()
+			handshakeResponder(b, r.priv, r.cfg.Secret)
+		}
+		b.Close()
+	})
+}
