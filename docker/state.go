@@ -1,0 +1,105 @@
+package docker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// state is what the plugin keeps in its state file, written whole to a
+// temporary name, synced and renamed, so a crash leaves the old or the new
+// version and never a torn one.
+type state struct {
+	// Networks by Docker network ID.
+	Networks map[string]network `json:"networks"`
+	// Endpoints by Docker endpoint ID.
+	Endpoints map[string]endpoint `json:"endpoints"`
+	// Addresses handed to Docker: address → IPAM id.
+	Addresses map[string]string `json:"addresses"`
+}
+
+type network struct {
+	Pool    string `json:"pool"`
+	Gateway string `json:"gateway,omitempty"`
+}
+
+type endpoint struct {
+	NetworkID   string `json:"network_id"`
+	Address     string `json:"address"` // CIDR
+	HostVeth    string `json:"host_veth"`
+	PeerVeth    string `json:"peer_veth"`
+	Joined      bool   `json:"joined,omitempty"`
+	Name        string `json:"name,omitempty"` // container name, once known
+	ContainerID string `json:"container_id,omitempty"`
+}
+
+func loadState(path string) (*state, error) {
+	st := &state{}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(b, st); err != nil {
+			return nil, fmt.Errorf("%s is corrupt: %w", path, err)
+		}
+	}
+	if st.Networks == nil {
+		st.Networks = map[string]network{}
+	}
+	if st.Endpoints == nil {
+		st.Endpoints = map[string]endpoint{}
+	}
+	if st.Addresses == nil {
+		st.Addresses = map[string]string{}
+	}
+	return st, nil
+}
+
+func (st *state) save(path string) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'), 0o600)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
