@@ -51,6 +51,8 @@ type Config struct {
 	// ReclaimAfter, when positive, hands over the address space of peers
 	// unreachable that long, as rmpeer would (--reclaim-after).
 	ReclaimAfter time.Duration
+	// Docker configures the Docker plugin (docker.go).
+	Docker DockerConfig
 	// IPAMInMemory keeps the allocator's state in memory only (tests).
 	IPAMInMemory bool
 	Logger       *slog.Logger

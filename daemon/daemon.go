@@ -224,6 +224,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		"host_ip", d.hostIP.String(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
 		"api_socket", d.cfg.APISocket)
 
+	stopDocker := d.startDocker()
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	wg.Go(func() { d.reconcileLoop(loopCtx) })
@@ -235,6 +236,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	var errs []error
 	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	stopDocker()
 	errs = append(errs, srv.Shutdown(shutCtx))
 	errs = append(errs, d.router.Close())
 	errs = append(errs, d.closeDNS())
