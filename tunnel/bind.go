@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -33,10 +35,18 @@ type Bind struct {
 	inner conn.Bind
 	ns    netns.NsHandle // namespace Open creates sockets in; netns.None(): the caller's
 
+	// Set before the first Open, constant after.
+	probeKey   [32]byte         // probe MAC key (probe.go)
+	relayRate  float64          // forwarding budget per source, bytes/s
+	relayBurst float64          // and its burst, bytes
+	now        func() time.Time // nil: time.Now
+
 	// Atomics, read on the packet path.
-	stun  atomic.Pointer[PacketHandler]
-	relay atomic.Pointer[PacketHandler]
-	ctr   counters
+	stun     atomic.Pointer[PacketHandler]
+	relay    atomic.Pointer[PacketHandler]
+	table    atomic.Pointer[relayTable] // nil: relaying off, frames go to the relay handler
+	relayedN atomic.Int32               // peers currently relayed; 0 skips a lookup per datagram
+	ctr      counters
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -46,13 +56,14 @@ var _ conn.Bind = (*Bind)(nil)
 // reopens the Bind from its own goroutines (after the TUN goes down and up,
 // for instance), and those may run on threads of another namespace.
 func NewBind(inner conn.Bind, ns netns.NsHandle) *Bind {
-	return &Bind{inner: inner, ns: ns}
+	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst}
 }
 
 // SetSTUNHandler sets (or, with nil, clears) the function given STUN datagrams.
 func (b *Bind) SetSTUNHandler(h PacketHandler) { storeHandler(&b.stun, h) }
 
 // SetRelayHandler sets (or, with nil, clears) the function given relay frames.
+// A handler, when set, takes relay frames in place of the built-in relaying.
 func (b *Bind) SetRelayHandler(h PacketHandler) { storeHandler(&b.relay, h) }
 
 func storeHandler(p *atomic.Pointer[PacketHandler], h PacketHandler) {
@@ -134,13 +145,19 @@ func (b *Bind) wrap(fn conn.ReceiveFunc) conn.ReceiveFunc {
 
 // sortBatch classifies each datagram of a received batch, zeroes the size of
 // every one that is not WireGuard, hands STUN and relay datagrams to their
-// handlers, and adds up the counters once per batch. It takes no lock and
-// does not allocate (the handlers may).
+// handlers, and adds up the counters once per batch. Relay frames, when the
+// Bind has a relay table and no relay handler, are relayed here: a data
+// frame for us stays in the batch unwrapped, others are forwarded in groups
+// after the loop (handleRelay). It takes no lock held across a send and does
+// not allocate (the handlers may; forwarding uses a pooled batch).
 func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 	var (
 		n                             [numKinds]uint64
 		stunUnhandled, relayUnhandled uint64
+		rx                            relayRx
 	)
+	rx.t = b.table.Load()
+	relayed := rx.t != nil && b.relayedN.Load() > 0
 	for i, size := range sizes {
 		if size <= 0 {
 			continue
@@ -150,6 +167,9 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 		n[k]++
 		switch k {
 		case KindWireGuard:
+			if relayed {
+				rx.t.wireGuardEndpoint(endpointAddr(eps[i]), &eps[i])
+			}
 			continue
 		case KindSTUN:
 			if h := b.stun.Load(); h != nil {
@@ -160,12 +180,22 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 		case KindRelay:
 			if h := b.relay.Load(); h != nil {
 				(*h)(pkt, endpointAddr(eps[i]))
+			} else if rx.t != nil {
+				if rx.now == 0 {
+					rx.now = b.nowNano()
+				}
+				if m := b.handleRelay(&rx, pkt, endpointAddr(eps[i]), &eps[i]); m > 0 {
+					sizes[i] = m
+					continue
+				}
 			} else {
 				relayUnhandled++
 			}
 		}
 		sizes[i] = 0
 	}
+	b.flushForward(&rx)
+	b.ctr.addRelay(&rx.n)
 	b.ctr.batches.Add(1)
 	for k := range n {
 		if n[k] != 0 {
@@ -210,11 +240,23 @@ func (b *Bind) Close() error { return b.inner.Close() }
 // SetMark sets SO_MARK on the inner Bind's sockets.
 func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
-// Send sends a batch to ep through the inner Bind.
-func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+// Send sends a batch to ep through the inner Bind; to a RelayEndpoint it
+// sends the batch wrapped in relay headers to the next hop (sendRelayed).
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if r, ok := ep.(*RelayEndpoint); ok {
+		return b.sendRelayed(bufs, r.id)
+	}
+	return b.inner.Send(bufs, ep)
+}
 
-// ParseEndpoint parses an endpoint with the inner Bind.
-func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
+// ParseEndpoint parses "relay:<peer ID hex>" as a RelayEndpoint and anything
+// else with the inner Bind.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	if strings.HasPrefix(s, relayEndpointPrefix) {
+		return ParseRelayEndpoint(s)
+	}
+	return b.inner.ParseEndpoint(s)
+}
 
 // BatchSize is the inner Bind's batch size.
 func (b *Bind) BatchSize() int { return b.inner.BatchSize() }

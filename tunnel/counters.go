@@ -11,6 +11,47 @@ type counters struct {
 	stunUnhandled  atomic.Uint64 // STUN datagrams dropped: no handler set
 	relayUnhandled atomic.Uint64 // relay frames dropped: no handler set
 	batches        atomic.Uint64 // successful receive calls
+
+	relay [numRelayCounters]atomic.Uint64 // relay outcomes, by relayCounter
+}
+
+// relayCounter indexes the relay outcome counters; relayCounterNames holds
+// their exported names.
+type relayCounter int
+
+const (
+	rcDelivered      relayCounter = iota // data frames for us, handed to wireguard-go
+	rcForwarded                          // frames sent on towards their destination
+	rcSent                               // datagrams we wrapped and sent to a relay
+	rcUnknownSource                      // dropped: UDP source is no member's address
+	rcUnknownPeer                        // dropped: names a peer not in the table (or us as source)
+	rcMalformed                          // dropped: bad header, type or payload
+	rcHopLimit                           // dropped: hop limit exhausted
+	rcRateLimited                        // dropped: the source peer's forwarding budget is spent
+	rcNoRoute                            // dropped: no address to send towards the destination
+	rcSendErrors                         // forwarding or sending failed in the socket
+	rcBadProbe                           // probes or replies dropped: bad MAC or not for us
+	rcProbesSent                         // probes sent
+	rcProbesAnswered                     // probes answered
+	rcProbeReplies                       // valid probe replies received
+	numRelayCounters
+)
+
+var relayCounterNames = [numRelayCounters]string{
+	rcDelivered:      "udp_relay_delivered",
+	rcForwarded:      "udp_relay_forwarded",
+	rcSent:           "udp_relay_sent",
+	rcUnknownSource:  "udp_relay_dropped_unknown_source",
+	rcUnknownPeer:    "udp_relay_dropped_unknown_peer",
+	rcMalformed:      "udp_relay_dropped_malformed",
+	rcHopLimit:       "udp_relay_dropped_hop_limit",
+	rcRateLimited:    "udp_relay_dropped_rate_limited",
+	rcNoRoute:        "udp_relay_dropped_no_route",
+	rcSendErrors:     "udp_relay_send_errors",
+	rcBadProbe:       "udp_relay_dropped_bad_probe",
+	rcProbesSent:     "udp_relay_probes_sent",
+	rcProbesAnswered: "udp_relay_probes_answered",
+	rcProbeReplies:   "udp_relay_probe_replies",
 }
 
 // Counter names, stable: the daemon exports them as metrics.
@@ -25,7 +66,7 @@ const (
 )
 
 func (c *counters) snapshot() map[string]uint64 {
-	return map[string]uint64{
+	m := map[string]uint64{
 		CounterUDPWireGuard:      c.byKind[KindWireGuard].Load(),
 		CounterUDPSTUN:           c.byKind[KindSTUN].Load(),
 		CounterUDPRelay:          c.byKind[KindRelay].Load(),
@@ -33,5 +74,18 @@ func (c *counters) snapshot() map[string]uint64 {
 		CounterUDPSTUNUnhandled:  c.stunUnhandled.Load(),
 		CounterUDPRelayUnhandled: c.relayUnhandled.Load(),
 		CounterUDPReceiveBatches: c.batches.Load(),
+	}
+	for i := range c.relay {
+		m[relayCounterNames[i]] = c.relay[i].Load()
+	}
+	return m
+}
+
+// addRelay adds a batch's relay outcomes, once per batch.
+func (c *counters) addRelay(n *[numRelayCounters]uint64) {
+	for i, v := range n {
+		if v != 0 {
+			c.relay[i].Add(v)
+		}
 	}
 }

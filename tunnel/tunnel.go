@@ -46,16 +46,28 @@ type Config struct {
 // PeerConfig is one WireGuard peer as the control plane wants it.
 type PeerConfig struct {
 	Key        key.Public
-	Endpoint   netip.AddrPort // invalid: leave the endpoint as wireguard-go learned it
+	Endpoint   netip.AddrPort // its direct UDP address; invalid: leave the endpoint as wireguard-go learned it
 	AllowedIPs []netip.Prefix
+	// Relay is the peer to send through when the direct path to this one
+	// does not answer probes (relay.go, probe.go): normally the first hop of
+	// the control plane's route. Zero: no relay, always direct. It must be
+	// another peer of the same SetPeers call with an Endpoint.
+	Relay key.Public
+	// Relayed is the first guess, used until probes have had time to tell:
+	// true when the control plane's route is not the direct edge.
+	Relayed bool
 }
 
-// PeerStats is what wireguard-go reports of one peer.
+// PeerStats is what wireguard-go reports of one peer, with the path the
+// tunnel chose for it.
 type PeerStats struct {
-	Endpoint      netip.AddrPort
-	LastHandshake time.Time // zero if none
+	Endpoint      netip.AddrPort // the direct address; invalid when relayed
+	LastHandshake time.Time      // zero if none
 	RxBytes       uint64
 	TxBytes       uint64
+	Relayed       bool          // sent through relays
+	Via           key.Public    // when relayed: the first relay
+	RTT           time.Duration // last probe round trip on the path in use; 0 unknown
 }
 
 // AttachSpec says which namespace to attach and with which address.
@@ -110,6 +122,10 @@ type Tunnel struct {
 	applied map[key.Public]peerState // peers as last set in wireguard-go
 	synced  bool                     // applied is what wireguard-go holds; false after a failed IpcSet
 	skipped string                   // prefixes last refused a route, to log a change once
+	peers   []PeerConfig             // as last given to SetPeers
+	paths   map[key.Public]*pathState
+	stop    chan struct{} // closed by Close: ends the path loop
+	done    chan struct{} // closed when the path loop has ended
 }
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
@@ -130,7 +146,8 @@ func New(cfg Config) (*Tunnel, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true}
+	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true,
+		paths: map[key.Public]*pathState{}, stop: make(chan struct{}), done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -156,6 +173,7 @@ func New(cfg Config) (*Tunnel, error) {
 	}
 	t.tunIndex = link.Attrs().Index
 	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
+	t.bind.probeKey = probeKeyOf(cfg.Secret)
 	t.dev = device.NewDevice(&nsTUN{Device: t.tunDev, nl: t.nl, index: t.tunIndex}, t.bind, newWGLogger(t.log))
 	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
 		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
@@ -179,6 +197,7 @@ func New(cfg Config) (*Tunnel, error) {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
 	ok = true
+	go t.pathLoop()
 	t.log.Info("data plane up", "tun", t.tunName, "bridge", cfg.Bridge, "host_ip", cfg.HostIP.String(), "port", cfg.Port, "mtu", cfg.MTU)
 	return t, nil
 }
@@ -213,6 +232,10 @@ func (t *Tunnel) Close() error {
 		return nil
 	}
 	t.closed = true
+	close(t.stop)
+	t.mu.Unlock()
+	<-t.done // the path loop takes mu
+	t.mu.Lock()
 	return t.teardown()
 }
 
@@ -256,12 +279,21 @@ func (t *Tunnel) teardown() error {
 // bridge's own subnet, or lies outside the overlay) stays in WireGuard's
 // AllowedIPs but gets no route, and is logged once.
 func (t *Tunnel) SetPeers(peers []PeerConfig) error {
-	want := normalizePeers(peers)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return fmt.Errorf("set peers: %w", ErrClosed)
 	}
+	t.peers = slices.Clone(peers)
+	t.updateRelayTableLocked()
+	return t.applyLocked()
+}
+
+// applyLocked makes wireguard-go and the routes follow t.peers and the path
+// chosen for each.
+func (t *Tunnel) applyLocked() error {
+	want := normalizePeers(t.peers)
+	t.setRelayEndpoints(want)
 	var errs []error
 	applied := t.applied
 	if !t.synced {
@@ -402,6 +434,7 @@ func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
 		t.log.Error("parsing WireGuard peer stats", "err", err)
 		return map[key.Public]PeerStats{}
 	}
+	t.addPathStats(stats)
 	return stats
 }
 

@@ -22,11 +22,12 @@ const keepaliveInterval = 25
 type peerState struct {
 	stale    bool           // read back after a failure: always rewritten
 	endpoint netip.AddrPort // invalid: not set by us
+	relay    string         // non-empty: the relay endpoint to use instead of endpoint
 	allowed  []netip.Prefix // masked, sorted, no duplicates
 }
 
 func (p peerState) equal(o peerState) bool {
-	return !p.stale && !o.stale && p.endpoint == o.endpoint && slices.Equal(p.allowed, o.allowed)
+	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && slices.Equal(p.allowed, o.allowed)
 }
 
 // normalizePeers turns the control plane's list into peerStates by key. A key
@@ -89,7 +90,12 @@ func buildPeersUAPI(applied, want map[key.Public]peerState, psk key.Secret) stri
 		}
 		fmt.Fprintf(&b, "public_key=%s\n", k.Hex())
 		fmt.Fprintf(&b, "preshared_key=%s\n", psk.Hex())
-		if w.endpoint.IsValid() && (!had || old.endpoint != w.endpoint) {
+		switch {
+		case w.relay != "":
+			if !had || old.relay != w.relay {
+				fmt.Fprintf(&b, "endpoint=%s\n", w.relay)
+			}
+		case w.endpoint.IsValid() && (!had || old.endpoint != w.endpoint || old.relay != ""):
 			fmt.Fprintf(&b, "endpoint=%s\n", w.endpoint)
 		}
 		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveInterval)
@@ -154,7 +160,11 @@ func parsePeerStats(text string) (map[key.Public]PeerStats, error) {
 			inPeer, st, sec, nsec = true, PeerStats{}, 0, 0
 		case "endpoint":
 			if inPeer {
-				st.Endpoint, err = netip.ParseAddrPort(v)
+				if strings.HasPrefix(v, relayEndpointPrefix) {
+					st.Relayed = true // the tunnel fills in Via
+				} else {
+					st.Endpoint, err = netip.ParseAddrPort(v)
+				}
 			}
 		case "last_handshake_time_sec":
 			sec, err = strconv.ParseInt(v, 10, 64)

@@ -1,0 +1,169 @@
+package tunnel
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// updateRelayTableLocked builds the Bind's relay table from t.peers and
+// swaps it in. Peers keep their pathState; a new one starts on the first
+// guess of its PeerConfig.
+func (t *Tunnel) updateRelayTableLocked() {
+	now := t.bind.nowNano()
+	tbl := &relayTable{
+		self:   PeerIDOf(t.cfg.Private.Public()),
+		byID:   make(map[PeerID]int32, len(t.peers)),
+		byAddr: make(map[netip.AddrPort]int32, len(t.peers)),
+	}
+	relayOf := make([]key.Public, 0, len(t.peers))
+	seen := make(map[key.Public]bool, len(t.peers))
+	for _, pc := range t.peers {
+		if pc.Key.IsZero() || seen[pc.Key] {
+			continue
+		}
+		seen[pc.Key] = true
+		ps := t.paths[pc.Key]
+		if ps == nil {
+			ps = &pathState{added: now}
+			ps.relayed.Store(pc.Relayed && !pc.Relay.IsZero())
+			t.paths[pc.Key] = ps
+		}
+		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps}
+		p.relayEP = newRelayEndpoint(p.id)
+		if pc.Endpoint.IsValid() {
+			p.addr = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+			if ep, err := t.bind.inner.ParseEndpoint(p.addr.String()); err == nil {
+				p.ep = ep
+			}
+		}
+		i := int32(len(tbl.peers))
+		tbl.peers = append(tbl.peers, p)
+		relayOf = append(relayOf, pc.Relay)
+		tbl.byID[p.id] = i
+		if p.addr.IsValid() {
+			tbl.byAddr[p.addr] = i
+		}
+	}
+	for i, r := range relayOf {
+		if r.IsZero() || r == tbl.peers[i].key {
+			continue
+		}
+		if j, ok := tbl.byID[PeerIDOf(r)]; ok {
+			tbl.peers[i].via = j
+		}
+	}
+	for k := range t.paths {
+		if !seen[k] {
+			delete(t.paths, k)
+		}
+	}
+	t.bind.setRelayTable(tbl)
+	t.countRelayed(tbl)
+}
+
+func (t *Tunnel) countRelayed(tbl *relayTable) {
+	var n int32
+	for i := range tbl.peers {
+		if tbl.peers[i].via >= 0 && tbl.peers[i].path.relayed.Load() {
+			n++
+		}
+	}
+	t.bind.relayedN.Store(n)
+}
+
+// setRelayEndpoints marks, in want, the peers to reach through relays.
+func (t *Tunnel) setRelayEndpoints(want map[key.Public]peerState) {
+	tbl := t.bind.table.Load()
+	if tbl == nil {
+		return
+	}
+	for i := range tbl.peers {
+		p := &tbl.peers[i]
+		if s, ok := want[p.key]; ok && p.via >= 0 && p.path.relayed.Load() {
+			s.relay = p.relayEP.str
+			want[p.key] = s
+		}
+	}
+}
+
+// pathLoop probes every peer each probeInterval and moves peers between
+// direct and relayed as the probes say. It owns the path choice: it is the
+// only writer of pathState.relayed after a peer's first guess.
+func (t *Tunnel) pathLoop() {
+	defer close(t.done)
+	tick := time.NewTicker(probeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-tick.C:
+		}
+		t.bind.sendProbes()
+		t.decidePaths()
+	}
+}
+
+// decidePaths applies the path rule to every peer and, if any changed,
+// reconfigures wireguard-go's endpoints.
+func (t *Tunnel) decidePaths() {
+	tbl := t.bind.table.Load()
+	if tbl == nil {
+		return
+	}
+	now := t.bind.nowNano()
+	changed := false
+	for i := range tbl.peers {
+		p := &tbl.peers[i]
+		r := decidePath(p, now)
+		if p.path.relayed.Load() == r {
+			continue
+		}
+		p.path.relayed.Store(r)
+		changed = true
+		if r {
+			t.log.Info("peer's direct path is silent; relaying", "peer", p.key.Name(), "via", tbl.peers[p.via].key.Name())
+		} else {
+			t.log.Info("peer's direct path answers; sending direct", "peer", p.key.Name(), "endpoint", p.addr.String())
+		}
+	}
+	if !changed {
+		return
+	}
+	t.countRelayed(tbl)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	if err := t.applyLocked(); err != nil {
+		t.log.Error("moving peers between direct and relayed paths", "err", err)
+	}
+}
+
+// addPathStats adds the path choice and probe figures to wireguard-go's.
+func (t *Tunnel) addPathStats(stats map[key.Public]PeerStats) {
+	tbl := t.bind.table.Load()
+	if tbl == nil {
+		return
+	}
+	for i := range tbl.peers {
+		p := &tbl.peers[i]
+		s, ok := stats[p.key]
+		if !ok {
+			continue
+		}
+		if s.Relayed {
+			s.Endpoint = netip.AddrPort{}
+			if p.via >= 0 {
+				s.Via = tbl.peers[p.via].key
+			}
+			s.RTT = time.Duration(p.path.relayRTT.Load())
+		} else {
+			s.RTT = time.Duration(p.path.rtt.Load())
+		}
+		stats[p.key] = s
+	}
+}

@@ -1,0 +1,207 @@
+package tunnel
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"golang.org/x/crypto/blake2s"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// # Relay header, version 1
+//
+// A peer with no working direct path is reached through other peers. The
+// WireGuard datagram (already encrypted end to end; relays cannot read it)
+// is wrapped in a relay header and sent to the first hop of the route; every
+// hop forwards it by its own routes; the destination takes the header off
+// and hands the datagram to wireguard-go. All integers are big-endian.
+//
+//	 0                   1                   2                   3
+//	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	| magic 0xF7    | version 1     | type          | hop limit     |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
+//	+               destination peer ID (8 bytes)                   +
+//	|                                                               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
+//	+                  source peer ID (8 bytes)                     +
+//	|                                                               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	| payload: a WireGuard message (type data), or a probe body      |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//
+// A peer ID is the first 8 bytes of BLAKE2s-256 of the peer's public key
+// (PeerIDOf); receivers map it back to a key through their peer table, and
+// frames naming an ID that is not in the table are dropped. 64 bits make a
+// collision between two members of one network (2⁻⁶⁴ per pair) negligible.
+//
+// Types: 0 data, 1 probe, 2 probe reply (probe.go). Any other type, and any
+// other version, is dropped: a version-1 receiver does not guess. A new
+// field means a new version. The hop limit is decremented by every relay; a
+// frame that would be forwarded with a hop limit of 1 or less is dropped.
+//
+// Size: the header is RelayHeaderLen = 20 bytes. At the default tunnel MTU of
+// 1420 a full WireGuard transport message is 16 (header) + 1420 (payload,
+// padding never takes it past the MTU) + 16 (tag) = 1452 bytes; with the relay
+// header 1472, plus UDP (8) and IPv4 (20): exactly 1500, so relayed traffic
+// fits a 1500-byte IPv4 underlay without fragmenting. Over an IPv6 underlay
+// (40-byte IP header) a relayed full-size packet is 1520 bytes: such a network
+// needs a tunnel MTU of 1400 (--mtu) for relaying to avoid fragmentation.
+const (
+	RelayHeaderLen = 20
+
+	RelayTypeData       = 0
+	RelayTypeProbe      = 1
+	RelayTypeProbeReply = 2
+
+	// DefaultHopLimit is the hop limit of frames we originate: the longest
+	// route a frame may take, counting the last hop.
+	DefaultHopLimit = 16
+
+	relayOffType     = 2
+	relayOffHopLimit = 3
+	relayOffDst      = 4
+	relayOffSrc      = 12
+)
+
+// PeerID names a peer in relay frames.
+type PeerID [8]byte
+
+// PeerIDOf is the relay ID of a public key: BLAKE2s-256(key)[:8].
+func PeerIDOf(k key.Public) PeerID {
+	sum := blake2s.Sum256(k[:])
+	var id PeerID
+	copy(id[:], sum[:8])
+	return id
+}
+
+func (id PeerID) String() string { return hex.EncodeToString(id[:]) }
+
+// RelayHeader is a parsed relay header.
+type RelayHeader struct {
+	Type     uint8
+	HopLimit uint8
+	Dst, Src PeerID
+}
+
+// Relay header parse errors.
+var (
+	ErrRelayShort   = errors.New("relay: frame shorter than the header")
+	ErrRelayMagic   = errors.New("relay: not a relay frame")
+	ErrRelayVersion = errors.New("relay: unknown version")
+	ErrRelayType    = errors.New("relay: unknown frame type")
+)
+
+// AppendRelayHeader appends the 20-byte header h to b.
+func AppendRelayHeader(b []byte, h RelayHeader) []byte {
+	b = append(b, RelayMagic, RelayVersion, h.Type, h.HopLimit)
+	b = append(b, h.Dst[:]...)
+	return append(b, h.Src[:]...)
+}
+
+// ParseRelayHeader parses the header at the start of b and returns it with
+// the payload (aliasing b). It does not allocate.
+func ParseRelayHeader(b []byte) (RelayHeader, []byte, error) {
+	var h RelayHeader
+	if len(b) < RelayHeaderLen {
+		return h, nil, ErrRelayShort
+	}
+	if b[0] != RelayMagic {
+		return h, nil, ErrRelayMagic
+	}
+	if b[1] != RelayVersion {
+		return h, nil, ErrRelayVersion
+	}
+	h.Type, h.HopLimit = b[relayOffType], b[relayOffHopLimit]
+	if h.Type > RelayTypeProbeReply {
+		return h, nil, ErrRelayType
+	}
+	copy(h.Dst[:], b[relayOffDst:relayOffSrc])
+	copy(h.Src[:], b[relayOffSrc:RelayHeaderLen])
+	return h, b[RelayHeaderLen:], nil
+}
+
+// putRelayHeader writes h over the first 20 bytes of b.
+func putRelayHeader(b []byte, h RelayHeader) {
+	b[0], b[1], b[relayOffType], b[relayOffHopLimit] = RelayMagic, RelayVersion, h.Type, h.HopLimit
+	copy(b[relayOffDst:relayOffSrc], h.Dst[:])
+	copy(b[relayOffSrc:RelayHeaderLen], h.Src[:])
+}
+
+// relayEndpointPrefix starts the text form of a relay endpoint,
+// "relay:<16 hex digits of the destination peer ID>". wireguard-go passes a
+// UAPI "endpoint=" value to Bind.ParseEndpoint as it is, so setting a peer's
+// endpoint to this text makes the Bind relay its datagrams; wireguard-go also
+// prints it back in IpcGet.
+const relayEndpointPrefix = "relay:"
+
+// RelayEndpoint is the conn.Endpoint of a peer reached through relays: Send
+// wraps datagrams for it in a relay header and sends them to the current
+// next hop towards it.
+type RelayEndpoint struct {
+	id  PeerID
+	str string
+	ip  netip.Addr // synthetic, unique per peer: see DstIP
+	raw [len(relayEndpointPrefix) + 8]byte
+}
+
+var _ conn.Endpoint = (*RelayEndpoint)(nil)
+
+func newRelayEndpoint(id PeerID) *RelayEndpoint {
+	e := &RelayEndpoint{id: id, str: relayEndpointPrefix + id.String()}
+	var a [16]byte
+	a[0], a[1] = 0xfd, 0xf7 // fdf7::/16, a unique-local prefix, + the ID
+	copy(a[8:], id[:])
+	e.ip = netip.AddrFrom16(a)
+	copy(e.raw[:], relayEndpointPrefix)
+	copy(e.raw[len(relayEndpointPrefix):], id[:])
+	return e
+}
+
+// ParseRelayEndpoint parses "relay:<16 hex digits>".
+func ParseRelayEndpoint(s string) (*RelayEndpoint, error) {
+	h, ok := strings.CutPrefix(s, relayEndpointPrefix)
+	if !ok {
+		return nil, fmt.Errorf("relay endpoint %q: no %q prefix", s, relayEndpointPrefix)
+	}
+	var id PeerID
+	if len(h) != 2*len(id) {
+		return nil, fmt.Errorf("relay endpoint %q: want %d hex digits", s, 2*len(id))
+	}
+	if _, err := hex.Decode(id[:], []byte(h)); err != nil {
+		return nil, fmt.Errorf("relay endpoint %q: %w", s, err)
+	}
+	return newRelayEndpoint(id), nil
+}
+
+// ID is the destination peer's relay ID.
+func (e *RelayEndpoint) ID() PeerID { return e.id }
+
+func (e *RelayEndpoint) ClearSrc()           {}
+func (e *RelayEndpoint) SrcToString() string { return "" }
+func (e *RelayEndpoint) DstToString() string { return e.str }
+
+// DstToBytes keys wireguard-go's cookie MACs (mac2) by the relayed peer.
+func (e *RelayEndpoint) DstToBytes() []byte { return e.raw[:] }
+
+// DstIP is a synthetic address in fdf7::/16 made from the peer ID. wireguard-go
+// uses it only to rate-limit handshakes under load, per source; a real address
+// would be the relay's and lump every relayed peer together.
+func (e *RelayEndpoint) DstIP() netip.Addr { return e.ip }
+func (e *RelayEndpoint) SrcIP() netip.Addr { return netip.Addr{} }
+
+// relayHeaderFor is the header of a data frame we originate.
+func relayHeaderFor(typ uint8, dst, src PeerID) RelayHeader {
+	return RelayHeader{Type: typ, HopLimit: DefaultHopLimit, Dst: dst, Src: src}
+}
+
+func beUint64(b []byte) uint64       { return binary.BigEndian.Uint64(b) }
+func putBeUint64(b []byte, v uint64) { binary.BigEndian.PutUint64(b, v) }

@@ -1,0 +1,259 @@
+package tunnel
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// relayTable is the Bind's view of the peers for relaying: an immutable
+// snapshot built by the control path (Tunnel.SetPeers) and swapped in with
+// one atomic store, so the packet path reads it without a lock. What changes
+// between snapshots, the path chosen per peer and its probe figures, lives in
+// the pathState each entry points to; a peer keeps its pathState across
+// snapshots.
+type relayTable struct {
+	self   PeerID
+	peers  []relayPeer
+	byID   map[PeerID]int32
+	byAddr map[netip.AddrPort]int32 // direct UDP address → peer; members only
+}
+
+type relayPeer struct {
+	key     key.Public
+	id      PeerID
+	addr    netip.AddrPort // direct UDP address; invalid if unknown
+	ep      conn.Endpoint  // the inner Bind's endpoint for addr; nil if unknown
+	relayEP *RelayEndpoint // handed to wireguard-go for frames from this peer
+	via     int32          // index of the peer to relay through; -1: none
+	path    *pathState
+}
+
+// pathState is the path choice and probe figures of one peer. The probe loop
+// writes it; the packet path reads it. Every field is atomic.
+type pathState struct {
+	relayed   atomic.Bool  // send through via, not straight to addr
+	lastReply atomic.Int64 // unix ns of the last direct probe reply; 0: none
+	rtt       atomic.Int64 // ns, last direct probe round trip
+	relayRTT  atomic.Int64 // ns, last relayed probe round trip
+	added     int64        // unix ns the peer appeared; constant
+	bucket    tokenBucket  // forwarding budget of frames from this peer
+}
+
+// lookup returns the index of id, or -1.
+func (t *relayTable) lookup(id PeerID) int32 {
+	if i, ok := t.byID[id]; ok {
+		return i
+	}
+	return -1
+}
+
+// maxViaDepth bounds the walk through relays that are themselves relayed.
+const maxViaDepth = 4
+
+// nextHop is where to send a frame for peer i: its own address if its path
+// is direct, else the next hop of its relay (which may itself be relayed).
+// nil when there is no address.
+func (t *relayTable) nextHop(i int32) conn.Endpoint {
+	for range maxViaDepth {
+		p := &t.peers[i]
+		if p.via < 0 || !p.path.relayed.Load() {
+			return p.ep
+		}
+		i = p.via
+	}
+	return t.peers[i].ep
+}
+
+// relayBatch is a pooled send batch: frame buffers that keep their capacity
+// from one use to the next, so wrapping and forwarding do not allocate once
+// the pool is warm.
+type relayBatch struct {
+	bufs [][]byte // the frames to send, aliasing mem or the receive buffers
+	mem  [][]byte
+}
+
+var relayBatchPool = sync.Pool{New: func() any { return new(relayBatch) }}
+
+func getRelayBatch() *relayBatch { return relayBatchPool.Get().(*relayBatch) }
+
+func putRelayBatch(rb *relayBatch) {
+	clear(rb.bufs) // drop references to receive buffers
+	rb.bufs = rb.bufs[:0]
+	relayBatchPool.Put(rb)
+}
+
+// frame returns the i-th frame buffer with room for n bytes, length 0.
+func (rb *relayBatch) frame(i, n int) []byte {
+	for len(rb.mem) <= i {
+		rb.mem = append(rb.mem, nil)
+	}
+	if cap(rb.mem[i]) < n {
+		rb.mem[i] = make([]byte, 0, max(n, 1500))
+	}
+	return rb.mem[i][:0]
+}
+
+var errNoRelayRoute = errors.New("relay: no route to peer")
+
+// sendRelayed wraps each datagram for dst in a relay header and sends the
+// batch to the next hop towards dst. It takes no lock and, with a warm pool,
+// does not allocate.
+func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
+	t := b.table.Load()
+	if t == nil {
+		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
+		return errNoRelayRoute
+	}
+	i := t.lookup(dst)
+	if i < 0 {
+		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
+		return errNoRelayRoute
+	}
+	ep := t.nextHop(i)
+	if ep == nil {
+		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
+		return errNoRelayRoute
+	}
+	h := relayHeaderFor(RelayTypeData, dst, t.self)
+	rb := getRelayBatch()
+	for j, p := range bufs {
+		f := AppendRelayHeader(rb.frame(j, RelayHeaderLen+len(p)), h)
+		rb.bufs = append(rb.bufs, append(f, p...))
+	}
+	err := b.inner.Send(rb.bufs, ep)
+	putRelayBatch(rb)
+	if err != nil {
+		b.ctr.relay[rcSendErrors].Add(uint64(len(bufs)))
+		return err
+	}
+	b.ctr.relay[rcSent].Add(uint64(len(bufs)))
+	return nil
+}
+
+// relayRx is the state of handling the relay frames of one received batch:
+// outcome counts and the frames to forward, grouped by next hop.
+type relayRx struct {
+	t     *relayTable
+	now   int64
+	n     [numRelayCounters]uint64
+	fwd   *relayBatch   // nil until a frame is forwarded
+	fwdEP conn.Endpoint // next hop of the frames in fwd
+}
+
+// handleRelay deals with the relay frame packets[i] (size bytes, from src):
+// a data frame for us is unwrapped in place and left in the batch (the new
+// size is returned, and eps[i] set so that wireguard-go's replies take the
+// path we chose); anything else is forwarded, answered or dropped, and 0 is
+// returned.
+func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn.Endpoint) int {
+	t := rx.t
+	from, ok := t.byAddr[src]
+	if !ok {
+		rx.n[rcUnknownSource]++
+		return 0
+	}
+	h, payload, err := ParseRelayHeader(pkt)
+	if err != nil {
+		rx.n[rcMalformed]++
+		return 0
+	}
+	si := t.lookup(h.Src)
+	di := int32(-1)
+	toUs := h.Dst == t.self
+	if !toUs {
+		di = t.lookup(h.Dst)
+	}
+	if si < 0 || h.Src == t.self || (!toUs && di < 0) {
+		rx.n[rcUnknownPeer]++
+		return 0
+	}
+	switch {
+	case h.Type == RelayTypeData && toUs:
+		if !isWireGuard(payload) {
+			rx.n[rcMalformed]++
+			return 0
+		}
+		n := copy(pkt, payload)
+		p := &t.peers[si]
+		if p.path.relayed.Load() || p.ep == nil {
+			*ep = p.relayEP
+		} else {
+			*ep = p.ep
+		}
+		rx.n[rcDelivered]++
+		return n
+	case h.Type != RelayTypeData && toUs:
+		b.handleProbe(rx, pkt, h, from, si, src)
+		return 0
+	}
+	// For another peer: forward.
+	if h.HopLimit <= 1 {
+		rx.n[rcHopLimit]++
+		return 0
+	}
+	if !t.peers[si].path.bucket.allow(rx.now, len(pkt), b.relayRate, b.relayBurst) {
+		rx.n[rcRateLimited]++
+		return 0
+	}
+	next := t.nextHop(di)
+	if next == nil {
+		rx.n[rcNoRoute]++
+		return 0
+	}
+	pkt[relayOffHopLimit] = h.HopLimit - 1
+	if rx.fwd != nil && rx.fwdEP != next {
+		b.flushForward(rx)
+	}
+	if rx.fwd == nil {
+		rx.fwd = getRelayBatch()
+	}
+	rx.fwdEP = next
+	rx.fwd.bufs = append(rx.fwd.bufs, pkt)
+	rx.n[rcForwarded]++
+	return 0
+}
+
+// flushForward sends the frames gathered for one next hop.
+func (b *Bind) flushForward(rx *relayRx) {
+	if rx.fwd == nil {
+		return
+	}
+	if len(rx.fwd.bufs) > 0 {
+		if err := b.inner.Send(rx.fwd.bufs, rx.fwdEP); err != nil {
+			rx.n[rcSendErrors] += uint64(len(rx.fwd.bufs))
+		}
+	}
+	putRelayBatch(rx.fwd)
+	rx.fwd, rx.fwdEP = nil, nil
+}
+
+// wireGuardEndpoint is called for a direct WireGuard datagram from src while
+// some peer is relayed: if src is a relayed peer's address, the datagram's
+// endpoint becomes that peer's relay endpoint, so that wireguard-go's roaming
+// does not undo the path choice (it adopts the endpoint of every
+// authenticated packet).
+func (t *relayTable) wireGuardEndpoint(src netip.AddrPort, ep *conn.Endpoint) {
+	if i, ok := t.byAddr[src]; ok {
+		if p := &t.peers[i]; p.via >= 0 && p.path.relayed.Load() {
+			*ep = p.relayEP
+		}
+	}
+}
+
+// setRelayTable installs a new snapshot.
+func (b *Bind) setRelayTable(t *relayTable) { b.table.Store(t) }
+
+// nowNano reads the Bind's clock.
+func (b *Bind) nowNano() int64 {
+	if b.now != nil {
+		return b.now().UnixNano()
+	}
+	return time.Now().UnixNano()
+}
