@@ -26,7 +26,7 @@ a bridge for containers, the control plane on TCP --port and WireGuard on UDP
 --port. PEER arguments are hosts already running weavewg; they are dialled
 with backoff until they answer, and the rest of the mesh is learned from them.
 Every host of a network needs the same --password.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "name", Usage: "nickname shown beside this peer's name (default: the hostname)"},
 			&cli.UintFlag{Name: "port", Value: daemon.DefaultPort, Usage: "TCP (control) and UDP (WireGuard) port"},
 			&cli.StringFlag{Name: "password", EnvVars: []string{"WEAVEWG_PASSWORD"}, Usage: "network password; every host of the network needs the same one"},
@@ -44,7 +44,7 @@ Every host of a network needs the same --password.`,
 			&cli.DurationFlag{Name: "dns-ttl", Value: time.Second, Usage: "TTL of weave.local answers (short, so load balancing and moves take effect)"},
 			&cli.StringSliceFlag{Name: "dns-upstream", Usage: "upstream resolver for other names, IP[:PORT] (repeatable; default: from /etc/resolv.conf)"},
 			&cli.StringFlag{Name: "dns-resolv-conf", Value: "/etc/resolv.conf", Usage: "where upstream resolvers are read from when --dns-upstream is not given"},
-		},
+		}, dockerFlags()...),
 		Action: runLaunch,
 	}
 }
@@ -101,5 +101,6 @@ func runLaunch(c *cli.Context) error {
 		DNSTTL:        c.Duration("dns-ttl"),
 		DNSUpstreams:  c.StringSlice("dns-upstream"),
 		DNSResolvConf: c.String("dns-resolv-conf"),
+		Docker:        dockerConfig(c),
 	})
 }

@@ -51,6 +51,7 @@ socket (--api-socket or WEAVEWG_API_SOCKET).`,
 			statusCommand(),
 			psCommand(),
 			rmpeerCommand(),
+			dnsArgsCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version of this binary",
