@@ -910,3 +910,45 @@ func (a *Allocator) Reclaim(goneSince map[key.Public]time.Time, after time.Durat
 	}
 	return done
 }
+
+// ErrStillAllocated is returned by Leave while this peer has allocations.
+var ErrStillAllocated = errors.New("ipam: addresses are still allocated here; release them first")
+
+// Leave hands every range of this peer to one reachable peer (the smallest
+// key, so the choice needs no agreement) and broadcasts the ring: how a
+// peer that leaves the network for good gives its space back (weavewg
+// reset). It returns the heir. If the broadcast is lost, the space stays
+// with this peer's name until `rmpeer` on any member.
+func (a *Allocator) Leave() (key.Public, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return key.Public{}, ErrClosed
+	}
+	if len(a.allocs) > 0 {
+		a.mu.Unlock()
+		return key.Public{}, ErrStillAllocated
+	}
+	var heir key.Public
+	for p := range a.reachable {
+		if heir.IsZero() || p.Less(heir) {
+			heir = p
+		}
+	}
+	if heir.IsZero() {
+		a.mu.Unlock()
+		return key.Public{}, errors.New("ipam: no reachable peer to hand the address space to")
+	}
+	_, spans := a.ownEntries()
+	for _, s := range spans {
+		if err := a.ring.Grant(a.self, heir, s); err != nil {
+			a.mu.Unlock()
+			return key.Public{}, fmt.Errorf("ipam: handing %v to %s: %w", s, heir.Name(), err)
+		}
+	}
+	a.count("ipam_left")
+	o, err := a.ringChangedLocked()
+	a.mu.Unlock()
+	a.flush(o)
+	return heir, err
+}

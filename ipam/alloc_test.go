@@ -314,3 +314,39 @@ func TestUntouchedNetworkGivesWay(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestLeaveHandsEverythingToOnePeer(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, b, c := openTest(t, n, pk(5), ""), openTest(t, n, pk(3), ""), openTest(t, n, pk(4), "")
+	a.Seed()
+	all := []key.Public{pk(3), pk(4), pk(5)}
+	for _, x := range []*Allocator{a, b, c} {
+		x.SetPeers(all)
+	}
+	a.Gossip()
+	n.run(t)
+	if _, err := b.Allocate("x"); !errors.Is(err, ErrWaitingForSpace) {
+		t.Fatalf("b allocate before space: %v", err)
+	}
+	n.run(t)
+	if _, err := a.Allocate("mine"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Leave(); !errors.Is(err, ErrStillAllocated) {
+		t.Fatalf("leave with an allocation: %v", err)
+	}
+	a.Free("mine")
+	heir, err := a.Leave()
+	if err != nil || heir != pk(3) {
+		t.Fatalf("leave = %v, %v; want the smallest reachable key", heir.Name(), err)
+	}
+	n.run(t)
+	for _, x := range []*Allocator{a, b, c} {
+		if ps := x.Prefixes(pk(5)); len(ps) != 0 {
+			t.Fatalf("the leaver still owns %v in some view", ps)
+		}
+	}
+	if err := Check([]PeerView{a.View(), b.View(), c.View()}); err != nil {
+		t.Fatal(err)
+	}
+}
