@@ -133,6 +133,9 @@ func (h *Host) LaunchArgs() []string {
 		"--state-dir", h.StateDir,
 		"--api-socket", h.Socket,
 		"--log-level", h.bed.opts.LogLevel,
+		// Per-host Docker paths, so no host touches the machine's Docker.
+		"--docker-plugin-socket", h.PluginSocket(),
+		"--docker-socket", h.DockerSocket(),
 	}
 	if h.fixedHostIP {
 		args = append(args, "--host-ip", h.HostIP)
