@@ -1,0 +1,304 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/integration/testbed"
+	"github.com/weavewg/weavewg/types/api"
+)
+
+// Issue 4 acceptance, integration part: address allocation across hosts,
+// partitions, restarts and rmpeer. Every check reads what users read:
+// `weavewg ps --json`, `weavewg status ipam --json`, and packets.
+
+// statusIPAM runs `weavewg status ipam --json` on h.
+func statusIPAM(h *testbed.Host) (api.IPAMStatus, error) {
+	var st api.IPAMStatus
+	out, err := h.CLIErr("status", "ipam", "--json")
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("%s: status ipam --json: %v in %q", h, err, out)
+	}
+	return st, nil
+}
+
+// psJSON runs `weavewg ps --json` on h.
+func psJSON(h *testbed.Host) ([]api.Attachment, error) {
+	var as []api.Attachment
+	out, err := h.CLIErr("ps", "--json")
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(out), &as); err != nil {
+		return nil, fmt.Errorf("%s: ps --json: %v in %q", h, err, out)
+	}
+	return as, nil
+}
+
+// ringView is a peer's view of the ring as text: one line per owner, its
+// ranges sorted, owners sorted; equal views mean agreement.
+func ringView(st api.IPAMStatus) string {
+	var lines []string
+	for _, p := range st.Peers {
+		if len(p.Ranges) == 0 {
+			continue
+		}
+		rs := slices.Clone(p.Ranges)
+		sort.Strings(rs)
+		lines = append(lines, p.Peer+" "+strings.Join(rs, " "))
+	}
+	sort.Strings(lines)
+	return st.Network + "\n" + strings.Join(lines, "\n")
+}
+
+// owners maps every range of st to its owner and checks no two ranges
+// (of any owners) overlap.
+func owners(st api.IPAMStatus) (map[netip.Prefix]string, error) {
+	m := map[netip.Prefix]string{}
+	var all []netip.Prefix
+	for _, p := range st.Peers {
+		for _, r := range p.Ranges {
+			pr, err := netip.ParsePrefix(r)
+			if err != nil {
+				return nil, fmt.Errorf("range %q of %s: %v", r, p.Peer, err)
+			}
+			for _, o := range all {
+				if o.Overlaps(pr) {
+					return nil, fmt.Errorf("ranges %s (%s) and %s (%s) overlap", o, m[o], pr, p.Peer)
+				}
+			}
+			all = append(all, pr)
+			m[pr] = p.Peer
+		}
+	}
+	return m, nil
+}
+
+func ownerOf(m map[netip.Prefix]string, a netip.Addr) string {
+	for pr, o := range m {
+		if pr.Contains(a) {
+			return o
+		}
+	}
+	return ""
+}
+
+// checkIPAM checks every host's view: the views agree, no ranges overlap,
+// the addresses attached anywhere (ps on every host) are distinct and each
+// lies in a range its host owns. It returns the attachments by host.
+func checkIPAM(hs []*testbed.Host) (map[*testbed.Host][]api.Attachment, error) {
+	var views []string
+	var first api.IPAMStatus
+	for i, h := range hs {
+		st, err := statusIPAM(h)
+		if err != nil {
+			return nil, err
+		}
+		if st.Error != "" {
+			return nil, fmt.Errorf("%s: status ipam reports an error: %s", h, st.Error)
+		}
+		for _, p := range st.Peers {
+			if !p.Reachable {
+				return nil, fmt.Errorf("%s: sees %s(%s) unreachable", h, p.Peer, p.Nickname)
+			}
+		}
+		views = append(views, ringView(st))
+		if i == 0 {
+			first = st
+		} else if views[i] != views[0] {
+			return nil, fmt.Errorf("status ipam differs:\n%s:\n%s\n%s:\n%s", hs[0], views[0], h, views[i])
+		}
+	}
+	own, err := owners(first)
+	if err != nil {
+		return nil, err
+	}
+	selfName := map[*testbed.Host]string{}
+	for _, h := range hs {
+		st, err := h.StatusErr()
+		if err != nil {
+			return nil, err
+		}
+		selfName[h] = st.Name
+	}
+	byHost := map[*testbed.Host][]api.Attachment{}
+	where := map[netip.Addr]string{}
+	for _, h := range hs {
+		as, err := psJSON(h)
+		if err != nil {
+			return nil, err
+		}
+		byHost[h] = as
+		for _, a := range as {
+			p, err := netip.ParsePrefix(a.IP)
+			if err != nil {
+				return nil, fmt.Errorf("%s: attachment %s has address %q", h, a.Name, a.IP)
+			}
+			if w, dup := where[p.Addr()]; dup {
+				return nil, fmt.Errorf("duplicate address %s: %s and %s/%s", p.Addr(), w, h, a.Name)
+			}
+			where[p.Addr()] = h.Name + "/" + a.Name
+			if o := ownerOf(own, p.Addr()); o != selfName[h] {
+				return nil, fmt.Errorf("%s/%s has %s, in a range owned by %q, not by its host %s", h, a.Name, p.Addr(), o, selfName[h])
+			}
+		}
+	}
+	return byHost, nil
+}
+
+// waitIPAM waits until checkIPAM holds and returns its attachments.
+func waitIPAM(t *testing.T, hs []*testbed.Host, timeout time.Duration) map[*testbed.Host][]api.Attachment {
+	t.Helper()
+	var byHost map[*testbed.Host][]api.Attachment
+	testbed.Eventually(t, timeout, "status ipam agrees, no duplicate, every address in its host's ranges", func() (err error) {
+		byHost, err = checkIPAM(hs)
+		return err
+	})
+	return byHost
+}
+
+// distinct fails the test if two containers have the same address.
+func distinct(t *testing.T, cs []*testbed.Container) {
+	t.Helper()
+	seen := map[string]*testbed.Container{}
+	for _, c := range cs {
+		if c.Addr == "" {
+			t.Errorf("%s has no address", c)
+			continue
+		}
+		if o, dup := seen[c.Addr]; dup {
+			t.Errorf("duplicate address %s: %s and %s", c.Addr, o, c)
+		}
+		seen[c.Addr] = c
+	}
+}
+
+// reachable pings every container in cs from each container in from (a raw
+// ICMP socket per source, all destinations at once) and fails the test with
+// the ones that did not answer within timeout.
+func reachable(t *testing.T, from, cs []*testbed.Container, timeout time.Duration) {
+	t.Helper()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	pairs := 0
+	for _, f := range from {
+		var addrs []string
+		for _, c := range cs {
+			if c != f {
+				addrs = append(addrs, c.Addr)
+			}
+		}
+		pairs += len(addrs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			missing, err := testbed.PingAll(f.Netns, addrs, timeout)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				t.Errorf("ping from %s: %v", f, err)
+			case len(missing) > 0:
+				t.Errorf("from %s (%s), %d of %d addresses never answered: %v", f, f.Addr, len(missing), len(addrs), head(missing, 20))
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("reachability: %d sources × %d containers (%d pairs) checked in %.1fs", len(from), len(cs), pairs, time.Since(start).Seconds())
+}
+
+func head[T any](s []T, n int) []T {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// sources picks the first and the last container of each host in hs (in
+// the order of cs), as ping sources.
+func sources(cs []*testbed.Container, hs ...*testbed.Host) []*testbed.Container {
+	var out []*testbed.Container
+	for _, h := range hs {
+		var mine []*testbed.Container
+		for _, c := range cs {
+			if c.Host == h {
+				mine = append(mine, c)
+			}
+		}
+		switch len(mine) {
+		case 0:
+		case 1:
+			out = append(out, mine[0])
+		default:
+			out = append(out, mine[0], mine[len(mine)-1])
+		}
+	}
+	return out
+}
+
+// TestIPAMConcurrentAttach is acceptance 1: three hosts attach 100
+// containers each, all at once (4 attaches in flight per host): every
+// address is distinct, every address lies in its host's ranges, the hosts
+// agree on the ring, and every container answers pings from two containers
+// of each host (6 × 299 pairs).
+func TestIPAMConcurrentAttach(t *testing.T) {
+	const perHost = 100
+	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
+	// 6 sources × 300 destinations, and each host's 100 containers: more
+	// than the kernel's default shared ARP table takes.
+	b.RaiseNeighLimits(4096)
+	hs := b.AddHosts(3)
+	b.WaitMesh(30*time.Second, hs...)
+
+	start := time.Now()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		cs   []*testbed.Container
+		errs []error
+	)
+	for _, h := range hs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := b.AddContainersParallel(perHost, 4, h)
+			mu.Lock()
+			defer mu.Unlock()
+			cs = append(cs, got...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	for _, err := range errs {
+		t.Errorf("attach: %v", err)
+	}
+	t.Logf("attached %d containers on 3 hosts in %.1fs (%.0f/s)", len(cs), took.Seconds(), float64(len(cs))/took.Seconds())
+	if len(cs) != 3*perHost {
+		t.Fatalf("attached %d containers, want %d", len(cs), 3*perHost)
+	}
+	distinct(t, cs)
+	byHost := waitIPAM(t, hs, 30*time.Second)
+	for _, h := range hs {
+		if n := len(byHost[h]); n != perHost {
+			t.Errorf("%s: ps lists %d attachments, want %d", h, n, perHost)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	reachable(t, sources(cs, hs...), cs, 60*time.Second)
+}
