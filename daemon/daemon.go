@@ -283,7 +283,9 @@ func (d *Daemon) reconcile() {
 	hostIPs := []netip.Addr{d.hostIP.Addr()}
 	conflicts := map[key.Public]bool{}
 	ranges := d.ipam.AllPrefixes()
-	for _, p := range d.router.Peers() {
+	peers := d.router.Peers()
+	relays := relayChoices(peers)
+	for _, p := range peers {
 		if !p.Self && p.HostIP.IsValid() {
 			hostIPs = append(hostIPs, p.HostIP)
 		}
@@ -292,7 +294,7 @@ func (d *Daemon) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
-		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint}
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
 				// Routing our own address into the tunnel would cut this host

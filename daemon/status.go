@@ -78,7 +78,7 @@ func (d *Daemon) status() api.Status {
 			row.Peer, row.Nickname = c.Peer.Name(), c.Nickname
 			if c.State == discovery.StateEstablished && !covered[c.Peer] {
 				covered[c.Peer] = true
-				addWireGuard(&row, wg[c.Peer])
+				addWireGuard(&row, wg[c.Peer], nick)
 			}
 		}
 		st.Conns = append(st.Conns, row)
@@ -98,7 +98,7 @@ func (d *Daemon) status() api.Status {
 		if !s.LastHandshake.IsZero() {
 			row.State = discovery.StateEstablished
 		}
-		addWireGuard(&row, s)
+		addWireGuard(&row, s, nick)
 		st.Conns = append(st.Conns, row)
 	}
 
@@ -110,11 +110,20 @@ func (d *Daemon) status() api.Status {
 	return st
 }
 
-func addWireGuard(row *api.Connection, s tunnel.PeerStats) {
-	if s.Endpoint.IsValid() {
+func addWireGuard(row *api.Connection, s tunnel.PeerStats, nick map[key.Public]string) {
+	switch {
+	case s.Relayed:
+		row.Via = nick[s.Via]
+		if row.Via == "" && !s.Via.IsZero() {
+			row.Via = s.Via.Name()
+		}
+		row.Endpoint = "relayed"
+	case s.Endpoint.IsValid():
 		row.Endpoint = s.Endpoint.String()
-		// Until relaying exists every WireGuard endpoint is the peer itself.
 		row.Direct = true
+	}
+	if s.RTT > 0 {
+		row.RTTMillis = float64(s.RTT.Microseconds()) / 1000
 	}
 	if !s.LastHandshake.IsZero() {
 		t := s.LastHandshake.UTC().Truncate(time.Second)

@@ -122,12 +122,30 @@ func showPeers(w io.Writer, st api.Status) {
 			mark = "  unreachable!"
 		}
 		fmt.Fprintf(w, "%s(%s)  %s%s\n", p.Name, p.Nickname, p.HostIP, mark)
-		ns := append([]string(nil), p.Neighbors...)
-		sort.Strings(ns)
-		for _, n := range ns {
-			fmt.Fprintf(w, "   <-> %s(%s)\n", n, nick[n])
+		// Neighbours by nickname (name when it has none), packed into
+		// lines, so 50 peers take a few lines each rather than 50.
+		ns := make([]string, 0, len(p.Neighbors))
+		for _, n := range p.Neighbors {
+			ns = append(ns, orName(nick[n], n))
 		}
+		sort.Strings(ns)
+		line := fmt.Sprintf("   <-> %d:", len(ns))
+		for _, n := range ns {
+			if len(line)+1+len(n) > 100 {
+				fmt.Fprintln(w, line)
+				line = "         "
+			}
+			line += " " + n
+		}
+		fmt.Fprintln(w, line)
 	}
+}
+
+func orName(nick, name string) string {
+	if nick != "" {
+		return nick
+	}
+	return name
 }
 
 func showConnections(w io.Writer, st api.Status) {
@@ -142,16 +160,22 @@ func showConnections(w io.Writer, st api.Status) {
 			peer = fmt.Sprintf("%s(%s)", c.Peer, c.Nickname)
 		}
 		path := ""
-		if c.Endpoint != "" {
+		switch {
+		case c.Via != "":
+			path = "relayed via " + c.Via
+		case c.Endpoint != "" && c.Direct:
+			path = "direct"
+		case c.Endpoint != "":
 			path = "relayed"
-			if c.Direct {
-				path = "direct"
-			}
 		}
 		detail := c.Error
 		if detail == "" && c.Endpoint != "" {
-			detail = fmt.Sprintf("endpoint %s, handshake %s, rx %s, tx %s",
-				c.Endpoint, ago(c.LastHandshake), bytesHuman(c.RxBytes), bytesHuman(c.TxBytes))
+			rtt := "-"
+			if c.RTTMillis > 0 {
+				rtt = fmt.Sprintf("%.2fms", c.RTTMillis)
+			}
+			detail = fmt.Sprintf("endpoint %s, rtt %s, handshake %s, rx %s, tx %s",
+				c.Endpoint, rtt, ago(c.LastHandshake), bytesHuman(c.RxBytes), bytesHuman(c.TxBytes))
 		}
 		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\n", dir, orDash(c.Address), c.State, orDash(path), peer, detail)
 	}

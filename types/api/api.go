@@ -82,6 +82,11 @@ type Connection struct {
 	Error    string `json:"error,omitempty"`    // why the last attempt failed
 	Direct   bool   `json:"direct"`             // data flows straight to the endpoint
 	Endpoint string `json:"endpoint,omitempty"` // WireGuard UDP endpoint in use
+	// Via is, when the peer is relayed, the nickname (else the name) of the
+	// first relay; empty when direct.
+	Via string `json:"via,omitempty"`
+	// RTTMillis is the last probe round trip on the path in use; 0 unknown.
+	RTTMillis float64 `json:"rtt_ms,omitempty"`
 	// LastHandshake is the last completed WireGuard handshake; nil if none.
 	LastHandshake *time.Time `json:"last_handshake,omitempty"`
 	RxBytes       uint64     `json:"rx_bytes"`
