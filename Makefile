@@ -7,7 +7,8 @@ FUZZTIME     ?= 10s
 
 # command:Debian package, for the tools the integration tests, the demo and
 # the benchmark use. Installed only when the command is missing.
-TOOLS := ip:iproute2 nft:nftables tcpdump:tcpdump ping:iputils-ping iperf3:iperf3
+TOOLS := ip:iproute2 nft:nftables tcpdump:tcpdump ping:iputils-ping iperf3:iperf3 \
+         dockerd:docker.io busybox:busybox-static
 
 .PHONY: all build test unit integration deps demo bench fuzz vet clean
 
