@@ -104,6 +104,10 @@ type Allocator struct {
 	wantSpace bool
 	reqDonor  key.Public
 	reqAt     time.Time
+	// silent holds the donors asked for the current want that granted
+	// nothing within RequestTimeout (cut off by a partition not noticed
+	// yet, or no space to give): the next request goes to another one.
+	silent    map[key.Public]bool
 	conflicts []Allocation
 	lastErr   error
 	counters  map[string]uint64
@@ -591,7 +595,18 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 	if !force && !a.reqDonor.IsZero() && now.Sub(a.reqAt) < a.reqTimeout {
 		return outbox{}
 	}
+	if !force && !a.reqDonor.IsZero() {
+		if a.silent == nil {
+			a.silent = map[key.Public]bool{}
+		}
+		a.silent[a.reqDonor] = true
+	}
 	donor, ok := a.pickDonorLocked()
+	if !ok && len(a.silent) > 0 {
+		// Every reachable donor was asked: start the round again.
+		a.silent = nil
+		donor, ok = a.pickDonorLocked()
+	}
 	if !ok {
 		a.reqDonor = key.Public{}
 		return outbox{}
@@ -603,13 +618,14 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 
 // pickDonorLocked picks the reachable peer with the most published free
 // space (ties: smallest key); if none published any, the largest owner.
+// Donors that stayed silent for the current want are passed over.
 func (a *Allocator) pickDonorLocked() (key.Public, bool) {
 	var best key.Public
 	var bestFree, bestSize uint64
 	found := false
 	owners := a.ring.Owners()
 	for p, size := range owners {
-		if p == a.self || !a.reachable[p] {
+		if p == a.self || !a.reachable[p] || a.silent[p] {
 			continue
 		}
 		free := a.ring.FreeOf(p)
@@ -694,7 +710,7 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	if a.wantSpace {
 		if len(a.ring.Spans(a.self)) > 0 {
 			if _, ok := a.findFreeLocked(); ok {
-				a.wantSpace, a.reqDonor = false, key.Public{}
+				a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
 			}
 		}
 		if a.wantSpace && a.reqDonor.IsZero() {
@@ -831,7 +847,7 @@ func (a *Allocator) Tick() {
 	}
 	if a.wantSpace {
 		if _, ok := a.findFreeLocked(); ok {
-			a.wantSpace, a.reqDonor = false, key.Public{}
+			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
 		} else {
 			r := a.requestSpaceLocked(false)
 			o.to, o.send = r.to, r.send

@@ -350,3 +350,63 @@ func TestLeaveHandsEverythingToOnePeer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A donor that does not answer (cut off by a partition the daemon has not
+// noticed yet, or with nothing to give) must not hold a request forever:
+// after RequestTimeout the next request goes to another reachable donor.
+func TestSilentDonorIsPassedOver(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, b := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), "")
+	now := time.Unix(1e9, 0)
+	c, err := Open(Config{Self: pk(2), Range: netip.MustParsePrefix("10.32.0.0/24"), NoSync: true,
+		Transport: loopTransport{n, pk(2)}, Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")},
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.peers[pk(2)] = c
+	a.Seed()
+	all := []key.Public{pk(0), pk(1), pk(2)}
+	for _, x := range []*Allocator{a, b, c} {
+		x.SetPeers(all)
+	}
+	a.Gossip()
+	n.run(t)
+	if _, err := b.Allocate("b1"); !errors.Is(err, ErrWaitingForSpace) {
+		t.Fatalf("b allocate before space: %v", err)
+	}
+	n.run(t)
+	if _, err := b.Allocate("b1"); err != nil {
+		t.Fatal(err)
+	}
+	n.run(t)
+
+	if _, err := c.Allocate("c1"); !errors.Is(err, ErrWaitingForSpace) {
+		t.Fatalf("c allocate before space: %v", err)
+	}
+	first := c.Status().Donor
+	// The first donor never hears anything from c.
+	run := func() {
+		var kept []simMsg2
+		for _, m := range n.queue {
+			if m.to != first || m.from != pk(2) {
+				kept = append(kept, m)
+			}
+		}
+		n.queue = kept
+		n.run(t)
+	}
+	run()
+	for i := 0; i < 3; i++ {
+		now = now.Add(3 * time.Second)
+		c.Tick()
+		run()
+		if _, err := c.Allocate("c1"); err == nil {
+			if err := Check([]PeerView{a.View(), b.View(), c.View()}); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("c got no space after its first donor %s stayed silent", first.Name())
+}
