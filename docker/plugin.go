@@ -559,6 +559,12 @@ func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
 	}
 	id := "docker:" + randomID()
 	if want.IsValid() {
+		p.mu.Lock()
+		_, taken := p.st.Addresses[want.String()]
+		p.mu.Unlock()
+		if taken {
+			return nil, fmt.Errorf("address %s is in use", want)
+		}
 		id = "docker:" + want.String()
 	}
 	// Waiting for address space from another peer happens unlocked; the
@@ -571,6 +577,11 @@ func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, taken := p.st.Addresses[addr.Addr().String()]; taken {
+		// A concurrent request for the same static address won; the
+		// allocation is its (same id), so nothing is freed here.
+		return nil, fmt.Errorf("address %s is in use", addr.Addr())
+	}
 	p.st.Addresses[addr.Addr().String()] = id
 	if err := p.saveLocked(); err != nil {
 		delete(p.st.Addresses, addr.Addr().String())

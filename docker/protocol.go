@@ -86,9 +86,9 @@ type allocateNetworkResponse struct {
 }
 
 type endpointInterface struct {
-	Address     string
-	AddressIPv6 string
-	MacAddress  string
+	Address     string `json:",omitempty"`
+	AddressIPv6 string `json:",omitempty"`
+	MacAddress  string `json:",omitempty"`
 }
 
 type createEndpointRequest struct {

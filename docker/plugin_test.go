@@ -1,0 +1,491 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeHost is the daemon side in memory.
+type fakeHost struct {
+	mu       sync.Mutex
+	next     netip.Addr
+	allocs   map[string]netip.Addr // id → address
+	veths    map[string]string     // host end → peer end
+	onBr     map[string]bool       // host ends on the bridge
+	names    map[string]string     // origin → name=addr
+	failVeth bool
+}
+
+func newFakeHost() *fakeHost {
+	return &fakeHost{
+		next:   netip.MustParseAddr("10.32.0.10"),
+		allocs: map[string]netip.Addr{}, veths: map[string]string{},
+		onBr: map[string]bool{}, names: map[string]string{},
+	}
+}
+
+func (h *fakeHost) AllocateAddress(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if a, ok := h.allocs[id]; ok && (!want.IsValid() || want == a) {
+		return netip.PrefixFrom(a, 12), nil
+	}
+	if want.IsValid() {
+		for oid, a := range h.allocs {
+			if a == want {
+				return netip.Prefix{}, fmt.Errorf("address %s is already in use by %s", want, oid)
+			}
+		}
+		h.allocs[id] = want
+		return netip.PrefixFrom(want, 12), nil
+	}
+	a := h.next
+	h.next = h.next.Next()
+	h.allocs[id] = a
+	return netip.PrefixFrom(a, 12), nil
+}
+
+func (h *fakeHost) FreeAddress(id string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.allocs, id)
+	return nil
+}
+
+func (h *fakeHost) CreateVeth(host, peer string) (net.HardwareAddr, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failVeth {
+		return nil, errors.New("no veths today")
+	}
+	if _, ok := h.veths[host]; ok {
+		return nil, fmt.Errorf("%s exists", host)
+	}
+	h.veths[host] = peer
+	h.onBr[host] = true
+	return net.HardwareAddr{2, 0, 0, 0, 0, byte(len(h.veths))}, nil
+}
+
+func (h *fakeHost) AdoptVeth(host string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.veths[host]; !ok {
+		return fmt.Errorf("%s is gone", host)
+	}
+	h.onBr[host] = true
+	return nil
+}
+
+func (h *fakeHost) DeleteVeth(host string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.veths, host)
+	delete(h.onBr, host)
+	return nil
+}
+
+func (h *fakeHost) AddName(name string, addr netip.Addr, origin string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.names[origin] = name + "=" + addr.String()
+	return nil
+}
+
+func (h *fakeHost) RemoveNames(origin string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.names, origin)
+}
+
+func (h *fakeHost) HostIP() netip.Prefix { return netip.MustParsePrefix("10.32.0.1/12") }
+func (h *fakeHost) Range() netip.Prefix  { return netip.MustParsePrefix("10.32.0.0/12") }
+
+// snapshot is everything a call could change, host and state file.
+func (h *fakeHost) snapshot(t *testing.T, stateFile string) string {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b, _ := os.ReadFile(stateFile)
+	return fmt.Sprintf("allocs=%v veths=%v names=%v state=%s", sortedMap(h.allocs), sortedMap(h.veths), sortedMap(h.names), b)
+}
+
+func sortedMap[V any](m map[string]V) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, fmt.Sprintf("%s:%v", k, m[k]))
+	}
+	return strings.Join(out, ",")
+}
+
+type rig struct {
+	t     *testing.T
+	host  *fakeHost
+	p     *Plugin
+	srv   *httptest.Server
+	state string
+}
+
+func newRig(t *testing.T, dockerSocket string) *rig {
+	t.Helper()
+	r := &rig{t: t, host: newFakeHost(), state: filepath.Join(t.TempDir(), "docker.json")}
+	r.start(dockerSocket)
+	return r
+}
+
+func (r *rig) start(dockerSocket string) {
+	p, err := New(Config{Host: r.host, StateFile: r.state, DockerSocket: dockerSocket, NameTimeout: 5 * time.Second})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	p.Restore(context.Background())
+	r.p = p
+	r.srv = httptest.NewServer(p.Handler())
+	r.t.Cleanup(func() { r.srv.Close(); p.Close() })
+}
+
+// call posts body and returns the status and decoded answer.
+func (r *rig) call(method, body string) (int, map[string]any) {
+	r.t.Helper()
+	resp, err := http.Post(r.srv.URL+"/"+method, "application/json", strings.NewReader(body))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusNotFound && ct != MediaType {
+		r.t.Errorf("%s: Content-Type %q", method, ct)
+	}
+	var m map[string]any
+	json.NewDecoder(resp.Body).Decode(&m)
+	return resp.StatusCode, m
+}
+
+// ok calls and fails the test unless HTTP 200.
+func (r *rig) ok(method string, body any) map[string]any {
+	r.t.Helper()
+	b, _ := json.Marshal(body)
+	code, m := r.call(method, string(b))
+	if code != http.StatusOK {
+		r.t.Fatalf("%s %s: HTTP %d %v", method, b, code, m)
+	}
+	return m
+}
+
+const (
+	netID = "n0123456789abcdef"
+	epID  = "e0123456789abcdef"
+	pool  = "weavewg-10.32.0.0/12"
+)
+
+// network makes a network as `docker network create` does.
+func (r *rig) network() {
+	r.t.Helper()
+	r.ok("IpamDriver.GetDefaultAddressSpaces", nil)
+	m := r.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": AddressSpace})
+	if m["PoolID"] != pool || m["Pool"] != anyPool {
+		r.t.Fatalf("RequestPool: %v", m)
+	}
+	gw := r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Options": map[string]string{optRequestAddressType: optGateway}})
+	if gw["Address"] != "10.32.0.1/12" {
+		r.t.Fatalf("gateway: %v", gw)
+	}
+	r.ok("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": netID, "IPv4Data": []map[string]any{{"Pool": anyPool, "Gateway": "10.32.0.1/12"}}})
+}
+
+// container runs one as `docker run` does and returns its address.
+func (r *rig) container(ep string) string {
+	r.t.Helper()
+	a := r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool})
+	addr, _ := a["Address"].(string)
+	ce := r.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": netID, "EndpointID": ep, "Interface": map[string]any{"Address": addr}})
+	iface, _ := ce["Interface"].(map[string]any)
+	if iface == nil || iface["MacAddress"] == "" || iface["Address"] != nil {
+		r.t.Errorf("CreateEndpoint answer %v: want only the MAC", ce)
+	}
+	j := r.ok("NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": ep, "SandboxKey": "/var/run/docker/netns/x"})
+	in, _ := j["InterfaceName"].(map[string]any)
+	if in["SrcName"] != "vethwg"+ep[:9] || in["DstPrefix"] != "ethwe" {
+		r.t.Errorf("Join: %v", j)
+	}
+	r.ok("NetworkDriver.ProgramExternalConnectivity", map[string]any{"NetworkID": netID, "EndpointID": ep})
+	return addr
+}
+
+func (r *rig) remove(ep, addr string) {
+	r.t.Helper()
+	r.ok("NetworkDriver.RevokeExternalConnectivity", map[string]any{"NetworkID": netID, "EndpointID": ep})
+	r.ok("NetworkDriver.Leave", map[string]any{"NetworkID": netID, "EndpointID": ep})
+	r.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": netID, "EndpointID": ep})
+	r.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": pool, "Address": strings.Split(addr, "/")[0]})
+}
+
+func TestNoArgumentCalls(t *testing.T) {
+	r := newRig(t, "")
+	for method, want := range map[string]string{
+		"Plugin.Activate":                    `{"Implements":["NetworkDriver","IpamDriver"]}`,
+		"NetworkDriver.GetCapabilities":      `{"ConnectivityScope":"local","Scope":"local"}`,
+		"IpamDriver.GetCapabilities":         `{"RequiresMACAddress":false,"RequiresRequestReplay":false}`,
+		"IpamDriver.GetDefaultAddressSpaces": `{"GlobalDefaultAddressSpace":"weavewg","LocalDefaultAddressSpace":"weavewg"}`,
+		"NetworkDriver.DiscoverNew":          `{}`,
+		"NetworkDriver.DiscoverDelete":       `{}`,
+	} {
+		for _, body := range []string{"", "{}"} { // Docker sends these with no body
+			code, m := r.call(method, body)
+			got, _ := json.Marshal(m)
+			if code != http.StatusOK || string(got) != want {
+				t.Errorf("%s(%q): HTTP %d %s, want %s", method, body, code, got, want)
+			}
+		}
+	}
+	if code, _ := r.call("NetworkDriver.Nope", "{}"); code != http.StatusNotFound {
+		t.Errorf("unknown method: HTTP %d, want 404", code)
+	}
+	if code, _ := r.call("Nope", ""); code != http.StatusNotFound {
+		t.Errorf("unknown path: HTTP %d, want 404", code)
+	}
+	resp, err := http.Get(r.srv.URL + "/Plugin.Activate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Errorf("GET answered 200")
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	r := newRig(t, "")
+	r.network()
+	a1 := r.container(epID)
+	a2 := r.container("f0123456789abcdef")
+	if a1 == a2 {
+		t.Fatalf("two containers got %s", a1)
+	}
+	if len(r.host.veths) != 2 || len(r.host.allocs) != 2 {
+		t.Fatalf("veths %v allocs %v", r.host.veths, r.host.allocs)
+	}
+	info := r.ok("NetworkDriver.EndpointOperInfo", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	if v, _ := info["Value"].(map[string]any); v["host_veth"] != "vethwl"+epID[:9] {
+		t.Errorf("EndpointOperInfo: %v", info)
+	}
+	// AllocateNetwork gives its options back (swarm passes them on).
+	an := r.ok("NetworkDriver.AllocateNetwork", map[string]any{"NetworkID": "x", "Options": map[string]string{"a": "b"}})
+	if o, _ := an["Options"].(map[string]any); o["a"] != "b" {
+		t.Errorf("AllocateNetwork: %v", an)
+	}
+	r.ok("NetworkDriver.FreeNetwork", map[string]any{"NetworkID": "x"})
+
+	r.remove(epID, a1)
+	r.remove("f0123456789abcdef", a2)
+	if len(r.host.veths) != 0 || len(r.host.allocs) != 0 || len(r.host.names) != 0 {
+		t.Fatalf("left behind: %s", r.host.snapshot(t, r.state))
+	}
+	// Deleting again is idempotent.
+	r.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	r.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": netID})
+	r.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": pool, "Address": "10.32.0.1"}) // the gateway
+	r.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": pool})
+}
+
+func TestExplicitSubnetAndStaticAddress(t *testing.T) {
+	r := newRig(t, "")
+	m := r.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": AddressSpace, "Pool": "10.32.0.0/12"})
+	if m["Pool"] != "10.32.0.0/12" {
+		t.Fatalf("RequestPool with the range: %v", m)
+	}
+	a := r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool, "Address": "10.32.5.5"})
+	if a["Address"] != "10.32.5.5/12" {
+		t.Fatalf("static address: %v", a)
+	}
+	if code, _ := r.call("IpamDriver.RequestAddress", `{"PoolID":"`+pool+`","Address":"10.32.5.5"}`); code != http.StatusInternalServerError {
+		// The fake refuses a second id for the same address, as the allocator does.
+		t.Errorf("the same static address twice: HTTP %d", code)
+	}
+}
+
+// TestMalformed is acceptance 4 at the protocol level: every malformed or
+// unknown request gets HTTP 500 with Err, and changes nothing.
+func TestMalformed(t *testing.T) {
+	r := newRig(t, "")
+	r.network()
+	addr := r.container(epID)
+	// An address allocated but not yet used by an endpoint.
+	spare := r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": pool})["Address"].(string)
+	before := r.host.snapshot(t, r.state)
+	cases := []struct{ method, body string }{
+		{"NetworkDriver.CreateNetwork", `{`},
+		{"NetworkDriver.CreateNetwork", `"x"`},
+		{"NetworkDriver.CreateNetwork", `{}`},
+		{"NetworkDriver.CreateNetwork", `{"NetworkID":"n2"}`},
+		{"NetworkDriver.CreateNetwork", `{"NetworkID":"n2","IPv4Data":[{"Pool":"172.17.0.0/16"}]}`},
+		{"NetworkDriver.CreateNetwork", `{"NetworkID":"n2","IPv4Data":[{"Pool":"0.0.0.0/0"}],"IPv6Data":[{"Pool":"fd00::/64"}]}`},
+		{"NetworkDriver.DeleteNetwork", ``},
+		{"NetworkDriver.DeleteNetwork", `{"NetworkID":"unknown"}`},
+		{"NetworkDriver.DeleteNetwork", `{"NetworkID":42}`},
+		{"NetworkDriver.AllocateNetwork", `{}`},
+		{"NetworkDriver.FreeNetwork", `{}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"x1"}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"x1","Interface":{}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"x1","Interface":{"Address":"bogus"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"x1","Interface":{"Address":"10.32.9.9/12"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"x1","Interface":{"Address":"` + spare + `","AddressIPv6":"fd00::1/64"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"unknown","EndpointID":"x1","Interface":{"Address":"` + spare + `"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","Interface":{"Address":"` + spare + `"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"../../x","Interface":{"Address":"` + spare + `"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"` + epID + `","Interface":{"Address":"` + spare + `"}}`},
+		{"NetworkDriver.CreateEndpoint", `{"NetworkID":"` + netID + `","EndpointID":"` + epID[:9] + `zz","Interface":{"Address":"` + spare + `"}}`},
+		{"NetworkDriver.DeleteEndpoint", `{"EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.DeleteEndpoint", `{"NetworkID":"unknown","EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.DeleteEndpoint", `{"NetworkID":"` + netID + `"}`},
+		{"NetworkDriver.EndpointOperInfo", `{"NetworkID":"` + netID + `","EndpointID":"nope"}`},
+		{"NetworkDriver.EndpointOperInfo", `{"NetworkID":"unknown","EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.Join", `{"NetworkID":"` + netID + `","EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.Join", `{"NetworkID":"unknown","EndpointID":"` + epID + `","SandboxKey":"/x"}`},
+		{"NetworkDriver.Join", `{"NetworkID":"` + netID + `","EndpointID":"nope","SandboxKey":"/x"}`},
+		{"NetworkDriver.Join", `[]`},
+		{"NetworkDriver.Leave", `{"NetworkID":"unknown","EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.Leave", `{"NetworkID":"` + netID + `"}`},
+		{"NetworkDriver.ProgramExternalConnectivity", `{"NetworkID":"unknown","EndpointID":"` + epID + `"}`},
+		{"NetworkDriver.RevokeExternalConnectivity", `{"EndpointID":"` + epID + `"}`},
+		{"IpamDriver.RequestPool", `{"Pool":"192.168.0.0/16"}`},
+		{"IpamDriver.RequestPool", `{"Pool":"10.32.0.0/16"}`},
+		{"IpamDriver.RequestPool", `{"SubPool":"10.32.1.0/24"}`},
+		{"IpamDriver.RequestPool", `{"V6":true}`},
+		{"IpamDriver.RequestPool", `{"AddressSpace":"other"}`},
+		{"IpamDriver.RequestPool", `{"Pool":`},
+		{"IpamDriver.ReleasePool", `{"PoolID":"other"}`},
+		{"IpamDriver.ReleasePool", ``},
+		{"IpamDriver.RequestAddress", ``},
+		{"IpamDriver.RequestAddress", `{"PoolID":"other"}`},
+		{"IpamDriver.RequestAddress", `{"PoolID":"` + pool + `","Address":"x"}`},
+		{"IpamDriver.RequestAddress", `{"PoolID":"` + pool + `","Address":"fd00::1"}`},
+		{"IpamDriver.RequestAddress", `{"PoolID":"` + pool + `","Address":"10.32.0.1"}`},
+		{"IpamDriver.RequestAddress", `{"PoolID":"` + pool + `","Address":"10.32.0.2","Options":{"RequestAddressType":"com.docker.network.gateway"}}`},
+		{"IpamDriver.RequestAddress", `{"PoolID":"` + pool + `","Options":[]}`},
+		{"IpamDriver.ReleaseAddress", `{"PoolID":"` + pool + `"}`},
+		{"IpamDriver.ReleaseAddress", `{"PoolID":"other","Address":"` + strings.Split(spare, "/")[0] + `"}`},
+		{"IpamDriver.ReleaseAddress", `{"PoolID":"` + pool + `","Address":"10.32.7.7"}`},
+		{"IpamDriver.ReleaseAddress", `{"PoolID":"` + pool + `","Address":"` + strings.Split(addr, "/")[0] + `"}`}, // in use
+	}
+	for _, c := range cases {
+		code, m := r.call(c.method, c.body)
+		if e, _ := m["Err"].(string); code != http.StatusInternalServerError || e == "" {
+			t.Errorf("%s %s: HTTP %d %v; want 500 with Err", c.method, c.body, code, m)
+		}
+		if after := r.host.snapshot(t, r.state); after != before {
+			t.Fatalf("%s %s changed something:\nbefore %s\nafter  %s", c.method, c.body, before, after)
+		}
+	}
+	// A failing veth leaves nothing behind either.
+	r.host.failVeth = true
+	if code, _ := r.call("NetworkDriver.CreateEndpoint", `{"NetworkID":"`+netID+`","EndpointID":"g0123456789","Interface":{"Address":"`+spare+`"}}`); code != http.StatusInternalServerError {
+		t.Errorf("CreateEndpoint with failing veth: HTTP %d", code)
+	}
+	if after := r.host.snapshot(t, r.state); after != before {
+		t.Fatalf("a failed CreateEndpoint changed something:\nbefore %s\nafter  %s", before, after)
+	}
+}
+
+// TestRestart: a new plugin on the same state file knows the networks and
+// endpoints, re-claims the addresses and puts the veths back on the bridge.
+func TestRestart(t *testing.T) {
+	r := newRig(t, "")
+	r.network()
+	addr := r.container(epID)
+	r.srv.Close()
+	r.p.Close()
+	// The daemon restarts: the bridge is new, the allocator may have lost
+	// its state.
+	r.host.onBr = map[string]bool{}
+	r.host.allocs = map[string]netip.Addr{}
+	r.start("")
+	if !r.host.onBr["vethwl"+epID[:9]] {
+		t.Errorf("veth not re-adopted: %v", r.host.onBr)
+	}
+	if len(r.host.allocs) != 1 {
+		t.Errorf("address not re-claimed: %v", r.host.allocs)
+	}
+	r.remove(epID, addr)
+	r.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": netID})
+	if len(r.host.veths)+len(r.host.allocs) != 0 {
+		t.Errorf("left behind: %s", r.host.snapshot(t, r.state))
+	}
+}
+
+// TestContainerName: after Join the plugin asks Docker which container
+// owns the endpoint and registers its name; Leave withdraws it.
+func TestContainerName(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "docker.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls sync.WaitGroup
+	calls.Add(1)
+	var once sync.Once
+	api := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path != "/networks/"+netID {
+			http.NotFound(w, req)
+			return
+		}
+		once.Do(calls.Done)
+		json.NewEncoder(w).Encode(map[string]any{
+			"Id": netID, "Name": "net1", "Driver": "weavewg",
+			"Containers": map[string]any{"c0ffee": map[string]string{"Name": "web", "EndpointID": epID}},
+		})
+	})}
+	go api.Serve(ln)
+	t.Cleanup(func() { api.Close() })
+
+	r := newRig(t, sock)
+	r.network()
+	addr := r.container(epID)
+	calls.Wait()
+	want := "web=" + strings.Split(addr, "/")[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.host.mu.Lock()
+		got := r.host.names[origin(epID)]
+		r.host.mu.Unlock()
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("name: %q, want %q", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.ok("NetworkDriver.Leave", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	if len(r.host.names) != 0 {
+		t.Errorf("names after Leave: %v", r.host.names)
+	}
+}
+
+// TestEmptyBodyIsZeroRequest: calls with arguments get an error for the
+// missing fields, not a decode failure.
+func TestEmptyBodyIsZeroRequest(t *testing.T) {
+	r := newRig(t, "")
+	code, m := r.call("NetworkDriver.CreateNetwork", "")
+	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(m["Err"]), "NetworkID") {
+		t.Errorf("CreateNetwork with no body: HTTP %d %v", code, m)
+	}
+	var buf bytes.Buffer
+	json.NewEncoder(&buf).Encode(struct{}{})
+	if code, _ := r.call("IpamDriver.RequestPool", buf.String()); code != http.StatusOK {
+		t.Errorf("RequestPool {}: HTTP %d", code)
+	}
+}
