@@ -106,6 +106,9 @@ func TestDocker(t *testing.T) {
 	fetch("web by address", "http://"+webIP+"/", 30*time.Second)
 	fetch("web by name", "http://web.weave.local/", 30*time.Second)
 	fetch("web by short name", "http://web/", 10*time.Second)
+	t.Logf("net1 on h1: %s", d1.MustRun("network", "inspect", "-f", "subnet {{range .IPAM.Config}}{{.Subnet}} gateway {{.Gateway}}{{end}}", "net1"))
+	t.Logf("web's routes: %q", d1.MustRun("exec", "web", "ip", "route"))
+	t.Logf("client's resolv.conf: %q", d2.MustRun("exec", "client", "cat", "/etc/resolv.conf"))
 
 	// 4. Malformed plugin requests: an error, and nothing changes.
 	before := pluginSnapshot(t, h1, d1)
