@@ -4,37 +4,47 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
+
 	"github.com/weavewg/weavewg/types/key"
 )
 
 // updateRelayTableLocked builds the Bind's relay table from t.peers and
-// swaps it in. Peers keep their pathState; a new one starts on the first
-// guess of its PeerConfig.
+// swaps it in.
 func (t *Tunnel) updateRelayTableLocked() {
-	now := t.bind.nowNano()
+	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, t.bind.inner.ParseEndpoint, t.bind.nowNano())
+	t.bind.setRelayTable(tbl)
+	t.countRelayed(tbl)
+}
+
+// buildRelayTable makes a relay table of peers. Peers keep their pathState
+// in paths (which it updates: new peers added, departed ones removed); a new
+// one starts on the first guess of its PeerConfig. parse makes the inner
+// Bind's endpoint of an address.
+func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*pathState, parse func(string) (conn.Endpoint, error), now int64) *relayTable {
 	tbl := &relayTable{
-		self:   PeerIDOf(t.cfg.Private.Public()),
-		byID:   make(map[PeerID]int32, len(t.peers)),
-		byAddr: make(map[netip.AddrPort]int32, len(t.peers)),
+		self:   self,
+		byID:   make(map[PeerID]int32, len(peers)),
+		byAddr: make(map[netip.AddrPort]int32, len(peers)),
 	}
-	relayOf := make([]key.Public, 0, len(t.peers))
-	seen := make(map[key.Public]bool, len(t.peers))
-	for _, pc := range t.peers {
-		if pc.Key.IsZero() || seen[pc.Key] {
+	relayOf := make([]key.Public, 0, len(peers))
+	seen := make(map[key.Public]bool, len(peers))
+	for _, pc := range peers {
+		if pc.Key.IsZero() || seen[pc.Key] || PeerIDOf(pc.Key) == self {
 			continue
 		}
 		seen[pc.Key] = true
-		ps := t.paths[pc.Key]
+		ps := paths[pc.Key]
 		if ps == nil {
 			ps = &pathState{added: now}
 			ps.relayed.Store(pc.Relayed && !pc.Relay.IsZero())
-			t.paths[pc.Key] = ps
+			paths[pc.Key] = ps
 		}
 		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps}
 		p.relayEP = newRelayEndpoint(p.id)
 		if pc.Endpoint.IsValid() {
 			p.addr = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
-			if ep, err := t.bind.inner.ParseEndpoint(p.addr.String()); err == nil {
+			if ep, err := parse(p.addr.String()); err == nil {
 				p.ep = ep
 			}
 		}
@@ -54,13 +64,12 @@ func (t *Tunnel) updateRelayTableLocked() {
 			tbl.peers[i].via = j
 		}
 	}
-	for k := range t.paths {
+	for k := range paths {
 		if !seen[k] {
-			delete(t.paths, k)
+			delete(paths, k)
 		}
 	}
-	t.bind.setRelayTable(tbl)
-	t.countRelayed(tbl)
+	return tbl
 }
 
 func (t *Tunnel) countRelayed(tbl *relayTable) {

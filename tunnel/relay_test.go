@@ -1,0 +1,451 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// The golden header: a data frame, hop limit 16, destination
+// 01..08, source 11..18.
+var goldenHeader = []byte{
+	0xF7, 0x01, // magic, version 1
+	0x00, 0x10, // type data, hop limit 16
+	0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // destination peer ID
+	0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // source peer ID
+}
+
+func TestRelayHeaderGolden(t *testing.T) {
+	h := RelayHeader{Type: RelayTypeData, HopLimit: 16,
+		Dst: PeerID{1, 2, 3, 4, 5, 6, 7, 8}, Src: PeerID{0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18}}
+	got := AppendRelayHeader(nil, h)
+	if !bytes.Equal(got, goldenHeader) {
+		t.Fatalf("AppendRelayHeader = % x, want % x", got, goldenHeader)
+	}
+	if len(got) != RelayHeaderLen || RelayHeaderLen != RelayMinLen {
+		t.Fatalf("header is %d bytes; RelayHeaderLen %d, RelayMinLen %d", len(got), RelayHeaderLen, RelayMinLen)
+	}
+	back, payload, err := ParseRelayHeader(append(got, 0xAA))
+	if err != nil || back != h || !bytes.Equal(payload, []byte{0xAA}) {
+		t.Fatalf("ParseRelayHeader = %+v, % x, %v", back, payload, err)
+	}
+	if Classify(append(got, make([]byte, 32)...)) != KindRelay {
+		t.Errorf("a relay frame is not classified as relay")
+	}
+}
+
+func TestParseRelayHeaderErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"short", goldenHeader[:19], ErrRelayShort},
+		{"magic", append([]byte{0xF6}, goldenHeader[1:]...), ErrRelayMagic},
+		{"version 2", append([]byte{0xF7, 2}, goldenHeader[2:]...), ErrRelayVersion},
+		{"type 3", append([]byte{0xF7, 1, 3}, goldenHeader[3:]...), ErrRelayType},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, err := ParseRelayHeader(tt.b); !errors.Is(err, tt.want) {
+				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseRelayHeader(f *testing.F) {
+	f.Add(goldenHeader)
+	f.Add(append(append([]byte{}, goldenHeader...), 4, 0, 0, 0)) // + start of a WireGuard message
+	f.Add([]byte{0xF7, 0x01, 0x02, 0x01})                         // probe reply, truncated
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, payload, err := ParseRelayHeader(b)
+		if err != nil {
+			return
+		}
+		// Parse, append, parse again gives the same.
+		again := AppendRelayHeader(nil, h)
+		if !bytes.Equal(again, b[:RelayHeaderLen]) {
+			t.Fatalf("re-encoded % x, input % x", again, b[:RelayHeaderLen])
+		}
+		if len(payload) != len(b)-RelayHeaderLen {
+			t.Fatalf("payload %d bytes of %d", len(payload), len(b))
+		}
+	})
+}
+
+func TestRelayEndpointText(t *testing.T) {
+	id := PeerID{0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3}
+	e, err := ParseRelayEndpoint("relay:deadbeef00010203")
+	if err != nil || e.ID() != id || e.DstToString() != "relay:deadbeef00010203" {
+		t.Fatalf("ParseRelayEndpoint = %v, %v", e, err)
+	}
+	if !e.DstIP().Is6() || e.DstIP() == newRelayEndpoint(PeerID{}).DstIP() {
+		t.Errorf("DstIP %v must be a per-peer IPv6 address", e.DstIP())
+	}
+	for _, bad := range []string{"relay:", "relay:xyz", "relay:deadbeef0001020304", "192.0.2.1:6783"} {
+		if _, err := ParseRelayEndpoint(bad); err == nil {
+			t.Errorf("ParseRelayEndpoint(%q) succeeded", bad)
+		}
+	}
+	b := NewBind(newSinkBind(), netns.None())
+	ep, err := b.ParseEndpoint("relay:deadbeef00010203")
+	if _, ok := ep.(*RelayEndpoint); err != nil || !ok {
+		t.Errorf("Bind.ParseEndpoint = %T, %v", ep, err)
+	}
+}
+
+// sinkBind is an inner Bind that records the last send without allocating.
+type sinkBind struct {
+	fakeBind
+	sends  int
+	frames int
+	lastEP conn.Endpoint
+	last   []byte // copy of the last frame sent, when keep
+	keep   bool
+	err    error
+}
+
+func newSinkBind() *sinkBind { return &sinkBind{last: make([]byte, 0, 65536)} }
+
+func (s *sinkBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	s.sends++
+	s.frames += len(bufs)
+	s.lastEP = ep
+	if s.keep && len(bufs) > 0 {
+		s.last = append(s.last[:0], bufs[len(bufs)-1]...)
+	}
+	return s.err
+}
+
+// relayFixture is a Bind with three peers: a (192.0.2.1), b (192.0.2.2) and
+// c (192.0.2.3, relayed through b).
+type relayFixture struct {
+	bind          *Bind
+	inner         *sinkBind
+	self, a, b, c key.Public
+	paths         map[key.Public]*pathState
+	tbl           *relayTable
+}
+
+func relayTestKey(n byte) key.Public {
+	var k key.Public
+	k[0], k[31] = n, n
+	return k
+}
+
+func newRelayFixture(t testing.TB) *relayFixture {
+	f := &relayFixture{inner: newSinkBind(), self: relayTestKey(9), a: relayTestKey(1), b: relayTestKey(2), c: relayTestKey(3), paths: map[key.Public]*pathState{}}
+	f.bind = NewBind(f.inner, netns.None())
+	now := time.Unix(1000, 0)
+	f.bind.now = func() time.Time { return now }
+	peers := []PeerConfig{
+		{Key: f.a, Endpoint: netip.MustParseAddrPort("192.0.2.1:6783")},
+		{Key: f.b, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783")},
+		{Key: f.c, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"), Relay: f.b, Relayed: true},
+	}
+	f.tbl = buildRelayTable(PeerIDOf(f.self), peers, f.paths, f.inner.ParseEndpoint, now.UnixNano())
+	f.bind.setRelayTable(f.tbl)
+	f.bind.relayedN.Store(1)
+	return f
+}
+
+func epAddr(ep conn.Endpoint) string {
+	if ep == nil {
+		return "<nil>"
+	}
+	return ep.DstToString()
+}
+
+// batch is one receive batch of a single datagram from src.
+type batch struct {
+	packets [][]byte
+	sizes   []int
+	eps     []conn.Endpoint
+	src     *conn.StdNetEndpoint
+}
+
+func newBatch() *batch {
+	return &batch{packets: [][]byte{make([]byte, 2048)}, sizes: []int{0}, eps: []conn.Endpoint{nil}, src: &conn.StdNetEndpoint{}}
+}
+
+func (bt *batch) fill(pkt []byte, src string) {
+	bt.sizes[0] = copy(bt.packets[0], pkt)
+	bt.src.AddrPort = netip.MustParseAddrPort(src)
+	bt.eps[0] = bt.src
+}
+
+func wgTransport(n int) []byte {
+	p := make([]byte, n)
+	p[0] = wgTypeTransport
+	for i := 16; i < n; i++ {
+		p[i] = byte(i)
+	}
+	return p
+}
+
+// TestRelayReceive covers the receive decisions: deliver, forward, and the
+// drops with their counters.
+func TestRelayReceive(t *testing.T) {
+	f := newRelayFixture(t)
+	self, a, c := PeerIDOf(f.self), PeerIDOf(f.a), PeerIDOf(f.c)
+	wg := wgTransport(100)
+	frame := func(dst, src PeerID, hop uint8, payload []byte) []byte {
+		return append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: hop, Dst: dst, Src: src}), payload...)
+	}
+	var unknown PeerID
+	unknown[0] = 0x77
+	tests := []struct {
+		name    string
+		pkt     []byte
+		from    string
+		size    int    // size left in the batch: delivered
+		ep      string // eps[0] after, when delivered
+		sentTo  string // where a forward went, "" none
+		counter string
+	}{
+		{"for us from relayed c via b", frame(self, c, 5, wg), "192.0.2.2:6783", len(wg), "relay:" + c.String(), "", "udp_relay_delivered"},
+		{"for us from direct a", frame(self, a, 5, wg), "192.0.2.1:6783", len(wg), "192.0.2.1:6783", "", "udp_relay_delivered"},
+		{"for c from a: forward via b", frame(c, a, 5, wg), "192.0.2.1:6783", 0, "", "192.0.2.2:6783", "udp_relay_forwarded"},
+		{"for a from c: forward straight to a", frame(a, c, 5, wg), "192.0.2.2:6783", 0, "", "192.0.2.1:6783", "udp_relay_forwarded"},
+		{"non-member address", frame(self, a, 5, wg), "192.0.2.99:6783", 0, "", "", "udp_relay_dropped_unknown_source"},
+		{"member IP, other port", frame(self, a, 5, wg), "192.0.2.1:4000", 0, "", "", "udp_relay_dropped_unknown_source"},
+		{"unknown source peer", frame(self, unknown, 5, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
+		{"unknown destination", frame(unknown, a, 5, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
+		{"our own ID as source", frame(a, self, 5, wg), "192.0.2.2:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
+		{"hop limit spent", frame(c, a, 1, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_hop_limit"},
+		{"payload not WireGuard", frame(self, a, 5, []byte("hello, this is not wireguard at all....")), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed"},
+		{"unknown type", append([]byte{0xF7, 1, 9, 5}, frame(self, a, 5, wg)[4:]...), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := f.bind.Counters()[tt.counter]
+			sends := f.inner.sends
+			f.inner.keep = true
+			bt := newBatch()
+			bt.fill(tt.pkt, tt.from)
+			f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+			if bt.sizes[0] != tt.size {
+				t.Fatalf("size after = %d, want %d", bt.sizes[0], tt.size)
+			}
+			if tt.size > 0 {
+				if !bytes.Equal(bt.packets[0][:bt.sizes[0]], wg) {
+					t.Errorf("delivered payload differs")
+				}
+				if got := epAddr(bt.eps[0]); got != tt.ep {
+					t.Errorf("endpoint = %s, want %s", got, tt.ep)
+				}
+			}
+			switch {
+			case tt.sentTo == "" && f.inner.sends != sends:
+				t.Errorf("sent something to %s", epAddr(f.inner.lastEP))
+			case tt.sentTo != "":
+				if f.inner.sends != sends+1 || epAddr(f.inner.lastEP) != tt.sentTo {
+					t.Errorf("forwarded to %s (%d sends), want %s", epAddr(f.inner.lastEP), f.inner.sends-sends, tt.sentTo)
+				} else if h, _, _ := ParseRelayHeader(f.inner.last); h.HopLimit != 4 {
+					t.Errorf("forwarded hop limit %d, want 4", h.HopLimit)
+				}
+			}
+			if got := f.bind.Counters()[tt.counter]; got != before+1 {
+				t.Errorf("%s = %d, want %d", tt.counter, got, before+1)
+			}
+		})
+	}
+}
+
+// TestRelaySendWrapsAndRoutes: Send to a relay endpoint wraps the datagrams
+// and sends them to the relay while the peer is relayed, straight to the
+// peer when it is direct.
+func TestRelaySendWrapsAndRoutes(t *testing.T) {
+	f := newRelayFixture(t)
+	f.inner.keep = true
+	ep, _ := f.bind.ParseEndpoint("relay:" + PeerIDOf(f.c).String())
+	wg := wgTransport(64)
+	if err := f.bind.Send([][]byte{wg, wg}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if epAddr(f.inner.lastEP) != "192.0.2.2:6783" || f.inner.frames != 2 {
+		t.Fatalf("sent %d frames to %s, want 2 to the relay b", f.inner.frames, epAddr(f.inner.lastEP))
+	}
+	h, payload, err := ParseRelayHeader(f.inner.last)
+	if err != nil || h.Dst != PeerIDOf(f.c) || h.Src != PeerIDOf(f.self) || h.HopLimit != DefaultHopLimit || !bytes.Equal(payload, wg) {
+		t.Fatalf("frame %+v % x %v", h, payload, err)
+	}
+	f.paths[f.c].relayed.Store(false)
+	f.bind.Send([][]byte{wg}, ep)
+	if epAddr(f.inner.lastEP) != "192.0.2.3:6783" {
+		t.Errorf("direct peer: sent to %s", epAddr(f.inner.lastEP))
+	}
+	ep2, _ := f.bind.ParseEndpoint("relay:0102030405060708")
+	if err := f.bind.Send([][]byte{wg}, ep2); !errors.Is(err, errNoRelayRoute) {
+		t.Errorf("unknown peer: err = %v", err)
+	}
+}
+
+// TestRelayRoamingFollowsChoice: a direct WireGuard datagram from a relayed
+// peer gets the relay endpoint, so wireguard-go's roaming keeps our choice.
+func TestRelayRoamingFollowsChoice(t *testing.T) {
+	f := newRelayFixture(t)
+	bt := newBatch()
+	bt.fill(wgTransport(64), "192.0.2.3:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := epAddr(bt.eps[0]); got != "relay:"+PeerIDOf(f.c).String() || bt.sizes[0] != 64 {
+		t.Errorf("endpoint %s size %d", got, bt.sizes[0])
+	}
+	bt.fill(wgTransport(64), "192.0.2.1:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := epAddr(bt.eps[0]); got != "192.0.2.1:6783" {
+		t.Errorf("direct peer's endpoint became %s", got)
+	}
+}
+
+func TestTokenBucket(t *testing.T) {
+	var b tokenBucket
+	const rate, burst = 1000.0, 3000.0 // bytes/s
+	now := int64(1e9)
+	for i := range 3 {
+		if !b.allow(now, 1000, rate, burst) {
+			t.Fatalf("frame %d of the burst refused", i)
+		}
+	}
+	if b.allow(now, 1000, rate, burst) {
+		t.Fatal("frame past the burst allowed")
+	}
+	now += int64(500 * time.Millisecond)
+	if b.allow(now, 1000, rate, burst) {
+		t.Fatal("allowed after half the refill time")
+	}
+	now += int64(500 * time.Millisecond)
+	if !b.allow(now, 1000, rate, burst) {
+		t.Fatal("refused after a full second")
+	}
+	now += int64(time.Hour)
+	n := 0
+	for b.allow(now, 1000, rate, burst) {
+		n++
+	}
+	if n != 3 {
+		t.Errorf("after a long idle time %d frames allowed, want the burst (3)", n)
+	}
+}
+
+// TestRelayRateLimited: forwarding stops at the source's budget and counts.
+func TestRelayRateLimited(t *testing.T) {
+	f := newRelayFixture(t)
+	f.bind.relayRate, f.bind.relayBurst = 1000, 1000
+	pkt := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wgTransport(300)...)
+	bt := newBatch()
+	for range 5 {
+		bt.fill(pkt, "192.0.2.1:6783")
+		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	}
+	c := f.bind.Counters()
+	if c["udp_relay_forwarded"] != 3 || c["udp_relay_dropped_rate_limited"] != 2 {
+		t.Errorf("forwarded %d, rate limited %d; want 3 and 2", c["udp_relay_forwarded"], c["udp_relay_dropped_rate_limited"])
+	}
+}
+
+// TestRelayZeroAllocs: the send and receive paths of relaying do not
+// allocate once the pool is warm.
+func TestRelayZeroAllocs(t *testing.T) {
+	f := newRelayFixture(t)
+	ep, _ := f.bind.ParseEndpoint("relay:" + PeerIDOf(f.c).String())
+	wg := wgTransport(1400)
+	bufs := make([][]byte, 64)
+	for i := range bufs {
+		bufs[i] = wg
+	}
+	f.bind.Send(bufs, ep) // warm the pool
+	if a := testing.AllocsPerRun(200, func() { f.bind.Send(bufs, ep) }); a != 0 {
+		t.Errorf("relayed Send allocates %v times per batch", a)
+	}
+
+	n := 64
+	packets, sizes, eps := make([][]byte, n), make([]int, n), make([]conn.Endpoint, n)
+	srcB := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.2:6783")}
+	srcA := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.1:6783")}
+	toUs := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.self), Src: PeerIDOf(f.c)}), wg...)
+	toC := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wg...)
+	for i := range packets {
+		packets[i] = make([]byte, 2048)
+	}
+	fill := func() {
+		for i := range packets {
+			if i%2 == 0 {
+				sizes[i], eps[i] = copy(packets[i], toUs), srcB
+			} else {
+				sizes[i], eps[i] = copy(packets[i], toC), srcA
+			}
+		}
+	}
+	fill()
+	f.bind.sortBatch(packets, sizes, eps)
+	if a := testing.AllocsPerRun(200, func() { fill(); f.bind.sortBatch(packets, sizes, eps) }); a != 0 {
+		t.Errorf("relay receive (deliver and forward) allocates %v times per batch", a)
+	}
+}
+
+// TestProbes: a probe is answered, the reply records the RTT and keeps the
+// peer direct; without replies for pathDeadAfter the peer turns relayed.
+func TestProbes(t *testing.T) {
+	f := newRelayFixture(t)
+	f.inner.keep = true
+	f.bind.probeKey = probeKeyOf(key.Secret{1})
+	now := time.Unix(1000, 0)
+	f.bind.now = func() time.Time { return now }
+	self, a := PeerIDOf(f.self), PeerIDOf(f.a)
+
+	// a probes us: we answer straight back with the IDs swapped.
+	probe := appendProbe(nil, &f.bind.probeKey, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, probePathDirect)
+	bt := newBatch()
+	bt.fill(probe, "192.0.2.1:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	h, body, err := ParseRelayHeader(f.inner.last)
+	if err != nil || h.Type != RelayTypeProbeReply || h.Dst != a || h.Src != self || epAddr(f.inner.lastEP) != "192.0.2.1:6783" || beUint64(body) != 42 {
+		t.Fatalf("reply %+v to %s: %v", h, epAddr(f.inner.lastEP), err)
+	}
+	// A probe with a bad MAC is dropped.
+	bad := bytes.Clone(probe)
+	bad[len(bad)-1] ^= 1
+	bt.fill(bad, "192.0.2.1:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if f.bind.Counters()["udp_relay_dropped_bad_probe"] != 1 {
+		t.Errorf("bad MAC not counted")
+	}
+
+	// c is relayed; a reply to our direct probe, 3 ms later, makes it direct.
+	c := PeerIDOf(f.c)
+	sent := now.UnixNano()
+	now = now.Add(3 * time.Millisecond)
+	reply := appendProbe(nil, &f.bind.probeKey, RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, probePathDirect)
+	bt.fill(reply, "192.0.2.3:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	pc := &f.tbl.peers[f.tbl.lookup(c)]
+	if got := time.Duration(pc.path.rtt.Load()); got != 3*time.Millisecond {
+		t.Errorf("rtt %v, want 3ms", got)
+	}
+	if decidePath(pc, now.UnixNano()) {
+		t.Errorf("answered peer decided relayed")
+	}
+	if !decidePath(pc, now.Add(pathDeadAfter).UnixNano()) {
+		t.Errorf("silent peer for pathDeadAfter decided direct")
+	}
+	// a has no relay: always direct.
+	if decidePath(&f.tbl.peers[f.tbl.lookup(a)], now.Add(time.Hour).UnixNano()) {
+		t.Errorf("peer without relay decided relayed")
+	}
+	// sendProbes: a direct probe each, and a relayed one to c through b.
+	f.inner.sends = 0
+	f.bind.sendProbes()
+	if f.inner.sends != 4 {
+		t.Errorf("sendProbes sent %d probes, want 4", f.inner.sends)
+	}
+}
