@@ -96,7 +96,10 @@ func ownerOf(m map[netip.Prefix]string, a netip.Addr) string {
 // checkIPAM checks every host's view: the views agree, no ranges overlap,
 // the addresses attached anywhere (ps on every host) are distinct and each
 // lies in a range its host owns. It returns the attachments by host.
-func checkIPAM(hs []*testbed.Host) (map[*testbed.Host][]api.Attachment, error) {
+//
+// partial allows range owners that are unreachable (one side of a
+// partition); otherwise every range owner must be reachable from every host.
+func checkIPAM(hs []*testbed.Host, partial bool) (map[*testbed.Host][]api.Attachment, error) {
 	var views []string
 	var first api.IPAMStatus
 	for i, h := range hs {
@@ -108,8 +111,8 @@ func checkIPAM(hs []*testbed.Host) (map[*testbed.Host][]api.Attachment, error) {
 			return nil, fmt.Errorf("%s: status ipam reports an error: %s", h, st.Error)
 		}
 		for _, p := range st.Peers {
-			if !p.Reachable {
-				return nil, fmt.Errorf("%s: sees %s(%s) unreachable", h, p.Peer, p.Nickname)
+			if !partial && !p.Reachable && len(p.Ranges) > 0 {
+				return nil, fmt.Errorf("%s: sees range owner %s(%s) unreachable", h, p.Peer, p.Nickname)
 			}
 		}
 		views = append(views, ringView(st))
@@ -161,7 +164,7 @@ func waitIPAM(t *testing.T, hs []*testbed.Host, timeout time.Duration) map[*test
 	t.Helper()
 	var byHost map[*testbed.Host][]api.Attachment
 	testbed.Eventually(t, timeout, "status ipam agrees, no duplicate, every address in its host's ranges", func() (err error) {
-		byHost, err = checkIPAM(hs)
+		byHost, err = checkIPAM(hs, false)
 		return err
 	})
 	return byHost
@@ -301,4 +304,157 @@ func TestIPAMConcurrentAttach(t *testing.T) {
 		t.FailNow()
 	}
 	reachable(t, sources(cs, hs...), cs, 60*time.Second)
+}
+
+// addOn attaches n containers on each host in hs (2 at a time per host) and
+// fails the test on error, logging how long it took.
+func addOn(t *testing.T, b *testbed.Bed, what string, n int, hs ...*testbed.Host) []*testbed.Container {
+	t.Helper()
+	start := time.Now()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		cs   []*testbed.Container
+		errs []error
+	)
+	for _, h := range hs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := b.AddContainersParallel(n, 2, h)
+			mu.Lock()
+			defer mu.Unlock()
+			cs = append(cs, got...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%s: attached %d containers on %v in %.1fs", what, len(cs), hs, time.Since(start).Seconds())
+	for _, err := range errs {
+		t.Errorf("%s: %v", what, err)
+	}
+	if len(errs) > 0 {
+		t.FailNow()
+	}
+	return cs
+}
+
+// sees reports whether h's status shows peer o reachable.
+func sees(h, o *testbed.Host) (bool, error) {
+	st, err := h.StatusErr()
+	if err != nil {
+		return false, err
+	}
+	p := testbed.PeerByNick(st, o.Name)
+	return p != nil && p.Reachable, nil
+}
+
+// TestIPAMPartition is acceptance 2: partition {h1} | {h2, h3} on the
+// underlay, attach on both sides (right after the cut, before the daemons
+// notice it, and again once they have), heal: no duplicate address, every
+// address in its host's ranges, `status ipam` the same on every peer, every
+// container reachable. h3 attaches nothing before the cut, so the space it
+// needs must come from a peer on its side.
+func TestIPAMPartition(t *testing.T) {
+	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
+	hs := b.AddHosts(3)
+	A, B, C := hs[0], hs[1], hs[2]
+	b.WaitMesh(30*time.Second, hs...)
+	cs := addOn(t, b, "before the partition", 3, A, B)
+	waitIPAM(t, hs, 30*time.Second)
+
+	b.BlockHosts(A, B)
+	b.BlockHosts(A, C)
+	cut := time.Now()
+	cs = append(cs, addOn(t, b, "right after the cut", 3, A, B, C)...)
+	testbed.Eventually(t, 120*time.Second, "both sides notice the partition", func() error {
+		for _, pair := range [][2]*testbed.Host{{A, B}, {A, C}, {B, A}, {C, A}} {
+			ok, err := sees(pair[0], pair[1])
+			if err != nil {
+				return err
+			}
+			if ok {
+				return fmt.Errorf("%s still sees %s reachable", pair[0], pair[1])
+			}
+		}
+		return nil
+	})
+	t.Logf("partition noticed %.1fs after the cut", time.Since(cut).Seconds())
+	cs = append(cs, addOn(t, b, "during the partition", 3, A, B, C)...)
+	distinct(t, cs)
+	// Each side is consistent on its own.
+	for _, side := range [][]*testbed.Host{{A}, {B, C}} {
+		testbed.Eventually(t, 30*time.Second, fmt.Sprintf("status ipam consistent on side %v", side), func() error {
+			_, err := checkIPAM(side, true)
+			return err
+		})
+	}
+	reachable(t, sources(cs, B, C), testbed.HostContainers(cs, B, C), 20*time.Second)
+
+	b.UnblockHosts(A, B)
+	b.UnblockHosts(A, C)
+	heal := time.Now()
+	b.WaitMesh(90*time.Second, hs...)
+	byHost := waitIPAM(t, hs, 60*time.Second)
+	t.Logf("healed: mesh and agreeing status ipam %.1fs after unblocking", time.Since(heal).Seconds())
+	n := 0
+	for _, as := range byHost {
+		n += len(as)
+	}
+	if n != len(cs) {
+		t.Errorf("ps lists %d attachments on the 3 hosts, the test made %d", n, len(cs))
+	}
+	distinct(t, cs)
+	reachable(t, sources(cs, hs...), cs, 30*time.Second)
+	// Space still flows after the heal.
+	more := addOn(t, b, "after the heal", 2, A, B, C)
+	distinct(t, append(cs, more...))
+	waitIPAM(t, hs, 30*time.Second)
+}
+
+// TestIPAMRestart is acceptance 3: kill -9 a peer (h2) and launch it again
+// on the same state dir: the ring is exactly as before (it kept its
+// ranges), its containers keep their addresses, everything is reachable,
+// and new attachments anywhere get fresh addresses.
+func TestIPAMRestart(t *testing.T) {
+	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
+	hs := b.AddHosts(3)
+	b.WaitMesh(30*time.Second, hs...)
+	cs := addOn(t, b, "before the restart", 4, hs...)
+	byHost := waitIPAM(t, hs, 30*time.Second)
+	stBefore, err := statusIPAM(hs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ringView(stBefore)
+
+	h := hs[1]
+	h.Kill()
+	h.Launch()
+	b.WaitMesh(60*time.Second, hs...)
+	byHostAfter := waitIPAM(t, hs, 30*time.Second)
+	stAfter, err := statusIPAM(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := ringView(stAfter); after != before {
+		t.Errorf("the ring changed across the restart of %s:\nbefore:\n%s\nafter:\n%s", h, before, after)
+	}
+	key := func(as []api.Attachment) string {
+		var s []string
+		for _, a := range as {
+			s = append(s, a.Name+"="+a.IP)
+		}
+		sort.Strings(s)
+		return strings.Join(s, " ")
+	}
+	if k0, k1 := key(byHost[h]), key(byHostAfter[h]); k0 != k1 {
+		t.Errorf("%s's attachments changed across the restart:\nbefore: %s\nafter:  %s", h, k0, k1)
+	}
+	reachable(t, sources(cs, hs...), cs, 30*time.Second)
+	more := addOn(t, b, "after the restart", 2, hs...)
+	distinct(t, append(cs, more...))
+	waitIPAM(t, hs, 30*time.Second)
 }

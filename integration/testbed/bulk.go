@@ -324,3 +324,17 @@ func echoRequest(id, seq uint16) []byte {
 	binary.BigEndian.PutUint16(p[2:], ^uint16(sum))
 	return p
 }
+
+// HostContainers returns the containers of cs that live on one of hs.
+func HostContainers(cs []*Container, hs ...*Host) []*Container {
+	var out []*Container
+	for _, c := range cs {
+		for _, h := range hs {
+			if c.Host == h {
+				out = append(out, c)
+				break
+			}
+		}
+	}
+	return out
+}
