@@ -91,6 +91,28 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		name, err := d.rmpeer(req.Peer)
 		d.answer(w, err, api.RmpeerResult{Peer: name})
 	})
+	mux.HandleFunc("GET "+api.PathTokens, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.listTokens())
+	})
+	mux.HandleFunc("POST "+api.PathTokens, func(w http.ResponseWriter, r *http.Request) {
+		var req api.TokenRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		t, err := d.createToken(req)
+		d.answer(w, err, t)
+	})
+	mux.HandleFunc("POST "+api.PathTokenRevoke, func(w http.ResponseWriter, r *http.Request) {
+		var req api.TokenRevokeRequest
+		if !readJSON(w, r, &req) {
+			return
+		}
+		d.answer(w, d.revokeToken(req.ID), nil)
+	})
+	mux.HandleFunc("POST "+api.PathReset, func(w http.ResponseWriter, r *http.Request) {
+		res, err := d.reset()
+		d.answer(w, err, res)
+	})
 	mux.HandleFunc("GET "+api.PathDNS, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.dnsStatus(true))
 	})
@@ -120,6 +142,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",
 		api.PathForget: "POST", api.PathAttach: "POST", api.PathDetach: "POST",
 		api.PathIPAM: "GET", api.PathPS: "GET", api.PathRmpeer: "POST",
+		api.PathTokens: "GET or POST", api.PathTokenRevoke: "POST", api.PathReset: "POST",
 		api.PathDNS: "GET", api.PathDNSLookup: "GET", api.PathDNSAdd: "POST", api.PathDNSRemove: "POST",
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/blake2s"
 
+	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -55,7 +56,14 @@ type Config struct {
 	Docker DockerConfig
 	// IPAMInMemory keeps the allocator's state in memory only (tests).
 	IPAMInMemory bool
-	Logger       *slog.Logger
+
+	// Admission is set when this start follows `weavewg join`: the network
+	// to record. Peers then holds the token's members.
+	Admission *discovery.JoinResult
+	// Notify, if set, is told what a person waiting at the terminal wants
+	// to know: the join line of a new network, space received, ready.
+	Notify func(msg string)
+	Logger *slog.Logger
 	// Version is reported by status.
 	Version string
 }

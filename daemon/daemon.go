@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
@@ -48,6 +49,13 @@ type gossipChannel interface {
 // the control plane starts.
 type channelOpener func(name string, handler func(from key.Public, msg []byte)) (gossipChannel, error)
 
+// tokenRegistry is the join-token part of discovery.Router.
+type tokenRegistry interface {
+	CreateToken(ttl time.Duration, uses uint16, endpoints []discovery.Bootstrap) (discovery.Token, error)
+	Tokens() []discovery.TokenRecord
+	RevokeToken(id discovery.TokenID) error
+}
+
 // dataPlane is what the daemon uses of tunnel.Tunnel.
 type dataPlane interface {
 	Close() error
@@ -67,16 +75,21 @@ var (
 // Daemon is one running weavewg router.
 type Daemon struct {
 	// Constant after New.
-	cfg    Config
-	log    *slog.Logger
-	priv   key.Private
-	pub    key.Public
-	secret key.Secret
-	hostIP netip.Prefix
-	router controlPlane
-	tun    dataPlane
-	dns    *dns.Server // nil with --no-dns
-	ipam   *ipam.Allocator
+	cfg     Config
+	log     *slog.Logger
+	priv    key.Private
+	pub     key.Public
+	secret  key.Secret
+	network *networkState
+	hostIP  netip.Prefix
+	// createdNetwork: this start created the network, so it prints how
+	// others join.
+	createdNetwork bool
+	tokens         tokenRegistry
+	router         controlPlane
+	tun            dataPlane
+	dns            *dns.Server // nil with --no-dns
+	ipam           *ipam.Allocator
 
 	// Guarded by mu, which serialises attach/detach and the state file.
 	mu          sync.Mutex
@@ -91,6 +104,10 @@ type Daemon struct {
 	ticks          int
 
 	kick chan struct{} // capacity 1: ask the reconcile loop to run now
+
+	stop         context.CancelFunc // stops run; set by Run
+	forgetOnStop atomic.Bool        // reset: remove the network's state after stopping
+	toldSpace    bool               // owned by the reconcile loop: "got address space" said
 }
 
 // Run starts the daemon and blocks until ctx is cancelled or a fatal error
@@ -101,6 +118,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	ctx, d.stop = context.WithCancel(ctx)
+	defer d.stop()
 	return d.run(ctx)
 }
 
@@ -122,13 +141,22 @@ func start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("data plane: %w", err)
 	}
+	toks, err := loadTokens(cfg.StateDir)
+	if err != nil {
+		d.log.Warn("starting with an empty token registry", "err", err)
+	}
 	router, err := discovery.New(discovery.Config{
 		Private:  d.priv,
 		Secret:   d.secret,
 		Nickname: cfg.Nickname,
 		Port:     cfg.Port,
 		HostIP:   d.hostIP.Addr(),
-		Logger:   d.log.With("part", "discovery"),
+		Range:    cfg.Range,
+		Tokens:   toks,
+		SaveTokens: func(recs []discovery.TokenRecord) error {
+			return saveTokensFile(cfg.StateDir, recs)
+		},
+		Logger: d.log.With("part", "discovery"),
 	})
 	if err != nil {
 		tun.Close()
@@ -137,6 +165,7 @@ func start(cfg Config) (*Daemon, error) {
 	open := func(name string, h func(key.Public, []byte)) (gossipChannel, error) {
 		return router.Channel(name, h)
 	}
+	d.tokens = router
 	if err := d.assemble(router, tun, open); err != nil {
 		return nil, err
 	}
@@ -163,10 +192,14 @@ func prepare(cfg Config) (*Daemon, error) {
 	if created {
 		d.log.Info("created a new identity", "name", d.pub.Name(), "state_dir", cfg.StateDir)
 	}
-	if cfg.Password == "" {
-		d.log.Warn("no --password given: any host that can reach this port can join the network and read its traffic")
+	if d.createdNetwork, err = d.resolveNetwork(); err != nil {
+		return nil, err
 	}
-	d.secret = key.SecretFromPassword(cfg.Password)
+	// The network's range may differ from the flag's default.
+	if err := d.cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg = d.cfg
 	d.hostIP = cfg.HostIP
 	if !d.hostIP.IsValid() {
 		d.hostIP = derivedHostIP(cfg.Range, d.pub)
@@ -219,6 +252,8 @@ func (d *Daemon) run(ctx context.Context) error {
 		d.tun.Close()
 		return err
 	}
+	d.announce()
+	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIP, d.cfg.APISocket)
 	d.log.Info("weavewg is running",
 		"name", d.pub.Name(), "nickname", d.cfg.Nickname, "port", d.cfg.Port,
 		"host_ip", d.hostIP.String(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
@@ -242,6 +277,9 @@ func (d *Daemon) run(ctx context.Context) error {
 	errs = append(errs, d.closeDNS())
 	errs = append(errs, d.ipam.Close())
 	errs = append(errs, d.tun.Close())
+	if d.forgetOnStop.Load() {
+		d.forget()
+	}
 	if err := errors.Join(errs...); err != nil {
 		d.log.Error("unclean stop", "err", err)
 		return err
@@ -331,6 +369,10 @@ func (d *Daemon) reconcile() {
 		}
 	}
 	d.trackLiveness(reachSet, time.Now())
+	if !d.toldSpace && len(ranges[d.pub]) > 0 {
+		d.toldSpace = true
+		d.notify("got address space: %v", ranges[d.pub])
+	}
 	d.hostIPConflict = conflicts
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)

@@ -77,6 +77,7 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 			"range", d.cfg.Range.String(), "network", alloc.Status().Seed.String())
 	default:
 		d.log.Info("joining: address space will come from the peers")
+		alloc.WantSpace()
 	}
 	return nil
 }

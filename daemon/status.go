@@ -24,6 +24,7 @@ func (d *Daemon) status() api.Status {
 
 	st := api.Status{
 		Version:    d.cfg.Version,
+		Network:    discovery.IDOf(d.secret).String(),
 		Name:       d.pub.Name(),
 		Nickname:   d.cfg.Nickname,
 		PublicKey:  d.pub.String(),

@@ -3,6 +3,7 @@ package discovery
 import (
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -78,12 +79,11 @@ func (t TokenID) String() string { return fmt.Sprintf("%x", t[:]) }
 // ParseTokenID parses the hex form.
 func ParseTokenID(s string) (TokenID, error) {
 	var t TokenID
-	if len(s) != 16 {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(t) {
 		return t, fmt.Errorf("token ID %q: want 16 hex digits (see 'weavewg token list')", s)
 	}
-	if _, err := fmt.Sscanf(s, "%x", &t); err != nil {
-		return t, fmt.Errorf("token ID %q: want 16 hex digits", s)
-	}
+	copy(t[:], b)
 	return t, nil
 }
 

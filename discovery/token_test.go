@@ -248,3 +248,16 @@ func FuzzJoinResponder(f *testing.F) {
 		b.Close()
 	})
 }
+
+func TestParseTokenID(t *testing.T) {
+	id := TokenID{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4}
+	got, err := ParseTokenID(id.String())
+	if err != nil || got != id {
+		t.Fatalf("ParseTokenID(%s) = %v, %v", id, got, err)
+	}
+	for _, bad := range []string{"", "xyz", "deadbeef", "deadbeef0102030405"} {
+		if _, err := ParseTokenID(bad); err == nil {
+			t.Errorf("ParseTokenID(%q) succeeded", bad)
+		}
+	}
+}

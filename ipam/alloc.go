@@ -968,3 +968,17 @@ func (a *Allocator) Leave() (key.Public, error) {
 	a.flush(o)
 	return heir, err
 }
+
+// WantSpace asks a donor for a range now if this peer owns none, so that a
+// peer that has just joined holds space before its first container comes.
+// Until the ring arrives the request waits for it.
+func (a *Allocator) WantSpace() {
+	a.mu.Lock()
+	if a.closed || len(a.ring.Spans(a.self)) > 0 {
+		a.mu.Unlock()
+		return
+	}
+	o := a.requestSpaceLocked(false)
+	a.mu.Unlock()
+	a.flush(o)
+}

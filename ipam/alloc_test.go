@@ -410,3 +410,21 @@ func TestSilentDonorIsPassedOver(t *testing.T) {
 	}
 	t.Fatalf("c got no space after its first donor %s stayed silent", first.Name())
 }
+
+func TestWantSpaceBeforeFirstAllocation(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, b := openTest(t, n, pk(1), ""), openTest(t, n, pk(2), "")
+	a.Seed()
+	for _, x := range []*Allocator{a, b} {
+		x.SetPeers([]key.Public{pk(1), pk(2)})
+	}
+	b.WantSpace() // no ring yet: remembered
+	a.Gossip()
+	n.run(t)
+	if len(b.Prefixes(pk(2))) == 0 {
+		t.Fatal("a joined peer that wants space got none once the ring arrived")
+	}
+	if _, err := b.Allocate("c"); err != nil {
+		t.Fatalf("allocate after WantSpace: %v", err)
+	}
+}

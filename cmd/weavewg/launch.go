@@ -23,33 +23,46 @@ func launchCommand() *cli.Command {
 		ArgsUsage: "[PEER_HOST[:PORT] ...]",
 		Description: `Runs the daemon until SIGINT or SIGTERM: a TUN device driven by wireguard-go,
 a bridge for containers, the control plane on TCP --port and WireGuard on UDP
---port. PEER arguments are hosts already running weavewg; they are dialled
-with backoff until they answer, and the rest of the mesh is learned from them.
-Every host of a network needs the same --password.`,
-		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "name", Usage: "nickname shown beside this peer's name (default: the hostname)"},
-			&cli.UintFlag{Name: "port", Value: daemon.DefaultPort, Usage: "TCP (control) and UDP (WireGuard) port"},
-			&cli.StringFlag{Name: "password", EnvVars: []string{"WEAVEWG_PASSWORD"}, Usage: "network password; every host of the network needs the same one"},
-			&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "where the identity key and attachments are kept"},
-			apiSocketFlag(),
-			&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "name of the TUN device"},
-			&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "name of the bridge containers are attached to"},
-			&cli.IntFlag{Name: "mtu", Value: daemon.DefaultMTU, Usage: "tunnel MTU, also given to every container interface"},
-			&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
-			&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-			&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
-			&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
-			&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
-			&cli.DurationFlag{Name: "dns-ttl", Value: time.Second, Usage: "TTL of weave.local answers (short, so load balancing and moves take effect)"},
-			&cli.StringSliceFlag{Name: "dns-upstream", Usage: "upstream resolver for other names, IP[:PORT] (repeatable; default: from /etc/resolv.conf)"},
-			&cli.StringFlag{Name: "dns-resolv-conf", Value: "/etc/resolv.conf", Usage: "where upstream resolvers are read from when --dns-upstream is not given"},
-		}, dockerFlags()...),
-		Action: runLaunch,
+--port.
+
+On a host with no network yet, launch creates one and prints the
+'weavewg join TOKEN' line other hosts use to join it. A host that has joined
+restarts with plain 'weavewg launch': the state dir remembers its network.
+
+Weave-style setups give every host the same --password instead, and name
+hosts already running weavewg as PEER arguments (dialled with backoff until
+they answer; the rest of the mesh is learned from them).`,
+		Flags:  daemonFlags(),
+		Action: func(c *cli.Context) error { return runDaemon(c, c.Args().Slice(), nil) },
 	}
 }
 
-func runLaunch(c *cli.Context) error {
+// daemonFlags are the flags of launch and join.
+func daemonFlags() []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "name", Usage: "nickname shown beside this peer's name (default: the hostname)"},
+		&cli.UintFlag{Name: "port", Value: daemon.DefaultPort, Usage: "TCP (control) and UDP (WireGuard) port"},
+		&cli.StringFlag{Name: "password", EnvVars: []string{"WEAVEWG_PASSWORD"}, Usage: "network password; every host of the network needs the same one"},
+		&cli.StringFlag{Name: "state-dir", Value: daemon.DefaultStateDir, Usage: "where the identity key and attachments are kept"},
+		apiSocketFlag(),
+		&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "name of the TUN device"},
+		&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "name of the bridge containers are attached to"},
+		&cli.IntFlag{Name: "mtu", Value: daemon.DefaultMTU, Usage: "tunnel MTU, also given to every container interface"},
+		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
+		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
+		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
+		&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
+		&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
+		&cli.DurationFlag{Name: "dns-ttl", Value: time.Second, Usage: "TTL of weave.local answers (short, so load balancing and moves take effect)"},
+		&cli.StringSliceFlag{Name: "dns-upstream", Usage: "upstream resolver for other names, IP[:PORT] (repeatable; default: from /etc/resolv.conf)"},
+		&cli.StringFlag{Name: "dns-resolv-conf", Value: "/etc/resolv.conf", Usage: "where upstream resolvers are read from when --dns-upstream is not given"},
+	}, dockerFlags()...)
+}
+
+// runDaemon runs the daemon in the foreground, dialling peers; adm is set
+// after a join.
+func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.String("log-level"))
@@ -80,7 +93,7 @@ func runLaunch(c *cli.Context) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, daemon.Config{
+	cfg := daemon.Config{
 		Nickname:  nick,
 		Port:      uint16(port),
 		Password:  c.String("password"),
@@ -91,7 +104,7 @@ func runLaunch(c *cli.Context) error {
 		MTU:       c.Int("mtu"),
 		HostIP:    hostIP,
 		Range:     rng,
-		Peers:     c.Args().Slice(),
+		Peers:     peers,
 		Logger:    logger,
 		Version:   versionString(),
 
@@ -102,5 +115,13 @@ func runLaunch(c *cli.Context) error {
 		DNSUpstreams:  c.StringSlice("dns-upstream"),
 		DNSResolvConf: c.String("dns-resolv-conf"),
 		Docker:        dockerConfig(c),
-	})
+		Notify: func(msg string) {
+			fmt.Println("weavewg:", msg)
+		},
+	}
+	if adm != nil {
+		cfg.Admission = &adm.Result
+		cfg.Peers = adm.Peers
+	}
+	return daemon.Run(ctx, cfg)
 }

@@ -35,15 +35,18 @@ func newApp() *cli.App {
 		Name:  "weavewg",
 		Usage: "one flat, encrypted network for containers on many hosts",
 		Description: `weavewg connects hosts into an overlay network over WireGuard. Run
-'weavewg launch' on the first host and 'weavewg launch FIRST_HOST' on the others
-(with the same --password); attach network namespaces to give them an address on
-the overlay. Every command but launch talks to the local daemon through its API
-socket (--api-socket or WEAVEWG_API_SOCKET).`,
+'weavewg launch' on the first host: it prints a 'weavewg join TOKEN' line to
+run on every other host. Attach network namespaces to give them an address on
+the overlay. Every command but launch and join talks to the local daemon
+through its API socket (--api-socket or WEAVEWG_API_SOCKET).`,
 		Version:              versionString(),
 		EnableBashCompletion: true,
 		HideVersion:          true,
 		Commands: append([]*cli.Command{
 			launchCommand(),
+			joinCommand(),
+			tokenCommand(),
+			resetCommand(),
 			connectCommand(),
 			forgetCommand(),
 			attachCommand(),

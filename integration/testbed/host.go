@@ -34,6 +34,12 @@ type HostOptions struct {
 	Args []string
 	// NoLaunch makes the host without starting its daemon.
 	NoLaunch bool
+	// NoPassword launches without --password: the first host then creates
+	// a network with a random secret and prints a join line.
+	NoPassword bool
+	// Token makes the first start `weavewg join TOKEN` (no peers); later
+	// starts are plain launches, as a user restarts a joined host.
+	Token string
 }
 
 // Host is a namespace on the underlay running a weavewg daemon.
@@ -49,6 +55,7 @@ type Host struct {
 	Socket      string
 	LogPath     string
 	Password    string
+	Token       string // join token for the next start only
 	Peers       []string
 	Args        []string
 	fixedHostIP bool // HostIP came from HostOptions and is passed as --host-ip
@@ -87,6 +94,10 @@ func (b *Bed) AddHost(opts HostOptions) *Host {
 	if opts.Password != "" {
 		h.Password = opts.Password
 	}
+	if opts.NoPassword || opts.Token != "" {
+		h.Password = ""
+	}
+	h.Token = opts.Token
 	h.HostIP = opts.HostIP
 	h.fixedHostIP = opts.HostIP != ""
 	if opts.Peers != nil {
@@ -127,7 +138,11 @@ func (h *Host) String() string { return h.Name }
 
 // LaunchArgs is the command line of the daemon after the binary.
 func (h *Host) LaunchArgs() []string {
-	args := []string{"launch",
+	verb := "launch"
+	if h.Token != "" {
+		verb = "join"
+	}
+	args := []string{verb,
 		"--name", h.Name,
 		"--port", "6783",
 		"--state-dir", h.StateDir,
@@ -141,6 +156,9 @@ func (h *Host) LaunchArgs() []string {
 		args = append(args, "--host-ip", h.HostIP)
 	}
 	args = append(args, h.Args...)
+	if h.Token != "" {
+		return append(args, h.Token)
+	}
 	return append(args, h.Peers...)
 }
 
@@ -169,6 +187,7 @@ func (h *Host) start() error {
 	}
 	fmt.Fprintf(logf, "=== testbed: launch #%d of %s at %s ===\n", h.launches, h.Name, time.Now().Format(time.RFC3339Nano))
 	args := append([]string{"netns", "exec", h.Netns, h.bed.bin}, h.LaunchArgs()...)
+	h.Token = "" // joined once: restarts are launches
 	cmd := exec.Command("ip", args...)
 	cmd.Env = append(os.Environ(), "WEAVEWG_PASSWORD="+h.Password, api.EnvSocket+"="+h.Socket)
 	cmd.Stdout = logf

@@ -33,6 +33,7 @@ type Error struct {
 // Status is everything `weavewg status` shows.
 type Status struct {
 	Version    string            `json:"version"`
+	Network    string            `json:"network"`  // the network ID (a hash of its secret, safe to show)
 	Name       string            `json:"name"`     // peer name, derived from the public key
 	Nickname   string            `json:"nickname"` // --name, default the hostname
 	PublicKey  string            `json:"public_key"`
@@ -212,4 +213,54 @@ type RmpeerRequest struct {
 // RmpeerResult names the peer whose space is being taken over.
 type RmpeerResult struct {
 	Peer string `json:"peer"`
+}
+
+// Paths of the join-token and membership part of the API.
+const (
+	PathTokens      = "/v1/tokens"        // GET → []TokenInfo; POST TokenRequest → Token
+	PathTokenRevoke = "/v1/tokens/revoke" // POST TokenRevokeRequest
+	PathReset       = "/v1/reset"         // POST → ResetResult; the daemon then stops
+)
+
+// TokenRequest asks for a new join token.
+type TokenRequest struct {
+	TTL       string   `json:"ttl,omitempty"`       // Go duration; "" means 24h
+	Uses      int      `json:"uses,omitempty"`      // 0: any number of hosts
+	Endpoints []string `json:"endpoints,omitempty"` // IP[:PORT] of this host; "" means its addresses
+}
+
+// Token is a new join token.
+type Token struct {
+	Token     string     `json:"token"` // the line to paste into weavewg join
+	ID        string     `json:"id"`
+	Network   string     `json:"network"`
+	Expires   *time.Time `json:"expires,omitempty"`
+	Uses      int        `json:"uses"` // 0: any number
+	Endpoints []string   `json:"endpoints"`
+}
+
+// TokenInfo is one token as `token list` shows it. The token text itself is
+// not kept: it is shown once, when made.
+type TokenInfo struct {
+	ID              string     `json:"id"`
+	Creator         string     `json:"creator"`
+	CreatorNickname string     `json:"creator_nickname,omitempty"`
+	Created         *time.Time `json:"created,omitempty"`
+	Expires         *time.Time `json:"expires,omitempty"`
+	Expired         bool       `json:"expired"`
+	Uses            int        `json:"uses"` // 0: any number
+	Used            int        `json:"used"` // hosts admitted with it
+	Revoked         bool       `json:"revoked"`
+}
+
+// TokenRevokeRequest names the token to revoke.
+type TokenRevokeRequest struct {
+	ID string `json:"id"`
+}
+
+// ResetResult says what leaving the network did.
+type ResetResult struct {
+	Network string `json:"network"`
+	Heir    string `json:"heir,omitempty"` // the peer given this host's address space
+	Detail  string `json:"detail,omitempty"`
 }

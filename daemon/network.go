@@ -1,0 +1,283 @@
+package daemon
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// The network this host belongs to is kept in the state dir:
+//
+//	network.json  secret (0600), overlay range, members to reconnect to
+//	tokens.json   the token registry as gossiped
+//
+// The secret is written only here and travels only inside the join
+// handshake; it is never logged, shown by status, or put in a token.
+const (
+	networkFile = "network.json"
+	tokensFile  = "tokens.json"
+)
+
+type networkState struct {
+	Secret  string   `json:"secret"` // base64
+	Range   string   `json:"range"`
+	Founder bool     `json:"founder,omitempty"` // this host created the network
+	Peers   []string `json:"peers,omitempty"`   // HOST:PORT to dial at start
+	// Password marks a secret derived from --password (Weave-style setups).
+	Password bool `json:"password,omitempty"`
+}
+
+func (n networkState) secret() (key.Secret, error) {
+	var s key.Secret
+	b, err := base64.StdEncoding.DecodeString(n.Secret)
+	if err != nil || len(b) != key.Len {
+		return s, errors.New("network.json: secret is corrupt")
+	}
+	copy(s[:], b)
+	return s, nil
+}
+
+func loadNetwork(dir string) (*networkState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, networkFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var n networkState
+	if err := json.Unmarshal(b, &n); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", networkFile, err)
+	}
+	if _, err := n.secret(); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func saveNetwork(dir string, n *networkState) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(n, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, networkFile), append(b, '\n'), 0o600)
+}
+
+// resolveNetwork decides which network this start belongs to, from the
+// state dir, --password and a fresh admission, and records it. It reports
+// whether the network was created now (so a join line is printed).
+func (d *Daemon) resolveNetwork() (created bool, err error) {
+	cfg := &d.cfg
+	n, err := loadNetwork(cfg.StateDir)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case cfg.Admission != nil:
+		a := cfg.Admission
+		if n != nil {
+			if s, _ := n.secret(); s != a.Secret {
+				return false, fmt.Errorf("this host is already in network %s; run 'weavewg reset' to leave it first", discovery.IDOf(s))
+			}
+		}
+		n = &networkState{
+			Secret: base64.StdEncoding.EncodeToString(a.Secret[:]),
+			Range:  a.Range.String(),
+			Peers:  cfg.Peers,
+		}
+	case n != nil:
+		s, _ := n.secret()
+		if cfg.Password != "" && key.SecretFromPassword(cfg.Password) != s {
+			return false, fmt.Errorf("this host is in network %s and --password names another one; run 'weavewg reset' to leave it first", discovery.IDOf(s))
+		}
+		// Remember peers named now too, so a restart without arguments
+		// reconnects.
+		for _, p := range cfg.Peers {
+			if !slices.Contains(n.Peers, p) {
+				n.Peers = append(n.Peers, p)
+			}
+		}
+		cfg.Peers = n.Peers
+	case cfg.Password != "":
+		s := key.SecretFromPassword(cfg.Password)
+		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(),
+			Founder: len(cfg.Peers) == 0, Peers: cfg.Peers, Password: true}
+	default:
+		if len(cfg.Peers) > 0 {
+			return false, errors.New("to join a network, use 'weavewg join TOKEN' (or give every host the same --password)")
+		}
+		var s key.Secret
+		if _, err := rand.Read(s[:]); err != nil {
+			return false, err
+		}
+		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(), Founder: true}
+		created = true
+	}
+	if r, err := netip.ParsePrefix(n.Range); err == nil {
+		cfg.Range = r
+	}
+	d.secret, _ = n.secret()
+	d.network = n
+	return created, saveNetwork(cfg.StateDir, n)
+}
+
+func loadTokens(dir string) ([]discovery.TokenRecord, error) {
+	b, err := os.ReadFile(filepath.Join(dir, tokensFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var recs []discovery.TokenRecord
+	if err := json.Unmarshal(b, &recs); err != nil {
+		return nil, fmt.Errorf("%s is corrupt: %w", tokensFile, err)
+	}
+	return recs, nil
+}
+
+func saveTokensFile(dir string, recs []discovery.TokenRecord) error {
+	b, err := json.MarshalIndent(recs, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, tokensFile), append(b, '\n'), 0o600)
+}
+
+// createToken makes a token naming endpoints, or by default this host's
+// underlay addresses and those of up to a few reachable members.
+func (d *Daemon) createToken(req api.TokenRequest) (api.Token, error) {
+	var ttl time.Duration
+	if req.TTL != "" {
+		t, err := time.ParseDuration(req.TTL)
+		if err != nil || t < 0 {
+			return api.Token{}, badRequest("ttl %q: want a duration such as 24h or 30m", req.TTL)
+		}
+		ttl = t
+	}
+	if req.Uses < 0 || req.Uses > 65535 {
+		return api.Token{}, badRequest("uses %d: want 0 (any number) to 65535", req.Uses)
+	}
+	var eps []discovery.Bootstrap
+	for _, e := range req.Endpoints {
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil {
+			a, aerr := netip.ParseAddr(e)
+			if aerr != nil {
+				return api.Token{}, badRequest("endpoint %q: want IP or IP:PORT", e)
+			}
+			ap = netip.AddrPortFrom(a, d.cfg.Port)
+		}
+		eps = append(eps, discovery.Bootstrap{Addr: ap, Key: d.pub})
+	}
+	if len(eps) == 0 {
+		eps = d.defaultEndpoints()
+	}
+	if len(eps) == 0 {
+		return api.Token{}, badRequest("this host has no address another host could reach; name one with --endpoint IP[:PORT]")
+	}
+	tok, err := d.tokens.CreateToken(ttl, uint16(req.Uses), eps)
+	if err != nil {
+		return api.Token{}, badRequest("%v", err)
+	}
+	return tokenAPI(tok), nil
+}
+
+func tokenAPI(t discovery.Token) api.Token {
+	out := api.Token{Token: t.String(), ID: t.ID.String(), Network: t.Network.String(), Uses: int(t.Uses)}
+	if !t.Expiry.IsZero() {
+		e := t.Expiry
+		out.Expires = &e
+	}
+	for _, e := range t.Endpoints {
+		out.Endpoints = append(out.Endpoints, e.Addr.String())
+	}
+	return out
+}
+
+// defaultEndpoints lists where a joiner may reach this network: this host's
+// own global IPv4 addresses (not the overlay's, not container veths), then
+// reachable members as gossip sees them.
+func (d *Daemon) defaultEndpoints() []discovery.Bootstrap {
+	var eps []discovery.Bootstrap
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 ||
+			ifc.Name == d.cfg.Iface || ifc.Name == d.cfg.Bridge || strings.HasPrefix(ifc.Name, "veth") {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			ip = ip.Unmap()
+			if !ok || !ip.Is4() || !ip.IsGlobalUnicast() || d.cfg.Range.Contains(ip) {
+				continue
+			}
+			eps = append(eps, discovery.Bootstrap{Addr: netip.AddrPortFrom(ip, d.cfg.Port), Key: d.pub})
+		}
+	}
+	for _, p := range d.router.Peers() {
+		if len(eps) >= 4 {
+			break
+		}
+		if !p.Self && p.Reachable && p.Endpoint.IsValid() {
+			eps = append(eps, discovery.Bootstrap{Addr: p.Endpoint, Key: p.Key})
+		}
+	}
+	return eps
+}
+
+func (d *Daemon) listTokens() []api.TokenInfo {
+	out := []api.TokenInfo{}
+	nick := map[key.Public]string{}
+	for _, p := range d.router.Peers() {
+		nick[p.Key] = p.Nickname
+	}
+	now := time.Now()
+	for _, r := range d.tokens.Tokens() {
+		ti := api.TokenInfo{ID: r.ID.String(), Uses: int(r.Uses), Used: len(r.UsedBy), Revoked: r.Revoked,
+			Creator: r.Creator.Name(), CreatorNickname: nick[r.Creator]}
+		if !r.Created.IsZero() {
+			c := r.Created
+			ti.Created = &c
+		}
+		if !r.Expiry.IsZero() {
+			e := r.Expiry
+			ti.Expires = &e
+			ti.Expired = !now.Before(e)
+		}
+		out = append(out, ti)
+	}
+	return out
+}
+
+func (d *Daemon) revokeToken(id string) error {
+	tid, err := discovery.ParseTokenID(id)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	if err := d.tokens.RevokeToken(tid); err != nil {
+		return badRequest("token %s: %v", id, err)
+	}
+	return nil
+}
