@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -137,6 +138,13 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		d.answer(w, err, api.DNSRemoved{Removed: n})
 	})
 	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Profiles, for when a benchmark ratio falls short: the socket is
+	// root's alone, so this exposes nothing new.
+	//   curl --unix-socket SOCK http://x/debug/pprof/profile?seconds=10 > cpu.pprof
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	// The catch-all would otherwise shadow ServeMux's own 405 answers.
 	methods := map[string]string{
 		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",

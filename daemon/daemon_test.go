@@ -450,6 +450,7 @@ func TestAPI(t *testing.T) {
 		{"unknown path", "GET", "/v1/nope", "", 404, "no such API path"},
 		{"wrong method", "DELETE", api.PathStatus, "", 405, "takes GET"},
 		{"metrics", "GET", api.PathMetrics, "", 200, "weavewg_control_x_total 1"},
+		{"pprof", "GET", "/debug/pprof/goroutine?debug=1", "", 200, "goroutine profile"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(tc.method, "http://x"+tc.path, strings.NewReader(tc.body))
