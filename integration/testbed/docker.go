@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -62,6 +63,18 @@ type Docker struct {
 // is stopped at cleanup (before the host's daemon, which serves its plugin).
 func (h *Host) StartDocker() *Docker {
 	h.bed.tb.Helper()
+	dk, err := h.StartDockerErr()
+	if err != nil {
+		h.bed.tb.Fatalf("testbed: %v", err)
+	}
+	return dk
+}
+
+// StartDockerErr is StartDocker returning why dockerd did not come up (its
+// last error line and log tail) instead of failing: a test may skip when
+// this machine cannot run dockerd at all.
+func (h *Host) StartDockerErr() (*Docker, error) {
+	h.bed.tb.Helper()
 	dk := &Docker{h: h, Root: filepath.Join(h.Dir, "docker")}
 	dk.LogPath = filepath.Join(dk.Root, "dockerd.log")
 	if err := os.MkdirAll(h.PluginDir(), 0o755); err != nil {
@@ -74,20 +87,25 @@ func (h *Host) StartDocker() *Docker {
 		h.bed.tb.Fatalf("testbed: %v", err)
 	}
 	h.bed.tb.Cleanup(func() { dk.stop(20 * time.Second) })
-	dk.Start()
-	return dk
+	return dk, dk.start()
 }
 
 // Start starts dockerd (it must not be running) and waits for its API.
 func (dk *Docker) Start() {
+	dk.h.bed.tb.Helper()
+	if err := dk.start(); err != nil {
+		dk.h.bed.tb.Fatalf("testbed: %v", err)
+	}
+}
+
+func (dk *Docker) start() error {
 	tb := dk.h.bed.tb
-	tb.Helper()
 	dk.mu.Lock()
 	dk.launches++
 	logf, err := os.OpenFile(dk.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		dk.mu.Unlock()
-		tb.Fatalf("testbed: %v", err)
+		return err
 	}
 	fmt.Fprintf(logf, "=== testbed: dockerd start #%d at %s ===\n", dk.launches, time.Now().Format(time.RFC3339Nano))
 	script := fmt.Sprintf(`set -e
@@ -105,7 +123,7 @@ exec dockerd --config-file %q --data-root %q --exec-root %q --pidfile %q -H unix
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		dk.mu.Unlock()
-		tb.Fatalf("testbed: %s: dockerd: %v", dk.h, err)
+		return fmt.Errorf("%s: dockerd: %v", dk.h, err)
 	}
 	done := make(chan struct{})
 	dk.cmd, dk.done = cmd, done
@@ -127,8 +145,22 @@ exec dockerd --config-file %q --data-root %q --exec-root %q --pidfile %q -H unix
 		return c.Ping(ctx)
 	})
 	if err != nil {
-		tb.Fatalf("testbed: %v\n---- %s ----\n%s", err, dk.LogPath, tail(dk.LogPath, 30))
+		return fmt.Errorf("%v: %s\n---- %s ----\n%s", err, lastDockerdError(dk.LogPath), dk.LogPath, tail(dk.LogPath, 30))
 	}
+	return nil
+}
+
+// lastDockerdError is the line of dockerd's log that says why it stopped.
+func lastDockerdError(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := lines[i]
+		if strings.HasPrefix(l, "failed to start daemon") || strings.Contains(l, "level=fatal") {
+			return l
+		}
+	}
+	return "(no error line in its log)"
 }
 
 // Stop stops dockerd with SIGTERM (it stops the containers, which leave
@@ -188,8 +220,16 @@ func (b *Bed) BusyboxTar(page string) (string, error) {
 	if err != nil {
 		return "", errors.New("busybox is not installed (make test installs busybox-static)")
 	}
-	if out, err := run("file", "-L", bb); err == nil && strings.Contains(out, "dynamically") {
-		return "", fmt.Errorf("%s is not static (install busybox-static)", bb)
+	if f, err := elf.Open(bb); err != nil {
+		return "", fmt.Errorf("%s: %v", bb, err)
+	} else {
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				f.Close()
+				return "", fmt.Errorf("%s is linked dynamically; the image needs busybox-static", bb)
+			}
+		}
+		f.Close()
 	}
 	root := b.Path("busybox-root")
 	tar := b.Path("busybox.tar")
