@@ -68,15 +68,15 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
-	flag.StringVar(&only, "only", "a,b,c", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b)")
+	flag.StringVar(&only, "only", "a,b,c,r", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
 	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
 	flag.Parse()
 	o.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
 		p = strings.TrimSpace(p)
-		if p != "a" && p != "b" && p != "c" && p != "d" {
-			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d)\n", p)
+		if p != "a" && p != "b" && p != "c" && p != "d" && p != "r" {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, r)\n", p)
 			os.Exit(2)
 		}
 		o.only[p] = true
@@ -172,7 +172,7 @@ func run(tb *benchTB, o options) int {
 		}
 	}
 	var cErr error
-	wwg := o.only["c"] || o.only["d"]
+	wwg := o.only["c"] || o.only["d"] || o.only["r"]
 	if wwg {
 		progress("building weavewg …")
 		if _, err := testbed.BuildBinary(dir); err != nil {
@@ -184,6 +184,12 @@ func run(tb *benchTB, o options) int {
 	bed := testbed.New(tb, testbed.Options{LogLevel: "info", Quiet: !o.verbose})
 	h1 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
 	h2 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
+	// (r) A third host that knows only h2 and cannot reach h1 on the
+	// underlay: h1 ↔ h3 traffic is relayed by h2.
+	var h3 *testbed.Host
+	if o.only["r"] {
+		h3 = bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{h2.UnderlayIP}})
+	}
 
 	type path struct {
 		key, name, from, to string
@@ -217,7 +223,7 @@ func run(tb *benchTB, o options) int {
 	}
 	if wwg && cErr == nil {
 		progress("launching weavewg on both hosts, attaching a container to each …")
-		var c1, c2 *testbed.Container
+		var c1, c2, r1, r3 *testbed.Container
 		cErr = try(func() {
 			h1.Launch()
 			h2.Launch()
@@ -227,6 +233,14 @@ func run(tb *benchTB, o options) int {
 				c2 = h2.AddContainer()
 				if err := c1.PingEventually(c2.Addr, 30*time.Second); err != nil {
 					tb.Fatalf("%v", err)
+				}
+			}
+			if o.only["r"] {
+				bed.BlockHosts(h1, h3)
+				h3.Launch()
+				r1, r3 = h1.AddContainer(), h3.AddContainer()
+				if err := r1.PingEventually(r3.Addr, 60*time.Second); err != nil {
+					tb.Fatalf("relayed: %v", err)
 				}
 			}
 			if o.only["d"] {
@@ -243,6 +257,12 @@ func run(tb *benchTB, o options) int {
 				paths = append(paths, &path{key: "c", name: "weavewg",
 					from: "h1c1 " + c1.Addr, to: "h2c1 " + c2.Addr,
 					srcNS: c1.Netns, dstNS: c2.Netns, dst: c2.Addr, pids: daemons})
+			}
+			if o.only["r"] {
+				paths = append(paths, &path{key: "r", name: "weavewg relayed via h2",
+					from: "h1 " + r1.Name + " " + r1.Addr, to: "h3 " + r3.Name + " " + r3.Addr,
+					srcNS: r1.Netns, dstNS: r3.Netns, dst: r3.Addr,
+					pids: func() []int { return []int{h1.Pid(), h2.Pid(), h3.Pid()} }})
 			}
 			if o.only["d"] {
 				paths = append(paths, &path{key: "d", name: "weavewg host → host",

@@ -117,6 +117,10 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	add("d", "b", "RTT avg", avg, "", nil)
 	add("d", "b", "RTT p50", p50, "", nil)
 	add("c", "d", "RTT p50", p50, "", nil)
+	// Relayed (h1 → h2 → h3) against direct weavewg, issue 3's target.
+	add("r", "c", "throughput 1 stream", tcp1, ">= 0.6", func(v float64) bool { return v >= 0.6 })
+	add("r", "c", "throughput parallel", tcpn, "", nil)
+	add("r", "c", "RTT avg", avg, "", nil)
 	// How much the reference itself costs against the wire, for context.
 	add("b", "a", "throughput 1 stream", tcp1, "", nil)
 	add("b", "a", "RTT avg", avg, "", nil)
