@@ -458,3 +458,196 @@ func TestIPAMRestart(t *testing.T) {
 	distinct(t, append(cs, more...))
 	waitIPAM(t, hs, 30*time.Second)
 }
+
+// TestIPAMRmpeer is acceptance 4: h3 dies for good; `rmpeer h3` runs on h1
+// and h2 at the same moment, while h1 and h2 cannot hear each other (run
+// together, the first one completes within milliseconds and the second is
+// refused, which tests nothing). After the heal exactly one of them ends up owning all of
+// h3's ranges, both agree, and the space is used again: the winner can
+// claim the address a dead container of h3 had, the loser is refused it,
+// and filling the winner's free space allocates every free address of h3's
+// old ranges, with no address anywhere twice. The range is a /26 so that
+// filling it takes a few dozen attaches.
+func TestIPAMRmpeer(t *testing.T) {
+	const rng = "10.44.0.0/26"
+	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
+	var hs []*testbed.Host
+	for i := 1; i <= 3; i++ {
+		hs = append(hs, b.AddHost(testbed.HostOptions{HostIP: fmt.Sprintf("10.44.0.%d/26", i), Args: []string{"--ipalloc-range", rng}}))
+	}
+	h1, h2, h3 := hs[0], hs[1], hs[2]
+	b.WaitMesh(30*time.Second, hs...)
+	cs := addOn(t, b, "before", 2, hs...)
+	waitIPAM(t, hs, 30*time.Second)
+	st3, err := statusIPAM(h3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := testbed.Self(h3.Status()).Name
+	var deadRanges []netip.Prefix
+	for _, p := range st3.Peers {
+		if p.Peer == dead {
+			for _, r := range p.Ranges {
+				deadRanges = append(deadRanges, netip.MustParsePrefix(r))
+			}
+		}
+	}
+	if len(deadRanges) == 0 {
+		t.Fatalf("h3 owns no range: %+v", st3.Peers)
+	}
+	deadCs := testbed.HostContainers(cs, h3)
+	t.Logf("h3 (%s) owns %v; its containers %s %s", dead, deadRanges, deadCs[0].Addr, deadCs[1].Addr)
+
+	h3.Kill()
+	testbed.Eventually(t, 30*time.Second, "h1 and h2 see h3 gone", func() error {
+		for _, h := range []*testbed.Host{h1, h2} {
+			if ok, err := sees(h, h3); err != nil || ok {
+				return fmt.Errorf("%s sees h3 reachable (%v)", h, err)
+			}
+		}
+		return nil
+	})
+	// The two rmpeers must really compete: cut h1 from h2 so that neither
+	// hears of the other's before both are issued (and neither can collect
+	// the other's vote), then heal.
+	b.BlockHosts(h1, h2)
+	var wg sync.WaitGroup
+	outs := make([]string, 2)
+	errs := make([]error, 2)
+	for i, h := range []*testbed.Host{h1, h2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = h.CLIErr("rmpeer", "h3")
+		}()
+	}
+	wg.Wait()
+	for i, h := range []*testbed.Host{h1, h2} {
+		t.Logf("%s: rmpeer h3: %q %v", h, strings.TrimSpace(outs[i]), errs[i])
+	}
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatalf("rmpeer refused while the two could not hear each other")
+	}
+	// Cut off from each other, neither may complete.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, h := range []*testbed.Host{h1, h2} {
+			st, err := statusIPAM(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tr := range st.Transfers {
+				if tr.State == "done" {
+					t.Fatalf("%s: transfer %+v completed without the other survivor's vote", h, tr)
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	b.UnblockHosts(h1, h2)
+
+	survivors := []*testbed.Host{h1, h2}
+	var winner, loser *testbed.Host
+	testbed.Eventually(t, 60*time.Second, "h3's ranges handed to exactly one peer, seen alike by both", func() error {
+		if _, err := checkIPAM(survivors, false); err != nil {
+			return err
+		}
+		st, err := statusIPAM(h1)
+		if err != nil {
+			return err
+		}
+		own, _ := owners(st)
+		heirs := map[string]bool{}
+		for pr, o := range own {
+			for _, d := range deadRanges {
+				if pr.Overlaps(d) {
+					heirs[o] = true
+				}
+			}
+		}
+		if heirs[dead] || len(heirs) != 1 {
+			return fmt.Errorf("h3's old ranges are owned by %v", heirs)
+		}
+		states := map[string]int{}
+		for _, tr := range st.Transfers {
+			if tr.Dead == dead {
+				states[tr.State]++
+			}
+		}
+		if states["done"] != 1 || states["withdrawn"] != 1 {
+			return fmt.Errorf("transfers of h3: %+v", st.Transfers)
+		}
+		for _, h := range survivors {
+			if heirs[testbed.Self(h.Status()).Name] {
+				winner = h
+			} else {
+				loser = h
+			}
+		}
+		return nil
+	})
+	t.Logf("%s took over h3's space; %s did not", winner, loser)
+
+	// The dead container's address, claimed explicitly: the winner may, the
+	// loser may not.
+	if _, err := loser.AddContainerWithIPErr(deadCs[1].Addr + "/26"); err == nil {
+		t.Errorf("%s attached %s, in a range %s owns", loser, deadCs[1].Addr, winner)
+	} else {
+		t.Logf("%s refused %s as it should: %v", loser, deadCs[1].Addr, err)
+	}
+	c, err := winner.AddContainerWithIPErr(deadCs[0].Addr + "/26")
+	if err != nil {
+		t.Fatalf("%s cannot reuse h3's old address: %v", winner, err)
+	}
+	live := append(testbed.HostContainers(cs, h1, h2), c)
+
+	// Fill the winner: as many attaches as it says it has free.
+	var free uint64
+	testbed.Eventually(t, 20*time.Second, "winner's free count published", func() error {
+		st, err := statusIPAM(winner)
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Peers {
+			if p.Self {
+				if p.Free+p.InUse > p.Size || p.Free == 0 {
+					return fmt.Errorf("self entry %+v", p)
+				}
+				if p.Free != free {
+					free = p.Free
+					return fmt.Errorf("free %d, checking it is settled", free)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no self entry")
+	})
+	live = append(live, addOn(t, b, "filling the winner", int(free), winner)...)
+	// And one more: the winner has none left, so this one needs a grant
+	// from the loser.
+	live = append(live, addOn(t, b, "one beyond", 1, winner)...)
+	distinct(t, live)
+	byHost := waitIPAM(t, survivors, 30*time.Second)
+	used := map[netip.Addr]bool{}
+	for _, as := range byHost {
+		for _, a := range as {
+			used[netip.MustParsePrefix(a.IP).Addr()] = true
+		}
+	}
+	hostIP := map[netip.Addr]bool{}
+	for _, h := range hs {
+		hostIP[netip.MustParsePrefix(h.HostIP).Addr()] = true
+	}
+	var unused []netip.Addr
+	for _, d := range deadRanges {
+		for a := d.Addr(); d.Contains(a); a = a.Next() {
+			if !used[a] && !hostIP[a] && a != netip.MustParseAddr("10.44.0.63") && a != netip.MustParseAddr("10.44.0.0") {
+				unused = append(unused, a)
+			}
+		}
+	}
+	if len(unused) > 0 {
+		t.Errorf("after filling %s, these addresses of h3's old ranges are still unused: %v", winner, unused)
+	}
+	reachable(t, sources(live, survivors...), live, 30*time.Second)
+}

@@ -139,6 +139,16 @@ func (b *Bed) RaiseNeighLimits(n int) {
 // name) and the namespace is PREFIX-hN-NAME. The container is in
 // Bed.Containers even when attaching failed (its namespace exists).
 func (h *Host) AddContainerErr(name string) (*Container, error) {
+	return h.addContainerErr(name, "")
+}
+
+// AddContainerWithIPErr is AddContainerErr asking for address ip
+// (`attach --ip`, a CIDR with the overlay's prefix length).
+func (h *Host) AddContainerWithIPErr(ip string) (*Container, error) {
+	return h.addContainerErr("", ip)
+}
+
+func (h *Host) addContainerErr(name, ip string) (*Container, error) {
 	b := h.bed
 	b.mu.Lock()
 	m := 1
@@ -153,6 +163,9 @@ func (h *Host) AddContainerErr(name string) (*Container, error) {
 		c.Netns = fmt.Sprintf("%sh%dc%d", b.Prefix, h.Index, m)
 	} else {
 		c.Netns = fmt.Sprintf("%sh%d-%s", b.Prefix, h.Index, name)
+	}
+	if ip != "" {
+		c.IP, c.Fixed = ip, true
 	}
 	b.ctrs = append(b.ctrs, c)
 	b.mu.Unlock()
