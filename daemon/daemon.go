@@ -321,6 +321,10 @@ func (d *Daemon) reconcile() {
 	hostIPs := []netip.Addr{d.hostIP.Addr()}
 	conflicts := map[key.Public]bool{}
 	ranges := d.ipam.AllPrefixes()
+	local := map[netip.Addr]string{}
+	for _, a := range d.ipam.Allocations() {
+		local[a.Addr] = a.ID
+	}
 	peers := d.router.Peers()
 	relays := relayChoices(peers)
 	for _, p := range peers {
@@ -343,6 +347,16 @@ func (d *Daemon) reconcile() {
 						"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String())
 				}
 			} else {
+				if id, taken := local[p.HostIP]; taken {
+					// Its host address was handed out here before we knew
+					// it (host addresses are not allocated yet): the
+					// container there loses traffic to the host. Say so.
+					conflicts[p.Key] = true
+					if !d.hostIPConflict[p.Key] {
+						d.log.Error("a peer's host address is allocated to a container here; detach and re-attach that container, or give the peer another --host-ip",
+							"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String(), "container", id)
+					}
+				}
 				pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(p.HostIP, 32))
 			}
 		}
