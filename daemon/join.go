@@ -11,6 +11,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/atomicfile"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -60,7 +61,7 @@ func Join(ctx context.Context, stateDir, token, nickname string, timeout time.Du
 		if err := os.MkdirAll(stateDir, 0o700); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(filepath.Join(stateDir, keyFile), []byte(priv.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(filepath.Join(stateDir, keyFile), []byte(priv.String()+"\n"), 0o600); err != nil {
 			return nil, fmt.Errorf("saving identity key: %w", err)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/atomicfile"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -76,7 +77,7 @@ func saveNetwork(dir string, n *networkState) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, networkFile), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(dir, networkFile), append(b, '\n'), 0o600)
 }
 
 // resolveNetwork decides which network this start belongs to, from the
@@ -157,7 +158,7 @@ func saveTokensFile(dir string, recs []discovery.TokenRecord) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, tokensFile), append(b, '\n'), 0o600)
+	return atomicfile.Write(filepath.Join(dir, tokensFile), append(b, '\n'), 0o600)
 }
 
 // createToken makes a token naming endpoints, or by default this host's

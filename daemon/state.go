@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/weavewg/weavewg/types/atomicfile"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -42,7 +43,7 @@ func loadOrCreateKey(dir string) (priv key.Private, created bool, err error) {
 		if err != nil {
 			return key.Private{}, false, err
 		}
-		if err := writeFileAtomic(path, []byte(priv.String()+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(path, []byte(priv.String()+"\n"), 0o600); err != nil {
 			return key.Private{}, false, fmt.Errorf("saving identity key: %w", err)
 		}
 		return priv, true, nil
@@ -84,39 +85,5 @@ func saveAttachments(dir string, recs []attachmentRecord) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, attachmentsFile), append(b, '\n'), 0o600)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(filepath.Join(dir, attachmentsFile), append(b, '\n'), 0o600)
 }
