@@ -415,7 +415,8 @@ func TestIPAMPartition(t *testing.T) {
 }
 
 // TestIPAMRestart is acceptance 3: kill -9 a peer (h2) and launch it again
-// on the same state dir: the ring is exactly as before (it kept its
+// on the same state dir, once the others have noticed it is gone and have
+// attached more without it: the ring is exactly as before (it kept its
 // ranges), its containers keep their addresses, everything is reachable,
 // and new attachments anywhere get fresh addresses.
 func TestIPAMRestart(t *testing.T) {
@@ -432,6 +433,16 @@ func TestIPAMRestart(t *testing.T) {
 
 	h := hs[1]
 	h.Kill()
+	testbed.Eventually(t, 30*time.Second, "h1 and h3 notice h2 is gone", func() error {
+		for _, o := range []*testbed.Host{hs[0], hs[2]} {
+			if ok, err := sees(o, h); err != nil || ok {
+				return fmt.Errorf("%s still sees %s reachable (%v)", o, h, err)
+			}
+		}
+		return nil
+	})
+	// Life goes on without it.
+	cs = append(cs, addOn(t, b, "while h2 is down", 2, hs[0], hs[2])...)
 	h.Launch()
 	b.WaitMesh(60*time.Second, hs...)
 	byHostAfter := waitIPAM(t, hs, 30*time.Second)
@@ -451,12 +462,32 @@ func TestIPAMRestart(t *testing.T) {
 		return strings.Join(s, " ")
 	}
 	if k0, k1 := key(byHost[h]), key(byHostAfter[h]); k0 != k1 {
+		// byHost is from before the restart and the attaches while h2 was
+		// down; only h2's own list is compared.
 		t.Errorf("%s's attachments changed across the restart:\nbefore: %s\nafter:  %s", h, k0, k1)
 	}
 	reachable(t, sources(cs, hs...), cs, 30*time.Second)
-	more := addOn(t, b, "after the restart", 2, hs...)
-	distinct(t, append(cs, more...))
+	cs = append(cs, addOn(t, b, "after the restart", 2, hs...)...)
+	distinct(t, cs)
 	waitIPAM(t, hs, 30*time.Second)
+
+	// The same for h1, which created the network (launched with no peer):
+	// back from its state dir it must rejoin the same network, not seed a
+	// new one.
+	stBefore, err = statusIPAM(hs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs[0].Restart()
+	b.WaitMesh(60*time.Second, hs...)
+	waitIPAM(t, hs, 30*time.Second)
+	if stAfter, err = statusIPAM(hs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if rb, ra := ringView(stBefore), ringView(stAfter); ra != rb {
+		t.Errorf("the ring changed across the restart of h1 (the seed):\nbefore:\n%s\nafter:\n%s", rb, ra)
+	}
+	reachable(t, sources(cs, hs...), cs, 30*time.Second)
 }
 
 // TestIPAMRmpeer is acceptance 4: h3 dies for good; `rmpeer h3` runs on h1
