@@ -393,15 +393,32 @@ func (a *Allocator) Allocate(id string) (netip.Addr, error) {
 		a.flush(o)
 		return netip.Addr{}, ErrWaitingForSpace
 	}
-	defer a.mu.Unlock()
 	if err := a.st.putAlloc(addr, id); err != nil {
+		a.mu.Unlock()
 		return netip.Addr{}, fmt.Errorf("ipam: saving allocation: %w", err)
 	}
 	a.allocs[addr] = id
 	a.byID[id] = append(a.byID[id], addr)
 	a.cursor = a2u(addr) + 1
 	a.count("ipam_allocate")
+	o := a.markUsedLocked()
+	a.mu.Unlock()
+	a.flush(o)
 	return addr, nil
+}
+
+// markUsedLocked records that the network has been used, the first time,
+// and returns the broadcast that tells the others.
+func (a *Allocator) markUsedLocked() outbox {
+	if a.ring.Used || !a.ring.Seeded() {
+		return outbox{}
+	}
+	a.ring.Used = true
+	o, err := a.ringChangedLocked()
+	if err != nil {
+		a.logf("ipam: %v", err)
+	}
+	return o
 }
 
 // findFreeLocked scans our spans from the cursor for a free address.
@@ -444,36 +461,42 @@ func (a *Allocator) findFreeLocked() (netip.Addr, bool) {
 // range, owned by another peer (naming it), or allocated to another id.
 func (a *Allocator) Claim(addr netip.Addr, id string) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	o, err := a.claimLocked(addr, id)
+	a.mu.Unlock()
+	a.flush(o)
+	return err
+}
+
+func (a *Allocator) claimLocked(addr netip.Addr, id string) (outbox, error) {
 	if a.closed {
-		return ErrClosed
+		return outbox{}, ErrClosed
 	}
 	if !addr.Is4() || !a.span.Contains(a2u(addr)) {
-		return fmt.Errorf("%w: %v not in %v", ErrNotInRange, addr, a.ring.Range)
+		return outbox{}, fmt.Errorf("%w: %v not in %v", ErrNotInRange, addr, a.ring.Range)
 	}
 	if a.reserved[a2u(addr)] {
-		return fmt.Errorf("%w: %v", ErrReserved, addr)
+		return outbox{}, fmt.Errorf("%w: %v", ErrReserved, addr)
 	}
 	owner, ok := a.ring.Owner(addr)
 	if !ok {
-		return fmt.Errorf("%w: ring not known yet; retry when this peer has joined", ErrWaitingForSpace)
+		return outbox{}, fmt.Errorf("%w: ring not known yet; retry when this peer has joined", ErrWaitingForSpace)
 	}
 	if owner != a.self {
-		return &OwnedElsewhereError{addr, owner}
+		return outbox{}, &OwnedElsewhereError{addr, owner}
 	}
 	if cur, ok := a.allocs[addr]; ok {
 		if cur == id {
-			return nil
+			return outbox{}, nil
 		}
-		return fmt.Errorf("%w: %v is in use by %q", ErrAddressTaken, addr, cur)
+		return outbox{}, fmt.Errorf("%w: %v is in use by %q", ErrAddressTaken, addr, cur)
 	}
 	if err := a.st.putAlloc(addr, id); err != nil {
-		return fmt.Errorf("ipam: saving allocation: %w", err)
+		return outbox{}, fmt.Errorf("ipam: saving allocation: %w", err)
 	}
 	a.allocs[addr] = id
 	a.byID[id] = append(a.byID[id], addr)
 	a.count("ipam_claim")
-	return nil
+	return a.markUsedLocked(), nil
 }
 
 // Free releases every address of id and returns how many.
@@ -728,23 +751,20 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 // rmpeer happened. Nothing depends on such a network.
 func (a *Allocator) untouchedLocked() bool {
 	r := a.ring
-	return r.Seeded() && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
+	return r.Seeded() && !r.Used && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
 		len(r.Transfers) == 0 && len(r.Votes) == 0 && len(a.allocs) == 0
 }
 
 // abandonsFor decides, when a ring of another network arrives, whether ours
-// gives way. A used network never does. An untouched one gives way to one
-// that has grown (more than one owner, or an rmpeer), and otherwise to the
-// smaller seed, so two fresh peers that connect agree without talking.
-// Allocations do not show in a ring: a one-peer network with containers
-// looks untouched from outside, so a fresh peer with a smaller seed refuses
-// it (both log why; relaunching the fresh peer with the other as its peer
-// fixes it).
+// gives way. A used network never does. An untouched one gives way to a
+// used one (Ring.Used, or more than one owner), and between two untouched
+// networks to the smaller seed, so two fresh peers that connect agree
+// without talking.
 func (a *Allocator) abandonsFor(in *Ring) bool {
 	if !a.untouchedLocked() {
 		return false
 	}
-	theirsUntouched := len(in.Entries) == 1 && in.Entries[0].Owner == in.Seed.Peer && len(in.Transfers) == 0 && len(in.Votes) == 0
+	theirsUntouched := !in.Used && len(in.Entries) == 1 && in.Entries[0].Owner == in.Seed.Peer && len(in.Transfers) == 0 && len(in.Votes) == 0
 	if !theirsUntouched {
 		return true
 	}
@@ -778,6 +798,7 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	}
 	a.count("ipam_grant")
 	a.logf("ipam: granted %v to %s", g, from.Name())
+	a.ring.Used = true
 	return a.ringChangedLocked()
 }
 
@@ -889,6 +910,7 @@ func (a *Allocator) RemovePeer(dead key.Public) error {
 		a.mu.Unlock()
 		return err
 	}
+	a.ring.Used = true
 	o, err := a.ringChangedLocked()
 	a.mu.Unlock()
 	a.flush(o)

@@ -310,6 +310,20 @@ func TestUntouchedNetworkGivesWay(t *testing.T) {
 	if err := tiny.HandleMessage(pk(0x20), big.RingMessage()); err != nil || tiny.Status().Seed != big.Status().Seed {
 		t.Fatalf("untouched smaller seed did not join the grown network: %v", err)
 	}
+	// A one-peer network whose only use is an allocation is used all the
+	// same: an untouched network with a smaller seed gives way to it.
+	lone, fresh2 := openTest(t, n, pk(0x40), ""), openTest(t, n, pk(0), "")
+	lone.Seed()
+	fresh2.Seed()
+	if _, err := lone.Allocate("c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh2.HandleMessage(pk(0x40), lone.RingMessage()); err != nil || fresh2.Status().Seed != lone.Status().Seed {
+		t.Fatalf("untouched smaller seed did not join a used one-peer network: %v", err)
+	}
+	if err := lone.HandleMessage(pk(0), fresh2.RingMessage()); err != nil {
+		t.Fatalf("after giving way the rings agree, yet: %v", err)
+	}
 	if err := Check(nil); err != nil {
 		t.Fatal(err)
 	}

@@ -75,8 +75,12 @@ func (s Span) String() string {
 // the range, and the first token is the range's first address whenever the
 // ring is seeded (so the entries cover the range exactly once).
 type Ring struct {
-	Range     netip.Prefix
-	Seed      Seed
+	Range netip.Prefix
+	Seed  Seed
+	// Used is set, for good, by the first allocation, grant or rmpeer in
+	// the network (an OR on merge). A network nobody used may give way to
+	// another one (see Allocator.abandonsFor); a used one never does.
+	Used      bool
 	Entries   []Entry
 	Transfers []Transfer // sorted by (Dead, Issuer)
 	Votes     []Vote     // sorted by (Voter, Dead)
@@ -131,7 +135,7 @@ func (r *Ring) Clone() *Ring {
 
 // Equal reports whether two rings hold the same state.
 func (r *Ring) Equal(o *Ring) bool {
-	return r.Range == o.Range && r.Seed == o.Seed &&
+	return r.Range == o.Range && r.Seed == o.Seed && r.Used == o.Used &&
 		slices.Equal(r.Entries, o.Entries) && slices.Equal(r.Transfers, o.Transfers) && slices.Equal(r.Votes, o.Votes)
 }
 
@@ -246,6 +250,10 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 	}
 	if !r.Seeded() {
 		r.Seed = o.Seed
+		changed = true
+	}
+	if o.Used && !r.Used {
+		r.Used = true
 		changed = true
 	}
 	// Entries: sorted merge.

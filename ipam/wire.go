@@ -24,9 +24,10 @@ import (
 //
 // msgRing (Broadcast), the whole ring state:
 //
-//	+--------------------+----------+----------------+----------+
-//	| range addr 4       | bits 1   | seed peer 32   | seed id 8|
-//	+--------------------+----------+----------------+----------+
+//	+--------------------+----------+----------------+----------+---------+
+//	| range addr 4       | bits 1   | seed peer 32   | seed id 8| flags 1 |
+//	+--------------------+----------+----------------+----------+---------+
+//	flags: bit 0 used (Ring.Used); other bits must be zero.
 //	| npeers 2 | npeers × peer key 32 (strictly increasing)      |
 //	+----------+-------------------------------------------------+
 //	| nentries 2 | nentries × entry 14:                          |
@@ -51,7 +52,8 @@ import (
 // The seed lets a donor of another network refuse instead of granting.
 
 // WireVersion is the version byte of every message.
-const WireVersion = 1
+// Version 2 added the ring's flags byte.
+const WireVersion = 2
 
 // Message types.
 const (
@@ -67,7 +69,8 @@ const (
 	MaxVotes     = 1024
 
 	hdrLen       = 2
-	ringFixedLen = 4 + 1 + key.Len + 8 + 2*4
+	ringFlagUsed = 1
+	ringFixedLen = 4 + 1 + key.Len + 8 + 1 + 2*4
 	entryLen     = 4 + 2 + 4 + 4
 	transferLen  = 2 + 2 + 1
 	voteLen      = 2 + 2 + 4 + 2
@@ -130,6 +133,11 @@ func AppendRing(b []byte, r *Ring) ([]byte, error) {
 	b = append(b, byte(r.Range.Bits()))
 	b = append(b, r.Seed.Peer[:]...)
 	b = binary.BigEndian.AppendUint64(b, r.Seed.ID)
+	var flags byte
+	if r.Used {
+		flags |= ringFlagUsed
+	}
+	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(keys)))
 	for _, k := range keys {
 		b = append(b, k[:]...)
@@ -217,6 +225,12 @@ func ParseRing(b []byte) (*Ring, error) {
 	r.Seed.ID = rd.u64()
 	if (r.Seed.ID == 0) != r.Seed.Peer.IsZero() {
 		rd.fail("half a seed")
+	}
+	switch f := rd.u8(); {
+	case f&^ringFlagUsed != 0:
+		rd.fail("unknown ring flags %#x", f)
+	default:
+		r.Used = f&ringFlagUsed != 0
 	}
 	np := rd.count(MaxPeers, "peers")
 	keys := make([]key.Public, np)

@@ -53,9 +53,10 @@ func TestGolden(t *testing.T) {
 			}
 			return b
 		}, []string{
-			"01 01",                  // version 1, type ring
+			"02 01",                  // version 2, type ring
 			"0a200000 0c",            // range 10.32.0.0/12
 			k(0), "0102030405060708", // seed: peer A, id
+			"00",                     // flags: not used
 			"0003", k(0), k(1), k(2), // peer table: A, B, C
 			"0002",                            // two entries
 			"0a200000 0000 00000001 00100000", // 10.32.0.0 A v1 free 1<<20
@@ -65,7 +66,7 @@ func TestGolden(t *testing.T) {
 		}},
 		{"request", func() []byte {
 			return AppendRequestMessage(nil, Seed{pk(0), 0x0102030405060708})
-		}, []string{"01 02", k(0), "0102030405060708"}},
+		}, []string{"02 02", k(0), "0102030405060708"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -92,7 +93,8 @@ func TestParseRejects(t *testing.T) {
 		b    []byte
 	}{
 		{"empty", nil},
-		{"version", mut(func(b []byte) []byte { b[0] = 2; return b })},
+		{"version", mut(func(b []byte) []byte { b[0] = 1; return b })},
+		{"flags", mut(func(b []byte) []byte { b[2+4+1+32+8] = 2; return b })},
 		{"type", mut(func(b []byte) []byte { b[1] = 9; return b })},
 		{"trailing", append(bytes.Clone(good), 0)},
 		{"truncated", good[:len(good)-1]},
