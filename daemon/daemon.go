@@ -17,6 +17,7 @@ import (
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/dns"
 	"github.com/weavewg/weavewg/ipam"
+	"github.com/weavewg/weavewg/nat"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -90,6 +91,7 @@ type Daemon struct {
 	tun            dataPlane
 	dns            *dns.Server // nil with --no-dns
 	ipam           *ipam.Allocator
+	nat            *nat.Manager // nil when the data plane has no socket of its own (tests)
 
 	// Guarded by mu, which serialises attach/detach and the state file.
 	mu          sync.Mutex
@@ -224,7 +226,14 @@ func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener
 		tun.Close()
 		return err
 	}
+	if err := d.openNAT(tun, open); err != nil {
+		d.closeDNS()
+		d.ipam.Close()
+		tun.Close()
+		return fmt.Errorf("nat traversal: %w", err)
+	}
 	if err := router.Start(); err != nil {
+		d.closeNAT()
 		d.closeDNS()
 		d.ipam.Close()
 		tun.Close()
@@ -274,6 +283,7 @@ func (d *Daemon) run(ctx context.Context) error {
 	stopDocker()
 	errs = append(errs, srv.Shutdown(shutCtx))
 	errs = append(errs, d.router.Close())
+	d.closeNAT()
 	errs = append(errs, d.closeDNS())
 	errs = append(errs, d.ipam.Close())
 	errs = append(errs, d.tun.Close())
@@ -327,6 +337,7 @@ func (d *Daemon) reconcile() {
 	}
 	peers := d.router.Peers()
 	relays := relayChoices(peers)
+	d.natPeers(peers)
 	for _, p := range peers {
 		if !p.Self && p.HostIP.IsValid() {
 			hostIPs = append(hostIPs, p.HostIP)
@@ -336,7 +347,7 @@ func (d *Daemon) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
-		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed}
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: d.natEndpoint(p.Key, p.Endpoint), Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
 				// Routing our own address into the tunnel would cut this host

@@ -103,6 +103,7 @@ func (d *Daemon) status() api.Status {
 		st.Conns = append(st.Conns, row)
 	}
 
+	d.addNATStatus(&st)
 	d.mu.Lock()
 	for _, rec := range d.attachments {
 		st.Attached = append(st.Attached, rec.api())
@@ -142,6 +143,9 @@ func (d *Daemon) counters() map[string]uint64 {
 	maps.Copy(out, d.ipam.Status().Counters)
 	if d.dns != nil {
 		maps.Copy(out, d.dns.Counters())
+	}
+	if d.nat != nil {
+		maps.Copy(out, d.nat.Counters())
 	}
 	return out
 }

@@ -52,6 +52,26 @@ type Status struct {
 	DNS DNSStatus `json:"dns"`
 	// IPAM is the address allocator's view, as at PathIPAM.
 	IPAM IPAMStatus `json:"ipam"`
+	// NAT is this peer's NAT as observed through other peers' STUN
+	// answers; nil when NAT traversal is off.
+	NAT *NATStatus `json:"nat,omitempty"`
+}
+
+// NATStatus is this peer's NAT behaviour as observed: the address STUN
+// servers (other peers) saw it at, and whether that depends on the server.
+type NATStatus struct {
+	PublicAddress        string       `json:"public_address,omitempty"` // as the first server saw it
+	Public               bool         `json:"public"`                   // a server saw one of our own addresses: no NAT
+	VariesPerDestination bool         `json:"varies_per_destination"`   // servers saw different ports or addresses
+	Mapping              string       `json:"mapping"`                  // in words
+	Mappings             []NATMapping `json:"mappings"`
+	ObservedAt           *time.Time   `json:"observed_at,omitempty"`
+}
+
+// NATMapping is where one STUN server saw this peer.
+type NATMapping struct {
+	Server string `json:"server"`
+	Mapped string `json:"mapped"`
 }
 
 // Peer is one peer as gossip describes it.
@@ -88,6 +108,15 @@ type Connection struct {
 	Via string `json:"via,omitempty"`
 	// RTTMillis is the last probe round trip on the path in use; 0 unknown.
 	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// ICE is the state of NAT traversal towards the peer when a session
+	// ran: checking, connected or backoff; empty when none was needed.
+	ICE string `json:"ice,omitempty"`
+	// Candidate and LocalCandidate are, when ICE connected, the candidate
+	// types of the selected pair (host, srflx, prflx): the peer's and ours.
+	Candidate      string  `json:"candidate,omitempty"`
+	LocalCandidate string  `json:"local_candidate,omitempty"`
+	ICEEndpoint    string  `json:"ice_endpoint,omitempty"` // the peer's address ICE selected
+	ICEMillis      float64 `json:"ice_ms,omitempty"`       // from session start to selection
 	// LastHandshake is the last completed WireGuard handshake; nil if none.
 	LastHandshake *time.Time `json:"last_handshake,omitempty"`
 	RxBytes       uint64     `json:"rx_bytes"`

@@ -1,0 +1,193 @@
+package daemon
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/nat"
+	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// natChannel is the gossip channel ICE credentials and candidates travel on.
+const natChannel = "nat"
+
+// stunPlane is the part of tunnel.Tunnel the nat package needs: the STUN
+// datagrams its Bind sorts out, and sending from its one UDP socket.
+type stunPlane interface {
+	SetSTUNHandler(h tunnel.PacketHandler)
+	SendUDP(pkt []byte, dst netip.AddrPort) error
+}
+
+var _ stunPlane = (*tunnel.Tunnel)(nil)
+
+// openNAT makes the NAT traversal manager over tun and registers its gossip
+// channel; it must run before the control plane starts. A data plane
+// without a UDP socket of its own (the tests' fakes) gets none.
+func (d *Daemon) openNAT(tun dataPlane, open channelOpener) error {
+	sp, ok := tun.(stunPlane)
+	if !ok {
+		return nil
+	}
+	port := d.cfg.Port
+	if port == 0 {
+		port = DefaultPort
+	}
+	var ch gossipChannel
+	m, err := nat.New(nat.Config{
+		Self:      d.pub,
+		Port:      port,
+		Send:      sp.SendUDP,
+		Signal:    func(to key.Public, msg []byte) error { return ch.Send(to, msg) },
+		HostAddrs: d.underlayAddrs,
+		Paths:     d.relayedPeers,
+		OnChange:  d.nudge,
+		Logger:    d.log.With("part", "nat"),
+	})
+	if err != nil {
+		return err
+	}
+	if ch, err = open(natChannel, m.HandleSignal); err != nil {
+		m.Close()
+		return err
+	}
+	sp.SetSTUNHandler(m.HandleSTUN)
+	m.Start()
+	d.nat = m
+	return nil
+}
+
+func (d *Daemon) closeNAT() {
+	if d.nat != nil {
+		if sp, ok := d.tun.(stunPlane); ok {
+			sp.SetSTUNHandler(nil)
+		}
+		d.nat.Close()
+	}
+}
+
+// relayedPeers reports, per WireGuard peer, whether the tunnel relays it.
+func (d *Daemon) relayedPeers() map[key.Public]bool {
+	stats := d.tun.PeerStats()
+	out := make(map[key.Public]bool, len(stats))
+	for k, s := range stats {
+		out[k] = s.Relayed
+	}
+	return out
+}
+
+// underlayAddrs are this host's IPv4 addresses outside the overlay: the
+// ICE host candidates. The TUN and the bridge are skipped, as is anything
+// in the overlay range.
+func (d *Daemon) underlayAddrs() []netip.Addr {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 || ifc.Name == d.cfg.Iface || ifc.Name == d.cfg.Bridge {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if !ip.Is4() || ip.IsLoopback() || ip.IsLinkLocalUnicast() || d.cfg.Range.Contains(ip) {
+				continue
+			}
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// natPeers tells the manager the reachable peers (called by reconcile).
+func (d *Daemon) natPeers(peers []discovery.Peer) {
+	if d.nat == nil {
+		return
+	}
+	infos := make([]nat.PeerInfo, 0, len(peers))
+	for _, p := range peers {
+		if p.Self || !p.Reachable {
+			continue
+		}
+		infos = append(infos, nat.PeerInfo{Key: p.Key, Endpoint: p.Endpoint, Direct: p.Direct})
+	}
+	d.nat.SetPeers(infos)
+}
+
+// natEndpoint is the endpoint to give the tunnel for peer k: the address
+// ICE found, if any, else gossip's.
+func (d *Daemon) natEndpoint(k key.Public, gossip netip.AddrPort) netip.AddrPort {
+	if d.nat == nil {
+		return gossip
+	}
+	if ep, ok := d.nat.Endpoints()[k]; ok {
+		return ep
+	}
+	return gossip
+}
+
+// addNATStatus adds the ICE state per peer and the observed NAT behaviour
+// to st.
+func (d *Daemon) addNATStatus(st *api.Status) {
+	if d.nat == nil {
+		return
+	}
+	ns := d.nat.Status()
+	byName := make(map[string]nat.PeerStatus, len(ns.Peers))
+	for _, p := range ns.Peers {
+		byName[p.Peer.Name()] = p
+	}
+	for i := range st.Conns {
+		c := &st.Conns[i]
+		p, ok := byName[c.Peer]
+		if !ok || p.State == "idle" {
+			continue
+		}
+		c.ICE = p.State
+		if p.State == "connected" {
+			c.Candidate, c.LocalCandidate = p.RemoteType, p.LocalType
+			c.ICEMillis = float64(p.TookFor.Microseconds()) / 1000
+			c.ICEEndpoint = p.Endpoint.String()
+		}
+	}
+	b := ns.Behaviour
+	out := &api.NATStatus{Mapping: "unknown", Mappings: []api.NATMapping{}}
+	for _, m := range b.Mappings {
+		out.Mappings = append(out.Mappings, api.NATMapping{Server: m.Server.String(), Mapped: m.Mapped.String()})
+	}
+	switch {
+	case len(b.Mappings) == 0:
+	case b.Public:
+		out.Mapping = "none (public address)"
+	case b.VariesPerDestination:
+		out.Mapping = "varies per destination"
+	case len(b.Mappings) >= 2:
+		out.Mapping = "same for every destination"
+	default:
+		out.Mapping = "unknown (one STUN server answered)"
+	}
+	out.Public = b.Public
+	out.VariesPerDestination = b.VariesPerDestination
+	if len(b.Mappings) > 0 {
+		out.PublicAddress = b.Mappings[0].Mapped.String()
+		t := b.At.UTC().Truncate(time.Second)
+		out.ObservedAt = &t
+	}
+	st.NAT = out
+}
