@@ -106,6 +106,21 @@ func showSummary(w io.Writer, st api.Status) {
 	} else {
 		row("DNS", "off")
 	}
+	if st.NAT != nil {
+		row("NAT", natLine(st.NAT))
+	}
+}
+
+// natLine is this peer's observed NAT behaviour in one line.
+func natLine(n *api.NATStatus) string {
+	if len(n.Mappings) == 0 {
+		return "not observed yet (no STUN server answered)"
+	}
+	seen := make([]string, 0, len(n.Mappings))
+	for _, m := range n.Mappings {
+		seen = append(seen, m.Mapped+" by "+m.Server)
+	}
+	return fmt.Sprintf("mapping %s; seen at %s", n.Mapping, strings.Join(seen, ", "))
 }
 
 func showPeers(w io.Writer, st api.Status) {
@@ -163,6 +178,8 @@ func showConnections(w io.Writer, st api.Status) {
 		switch {
 		case c.Via != "":
 			path = "relayed via " + c.Via
+		case c.Endpoint != "" && c.Direct && c.Candidate != "" && c.Endpoint == c.ICEEndpoint:
+			path = "direct (ice " + c.Candidate + ")"
 		case c.Endpoint != "" && c.Direct:
 			path = "direct"
 		case c.Endpoint != "":
@@ -176,6 +193,9 @@ func showConnections(w io.Writer, st api.Status) {
 			}
 			detail = fmt.Sprintf("endpoint %s, rtt %s, handshake %s, rx %s, tx %s",
 				c.Endpoint, rtt, ago(c.LastHandshake), bytesHuman(c.RxBytes), bytesHuman(c.TxBytes))
+		}
+		if c.ICE != "" && c.ICE != "connected" {
+			detail += ", ice " + c.ICE
 		}
 		fmt.Fprintf(tw, "%s %s\t%s\t%s\t%s\t%s\n", dir, orDash(c.Address), c.State, orDash(path), peer, detail)
 	}
