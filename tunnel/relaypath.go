@@ -71,13 +71,23 @@ func (t *relayTable) nextHop(i int32) conn.Endpoint {
 	return t.peers[i].ep
 }
 
-// relayBatch is a pooled send batch: frame buffers that keep their capacity
-// from one use to the next, so wrapping and forwarding do not allocate once
-// the pool is warm.
+// relayBatch is a pooled send batch. Frames we wrap are laid end to end in
+// mem, and each frame's slice keeps the capacity up to the end of mem: the
+// std Bind's UDP GSO (coalesceMessages in wireguard-go's conn/bind_std.go)
+// appends the next datagram to the first one of a segment only if it fits in
+// that buffer's capacity, so frames in separate buffers would each go out
+// as their own sendmmsg message. Laid out this way every append lands where
+// the frame already is, and a batch leaves as a few GSO sends. mem keeps its
+// capacity from one use to the next, so wrapping does not allocate once the
+// pool is warm.
 type relayBatch struct {
 	bufs [][]byte // the frames to send, aliasing mem or the receive buffers
-	mem  [][]byte
+	mem  []byte
 }
+
+// fullRelayFrameLen is the size of a relayed full-size WireGuard message at
+// the default MTU (relay.go), to size a batch's buffer.
+const fullRelayFrameLen = RelayHeaderLen + 1452
 
 var relayBatchPool = sync.Pool{New: func() any { return new(relayBatch) }}
 
@@ -89,15 +99,26 @@ func putRelayBatch(rb *relayBatch) {
 	relayBatchPool.Put(rb)
 }
 
-// frame returns the i-th frame buffer with room for n bytes, length 0.
-func (rb *relayBatch) frame(i, n int) []byte {
-	for len(rb.mem) <= i {
-		rb.mem = append(rb.mem, nil)
+// wrap appends to rb.bufs the datagrams of bufs, each behind the header h,
+// end to end in rb.mem.
+func (rb *relayBatch) wrap(bufs [][]byte, h RelayHeader) {
+	total := 0
+	for _, p := range bufs {
+		total += RelayHeaderLen + len(p)
 	}
-	if cap(rb.mem[i]) < n {
-		rb.mem[i] = make([]byte, 0, max(n, 1500))
+	if cap(rb.mem) < total {
+		// Room for a full batch of full-size frames, so that the buffer
+		// is made once per pooled batch.
+		rb.mem = make([]byte, max(total, conn.IdealBatchSize*fullRelayFrameLen))
 	}
-	return rb.mem[i][:0]
+	mem := rb.mem[:cap(rb.mem)]
+	off := 0
+	for _, p := range bufs {
+		f := AppendRelayHeader(mem[off:off], h)
+		f = append(f, p...)
+		rb.bufs = append(rb.bufs, f)
+		off += len(f)
+	}
 }
 
 var errNoRelayRoute = errors.New("relay: no route to peer")
@@ -123,10 +144,7 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 	}
 	h := relayHeaderFor(RelayTypeData, dst, t.self)
 	rb := getRelayBatch()
-	for j, p := range bufs {
-		f := AppendRelayHeader(rb.frame(j, RelayHeaderLen+len(p)), h)
-		rb.bufs = append(rb.bufs, append(f, p...))
-	}
+	rb.wrap(bufs, h)
 	err := b.inner.Send(rb.bufs, ep)
 	putRelayBatch(rb)
 	if err != nil {
