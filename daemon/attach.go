@@ -196,8 +196,11 @@ func (d *Daemon) ps() []api.Attachment {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := []api.Attachment{}
+	self := d.pub.Name() + "(" + d.cfg.Nickname + ")"
 	for _, rec := range d.attachments {
-		out = append(out, rec.api())
+		a := rec.api()
+		a.Peer = self
+		out = append(out, a)
 	}
 	return out
 }

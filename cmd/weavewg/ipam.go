@@ -78,8 +78,9 @@ func psCommand() *cli.Command {
 				return printJSON(as)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tADDRESS\tPEER\tHOST VETH\tNAMESPACE")
 			for _, a := range as {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(a.Name), a.IP, a.Interface, a.HostVeth, a.Netns)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(a.Name), a.IP, a.Peer, a.HostVeth, a.Netns)
 			}
 			return tw.Flush()
 		},

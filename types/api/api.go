@@ -142,8 +142,9 @@ type Attachment struct {
 	Netns     string `json:"netns"`
 	IP        string `json:"ip"`
 	Name      string `json:"name,omitempty"`
-	Interface string `json:"interface"` // inside the namespace, ethwe0
-	HostVeth  string `json:"host_veth"` // the end on the bridge
+	Interface string `json:"interface"`      // inside the namespace, ethwe0
+	HostVeth  string `json:"host_veth"`      // the end on the bridge
+	Peer      string `json:"peer,omitempty"` // the peer it is attached on, NAME(nickname); set by ps
 	MTU       int    `json:"mtu"`
 }
 
