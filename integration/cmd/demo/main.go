@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/integration/testbed"
+	"github.com/weavewg/weavewg/types/api"
 )
 
 // demoTB implements testbed.TB for a program: Fatalf panics with fatal,
@@ -208,6 +209,14 @@ func run(tb *demoTB, nHosts, perHost int) bool {
 		tb.Fatalf("%v", err)
 	}
 	fmt.Printf("every host sees every other one (%.1fs since the first launch)\n", time.Since(start).Seconds())
+	// Peers start relayed until their direct path answers a probe; on one
+	// flat underlay every pair turns direct within seconds.
+	fmt.Print("waiting for direct paths... ")
+	if err := testbed.Poll(tb, 20*time.Second, "direct paths", func() error { return allDirect(hs) }); err != nil {
+		fmt.Printf("not all: %v\n", err)
+	} else {
+		fmt.Println("every pair is direct")
+	}
 
 	for _, args := range [][]string{{"status"}, {"status", "connections"}} {
 		fmt.Printf("\n%s# weavewg %s\n", hs[0].Name, strings.Join(args, " "))
@@ -272,4 +281,20 @@ func printMatrix(cs []*testbed.Container, rs []testbed.PingResult) bool {
 		}
 	}
 	return good == total
+}
+
+// allDirect reports an error naming a host that still relays to a peer.
+func allDirect(hs []*testbed.Host) error {
+	for _, h := range hs {
+		st, err := h.StatusErr()
+		if err != nil {
+			return err
+		}
+		for _, c := range st.Conns {
+			if c.Peer != "" && c.State == api.StateEstablished && !c.Direct {
+				return fmt.Errorf("%s reaches %s relayed", h, c.Nickname)
+			}
+		}
+	}
+	return nil
 }
