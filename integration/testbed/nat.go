@@ -21,10 +21,11 @@ import (
 // eth0 only replies (conntrack state established or related), so the
 // filtering is address- and port-dependent, as in most home routers:
 //
-//   - NATEasy: plain `masquerade`. Linux keeps the source port when it is
-//     free, so a host's one UDP socket keeps one public port whatever the
-//     destination: endpoint-independent mapping in effect.
-//   - NATHard: `masquerade random-fully`: every new flow (destination) gets
+//   - NATEasy: endpoint-independent mapping: each LAN host's port 6783
+//     is snat'ed to one fixed WAN port whatever the destination (plain
+//     masquerade decides per flow and is not reliably endpoint-independent;
+//     see AddHostBehind); everything else is masqueraded.
+//   - NATHard: `masquerade fully-random` (iptables: --random-fully): every new flow (destination) gets
 //     a random port, endpoint-dependent mapping as in cloud NAT gateways and
 //     CGNAT.
 //
@@ -70,14 +71,14 @@ func (b *Bed) AddNAT(kind NATKind, octet, index int) *NAT {
 	b.MustIP(name, "link", "set", "lan0", "up")
 	masq := "masquerade"
 	if kind == NATHard {
-		masq = "masquerade random-fully"
+		masq = "masquerade fully-random"
 	}
 	script := fmt.Sprintf(`table ip wwgnat {
-	chain post {
+	chain nat_postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "eth0" %s
 	}
-	chain fwd {
+	chain filter_forward {
 		type filter hook forward priority filter; policy accept;
 		iifname "eth0" ct state established,related counter accept
 		iifname "eth0" counter drop
@@ -126,6 +127,19 @@ func (b *Bed) AddHostBehind(n *NAT, opts HostOptions) *Host {
 	b.MustIP(h.Netns, "link", "set", "eth0", "up")
 	b.MustIP(h.Netns, "route", "add", "default", "via", n.LANIP)
 	h.UnderlayIP = lan
+	if n.Kind == NATEasy {
+		// Linux masquerade keeps a flow's source port only when that
+		// flow's tuple is free, deciding per flow: measured here, a host's
+		// port 6783 came out as one port towards two servers and as
+		// another towards a third, which is not endpoint-independent.
+		// A fixed port per LAN host makes the mapping truly
+		// endpoint-independent; conntrack still lets in replies only.
+		rule := fmt.Sprintf("insert rule ip wwgnat nat_postrouting ip saddr %s udp sport 6783 oifname \"eth0\" snat to %s:%d\n",
+			lan, n.WANIP, 20000+32*n.index+n.hosts)
+		if err := nsNft(n.Netns, rule); err != nil {
+			b.tb.Fatalf("testbed: %v", err)
+		}
+	}
 	b.logf("testbed: %s behind %s NAT %s at %s", h, n.Kind, n.Netns, lan)
 	if launch {
 		h.Launch()
