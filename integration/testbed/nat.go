@@ -83,6 +83,16 @@ func (b *Bed) AddNAT(kind NATKind, octet, index int) *NAT {
 		iifname "eth0" ct state established,related counter accept
 		iifname "eth0" counter drop
 	}
+	# Unsolicited datagrams to the router's own WAN address are dropped
+	# here, before conntrack confirms them: a confirmed entry for such a
+	# datagram (a hole-punching check that arrived before ours left)
+	# would take the tuple our own outgoing flow needs, and the NAT would
+	# give that flow another port. Home routers drop these too.
+	chain filter_input {
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" ct state established,related accept
+		iifname "eth0" counter drop
+	}
 }
 `, masq)
 	if err := nsNft(name, script); err != nil {
