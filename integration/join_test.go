@@ -201,7 +201,7 @@ func TestJoinRefusals(t *testing.T) {
 
 	cases := []struct {
 		name, token, want string
-		on               *testbed.Host
+		on                *testbed.Host
 	}{
 		{"one character changed", typo, "damaged", joiner},
 		{"expired", expired, "expired", joiner},
