@@ -100,6 +100,8 @@ type Server struct {
 	tcpAddr         net.Addr
 	stop            chan struct{}
 	wg              sync.WaitGroup
+	// reach is the last set given to SetReachable.
+	reach map[key.Public]bool
 }
 
 type transportBox struct{ t Transport }
@@ -179,10 +181,18 @@ func (s *Server) Start() error {
 		}
 		s.udpAddr, s.tcpAddr = pc.LocalAddr(), ln.Addr()
 		s.up.exclude(s.udpAddr)
+		// Start returns once both serve: a Shutdown (Close) that comes
+		// before ActivateAndServe has started is refused by miekg/dns, and
+		// the server would then run, and Close wait, forever.
+		started := make(chan struct{}, 2)
+		notify := func() { started <- struct{}{} }
 		s.udpSrv = s.newServer()
 		s.udpSrv.PacketConn = pc
+		s.udpSrv.NotifyStartedFunc = notify
 		s.tcpSrv = s.newServer()
 		s.tcpSrv.Listener = ln
+		s.tcpSrv.NotifyStartedFunc = notify
+		failed := make(chan struct{}, 2)
 		for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
 			s.wg.Add(1)
 			go func() {
@@ -190,7 +200,14 @@ func (s *Server) Start() error {
 				if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
 					s.cfg.Logf("dns: serve: %v", err)
 				}
+				failed <- struct{}{}
 			}()
+		}
+		for range 2 {
+			select {
+			case <-started:
+			case <-failed: // returned before it started; nothing to wait for
+			}
 		}
 	}
 	s.stop = make(chan struct{})
@@ -379,7 +396,28 @@ func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int
 // SetReachable tells the table which peers are reachable now: entries of
 // every other peer are no longer answered (and deleted after
 // TableOptions.PeerExpiry). Call it whenever the set changes.
-func (s *Server) SetReachable(peers []key.Public) { s.table.SetReachable(peers, s.cfg.Now()) }
+//
+// When a peer becomes reachable (joined, restarted, or back from a
+// partition) the whole table is broadcast at once rather than at the next
+// anti-entropy round: a restarted peer holds no table, and until it gets
+// one its server answers NXDOMAIN for every other peer's names.
+func (s *Server) SetReachable(peers []key.Public) {
+	s.table.SetReachable(peers, s.cfg.Now())
+	now := make(map[key.Public]bool, len(peers))
+	arrived := false
+	s.mu.Lock()
+	for _, p := range peers {
+		now[p] = true
+		if p != s.cfg.Self && !s.reach[p] {
+			arrived = true
+		}
+	}
+	s.reach = now
+	s.mu.Unlock()
+	if arrived {
+		s.broadcast(MsgState, s.table.All())
+	}
+}
 
 // RemovePeer withdraws the names of a peer that left or became unreachable.
 // They come back when PeerReachable(p) is called or p is listed in

@@ -430,3 +430,37 @@ func TestLookupAndWithdraw(t *testing.T) {
 		t.Errorf("entries %v", es)
 	}
 }
+
+// countingTransport records broadcasts.
+type countingTransport struct{ msgs [][]byte }
+
+func (c *countingTransport) Broadcast(m []byte) { c.msgs = append(c.msgs, m) }
+
+// A peer that becomes reachable gets the whole table at once, not at the
+// next anti-entropy round: after a restart it has none, and meanwhile its
+// server would answer NXDOMAIN for every other peer's names.
+func TestArrivingPeerGetsTheTable(t *testing.T) {
+	tr := &countingTransport{}
+	s := startServer(t, func(c *Config) { c.Transport = tr })
+	must(t, s.AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
+	third := peerKey(3)
+	tr.msgs = nil
+	s.SetReachable([]key.Public{otherKey})
+	if len(tr.msgs) == 0 {
+		t.Fatal("no state broadcast when a peer became reachable")
+	}
+	typ, entries, err := ParseMessage(tr.msgs[0])
+	if err != nil || typ != MsgState || len(entries) != 1 {
+		t.Fatalf("broadcast %d %v %v", typ, entries, err)
+	}
+	tr.msgs = nil
+	s.SetReachable([]key.Public{otherKey})
+	s.SetReachable(nil)
+	if len(tr.msgs) != 0 {
+		t.Fatalf("%d broadcasts with no peer arriving", len(tr.msgs))
+	}
+	s.SetReachable([]key.Public{third})
+	if len(tr.msgs) == 0 {
+		t.Fatal("no state broadcast when another peer became reachable")
+	}
+}
