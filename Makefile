@@ -58,6 +58,8 @@ demo: build deps
 # iperf3 if it is missing. BENCHFLAGS=--json for scripts, --help for the rest.
 bench: build deps
 	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/bench $(BENCHFLAGS)
+	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/natbench
+	$(MAKE) --no-print-directory bench-dns
 
 # bench-dns: queries per second for weave.local names against one host's
 # DNS server, from a container, beside a bare miekg/dns server on the same

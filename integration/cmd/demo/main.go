@@ -8,150 +8,19 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/weavewg/weavewg/integration/testbed"
 	"github.com/weavewg/weavewg/types/api"
 )
 
-// demoTB implements testbed.TB for a program: Fatalf panics with fatal,
-// which main recovers; cleanups run once, last first, from main or from the
-// signal handler.
-type demoTB struct {
-	verbose bool
-
-	mu       sync.Mutex
-	cleanups []func()
-	done     bool // cleanups have started; later registrations run at once
-	failed   bool
-
-	interrupted atomic.Bool
-
-	once     sync.Once
-	finished chan struct{} // closed when the cleanups have all run
-}
-
-type fatal struct{ msg string }
-
-func (d *demoTB) Helper() {}
-
-func (d *demoTB) Logf(format string, args ...any) {
-	if d.verbose {
-		fmt.Fprintf(os.Stderr, "  · "+format+"\n", args...)
-		return
-	}
-	// Without -v only the waits and surprises are shown.
-	msg := fmt.Sprintf(format, args...)
-	if strings.Contains(msg, "waiting") || strings.Contains(msg, "exited") || strings.Contains(msg, "did not") {
-		fmt.Fprintf(os.Stderr, "  · %s\n", msg)
-	}
-}
-
-func (d *demoTB) Fatalf(format string, args ...any) {
-	d.mu.Lock()
-	d.failed = true
-	d.mu.Unlock()
-	panic(fatal{fmt.Sprintf(format, args...)})
-}
-
-func (d *demoTB) Failed() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.failed
-}
-
-func (d *demoTB) Cleanup(f func()) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.done {
-		f()
-		return
-	}
-	d.cleanups = append(d.cleanups, f)
-}
-
-// runCleanups runs the cleanups once; a second caller (main racing the
-// signal handler) waits until the first has finished, so neither exits the
-// process halfway through the teardown.
-func (d *demoTB) runCleanups() {
-	d.once.Do(func() {
-		d.mu.Lock()
-		d.done = true
-		fs := d.cleanups
-		d.cleanups = nil
-		d.mu.Unlock()
-		d.cleanupAll(fs)
-		close(d.finished)
-	})
-	<-d.finished
-}
-
-func (d *demoTB) cleanupAll(fs []func()) {
-	for i := len(fs) - 1; i >= 0; i-- {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					fmt.Fprintf(os.Stderr, "cleanup: %v\n", r)
-				}
-			}()
-			fs[i]()
-		}()
-	}
-}
-
 func main() {
 	hosts := flag.Int("hosts", 3, "number of hosts")
 	perHost := flag.Int("containers", 2, "containers per host")
 	verbose := flag.Bool("v", false, "show every test-bed step")
 	flag.Parse()
-
-	tb := &demoTB{verbose: *verbose, finished: make(chan struct{})}
-	sigc := make(chan os.Signal, 1)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigc
-		tb.interrupted.Store(true)
-		fmt.Fprintf(os.Stderr, "\n%v: tearing down...\n", s)
-		tb.runCleanups()
-		fmt.Fprintln(os.Stderr, "torn down")
-		os.Exit(130)
-	}()
-
-	code := 0
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				if tb.interrupted.Load() {
-					// The teardown pulled the bed from under run; say nothing.
-				} else if f, ok := r.(fatal); ok {
-					fmt.Fprintf(os.Stderr, "\nFAILED: %s\n", f.msg)
-				} else {
-					fmt.Fprintf(os.Stderr, "\npanic: %v\n", r)
-				}
-				code = 1
-			}
-		}()
-		if !run(tb, *hosts, *perHost) {
-			code = 1
-		}
-	}()
-	if code != 0 {
-		tb.mu.Lock()
-		tb.failed = true
-		tb.mu.Unlock()
-	}
-	if tb.interrupted.Load() {
-		tb.runCleanups() // the handler's; wait for it, it exits 130
-		select {}
-	}
-	signal.Stop(sigc)
-	fmt.Println("\ntearing down...")
-	tb.runCleanups()
+	code := testbed.RunProgram(*verbose, func(p *testbed.Program) bool { return run(p, *hosts, *perHost) })
 	if code == 0 {
 		fmt.Println("demo: all good")
 	} else {
@@ -160,7 +29,7 @@ func main() {
 	os.Exit(code)
 }
 
-func run(tb *demoTB, nHosts, perHost int) bool {
+func run(tb *testbed.Program, nHosts, perHost int) bool {
 	if err := testbed.Check(); err != nil {
 		tb.Fatalf("%v", err)
 	}
