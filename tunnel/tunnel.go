@@ -306,7 +306,7 @@ func (t *Tunnel) applyLocked() error {
 			applied = cur
 		}
 	}
-	if text := buildPeersUAPI(applied, want, t.cfg.Secret); text != "" {
+	if text := buildPeersUAPI(t.cfg.Private.Public(), applied, want, t.cfg.Secret); text != "" {
 		if err := t.dev.IpcSet(text); err != nil {
 			t.synced = false
 			errs = append(errs, fmt.Errorf("set peers: configuring WireGuard: %w", err))

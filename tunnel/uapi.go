@@ -13,8 +13,13 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// keepaliveInterval is every peer's persistent_keepalive_interval in seconds:
-// it holds NAT mappings open (design: NAT traversal).
+// keepaliveInterval is the persistent_keepalive_interval, in seconds, of the
+// peers whose key is larger than ours. Only that side of a pair gets one:
+// wireguard-go starts a handshake the moment it is set, and when both sides
+// did so at once, each overwrote its handshake state with the other's
+// initiation, both responses were refused ("invalid response message") and
+// the pair waited for the 5 s retry. The probes (probe.go) keep NAT mappings
+// open in both directions, so one-sided keepalives lose nothing.
 const keepaliveInterval = 25
 
 // peerState is one peer as last applied to wireguard-go, normalized so that
@@ -75,7 +80,7 @@ func comparePrefix(a, b netip.Prefix) int {
 // is written only when the control plane's choice changed, so that an
 // endpoint wireguard-go learned by roaming is not reset on every update.
 // Peers are written in key order, so the text is deterministic.
-func buildPeersUAPI(applied, want map[key.Public]peerState, psk key.Secret) string {
+func buildPeersUAPI(self key.Public, applied, want map[key.Public]peerState, psk key.Secret) string {
 	var b strings.Builder
 	for _, k := range sortedKeys(applied) {
 		if _, ok := want[k]; !ok {
@@ -98,7 +103,9 @@ func buildPeersUAPI(applied, want map[key.Public]peerState, psk key.Secret) stri
 		case w.endpoint.IsValid() && (!had || old.endpoint != w.endpoint || old.relay != ""):
 			fmt.Fprintf(&b, "endpoint=%s\n", w.endpoint)
 		}
-		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveInterval)
+		if self.Less(k) {
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveInterval)
+		}
 		b.WriteString("replace_allowed_ips=true\n")
 		for _, p := range w.allowed {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", p)

@@ -73,7 +73,7 @@ func TestBuildPeersUAPI(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := buildPeersUAPI(normalizePeers(tt.applied), normalizePeers(tt.want), psk)
+			got := buildPeersUAPI(key.Public{}, normalizePeers(tt.applied), normalizePeers(tt.want), psk)
 			if got != tt.out {
 				t.Errorf("got:\n%s\nwant:\n%s", got, tt.out)
 			}
@@ -86,7 +86,7 @@ func TestBuildPeersUAPIStale(t *testing.T) {
 	k := testKey(1)
 	applied := map[key.Public]peerState{k: {stale: true}}
 	want := map[key.Public]peerState{k: {}}
-	if got := buildPeersUAPI(applied, want, key.Secret{}); !strings.HasPrefix(got, "public_key="+k.Hex()+"\n") {
+	if got := buildPeersUAPI(key.Public{}, applied, want, key.Secret{}); !strings.HasPrefix(got, "public_key="+k.Hex()+"\n") {
 		t.Errorf("stale peer not rewritten: %q", got)
 	}
 }
@@ -191,5 +191,21 @@ func TestWGLogFilter(t *testing.T) {
 	rl.allow("x", now.Add(2*time.Second))
 	if ok, n := rl.allow("x", now.Add(errorEvery+time.Second)); !ok || n != 2 {
 		t.Errorf("after the interval: allow = %v, %d suppressed; want true, 2", ok, n)
+	}
+}
+
+// TestKeepaliveOnOneSideOnly: of two peers, only the one with the smaller key
+// keeps the other alive, so they never both start a handshake at once.
+func TestKeepaliveOnOneSideOnly(t *testing.T) {
+	var small, large key.Public
+	small[0], large[0] = 1, 2
+	want := func(k key.Public) map[key.Public]peerState {
+		return normalizePeers([]PeerConfig{{Key: k, Endpoint: netip.MustParseAddrPort("192.0.2.1:6783")}})
+	}
+	if got := buildPeersUAPI(small, nil, want(large), key.Secret{}); !strings.Contains(got, "persistent_keepalive_interval=25") {
+		t.Errorf("the smaller key does not keep the larger alive:\n%s", got)
+	}
+	if got := buildPeersUAPI(large, nil, want(small), key.Secret{}); strings.Contains(got, "persistent_keepalive") {
+		t.Errorf("the larger key keeps the smaller alive too:\n%s", got)
 	}
 }
