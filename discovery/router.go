@@ -113,14 +113,16 @@ type tunables struct {
 
 func defaultTunables() tunables {
 	return tunables{
-		tick:          time.Second,
-		antiEntropy:   10 * time.Second,
-		expireAfter:   time.Minute,
-		tombstoneFor:  5 * time.Minute,
-		backoffMin:    time.Second,
-		backoffMax:    30 * time.Second,
-		keepalive:     15 * time.Second,
-		readTimeout:   60 * time.Second,
+		tick:         time.Second,
+		antiEntropy:  10 * time.Second,
+		expireAfter:  time.Minute,
+		tombstoneFor: 5 * time.Minute,
+		backoffMin:   time.Second,
+		backoffMax:   30 * time.Second,
+		// A silent peer (cut off, not closed) is noticed within readTimeout;
+		// keepalives every 5 s keep an idle connection well inside it.
+		keepalive:     5 * time.Second,
+		readTimeout:   20 * time.Second,
 		writeTimeout:  10 * time.Second,
 		dialTimeout:   5 * time.Second,
 		resolveTimout: 5 * time.Second,
