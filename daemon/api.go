@@ -9,6 +9,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,122 +46,48 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metricsCollector{d})
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.PathStatus, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.status())
+	rt := &routes{d: d, mux: http.NewServeMux(), methods: map[string][]string{}}
+	rt.get(api.PathStatus, func(*http.Request) (any, error) { return d.status(), nil })
+	rt.get(api.PathIPAM, func(*http.Request) (any, error) { return d.ipamStatus(), nil })
+	rt.get(api.PathPS, func(*http.Request) (any, error) { return d.ps(), nil })
+	rt.get(api.PathTokens, func(*http.Request) (any, error) { return d.listTokens(), nil })
+	rt.get(api.PathDNS, func(*http.Request) (any, error) { return d.dnsStatus(true), nil })
+	rt.get(api.PathDNSLookup, func(r *http.Request) (any, error) { return d.dnsLookup(r.URL.Query().Get("name")) })
+	post(rt, api.PathConnect, func(_ *http.Request, req api.ConnectRequest) (any, error) {
+		return nil, addressError(d.router.Connect(req.Address))
 	})
-	mux.HandleFunc("POST "+api.PathConnect, func(w http.ResponseWriter, r *http.Request) {
-		var req api.ConnectRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		d.answer(w, addressError(d.router.Connect(req.Address)), nil)
+	post(rt, api.PathForget, func(_ *http.Request, req api.ConnectRequest) (any, error) {
+		return nil, addressError(d.router.Forget(req.Address))
 	})
-	mux.HandleFunc("POST "+api.PathForget, func(w http.ResponseWriter, r *http.Request) {
-		var req api.ConnectRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		d.answer(w, addressError(d.router.Forget(req.Address)), nil)
-	})
-	mux.HandleFunc("POST "+api.PathAttach, func(w http.ResponseWriter, r *http.Request) {
-		var req api.AttachRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		a, err := d.attach(r.Context(), req)
-		d.answer(w, err, a)
-	})
-	mux.HandleFunc("POST "+api.PathDetach, func(w http.ResponseWriter, r *http.Request) {
-		var req api.DetachRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		d.answer(w, d.detach(req), nil)
-	})
-	mux.HandleFunc("GET "+api.PathIPAM, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.ipamStatus())
-	})
-	mux.HandleFunc("GET "+api.PathPS, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.ps())
-	})
-	mux.HandleFunc("POST "+api.PathRmpeer, func(w http.ResponseWriter, r *http.Request) {
-		var req api.RmpeerRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
+	post(rt, api.PathAttach, func(r *http.Request, req api.AttachRequest) (any, error) { return d.attach(r.Context(), req) })
+	post(rt, api.PathDetach, func(_ *http.Request, req api.DetachRequest) (any, error) { return nil, d.detach(req) })
+	post(rt, api.PathRmpeer, func(_ *http.Request, req api.RmpeerRequest) (any, error) {
 		name, err := d.rmpeer(req.Peer)
-		d.answer(w, err, api.RmpeerResult{Peer: name})
+		return api.RmpeerResult{Peer: name}, err
 	})
-	mux.HandleFunc("GET "+api.PathTokens, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.listTokens())
+	post(rt, api.PathTokens, func(_ *http.Request, req api.TokenRequest) (any, error) { return d.createToken(req) })
+	post(rt, api.PathTokenRevoke, func(_ *http.Request, req api.TokenRevokeRequest) (any, error) {
+		return nil, d.revokeToken(req.ID)
 	})
-	mux.HandleFunc("POST "+api.PathTokens, func(w http.ResponseWriter, r *http.Request) {
-		var req api.TokenRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		t, err := d.createToken(req)
-		d.answer(w, err, t)
-	})
-	mux.HandleFunc("POST "+api.PathTokenRevoke, func(w http.ResponseWriter, r *http.Request) {
-		var req api.TokenRevokeRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
-		d.answer(w, d.revokeToken(req.ID), nil)
-	})
-	mux.HandleFunc("POST "+api.PathReset, func(w http.ResponseWriter, r *http.Request) {
-		res, err := d.reset()
-		d.answer(w, err, res)
-	})
-	mux.HandleFunc("GET "+api.PathDNS, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.dnsStatus(true))
-	})
-	mux.HandleFunc("GET "+api.PathDNSLookup, func(w http.ResponseWriter, r *http.Request) {
-		res, err := d.dnsLookup(r.URL.Query().Get("name"))
-		d.answer(w, err, res)
-	})
-	mux.HandleFunc("POST "+api.PathDNSAdd, func(w http.ResponseWriter, r *http.Request) {
-		var req api.DNSRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
+	post(rt, api.PathReset, func(_ *http.Request, _ struct{}) (any, error) { return d.reset() })
+	post(rt, api.PathDNSAdd, func(_ *http.Request, req api.DNSRequest) (any, error) {
 		_, err := d.dnsChange(req, true)
-		d.answer(w, err, nil)
+		return nil, err
 	})
-	mux.HandleFunc("POST "+api.PathDNSRemove, func(w http.ResponseWriter, r *http.Request) {
-		var req api.DNSRequest
-		if !readJSON(w, r, &req) {
-			return
-		}
+	post(rt, api.PathDNSRemove, func(_ *http.Request, req api.DNSRequest) (any, error) {
 		n, err := d.dnsChange(req, false)
-		d.answer(w, err, api.DNSRemoved{Removed: n})
+		return api.DNSRemoved{Removed: n}, err
 	})
-	mux.Handle("GET "+api.PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	rt.handle("GET", api.PathMetrics, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// Profiles, for when a benchmark ratio falls short: the socket is
 	// root's alone, so this exposes nothing new.
 	//   curl --unix-socket SOCK http://x/debug/pprof/profile?seconds=10 > cpu.pprof
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	// The catch-all would otherwise shadow ServeMux's own 405 answers.
-	methods := map[string]string{
-		api.PathStatus: "GET", api.PathMetrics: "GET", api.PathConnect: "POST",
-		api.PathForget: "POST", api.PathAttach: "POST", api.PathDetach: "POST",
-		api.PathIPAM: "GET", api.PathPS: "GET", api.PathRmpeer: "POST",
-		api.PathTokens: "GET or POST", api.PathTokenRevoke: "POST", api.PathReset: "POST",
-		api.PathDNS: "GET", api.PathDNSLookup: "GET", api.PathDNSAdd: "POST", api.PathDNSRemove: "POST",
-	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if m, ok := methods[r.URL.Path]; ok {
-			w.Header().Set("Allow", m)
-			writeJSON(w, http.StatusMethodNotAllowed, api.Error{Error: r.URL.Path + " takes " + m + ", not " + r.Method})
-			return
-		}
-		writeJSON(w, http.StatusNotFound, api.Error{Error: "no such API path: " + r.Method + " " + r.URL.Path})
-	})
+	rt.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	rt.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	rt.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	rt.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	rt.mux.HandleFunc("/", rt.notFound)
+	mux := rt.mux
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -169,6 +96,51 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		}
 	}()
 	return srv, nil
+}
+
+// routes registers the API's handlers and remembers each path's methods, so
+// a known path asked with the wrong method gets 405 (the catch-all would
+// otherwise shadow ServeMux's own 405 answers).
+type routes struct {
+	d       *Daemon
+	mux     *http.ServeMux
+	methods map[string][]string
+}
+
+func (rt *routes) handle(method, path string, h http.Handler) {
+	rt.mux.Handle(method+" "+path, h)
+	rt.methods[path] = append(rt.methods[path], method)
+}
+
+// get serves path with f's value as JSON.
+func (rt *routes) get(path string, f func(*http.Request) (any, error)) {
+	rt.handle("GET", path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v, err := f(r)
+		rt.d.answer(w, err, v)
+	}))
+}
+
+// post serves path: the JSON body decoded into a Req (an empty body is a
+// zero Req only where Req has no fields), f's value or error as the answer.
+func post[Req any](rt *routes, path string, f func(*http.Request, Req) (any, error)) {
+	rt.handle("POST", path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if _, empty := any(req).(struct{}); !empty && !readJSON(w, r, &req) {
+			return
+		}
+		v, err := f(r, req)
+		rt.d.answer(w, err, v)
+	}))
+}
+
+func (rt *routes) notFound(w http.ResponseWriter, r *http.Request) {
+	if ms, ok := rt.methods[r.URL.Path]; ok {
+		allowed := strings.Join(ms, " or ")
+		w.Header().Set("Allow", strings.Join(ms, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, api.Error{Error: r.URL.Path + " takes " + allowed + ", not " + r.Method})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, api.Error{Error: "no such API path: " + r.Method + " " + r.URL.Path})
 }
 
 // answer writes the result of a mutation: the value or {} on success, the

@@ -13,25 +13,18 @@ import (
 )
 
 func connectCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "connect",
-		Usage:     "add a peer address to the running daemon; it is dialled until it answers",
-		ArgsUsage: "HOST[:PORT]",
-		Flags:     []cli.Flag{apiSocketFlag()},
-		Action: func(c *cli.Context) error {
-			addr, err := oneArg(c, "HOST[:PORT]")
-			if err != nil {
-				return err
-			}
-			return newClient(c).do("POST", api.PathConnect, api.ConnectRequest{Address: addr}, nil)
-		},
-	}
+	return addressCommand("connect", "add a peer address to the running daemon; it is dialled until it answers", api.PathConnect)
 }
 
 func forgetCommand() *cli.Command {
+	return addressCommand("forget", "stop connecting to a peer address given to launch or connect", api.PathForget)
+}
+
+// addressCommand is a command that sends one HOST[:PORT] to path.
+func addressCommand(name, usage, path string) *cli.Command {
 	return &cli.Command{
-		Name:      "forget",
-		Usage:     "stop connecting to a peer address given to launch or connect",
+		Name:      name,
+		Usage:     usage,
 		ArgsUsage: "HOST[:PORT]",
 		Flags:     []cli.Flag{apiSocketFlag()},
 		Action: func(c *cli.Context) error {
@@ -39,7 +32,7 @@ func forgetCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			return newClient(c).do("POST", api.PathForget, api.ConnectRequest{Address: addr}, nil)
+			return newClient(c).do("POST", path, api.ConnectRequest{Address: addr}, nil)
 		},
 	}
 }
