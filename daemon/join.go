@@ -29,6 +29,9 @@ type Admission struct {
 // nothing to the state dir unless admitted (then only the identity key,
 // which the admission was made for); Run records the network.
 func Join(ctx context.Context, stateDir, token, nickname string, timeout time.Duration, progress func(string)) (*Admission, error) {
+	if progress == nil {
+		progress = func(string) {}
+	}
 	tok, err := discovery.ParseToken(token)
 	if err != nil {
 		return nil, err
