@@ -106,6 +106,7 @@ type Tunnel struct {
 	cfg      Config
 	log      *slog.Logger
 	ns       netns.NsHandle  // the namespace New ran in
+	filtered bool            // the forward filter is installed (filter_linux.go)
 	nl       *netlink.Handle // netlink in ns
 	tunDev   tun.Device
 	dev      *device.Device
@@ -196,6 +197,10 @@ func New(cfg Config) (*Tunnel, error) {
 	if err := setSysctls(cfg.Bridge, t.tunName); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
+	if err := installForwardFilter(t.ns, t.tunName, cfg.Bridge); err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	t.filtered = true
 	ok = true
 	go t.pathLoop()
 	t.log.Info("data plane up", "tun", t.tunName, "bridge", cfg.Bridge, "host_ip", cfg.HostIP.String(), "port", cfg.Port, "mtu", cfg.MTU)
@@ -258,6 +263,11 @@ func (t *Tunnel) teardown() error {
 			if err := t.nl.LinkDel(l); err != nil && !isGone(err) {
 				errs = append(errs, fmt.Errorf("tunnel: deleting bridge %s: %w", t.cfg.Bridge, err))
 			}
+		}
+	}
+	if t.filtered {
+		if err := removeForwardFilter(t.ns, t.tunName); err != nil {
+			errs = append(errs, fmt.Errorf("tunnel: %w", err))
 		}
 	}
 	if t.nl != nil {
