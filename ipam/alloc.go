@@ -252,8 +252,11 @@ func (a *Allocator) Seed() error {
 // ringChangedLocked persists the ring, publishes free counts, drops
 // allocations we no longer own, wakes waiters and returns the broadcast.
 func (a *Allocator) ringChangedLocked() (outbox, error) {
-	a.publishFreeLocked()
+	// Transfers first: one that completes here makes inherited entries
+	// ours, and their free counts are published in the same broadcast
+	// rather than at the next Tick (donor choice reads them).
 	a.ring.StepTransfers(a.self, a.reachableList())
+	a.publishFreeLocked()
 	a.dropLostLocked()
 	msg, err := AppendRingMessage(nil, a.ring)
 	if err != nil {
