@@ -161,20 +161,19 @@ type Router struct {
 	// mu guards everything below. Lock order: mu before conn.mu; nothing
 	// else is held while taking mu. No I/O is done under mu except
 	// non-blocking channel sends and net.Conn.Close.
-	mu       sync.Mutex
-	started  bool
-	closed   bool
-	selfRec  Record
-	recs     map[key.Public]*entry // every known peer, self included
-	tombs    map[key.Public]tomb   // expired peers' last versions
-	conns    map[*conn]struct{}    // every connection past its handshake
-	active   map[key.Public]*conn  // the one established connection per peer
-	targets  map[string]*target    // by normalised HOST:PORT
-	dials    map[key.Public]*gossipDial
-	rt       routes
-	logged   map[string]string // log-once: subject → last message logged
-	nextAE   time.Time
-	attached []netip.Prefix
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	selfRec Record
+	recs    map[key.Public]*entry // every known peer, self included
+	tombs   map[key.Public]tomb   // expired peers' last versions
+	conns   map[*conn]struct{}    // every connection past its handshake
+	active  map[key.Public]*conn  // the one established connection per peer
+	targets map[string]*target    // by normalised HOST:PORT
+	dials   map[key.Public]*gossipDial
+	rt      routes
+	logged  map[string]string // log-once: subject → last message logged
+	nextAE  time.Time
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 

@@ -158,14 +158,14 @@ func TestJoinWithToken(t *testing.T) {
 }
 
 // runJoin runs `weavewg join` on h with a fresh state dir and returns its
-// output, its error and the state dir.
-func runJoin(t *testing.T, b *testbed.Bed, h *testbed.Host, token string, extra ...string) (string, error, string) {
+// output, the state dir and its error.
+func runJoin(t *testing.T, b *testbed.Bed, h *testbed.Host, token string, extra ...string) (out, dir string, err error) {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "state")
+	dir = filepath.Join(t.TempDir(), "state")
 	args := append([]string{"join", "--state-dir", dir, "--api-socket", filepath.Join(t.TempDir(), "api.sock"),
 		"--name", "joiner", "--join-timeout", "4s", "--iface", "wwgj0", "--bridge", "wwgjbr"}, extra...)
-	out, err := h.Exec(b.BinaryPath(), append(args, token)...)
-	return out, err, dir
+	out, err = h.Exec(b.BinaryPath(), append(args, token)...)
+	return out, dir, err
 }
 
 // TestJoinRefusals is acceptance 2 of issue 6: each bad token is refused
@@ -213,7 +213,7 @@ func TestJoinRefusals(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
-			out, err, dir := runJoin(t, b, tc.on, tc.token)
+			out, dir, err := runJoin(t, b, tc.on, tc.token)
 			t.Logf("weavewg join → %v in %v:\n%s", err, time.Since(start).Round(time.Millisecond), out)
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Fatalf("want a failure saying %q", tc.want)

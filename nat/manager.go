@@ -587,20 +587,20 @@ func (m *Manager) openSession(k key.Public, id uint64, controlling bool, rufrag,
 	}
 	disc, fail, keep, check := 3*time.Second, 6*time.Second, 2*time.Second, 100*time.Millisecond
 	gather := 3 * time.Second
-	agent, err := ice.NewAgent(&ice.AgentConfig{
-		Urls:                urls,
-		NetworkTypes:        []ice.NetworkType{ice.NetworkTypeUDP4},
-		CandidateTypes:      []ice.CandidateType{ice.CandidateTypeHost, ice.CandidateTypeServerReflexive},
-		UDPMux:              m.mux,
-		UDPMuxSrflx:         m.mux,
-		MulticastDNSMode:    ice.MulticastDNSModeDisabled,
-		LoggerFactory:       pionLogger{log: m.log},
-		DisconnectedTimeout: &disc,
-		FailedTimeout:       &fail,
-		KeepaliveInterval:   &keep,
-		CheckInterval:       &check,
-		STUNGatherTimeout:   &gather,
-	})
+	agent, err := ice.NewAgentWithOptions(
+		ice.WithUrls(urls),
+		ice.WithNetworkTypes([]ice.NetworkType{ice.NetworkTypeUDP4}),
+		ice.WithCandidateTypes([]ice.CandidateType{ice.CandidateTypeHost, ice.CandidateTypeServerReflexive}),
+		ice.WithUDPMux(m.mux),
+		ice.WithUDPMuxSrflx(m.mux),
+		ice.WithMulticastDNSMode(ice.MulticastDNSModeDisabled),
+		ice.WithLoggerFactory(pionLogger{log: m.log}),
+		ice.WithDisconnectedTimeout(disc),
+		ice.WithFailedTimeout(fail),
+		ice.WithKeepaliveInterval(keep),
+		ice.WithCheckInterval(check),
+		ice.WithSTUNGatherTimeout(gather),
+	)
 	if err != nil {
 		return err
 	}
