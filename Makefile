@@ -34,10 +34,13 @@ deps:
 		echo "make deps: missing$$missing; the tests that need them will skip"; \
 	fi
 
-# test runs every package's tests, fuzz seed corpora included, and the
-# integration tests (which need root, /dev/net/tun and the tools above).
+# test runs every package's tests, fuzz seed corpora included: the unit
+# tests under the race detector, then the integration tests (which need
+# root, /dev/net/tun and the tools above; they drive the daemon binary, so
+# -race would add nothing there).
 test: deps
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v '/integration')
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
 
 # unit: everything but the namespace tests.
 unit:
