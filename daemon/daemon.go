@@ -304,19 +304,26 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	defer t.Stop()
 	tick := time.NewTicker(tickInterval)
 	defer tick.Stop()
+	// ringChanged is taken before each reconcile, so a ring change during
+	// it (or during a tick) closes the channel this loop is waiting on.
+	ringChanged := d.ipam.Updated()
+	d.reconcile()
 	for {
-		ringChanged := d.ipam.Updated() // before reconcile, so no change is missed
-		d.reconcile()
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-tick.C:
+			// The allocator's periodic work; whatever it changes in the
+			// ring arrives through ringChanged.
+			d.ipamTick(now)
+			continue
 		case <-d.router.Changes():
 		case <-ringChanged:
 		case <-d.kick:
 		case <-t.C:
-		case now := <-tick.C:
-			d.ipamTick(now)
 		}
+		ringChanged = d.ipam.Updated()
+		d.reconcile()
 	}
 }
 
