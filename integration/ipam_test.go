@@ -265,26 +265,7 @@ func TestIPAMConcurrentAttach(t *testing.T) {
 	b.WaitMesh(30*time.Second, hs...)
 
 	start := time.Now()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		cs   []*testbed.Container
-		errs []error
-	)
-	for _, h := range hs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := b.AddContainersParallel(perHost, 4, h)
-			mu.Lock()
-			defer mu.Unlock()
-			cs = append(cs, got...)
-			if err != nil {
-				errs = append(errs, err)
-			}
-		}()
-	}
-	wg.Wait()
+	cs, errs := attachOnHosts(b, perHost, 4, hs...)
 	took := time.Since(start)
 	for _, err := range errs {
 		t.Errorf("attach: %v", err)
@@ -311,26 +292,7 @@ func TestIPAMConcurrentAttach(t *testing.T) {
 func addOn(t *testing.T, b *testbed.Bed, what string, n int, hs ...*testbed.Host) []*testbed.Container {
 	t.Helper()
 	start := time.Now()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		cs   []*testbed.Container
-		errs []error
-	)
-	for _, h := range hs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := b.AddContainersParallel(n, 2, h)
-			mu.Lock()
-			defer mu.Unlock()
-			cs = append(cs, got...)
-			if err != nil {
-				errs = append(errs, err)
-			}
-		}()
-	}
-	wg.Wait()
+	cs, errs := attachOnHosts(b, n, 2, hs...)
 	t.Logf("%s: attached %d containers on %v in %.1fs", what, len(cs), hs, time.Since(start).Seconds())
 	for _, err := range errs {
 		t.Errorf("%s: %v", what, err)
@@ -339,6 +301,30 @@ func addOn(t *testing.T, b *testbed.Bed, what string, n int, hs ...*testbed.Host
 		t.FailNow()
 	}
 	return cs
+}
+
+// attachOnHosts attaches n containers on every host of hs at once, par at a
+// time per host, and returns them with every error met.
+func attachOnHosts(b *testbed.Bed, n, par int, hs ...*testbed.Host) ([]*testbed.Container, []error) {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		cs   []*testbed.Container
+		errs []error
+	)
+	for _, h := range hs {
+		wg.Go(func() {
+			got, err := b.AddContainersParallel(n, par, h)
+			mu.Lock()
+			defer mu.Unlock()
+			cs = append(cs, got...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	return cs, errs
 }
 
 // sees reports whether h's status shows peer o reachable.
