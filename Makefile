@@ -7,8 +7,9 @@ FUZZTIME     ?= 10s
 
 # command:Debian package, for the tools the integration tests, the demo and
 # the benchmark use. Installed only when the command is missing.
-TOOLS := ip:iproute2 nft:nftables tcpdump:tcpdump ping:iputils-ping iperf3:iperf3 \
-         dockerd:docker.io busybox:busybox-static
+TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils-ping \
+         iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
+         wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf
 
 .PHONY: all build test unit integration deps demo bench bench-dns fuzz vet clean
 
