@@ -5,7 +5,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -92,6 +91,10 @@ type Daemon struct {
 	dns            *dns.Server // nil with --no-dns
 	ipam           *ipam.Allocator
 	nat            *nat.Manager // nil when the data plane has no socket of its own (tests)
+
+	// closers shuts down what has started, in reverse order; start, a failed
+	// assemble and run's stop all use it.
+	closers closers
 
 	// Guarded by mu, which serialises attach/detach and the state file.
 	mu          sync.Mutex
@@ -215,37 +218,35 @@ func prepare(cfg Config) (*Daemon, error) {
 
 // assemble starts the control plane over an existing data plane, re-adopts
 // attachments and dials the configured peers. On error it closes both parts.
-func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener) error {
+func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener) (err error) {
 	d.router, d.tun = router, tun
+	d.closers.add("data plane", tun.Close)
+	defer func() {
+		if err != nil {
+			d.closers.close()
+		}
+	}()
 	if err := d.openIPAM(open); err != nil {
-		tun.Close()
 		return err
 	}
+	d.closers.add("ipam", d.ipam.Close)
 	if err := d.startDNS(open); err != nil {
-		d.ipam.Close()
-		tun.Close()
 		return err
+	}
+	if d.dns != nil {
+		d.closers.add("dns", d.dns.Close)
 	}
 	if err := d.openNAT(tun, open); err != nil {
-		d.closeDNS()
-		d.ipam.Close()
-		tun.Close()
 		return fmt.Errorf("nat traversal: %w", err)
 	}
+	d.closers.add("nat traversal", d.closeNAT)
 	if err := router.Start(); err != nil {
-		d.closeNAT()
-		d.closeDNS()
-		d.ipam.Close()
-		tun.Close()
 		return fmt.Errorf("control plane: %w", err)
 	}
+	d.closers.add("control plane", router.Close)
 	d.adoptAttachments()
 	for _, p := range d.cfg.Peers {
 		if err := router.Connect(p); err != nil {
-			router.Close()
-			d.closeDNS()
-			d.ipam.Close()
-			tun.Close()
 			return fmt.Errorf("peer %q: %w", p, err)
 		}
 	}
@@ -255,12 +256,14 @@ func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener
 func (d *Daemon) run(ctx context.Context) error {
 	srv, err := d.serveAPI()
 	if err != nil {
-		d.router.Close()
-		d.closeDNS()
-		d.ipam.Close()
-		d.tun.Close()
+		d.closers.close()
 		return err
 	}
+	d.closers.add("api", func() error {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutCtx)
+	})
 	d.announce()
 	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIP, d.cfg.APISocket)
 	d.log.Info("weavewg is running",
@@ -269,6 +272,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		"api_socket", d.cfg.APISocket)
 
 	stopDocker := d.startDocker()
+	d.closers.add("docker plugin", func() error { stopDocker(); return nil })
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	wg.Go(func() { d.reconcileLoop(loopCtx) })
@@ -277,20 +281,11 @@ func (d *Daemon) run(ctx context.Context) error {
 	d.log.Info("stopping")
 	stopLoop()
 	wg.Wait()
-	var errs []error
-	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	stopDocker()
-	errs = append(errs, srv.Shutdown(shutCtx))
-	errs = append(errs, d.router.Close())
-	d.closeNAT()
-	errs = append(errs, d.closeDNS())
-	errs = append(errs, d.ipam.Close())
-	errs = append(errs, d.tun.Close())
+	err = d.closers.close()
 	if d.forgetOnStop.Load() {
 		d.forget()
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		d.log.Error("unclean stop", "err", err)
 		return err
 	}
@@ -414,13 +409,6 @@ func (d *Daemon) reconcile() {
 		// with them.
 		d.dns.SetReachable(reachable)
 	}
-}
-
-func (d *Daemon) closeDNS() error {
-	if d.dns == nil {
-		return nil
-	}
-	return d.dns.Close()
 }
 
 func (d *Daemon) nudge() {

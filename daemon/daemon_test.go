@@ -134,6 +134,7 @@ func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Dae
 	if err := d.assemble(r, tn, fakeOpener); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { d.closers.close() })
 	return d
 }
 
@@ -278,7 +279,6 @@ func TestAttachAllocates(t *testing.T) {
 func TestAttachNameResolves(t *testing.T) {
 	r, tn := newFakeRouter(), newFakeTunnel()
 	d := newTestDaemon(t, testConfig(t), r, tn)
-	t.Cleanup(func() { d.closeDNS() })
 	ns := filepath.Join(t.TempDir(), "ns")
 	os.WriteFile(ns, nil, 0o600)
 	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, IP: "10.32.1.5/12", Name: "web"}); err != nil {

@@ -60,13 +60,14 @@ func (d *Daemon) openNAT(tun dataPlane, open channelOpener) error {
 	return nil
 }
 
-func (d *Daemon) closeNAT() {
+func (d *Daemon) closeNAT() error {
 	if d.nat != nil {
 		if sp, ok := d.tun.(stunPlane); ok {
 			sp.SetSTUNHandler(nil)
 		}
 		d.nat.Close()
 	}
+	return nil
 }
 
 // relayedPeers reports, per WireGuard peer, whether the tunnel relays it.
