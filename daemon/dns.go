@@ -30,6 +30,9 @@ func (d *Daemon) startDNS(open channelOpener) error {
 		Domain:       d.cfg.DNSDomain,
 		TTL:          d.cfg.DNSTTL,
 		OverlayRange: d.cfg.Range,
+		// Only the overlay: the host's underlay neighbours get no answers
+		// and no forwarding (host processes query from the overlay address).
+		Clients: []netip.Prefix{d.cfg.Range},
 		Upstreams:    d.cfg.DNSUpstreams,
 		ResolvConf:   d.cfg.DNSResolvConf,
 		Logf: func(format string, args ...any) {

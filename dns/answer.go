@@ -86,6 +86,12 @@ type reply struct {
 // answer or, for a failed forward of a client that went away, none.
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	s.c.queries.Add(1)
+	if !s.allowedClient(remoteAddr(w.RemoteAddr())) {
+		// Not from the overlay: no answer at all, so the server is no
+		// resolver (or reflector) for the underlay.
+		s.c.droppedNotClient.Add(1)
+		return
+	}
 	if len(req.Question) != 1 || req.Opcode != mdns.OpcodeQuery {
 		// NOTIFY passes DefaultMsgAcceptFunc; we have no secondaries.
 		s.c.notimp.Add(1)

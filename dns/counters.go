@@ -20,6 +20,10 @@ type counters struct {
 	forwardTimeout atomic.Uint64 // upstream attempts that failed or timed out
 	writeFailed    atomic.Uint64 // writing the answer to the client failed
 
+	droppedNotClient   atomic.Uint64 // query from outside Config.Clients, unanswered
+	forwardDroppedRate atomic.Uint64 // source over its forward rate, unanswered
+	forwardDroppedBusy atomic.Uint64 // MaxForwards in flight: SERVFAIL at once
+
 	gossipUpdatesIn atomic.Uint64 // update messages merged
 	gossipStateIn   atomic.Uint64 // state messages merged
 	gossipMalformed atomic.Uint64 // rejected gossip messages
@@ -43,6 +47,9 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_forward_tcp_retries":    c.forwardTCP.Load(),
 		"dns_forward_upstream_error": c.forwardTimeout.Load(),
 		"dns_write_failed":           c.writeFailed.Load(),
+		"dns_dropped_not_client":     c.droppedNotClient.Load(),
+		"dns_forward_dropped_rate":   c.forwardDroppedRate.Load(),
+		"dns_forward_dropped_busy":   c.forwardDroppedBusy.Load(),
 		"dns_gossip_updates_in":      c.gossipUpdatesIn.Load(),
 		"dns_gossip_state_in":        c.gossipStateIn.Load(),
 		"dns_gossip_malformed":       c.gossipMalformed.Load(),

@@ -139,7 +139,24 @@ func (u *upstreams) reloadLocked() {
 // answer is retried over TCP at the same upstream. SERVFAIL and REFUSED
 // move on to the next upstream; if every upstream says so, the last such
 // answer is passed through. No answer at all: SERVFAIL.
+//
+// Each source address has a bucket of forwards (dropped silently beyond
+// it) and at most MaxForwards run at once (SERVFAIL at once beyond it), so
+// a flood from one container holds a bounded number of sockets and
+// goroutines and never starves the table's answers or the daemon.
 func (s *Server) forward(w mdns.ResponseWriter, req *mdns.Msg) {
+	if !s.fwdLim.allow(remoteAddr(w.RemoteAddr()), s.cfg.Now()) {
+		s.c.forwardDroppedRate.Add(1)
+		return
+	}
+	select {
+	case s.fwdSem <- struct{}{}:
+		defer func() { <-s.fwdSem }()
+	default:
+		s.c.forwardDroppedBusy.Add(1)
+		s.writeRcode(w, req, mdns.RcodeServerFailure)
+		return
+	}
 	tcp := isTCP(w)
 	var last *mdns.Msg
 	for _, up := range s.up.list() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/netutil"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -56,6 +57,16 @@ type Config struct {
 	ResolvConf string
 	// ForwardTimeout bounds each attempt at one upstream (default 2 s).
 	ForwardTimeout time.Duration
+	// Clients are the source addresses answered (the overlay range, for
+	// the daemon); queries from elsewhere are dropped without an answer
+	// (dns_dropped_not_client). Empty: everyone.
+	Clients []netip.Prefix
+	// MaxForwards bounds forwards in flight (default DefaultMaxForwards).
+	MaxForwards int
+	// ForwardRate and ForwardBurst bound each source address's forwards
+	// (default DefaultForwardRate per second, burst DefaultForwardBurst).
+	ForwardRate  float64
+	ForwardBurst int
 	// Transport for gossip; may be set later with SetTransport.
 	Transport Transport
 	// GossipInterval is the period of anti-entropy (broadcasting the whole
@@ -85,6 +96,8 @@ type Server struct {
 	up     *upstreams
 	udpCli *mdns.Client
 	tcpCli *mdns.Client
+	fwdSem chan struct{}  // a slot per forward in flight
+	fwdLim *sourceLimiter // forwards per source address
 
 	c         counters
 	transport atomic.Pointer[transportBox]
@@ -127,6 +140,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ForwardTimeout <= 0 {
 		cfg.ForwardTimeout = DefaultForwardTimeout
 	}
+	if cfg.MaxForwards <= 0 {
+		cfg.MaxForwards = DefaultMaxForwards
+	}
+	if cfg.ForwardRate <= 0 {
+		cfg.ForwardRate = DefaultForwardRate
+	}
+	if cfg.ForwardBurst <= 0 {
+		cfg.ForwardBurst = DefaultForwardBurst
+	}
 	if cfg.GossipInterval == 0 {
 		cfg.GossipInterval = DefaultGossipInterval
 	}
@@ -155,6 +177,8 @@ func New(cfg Config) (*Server, error) {
 		opt:    &mdns.OPT{Hdr: mdns.RR_Header{Name: ".", Rrtype: mdns.TypeOPT, Class: ednsSize}},
 		udpCli: &mdns.Client{Net: "udp", Timeout: cfg.ForwardTimeout},
 		tcpCli: &mdns.Client{Net: "tcp", Timeout: cfg.ForwardTimeout},
+		fwdSem: make(chan struct{}, cfg.MaxForwards),
+		fwdLim: newSourceLimiter(cfg.ForwardRate, cfg.ForwardBurst),
 	}
 	s.up = newUpstreams(cfg.Upstreams, cfg.ResolvConf, cfg.Now, cfg.Logf)
 	if cfg.Transport != nil {
@@ -190,7 +214,7 @@ func (s *Server) Start() error {
 		s.udpSrv.PacketConn = pc
 		s.udpSrv.NotifyStartedFunc = notify
 		s.tcpSrv = s.newServer()
-		s.tcpSrv.Listener = ln
+		s.tcpSrv.Listener = netutil.LimitListener(ln, maxTCPConns)
 		s.tcpSrv.NotifyStartedFunc = notify
 		failed := make(chan struct{}, 2)
 		for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
