@@ -9,7 +9,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/types/api"
 )
 
@@ -29,9 +29,9 @@ func (d *Daemon) adoptAttachments() {
 	defer d.mu.Unlock()
 	kept := d.attachments[:0]
 	for _, rec := range d.attachments {
-		a, err := rec.tunnel()
+		a, err := rec.attached()
 		if err == nil {
-			err = d.tun.Adopt(a)
+			err = d.host.Adopt(a)
 		}
 		if err != nil {
 			d.log.Warn("dropping an attachment that is gone", "netns", rec.Netns, "ip", rec.IP, "err", err)
@@ -50,12 +50,12 @@ func (d *Daemon) adoptAttachments() {
 	d.publishAttachedLocked()
 }
 
-func (rec attachmentRecord) tunnel() (tunnel.Attached, error) {
+func (rec attachmentRecord) attached() (hostnet.Attached, error) {
 	ip, err := netip.ParsePrefix(rec.IP)
 	if err != nil {
-		return tunnel.Attached{}, err
+		return hostnet.Attached{}, err
 	}
-	return tunnel.Attached{Netns: rec.Netns, IP: ip, IfName: rec.IfName, HostVeth: rec.HostVeth, MTU: rec.MTU}, nil
+	return hostnet.Attached{Netns: rec.Netns, IP: ip, IfName: rec.IfName, HostVeth: rec.HostVeth, MTU: rec.MTU}, nil
 }
 
 func (rec attachmentRecord) api() api.Attachment {
@@ -109,7 +109,7 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	a, err := d.tun.Attach(tunnel.AttachSpec{Netns: req.Netns, IP: ip, IfName: ContainerIfName})
+	a, err := d.host.Attach(hostnet.AttachSpec{Netns: req.Netns, IP: ip, IfName: ContainerIfName})
 	if err != nil {
 		d.ipam.Free(req.Netns)
 		return api.Attachment{}, err
@@ -120,7 +120,7 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 		// Not recorded means not re-adopted after a restart; undo rather
 		// than leave a container the daemon would forget.
 		d.attachments = d.attachments[:len(d.attachments)-1]
-		d.tun.Detach(a)
+		d.host.Detach(a)
 		d.ipam.Free(req.Netns)
 		return api.Attachment{}, fmt.Errorf("recording the attachment: %w", err)
 	}
@@ -147,8 +147,8 @@ func (d *Daemon) detach(req api.DetachRequest) error {
 // detachLocked removes attachment i: veth, address, name, record.
 func (d *Daemon) detachLocked(i int) error {
 	rec := d.attachments[i]
-	if a, err := rec.tunnel(); err == nil {
-		if err := d.tun.Detach(a); err != nil {
+	if a, err := rec.attached(); err == nil {
+		if err := d.host.Detach(a); err != nil {
 			d.log.Warn("removing veth", "host_veth", rec.HostVeth, "err", err)
 		}
 	}

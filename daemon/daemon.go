@@ -1,13 +1,16 @@
 // Package daemon wires one host's weavewg together: identity and state dir,
-// the control plane (discovery), the data plane (tunnel), the local API on a
-// unix socket, and metrics. It owns lifecycle: start, reconcile, stop.
+// the control plane (discovery), the WireGuard data plane (tunnel), the host
+// networking around it (hostnet), the local API on a unix socket, and
+// metrics. It owns lifecycle: start, reconcile, stop.
 package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/dns"
+	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/nat"
 	"github.com/weavewg/weavewg/tunnel"
@@ -56,20 +60,77 @@ type tokenRegistry interface {
 	RevokeToken(id discovery.TokenID) error
 }
 
-// dataPlane is what the daemon uses of tunnel.Tunnel.
-type dataPlane interface {
+// The data plane, in the parts it is split at (docs/architecture.md draws
+// them):
+//
+//   - peerDatapath carries WireGuard peers' packets. tunnel.Tunnel
+//     (wireguard-go over a TUN) is the one there is. A second one (kernel
+//     WireGuard, say) would implement peerDatapath for the peers the daemon
+//     gives it, and only that: it does not own the shared UDP socket.
+//   - sharedSocket is the userspace UDP port every peer knows. STUN (NAT
+//     traversal) and relay frames arrive on it and NAT traversal sends from
+//     it, whichever datapath carries a peer's packets; it is a dependency
+//     of its own, so no datapath can switch NAT traversal off by lacking it.
+//   - wireGuardPlane is tunnel.Tunnel: a peer datapath that owns the socket.
+//   - hostNetwork is hostnet.Host: the bridge, veths into namespaces, the
+//     routes into the TUN and the firewall rules.
+
+// peerDatapath carries the packets of the WireGuard peers it is given.
+type peerDatapath interface {
 	Close() error
+	// SetPeers makes the datapath's peers exactly peers.
 	SetPeers(peers []tunnel.PeerConfig) error
 	PeerStats() map[key.Public]tunnel.PeerStats
+}
+
+// sharedSocket is the userspace UDP port: STUN and relay frames on it,
+// datagrams sent from it, its counters.
+type sharedSocket interface {
+	SetSTUNHandler(h tunnel.PacketHandler)
+	SendUDP(pkt []byte, dst netip.AddrPort) error
 	Counters() map[string]uint64
-	Attach(spec tunnel.AttachSpec) (tunnel.Attached, error)
-	Adopt(a tunnel.Attached) error
-	Detach(a tunnel.Attached) error
+}
+
+// wireGuardPlane is the userspace WireGuard data plane.
+type wireGuardPlane interface {
+	peerDatapath
+	sharedSocket
+}
+
+// hostNetwork is what the daemon uses of hostnet.Host.
+type hostNetwork interface {
+	Close() error
+	// SetRoutes routes the prefixes inside the overlay into the TUN.
+	SetRoutes(prefixes []netip.Prefix) error
+	Attach(spec hostnet.AttachSpec) (hostnet.Attached, error)
+	Adopt(a hostnet.Attached) error
+	Detach(a hostnet.Attached) error
+	// CreateVeth, AdoptVeth and DeleteVeth serve container runtimes that
+	// move the veth into the container themselves (Docker).
+	CreateVeth(hostName, peerName string) (net.HardwareAddr, error)
+	AdoptVeth(hostName string) error
+	DeleteVeth(hostName string) error
+}
+
+// dataPlane is the host's data plane in its parts.
+type dataPlane struct {
+	wg wireGuardPlane
+	// socket is NAT traversal's and relaying's: wg's own socket. Only
+	// tests assemble a daemon without one (nil), and so without NAT
+	// traversal.
+	socket sharedSocket
+	host   hostNetwork
+}
+
+// close closes the host networking, then the WireGuard datapath.
+func (p dataPlane) close() error {
+	return errors.Join(p.host.Close(), p.wg.Close())
 }
 
 var (
-	_ controlPlane = (*discovery.Router)(nil)
-	_ dataPlane    = (*tunnel.Tunnel)(nil)
+	_ controlPlane   = (*discovery.Router)(nil)
+	_ wireGuardPlane = (*tunnel.Tunnel)(nil)
+	_ hostNetwork    = (*hostnet.Host)(nil)
 )
 
 // Daemon is one running weavewg router.
@@ -87,7 +148,9 @@ type Daemon struct {
 	createdNetwork bool
 	tokens         tokenRegistry
 	router         controlPlane
-	tun            dataPlane
+	tun            wireGuardPlane
+	host           hostNetwork
+	planes         dataPlane
 	dns            *dns.Server // nil with --no-dns
 	ipam           *ipam.Allocator
 	nat            *nat.Manager // nil when the data plane has no socket of its own (tests)
@@ -133,18 +196,9 @@ func start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	tun, err := tunnel.New(tunnel.Config{
-		Private: d.priv,
-		Secret:  d.secret,
-		Port:    cfg.Port,
-		Iface:   cfg.Iface,
-		Bridge:  cfg.Bridge,
-		MTU:     cfg.MTU,
-		HostIP:  d.hostIP,
-		Logger:  d.log.With("part", "tunnel"),
-	})
+	planes, err := d.openDataPlane()
 	if err != nil {
-		return nil, fmt.Errorf("data plane: %w", err)
+		return nil, err
 	}
 	toks, err := loadTokens(cfg.StateDir)
 	if err != nil {
@@ -164,17 +218,46 @@ func start(cfg Config) (*Daemon, error) {
 		Logger: d.log.With("part", "discovery"),
 	})
 	if err != nil {
-		tun.Close()
+		planes.close()
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	open := func(name string, h func(key.Public, []byte)) (gossipChannel, error) {
 		return router.Channel(name, h)
 	}
 	d.tokens = router
-	if err := d.assemble(router, tun, open); err != nil {
+	if err := d.assemble(router, planes, open); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// openDataPlane makes the WireGuard data plane and the host networking
+// around its TUN, in this process's network namespace.
+func (d *Daemon) openDataPlane() (dataPlane, error) {
+	tun, err := tunnel.New(tunnel.Config{
+		Private: d.priv,
+		Secret:  d.secret,
+		Port:    d.cfg.Port,
+		Iface:   d.cfg.Iface,
+		MTU:     d.cfg.MTU,
+		Logger:  d.log.With("part", "tunnel"),
+	})
+	if err != nil {
+		return dataPlane{}, fmt.Errorf("data plane: %w", err)
+	}
+	host, err := hostnet.New(hostnet.Config{
+		Bridge:  d.cfg.Bridge,
+		TUN:     tun.TUNName(),
+		MTU:     d.cfg.MTU,
+		HostIP:  d.hostIP,
+		MACSeed: d.pub[:],
+		Logger:  d.log.With("part", "hostnet"),
+	})
+	if err != nil {
+		tun.Close()
+		return dataPlane{}, fmt.Errorf("host networking: %w", err)
+	}
+	return dataPlane{wg: tun, socket: tun, host: host}, nil
 }
 
 // prepare validates cfg and loads what the state dir keeps.
@@ -218,9 +301,9 @@ func prepare(cfg Config) (*Daemon, error) {
 
 // assemble starts the control plane over an existing data plane, re-adopts
 // attachments and dials the configured peers. On error it closes both parts.
-func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener) (err error) {
-	d.router, d.tun = router, tun
-	d.closers.add("data plane", tun.Close)
+func (d *Daemon) assemble(router controlPlane, planes dataPlane, open channelOpener) (err error) {
+	d.router, d.tun, d.host, d.planes = router, planes.wg, planes.host, planes
+	d.closers.add("data plane", planes.close)
 	defer func() {
 		if err != nil {
 			d.closers.close()
@@ -236,7 +319,7 @@ func (d *Daemon) assemble(router controlPlane, tun dataPlane, open channelOpener
 	if d.dns != nil {
 		d.closers.add("dns", d.dns.Close)
 	}
-	if err := d.openNAT(tun, open); err != nil {
+	if err := d.openNAT(planes.socket, open); err != nil {
 		return fmt.Errorf("nat traversal: %w", err)
 	}
 	d.closers.add("nat traversal", d.closeNAT)
@@ -403,6 +486,13 @@ func (d *Daemon) reconcile() {
 	d.hostIPConflict = conflicts
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)
+	}
+	var routes []netip.Prefix
+	for _, pc := range want {
+		routes = append(routes, pc.AllowedIPs...)
+	}
+	if err := d.host.SetRoutes(routes); err != nil {
+		d.log.Error("routing peers' prefixes into the TUN", "err", err)
 	}
 	if d.dns != nil {
 		// Names of peers that left are withdrawn at once and come back

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
@@ -62,16 +63,17 @@ func (f *fakeRouter) Peers() []discovery.Peer {
 func (f *fakeRouter) Connections() []discovery.ConnState { return nil }
 func (f *fakeRouter) Counters() map[string]uint64        { return map[string]uint64{"control_x": 1} }
 
-// fakeTunnel stands in for tunnel.Tunnel.
+// fakeTunnel stands in for tunnel.Tunnel and hostnet.Host.
 type fakeTunnel struct {
 	mu       sync.Mutex
 	peers    []tunnel.PeerConfig
-	attached map[string]tunnel.Attached
+	routes   []netip.Prefix
+	attached map[string]hostnet.Attached
 	gone     map[string]bool // namespaces whose Adopt fails
 }
 
 func newFakeTunnel() *fakeTunnel {
-	return &fakeTunnel{attached: map[string]tunnel.Attached{}, gone: map[string]bool{}}
+	return &fakeTunnel{attached: map[string]hostnet.Attached{}, gone: map[string]bool{}}
 }
 
 func (f *fakeTunnel) Close() error { return nil }
@@ -83,18 +85,31 @@ func (f *fakeTunnel) SetPeers(p []tunnel.PeerConfig) error {
 }
 func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats { return nil }
 func (f *fakeTunnel) Counters() map[string]uint64                { return map[string]uint64{"udp_y": 2} }
-func (f *fakeTunnel) Attach(s tunnel.AttachSpec) (tunnel.Attached, error) {
-	a := tunnel.Attached{Netns: s.Netns, IP: s.IP, IfName: s.IfName, HostVeth: "vethwe-test", MTU: 1420}
+func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)        {}
+func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error       { return nil }
+func (f *fakeTunnel) SetRoutes(p []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routes = p
+	return nil
+}
+func (f *fakeTunnel) CreateVeth(string, string) (net.HardwareAddr, error) {
+	return nil, errors.New("no veths in the fake")
+}
+func (f *fakeTunnel) AdoptVeth(string) error  { return errors.New("no veths in the fake") }
+func (f *fakeTunnel) DeleteVeth(string) error { return nil }
+func (f *fakeTunnel) Attach(s hostnet.AttachSpec) (hostnet.Attached, error) {
+	a := hostnet.Attached{Netns: s.Netns, IP: s.IP, IfName: s.IfName, HostVeth: "vethwe-test", MTU: 1420}
 	f.attached[s.Netns] = a
 	return a, nil
 }
-func (f *fakeTunnel) Adopt(a tunnel.Attached) error {
+func (f *fakeTunnel) Adopt(a hostnet.Attached) error {
 	if f.gone[a.Netns] {
 		return errors.New("namespace is gone")
 	}
 	return nil
 }
-func (f *fakeTunnel) Detach(a tunnel.Attached) error { delete(f.attached, a.Netns); return nil }
+func (f *fakeTunnel) Detach(a hostnet.Attached) error { delete(f.attached, a.Netns); return nil }
 
 // fakeChannel drops what is sent: one daemon under test has no peers.
 type fakeChannel struct{}
@@ -131,7 +146,8 @@ func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Dae
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.assemble(r, tn, fakeOpener); err != nil {
+	// No shared socket: no NAT traversal in these tests.
+	if err := d.assemble(r, dataPlane{wg: tn, host: tn}, fakeOpener); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.closers.close() })

@@ -37,17 +37,9 @@ type DockerConfig struct {
 	NoNetwork bool
 }
 
-// vethMaker is what the plugin needs of the data plane beyond dataPlane.
-type vethMaker interface {
-	CreateVeth(hostName, peerName string) (net.HardwareAddr, error)
-	AdoptVeth(hostName string) error
-	DeleteVeth(hostName string) error
-}
-
 // dockerHost is the daemon as the plugin sees it.
 type dockerHost struct {
-	d    *Daemon
-	veth vethMaker
+	d *Daemon
 }
 
 var _ docker.Host = dockerHost{}
@@ -66,11 +58,11 @@ func (h dockerHost) FreeAddress(id string) error {
 }
 
 func (h dockerHost) CreateVeth(hostName, peerName string) (net.HardwareAddr, error) {
-	return h.veth.CreateVeth(hostName, peerName)
+	return h.d.host.CreateVeth(hostName, peerName)
 }
 
-func (h dockerHost) AdoptVeth(hostName string) error  { return h.veth.AdoptVeth(hostName) }
-func (h dockerHost) DeleteVeth(hostName string) error { return h.veth.DeleteVeth(hostName) }
+func (h dockerHost) AdoptVeth(hostName string) error  { return h.d.host.AdoptVeth(hostName) }
+func (h dockerHost) DeleteVeth(hostName string) error { return h.d.host.DeleteVeth(hostName) }
 
 func (h dockerHost) AddName(name string, addr netip.Addr, origin string) error {
 	if h.d.dns == nil {
@@ -101,14 +93,9 @@ func (d *Daemon) startDocker() (stop func()) {
 	if dc.Socket == "" {
 		dc.Socket = DefaultDockerSocket
 	}
-	vm, ok := d.tun.(vethMaker)
-	if !ok {
-		d.log.Error("the data plane cannot make veths; Docker plugin disabled")
-		return func() {}
-	}
 	log := d.log.With("part", "docker")
 	p, err := docker.New(docker.Config{
-		Host:         dockerHost{d: d, veth: vm},
+		Host:         dockerHost{d: d},
 		StateFile:    filepath.Join(d.cfg.StateDir, dockerStateFile),
 		DockerSocket: dc.Socket,
 		Logger:       log,

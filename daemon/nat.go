@@ -7,7 +7,6 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/nat"
-	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -15,21 +14,13 @@ import (
 // natChannel is the gossip channel ICE credentials and candidates travel on.
 const natChannel = "nat"
 
-// stunPlane is the part of tunnel.Tunnel the nat package needs: the STUN
-// datagrams its Bind sorts out, and sending from its one UDP socket.
-type stunPlane interface {
-	SetSTUNHandler(h tunnel.PacketHandler)
-	SendUDP(pkt []byte, dst netip.AddrPort) error
-}
-
-var _ stunPlane = (*tunnel.Tunnel)(nil)
-
-// openNAT makes the NAT traversal manager over tun and registers its gossip
-// channel; it must run before the control plane starts. A data plane
-// without a UDP socket of its own (the tests' fakes) gets none.
-func (d *Daemon) openNAT(tun dataPlane, open channelOpener) error {
-	sp, ok := tun.(stunPlane)
-	if !ok {
+// openNAT makes the NAT traversal manager over the shared UDP socket (the
+// STUN datagrams its Bind sorts out, and sending from it) and registers its
+// gossip channel; it must run before the control plane starts. Only the
+// tests assemble a daemon without a socket (nil), and so without NAT
+// traversal.
+func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
+	if sp == nil {
 		return nil
 	}
 	port := d.cfg.Port
@@ -62,9 +53,7 @@ func (d *Daemon) openNAT(tun dataPlane, open channelOpener) error {
 
 func (d *Daemon) closeNAT() error {
 	if d.nat != nil {
-		if sp, ok := d.tun.(stunPlane); ok {
-			sp.SetSTUNHandler(nil)
-		}
+		d.planes.socket.SetSTUNHandler(nil)
 		d.nat.Close()
 	}
 	return nil

@@ -5,13 +5,15 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"github.com/weavewg/weavewg/internal/netnstest"
 )
 
 // filterDrops reads the forward filter's drop counter in ns, or -1 when
 // the table is not there.
-func filterDrops(t *testing.T, ns *testNetns) int {
+func filterDrops(t *testing.T, ns *netnstest.NS) int {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns.name, "nft", "list", "table", "inet", "weavewg_weavewg0").CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", ns.Name, "nft", "list", "table", "inet", "weavewg_weavewg0").CombinedOutput()
 	if err != nil {
 		return -1
 	}
@@ -32,14 +34,12 @@ func TestForwardFilter(t *testing.T) {
 	a, b := twoHosts(t)
 	// b has another network, 203.0.113.0/24, on a veth of its own; a
 	// routes it into the tunnel and WireGuard lets it through to b.
-	run(t, "ip", "-n", b.ns.name, "link", "add", "outside0", "type", "veth", "peer", "name", "outside1")
-	run(t, "ip", "-n", b.ns.name, "addr", "add", "203.0.113.1/24", "dev", "outside0")
-	run(t, "ip", "-n", b.ns.name, "link", "set", "outside0", "up")
-	run(t, "ip", "-n", b.ns.name, "link", "set", "outside1", "up")
-	if err := a.tun.SetPeers([]PeerConfig{b.peerConfig("10.32.2.0/24", "203.0.113.0/24")}); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "ip", "-n", a.ns.name, "route", "add", "203.0.113.0/24", "dev", "weavewg0", "src", a.hostIP.Addr().String())
+	run(t, "ip", "-n", b.ns.Name, "link", "add", "outside0", "type", "veth", "peer", "name", "outside1")
+	run(t, "ip", "-n", b.ns.Name, "addr", "add", "203.0.113.1/24", "dev", "outside0")
+	run(t, "ip", "-n", b.ns.Name, "link", "set", "outside0", "up")
+	run(t, "ip", "-n", b.ns.Name, "link", "set", "outside1", "up")
+	a.setPeers(t, b.peerConfig("10.32.2.0/24", "203.0.113.0/24"))
+	run(t, "ip", "-n", a.ns.Name, "route", "add", "203.0.113.0/24", "dev", "weavewg0", "src", a.hostIP.Addr().String())
 	if out, err := ping(a.ns, b.hostIP.Addr().String()); err != nil {
 		t.Fatalf("the peer's own overlay address is unreachable: %v\n%s", err, out)
 	}
@@ -47,11 +47,11 @@ func TestForwardFilter(t *testing.T) {
 	if before < 0 {
 		t.Fatal("no forward filter table in the host's namespace")
 	}
-	exec.Command("ip", "netns", "exec", a.ns.name, "ping", "-c", "3", "-i", "0.2", "-W", "1", "203.0.113.5").Run()
+	exec.Command("ip", "netns", "exec", a.ns.Name, "ping", "-c", "3", "-i", "0.2", "-W", "1", "203.0.113.5").Run()
 	if after := filterDrops(t, b.ns); after < before+3 {
 		t.Fatalf("the filter dropped %d packets for 203.0.113.5 arriving from the tunnel, want 3", after-before)
 	}
-	if err := b.tun.Close(); err != nil {
+	if err := b.host.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if filterDrops(t, b.ns) != -1 {

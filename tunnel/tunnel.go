@@ -1,7 +1,9 @@
-// Package tunnel owns the data plane: the TUN device driven by wireguard-go,
-// the one UDP socket (a conn.Bind that sorts WireGuard from everything else),
-// the bridge containers hang off, the routes into the TUN, and attaching
-// network namespaces to the bridge.
+// Package tunnel owns the userspace WireGuard data plane: the TUN device
+// driven by wireguard-go, the one UDP socket (a conn.Bind that sorts
+// WireGuard from STUN and relay frames), relaying through other peers and
+// the per-peer choice between the direct and the relayed path. The host
+// networking around it (bridge, veths, routes into the TUN, firewall) is
+// package hostnet's.
 //
 // The wire format of the shared UDP port (how WireGuard, STUN and relay
 // frames are told apart, and the relay frame prefix) is described in
@@ -13,11 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,12 +34,10 @@ import (
 // Config is what a Tunnel needs.
 type Config struct {
 	Private key.Private
-	Secret  key.Secret   // every peer's WireGuard preshared key
-	Port    uint16       // UDP port
-	Iface   string       // TUN name, e.g. weavewg0
-	Bridge  string       // bridge name, e.g. weavewg
-	MTU     int          // tunnel MTU; every veth gets it too
-	HostIP  netip.Prefix // the bridge's address with the overlay prefix length, e.g. 10.32.0.1/12
+	Secret  key.Secret // every peer's WireGuard preshared key
+	Port    uint16     // UDP port
+	Iface   string     // TUN name, e.g. weavewg0
+	MTU     int        // the TUN's MTU
 	Logger  *slog.Logger
 }
 
@@ -70,34 +68,12 @@ type PeerStats struct {
 	RTT           time.Duration // last probe round trip on the path in use; 0 unknown
 }
 
-// AttachSpec says which namespace to attach and with which address.
-type AttachSpec struct {
-	Netns  string       // path of a network namespace
-	IP     netip.Prefix // address with the overlay prefix length
-	IfName string       // name inside the namespace; "" means ethwe0
-}
-
-// Attached describes an attachment, enough to adopt it again after a restart.
-type Attached struct {
-	Netns    string
-	IP       netip.Prefix
-	IfName   string
-	HostVeth string
-	MTU      int
-}
-
 // ErrClosed is returned by the methods of a closed Tunnel.
 var ErrClosed = errors.New("tunnel closed")
 
-// routeProtocol marks the routes a Tunnel installs (rtm_protocol), so that
-// SetPeers can tell them from any other route and reconcile exactly its own.
-// 0x57 is 'W'; iproute2 prints it as "proto 87".
-const routeProtocol netlink.RouteProtocol = 0x57
-
 // Tunnel is the data plane of one host.
 //
-// Network namespaces: New creates everything (the TUN, the UDP sockets, the
-// bridge, the sysctls) in the network namespace of the thread that calls it,
+// Network namespaces: New creates everything (the TUN, the UDP sockets) in the network namespace of the thread that calls it,
 // and remembers that namespace. Every later netlink call goes through a
 // handle opened there, and the Bind reopens its sockets there, so the other
 // methods may be called from any goroutine.
@@ -106,23 +82,19 @@ type Tunnel struct {
 	cfg      Config
 	log      *slog.Logger
 	ns       netns.NsHandle  // the namespace New ran in
-	filtered bool            // the forward filter is installed (filter_linux.go)
 	nl       *netlink.Handle // netlink in ns
 	tunDev   tun.Device
 	dev      *device.Device
 	bind     *Bind
 	tunName  string
 	tunIndex int
-	brIndex  int
 
 	// mu guards what follows and serialises every change to WireGuard's
-	// peers, the routes and the attachments. It is never taken on the
-	// packet path.
+	// peers. It is never taken on the packet path.
 	mu      sync.Mutex
 	closed  bool
 	applied map[key.Public]peerState // peers as last set in wireguard-go
 	synced  bool                     // applied is what wireguard-go holds; false after a failed IpcSet
-	skipped string                   // prefixes last refused a route, to log a change once
 	peers   []PeerConfig             // as last given to SetPeers
 	paths   map[key.Public]*pathState
 	stop    chan struct{} // closed by Close: ends the path loop
@@ -130,7 +102,7 @@ type Tunnel struct {
 }
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
-// creates (or re-adopts) the bridge with HostIP, and brings everything up.
+// and brings both up.
 //
 // It works in the network namespace of the calling thread: a daemon started
 // with `ip netns exec` is wholly inside it; a test that serves several
@@ -188,22 +160,9 @@ func New(cfg Config) (*Tunnel, error) {
 	if err := t.nl.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("tunnel: TUN %s: setting up: %w", t.tunName, err)
 	}
-	pub := cfg.Private.Public()
-	br, err := setupBridge(t.nl, cfg.Bridge, cfg.MTU, cfg.HostIP, pub[:])
-	if err != nil {
-		return nil, fmt.Errorf("tunnel: %w", err)
-	}
-	t.brIndex = br.Attrs().Index
-	if err := setSysctls(cfg.Bridge, t.tunName); err != nil {
-		return nil, fmt.Errorf("tunnel: %w", err)
-	}
-	if err := installForwardFilter(t.ns, t.tunName, cfg.Bridge); err != nil {
-		return nil, fmt.Errorf("tunnel: %w", err)
-	}
-	t.filtered = true
 	ok = true
 	go t.pathLoop()
-	t.log.Info("data plane up", "tun", t.tunName, "bridge", cfg.Bridge, "host_ip", cfg.HostIP.String(), "port", cfg.Port, "mtu", cfg.MTU)
+	t.log.Info("data plane up", "tun", t.tunName, "port", cfg.Port, "mtu", cfg.MTU)
 	return t, nil
 }
 
@@ -213,23 +172,15 @@ func (c *Config) check() error {
 		return errors.New("tunnel: no private key")
 	case c.Iface == "" || len(c.Iface) > maxIfNameLen:
 		return fmt.Errorf("tunnel: TUN name %q must have 1 to %d characters", c.Iface, maxIfNameLen)
-	case c.Bridge == "" || len(c.Bridge) > maxIfNameLen:
-		return fmt.Errorf("tunnel: bridge name %q must have 1 to %d characters", c.Bridge, maxIfNameLen)
-	case c.Bridge == c.Iface:
-		return fmt.Errorf("tunnel: the TUN and the bridge are both named %q", c.Iface)
 	case c.MTU < 576 || c.MTU > 65535:
 		return fmt.Errorf("tunnel: MTU %d is out of range", c.MTU)
-	case !c.HostIP.IsValid() || !c.HostIP.Addr().Is4():
-		return fmt.Errorf("tunnel: host address %v is not an IPv4 prefix", c.HostIP)
 	case c.Port == 0:
 		return errors.New("tunnel: no UDP port")
 	}
 	return nil
 }
 
-// Close tears down the device, its routes, the TUN and the bridge.
-// Attached namespaces keep their veth pairs (off the bridge), so that the
-// next run can Adopt them.
+// Close tears down the device and the TUN (and with it every route into it).
 func (t *Tunnel) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -247,28 +198,11 @@ func (t *Tunnel) Close() error {
 // teardown releases whatever New made; it copes with a half-made Tunnel.
 func (t *Tunnel) teardown() error {
 	var errs []error
-	if t.nl != nil && t.tunIndex != 0 {
-		if _, err := t.syncRoutes(nil); err != nil && !isGone(err) {
-			errs = append(errs, err)
-		}
-	}
 	switch {
 	case t.dev != nil:
 		t.dev.Close() // closes the Bind and the TUN; the TUN link goes with it
 	case t.tunDev != nil:
 		t.tunDev.Close()
-	}
-	if t.nl != nil && t.brIndex != 0 {
-		if l, err := t.nl.LinkByIndex(t.brIndex); err == nil {
-			if err := t.nl.LinkDel(l); err != nil && !isGone(err) {
-				errs = append(errs, fmt.Errorf("tunnel: deleting bridge %s: %w", t.cfg.Bridge, err))
-			}
-		}
-	}
-	if t.filtered {
-		if err := removeForwardFilter(t.ns, t.tunName); err != nil {
-			errs = append(errs, fmt.Errorf("tunnel: %w", err))
-		}
 	}
 	if t.nl != nil {
 		t.nl.Close()
@@ -279,15 +213,13 @@ func (t *Tunnel) teardown() error {
 	return errors.Join(errs...)
 }
 
-// SetPeers makes the WireGuard peers and the routes into the TUN exactly peers.
+// SetPeers makes the WireGuard peers exactly peers.
 //
 // Only what changed since the last call is sent to wireguard-go, and nothing
 // when nothing changed. A peer's endpoint is set only when the one given
 // changes, so an endpoint wireguard-go learned by roaming is kept. Routes
-// (dev TUN, src HostIP) are installed for the AllowedIPs that lie strictly
-// inside the overlay prefix; any other prefix (one that would cover the
-// bridge's own subnet, or lies outside the overlay) stays in WireGuard's
-// AllowedIPs but gets no route, and is logged once.
+// into the TUN are not set here: they are host networking
+// (hostnet.Host.SetRoutes).
 func (t *Tunnel) SetPeers(peers []PeerConfig) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -299,8 +231,7 @@ func (t *Tunnel) SetPeers(peers []PeerConfig) error {
 	return t.applyLocked()
 }
 
-// applyLocked makes wireguard-go and the routes follow t.peers and the path
-// chosen for each.
+// applyLocked makes wireguard-go follow t.peers and the path chosen for each.
 func (t *Tunnel) applyLocked() error {
 	want := normalizePeers(t.peers)
 	t.setRelayEndpoints(want)
@@ -326,17 +257,6 @@ func (t *Tunnel) applyLocked() error {
 	} else if len(errs) == 0 {
 		t.applied, t.synced = want, true
 	}
-
-	routes, skipped := t.routesFor(want)
-	if skipped != t.skipped {
-		t.skipped = skipped
-		if skipped != "" {
-			t.log.Warn("not routing peer prefixes that are not inside the overlay prefix", "overlay", t.cfg.HostIP.Masked().String(), "prefixes", skipped)
-		}
-	}
-	if _, err := t.syncRoutes(routes); err != nil {
-		errs = append(errs, err)
-	}
 	return errors.Join(errs...)
 }
 
@@ -357,80 +277,6 @@ func (t *Tunnel) currentPeersLocked() (map[key.Public]peerState, error) {
 	return cur, nil
 }
 
-// routesFor returns the prefixes to route into the TUN, and the refused ones
-// as text.
-func (t *Tunnel) routesFor(want map[key.Public]peerState) (map[netip.Prefix]bool, string) {
-	overlay := t.cfg.HostIP.Masked()
-	routes := make(map[netip.Prefix]bool)
-	var skipped []string
-	for _, p := range want {
-		for _, pfx := range p.allowed {
-			if pfx.Addr().Is4() && pfx.Bits() > overlay.Bits() && overlay.Contains(pfx.Addr()) {
-				routes[pfx] = true
-			} else {
-				skipped = append(skipped, pfx.String())
-			}
-		}
-	}
-	slices.Sort(skipped)
-	return routes, strings.Join(slices.Compact(skipped), ",")
-}
-
-// syncRoutes makes the routes into the TUN that carry routeProtocol exactly
-// want. It reads the routes back every time, so a route lost behind its back
-// (the TUN went down and up, someone ran ip route del) comes back on the next
-// call. It reports how many routes it changed.
-func (t *Tunnel) syncRoutes(want map[netip.Prefix]bool) (int, error) {
-	filter := &netlink.Route{LinkIndex: t.tunIndex, Table: unix.RT_TABLE_MAIN, Protocol: routeProtocol}
-	have, err := t.nl.RouteListFiltered(netlink.FAMILY_ALL, filter,
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return 0, fmt.Errorf("routes: listing routes of %s: %w", t.tunName, err)
-	}
-	var (
-		errs    []error
-		changed int
-		present = make(map[netip.Prefix]bool, len(have))
-	)
-	for _, r := range have {
-		pfx, ok := ipNetToPrefix(r.Dst)
-		if ok && want[pfx] {
-			present[pfx] = true
-			continue
-		}
-		if err := t.nl.RouteDel(&r); err != nil && !isGone(err) {
-			errs = append(errs, fmt.Errorf("routes: deleting %v dev %s: %w", r.Dst, t.tunName, err))
-			continue
-		}
-		changed++
-	}
-	for pfx := range want {
-		if present[pfx] {
-			continue
-		}
-		r := tunRoute(t.tunIndex, pfx, t.cfg.HostIP.Addr())
-		r.Protocol = routeProtocol
-		if err := t.nl.RouteReplace(r); err != nil {
-			errs = append(errs, fmt.Errorf("routes: adding %s dev %s: %w", pfx, t.tunName, err))
-			continue
-		}
-		changed++
-	}
-	return changed, errors.Join(errs...)
-}
-
-func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
-}
-
 // PeerStats reports every WireGuard peer. It returns an empty map (and logs)
 // if wireguard-go cannot be read, which only happens once it is closed.
 func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
@@ -448,6 +294,9 @@ func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
 	return stats
 }
 
+// TUNName is the name of the TUN device, as the kernel gave it.
+func (t *Tunnel) TUNName() string { return t.tunName }
+
 // Counters reports datagram sorting and drop counters by name: the Counter*
 // constants (udp_wireguard, udp_stun, udp_relay, udp_junk_dropped, …).
 func (t *Tunnel) Counters() map[string]uint64 { return t.bind.Counters() }
@@ -462,3 +311,11 @@ func (t *Tunnel) SetRelayHandler(h PacketHandler) { t.bind.SetRelayHandler(h) }
 
 // SendUDP sends one datagram from the shared UDP port, e.g. a STUN answer.
 func (t *Tunnel) SendUDP(pkt []byte, dst netip.AddrPort) error { return t.bind.SendTo(pkt, dst) }
+
+// maxIfNameLen is IFNAMSIZ minus the terminating NUL.
+const maxIfNameLen = 15
+
+func isNotFound(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}

@@ -1,14 +1,12 @@
 package tunnel
 
 import (
-	"bytes"
 	"crypto/rand"
-	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -16,107 +14,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/weavewg/weavewg/hostnet"
+	"github.com/weavewg/weavewg/internal/netnstest"
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// requireNetAdmin skips a test that needs root, /dev/net/tun and ip(8).
-func requireNetAdmin(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, a TUN device, bridges and veths")
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) from iproute2")
-	}
-}
-
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// testNetns is one named network namespace (ip netns), deleted at cleanup.
-type testNetns struct {
-	name string
-	path string
-	h    netns.NsHandle
-}
-
-// newNetns makes a namespace with a unique name: other tests may run on this
-// machine at the same time.
-func newNetns(t *testing.T, role string) *testNetns {
-	t.Helper()
-	var b [4]byte
-	rand.Read(b[:])
-	name := "wwgt-" + hex.EncodeToString(b[:]) + "-" + role
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return &testNetns{name: name, path: "/var/run/netns/" + name, h: h}
-}
-
-// inNetns runs f on a thread in ns. The goroutine ends with its thread
-// locked, so the runtime retires the thread and its namespace never leaks
-// into other goroutines.
-func inNetns(ns *testNetns, f func()) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns.h); err != nil {
-			errc <- err
-			return
-		}
-		f()
-		errc <- nil
-	}()
-	return <-errc
-}
-
-// testLogger logs to t until the test ends; wireguard-go's goroutines may
-// log a line after that, which is then dropped.
-func testLogger(t *testing.T, prefix string) *slog.Logger {
-	w := &testWriter{t: t, prefix: prefix}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu     sync.Mutex
-	t      *testing.T
-	prefix string
-	done   bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(w.prefix + string(bytes.TrimRight(p, "\n")))
-	}
-	return len(p), nil
-}
+var (
+	requireNetAdmin = netnstest.RequireNetAdmin
+	run             = netnstest.Run
+	newNetns        = netnstest.New
+	inNetns         = netnstest.Do
+)
 
 type testHost struct {
-	ns     *testNetns
+	ns     *netnstest.NS
 	priv   key.Private
 	under  netip.Addr // underlay address
 	hostIP netip.Prefix
 	cfg    Config
 	tun    *Tunnel
+	host   *hostnet.Host // the bridge, routes and forward filter around tun
+	log    *slog.Logger
 }
 
 func newTestHost(t *testing.T, role string, under, hostIP string, secret key.Secret) *testHost {
@@ -126,23 +44,50 @@ func newTestHost(t *testing.T, role string, under, hostIP string, secret key.Sec
 	}
 	h := &testHost{ns: newNetns(t, role), priv: priv, under: netip.MustParseAddr(under), hostIP: netip.MustParsePrefix(hostIP)}
 	h.cfg = Config{
-		Private: priv, Secret: secret, Port: 6783, Iface: "weavewg0", Bridge: "weavewg",
-		MTU: 1420, HostIP: h.hostIP, Logger: testLogger(t, role+": "),
+		Private: priv, Secret: secret, Port: 6783, Iface: "weavewg0",
+		MTU: 1420, Logger: netnstest.Logger(t, role+": "),
 	}
+	h.log = h.cfg.Logger
 	return h
 }
 
 func (h *testHost) start(t *testing.T) {
 	t.Helper()
 	var err error
-	if nerr := inNetns(h.ns, func() { h.tun, err = New(h.cfg) }); nerr != nil {
+	if nerr := inNetns(h.ns, func() {
+		if h.tun, err = New(h.cfg); err != nil {
+			return
+		}
+		pub := h.priv.Public()
+		h.host, err = hostnet.New(hostnet.Config{Bridge: "weavewg", TUN: h.tun.TUNName(), MTU: h.cfg.MTU,
+			HostIP: h.hostIP, MACSeed: pub[:], Logger: h.log})
+		if err != nil {
+			h.tun.Close()
+		}
+	}); nerr != nil {
 		t.Fatal(nerr)
 	}
 	if err != nil {
-		t.Fatalf("New in %s: %v", h.ns.name, err)
+		t.Fatalf("New in %s: %v", h.ns.Name, err)
 	}
-	tn := h.tun
-	t.Cleanup(func() { tn.Close() })
+	tn, hn := h.tun, h.host
+	t.Cleanup(func() { hn.Close(); tn.Close() })
+}
+
+// setPeers sets the WireGuard peers and the routes into the TUN, as the
+// daemon does.
+func (h *testHost) setPeers(t *testing.T, peers ...PeerConfig) {
+	t.Helper()
+	if err := h.tun.SetPeers(peers); err != nil {
+		t.Fatal(err)
+	}
+	var routes []netip.Prefix
+	for _, p := range peers {
+		routes = append(routes, p.AllowedIPs...)
+	}
+	if err := h.host.SetRoutes(routes); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (h *testHost) peerConfig(allowed ...string) PeerConfig {
@@ -156,25 +101,28 @@ func (h *testHost) peerConfig(allowed ...string) PeerConfig {
 
 // twoHosts makes two namespaces joined by a veth on 192.0.2.0/24, each with
 // a Tunnel, peered with each other.
+func oneHost(t *testing.T) *testHost {
+	requireNetAdmin(t)
+	var secret key.Secret
+	rand.Read(secret[:])
+	return newTestHost(t, "h", "192.0.2.1", "10.32.0.1/12", secret)
+}
+
 func twoHosts(t *testing.T) (a, b *testHost) {
 	requireNetAdmin(t)
 	var secret key.Secret
 	rand.Read(secret[:])
 	a = newTestHost(t, "a", "192.0.2.1", "10.32.0.1/12", secret)
 	b = newTestHost(t, "b", "192.0.2.2", "10.32.0.2/12", secret)
-	run(t, "ip", "-n", a.ns.name, "link", "add", "under0", "type", "veth", "peer", "name", "under0", "netns", b.ns.name)
+	run(t, "ip", "-n", a.ns.Name, "link", "add", "under0", "type", "veth", "peer", "name", "under0", "netns", b.ns.Name)
 	for _, h := range []*testHost{a, b} {
-		run(t, "ip", "-n", h.ns.name, "addr", "add", h.under.String()+"/24", "dev", "under0")
-		run(t, "ip", "-n", h.ns.name, "link", "set", "under0", "up")
+		run(t, "ip", "-n", h.ns.Name, "addr", "add", h.under.String()+"/24", "dev", "under0")
+		run(t, "ip", "-n", h.ns.Name, "link", "set", "under0", "up")
 	}
 	a.start(t)
 	b.start(t)
-	if err := a.tun.SetPeers([]PeerConfig{b.peerConfig("10.32.2.0/24")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.tun.SetPeers([]PeerConfig{a.peerConfig("10.32.1.0/24")}); err != nil {
-		t.Fatal(err)
-	}
+	a.setPeers(t, b.peerConfig("10.32.2.0/24"))
+	b.setPeers(t, a.peerConfig("10.32.1.0/24"))
 	return a, b
 }
 
@@ -182,28 +130,28 @@ func twoHosts(t *testing.T) (a, b *testHost) {
 // 15 s for a first answer: when both peers start a handshake at the same
 // moment (both SetPeers at once), WireGuard resolves the collision only at
 // the next retry, 5 s later.
-func ping(from *testNetns, to string) (string, error) {
+func ping(from *netnstest.NS, to string) (string, error) {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		if exec.Command("ip", "netns", "exec", from.name, "ping", "-c", "1", "-W", "1", to).Run() == nil {
+		if exec.Command("ip", "netns", "exec", from.Name, "ping", "-c", "1", "-W", "1", to).Run() == nil {
 			break
 		}
 	}
-	out, err := exec.Command("ip", "netns", "exec", from.name, "ping", "-c", "3", "-i", "0.2", "-W", "2", to).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", from.Name, "ping", "-c", "3", "-i", "0.2", "-W", "2", to).CombinedOutput()
 	return string(out), err
 }
 
 func TestTwoHostsPing(t *testing.T) {
 	a, b := twoHosts(t)
 	ca, cb := newNetns(t, "ca"), newNetns(t, "cb")
-	attA, err := a.tun.Attach(AttachSpec{Netns: ca.path, IP: netip.MustParsePrefix("10.32.1.1/12")})
+	attA, err := a.host.Attach(hostnet.AttachSpec{Netns: ca.Path, IP: netip.MustParsePrefix("10.32.1.1/12")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if attA.IfName != DefaultIfName || attA.HostVeth != HostVethName(ca.path, DefaultIfName) || attA.MTU != 1420 {
+	if attA.IfName != hostnet.DefaultIfName || attA.HostVeth != hostnet.HostVethName(ca.Path, hostnet.DefaultIfName) || attA.MTU != 1420 {
 		t.Errorf("Attached = %+v", attA)
 	}
-	if _, err := b.tun.Attach(AttachSpec{Netns: cb.path, IP: netip.MustParsePrefix("10.32.2.1/12")}); err != nil {
+	if _, err := b.host.Attach(hostnet.AttachSpec{Netns: cb.Path, IP: netip.MustParsePrefix("10.32.2.1/12")}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -232,9 +180,6 @@ func TestTwoHostsPing(t *testing.T) {
 	if err := a.tun.SetPeers([]PeerConfig{b.peerConfig("10.32.2.0/24")}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := a.tun.syncRoutes(map[netip.Prefix]bool{netip.MustParsePrefix("10.32.0.2/32"): true, netip.MustParsePrefix("10.32.2.0/24"): true}); n != 0 || err != nil {
-		t.Errorf("routes after repeated SetPeers: %d changes, %v; want 0, nil", n, err)
-	}
 }
 
 // dump shows the routes and links of both hosts, for a failing test.
@@ -242,10 +187,10 @@ func dump(hs ...*testHost) string {
 	var b strings.Builder
 	for _, h := range hs {
 		for _, args := range [][]string{{"route"}, {"-br", "addr"}, {"neigh"}} {
-			out, _ := exec.Command("ip", append([]string{"-n", h.ns.name}, args...)...).CombinedOutput()
-			fmt.Fprintf(&b, "%s: ip %s\n%s", h.ns.name, strings.Join(args, " "), out)
+			out, _ := exec.Command("ip", append([]string{"-n", h.ns.Name}, args...)...).CombinedOutput()
+			fmt.Fprintf(&b, "%s: ip %s\n%s", h.ns.Name, strings.Join(args, " "), out)
 		}
-		fmt.Fprintf(&b, "%s: counters %v\n", h.ns.name, h.tun.Counters())
+		fmt.Fprintf(&b, "%s: counters %v\n", h.ns.Name, h.tun.Counters())
 	}
 	return b.String()
 }
@@ -303,4 +248,135 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A restart: the Tunnel and Host close (or die) with a container attached;
+// the next ones adopt the bridge a kill -9 left, and the container's veth.
+func TestRestartAdopt(t *testing.T) {
+	a, b := twoHosts(t)
+	ca, cb := newNetns(t, "ca"), newNetns(t, "cb")
+	att, err := a.host.Attach(hostnet.AttachSpec{Netns: ca.Path, IP: netip.MustParsePrefix("10.32.1.1/12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.host.Attach(hostnet.AttachSpec{Netns: cb.Path, IP: netip.MustParsePrefix("10.32.2.1/12")}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ping(ca, "10.32.2.1"); err != nil {
+		t.Fatalf("before restart: %v\n%s", err, out)
+	}
+	if err := a.host.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := a.host.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := a.tun.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := a.tun.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := exec.Command("ip", "-n", a.ns.Name, "link", "show", "weavewg").Run(); err == nil {
+		t.Error("bridge still there after Close")
+	}
+	if err := exec.Command("ip", "-n", a.ns.Name, "link", "show", att.HostVeth).Run(); err != nil {
+		t.Error("host veth gone after Close; it must stay for Adopt")
+	}
+	// What a kill -9 leaves: the bridge, with an address of another run.
+	run(t, "ip", "-n", a.ns.Name, "link", "add", "weavewg", "type", "bridge")
+	run(t, "ip", "-n", a.ns.Name, "addr", "add", "10.99.0.1/16", "dev", "weavewg")
+
+	a.start(t)
+	if err := a.host.Adopt(att); err != nil {
+		t.Fatal(err)
+	}
+	a.setPeers(t, b.peerConfig("10.32.2.0/24"))
+	out := run(t, "ip", "-n", a.ns.Name, "-o", "-4", "addr", "show", "dev", "weavewg")
+	if strings.Contains(out, "10.99.0.1") || !strings.Contains(out, "10.32.0.1/12") {
+		t.Errorf("adopted bridge addresses: %s", out)
+	}
+	if out, err := ping(ca, "10.32.2.1"); err != nil {
+		t.Fatalf("after restart: %v\n%s\n%s", err, out, dump(a, b))
+	}
+	bad := att
+	bad.Netns = "/var/run/netns/wwgt-does-not-exist"
+	if err := a.host.Adopt(bad); err == nil {
+		t.Error("Adopt with a missing namespace succeeded")
+	}
+}
+
+// A New that fails (here: the UDP port is taken) leaves nothing behind.
+func TestNewFailureCleansUp(t *testing.T) {
+	h := oneHost(t)
+	h.start(t)
+	cfg := h.cfg
+	cfg.Iface = "weavewg9"
+	var err error
+	if nerr := inNetns(h.ns, func() { _, err = New(cfg) }); nerr != nil {
+		t.Fatal(nerr)
+	}
+	if err == nil || !strings.Contains(err.Error(), "6783") {
+		t.Fatalf("New on a taken port: err = %v", err)
+	}
+	out := run(t, "ip", "-n", h.ns.Name, "-o", "link", "show")
+	if strings.Contains(out, "weavewg9") {
+		t.Errorf("failed New left links behind:\n%s", out)
+	}
+	if _, err := New(Config{}); err == nil {
+		t.Error("New with an empty Config succeeded")
+	}
+}
+
+// Close stops every goroutine the Tunnel and wireguard-go started.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	h := oneHost(t)
+	before := runtime.NumGoroutine()
+	h.start(t)
+	if err := h.tun.SetPeers([]PeerConfig{{Key: testKey(7), Endpoint: netip.MustParseAddrPort("192.0.2.9:6783"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.32.9.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.host.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.tun.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := h.tun.SetPeers(nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("SetPeers after Close: %v, want ErrClosed", err)
+	}
+}
+
+// The control methods (of the Tunnel and the Host) may be called from many goroutines at once.
+func TestConcurrentControl(t *testing.T) {
+	a, b := twoHosts(t)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 20 {
+				extra := fmt.Sprintf("10.32.%d.0/24", 100+(i*20+j)%50)
+				if err := a.tun.SetPeers([]PeerConfig{b.peerConfig("10.32.2.0/24", extra)}); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := a.host.SetRoutes([]netip.Prefix{netip.MustParsePrefix(extra)}); err != nil {
+					t.Error(err)
+					return
+				}
+				a.tun.PeerStats()
+				a.tun.Counters()
+			}
+		}()
+	}
+	wg.Wait()
 }

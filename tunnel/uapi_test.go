@@ -160,19 +160,6 @@ func FuzzParsePeerStats(f *testing.F) {
 	})
 }
 
-func TestHostVethName(t *testing.T) {
-	a := HostVethName("/var/run/netns/x", "ethwe0")
-	if len(a) > maxIfNameLen || !strings.HasPrefix(a, "vethwe") {
-		t.Errorf("HostVethName = %q", a)
-	}
-	if a != HostVethName("/var/run/netns/x", "ethwe0") {
-		t.Error("HostVethName is not deterministic")
-	}
-	if a == HostVethName("/var/run/netns/y", "ethwe0") || a == HostVethName("/var/run/netns/x", "ethwe1") {
-		t.Error("HostVethName collides for different namespaces or interfaces")
-	}
-}
-
 func TestWGLogFilter(t *testing.T) {
 	for _, f := range []string{"Routine: TUN reader - started", "%v - Routine: sequential sender - stopped", "%v - Sending keepalive packet"} {
 		if !droppedWGFormat(f) {

@@ -1,4 +1,4 @@
-package tunnel
+package hostnet
 
 import (
 	"crypto/sha256"
@@ -129,4 +129,16 @@ func isNotFound(err error) bool {
 // isGone reports whether a delete failed only because the thing is not there.
 func isGone(err error) bool {
 	return isNotFound(err) || errors.Is(err, unix.ESRCH)
+}
+
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
 }

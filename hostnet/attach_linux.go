@@ -1,4 +1,4 @@
-package tunnel
+package hostnet
 
 import (
 	"crypto/sha256"
@@ -30,7 +30,7 @@ func HostVethName(nsPath, ifName string) string {
 // name, so no half-made interface is ever seen there. Inside the namespace
 // the work is done through a netlink handle opened in it; the calling
 // thread never changes namespace.
-func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) {
+func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 	ifName := spec.IfName
 	if ifName == "" {
 		ifName = DefaultIfName
@@ -41,9 +41,9 @@ func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) {
 	if !spec.IP.IsValid() {
 		return Attached{}, fmt.Errorf("attach: namespace %s: no address given", spec.Netns)
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
 		return Attached{}, fmt.Errorf("attach: %w", ErrClosed)
 	}
 
@@ -64,34 +64,34 @@ func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, fmt.Errorf("attach: namespace %s: %w", spec.Netns, err)
 	}
 	host := HostVethName(spec.Netns, ifName)
-	if _, err := t.nl.LinkByName(host); err == nil {
+	if _, err := h.nl.LinkByName(host); err == nil {
 		return Attached{}, fmt.Errorf("attach: namespace %s: host veth %s exists already (attached already?)", spec.Netns, host)
 	}
 
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: host, MTU: t.cfg.MTU},
+		LinkAttrs:     netlink.LinkAttrs{Name: host, MTU: h.cfg.MTU},
 		PeerName:      ifName,
-		PeerMTU:       uint32(t.cfg.MTU),
+		PeerMTU:       uint32(h.cfg.MTU),
 		PeerNamespace: netlink.NsFd(int(ns)),
 	}
-	if err := t.nl.LinkAdd(veth); err != nil {
+	if err := h.nl.LinkAdd(veth); err != nil {
 		return Attached{}, fmt.Errorf("attach: namespace %s: creating veth pair %s/%s: %w", spec.Netns, host, ifName, err)
 	}
 	fail := func(format string, args ...any) (Attached, error) {
-		if l, err := t.nl.LinkByName(host); err == nil {
-			t.nl.LinkDel(l)
+		if l, err := h.nl.LinkByName(host); err == nil {
+			h.nl.LinkDel(l)
 		}
 		return Attached{}, fmt.Errorf("attach: namespace %s: "+format, append([]any{spec.Netns}, args...)...)
 	}
 
-	hostLink, err := t.nl.LinkByName(host)
+	hostLink, err := h.nl.LinkByName(host)
 	if err != nil {
 		return fail("host veth %s: %w", host, err)
 	}
-	if err := t.nl.LinkSetMasterByIndex(hostLink, t.brIndex); err != nil {
-		return fail("putting %s on bridge %s: %w", host, t.cfg.Bridge, err)
+	if err := h.nl.LinkSetMasterByIndex(hostLink, h.brIndex); err != nil {
+		return fail("putting %s on bridge %s: %w", host, h.cfg.Bridge, err)
 	}
-	if err := t.nl.LinkSetUp(hostLink); err != nil {
+	if err := h.nl.LinkSetUp(hostLink); err != nil {
 		return fail("setting %s up: %w", host, err)
 	}
 
@@ -110,15 +110,15 @@ func (t *Tunnel) Attach(spec AttachSpec) (Attached, error) {
 	} else if err := cnl.LinkSetUp(lo); err != nil {
 		return fail("setting lo up: %w", err)
 	}
-	return Attached{Netns: spec.Netns, IP: spec.IP, IfName: ifName, HostVeth: host, MTU: t.cfg.MTU}, nil
+	return Attached{Netns: spec.Netns, IP: spec.IP, IfName: ifName, HostVeth: host, MTU: h.cfg.MTU}, nil
 }
 
 // Adopt puts a previously attached namespace's host veth back on the bridge
 // after a restart; it fails if the namespace or veth is gone.
-func (t *Tunnel) Adopt(a Attached) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+func (h *Host) Adopt(a Attached) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
 		return fmt.Errorf("adopt: %w", ErrClosed)
 	}
 	ns, err := netns.GetFromPath(a.Netns)
@@ -126,7 +126,7 @@ func (t *Tunnel) Adopt(a Attached) error {
 		return fmt.Errorf("adopt: namespace %s: %w", a.Netns, err)
 	}
 	ns.Close()
-	link, err := t.nl.LinkByName(a.HostVeth)
+	link, err := h.nl.LinkByName(a.HostVeth)
 	if err != nil {
 		if isNotFound(err) {
 			return fmt.Errorf("adopt: namespace %s: host veth %s is gone", a.Netns, a.HostVeth)
@@ -136,10 +136,10 @@ func (t *Tunnel) Adopt(a Attached) error {
 	if link.Type() != "veth" {
 		return fmt.Errorf("adopt: namespace %s: %s is a %s link, not a veth", a.Netns, a.HostVeth, link.Type())
 	}
-	if err := t.nl.LinkSetMasterByIndex(link, t.brIndex); err != nil {
-		return fmt.Errorf("adopt: namespace %s: putting %s on bridge %s: %w", a.Netns, a.HostVeth, t.cfg.Bridge, err)
+	if err := h.nl.LinkSetMasterByIndex(link, h.brIndex); err != nil {
+		return fmt.Errorf("adopt: namespace %s: putting %s on bridge %s: %w", a.Netns, a.HostVeth, h.cfg.Bridge, err)
 	}
-	if err := t.nl.LinkSetUp(link); err != nil {
+	if err := h.nl.LinkSetUp(link); err != nil {
 		return fmt.Errorf("adopt: namespace %s: setting %s up: %w", a.Netns, a.HostVeth, err)
 	}
 	return nil
@@ -148,13 +148,13 @@ func (t *Tunnel) Adopt(a Attached) error {
 // Detach removes an attachment's veth pair: deleting the host end deletes
 // the namespace's end with it. An attachment whose veth is gone already is
 // detached.
-func (t *Tunnel) Detach(a Attached) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+func (h *Host) Detach(a Attached) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
 		return fmt.Errorf("detach: %w", ErrClosed)
 	}
-	link, err := t.nl.LinkByName(a.HostVeth)
+	link, err := h.nl.LinkByName(a.HostVeth)
 	if err != nil {
 		if isNotFound(err) {
 			return nil
@@ -164,7 +164,7 @@ func (t *Tunnel) Detach(a Attached) error {
 	if link.Type() != "veth" {
 		return fmt.Errorf("detach: namespace %s: %s is a %s link, not a veth", a.Netns, a.HostVeth, link.Type())
 	}
-	if err := t.nl.LinkDel(link); err != nil && !isGone(err) {
+	if err := h.nl.LinkDel(link); err != nil && !isGone(err) {
 		return fmt.Errorf("detach: namespace %s: deleting %s: %w", a.Netns, a.HostVeth, err)
 	}
 	return nil
