@@ -5,18 +5,40 @@ BIN          ?= bin/weavewg
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 10s
 
+# The stamp `weavewg version` and status show. VERSION is git describe
+# (a tag if there is one, else the short commit; -dirty for local changes);
+# DATE honours SOURCE_DATE_EPOCH for reproducible builds.
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE         ?= $(shell date -u -d @$${SOURCE_DATE_EPOCH:-$$(date +%s)} +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS      := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
+# release: one static binary per platform, with SHA256SUMS.
+RELEASE_DIR       ?= dist
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
+
 # command:Debian package, for the tools the integration tests, the demo and
 # the benchmark use. Installed only when the command is missing.
 TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils-ping \
          iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf
 
-.PHONY: all build test unit integration deps demo bench bench-dns fuzz vet clean
+.PHONY: all build release test unit integration deps demo bench bench-dns fuzz vet clean
 
 all: build
 
+# build: a static binary (CGO_ENABLED=0: no libc, runs on any Linux) with
+# the version stamped in.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/weavewg
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/weavewg
+
+release:
+	@mkdir -p $(RELEASE_DIR)
+	@set -e; for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=$(RELEASE_DIR)/weavewg-$(VERSION)-$$os-$$arch; \
+		echo "make release: $$out"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $$out ./cmd/weavewg; \
+	done
+	cd $(RELEASE_DIR) && sha256sum weavewg-$(VERSION)-* > SHA256SUMS
 
 # deps installs the missing tools with apt-get (root only; without root the
 # tests that need them skip and say why).
@@ -83,4 +105,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf bin
+	rm -rf bin $(RELEASE_DIR)

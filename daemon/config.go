@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/blake2s"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -64,8 +65,8 @@ type Config struct {
 	// to know: the join line of a new network, space received, ready.
 	Notify func(msg string)
 	Logger *slog.Logger
-	// Version is reported by status.
-	Version string
+	// Build is the binary's version, reported by status.
+	Build api.Build
 }
 
 func (c *Config) validate() error {

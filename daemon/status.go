@@ -23,7 +23,8 @@ func (d *Daemon) status() api.Status {
 	wg := d.tun.PeerStats()
 
 	st := api.Status{
-		Version:    d.cfg.Version,
+		Version:    d.cfg.Build.Version,
+		Build:      d.cfg.Build,
 		Network:    discovery.IDOf(d.secret).String(),
 		Name:       d.pub.Name(),
 		Nickname:   d.cfg.Nickname,

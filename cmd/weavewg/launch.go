@@ -106,7 +106,7 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		Range:     rng,
 		Peers:     peers,
 		Logger:    logger,
-		Version:   versionString(),
+		Build:     buildInfo(),
 
 		ReclaimAfter:  c.Duration("reclaim-after"),
 		NoDNS:         c.Bool("no-dns"),

@@ -5,23 +5,9 @@ package main
 import (
 	"fmt"
 	"os"
-	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
 )
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = ""
-
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
-}
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
@@ -55,14 +41,7 @@ through its API socket (--api-socket or WEAVEWG_API_SOCKET).`,
 			psCommand(),
 			rmpeerCommand(),
 			dnsArgsCommand(),
-			{
-				Name:  "version",
-				Usage: "print the version of this binary",
-				Action: func(c *cli.Context) error {
-					fmt.Println("weavewg", versionString())
-					return nil
-				},
-			},
+			versionCommand(),
 		}, dnsCommands()...),
 	}
 }

@@ -76,7 +76,10 @@ func showSummary(w io.Writer, st api.Status) {
 		states[c.State]++
 	}
 	row := func(k, v string) { fmt.Fprintf(w, "%13s: %s\n", k, v) }
-	row("Version", st.Version)
+	if st.Build.Version == "" {
+		st.Build.Version = st.Version // a daemon older than the build field
+	}
+	row("Version", versionLine(st.Build))
 	row("Name", fmt.Sprintf("%s(%s)", st.Name, st.Nickname))
 	row("Encryption", st.Encryption)
 	row("Port", fmt.Sprintf("%d (TCP control, UDP WireGuard)", st.Port))
