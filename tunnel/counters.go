@@ -34,6 +34,9 @@ const (
 	rcProbesSent                         // probes sent
 	rcProbesAnswered                     // probes answered
 	rcProbeReplies                       // valid probe replies received
+	rcDeliveredBytes                     // bytes of rcDelivered frames (WireGuard payload)
+	rcForwardedBytes                     // bytes of rcForwarded frames (whole frames)
+	rcSentBytes                          // bytes of rcSent datagrams (WireGuard payload)
 	numRelayCounters
 )
 
@@ -52,6 +55,9 @@ var relayCounterNames = [numRelayCounters]string{
 	rcProbesSent:     "udp_relay_probes_sent",
 	rcProbesAnswered: "udp_relay_probes_answered",
 	rcProbeReplies:   "udp_relay_probe_replies",
+	rcDeliveredBytes: "udp_relay_delivered_bytes",
+	rcForwardedBytes: "udp_relay_forwarded_bytes",
+	rcSentBytes:      "udp_relay_sent_bytes",
 }
 
 // Counter names, stable: the daemon exports them as metrics.

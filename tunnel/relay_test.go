@@ -228,6 +228,7 @@ func TestRelayReceive(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := f.bind.Counters()[tt.counter]
+			beforeBytes := f.bind.Counters()["udp_relay_delivered_bytes"]
 			sends := f.inner.sends
 			f.inner.keep = true
 			bt := newBatch()
@@ -257,6 +258,9 @@ func TestRelayReceive(t *testing.T) {
 			if got := f.bind.Counters()[tt.counter]; got != before+1 {
 				t.Errorf("%s = %d, want %d", tt.counter, got, before+1)
 			}
+			if got := f.bind.Counters()["udp_relay_delivered_bytes"] - beforeBytes; got != uint64(tt.size) {
+				t.Errorf("udp_relay_delivered_bytes grew by %d, want %d", got, tt.size)
+			}
 		})
 	}
 }
@@ -271,6 +275,9 @@ func TestRelaySendWrapsAndRoutes(t *testing.T) {
 	wg := wgTransport(64)
 	if err := f.bind.Send([][]byte{wg, wg}, ep); err != nil {
 		t.Fatal(err)
+	}
+	if got := f.bind.Counters()["udp_relay_sent_bytes"]; got != uint64(2*len(wg)) {
+		t.Errorf("udp_relay_sent_bytes = %d, want %d", got, 2*len(wg))
 	}
 	if epAddr(f.inner.lastEP) != "192.0.2.2:6783" || f.inner.frames != 2 {
 		t.Fatalf("sent %d frames to %s, want 2 to the relay b", f.inner.frames, epAddr(f.inner.lastEP))
@@ -394,6 +401,9 @@ func TestRelayRateLimited(t *testing.T) {
 	c := f.bind.Counters()
 	if c["udp_relay_forwarded"] != 3 || c["udp_relay_dropped_rate_limited"] != 2 {
 		t.Errorf("forwarded %d, rate limited %d; want 3 and 2", c["udp_relay_forwarded"], c["udp_relay_dropped_rate_limited"])
+	}
+	if want := uint64(3 * len(pkt)); c["udp_relay_forwarded_bytes"] != want {
+		t.Errorf("forwarded %d bytes, want %d (three whole frames)", c["udp_relay_forwarded_bytes"], want)
 	}
 }
 

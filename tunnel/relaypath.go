@@ -152,6 +152,11 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 		return err
 	}
 	b.ctr.relay[rcSent].Add(uint64(len(bufs)))
+	var bytes int
+	for _, p := range bufs {
+		bytes += len(p)
+	}
+	b.ctr.relay[rcSentBytes].Add(uint64(bytes))
 	return nil
 }
 
@@ -206,6 +211,7 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 			*ep = p.ep
 		}
 		rx.n[rcDelivered]++
+		rx.n[rcDeliveredBytes] += uint64(n)
 		return n
 	case h.Type != RelayTypeData && toUs:
 		b.handleProbe(rx, pkt, h, from, si, src)
@@ -235,6 +241,7 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 	rx.fwdEP = next
 	rx.fwd.bufs = append(rx.fwd.bufs, pkt)
 	rx.n[rcForwarded]++
+	rx.n[rcForwardedBytes] += uint64(len(pkt))
 	return 0
 }
 

@@ -33,7 +33,7 @@ type Error struct {
 // Status is everything `weavewg status` shows.
 type Status struct {
 	Version    string            `json:"version"`
-	Build      Build             `json:"build"` // Version with its commit and date
+	Build      Build             `json:"build"`    // Version with its commit and date
 	Network    string            `json:"network"`  // the network ID (a hash of its secret, safe to show)
 	Name       string            `json:"name"`     // peer name, derived from the public key
 	Nickname   string            `json:"nickname"` // --name, default the hostname
