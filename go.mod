@@ -3,6 +3,7 @@ module github.com/weavewg/weavewg
 go 1.26.8
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/flynn/noise v1.1.0
 	github.com/google/nftables v0.3.0
 	github.com/prometheus/client_golang v1.25.0
