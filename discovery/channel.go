@@ -3,6 +3,7 @@ package discovery
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -12,20 +13,36 @@ import (
 // control connections, hop by hop along the gossiped routes, so peers with no
 // direct connection still hear each other.
 //
-// A channel message:
+// A channel message (control protocol v2):
 //
-//	+--------+--------+----------+---------+---------+--------+--------------+
-//	| type 1 | nlen 1 | name     | src 32  | dst 32  | hops 1 | payload      |
-//	| (4)    |        | (≤ 32 B) | key     | key     |        | (≤ MaxChan.) |
-//	+--------+--------+----------+---------+---------+--------+--------------+
+//	+--------+---------+--------+----------+---------+---------+--------+---------+-----------+
+//	| type 1 | flags 1 | nlen 1 | name     | src 32  | dst 32  | hops 1 | payload | signature |
+//	| (4)    |         |        | (≤ 32 B) | key     | key     |        |         | 64        |
+//	+--------+---------+--------+----------+---------+---------+--------+---------+-----------+
+//
+//	flags: bit 0 broadcast; other bits must be zero.
+//
+// The signature is src's (key.Sign, domain "weavewg channel v1") over
+//
+//	flags | nlen | name | src | dst, or 32 zero bytes if broadcast | payload
+//
+// — everything but the hop count, which relays decrement. So the sender a
+// handler is told is the peer that made the message, checked end to end
+// whatever the hops in between, not what the message claims; a message
+// whose signature fails is dropped at its destination and counted
+// (gossip_channel_bad_signature). A broadcast is signed once for every
+// destination (and may be delivered to any of them). Relays do not check
+// signatures: the destination does, off the router's lock. A member can
+// replay another's old message; the payloads carried (ring, name table,
+// token registry states) are versioned CRDT states, for which a replay is
+// a stale duplicate.
 //
 // Each hop delivers it when dst is itself and otherwise forwards it to its own
 // next hop towards dst with hops decremented; a message whose hops reach zero
 // is dropped, so a transient routing loop cannot keep a message alive. Routes
 // are symmetric and agreed on by every relay (topology.go). Broadcast is a
 // unicast to every reachable peer: simple, loop-free, and O(peers) for the
-// sender, which suits the sizes weavewg runs at. src is the sender's claim;
-// every hop is an authenticated member, and members are trusted alike.
+// sender, which suits the sizes weavewg runs at.
 
 const (
 	msgChannel byte = 4
@@ -34,14 +51,18 @@ const (
 	MaxChannelName = 32
 	// maxHops bounds how far a channel message travels.
 	maxHops = 64
-	// channelHdrMax is the header of a channel message with a maximal name.
-	channelHdrMax = 1 + 1 + MaxChannelName + 2*key.Len + 1
+	// channelHdrMax is the header of a channel message with a maximal name,
+	// with the signature that ends it.
+	channelHdrMax = 1 + 1 + 1 + MaxChannelName + 2*key.Len + 1 + key.SigLen
 	// MaxChannelPayload is the largest payload one channel message carries.
 	MaxChannelPayload = maxPlaintext - channelHdrMax
 
 	// channelQueueLen bounds each channel's queue of messages waiting for
 	// its handler; when full the oldest is dropped (gossip_channel_dropped).
 	channelQueueLen = 1024
+
+	channelBroadcast = 1 // flags bit 0
+	channelDomain    = "weavewg channel v1"
 )
 
 // ErrUnreachable is returned by Channel.Send for a peer no route leads to.
@@ -49,10 +70,38 @@ var ErrUnreachable = errors.New("discovery: peer unreachable")
 
 // ChannelMessage is one message of a named channel.
 type ChannelMessage struct {
-	Name     string
-	Src, Dst key.Public
-	Hops     uint8
-	Payload  []byte
+	Name      string
+	Broadcast bool
+	Src, Dst  key.Public
+	Hops      uint8
+	Payload   []byte
+	Sig       key.Signature
+}
+
+// signedBytes is what Sig covers.
+func (m *ChannelMessage) signedBytes() []byte {
+	b := make([]byte, 0, 2+len(m.Name)+2*key.Len+len(m.Payload))
+	var flags byte
+	dst := m.Dst
+	if m.Broadcast {
+		flags |= channelBroadcast
+		dst = key.Public{}
+	}
+	b = append(b, flags, byte(len(m.Name)))
+	b = append(b, m.Name...)
+	b = append(b, m.Src[:]...)
+	b = append(b, dst[:]...)
+	return append(b, m.Payload...)
+}
+
+// Sign sets m.Sig; priv must be the key of m.Src.
+func (m *ChannelMessage) Sign(priv key.Private) {
+	m.Sig = key.Sign(priv, channelDomain, m.signedBytes())
+}
+
+// Verify checks m.Sig against m.Src.
+func (m *ChannelMessage) Verify() error {
+	return key.Verify(m.Src, channelDomain, m.signedBytes(), &m.Sig)
 }
 
 // AppendChannelMessage appends m in wire form to b.
@@ -63,26 +112,40 @@ func AppendChannelMessage(b []byte, m ChannelMessage) ([]byte, error) {
 	if len(m.Payload) > MaxChannelPayload {
 		return b, fmt.Errorf("discovery: channel payload of %d bytes exceeds %d", len(m.Payload), MaxChannelPayload)
 	}
-	b = append(b, msgChannel, byte(len(m.Name)))
+	var flags byte
+	if m.Broadcast {
+		flags |= channelBroadcast
+	}
+	b = append(b, msgChannel, flags, byte(len(m.Name)))
 	b = append(b, m.Name...)
 	b = append(b, m.Src[:]...)
 	b = append(b, m.Dst[:]...)
 	b = append(b, m.Hops)
-	return append(b, m.Payload...), nil
+	b = append(b, m.Payload...)
+	return append(b, m.Sig[:]...), nil
 }
 
-// ParseChannelMessage parses a channel message. Payload aliases b.
+// channelHopsOffset is where the hop count of a message with an n-byte
+// name is.
+func channelHopsOffset(n int) int { return 1 + 1 + 1 + n + 2*key.Len }
+
+// ParseChannelMessage parses a channel message. Payload aliases b. The
+// signature is not checked here.
 func ParseChannelMessage(b []byte) (ChannelMessage, error) {
 	var m ChannelMessage
-	if len(b) < 2 || b[0] != msgChannel {
+	if len(b) < 3 || b[0] != msgChannel {
 		return m, errShort
 	}
-	n := int(b[1])
+	if b[1]&^channelBroadcast != 0 {
+		return m, errBadFlags
+	}
+	m.Broadcast = b[1]&channelBroadcast != 0
+	n := int(b[2])
 	if n == 0 || n > MaxChannelName {
 		return m, fmt.Errorf("discovery: channel name of %d bytes", n)
 	}
-	b = b[2:]
-	if len(b) < n+2*key.Len+1 {
+	b = b[3:]
+	if len(b) < n+2*key.Len+1+key.SigLen {
 		return m, errShort
 	}
 	m.Name = string(b[:n])
@@ -90,7 +153,9 @@ func ParseChannelMessage(b []byte) (ChannelMessage, error) {
 	copy(m.Src[:], b[:key.Len])
 	copy(m.Dst[:], b[key.Len:2*key.Len])
 	m.Hops = b[2*key.Len]
-	m.Payload = b[2*key.Len+1:]
+	b = b[2*key.Len+1:]
+	m.Payload = b[:len(b)-key.SigLen]
+	copy(m.Sig[:], b[len(b)-key.SigLen:])
 	return m, nil
 }
 
@@ -102,9 +167,10 @@ type Channel struct {
 	in      chan channelDelivery
 }
 
+// channelDelivery is a message for this peer, its signature not yet
+// checked (the channel's goroutine does that, off the router's lock).
 type channelDelivery struct {
-	from key.Public
-	msg  []byte
+	m ChannelMessage // Payload is its own copy
 }
 
 // Channel registers the named channel and returns it. handler receives every
@@ -138,7 +204,14 @@ func (ch *Channel) deliverLoop(done <-chan struct{}) {
 		case <-done:
 			return
 		case d := <-ch.in:
-			ch.handler(d.from, d.msg)
+			if err := d.m.Verify(); err != nil {
+				ch.r.ctr.inc(CtrChannelBadSig)
+				ch.r.logOnce(slog.LevelWarn, "chanbadsig:"+d.m.Src.Name(), ch.name,
+					"dropping a channel message whose signature does not check: a member is forging another's messages",
+					"claimed_src", d.m.Src.Name(), "channel", ch.name)
+				continue
+			}
+			ch.handler(d.m.Src, d.m.Payload)
 		}
 	}
 }
@@ -166,6 +239,7 @@ func (ch *Channel) enqueueLocked(d channelDelivery) {
 func (ch *Channel) Send(to key.Public, msg []byte) error {
 	r := ch.r
 	m := ChannelMessage{Name: ch.name, Src: r.self, Dst: to, Hops: maxHops, Payload: msg}
+	m.Sign(r.priv)
 	b, err := AppendChannelMessage(nil, m)
 	if err != nil {
 		return err
@@ -181,7 +255,8 @@ func (ch *Channel) Send(to key.Public, msg []byte) error {
 // Broadcast sends msg to every reachable peer.
 func (ch *Channel) Broadcast(msg []byte) {
 	r := ch.r
-	m := ChannelMessage{Name: ch.name, Src: r.self, Hops: maxHops, Payload: msg}
+	m := ChannelMessage{Name: ch.name, Broadcast: true, Src: r.self, Hops: maxHops, Payload: msg}
+	m.Sign(r.priv) // once: a broadcast's signature does not cover dst
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for dst := range r.rt.nextHop {
@@ -225,7 +300,8 @@ func (r *Router) handleChannelLocked(raw []byte) error {
 			return nil
 		}
 		r.ctr.inc(CtrChannelReceived)
-		ch.enqueueLocked(channelDelivery{from: m.Src, msg: append([]byte(nil), m.Payload...)})
+		m.Payload = append([]byte(nil), m.Payload...)
+		ch.enqueueLocked(channelDelivery{m: m})
 		return nil
 	}
 	if m.Hops <= 1 {
@@ -233,7 +309,7 @@ func (r *Router) handleChannelLocked(raw []byte) error {
 		return nil
 	}
 	fwd := append([]byte(nil), raw...)
-	fwd[1+1+len(m.Name)+2*key.Len]--
+	fwd[channelHopsOffset(len(m.Name))]--
 	if !r.forwardLocked(m.Dst, fwd) {
 		r.ctr.inc(CtrChannelNoRoute)
 	} else {

@@ -27,6 +27,9 @@ const (
 	CtrRecordsApplied     = "gossip_records_applied"        // received records that were newer than ours
 	CtrRecordsSent        = "gossip_records_sent"           // records queued for sending
 	CtrRecordsTableFull   = "gossip_records_table_full"     // records of new peers ignored: MaxPeers known
+	CtrRecordsBadSig      = "gossip_records_bad_signature"  // records dropped: not signed by their owner
+	CtrRecordsFuture      = "gossip_records_future"         // records dropped: version over MaxVersionAhead ahead
+	CtrChannelBadSig      = "gossip_channel_bad_signature"  // channel messages dropped: not signed by their source
 	CtrAntiEntropy        = "gossip_antientropy_rounds"     // periodic full-state sends
 	CtrPeersExpired       = "gossip_peers_expired"          // peers dropped after being unreachable too long
 	CtrChannelSent        = "gossip_channel_sent"           // channel messages queued (own and forwarded)
@@ -47,6 +50,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
+	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
 	CtrJoinAdmitted, CtrJoinRefused,

@@ -6,7 +6,7 @@
 //
 // A control connection is TCP to Config.Port. It starts with the Noise
 // handshake Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s, static key = the peer's
-// key, PSK = the network secret, prologue "weavewg control v1" (handshake.go).
+// key, PSK = the network secret, prologue "weavewg control v2" (handshake.go).
 // XXpsk0 rather than IKpsk2: a peer joining with a password knows only
 // HOST:PORT, not the responder's key, so IK is impossible; with the PSK at
 // position 0 the very first message is already authenticated by the secret,
@@ -28,20 +28,27 @@
 // counted and logged once.
 //
 // Version rule: the prologue carries the major version, so peers of another
-// major version fail the handshake (logged like a wrong secret). Within v1,
-// new message types may be added: receivers ignore unknown types and count
-// them (control_message_unknown_type). Known types have fixed layouts, and
-// trailing bytes make a message malformed, so extending a message means a new
-// type.
+// major version fail the handshake (logged like a wrong secret). v2 added
+// the owner's signature to every record and the originator's to every
+// channel message. Within a major version, new message types may be added:
+// receivers ignore unknown types and count them
+// (control_message_unknown_type). Known types have fixed layouts, and
+// trailing bytes make a message malformed, so extending a message means a
+// new type.
 //
 // # Gossip
 //
-// Every peer owns one Record about itself: key, nickname, version, host IP,
+// Every peer owns one Record about itself, signed with its identity key
+// (XEdDSA, types/key): key, nickname, version, host IP,
 // port, attached prefixes and neighbors (key, the IP it sees the neighbor at,
 // established). The version starts at the current time in unix nanoseconds
 // (so a restarted peer's records win over its previous run's) and grows by at
 // least one on every change. Merge keeps, per key, the highest version: it is
 // commutative, associative and idempotent, so delivery order never matters.
+// A record is merged only if its owner's signature checks (so no member can
+// speak for another, nor push another's version up) and its version is at
+// most MaxVersionAhead (1 h) ahead of the receiver's clock; anything else is
+// dropped and counted (gossip_records_bad_signature, gossip_records_future).
 // A new connection starts with both sides sending every record they hold; a
 // record that is new or newer is forwarded at once to every other
 // established connection; every ~10 s the full state goes to one random

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+	"time"
 	"unicode/utf8"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -18,8 +19,8 @@ import (
 //	+--------+-------------------------------+
 //
 // Version rule: the major protocol version is in the Noise prologue
-// ("weavewg control v1"), so peers of another major version fail the
-// handshake. Within v1, new message types may be added: a receiver ignores a
+// ("weavewg control v2"), so peers of another major version fail the
+// handshake. (v2 signed records and channel messages.) Within v2, new message types may be added: a receiver ignores a
 // type it does not know and counts it (control_message_unknown_type). A known
 // type has a fixed layout; a body shorter or longer than that layout is
 // malformed and closes the connection (control_message_malformed). Extending
@@ -52,11 +53,21 @@ const (
 	recordFixedLen  = key.Len + 8 + 1 + 1 + 2 + 2 + 2 // without variable parts
 	maxRecordLen    = recordFixedLen + MaxNickname + 16 + MaxAttached*maxPrefixLen + MaxNeighbors*maxNeighborLen
 	recordsHdrLen   = 1 + 2
-	maxRecordsInMsg = (maxPlaintext - recordsHdrLen) / recordFixedLen
+	maxRecordsInMsg = (maxPlaintext - recordsHdrLen) / (recordFixedLen + key.SigLen)
+
+	// MaxVersionAhead bounds how far a record's version (unix nanoseconds
+	// at its owner's last change, or one more than the last) may be ahead
+	// of the receiver's clock. A record further ahead is dropped and
+	// counted (gossip_records_future): a version near 2^64 would otherwise
+	// make every later version of that peer lose, or wrap.
+	MaxVersionAhead = time.Hour
 )
 
+// recordDomain separates record signatures from every other signature.
+const recordDomain = "weavewg record v1"
+
 // A compile-time check that one maximal record fits in one records message.
-var _ [maxPlaintext - recordsHdrLen - maxRecordLen]struct{}
+var _ [maxPlaintext - recordsHdrLen - maxRecordLen - key.SigLen]struct{}
 
 // Neighbor is one entry of a record's neighbor list.
 type Neighbor struct {
@@ -68,7 +79,9 @@ type Neighbor struct {
 }
 
 // Record is what a peer says about itself in gossip. Records merge per key:
-// the highest Version wins.
+// the highest Version wins. Sig is the owner's signature (key.Sign, domain
+// "weavewg record v1") over the record's encoding: a record is taken only
+// from its owner, however many peers forwarded it.
 type Record struct {
 	Key       key.Public
 	Version   uint64
@@ -77,6 +90,17 @@ type Record struct {
 	Port      uint16
 	Attached  []netip.Prefix
 	Neighbors []Neighbor
+	Sig       key.Signature
+}
+
+// Sign sets rec.Sig; priv must be the key of rec.Key.
+func (rec *Record) Sign(priv key.Private) {
+	rec.Sig = key.Sign(priv, recordDomain, AppendRecord(nil, rec))
+}
+
+// Verify checks rec.Sig against rec.Key.
+func (rec *Record) Verify() error {
+	return key.Verify(rec.Key, recordDomain, AppendRecord(nil, rec), &rec.Sig)
 }
 
 // Errors returned by the parsers. Every one of them means "malformed".
@@ -216,9 +240,12 @@ func parseRecord(b []byte) (rec Record, rest []byte, err error) {
 
 // Records message:
 //
-//	+----------------+-----------+-----------------------------+
-//	| type = 2 (1)   | count (2) | count × record (see above)  |
-//	+----------------+-----------+-----------------------------+
+//	+----------------+-----------+---------------------------------------------+
+//	| type = 2 (1)   | count (2) | count × ( record (above) | signature (64) ) |
+//	+----------------+-----------+---------------------------------------------+
+//
+// The signature is the record owner's (Record.Sign); the message parses
+// without checking it, the router checks it before merging.
 
 // AppendRecordsMessage appends one records message holding recs to b. The
 // caller keeps the result within maxPlaintext (see packRecords).
@@ -227,6 +254,7 @@ func AppendRecordsMessage(b []byte, recs []*Record) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(recs)))
 	for _, rec := range recs {
 		b = AppendRecord(b, rec)
+		b = append(b, rec.Sig[:]...)
 	}
 	return b
 }
@@ -244,14 +272,18 @@ func ParseRecordsMessage(b []byte) ([]Record, error) {
 		return nil, errTooMany
 	}
 	b = b[3:]
-	recs := make([]Record, 0, min(n, len(b)/recordFixedLen))
+	recs := make([]Record, 0, min(n, len(b)/(recordFixedLen+key.SigLen)))
 	for range n {
 		rec, rest, err := parseRecord(b)
 		if err != nil {
 			return nil, err
 		}
+		if len(rest) < key.SigLen {
+			return nil, errShort
+		}
+		copy(rec.Sig[:], rest)
 		recs = append(recs, rec)
-		b = rest
+		b = rest[key.SigLen:]
 	}
 	if len(b) != 0 {
 		return nil, errTrailing
@@ -267,6 +299,7 @@ func packRecords(recs []*Record) [][]byte {
 	var scratch []byte
 	for _, rec := range recs {
 		scratch = AppendRecord(scratch[:0], rec)
+		scratch = append(scratch, rec.Sig[:]...)
 		if len(cur) > 0 && (size+len(scratch) > maxPlaintext || len(cur) == 65535) {
 			msgs = append(msgs, AppendRecordsMessage(make([]byte, 0, size), cur))
 			cur, size = nil, recordsHdrLen

@@ -44,7 +44,7 @@ import (
 
 // prologue is mixed into the handshake hash. It carries the major version:
 // peers that speak another version fail the handshake.
-const prologue = "weavewg control v1"
+const prologue = "weavewg control v2"
 
 var cipherSuite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
 

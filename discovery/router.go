@@ -245,6 +245,7 @@ func New(cfg Config) (*Router, error) {
 		HostIP:   cfg.HostIP,
 		Port:     cfg.Port,
 	}
+	r.selfRec.Sign(r.priv)
 	r.recs[r.self] = &entry{rec: r.selfRec}
 	r.rt = computeRoutes(r.self, nil)
 	return r, nil

@@ -231,6 +231,7 @@ func TestRestartWithSameKeyWins(t *testing.T) {
 	// A stale copy of the old record must not win.
 	b.mu.Lock()
 	stale := Record{Key: k.Public(), Version: old.Version, Nickname: "a-old"}
+	stale.Sign(k) // signed: only its version may make it lose
 	b.applyRecordsLocked(nil, []Record{stale})
 	b.mu.Unlock()
 	if p, _ := b.peer(k.Public()); p.Nickname != "a-new" {
@@ -393,9 +394,12 @@ func TestAntiEntropyRepairs(t *testing.T) {
 	waitFor(t, 5*time.Second, "connected", func() bool { p, _ := b.peer(a.Self()); return p.Direct })
 	// b learns a record "from a" so flooding skips a: only anti-entropy
 	// can bring it to a.
-	x := newKey(t).Public()
+	xPriv := newKey(t)
+	x := xPriv.Public()
+	rec := Record{Key: x, Version: 1, Nickname: "x"}
+	rec.Sign(xPriv)
 	b.mu.Lock()
-	b.applyRecordsLocked(b.active[a.Self()], []Record{{Key: x, Version: 1, Nickname: "x"}})
+	b.applyRecordsLocked(b.active[a.Self()], []Record{rec})
 	b.mu.Unlock()
 	waitFor(t, 5*time.Second, "a learns x by anti-entropy", func() bool { _, ok := a.peer(x); return ok })
 	if b.Counters()[CtrAntiEntropy] == 0 {

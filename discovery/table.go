@@ -21,6 +21,7 @@ func (r *Router) bumpSelfLocked() {
 		v = r.selfRec.Version + 1
 	}
 	r.selfRec.Version = v
+	r.selfRec.Sign(r.priv)
 	e := r.recs[r.self]
 	e.rec = r.selfRec
 	e.rec.Attached = slices.Clone(r.selfRec.Attached)
@@ -55,13 +56,20 @@ func (r *Router) selfNeighborsChangedLocked() {
 func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 	r.ctr.add(CtrRecordsReceived, uint64(len(recs)))
 	var changed []*Record
+	limit := uint64(r.now().Add(MaxVersionAhead).UnixNano())
 	for i := range recs {
 		rec := &recs[i]
+		if rec.Version > limit {
+			r.ctr.inc(CtrRecordsFuture)
+			r.logOnceLocked(slog.LevelWarn, "future:"+rec.Key.Name(), "", "ignoring a peer record whose version is far ahead of our clock (is a clock wrong?)",
+				"peer", rec.Key.Name(), "ahead", time.Duration(rec.Version-limit)+MaxVersionAhead)
+			continue
+		}
 		if rec.Key == r.self {
 			// A record of ours with a version at least as high as the
 			// current one comes from a previous run whose clock was ahead.
 			// Jump past it so that our current state wins everywhere.
-			if rec.Version > r.selfRec.Version {
+			if rec.Version > r.selfRec.Version && r.verifiedLocked(rec) {
 				r.selfRec.Version = rec.Version
 				r.bumpSelfLocked()
 				changed = append(changed, r.copySelf())
@@ -77,6 +85,9 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 		}
 		e := r.recs[rec.Key]
 		if e != nil && rec.Version <= e.rec.Version {
+			continue
+		}
+		if !r.verifiedLocked(rec) {
 			continue
 		}
 		if e == nil && len(r.recs) >= MaxPeers {
@@ -99,6 +110,19 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 	r.recomputeLocked()
 	r.floodLocked(from, changed)
 	r.nudge()
+}
+
+// verifiedLocked checks rec's signature by its owner, counting and logging
+// (once per peer) a failure. Only records that would change the table are
+// checked, so anti-entropy's repeats cost nothing.
+func (r *Router) verifiedLocked(rec *Record) bool {
+	if err := rec.Verify(); err != nil {
+		r.ctr.inc(CtrRecordsBadSig)
+		r.logOnceLocked(slog.LevelWarn, "badsig:"+rec.Key.Name(), "", "dropping a peer record whose signature does not check: a member is forging records",
+			"peer", rec.Key.Name())
+		return false
+	}
+	return true
 }
 
 // floodLocked queues recs to every active connection except skip.
