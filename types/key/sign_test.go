@@ -10,7 +10,7 @@ import (
 )
 
 func TestSignVerify(t *testing.T) {
-	for range 50 {
+	for range 10 {
 		k, err := NewPrivate()
 		if err != nil {
 			t.Fatal(err)
