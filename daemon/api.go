@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weavewg/weavewg/types/api"
@@ -43,8 +42,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(metricsCollector{d})
+	reg := d.metricsRegistry()
 
 	rt := &routes{d: d, mux: http.NewServeMux(), methods: map[string][]string{}}
 	rt.get(api.PathStatus, func(*http.Request) (any, error) { return d.status(), nil })

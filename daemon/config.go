@@ -65,6 +65,10 @@ type Config struct {
 	// to know: the join line of a new network, space received, ready.
 	Notify func(msg string)
 	Logger *slog.Logger
+	// MetricsAddr is HOST:PORT to serve Prometheus metrics on over TCP
+	// (GET /metrics); empty: only on the API socket.
+	MetricsAddr string
+
 	// Build is the binary's version, reported by status.
 	Build api.Build
 }

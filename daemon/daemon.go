@@ -347,6 +347,12 @@ func (d *Daemon) run(ctx context.Context) error {
 		defer cancel()
 		return srv.Shutdown(shutCtx)
 	})
+	stopMetrics, err := d.serveMetrics(d.metricsRegistry())
+	if err != nil {
+		d.closers.close()
+		return err
+	}
+	d.closers.add("metrics", stopMetrics)
 	d.announce()
 	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIP, d.cfg.APISocket)
 	d.log.Info("weavewg is running",

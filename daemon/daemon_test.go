@@ -70,6 +70,7 @@ type fakeTunnel struct {
 	routes   []netip.Prefix
 	attached map[string]hostnet.Attached
 	gone     map[string]bool // namespaces whose Adopt fails
+	stats    map[key.Public]tunnel.PeerStats
 }
 
 func newFakeTunnel() *fakeTunnel {
@@ -83,10 +84,14 @@ func (f *fakeTunnel) SetPeers(p []tunnel.PeerConfig) error {
 	f.peers = p
 	return nil
 }
-func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats { return nil }
-func (f *fakeTunnel) Counters() map[string]uint64                { return map[string]uint64{"udp_y": 2} }
-func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)        {}
-func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error       { return nil }
+func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stats
+}
+func (f *fakeTunnel) Counters() map[string]uint64          { return map[string]uint64{"udp_y": 2} }
+func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)  {}
+func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error { return nil }
 func (f *fakeTunnel) SetRoutes(p []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

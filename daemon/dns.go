@@ -32,9 +32,9 @@ func (d *Daemon) startDNS(open channelOpener) error {
 		OverlayRange: d.cfg.Range,
 		// Only the overlay: the host's underlay neighbours get no answers
 		// and no forwarding (host processes query from the overlay address).
-		Clients: []netip.Prefix{d.cfg.Range},
-		Upstreams:    d.cfg.DNSUpstreams,
-		ResolvConf:   d.cfg.DNSResolvConf,
+		Clients:    []netip.Prefix{d.cfg.Range},
+		Upstreams:  d.cfg.DNSUpstreams,
+		ResolvConf: d.cfg.DNSResolvConf,
 		Logf: func(format string, args ...any) {
 			d.log.Warn(fmt.Sprintf(format, args...), "part", "dns")
 		},

@@ -2,11 +2,7 @@ package daemon
 
 import (
 	"maps"
-	"slices"
-	"strings"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/tunnel"
@@ -149,58 +145,4 @@ func (d *Daemon) counters() map[string]uint64 {
 		maps.Copy(out, d.nat.Counters())
 	}
 	return out
-}
-
-// metricsCollector exposes the same counters to Prometheus at scrape time, so
-// the packet path keeps its plain atomics and pays nothing for metrics.
-type metricsCollector struct{ d *Daemon }
-
-var (
-	peersDesc    = prometheus.NewDesc("weavewg_peers", "Peers known by gossip, by reachability.", []string{"reachable"}, nil)
-	attachedDesc = prometheus.NewDesc("weavewg_attachments", "Namespaces attached on this host.", nil, nil)
-	peerRxDesc   = prometheus.NewDesc("weavewg_peer_received_bytes_total", "WireGuard bytes received from a peer.", []string{"peer"}, nil)
-	peerTxDesc   = prometheus.NewDesc("weavewg_peer_sent_bytes_total", "WireGuard bytes sent to a peer.", []string{"peer"}, nil)
-)
-
-func (metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	// Unchecked collector: the counter names come from the parts at scrape time.
-}
-
-func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
-	d := m.d
-	counters := d.counters()
-	for _, name := range slices.Sorted(maps.Keys(counters)) {
-		desc := prometheus.NewDesc("weavewg_"+sanitizeMetric(name)+"_total", "weavewg counter "+name+".", nil, nil)
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(counters[name]))
-	}
-	var up, down float64
-	for _, p := range d.router.Peers() {
-		if p.Self {
-			continue
-		}
-		if p.Reachable {
-			up++
-		} else {
-			down++
-		}
-	}
-	ch <- prometheus.MustNewConstMetric(peersDesc, prometheus.GaugeValue, up, "true")
-	ch <- prometheus.MustNewConstMetric(peersDesc, prometheus.GaugeValue, down, "false")
-	d.mu.Lock()
-	n := len(d.attachments)
-	d.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(attachedDesc, prometheus.GaugeValue, float64(n))
-	for k, s := range d.tun.PeerStats() {
-		ch <- prometheus.MustNewConstMetric(peerRxDesc, prometheus.CounterValue, float64(s.RxBytes), k.Name())
-		ch <- prometheus.MustNewConstMetric(peerTxDesc, prometheus.CounterValue, float64(s.TxBytes), k.Name())
-	}
-}
-
-func sanitizeMetric(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' {
-			return r
-		}
-		return '_'
-	}, s)
 }

@@ -51,6 +51,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
 		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. this host's overlay address or 127.0.0.1:6782 (default: off; always on the API socket)"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
 		&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
 		&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
@@ -107,6 +108,8 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		Peers:     peers,
 		Logger:    logger,
 		Build:     buildInfo(),
+
+		MetricsAddr: c.String("metrics-addr"),
 
 		ReclaimAfter:  c.Duration("reclaim-after"),
 		NoDNS:         c.Bool("no-dns"),
