@@ -4,17 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/unixhttp"
 )
 
 // maxRequestBody bounds what a client may send; every request is small.
@@ -24,21 +22,11 @@ const maxRequestBody = 64 << 10
 // host's network, so it is root's alone) and serves the local API.
 func (d *Daemon) serveAPI() (*http.Server, error) {
 	path := d.cfg.APISocket
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("api socket directory: %w", err)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	ln, err := unixhttp.Listen(path, 0o600)
+	if errors.Is(err, unixhttp.ErrInUse) {
 		return nil, fmt.Errorf("another weavewg daemon answers on %s; stop it or use a different --api-socket", path)
 	}
-	// Nothing answers: whatever is there is a stale socket from a crash.
-	os.Remove(path)
-	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("api socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
 
@@ -58,7 +46,12 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		return nil, addressError(d.router.Forget(req.Address))
 	})
 	post(rt, api.PathAttach, func(r *http.Request, req api.AttachRequest) (any, error) { return d.attach(r.Context(), req) })
-	post(rt, api.PathDetach, func(_ *http.Request, req api.DetachRequest) (any, error) { return nil, d.detach(req) })
+	post(rt, api.PathDetach, func(_ *http.Request, req api.DetachRequest) (any, error) { return d.detach(req) })
+	post(rt, api.PathGC, func(_ *http.Request, req api.GCRequest) (any, error) { return d.gc(req) })
+	rt.get(api.PathAttachReady, func(*http.Request) (any, error) {
+		why := d.attachReady()
+		return api.AttachReady{Ready: why == "", Reason: why}, nil
+	})
 	post(rt, api.PathRmpeer, func(_ *http.Request, req api.RmpeerRequest) (any, error) {
 		name, err := d.rmpeer(req.Peer)
 		return api.RmpeerResult{Peer: name}, err

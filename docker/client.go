@@ -1,89 +1,38 @@
 package docker
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/weavewg/weavewg/types/unixhttp"
 )
 
 // Client is the little of the Docker Engine API weavewg uses, on a unix
 // socket. Paths are unversioned: the engine answers them with its own API
 // version, and the fields read here are in every version since 1.21.
 type Client struct {
-	socket string
-	http   *http.Client
+	c *unixhttp.Client
 }
 
 // NewClient talks to the Docker engine at the unix socket path.
 func NewClient(socket string) *Client {
-	return &Client{
-		socket: socket,
-		http: &http.Client{
-			// Network creation calls back into the plugin, which may wait
-			// for address space.
-			Timeout: 60 * time.Second,
-			Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "unix", socket)
-				},
-			},
-		},
-	}
+	// Network creation calls back into the plugin, which may wait for
+	// address space.
+	return &Client{c: unixhttp.NewClient(socket, 60*time.Second)}
 }
-
-// APIError is an answer of the engine other than success.
-type APIError struct {
-	Status  int
-	Message string
-}
-
-func (e *APIError) Error() string { return fmt.Sprintf("docker: HTTP %d: %s", e.Status, e.Message) }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+	err := c.c.Do(ctx, method, path, in, out)
+	var se *unixhttp.StatusError
+	if errors.As(err, &se) {
+		return fmt.Errorf("docker: HTTP %d: %w", se.Status, se)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://docker"+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Message string }
-		if json.Unmarshal(b, &e) != nil || e.Message == "" {
-			e.Message = strings.TrimSpace(string(b))
-		}
-		return &APIError{Status: resp.StatusCode, Message: e.Message}
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
+	return err
 }
 
 // Ping reports whether the engine answers.
@@ -138,8 +87,8 @@ func (c *Client) EnsureNetwork(ctx context.Context, name, driver, subnet string)
 		}
 		return false, nil
 	}
-	var ae *APIError
-	if !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+	var se *unixhttp.StatusError
+	if !errors.As(err, &se) || se.Status != http.StatusNotFound {
 		return false, err
 	}
 	req := map[string]any{

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/unixhttp"
 )
 
 func apiSocketFlag() cli.Flag {
@@ -27,63 +23,33 @@ func apiSocketFlag() cli.Flag {
 
 // client talks to the daemon over its unix socket.
 type client struct {
-	socket string
-	http   *http.Client
+	c *unixhttp.Client
 }
 
+// callTimeout bounds a call; attach raises it by its own wait.
+const callTimeout = 30 * time.Second
+
 func newClient(c *cli.Context) *client {
-	socket := c.String("api-socket")
-	return &client{
-		socket: socket,
-		http: &http.Client{
-			Timeout: 30 * time.Second,
-			Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "unix", socket)
-				},
-			},
-		},
-	}
+	return &client{c: unixhttp.NewClient(c.String("api-socket"), 0)}
 }
 
 // do sends in (if not nil) and decodes the answer into out (if not nil).
 func (c *client) do(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	return c.doCtx(ctx, method, path, in, out)
+}
+
+func (c *client) doCtx(ctx context.Context, method, path string, in, out any) error {
+	return daemonError(c.c.Do(ctx, method, path, in, out))
+}
+
+// daemonError words a failure to reach the daemon for the user.
+func daemonError(err error) error {
+	var de *unixhttp.DialError
+	if errors.As(err, &de) {
+		return fmt.Errorf("cannot reach the weavewg daemon at %s (is `weavewg launch` running? set --api-socket or %s): %v",
+			de.Socket, api.EnvSocket, de.Err)
 	}
-	req, err := http.NewRequest(method, "http://weavewg"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var opErr *net.OpError
-		if errors.As(err, &opErr) {
-			return fmt.Errorf("cannot reach the weavewg daemon at %s (is `weavewg launch` running? set --api-socket or %s): %v",
-				c.socket, api.EnvSocket, opErr.Err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var e api.Error
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
+	return err
 }
