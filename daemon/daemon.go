@@ -22,6 +22,7 @@ import (
 	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/nat"
 	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/attachment"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -161,9 +162,8 @@ type Daemon struct {
 
 	// Guarded by mu, which serialises attach/detach and the state file.
 	mu          sync.Mutex
-	attachments []attachmentRecord
-	pending     map[string]bool      // namespaces being attached right now
-	missing     map[string]time.Time // attached namespaces found gone, since when
+	attachments []attachment.Record  // the attachment service's records (attach.go)
+	missing     map[string]time.Time // attachments whose namespace is gone, by id, since when
 
 	// Owned by the reconcile loop.
 	hostIPConflict map[key.Public]bool
@@ -267,7 +267,7 @@ func prepare(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
-		pending: map[string]bool{}, missing: map[string]time.Time{},
+		missing: map[string]time.Time{},
 		hostIPConflict: map[key.Public]bool{}, goneSince: map[key.Public]time.Time{},
 	}
 	var created bool
@@ -292,8 +292,7 @@ func prepare(cfg Config) (*Daemon, error) {
 	if !d.hostIP.IsValid() {
 		d.hostIP = derivedHostIP(cfg.Range, d.pub)
 	}
-	d.attachments, err = loadAttachments(cfg.StateDir)
-	if err != nil {
+	if d.attachments, err = loadAttachments(cfg.StateDir, cfg.Range.Bits(), d.log); err != nil {
 		return nil, err
 	}
 	return d, nil

@@ -282,7 +282,7 @@ func TestAttachAllocates(t *testing.T) {
 	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: other, IP: first}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("claiming a used address: %v", err)
 	}
-	if err := d.detach(api.DetachRequest{Netns: ns0}); err != nil {
+	if _, err := d.detach(api.DetachRequest{Netns: ns0}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: other, IP: first}); err != nil {
@@ -321,7 +321,7 @@ func TestAttachNameResolves(t *testing.T) {
 	if _, err := d.dnsChange(api.DNSRequest{Name: "x", Addresses: []string{"nonsense"}}, true); !errors.Is(err, errBadRequest) {
 		t.Fatalf("dns-add of a bad address: %v", err)
 	}
-	if err := d.detach(api.DetachRequest{Netns: ns}); err != nil {
+	if _, err := d.detach(api.DetachRequest{Netns: ns}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := d.dnsLookup("web"); len(got.Addresses) != 0 {
@@ -358,14 +358,14 @@ func TestAttachmentsSurviveRestart(t *testing.T) {
 	if len(r2.attached) != 1 || r2.attached[0].String() != "10.32.1.1/32" {
 		t.Fatalf("published %v after restart, want [10.32.1.1/32]", r2.attached)
 	}
-	recs, err := loadAttachments(cfg.StateDir)
+	recs, err := loadAttachments(cfg.StateDir, cfg.Range.Bits(), cfg.Logger)
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("state file holds %v (%v), want the one surviving attachment", recs, err)
 	}
-	if err := d2.detach(api.DetachRequest{Netns: nsA}); err != nil {
+	if _, err := d2.detach(api.DetachRequest{Netns: nsA}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d2.detach(api.DetachRequest{Netns: nsA}); !errors.Is(err, errBadRequest) {
+	if _, err := d2.detach(api.DetachRequest{Netns: nsA}); !errors.Is(err, errBadRequest) {
 		t.Fatalf("second detach = %v, want not attached", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/weavewg/weavewg/dns"
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/attachment"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -57,25 +58,25 @@ func (d *Daemon) startDNS(open channelOpener) error {
 	return nil
 }
 
-// dnsAddAttachment registers an attachment's name.
-func (d *Daemon) dnsAddAttachment(rec attachmentRecord) {
-	if d.dns == nil || rec.Name == "" {
+// dnsAddAttachment registers an attachment's name once it has an interface.
+func (d *Daemon) dnsAddAttachment(rec attachment.Record) {
+	if d.dns == nil || rec.Name == "" || !rec.Plumbed() {
 		return
 	}
-	p, err := netip.ParsePrefix(rec.IP)
-	if err != nil {
+	p, ok := rec.Prefix()
+	if !ok {
 		return
 	}
-	if err := d.dns.AddEntry(rec.Name, p.Addr(), rec.Netns); err != nil {
+	if err := d.dns.AddEntry(rec.Name, p.Addr(), rec.ID); err != nil {
 		d.log.Warn("attachment name not registered in DNS", "name", rec.Name, "err", err)
 	}
 }
 
-func (d *Daemon) dnsRemoveAttachment(rec attachmentRecord) {
-	if d.dns == nil {
+func (d *Daemon) dnsRemoveAttachment(rec attachment.Record) {
+	if d.dns == nil || rec.ID == "" {
 		return
 	}
-	d.dns.RemoveEntries("", netip.Addr{}, rec.Netns)
+	d.dns.RemoveEntries("", netip.Addr{}, rec.ID)
 }
 
 func (d *Daemon) dnsStatus(withEntries bool) api.DNSStatus {

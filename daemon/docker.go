@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/docker"
-	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/attachment"
 )
 
 // Defaults of the Docker integration.
@@ -35,6 +35,9 @@ type DockerConfig struct {
 	Socket string
 	// NoNetwork skips creating the Docker network named weavewg.
 	NoNetwork bool
+	// AddressWait bounds how long a container's address waits for address
+	// space while this peer joins; 0 means api.DefaultAttachWait.
+	AddressWait time.Duration
 }
 
 // dockerHost is the daemon as the plugin sees it.
@@ -44,38 +47,36 @@ type dockerHost struct {
 
 var _ docker.Host = dockerHost{}
 
-func (h dockerHost) AllocateAddress(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
-	req := api.AttachRequest{Netns: id}
+func (h dockerHost) Reserve(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
+	ipReq := ""
 	if want.IsValid() {
-		req.IP = netip.PrefixFrom(want, h.d.cfg.Range.Bits()).String()
+		ipReq = netip.PrefixFrom(want, h.d.cfg.Range.Bits()).String()
 	}
-	return h.d.allocate(ctx, req)
+	// ctx carries Docker's own bound on the wait.
+	rec, err := h.d.reserve(ctx, attachment.Record{ID: id, Origin: attachment.OriginDocker}, ipReq, time.Hour)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	p, _ := rec.Prefix()
+	return p, nil
 }
 
-func (h dockerHost) FreeAddress(id string) error {
-	_, err := h.d.ipam.Free(id)
+func (h dockerHost) Release(id string) error {
+	_, err := h.d.release(id)
 	return err
+}
+
+func (h dockerHost) Update(id string, f func(*attachment.Record)) error { return h.d.update(id, f) }
+
+func (h dockerHost) Attachments() []attachment.Record {
+	return h.d.records(attachment.OriginDocker)
 }
 
 func (h dockerHost) CreateVeth(hostName, peerName string) (net.HardwareAddr, error) {
 	return h.d.host.CreateVeth(hostName, peerName)
 }
 
-func (h dockerHost) AdoptVeth(hostName string) error  { return h.d.host.AdoptVeth(hostName) }
 func (h dockerHost) DeleteVeth(hostName string) error { return h.d.host.DeleteVeth(hostName) }
-
-func (h dockerHost) AddName(name string, addr netip.Addr, origin string) error {
-	if h.d.dns == nil {
-		return nil
-	}
-	return h.d.dns.AddEntry(name, addr, origin)
-}
-
-func (h dockerHost) RemoveNames(origin string) {
-	if h.d.dns != nil {
-		h.d.dns.RemoveEntries("", netip.Addr{}, origin)
-	}
-}
 
 func (h dockerHost) HostIP() netip.Prefix { return h.d.hostIP }
 func (h dockerHost) Range() netip.Prefix  { return h.d.cfg.Range }
@@ -98,6 +99,7 @@ func (d *Daemon) startDocker() (stop func()) {
 		Host:         dockerHost{d: d},
 		StateFile:    filepath.Join(d.cfg.StateDir, dockerStateFile),
 		DockerSocket: dc.Socket,
+		AddressWait:  dc.AddressWait,
 		Logger:       log,
 	})
 	if err != nil {

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -18,9 +17,6 @@ import (
 const (
 	ipamChannel = "ipam"
 	ipamFile    = "ipam.db"
-	// allocateWait bounds how long attach waits for address space from
-	// another peer before giving up with a clear error.
-	allocateWait = 30 * time.Second
 	// tickInterval drives the allocator's periodic work and the checks for
 	// vanished namespaces.
 	tickInterval = time.Second
@@ -80,65 +76,6 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 		alloc.WantSpace()
 	}
 	return nil
-}
-
-// claimAttachmentsLocked re-records the addresses of re-adopted attachments
-// before anything new is allocated, so a restart (even with a lost ipam
-// state file) never hands them to someone else.
-func (d *Daemon) claimLocked(rec attachmentRecord) {
-	p, err := netip.ParsePrefix(rec.IP)
-	if err != nil {
-		return
-	}
-	if err := d.ipam.Claim(p.Addr(), rec.Netns); err != nil {
-		d.log.Warn("could not re-claim an attachment's address", "netns", rec.Netns, "ip", rec.IP, "err", err)
-	}
-}
-
-// allocate finds the address for an attach request: the one asked for
-// (claimed, refused if another peer owns it or it is taken) or the next free
-// one (waiting for space from a peer if this one has none).
-func (d *Daemon) allocate(ctx context.Context, req api.AttachRequest) (netip.Prefix, error) {
-	bits := d.cfg.Range.Bits()
-	if req.IP != "" {
-		ip, err := netip.ParsePrefix(req.IP)
-		if err != nil {
-			addr, aerr := netip.ParseAddr(req.IP)
-			if aerr != nil {
-				return netip.Prefix{}, badRequest("address %q is not an IPv4 address or CIDR", req.IP)
-			}
-			ip = netip.PrefixFrom(addr, bits)
-		}
-		if err := d.checkAddress(ip); err != nil {
-			return netip.Prefix{}, err
-		}
-		if err := d.ipam.Claim(ip.Addr(), req.Netns); err != nil {
-			return netip.Prefix{}, d.ipamError(ip.Addr(), err)
-		}
-		return ip, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, allocateWait)
-	defer cancel()
-	for {
-		updated := d.ipam.Updated()
-		addr, err := d.ipam.Allocate(req.Netns)
-		if err == nil {
-			return netip.PrefixFrom(addr, bits), nil
-		}
-		if !errors.Is(err, ipam.ErrWaitingForSpace) {
-			return netip.Prefix{}, err
-		}
-		select {
-		case <-updated:
-		case <-time.After(tickInterval):
-		case <-ctx.Done():
-			st := d.ipam.Status()
-			if st.Seed.IsZero() {
-				return netip.Prefix{}, errors.New("no address space yet: this peer has not received the network's address ring (is it connected to any peer?)")
-			}
-			return netip.Prefix{}, errors.New("no free address here and no peer granted space in time (are the peers with free space reachable?)")
-		}
-	}
 }
 
 func (d *Daemon) checkAddress(ip netip.Prefix) error {

@@ -126,7 +126,10 @@ func (d *Daemon) reset() (api.ResetResult, error) {
 	res := api.ResetResult{Network: discovery.IDOf(d.secret).String()}
 	d.mu.Lock()
 	for len(d.attachments) > 0 {
-		d.detachLocked(len(d.attachments) - 1)
+		if err := d.releaseLocked(len(d.attachments) - 1); err != nil {
+			d.log.Warn("reset: releasing an attachment", "err", err)
+			d.attachments = d.attachments[:len(d.attachments)-1]
+		}
 	}
 	d.mu.Unlock()
 	heir, err := d.ipam.Leave()

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,14 +14,11 @@ import (
 // The state directory holds what must survive a restart or a crash:
 //
 //	key               the peer's private key, base64, mode 0600
-//	attachments.json  the namespaces attached here, so a restart re-adopts them
+//	attachments.json  every attachment here, so a restart re-adopts them (attach_migrate.go)
 //
 // Every file is written whole to a temporary name, synced and renamed, so a
 // crash at any point leaves either the old or the new version, never a torn one.
-const (
-	keyFile         = "key"
-	attachmentsFile = "attachments.json"
-)
+const keyFile = "key"
 
 // loadOrCreateKey returns the identity kept in dir, creating it on first use.
 func loadOrCreateKey(dir string) (priv key.Private, created bool, err error) {
@@ -52,38 +48,3 @@ func loadOrCreateKey(dir string) (priv key.Private, created bool, err error) {
 	}
 }
 
-// attachmentRecord is one attachment as persisted.
-type attachmentRecord struct {
-	Netns    string `json:"netns"`
-	IP       string `json:"ip"`
-	Name     string `json:"name,omitempty"`
-	IfName   string `json:"ifname"`
-	HostVeth string `json:"host_veth"`
-	MTU      int    `json:"mtu"`
-}
-
-func loadAttachments(dir string) ([]attachmentRecord, error) {
-	b, err := os.ReadFile(filepath.Join(dir, attachmentsFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var recs []attachmentRecord
-	if err := json.Unmarshal(b, &recs); err != nil {
-		return nil, fmt.Errorf("%s is corrupt: %w", attachmentsFile, err)
-	}
-	return recs, nil
-}
-
-func saveAttachments(dir string, recs []attachmentRecord) error {
-	if recs == nil {
-		recs = []attachmentRecord{}
-	}
-	b, err := json.MarshalIndent(recs, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(filepath.Join(dir, attachmentsFile), append(b, '\n'), 0o600)
-}

@@ -101,11 +101,7 @@ func (d *Daemon) status() api.Status {
 	}
 
 	d.addNATStatus(&st)
-	d.mu.Lock()
-	for _, rec := range d.attachments {
-		st.Attached = append(st.Attached, rec.api())
-	}
-	d.mu.Unlock()
+	st.Attached = d.ps()
 	return st
 }
 

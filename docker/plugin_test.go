@@ -18,53 +18,75 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weavewg/weavewg/types/attachment"
 )
 
-// fakeHost is the daemon side in memory.
+// fakeHost is the daemon side in memory: an attachment service whose
+// records survive a plugin restart, as the daemon's file does.
 type fakeHost struct {
 	mu       sync.Mutex
 	next     netip.Addr
-	allocs   map[string]netip.Addr // id → address
-	veths    map[string]string     // host end → peer end
-	onBr     map[string]bool       // host ends on the bridge
-	names    map[string]string     // origin → name=addr
+	recs     map[string]attachment.Record // id → record
+	allocs   map[string]netip.Addr        // id → address
+	veths    map[string]string            // host end → peer end
 	failVeth bool
 }
 
 func newFakeHost() *fakeHost {
 	return &fakeHost{
-		next:   netip.MustParseAddr("10.32.0.10"),
-		allocs: map[string]netip.Addr{}, veths: map[string]string{},
-		onBr: map[string]bool{}, names: map[string]string{},
+		next: netip.MustParseAddr("10.32.0.10"),
+		recs: map[string]attachment.Record{}, allocs: map[string]netip.Addr{}, veths: map[string]string{},
 	}
 }
 
-func (h *fakeHost) AllocateAddress(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
+func (h *fakeHost) Reserve(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if a, ok := h.allocs[id]; ok && (!want.IsValid() || want == a) {
-		return netip.PrefixFrom(a, 12), nil
+	if _, ok := h.recs[id]; ok {
+		return netip.Prefix{}, fmt.Errorf("%s is attached already", id)
 	}
+	a := want
 	if want.IsValid() {
-		for oid, a := range h.allocs {
-			if a == want {
+		for oid, o := range h.allocs {
+			if o == want {
 				return netip.Prefix{}, fmt.Errorf("address %s is already in use by %s", want, oid)
 			}
 		}
-		h.allocs[id] = want
-		return netip.PrefixFrom(want, 12), nil
+	} else {
+		a = h.next
+		h.next = h.next.Next()
 	}
-	a := h.next
-	h.next = h.next.Next()
 	h.allocs[id] = a
-	return netip.PrefixFrom(a, 12), nil
+	p := netip.PrefixFrom(a, 12)
+	h.recs[id] = attachment.Record{ID: id, Origin: attachment.OriginDocker, IP: p.String()}
+	return p, nil
 }
 
-func (h *fakeHost) FreeAddress(id string) error {
+func (h *fakeHost) Release(id string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	delete(h.recs, id)
 	delete(h.allocs, id)
 	return nil
+}
+
+func (h *fakeHost) Update(id string, f func(*attachment.Record)) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r, ok := h.recs[id]
+	if !ok {
+		return fmt.Errorf("no attachment %s", id)
+	}
+	f(&r)
+	h.recs[id] = r
+	return nil
+}
+
+func (h *fakeHost) Attachments() []attachment.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Collect(maps.Values(h.recs))
 }
 
 func (h *fakeHost) CreateVeth(host, peer string) (net.HardwareAddr, error) {
@@ -77,39 +99,27 @@ func (h *fakeHost) CreateVeth(host, peer string) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("%s exists", host)
 	}
 	h.veths[host] = peer
-	h.onBr[host] = true
 	return net.HardwareAddr{2, 0, 0, 0, 0, byte(len(h.veths))}, nil
-}
-
-func (h *fakeHost) AdoptVeth(host string) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.veths[host]; !ok {
-		return fmt.Errorf("%s is gone", host)
-	}
-	h.onBr[host] = true
-	return nil
 }
 
 func (h *fakeHost) DeleteVeth(host string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.veths, host)
-	delete(h.onBr, host)
 	return nil
 }
 
-func (h *fakeHost) AddName(name string, addr netip.Addr, origin string) error {
+// names are the names the daemon would register: of plumbed records.
+func (h *fakeHost) names() map[string]string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.names[origin] = name + "=" + addr.String()
-	return nil
-}
-
-func (h *fakeHost) RemoveNames(origin string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.names, origin)
+	out := map[string]string{}
+	for id, r := range h.recs {
+		if p, ok := r.Prefix(); ok && r.Name != "" && r.Plumbed() {
+			out[id] = r.Name + "=" + p.Addr().String()
+		}
+	}
+	return out
 }
 
 func (h *fakeHost) HostIP() netip.Prefix { return netip.MustParsePrefix("10.32.0.1/12") }
@@ -121,7 +131,7 @@ func (h *fakeHost) snapshot(t *testing.T, stateFile string) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	b, _ := os.ReadFile(stateFile)
-	return fmt.Sprintf("allocs=%v veths=%v names=%v state=%s", sortedMap(h.allocs), sortedMap(h.veths), sortedMap(h.names), b)
+	return fmt.Sprintf("allocs=%v veths=%v recs=%v state=%s", sortedMap(h.allocs), sortedMap(h.veths), sortedMap(h.recs), b)
 }
 
 func sortedMap[V any](m map[string]V) string {
@@ -291,7 +301,7 @@ func TestLifecycle(t *testing.T) {
 
 	r.remove(epID, a1)
 	r.remove("f0123456789abcdef", a2)
-	if len(r.host.veths) != 0 || len(r.host.allocs) != 0 || len(r.host.names) != 0 {
+	if len(r.host.veths) != 0 || len(r.host.allocs) != 0 || len(r.host.recs) != 0 {
 		t.Fatalf("left behind: %s", r.host.snapshot(t, r.state))
 	}
 	// Deleting again is idempotent.
@@ -400,28 +410,22 @@ func TestMalformed(t *testing.T) {
 	}
 }
 
-// TestRestart: a new plugin on the same state file knows the networks and
-// endpoints, re-claims the addresses and puts the veths back on the bridge.
+// TestRestart: a new plugin on the same daemon knows the networks (its
+// file) and the endpoints (the daemon's attachments), and removes them.
 func TestRestart(t *testing.T) {
 	r := newRig(t, "")
 	r.network()
 	addr := r.container(epID)
 	r.srv.Close()
 	r.p.Close()
-	// The daemon restarts: the bridge is new, the allocator may have lost
-	// its state.
-	r.host.onBr = map[string]bool{}
-	r.host.allocs = map[string]netip.Addr{}
 	r.start("")
-	if !r.host.onBr["vethwl"+epID[:9]] {
-		t.Errorf("veth not re-adopted: %v", r.host.onBr)
-	}
-	if len(r.host.allocs) != 1 {
-		t.Errorf("address not re-claimed: %v", r.host.allocs)
+	info := r.ok("NetworkDriver.EndpointOperInfo", map[string]any{"NetworkID": netID, "EndpointID": epID})
+	if v, _ := info["Value"].(map[string]any); v["address"] != addr {
+		t.Errorf("EndpointOperInfo after restart: %v, want address %s", info, addr)
 	}
 	r.remove(epID, addr)
 	r.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": netID})
-	if len(r.host.veths)+len(r.host.allocs) != 0 {
+	if len(r.host.veths)+len(r.host.allocs)+len(r.host.recs) != 0 {
 		t.Errorf("left behind: %s", r.host.snapshot(t, r.state))
 	}
 }
@@ -458,9 +462,10 @@ func TestContainerName(t *testing.T) {
 	want := "web=" + strings.Split(addr, "/")[0]
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		r.host.mu.Lock()
-		got := r.host.names[origin(epID)]
-		r.host.mu.Unlock()
+		var got string
+		for _, n := range r.host.names() {
+			got = n
+		}
 		if got == want {
 			break
 		}
@@ -470,8 +475,8 @@ func TestContainerName(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.ok("NetworkDriver.Leave", map[string]any{"NetworkID": netID, "EndpointID": epID})
-	if len(r.host.names) != 0 {
-		t.Errorf("names after Leave: %v", r.host.names)
+	if n := r.host.names(); len(n) != 0 {
+		t.Errorf("names after Leave: %v", n)
 	}
 }
 

@@ -11,29 +11,16 @@ import (
 
 // state is what the plugin keeps in its state file, written whole to a
 // temporary name, synced and renamed, so a crash leaves the old or the new
-// version and never a torn one.
+// version and never a torn one. Endpoints and addresses are attachments,
+// kept by the daemon.
 type state struct {
 	// Networks by Docker network ID.
 	Networks map[string]network `json:"networks"`
-	// Endpoints by Docker endpoint ID.
-	Endpoints map[string]endpoint `json:"endpoints"`
-	// Addresses handed to Docker: address → IPAM id.
-	Addresses map[string]string `json:"addresses"`
 }
 
 type network struct {
 	Pool    string `json:"pool"`
 	Gateway string `json:"gateway,omitempty"`
-}
-
-type endpoint struct {
-	NetworkID   string `json:"network_id"`
-	Address     string `json:"address"` // CIDR
-	HostVeth    string `json:"host_veth"`
-	PeerVeth    string `json:"peer_veth"`
-	Joined      bool   `json:"joined,omitempty"`
-	Name        string `json:"name,omitempty"` // container name, once known
-	ContainerID string `json:"container_id,omitempty"`
 }
 
 func loadState(path string) (*state, error) {
@@ -50,12 +37,6 @@ func loadState(path string) (*state, error) {
 	}
 	if st.Networks == nil {
 		st.Networks = map[string]network{}
-	}
-	if st.Endpoints == nil {
-		st.Endpoints = map[string]endpoint{}
-	}
-	if st.Addresses == nil {
-		st.Addresses = map[string]string{}
 	}
 	return st, nil
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -112,6 +113,34 @@ func TestDocker(t *testing.T) {
 	fetch("web by address", "http://"+webIP+"/", 30*time.Second)
 	fetch("web by name", "http://web.weave.local/", 30*time.Second)
 	fetch("web by short name", "http://web/", 10*time.Second)
+
+	// Docker's containers are attachments like any other (issue 11.3):
+	// weavewg ps lists them, and the mesh learns their addresses, so
+	// status peers on the other host counts them.
+	var ps []api.Attachment
+	if err := json.Unmarshal([]byte(h1.CLI("ps", "--json")), &ps); err != nil {
+		t.Fatal(err)
+	}
+	listed := false
+	for _, a := range ps {
+		if a.Origin == api.OriginDocker && a.Name == "web" && strings.HasPrefix(a.IP, webIP+"/") && a.Netns != "" {
+			listed = true
+		}
+	}
+	if !listed {
+		t.Errorf("weavewg ps on h1 does not list web (%s, origin docker, its sandbox): %+v", webIP, ps)
+	}
+	testbed.Eventually(t, 20*time.Second, "h2 counts web as attached on h1", func() error {
+		for _, p := range h2.Status().Peers {
+			if p.Nickname == h1.Name && slices.Contains(p.Addresses, webIP+"/32") {
+				return nil
+			}
+		}
+		return errorf("status on h2 does not show %s/32 attached on %s", webIP, h1.Name)
+	})
+	if out := h2.CLI("status", "peers"); !strings.Contains(out, "1 attached") {
+		t.Errorf("status peers on h2 counts no attachment:\n%s", out)
+	}
 	t.Logf("net1 on h1: %s", d1.MustRun("network", "inspect", "-f", "subnet {{range .IPAM.Config}}{{.Subnet}} gateway {{.Gateway}}{{end}}", "net1"))
 	t.Logf("web's routes: %q", d1.MustRun("exec", "web", "ip", "route"))
 	t.Logf("client's resolv.conf: %q", d2.MustRun("exec", "client", "cat", "/etc/resolv.conf"))

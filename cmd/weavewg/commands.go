@@ -46,12 +46,17 @@ func attachCommand() *cli.Command {
 the name of a namespace made with 'ip netns add', or the PID of a process in it.
 It gets ethwe0 with an address from the network's allocator (or --ip, which
 must lie in this peer's part of the range) and the tunnel MTU, its host end on
-the weavewg bridge. --name registers NAME.weave.local in DNS. Prints the address.`,
+the weavewg bridge. --name registers NAME.weave.local in DNS. Prints the address.
+
+On a host that has just joined, the address space arrives from the peers
+within a second or two; attach waits for it (a progress line on stderr says
+what it waits for) up to --timeout, then fails with the reason.`,
 		Flags: []cli.Flag{
 			apiSocketFlag(),
 			&cli.StringFlag{Name: "ip", Usage: "a specific address, e.g. 10.32.1.5/12 (default: the next free one)"},
 			&cli.StringFlag{Name: "name", Usage: "a name for the attachment, registered as NAME.weave.local"},
 			&cli.BoolFlag{Name: "json", Usage: "print the attachment as JSON"},
+			&cli.DurationFlag{Name: "timeout", Value: api.DefaultAttachWait, Usage: "how long to wait for address space while this peer joins the network"},
 		},
 		Action: func(c *cli.Context) error {
 			target, err := oneArg(c, "NETNS_PATH|NETNS_NAME|PID")
@@ -62,8 +67,13 @@ the weavewg bridge. --name registers NAME.weave.local in DNS. Prints the address
 			if err != nil {
 				return err
 			}
-			var a api.Attachment
-			if err := newClient(c).do("POST", api.PathAttach, api.AttachRequest{Netns: ns, IP: c.String("ip"), Name: c.String("name")}, &a); err != nil {
+			wait := c.Duration("timeout")
+			if wait <= 0 {
+				return errors.New("--timeout must be positive")
+			}
+			req := api.AttachRequest{Netns: ns, IP: c.String("ip"), Name: c.String("name"), WaitSeconds: wait.Seconds()}
+			a, err := attachWithProgress(newClient(c), req, wait, os.Stderr)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {

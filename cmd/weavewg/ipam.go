@@ -67,7 +67,7 @@ func showIPAM(w io.Writer, st api.IPAMStatus) {
 func psCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ps",
-		Usage: "list the namespaces attached on this host: name, address, interface, namespace",
+		Usage: "list the attachments on this host (weavewg attach, Docker, CNI): name, address, origin, namespace",
 		Flags: []cli.Flag{apiSocketFlag(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
 			var as []api.Attachment
@@ -78,9 +78,9 @@ func psCommand() *cli.Command {
 				return printJSON(as)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tADDRESS\tPEER\tHOST VETH\tNAMESPACE")
+			fmt.Fprintln(tw, "NAME\tADDRESS\tORIGIN\tPEER\tHOST VETH\tNAMESPACE")
 			for _, a := range as {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(a.Name), a.IP, a.Peer, a.HostVeth, a.Netns)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(a.Name), a.IP, orDash(a.Origin), a.Peer, orDash(a.HostVeth), orDash(a.Netns))
 			}
 			return tw.Flush()
 		},

@@ -129,29 +129,90 @@ type ConnectRequest struct {
 	Address string `json:"address"` // HOST or HOST:PORT
 }
 
+// Attachment origins: who asked for an attachment.
+const (
+	OriginCLI    = "cli"
+	OriginDocker = "docker"
+	OriginCNI    = "cni"
+)
+
 // AttachRequest asks the daemon to give a network namespace an overlay interface.
 type AttachRequest struct {
 	// Netns is a network namespace path (/var/run/netns/NAME, /proc/PID/ns/net).
 	// The CLI turns a PID into its path before sending.
 	Netns string `json:"netns"`
 	IP    string `json:"ip,omitempty"`   // CIDR or address, e.g. 10.32.1.5/12; "" allocates the next free one
-	Name  string `json:"name,omitempty"` // container name, for status and later DNS
+	Name  string `json:"name,omitempty"` // registered as NAME.weave.local
+	// Origin is "" or "cli" for weavewg attach, "cni" for the CNI plugin,
+	// which names the attachment by ContainerID and IfName.
+	Origin      string `json:"origin,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname,omitempty"` // inside the namespace; "" means ethwe0
+	// WaitSeconds bounds how long the daemon waits for address space while
+	// this peer joins; 0 means DefaultAttachWait.
+	WaitSeconds float64 `json:"wait_seconds,omitempty"`
 }
 
-// Attachment is one attached namespace.
+// DefaultAttachWait is how long attach waits for address space by default.
+const DefaultAttachWait = 30 * time.Second
+
+// Attachment is one attachment on this host, of any origin.
 type Attachment struct {
-	Netns     string `json:"netns"`
-	IP        string `json:"ip"`
-	Name      string `json:"name,omitempty"`
-	Interface string `json:"interface"`      // inside the namespace, ethwe0
-	HostVeth  string `json:"host_veth"`      // the end on the bridge
-	Peer      string `json:"peer,omitempty"` // the peer it is attached on, NAME(nickname); set by ps
-	MTU       int    `json:"mtu"`
+	ID          string `json:"id"`     // unique on the host (the IPAM allocation id)
+	Origin      string `json:"origin"` // cli, docker or cni
+	ContainerID string `json:"container_id,omitempty"`
+	Netns       string `json:"netns"`
+	IP          string `json:"ip"`
+	Name        string `json:"name,omitempty"`
+	Interface   string `json:"interface"`      // inside the namespace, ethwe0
+	HostVeth    string `json:"host_veth"`      // the end on the bridge
+	Peer        string `json:"peer,omitempty"` // the peer it is attached on, NAME(nickname); set by ps
+	MTU         int    `json:"mtu"`
 }
 
-// DetachRequest names the namespace to detach.
+// DetachRequest names the attachment to detach: by namespace (the CLI), or
+// by origin "cni" with ContainerID and IfName.
 type DetachRequest struct {
-	Netns string `json:"netns"`
+	Netns       string `json:"netns,omitempty"`
+	Origin      string `json:"origin,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname,omitempty"`
+}
+
+// Detached says whether a detach found something to remove; a CNI detach of
+// something unknown succeeds with Found false (DEL is idempotent).
+type Detached struct {
+	Found bool   `json:"found"`
+	IP    string `json:"ip,omitempty"`
+}
+
+// PathGC releases the CNI attachments a runtime no longer knows.
+const PathGC = "/v1/gc" // POST GCRequest → GCResult
+
+// GCRequest lists the CNI attachments to keep; every other CNI attachment
+// on this host is released.
+type GCRequest struct {
+	Valid []GCAttachment `json:"valid"`
+}
+
+// GCAttachment names one CNI attachment.
+type GCAttachment struct {
+	ContainerID string `json:"container_id"`
+	IfName      string `json:"ifname"`
+}
+
+// PathAttachReady says whether an attach would get an address now.
+const PathAttachReady = "/v1/attach/ready" // GET → AttachReady
+
+// AttachReady answers PathAttachReady (the CNI plugin's STATUS).
+type AttachReady struct {
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"` // why not, in a sentence
+}
+
+// GCResult lists what was released.
+type GCResult struct {
+	Released []Attachment `json:"released"`
 }
 
 // Paths of the DNS part of the API.

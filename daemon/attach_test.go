@@ -1,0 +1,190 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/attachment"
+)
+
+// TestMigrateOldStateDir: a state dir written by the versions before the
+// attachment service (attachments.json a bare array of CLI attachments,
+// docker.json with networks, endpoints and addresses) keeps every
+// attachment across the upgrade: all are in ps, their addresses claimed,
+// the plumbed ones published, and docker.json keeps only its networks.
+func TestMigrateOldStateDir(t *testing.T) {
+	cfg := testConfig(t)
+	dir := t.TempDir()
+	nsA := filepath.Join(dir, "a")
+	os.WriteFile(nsA, nil, 0o600)
+	os.MkdirAll(cfg.StateDir, 0o700)
+	// Today's formats, byte for byte as the old code wrote them.
+	oldCLI := `[
+  {
+    "netns": "` + nsA + `",
+    "ip": "10.32.1.1/12",
+    "name": "web",
+    "ifname": "ethwe0",
+    "host_veth": "vethwe01234567",
+    "mtu": 1420
+  }
+]
+`
+	oldDocker := `{
+  "networks": {
+    "n0123456789abcdef": {
+      "pool": "0.0.0.0/0",
+      "gateway": "10.32.0.1/12"
+    }
+  },
+  "endpoints": {
+    "e0123456789abcdef": {
+      "network_id": "n0123456789abcdef",
+      "address": "10.32.2.2/12",
+      "host_veth": "vethwle01234567",
+      "peer_veth": "vethwge01234567",
+      "joined": true,
+      "name": "db",
+      "container_id": "c0ffee"
+    }
+  },
+  "addresses": {
+    "10.32.2.2": "docker:1111111111111111",
+    "10.32.2.3": "docker:2222222222222222"
+  }
+}
+`
+	os.WriteFile(filepath.Join(cfg.StateDir, attachmentsFile), []byte(oldCLI), 0o600)
+	os.WriteFile(filepath.Join(cfg.StateDir, dockerStateFile), []byte(oldDocker), 0o600)
+
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, cfg, r, tn)
+
+	ps := d.ps()
+	got := map[string]api.Attachment{}
+	for _, a := range ps {
+		got[a.IP] = a
+	}
+	if len(ps) != 3 {
+		t.Fatalf("ps after migration = %+v, want 3 attachments", ps)
+	}
+	if a := got["10.32.1.1/12"]; a.Origin != api.OriginCLI || a.Netns != nsA || a.Name != "web" || a.HostVeth != "vethwe01234567" {
+		t.Errorf("CLI attachment = %+v", a)
+	}
+	if a := got["10.32.2.2/12"]; a.Origin != api.OriginDocker || a.Name != "db" || a.ContainerID != "c0ffee" || a.ID != "docker:1111111111111111" {
+		t.Errorf("Docker endpoint = %+v", a)
+	}
+	if a := got["10.32.2.3/12"]; a.Origin != api.OriginDocker || a.HostVeth != "" {
+		t.Errorf("Docker address without endpoint = %+v", a)
+	}
+	allocs := map[string]string{}
+	for _, al := range d.ipam.Allocations() {
+		allocs[al.Addr.String()] = al.ID
+	}
+	if allocs["10.32.1.1"] != nsA || allocs["10.32.2.2"] != "docker:1111111111111111" || allocs["10.32.2.3"] != "docker:2222222222222222" {
+		t.Errorf("IPAM allocations after migration = %v", allocs)
+	}
+	var pub []string
+	for _, p := range r.attached {
+		pub = append(pub, p.String())
+	}
+	slices.Sort(pub)
+	if !slices.Equal(pub, []string{"10.32.1.1/32", "10.32.2.2/32"}) {
+		t.Errorf("published %v, want the CLI attachment and the Docker endpoint", pub)
+	}
+	for _, n := range []string{"web", "db"} {
+		if l, _ := d.dnsLookup(n); len(l.Addresses) != 1 {
+			t.Errorf("%s does not resolve after migration: %+v", n, l)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(cfg.StateDir, dockerStateFile))
+	var dj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &dj); err != nil || len(dj) != 1 || !strings.Contains(string(dj["networks"]), "n0123456789abcdef") {
+		t.Errorf("docker.json after migration = %s, want only its networks", b)
+	}
+	// A second start reads the new file and migrates nothing twice.
+	r2 := newFakeRouter()
+	d2 := newTestDaemon(t, cfg, r2, newFakeTunnel())
+	if ps2 := d2.ps(); len(ps2) != 3 {
+		t.Fatalf("ps after the second start = %+v, want the same 3", ps2)
+	}
+}
+
+// TestIntentUndone: a record written before its address (the daemon died
+// while allocating) is undone at the next start: its IPAM id is freed, so
+// nothing leaks.
+func TestIntentUndone(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.IPAMInMemory = false
+	d := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
+	// As reserve leaves things between allocating and recording.
+	if _, err := d.ipam.Allocate("cni:dead/eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := attachment.Save(d.attachmentsPath(), []attachment.Record{{ID: "cni:dead/eth0", Origin: attachment.OriginCNI, Netns: "/nonexistent", IfName: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	d.closers.close()
+
+	d2 := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
+	if n := len(d2.ipam.Allocations()); n != 0 {
+		t.Errorf("%d allocations after restart, want the intent's freed", n)
+	}
+	if n := len(d2.records("")); n != 0 {
+		t.Errorf("%d records after restart, want the intent dropped", n)
+	}
+}
+
+// TestCNIDetachAndGC: DEL of something unknown succeeds and says so; GC
+// releases exactly the CNI attachments not in the valid list.
+func TestCNIDetachAndGC(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	dir := t.TempDir()
+	for _, c := range []string{"c1", "c2", "c3"} {
+		ns := filepath.Join(dir, c)
+		os.WriteFile(ns, nil, 0o600)
+		if _, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, Origin: api.OriginCNI, ContainerID: c, IfName: "eth0", Name: c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli := filepath.Join(dir, "cli")
+	os.WriteFile(cli, nil, 0o600)
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: cli}); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := d.detach(api.DetachRequest{Origin: api.OriginCNI, ContainerID: "nope", IfName: "eth0"}); err != nil || res.Found {
+		t.Fatalf("DEL of an unknown container = %+v, %v; want success, not found", res, err)
+	}
+	res, err := d.detach(api.DetachRequest{Origin: api.OriginCNI, ContainerID: "c1", IfName: "eth0"})
+	if err != nil || !res.Found {
+		t.Fatalf("DEL c1 = %+v, %v", res, err)
+	}
+	if res, err := d.detach(api.DetachRequest{Origin: api.OriginCNI, ContainerID: "c1", IfName: "eth0"}); err != nil || res.Found {
+		t.Fatalf("second DEL c1 = %+v, %v; want success, not found", res, err)
+	}
+	gc, err := d.gc(api.GCRequest{Valid: []api.GCAttachment{{ContainerID: "c2", IfName: "eth0"}}})
+	if err != nil || len(gc.Released) != 1 || gc.Released[0].ContainerID != "c3" {
+		t.Fatalf("GC keeping c2 = %+v, %v; want c3 released", gc, err)
+	}
+	var left []string
+	for _, a := range d.ps() {
+		left = append(left, a.Origin+":"+a.ContainerID)
+	}
+	slices.Sort(left)
+	if !slices.Equal(left, []string{"cli:", "cni:c2"}) {
+		t.Errorf("after GC: %v, want the CLI attachment and c2", left)
+	}
+	if l, _ := d.dnsLookup("c3"); len(l.Addresses) != 0 {
+		t.Errorf("c3 still resolves after GC")
+	}
+	if d.ipamStatus().Allocated != 2 {
+		t.Errorf("IPAM holds %d, want 2", d.ipamStatus().Allocated)
+	}
+}
