@@ -185,14 +185,26 @@ func (c *Container) AttachErr() error {
 	if err != nil {
 		return err
 	}
-	var a api.Attachment
-	if err := json.Unmarshal([]byte(out), &a); err != nil {
+	a, err := ParseAttachOutput(out)
+	if err != nil {
 		return fmt.Errorf("%s: attach %s printed %q: %v", c.Host, c.Name, out, err)
 	}
 	c.IP = a.IP
 	c.Addr = strings.Split(a.IP, "/")[0]
 	c.bed.logf("testbed: %s: attached %s %s", c.Host, c.Name, c.IP)
 	return nil
+}
+
+// ParseAttachOutput reads what `weavewg attach --json` printed: the JSON
+// document after any progress lines (on stderr, which CLIErr merges in)
+// the attach printed while it waited for address space.
+func ParseAttachOutput(out string) (api.Attachment, error) {
+	var a api.Attachment
+	i := strings.Index(out, "{")
+	if i < 0 {
+		return a, fmt.Errorf("no JSON in %q", out)
+	}
+	return a, json.Unmarshal([]byte(out[i:]), &a)
 }
 
 // DetachErr is Detach returning the error.

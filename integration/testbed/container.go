@@ -1,12 +1,10 @@
 package testbed
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/weavewg/weavewg/types/api"
 )
 
 // Container is a network namespace attached to a host with `weavewg attach`.
@@ -91,8 +89,8 @@ func (c *Container) Attach() {
 		args = append(args, "--ip", c.IP)
 	}
 	out := c.Host.CLI(append(args, NetnsPath(c.Netns))...)
-	var a api.Attachment
-	if err := json.Unmarshal([]byte(out), &a); err != nil {
+	a, err := ParseAttachOutput(out)
+	if err != nil {
 		c.bed.tb.Fatalf("testbed: %s: attach %s printed %q: %v", c.Host, c.Name, out, err)
 	}
 	c.IP = a.IP
