@@ -36,9 +36,7 @@ func (d *Daemon) startDNS(open channelOpener) error {
 		Clients:    []netip.Prefix{d.cfg.Range},
 		Upstreams:  d.cfg.DNSUpstreams,
 		ResolvConf: d.cfg.DNSResolvConf,
-		Logf: func(format string, args ...any) {
-			d.log.Warn(fmt.Sprintf(format, args...), "part", "dns")
-		},
+		Logger:     d.log.With("part", "dns"),
 	})
 	if err != nil {
 		return fmt.Errorf("dns: %w", err)

@@ -104,6 +104,10 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 		s.answerLocal(w, req, q, rel)
 		return
 	}
+	if rel, ok := s.singleLabel(name); ok {
+		s.answerLocal(w, req, q, rel)
+		return
+	}
 	if addr, ok := ptrAddr(name); ok && s.ownsPTR(addr) {
 		s.answerPTR(w, req, q, addr)
 		return
@@ -125,6 +129,25 @@ func (s *Server) inDomain(name string) (string, bool) {
 		return name[:len(name)-len(s.domain)-1], true
 	}
 	return "", false
+}
+
+// singleLabel returns, for a one-label name ("db.") that names an entry
+// of the table, the entry's relative name. Such a query is answered as
+// weaveDNS did, from the table: it comes from a container whose search
+// domain is ours (`weavewg dns-args`), whose resolver tried db.weave.local
+// first and, finding no record of the type (AAAA, say), asks for the bare
+// name next. Forwarding that upstream would cost the client the upstream's
+// timeouts, or leak the container's names, for a name we know. Names not
+// in the table are forwarded as before.
+func (s *Server) singleLabel(name string) (string, bool) {
+	if len(name) < 2 || strings.IndexByte(name, '.') != len(name)-1 {
+		return "", false
+	}
+	rel := name[:len(name)-1]
+	if s.currentZone().snap.names[rel] == nil {
+		return "", false
+	}
+	return rel, true
 }
 
 func (s *Server) ownsPTR(a netip.Addr) bool {
@@ -174,6 +197,16 @@ func (s *Server) answerLocal(w mdns.ResponseWriter, req *mdns.Msg, q mdns.Questi
 		rrs = z.aaaa[rel]
 	}
 	switch {
+	case len(rrs) > 0 && strings.IndexByte(q.Name, '.') == len(q.Name)-1:
+		// A single-label question: the zone's records carry the full
+		// name, and resolvers want the name they asked for.
+		for _, rr := range rrs {
+			c := mdns.Copy(rr)
+			c.Header().Name = q.Name
+			m.Answer = append(m.Answer, c)
+		}
+		shuffle(m.Answer)
+		s.c.answeredLocal.Add(1)
 	case len(rrs) > 0:
 		m.Answer = append(m.Answer, rrs...)
 		shuffle(m.Answer)

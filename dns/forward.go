@@ -1,6 +1,8 @@
 package dns
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +15,10 @@ import (
 // upstreamRecheck is how often the resolv.conf file's mtime is checked.
 const upstreamRecheck = 5 * time.Second
 
+// upstreamLogEvery bounds the log lines about one unreachable upstream:
+// one when it stops answering, then one a minute while it stays down.
+const upstreamLogEvery = time.Minute
+
 // upstreams is the list of resolvers to forward to: a fixed list, or the
 // nameservers of a resolv.conf file, re-read when the file changes.
 type upstreams struct {
@@ -20,7 +26,7 @@ type upstreams struct {
 	fixed bool
 	path  string
 	now   func() time.Time
-	logf  func(string, ...any)
+	log   *slog.Logger
 
 	mu sync.Mutex
 	// Guarded by mu.
@@ -30,10 +36,17 @@ type upstreams struct {
 	mtime     time.Time
 	checked   time.Time
 	loadedErr bool
+	down      map[string]*upstreamDown // by "ip:port": upstreams whose last attempt failed
 }
 
-func newUpstreams(list []string, path string, now func() time.Time, logf func(string, ...any)) *upstreams {
-	u := &upstreams{path: path, now: now, logf: logf}
+// upstreamDown is what is known of an upstream that stopped answering.
+type upstreamDown struct {
+	logged   time.Time // last log line about it
+	failures int       // attempts failed since that line
+}
+
+func newUpstreams(list []string, path string, now func() time.Time, log *slog.Logger) *upstreams {
+	u := &upstreams{path: path, now: now, log: log, down: map[string]*upstreamDown{}}
 	if len(list) > 0 {
 		u.fixed = true
 		for _, a := range list {
@@ -106,7 +119,7 @@ func (u *upstreams) reloadLocked() {
 	fi, err := os.Stat(u.path)
 	if err != nil {
 		if !u.loadedErr {
-			u.logf("dns: upstreams: %v", err)
+			u.log.Warn("no upstream DNS servers: cannot read the resolv.conf file; only weave.local names are answered", "resolv_conf", u.path, "err", err)
 			u.loadedErr = true
 		}
 		u.addrs = nil
@@ -118,7 +131,7 @@ func (u *upstreams) reloadLocked() {
 	cc, err := mdns.ClientConfigFromFile(u.path)
 	if err != nil {
 		if !u.loadedErr {
-			u.logf("dns: upstreams: %v", err)
+			u.log.Warn("cannot parse the resolv.conf file for upstream DNS servers", "resolv_conf", u.path, "err", err)
 			u.loadedErr = true
 		}
 		return
@@ -132,6 +145,39 @@ func (u *upstreams) reloadLocked() {
 	if u.addrs == nil {
 		u.addrs = []string{}
 	}
+}
+
+// failed records a failed attempt at upstream addr and logs it when it is
+// news (the upstream answered before) or a minute has passed since the
+// last line about it.
+func (u *upstreams) failed(addr string, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := u.now()
+	d := u.down[addr]
+	if d == nil {
+		d = &upstreamDown{}
+		u.down[addr] = d
+	}
+	d.failures++
+	if !d.logged.IsZero() && now.Sub(d.logged) < upstreamLogEvery {
+		return
+	}
+	u.log.Warn("upstream DNS server not answering; names outside weave.local get SERVFAIL while no upstream answers",
+		"upstream", addr, "failed_attempts", d.failures, "err", err)
+	d.logged, d.failures = now, 0
+}
+
+// answered records that upstream addr answered, and says so once if it
+// had been logged as down.
+func (u *upstreams) answered(addr string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.down[addr]; !ok {
+		return
+	}
+	delete(u.down, addr)
+	u.log.Info("upstream DNS server answers again", "upstream", addr)
 }
 
 // forward asks the upstreams in turn and passes the first useful answer
@@ -159,22 +205,33 @@ func (s *Server) forward(w mdns.ResponseWriter, req *mdns.Msg) {
 	}
 	tcp := isTCP(w)
 	var last *mdns.Msg
-	for _, up := range s.up.list() {
+	// Network deadlines: real time, whatever clock the table runs on.
+	deadline := time.Now().Add(s.cfg.ForwardTimeout)
+	ups := s.up.list()
+	for i, up := range ups {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), left/time.Duration(len(ups)-i))
 		cli := s.udpCli
 		if tcp {
 			cli = s.tcpCli
 		}
-		resp, _, err := cli.Exchange(req, up)
+		resp, _, err := cli.ExchangeContext(ctx, req, up)
 		if err == nil && resp.Truncated && !tcp {
 			s.c.forwardTCP.Add(1)
-			if r2, _, err2 := s.tcpCli.Exchange(req, up); err2 == nil {
+			if r2, _, err2 := s.tcpCli.ExchangeContext(ctx, req, up); err2 == nil {
 				resp = r2
 			}
 		}
+		cancel()
 		if err != nil {
 			s.c.forwardTimeout.Add(1)
+			s.up.failed(up, err)
 			continue
 		}
+		s.up.answered(up)
 		last = resp
 		if resp.Rcode == mdns.RcodeServerFailure || resp.Rcode == mdns.RcodeRefused {
 			continue

@@ -3,6 +3,7 @@ package dns
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -80,8 +81,8 @@ type Config struct {
 	Table TableOptions
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// Logf logs; nil is silent.
-	Logf func(format string, args ...any)
+	// Logger logs with fields; nil is silent.
+	Logger *slog.Logger
 }
 
 // Server is one host's DNS server and name table.
@@ -155,8 +156,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ttl := uint32(max(cfg.TTL, 0) / time.Second)
 	s := &Server{
@@ -180,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 		fwdSem: make(chan struct{}, cfg.MaxForwards),
 		fwdLim: newSourceLimiter(cfg.ForwardRate, cfg.ForwardBurst),
 	}
-	s.up = newUpstreams(cfg.Upstreams, cfg.ResolvConf, cfg.Now, cfg.Logf)
+	s.up = newUpstreams(cfg.Upstreams, cfg.ResolvConf, cfg.Now, cfg.Logger)
 	if cfg.Transport != nil {
 		s.transport.Store(&transportBox{cfg.Transport})
 	}
@@ -222,7 +223,7 @@ func (s *Server) Start() error {
 			go func() {
 				defer s.wg.Done()
 				if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
-					s.cfg.Logf("dns: serve: %v", err)
+					s.cfg.Logger.Error("DNS server stopped serving", "addr", s.cfg.ListenAddr, "err", err)
 				}
 				failed <- struct{}{}
 			}()

@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -323,18 +324,18 @@ func TestUpstreamList(t *testing.T) {
 	self, _ := net.ResolveUDPAddr("udp", "127.0.0.1:5353")
 	rc := filepath.Join(t.TempDir(), "resolv.conf")
 	must(t, os.WriteFile(rc, []byte("# comment\nnameserver 127.0.0.1\nnameserver 192.0.2.53\noptions ndots:1\n"), 0o644))
-	u := newUpstreams(nil, rc, time.Now, nil)
+	u := newUpstreams(nil, rc, time.Now, slog.New(slog.DiscardHandler))
 	u.exclude(self)
 	if got := u.list(); !slices.Equal(got, []string{"127.0.0.1:53", "192.0.2.53:53"}) {
 		t.Errorf("resolv.conf upstreams %v", got)
 	}
-	u = newUpstreams([]string{"127.0.0.1:5353", "192.0.2.1", "[2001:db8::1]:54"}, "", time.Now, nil)
+	u = newUpstreams([]string{"127.0.0.1:5353", "192.0.2.1", "[2001:db8::1]:54"}, "", time.Now, slog.New(slog.DiscardHandler))
 	u.exclude(self)
 	if got := u.list(); !slices.Equal(got, []string{"192.0.2.1:53", "[2001:db8::1]:54"}) {
 		t.Errorf("self not excluded: %v", got)
 	}
 	any, _ := net.ResolveUDPAddr("udp", "0.0.0.0:53")
-	u = newUpstreams([]string{"127.0.0.1", "127.0.0.53", "192.0.2.1"}, "", time.Now, nil)
+	u = newUpstreams([]string{"127.0.0.1", "127.0.0.53", "192.0.2.1"}, "", time.Now, slog.New(slog.DiscardHandler))
 	u.exclude(any)
 	if got := u.list(); !slices.Equal(got, []string{"192.0.2.1:53"}) {
 		t.Errorf("listening on 0.0.0.0:53, loopback not excluded: %v", got)
