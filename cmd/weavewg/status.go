@@ -189,7 +189,17 @@ func showConnections(w io.Writer, st api.Status) {
 			path = "relayed"
 		}
 		detail := c.Error
-		if detail == "" && c.Endpoint != "" {
+		if detail == "" && c.Endpoint != "" && c.LastHandshake == nil {
+			// WireGuard peers handshake on the first packet: with no
+			// traffic yet there is no session, and the path is only
+			// where the first packet will go.
+			path = "-"
+			next := "endpoint " + c.Endpoint
+			if c.Via != "" {
+				next = "relay " + c.Via
+			}
+			detail = "control connection up; WireGuard session not yet (no traffic so far; first packet goes via " + next + ")"
+		} else if detail == "" && c.Endpoint != "" {
 			rtt := "-"
 			if c.RTTMillis > 0 {
 				rtt = fmt.Sprintf("%.2fms", c.RTTMillis)
