@@ -50,6 +50,10 @@ type Config struct {
 	DNSResolvConf string        // "" means /etc/resolv.conf
 	DNSListen     string        // "" means HOST_IP:53
 
+	// TrustedSubnets are underlay subnets where traffic between peers may
+	// go unencrypted through kernel VXLAN (--trusted-subnets; fastpath.go).
+	TrustedSubnets []netip.Prefix
+
 	// ReclaimAfter, when positive, hands over the address space of peers
 	// unreachable that long, as rmpeer would (--reclaim-after).
 	ReclaimAfter time.Duration

@@ -121,11 +121,19 @@ type dataPlane struct {
 	// traversal.
 	socket sharedSocket
 	host   hostNetwork
+	// fast is the trusted VXLAN path (fastpath.go); nil without
+	// --trusted-subnets.
+	fast fastPath
 }
 
-// close closes the host networking, then the WireGuard datapath.
+// close closes the fast path, the host networking, then the WireGuard
+// datapath.
 func (p dataPlane) close() error {
-	return errors.Join(p.host.Close(), p.wg.Close())
+	var errs []error
+	if p.fast != nil {
+		errs = append(errs, p.fast.Close())
+	}
+	return errors.Join(append(errs, p.host.Close(), p.wg.Close())...)
 }
 
 var (
@@ -257,7 +265,13 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		tun.Close()
 		return dataPlane{}, fmt.Errorf("host networking: %w", err)
 	}
-	return dataPlane{wg: tun, socket: tun, host: host}, nil
+	fast, err := d.openFastPath()
+	if err != nil {
+		host.Close()
+		tun.Close()
+		return dataPlane{}, err
+	}
+	return dataPlane{wg: tun, socket: tun, host: host, fast: fast}, nil
 }
 
 // prepare validates cfg and loads what the state dir keeps.
@@ -492,13 +506,20 @@ func (d *Daemon) reconcile() {
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)
 	}
+	// Peers on the trusted fast path get their routes there first; the
+	// rest go into the TUN; then the fast path drops what it no longer
+	// carries (fastpath.go).
+	onVXLAN := d.setFastPeers(want, peers, conflicts)
 	var routes []netip.Prefix
 	for _, pc := range want {
-		routes = append(routes, pc.AllowedIPs...)
+		if !onVXLAN[pc.Key] {
+			routes = append(routes, pc.AllowedIPs...)
+		}
 	}
 	if err := d.host.SetRoutes(routes); err != nil {
 		d.log.Error("routing peers' prefixes into the TUN", "err", err)
 	}
+	d.pruneFast()
 	if d.dns != nil {
 		// Names of peers that left are withdrawn at once and come back
 		// with them.

@@ -8,6 +8,7 @@ import (
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
+	"github.com/weavewg/weavewg/vxlan"
 )
 
 // encryption is what status says about the data path's cryptography.
@@ -17,6 +18,10 @@ func (d *Daemon) status() api.Status {
 	peers := d.router.Peers()
 	conns := d.router.Connections()
 	wg := d.tun.PeerStats()
+	var fast map[key.Public]vxlan.PeerStats
+	if d.planes.fast != nil {
+		fast = d.planes.fast.Stats()
+	}
 
 	st := api.Status{
 		Version:    d.cfg.Build.Version,
@@ -77,6 +82,7 @@ func (d *Daemon) status() api.Status {
 			if c.State == discovery.StateEstablished && !covered[c.Peer] {
 				covered[c.Peer] = true
 				addWireGuard(&row, wg[c.Peer], nick)
+				d.addDatapath(&row, c.Peer, fast)
 			}
 		}
 		st.Conns = append(st.Conns, row)
@@ -97,6 +103,7 @@ func (d *Daemon) status() api.Status {
 			row.State = discovery.StateEstablished
 		}
 		addWireGuard(&row, s, nick)
+		d.addDatapath(&row, p.Key, fast)
 		st.Conns = append(st.Conns, row)
 	}
 
@@ -139,6 +146,9 @@ func (d *Daemon) counters() map[string]uint64 {
 	}
 	if d.nat != nil {
 		maps.Copy(out, d.nat.Counters())
+	}
+	if d.planes.fast != nil {
+		maps.Copy(out, d.planes.fast.Counters())
 	}
 	return out
 }

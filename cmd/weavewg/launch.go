@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,6 +53,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. this host's overlay address or 127.0.0.1:6782 (default: off; always on the API socket)"},
+		&cli.StringFlag{Name: "trusted-subnets", Usage: "underlay subnets, CIDR,... (e.g. 192.168.1.0/24), where traffic between two peers that both have an address in them goes UNENCRYPTED through kernel VXLAN on UDP --port+1 (6784); every other pair stays on WireGuard"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
 		&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
 		&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
@@ -77,6 +79,10 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 	rng, err := netip.ParsePrefix(c.String("ipalloc-range"))
 	if err != nil {
 		return fmt.Errorf("--ipalloc-range: %w", err)
+	}
+	trusted, err := parseTrustedSubnets(c.String("trusted-subnets"))
+	if err != nil {
+		return err
 	}
 	var hostIP netip.Prefix
 	if s := c.String("host-ip"); s != "" {
@@ -111,13 +117,14 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 
 		MetricsAddr: c.String("metrics-addr"),
 
-		ReclaimAfter:  c.Duration("reclaim-after"),
-		NoDNS:         c.Bool("no-dns"),
-		DNSDomain:     c.String("dns-domain"),
-		DNSTTL:        c.Duration("dns-ttl"),
-		DNSUpstreams:  c.StringSlice("dns-upstream"),
-		DNSResolvConf: c.String("dns-resolv-conf"),
-		Docker:        dockerConfig(c),
+		TrustedSubnets: trusted,
+		ReclaimAfter:   c.Duration("reclaim-after"),
+		NoDNS:          c.Bool("no-dns"),
+		DNSDomain:      c.String("dns-domain"),
+		DNSTTL:         c.Duration("dns-ttl"),
+		DNSUpstreams:   c.StringSlice("dns-upstream"),
+		DNSResolvConf:  c.String("dns-resolv-conf"),
+		Docker:         dockerConfig(c),
 		Notify: func(msg string) {
 			fmt.Println("weavewg:", msg)
 		},
@@ -127,4 +134,29 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		cfg.Peers = adm.Peers
 	}
 	return daemon.Run(ctx, cfg)
+}
+
+// parseTrustedSubnets reads --trusted-subnets: IPv4 CIDRs separated by
+// commas. A bare address counts as a /32.
+func parseTrustedSubnets(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("--trusted-subnets %q: want CIDR,... e.g. 192.168.1.0/24,10.0.0.0/8", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("--trusted-subnets %q: only IPv4 underlays are supported", f)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

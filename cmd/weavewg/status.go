@@ -178,13 +178,19 @@ func showConnections(w io.Writer, st api.Status) {
 			peer = fmt.Sprintf("%s(%s)", c.Peer, c.Nickname)
 		}
 		path := ""
+		dp := c.Datapath
+		if dp == "" {
+			dp = "direct"
+		}
 		switch {
+		case c.Datapath == "vxlan (trusted)":
+			path = c.Datapath
 		case c.Via != "":
 			path = "relayed via " + c.Via
 		case c.Endpoint != "" && c.Direct && c.Candidate != "" && c.Endpoint == c.ICEEndpoint:
-			path = "direct (ice " + c.Candidate + ")"
+			path = dp + " (ice " + c.Candidate + ")"
 		case c.Endpoint != "" && c.Direct:
-			path = "direct"
+			path = dp
 		case c.Endpoint != "":
 			path = "relayed"
 		}

@@ -103,6 +103,9 @@ type Connection struct {
 	State    string `json:"state"`              // connecting, established, failed
 	Error    string `json:"error,omitempty"`    // why the last attempt failed
 	Direct   bool   `json:"direct"`             // data flows straight to the endpoint
+	// Datapath is what carries the peer's packets: "vxlan (trusted)" (the
+	// unencrypted fast path on trusted subnets) or "userspace wireguard".
+	Datapath string `json:"datapath,omitempty"`
 	Endpoint string `json:"endpoint,omitempty"` // WireGuard UDP endpoint in use
 	// Via is, when the peer is relayed, the nickname (else the name) of the
 	// first relay; empty when direct.
