@@ -109,10 +109,12 @@ func TestTrustedSubnetsVXLAN(t *testing.T) {
 		vxN, vxB := underlayFlow(ps, f.a, f.b, vxlanPort)
 		wgN, wgB := underlayFlow(ps, f.a, f.b, wgPort)
 		t.Logf("%s <-> %s: VXLAN %d packets %d bytes, WireGuard %d packets %d bytes", f.a, f.b, vxN, vxB, wgN, wgB)
-		if f.vx && vxB < size || !f.vx && vxN > 0 {
+		// tcpdump may miss packets on a loaded machine: half the payload
+		// seen on a port is proof enough that the port carried it.
+		if f.vx && vxB < size/2 || !f.vx && vxN > 0 {
 			t.Errorf("%s <-> %s: %d VXLAN bytes on port %d; want VXLAN %v", f.a, f.b, vxB, vxlanPort, f.vx)
 		}
-		if f.wgWant && wgB < size || !f.wgWant && wgN > 0 {
+		if f.wgWant && wgB < size/2 || !f.wgWant && wgN > 0 {
 			t.Errorf("%s <-> %s: %d WireGuard data packets (%d bytes) on port %d; want WireGuard %v", f.a, f.b, wgN, wgB, wgPort, f.wgWant)
 		}
 	}
