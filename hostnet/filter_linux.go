@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
@@ -78,7 +79,7 @@ func removeForwardFilter(ns netns.NsHandle, tun string) error {
 		return err
 	}
 	c.DelTable(filterTable(tun))
-	if err := c.Flush(); err != nil && err != unix.ENOENT {
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("forward filter: %w", err)
 	}
 	return nil

@@ -75,6 +75,9 @@ type Host struct {
 	ns       netns.NsHandle  // the namespace New ran in
 	nl       *netlink.Handle // netlink in ns
 	filtered bool            // the forward filter is installed (filter_linux.go)
+	fw       *firewall       // weavewg's rules in the host's forward chains (firewall_linux.go)
+	fwStop   chan struct{}   // closed by Close: stops the firewall watcher
+	fwDone   chan struct{}   // closed when the watcher has stopped
 	tunIndex int
 	brIndex  int
 
@@ -86,8 +89,9 @@ type Host struct {
 }
 
 // New creates (or re-adopts) the bridge with HostIP, sets the sysctls
-// forwarding between the bridge and the TUN needs and installs the forward
-// filter. The TUN must exist already.
+// forwarding between the bridge and the TUN needs, installs the forward
+// filter, puts weavewg's rules into the host's forward chains and starts
+// the watcher that keeps them there. The TUN must exist already.
 //
 // It works in the network namespace of the calling thread, like tunnel.New.
 func New(cfg Config) (*Host, error) {
@@ -131,6 +135,16 @@ func New(cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.filtered = true
+	h.fw = newFirewall(h.ns, cfg.Bridge, cfg.TUN, h.log)
+	if repaired, err := h.fw.ensure(); err != nil {
+		// Not fatal: the watcher retries, and a host whose forward policy
+		// accepts works without the rules.
+		h.log.Error("passing the host's forward policy", "err", err)
+	} else if len(repaired) > 0 {
+		h.log.Info("firewall rules added", "where", strings.Join(repaired, ", "))
+	}
+	h.fwStop, h.fwDone = make(chan struct{}), make(chan struct{})
+	go h.fw.watch(h.fwStop, h.fwDone)
 	ok = true
 	h.log.Info("host networking up", "bridge", cfg.Bridge, "tun", cfg.TUN, "host_ip", cfg.HostIP.String(), "mtu", cfg.MTU)
 	return h, nil
@@ -152,7 +166,8 @@ func (c *Config) check() error {
 	return nil
 }
 
-// Close removes the routes, the bridge and the forward filter. Attached
+// Close removes the routes, the bridge, weavewg's firewall rules and the
+// forward filter. Attached
 // namespaces keep their veth pairs (off the bridge), so that the next run
 // can Adopt them.
 func (h *Host) Close() error {
@@ -162,6 +177,10 @@ func (h *Host) Close() error {
 		return nil
 	}
 	h.closed = true
+	if h.fwStop != nil {
+		close(h.fwStop)
+		<-h.fwDone
+	}
 	return h.teardown()
 }
 
@@ -178,6 +197,11 @@ func (h *Host) teardown() error {
 			if err := h.nl.LinkDel(l); err != nil && !isGone(err) {
 				errs = append(errs, fmt.Errorf("host networking: deleting bridge %s: %w", h.cfg.Bridge, err))
 			}
+		}
+	}
+	if h.fw != nil {
+		if err := h.fw.remove(); err != nil {
+			errs = append(errs, fmt.Errorf("host networking: %w", err))
 		}
 	}
 	if h.filtered {

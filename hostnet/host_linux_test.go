@@ -193,3 +193,5 @@ func TestHostVethName(t *testing.T) {
 		t.Error("HostVethName collides for different namespaces or interfaces")
 	}
 }
+
+func netipPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

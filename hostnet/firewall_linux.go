@@ -1,0 +1,626 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
+	"github.com/vishvananda/netns"
+)
+
+// Firewall rules: weavewg's traffic through a default-deny forward policy.
+//
+// A packet forwarded by the host passes every base chain on the forward
+// hook, of every table and of both iptables flavours: an accept ends its
+// walk through one chain only, a drop anywhere is final
+// (TestKernelForwardVerdicts shows it). So weavewg cannot open the way from
+// a table of its own: like Weave Net, it puts accept rules of its own at the
+// top of the chains that hold the host's forward policy, and only for its
+// own interfaces (see forwardRules). Which chains those are is found, not
+// configured, since one host may use several at once:
+//
+//   - iptables-nft (Debian 12's iptables, what Docker uses there): the base
+//     chain FORWARD of table ip filter, seen through nftables. The rules go
+//     into Docker's DOCKER-USER when it exists and FORWARD jumps to it
+//     (Docker keeps that chain for users and never flushes it), else into
+//     FORWARD. They are written with the iptables-nft binary (through
+//     coreos/go-iptables), because that table must stay in the form
+//     iptables-nft understands; they are read through netlink.
+//   - iptables-legacy: used when /proc/net/ip_tables_names lists filter in
+//     the namespace (reading it loads nothing, unlike running the binary).
+//     Same chains, read and written with the iptables-legacy binary.
+//   - plain nftables: every other base chain on the forward hook of an ip
+//     or inet table whose policy is drop or that has rules (a reject at its
+//     end, say): weavewg's rules go first in it, written through netlink
+//     (google/nftables), each carrying weavewg's comment.
+//
+// Every rule weavewg adds carries the comment "weavewg-<bridge>", by which
+// it is found again and removed on Close: nothing else is touched. A
+// watcher puts the rules back when a dockerd restart or a firewall reload
+// removes or buries them (watchInterval).
+
+// watchInterval is how often the watcher checks the rules. A check reads
+// nftables through netlink (no process is started) and runs iptables-legacy
+// -S only on hosts that use iptables-legacy; binaries run only to repair.
+const watchInterval = 2 * time.Second
+
+// fwRule is one accept rule: packets in through In and out through Out.
+type fwRule struct{ In, Out string }
+
+// forwardRules is every rule weavewg adds to the host's forward chains, in
+// order: the one place they are built. Containers on the bridge talk to
+// each other (the bridge is filtered when br_netfilter is on, as Docker
+// turns it on), to peers through the TUN, and peers to them.
+func forwardRules(bridge, tun string) []fwRule {
+	return []fwRule{{bridge, bridge}, {bridge, tun}, {tun, bridge}}
+}
+
+// iptablesSpec is r as iptables arguments, carrying tag as its comment.
+func (r fwRule) iptablesSpec(tag string) []string {
+	return []string{"-i", r.In, "-o", r.Out, "-m", "comment", "--comment", tag, "-j", "ACCEPT"}
+}
+
+// nftExprs is r as nftables expressions.
+func (r fwRule) nftExprs() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(r.In)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(r.Out)},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+}
+
+// Kinds of rule in a chain as the planner sees it; 0..n-1 are weavewg's
+// rules by their index in forwardRules.
+const (
+	ruleOther          = -1
+	ruleJumpDockerUser = -2
+)
+
+// chainView is a chain as the planner sees it.
+type chainView struct {
+	exists     bool
+	policyDrop bool
+	rules      []int // rule kinds, in order
+}
+
+// needsRules: a chain that may drop (policy drop, or rules of others, any
+// of which may be a drop or reject) needs weavewg's accepts before its
+// rules. weavewg's own rules do not count, or they would keep themselves.
+func (c chainView) needsRules() bool {
+	return c.exists && (c.policyDrop || slices.ContainsFunc(c.rules, func(k int) bool { return k < 0 }))
+}
+
+// oursOnTop reports whether the chain starts with exactly weavewg's n rules
+// in order and holds no other of them.
+func (c chainView) oursOnTop(n int) bool {
+	if len(c.rules) < n {
+		return false
+	}
+	for i := range n {
+		if c.rules[i] != i {
+			return false
+		}
+	}
+	for _, k := range c.rules[n:] {
+		if k >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (c chainView) hasOurs() bool {
+	return slices.ContainsFunc(c.rules, func(k int) bool { return k >= 0 })
+}
+
+// planIPTables chooses where weavewg's n rules go in an iptables filter
+// table: DOCKER-USER when it exists and FORWARD jumps to it, else FORWARD,
+// or nowhere when FORWARD cannot drop. It reports whether they are in place
+// already.
+func planIPTables(fwd, user chainView, n int) (target string, inPlace bool) {
+	switch {
+	case !fwd.needsRules():
+		target = ""
+	case user.exists && slices.Contains(fwd.rules, ruleJumpDockerUser):
+		target = "DOCKER-USER"
+	default:
+		target = "FORWARD"
+	}
+	switch target {
+	case "DOCKER-USER":
+		return target, user.oursOnTop(n) && !fwd.hasOurs()
+	case "FORWARD":
+		return target, fwd.oursOnTop(n) && !user.hasOurs()
+	}
+	return "", !fwd.hasOurs() && !user.hasOurs()
+}
+
+// firewall keeps weavewg's rules in the host's forward chains.
+type firewall struct {
+	ns     netns.NsHandle
+	bridge string
+	tun    string
+	tag    string // the comment on every rule: weavewg-<bridge>
+	rules  []fwRule
+	own    string // weavewg's own table (the forward filter), never touched
+	log    *slog.Logger
+
+	mu  sync.Mutex                    // serialises checks and repairs
+	ipt map[string]*iptables.IPTables // by binary, made on first use
+}
+
+func newFirewall(ns netns.NsHandle, bridge, tun string, log *slog.Logger) *firewall {
+	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun), own: filterTable(tun).Name, log: log,
+		ipt: map[string]*iptables.IPTables{}}
+}
+
+// iptables returns the go-iptables handle for the binary bin (which runs
+// bin --version once).
+func (f *firewall) iptables(bin string) (*iptables.IPTables, error) {
+	if ipt := f.ipt[bin]; ipt != nil {
+		return ipt, nil
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: %s is needed to pass this host's forward policy: %w", bin, err)
+	}
+	ipt, err := iptables.New(iptables.Path(path))
+	if err != nil {
+		return nil, fmt.Errorf("firewall: %s: %w", bin, err)
+	}
+	f.ipt[bin] = ipt
+	return ipt, nil
+}
+
+// iptablesFlavour is iptables-nft or iptables-legacy.
+type iptablesFlavour struct {
+	name string // the binary
+	// read returns FORWARD and DOCKER-USER of the filter table; ok false
+	// when the flavour holds no filter table here.
+	read func() (fwd, user chainView, ok bool, err error)
+}
+
+// ensure puts weavewg's rules where they belong and removes any left where
+// they no longer do. It reports what it repaired.
+func (f *firewall) ensure() (repaired []string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	// Plain nftables chains.
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if err != nil {
+		return nil, fmt.Errorf("firewall: %w", err)
+	}
+	defer c.CloseLasting()
+	// The forward filter, which a `nft flush ruleset` removes too.
+	if t, err := c.ListTableOfFamily(f.own, nftables.TableFamilyINet); err != nil || t == nil {
+		if err := installForwardFilter(f.ns, f.tun, f.bridge); err != nil {
+			errs = append(errs, err)
+		} else {
+			repaired = append(repaired, "forward filter")
+		}
+	}
+	chains, err := f.foreignForwardChains(c)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ch := range chains {
+		view, rules, err := f.nftView(c, ch)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want := view.needsRules()
+		if (want && view.oursOnTop(len(f.rules))) || (!want && !view.hasOurs()) {
+			continue
+		}
+		if err := f.nftRewrite(c, ch, rules, want); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		repaired = append(repaired, fmt.Sprintf("nftables %s %s %s", familyName(ch.Table.Family), ch.Table.Name, ch.Name))
+	}
+	// The iptables flavours.
+	for _, fl := range f.flavours(c) {
+		fwd, user, ok, err := fl.read()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		target, inPlace := planIPTables(fwd, user, len(f.rules))
+		if inPlace {
+			continue
+		}
+		if err := f.iptablesRewrite(fl.name, user.exists, target); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if target == "" {
+			target = "none"
+		}
+		repaired = append(repaired, fl.name+" "+target)
+	}
+	return repaired, errors.Join(errs...)
+}
+
+// remove deletes every rule carrying weavewg's comment from the chains
+// ensure writes to.
+func (f *firewall) remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.ns)))
+	if err != nil {
+		return fmt.Errorf("firewall: %w", err)
+	}
+	defer c.CloseLasting()
+	chains, err := f.foreignForwardChains(c)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ch := range chains {
+		view, rules, err := f.nftView(c, ch)
+		if err == nil && view.hasOurs() {
+			err = f.nftRewrite(c, ch, rules, false)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, fl := range f.flavours(c) {
+		fwd, user, ok, err := fl.read()
+		if err == nil && ok && (fwd.hasOurs() || user.hasOurs()) {
+			err = f.iptablesRewrite(fl.name, user.exists, "")
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isIPTablesNFT reports whether ch is iptables-nft's FORWARD.
+func isIPTablesNFT(ch *nftables.Chain) bool {
+	return ch.Table.Family == nftables.TableFamilyIPv4 && ch.Table.Name == "filter" && ch.Name == "FORWARD"
+}
+
+// foreignForwardChains lists the base chains on the forward hook of ip and
+// inet tables that are neither weavewg's nor iptables-nft's.
+func (f *firewall) foreignForwardChains(c *nftables.Conn) ([]*nftables.Chain, error) {
+	all, err := c.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("firewall: listing nftables chains: %w", err)
+	}
+	var out []*nftables.Chain
+	for _, ch := range all {
+		if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookForward || ch.Type != nftables.ChainTypeFilter {
+			continue
+		}
+		if fam := ch.Table.Family; fam != nftables.TableFamilyIPv4 && fam != nftables.TableFamilyINet {
+			continue
+		}
+		if ch.Table.Name == f.own || isIPTablesNFT(ch) {
+			continue
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// nftView reads a chain through netlink and classifies its rules.
+func (f *firewall) nftView(c *nftables.Conn, ch *nftables.Chain) (chainView, []*nftables.Rule, error) {
+	rules, err := c.GetRules(ch.Table, ch)
+	if err != nil {
+		return chainView{}, nil, fmt.Errorf("firewall: reading %s %s %s: %w", familyName(ch.Table.Family), ch.Table.Name, ch.Name, err)
+	}
+	v := chainView{exists: true, policyDrop: ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop}
+	for _, r := range rules {
+		v.rules = append(v.rules, f.classifyNFT(r))
+	}
+	return v, rules, nil
+}
+
+// classifyNFT tells weavewg's rules (by the comment, in nftables' user data
+// or iptables-nft's comment match, and the interfaces) and jumps to
+// DOCKER-USER from the rest.
+func (f *firewall) classifyNFT(r *nftables.Rule) int {
+	tagged := false
+	if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == f.tag {
+		tagged = true
+	}
+	var names []string
+	jumpUser := false
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Match:
+			if cm, ok := e.Info.(*xt.Comment); ok && string(*cm) == f.tag {
+				tagged = true
+			}
+		case *expr.Cmp:
+			names = append(names, strings.TrimRight(string(e.Data), "\x00"))
+		case *expr.Verdict:
+			jumpUser = (e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto) && e.Chain == "DOCKER-USER"
+		}
+	}
+	if jumpUser {
+		return ruleJumpDockerUser
+	}
+	if !tagged {
+		return ruleOther
+	}
+	for i, fr := range f.rules {
+		if len(names) == 2 && names[0] == fr.In && names[1] == fr.Out {
+			return i
+		}
+	}
+	// Tagged but not one of today's rules (an older version's): treat it
+	// as out of place, so it is removed.
+	return len(f.rules)
+}
+
+// nftRewrite deletes weavewg's rules from ch and, if add, inserts them at
+// its top, in one transaction.
+func (f *firewall) nftRewrite(c *nftables.Conn, ch *nftables.Chain, rules []*nftables.Rule, add bool) error {
+	for _, r := range rules {
+		if f.classifyNFT(r) >= 0 {
+			if err := c.DelRule(r); err != nil {
+				return fmt.Errorf("firewall: %w", err)
+			}
+		}
+	}
+	if add {
+		// Each insert goes first: insert the last rule first.
+		for i := len(f.rules) - 1; i >= 0; i-- {
+			c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: f.rules[i].nftExprs(),
+				UserData: userdata.AppendString(nil, userdata.TypeComment, f.tag)})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: rewriting %s %s %s: %w", familyName(ch.Table.Family), ch.Table.Name, ch.Name, err)
+	}
+	return nil
+}
+
+// flavours returns the iptables flavours to look at.
+func (f *firewall) flavours(c *nftables.Conn) []iptablesFlavour {
+	return []iptablesFlavour{
+		{name: "iptables-nft", read: func() (chainView, chainView, bool, error) { return f.readIPTablesNFT(c) }},
+		{name: "iptables-legacy", read: f.readIPTablesLegacy},
+	}
+}
+
+// readIPTablesNFT reads iptables-nft's FORWARD and DOCKER-USER through
+// netlink: no process is started.
+func (f *firewall) readIPTablesNFT(c *nftables.Conn) (fwd, user chainView, ok bool, err error) {
+	t := &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return fwd, user, false, fmt.Errorf("firewall: listing ip chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != t.Name {
+			continue
+		}
+		switch ch.Name {
+		case "FORWARD":
+			if !isIPTablesNFT(ch) || ch.Hooknum == nil {
+				continue
+			}
+			if fwd, _, err = f.nftView(c, ch); err != nil {
+				return fwd, user, false, err
+			}
+			ok = true
+		case "DOCKER-USER":
+			if user, _, err = f.nftView(c, ch); err != nil {
+				return fwd, user, false, err
+			}
+		}
+	}
+	return fwd, user, ok, nil
+}
+
+// readIPTablesLegacy reads iptables-legacy's FORWARD and DOCKER-USER with
+// iptables-legacy -S, when the namespace has a legacy filter table.
+func (f *firewall) readIPTablesLegacy() (fwd, user chainView, ok bool, err error) {
+	var names []byte
+	err = inNS(f.ns, func() error {
+		names, err = os.ReadFile("/proc/thread-self/net/ip_tables_names")
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil // no ip_tables module: no legacy tables
+		}
+		return err
+	})
+	if err != nil || !slices.Contains(strings.Fields(string(names)), "filter") {
+		return fwd, user, false, err
+	}
+	ipt, err := f.iptables("iptables-legacy")
+	if err != nil {
+		return fwd, user, false, err
+	}
+	list := func(chain string) (v chainView, err error) {
+		var lines []string
+		err = inNS(f.ns, func() error {
+			var e error
+			lines, e = ipt.List("filter", chain)
+			return e
+		})
+		var ie *iptables.Error
+		if errors.As(err, &ie) && ie.IsNotExist() {
+			return chainView{}, nil
+		}
+		if err != nil {
+			return v, fmt.Errorf("firewall: iptables-legacy -S %s: %w", chain, err)
+		}
+		v.exists = true
+		for _, l := range lines {
+			switch {
+			case strings.HasPrefix(l, "-P ") && strings.HasSuffix(l, " DROP"):
+				v.policyDrop = true
+			case strings.HasPrefix(l, "-A "):
+				v.rules = append(v.rules, f.classifyIPTables(l))
+			}
+		}
+		return v, nil
+	}
+	if fwd, err = list("FORWARD"); err != nil {
+		return fwd, user, false, err
+	}
+	if user, err = list("DOCKER-USER"); err != nil {
+		return fwd, user, false, err
+	}
+	return fwd, user, fwd.exists, nil
+}
+
+// classifyIPTables classifies one line of iptables -S.
+func (f *firewall) classifyIPTables(line string) int {
+	fields := strings.Fields(line)
+	if slices.Equal(fields[2:], []string{"-j", "DOCKER-USER"}) || slices.Equal(fields[2:], []string{"-g", "DOCKER-USER"}) {
+		return ruleJumpDockerUser
+	}
+	if !strings.Contains(line, "--comment "+f.tag+" ") && !strings.Contains(line, `--comment "`+f.tag+`"`) {
+		return ruleOther
+	}
+	for i, r := range f.rules {
+		if strings.Contains(line, " -i "+r.In+" -o "+r.Out+" ") {
+			return i
+		}
+	}
+	return len(f.rules)
+}
+
+// iptablesRewrite deletes weavewg's rules from FORWARD (and DOCKER-USER if
+// it exists) with the binary bin and inserts them at the top of target
+// ("" for nowhere).
+func (f *firewall) iptablesRewrite(bin string, userExists bool, target string) error {
+	ipt, err := f.iptables(bin)
+	if err != nil {
+		return err
+	}
+	chains := []string{"FORWARD"}
+	if userExists {
+		chains = append(chains, "DOCKER-USER")
+	}
+	return inNS(f.ns, func() error {
+		for _, ch := range chains {
+			// An -S line is not a rule spec (and an older version's rule
+			// has another); delete by number, from the bottom.
+			lines, err := ipt.List("filter", ch)
+			if err != nil {
+				return fmt.Errorf("firewall: %s -S %s: %w", bin, ch, err)
+			}
+			var nums []int
+			n := 0
+			for _, l := range lines {
+				if !strings.HasPrefix(l, "-A ") {
+					continue
+				}
+				n++
+				if f.classifyIPTables(l) >= 0 {
+					nums = append(nums, n)
+				}
+			}
+			for _, num := range slices.Backward(nums) {
+				if err := ipt.DeleteById("filter", ch, num); err != nil {
+					return fmt.Errorf("firewall: %s -D %s %d: %w", bin, ch, num, err)
+				}
+			}
+		}
+		if target == "" {
+			return nil
+		}
+		for i := len(f.rules) - 1; i >= 0; i-- {
+			if err := ipt.Insert("filter", target, 1, f.rules[i].iptablesSpec(f.tag)...); err != nil {
+				return fmt.Errorf("firewall: %s -I %s: %w", bin, target, err)
+			}
+		}
+		return nil
+	})
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	}
+	return fmt.Sprintf("family-%d", f)
+}
+
+// inNS runs fn on a thread in ns (binaries it starts inherit the thread's
+// namespace), then puts the thread back. A thread that cannot be put back
+// stays locked, so the runtime retires it.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if orig.Equal(ns) {
+		defer runtime.UnlockOSThread()
+		return fn()
+	}
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err == nil {
+		runtime.UnlockOSThread()
+	}
+	return ferr
+}
+
+// watch re-checks the rules every watchInterval until stop is closed.
+func (f *firewall) watch(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	failing := ""
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		repaired, err := f.ensure()
+		if len(repaired) > 0 {
+			f.log.Info("firewall rules put back", "where", strings.Join(repaired, ", "))
+		}
+		// Say a failure once, and when it clears.
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != failing {
+			if msg != "" {
+				f.log.Error("keeping firewall rules", "err", err)
+			} else {
+				f.log.Info("firewall rules kept again")
+			}
+			failing = msg
+		}
+	}
+}
