@@ -21,9 +21,17 @@ import (
 // and in a mount namespace of its own, so that /run/docker/plugins is the
 // host's directory PluginDir (the daemon serves its plugin socket there)
 // and /run/containerd is empty (dockerd then runs its own containerd rather
-// than sharing the machine's). Data root, exec root, pid file and API
-// socket are under the host's directory. `ip netns exec` is not used: it
-// remounts /sys, which hides the cgroup mounts dockerd needs.
+// than sharing the machine's). `ip netns exec` is not used: it remounts
+// /sys, which hides the cgroup mounts dockerd needs.
+//
+// dockerd runs as the Debian package starts it: default flags, so iptables
+// on (its chains, DOCKER-USER, the FORWARD policy DROP it sets when it turns
+// ip_forward on), the docker0 bridge, the userland proxy. The only flags
+// given are isolation, so that several dockerds share one machine: the data
+// root, exec root, pid file and API socket under the host's directory (the
+// config file is an empty one there, so the machine's /etc/docker is not
+// read). Nothing here tunes dockerd for weavewg, and no rule may be added
+// to a host to help weavewg: what it needs, it sets up itself.
 
 // DockerCheck says why a dockerd cannot be started for a host here, or nil.
 func DockerCheck() error {
@@ -112,9 +120,7 @@ func (dk *Docker) start() error {
 mkdir -p /run/docker/plugins /run/containerd
 mount -t tmpfs tmpfs /run/containerd
 mount --bind %q /run/docker/plugins
-exec dockerd --config-file %q --data-root %q --exec-root %q --pidfile %q -H unix://%s \
-	--bridge=none --iptables=false --ip6tables=false --ip-masq=false --userland-proxy=false \
-	--shutdown-timeout 2`,
+exec dockerd --config-file %q --data-root %q --exec-root %q --pidfile %q -H unix://%s`,
 		dk.h.PluginDir(), filepath.Join(dk.Root, "daemon.json"), filepath.Join(dk.Root, "data"),
 		filepath.Join(dk.Root, "exec"), filepath.Join(dk.Root, "dockerd.pid"), dk.h.DockerSocket())
 	cmd := exec.Command("nsenter", "--net="+NetnsPath(dk.h.Netns), "unshare", "-m", "--propagation", "private", "sh", "-c", script)

@@ -34,6 +34,9 @@ type HostOptions struct {
 	Args []string
 	// NoLaunch makes the host without starting its daemon.
 	NoLaunch bool
+	// Firewall is the host's firewall (firewall.go), set up before the
+	// daemon first starts.
+	Firewall Firewall
 	// NoPassword launches without --password: the first host then creates
 	// a network with a random secret and prints a join line.
 	NoPassword bool
@@ -113,6 +116,9 @@ func (b *Bed) AddHost(opts HostOptions) *Host {
 		b.tb.Fatalf("testbed: %v", err)
 	}
 	b.addUnderlayNode(h.Netns, n)
+	if err := h.setFirewall(opts.Firewall, false); err != nil {
+		b.tb.Fatalf("testbed: %v", err)
+	}
 	b.mu.Lock()
 	b.hosts = append(b.hosts, h)
 	b.mu.Unlock()
