@@ -29,6 +29,8 @@ type counters struct {
 	gossipMalformed atomic.Uint64 // rejected gossip messages
 	gossipUnknown   atomic.Uint64 // unknown version or type, ignored
 	gossipSent      atomic.Uint64 // messages handed to the transport
+	gossipNotOwner  atomic.Uint64 // entries dropped: sent by a peer that does not own them
+	gossipFuture    atomic.Uint64 // entries dropped: version over MaxVersionAhead ahead
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -55,5 +57,7 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_gossip_malformed":       c.gossipMalformed.Load(),
 		"dns_gossip_unknown":         c.gossipUnknown.Load(),
 		"dns_gossip_sent":            c.gossipSent.Load(),
+		"dns_gossip_not_owner":       c.gossipNotOwner.Load(),
+		"dns_gossip_future":          c.gossipFuture.Load(),
 	}
 }

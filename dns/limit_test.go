@@ -112,3 +112,33 @@ func TestForwardsInFlightBounded(t *testing.T) {
 		t.Errorf("counters %v", c)
 	}
 }
+
+// TestForgedEntriesIgnored is issue 14 acceptance 1 for names: a member
+// sends entries owned by another peer (a name pointing at its own address,
+// a tombstone of the other's name) and an entry of its own far in the
+// future. Nothing changes and each is counted.
+func TestForgedEntriesIgnored(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	s, err := New(Config{Self: selfKey, GossipInterval: -1, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim, forger := peerKey(7), peerKey(8)
+	web := Entry{Owner: victim, Name: "web", Addr: netip.MustParseAddr("10.40.0.1"), Origin: "c1", Version: uint64(now.UnixNano())}
+	must(t, s.HandleMessage(victim, AppendMessages(MsgUpdate, []Entry{web})[0]))
+	forged := []Entry{
+		{Owner: victim, Name: "web", Addr: netip.MustParseAddr("10.32.9.9"), Origin: "x", Version: web.Version + 1},
+		{Owner: victim, Name: "web", Addr: web.Addr, Origin: web.Origin, Version: web.Version + 1, Tombstone: true},
+		{Owner: forger, Name: "db", Addr: netip.MustParseAddr("10.32.9.9"), Origin: "y", Version: uint64(now.Add(2 * time.Hour).UnixNano())},
+	}
+	must(t, s.HandleMessage(forger, AppendMessages(MsgUpdate, forged)[0]))
+	if got, _ := s.Lookup("web"); len(got) != 1 || got[0] != web.Addr {
+		t.Errorf("web after forgeries: %v", got)
+	}
+	if got, _ := s.Lookup("db"); len(got) != 0 {
+		t.Errorf("far-future entry taken: %v", got)
+	}
+	if c := s.Counters(); c["dns_gossip_not_owner"] != 2 || c["dns_gossip_future"] != 1 {
+		t.Errorf("counters %v", c)
+	}
+}

@@ -355,10 +355,21 @@ func (s *Server) broadcast(typ byte, entries []Entry) {
 // neighbour).
 func (s *Server) StateMessages() [][]byte { return AppendMessages(MsgState, s.table.All()) }
 
-// HandleMessage merges a gossip message from peer from (the neighbour that
-// delivered it; entries may be owned by anyone). A malformed message is
-// counted and returns an error wrapping ErrMalformed; an unknown version or
-// type is counted, ignored and returns ErrVersion or ErrUnknownType.
+// MaxVersionAhead bounds how far an entry's version (its owner's clock in
+// unix nanoseconds) may be ahead of ours; further entries are dropped
+// (dns_gossip_future), so no entry can win every later change of its name.
+const MaxVersionAhead = time.Hour
+
+// HandleMessage merges a gossip message from peer from, the authenticated
+// originator of the message (discovery checks its signature end to end).
+// Only entries owned by from are taken — a peer speaks for its own names
+// only; each owner gossips its own entries, so none depends on a relay —
+// and copies of this peer's own entries, which its own state overrides.
+// Other entries are dropped (dns_gossip_not_owner), as are entries more
+// than MaxVersionAhead ahead of our clock (dns_gossip_future). A malformed
+// message is counted and returns an error wrapping ErrMalformed; an unknown
+// version or type is counted, ignored and returns ErrVersion or
+// ErrUnknownType.
 func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 	typ, entries, err := ParseMessage(msg)
 	switch {
@@ -374,7 +385,20 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 	} else {
 		s.c.gossipUpdatesIn.Add(1)
 	}
-	news, replies := s.table.Merge(entries, s.cfg.Now())
+	now := s.cfg.Now()
+	limit := uint64(now.Add(MaxVersionAhead).UnixNano())
+	kept := entries[:0]
+	for _, e := range entries {
+		switch {
+		case e.Owner != from && e.Owner != s.cfg.Self:
+			s.c.gossipNotOwner.Add(1)
+		case e.Version > limit:
+			s.c.gossipFuture.Add(1)
+		default:
+			kept = append(kept, e)
+		}
+	}
+	news, replies := s.table.Merge(kept, now)
 	if s.cfg.Relay {
 		replies = append(replies, news...)
 	}

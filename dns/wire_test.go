@@ -195,14 +195,31 @@ func TestGossipBetweenServers(t *testing.T) {
 	if got, _ := s1.Lookup("web"); len(got) != 1 {
 		t.Fatalf("web after detach %v", got)
 	}
-	// A newcomer learns everything from one state exchange.
+	// A newcomer takes from each peer's state only that peer's own names:
+	// s1 relaying s3's "db" is not s3 speaking (issue 14).
 	k4 := peerKey(4)
 	s4, _ := New(Config{Self: k4, GossipInterval: -1})
 	for _, m := range s1.StateMessages() {
 		must(t, s4.HandleMessage(keys[0], m))
 	}
+	if got, _ := s4.Lookup("db"); len(got) != 0 {
+		t.Fatalf("newcomer took s3's db from s1: %v", got)
+	}
+	if c := s4.Counters(); c["dns_gossip_not_owner"] == 0 {
+		t.Errorf("relayed entries not counted: %v", c)
+	}
+	// Each owner's own state message (sent when the newcomer becomes
+	// reachable) brings its names.
+	for _, k := range keys {
+		for _, m := range n.servers[k].StateMessages() {
+			must(t, s4.HandleMessage(k, m))
+		}
+	}
 	if got, _ := s4.Lookup("db"); len(got) != 1 {
 		t.Fatalf("newcomer db %v", got)
+	}
+	if got, _ := s4.Lookup("web"); len(got) != 1 {
+		t.Fatalf("newcomer web %v", got)
 	}
 	// Malformed gossip: an error and a counter, no panic.
 	if err := s4.HandleMessage(keys[0], []byte{1, 1, 0, 9, 1}); !errors.Is(err, ErrMalformed) {
