@@ -188,7 +188,7 @@ func (d *Daemon) adoptAttachments() {
 			continue
 		}
 		if rec.Origin == attachment.OriginDocker {
-			if err := d.ipam.Claim(p.Addr(), rec.ID); err != nil {
+			if err := d.ipam.ClaimAfterRestart(p.Addr(), rec.ID); err != nil {
 				d.log.Warn("could not re-claim a Docker address", "ip", rec.IP, "err", err)
 			}
 			if rec.HostVeth != "" {
@@ -220,7 +220,7 @@ func (d *Daemon) adoptAttachments() {
 			d.ipam.Free(rec.ID)
 			continue
 		}
-		if err := d.ipam.Claim(p.Addr(), rec.ID); err != nil {
+		if err := d.ipam.ClaimAfterRestart(p.Addr(), rec.ID); err != nil {
 			d.log.Warn("could not re-claim an attachment's address", "id", rec.ID, "ip", rec.IP, "err", err)
 		}
 		d.log.Info("re-adopted attachment", "id", rec.ID, "origin", rec.Origin, "ip", rec.IP)

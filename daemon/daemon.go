@@ -155,6 +155,11 @@ type Daemon struct {
 	// createdNetwork: this start created the network, so it prints how
 	// others join.
 	createdNetwork bool
+	// seedsRing: this start created the network (no network.json before,
+	// nobody to join), so it, and only it, seeds the address ring. A
+	// founder that lost its ipam.db gets the ring back from its peers
+	// instead of seeding a second one.
+	seedsRing bool
 	tokens         tokenRegistry
 	router         controlPlane
 	tun            wireGuardPlane

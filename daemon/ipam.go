@@ -29,9 +29,9 @@ const (
 )
 
 // openIPAM opens the allocator on the state dir and joins it to gossip. The
-// peer that creates the network (launched with no peer to join, and with no
-// ring in its state) seeds the whole range to itself at once; every other
-// peer gets the ring by gossip and asks for space.
+// start that creates the network seeds the whole range to itself at once;
+// every other peer, and a founder whose ipam.db was lost or set aside as
+// corrupt, gets the ring by gossip and asks for space.
 func (d *Daemon) openIPAM(open channelOpener) error {
 	var alloc *ipam.Allocator
 	ch, err := open(ipamChannel, func(from key.Public, msg []byte) {
@@ -64,13 +64,17 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 	switch {
 	case !st.Seed.IsZero():
 		d.log.Info("address space from the state dir", "network", st.Seed.String(), "allocated", st.Allocated)
-	case len(d.cfg.Peers) == 0:
+	case d.seedsRing:
 		if err := alloc.Seed(); err != nil {
 			alloc.Close()
 			return fmt.Errorf("ipam: creating the network: %w", err)
 		}
 		d.log.Info("created a new network: this peer owns the whole range until others ask for space",
 			"range", d.cfg.Range.String(), "network", alloc.Status().Seed.String())
+	case len(d.cfg.Peers) == 0 && d.cfg.Admission == nil:
+		d.log.Warn("no address ring in the state dir, and this start did not create the network: waiting for the ring from the peers (if this host was the network's only member, 'weavewg reset' starts over)",
+			"state_file", path)
+		alloc.WantSpace()
 	default:
 		d.log.Info("joining: address space will come from the peers")
 		alloc.WantSpace()

@@ -119,6 +119,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 		s := key.SecretFromPassword(cfg.Password)
 		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(),
 			Founder: len(cfg.Peers) == 0, Peers: cfg.Peers, Password: true}
+		d.seedsRing = len(cfg.Peers) == 0
 	default:
 		if len(cfg.Peers) > 0 {
 			return false, errors.New("to join a network, use 'weavewg join TOKEN' (or give every host the same --password)")
@@ -129,6 +130,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 		}
 		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(), Founder: true}
 		created = true
+		d.seedsRing = true
 	}
 	if r, err := netip.ParsePrefix(n.Range); err == nil {
 		cfg.Range = r

@@ -111,7 +111,10 @@ type Allocator struct {
 	conflicts []Allocation
 	lastErr   error
 	counters  map[string]uint64
-	updated   chan struct{}
+	// pendingClaims are allocations made by ClaimAfterRestart while the
+	// ring was unknown, held in allocs but not yet in the store.
+	pendingClaims map[netip.Addr]bool
+	updated       chan struct{}
 }
 
 // Open loads (or creates) the state at cfg.Path and returns the allocator.
@@ -129,6 +132,7 @@ func Open(cfg Config) (*Allocator, error) {
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
+		pendingClaims: map[netip.Addr]bool{},
 	}
 	if a.now == nil {
 		a.now = time.Now
@@ -153,8 +157,16 @@ func Open(cfg Config) (*Allocator, error) {
 	if a.st == nil {
 		if cfg.Path == "" {
 			a.st = newMemStore()
-		} else if a.st, err = openBolt(cfg.Path, cfg.NoSync); err != nil {
-			return nil, err
+		} else {
+			st, aside, err := openOrSetAside(cfg.Path, cfg.NoSync, a.now())
+			if err != nil {
+				return nil, err
+			}
+			a.st = st
+			if aside != "" {
+				a.count("ipam_state_set_aside")
+				a.logf("ipam: the state file failed its check and was moved to %s; starting with no ring: it comes back from the peers by gossip, and running containers keep their addresses", aside)
+			}
 		}
 	}
 	meta, rb, allocs, err := a.st.load()
@@ -256,6 +268,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// ours, and their free counts are published in the same broadcast
 	// rather than at the next Tick (donor choice reads them).
 	a.ring.StepTransfers(a.self, a.reachableList())
+	a.recordPendingClaimsLocked()
 	a.publishFreeLocked()
 	a.dropLostLocked()
 	msg, err := AppendRingMessage(nil, a.ring)
@@ -352,6 +365,7 @@ func (a *Allocator) dropLostLocked() {
 func (a *Allocator) forgetLocked(addr netip.Addr) {
 	id := a.allocs[addr]
 	delete(a.allocs, addr)
+	delete(a.pendingClaims, addr)
 	l := slices.DeleteFunc(a.byID[id], func(x netip.Addr) bool { return x == addr })
 	if len(l) == 0 {
 		delete(a.byID, id)

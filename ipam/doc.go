@@ -14,8 +14,11 @@
 // of different seeds refuse to merge (SeedMismatchError names both), and
 // neither is touched.
 //
-// Who seeds: the peer that creates the network (launch with nobody to join)
-// calls Allocator.Seed and owns the whole range at once. Every other peer
+// Who seeds: the start that creates the network (launch with nobody to join
+// and no network in its state dir) calls Allocator.Seed and owns the whole
+// range at once; never a later start, even of that peer with its ring lost
+// (recover.go: a corrupt state file is set aside and the ring comes back by
+// gossip). Every other peer
 // starts with an empty ring, adopts the first ring gossip brings, and when
 // it needs an address asks a donor (the reachable peer with the most free
 // space published in the ring) with a request message; the donor grants the
@@ -60,7 +63,8 @@
 // # What the daemon does
 //
 //   - Open at startup with the state dir's ipam.db. Creating a network
-//     (launch with nobody to join): Seed once, when Status().Seed is zero.
+//     (the start that makes it): Seed once, when Status().Seed is zero.
+//     Re-adopted containers: ClaimAfterRestart.
 //     Joining: nothing; the first ring gossip makes the peer a member.
 //   - Carry messages: Transport.Broadcast/Send out, HandleMessage in (a
 //     returned error is logged once and counted; a seed mismatch also shows
