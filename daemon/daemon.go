@@ -160,6 +160,7 @@ type Daemon struct {
 	// founder that lost its ipam.db gets the ring back from its peers
 	// instead of seeding a second one.
 	seedsRing bool
+
 	tokens         tokenRegistry
 	router         controlPlane
 	tun            wireGuardPlane

@@ -159,4 +159,3 @@ func TestLockedStateIsNotSetAside(t *testing.T) {
 		t.Fatalf("a locked file called corrupt: %v", err)
 	}
 }
-
