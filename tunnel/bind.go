@@ -35,8 +35,9 @@ type Bind struct {
 	inner conn.Bind
 	ns    netns.NsHandle // namespace Open creates sockets in; netns.None(): the caller's
 
+	learned chan struct{} // signalled (never blocking) when a peer's endpoint was learned
+
 	// Set before the first Open, constant after.
-	probeKey   [32]byte         // probe MAC key (probe.go)
 	relayRate  float64          // forwarding budget per source, bytes/s
 	relayBurst float64          // and its burst, bytes
 	now        func() time.Time // nil: time.Now
@@ -56,7 +57,7 @@ var _ conn.Bind = (*Bind)(nil)
 // reopens the Bind from its own goroutines (after the TUN goes down and up,
 // for instance), and those may run on threads of another namespace.
 func NewBind(inner conn.Bind, ns netns.NsHandle) *Bind {
-	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst}
+	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst, learned: make(chan struct{}, 1)}
 }
 
 // SetSTUNHandler sets (or, with nil, clears) the function given STUN datagrams.
@@ -195,6 +196,12 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 		sizes[i] = 0
 	}
 	b.flushForward(&rx)
+	if rx.learned {
+		select {
+		case b.learned <- struct{}{}:
+		default:
+		}
+	}
 	b.ctr.addRelay(&rx.n)
 	b.ctr.batches.Add(1)
 	for k := range n {

@@ -20,44 +20,50 @@ type counters struct {
 type relayCounter int
 
 const (
-	rcDelivered      relayCounter = iota // data frames for us, handed to wireguard-go
-	rcForwarded                          // frames sent on towards their destination
-	rcSent                               // datagrams we wrapped and sent to a relay
-	rcUnknownSource                      // dropped: UDP source is no member's address
-	rcUnknownPeer                        // dropped: names a peer not in the table (or us as source)
-	rcMalformed                          // dropped: bad header, type or payload
-	rcHopLimit                           // dropped: hop limit exhausted
-	rcRateLimited                        // dropped: the source peer's forwarding budget is spent
-	rcNoRoute                            // dropped: no address to send towards the destination
-	rcSendErrors                         // forwarding or sending failed in the socket
-	rcBadProbe                           // probes or replies dropped: bad MAC or not for us
-	rcProbesSent                         // probes sent
-	rcProbesAnswered                     // probes answered
-	rcProbeReplies                       // valid probe replies received
-	rcDeliveredBytes                     // bytes of rcDelivered frames (WireGuard payload)
-	rcForwardedBytes                     // bytes of rcForwarded frames (whole frames)
-	rcSentBytes                          // bytes of rcSent datagrams (WireGuard payload)
+	rcDelivered       relayCounter = iota // data frames for us, handed to wireguard-go
+	rcForwarded                           // frames sent on towards their destination
+	rcSent                                // datagrams we wrapped and sent to a relay
+	rcUnknownSource                       // dropped: UDP source is no member's address
+	rcUnknownPeer                         // dropped: names a peer not in the table (or us as source)
+	rcMalformed                           // dropped: bad header, type or payload
+	rcHopLimit                            // dropped: hop limit exhausted
+	rcRateLimited                         // dropped: the source peer's forwarding budget is spent
+	rcNoRoute                             // dropped: no address to send towards the destination
+	rcSendErrors                          // forwarding or sending failed in the socket
+	rcBadProbe                            // probe replies dropped: an impossible timestamp
+	rcBadMAC                              // probes or replies dropped: MAC not the pair's
+	rcReplayed                            // probes or replies dropped: counter seen before or too old
+	rcEndpointLearned                     // a peer's endpoint moved to where its authenticated probe came from
+	rcProbesSent                          // probes sent
+	rcProbesAnswered                      // probes answered
+	rcProbeReplies                        // valid probe replies received
+	rcDeliveredBytes                      // bytes of rcDelivered frames (WireGuard payload)
+	rcForwardedBytes                      // bytes of rcForwarded frames (whole frames)
+	rcSentBytes                           // bytes of rcSent datagrams (WireGuard payload)
 	numRelayCounters
 )
 
 var relayCounterNames = [numRelayCounters]string{
-	rcDelivered:      "udp_relay_delivered",
-	rcForwarded:      "udp_relay_forwarded",
-	rcSent:           "udp_relay_sent",
-	rcUnknownSource:  "udp_relay_dropped_unknown_source",
-	rcUnknownPeer:    "udp_relay_dropped_unknown_peer",
-	rcMalformed:      "udp_relay_dropped_malformed",
-	rcHopLimit:       "udp_relay_dropped_hop_limit",
-	rcRateLimited:    "udp_relay_dropped_rate_limited",
-	rcNoRoute:        "udp_relay_dropped_no_route",
-	rcSendErrors:     "udp_relay_send_errors",
-	rcBadProbe:       "udp_relay_dropped_bad_probe",
-	rcProbesSent:     "udp_relay_probes_sent",
-	rcProbesAnswered: "udp_relay_probes_answered",
-	rcProbeReplies:   "udp_relay_probe_replies",
-	rcDeliveredBytes: "udp_relay_delivered_bytes",
-	rcForwardedBytes: "udp_relay_forwarded_bytes",
-	rcSentBytes:      "udp_relay_sent_bytes",
+	rcDelivered:       "udp_relay_delivered",
+	rcForwarded:       "udp_relay_forwarded",
+	rcSent:            "udp_relay_sent",
+	rcUnknownSource:   "udp_relay_dropped_unknown_source",
+	rcUnknownPeer:     "udp_relay_dropped_unknown_peer",
+	rcMalformed:       "udp_relay_dropped_malformed",
+	rcHopLimit:        "udp_relay_dropped_hop_limit",
+	rcRateLimited:     "udp_relay_dropped_rate_limited",
+	rcNoRoute:         "udp_relay_dropped_no_route",
+	rcSendErrors:      "udp_relay_send_errors",
+	rcBadProbe:        "udp_relay_dropped_bad_probe",
+	rcBadMAC:          "udp_relay_dropped_bad_mac",
+	rcReplayed:        "udp_relay_dropped_replayed",
+	rcEndpointLearned: "udp_relay_endpoints_learned",
+	rcProbesSent:      "udp_relay_probes_sent",
+	rcProbesAnswered:  "udp_relay_probes_answered",
+	rcProbeReplies:    "udp_relay_probe_replies",
+	rcDeliveredBytes:  "udp_relay_delivered_bytes",
+	rcForwardedBytes:  "udp_relay_forwarded_bytes",
+	rcSentBytes:       "udp_relay_sent_bytes",
 }
 
 // Counter names, stable: the daemon exports them as metrics.

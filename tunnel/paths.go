@@ -12,16 +12,24 @@ import (
 // updateRelayTableLocked builds the Bind's relay table from t.peers and
 // swaps it in.
 func (t *Tunnel) updateRelayTableLocked() {
-	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, t.bind.inner.ParseEndpoint, t.bind.nowNano())
+	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, t.keys.get, t.bind.inner.ParseEndpoint, t.bind.nowNano())
 	t.bind.setRelayTable(tbl)
 	t.countRelayed(tbl)
+	keep := make(map[key.Public]bool, len(tbl.peers))
+	for i := range tbl.peers {
+		keep[tbl.peers[i].key] = true
+	}
+	t.keys.forget(keep)
 }
 
 // buildRelayTable makes a relay table of peers. Peers keep their pathState
 // in paths (which it updates: new peers added, departed ones removed); a new
-// one starts on the first guess of its PeerConfig. parse makes the inner
-// Bind's endpoint of an address.
-func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*pathState, parse func(string) (conn.Endpoint, error), now int64) *relayTable {
+// one starts on the first guess of its PeerConfig. A peer's address is the
+// one learned from its authenticated probes, if any, else its configured
+// Endpoint; a new configured Endpoint forgets the learned one. pairKey gives
+// the probe key of a peer; parse makes the inner Bind's endpoint of an
+// address.
+func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*pathState, pairKey func(key.Public) *[32]byte, parse func(string) (conn.Endpoint, error), now int64) *relayTable {
 	tbl := &relayTable{
 		self:   self,
 		byID:   make(map[PeerID]int32, len(peers)),
@@ -36,14 +44,21 @@ func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*path
 		seen[pc.Key] = true
 		ps := paths[pc.Key]
 		if ps == nil {
-			ps = &pathState{added: now}
+			ps = newPathState(now)
 			ps.relayed.Store(pc.Relayed && !pc.Relay.IsZero())
 			paths[pc.Key] = ps
 		}
-		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps}
+		configured := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+		if ps.configured != configured {
+			ps.configured = configured
+			ps.learned.Store(nil)
+		}
+		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: configured, pairKey: pairKey(pc.Key)}
 		p.relayEP = newRelayEndpoint(p.id)
-		if pc.Endpoint.IsValid() {
-			p.addr = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+		if l := ps.learned.Load(); l != nil {
+			p.addr = *l
+		}
+		if p.addr.IsValid() {
 			if ep, err := parse(p.addr.String()); err == nil {
 				p.ep = ep
 			}
@@ -52,8 +67,10 @@ func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*path
 		tbl.peers = append(tbl.peers, p)
 		relayOf = append(relayOf, pc.Relay)
 		tbl.byID[p.id] = i
-		if p.addr.IsValid() {
-			tbl.byAddr[p.addr] = i
+		for _, a := range []netip.AddrPort{configured, p.addr} {
+			if a.IsValid() {
+				tbl.byAddr[a] = i
+			}
 		}
 	}
 	for i, r := range relayOf {
@@ -82,7 +99,8 @@ func (t *Tunnel) countRelayed(tbl *relayTable) {
 	t.bind.relayedN.Store(n)
 }
 
-// setRelayEndpoints marks, in want, the peers to reach through relays.
+// setRelayEndpoints marks, in want, the peers to reach through relays, and
+// gives the others the address learned from their probes, if any.
 func (t *Tunnel) setRelayEndpoints(want map[key.Public]peerState) {
 	tbl := t.bind.table.Load()
 	if tbl == nil {
@@ -90,10 +108,16 @@ func (t *Tunnel) setRelayEndpoints(want map[key.Public]peerState) {
 	}
 	for i := range tbl.peers {
 		p := &tbl.peers[i]
-		if s, ok := want[p.key]; ok && p.via >= 0 && p.path.relayed.Load() {
-			s.relay = p.relayEP.str
-			want[p.key] = s
+		s, ok := want[p.key]
+		if !ok {
+			continue
 		}
+		if p.via >= 0 && p.path.relayed.Load() {
+			s.relay = p.relayEP.str
+		} else if p.addr.IsValid() {
+			s.endpoint = p.addr
+		}
+		want[p.key] = s
 	}
 }
 
@@ -108,10 +132,27 @@ func (t *Tunnel) pathLoop() {
 		select {
 		case <-t.stop:
 			return
+		case <-t.bind.learned:
+			t.relearn()
+			continue
 		case <-tick.C:
 		}
 		t.bind.sendProbes()
 		t.decidePaths()
+	}
+}
+
+// relearn rebuilds the relay table and wireguard-go's endpoints after the
+// packet path learned a peer's address from its authenticated probes.
+func (t *Tunnel) relearn() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	t.updateRelayTableLocked()
+	if err := t.applyLocked(); err != nil {
+		t.log.Error("moving peers to the endpoints their probes came from", "err", err)
 	}
 }
 

@@ -7,16 +7,15 @@ import (
 
 	"golang.org/x/crypto/blake2s"
 	"golang.zx2c4.com/wireguard/conn"
-
-	"github.com/weavewg/weavewg/types/key"
 )
 
 // # Probes
 //
 // Every probeInterval the tunnel sends each peer a probe straight to its UDP
 // address, and another through its relay if it has one. A probe is a relay
-// frame of type 1 whose payload is the probe body; the answer is the same
-// body in a frame of type 2 with the peer IDs swapped:
+// frame of type 1 whose payload is the probe body; the answer is a body of
+// the same layout in a frame of type 2 with the peer IDs swapped, the
+// timestamp echoed and the replier's own counter:
 //
 //	 0                   1                   2                   3
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -25,82 +24,107 @@ import (
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|          timestamp: the prober's clock, unix ns (8)           |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|          counter: the sender's, for this pair (8)             |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| path          |           reserved, zero (7 bytes)            |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	|   MAC: keyed BLAKE2s-128 (16 bytes), see probeMAC             |
+//	|   MAC: BLAKE2s-128 keyed with the pair key (16 bytes)         |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //
-// path is 0 for a probe sent straight to the peer, 1 for one sent through
-// relays; the answer goes back the same way. The timestamp is echoed, so the
-// prober measures the round trip with its own clock alone. The MAC is keyed
-// with a key derived from the network secret, so only members can make
-// probes and replies (with an empty password the key is public and the check
-// is only against the member addresses, as for every relay frame).
+// Body version 2 (40 bytes); the 32-byte body of version 1, keyed by the
+// network secret alone, is dropped as malformed. path is 0 for a probe sent
+// straight to the peer (hop limit 1, so no relay forwards it), 1 for one sent
+// through relays; the answer goes back the same way. The timestamp is
+// echoed, so the prober measures the round trip with its own clock alone.
+// The MAC covers the header (without the hop limit, which relays change)
+// and the body before it, under the key of the pair (auth.go): it proves
+// which member sent the message, so a direct probe or reply is accepted
+// from any address and moves the sender's endpoint to that address (the
+// endpoint "learned"), and a repeated counter is dropped.
 //
 // A peer whose direct probes were last answered less than pathDeadAfter ago
 // is direct; otherwise, if it has a relay, it is relayed. One that has not
 // been probed long enough keeps its first guess.
+//
+// The probes are also the keepalives of NAT mappings: every peer probes
+// every peer it has an address for each second, whatever the key order, so
+// a NATed peer holds open its mapping towards the public peers and relays it
+// depends on, and they learn that mapping from the probes.
 const (
 	probeInterval = 1 * time.Second
 	pathDeadAfter = 5 * time.Second
 
-	probeBodyLen  = 32
+	probeBodyLen  = 40
 	probeFrameLen = RelayHeaderLen + probeBodyLen
+	probeMACOff   = RelayHeaderLen + 24 // where the MAC starts in a frame
 
 	probePathDirect  = 0
 	probePathRelayed = 1
 )
 
-// probeKeyOf derives the probe MAC key from the network secret.
-func probeKeyOf(s key.Secret) [32]byte {
-	return blake2s.Sum256(append([]byte("weavewg relay probe v1\x00"), s[:]...))
-}
-
 // probeMAC computes the MAC of a probe frame: over the header without the
-// hop limit (relays change it) and the first 16 bytes of the body.
+// hop limit (relays change it) and the body before the MAC.
 func probeMAC(k *[32]byte, frame []byte) [16]byte {
 	h, _ := blake2s.New128(k[:])
 	h.Write(frame[:relayOffHopLimit])
-	h.Write(frame[relayOffDst : RelayHeaderLen+16])
+	h.Write(frame[relayOffDst:probeMACOff])
 	var m [16]byte
 	h.Sum(m[:0])
 	return m
 }
 
 // appendProbe appends a probe frame.
-func appendProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, path byte) []byte {
+func appendProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, ctr uint64, path byte) []byte {
 	start := len(b)
 	b = AppendRelayHeader(b, hdr)
 	var body [probeBodyLen]byte
 	putBeUint64(body[:8], uint64(ts))
-	body[8] = path
+	putBeUint64(body[8:16], ctr)
+	body[16] = path
 	b = append(b, body[:]...)
 	m := probeMAC(k, b[start:])
-	copy(b[start+RelayHeaderLen+16:], m[:])
+	copy(b[start+probeMACOff:], m[:])
 	return b
 }
 
 // handleProbe answers a probe or records a reply; frame is the whole frame,
-// h its header (for us), from the member it came from, si the source peer.
-func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, from, si int32, src netip.AddrPort) {
+// h its header (for us), si the source peer, src and ep the UDP address and
+// endpoint it came from.
+func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, src netip.AddrPort, ep conn.Endpoint) {
 	t := rx.t
+	p := &t.peers[si]
 	if len(frame) != probeFrameLen {
 		rx.n[rcMalformed]++
 		return
 	}
-	m := probeMAC(&b.probeKey, frame)
-	if subtle.ConstantTimeCompare(m[:], frame[RelayHeaderLen+16:]) != 1 {
-		rx.n[rcBadProbe]++
+	if p.pairKey == nil {
+		rx.n[rcBadMAC]++
+		return
+	}
+	m := probeMAC(p.pairKey, frame)
+	if subtle.ConstantTimeCompare(m[:], frame[probeMACOff:probeFrameLen]) != 1 {
+		rx.n[rcBadMAC]++
 		return
 	}
 	body := frame[RelayHeaderLen:]
-	path := body[8]
+	path := body[16]
+	if !p.path.replay.accept(beUint64(body[8:16])) {
+		rx.n[rcReplayed]++
+		return
+	}
+	direct := path == probePathDirect
+	if direct && src.IsValid() && src != p.addr {
+		// Authenticated, straight from the peer, from somewhere else than
+		// where we send: the peer roamed, or its NAT mapping is not what
+		// gossip guessed. Send there from now on (applied by the path loop).
+		a := src
+		p.path.learned.Store(&a)
+		rx.n[rcEndpointLearned]++
+		rx.learned = true
+	}
 	switch h.Type {
 	case RelayTypeProbe:
-		var ep conn.Endpoint
-		if path == probePathDirect {
-			ep = t.peers[from].ep
-		} else {
+		if !direct {
 			ep = t.nextHop(si)
 		}
 		if ep == nil {
@@ -108,8 +132,12 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, from, si in
 			return
 		}
 		putRelayHeader(frame, RelayHeader{Type: RelayTypeProbeReply, HopLimit: DefaultHopLimit, Dst: h.Src, Src: t.self})
-		m := probeMAC(&b.probeKey, frame)
-		copy(frame[RelayHeaderLen+16:], m[:])
+		if direct {
+			frame[relayOffHopLimit] = 1
+		}
+		putBeUint64(body[8:16], p.path.sendCtr.Add(1))
+		m := probeMAC(p.pairKey, frame)
+		copy(frame[probeMACOff:], m[:])
 		rb := getRelayBatch()
 		rb.bufs = append(rb.bufs, frame)
 		if err := b.inner.Send(rb.bufs, ep); err != nil {
@@ -125,18 +153,11 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, from, si in
 			rx.n[rcBadProbe]++
 			return
 		}
-		ps := t.peers[si].path
-		if path == probePathDirect {
-			if from != si {
-				// A "direct" reply relayed by someone else proves nothing
-				// about the direct path.
-				rx.n[rcBadProbe]++
-				return
-			}
-			ps.lastReply.Store(rx.now)
-			ps.rtt.Store(rtt)
+		if direct {
+			p.path.lastReply.Store(rx.now)
+			p.path.rtt.Store(rtt)
 		} else {
-			ps.relayRTT.Store(rtt)
+			p.path.relayRTT.Store(rtt)
 		}
 		rx.n[rcProbeReplies]++
 	}
@@ -154,9 +175,12 @@ func (b *Bind) sendProbes() {
 	var sent uint64
 	for i := range t.peers {
 		p := &t.peers[i]
+		if p.pairKey == nil {
+			continue
+		}
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}
 		if p.ep != nil {
-			f := appendProbe(make([]byte, 0, probeFrameLen), &b.probeKey, hdr, now, probePathDirect)
+			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect)
 			if b.inner.Send([][]byte{f}, p.ep) == nil {
 				sent++
 			}
@@ -164,7 +188,7 @@ func (b *Bind) sendProbes() {
 		if p.via >= 0 {
 			if ep := t.nextHop(p.via); ep != nil {
 				hdr.HopLimit = DefaultHopLimit
-				f := appendProbe(make([]byte, 0, probeFrameLen), &b.probeKey, hdr, now, probePathRelayed)
+				f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathRelayed)
 				if b.inner.Send([][]byte{f}, ep) == nil {
 					sent++
 				}

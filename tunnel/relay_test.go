@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/crypto/blake2s"
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -152,7 +153,7 @@ func newRelayFixture(t testing.TB) *relayFixture {
 		{Key: f.b, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783")},
 		{Key: f.c, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"), Relay: f.b, Relayed: true},
 	}
-	f.tbl = buildRelayTable(PeerIDOf(f.self), peers, f.paths, f.inner.ParseEndpoint, now.UnixNano())
+	f.tbl = buildRelayTable(PeerIDOf(f.self), peers, f.paths, testPairKey, f.inner.ParseEndpoint, now.UnixNano())
 	f.bind.setRelayTable(f.tbl)
 	f.bind.relayedN.Store(1)
 	return f
@@ -450,18 +451,24 @@ func TestRelayZeroAllocs(t *testing.T) {
 	}
 }
 
+// testPairKey stands in for the X25519-derived pair key (auth.go) in
+// fixtures whose keys are not real: a fixed key per peer.
+func testPairKey(k key.Public) *[32]byte {
+	pk := blake2s.Sum256(k[:])
+	return &pk
+}
+
 // TestProbes: a probe is answered, the reply records the RTT and keeps the
 // peer direct; without replies for pathDeadAfter the peer turns relayed.
 func TestProbes(t *testing.T) {
 	f := newRelayFixture(t)
 	f.inner.keep = true
-	f.bind.probeKey = probeKeyOf(key.Secret{1})
 	now := time.Unix(1000, 0)
 	f.bind.now = func() time.Time { return now }
 	self, a := PeerIDOf(f.self), PeerIDOf(f.a)
 
 	// a probes us: we answer straight back with the IDs swapped.
-	probe := appendProbe(nil, &f.bind.probeKey, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, probePathDirect)
+	probe := appendProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, 7, probePathDirect)
 	bt := newBatch()
 	bt.fill(probe, "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
@@ -469,12 +476,15 @@ func TestProbes(t *testing.T) {
 	if err != nil || h.Type != RelayTypeProbeReply || h.Dst != a || h.Src != self || epAddr(f.inner.lastEP) != "192.0.2.1:6783" || beUint64(body) != 42 {
 		t.Fatalf("reply %+v to %s: %v", h, epAddr(f.inner.lastEP), err)
 	}
+	if m := probeMAC(testPairKey(f.a), f.inner.last); !bytes.Equal(m[:], f.inner.last[probeMACOff:]) {
+		t.Errorf("reply not signed with the pair key")
+	}
 	// A probe with a bad MAC is dropped.
 	bad := bytes.Clone(probe)
 	bad[len(bad)-1] ^= 1
 	bt.fill(bad, "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
-	if f.bind.Counters()["udp_relay_dropped_bad_probe"] != 1 {
+	if f.bind.Counters()["udp_relay_dropped_bad_mac"] != 1 {
 		t.Errorf("bad MAC not counted")
 	}
 
@@ -482,7 +492,7 @@ func TestProbes(t *testing.T) {
 	c := PeerIDOf(f.c)
 	sent := now.UnixNano()
 	now = now.Add(3 * time.Millisecond)
-	reply := appendProbe(nil, &f.bind.probeKey, RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, probePathDirect)
+	reply := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, 1, probePathDirect)
 	bt.fill(reply, "192.0.2.3:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	pc := &f.tbl.peers[f.tbl.lookup(c)]
@@ -504,5 +514,119 @@ func TestProbes(t *testing.T) {
 	f.bind.sendProbes()
 	if f.inner.sends != 4 {
 		t.Errorf("sendProbes sent %d probes, want 4", f.inner.sends)
+	}
+}
+
+// TestProbeAuthentication: a probe is taken from any address when its MAC
+// is the sender's pair key, moves the sender's endpoint there, and wakes
+// the path loop; forged, replayed and other members' probes are dropped,
+// counted, and move nothing.
+func TestProbeAuthentication(t *testing.T) {
+	self, a, b := PeerIDOf(relayTestKey(9)), relayTestKey(1), relayTestKey(2)
+	probe := func(from key.Public, k *[32]byte, ctr uint64) []byte {
+		return appendProbe(nil, k, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: PeerIDOf(from)}, 1, ctr, probePathDirect)
+	}
+	var other [32]byte
+	other[0] = 1
+	tests := []struct {
+		name    string
+		pkt     []byte
+		from    string
+		counter string
+		learned string // a's endpoint after; "" unchanged
+	}{
+		{"a from its own address", probe(a, testPairKey(a), 100), "192.0.2.1:6783", "udp_relay_probes_answered", ""},
+		{"a from a NAT's port", probe(a, testPairKey(a), 101), "203.0.113.5:49601", "udp_relay_endpoints_learned", "203.0.113.5:49601"},
+		{"a replayed from elsewhere", probe(a, testPairKey(a), 101), "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
+		{"a too old for the window", probe(a, testPairKey(a), 30), "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
+		{"b's key claiming to be a", probe(a, testPairKey(b), 102), "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
+		{"non-member with a made-up key", probe(a, &other, 103), "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
+		{"unknown sender", probe(relayTestKey(77), &other, 104), "203.0.113.9:4000", "udp_relay_dropped_unknown_peer", ""},
+	}
+	f := newRelayFixture(t)
+	f.inner.keep = true
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := f.bind.Counters()
+			bt := newBatch()
+			bt.fill(tt.pkt, tt.from)
+			f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+			after := f.bind.Counters()
+			if after[tt.counter] != before[tt.counter]+1 {
+				t.Errorf("%s %d → %d, want +1", tt.counter, before[tt.counter], after[tt.counter])
+			}
+			learned := f.paths[a].learned.Load()
+			switch {
+			case tt.learned == "" && learned != nil && learned.String() != "203.0.113.5:49601":
+				t.Errorf("endpoint moved to %v", learned)
+			case tt.learned != "" && (learned == nil || learned.String() != tt.learned):
+				t.Errorf("learned %v, want %s", learned, tt.learned)
+			}
+			if tt.learned != "" {
+				select {
+				case <-f.bind.learned:
+				default:
+					t.Errorf("path loop not woken")
+				}
+				if epAddr(f.inner.lastEP) != tt.from {
+					t.Errorf("answered to %s, want %s (where the probe came from)", epAddr(f.inner.lastEP), tt.from)
+				}
+			}
+		})
+	}
+	// The next table sends to the learned address and takes data frames
+	// from it; a new configured endpoint forgets it.
+	peers := []PeerConfig{{Key: a, Endpoint: netip.MustParseAddrPort("192.0.2.1:6783")}}
+	tbl := buildRelayTable(self, peers, f.paths, testPairKey, f.inner.ParseEndpoint, 0)
+	if got := tbl.peers[0].addr.String(); got != "203.0.113.5:49601" {
+		t.Errorf("table address %s, want the learned one", got)
+	}
+	if _, ok := tbl.byAddr[netip.MustParseAddrPort("203.0.113.5:49601")]; !ok {
+		t.Errorf("learned address not a member address")
+	}
+	peers[0].Endpoint = netip.MustParseAddrPort("192.0.2.7:6783")
+	tbl = buildRelayTable(self, peers, f.paths, testPairKey, f.inner.ParseEndpoint, 0)
+	if got := tbl.peers[0].addr.String(); got != "192.0.2.7:6783" {
+		t.Errorf("table address %s after a new configured endpoint, want it", got)
+	}
+}
+
+// TestPairKey: both ends derive the same key; a third member, or another
+// network, gets another.
+func TestPairKey(t *testing.T) {
+	var sec key.Secret
+	sec[0] = 7
+	mk := func() key.Private {
+		k, err := key.NewPrivate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	a, b, c := mk(), mk(), mk()
+	ab, _ := pairKeyOf(a, b.Public(), sec)
+	ba, _ := pairKeyOf(b, a.Public(), sec)
+	cb, _ := pairKeyOf(c, b.Public(), sec)
+	ab2, _ := pairKeyOf(a, b.Public(), key.Secret{})
+	if ab != ba {
+		t.Errorf("the two ends derive different keys")
+	}
+	if ab == cb || ab == ab2 {
+		t.Errorf("another member or another network derives the same key")
+	}
+}
+
+func TestReplayFilter(t *testing.T) {
+	var f replayFilter
+	steps := []struct {
+		ctr  uint64
+		want bool
+	}{
+		{0, false}, {5, true}, {5, false}, {3, true}, {3, false}, {100, true}, {37, true}, {36, false}, {99, true}, {1000, true}, {100, false},
+	}
+	for _, s := range steps {
+		if got := f.accept(s.ctr); got != s.want {
+			t.Errorf("accept(%d) = %v, want %v", s.ctr, got, s.want)
+		}
 	}
 }

@@ -22,16 +22,17 @@ type relayTable struct {
 	self   PeerID
 	peers  []relayPeer
 	byID   map[PeerID]int32
-	byAddr map[netip.AddrPort]int32 // direct UDP address → peer; members only
+	byAddr map[netip.AddrPort]int32 // direct UDP addresses (configured and learned) → peer; members only
 }
 
 type relayPeer struct {
 	key     key.Public
 	id      PeerID
-	addr    netip.AddrPort // direct UDP address; invalid if unknown
+	addr    netip.AddrPort // direct UDP address: learned if any, else configured; invalid if unknown
 	ep      conn.Endpoint  // the inner Bind's endpoint for addr; nil if unknown
 	relayEP *RelayEndpoint // handed to wireguard-go for frames from this peer
 	via     int32          // index of the peer to relay through; -1: none
+	pairKey *[32]byte      // probe MAC key of us and this peer (auth.go); nil: none
 	path    *pathState
 }
 
@@ -44,6 +45,22 @@ type pathState struct {
 	relayRTT  atomic.Int64 // ns, last relayed probe round trip
 	added     int64        // unix ns the peer appeared; constant
 	bucket    tokenBucket  // forwarding budget of frames from this peer
+
+	// learned is the address the peer's last authenticated direct probe or
+	// reply came from when that differed from where we sent: it wins over
+	// the configured endpoint until the control plane configures another.
+	learned    atomic.Pointer[netip.AddrPort]
+	configured netip.AddrPort // the endpoint learned overrides; guarded by Tunnel.mu
+	sendCtr    atomic.Uint64  // our probe counter for this pair
+	replay     replayFilter   // the peer's probe counters seen
+}
+
+// newPathState is the state of a peer first seen at now (unix ns). The
+// probe counter starts at now so that it keeps growing across restarts.
+func newPathState(now int64) *pathState {
+	ps := &pathState{added: now}
+	ps.sendCtr.Store(uint64(now))
+	return ps
 }
 
 // lookup returns the index of id, or -1.
@@ -163,11 +180,12 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 // relayRx is the state of handling the relay frames of one received batch:
 // outcome counts and the frames to forward, grouped by next hop.
 type relayRx struct {
-	t     *relayTable
-	now   int64
-	n     [numRelayCounters]uint64
-	fwd   *relayBatch   // nil until a frame is forwarded
-	fwdEP conn.Endpoint // next hop of the frames in fwd
+	t       *relayTable
+	now     int64
+	n       [numRelayCounters]uint64
+	learned bool          // some peer's endpoint was learned: wake the path loop
+	fwd     *relayBatch   // nil until a frame is forwarded
+	fwdEP   conn.Endpoint // next hop of the frames in fwd
 }
 
 // handleRelay deals with the relay frame packets[i] (size bytes, from src):
@@ -177,19 +195,37 @@ type relayRx struct {
 // returned.
 func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn.Endpoint) int {
 	t := rx.t
-	from, ok := t.byAddr[src]
-	if !ok {
-		rx.n[rcUnknownSource]++
-		return 0
-	}
+	_, member := t.byAddr[src]
 	h, payload, err := ParseRelayHeader(pkt)
 	if err != nil {
-		rx.n[rcMalformed]++
+		if member {
+			rx.n[rcMalformed]++
+		} else {
+			rx.n[rcUnknownSource]++
+		}
+		return 0
+	}
+	toUs := h.Dst == t.self
+	if toUs && h.Type != RelayTypeData {
+		// Probes prove their sender (auth.go) and are taken from any
+		// address: that is how a peer's real endpoint is learned.
+		si := t.lookup(h.Src)
+		if si < 0 || h.Src == t.self {
+			rx.n[rcUnknownPeer]++
+			return 0
+		}
+		b.handleProbe(rx, pkt, h, si, src, *ep)
+		return 0
+	}
+	// Data frames carry no MAC of their own (the payload is WireGuard,
+	// authenticated end to end): they are taken only from a member's
+	// address, configured or learned from its authenticated probes.
+	if !member {
+		rx.n[rcUnknownSource]++
 		return 0
 	}
 	si := t.lookup(h.Src)
 	di := int32(-1)
-	toUs := h.Dst == t.self
 	if !toUs {
 		di = t.lookup(h.Dst)
 	}
@@ -213,9 +249,6 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		rx.n[rcDelivered]++
 		rx.n[rcDeliveredBytes] += uint64(n)
 		return n
-	case h.Type != RelayTypeData && toUs:
-		b.handleProbe(rx, pkt, h, from, si, src)
-		return 0
 	}
 	// For another peer: forward.
 	if h.HopLimit <= 1 {

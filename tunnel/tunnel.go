@@ -97,6 +97,7 @@ type Tunnel struct {
 	synced  bool                     // applied is what wireguard-go holds; false after a failed IpcSet
 	peers   []PeerConfig             // as last given to SetPeers
 	paths   map[key.Public]*pathState
+	keys    pairKeys      // probe keys per peer (auth.go)
 	stop    chan struct{} // closed by Close: ends the path loop
 	done    chan struct{} // closed when the path loop has ended
 }
@@ -146,7 +147,7 @@ func New(cfg Config) (*Tunnel, error) {
 	}
 	t.tunIndex = link.Attrs().Index
 	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
-	t.bind.probeKey = probeKeyOf(cfg.Secret)
+	t.keys = pairKeys{priv: cfg.Private, secret: cfg.Secret}
 	t.dev = device.NewDevice(&nsTUN{Device: t.tunDev, nl: t.nl, index: t.tunIndex}, t.bind, newWGLogger(t.log))
 	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
 		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
