@@ -447,6 +447,7 @@ func (d *Daemon) reconcile() {
 	}
 	peers := d.router.Peers()
 	relays := relayChoices(peers)
+	keeps := keepalives(peers, relays, d.knownPublic())
 	d.natPeers(peers)
 	for _, p := range peers {
 		if !p.Self && p.HostIP.IsValid() {
@@ -457,7 +458,7 @@ func (d *Daemon) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
-		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: d.natEndpoint(p.Key, p.Endpoint), Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed}
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: d.natEndpoint(p.Key, p.Endpoint), Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed, Keepalive: keeps[p.Key]}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
 				// Routing our own address into the tunnel would cut this host

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -52,4 +53,45 @@ func relayChoices(peers []discovery.Peer) map[key.Public]relayChoice {
 		}
 	}
 	return out
+}
+
+// keepalives decides, for every peer in relays' world, which side of the
+// pair sends WireGuard keepalives (and so starts handshakes unasked).
+//
+// The side behind a NAT must: its NAT drops what the other side sends until
+// it has sent first, and its mapping lasts only while it keeps sending. So
+// a host that is not known to be public (STUN through other peers said so,
+// nat.Behaviour.Public) keeps alive the peers it depends on whatever the
+// key order: those it holds a control connection to (public peers, or
+// peers on its LAN) and every relay it uses. A public host sends none: the
+// other side does, and its probes and handshakes teach us its mapping.
+// Between two peers that depend on neither (two NATed peers, normally
+// relayed), the smaller key does, as before, so their first handshakes do
+// not collide.
+func keepalives(peers []discovery.Peer, relays map[key.Public]relayChoice, public bool) map[key.Public]tunnel.Keepalive {
+	out := make(map[key.Public]tunnel.Keepalive, len(peers))
+	dependsOn := map[key.Public]bool{}
+	for _, r := range relays {
+		dependsOn[r.via] = true
+	}
+	for _, p := range peers {
+		if p.Self || !p.Reachable {
+			continue
+		}
+		switch {
+		case public:
+			out[p.Key] = tunnel.KeepaliveOff
+		case p.Direct || dependsOn[p.Key]:
+			out[p.Key] = tunnel.KeepaliveOn
+		default:
+			out[p.Key] = tunnel.KeepaliveByKey
+		}
+	}
+	return out
+}
+
+// knownPublic reports whether STUN through other peers showed this host
+// to have a public address (no NAT).
+func (d *Daemon) knownPublic() bool {
+	return d.nat != nil && d.nat.Status().Behaviour.Public
 }

@@ -54,6 +54,9 @@ type PeerConfig struct {
 	// Relayed is the first guess, used until probes have had time to tell:
 	// true when the control plane's route is not the direct edge.
 	Relayed bool
+	// Keepalive says whether we send this peer WireGuard keepalives (and so
+	// start handshakes unasked); the zero value leaves it to key order.
+	Keepalive Keepalive
 }
 
 // PeerStats is what wireguard-go reports of one peer, with the path the

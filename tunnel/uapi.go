@@ -14,13 +14,28 @@ import (
 )
 
 // keepaliveInterval is the persistent_keepalive_interval, in seconds, of the
-// peers whose key is larger than ours. Only that side of a pair gets one:
-// wireguard-go starts a handshake the moment it is set, and when both sides
-// did so at once, each overwrote its handshake state with the other's
-// initiation, both responses were refused ("invalid response message") and
-// the pair waited for the 5 s retry. The probes (probe.go) keep NAT mappings
-// open in both directions, so one-sided keepalives lose nothing.
+// peers we keep alive (PeerConfig.Keepalive). Only one side of a pair
+// should get one: wireguard-go starts a handshake the moment it is set, and
+// when both sides did so at once, each overwrote its handshake state with
+// the other's initiation, both responses were refused ("invalid response
+// message") and the pair waited for the 5 s retry. The probes (probe.go)
+// keep NAT mappings open in both directions, so one-sided keepalives lose
+// nothing.
 const keepaliveInterval = 25
+
+// Keepalive says which side of a pair sends WireGuard keepalives.
+type Keepalive uint8
+
+const (
+	// KeepaliveByKey: the side with the smaller key.
+	KeepaliveByKey Keepalive = iota
+	// KeepaliveOn: we do, whatever the key order (a NATed peer towards the
+	// peers it depends on: it must also start the handshake, since the
+	// other side cannot reach it before its NAT has a mapping).
+	KeepaliveOn
+	// KeepaliveOff: we do not (a public peer: the other side does).
+	KeepaliveOff
+)
 
 // peerState is one peer as last applied to wireguard-go, normalized so that
 // two configurations compare equal exactly when they mean the same.
@@ -29,10 +44,16 @@ type peerState struct {
 	endpoint netip.AddrPort // invalid: not set by us
 	relay    string         // non-empty: the relay endpoint to use instead of endpoint
 	allowed  []netip.Prefix // masked, sorted, no duplicates
+	keep     Keepalive
 }
 
 func (p peerState) equal(o peerState) bool {
-	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && slices.Equal(p.allowed, o.allowed)
+	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && p.keep == o.keep && slices.Equal(p.allowed, o.allowed)
+}
+
+// keepalive resolves p.keep for the pair (self, k).
+func (p peerState) keepalive(self, k key.Public) bool {
+	return p.keep == KeepaliveOn || (p.keep == KeepaliveByKey && self.Less(k))
 }
 
 // normalizePeers turns the control plane's list into peerStates by key. A key
@@ -44,6 +65,7 @@ func normalizePeers(peers []PeerConfig) map[key.Public]peerState {
 			continue // not a key; wireguard-go would reject the whole text
 		}
 		s := m[p.Key]
+		s.keep = p.Keepalive
 		if p.Endpoint.IsValid() {
 			s.endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())
 		}
@@ -103,8 +125,10 @@ func buildPeersUAPI(self key.Public, applied, want map[key.Public]peerState, psk
 		case w.endpoint.IsValid() && (!had || old.endpoint != w.endpoint || old.relay != ""):
 			fmt.Fprintf(&b, "endpoint=%s\n", w.endpoint)
 		}
-		if self.Less(k) {
+		if w.keepalive(self, k) {
 			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveInterval)
+		} else if had && (old.stale || old.keepalive(self, k)) {
+			b.WriteString("persistent_keepalive_interval=0\n")
 		}
 		b.WriteString("replace_allowed_ips=true\n")
 		for _, p := range w.allowed {
