@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
+	"os/exec"
 	"net/netip"
 	"strings"
 	"sync"
@@ -9,62 +12,122 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/integration/testbed"
+	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
 )
 
-// natCell is one cell of the NAT grid: a pair of hosts and whether their
-// NATs let a direct path open.
+// natCell is one pair of the NAT grid.
 type natCell struct {
-	row, col   string
-	a, b       *testbed.Host
+	row, col string        // NAT kinds of a and b
+	a, b     *testbed.Host // a sends first
+	// wantDirect: the NAT kinds let a direct path open whoever sends
+	// first (see TestNAT for which and why); other cells must only reach.
 	wantDirect bool
 	// Results.
-	direct   bool
-	took     time.Duration // launch of the last host → both sides direct
-	typeAB   string        // candidate type a uses for b ("" when not through ICE)
-	pathSeen string
+	firstAB, firstBA time.Duration // to the first reply, a→b then b→a
+	errAB, errBA     error
+	direct           bool
+	took             time.Duration // containers attached → both sides direct
+	typeAB           string        // candidate types a uses for b ("" when not through ICE)
+	pathSeen         string
 }
 
-// TestNAT is the acceptance of issue 8 in one bed: the grid {public, easy
-// NAT, hard NAT}² plus two peers behind one NAT (1), a router forgetting its
-// mappings mid-transfer (2), and forged STUN (3).
+// Host roles of the grid.
+const (
+	kindPublic = "public"
+	kindStock  = "stock"
+	kindRandom = "random-fully"
+	kindIdeal  = "ideal EIM"
+	kindSame   = "same router"
+)
+
+// TestNAT is the acceptance of issue 12 (and of issue 8 before it) in one
+// bed: the grid {public, stock masquerade, stock random-fully, ideal EIM}²
+// plus two peers behind one stock router, every cell pinged both ways,
+// for both key orders (1); a router's conntrack flushed mid-transfer and a
+// pair idle past the UDP timeout that then sends from the public side (2);
+// forged STUN and forged relay frames (3).
 //
-// Hosts: h1 public hub (everyone dials it), h2 public, h3 and h4 each
-// behind an easy NAT of their own, h5 and h6 each behind a hard NAT of
-// their own, h7 and h8 behind one easy NAT together. Every NATed host dials
-// h1 and h2, so every pair has a relay in common.
+// Hosts: two of each kind, every NATed one behind a router of its own
+// (the same-router pair shares one stock router). Every NATed host dials
+// both public hosts, so every pair has a relay in common. Keys are chosen
+// so that each cross-kind cell appears twice with opposite key orders:
+// ranks P1 < S1 < R1 < I1 < T1 < T2 < I2 < R2 < S2 < P2, so X1 < Y1 and
+// X2 > Y2 for kinds X before Y. In every cell the first kind's host sends
+// the first ping (public first: the case that failed in issue 12).
+//
+// Direct is asserted where the NATs allow it whichever side sends first:
+//   - public ↔ anything: the NATed side's datagrams reach the public one,
+//     which learns the mapping they came from (WireGuard roaming and
+//     authenticated probes); nothing has to be guessed.
+//   - ideal EIM ↔ ideal EIM: one fixed mapping per host and no race, so
+//     ICE's server-reflexive candidates meet.
+//   - same router: ICE's host candidates on the LAN.
+//
+// Everything else must reach (relayed at worst) and is reported as seen:
+// random-fully gives every destination a new port nobody can predict,
+// and stock masquerade's mapping is spoiled whenever the other side's
+// datagram reaches the router first (issue 12, point 3).
 func TestNAT(t *testing.T) {
 	needTool(t, "ping", "nft")
 	b := newBed(t, testbed.Options{LogLevel: "info"})
-	p0 := b.AddHost(testbed.HostOptions{NoPeers: true})
-	p1 := b.AddHost(testbed.HostOptions{Peers: []string{p0.UnderlayIP}})
-	public := []string{p0.UnderlayIP, p1.UnderlayIP}
-	nE1 := b.AddNAT(testbed.NATEasy, 101, 0)
-	nE2 := b.AddNAT(testbed.NATEasy, 102, 1)
-	nH1 := b.AddNAT(testbed.NATHard, 103, 2)
-	nH2 := b.AddNAT(testbed.NATHard, 104, 3)
-	nS := b.AddNAT(testbed.NATEasy, 105, 4)
-	e1 := b.AddHostBehind(nE1, testbed.HostOptions{Peers: public})
-	e2 := b.AddHostBehind(nE2, testbed.HostOptions{Peers: public})
-	h1 := b.AddHostBehind(nH1, testbed.HostOptions{Peers: public})
-	h2 := b.AddHostBehind(nH2, testbed.HostOptions{Peers: public})
-	s1 := b.AddHostBehind(nS, testbed.HostOptions{Peers: public})
-	s2 := b.AddHostBehind(nS, testbed.HostOptions{Peers: public})
-	start := time.Now()
-	hosts := []*testbed.Host{p0, p1, e1, e2, h1, h2, s1, s2}
-	role := map[*testbed.Host]string{p0: "public hub", p1: "public", e1: "easy NAT", e2: "easy NAT", h1: "hard NAT", h2: "hard NAT", s1: "same NAT", s2: "same NAT"}
+	keys, err := testbed.OrderedKeys(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rank (index into keys) per host, see above.
+	const (
+		rP1, rS1, rR1, rI1, rT1, rT2, rI2, rR2, rS2, rP2 = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+	)
+	withKey := func(h *testbed.Host, rank int) *testbed.Host {
+		if err := h.SetKey(keys[rank]); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	p1 := withKey(b.AddHost(testbed.HostOptions{NoPeers: true, NoLaunch: true}), rP1)
+	p1.Launch()
+	p2 := withKey(b.AddHost(testbed.HostOptions{Peers: []string{p1.UnderlayIP}, NoLaunch: true}), rP2)
+	p2.Launch()
+	public := []string{p1.UnderlayIP, p2.UnderlayIP}
+	behind := func(kind testbed.NATKind, octet, index, rank int) (*testbed.NAT, *testbed.Host) {
+		n := b.AddNAT(kind, octet, index)
+		return n, withKey(b.AddHostBehind(n, testbed.HostOptions{Peers: public, NoLaunch: true}), rank)
+	}
+	nS1, s1 := behind(testbed.NATStock, 101, 0, rS1)
+	_, s2 := behind(testbed.NATStock, 102, 1, rS2)
+	_, r1 := behind(testbed.NATStockRandom, 103, 2, rR1)
+	_, r2 := behind(testbed.NATStockRandom, 104, 3, rR2)
+	_, i1 := behind(testbed.NATIdealEIM, 105, 4, rI1)
+	_, i2 := behind(testbed.NATIdealEIM, 106, 5, rI2)
+	nT, t1 := behind(testbed.NATStock, 107, 6, rT1)
+	t2 := withKey(b.AddHostBehind(nT, testbed.HostOptions{Peers: public, NoLaunch: true}), rT2)
+	nated := []*testbed.Host{s1, s2, r1, r2, i1, i2, t1, t2}
+	var wg sync.WaitGroup
+	for _, h := range nated {
+		wg.Go(h.Launch)
+	}
+	wg.Wait()
+	hosts := append([]*testbed.Host{p1, p2}, nated...)
+	role := map[*testbed.Host]string{p1: kindPublic, p2: kindPublic, s1: kindStock, s2: kindStock,
+		r1: kindRandom, r2: kindRandom, i1: kindIdeal, i2: kindIdeal, t1: kindSame, t2: kindSame}
 	for _, h := range hosts {
 		t.Logf("%s: %s at %s", h.Name, role[h], h.UnderlayIP)
 	}
 
-	cells := []*natCell{
-		{row: "public", col: "public", a: p0, b: p1, wantDirect: true},
-		{row: "public", col: "easy", a: p1, b: e1, wantDirect: true},
-		{row: "public", col: "hard", a: p1, b: h1, wantDirect: true},
-		{row: "easy", col: "easy", a: e1, b: e2, wantDirect: true},
-		{row: "easy", col: "hard", a: e2, b: h2, wantDirect: false},
-		{row: "hard", col: "hard", a: h1, b: h2, wantDirect: false},
-		{row: "same NAT", col: "same NAT", a: s1, b: s2, wantDirect: true},
+	pairs := [][2]*testbed.Host{
+		{p1, p2}, {p1, s1}, {p2, s2}, {p1, r1}, {p2, r2}, {p1, i1}, {p2, i2},
+		{s1, s2}, {s1, r1}, {s2, r2}, {s1, i1}, {s2, i2},
+		{r1, r2}, {r1, i1}, {r2, i2},
+		{i1, i2}, {t1, t2},
+	}
+	var cells []*natCell
+	for _, p := range pairs {
+		c := &natCell{row: role[p[0]], col: role[p[1]], a: p[0], b: p[1]}
+		c.wantDirect = c.row == kindPublic || c.col == kindPublic ||
+			(c.row == kindIdeal && c.col == kindIdeal) || c.row == kindSame
+		cells = append(cells, c)
 	}
 
 	// Every host reaches every other in gossip.
@@ -83,8 +146,63 @@ func TestNAT(t *testing.T) {
 		})
 	}
 
-	// Watch every cell in parallel: one status poll per host per round.
-	deadline := time.Now().Add(90 * time.Second)
+	// One container per host.
+	ctrs := map[*testbed.Host]*testbed.Container{}
+	var mu sync.Mutex
+	for _, h := range hosts {
+		wg.Go(func() {
+			c, err := h.AddContainerErr("")
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("container on %s: %v", h, err)
+				return
+			}
+			ctrs[h] = c
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	// The clock starts once every host routes every other host's
+	// container into the tunnel: an address gossip has not brought yet
+	// is not a NAT's doing.
+	for _, h := range hosts {
+		wg.Go(func() {
+			for _, o := range hosts {
+				if o == h {
+					continue
+				}
+				if err := testbed.Poll(t, 30*time.Second, fmt.Sprintf("%s routes %s's container", h, o), func() error {
+					out, err := h.Exec("ip", "route", "get", ctrs[o].Addr)
+					if err != nil || !strings.Contains(out, "dev weavewg0") {
+						return fmt.Errorf("route: %s", strings.TrimSpace(out))
+					}
+					return nil
+				}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	start := time.Now()
+
+	// Every cell, both ways, a first: the first reply within 5 s.
+	for _, c := range cells {
+		wg.Go(func() {
+			c.firstAB, c.errAB = ctrs[c.a].FirstReply(ctrs[c.b].Addr, 5*time.Second)
+			c.firstBA, c.errBA = ctrs[c.b].FirstReply(ctrs[c.a].Addr, 5*time.Second)
+		})
+	}
+	wg.Wait()
+
+	// Then watch the paths: one status poll per host per round.
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		sts := statuses(hosts)
 		pending := 0
@@ -103,216 +221,292 @@ func TestNAT(t *testing.T) {
 				pending++
 			}
 		}
-		// Relayed cells must have tried ICE (and failed) before they count.
-		if pending == 0 && time.Since(start) > 40*time.Second {
+		// Cells that may go direct get a fair chance to before the grid
+		// is drawn.
+		if pending == 0 && time.Since(start) > 30*time.Second {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 
-	// Every pair reaches the other's containers.
-	ctrs := map[*testbed.Host]*testbed.Container{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, h := range hosts {
-		wg.Go(func() {
-			c, err := h.AddContainerErr("")
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				t.Errorf("container on %s: %v", h, err)
-				return
-			}
-			ctrs[h] = c
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
-	for _, c := range cells {
-		wg.Go(func() {
-			if err := ctrs[c.a].PingEventually(ctrs[c.b].Addr, 30*time.Second); err != nil {
-				t.Errorf("%s↔%s (%s–%s): %v", c.row, c.col, c.a, c.b, err)
-			}
-			if err := ctrs[c.b].PingEventually(ctrs[c.a].Addr, 30*time.Second); err != nil {
-				t.Errorf("%s↔%s (%s–%s): %v", c.col, c.row, c.b, c.a, err)
-			}
-		})
-	}
-	wg.Wait()
-
 	// The grid, then the assertions.
 	sts := statuses(hosts)
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "\n%-10s %-34s %-34s %-34s\n", "", "public", "easy NAT", "hard NAT")
-	cellText := func(row, col string) string {
-		for _, c := range cells {
-			if c.row == row && c.col == col {
-				return c.text()
-			}
+	sb.WriteString("\nfirst reply a→b / b→a, then the path (a sends first; keys a<b in the first cell of a kind pair, a>b in the second)\n")
+	for _, c := range cells {
+		order := "a<b"
+		if keyLess(sts[c.b], sts[c.a]) {
+			order = "a>b"
 		}
-		return ""
+		fmt.Fprintf(&sb, "  %-12s ↔ %-12s %-3s–%-3s %s  %s / %s  %s\n", c.row, c.col, c.a, c.b, order,
+			replyText(c.firstAB, c.errAB), replyText(c.firstBA, c.errBA), c.text())
 	}
-	for _, row := range []string{"public", "easy", "hard"} {
-		fmt.Fprintf(&sb, "%-10s", row)
-		for _, col := range []string{"public", "easy", "hard"} {
-			txt := cellText(row, col)
-			if txt == "" {
-				txt = cellText(col, row)
-				if txt != "" {
-					txt = "(as " + col + "↔" + row + ")"
-				}
-			}
-			fmt.Fprintf(&sb, " %-34s", txt)
-		}
-		sb.WriteString("\n")
-	}
-	fmt.Fprintf(&sb, "%-10s %s\n", "same NAT", cellText("same NAT", "same NAT"))
 	sb.WriteString("\nNAT behaviour as observed:\n")
 	for _, h := range hosts {
-		fmt.Fprintf(&sb, "  %-3s %-10s %s\n", h.Name, role[h], natText(sts[h].NAT))
+		fmt.Fprintf(&sb, "  %-3s %-12s %s\n", h.Name, role[h], natText(sts[h].NAT))
 	}
 	t.Log(sb.String())
 	for _, c := range cells {
-		switch {
-		case c.wantDirect && !c.direct:
+		if c.errAB != nil {
+			t.Errorf("%s↔%s (%s→%s, first): %v", c.row, c.col, c.a, c.b, c.errAB)
+		}
+		if c.errBA != nil {
+			t.Errorf("%s↔%s (%s→%s): %v", c.col, c.row, c.b, c.a, c.errBA)
+		}
+		if c.wantDirect && !c.direct {
 			t.Errorf("%s↔%s (%s–%s): want direct, path is %s", c.row, c.col, c.a, c.b, c.pathSeen)
-		case !c.wantDirect && c.direct:
-			t.Errorf("%s↔%s (%s–%s): direct after %v, but these NATs should not allow it", c.row, c.col, c.a, c.b, c.took)
-		case !c.wantDirect:
-			if p := testbed.PathTo(sts[c.a], c.b.Name); !strings.HasPrefix(p, "relayed via") {
-				t.Errorf("%s↔%s (%s–%s): path %q, want relayed", c.row, c.col, c.a, c.b, p)
-			}
-			ctr := sts[c.a].Counters["nat_ice_sessions_failed"] + sts[c.b].Counters["nat_ice_sessions_failed"]
-			if ctr == 0 {
-				t.Errorf("%s↔%s: no failed ICE session counted on either side", c.row, c.col)
-			}
 		}
 	}
-	// Observed NAT behaviour.
-	if n := sts[h1].NAT; n == nil || !n.VariesPerDestination {
-		t.Errorf("%s behind a hard NAT: observed %s, want a mapping that varies per destination", h1, natText(n))
+	if n := sts[r1].NAT; n == nil || !n.VariesPerDestination {
+		t.Errorf("%s behind random-fully: observed %s, want a mapping that varies per destination", r1, natText(n))
 	}
-	if n := sts[e1].NAT; n == nil || n.VariesPerDestination || n.Public || len(n.Mappings) < 2 {
-		t.Errorf("%s behind an easy NAT: observed %s, want one mapping for every destination", e1, natText(n))
+	if n := sts[i1].NAT; n == nil || n.VariesPerDestination || n.Public || len(n.Mappings) < 2 {
+		t.Errorf("%s behind an ideal EIM NAT: observed %s, want one mapping for every destination", i1, natText(n))
 	}
-	if n := sts[p1].NAT; n == nil || !n.Public {
-		t.Errorf("%s public: observed %s", p1, natText(n))
+	if n := sts[p2].NAT; n == nil || !n.Public {
+		t.Errorf("%s public: observed %s", p2, natText(n))
 	}
 	if t.Failed() {
 		return
 	}
 
 	t.Run("flush mid-transfer", func(t *testing.T) {
-		// public↔hard: the router forgets its mappings while a ping runs;
-		// the new mapping has another port, so the path must be found
-		// again.
-		ping, err := ctrs[h1].StartPing(ctrs[p1].Addr, 100*time.Millisecond)
+		// public → stock: the router forgets its mappings while a ping
+		// runs; the public side's datagrams to the old mapping arrive
+		// first and take its tuple, so the NATed side's next datagrams
+		// leave from another port, which the public side must learn.
+		ping, err := ctrs[p1].StartPing(ctrs[s1].Addr, 100*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(2 * time.Second)
-		before := testbed.ConnsTo(p1.Status(), h1.Name)
-		if err := nH1.FlushMappings(); err != nil {
+		before := endpointOf(testbed.ConnsTo(p1.Status(), s1.Name))
+		if err := nS1.FlushMappings(); err != nil {
 			t.Fatal(err)
 		}
-		flushed := time.Now()
-		var seq []string
-		last := ""
-		for time.Since(flushed) < 30*time.Second {
-			p := testbed.PathTo(p1.Status(), h1.Name) + " / " + testbed.PathTo(h1.Status(), p1.Name)
-			if p != last {
-				seq = append(seq, fmt.Sprintf("%.1fs %s", time.Since(flushed).Seconds(), p))
-				last = p
-			}
-			if len(seq) > 1 && p == "direct / direct" {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		time.Sleep(2 * time.Second)
+		time.Sleep(8 * time.Second)
 		replies, gap := ping.Stop()
-		after := testbed.ConnsTo(p1.Status(), h1.Name)
-		t.Logf("after the flush (p1→h1 / h1→p1): %s", strings.Join(seq, " → "))
-		t.Logf("endpoint of h1 at p1: %s before, %s after; ping: %d replies, longest gap %v", endpointOf(before), endpointOf(after), replies, gap)
-		if last != "direct / direct" {
-			t.Errorf("not direct again within 30 s of the flush: %s", strings.Join(seq, " → "))
-		}
-		if gap > 30*time.Second {
-			t.Errorf("traffic stopped for %v", gap)
+		after := endpointOf(testbed.ConnsTo(p1.Status(), s1.Name))
+		t.Logf("endpoint of %s at %s: %s before the flush, %s after; ping: %d replies, longest gap %v", s1, p1, before, after, replies, gap)
+		if gap > 5*time.Second {
+			t.Errorf("traffic stopped for %v after the flush, want resumed within 5 s", gap)
 		}
 	})
 
-	t.Run("forged STUN", func(t *testing.T) {
-		node := b.AddNode(200)
-		dst := netip.MustParseAddrPort(p1.UnderlayIP + ":6783")
-		src := netip.MustParseAddrPort("192.0.2.200:40000")
-		// h1's current address as p1 sees it, to spoof.
-		spoof := src
-		if ep, err := netip.ParseAddrPort(endpointOf(testbed.ConnsTo(p1.Status(), h1.Name))); err == nil {
-			spoof = ep
+	t.Run("idle past the timeout, public side sends", func(t *testing.T) {
+		// The containers stay quiet; the end of the UDP mappings (as after
+		// more than the router's UDP timeout with nothing sent) is made by
+		// deleting the router's UDP conntrack entries rather than waiting
+		// 30–120 s: the router is not tuned. TCP entries (the control
+		// connections) live for days and stay. Then the public side
+		// sends first.
+		if err := nS1.ExpireUDPMappings(); err != nil {
+			t.Fatal(err)
 		}
-		before := p1.Status()
-		tx := func(b byte) []byte { return []byte{b, b, b, b, b, b, b, b, b, b, b, b} }
-		stunMsg := func(typ uint16, id []byte, attrs []byte) []byte {
-			m := []byte{byte(typ >> 8), byte(typ), byte(len(attrs) >> 8), byte(len(attrs)), 0x21, 0x12, 0xa4, 0x42}
-			m = append(m, id...)
-			return append(m, attrs...)
-		}
-		user := func(u string) []byte {
-			a := []byte{0, 6, 0, byte(len(u))}
-			a = append(a, u...)
-			for len(a)%4 != 0 {
-				a = append(a, 0)
-			}
-			return append(a, 0, 8, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20) // bogus MESSAGE-INTEGRITY
-		}
-		forged := []struct {
-			name    string
-			from    netip.AddrPort
-			pkt     []byte
-			counter string
-		}{
-			{"truncated attribute", src, stunMsg(0x0001, tx(1), []byte{0, 6, 0, 40, 'a', 'b', 'c', 'd'}), "nat_stun_malformed"},
-			{"check for an unknown ufrag", src, stunMsg(0x0001, tx(2), user("nobody:x")), "nat_stun_unknown_ufrag"},
-			{"answer nobody asked for, spoofed from h1", spoof, stunMsg(0x0101, tx(3), []byte{0, 0x20, 0, 8, 0, 1, 0x3b, 0x6d, 0xe1, 0x12, 0xa6, 0x43}), "nat_stun_unknown_transaction"},
-			{"error answer with a made-up transaction", spoof, stunMsg(0x0111, tx(4), nil), "nat_stun_unknown_transaction"},
-			{"indication", src, stunMsg(0x0011, tx(5), nil), "nat_stun_unexpected"},
-			{"binding request (answered)", src, stunMsg(0x0001, tx(6), nil), "nat_stun_answered"},
-		}
-		want := map[string]uint64{}
-		for _, f := range forged {
-			for range 5 {
-				if err := testbed.SendRawUDP(node, f.from, dst, f.pkt); err != nil {
-					t.Fatalf("%s: %v", f.name, err)
-				}
-			}
-			want[f.counter] += 5
-		}
-		var after *api.Status
-		testbed.Eventually(t, 10*time.Second, "forged STUN counted", func() error {
-			after = p1.Status()
-			for name, n := range want {
-				if got := after.Counters[name] - before.Counters[name]; got < n {
-					return fmt.Errorf("%s +%d, want +%d", name, got, n)
-				}
-			}
-			return nil
-		})
-		for name := range want {
-			t.Logf("%s +%d", name, after.Counters[name]-before.Counters[name])
-		}
-		if e0, e1 := endpointOf(testbed.ConnsTo(before, h1.Name)), endpointOf(testbed.ConnsTo(after, h1.Name)); e0 != e1 {
-			t.Errorf("h1's endpoint moved from %s to %s", e0, e1)
-		}
-		if err := ctrs[h1].PingEventually(ctrs[p1].Addr, 10*time.Second); err != nil {
+		time.Sleep(3 * time.Second)
+		took, err := ctrs[p1].FirstReply(ctrs[s1].Addr, 5*time.Second)
+		t.Logf("%s → %s after the mapping was forgotten: first reply in %.1fs", p1, s1, took.Seconds())
+		if err != nil {
 			t.Error(err)
 		}
-		if p := testbed.PathTo(p1.Status(), h1.Name); p != "direct" {
-			t.Errorf("p1→h1 path %q after forged STUN", p)
-		}
 	})
+
+	node := b.AddNode(200)
+	t.Run("forged STUN", func(t *testing.T) { forgedSTUN(t, node, p2, s2, ctrs) })
+	t.Run("forged relay frames", func(t *testing.T) { forgedRelay(t, b, node, p2, s2, ctrs) })
+}
+
+func keyLess(a, b *api.Status) bool {
+	sa, sb := testbed.Self(a), testbed.Self(b)
+	if sa == nil || sb == nil {
+		return false
+	}
+	ka, _ := key.ParsePublic(sa.PublicKey)
+	kb, _ := key.ParsePublic(sb.PublicKey)
+	return ka.Less(kb)
+}
+
+func replyText(d time.Duration, err error) string {
+	if err != nil {
+		return "none"
+	}
+	return fmt.Sprintf("%.1fs", d.Seconds())
+}
+
+// forgedSTUN sends p STUN that must not reach an ICE agent: counted, and
+// n's endpoint at p does not move.
+func forgedSTUN(t *testing.T, node string, p, n *testbed.Host, ctrs map[*testbed.Host]*testbed.Container) {
+	dst := netip.MustParseAddrPort(p.UnderlayIP + ":6783")
+	src := netip.MustParseAddrPort("192.0.2.200:40000")
+	// n's current address as p sees it, to spoof.
+	spoof := src
+	if ep, err := netip.ParseAddrPort(endpointOf(testbed.ConnsTo(p.Status(), n.Name))); err == nil {
+		spoof = ep
+	}
+	before := p.Status()
+	tx := func(b byte) []byte { return []byte{b, b, b, b, b, b, b, b, b, b, b, b} }
+	stunMsg := func(typ uint16, id []byte, attrs []byte) []byte {
+		m := []byte{byte(typ >> 8), byte(typ), byte(len(attrs) >> 8), byte(len(attrs)), 0x21, 0x12, 0xa4, 0x42}
+		m = append(m, id...)
+		return append(m, attrs...)
+	}
+	user := func(u string) []byte {
+		a := []byte{0, 6, 0, byte(len(u))}
+		a = append(a, u...)
+		for len(a)%4 != 0 {
+			a = append(a, 0)
+		}
+		return append(a, 0, 8, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20) // bogus MESSAGE-INTEGRITY
+	}
+	forged := []struct {
+		name    string
+		from    netip.AddrPort
+		pkt     []byte
+		counter string
+	}{
+		{"truncated attribute", src, stunMsg(0x0001, tx(1), []byte{0, 6, 0, 40, 'a', 'b', 'c', 'd'}), "nat_stun_malformed"},
+		{"check for an unknown ufrag", src, stunMsg(0x0001, tx(2), user("nobody:x")), "nat_stun_unknown_ufrag"},
+		{"answer nobody asked for, spoofed", spoof, stunMsg(0x0101, tx(3), []byte{0, 0x20, 0, 8, 0, 1, 0x3b, 0x6d, 0xe1, 0x12, 0xa6, 0x43}), "nat_stun_unknown_transaction"},
+		{"error answer with a made-up transaction", spoof, stunMsg(0x0111, tx(4), nil), "nat_stun_unknown_transaction"},
+		{"indication", src, stunMsg(0x0011, tx(5), nil), "nat_stun_unexpected"},
+		{"binding request (answered)", src, stunMsg(0x0001, tx(6), nil), "nat_stun_answered"},
+	}
+	want := map[string]uint64{}
+	for _, f := range forged {
+		for range 5 {
+			if err := testbed.SendRawUDP(node, f.from, dst, f.pkt); err != nil {
+				t.Fatalf("%s: %v", f.name, err)
+			}
+		}
+		want[f.counter] += 5
+	}
+	var after *api.Status
+	testbed.Eventually(t, 10*time.Second, "forged STUN counted", func() error {
+		after = p.Status()
+		for name, n := range want {
+			if got := after.Counters[name] - before.Counters[name]; got < n {
+				return fmt.Errorf("%s +%d, want +%d", name, got, n)
+			}
+		}
+		return nil
+	})
+	for name := range want {
+		t.Logf("%s +%d", name, after.Counters[name]-before.Counters[name])
+	}
+	if e0, e1 := endpointOf(testbed.ConnsTo(before, n.Name)), endpointOf(testbed.ConnsTo(after, n.Name)); e0 != e1 {
+		t.Errorf("%s's endpoint moved from %s to %s", n, e0, e1)
+	}
+	if err := ctrs[n].PingEventually(ctrs[p].Addr, 10*time.Second); err != nil {
+		t.Error(err)
+	}
+	if pa := testbed.PathTo(p.Status(), n.Name); pa != "direct" {
+		t.Errorf("%s→%s path %q after forged STUN", p, n, pa)
+	}
+}
+
+// forgedRelay sends p relay frames and probes that must be dropped: a
+// non-member's data frame, a probe in n's name with a wrong MAC (from
+// elsewhere and from n's own address), a real probe of n's captured and
+// replayed from elsewhere. Each is counted, and n's endpoint at p never
+// moves.
+func forgedRelay(t *testing.T, b *testbed.Bed, node string, p, n *testbed.Host, ctrs map[*testbed.Host]*testbed.Container) {
+	needTool(t, "tcpdump")
+	dst := netip.MustParseAddrPort(p.UnderlayIP + ":6783")
+	stranger := netip.MustParseAddrPort("192.0.2.200:40001")
+	ep0 := endpointOf(testbed.ConnsTo(p.Status(), n.Name))
+	nAddr, err := netip.ParseAddrPort(ep0)
+	if err != nil {
+		t.Fatalf("%s's endpoint at %s: %q", n, p, ep0)
+	}
+	// One real direct probe of n to p, off the wire: relay magic, version 1, type 1 (probe), hop limit 1.
+	out, err := exec.Command("ip", "netns", "exec", b.Underlay, "timeout", "10", "tcpdump", "-i", "br0", "-n", "-c", "1", "-w", "-",
+		fmt.Sprintf("udp and src host %s and dst host %s and dst port 6783 and udp[8:4] = 0xf7010101", nAddr.Addr(), p.UnderlayIP)).Output()
+	if err != nil {
+		t.Fatalf("capturing a probe of %s: %v", n, err)
+	}
+	real, err := udpPayloadOfPcap(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idOf := func(st *api.Status) []byte {
+		k, _ := key.ParsePublic(testbed.Self(st).PublicKey)
+		id := tunnel.PeerIDOf(k)
+		return id[:]
+	}
+	pst, nst := p.Status(), n.Status()
+	hdr := func(typ byte) []byte {
+		h := []byte{0xF7, 1, typ, 1}
+		h = append(h, idOf(pst)...)
+		return append(h, idOf(nst)...)
+	}
+	wrongMAC := bytes.Clone(real)
+	wrongMAC[len(wrongMAC)-1] ^= 0xff
+	wrongMAC[20] ^= 1 // another timestamp, same everything else
+	data := append(hdr(0), 4, 0, 0, 0)
+	data = append(data, make([]byte, 28)...)
+	forged := []struct {
+		name    string
+		from    netip.AddrPort
+		pkt     []byte
+		counter string
+	}{
+		{"data frame from a non-member", stranger, data, "udp_relay_dropped_unknown_source"},
+		{"probe in n's name, wrong MAC, from a non-member", stranger, wrongMAC, "udp_relay_dropped_bad_mac"},
+		{"probe in n's name, wrong MAC, from n's address", nAddr, wrongMAC, "udp_relay_dropped_bad_mac"},
+		{"n's real probe replayed from a non-member", stranger, real, "udp_relay_dropped_replayed"},
+	}
+	before := p.Status()
+	want := map[string]uint64{}
+	for _, f := range forged {
+		for range 3 {
+			if err := testbed.SendRawUDP(node, f.from, dst, f.pkt); err != nil {
+				t.Fatalf("%s: %v", f.name, err)
+			}
+		}
+		want[f.counter] += 3
+	}
+	var after *api.Status
+	testbed.Eventually(t, 10*time.Second, "forged relay frames counted", func() error {
+		after = p.Status()
+		for name, n := range want {
+			if got := after.Counters[name] - before.Counters[name]; got < n {
+				return fmt.Errorf("%s +%d, want +%d", name, got, n)
+			}
+		}
+		return nil
+	})
+	for name := range want {
+		t.Logf("%s +%d", name, after.Counters[name]-before.Counters[name])
+	}
+	if e := endpointOf(testbed.ConnsTo(after, n.Name)); e != ep0 {
+		t.Errorf("%s's endpoint moved from %s to %s", n, ep0, e)
+	}
+	if c := after.Counters["udp_relay_endpoints_learned"] - before.Counters["udp_relay_endpoints_learned"]; c != 0 {
+		t.Errorf("%d endpoints learned from forged frames", c)
+	}
+	if err := ctrs[p].PingEventually(ctrs[n].Addr, 10*time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
+// udpPayloadOfPcap is the UDP payload of the first packet of a classic
+// pcap of Ethernet frames carrying IPv4.
+func udpPayloadOfPcap(b []byte) ([]byte, error) {
+	const global, record, eth = 24, 16, 14
+	if len(b) < global+record+eth+20+8 {
+		return nil, fmt.Errorf("pcap of %d bytes: no packet", len(b))
+	}
+	capLen := int(binary.LittleEndian.Uint32(b[global+8:]))
+	f := b[global+record:]
+	if capLen > len(f) {
+		return nil, fmt.Errorf("pcap: truncated record")
+	}
+	f = f[:capLen]
+	ihl := int(f[eth]&0x0f) * 4
+	if len(f) < eth+ihl+8 {
+		return nil, fmt.Errorf("pcap: short frame")
+	}
+	return bytes.Clone(f[eth+ihl+8:]), nil
 }
 
 func (c *natCell) text() string {

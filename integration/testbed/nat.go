@@ -1,11 +1,20 @@
 package testbed
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/types/key"
 )
 
 // NAT routers. A NAT is a namespace on the underlay (its WAN, eth0 at
@@ -17,30 +26,46 @@ import (
 //	PREFIX-natK   router: eth0 192.0.2.OCTET (underlay), lan0 198.51.100.(32K+1)/27
 //	PREFIX-hN     host behind it: eth0 198.51.100.(32K+j)/27, default via the router
 //
-// nftables in the router masquerades what leaves eth0 and lets in from
-// eth0 only replies (conntrack state established or related), so the
-// filtering is address- and port-dependent, as in most home routers:
+// The stock kinds are routers exactly as Linux-based home and office routers
+// ship: one nftables rule, conntrack with the kernel's defaults (UDP
+// timeouts 30 s unreplied, 120 s assured), no filter rules. NOTHING MAY BE
+// ADDED TO A STOCK ROUTER TO HELP WEAVEWG (no fixed snat, no input-chain
+// drop, no shorter timeouts): what weavewg needs, it has to get from
+// routers as they are. A test that needs a mapping gone waits past the
+// timeout or flushes conntrack (FlushMappings); it does not tune the router.
 //
-//   - NATEasy: endpoint-independent mapping: each LAN host's port 6783
-//     is snat'ed to one fixed WAN port whatever the destination (plain
-//     masquerade decides per flow and is not reliably endpoint-independent;
-//     see AddHostBehind); everything else is masqueraded.
-//   - NATHard: `masquerade fully-random` (iptables: --random-fully): every new flow (destination) gets
-//     a random port, endpoint-dependent mapping as in cloud NAT gateways and
-//     CGNAT.
+//   - NATStock: `oifname "eth0" masquerade`. Linux keeps a flow's source
+//     port when the flow's tuple is free and picks another one when it is
+//     not, per flow: an unsolicited datagram that reached the router's WAN
+//     address first (and was confirmed by conntrack on the way to its
+//     input) takes the tuple an outgoing flow needs, so that flow gets
+//     another port. Endpoint-independent mapping only while nothing races.
+//   - NATStockRandom: `oifname "eth0" masquerade fully-random` (iptables'
+//     --random-fully): every new flow gets a random port, an
+//     endpoint-dependent mapping as in cloud NAT gateways and CGNAT.
 //
-// The UDP conntrack timeouts of the router are short (NATUDPTimeout), so a
-// mapping that no keepalive refreshes is forgotten quickly.
+// NATIdealEIM is not a stock router but an idealised one, kept to test ICE
+// where the NAT is known to allow it: each LAN host's port 6783 is snat'ed
+// to one fixed WAN port whatever the destination (truly endpoint-
+// independent), unsolicited datagrams to the router itself are dropped
+// before conntrack confirms them (so no race spoils a mapping), and only
+// replies are let in from eth0. Nobody should mistake it for a real router.
 type NATKind string
 
 const (
-	NATEasy NATKind = "easy"
-	NATHard NATKind = "hard"
+	NATStock       NATKind = "stock masquerade"
+	NATStockRandom NATKind = "stock random-fully"
+	NATIdealEIM    NATKind = "ideal EIM"
 )
 
-// NATUDPTimeout is the routers' UDP conntrack timeout, seconds, for both
-// unreplied and assured ("stream") flows.
-const NATUDPTimeout = 20
+// NATUDPTimeout is the kernel's default UDP conntrack timeout for an
+// unreplied flow, seconds (nf_conntrack_udp_timeout); an assured flow
+// lasts NATUDPStreamTimeout (nf_conntrack_udp_timeout_stream). The bed does
+// not change either.
+const (
+	NATUDPTimeout       = 30
+	NATUDPStreamTimeout = 120
+)
 
 // NAT is one router.
 type NAT struct {
@@ -55,12 +80,60 @@ type NAT struct {
 
 const natLANBase = "198.51.100."
 
+// natScript is the router's whole nftables configuration per kind.
+func natScript(kind NATKind) (string, error) {
+	switch kind {
+	case NATStock:
+		return `table ip wwgnat {
+	chain nat_postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+}
+`, nil
+	case NATStockRandom:
+		return `table ip wwgnat {
+	chain nat_postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade fully-random
+	}
+}
+`, nil
+	case NATIdealEIM:
+		return `table ip wwgnat {
+	chain nat_postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+	chain filter_forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "eth0" ct state established,related counter accept
+		iifname "eth0" counter drop
+	}
+	# Idealised, not stock: unsolicited datagrams to the router's own WAN
+	# address are dropped before conntrack confirms them, so that they
+	# never take the tuple an outgoing flow needs.
+	chain filter_input {
+		type filter hook input priority filter; policy accept;
+		iifname "eth0" ct state established,related accept
+		iifname "eth0" counter drop
+	}
+}
+`, nil
+	}
+	return "", fmt.Errorf("testbed: unknown NAT kind %q", kind)
+}
+
 // AddNAT makes a NAT router of kind at underlay address 192.0.2.octet.
 // Index numbers the LAN (0–7).
 func (b *Bed) AddNAT(kind NATKind, octet, index int) *NAT {
 	b.tb.Helper()
 	if index < 0 || index > 7 {
 		b.tb.Fatalf("testbed: NAT LAN index %d out of 0-7", index)
+	}
+	script, err := natScript(kind)
+	if err != nil {
+		b.tb.Fatalf("%v", err)
 	}
 	name := fmt.Sprintf("%snat%d", b.Prefix, index)
 	b.addUnderlayNode(name, octet)
@@ -69,38 +142,11 @@ func (b *Bed) AddNAT(kind NATKind, octet, index int) *NAT {
 	b.MustIP(name, "link", "add", "lan0", "type", "bridge", "mcast_snooping", "0")
 	b.MustIP(name, "addr", "add", n.LANIP+"/27", "dev", "lan0")
 	b.MustIP(name, "link", "set", "lan0", "up")
-	masq := "masquerade"
-	if kind == NATHard {
-		masq = "masquerade fully-random"
-	}
-	script := fmt.Sprintf(`table ip wwgnat {
-	chain nat_postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "eth0" %s
-	}
-	chain filter_forward {
-		type filter hook forward priority filter; policy accept;
-		iifname "eth0" ct state established,related counter accept
-		iifname "eth0" counter drop
-	}
-	# Unsolicited datagrams to the router's own WAN address are dropped
-	# here, before conntrack confirms them: a confirmed entry for such a
-	# datagram (a hole-punching check that arrived before ours left)
-	# would take the tuple our own outgoing flow needs, and the NAT would
-	# give that flow another port. Home routers drop these too.
-	chain filter_input {
-		type filter hook input priority filter; policy accept;
-		iifname "eth0" ct state established,related accept
-		iifname "eth0" counter drop
-	}
-}
-`, masq)
 	if err := nsNft(name, script); err != nil {
 		b.tb.Fatalf("testbed: %v", err)
 	}
-	if _, err := run("ip", "netns", "exec", name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-		fmt.Sprintf("net.netfilter.nf_conntrack_udp_timeout=%d", NATUDPTimeout),
-		fmt.Sprintf("net.netfilter.nf_conntrack_udp_timeout_stream=%d", NATUDPTimeout)); err != nil {
+	// A router forwards; that is the only setting it gets.
+	if _, err := run("ip", "netns", "exec", name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"); err != nil {
 		b.tb.Fatalf("testbed: NAT %s sysctls: %v", name, err)
 	}
 	b.logf("testbed: NAT %s (%s) WAN %s LAN %s/27", name, kind, n.WANIP, n.LANIP)
@@ -137,13 +183,14 @@ func (b *Bed) AddHostBehind(n *NAT, opts HostOptions) *Host {
 	b.MustIP(h.Netns, "link", "set", "eth0", "up")
 	b.MustIP(h.Netns, "route", "add", "default", "via", n.LANIP)
 	h.UnderlayIP = lan
-	if n.Kind == NATEasy {
+	if n.Kind == NATIdealEIM {
 		// Linux masquerade keeps a flow's source port only when that
 		// flow's tuple is free, deciding per flow: measured here, a host's
 		// port 6783 came out as one port towards two servers and as
 		// another towards a third, which is not endpoint-independent.
-		// A fixed port per LAN host makes the mapping truly
-		// endpoint-independent; conntrack still lets in replies only.
+		// The idealised router fixes one port per LAN host, making the
+		// mapping truly endpoint-independent; conntrack still lets in
+		// replies only. Stock routers get no such rule.
 		rule := fmt.Sprintf("insert rule ip wwgnat nat_postrouting ip saddr %s udp sport 6783 oifname \"eth0\" snat to %s:%d\n",
 			lan, n.WANIP, 20000+32*n.index+n.hosts)
 		if err := nsNft(n.Netns, rule); err != nil {
@@ -170,8 +217,65 @@ func (n *NAT) FlushMappings() error {
 	})
 }
 
+// ExpireUDPMappings forgets the router's UDP mappings and keeps the rest (TCP
+// lives for days in conntrack): what more than the UDP timeout (30 s
+// unreplied, 120 s assured) of silence does to a mapping, without waiting
+// for it or tuning the router.
+func (n *NAT) ExpireUDPMappings() error {
+	return InNetns(n.Netns, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		f := &netlink.ConntrackFilter{}
+		if err := f.AddProtocol(17); err != nil {
+			return err
+		}
+		_, err = h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
+		return err
+	})
+}
+
 // Counters returns the router's nft counters as text (for logs).
 func (n *NAT) Counters() string {
 	out, _ := run("ip", "netns", "exec", n.Netns, "nft", "list", "table", "ip", "wwgnat")
 	return out
+}
+
+// SetKey writes priv as h's identity before its first launch, so a test can
+// choose the key order of a pair (which side has the smaller key changes who
+// sends WireGuard keepalives and who controls ICE).
+func (h *Host) SetKey(priv key.Private) error {
+	if err := os.MkdirAll(h.StateDir, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(h.StateDir, "key"), []byte(priv.String()+"\n"), 0o600)
+}
+
+// OrderedKeys makes n private keys sorted by their public keys.
+func OrderedKeys(n int) ([]key.Private, error) {
+	ks := make([]key.Private, n)
+	for i := range ks {
+		var err error
+		if ks[i], err = key.NewPrivate(); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(ks, func(a, b key.Private) int { return bytes.Compare(pubBytes(a), pubBytes(b)) })
+	return ks, nil
+}
+
+func pubBytes(k key.Private) []byte { p := k.Public(); return p[:] }
+
+// FirstReply pings addr from c every 200 ms until the first reply or
+// timeout, and returns how long the first reply took.
+func (c *Container) FirstReply(addr string, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	out, err := c.Exec("ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", strconv.Itoa(int((timeout+time.Second-1)/time.Second)), addr)
+	took := time.Since(start)
+	if err != nil {
+		return took, fmt.Errorf("ping %s → %s: no reply in %v: %v: %s", c, addr, timeout, err, strings.TrimSpace(out))
+	}
+	return took, nil
 }
