@@ -81,6 +81,12 @@ type peerDatapath interface {
 	Close() error
 	// SetPeers makes the datapath's peers exactly peers.
 	SetPeers(peers []tunnel.PeerConfig) error
+	// SetPublic says whether this host is known to have a public address
+	// (the path owner decides keepalives by it).
+	SetPublic(public bool)
+	// SetPathObserver sets the function told every peer's path when one
+	// changes (NAT traversal's input); it must not block.
+	SetPathObserver(o tunnel.PathObserver)
 	PeerStats() map[key.Public]tunnel.PeerStats
 }
 
@@ -446,8 +452,8 @@ func (d *Daemon) reconcile() {
 		local[a.Addr] = a.ID
 	}
 	peers := d.router.Peers()
-	relays := relayChoices(peers)
-	keeps := keepalives(peers, relays, d.knownPublic())
+	inputs := pathInputs(peers)
+	d.tun.SetPublic(d.knownPublic())
 	d.natPeers(peers)
 	for _, p := range peers {
 		if !p.Self && p.HostIP.IsValid() {
@@ -458,7 +464,8 @@ func (d *Daemon) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
-		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: d.natEndpoint(p.Key, p.Endpoint), Relay: relays[p.Key].via, Relayed: relays[p.Key].relayed, Keepalive: keeps[p.Key]}
+		in := inputs[p.Key]
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
 		if p.HostIP.IsValid() {
 			if p.HostIP == d.hostIP.Addr() {
 				// Routing our own address into the tunnel would cut this host

@@ -92,6 +92,8 @@ func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats {
 func (f *fakeTunnel) Counters() map[string]uint64          { return map[string]uint64{"udp_y": 2} }
 func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)  {}
 func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error { return nil }
+func (f *fakeTunnel) SetPublic(bool)                       {}
+func (f *fakeTunnel) SetPathObserver(tunnel.PathObserver)  {}
 func (f *fakeTunnel) SetRoutes(p []netip.Prefix) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/nat"
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -34,7 +35,6 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 		Send:      sp.SendUDP,
 		Signal:    func(to key.Public, msg []byte) error { return ch.Send(to, msg) },
 		HostAddrs: d.underlayAddrs,
-		Paths:     d.relayedPeers,
 		OnChange:  d.nudge,
 		Logger:    d.log.With("part", "nat"),
 	})
@@ -46,6 +46,15 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 		return err
 	}
 	sp.SetSTUNHandler(m.HandleSTUN)
+	// The path owner tells NAT traversal which peers it relays, as they
+	// change: those are the ones ICE works on.
+	d.tun.SetPathObserver(func(paths map[key.Public]reach.Path) {
+		relayed := make(map[key.Public]bool, len(paths))
+		for k, p := range paths {
+			relayed[k] = p.Relayed
+		}
+		m.SetRelayed(relayed)
+	})
 	m.Start()
 	d.nat = m
 	return nil
@@ -54,19 +63,10 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 func (d *Daemon) closeNAT() error {
 	if d.nat != nil {
 		d.planes.socket.SetSTUNHandler(nil)
+		d.tun.SetPathObserver(nil)
 		d.nat.Close()
 	}
 	return nil
-}
-
-// relayedPeers reports, per WireGuard peer, whether the tunnel relays it.
-func (d *Daemon) relayedPeers() map[key.Public]bool {
-	stats := d.tun.PeerStats()
-	out := make(map[key.Public]bool, len(stats))
-	for k, s := range stats {
-		out[k] = s.Relayed
-	}
-	return out
 }
 
 // underlayAddrs are this host's IPv4 addresses outside the overlay: the
@@ -120,16 +120,18 @@ func (d *Daemon) natPeers(peers []discovery.Peer) {
 	d.nat.SetPeers(infos)
 }
 
-// natEndpoint is the endpoint to give the tunnel for peer k: the address
-// ICE found, if any, else gossip's.
-func (d *Daemon) natEndpoint(k key.Public, gossip netip.AddrPort) netip.AddrPort {
+// natICE is the address ICE selected for peer k; invalid if none.
+func (d *Daemon) natICE(k key.Public) netip.AddrPort {
 	if d.nat == nil {
-		return gossip
+		return netip.AddrPort{}
 	}
-	if ep, ok := d.nat.Endpoints()[k]; ok {
-		return ep
-	}
-	return gossip
+	return d.nat.Endpoints()[k]
+}
+
+// knownPublic reports whether STUN through other peers showed this host
+// to have a public address (no NAT).
+func (d *Daemon) knownPublic() bool {
+	return d.nat != nil && d.nat.Status().Behaviour.Public
 }
 
 // addNATStatus adds the ICE state per peer and the observed NAT behaviour

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
@@ -132,6 +133,10 @@ func addWireGuard(row *api.Connection, s tunnel.PeerStats, nick map[key.Public]s
 		row.LastHandshake = &t
 	}
 	row.RxBytes, row.TxBytes = s.RxBytes, s.TxBytes
+	row.PathWhy = s.Why
+	if s.From != reach.SourceNone {
+		row.EndpointFrom = s.From.String()
+	}
 }
 
 // counters merges the parts' counters; their names are distinct by prefix

@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,8 +27,7 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// Config is what a Manager needs. Send, Signal, HostAddrs and Paths are
-// required.
+// Config is what a Manager needs. Send, Signal and HostAddrs are required.
 type Config struct {
 	Self key.Public
 	Port uint16 // the shared UDP port
@@ -38,9 +38,6 @@ type Config struct {
 	// HostAddrs lists this host's own underlay addresses (host candidates);
 	// never overlay or loopback addresses.
 	HostAddrs func() []netip.Addr
-	// Paths reports, per peer the tunnel knows, whether it is relayed. It
-	// is polled once per tick.
-	Paths func() map[key.Public]bool
 	// OnChange is called (from the Manager's goroutine, so it must not
 	// block) when Endpoints changed.
 	OnChange func()
@@ -71,6 +68,7 @@ type Manager struct {
 	creds     atomic.Pointer[map[string]creds] // local ufrag → credentials of live sessions
 	endpoints atomic.Pointer[map[key.Public]netip.AddrPort]
 	status    atomic.Pointer[Status]
+	relayed   atomic.Pointer[map[key.Public]bool] // SetRelayed's last word
 
 	events chan event
 	stop   chan struct{}
@@ -171,8 +169,8 @@ const (
 
 // New makes a Manager; Start runs it.
 func New(cfg Config) (*Manager, error) {
-	if cfg.Send == nil || cfg.Signal == nil || cfg.HostAddrs == nil || cfg.Paths == nil {
-		return nil, fmt.Errorf("nat: Send, Signal, HostAddrs and Paths are required")
+	if cfg.Send == nil || cfg.Signal == nil || cfg.HostAddrs == nil {
+		return nil, fmt.Errorf("nat: Send, Signal and HostAddrs are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -386,8 +384,19 @@ func (m *Manager) pairOf(k key.Public) *pair {
 	return p
 }
 
+// SetRelayed tells the Manager, per peer, whether the path owner (package
+// reach, in the tunnel) relays it: the peers that need ICE. The owner calls
+// it whenever a path changes; it does not block.
+func (m *Manager) SetRelayed(relayed map[key.Public]bool) {
+	r := maps.Clone(relayed)
+	m.relayed.Store(&r)
+}
+
 func (m *Manager) tick(now time.Time) {
-	paths := m.cfg.Paths()
+	var paths map[key.Public]bool
+	if p := m.relayed.Load(); p != nil {
+		paths = *p
+	}
 	keys := make([]key.Public, 0, len(m.peers))
 	for k := range m.peers {
 		keys = append(keys, k)

@@ -63,10 +63,6 @@ func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 	byKey := map[key.Public]*fakePeer{a.key: a, b.key: b}
 	n.nodes = map[netip.AddrPort]*Manager{}
 	for _, p := range []*fakePeer{a, b} {
-		other := a
-		if p == a {
-			other = b
-		}
 		m, err := New(Config{
 			Self: p.key,
 			Port: 6783,
@@ -76,13 +72,8 @@ func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 				return nil
 			},
 			HostAddrs: func() []netip.Addr { return []netip.Addr{p.addr.Addr()} },
-			Paths: func() map[key.Public]bool {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				return map[key.Public]bool{other.key: p.relayed}
-			},
-			Logger: nil,
-			Tick:   50 * time.Millisecond,
+			Logger:    nil,
+			Tick:      50 * time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -95,6 +86,7 @@ func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 		if p == a {
 			other = b
 		}
+		p.m.SetRelayed(map[key.Public]bool{other.key: p.relayed})
 		p.m.Start()
 		t.Cleanup(func() { p.m.Close() })
 		p.m.SetPeers([]PeerInfo{{Key: other.key, Endpoint: other.addr, Direct: true}})
@@ -129,12 +121,8 @@ func TestManagersFindDirectPath(t *testing.T) {
 	}
 	// The tunnel now uses the path; the observed behaviour shows a public
 	// address (the mapped address is our own).
-	a.mu.Lock()
-	a.relayed = false
-	a.mu.Unlock()
-	b.mu.Lock()
-	b.relayed = false
-	b.mu.Unlock()
+	a.m.SetRelayed(map[key.Public]bool{b.key: false})
+	b.m.SetRelayed(map[key.Public]bool{a.key: false})
 	waitFor(t, 5*time.Second, "NAT behaviour", func() bool {
 		bh := a.m.Status().Behaviour
 		return len(bh.Mappings) == 1 && bh.Public && !bh.VariesPerDestination
@@ -194,7 +182,6 @@ func TestHandleSTUNDrops(t *testing.T) {
 		Send:      func(p []byte, _ netip.AddrPort) error { sent = append(sent, append([]byte(nil), p...)); return nil },
 		Signal:    func(key.Public, []byte) error { return nil },
 		HostAddrs: func() []netip.Addr { return nil },
-		Paths:     func() map[key.Public]bool { return nil },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -6,13 +6,93 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// updateRelayTableLocked builds the Bind's relay table from t.peers and
-// swaps it in.
+// How each peer is reached is decided by one reach.Machine (package reach
+// says how and why), which the Tunnel owns under mu and feeds:
+//
+//   - SetPeers: gossip's address, relay and first guess per peer, and the
+//     address ICE selected (PeerConfig.ICE), when it changes;
+//   - the path loop, every probeInterval: the last direct probe reply of
+//     each peer, then Tick;
+//   - the path loop, when the packet path learned a peer's address from its
+//     authenticated probes (pathState.learned, a mailbox): Learned.
+//
+// Whenever a decision changes, the Tunnel carries it out: a new relay table
+// for the Bind (each peer's address and relayed flag), wireguard-go's
+// endpoints and keepalives, a snapshot for PeerStats and Paths, and the
+// path observer (NAT traversal) is told.
+
+// PathObserver is told every peer's path whenever one changes. It is called
+// with the Tunnel's lock held: it must not block or call the Tunnel.
+type PathObserver func(map[key.Public]reach.Path)
+
+// SetPathObserver sets (or, with nil, clears) the path observer and tells it
+// the paths at once.
+func (t *Tunnel) SetPathObserver(o PathObserver) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.observer = o
+	if o != nil {
+		o(t.reach.Paths())
+	}
+}
+
+// SetPublic tells the path owner whether this host is known to have a public
+// address (no NAT), which decides who sends keepalives (reach.KeepaliveFor).
+func (t *Tunnel) SetPublic(public bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed || public == t.public {
+		return
+	}
+	t.public = public
+	t.reach.SetPublic(public)
+	t.decideLocked("this host's NAT as observed changed")
+}
+
+// Paths is every peer's path as last decided.
+func (t *Tunnel) Paths() map[key.Public]reach.Path {
+	if p := t.snap.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (t *Tunnel) now() time.Time { return time.Unix(0, t.bind.nowNano()) }
+
+// feedPeersLocked gives the path owner what SetPeers was told.
+func (t *Tunnel) feedPeersLocked(peers []PeerConfig) {
+	now := t.now()
+	in := make([]reach.Peer, 0, len(peers))
+	ice := make(map[key.Public]netip.AddrPort, len(peers))
+	for _, pc := range peers {
+		in = append(in, reach.Peer{Key: pc.Key, Gossip: pc.Endpoint, Via: pc.Relay, StartRelayed: pc.Relayed, DependsOn: pc.DependsOn})
+		if pc.ICE.IsValid() {
+			ice[pc.Key] = pc.ICE
+		}
+	}
+	t.reach.SetPeers(now, in)
+	for _, pc := range peers {
+		switch old, now2 := t.ice[pc.Key], ice[pc.Key]; {
+		case now2 == old:
+		case now2.IsValid():
+			t.reach.ICE(now, pc.Key, now2)
+		default:
+			t.reach.ICELost(pc.Key)
+		}
+	}
+	t.ice = ice
+	t.reach.Tick(now)
+}
+
+// updateRelayTableLocked builds the Bind's relay table from t.peers and the
+// paths decided, swaps it in, and publishes the paths.
 func (t *Tunnel) updateRelayTableLocked() {
-	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, t.keys.get, t.bind.inner.ParseEndpoint, t.bind.nowNano())
+	paths := t.reach.Paths()
+	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, paths, t.keys.get, t.bind.inner.ParseEndpoint, t.bind.nowNano())
 	t.bind.setRelayTable(tbl)
 	t.countRelayed(tbl)
 	keep := make(map[key.Public]bool, len(tbl.peers))
@@ -20,16 +100,18 @@ func (t *Tunnel) updateRelayTableLocked() {
 		keep[tbl.peers[i].key] = true
 	}
 	t.keys.forget(keep)
+	t.snap.Store(&paths)
+	if t.observer != nil {
+		t.observer(paths)
+	}
 }
 
-// buildRelayTable makes a relay table of peers. Peers keep their pathState
-// in paths (which it updates: new peers added, departed ones removed); a new
-// one starts on the first guess of its PeerConfig. A peer's address is the
-// one learned from its authenticated probes, if any, else its configured
-// Endpoint; a new configured Endpoint forgets the learned one. pairKey gives
-// the probe key of a peer; parse makes the inner Bind's endpoint of an
-// address.
-func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*pathState, pairKey func(key.Public) *[32]byte, parse func(string) (conn.Endpoint, error), now int64) *relayTable {
+// buildRelayTable makes a relay table of peers with the paths decided for
+// them. Peers keep their pathState in states (which it updates: new peers
+// added, departed ones removed). A peer's address is its path's endpoint;
+// datagrams from its gossip address are a member's too. pairKey gives the
+// probe key of a peer; parse makes the inner Bind's endpoint of an address.
+func buildRelayTable(self PeerID, peers []PeerConfig, states map[key.Public]*pathState, paths map[key.Public]reach.Path, pairKey func(key.Public) *[32]byte, parse func(string) (conn.Endpoint, error), now int64) *relayTable {
 	tbl := &relayTable{
 		self:   self,
 		byID:   make(map[PeerID]int32, len(peers)),
@@ -42,22 +124,16 @@ func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*path
 			continue
 		}
 		seen[pc.Key] = true
-		ps := paths[pc.Key]
+		ps := states[pc.Key]
 		if ps == nil {
 			ps = newPathState(now)
-			ps.relayed.Store(pc.Relayed && !pc.Relay.IsZero())
-			paths[pc.Key] = ps
+			states[pc.Key] = ps
 		}
-		configured := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
-		if ps.configured != configured {
-			ps.configured = configured
-			ps.learned.Store(nil)
-		}
-		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: configured, pairKey: pairKey(pc.Key)}
+		path := paths[pc.Key]
+		ps.relayed.Store(path.Relayed && !pc.Relay.IsZero())
+		gossip := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: path.Endpoint, pairKey: pairKey(pc.Key)}
 		p.relayEP = newRelayEndpoint(p.id)
-		if l := ps.learned.Load(); l != nil {
-			p.addr = *l
-		}
 		if p.addr.IsValid() {
 			if ep, err := parse(p.addr.String()); err == nil {
 				p.ep = ep
@@ -67,7 +143,7 @@ func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*path
 		tbl.peers = append(tbl.peers, p)
 		relayOf = append(relayOf, pc.Relay)
 		tbl.byID[p.id] = i
-		for _, a := range []netip.AddrPort{configured, p.addr} {
+		for _, a := range []netip.AddrPort{gossip, p.addr} {
 			if a.IsValid() {
 				tbl.byAddr[a] = i
 			}
@@ -81,9 +157,9 @@ func buildRelayTable(self PeerID, peers []PeerConfig, paths map[key.Public]*path
 			tbl.peers[i].via = j
 		}
 	}
-	for k := range paths {
+	for k := range states {
 		if !seen[k] {
-			delete(paths, k)
+			delete(states, k)
 		}
 	}
 	return tbl
@@ -99,13 +175,14 @@ func (t *Tunnel) countRelayed(tbl *relayTable) {
 	t.bind.relayedN.Store(n)
 }
 
-// setRelayEndpoints marks, in want, the peers to reach through relays, and
-// gives the others the address learned from their probes, if any.
-func (t *Tunnel) setRelayEndpoints(want map[key.Public]peerState) {
+// setPathsLocked gives, in want, each peer the endpoint (or relay endpoint)
+// and the keepalive of its path.
+func (t *Tunnel) setPathsLocked(want map[key.Public]peerState) {
 	tbl := t.bind.table.Load()
 	if tbl == nil {
 		return
 	}
+	paths := t.reach.Paths()
 	for i := range tbl.peers {
 		p := &tbl.peers[i]
 		s, ok := want[p.key]
@@ -117,13 +194,13 @@ func (t *Tunnel) setRelayEndpoints(want map[key.Public]peerState) {
 		} else if p.addr.IsValid() {
 			s.endpoint = p.addr
 		}
+		s.keep = paths[p.key].Keepalive
 		want[p.key] = s
 	}
 }
 
-// pathLoop probes every peer each probeInterval and moves peers between
-// direct and relayed as the probes say. It owns the path choice: it is the
-// only writer of pathState.relayed after a peer's first guess.
+// pathLoop probes every peer each probeInterval and has the path owner
+// decide again; it wakes early when the packet path learned an endpoint.
 func (t *Tunnel) pathLoop() {
 	defer close(t.done)
 	tick := time.NewTicker(probeInterval)
@@ -133,63 +210,81 @@ func (t *Tunnel) pathLoop() {
 		case <-t.stop:
 			return
 		case <-t.bind.learned:
-			t.relearn()
+			t.feedTraffic()
 			continue
 		case <-tick.C:
 		}
 		t.bind.sendProbes()
-		t.decidePaths()
+		t.feedProbes()
 	}
 }
 
-// relearn rebuilds the relay table and wireguard-go's endpoints after the
-// packet path learned a peer's address from its authenticated probes.
-func (t *Tunnel) relearn() {
+// feedTraffic gives the path owner the addresses the packet path learned
+// from authenticated probes.
+func (t *Tunnel) feedTraffic() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return
 	}
-	t.updateRelayTableLocked()
-	if err := t.applyLocked(); err != nil {
-		t.log.Error("moving peers to the endpoints their probes came from", "err", err)
-	}
-}
-
-// decidePaths applies the path rule to every peer and, if any changed,
-// reconfigures wireguard-go's endpoints.
-func (t *Tunnel) decidePaths() {
 	tbl := t.bind.table.Load()
 	if tbl == nil {
 		return
 	}
-	now := t.bind.nowNano()
-	changed := false
+	now := t.now()
 	for i := range tbl.peers {
 		p := &tbl.peers[i]
-		r := decidePath(p, now)
-		if p.path.relayed.Load() == r {
-			continue
-		}
-		p.path.relayed.Store(r)
-		changed = true
-		if r {
-			t.log.Info("peer's direct path is silent; relaying", "peer", p.key.Name(), "via", tbl.peers[p.via].key.Name())
-		} else {
-			t.log.Info("peer's direct path answers; sending direct", "peer", p.key.Name(), "endpoint", p.addr.String())
+		if a := p.path.learned.Swap(nil); a != nil {
+			t.reach.Learned(now, p.key, *a)
 		}
 	}
-	if !changed {
-		return
-	}
-	t.countRelayed(tbl)
+	t.decideLocked("")
+}
+
+// feedProbes gives the path owner the last direct probe reply of each peer.
+func (t *Tunnel) feedProbes() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return
 	}
+	if tbl := t.bind.table.Load(); tbl != nil {
+		for i := range tbl.peers {
+			p := &tbl.peers[i]
+			if last := p.path.lastReply.Load(); last != 0 {
+				t.reach.DirectReply(time.Unix(0, last), p.key)
+			}
+		}
+	}
+	t.decideLocked("")
+}
+
+// decideLocked has the path owner decide at now and carries out what
+// changed.
+func (t *Tunnel) decideLocked(cause string) {
+	changed := t.reach.Tick(t.now())
+	if len(changed) == 0 {
+		return
+	}
+	old := t.Paths()
+	for _, k := range changed {
+		p, _ := t.reach.Path(k)
+		was := old[k]
+		switch {
+		case p.Relayed && !was.Relayed:
+			t.log.Info("relaying to peer", "peer", k.Name(), "via", p.Via.Name(), "why", p.Why)
+		case !p.Relayed && was.Relayed:
+			t.log.Info("sending to peer direct", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String(), "why", p.Why)
+		case p.Endpoint != was.Endpoint:
+			t.log.Info("peer's endpoint moved", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String())
+		}
+	}
+	if cause != "" {
+		t.log.Info("paths decided again", "cause", cause, "changed", len(changed))
+	}
+	t.updateRelayTableLocked()
 	if err := t.applyLocked(); err != nil {
-		t.log.Error("moving peers between direct and relayed paths", "err", err)
+		t.log.Error("carrying out the paths decided", "err", err)
 	}
 }
 
@@ -199,12 +294,15 @@ func (t *Tunnel) addPathStats(stats map[key.Public]PeerStats) {
 	if tbl == nil {
 		return
 	}
+	paths := t.Paths()
 	for i := range tbl.peers {
 		p := &tbl.peers[i]
 		s, ok := stats[p.key]
 		if !ok {
 			continue
 		}
+		path := paths[p.key]
+		s.Why, s.From = path.Why, path.From
 		if s.Relayed {
 			s.Endpoint = netip.AddrPort{}
 			if p.via >= 0 {

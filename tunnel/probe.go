@@ -42,9 +42,8 @@ import (
 // from any address and moves the sender's endpoint to that address (the
 // endpoint "learned"), and a repeated counter is dropped.
 //
-// A peer whose direct probes were last answered less than pathDeadAfter ago
-// is direct; otherwise, if it has a relay, it is relayed. One that has not
-// been probed long enough keeps its first guess.
+// The replies are the evidence the path owner (package reach, paths.go)
+// decides direct or relayed by.
 //
 // The probes are also the keepalives of NAT mappings: every peer probes
 // every peer it has an address for each second, whatever the key order, so
@@ -52,7 +51,6 @@ import (
 // depends on, and they learn that mapping from the probes.
 const (
 	probeInterval = 1 * time.Second
-	pathDeadAfter = 5 * time.Second
 
 	probeBodyLen  = 40
 	probeFrameLen = RelayHeaderLen + probeBodyLen
@@ -196,22 +194,4 @@ func (b *Bind) sendProbes() {
 		}
 	}
 	b.ctr.relay[rcProbesSent].Add(sent)
-}
-
-// decidePath is the path rule: whether peer p should be relayed at now.
-func decidePath(p *relayPeer, now int64) bool {
-	switch {
-	case p.via < 0:
-		return false // nothing better than the direct path
-	case p.ep == nil:
-		return true // no direct address
-	}
-	last := p.path.lastReply.Load()
-	if last != 0 && now-last < int64(pathDeadAfter) {
-		return false
-	}
-	if last == 0 && now-p.path.added < int64(pathDeadAfter) {
-		return p.path.relayed.Load() // too early to tell: keep the first guess
-	}
-	return true
 }

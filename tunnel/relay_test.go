@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/blake2s"
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -153,7 +154,12 @@ func newRelayFixture(t testing.TB) *relayFixture {
 		{Key: f.b, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783")},
 		{Key: f.c, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"), Relay: f.b, Relayed: true},
 	}
-	f.tbl = buildRelayTable(PeerIDOf(f.self), peers, f.paths, testPairKey, f.inner.ParseEndpoint, now.UnixNano())
+	paths := map[key.Public]reach.Path{
+		f.a: {Endpoint: peers[0].Endpoint},
+		f.b: {Endpoint: peers[1].Endpoint},
+		f.c: {Endpoint: peers[2].Endpoint, Relayed: true, Via: f.b},
+	}
+	f.tbl = buildRelayTable(PeerIDOf(f.self), peers, f.paths, paths, testPairKey, f.inner.ParseEndpoint, now.UnixNano())
 	f.bind.setRelayTable(f.tbl)
 	f.bind.relayedN.Store(1)
 	return f
@@ -458,8 +464,9 @@ func testPairKey(k key.Public) *[32]byte {
 	return &pk
 }
 
-// TestProbes: a probe is answered, the reply records the RTT and keeps the
-// peer direct; without replies for pathDeadAfter the peer turns relayed.
+// TestProbes: a probe is answered, a reply records the RTT and the time of
+// the last direct reply (the path owner's evidence), and sendProbes probes
+// every peer direct and through its relay.
 func TestProbes(t *testing.T) {
 	f := newRelayFixture(t)
 	f.inner.keep = true
@@ -499,15 +506,8 @@ func TestProbes(t *testing.T) {
 	if got := time.Duration(pc.path.rtt.Load()); got != 3*time.Millisecond {
 		t.Errorf("rtt %v, want 3ms", got)
 	}
-	if decidePath(pc, now.UnixNano()) {
-		t.Errorf("answered peer decided relayed")
-	}
-	if !decidePath(pc, now.Add(pathDeadAfter).UnixNano()) {
-		t.Errorf("silent peer for pathDeadAfter decided direct")
-	}
-	// a has no relay: always direct.
-	if decidePath(&f.tbl.peers[f.tbl.lookup(a)], now.Add(time.Hour).UnixNano()) {
-		t.Errorf("peer without relay decided relayed")
+	if got := pc.path.lastReply.Load(); got != now.UnixNano() {
+		t.Errorf("last direct reply at %d, want %d (the path owner's evidence)", got, now.UnixNano())
 	}
 	// sendProbes: a direct probe each, and a relayed one to c through b.
 	f.inner.sends = 0
@@ -573,21 +573,6 @@ func TestProbeAuthentication(t *testing.T) {
 				}
 			}
 		})
-	}
-	// The next table sends to the learned address and takes data frames
-	// from it; a new configured endpoint forgets it.
-	peers := []PeerConfig{{Key: a, Endpoint: netip.MustParseAddrPort("192.0.2.1:6783")}}
-	tbl := buildRelayTable(self, peers, f.paths, testPairKey, f.inner.ParseEndpoint, 0)
-	if got := tbl.peers[0].addr.String(); got != "203.0.113.5:49601" {
-		t.Errorf("table address %s, want the learned one", got)
-	}
-	if _, ok := tbl.byAddr[netip.MustParseAddrPort("203.0.113.5:49601")]; !ok {
-		t.Errorf("learned address not a member address")
-	}
-	peers[0].Endpoint = netip.MustParseAddrPort("192.0.2.7:6783")
-	tbl = buildRelayTable(self, peers, f.paths, testPairKey, f.inner.ParseEndpoint, 0)
-	if got := tbl.peers[0].addr.String(); got != "192.0.2.7:6783" {
-		t.Errorf("table address %s after a new configured endpoint, want it", got)
 	}
 }
 

@@ -46,13 +46,12 @@ type pathState struct {
 	added     int64        // unix ns the peer appeared; constant
 	bucket    tokenBucket  // forwarding budget of frames from this peer
 
-	// learned is the address the peer's last authenticated direct probe or
-	// reply came from when that differed from where we sent: it wins over
-	// the configured endpoint until the control plane configures another.
-	learned    atomic.Pointer[netip.AddrPort]
-	configured netip.AddrPort // the endpoint learned overrides; guarded by Tunnel.mu
-	sendCtr    atomic.Uint64  // our probe counter for this pair
-	replay     replayFilter   // the peer's probe counters seen
+	// learned is a mailbox from the packet path to the path loop: the
+	// address the peer's last authenticated direct probe or reply came
+	// from, when that differed from where we send (paths.go takes it).
+	learned atomic.Pointer[netip.AddrPort]
+	sendCtr atomic.Uint64 // our probe counter for this pair
+	replay  replayFilter  // the peer's probe counters seen
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The

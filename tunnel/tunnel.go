@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -28,6 +29,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -54,9 +56,11 @@ type PeerConfig struct {
 	// Relayed is the first guess, used until probes have had time to tell:
 	// true when the control plane's route is not the direct edge.
 	Relayed bool
-	// Keepalive says whether we send this peer WireGuard keepalives (and so
-	// start handshakes unasked); the zero value leaves it to key order.
-	Keepalive Keepalive
+	// ICE is the peer's address ICE selected; invalid: none.
+	ICE netip.AddrPort
+	// DependsOn: we need this peer to hold our NAT mapping open (a control
+	// neighbour, or a relay we use): we keep it alive unless we are public.
+	DependsOn bool
 }
 
 // PeerStats is what wireguard-go reports of one peer, with the path the
@@ -69,6 +73,8 @@ type PeerStats struct {
 	Relayed       bool          // sent through relays
 	Via           key.Public    // when relayed: the first relay
 	RTT           time.Duration // last probe round trip on the path in use; 0 unknown
+	From          reach.Source  // where the endpoint came from
+	Why           string        // why the path is what it is (reach.Path.Why)
 }
 
 // ErrClosed is returned by the methods of a closed Tunnel.
@@ -103,6 +109,14 @@ type Tunnel struct {
 	keys    pairKeys      // probe keys per peer (auth.go)
 	stop    chan struct{} // closed by Close: ends the path loop
 	done    chan struct{} // closed when the path loop has ended
+	// The path owner (paths.go) and what it was last told.
+	reach    *reach.Machine
+	public   bool
+	ice      map[key.Public]netip.AddrPort
+	observer PathObserver
+
+	// The paths as last decided, for readers that do not take mu.
+	snap atomic.Pointer[map[key.Public]reach.Path]
 }
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
@@ -124,7 +138,8 @@ func New(cfg Config) (*Tunnel, error) {
 	defer runtime.UnlockOSThread()
 
 	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true,
-		paths: map[key.Public]*pathState{}, stop: make(chan struct{}), done: make(chan struct{})}
+		paths: map[key.Public]*pathState{}, reach: reach.New(cfg.Private.Public()),
+		stop: make(chan struct{}), done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -231,6 +246,7 @@ func (t *Tunnel) SetPeers(peers []PeerConfig) error {
 		return fmt.Errorf("set peers: %w", ErrClosed)
 	}
 	t.peers = slices.Clone(peers)
+	t.feedPeersLocked(t.peers)
 	t.updateRelayTableLocked()
 	return t.applyLocked()
 }
@@ -238,7 +254,7 @@ func (t *Tunnel) SetPeers(peers []PeerConfig) error {
 // applyLocked makes wireguard-go follow t.peers and the path chosen for each.
 func (t *Tunnel) applyLocked() error {
 	want := normalizePeers(t.peers)
-	t.setRelayEndpoints(want)
+	t.setPathsLocked(want)
 	var errs []error
 	applied := t.applied
 	if !t.synced {

@@ -10,11 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
 
 // keepaliveInterval is the persistent_keepalive_interval, in seconds, of the
-// peers we keep alive (PeerConfig.Keepalive). Only one side of a pair
+// peers we keep alive (reach.KeepaliveFor). Only one side of a pair
 // should get one: wireguard-go starts a handshake the moment it is set, and
 // when both sides did so at once, each overwrote its handshake state with
 // the other's initiation, both responses were refused ("invalid response
@@ -23,20 +24,6 @@ import (
 // nothing.
 const keepaliveInterval = 25
 
-// Keepalive says which side of a pair sends WireGuard keepalives.
-type Keepalive uint8
-
-const (
-	// KeepaliveByKey: the side with the smaller key.
-	KeepaliveByKey Keepalive = iota
-	// KeepaliveOn: we do, whatever the key order (a NATed peer towards the
-	// peers it depends on: it must also start the handshake, since the
-	// other side cannot reach it before its NAT has a mapping).
-	KeepaliveOn
-	// KeepaliveOff: we do not (a public peer: the other side does).
-	KeepaliveOff
-)
-
 // peerState is one peer as last applied to wireguard-go, normalized so that
 // two configurations compare equal exactly when they mean the same.
 type peerState struct {
@@ -44,7 +31,7 @@ type peerState struct {
 	endpoint netip.AddrPort // invalid: not set by us
 	relay    string         // non-empty: the relay endpoint to use instead of endpoint
 	allowed  []netip.Prefix // masked, sorted, no duplicates
-	keep     Keepalive
+	keep     reach.Keepalive
 }
 
 func (p peerState) equal(o peerState) bool {
@@ -53,7 +40,7 @@ func (p peerState) equal(o peerState) bool {
 
 // keepalive resolves p.keep for the pair (self, k).
 func (p peerState) keepalive(self, k key.Public) bool {
-	return p.keep == KeepaliveOn || (p.keep == KeepaliveByKey && self.Less(k))
+	return p.keep == reach.KeepaliveOn || (p.keep == reach.KeepaliveByKey && self.Less(k))
 }
 
 // normalizePeers turns the control plane's list into peerStates by key. A key
@@ -65,7 +52,6 @@ func normalizePeers(peers []PeerConfig) map[key.Public]peerState {
 			continue // not a key; wireguard-go would reject the whole text
 		}
 		s := m[p.Key]
-		s.keep = p.Keepalive
 		if p.Endpoint.IsValid() {
 			s.endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())
 		}

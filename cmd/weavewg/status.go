@@ -212,6 +212,12 @@ func showConnections(w io.Writer, st api.Status) {
 			}
 			detail = fmt.Sprintf("endpoint %s, rtt %s, handshake %s, rx %s, tx %s",
 				c.Endpoint, rtt, ago(c.LastHandshake), bytesHuman(c.RxBytes), bytesHuman(c.TxBytes))
+			if c.EndpointFrom != "" && c.Direct {
+				detail += ", endpoint from " + c.EndpointFrom
+			}
+			if c.PathWhy != "" {
+				detail += ", why: " + c.PathWhy
+			}
 		}
 		if c.ICE != "" && c.ICE != "connected" {
 			detail += ", ice " + c.ICE

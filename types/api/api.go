@@ -112,6 +112,11 @@ type Connection struct {
 	Via string `json:"via,omitempty"`
 	// RTTMillis is the last probe round trip on the path in use; 0 unknown.
 	RTTMillis float64 `json:"rtt_ms,omitempty"`
+	// EndpointFrom says where the endpoint came from: gossip, ice, or
+	// traffic (the peer's authenticated datagrams came from there).
+	EndpointFrom string `json:"endpoint_from,omitempty"`
+	// PathWhy is the rule that chose direct or relayed, in words.
+	PathWhy string `json:"path_why,omitempty"`
 	// ICE is the state of NAT traversal towards the peer when a session
 	// ran: checking, connected or backoff; empty when none was needed.
 	ICE string `json:"ice,omitempty"`

@@ -1,0 +1,276 @@
+// Package reach decides how each peer is reached, and why: straight to an
+// endpoint, or through a relay (later a kernel or VXLAN path beside them).
+//
+// It is the one owner of that choice. A Machine is a pure state machine:
+// no goroutines, no clock reads, no I/O. Its owner (the tunnel's path loop)
+// feeds it events with the time and carries out what it decides:
+//
+//   - SetPeers: gossip's view (the peer's listen address, the relay chosen
+//     by Relays, whether gossip's route already goes through it, whether we
+//     depend on the peer to hold our NAT mapping open);
+//   - ICE / ICELost: the address pion/ice selected for the peer, or its end;
+//   - Learned: the address an authenticated datagram of the peer came from
+//     (its probes; WireGuard roams by itself);
+//   - DirectReply: a probe sent straight to the peer's endpoint answered;
+//   - Tick: time passes; the paths are decided again.
+//
+// How a peer is reached (Path):
+//
+//   - Endpoint: the newest of the address learned from the peer's
+//     authenticated traffic and the address ICE selected; else gossip's
+//     listen address. A new gossip address forgets both (the peer moved).
+//   - Relayed: a peer without a relay is always direct. One with a relay is
+//     direct while its direct probes were answered within DeadAfter;
+//     relayed when they were not, or when it has no endpoint at all; until
+//     it has been probed for DeadAfter it keeps gossip's first guess
+//     (relayed when gossip's route goes through another peer).
+//   - Keepalive: see KeepaliveFor.
+//
+// Path.Why says in words which rule decided, for `status connections`.
+package reach
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// DeadAfter is how long a direct path may go unanswered before the peer is
+// relayed (when it has a relay).
+const DeadAfter = 5 * time.Second
+
+// Source says where an endpoint came from.
+type Source uint8
+
+const (
+	SourceNone    Source = iota
+	SourceGossip         // the peer's listen address in gossip
+	SourceICE            // the pair ICE selected
+	SourceTraffic        // the peer's authenticated datagrams came from there
+)
+
+func (s Source) String() string {
+	switch s {
+	case SourceGossip:
+		return "gossip"
+	case SourceICE:
+		return "ice"
+	case SourceTraffic:
+		return "traffic"
+	}
+	return "none"
+}
+
+// Keepalive says which side of a pair sends WireGuard keepalives.
+type Keepalive uint8
+
+const (
+	KeepaliveByKey Keepalive = iota // the side with the smaller key
+	KeepaliveOn                     // we do, whatever the key order
+	KeepaliveOff                    // we do not: the other side does
+)
+
+// Peer is gossip's view of one peer.
+type Peer struct {
+	Key    key.Public
+	Gossip netip.AddrPort // its listen address as gossip has it; invalid: unknown
+	Via    key.Public     // the relay to fall back to (Relays); zero: none
+	// StartRelayed: gossip's route goes through another peer, so start
+	// relayed until probes tell.
+	StartRelayed bool
+	// DependsOn: we need this peer to hold our NAT mapping open (a control
+	// neighbour, or a relay we use).
+	DependsOn bool
+}
+
+// Path is how a peer is reached.
+type Path struct {
+	Endpoint  netip.AddrPort // where direct datagrams go; invalid: none known
+	From      Source         // where Endpoint came from
+	Relayed   bool           // datagrams go through Via
+	Via       key.Public     // the relay; zero: none
+	Keepalive Keepalive
+	Why       string // the rule that decided Relayed, in words
+}
+
+// peer is the state of one peer. Times are zero when never.
+type peer struct {
+	in        Peer
+	added     time.Time
+	ice       netip.AddrPort
+	iceAt     time.Time
+	learned   netip.AddrPort
+	learnedAt time.Time
+	lastReply time.Time
+	path      Path
+}
+
+// Machine holds the path of every peer. Not safe for concurrent use.
+type Machine struct {
+	self   key.Public
+	public bool // STUN through other peers showed no NAT
+	peers  map[key.Public]*peer
+}
+
+// New makes a Machine for the peer self.
+func New(self key.Public) *Machine {
+	return &Machine{self: self, peers: map[key.Public]*peer{}}
+}
+
+// SetPublic records whether this host is known to have a public address.
+func (m *Machine) SetPublic(public bool) { m.public = public }
+
+// SetPeers replaces gossip's view: new peers start, departed ones are
+// forgotten, and a peer whose gossip address changed forgets what ICE and
+// traffic taught about it.
+func (m *Machine) SetPeers(now time.Time, ps []Peer) {
+	seen := make(map[key.Public]bool, len(ps))
+	for _, in := range ps {
+		if in.Key.IsZero() || in.Key == m.self || seen[in.Key] {
+			continue
+		}
+		seen[in.Key] = true
+		in.Gossip = unmap(in.Gossip)
+		p := m.peers[in.Key]
+		if p == nil {
+			p = &peer{added: now}
+			p.path.Relayed = in.StartRelayed && !in.Via.IsZero()
+			m.peers[in.Key] = p
+		} else if p.in.Gossip != in.Gossip {
+			p.ice, p.iceAt, p.learned, p.learnedAt = netip.AddrPort{}, time.Time{}, netip.AddrPort{}, time.Time{}
+		}
+		p.in = in
+	}
+	for k := range m.peers {
+		if !seen[k] {
+			delete(m.peers, k)
+		}
+	}
+	m.Tick(now)
+}
+
+// ICE records the address ICE selected for k.
+func (m *Machine) ICE(now time.Time, k key.Public, addr netip.AddrPort) {
+	if p := m.peers[k]; p != nil && addr.IsValid() {
+		p.ice, p.iceAt = unmap(addr), now
+	}
+}
+
+// ICELost forgets the address ICE had selected for k.
+func (m *Machine) ICELost(k key.Public) {
+	if p := m.peers[k]; p != nil {
+		p.ice, p.iceAt = netip.AddrPort{}, time.Time{}
+	}
+}
+
+// Learned records that an authenticated datagram of k came from addr. It
+// reports whether k's endpoint changes.
+func (m *Machine) Learned(now time.Time, k key.Public, addr netip.AddrPort) bool {
+	p := m.peers[k]
+	if p == nil || !addr.IsValid() {
+		return false
+	}
+	addr = unmap(addr)
+	changed := addr != p.path.Endpoint
+	p.learned, p.learnedAt = addr, now
+	return changed
+}
+
+// DirectReply records that a probe sent straight to k's endpoint answered.
+func (m *Machine) DirectReply(now time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil {
+		p.lastReply = now
+	}
+}
+
+// Tick decides every peer's path at now and returns the peers whose path
+// changed.
+func (m *Machine) Tick(now time.Time) []key.Public {
+	var changed []key.Public
+	for k, p := range m.peers {
+		next := m.decide(p, now)
+		if next != p.path {
+			p.path = next
+			changed = append(changed, k)
+		}
+	}
+	return changed
+}
+
+// Path is how k is reached; false if k is not a peer.
+func (m *Machine) Path(k key.Public) (Path, bool) {
+	p := m.peers[k]
+	if p == nil {
+		return Path{}, false
+	}
+	return p.path, true
+}
+
+// Paths is every peer's path.
+func (m *Machine) Paths() map[key.Public]Path {
+	out := make(map[key.Public]Path, len(m.peers))
+	for k, p := range m.peers {
+		out[k] = p.path
+	}
+	return out
+}
+
+// decide is the rule of the package comment.
+func (m *Machine) decide(p *peer, now time.Time) Path {
+	next := Path{Via: p.in.Via, Keepalive: KeepaliveFor(m.public, p.in.DependsOn)}
+	switch {
+	case p.learned.IsValid() && (!p.ice.IsValid() || !p.learnedAt.Before(p.iceAt)):
+		next.Endpoint, next.From = p.learned, SourceTraffic
+	case p.ice.IsValid():
+		next.Endpoint, next.From = p.ice, SourceICE
+	case p.in.Gossip.IsValid():
+		next.Endpoint, next.From = p.in.Gossip, SourceGossip
+	}
+	switch {
+	case p.in.Via.IsZero():
+		next.Why = "no relay: always direct"
+	case !next.Endpoint.IsValid():
+		next.Relayed, next.Why = true, "no endpoint known"
+	case !p.lastReply.IsZero() && now.Sub(p.lastReply) < DeadAfter:
+		next.Why = "direct probes answered"
+	case p.lastReply.IsZero() && now.Sub(p.added) < DeadAfter:
+		next.Relayed = p.path.Relayed
+		if next.Relayed {
+			next.Why = "first guess: gossip routes through the relay"
+		} else {
+			next.Why = "first guess: gossip's route is direct"
+		}
+	default:
+		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
+	}
+	return next
+}
+
+// KeepaliveFor is which side of a pair sends WireGuard keepalives (and so
+// starts handshakes unasked).
+//
+// The side behind a NAT must: its NAT drops what the other side sends until
+// it has sent first, and its mapping lasts only while it keeps sending. So
+// a host not known to be public keeps alive the peers it depends on (its
+// control neighbours and relays) whatever the key order. A public host sends
+// none: the other side does, and its probes and handshakes teach us its
+// mapping. Between two peers that depend on neither (two NATed peers,
+// normally relayed) the smaller key does, so that their first handshakes do
+// not collide.
+func KeepaliveFor(public, dependsOn bool) Keepalive {
+	switch {
+	case public:
+		return KeepaliveOff
+	case dependsOn:
+		return KeepaliveOn
+	}
+	return KeepaliveByKey
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	if !a.IsValid() {
+		return a
+	}
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

@@ -1,0 +1,193 @@
+package reach
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+func testKey(n byte) key.Public {
+	var k key.Public
+	k[0] = n
+	return k
+}
+
+var (
+	self   = testKey(5)
+	peerA  = testKey(1) // reached through relay R when its direct path dies
+	relayR = testKey(2)
+	gossA  = netip.MustParseAddrPort("192.0.2.101:6783")
+	gossR  = netip.MustParseAddrPort("192.0.2.2:6783")
+	natA   = netip.MustParseAddrPort("192.0.2.101:49601")
+	iceA   = netip.MustParseAddrPort("192.0.2.101:50000")
+	t0     = time.Unix(1000, 0)
+)
+
+// step is one event fed to the Machine at t0+at, and what A's path must be
+// after it.
+type step struct {
+	at    time.Duration
+	do    func(m *Machine, now time.Time)
+	want  Path
+	quiet bool // the event changes nothing
+}
+
+func peers(startRelayed bool, gossip netip.AddrPort) func(m *Machine, now time.Time) {
+	return func(m *Machine, now time.Time) {
+		m.SetPeers(now, []Peer{
+			{Key: peerA, Gossip: gossip, Via: relayR, StartRelayed: startRelayed},
+			{Key: relayR, Gossip: gossR, DependsOn: true},
+		})
+	}
+}
+
+func reply(m *Machine, now time.Time) { m.DirectReply(now, peerA) }
+func learned(a netip.AddrPort) func(*Machine, time.Time) {
+	return func(m *Machine, now time.Time) { m.Learned(now, peerA, a) }
+}
+func ice(a netip.AddrPort) func(*Machine, time.Time) {
+	return func(m *Machine, now time.Time) { m.ICE(now, peerA, a) }
+}
+func tick(*Machine, time.Time) {}
+
+// TestMachine walks peer A through its life on a fake clock: first guess,
+// probes answered and silent, endpoints from ICE and from traffic, gossip
+// moving it.
+func TestMachine(t *testing.T) {
+	direct := func(ep netip.AddrPort, from Source, why string) Path {
+		return Path{Endpoint: ep, From: from, Via: relayR, Why: why}
+	}
+	relayed := func(ep netip.AddrPort, from Source, why string) Path {
+		return Path{Endpoint: ep, From: from, Relayed: true, Via: relayR, Why: why}
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"first guess relayed, then probes answer", []step{
+			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
+			{4 * time.Second, tick, relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), true},
+			{4500 * time.Millisecond, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
+			{9 * time.Second, tick, direct(gossA, SourceGossip, "direct probes answered"), true},
+			{9500 * time.Millisecond, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+		}},
+		{"first guess direct, never answered", []step{
+			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
+			{5 * time.Second, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+		}},
+		{"no endpoint: relayed", []step{
+			{0, peers(false, netip.AddrPort{}), relayed(netip.AddrPort{}, SourceNone, "no endpoint known"), false},
+		}},
+		{"the NAT's port learned from traffic wins over gossip's guess", []step{
+			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
+			{time.Second, learned(natA), relayed(natA, SourceTraffic, "first guess: gossip routes through the relay"), false},
+			{1100 * time.Millisecond, reply, direct(natA, SourceTraffic, "direct probes answered"), false},
+			// gossip says the same again: nothing forgotten
+			{2 * time.Second, peers(true, gossA), direct(natA, SourceTraffic, "direct probes answered"), true},
+		}},
+		{"newest of ICE and traffic wins; new gossip address forgets both", []step{
+			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
+			{time.Second, ice(iceA), relayed(iceA, SourceICE, "first guess: gossip routes through the relay"), false},
+			{2 * time.Second, learned(natA), relayed(natA, SourceTraffic, "first guess: gossip routes through the relay"), false},
+			{3 * time.Second, ice(iceA), relayed(iceA, SourceICE, "first guess: gossip routes through the relay"), false},
+			{4 * time.Second, peers(true, netip.MustParseAddrPort("192.0.2.77:6783")), relayed(netip.MustParseAddrPort("192.0.2.77:6783"), SourceGossip, "first guess: gossip routes through the relay"), false},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := New(self)
+			for i, s := range tt.steps {
+				now := t0.Add(s.at)
+				s.do(m, now)
+				changed := m.Tick(now)
+				got, ok := m.Path(peerA)
+				if !ok {
+					t.Fatalf("step %d: A is not a peer", i)
+				}
+				got.Keepalive = 0
+				if got != s.want {
+					t.Errorf("step %d at %v: path %+v, want %+v", i, s.at, got, s.want)
+				}
+				if s.quiet && len(changed) != 0 {
+					t.Errorf("step %d: %d paths changed, want none", i, len(changed))
+				}
+			}
+		})
+	}
+}
+
+// TestNoRelayAlwaysDirect: a peer without a relay stays direct however
+// silent it is.
+func TestNoRelayAlwaysDirect(t *testing.T) {
+	m := New(self)
+	m.SetPeers(t0, []Peer{{Key: relayR, Gossip: gossR}})
+	m.Tick(t0.Add(time.Hour))
+	if p, _ := m.Path(relayR); p.Relayed || p.Why != "no relay: always direct" {
+		t.Errorf("path %+v", p)
+	}
+	// Departed peers are forgotten; events for them change nothing.
+	m.SetPeers(t0, nil)
+	m.Learned(t0, relayR, natA)
+	if _, ok := m.Path(relayR); ok {
+		t.Errorf("departed peer still has a path")
+	}
+}
+
+// TestKeepaliveFor: the NATed (or unsure) side keeps alive the peers it
+// depends on whatever the key order; a public side none; two independent
+// peers leave it to key order.
+func TestKeepaliveFor(t *testing.T) {
+	tests := []struct {
+		name              string
+		public, dependsOn bool
+		want              Keepalive
+	}{
+		{"NATed or unsure, towards a peer it depends on", false, true, KeepaliveOn},
+		{"NATed or unsure, towards an independent peer", false, false, KeepaliveByKey},
+		{"public, towards a peer it depends on", true, true, KeepaliveOff},
+		{"public, towards an independent peer", true, false, KeepaliveOff},
+	}
+	for _, tt := range tests {
+		if got := KeepaliveFor(tt.public, tt.dependsOn); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	m := New(self)
+	m.SetPeers(t0, []Peer{{Key: relayR, Gossip: gossR, DependsOn: true}})
+	if p, _ := m.Path(relayR); p.Keepalive != KeepaliveOn {
+		t.Errorf("unsure host: keepalive %v towards the peer it depends on", p.Keepalive)
+	}
+	m.SetPublic(true)
+	if ch := m.Tick(t0); len(ch) != 1 {
+		t.Errorf("becoming public changed %d paths, want 1", len(ch))
+	}
+	if p, _ := m.Path(relayR); p.Keepalive != KeepaliveOff {
+		t.Errorf("public host: keepalive %v", p.Keepalive)
+	}
+}
+
+// TestRelays: gossip's first hop is the relay (start relayed); for a direct
+// route, the smallest-keyed common control neighbour.
+func TestRelays(t *testing.T) {
+	me, a, b, c, d := testKey(9), testKey(1), testKey(2), testKey(3), testKey(4)
+	routes := []Route{
+		{Key: me, Self: true, Reachable: true},
+		{Key: a, Reachable: true, Direct: true, HasEndpoint: true, NextHop: a, Neighbors: []key.Public{me, c, d}},
+		{Key: b, Reachable: true, Direct: true, HasEndpoint: true, NextHop: b, Neighbors: []key.Public{me, c}},
+		{Key: c, Reachable: true, NextHop: c},
+		{Key: d, Reachable: true, NextHop: b},
+		{Key: testKey(7), Reachable: false, NextHop: a},
+	}
+	got := Relays(routes)
+	want := map[key.Public]Relay{c: {Via: a}, d: {Via: b, StartRelayed: true}}
+	if len(got) != len(want) {
+		t.Fatalf("relays %v, want %v", got, want)
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("relay of %d: %+v, want %+v", k[0], got[k], w)
+		}
+	}
+}
