@@ -69,6 +69,10 @@ type Config struct {
 	// to know: the join line of a new network, space received, ready.
 	Notify func(msg string)
 	Logger *slog.Logger
+	// WGUAPIDir is where the WireGuard device's UAPI socket IFACE.sock is
+	// made, for `wg show` (tunnel.DefaultUAPIDir on a host; the test bed
+	// gives each host its own). Empty: no socket.
+	WGUAPIDir string
 	// MetricsAddr is HOST:PORT to serve Prometheus metrics on over TCP
 	// (GET /metrics); empty: only on the API socket.
 	MetricsAddr string

@@ -293,7 +293,7 @@ func prepare(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
-		missing: map[string]time.Time{},
+		missing:        map[string]time.Time{},
 		hostIPConflict: map[key.Public]bool{}, goneSince: map[key.Public]time.Time{},
 	}
 	var created bool
@@ -372,6 +372,7 @@ func (d *Daemon) run(ctx context.Context) error {
 		defer cancel()
 		return srv.Shutdown(shutCtx)
 	})
+	d.serveUAPI()
 	stopMetrics, err := d.serveMetrics(d.metricsRegistry())
 	if err != nil {
 		d.closers.close()

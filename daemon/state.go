@@ -47,4 +47,3 @@ func loadOrCreateKey(dir string) (priv key.Private, created bool, err error) {
 		return key.Private{}, false, fmt.Errorf("reading identity key: %w", err)
 	}
 }
-

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/daemon"
+	"github.com/weavewg/weavewg/tunnel"
 )
 
 func launchCommand() *cli.Command {
@@ -52,6 +53,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
 		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "wg-uapi-dir", Value: tunnel.DefaultUAPIDir, Usage: "where the WireGuard device's socket IFACE.sock is made, so that 'wg show' sees it (read-only; \"\" for none)"},
 		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. this host's overlay address or 127.0.0.1:6782 (default: off; always on the API socket)"},
 		&cli.StringFlag{Name: "trusted-subnets", Usage: "underlay subnets, CIDR,... (e.g. 192.168.1.0/24), where traffic between two peers that both have an address in them goes UNENCRYPTED through kernel VXLAN on UDP --port+1 (6784); every other pair stays on WireGuard"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
@@ -116,6 +118,7 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		Build:     buildInfo(),
 
 		MetricsAddr: c.String("metrics-addr"),
+		WGUAPIDir:   c.String("wg-uapi-dir"),
 
 		TrustedSubnets: trusted,
 		ReclaimAfter:   c.Duration("reclaim-after"),

@@ -157,6 +157,8 @@ func (h *Host) LaunchArgs() []string {
 		// Per-host Docker paths, so no host touches the machine's Docker.
 		"--docker-plugin-socket", h.PluginSocket(),
 		"--docker-socket", h.DockerSocket(),
+		// Each host its own /var/run/wireguard (see WG).
+		"--wg-uapi-dir", h.WGUAPIDir(),
 	}
 	if h.fixedHostIP {
 		args = append(args, "--host-ip", h.HostIP)
