@@ -9,6 +9,9 @@
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
 //	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
 //	    the like-for-like of b without the containers' veth and bridge hops
+//	(r) weavewg relayed through a third host
+//	(v) raw kernel VXLAN and (t) weavewg's trusted fast path on two more
+//	    hosts (trusted.go)
 //
 // For each it runs iperf3 TCP (one stream; --parallel N adds -P N) and
 // ping (RTT avg, p50, p99), then prints the ratios c/a and c/b beside the
@@ -68,15 +71,15 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
-	flag.StringVar(&only, "only", "a,b,c,r", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked)")
+	flag.StringVar(&only, "only", "a,b,c,r,v,t", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
 	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
 	flag.Parse()
 	o.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
 		p = strings.TrimSpace(p)
-		if p != "a" && p != "b" && p != "c" && p != "d" && p != "r" {
-			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, r)\n", p)
+		if !strings.Contains("abcdrvtu", p) || len(p) != 1 {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, r, v, t, u)\n", p)
 			os.Exit(2)
 		}
 		o.only[p] = true
@@ -172,7 +175,7 @@ func run(tb *benchTB, o options) int {
 		}
 	}
 	var cErr error
-	wwg := o.only["c"] || o.only["d"] || o.only["r"]
+	wwg := o.only["c"] || o.only["d"] || o.only["r"] || o.only["t"] || o.only["u"]
 	if wwg {
 		progress("building weavewg …")
 		if _, err := testbed.BuildBinary(dir); err != nil {
@@ -189,6 +192,10 @@ func run(tb *benchTB, o options) int {
 	var h3 *testbed.Host
 	if o.only["r"] {
 		h3 = bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{h2.UnderlayIP}})
+	}
+	var th trustedHosts
+	if o.only["t"] || o.only["v"] || o.only["u"] {
+		th = addTrustedHosts(bed)
 	}
 
 	type path struct {
@@ -281,6 +288,36 @@ func run(tb *benchTB, o options) int {
 	if cErr != nil {
 		progress("weavewg path not measured: %v", cErr)
 		rep.Errors = append(rep.Errors, "weavewg: "+cErr.Error())
+	}
+	if o.only["v"] {
+		progress("making raw kernel VXLAN devices on %s and %s …", th.a, th.b)
+		if err := startRawVXLAN(bed, th); err != nil {
+			tb.Fatalf("bench: raw VXLAN: %v", err)
+		}
+		paths = append(paths, &path{key: "v", name: "kernel VXLAN (raw)",
+			from: th.a.Name + " " + rawVXLANAddr(0), to: th.b.Name + " " + rawVXLANAddr(1),
+			srcNS: th.a.Netns, dstNS: th.b.Netns, dst: rawVXLANAddr(1),
+			pids: func() []int { return nil }})
+	}
+	if (o.only["t"] || o.only["u"]) && cErr == nil {
+		progress("launching weavewg --trusted-subnets on %s and %s …", th.a, th.b)
+		t1, t2, err := startTrusted(bed, th)
+		if err != nil {
+			progress("trusted path not measured: %v", err)
+			rep.Errors = append(rep.Errors, err.Error())
+		} else {
+			tpids := func() []int { return []int{th.a.Pid(), th.b.Pid()} }
+			if o.only["t"] {
+				paths = append(paths, &path{key: "t", name: "weavewg vxlan (trusted)",
+					from: th.a.Name + "c1 " + t1.Addr, to: th.b.Name + "c1 " + t2.Addr,
+					srcNS: t1.Netns, dstNS: t2.Netns, dst: t2.Addr, pids: tpids})
+			}
+			if o.only["u"] {
+				paths = append(paths, &path{key: "u", name: "weavewg vxlan host → host",
+					from: th.a.Name + " " + hostAddr(th.a), to: th.b.Name + " " + hostAddr(th.b),
+					srcNS: th.a.Netns, dstNS: th.b.Netns, dst: hostAddr(th.b), pids: tpids})
+			}
+		}
 	}
 
 	for _, p := range paths {

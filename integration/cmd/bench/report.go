@@ -121,6 +121,12 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	add("r", "c", "throughput 1 stream", tcp1, ">= 0.6", func(v float64) bool { return v >= 0.6 })
 	add("r", "c", "throughput parallel", tcpn, "", nil)
 	add("r", "c", "RTT avg", avg, "", nil)
+	// The trusted fast path against the kernel's own VXLAN, issue 16's target.
+	add("t", "v", "throughput 1 stream", tcp1, ">= 0.90", func(v float64) bool { return v >= 0.9 })
+	add("t", "v", "throughput parallel", tcpn, "", nil)
+	add("t", "v", "RTT avg", avg, "", nil)
+	add("t", "c", "throughput 1 stream", tcp1, "", nil)
+	add("u", "v", "throughput 1 stream", tcp1, "", nil)
 	// How much the reference itself costs against the wire, for context.
 	add("b", "a", "throughput 1 stream", tcp1, "", nil)
 	add("b", "a", "RTT avg", avg, "", nil)
