@@ -20,7 +20,8 @@ RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
 # the benchmark use. Installed only when the command is missing.
 TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils-ping \
          iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
-         wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf
+         wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
+         unshare:util-linux
 
 .PHONY: all build release test unit integration deps demo bench bench-dns fuzz vet clean
 

@@ -7,9 +7,17 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/weavewg/weavewg/cni"
 )
 
 func main() {
+	// A container runtime runs CNI plugins with CNI_COMMAND set and no
+	// arguments: then this binary is weavewg's CNI plugin.
+	if os.Getenv("CNI_COMMAND") != "" && len(os.Args) == 1 {
+		cni.Main("weavewg CNI plugin " + versionString())
+		return
+	}
 	if err := newApp().Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "weavewg:", err)
 		os.Exit(1)
@@ -42,6 +50,7 @@ through its API socket (--api-socket or WEAVEWG_API_SOCKET).`,
 			rmpeerCommand(),
 			dnsArgsCommand(),
 			versionCommand(),
+			cniCommand(),
 		}, dnsCommands()...),
 	}
 }
