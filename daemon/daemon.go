@@ -167,14 +167,14 @@ type Daemon struct {
 	// instead of seeding a second one.
 	seedsRing bool
 
-	tokens         tokenRegistry
-	router         controlPlane
-	tun            wireGuardPlane
-	host           hostNetwork
-	planes         dataPlane
-	dns            *dns.Server // nil with --no-dns
-	ipam           *ipam.Allocator
-	nat            *nat.Manager // nil when the data plane has no socket of its own (tests)
+	tokens tokenRegistry
+	router controlPlane
+	tun    wireGuardPlane
+	host   hostNetwork
+	planes dataPlane
+	dns    *dns.Server // nil with --no-dns
+	ipam   *ipam.Allocator
+	nat    *nat.Manager // nil when the data plane has no socket of its own (tests)
 
 	// closers shuts down what has started, in reverse order; start, a failed
 	// assemble and run's stop all use it.
