@@ -186,7 +186,10 @@ type Daemon struct {
 	missing     map[string]time.Time // attachments whose namespace is gone, by id, since when
 
 	// Owned by the reconcile loop.
-	hostIPConflict map[key.Public]bool
+	hostIPConflict map[key.Public]string // peers whose host address is refused, and why
+	// refusedHostIPs is hostIPConflict published for status (read without
+	// the reconcile loop); never modified after Store.
+	refusedHostIPs atomic.Pointer[map[key.Public]string]
 	goneSince      map[key.Public]time.Time // range owners unreachable, since when
 	reachableSet   map[key.Public]bool      // as last told to the allocator
 	ticks          int
@@ -294,8 +297,9 @@ func prepare(cfg Config) (*Daemon, error) {
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
 		missing:        map[string]time.Time{},
-		hostIPConflict: map[key.Public]bool{}, goneSince: map[key.Public]time.Time{},
+		hostIPConflict: map[key.Public]string{}, goneSince: map[key.Public]time.Time{},
 	}
+	d.refusedHostIPs.Store(&map[key.Public]string{})
 	var created bool
 	var err error
 	d.priv, created, err = loadOrCreateKey(cfg.StateDir)
@@ -446,7 +450,7 @@ func (d *Daemon) reconcile() {
 	var reachable []key.Public
 	reachSet := map[key.Public]bool{}
 	hostIPs := []netip.Addr{d.hostIP.Addr()}
-	conflicts := map[key.Public]bool{}
+	conflicts := map[key.Public]string{}
 	ranges := d.ipam.AllPrefixes()
 	local := map[netip.Addr]string{}
 	for _, a := range d.ipam.Allocations() {
@@ -456,6 +460,19 @@ func (d *Daemon) reconcile() {
 	inputs := pathInputs(peers)
 	d.tun.SetPublic(d.knownPublic())
 	d.natPeers(peers)
+	// A host address is believed only if nobody else uses it: its own
+	// record is signed, but any member may declare any --host-ip, and a
+	// /32 in its AllowedIPs would take that address's traffic (issue 14).
+	containerOf := map[netip.Addr]key.Public{}
+	hostIPUsers := map[netip.Addr]int{}
+	for _, p := range peers {
+		for _, a := range p.Attached {
+			containerOf[a.Addr()] = p.Key
+		}
+		if !p.Self && p.HostIP.IsValid() {
+			hostIPUsers[p.HostIP]++
+		}
+	}
 	for _, p := range peers {
 		if !p.Self && p.HostIP.IsValid() {
 			hostIPs = append(hostIPs, p.HostIP)
@@ -468,25 +485,25 @@ func (d *Daemon) reconcile() {
 		in := inputs[p.Key]
 		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
 		if p.HostIP.IsValid() {
+			// Refused host addresses get no route and no AllowedIPs; the
+			// reason shows in status and is logged once.
+			why := ""
 			if p.HostIP == d.hostIP.Addr() {
-				// Routing our own address into the tunnel would cut this host
-				// off; refuse it and say so once.
-				conflicts[p.Key] = true
-				if !d.hostIPConflict[p.Key] {
-					d.log.Error("peer uses this host's overlay address; give one of them a different --host-ip",
-						"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String())
+				why = "it is this host's overlay address"
+			} else if id, taken := local[p.HostIP]; taken {
+				why = "it is the address of container " + id + " here"
+			} else if owner, taken := containerOf[p.HostIP]; taken && owner != p.Key {
+				why = "it is the address of a container on " + owner.Name()
+			} else if hostIPUsers[p.HostIP] > 1 {
+				why = "another peer declares the same host address"
+			}
+			if why != "" {
+				conflicts[p.Key] = why
+				if d.hostIPConflict[p.Key] != why {
+					d.log.Error("refusing a peer's host address; give it another --host-ip",
+						"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String(), "reason", why)
 				}
 			} else {
-				if id, taken := local[p.HostIP]; taken {
-					// Its host address was handed out here before we knew
-					// it (host addresses are not allocated yet): the
-					// container there loses traffic to the host. Say so.
-					conflicts[p.Key] = true
-					if !d.hostIPConflict[p.Key] {
-						d.log.Error("a peer's host address is allocated to a container here; detach and re-attach that container, or give the peer another --host-ip",
-							"peer", p.Key.Name(), "nickname", p.Nickname, "host_ip", p.HostIP.String(), "container", id)
-					}
-				}
 				pc.AllowedIPs = append(pc.AllowedIPs, netip.PrefixFrom(p.HostIP, 32))
 			}
 		}
@@ -518,6 +535,7 @@ func (d *Daemon) reconcile() {
 		d.notify("got address space: %v", ranges[d.pub])
 	}
 	d.hostIPConflict = conflicts
+	d.refusedHostIPs.Store(&conflicts)
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)
 	}

@@ -205,8 +205,49 @@ func TestReconcileAllowsEachPeerItsAddresses(t *testing.T) {
 	if a := got[pubKey(3)]; len(a) != 0 {
 		t.Errorf("peer claiming our host address allowed %v, want nothing", a)
 	}
-	if !d.hostIPConflict[pubKey(3)] {
+	if d.hostIPConflict[pubKey(3)] == "" {
 		t.Error("host address conflict not recorded")
+	}
+}
+
+// TestReconcileRefusesHostIPOfAContainer is issue 14 acceptance 2 at the
+// daemon: a peer declaring (--host-ip) the address of another peer's
+// container, or the same host address as a third peer, gets no /32 for it,
+// and status says why; the container's owner keeps its route.
+func TestReconcileRefusesHostIPOfAContainer(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	victim := netip.MustParseAddr("10.40.0.5")
+	r.peers = []discovery.Peer{
+		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+		{Key: pubKey(1), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.2"), Attached: []netip.Prefix{netip.PrefixFrom(victim, 12)}},
+		{Key: pubKey(2), Reachable: true, HostIP: victim},
+		{Key: pubKey(3), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.9")},
+		{Key: pubKey(4), Reachable: true, HostIP: netip.MustParseAddr("10.32.0.9")},
+	}
+	d.reconcile()
+	for _, p := range tn.peers {
+		for _, a := range p.AllowedIPs {
+			if p.Key != pubKey(1) && (a.Contains(victim) && a.Bits() == 32 || a == netip.MustParsePrefix("10.32.0.9/32")) {
+				t.Errorf("peer %x allowed %v", p.Key[0], a)
+			}
+		}
+		if p.Key == pubKey(1) && !slices.Contains(p.AllowedIPs, netip.MustParsePrefix("10.32.0.2/32")) {
+			t.Errorf("honest peer 1 lost its host address: %v", p.AllowedIPs)
+		}
+	}
+	st := d.status()
+	reasons := map[string]string{}
+	for _, p := range st.Peers {
+		reasons[p.PublicKey] = p.HostIPRefused
+	}
+	for _, k := range []key.Public{pubKey(2), pubKey(3), pubKey(4)} {
+		if reasons[k.String()] == "" {
+			t.Errorf("status does not show peer %x's host address refused: %v", k[0], reasons)
+		}
+	}
+	if reasons[pubKey(1).String()] != "" {
+		t.Errorf("honest peer 1 shown refused: %q", reasons[pubKey(1).String()])
 	}
 }
 

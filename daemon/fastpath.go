@@ -77,7 +77,7 @@ func (d *Daemon) openFastPath() (fastPath, error) {
 
 // setFastPeers gives the fast path every reachable peer with an underlay
 // address and a host address of its own, and returns those it carries.
-func (d *Daemon) setFastPeers(want []tunnel.PeerConfig, peers []discovery.Peer, conflicts map[key.Public]bool) map[key.Public]bool {
+func (d *Daemon) setFastPeers(want []tunnel.PeerConfig, peers []discovery.Peer, conflicts map[key.Public]string) map[key.Public]bool {
 	if d.planes.fast == nil {
 		return nil
 	}
@@ -87,7 +87,7 @@ func (d *Daemon) setFastPeers(want []tunnel.PeerConfig, peers []discovery.Peer, 
 	}
 	var cands []vxlan.Peer
 	for _, pc := range want {
-		if !pc.Endpoint.IsValid() || !hostIP[pc.Key].IsValid() || conflicts[pc.Key] {
+		if !pc.Endpoint.IsValid() || !hostIP[pc.Key].IsValid() || conflicts[pc.Key] != "" {
 			continue
 		}
 		cands = append(cands, vxlan.Peer{Key: pc.Key, Underlay: pc.Endpoint.Addr(), HostIP: hostIP[pc.Key], Prefixes: pc.AllowedIPs})

@@ -50,6 +50,7 @@ func (d *Daemon) status() api.Status {
 	for _, p := range peers {
 		nick[p.Key] = p.Nickname
 	}
+	refused := *d.refusedHostIPs.Load()
 	for _, p := range peers {
 		ap := api.Peer{
 			Name:      p.Key.Name(),
@@ -62,6 +63,7 @@ func (d *Daemon) status() api.Status {
 		}
 		if p.HostIP.IsValid() {
 			ap.HostIP = p.HostIP.String()
+			ap.HostIPRefused = refused[p.Key]
 		}
 		for _, a := range p.Attached {
 			ap.Addresses = append(ap.Addresses, a.String())

@@ -139,7 +139,11 @@ func showPeers(w io.Writer, st api.Status) {
 		case !p.Reachable:
 			mark = "  unreachable!"
 		}
-		fmt.Fprintf(w, "%s(%s)  %s  %d attached%s\n", p.Name, p.Nickname, p.HostIP, len(p.Addresses), mark)
+		hostIP := p.HostIP
+		if p.HostIPRefused != "" {
+			hostIP += " (refused: " + p.HostIPRefused + ")"
+		}
+		fmt.Fprintf(w, "%s(%s)  %s  %d attached%s\n", p.Name, p.Nickname, hostIP, len(p.Addresses), mark)
 		// Neighbours by nickname (name when it has none), packed into
 		// lines, so 50 peers take a few lines each rather than 50.
 		ns := make([]string, 0, len(p.Neighbors))

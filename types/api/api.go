@@ -77,14 +77,17 @@ type NATMapping struct {
 
 // Peer is one peer as gossip describes it.
 type Peer struct {
-	Name      string   `json:"name"`
-	Nickname  string   `json:"nickname"`
-	PublicKey string   `json:"public_key"`
-	HostIP    string   `json:"host_ip,omitempty"`
-	Reachable bool     `json:"reachable"`      // a path of confirmed edges leads there
-	Self      bool     `json:"self,omitempty"` // this daemon
-	Addresses []string `json:"addresses"`      // overlay prefixes routed to it
-	Neighbors []string `json:"neighbors"`      // names of peers it has established connections to
+	Name      string `json:"name"`
+	Nickname  string `json:"nickname"`
+	PublicKey string `json:"public_key"`
+	HostIP    string `json:"host_ip,omitempty"`
+	// HostIPRefused says why this daemon gives the peer no route to its
+	// host address (another's container or host address); empty if none.
+	HostIPRefused string   `json:"host_ip_refused,omitempty"`
+	Reachable     bool     `json:"reachable"`      // a path of confirmed edges leads there
+	Self          bool     `json:"self,omitempty"` // this daemon
+	Addresses     []string `json:"addresses"`      // overlay prefixes routed to it
+	Neighbors     []string `json:"neighbors"`      // names of peers it has established connections to
 }
 
 // Connection states.
