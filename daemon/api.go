@@ -34,6 +34,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 
 	rt := &routes{d: d, mux: http.NewServeMux(), methods: map[string][]string{}}
 	rt.get(api.PathStatus, func(*http.Request) (any, error) { return d.status(), nil })
+	rt.get(api.PathReport, func(*http.Request) (any, error) { return d.report(), nil })
 	rt.get(api.PathIPAM, func(*http.Request) (any, error) { return d.ipamStatus(), nil })
 	rt.get(api.PathPS, func(*http.Request) (any, error) { return d.ps(), nil })
 	rt.get(api.PathTokens, func(*http.Request) (any, error) { return d.listTokens(), nil })

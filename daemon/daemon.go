@@ -176,6 +176,8 @@ type Daemon struct {
 	ipam   *ipam.Allocator
 	nat    *nat.Manager // nil when the data plane has no socket of its own (tests)
 
+	recent recentLog // the last warnings and errors, for the report
+
 	// closers shuts down what has started, in reverse order; start, a failed
 	// assemble and run's stop all use it.
 	closers closers
@@ -295,11 +297,14 @@ func prepare(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
+		cfg: cfg, kick: make(chan struct{}, 1),
 		missing:        map[string]time.Time{},
 		hostIPConflict: map[key.Public]string{}, goneSince: map[key.Public]time.Time{},
 	}
 	d.refusedHostIPs.Store(&map[key.Public]string{})
+	// Every part logs through d.log; warnings and errors are also kept for
+	// the report.
+	d.log = slog.New(newRecentHandler(cfg.Logger.Handler(), &d.recent))
 	var created bool
 	var err error
 	d.priv, created, err = loadOrCreateKey(cfg.StateDir)
