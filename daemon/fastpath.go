@@ -115,6 +115,8 @@ func (d *Daemon) addDatapath(row *api.Connection, k key.Public, fast map[key.Pub
 		row.Datapath = datapathVXLAN
 		row.Endpoint = s.Endpoint.String()
 		row.Direct, row.Via = true, ""
+		row.EndpointFrom = "" // the VXLAN endpoint is the peer's underlay address, not WireGuard's
+		row.PathWhy = "trusted pair, VXLAN probes answered"
 		if s.RTT > 0 {
 			row.RTTMillis = float64(s.RTT.Microseconds()) / 1000
 		}

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"net/netip"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +119,42 @@ func TestTrustedSubnetsVXLAN(t *testing.T) {
 		if f.wgWant && wgB < size/2 || !f.wgWant && wgN > 0 {
 			t.Errorf("%s <-> %s: %d WireGuard data packets (%d bytes) on port %d; want WireGuard %v", f.a, f.b, wgN, wgB, wgPort, f.wgWant)
 		}
+	}
+
+	// VXLAN carries no authentication: h1 drops datagrams to its VXLAN port
+	// from outside the trusted subnets (h3) before the kernel decapsulates
+	// them, and takes them from a trusted address (h2).
+	dropped := func() int {
+		out, err := h1.Exec("nft", "list", "table", "ip", "weavewg_vxweavewg0")
+		if err != nil {
+			t.Fatalf("nft list: %v\n%s", err, out)
+		}
+		m := regexp.MustCompile(`udp dport 6784 counter packets (\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("h1's VXLAN filter has no drop rule:\n%s", out)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	junk := make([]byte, 64)
+	junk[0] = 0x08 // VXLAN flags: VNI present
+	to := netip.AddrPortFrom(netip.MustParseAddr(h1.UnderlayIP), vxlanPort)
+	before := dropped()
+	if err := testbed.SendRawUDP(h2.Netns, netip.MustParseAddrPort(h2.UnderlayIP+":40000"), to, junk); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := dropped(); n != before {
+		t.Errorf("a datagram from trusted h2 hit the VXLAN drop rule (%d → %d)", before, n)
+	}
+	for i := 0; i < 3; i++ {
+		if err := testbed.SendRawUDP(h3.Netns, netip.MustParseAddrPort(h3.UnderlayIP+":40000"), to, junk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := dropped(); n != before+3 {
+		t.Errorf("3 datagrams to the VXLAN port from untrusted h3: drop counter %d → %d, want +3", before, n)
 	}
 
 	// Fallback: close the VXLAN port under a running transfer.

@@ -199,7 +199,7 @@ func showConnections(w io.Writer, st api.Status) {
 			path = "relayed"
 		}
 		detail := c.Error
-		if detail == "" && c.Endpoint != "" && c.LastHandshake == nil {
+		if detail == "" && c.Endpoint != "" && c.LastHandshake == nil && c.Datapath != "vxlan (trusted)" {
 			// WireGuard peers handshake on the first packet: with no
 			// traffic yet there is no session, and the path is only
 			// where the first packet will go.
