@@ -1,0 +1,138 @@
+package pmtu
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestFromUnderlay(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		underlay int
+		ipv6     bool
+		want     int
+	}{
+		{"ethernet v4", 1500, false, 1420},
+		{"google cloud", 1460, false, 1380},
+		{"interconnect", 1380, false, 1300},
+		{"ethernet v6", 1500, true, 1400},
+		{"jumbo", 9000, false, 8920},
+		{"tiny link floors at 576", 600, false, MinMTU},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := FromUnderlay(c.underlay, c.ipv6); got != c.want {
+				t.Fatalf("FromUnderlay(%d, %v) = %d, want %d", c.underlay, c.ipv6, got, c.want)
+			}
+		})
+	}
+	if DefaultMTU != 1420 {
+		t.Fatalf("DefaultMTU = %d", DefaultMTU)
+	}
+	// A probe of the largest payload of a link proves what FromUnderlay says.
+	for _, m := range []int{1500, 1460, 1400, 1380} {
+		if FromPayload(PayloadFor(m, false)) != FromUnderlay(m, false) {
+			t.Fatalf("payload and underlay arithmetic disagree at %d", m)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		tun, route int
+		probed     int
+		want       int
+		wantSrc    Source
+	}{
+		{"nothing smaller known", 1420, 1500, 1472, 1420, SourceLink},
+		{"route unknown, probe full", 1420, 0, 1472, 1420, SourceLink},
+		{"icmp taught the kernel 1400", 1420, 1400, 1372, 1320, SourceRoute},
+		{"black hole: only the probe knows", 1420, 1500, 1372, 1320, SourceProbe},
+		{"probe not answered yet", 1420, 1500, 0, 1420, SourceLink},
+		{"smaller link of our own", 1420, 1380, 0, 1300, SourceRoute},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, src := Decide(c.tun, c.route, false, c.probed)
+			if got != c.want || src != c.wantSrc {
+				t.Fatalf("Decide = %d %s, want %d %s", got, src, c.want, c.wantSrc)
+			}
+		})
+	}
+}
+
+func TestLadder(t *testing.T) {
+	l := Ladder(1472, false)
+	if l[0] != 1472 || !slices.IsSortedFunc(l, func(a, b int) int { return b - a }) {
+		t.Fatalf("ladder %v: not largest first from 1472", l)
+	}
+	if !slices.Contains(l, 1432) || !slices.Contains(l, 1372) || !slices.Contains(l, 1352) || l[len(l)-1] != 1252 {
+		t.Fatalf("ladder %v lacks Google Cloud (1432), 1400 (1372), 1380 (1352) or the 1280 floor", l)
+	}
+	if l := Ladder(1352, false); l[0] != 1352 || slices.Contains(l, 1372) {
+		t.Fatalf("ladder below a 1380 link %v", l)
+	}
+	if len(Ladder(8972, false)) > MaxLadder {
+		t.Fatal("ladder too long")
+	}
+}
+
+func TestSearch(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := Ladder(1472, false)
+	s := NewSearch(l, t0)
+	// First round: everything.
+	got := s.ToProbe(t0, nil)
+	if !slices.Equal(got, l) {
+		t.Fatalf("first round %v, want the whole ladder %v", got, l)
+	}
+	if s.ToProbe(t0.Add(100*time.Millisecond), nil) != nil {
+		t.Fatal("a second round before FastInterval")
+	}
+	if s.Largest(t0) != 0 {
+		t.Fatal("largest known before any answer")
+	}
+	// Behind a 1400 black hole: 1372 and smaller answer.
+	at := t0.Add(5 * time.Millisecond)
+	for _, z := range got {
+		if z <= 1372 {
+			s.Answered(z, at)
+		}
+	}
+	if s.Largest(at) != 1372 {
+		t.Fatalf("largest %d, want 1372", s.Largest(at))
+	}
+	// Next round probes above 1372, 1372, and the one below only.
+	got = s.ToProbe(t0.Add(FastInterval), nil)
+	if got[0] != 1472 || got[len(got)-1] != 1352 || slices.Contains(got, 1332) {
+		t.Fatalf("second round %v", got)
+	}
+	// The path grows: 1472 answers.
+	s.Answered(1472, t0.Add(FastInterval+time.Millisecond))
+	if s.Largest(t0.Add(2*FastInterval)) != 1472 {
+		t.Fatal("growth not taken")
+	}
+	// Steady state: rounds slow down, and a path that stops answering at
+	// 1472 falls back to the next size once 1472's answer is stale.
+	now := t0.Add(2 * FastInterval)
+	var rounds int
+	for i := 0; i < 60; i++ {
+		now = now.Add(time.Second)
+		if r := s.ToProbe(now, nil); r != nil {
+			rounds++
+			for _, z := range r {
+				if z != 1472 {
+					s.Answered(z, now)
+				}
+			}
+		}
+	}
+	if rounds > 60/int(SlowInterval/time.Second)+FastRounds {
+		t.Fatalf("%d rounds in 60 s", rounds)
+	}
+	if got := s.Largest(now); got != 1464 {
+		t.Fatalf("after the path shrank: largest %d, want 1464 (1492's payload)", got)
+	}
+	// Answers of sizes not on the ladder are ignored.
+	s.Answered(1000, now)
+}
