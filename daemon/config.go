@@ -21,7 +21,6 @@ const (
 	DefaultStateDir = "/var/lib/weavewg"
 	DefaultIface    = "weavewg0"
 	DefaultBridge   = "weavewg"
-	DefaultMTU      = 1420 // 1500 underlay - 80 bytes of IPv6+UDP+WireGuard overhead
 	DefaultRange    = "10.32.0.0/12"
 	ContainerIfName = "ethwe0"
 )
@@ -35,7 +34,7 @@ type Config struct {
 	APISocket string
 	Iface     string
 	Bridge    string
-	MTU       int
+	MTU       int // 0: derived from the underlay (mtu.go)
 	// HostIP is this host's overlay address on the bridge. Invalid means
 	// derive one from the public key inside Range.
 	HostIP netip.Prefix
@@ -91,8 +90,8 @@ func (c *Config) validate() error {
 	if len(c.Iface) > 15 || len(c.Bridge) > 15 {
 		return errors.New("interface names are at most 15 characters")
 	}
-	if c.MTU < 576 || c.MTU > 65000 {
-		return fmt.Errorf("--mtu %d is out of range (576-65000)", c.MTU)
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65000) {
+		return fmt.Errorf("--mtu %d is out of range (576-65000; leave it out to derive it from the underlay)", c.MTU)
 	}
 	if !c.Range.IsValid() || !c.Range.Addr().Is4() || c.Range.Bits() > 30 || c.Range != c.Range.Masked() {
 		return fmt.Errorf("overlay range %s must be an IPv4 network prefix of /30 or larger, e.g. 10.32.0.0/12", c.Range)

@@ -88,6 +88,9 @@ type peerDatapath interface {
 	// changes (NAT traversal's input); it must not block.
 	SetPathObserver(o tunnel.PathObserver)
 	PeerStats() map[key.Public]tunnel.PeerStats
+	// PeerMTUs is each peer's overlay MTU where known (path MTU: routes
+	// to a peer behind a smaller path get it).
+	PeerMTUs() map[key.Public]tunnel.PeerMTU
 }
 
 // sharedSocket is the userspace UDP port: STUN and relay frames on it,
@@ -107,8 +110,9 @@ type wireGuardPlane interface {
 // hostNetwork is what the daemon uses of hostnet.Host.
 type hostNetwork interface {
 	Close() error
-	// SetRoutes routes the prefixes inside the overlay into the TUN.
-	SetRoutes(prefixes []netip.Prefix) error
+	// SetRoutesWithMTU routes the prefixes inside the overlay into the
+	// TUN, those in mtu with a route MTU of their own.
+	SetRoutesWithMTU(prefixes []netip.Prefix, mtu map[netip.Prefix]int) error
 	Attach(spec hostnet.AttachSpec) (hostnet.Attached, error)
 	Adopt(a hostnet.Attached) error
 	Detach(a hostnet.Attached) error
@@ -158,6 +162,7 @@ type Daemon struct {
 	secret  key.Secret
 	network *networkState
 	hostIP  netip.Prefix
+	mtuFrom string // where the tunnel MTU came from (mtu.go); set before the data plane opens
 	// createdNetwork: this start created the network, so it prints how
 	// others join.
 	createdNetwork bool
@@ -259,13 +264,21 @@ func start(cfg Config) (*Daemon, error) {
 // openDataPlane makes the WireGuard data plane and the host networking
 // around its TUN, in this process's network namespace.
 func (d *Daemon) openDataPlane() (dataPlane, error) {
+	mtu, fixed, why, err := tunnelMTU(d.cfg)
+	if err != nil {
+		return dataPlane{}, fmt.Errorf("data plane: %w", err)
+	}
+	d.cfg.MTU, d.mtuFrom = mtu, why
+	d.log.Info("tunnel MTU", "mtu", mtu, "from", why)
 	tun, err := tunnel.New(tunnel.Config{
-		Private: d.priv,
-		Secret:  d.secret,
-		Port:    d.cfg.Port,
-		Iface:   d.cfg.Iface,
-		MTU:     d.cfg.MTU,
-		Logger:  d.log.With("part", "tunnel"),
+		Private:   d.priv,
+		Secret:    d.secret,
+		Port:      d.cfg.Port,
+		Iface:     d.cfg.Iface,
+		MTU:       mtu,
+		FixedMTU:  fixed,
+		OnPeerMTU: d.nudge,
+		Logger:    d.log.With("part", "tunnel"),
 	})
 	if err != nil {
 		return dataPlane{}, fmt.Errorf("data plane: %w", err)
@@ -549,12 +562,20 @@ func (d *Daemon) reconcile() {
 	// carries (fastpath.go).
 	onVXLAN := d.setFastPeers(want, peers, conflicts)
 	var routes []netip.Prefix
+	routeMTU := map[netip.Prefix]int{}
+	mtus := d.tun.PeerMTUs()
 	for _, pc := range want {
-		if !onVXLAN[pc.Key] {
-			routes = append(routes, pc.AllowedIPs...)
+		if onVXLAN[pc.Key] {
+			continue
+		}
+		routes = append(routes, pc.AllowedIPs...)
+		if m := mtus[pc.Key].MTU; m > 0 && m < d.cfg.MTU {
+			for _, pfx := range pc.AllowedIPs {
+				routeMTU[pfx] = m
+			}
 		}
 	}
-	if err := d.host.SetRoutes(routes); err != nil {
+	if err := d.host.SetRoutesWithMTU(routes, routeMTU); err != nil {
 		d.log.Error("routing peers' prefixes into the TUN", "err", err)
 	}
 	d.pruneFast()

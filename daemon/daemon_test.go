@@ -89,12 +89,13 @@ func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats {
 	defer f.mu.Unlock()
 	return f.stats
 }
-func (f *fakeTunnel) Counters() map[string]uint64          { return map[string]uint64{"udp_y": 2} }
-func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)  {}
-func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error { return nil }
-func (f *fakeTunnel) SetPublic(bool)                       {}
-func (f *fakeTunnel) SetPathObserver(tunnel.PathObserver)  {}
-func (f *fakeTunnel) SetRoutes(p []netip.Prefix) error {
+func (f *fakeTunnel) Counters() map[string]uint64             { return map[string]uint64{"udp_y": 2} }
+func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)     {}
+func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error    { return nil }
+func (f *fakeTunnel) SetPublic(bool)                          {}
+func (f *fakeTunnel) SetPathObserver(tunnel.PathObserver)     {}
+func (f *fakeTunnel) PeerMTUs() map[key.Public]tunnel.PeerMTU { return nil }
+func (f *fakeTunnel) SetRoutesWithMTU(p []netip.Prefix, _ map[netip.Prefix]int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.routes = p
@@ -137,7 +138,7 @@ func testConfig(t *testing.T) Config {
 		APISocket: filepath.Join(dir, "api.sock"),
 		Iface:     DefaultIface,
 		Bridge:    DefaultBridge,
-		MTU:       DefaultMTU,
+		MTU:       1420,
 		HostIP:    netip.MustParsePrefix("10.32.0.1/12"),
 		Range:     netip.MustParsePrefix(DefaultRange),
 		Logger:    slog.New(slog.DiscardHandler),

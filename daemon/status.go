@@ -38,6 +38,7 @@ func (d *Daemon) status() api.Status {
 		Interface:  d.cfg.Iface,
 		Bridge:     d.cfg.Bridge,
 		MTU:        d.cfg.MTU,
+		MTUFrom:    d.mtuFrom,
 		Peers:      []api.Peer{},
 		Conns:      []api.Connection{},
 		Attached:   []api.Attachment{},
@@ -139,6 +140,7 @@ func addWireGuard(row *api.Connection, s tunnel.PeerStats, nick map[key.Public]s
 	if s.From != reach.SourceNone {
 		row.EndpointFrom = s.From.String()
 	}
+	row.MTU, row.MTUSource, row.MTUProbed = s.MTU, string(s.MTUSource), s.MTUProbed
 }
 
 // counters merges the parts' counters; their names are distinct by prefix

@@ -8,6 +8,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/pmtu"
 )
 
 // The forward filter. The host must forward between the TUN and the bridge
@@ -66,6 +68,7 @@ func installForwardFilter(ns netns.NsHandle, tun, bridge string) error {
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		},
 	})
+	pmtu.AddMSSClamp(c, t, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("forward filter: %w", err)
 	}

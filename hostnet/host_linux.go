@@ -225,12 +225,20 @@ func (h *Host) teardown() error {
 // time, so a route lost behind its back (the TUN went down and up, someone
 // ran ip route del) comes back on the next call.
 func (h *Host) SetRoutes(prefixes []netip.Prefix) error {
+	return h.SetRoutesWithMTU(prefixes, nil)
+}
+
+// SetRoutesWithMTU is SetRoutes where the prefixes in mtu get a route MTU
+// of their own (a peer behind a smaller path; tunnel/mtu.go), so that the
+// kernel answers a container's too-large DF packet with ICMP
+// "fragmentation needed", and the MSS clamp (pmtu.AddMSSClamp) reads it.
+func (h *Host) SetRoutesWithMTU(prefixes []netip.Prefix, mtu map[netip.Prefix]int) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return fmt.Errorf("set routes: %w", ErrClosed)
 	}
-	routes, skipped := h.routesFor(prefixes)
+	routes, skipped := h.routesFor(prefixes, mtu)
 	if skipped != h.skipped {
 		h.skipped = skipped
 		if skipped != "" {
@@ -241,19 +249,20 @@ func (h *Host) SetRoutes(prefixes []netip.Prefix) error {
 	return err
 }
 
-// routesFor returns the prefixes to route into the TUN, and the refused ones
-// as text.
-func (h *Host) routesFor(prefixes []netip.Prefix) (map[netip.Prefix]bool, string) {
+// routesFor returns the prefixes to route into the TUN, each with its MTU
+// from mtu (0: the TUN's), and the refused ones as text.
+func (h *Host) routesFor(prefixes []netip.Prefix, mtu map[netip.Prefix]int) (map[netip.Prefix]int, string) {
 	overlay := h.cfg.HostIP.Masked()
-	routes := make(map[netip.Prefix]bool)
+	routes := make(map[netip.Prefix]int)
 	var skipped []string
 	for _, pfx := range prefixes {
 		if !pfx.IsValid() {
 			continue
 		}
+		m := mtu[pfx]
 		pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()).Masked()
 		if pfx.Addr().Is4() && pfx.Bits() > overlay.Bits() && overlay.Contains(pfx.Addr()) {
-			routes[pfx] = true
+			routes[pfx] = m
 		} else {
 			skipped = append(skipped, pfx.String())
 		}
@@ -263,8 +272,9 @@ func (h *Host) routesFor(prefixes []netip.Prefix) (map[netip.Prefix]bool, string
 }
 
 // syncRoutes makes the routes into the TUN that carry routeProtocol exactly
-// want. It reports how many routes it changed.
-func (h *Host) syncRoutes(want map[netip.Prefix]bool) (int, error) {
+// want, each with its MTU (0: none of its own). It reports how many routes
+// it changed.
+func (h *Host) syncRoutes(want map[netip.Prefix]int) (int, error) {
 	filter := &netlink.Route{LinkIndex: h.tunIndex, Table: unix.RT_TABLE_MAIN, Protocol: routeProtocol}
 	have, err := h.nl.RouteListFiltered(netlink.FAMILY_ALL, filter,
 		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
@@ -278,7 +288,7 @@ func (h *Host) syncRoutes(want map[netip.Prefix]bool) (int, error) {
 	)
 	for _, r := range have {
 		pfx, ok := ipNetToPrefix(r.Dst)
-		if ok && want[pfx] {
+		if m, wanted := want[pfx]; ok && wanted && r.MTU == m {
 			present[pfx] = true
 			continue
 		}
@@ -294,6 +304,10 @@ func (h *Host) syncRoutes(want map[netip.Prefix]bool) (int, error) {
 		}
 		r := tunRoute(h.tunIndex, pfx, h.cfg.HostIP.Addr())
 		r.Protocol = routeProtocol
+		if m := want[pfx]; m > 0 {
+			r.MTU = m
+			r.AdvMSS = m - 40 // IPv4 + TCP headers, for the host's own sockets
+		}
 		if err := h.nl.RouteReplace(r); err != nil {
 			errs = append(errs, fmt.Errorf("routes: adding %s dev %s: %w", pfx, h.cfg.TUN, err))
 			continue

@@ -122,7 +122,7 @@ func TestSetRoutes(t *testing.T) {
 	if r := routes(); !strings.Contains(r, "10.32.0.2 dev weavewg0") || !strings.Contains(r, "10.32.2.0/24 dev weavewg0") || !strings.Contains(r, "src 10.32.0.1") {
 		t.Fatalf("routes: %s", r)
 	}
-	if n, err := h.host.syncRoutes(map[netip.Prefix]bool{netip.MustParsePrefix("10.32.0.2/32"): true, netip.MustParsePrefix("10.32.2.0/24"): true}); n != 0 || err != nil {
+	if n, err := h.host.syncRoutes(map[netip.Prefix]int{netip.MustParsePrefix("10.32.0.2/32"): 0, netip.MustParsePrefix("10.32.2.0/24"): 0}); n != 0 || err != nil {
 		t.Errorf("routes after the same set again: %d changes, %v; want 0, nil", n, err)
 	}
 	run(t, "ip", "-n", h.ns.Name, "route", "del", "10.32.2.0/24")

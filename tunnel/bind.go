@@ -48,6 +48,11 @@ type Bind struct {
 	table    atomic.Pointer[relayTable] // nil: relaying off, frames go to the relay handler
 	relayedN atomic.Int32               // peers currently relayed; 0 skips a lookup per datagram
 	ctr      counters
+
+	// Path MTU probes (mtuprobe.go): verified replies for the MTU loop,
+	// and the counters.
+	mtuAnswers chan mtuAnswer
+	mtuCtr     [numMTUCounters]atomic.Uint64
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -57,7 +62,8 @@ var _ conn.Bind = (*Bind)(nil)
 // reopens the Bind from its own goroutines (after the TUN goes down and up,
 // for instance), and those may run on threads of another namespace.
 func NewBind(inner conn.Bind, ns netns.NsHandle) *Bind {
-	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst, learned: make(chan struct{}, 1)}
+	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst, learned: make(chan struct{}, 1),
+		mtuAnswers: make(chan mtuAnswer, 256)}
 }
 
 // SetSTUNHandler sets (or, with nil, clears) the function given STUN datagrams.
@@ -76,7 +82,13 @@ func storeHandler(p *atomic.Pointer[PacketHandler], h PacketHandler) {
 }
 
 // Counters reports the sorting counters by name (the Counter* constants).
-func (b *Bind) Counters() map[string]uint64 { return b.ctr.snapshot() }
+func (b *Bind) Counters() map[string]uint64 {
+	m := b.ctr.snapshot()
+	for i := range b.mtuCtr {
+		m[mtuCounterNames[i]] = b.mtuCtr[i].Load()
+	}
+	return m
+}
 
 // Open opens the inner Bind, in b's namespace if it has one, and wraps its
 // receive functions.

@@ -160,7 +160,7 @@ func TestBindSortsBatch(t *testing.T) {
 			t.Errorf("counter %s = %d, want %d", k, c[k], w)
 		}
 	}
-	if len(c) != len(want)+int(numRelayCounters) {
+	if len(c) != len(want)+int(numRelayCounters)+int(numMTUCounters) {
 		t.Errorf("Counters() has %d names, want %d: %v", len(c), len(want), c)
 	}
 }

@@ -43,7 +43,8 @@ import (
 // frames naming an ID that is not in the table are dropped. 64 bits make a
 // collision between two members of one network (2⁻⁶⁴ per pair) negligible.
 //
-// Types: 0 data, 1 probe, 2 probe reply (probe.go). Any other type, and any
+// Types: 0 data, 1 probe, 2 probe reply (probe.go), 3 MTU probe, 4 MTU
+// reply (mtuprobe.go). Any other type, and any
 // other version, is dropped: a version-1 receiver does not guess. A new
 // field means a new version. The hop limit is decremented by every relay; a
 // frame that would be forwarded with a hop limit of 1 or less is dropped.
@@ -61,6 +62,9 @@ const (
 	RelayTypeData       = 0
 	RelayTypeProbe      = 1
 	RelayTypeProbeReply = 2
+	// Path MTU probes (mtuprobe.go).
+	RelayTypeMTUProbe = 3
+	RelayTypeMTUReply = 4
 
 	// DefaultHopLimit is the hop limit of frames we originate: the longest
 	// route a frame may take, counting the last hop.
@@ -121,7 +125,7 @@ func ParseRelayHeader(b []byte) (RelayHeader, []byte, error) {
 		return h, nil, ErrRelayVersion
 	}
 	h.Type, h.HopLimit = b[relayOffType], b[relayOffHopLimit]
-	if h.Type > RelayTypeProbeReply {
+	if h.Type > RelayTypeMTUReply {
 		return h, nil, ErrRelayType
 	}
 	copy(h.Dst[:], b[relayOffDst:relayOffSrc])

@@ -52,7 +52,7 @@ func TestParseRelayHeaderErrors(t *testing.T) {
 		{"short", goldenHeader[:19], ErrRelayShort},
 		{"magic", append([]byte{0xF6}, goldenHeader[1:]...), ErrRelayMagic},
 		{"version 2", append([]byte{0xF7, 2}, goldenHeader[2:]...), ErrRelayVersion},
-		{"type 3", append([]byte{0xF7, 1, 3}, goldenHeader[3:]...), ErrRelayType},
+		{"type 5", append([]byte{0xF7, 1, 5}, goldenHeader[3:]...), ErrRelayType},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

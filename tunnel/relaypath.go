@@ -213,6 +213,10 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 			rx.n[rcUnknownPeer]++
 			return 0
 		}
+		if h.Type == RelayTypeMTUProbe || h.Type == RelayTypeMTUReply {
+			b.handleMTUProbe(rx, pkt, h, si, src, *ep) // path MTU (mtuprobe.go)
+			return 0
+		}
 		b.handleProbe(rx, pkt, h, si, src, *ep)
 		return 0
 	}

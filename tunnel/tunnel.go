@@ -29,6 +29,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/weavewg/weavewg/pmtu"
 	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -40,7 +41,13 @@ type Config struct {
 	Port    uint16     // UDP port
 	Iface   string     // TUN name, e.g. weavewg0
 	MTU     int        // the TUN's MTU
-	Logger  *slog.Logger
+	// FixedMTU says MTU came from the operator (--mtu): no peer's MTU is
+	// lowered by its route or by probes (mtu.go).
+	FixedMTU bool
+	// OnPeerMTU, if set, is called (from the MTU loop, without locks) when
+	// a peer's MTU changes, so that the routes follow (PeerMTUs).
+	OnPeerMTU func()
+	Logger    *slog.Logger
 }
 
 // PeerConfig is one WireGuard peer as the control plane wants it.
@@ -75,6 +82,9 @@ type PeerStats struct {
 	RTT           time.Duration // last probe round trip on the path in use; 0 unknown
 	From          reach.Source  // where the endpoint came from
 	Why           string        // why the path is what it is (reach.Path.Why)
+	MTU           int           // overlay MTU towards the peer (mtu.go)
+	MTUSource     pmtu.Source   // why: flag, route, probe or link
+	MTUProbed     int           // largest UDP payload the peer answered; 0 none yet
 }
 
 // ErrClosed is returned by the methods of a closed Tunnel.
@@ -117,6 +127,13 @@ type Tunnel struct {
 
 	// The paths as last decided, for readers that do not take mu.
 	snap atomic.Pointer[map[key.Public]reach.Path]
+
+	// Path MTU (mtu.go): raw and mtuNL are constant after New (raw nil: no
+	// probes); peerMTUs is published by the MTU loop.
+	raw      *rawSender
+	mtuNL    *netlink.Handle // the MTU loop's own, in ns
+	peerMTUs atomic.Pointer[map[key.Public]PeerMTU]
+	mtuDone  chan struct{} // closed when the MTU loop has ended
 }
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
@@ -139,7 +156,7 @@ func New(cfg Config) (*Tunnel, error) {
 
 	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true,
 		paths: map[key.Public]*pathState{}, reach: reach.New(cfg.Private.Public()),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), mtuDone: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -166,6 +183,12 @@ func New(cfg Config) (*Tunnel, error) {
 	t.tunIndex = link.Attrs().Index
 	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
 	t.keys = pairKeys{priv: cfg.Private, secret: cfg.Secret}
+	if t.mtuNL, err = netlink.NewHandleAt(t.ns); err != nil {
+		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
+	}
+	if t.raw, err = openRawSender(cfg.Port); err != nil {
+		t.log.Warn("no path MTU probes: peers behind paths that drop ICMP may stall", "err", err)
+	}
 	t.dev = device.NewDevice(&nsTUN{Device: t.tunDev, nl: t.nl, index: t.tunIndex}, t.bind, newWGLogger(t.log))
 	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
 		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
@@ -181,6 +204,7 @@ func New(cfg Config) (*Tunnel, error) {
 	}
 	ok = true
 	go t.pathLoop()
+	go t.mtuLoop()
 	t.log.Info("data plane up", "tun", t.tunName, "port", cfg.Port, "mtu", cfg.MTU)
 	return t, nil
 }
@@ -209,7 +233,8 @@ func (t *Tunnel) Close() error {
 	t.closed = true
 	close(t.stop)
 	t.mu.Unlock()
-	<-t.done // the path loop takes mu
+	<-t.done    // the path loop takes mu
+	<-t.mtuDone // the MTU loop reads the path table
 	t.mu.Lock()
 	return t.teardown()
 }
@@ -222,6 +247,10 @@ func (t *Tunnel) teardown() error {
 		t.dev.Close() // closes the Bind and the TUN; the TUN link goes with it
 	case t.tunDev != nil:
 		t.tunDev.Close()
+	}
+	t.raw.close()
+	if t.mtuNL != nil {
+		t.mtuNL.Close()
 	}
 	if t.nl != nil {
 		t.nl.Close()
@@ -311,6 +340,7 @@ func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
 		return map[key.Public]PeerStats{}
 	}
 	t.addPathStats(stats)
+	t.addMTUStats(stats)
 	return stats
 }
 

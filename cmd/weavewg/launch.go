@@ -49,7 +49,7 @@ func daemonFlags() []cli.Flag {
 		apiSocketFlag(),
 		&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "name of the TUN device"},
 		&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "name of the bridge containers are attached to"},
-		&cli.IntFlag{Name: "mtu", Value: daemon.DefaultMTU, Usage: "tunnel MTU, also given to every container interface"},
+		&cli.IntFlag{Name: "mtu", Usage: "tunnel MTU, also given to every container interface, fixed for every peer (default: the underlay's MTU less 80 bytes of IPv4, UDP, WireGuard and relay headers, and smaller towards peers whose path is smaller, found by probing)"},
 		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
 		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},

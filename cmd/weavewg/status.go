@@ -85,7 +85,11 @@ func showSummary(w io.Writer, st api.Status) {
 	row("Port", fmt.Sprintf("%d (TCP control, UDP WireGuard)", st.Port))
 	row("Host IP", fmt.Sprintf("%s on bridge %s", st.HostIP, st.Bridge))
 	row("Range", st.Range)
-	row("Interface", fmt.Sprintf("%s (MTU %d)", st.Interface, st.MTU))
+	if st.MTUFrom != "" {
+		row("Interface", fmt.Sprintf("%s (MTU %d: %s)", st.Interface, st.MTU, st.MTUFrom))
+	} else {
+		row("Interface", fmt.Sprintf("%s (MTU %d)", st.Interface, st.MTU))
+	}
 	row("Peers", fmt.Sprintf("%d (%d reachable)", len(st.Peers)-1, reachable))
 	row("Connections", fmt.Sprintf("%d (%d established, %d connecting, %d failed)",
 		len(st.Conns), states[api.StateEstablished], states[api.StateConnecting], states[api.StateFailed]))
@@ -222,6 +226,9 @@ func showConnections(w io.Writer, st api.Status) {
 			if c.PathWhy != "" {
 				detail += ", why: " + c.PathWhy
 			}
+		}
+		if c.MTU > 0 && c.Endpoint != "" {
+			detail += fmt.Sprintf(", mtu %d (%s)", c.MTU, c.MTUSource)
 		}
 		if c.ICE != "" && c.ICE != "connected" {
 			detail += ", ice " + c.ICE

@@ -44,9 +44,10 @@ type Status struct {
 	Range      string            `json:"range"`   // the overlay prefix
 	Interface  string            `json:"interface"`
 	Bridge     string            `json:"bridge"`
-	MTU        int               `json:"mtu"`
-	Peers      []Peer            `json:"peers"`       // every peer known by gossip, self first
-	Conns      []Connection      `json:"connections"` // one per control target or peer
+	MTU        int               `json:"mtu"`                // of the TUN and every container interface
+	MTUFrom    string            `json:"mtu_from,omitempty"` // where it came from: --mtu, or the underlay route or link
+	Peers      []Peer            `json:"peers"`              // every peer known by gossip, self first
+	Conns      []Connection      `json:"connections"`        // one per control target or peer
 	Attached   []Attachment      `json:"attachments"`
 	Counters   map[string]uint64 `json:"counters"` // drops and events, by name
 	// DNS summarises the name server; its entries are at PathDNS.
@@ -133,6 +134,14 @@ type Connection struct {
 	LastHandshake *time.Time `json:"last_handshake,omitempty"`
 	RxBytes       uint64     `json:"rx_bytes"`
 	TxBytes       uint64     `json:"tx_bytes"`
+	// MTU is the overlay MTU towards the peer; MTUSource says why: "flag"
+	// (--mtu), "link" (the tunnel's own, nothing smaller known), "route"
+	// (the underlay route towards the peer, or a path MTU the kernel learnt
+	// from ICMP) or "probe" (the largest padded probe it answered,
+	// MTUProbed bytes of UDP payload).
+	MTU       int    `json:"mtu,omitempty"`
+	MTUSource string `json:"mtu_source,omitempty"`
+	MTUProbed int    `json:"mtu_probed,omitempty"`
 }
 
 // ConnectRequest names a peer address for connect and forget.

@@ -1,0 +1,181 @@
+package tunnel
+
+import (
+	"crypto/subtle"
+	"encoding/binary"
+	"net/netip"
+	"time"
+
+	"golang.org/x/crypto/blake2s"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// # Path MTU probes
+//
+// A path MTU probe is a relay frame of type 3 padded with zeros to the UDP
+// payload size it tests; the answer is a frame of type 4 without padding
+// (the way back may be narrower), naming the size that arrived:
+//
+//	 0                   1                   2                   3
+//	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|   relay header (20 bytes), type 3 MTU probe or 4 MTU reply    |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|          timestamp: the prober's clock, unix ns (8)           |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	| size: the probe's UDP payload (2) | path (1)  | zero (5) ...
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|   MAC: keyed BLAKE2s-128 (16 bytes) over the header without   |
+//	|   the hop limit and the 16 body bytes above                   |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	| probe only: zero padding up to size bytes in all              |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//
+// path is 0 for a probe sent straight to the peer, 1 for one sent through
+// its relay; the answer goes back the same way. A probe whose length is not
+// its size field is dropped (a router or relay that truncated it proves
+// nothing). The MAC is keyed with the pair's probe key (auth.go), so only
+// the two peers can make and answer their probes; it covers a different
+// body layout from a path probe's (probe.go) and the type field, so one
+// never verifies as the other.
+//
+// Probes leave through a raw socket with DF set (mtu_linux.go): the shared
+// UDP socket would fragment a datagram larger than the path MTU the kernel
+// knows, and a fragmented probe that arrives proves nothing.
+const (
+	mtuBodyLen     = 32
+	mtuReplyLen    = RelayHeaderLen + mtuBodyLen
+	mtuOffSize     = RelayHeaderLen + 8
+	mtuOffPath     = RelayHeaderLen + 10
+	mtuOffMAC      = RelayHeaderLen + 16
+	mtuPathDirect  = 0
+	mtuPathRelayed = 1
+)
+
+func mtuMAC(k *[32]byte, frame []byte) [16]byte {
+	h, _ := blake2s.New128(k[:])
+	h.Write(frame[:relayOffHopLimit])
+	h.Write(frame[relayOffDst:mtuOffMAC])
+	var m [16]byte
+	h.Sum(m[:0])
+	return m
+}
+
+// appendMTUProbe appends a probe of size bytes (at least mtuReplyLen).
+func appendMTUProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, size int, path byte) []byte {
+	start := len(b)
+	b = AppendRelayHeader(b, hdr)
+	var body [mtuBodyLen]byte
+	putBeUint64(body[:8], uint64(ts))
+	binary.BigEndian.PutUint16(body[8:10], uint16(size))
+	body[10] = path
+	b = append(b, body[:]...)
+	m := mtuMAC(k, b[start:])
+	copy(b[start+mtuOffMAC:], m[:])
+	for len(b)-start < size {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// mtuAnswer is a verified reply, handed from the packet path to the MTU
+// loop through a bounded channel.
+type mtuAnswer struct {
+	peer PeerID
+	path byte
+	size int
+	at   int64 // unix ns
+}
+
+// handleMTUProbe answers an MTU probe or passes on a reply; frame is the
+// whole frame (for us) from src (ep: its endpoint), si the source peer.
+func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, src netip.AddrPort, ep conn.Endpoint) {
+	t := rx.t
+	p := &t.peers[si]
+	if len(frame) < mtuReplyLen {
+		rx.n[rcMalformed]++
+		return
+	}
+	if p.pairKey == nil {
+		rx.n[rcBadMAC]++
+		return
+	}
+	m := mtuMAC(p.pairKey, frame)
+	if subtle.ConstantTimeCompare(m[:], frame[mtuOffMAC:mtuReplyLen]) != 1 {
+		rx.n[rcBadMAC]++
+		return
+	}
+	size := int(binary.BigEndian.Uint16(frame[mtuOffSize:]))
+	path := frame[mtuOffPath]
+	switch h.Type {
+	case RelayTypeMTUProbe:
+		if size != len(frame) {
+			rx.n[rcMalformed]++
+			return
+		}
+		if path != mtuPathDirect {
+			ep = t.nextHop(si)
+		}
+		if ep == nil {
+			rx.n[rcNoRoute]++
+			return
+		}
+		reply := frame[:mtuReplyLen]
+		putRelayHeader(reply, RelayHeader{Type: RelayTypeMTUReply, HopLimit: DefaultHopLimit, Dst: h.Src, Src: t.self})
+		m := mtuMAC(p.pairKey, reply)
+		copy(reply[mtuOffMAC:], m[:])
+		rb := getRelayBatch()
+		rb.bufs = append(rb.bufs, reply)
+		if err := b.inner.Send(rb.bufs, ep); err != nil {
+			rx.n[rcSendErrors]++
+		} else {
+			b.mtuCtr[mcAnswered].Add(1)
+		}
+		putRelayBatch(rb)
+	case RelayTypeMTUReply:
+		ts := int64(beUint64(frame[RelayHeaderLen:]))
+		if len(frame) != mtuReplyLen || rx.now-ts < 0 || rx.now-ts > int64(time.Minute) {
+			rx.n[rcBadProbe]++
+			return
+		}
+		if path == mtuPathDirect && src != p.addr {
+			rx.n[rcBadProbe]++ // a "direct" answer from elsewhere than we sent to
+			return
+		}
+		select {
+		case b.mtuAnswers <- mtuAnswer{peer: h.Src, path: path, size: size, at: rx.now}:
+			b.mtuCtr[mcReplies].Add(1)
+		default:
+			b.mtuCtr[mcRepliesDropped].Add(1)
+		}
+	}
+}
+
+// mtuCounter indexes the path MTU counters.
+type mtuCounter int
+
+const (
+	mcSent           mtuCounter = iota // probes sent
+	mcSendErrors                       // probes the raw socket refused (larger than the link, no route)
+	mcAnswered                         // probes of peers answered
+	mcReplies                          // valid replies to our probes
+	mcRepliesDropped                   // replies dropped: the MTU loop was behind
+	numMTUCounters
+)
+
+var mtuCounterNames = [numMTUCounters]string{
+	mcSent:           "udp_mtu_probes_sent",
+	mcSendErrors:     "udp_mtu_probe_send_errors",
+	mcAnswered:       "udp_mtu_probes_answered",
+	mcReplies:        "udp_mtu_probe_replies",
+	mcRepliesDropped: "udp_mtu_probe_replies_dropped",
+}
+
+// endpointAddrPort is the UDP address of an inner Bind endpoint.
+func endpointAddrPort(ep conn.Endpoint) (netip.AddrPort, bool) {
+	if e, ok := ep.(*conn.StdNetEndpoint); ok {
+		return e.AddrPort, true
+	}
+	a, err := netip.ParseAddrPort(ep.DstToString())
+	return a, err == nil
+}
