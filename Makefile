@@ -81,11 +81,14 @@ demo: build deps
 	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/demo $(DEMOFLAGS)
 
 # bench: weavewg against the raw underlay and the reference wireguard-go
-# (iperf3 TCP and ping; ratios c/a and c/b beside the targets). deps installs
+# (iperf3 TCP and ping; ratios c/a and c/b beside the targets); NAT
+# traversal time; container TCP on 1460 and 1380 underlays as a ratio
+# against 1500 in the same run (mtubench, target >= 0.8). deps installs
 # iperf3 if it is missing. BENCHFLAGS=--json for scripts, --help for the rest.
 bench: build deps
 	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/bench $(BENCHFLAGS)
 	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/natbench
+	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/mtubench
 	$(MAKE) --no-print-directory bench-dns
 
 # bench-dns: queries per second for weave.local names against one host's
