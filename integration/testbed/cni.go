@@ -21,14 +21,15 @@ var (
 	cnitoolErr  error
 )
 
-// Cnitool builds cnitool (once per test binary) into the Go build cache's
-// neighbourhood and returns its path; an error says why it cannot be built
+// Cnitool builds cnitool (once per machine and version, into the temporary
+// directory) and returns its path; an error says why it cannot be built
 // here (no module proxy, no go command).
 func Cnitool() (string, error) {
 	cnitoolOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "weavewg-cnitool-")
-		if err != nil {
-			cnitoolErr = err
+		// Kept across runs (a cache, like Go's own): one build per version.
+		dir := filepath.Join(os.TempDir(), "weavewg-cnitool-"+CnitoolVersion)
+		if _, err := os.Stat(filepath.Join(dir, "cnitool")); err == nil {
+			cnitoolPath = filepath.Join(dir, "cnitool")
 			return
 		}
 		cmd := exec.Command("go", "install", "github.com/containernetworking/cni/cnitool@"+CnitoolVersion)
