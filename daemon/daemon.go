@@ -403,6 +403,8 @@ func (d *Daemon) run(ctx context.Context) error {
 	d.closers.add("metrics", stopMetrics)
 	d.announce()
 	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIP, d.cfg.APISocket)
+	// Type=notify units are ready once the API answers.
+	d.notifyManager("READY=1\nSTATUS=running; API on " + d.cfg.APISocket)
 	d.log.Info("weavewg is running",
 		"name", d.pub.Name(), "nickname", d.cfg.Nickname, "port", d.cfg.Port,
 		"host_ip", d.hostIP.String(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
@@ -416,6 +418,7 @@ func (d *Daemon) run(ctx context.Context) error {
 
 	<-ctx.Done()
 	d.log.Info("stopping")
+	d.notifyManager("STOPPING=1")
 	stopLoop()
 	wg.Wait()
 	err = d.closers.close()
