@@ -504,7 +504,7 @@ func (d *Daemon) reconcile() {
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
 		in := inputs[p.Key]
-		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
+		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Reflexive: d.natReflexive(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
 		if p.HostIP.IsValid() {
 			// Refused host addresses get no route and no AllowedIPs; the
 			// reason shows in status and is logged once.

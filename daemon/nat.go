@@ -128,6 +128,15 @@ func (d *Daemon) natICE(k key.Public) netip.AddrPort {
 	return d.nat.Endpoints()[k]
 }
 
+// natReflexive is where STUN saw peer k, as it told us; invalid if it did
+// not.
+func (d *Daemon) natReflexive(k key.Public) netip.AddrPort {
+	if d.nat == nil {
+		return netip.AddrPort{}
+	}
+	return d.nat.Reflexive()[k]
+}
+
 // knownPublic reports whether STUN through other peers showed this host
 // to have a public address (no NAT).
 func (d *Daemon) knownPublic() bool {

@@ -68,7 +68,8 @@ type Manager struct {
 	creds     atomic.Pointer[map[string]creds] // local ufrag → credentials of live sessions
 	endpoints atomic.Pointer[map[key.Public]netip.AddrPort]
 	status    atomic.Pointer[Status]
-	relayed   atomic.Pointer[map[key.Public]bool] // SetRelayed's last word
+	relayed   atomic.Pointer[map[key.Public]bool]           // SetRelayed's last word
+	reflexive atomic.Pointer[map[key.Public]netip.AddrPort] // reflexive.go
 
 	events chan event
 	stop   chan struct{}
@@ -81,6 +82,7 @@ type Manager struct {
 	pairs    map[key.Public]*pair
 	sessions map[key.Public]*session
 	behave   Behaviour
+	refl     reflexiveState
 }
 
 // creds are one session's ICE credentials.
@@ -460,6 +462,7 @@ func (m *Manager) handle(e event) {
 				m.updateEndpoints()
 			}
 		}
+		m.reflexivePeers()
 	case evSignal:
 		m.handleSignal(now, e.peer, e.sig)
 	case evLocalCandidate:
@@ -486,12 +489,17 @@ func (m *Manager) handle(e event) {
 		}
 	case evObserved:
 		m.behave = behaviourOf(e.mappings, m.cfg.HostAddrs(), e.observedAt)
+		m.reflexiveObserved()
 	}
 }
 
 func (m *Manager) handleSignal(now time.Time, from key.Public, s Signal) {
 	if _, ok := m.peers[from]; !ok {
 		m.ctr.inc(cSignalStale)
+		return
+	}
+	if s.Type == SignalReflexive {
+		m.reflexiveFrom(from, s.Reflexive)
 		return
 	}
 	p := m.pairOf(from)

@@ -2,6 +2,8 @@ package nat
 
 import (
 	"bytes"
+	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -13,6 +15,27 @@ var goldenOffer = []byte{
 	0x08, 's', 'e', 'c', 'r', 'e', 't', 'p', 'w', // pwd
 }
 
+var goldenReflexive = []byte{
+	0x01,                   // version 1
+	0x06,                   // reflexive
+	0, 0, 0, 0, 0, 0, 0, 0, // session ID: none
+	0x01,                           // one mapping
+	0x04, 192, 0, 2, 1, 0x1a, 0x7f, // server 192.0.2.1:6783
+	0x04, 192, 0, 2, 101, 0xc1, 0xc1, // mapped 192.0.2.101:49601
+}
+
+func TestSignalReflexiveGolden(t *testing.T) {
+	s := Signal{Type: SignalReflexive, Reflexive: []Mapping{{Server: netip.MustParseAddrPort("192.0.2.1:6783"), Mapped: netip.MustParseAddrPort("192.0.2.101:49601")}}}
+	b, err := AppendSignal(nil, s)
+	if err != nil || !bytes.Equal(b, goldenReflexive) {
+		t.Fatalf("got % x, %v", b, err)
+	}
+	got, err := ParseSignal(goldenReflexive)
+	if err != nil || !reflect.DeepEqual(got, s) {
+		t.Fatalf("parsed %+v, %v", got, err)
+	}
+}
+
 func TestSignalGolden(t *testing.T) {
 	s := Signal{Type: SignalOffer, Session: 0x0102030405060708, Ufrag: "abcd", Pwd: "secretpw"}
 	b, err := AppendSignal(nil, s)
@@ -20,7 +43,7 @@ func TestSignalGolden(t *testing.T) {
 		t.Fatalf("got % x, %v", b, err)
 	}
 	got, err := ParseSignal(goldenOffer)
-	if err != nil || got != s {
+	if err != nil || !reflect.DeepEqual(got, s) {
 		t.Fatalf("parsed %+v, %v", got, err)
 	}
 }
@@ -31,13 +54,17 @@ func TestSignalRoundTripAndErrors(t *testing.T) {
 		{Type: SignalBye, Session: 7},
 		{Type: SignalAnswer, Session: 1, Ufrag: "u", Pwd: "p"},
 		{Type: SignalCandidate, Session: 9, Candidate: "1 1 udp 2130706431 192.0.2.1 6783 typ host"},
+		{Type: SignalReflexive, Reflexive: []Mapping{
+			{Server: netip.MustParseAddrPort("192.0.2.1:6783"), Mapped: netip.MustParseAddrPort("192.0.2.101:49601")},
+			{Server: netip.MustParseAddrPort("[2001:db8::1]:6783"), Mapped: netip.MustParseAddrPort("[2001:db8::2]:1")},
+		}},
 	} {
 		b, err := AppendSignal(nil, s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := ParseSignal(b)
-		if err != nil || got != s {
+		if err != nil || !reflect.DeepEqual(got, s) {
 			t.Fatalf("%+v: parsed %+v, %v", s, got, err)
 		}
 	}
@@ -53,6 +80,9 @@ func TestSignalRoundTripAndErrors(t *testing.T) {
 		{"cut pwd", goldenOffer[:len(goldenOffer)-1], ErrSignalShort},
 		{"empty ufrag", []byte{1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 'p'}, ErrSignalField},
 		{"request with body", []byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 5}, ErrSignalTrailing},
+		{"reflexive: too many", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 5}, ErrSignalField},
+		{"reflexive: address of 5 bytes", []byte{1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 1, 5, 1, 2, 3, 4, 5, 0, 1}, ErrSignalField},
+		{"reflexive: cut", goldenReflexive[:len(goldenReflexive)-1], ErrSignalShort},
 	}
 	for _, tt := range tests {
 		if _, err := ParseSignal(tt.b); err != tt.err {
@@ -67,6 +97,7 @@ func TestSignalRoundTripAndErrors(t *testing.T) {
 // FuzzSignal: whatever parses encodes back to the same bytes.
 func FuzzSignal(f *testing.F) {
 	f.Add(goldenOffer)
+	f.Add(goldenReflexive)
 	f.Add([]byte{1, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{1, 4, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 'a', 'b', 'c'})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -5,9 +5,10 @@
 // no goroutines, no clock reads, no I/O. Its owner (the tunnel's path loop)
 // feeds it events with the time and carries out what it decides:
 //
-//   - SetPeers: gossip's view (the peer's listen address, the relay chosen
-//     by Relays, whether gossip's route already goes through it, whether we
-//     depend on the peer to hold our NAT mapping open);
+//   - SetPeers: gossip's view (the peer's listen address, the reflexive
+//     address it advertised, the relay chosen by Relays, whether gossip's
+//     route already goes through it, whether we depend on the peer to hold
+//     our NAT mapping open);
 //   - ICE / ICELost: the address pion/ice selected for the peer, or its end;
 //   - Learned: the address an authenticated datagram of the peer came from
 //     (its probes; WireGuard roams by itself);
@@ -17,8 +18,10 @@
 // How a peer is reached (Path):
 //
 //   - Endpoint: the newest of the address learned from the peer's
-//     authenticated traffic and the address ICE selected; else gossip's
-//     listen address. A new gossip address forgets both (the peer moved).
+//     authenticated traffic and the address ICE selected; else the
+//     reflexive address the peer advertised (where STUN saw it: its NAT's
+//     mapping); else gossip's listen address. A new gossip address forgets
+//     what traffic and ICE taught (the peer moved).
 //   - Relayed: a peer without a relay is always direct. One with a relay is
 //     direct while its direct probes were answered within DeadAfter;
 //     relayed when they were not, or when it has no endpoint at all; until
@@ -44,16 +47,19 @@ const DeadAfter = 5 * time.Second
 type Source uint8
 
 const (
-	SourceNone    Source = iota
-	SourceGossip         // the peer's listen address in gossip
-	SourceICE            // the pair ICE selected
-	SourceTraffic        // the peer's authenticated datagrams came from there
+	SourceNone      Source = iota
+	SourceGossip           // the peer's listen address in gossip
+	SourceReflexive        // where STUN saw the peer, as it advertised
+	SourceICE              // the pair ICE selected
+	SourceTraffic          // the peer's authenticated datagrams came from there
 )
 
 func (s Source) String() string {
 	switch s {
 	case SourceGossip:
 		return "gossip"
+	case SourceReflexive:
+		return "reflexive"
 	case SourceICE:
 		return "ice"
 	case SourceTraffic:
@@ -75,7 +81,10 @@ const (
 type Peer struct {
 	Key    key.Public
 	Gossip netip.AddrPort // its listen address as gossip has it; invalid: unknown
-	Via    key.Public     // the relay to fall back to (Relays); zero: none
+	// Reflexive is the address STUN showed the peer at, as it advertised
+	// (nat's SignalReflexive); invalid: none.
+	Reflexive netip.AddrPort
+	Via       key.Public // the relay to fall back to (Relays); zero: none
 	// StartRelayed: gossip's route goes through another peer, so start
 	// relayed until probes tell.
 	StartRelayed bool
@@ -131,7 +140,7 @@ func (m *Machine) SetPeers(now time.Time, ps []Peer) {
 			continue
 		}
 		seen[in.Key] = true
-		in.Gossip = unmap(in.Gossip)
+		in.Gossip, in.Reflexive = unmap(in.Gossip), unmap(in.Reflexive)
 		p := m.peers[in.Key]
 		if p == nil {
 			p = &peer{added: now}
@@ -224,6 +233,8 @@ func (m *Machine) decide(p *peer, now time.Time) Path {
 		next.Endpoint, next.From = p.learned, SourceTraffic
 	case p.ice.IsValid():
 		next.Endpoint, next.From = p.ice, SourceICE
+	case p.in.Reflexive.IsValid():
+		next.Endpoint, next.From = p.in.Reflexive, SourceReflexive
 	case p.in.Gossip.IsValid():
 		next.Endpoint, next.From = p.in.Gossip, SourceGossip
 	}

@@ -77,6 +77,12 @@ func TestMachine(t *testing.T) {
 			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
 			{5 * time.Second, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
 		}},
+		{"the advertised reflexive address before gossip's guess; traffic after it", []step{
+			{0, func(m *Machine, now time.Time) {
+				m.SetPeers(now, []Peer{{Key: peerA, Gossip: gossA, Reflexive: natA, Via: relayR, StartRelayed: true}, {Key: relayR, Gossip: gossR}})
+			}, relayed(natA, SourceReflexive, "first guess: gossip routes through the relay"), false},
+			{time.Second, learned(iceA), relayed(iceA, SourceTraffic, "first guess: gossip routes through the relay"), false},
+		}},
 		{"no endpoint: relayed", []step{
 			{0, peers(false, netip.AddrPort{}), relayed(netip.AddrPort{}, SourceNone, "no endpoint known"), false},
 		}},

@@ -13,8 +13,9 @@ import (
 // How each peer is reached is decided by one reach.Machine (package reach
 // says how and why), which the Tunnel owns under mu and feeds:
 //
-//   - SetPeers: gossip's address, relay and first guess per peer, and the
-//     address ICE selected (PeerConfig.ICE), when it changes;
+//   - SetPeers: gossip's address, the advertised reflexive address, relay
+//     and first guess per peer, and the address ICE selected
+//     (PeerConfig.ICE), when it changes;
 //   - the path loop, every probeInterval: the last direct probe reply of
 //     each peer, then Tick;
 //   - the path loop, when the packet path learned a peer's address from its
@@ -69,7 +70,7 @@ func (t *Tunnel) feedPeersLocked(peers []PeerConfig) {
 	in := make([]reach.Peer, 0, len(peers))
 	ice := make(map[key.Public]netip.AddrPort, len(peers))
 	for _, pc := range peers {
-		in = append(in, reach.Peer{Key: pc.Key, Gossip: pc.Endpoint, Via: pc.Relay, StartRelayed: pc.Relayed, DependsOn: pc.DependsOn})
+		in = append(in, reach.Peer{Key: pc.Key, Gossip: pc.Endpoint, Reflexive: pc.Reflexive, Via: pc.Relay, StartRelayed: pc.Relayed, DependsOn: pc.DependsOn})
 		if pc.ICE.IsValid() {
 			ice[pc.Key] = pc.ICE
 		}

@@ -65,6 +65,8 @@ type PeerConfig struct {
 	Relayed bool
 	// ICE is the peer's address ICE selected; invalid: none.
 	ICE netip.AddrPort
+	// Reflexive is where STUN saw the peer, as it advertised; invalid: none.
+	Reflexive netip.AddrPort
 	// DependsOn: we need this peer to hold our NAT mapping open (a control
 	// neighbour, or a relay we use): we keep it alive unless we are public.
 	DependsOn bool
