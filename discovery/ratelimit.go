@@ -4,27 +4,24 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
-// rateLimiter is a token bucket per source IP for inbound handshakes. A
+// rateLimiter is a token bucket (golang.org/x/time/rate) per source IP for inbound handshakes. A
 // handshake costs the responder a DH and a decryption attempt; the bucket
 // keeps one noisy or hostile address from monopolising that.
 type rateLimiter struct {
-	rate  float64 // tokens per second
-	burst float64
+	rate  rate.Limit // tokens per second
+	burst int
 	max   int // tracked addresses; beyond it full buckets are pruned
 
 	mu      sync.Mutex // guards buckets
-	buckets map[netip.Addr]*bucket
+	buckets map[netip.Addr]*rate.Limiter
 }
 
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate, burst float64) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: burst, max: 4096, buckets: map[netip.Addr]*bucket{}}
+func newRateLimiter(perSec, burst float64) *rateLimiter {
+	return &rateLimiter{rate: rate.Limit(perSec), burst: max(1, int(burst)), max: 4096, buckets: map[netip.Addr]*rate.Limiter{}}
 }
 
 // allow takes one token for ip at time now, reporting whether there was one.
@@ -36,18 +33,10 @@ func (l *rateLimiter) allow(ip netip.Addr, now time.Time) bool {
 		if len(l.buckets) >= l.max {
 			l.pruneLocked(now)
 		}
-		b = &bucket{tokens: l.burst, last: now}
+		b = rate.NewLimiter(l.rate, l.burst)
 		l.buckets[ip] = b
 	}
-	if dt := now.Sub(b.last).Seconds(); dt > 0 {
-		b.tokens = min(l.burst, b.tokens+dt*l.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return b.AllowN(now, 1)
 }
 
 // pruneLocked forgets buckets that have refilled; if every bucket is busy
@@ -55,7 +44,7 @@ func (l *rateLimiter) allow(ip netip.Addr, now time.Time) bool {
 // accepting.
 func (l *rateLimiter) pruneLocked(now time.Time) {
 	for ip, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+		if b.TokensAt(now) >= float64(l.burst) {
 			delete(l.buckets, ip)
 		}
 	}

@@ -2,8 +2,9 @@ package nat
 
 import (
 	"net/netip"
-	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Responder answers STUN Binding requests that carry no credentials, as a
@@ -21,9 +22,7 @@ type Responder struct {
 	now  func() time.Time
 	ctr  *counters
 
-	mu     sync.Mutex // guards the bucket
-	tokens float64
-	last   time.Time
+	bucket *rate.Limiter // safe for concurrent use
 }
 
 const (
@@ -41,7 +40,7 @@ func newResponder(send func([]byte, netip.AddrPort) error, now func() time.Time,
 	if now == nil {
 		now = time.Now
 	}
-	return &Responder{send: send, now: now, ctr: ctr, tokens: responderBurst}
+	return &Responder{send: send, now: now, ctr: ctr, bucket: rate.NewLimiter(responderRate, responderBurst)}
 }
 
 // isServerRequest reports whether m is for the Responder: a Binding request
@@ -73,20 +72,4 @@ func (r *Responder) Handle(pkt []byte, src netip.AddrPort) bool {
 	return true
 }
 
-func (r *Responder) allow() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := r.now()
-	if !r.last.IsZero() {
-		r.tokens += now.Sub(r.last).Seconds() * responderRate
-		if r.tokens > responderBurst {
-			r.tokens = responderBurst
-		}
-	}
-	r.last = now
-	if r.tokens < 1 {
-		return false
-	}
-	r.tokens--
-	return true
-}
+func (r *Responder) allow() bool { return r.bucket.AllowN(r.now(), 1) }
