@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/pion/ice/v4"
-	"github.com/pion/stun/v4"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -85,23 +83,6 @@ type Manager struct {
 	refl     reflexiveState
 }
 
-// creds are one session's ICE credentials.
-type creds struct {
-	localPwd, remotePwd string
-}
-
-// session is one ICE agent, for one peer. Owned by the loop.
-type session struct {
-	peer        key.Public
-	id          uint64
-	controlling bool
-	agent       *ice.Agent
-	ufrag, pwd  string
-	remoteUfrag string
-	remotePwd   string
-	checking    bool // connectivity checks started
-}
-
 type evKind uint8
 
 const (
@@ -124,43 +105,6 @@ type event struct {
 	peers      []PeerInfo
 	mappings   []Mapping
 	observedAt time.Time
-}
-
-// Status is what a Manager reports.
-type Status struct {
-	Peers     []PeerStatus
-	Behaviour Behaviour
-}
-
-// PeerStatus is the ICE state of one peer.
-type PeerStatus struct {
-	Peer        key.Public
-	State       string         // idle, checking, connected, backoff
-	Endpoint    netip.AddrPort // connected: the selected remote address
-	LocalType   string         // connected: candidate types of the selected pair
-	RemoteType  string
-	TookFor     time.Duration // connected: from session start to selection
-	Failures    int           // sessions failed in a row
-	Controlling bool
-}
-
-// Behaviour is this host's NAT as observed through other peers' STUN
-// answers.
-type Behaviour struct {
-	Mappings []Mapping // one per STUN server that answered
-	// Public: a mapped address is one of our own (no NAT in the way).
-	Public bool
-	// VariesPerDestination: servers saw different mapped addresses
-	// (endpoint-dependent mapping, "hard" NAT). Meaningful with two or more
-	// mappings.
-	VariesPerDestination bool
-	At                   time.Time
-}
-
-// Mapping is the address a STUN server saw us at.
-type Mapping struct {
-	Server netip.AddrPort
-	Mapped netip.AddrPort
 }
 
 const (
@@ -250,90 +194,6 @@ func (m *Manager) HandleSignal(from key.Public, msg []byte) {
 		return
 	}
 	m.post(event{kind: evSignal, peer: from, sig: s})
-}
-
-// HandleSTUN takes one STUN datagram the tunnel received from src. It runs
-// on the tunnel's receive path: it does not block, and copies what it keeps.
-// Credential-less Binding requests are answered; ICE checks reach the
-// agents only with a ufrag and MESSAGE-INTEGRITY of a live session; answers
-// only for a transaction we started, from the address we asked, and for
-// ICE checks signed with the peer's password. Everything else is counted
-// and dropped, so forged STUN never reaches an agent and never moves an
-// endpoint.
-func (m *Manager) HandleSTUN(pkt []byte, src netip.AddrPort) {
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-	msg, err := parseSTUN(pkt)
-	if err != nil {
-		m.ctr.inc(cSTUNMalformed)
-		return
-	}
-	if msg.method() != 1 {
-		m.ctr.inc(cSTUNUnexpected)
-		return
-	}
-	switch msg.class() {
-	case classRequest:
-		if isServerRequest(&msg) {
-			m.resp.answer(&msg, src)
-			return
-		}
-		if msg.username == nil || !msg.hasIntegrity {
-			m.ctr.inc(cSTUNUnexpected)
-			return
-		}
-		c, ok := (*m.creds.Load())[msg.ufrag()]
-		if !ok {
-			m.ctr.inc(cSTUNUnknownUfrag)
-			return
-		}
-		if !checkIntegrity(pkt, c.localPwd) {
-			m.ctr.inc(cSTUNBadIntegrity)
-			return
-		}
-	case classSuccess, classError:
-		t, ok := m.conn.lookup(msg.txID)
-		if !ok {
-			m.ctr.inc(cSTUNUnknownTxn)
-			return
-		}
-		if t.dst != src {
-			m.ctr.inc(cSTUNWrongSource)
-			return
-		}
-		if t.username != "" {
-			// Our check's USERNAME is "theirs:ours"; the answer is signed
-			// with their password.
-			local := t.username
-			for i := range local {
-				if local[i] == ':' {
-					local = local[i+1:]
-					break
-				}
-			}
-			c, ok := (*m.creds.Load())[local]
-			if !ok {
-				m.ctr.inc(cSTUNUnknownUfrag)
-				return
-			}
-			if !msg.hasIntegrity || c.remotePwd == "" || !checkIntegrity(pkt, c.remotePwd) {
-				m.ctr.inc(cSTUNBadIntegrity)
-				return
-			}
-		}
-	default:
-		m.ctr.inc(cSTUNUnexpected)
-		return
-	}
-	m.conn.deliver(pkt, src)
-}
-
-// checkIntegrity checks MESSAGE-INTEGRITY with the short-term password pwd.
-func checkIntegrity(pkt []byte, pwd string) bool {
-	msg := &stun.Message{Raw: append([]byte(nil), pkt...)}
-	if err := msg.Decode(); err != nil {
-		return false
-	}
-	return stun.NewShortTermIntegrity(pwd).Check(msg) == nil
 }
 
 func (m *Manager) post(e event) {
@@ -563,212 +423,4 @@ func (m *Manager) signal(to key.Public, s Signal) {
 	if err := m.cfg.Signal(to, b); err != nil {
 		m.log.Debug("sending a signal", "peer", to.Name(), "type", s.Type.String(), "err", err)
 	}
-}
-
-// stunServers are the STUN servers for a session with peer k (or for
-// observing, with k zero): the peer itself and peers we hold control
-// connections to, by key, at most maxSTUNServers with distinct addresses.
-func (m *Manager) stunServers(k key.Public) []netip.AddrPort {
-	var out []netip.AddrPort
-	add := func(a netip.AddrPort) {
-		if a.IsValid() && len(out) < maxSTUNServers && !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	if p, ok := m.peers[k]; ok {
-		add(p.Endpoint)
-	}
-	keys := make([]key.Public, 0, len(m.peers))
-	for pk, p := range m.peers {
-		if p.Direct {
-			keys = append(keys, pk)
-		}
-	}
-	slices.SortFunc(keys, func(a, b key.Public) int { return cmp.Compare(string(a[:]), string(b[:])) })
-	for _, pk := range keys {
-		add(m.peers[pk].Endpoint)
-	}
-	return out
-}
-
-// openSession makes the agent of session id with peer k and sends the
-// offer (controlling) or the answer (controlled, with the offer's
-// credentials).
-func (m *Manager) openSession(k key.Public, id uint64, controlling bool, rufrag, rpwd string) error {
-	var urls []*stun.URI
-	for _, a := range m.stunServers(k) {
-		u, err := stun.ParseURI("stun:" + a.String())
-		if err == nil {
-			urls = append(urls, u)
-		}
-	}
-	disc, fail, keep, check := 3*time.Second, 6*time.Second, 2*time.Second, 100*time.Millisecond
-	gather := 3 * time.Second
-	agent, err := ice.NewAgentWithOptions(
-		ice.WithUrls(urls),
-		ice.WithNetworkTypes([]ice.NetworkType{ice.NetworkTypeUDP4}),
-		ice.WithCandidateTypes([]ice.CandidateType{ice.CandidateTypeHost, ice.CandidateTypeServerReflexive}),
-		ice.WithUDPMux(m.mux),
-		ice.WithUDPMuxSrflx(m.mux),
-		ice.WithMulticastDNSMode(ice.MulticastDNSModeDisabled),
-		ice.WithLoggerFactory(pionLogger{log: m.log}),
-		ice.WithDisconnectedTimeout(disc),
-		ice.WithFailedTimeout(fail),
-		ice.WithKeepaliveInterval(keep),
-		ice.WithCheckInterval(check),
-		ice.WithSTUNGatherTimeout(gather),
-	)
-	if err != nil {
-		return err
-	}
-	ufrag, pwd, err := agent.GetLocalUserCredentials()
-	if err != nil {
-		agent.Close()
-		return err
-	}
-	s := &session{peer: k, id: id, controlling: controlling, agent: agent, ufrag: ufrag, pwd: pwd, remoteUfrag: rufrag, remotePwd: rpwd}
-	agent.OnCandidate(func(c ice.Candidate) {
-		if c != nil {
-			m.post(event{kind: evLocalCandidate, peer: k, sid: id, cand: c.Marshal()})
-		}
-	})
-	agent.OnSelectedCandidatePairChange(func(local, remote ice.Candidate) {
-		a, err := netip.ParseAddr(remote.Address())
-		if err != nil {
-			return
-		}
-		m.post(event{kind: evSelected, peer: k, sid: id, ep: netip.AddrPortFrom(a.Unmap(), uint16(remote.Port())),
-			lt: local.Type().String(), rt: remote.Type().String()})
-	})
-	agent.OnConnectionStateChange(func(st ice.ConnectionState) {
-		if st == ice.ConnectionStateFailed {
-			m.post(event{kind: evFailed, peer: k, sid: id})
-		}
-	})
-	m.sessions[k] = s
-	m.storeCreds()
-	if controlling {
-		m.signal(k, Signal{Type: SignalOffer, Session: id, Ufrag: ufrag, Pwd: pwd})
-	} else {
-		m.signal(k, Signal{Type: SignalAnswer, Session: id, Ufrag: ufrag, Pwd: pwd})
-		if _, err := agent.StartAccept(rufrag, rpwd); err != nil {
-			m.closeSession(k)
-			return err
-		}
-		s.checking = true
-	}
-	if err := agent.GatherCandidates(); err != nil {
-		m.closeSession(k)
-		return err
-	}
-	m.log.Debug("ICE session started", "peer", k.Name(), "controlling", controlling, "stun_servers", len(urls))
-	return nil
-}
-
-func (m *Manager) closeSession(k key.Public) {
-	s := m.sessions[k]
-	if s == nil {
-		return
-	}
-	delete(m.sessions, k)
-	m.storeCreds()
-	go s.agent.Close() // may wait for pion's goroutines; never on the loop
-}
-
-func (m *Manager) storeCreds() {
-	c := make(map[string]creds, len(m.sessions))
-	for _, s := range m.sessions {
-		c[s.ufrag] = creds{localPwd: s.pwd, remotePwd: s.remotePwd}
-	}
-	m.creds.Store(&c)
-}
-
-func (m *Manager) updateEndpoints() {
-	eps := map[key.Public]netip.AddrPort{}
-	for k, p := range m.pairs {
-		if p.state == pairDirect && p.endpoint.IsValid() {
-			eps[k] = p.endpoint
-		}
-	}
-	old := *m.endpoints.Load()
-	if mapsEqual(old, eps) {
-		return
-	}
-	m.endpoints.Store(&eps)
-	m.cfg.OnChange()
-}
-
-func mapsEqual(a, b map[key.Public]netip.AddrPort) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func (m *Manager) publish() {
-	st := Status{Behaviour: m.behave}
-	for k, p := range m.pairs {
-		st.Peers = append(st.Peers, PeerStatus{
-			Peer: k, State: p.state.String(), Endpoint: p.endpoint, LocalType: p.localType, RemoteType: p.remoteType,
-			TookFor: p.tookFor, Failures: p.failures, Controlling: p.controlling,
-		})
-	}
-	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return cmp.Compare(string(a.Peer[:]), string(b.Peer[:])) })
-	m.status.Store(&st)
-}
-
-// observe asks up to maxSTUNServers peers where they see us, in the
-// background; the answers come back as an evObserved event.
-func (m *Manager) observe() {
-	servers := m.stunServers(key.Public{})
-	if len(servers) == 0 {
-		return
-	}
-	go func() {
-		var (
-			mu  sync.Mutex
-			out []Mapping
-			wg  sync.WaitGroup
-		)
-		for _, s := range servers {
-			wg.Go(func() {
-				x, err := m.mux.GetXORMappedAddr(net.UDPAddrFromAddrPort(s), 3*time.Second)
-				if err != nil {
-					return
-				}
-				a, ok := netip.AddrFromSlice(x.IP)
-				if !ok {
-					return
-				}
-				mu.Lock()
-				out = append(out, Mapping{Server: s, Mapped: netip.AddrPortFrom(a.Unmap(), uint16(x.Port))})
-				mu.Unlock()
-			})
-		}
-		wg.Wait()
-		if len(out) > 0 {
-			slices.SortFunc(out, func(a, b Mapping) int { return a.Server.Compare(b.Server) })
-			m.post(event{kind: evObserved, mappings: out, observedAt: m.cfg.Now()})
-		}
-	}()
-}
-
-// behaviourOf sums up mappings: public when one is our own address,
-// varying when they differ.
-func behaviourOf(ms []Mapping, own []netip.Addr, at time.Time) Behaviour {
-	b := Behaviour{Mappings: ms, At: at}
-	for _, x := range ms {
-		if slices.Contains(own, x.Mapped.Addr()) {
-			b.Public = true
-		}
-		if x.Mapped != ms[0].Mapped {
-			b.VariesPerDestination = true
-		}
-	}
-	return b
 }
