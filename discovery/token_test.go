@@ -121,11 +121,16 @@ func bootstrapOf(r *testRouter) Bootstrap {
 }
 
 func TestJoinWithToken(t *testing.T) {
+	// joinTimeout bounds each join; success and refusals return at once. It
+	// is generous because a handshake under -race on a loaded 2-core machine
+	// has taken over a second, and a retry after it got the rest of a 3 s
+	// budget as its dial deadline.
+	const joinTimeout = 10 * time.Second
 	m := newTestRouter(t, "member")
 	m.cfg.Range = netip.MustParsePrefix("10.32.0.0/12")
 	ctx := context.Background()
 	join := func(tok Token) (JoinResult, error) {
-		return Join(ctx, JoinConfig{Private: newKey(t), Token: tok, Nickname: "joiner", Timeout: 3 * time.Second})
+		return Join(ctx, JoinConfig{Private: newKey(t), Token: tok, Nickname: "joiner", Timeout: joinTimeout})
 	}
 
 	tok, err := m.CreateToken(time.Hour, 1, []Bootstrap{bootstrapOf(m)})
@@ -133,7 +138,7 @@ func TestJoinWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	joiner := newKey(t)
-	res, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: 3 * time.Second})
+	res, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: joinTimeout})
 	if err != nil {
 		t.Fatalf("join: %v", err)
 	}
@@ -141,7 +146,7 @@ func TestJoinWithToken(t *testing.T) {
 		t.Fatalf("admission = %+v", res)
 	}
 	// The same host again is a rejoin, not a second use.
-	if _, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: 3 * time.Second}); err != nil {
+	if _, err := Join(ctx, JoinConfig{Private: joiner, Token: tok, Timeout: joinTimeout}); err != nil {
 		t.Fatalf("rejoin with a single-use token: %v", err)
 	}
 	if _, err := join(tok); err == nil || !strings.Contains(err.Error(), "used already") {

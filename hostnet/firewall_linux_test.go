@@ -264,8 +264,10 @@ func TestFirewallPassesBridgedTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// One reply within a deadline, with a probe a second: the first may wait
+	// for ARP, and a loaded machine is slow; reachability is the question.
 	ping := func() bool {
-		return exec.Command("ip", "netns", "exec", c1.Name, "ping", "-c", "1", "-W", "1", "10.32.1.2").Run() == nil
+		return exec.Command("ip", "netns", "exec", c1.Name, "ping", "-c", "1", "-w", "4", "10.32.1.2").Run() == nil
 	}
 	if !ping() {
 		t.Fatalf("container to container on the bridge under FORWARD DROP:\n%s", in("iptables-nft", "-L", "FORWARD", "-v"))
