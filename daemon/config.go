@@ -67,7 +67,12 @@ type Config struct {
 	// Notify, if set, is told what a person waiting at the terminal wants
 	// to know: the join line of a new network, space received, ready.
 	Notify func(msg string)
-	Logger *slog.Logger
+	// Terminal, if set, prints to the person's terminal and nowhere else;
+	// launch sets it only when its standard output is a terminal. Secrets
+	// meant for that person (the first join token) go only here, never to
+	// Notify, which may be a log or a journal.
+	Terminal func(msg string)
+	Logger   *slog.Logger
 	// WGUAPIDir is where the WireGuard device's UAPI socket IFACE.sock is
 	// made, for `wg show` (tunnel.DefaultUAPIDir on a host; the test bed
 	// gives each host its own). Empty: no socket.

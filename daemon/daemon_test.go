@@ -534,3 +534,63 @@ func TestAPI(t *testing.T) {
 		t.Error("a refused request attached something")
 	}
 }
+
+// TestAnnounceFirstToken: the token a new network prints is for one host
+// within an hour, and goes to the terminal only; without a terminal
+// (systemd, a log file) none is printed anywhere.
+func TestAnnounceFirstToken(t *testing.T) {
+	for _, terminal := range []bool{true, false} {
+		r, tn := newFakeRouter(), newFakeTunnel()
+		var notified, printed []string
+		cfg := testConfig(t)
+		cfg.Notify = func(m string) { notified = append(notified, m) }
+		if terminal {
+			cfg.Terminal = func(m string) { printed = append(printed, m) }
+		}
+		d := newTestDaemon(t, cfg, r, tn)
+		d.createdNetwork = true
+		d.tokens = &fakeTokens{}
+		// A reachable peer, so the token has a member to name whatever
+		// interfaces the test machine has.
+		r.peers = []discovery.Peer{{Key: pubKey(1), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783")}}
+		d.announce()
+		for _, m := range notified {
+			if strings.Contains(m, discovery.TokenPrefix) {
+				t.Errorf("terminal=%v: a token went to Notify: %q", terminal, m)
+			}
+		}
+		if !terminal {
+			if len(printed) != 0 || len(notified) != 1 || !strings.Contains(notified[0], "weavewg token create") {
+				t.Errorf("no terminal: printed %q, notified %q", printed, notified)
+			}
+			continue
+		}
+		if len(printed) != 1 {
+			t.Fatalf("terminal: printed %q, notified %q", printed, notified)
+		}
+		i := strings.Index(printed[0], discovery.TokenPrefix)
+		if i < 0 {
+			t.Fatalf("no token in %q", printed[0])
+		}
+		tok, err := discovery.ParseToken(strings.Fields(printed[0][i:])[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := time.Until(tok.Expiry); tok.Uses != 1 || left <= 0 || left > time.Hour {
+			t.Errorf("first token: %d uses, expires in %v; want 1 use within an hour", tok.Uses, left)
+		}
+	}
+}
+
+// fakeTokens makes tokens the way the registry does, without one.
+type fakeTokens struct{}
+
+func (*fakeTokens) CreateToken(ttl time.Duration, uses uint16, eps []discovery.Bootstrap) (discovery.Token, error) {
+	t := discovery.Token{ID: discovery.TokenID{1}, Uses: uses, Endpoints: eps}
+	if ttl > 0 {
+		t.Expiry = time.Now().Add(ttl).Truncate(time.Second)
+	}
+	return t, nil
+}
+func (*fakeTokens) Tokens() []discovery.TokenRecord        { return nil }
+func (*fakeTokens) RevokeToken(id discovery.TokenID) error { return nil }

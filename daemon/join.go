@@ -100,12 +100,20 @@ func (d *Daemon) notify(format string, args ...any) {
 }
 
 // announce tells the person at the terminal how others join a network this
-// start created.
+// start created. The token it prints admits one host within an hour: a
+// token hands out the network secret, so the one printed unasked is as
+// small as it can be, and goes to the terminal only (under systemd,
+// standard output is the journal); 'weavewg token create' makes others.
 func (d *Daemon) announce() {
 	if !d.createdNetwork {
 		return
 	}
-	tok, err := d.createToken(api.TokenRequest{})
+	if d.cfg.Terminal == nil {
+		d.notify("created network %s with range %s; make a join token for each host with 'weavewg token create' (none is printed: standard output is not a terminal, and a token must not end up in a log)",
+			discovery.IDOf(d.secret), d.cfg.Range)
+		return
+	}
+	tok, err := d.createToken(api.TokenRequest{TTL: firstTokenTTL.String(), Uses: 1})
 	if err != nil {
 		d.notify("created network %s; make a join token with 'weavewg token create --endpoint IP' (%v)", discovery.IDOf(d.secret), err)
 		return
@@ -115,9 +123,12 @@ func (d *Daemon) announce() {
 	if tok.Expires != nil {
 		until = "valid until " + tok.Expires.Local().Format(time.RFC1123)
 	}
-	d.notify("created network %s with range %s. Other hosts join it with (%s, any number of hosts; 'weavewg token create' makes more):\n\n    weavewg join %s\n",
-		tok.Network, d.cfg.Range, until, tok.Token)
+	d.cfg.Terminal(fmt.Sprintf("created network %s with range %s. One other host joins it with (%s, once; 'weavewg token create' makes more):\n\n    weavewg join %s\n",
+		tok.Network, d.cfg.Range, until, tok.Token))
 }
+
+// firstTokenTTL is how long the token printed at creation is valid.
+const firstTokenTTL = time.Hour
 
 // reset leaves the network: releases every attachment, hands the address
 // space to a reachable peer, and stops the daemon, which then forgets the

@@ -27,8 +27,10 @@ func launchCommand() *cli.Command {
 a bridge for containers, the control plane on TCP --port and WireGuard on UDP
 --port.
 
-On a host with no network yet, launch creates one and prints the
-'weavewg join TOKEN' line other hosts use to join it. A host that has joined
+On a host with no network yet, launch creates one and, when its output is a
+terminal, prints a 'weavewg join TOKEN' line for one other host, valid for an
+hour (a token hands out the network secret; under systemd nothing is
+printed). 'weavewg token create' makes tokens for the others. A host that has joined
 restarts with plain 'weavewg launch': the state dir remembers its network.
 
 Weave-style setups give every host the same --password instead, and name
@@ -131,6 +133,9 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		Notify: func(msg string) {
 			fmt.Println("weavewg:", msg)
 		},
+	}
+	if isTerminal(os.Stdout) {
+		cfg.Terminal = func(msg string) { fmt.Println("weavewg:", msg) }
 	}
 	if adm != nil {
 		cfg.Admission = &adm.Result
