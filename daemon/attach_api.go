@@ -26,6 +26,9 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 	if err != nil {
 		return api.Attachment{}, badRequest("network namespace %s: %v", req.Netns, errors.Unwrap(err))
 	}
+	if err := refuseHostNetns(dev, ino); err != nil {
+		return api.Attachment{}, badRequest("network namespace %s: %v", req.Netns, err)
+	}
 	rec := attachment.Record{Netns: req.Netns, NetnsDev: dev, NetnsIno: ino, Name: req.Name, IfName: req.IfName}
 	if rec.IfName == "" {
 		rec.IfName = ContainerIfName
@@ -154,4 +157,21 @@ func (d *Daemon) attachReady() string {
 		return d.noSpaceReason()
 	}
 	return ""
+}
+
+// refuseHostNetns refuses the daemon's own namespace and PID 1's: attaching
+// either would put the host's own interfaces' namespace (usually the root
+// one) on the bridge as a "container", moving its routes and address into
+// the overlay and cutting the host off (issue 14).
+func refuseHostNetns(dev, ino uint64) error {
+	for _, p := range []struct{ path, what string }{
+		{"/proc/self/ns/net", "the weavewg daemon's own namespace"},
+		{"/proc/1/ns/net", "the namespace of PID 1 (the host's)"},
+	} {
+		d, i, err := attachment.NetnsIdentity(p.path)
+		if err == nil && d == dev && i == ino {
+			return fmt.Errorf("it is %s; attach a container's namespace", p.what)
+		}
+	}
+	return nil
 }

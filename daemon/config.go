@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/blake2s"
@@ -83,6 +86,82 @@ type Config struct {
 
 	// Build is the binary's version, reported by status.
 	Build api.Build
+
+	// ForceRange allows an overlay range outside private (RFC 1918) and
+	// shared (RFC 6598, CGNAT) space; special-purpose space (loopback,
+	// multicast, this-network, link-local, reserved) is refused anyway.
+	ForceRange bool
+}
+
+// Address space an overlay range may use without --force-range, and space
+// it may never use: there the kernel, or every router, treats addresses
+// specially and the overlay could not work.
+var (
+	privateSpace = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"),
+		netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"),
+		netip.MustParsePrefix("100.64.0.0/10"),
+	}
+	specialSpace = []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/8"),
+		netip.MustParsePrefix("127.0.0.0/8"),
+		netip.MustParsePrefix("169.254.0.0/16"),
+		netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("240.0.0.0/4"),
+	}
+)
+
+// checkRangeSpace refuses a range in special-purpose space, and outside
+// private or CGNAT space unless forced.
+func checkRangeSpace(r netip.Prefix, force bool) error {
+	for _, s := range specialSpace {
+		if s.Overlaps(r) {
+			return fmt.Errorf("overlay range %s overlaps %s, special-purpose address space; use private space such as 10.32.0.0/12", r, s)
+		}
+	}
+	if force {
+		return nil
+	}
+	for _, s := range privateSpace {
+		if s.Bits() <= r.Bits() && s.Contains(r.Addr()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("overlay range %s is not private (10/8, 172.16/12, 192.168/16) or CGNAT (100.64/10) space; its addresses belong to someone on the Internet (--force-range if you own them)", r)
+}
+
+// checkRangeFree refuses a range that overlaps the subnet of a local
+// interface (other than weavewg's own TUN and bridge): the host's routes
+// to that subnet and the overlay's would fight, and one of the two
+// networks would become unreachable.
+func checkRangeFree(r netip.Prefix, own ...string) error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil // nothing to compare with; the kernel will say
+	}
+	for _, ifc := range ifs {
+		if slices.Contains(own, ifc.Name) || strings.HasPrefix(ifc.Name, "vethw") {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			bits, _ := ipn.Mask.Size()
+			if !ok || !ip.Unmap().Is4() {
+				continue
+			}
+			p := netip.PrefixFrom(ip.Unmap(), bits).Masked()
+			if p.Overlaps(r) {
+				return fmt.Errorf("overlay range %s overlaps %s on interface %s; choose another range (--ipalloc-range)", r, p, ifc.Name)
+			}
+		}
+	}
+	return nil
 }
 
 func (c *Config) validate() error {
@@ -100,6 +179,9 @@ func (c *Config) validate() error {
 	}
 	if !c.Range.IsValid() || !c.Range.Addr().Is4() || c.Range.Bits() > 30 || c.Range != c.Range.Masked() {
 		return fmt.Errorf("overlay range %s must be an IPv4 network prefix of /30 or larger, e.g. 10.32.0.0/12", c.Range)
+	}
+	if err := checkRangeSpace(c.Range, c.ForceRange); err != nil {
+		return err
 	}
 	if c.HostIP.IsValid() {
 		if c.HostIP.Bits() != c.Range.Bits() || !c.Range.Contains(c.HostIP.Addr()) {

@@ -331,8 +331,15 @@ func prepare(cfg Config) (*Daemon, error) {
 	if d.createdNetwork, err = d.resolveNetwork(); err != nil {
 		return nil, err
 	}
-	// The network's range may differ from the flag's default.
+	// The network's range may differ from the flag's default. Whether it
+	// is private space was checked by the start that created the network.
+	if !d.seedsRing {
+		d.cfg.ForceRange = true
+	}
 	if err := d.cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := checkRangeFree(d.cfg.Range, d.cfg.Iface, d.cfg.Bridge); err != nil {
 		return nil, err
 	}
 	cfg = d.cfg

@@ -445,6 +445,16 @@ func TestConfigValidation(t *testing.T) {
 		{"range unmasked", func(c *Config) { c.Range = netip.MustParsePrefix("10.32.0.1/12") }, "network prefix"},
 		{"mtu", func(c *Config) { c.MTU = 100 }, "mtu"},
 		{"long iface", func(c *Config) { c.Iface = "averyveryverylongname" }, "15 characters"},
+		{"loopback range", func(c *Config) { c.Range = netip.MustParsePrefix("127.0.0.0/8"); c.HostIP = netip.Prefix{} }, "special-purpose"},
+		{"multicast range", func(c *Config) { c.Range = netip.MustParsePrefix("224.0.0.0/8"); c.HostIP = netip.Prefix{} }, "special-purpose"},
+		{"this-network range", func(c *Config) { c.Range = netip.MustParsePrefix("0.0.0.0/8"); c.HostIP = netip.Prefix{} }, "special-purpose"},
+		{"forced loopback", func(c *Config) {
+			c.Range = netip.MustParsePrefix("127.0.0.0/8")
+			c.HostIP = netip.Prefix{}
+			c.ForceRange = true
+		}, "special-purpose"},
+		{"public range", func(c *Config) { c.Range = netip.MustParsePrefix("8.8.0.0/16"); c.HostIP = netip.Prefix{} }, "--force-range"},
+		{"straddles private", func(c *Config) { c.Range = netip.MustParsePrefix("172.0.0.0/8"); c.HostIP = netip.Prefix{} }, "--force-range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := testConfig(t)
@@ -594,3 +604,41 @@ func (*fakeTokens) CreateToken(ttl time.Duration, uses uint16, eps []discovery.B
 }
 func (*fakeTokens) Tokens() []discovery.TokenRecord        { return nil }
 func (*fakeTokens) RevokeToken(id discovery.TokenID) error { return nil }
+
+func TestRangeSpaceAllowed(t *testing.T) {
+	for _, r := range []string{"10.32.0.0/12", "172.16.0.0/12", "192.168.100.0/24", "100.64.0.0/10"} {
+		if err := checkRangeSpace(netip.MustParsePrefix(r), false); err != nil {
+			t.Errorf("%s: %v", r, err)
+		}
+	}
+	if err := checkRangeSpace(netip.MustParsePrefix("8.8.0.0/16"), true); err != nil {
+		t.Errorf("forced public range: %v", err)
+	}
+}
+
+// A range overlapping a local interface's subnet is refused (the loopback
+// interface's 127.0.0.0/8 is always there to overlap).
+func TestRangeOverlappingAnInterface(t *testing.T) {
+	err := checkRangeFree(netip.MustParsePrefix("127.0.0.0/16"), DefaultIface, DefaultBridge)
+	if err == nil || !strings.Contains(err.Error(), "interface lo") {
+		t.Errorf("checkRangeFree(127.0.0.0/16) = %v", err)
+	}
+	if err := checkRangeFree(netip.MustParsePrefix("127.0.0.0/16"), "lo"); err != nil {
+		t.Errorf("weavewg's own interfaces are not counted: %v", err)
+	}
+}
+
+func TestAttachRefusesHostNamespaces(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	d := newTestDaemon(t, testConfig(t), r, tn)
+	for _, ns := range []string{"/proc/self/ns/net", "/proc/1/ns/net"} {
+		if _, err := os.Stat(ns); err != nil {
+			t.Logf("%s: %v (cannot be attached here anyway)", ns, err)
+			continue
+		}
+		_, err := d.attach(context.Background(), api.AttachRequest{Netns: ns})
+		if err == nil || !strings.Contains(err.Error(), "attach a container's namespace") {
+			t.Errorf("attach %s = %v, want refused", ns, err)
+		}
+	}
+}
