@@ -171,6 +171,9 @@ type Daemon struct {
 	// founder that lost its ipam.db gets the ring back from its peers
 	// instead of seeding a second one.
 	seedsRing bool
+	// newNetwork: this host was in no network before this start (it
+	// created or joined one now).
+	newNetwork bool
 
 	tokens tokenRegistry
 	router controlPlane
@@ -230,18 +233,19 @@ func start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	toks, err := loadTokens(cfg.StateDir)
+	toks, tokensLost, err := loadTokens(cfg.StateDir, d.newNetwork)
 	if err != nil {
-		d.log.Warn("starting with an empty token registry", "err", err)
+		d.log.Warn("starting without the token registry: joiners with tokens this host does not know are refused until a peer sends it", "err", err)
 	}
 	router, err := discovery.New(discovery.Config{
-		Private:  d.priv,
-		Secret:   d.secret,
-		Nickname: cfg.Nickname,
-		Port:     cfg.Port,
-		HostIP:   d.hostIP.Addr(),
-		Range:    cfg.Range,
-		Tokens:   toks,
+		Private:    d.priv,
+		Secret:     d.secret,
+		Nickname:   cfg.Nickname,
+		Port:       cfg.Port,
+		HostIP:     d.hostIP.Addr(),
+		Range:      cfg.Range,
+		Tokens:     toks,
+		TokensLost: tokensLost,
 		SaveTokens: func(recs []discovery.TokenRecord) error {
 			return saveTokensFile(cfg.StateDir, recs)
 		},

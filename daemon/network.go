@@ -89,6 +89,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	d.newNetwork = n == nil || cfg.Admission != nil
 	switch {
 	case cfg.Admission != nil:
 		a := cfg.Admission
@@ -140,19 +141,33 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 	return created, saveNetwork(cfg.StateDir, n)
 }
 
-func loadTokens(dir string) ([]discovery.TokenRecord, error) {
-	b, err := os.ReadFile(filepath.Join(dir, tokensFile))
+// loadTokens reads the token registry. lost reports that it should exist
+// and does not, or was unreadable: a corrupt file is moved aside to
+// tokens.json.corrupt-TIME. A member without its registry refuses tokens
+// it does not know until a peer sends the registry (they may have been
+// revoked or used up meanwhile). A network new with this start (created
+// or joined) has no registry yet: an empty one is written, so that its
+// absence later means it was lost.
+func loadTokens(dir string, newNetwork bool) (recs []discovery.TokenRecord, lost bool, err error) {
+	path := filepath.Join(dir, tokensFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		if newNetwork {
+			return nil, false, saveTokensFile(dir, []discovery.TokenRecord{})
+		}
+		return nil, true, fmt.Errorf("%s is missing", tokensFile)
 	}
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
-	var recs []discovery.TokenRecord
 	if err := json.Unmarshal(b, &recs); err != nil {
-		return nil, fmt.Errorf("%s is corrupt: %w", tokensFile, err)
+		aside := fmt.Sprintf("%s.corrupt-%s", path, time.Now().UTC().Format("20060102T150405Z"))
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, true, fmt.Errorf("%s is corrupt (%v) and could not be moved aside: %w", tokensFile, err, rerr)
+		}
+		return nil, true, fmt.Errorf("%s is corrupt (%v); moved it to %s", tokensFile, err, aside)
 	}
-	return recs, nil
+	return recs, false, nil
 }
 
 func saveTokensFile(dir string, recs []discovery.TokenRecord) error {

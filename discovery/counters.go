@@ -41,6 +41,7 @@ const (
 	CtrChannelDropped     = "gossip_channel_dropped"        // delivered messages dropped: handler queue full
 	CtrJoinAdmitted       = "control_join_admitted"         // joiners admitted with a token
 	CtrJoinRefused        = "control_join_refused"          // joiners refused (expired, revoked, used up, other network)
+	CtrJoinUnsynced       = "control_join_unsynced"         // joiners refused: unknown token while the registry is being recovered
 )
 
 var counterNames = []string{
@@ -53,7 +54,7 @@ var counterNames = []string{
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
-	CtrJoinAdmitted, CtrJoinRefused,
+	CtrJoinAdmitted, CtrJoinRefused, CtrJoinUnsynced,
 }
 
 // counters is a fixed set of atomic counters; the map is never written after

@@ -312,6 +312,12 @@ func (r *Router) admissionProblem(id TokenID, expiry time.Time, uses uint16, joi
 	defer r.mu.Unlock()
 	t := r.tokens[id]
 	if t == nil {
+		if r.tokensUnsynced {
+			// This member lost its registry: the token may have been
+			// revoked or used up, and only the others know.
+			r.ctr.inc(CtrJoinUnsynced)
+			return "this member lost its token registry and has not received it from the others yet; join through another member"
+		}
 		// Made elsewhere and not gossiped here yet: the key proves a
 		// member made it; its record will follow.
 		return ""
@@ -319,10 +325,12 @@ func (r *Router) admissionProblem(id TokenID, expiry time.Time, uses uint16, joi
 	if t.Revoked {
 		return "the token was revoked; ask a member for a new one"
 	}
-	if t.Uses > 0 {
+	// uses is the token's own count, bound to it by the join key; the
+	// registry's copy is gossip any member could have raised.
+	if uses > 0 {
 		_, known := slices.BinarySearchFunc(t.UsedBy, joiner, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
-		if !known && len(t.UsedBy) >= int(t.Uses) {
-			return fmt.Sprintf("the token has been used already (it admits %d host(s)); ask a member for a new one", t.Uses)
+		if !known && len(t.UsedBy) >= int(uses) {
+			return fmt.Sprintf("the token has been used already (it admits %d host(s)); ask a member for a new one", uses)
 		}
 	}
 	return ""

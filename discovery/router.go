@@ -36,6 +36,10 @@ type Config struct {
 	Range netip.Prefix
 	// Tokens is the token registry as SaveTokens saved it last time.
 	Tokens []TokenRecord
+	// TokensLost says the saved registry was lost or unreadable: until a
+	// peer sends its copy, tokens this peer does not know are refused
+	// (they may have been revoked or used up meanwhile).
+	TokensLost bool
 	// SaveTokens, if set, persists the token registry whenever it changes.
 	// It is called without router locks held.
 	SaveTokens func([]TokenRecord) error
@@ -177,8 +181,11 @@ type Router struct {
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 
-	tokens   map[TokenID]*TokenRecord // the token registry; guarded by mu
-	tokensCh *Channel                 // constant after New
+	tokens map[TokenID]*TokenRecord // the token registry; guarded by mu
+	// tokensUnsynced: the registry was lost (Config.TokensLost) and no
+	// peer has sent its copy yet; unknown tokens are refused. Guarded by mu.
+	tokensUnsynced bool
+	tokensCh       *Channel // constant after New
 }
 
 // entry is one peer's record and our view of it. Guarded by Router.mu.

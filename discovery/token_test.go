@@ -266,3 +266,63 @@ func TestParseTokenID(t *testing.T) {
 		}
 	}
 }
+
+// TestLostRegistryAdmitsNobodyUntilSynced is issue 14 item 6: a member
+// that lost tokens.json refuses tokens it does not know (one may have been
+// revoked meanwhile) until a peer sends the registry; then the revocation
+// holds there too. And a registry record whose use count a member raised
+// does not let a single-use token admit twice: the count that matters is
+// the token's own, bound to it by the join key.
+func TestLostRegistryAdmitsNobodyUntilSynced(t *testing.T) {
+	ctx := context.Background()
+	m := newTestRouter(t, "member")
+	m.cfg.Range = netip.MustParsePrefix("10.32.0.0/12")
+	revoked, _ := m.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
+	if err := m.RevokeToken(revoked.ID); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := m.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
+
+	lost := newTestRouter(t, "lost", func(c *Config, _ *tunables) { c.TokensLost = true })
+	lost.cfg.Range = m.cfg.Range
+	at := func(tok Token, r *testRouter) Token {
+		tok.Endpoints = []Bootstrap{bootstrapOf(r)}
+		return tok
+	}
+	for _, tok := range []Token{revoked, good} {
+		_, err := Join(ctx, JoinConfig{Private: newKey(t), Token: at(tok, lost), Timeout: 3 * time.Second})
+		if err == nil || !strings.Contains(err.Error(), "lost its token registry") {
+			t.Fatalf("unsynced member admitted (or refused oddly): %v", err)
+		}
+	}
+	if lost.Counters()[CtrJoinUnsynced] != 2 {
+		t.Errorf("unsynced refusals counted %d", lost.Counters()[CtrJoinUnsynced])
+	}
+	lost.Connect(m.addr())
+	waitFor(t, 5*time.Second, "the registry arrives", func() bool {
+		for _, r := range lost.Tokens() {
+			if r.ID == revoked.ID && r.Revoked {
+				return true
+			}
+		}
+		return false
+	})
+	if _, err := Join(ctx, JoinConfig{Private: newKey(t), Token: at(revoked, lost), Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("revoked token after sync: %v", err)
+	}
+	if _, err := Join(ctx, JoinConfig{Private: newKey(t), Token: at(good, lost), Timeout: 3 * time.Second}); err != nil {
+		t.Fatalf("good token after sync: %v", err)
+	}
+
+	// A forged registry record raising a single-use token's count.
+	single, _ := m.CreateToken(time.Hour, 1, []Bootstrap{bootstrapOf(m)})
+	if _, err := Join(ctx, JoinConfig{Private: newKey(t), Token: single, Timeout: 3 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.tokens[single.ID].Uses = 0 // as a merged forgery would leave it
+	m.mu.Unlock()
+	if _, err := Join(ctx, JoinConfig{Private: newKey(t), Token: single, Timeout: 3 * time.Second}); err == nil || !strings.Contains(err.Error(), "used already") {
+		t.Fatalf("single-use token admitted twice after its record was raised: %v", err)
+	}
+}

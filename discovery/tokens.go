@@ -167,6 +167,7 @@ func (r *Router) openTokens() error {
 		return err
 	}
 	r.tokensCh = ch
+	r.tokensUnsynced = r.cfg.TokensLost
 	for _, t := range r.cfg.Tokens {
 		t := t
 		r.tokens[t.ID] = &t
@@ -182,6 +183,10 @@ func (r *Router) handleTokens(from key.Public, msg []byte) {
 		return
 	}
 	r.mu.Lock()
+	if r.tokensUnsynced && from != r.self {
+		r.tokensUnsynced = false
+		r.log.Info("token registry received from a peer: admitting joiners again", "peer", from.Name())
+	}
 	var changed []TokenRecord
 	for _, o := range recs {
 		cur := r.tokens[o.ID]
