@@ -56,17 +56,48 @@ func TestWGShow(t *testing.T) {
 	}
 
 	h1 := hs[0]
-	out, err := h1.WG("show", "weavewg0", "dump")
-	if err != nil {
-		t.Fatalf("wg show weavewg0 dump on %s: %v", h1, err)
+	st := checkWGShow(t, h1, len(hs)-1)
+
+	// The human form names the same things.
+	human, err := h1.WG("show", "weavewg0")
+	t.Logf("h1# wg show weavewg0\n%s\nh1# weavewg status connections\n%s", human, h1.CLI("status", "connections"))
+	if err != nil || !strings.Contains(human, "latest handshake:") || !strings.Contains(human, "allowed ips:") {
+		t.Errorf("wg show weavewg0:\n%s %v", human, err)
 	}
-	st := h1.Status()
+	// Each host's socket is its own device.
+	for _, h := range hs[1:] {
+		k, err := h.WG("show", "weavewg0", "public-key")
+		if err != nil || strings.TrimSpace(k) != testbed.Self(h.Status()).PublicKey {
+			t.Errorf("wg show on %s gives key %q (%v), want its own", h, k, err)
+		}
+	}
+	// Read-only: weavewg owns the configuration.
+	victim := testbed.PeerByNick(st, hs[1].Name).PublicKey
+	if out, err := h1.WG("set", "weavewg0", "peer", victim, "remove"); err == nil {
+		t.Errorf("wg set on weavewg0 succeeded: %s", out)
+	}
+	if out, _ := h1.WG("show", "weavewg0", "peers"); !strings.Contains(out, victim) {
+		t.Errorf("peer %s gone after a refused wg set", hs[1])
+	}
+}
+
+// checkWGShow runs `wg show weavewg0 dump` on h and checks it against h's
+// status: want peers, each with the endpoint status shows (none when
+// relayed), its host address and IPAM ranges as allowed IPs, and the
+// handshake status shows. It returns h's status.
+func checkWGShow(t *testing.T, h *testbed.Host, want int) *api.Status {
+	t.Helper()
+	out, err := h.WG("show", "weavewg0", "dump")
+	if err != nil {
+		t.Fatalf("wg show weavewg0 dump on %s: %v", h, err)
+	}
+	st := h.Status()
 	pub, peers := parseWGDump(t, out)
 	if pub != testbed.Self(st).PublicKey {
 		t.Errorf("wg shows public key %s, status %s", pub, testbed.Self(st).PublicKey)
 	}
-	if len(peers) != len(hs)-1 {
-		t.Errorf("wg shows %d peers, want %d", len(peers), len(hs)-1)
+	if len(peers) != want {
+		t.Errorf("wg shows %d peers, want %d", len(peers), want)
 	}
 	ranges := map[string][]string{}
 	for _, p := range st.IPAM.Peers {
@@ -109,25 +140,26 @@ func TestWGShow(t *testing.T) {
 		}
 	}
 
-	// The human form names the same things.
-	human, err := h1.WG("show", "weavewg0")
-	t.Logf("h1# wg show weavewg0\n%s\nh1# weavewg status connections\n%s", human, h1.CLI("status", "connections"))
-	if err != nil || !strings.Contains(human, "latest handshake:") || !strings.Contains(human, "allowed ips:") {
-		t.Errorf("wg show weavewg0:\n%s %v", human, err)
+	return st
+}
+
+// TestWGShowRelayed: with A–C blocked on the underlay, A reaches C through
+// B; wg show on A still works (the relay endpoint is not handed to wg,
+// which would fail on it) and shows C with its allowed IPs and no endpoint.
+func TestWGShowRelayed(t *testing.T) {
+	needTool(t, "wg", "unshare", "ping", "nft")
+	_, hs := lineBed(t, 3)
+	ca, cc := hs[0].AddContainer(), hs[2].AddContainer()
+	if err := ca.PingEventually(cc.Addr, 40*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	// Each host's socket is its own device.
-	for _, h := range hs[1:] {
-		k, err := h.WG("show", "weavewg0", "public-key")
-		if err != nil || strings.TrimSpace(k) != testbed.Self(h.Status()).PublicKey {
-			t.Errorf("wg show on %s gives key %q (%v), want its own", h, k, err)
-		}
+	if _, err := hs[0].WaitPath("h3", "relayed via h2", 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	// Read-only: weavewg owns the configuration.
-	victim := testbed.PeerByNick(st, hs[1].Name).PublicKey
-	if out, err := h1.WG("set", "weavewg0", "peer", victim, "remove"); err == nil {
-		t.Errorf("wg set on weavewg0 succeeded: %s", out)
-	}
-	if out, _ := h1.WG("show", "weavewg0", "peers"); !strings.Contains(out, victim) {
-		t.Errorf("peer %s gone after a refused wg set", hs[1])
+	st := checkWGShow(t, hs[0], 2)
+	human, _ := hs[0].WG("show", "weavewg0")
+	t.Logf("h1# wg show weavewg0\n%s\nh1# weavewg status connections\n%s", human, hs[0].CLI("status", "connections"))
+	if c := testbed.ConnsTo(st, "h3"); len(c) == 0 || c[len(c)-1].Direct {
+		t.Errorf("status shows h3 direct, want relayed: %+v", c)
 	}
 }
