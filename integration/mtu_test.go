@@ -159,4 +159,46 @@ func TestMTUMixedMesh(t *testing.T) {
 	if _, err := testbed.Transfer(c1, c3, 5003, 20<<20, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	// On h1 the routes towards h3's container and host carry an MTU of
+	// their own, 1300; those towards h2's keep the TUN's.
+	for _, dst := range []struct {
+		addr string
+		mtu  bool
+	}{{c3.Addr, true}, {h3.HostIP, true}, {c2.Addr, false}, {h2.HostIP, false}} {
+		addr, _, _ := strings.Cut(dst.addr, "/")
+		out := b.MustIP(h1.Netns, "route", "get", addr)
+		if strings.Contains(out, "mtu 1300") != dst.mtu || !dst.mtu && strings.Contains(out, " mtu ") {
+			t.Errorf("%s: route to %s: %q, want mtu 1300: %v\n%s", h1, addr, strings.TrimSpace(out), dst.mtu, b.MustIP(h1.Netns, "route"))
+		}
+	}
+	// status connections says it in words.
+	out := h1.CLI("status", "connections")
+	if !strings.Contains(out, "mtu 1300 (probe)") || !strings.Contains(out, "mtu 1420 (link)") {
+		t.Fatalf("status connections does not show the per-peer MTU and why:\n%s", out)
+	}
+}
+
+// TestMTUICMPRouter: h3 behind a router (1500 in, 1400 out) that answers
+// too-large DF datagrams with ICMP "fragmentation needed", as Linux routers
+// do by default. h1's kernel learns the path MTU from it, and h1's MTU
+// towards h3 follows the route: 1320 from "route", and 20 MB arrive intact.
+func TestMTUICMPRouter(t *testing.T) {
+	needTool(t, "ping")
+	b := newBed(t, testbed.Options{})
+	r := b.AddMTURouter(testbed.RouterICMP, 100, 0, 1400)
+	h1 := b.AddHost(testbed.HostOptions{NoPeers: true})
+	r.RouteVia(h1)
+	h3 := r.AddHostBehind(testbed.HostOptions{Peers: []string{h1.UnderlayIP}})
+	b.WaitMesh(60*time.Second, h1, h3)
+	waitPeerMTU(t, h1, h3, 1320, "route")
+	if out := b.MustIP(h1.Netns, "route", "get", h3.UnderlayIP); !strings.Contains(out, "mtu 1400") {
+		t.Fatalf("%s's kernel did not learn the path MTU from ICMP: %s", h1, out)
+	}
+	c1, c3 := h1.AddContainer(), h3.AddContainer()
+	if err := c1.PingEventually(c3.Addr, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.Transfer(c1, c3, 5004, 20<<20, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
 }

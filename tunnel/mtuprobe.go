@@ -25,8 +25,8 @@ import (
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| size: the probe's UDP payload (2) | path (1)  | zero (5) ...
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	|   MAC: keyed BLAKE2s-128 (16 bytes) over the header without   |
-//	|   the hop limit and the 16 body bytes above                   |
+//	|   MAC (16 bytes): BLAKE2s-256 of the pair key, the header     |
+//	|   without the hop limit and the 16 body bytes above, cut      |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| probe only: zero padding up to size bytes in all              |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -52,12 +52,18 @@ const (
 	mtuPathRelayed = 1
 )
 
+// mtuMAC is BLAKE2s-256(key ‖ header without the hop limit ‖ the first 16
+// body bytes), truncated to 16 bytes: a prefix MAC, sound for BLAKE2 (no
+// length extension), computed in a stack buffer so that answering a probe
+// does not allocate (blake2s.New128 would, per call).
 func mtuMAC(k *[32]byte, frame []byte) [16]byte {
-	h, _ := blake2s.New128(k[:])
-	h.Write(frame[:relayOffHopLimit])
-	h.Write(frame[relayOffDst:mtuOffMAC])
+	var in [32 + relayOffHopLimit + mtuOffMAC - relayOffDst]byte
+	n := copy(in[:], k[:])
+	n += copy(in[n:], frame[:relayOffHopLimit])
+	copy(in[n:], frame[relayOffDst:mtuOffMAC])
+	sum := blake2s.Sum256(in[:])
 	var m [16]byte
-	h.Sum(m[:0])
+	copy(m[:], sum[:16])
 	return m
 }
 
