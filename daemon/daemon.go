@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -205,6 +206,10 @@ type Daemon struct {
 	ticks          int
 
 	kick chan struct{} // capacity 1: ask the reconcile loop to run now
+
+	// pluginGuard is the pipe to the Docker plugin guard; held so that it
+	// stays open (and is not closed by a finalizer) while the daemon runs.
+	pluginGuard *os.File
 
 	stop         context.CancelFunc // stops run; set by Run
 	forgetOnStop atomic.Bool        // reset: remove the network's state after stopping

@@ -107,12 +107,17 @@ func (d *Daemon) startDocker() (stop func()) {
 		return func() {}
 	}
 	p.Restore(context.Background())
+	// A previous run's guard answers on the socket: stop it first.
+	if err := docker.StopGuard(dc.PluginSocket); err != nil {
+		log.Warn("stopping the previous plugin guard", "err", err)
+	}
 	ln, err := p.Listen(dc.PluginSocket)
 	if err != nil {
 		log.Error("Docker plugin disabled", "socket", dc.PluginSocket, "err", err)
 		p.Close()
 		return func() {}
 	}
+	guard := d.startPluginGuard(dc.PluginSocket, ln)
 	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -131,10 +136,42 @@ func (d *Daemon) startDocker() (stop func()) {
 		shutCtx, done := context.WithTimeout(context.Background(), 2*time.Second)
 		defer done()
 		srv.Shutdown(shutCtx)
-		os.Remove(dc.PluginSocket)
+		if guard != nil {
+			// The guard answers from now on (docker/guard.go).
+			guard.Close()
+		} else {
+			// A stale socket makes Docker retry each call for 15 s.
+			os.Remove(dc.PluginSocket)
+		}
 		wg.Wait()
 		p.Close()
 	}
+}
+
+// startPluginGuard starts the process that answers on the plugin socket
+// once this daemon is gone (docker/guard.go). It returns the pipe to keep
+// open while the daemon serves, or nil (logged) if there is no guard: the
+// socket is then removed on stop, as before.
+func (d *Daemon) startPluginGuard(path string, ln net.Listener) *os.File {
+	log := d.log.With("part", "docker")
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		log.Warn("no plugin guard: Docker will wait 15 s per call while the daemon is down", "err", err)
+		return nil
+	}
+	ul.SetUnlinkOnClose(false)
+	w, err := docker.StartGuard(exe, path, ul)
+	if err != nil {
+		ul.SetUnlinkOnClose(true)
+		log.Warn("no plugin guard: Docker will wait 15 s per call while the daemon is down", "err", err)
+		return nil
+	}
+	d.pluginGuard = w
+	return w
 }
 
 // ensureDockerNetwork creates the weavewg network when Docker is present,

@@ -2,11 +2,16 @@ package main
 
 import (
 	"fmt"
+	"net"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/daemon"
+	"github.com/weavewg/weavewg/docker"
 	"github.com/weavewg/weavewg/types/api"
 )
 
@@ -48,6 +53,26 @@ weavewg domain, e.g.: docker run --net weavewg $(weavewg dns-args) ...`,
 			}
 			fmt.Println(strings.Join(args, " "))
 			return nil
+		},
+	}
+}
+
+// pluginGuardCommand is the process the daemon starts to answer on the
+// Docker plugin socket once it is gone (docker/guard.go); not for users.
+func pluginGuardCommand() *cli.Command {
+	return &cli.Command{
+		Name:   docker.GuardCommand,
+		Hidden: true,
+		Usage:  "answer Docker's plugin calls with an error while the daemon is down (started by the daemon)",
+		Flags:  []cli.Flag{&cli.StringFlag{Name: "socket", Required: true}},
+		Action: func(c *cli.Context) error {
+			ln, err := net.FileListener(os.NewFile(3, "plugin socket"))
+			if err != nil {
+				return fmt.Errorf("plugin guard: fd 3: %w", err)
+			}
+			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return docker.RunGuard(ctx, c.String("socket"), ln, os.NewFile(4, "daemon pipe"))
 		},
 	}
 }

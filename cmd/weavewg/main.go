@@ -52,6 +52,7 @@ through its API socket (--api-socket or WEAVEWG_API_SOCKET).`,
 			reportCommand(),
 			versionCommand(),
 			cniCommand(),
+			pluginGuardCommand(),
 		}, dnsCommands()...),
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weavewg/weavewg/docker"
 	"github.com/weavewg/weavewg/types/api"
 )
 
@@ -333,6 +334,8 @@ func (h *Host) Restart() {
 }
 
 func (h *Host) cleanup() {
+	// The daemon's Docker plugin guard outlives it by design: stop it too.
+	defer docker.StopGuard(h.PluginSocket())
 	exited, err := h.signal(syscall.SIGTERM, 10*time.Second)
 	if !exited {
 		h.bed.tb.Logf("testbed: %s: daemon did not exit within 10s of SIGTERM; killing", h)
