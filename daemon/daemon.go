@@ -298,7 +298,10 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		MTU:     d.cfg.MTU,
 		HostIP:  d.hostIP,
 		MACSeed: d.pub[:],
-		Logger:  d.log.With("part", "hostnet"),
+		// The VXLAN fast path's device, made after this, forwards like
+		// the TUN (fastpath.go).
+		OtherDevices: d.fastDevices(),
+		Logger:       d.log.With("part", "hostnet"),
 	})
 	if err != nil {
 		tun.Close()

@@ -47,6 +47,15 @@ func vxlanDeviceName(iface string) string {
 	return n
 }
 
+// fastDevices names the fast path's device when there is one, for the
+// host's forward policy to be passed for it.
+func (d *Daemon) fastDevices() []string {
+	if len(d.cfg.TrustedSubnets) == 0 {
+		return nil
+	}
+	return []string{vxlanDeviceName(d.cfg.Iface)}
+}
+
 // openFastPath makes the VXLAN device when --trusted-subnets is given; nil
 // otherwise.
 func (d *Daemon) openFastPath() (fastPath, error) {

@@ -62,9 +62,15 @@ type fwRule struct{ In, Out string }
 // forwardRules is every rule weavewg adds to the host's forward chains, in
 // order: the one place they are built. Containers on the bridge talk to
 // each other (the bridge is filtered when br_netfilter is on, as Docker
-// turns it on), to peers through the TUN, and peers to them.
-func forwardRules(bridge, tun string) []fwRule {
-	return []fwRule{{bridge, bridge}, {bridge, tun}, {tun, bridge}}
+// turns it on), to peers through the TUN, and peers to them; likewise
+// through each other device that carries peers' packets (the VXLAN fast
+// path's).
+func forwardRules(bridge, tun string, others ...string) []fwRule {
+	rules := []fwRule{{bridge, bridge}, {bridge, tun}, {tun, bridge}}
+	for _, o := range others {
+		rules = append(rules, fwRule{bridge, o}, fwRule{o, bridge})
+	}
+	return rules
 }
 
 // iptablesSpec is r as iptables arguments, carrying tag as its comment.
@@ -164,8 +170,8 @@ type firewall struct {
 	ipt map[string]*iptables.IPTables // by binary, made on first use
 }
 
-func newFirewall(ns netns.NsHandle, bridge, tun string, log *slog.Logger) *firewall {
-	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun), own: filterTable(tun).Name, log: log,
+func newFirewall(ns netns.NsHandle, bridge, tun string, others []string, log *slog.Logger) *firewall {
+	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), own: filterTable(tun).Name, log: log,
 		ipt: map[string]*iptables.IPTables{}}
 }
 

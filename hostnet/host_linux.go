@@ -35,7 +35,11 @@ type Config struct {
 	// MACSeed makes the bridge's MAC address, the same on every run (the
 	// peer's public key).
 	MACSeed []byte
-	Logger  *slog.Logger
+	// OtherDevices carry peers' packets beside the TUN (the VXLAN fast
+	// path's device); the host's forward policy is passed for them as for
+	// the TUN. They need not exist yet.
+	OtherDevices []string
+	Logger       *slog.Logger
 }
 
 // AttachSpec says which namespace to attach and with which address.
@@ -135,7 +139,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.filtered = true
-	h.fw = newFirewall(h.ns, cfg.Bridge, cfg.TUN, h.log)
+	h.fw = newFirewall(h.ns, cfg.Bridge, cfg.TUN, cfg.OtherDevices, h.log)
 	if repaired, err := h.fw.ensure(); err != nil {
 		// Not fatal: the watcher retries, and a host whose forward policy
 		// accepts works without the rules.

@@ -52,7 +52,9 @@ func TestTrustedSubnetsVXLAN(t *testing.T) {
 	needTool(t, "ping", "tcpdump", "nft")
 	b := newBed(t, testbed.Options{})
 	trusted := []string{"--trusted-subnets", underlay(1) + "/32," + underlay(2) + "/32," + underlay(4) + "/32"}
-	h1 := b.AddHost(testbed.HostOptions{Args: trusted})
+	// h1 has ufw's default-deny forward policy: weavewg must pass it on the
+	// VXLAN path as on WireGuard's.
+	h1 := b.AddHost(testbed.HostOptions{Args: trusted, Firewall: testbed.FirewallIPTables})
 	h2 := b.AddHost(testbed.HostOptions{Args: trusted})
 	h3 := b.AddHost(testbed.HostOptions{Args: trusted})
 	h4 := b.AddHost(testbed.HostOptions{})
