@@ -3,11 +3,13 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/attachment"
@@ -186,5 +188,31 @@ func TestCNIDetachAndGC(t *testing.T) {
 	}
 	if d.ipamStatus().Allocated != 2 {
 		t.Errorf("IPAM holds %d, want 2", d.ipamStatus().Allocated)
+	}
+}
+
+// TestReserveWaitsThenSaysWhy: a joining peer (no ring yet) keeps a
+// Docker address request waiting until its context ends, then fails with
+// the reason, and nothing stays recorded or allocated: the intent is
+// undone.
+func TestReserveWaitsThenSaysWhy(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Peers = []string{"192.0.2.99"}
+	d := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := dockerHost{d}.Reserve(ctx, "docker:0123", netip.Addr{})
+	if err == nil || !strings.Contains(err.Error(), "no address after waiting") || !strings.Contains(err.Error(), "has not received the network's address ring") {
+		t.Fatalf("Reserve on a joining peer = %v, want the reason it has no address", err)
+	}
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("gave up after %s, before its context ended", took)
+	}
+	if n := len(d.records("")); n != 0 {
+		t.Errorf("%d records left after a failed reserve", n)
+	}
+	if ready := d.attachReady(); ready == "" {
+		t.Errorf("attachReady says ready on a peer without the ring")
 	}
 }
