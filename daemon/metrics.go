@@ -14,9 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
-	"github.com/weavewg/weavewg/types/key"
 )
 
 // metricsCollector exposes what status shows to Prometheus, computed at
@@ -104,14 +102,14 @@ var counterFamilies = func() map[string]counterFamily {
 
 var (
 	buildInfoDesc = prometheus.NewDesc("weavewg_build_info", "The running binary's version, commit and Go version (always 1).", []string{"version", "commit", "go_version"}, nil)
-	peersDesc     = prometheus.NewDesc("weavewg_peers", "Peers known by gossip (this host excluded), by reachability and by the path WireGuard uses to them.", []string{"state", "path"}, nil)
+	peersDesc     = prometheus.NewDesc("weavewg_peers", "Peers known by gossip (this host excluded), by reachability and by the path status shows: direct, relayed, vxlan (trusted fast path) or none.", []string{"state", "path"}, nil)
 	connsDesc     = prometheus.NewDesc("weavewg_control_connections", "Control connections and dial targets, by state.", []string{"state"}, nil)
 	attachedDesc  = prometheus.NewDesc("weavewg_attachments", "Namespaces attached on this host.", nil, nil)
 	peerRxDesc    = prometheus.NewDesc("weavewg_peer_received_bytes_total", "WireGuard bytes received from a peer.", []string{"peer", "nickname"}, nil)
 	peerTxDesc    = prometheus.NewDesc("weavewg_peer_sent_bytes_total", "WireGuard bytes sent to a peer.", []string{"peer", "nickname"}, nil)
 	peerHSDesc    = prometheus.NewDesc("weavewg_peer_last_handshake_timestamp_seconds", "Unix time of the last completed WireGuard handshake with a peer (absent: none yet).", []string{"peer", "nickname"}, nil)
 	peerRTTDesc   = prometheus.NewDesc("weavewg_peer_rtt_seconds", "Last probe round trip to a peer on the path in use.", []string{"peer", "nickname"}, nil)
-	peerPathDesc  = prometheus.NewDesc("weavewg_peer_path_info", "The path WireGuard uses to a peer: direct or relayed (always 1).", []string{"peer", "nickname", "path"}, nil)
+	peerPathDesc  = prometheus.NewDesc("weavewg_peer_path_info", "The path to a peer, as status shows it: direct, relayed or vxlan (always 1).", []string{"peer", "nickname", "path"}, nil)
 	ipamOwnedDesc = prometheus.NewDesc("weavewg_ipam_owned_addresses", "Addresses of the range this host owns.", nil, nil)
 	ipamUsedDesc  = prometheus.NewDesc("weavewg_ipam_used_addresses", "Addresses this host has handed out.", nil, nil)
 	ipamFreeDesc  = prometheus.NewDesc("weavewg_ipam_free_addresses", "Addresses this host owns and has not handed out.", nil, nil)
@@ -165,10 +163,20 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	// Peers by reachability and path, every combination present so that a
-	// dashboard's series do not come and go.
-	wg := d.tun.PeerStats()
+	// dashboard's series do not come and go. The path is what status
+	// shows for the peer's connection row.
+	paths := map[string]string{} // by peer name
+	for _, c := range st.Conns {
+		if c.Peer != "" && paths[c.Peer] == "" {
+			if k := pathKind(c); k != "none" {
+				paths[c.Peer] = k
+			}
+		}
+	}
 	byState := map[[2]string]int{}
-	for _, p := range d.router.Peers() {
+	nick := map[string]string{}
+	for _, p := range st.Peers {
+		nick[p.Name] = p.Nickname
 		if p.Self {
 			continue
 		}
@@ -176,10 +184,14 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		if p.Reachable {
 			state = "reachable"
 		}
-		byState[[2]string{state, pathKind(wg, p.Key)}]++
+		path := paths[p.Name]
+		if path == "" {
+			path = "none"
+		}
+		byState[[2]string{state, path}]++
 	}
 	for _, state := range []string{"reachable", "unreachable"} {
-		for _, path := range []string{"direct", "relayed", "none"} {
+		for _, path := range []string{"direct", "relayed", "vxlan", "none"} {
 			gauge(peersDesc, float64(byState[[2]string{state, path}]), state, path)
 		}
 	}
@@ -196,11 +208,7 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(attachedDesc, float64(len(st.Attached)))
 
-	nick := map[string]string{}
-	for _, p := range st.Peers {
-		nick[p.Name] = p.Nickname
-	}
-	for k, s := range wg {
+	for k, s := range d.tun.PeerStats() {
 		name := k.Name()
 		counter(peerRxDesc, float64(s.RxBytes), name, nick[name])
 		counter(peerTxDesc, float64(s.TxBytes), name, nick[name])
@@ -210,9 +218,9 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		if s.RTT > 0 {
 			gauge(peerRTTDesc, s.RTT.Seconds(), name, nick[name])
 		}
-		if path := pathKind(wg, k); path != "none" {
-			gauge(peerPathDesc, 1, name, nick[name], path)
-		}
+	}
+	for name, path := range paths {
+		gauge(peerPathDesc, 1, name, nick[name], path)
 	}
 
 	for _, p := range st.IPAM.Peers {
@@ -246,16 +254,15 @@ func (m metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// pathKind is how WireGuard reaches peer k: direct, relayed, or none (no
-// WireGuard peer, or no endpoint yet).
-func pathKind(wg map[key.Public]tunnel.PeerStats, k key.Public) string {
-	s, ok := wg[k]
+// pathKind is the path of a status connection row: vxlan (the trusted
+// fast path), relayed, direct, or none (no data path figures on the row).
+func pathKind(c api.Connection) string {
 	switch {
-	case !ok:
-		return "none"
-	case s.Relayed:
+	case c.Datapath == datapathVXLAN:
+		return "vxlan"
+	case c.Via != "" || c.Endpoint == "relayed":
 		return "relayed"
-	case s.Endpoint.IsValid():
+	case c.Direct && c.Endpoint != "":
 		return "direct"
 	}
 	return "none"
