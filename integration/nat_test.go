@@ -165,11 +165,18 @@ func TestNAT(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	// The clock starts once every host routes every other host's
-	// container into the tunnel: an address gossip has not brought yet
-	// is not a NAT's doing.
+	// The clock starts once every container answers its own host (a veth
+	// just put on the bridge forwards only once the kernel has seen its
+	// carrier, up to a second or two later) and every host routes every
+	// other host's container into the tunnel: neither is a NAT's doing.
 	for _, h := range hosts {
 		wg.Go(func() {
+			if err := testbed.Poll(t, 30*time.Second, fmt.Sprintf("%s reaches its own container", h), func() error {
+				_, err := h.Exec("ping", "-c", "1", "-W", "1", "-n", "-q", ctrs[h].Addr)
+				return err
+			}); err != nil {
+				t.Error(err)
+			}
 			for _, o := range hosts {
 				if o == h {
 					continue
@@ -189,6 +196,22 @@ func TestNAT(t *testing.T) {
 	wg.Wait()
 	if t.Failed() {
 		t.FailNow()
+	}
+	// Whether each pair already had a WireGuard session when the pings
+	// start (the daemons' keepalives and probes run from launch on), for
+	// reading the first-reply times.
+	pre := statuses(hosts)
+	session := func(a, b *testbed.Host) string {
+		for _, c := range testbed.ConnsTo(pre[a], b.Name) {
+			if c.LastHandshake != nil {
+				return "session"
+			}
+		}
+		return "no session"
+	}
+	sessions := map[*natCell]string{}
+	for _, c := range cells {
+		sessions[c] = session(c.a, c.b) + "/" + session(c.b, c.a)
 	}
 	start := time.Now()
 
@@ -238,8 +261,8 @@ func TestNAT(t *testing.T) {
 		if keyLess(sts[c.b], sts[c.a]) {
 			order = "a>b"
 		}
-		fmt.Fprintf(&sb, "  %-12s ↔ %-12s %-3s–%-3s %s  %s / %s  %s\n", c.row, c.col, c.a, c.b, order,
-			replyText(c.firstAB, c.errAB), replyText(c.firstBA, c.errBA), c.text())
+		fmt.Fprintf(&sb, "  %-12s ↔ %-12s %-3s–%-3s %s  %s / %s  %-40s before: %s\n", c.row, c.col, c.a, c.b, order,
+			replyText(c.firstAB, c.errAB), replyText(c.firstBA, c.errBA), c.text(), sessions[c])
 	}
 	sb.WriteString("\nNAT behaviour as observed:\n")
 	for _, h := range hosts {
@@ -253,6 +276,10 @@ func TestNAT(t *testing.T) {
 		if c.errBA != nil {
 			t.Errorf("%s↔%s (%s→%s): %v", c.col, c.row, c.b, c.a, c.errBA)
 		}
+		// Issue 12 wants the first ping from the public side answered
+		// within 2 s; it is printed above, not asserted: a pair without a
+		// WireGuard session yet waits for wireguard-go's handshake retry
+		// timer (see "before"), and that is not fixed yet.
 		if c.wantDirect && !c.direct {
 			t.Errorf("%s↔%s (%s–%s): want direct, path is %s", c.row, c.col, c.a, c.b, c.pathSeen)
 		}
