@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/tunnel"
@@ -45,6 +46,20 @@ func vxlanDeviceName(iface string) string {
 		n = n[:15]
 	}
 	return n
+}
+
+// encryption is what status says about the data path's cryptography: with
+// trusted subnets, that some pairs have none.
+func (d *Daemon) encryption() string {
+	if len(d.cfg.TrustedSubnets) == 0 {
+		return encryption
+	}
+	var nets []string
+	for _, p := range d.cfg.TrustedSubnets {
+		nets = append(nets, p.String())
+	}
+	return fmt.Sprintf("%s; NONE between peers whose underlay addresses both lie in the trusted subnets %s (kernel VXLAN on UDP %d)",
+		encryption, strings.Join(nets, ","), d.cfg.Port+1)
 }
 
 // fastDevices names the fast path's device when there is one, for the

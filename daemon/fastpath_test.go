@@ -3,6 +3,7 @@ package daemon
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,5 +102,16 @@ func TestVXLANDeviceName(t *testing.T) {
 	}
 	if n := vxlanDeviceName("abcdefghijklmno"); len(n) != 15 {
 		t.Errorf("got %q (%d chars)", n, len(n))
+	}
+}
+
+func TestStatusSaysTrustedPairsAreUnencrypted(t *testing.T) {
+	d := &Daemon{cfg: Config{Port: 6783}}
+	if e := d.encryption(); e != encryption {
+		t.Errorf("without trusted subnets: %q", e)
+	}
+	d.cfg.TrustedSubnets = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	if e := d.encryption(); !strings.Contains(e, "NONE") || !strings.Contains(e, "192.0.2.0/24") || !strings.Contains(e, "6784") {
+		t.Errorf("with trusted subnets: %q", e)
 	}
 }

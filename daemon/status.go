@@ -31,7 +31,7 @@ func (d *Daemon) status() api.Status {
 		Name:       d.pub.Name(),
 		Nickname:   d.cfg.Nickname,
 		PublicKey:  d.pub.String(),
-		Encryption: encryption,
+		Encryption: d.encryption(),
 		Port:       int(d.cfg.Port),
 		HostIP:     d.hostIP.String(),
 		Range:      d.cfg.Range.String(),

@@ -70,7 +70,7 @@ type Peer struct {
 // PeerStats is the VXLAN view of one peer.
 type PeerStats struct {
 	Trusted  bool           // both ends lie in trusted subnets
-	Using    bool           // its prefixes are routed into the VXLAN device
+	Using    bool           // its prefixes are routed into the VXLAN device (not only decided)
 	Endpoint netip.AddrPort // underlay address and VXLAN port
 	RTT      time.Duration  // last probe round trip; 0 none
 }
@@ -95,8 +95,11 @@ type peerEntry struct {
 	mac  net.HardwareAddr
 	path Path
 	// What is programmed into the kernel for it: its FDB entry's underlay
-	// address and its ARP entry's host address; invalid when none.
+	// address and its ARP entry's host address; invalid when none; and
+	// whether its prefixes are routed into the device (as of the last
+	// SetPeers: the probe loop decides, SetPeers carries it out).
 	fdb, arp netip.Addr
+	routed   bool
 }
 
 // Plane is the VXLAN fast path of one host.
@@ -275,7 +278,8 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 		if use, changed := e.path.Decide(now); changed {
 			p.logChange(e, use)
 		}
-		if !e.path.Using() {
+		e.routed = e.path.Using()
+		if !e.routed {
 			continue
 		}
 		using[k] = true
@@ -413,7 +417,7 @@ func (p *Plane) Stats() map[key.Public]PeerStats {
 	defer p.mu.Unlock()
 	out := make(map[key.Public]PeerStats, len(p.peers))
 	for k, e := range p.peers {
-		out[k] = PeerStats{Trusted: e.path.Trusted(), Using: e.path.Using(),
+		out[k] = PeerStats{Trusted: e.path.Trusted(), Using: e.routed,
 			Endpoint: netip.AddrPortFrom(e.Underlay, p.cfg.Port), RTT: e.path.RTT()}
 	}
 	return out

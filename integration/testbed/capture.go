@@ -95,6 +95,10 @@ type Packet struct {
 	DPort     uint16
 	Fragment  bool // a non-first IPv4 fragment
 	Len       int
+	// UDPHead is the first 4 bytes of a UDP payload (zero if shorter or
+	// not UDP): enough to tell a WireGuard message type (1-4 then three
+	// zero bytes) from relay frames, STUN and probes on the same port.
+	UDPHead [4]byte
 }
 
 func (p Packet) String() string {
@@ -187,6 +191,9 @@ func parseFrame(f []byte, orig int) Packet {
 	if (p.Proto == 6 || p.Proto == 17) && len(ip) >= ihl+4 {
 		p.SPort = binary.BigEndian.Uint16(ip[ihl:])
 		p.DPort = binary.BigEndian.Uint16(ip[ihl+2:])
+	}
+	if p.Proto == 17 && len(ip) >= ihl+12 {
+		copy(p.UDPHead[:], ip[ihl+8:ihl+12])
 	}
 	return p
 }
