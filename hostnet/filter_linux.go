@@ -3,6 +3,8 @@ package hostnet
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -15,20 +17,34 @@ import (
 // The forward filter. The host must forward between the TUN and the bridge
 // (ip_forward is on for that), but ip_forward is namespace-wide: without a
 // filter, any member could send packets into the TUN addressed to the
-// host's other networks and have the host route them there. One nftables
-// table, owned by weavewg and named after the TUN, drops what arrives on
-// the TUN for any interface but the bridge:
+// host's other networks and have the host route them there, and anyone on
+// the host's underlay LAN with a route to the overlay via the host could
+// reach its containers, its overlay address and its DNS server, or (with a
+// spoofed source) other hosts' containers through the tunnel. One nftables
+// table, owned by weavewg and named after the TUN, lets the overlay in only
+// through the overlay's own interfaces:
 //
 //	table inet weavewg_<tun> {
 //		chain forward {
 //			type filter hook forward priority filter; policy accept;
 //			iifname "<tun>" oifname != "<bridge>" counter drop
+//			oifname "<bridge>" iifname != "<tun>" iifname != "<bridge>" counter drop
+//			oifname "<tun>" iifname != "<bridge>" counter drop
+//		}
+//		chain input {
+//			type filter hook input priority filter; policy accept;
+//			meta nfproto ipv4 ip daddr <overlay> iifname != "<tun>" iifname != "<bridge>" iifname != "lo" counter drop
 //		}
 //	}
 //
-// Traffic to the host itself (its overlay address, DNS on it) is input,
-// not forward, and is untouched; so is the containers' traffic to the
-// overlay and anything other tables decide.
+// So: from the TUN only to the bridge; into the bridge only from the TUN
+// (and the bridge); into the TUN only from the bridge; and the host's
+// overlay address (its DNS server among others) only from the TUN, the
+// bridge and the host itself. The source check on the TUN is WireGuard's:
+// wireguard-go drops a decrypted packet whose source is not in the sending
+// peer's AllowedIPs, and those are what the peer provably owns (its IPAM
+// ranges and an unrefused host address). Locally made traffic (output) is
+// untouched, as is what other tables decide.
 
 // filterTable names the table for tun.
 func filterTable(tun string) *nftables.Table {
@@ -36,7 +52,7 @@ func filterTable(tun string) *nftables.Table {
 }
 
 // installForwardFilter (re)creates the table in ns.
-func installForwardFilter(ns netns.NsHandle, tun, bridge string) error {
+func installForwardFilter(ns netns.NsHandle, tun, bridge string, overlay netip.Prefix) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return fmt.Errorf("forward filter: %w", err)
@@ -68,6 +84,34 @@ func installForwardFilter(ns netns.NsHandle, tun, bridge string) error {
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		},
 	})
+	drop := func(ch *nftables.Chain, match ...expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
+	}
+	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge),
+		append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, tun), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge)...)...)...)
+	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, tun), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge)...)...)
+	if overlay.IsValid() && overlay.Addr().Is4() {
+		in := c.AddChain(&nftables.Chain{
+			Name:     "input",
+			Table:    t,
+			Type:     nftables.ChainTypeFilter,
+			Hooknum:  nftables.ChainHookInput,
+			Priority: nftables.ChainPriorityFilter,
+			Policy:   &policy,
+		})
+		mask := net.CIDRMask(overlay.Bits(), 32)
+		match := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: overlay.Masked().Addr().AsSlice()},
+		}
+		for _, n := range []string{tun, bridge, "lo"} {
+			match = append(match, ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n)...)
+		}
+		drop(in, match...)
+	}
 	pmtu.AddMSSClamp(c, t, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("forward filter: %w", err)
@@ -86,6 +130,11 @@ func removeForwardFilter(ns netns.NsHandle, tun string) error {
 		return fmt.Errorf("forward filter: %w", err)
 	}
 	return nil
+}
+
+// ifname matches the input or output interface name against n.
+func ifname(k expr.MetaKey, op expr.CmpOp, n string) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: k, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: ifnameBytes(n)}}
 }
 
 // ifnameBytes is an interface name as nftables compares it: NUL-padded to

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -165,6 +166,9 @@ type firewall struct {
 	rules  []fwRule
 	own    string // weavewg's own table (the forward filter), never touched
 	log    *slog.Logger
+	// overlay is the overlay range the own table's input rule protects;
+	// set by New after newFirewall.
+	overlay netip.Prefix
 
 	mu  sync.Mutex                    // serialises checks and repairs
 	ipt map[string]*iptables.IPTables // by binary, made on first use
@@ -215,7 +219,7 @@ func (f *firewall) ensure() (repaired []string, err error) {
 	defer c.CloseLasting()
 	// The forward filter, which a `nft flush ruleset` removes too.
 	if t, err := c.ListTableOfFamily(f.own, nftables.TableFamilyINet); err != nil || t == nil {
-		if err := installForwardFilter(f.ns, f.tun, f.bridge); err != nil {
+		if err := installForwardFilter(f.ns, f.tun, f.bridge, f.overlay); err != nil {
 			errs = append(errs, err)
 		} else {
 			repaired = append(repaired, "forward filter")
