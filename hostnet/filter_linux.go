@@ -28,7 +28,7 @@ import (
 //		chain forward {
 //			type filter hook forward priority filter; policy accept;
 //			iifname "<tun>" oifname != "<bridge>" counter drop
-//			oifname "<bridge>" iifname != "<tun>" iifname != "<bridge>" counter drop
+//			oifname "<bridge>" iifname != { "<tun>", "<bridge>" } counter drop
 //			oifname "<tun>" iifname != "<bridge>" counter drop
 //		}
 //		chain input {
@@ -44,15 +44,26 @@ import (
 // wireguard-go drops a decrypted packet whose source is not in the sending
 // peer's AllowedIPs, and those are what the peer provably owns (its IPAM
 // ranges and an unrefused host address). Locally made traffic (output) is
-// untouched, as is what other tables decide.
+// untouched, as is what other tables decide. Other devices that carry
+// peers' packets (the VXLAN fast path's) count as the TUN does.
 
 // filterTable names the table for tun.
 func filterTable(tun string) *nftables.Table {
 	return &nftables.Table{Name: "weavewg_" + tun, Family: nftables.TableFamilyINet}
 }
 
+// filterSpec is what the table filters for: the bridge, the devices that
+// carry peers' packets (the TUN first, then others such as the VXLAN fast
+// path's) and the overlay range.
+type filterSpec struct {
+	bridge, tun string
+	others      []string
+	overlay     netip.Prefix
+}
+
 // installForwardFilter (re)creates the table in ns.
-func installForwardFilter(ns netns.NsHandle, tun, bridge string, overlay netip.Prefix) error {
+func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
+	tun, bridge, overlay := spec.tun, spec.bridge, spec.overlay
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
 		return fmt.Errorf("forward filter: %w", err)
@@ -87,9 +98,18 @@ func installForwardFilter(ns netns.NsHandle, tun, bridge string, overlay netip.P
 	drop := func(ch *nftables.Chain, match ...expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	}
-	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge),
-		append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, tun), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge)...)...)...)
-	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, tun), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge)...)...)
+	peerDevs := append([]string{tun}, spec.others...)
+	notFrom := func(devs ...string) []expr.Any {
+		var m []expr.Any
+		for _, d := range devs {
+			m = append(m, ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, d)...)
+		}
+		return m
+	}
+	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), notFrom(append(peerDevs, bridge)...)...)...)
+	for _, d := range peerDevs {
+		drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, d), notFrom(bridge)...)...)
+	}
 	if overlay.IsValid() && overlay.Addr().Is4() {
 		in := c.AddChain(&nftables.Chain{
 			Name:     "input",
@@ -107,10 +127,7 @@ func installForwardFilter(ns netns.NsHandle, tun, bridge string, overlay netip.P
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: overlay.Masked().Addr().AsSlice()},
 		}
-		for _, n := range []string{tun, bridge, "lo"} {
-			match = append(match, ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n)...)
-		}
-		drop(in, match...)
+		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
 	}
 	pmtu.AddMSSClamp(c, t, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if err := c.Flush(); err != nil {

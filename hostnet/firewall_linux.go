@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -166,9 +165,9 @@ type firewall struct {
 	rules  []fwRule
 	own    string // weavewg's own table (the forward filter), never touched
 	log    *slog.Logger
-	// overlay is the overlay range the own table's input rule protects;
-	// set by New after newFirewall.
-	overlay netip.Prefix
+	// filter is what the own table (filter_linux.go) is made for, to
+	// remake it; set by New after newFirewall.
+	filter filterSpec
 
 	mu  sync.Mutex                    // serialises checks and repairs
 	ipt map[string]*iptables.IPTables // by binary, made on first use
@@ -219,7 +218,7 @@ func (f *firewall) ensure() (repaired []string, err error) {
 	defer c.CloseLasting()
 	// The forward filter, which a `nft flush ruleset` removes too.
 	if t, err := c.ListTableOfFamily(f.own, nftables.TableFamilyINet); err != nil || t == nil {
-		if err := installForwardFilter(f.ns, f.tun, f.bridge, f.overlay); err != nil {
+		if err := installForwardFilter(f.ns, f.filter); err != nil {
 			errs = append(errs, err)
 		} else {
 			repaired = append(repaired, "forward filter")

@@ -135,12 +135,13 @@ func New(cfg Config) (*Host, error) {
 	if err := setSysctls(cfg.Bridge, cfg.TUN); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
-	if err := installForwardFilter(h.ns, cfg.TUN, cfg.Bridge, cfg.HostIP.Masked()); err != nil {
+	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.HostIP.Masked()}
+	if err := installForwardFilter(h.ns, spec); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.filtered = true
 	h.fw = newFirewall(h.ns, cfg.Bridge, cfg.TUN, cfg.OtherDevices, h.log)
-	h.fw.overlay = cfg.HostIP.Masked()
+	h.fw.filter = spec
 	if repaired, err := h.fw.ensure(); err != nil {
 		// Not fatal: the watcher retries, and a host whose forward policy
 		// accepts works without the rules.
