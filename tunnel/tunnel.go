@@ -191,7 +191,11 @@ func New(cfg Config) (*Tunnel, error) {
 	if t.raw, err = openRawSender(cfg.Port); err != nil {
 		t.log.Warn("no path MTU probes: peers behind paths that drop ICMP may stall", "err", err)
 	}
-	t.dev = device.NewDevice(&nsTUN{Device: t.tunDev, nl: t.nl, index: t.tunIndex}, t.bind, newWGLogger(t.log))
+	tunNL, err := netlink.NewHandleAt(t.ns)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
+	}
+	t.dev = device.NewDevice(newNSTUN(t.tunDev, tunNL, t.tunIndex), t.bind, newWGLogger(t.log))
 	if err := t.dev.IpcSet(deviceUAPI(cfg.Private, cfg.Port)); err != nil {
 		return nil, fmt.Errorf("tunnel: configuring WireGuard: %w", err)
 	}
