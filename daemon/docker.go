@@ -117,7 +117,7 @@ func (d *Daemon) startDocker() (stop func()) {
 		p.Close()
 		return func() {}
 	}
-	guard := d.startPluginGuard(dc.PluginSocket, ln)
+	guard := d.startPluginGuard(dc.PluginSocket, dc.Socket, ln)
 	srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -152,8 +152,15 @@ func (d *Daemon) startDocker() (stop func()) {
 // once this daemon is gone (docker/guard.go). It returns the pipe to keep
 // open while the daemon serves, or nil (logged) if there is no guard: the
 // socket is then removed on stop, as before.
-func (d *Daemon) startPluginGuard(path string, ln net.Listener) *os.File {
+//
+// A host without Docker (no API socket) gets none: nobody would call it,
+// and no process should outlive the daemon for nothing.
+func (d *Daemon) startPluginGuard(path, dockerSocket string, ln net.Listener) *os.File {
 	log := d.log.With("part", "docker")
+	if _, err := os.Stat(dockerSocket); err != nil {
+		log.Debug("no Docker here; no plugin guard", "docker_socket", dockerSocket)
+		return nil
+	}
 	ul, ok := ln.(*net.UnixListener)
 	if !ok {
 		return nil
