@@ -110,6 +110,7 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 	} else if err := cnl.LinkSetUp(lo); err != nil {
 		return fail("setting lo up: %w", err)
 	}
+	h.forgetNeighbors()
 	return Attached{Netns: spec.Netns, IP: spec.IP, IfName: ifName, HostVeth: host, MTU: h.cfg.MTU}, nil
 }
 

@@ -95,6 +95,29 @@ func setSysctls(bridge, tun string) error {
 	return nil
 }
 
+// forgetNeighbors deletes the host's learned neighbor entries on the
+// bridge, called when a new port comes. An address handed out again (a
+// container restarted by dockerd gets its old address on a new veth) would
+// otherwise stay mapped to the old MAC address until the entry expires:
+// REACHABLE for up to 45 s, then 8 s of probes to the old address, while
+// the bridge floods every forwarded packet to a MAC address nobody has.
+// Each live container costs one ARP exchange to be learned again.
+func (h *Host) forgetNeighbors() {
+	neighs, err := h.nl.NeighList(h.brIndex, netlink.FAMILY_V4)
+	if err != nil {
+		h.log.Warn("listing neighbors on the bridge", "bridge", h.cfg.Bridge, "err", err)
+		return
+	}
+	for _, n := range neighs {
+		if n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		if err := h.nl.NeighDel(&n); err != nil && !isGone(err) {
+			h.log.Warn("forgetting a neighbor on the bridge", "bridge", h.cfg.Bridge, "ip", n.IP.String(), "err", err)
+		}
+	}
+}
+
 // bridgeMAC derives a locally administered unicast MAC address from seed, so
 // the bridge keeps its address across restarts of the daemon.
 func bridgeMAC(seed []byte) net.HardwareAddr {

@@ -195,3 +195,35 @@ func TestHostVethName(t *testing.T) {
 }
 
 func netipPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// An address attached again on a new veth (a container restarted) is
+// reachable from the host at once, not once the old MAC address expires
+// from the neighbor cache.
+func TestReattachSameAddress(t *testing.T) {
+	h := oneHost(t)
+	h.start(t)
+	ping := func() error {
+		return exec.Command("ip", "netns", "exec", h.ns.Name, "ping", "-c", "1", "-W", "1", "10.32.1.1").Run()
+	}
+	c1 := newNetns(t, "c1")
+	a, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err != nil {
+		t.Fatalf("host → first container: %v", err)
+	}
+	if out := run(t, "ip", "-n", h.ns.Name, "neigh", "show", "10.32.1.1"); !strings.Contains(out, "REACHABLE") {
+		t.Fatalf("no REACHABLE neighbor entry after the ping; the test tests nothing: %q", out)
+	}
+	if err := h.host.Detach(a); err != nil {
+		t.Fatal(err)
+	}
+	c2 := newNetns(t, "c2")
+	if _, err := h.host.Attach(AttachSpec{Netns: c2.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err != nil {
+		t.Errorf("host → the new container with the same address: %v\n%s", err, run(t, "ip", "-n", h.ns.Name, "neigh", "show"))
+	}
+}

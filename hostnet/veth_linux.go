@@ -49,6 +49,7 @@ func (h *Host) CreateVeth(hostName, peerName string) (net.HardwareAddr, error) {
 	if err != nil {
 		return fail("peer %s: %w", peerName, err)
 	}
+	h.forgetNeighbors()
 	return peer.Attrs().HardwareAddr, nil
 }
 
