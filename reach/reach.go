@@ -13,6 +13,7 @@
 //   - Learned: the address an authenticated datagram of the peer came from
 //     (its probes; WireGuard roams by itself);
 //   - DirectReply: a probe sent straight to the peer's endpoint answered;
+//   - RelayReply: a probe sent through its relay answered;
 //   - Tick: time passes; the paths are decided again.
 //
 // How a peer is reached (Path):
@@ -27,7 +28,12 @@
 //     relayed when they were not, or when it has no endpoint at all; until
 //     it has been probed for DeadAfter it keeps gossip's first guess
 //     (relayed when gossip's route goes through another peer).
-//   - Keepalive: see KeepaliveFor.
+//   - Keepalive: see KeepaliveFor; and none before a probe of the peer was
+//     answered on the path in use. A handshake wireguard-go starts on a path
+//     that does not work yet is lost, and wireguard-go then starts no other
+//     for 5 s (its retry timer): the first packet a user sends would wait
+//     for it. Without early attempts, that packet's own handshake goes out
+//     at once.
 //
 // Path.Why says in words which rule decided, for `status connections`.
 package reach
@@ -112,6 +118,7 @@ type peer struct {
 	learned   netip.AddrPort
 	learnedAt time.Time
 	lastReply time.Time
+	lastRelay time.Time
 	path      Path
 }
 
@@ -193,6 +200,13 @@ func (m *Machine) DirectReply(now time.Time, k key.Public) {
 	}
 }
 
+// RelayReply records that a probe sent through k's relay answered.
+func (m *Machine) RelayReply(now time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil {
+		p.lastRelay = now
+	}
+}
+
 // Tick decides every peer's path at now and returns the peers whose path
 // changed.
 func (m *Machine) Tick(now time.Time) []key.Public {
@@ -254,6 +268,11 @@ func (m *Machine) decide(p *peer, now time.Time) Path {
 		}
 	default:
 		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
+	}
+	// No keepalive (so no handshake started unasked) before the path in
+	// use has answered a probe.
+	if answered := (!next.Relayed && !p.lastReply.IsZero()) || (next.Relayed && !p.lastRelay.IsZero()); !answered {
+		next.Keepalive = KeepaliveOff
 	}
 	return next
 }

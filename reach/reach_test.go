@@ -162,6 +162,11 @@ func TestKeepaliveFor(t *testing.T) {
 	}
 	m := New(self)
 	m.SetPeers(t0, []Peer{{Key: relayR, Gossip: gossR, DependsOn: true}})
+	if p, _ := m.Path(relayR); p.Keepalive != KeepaliveOff {
+		t.Errorf("keepalive %v before any probe was answered, want none", p.Keepalive)
+	}
+	m.DirectReply(t0, relayR)
+	m.Tick(t0)
 	if p, _ := m.Path(relayR); p.Keepalive != KeepaliveOn {
 		t.Errorf("unsure host: keepalive %v towards the peer it depends on", p.Keepalive)
 	}

@@ -255,6 +255,9 @@ func (t *Tunnel) feedProbes() {
 			if last := p.path.lastReply.Load(); last != 0 {
 				t.reach.DirectReply(time.Unix(0, last), p.key)
 			}
+			if last := p.path.lastRelay.Load(); last != 0 {
+				t.reach.RelayReply(time.Unix(0, last), p.key)
+			}
 		}
 	}
 	t.decideLocked("")

@@ -156,6 +156,7 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 			p.path.rtt.Store(rtt)
 		} else {
 			p.path.relayRTT.Store(rtt)
+			p.path.lastRelay.Store(rx.now)
 		}
 		rx.n[rcProbeReplies]++
 	}
