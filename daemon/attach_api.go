@@ -56,7 +56,11 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 	for _, r := range d.attachments {
 		if r.Origin != attachment.OriginDocker && r.NetnsIno == ino && r.NetnsDev == dev && r.IfName == rec.IfName {
 			d.mu.Unlock()
-			return api.Attachment{}, badRequest("namespace %s is already attached with %s", req.Netns, orText(r.IP, "(being attached)"))
+			as := ""
+			if r.Netns != req.Netns {
+				as = " (as " + r.Netns + ")"
+			}
+			return api.Attachment{}, badRequest("namespace %s is already attached%s with %s", req.Netns, as, orText(r.IP, "(being attached)"))
 		}
 	}
 	d.mu.Unlock()
@@ -94,11 +98,7 @@ func (d *Daemon) detach(req api.DetachRequest) (api.Detached, error) {
 			return api.Detached{}, badRequest("netns is required")
 		}
 		d.mu.Lock()
-		for _, r := range d.attachments {
-			if r.Origin == attachment.OriginCLI && r.Netns == req.Netns {
-				id = r.ID
-			}
-		}
+		id = d.findCLINetnsLocked(req.Netns)
 		d.mu.Unlock()
 		if id == "" {
 			return api.Detached{}, badRequest("namespace %s is not attached", req.Netns)
@@ -122,6 +122,39 @@ func (d *Daemon) detach(req api.DetachRequest) (api.Detached, error) {
 		return api.Detached{}, fmt.Errorf("%s is being attached right now; retry", id)
 	}
 	return api.Detached{Found: true, IP: rec.IP}, d.releaseLocked(i)
+}
+
+// findCLINetnsLocked finds the CLI attachment of the namespace at path,
+// however it is spelled: by the namespace itself (device and inode) while
+// the path opens one, so /run/netns/c1, /var/run/netns/c1 and
+// /proc/PID/ns/net of a process in it all name the same attachment; else
+// (the namespace is gone) by the path as it was given at attach.
+func (d *Daemon) findCLINetnsLocked(path string) string {
+	dev, ino, err := attachment.NetnsIdentity(path)
+	for _, r := range d.attachments {
+		if r.Origin != attachment.OriginCLI {
+			continue
+		}
+		if err == nil && r.NetnsIno != 0 && r.NetnsDev == dev && r.NetnsIno == ino {
+			return r.ID
+		}
+	}
+	for _, r := range d.attachments {
+		if r.Origin != attachment.OriginCLI {
+			continue
+		}
+		if r.Netns == path {
+			return r.ID
+		}
+		// Records of before version 2 have no identity: compare what
+		// their path opens now.
+		if err == nil && r.NetnsIno == 0 {
+			if rd, ri, rerr := attachment.NetnsIdentity(r.Netns); rerr == nil && rd == dev && ri == ino {
+				return r.ID
+			}
+		}
+	}
+	return ""
 }
 
 // gc releases every CNI attachment not in the runtime's valid list.

@@ -216,3 +216,41 @@ func TestReserveWaitsThenSaysWhy(t *testing.T) {
 		t.Errorf("attachReady says ready on a peer without the ring")
 	}
 }
+
+// TestDetachByIdentity: a CLI attachment is found by the namespace the
+// path opens (two links to one file stand for /run/netns/c1 and
+// /proc/PID/ns/net), and by the path it was attached as once the
+// namespace is gone.
+func TestDetachByIdentity(t *testing.T) {
+	d := newTestDaemon(t, testConfig(t), newFakeRouter(), newFakeTunnel())
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(a, nil, 0o600)
+	if err := os.Link(a, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: a}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: b}); err == nil || !strings.Contains(err.Error(), "already attached (as "+a+")") {
+		t.Errorf("attach by another path to the same namespace: %v, want already attached (as %s)", err, a)
+	}
+	if res, err := d.detach(api.DetachRequest{Netns: b}); err != nil || !res.Found {
+		t.Fatalf("detach by another path = %+v, %v", res, err)
+	}
+	if n := len(d.ps()); n != 0 {
+		t.Fatalf("%d attachments after detach, want 0", n)
+	}
+
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: a}); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(a)
+	os.Remove(b)
+	if _, err := d.detach(api.DetachRequest{Netns: b}); err == nil {
+		t.Errorf("detach by a path that never named it, namespace gone: succeeded")
+	}
+	if res, err := d.detach(api.DetachRequest{Netns: a}); err != nil || !res.Found {
+		t.Fatalf("detach by the path it was attached as, namespace gone = %+v, %v", res, err)
+	}
+}
