@@ -202,3 +202,39 @@ func TestMTUICMPRouter(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMTURelayedPath: h1 reaches h3 only through h2 (h1–h3 blocked on the
+// underlay), and h3's link is 1380, so the relay's hop towards h3 is the
+// small one and drops larger frames without a word. h1's probes through h2
+// carry the relay header and find it: h1's MTU towards h3 is 1300
+// (probe) while the path is relayed, and 20 MB arrive intact.
+func TestMTURelayedPath(t *testing.T) {
+	needTool(t, "nft")
+	b := newBed(t, testbed.Options{})
+	b.Block(underlay(1), underlay(3))
+	h1 := b.AddHost(testbed.HostOptions{NoPeers: true})
+	h2 := b.AddHost(testbed.HostOptions{Peers: []string{h1.UnderlayIP}})
+	h3 := b.AddHostWithMTU(1380, testbed.HostOptions{Peers: []string{h2.UnderlayIP}})
+	testbed.Eventually(t, 60*time.Second, "h1 relays to h3 via h2", func() error {
+		st, err := h1.StatusErr()
+		if err != nil {
+			return err
+		}
+		if p := testbed.PathTo(st, h3.Name); p != "relayed via "+h2.Name {
+			return fmt.Errorf("path %q", p)
+		}
+		return nil
+	})
+	waitPeerMTU(t, h1, h3, 1300, "probe")
+	waitPeerMTU(t, h1, h2, 1420, "link")
+	c1, c3 := h1.AddContainer(), h3.AddContainer()
+	if err := c1.PingEventually(c3.Addr, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testbed.Transfer(c1, c3, 5005, 20<<20, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if st := h1.Status(); testbed.PathTo(st, h3.Name) != "relayed via "+h2.Name {
+		t.Fatalf("path moved during the test: %q", testbed.PathTo(st, h3.Name))
+	}
+}
