@@ -127,6 +127,12 @@ func (t *Tunnel) mtuLoop() {
 				t.sendMTUProbes(tbl, p, byte(path), hopAddr, sizes, now, s)
 			}
 			probed := s.search[path].Largest(now)
+			if other := s.search[1-path]; probed == 0 && other != nil {
+				// The path just changed and has no answer yet: keep what
+				// the other path proved rather than jump to the link's
+				// MTU, so a flap does not grow the MTU under traffic.
+				probed = other.Largest(now)
+			}
 			m, src := pmtu.Decide(t.cfg.MTU, s.route, false, probed)
 			next := PeerMTU{MTU: m, Source: src, Probed: probed}
 			if next != s.cur {

@@ -157,6 +157,24 @@ func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32
 	}
 }
 
+// forwardMTUProbe sends a relayed MTU probe on towards next on its own.
+// Frames forwarded together leave as one UDP GSO send, and the kernel sets
+// DF only on a datagram no larger than the path MTU it knows, which a GSO
+// super-packet never is: its segments go out without DF and a smaller hop
+// fragments them, so a probe in such a batch would cross whatever its size.
+// Alone it leaves as one datagram with DF, as the prober's own did.
+func (b *Bind) forwardMTUProbe(rx *relayRx, pkt []byte, next conn.Endpoint) {
+	rb := getRelayBatch()
+	rb.bufs = append(rb.bufs, pkt)
+	if err := b.inner.Send(rb.bufs, next); err != nil {
+		rx.n[rcSendErrors]++
+	} else {
+		rx.n[rcForwarded]++
+		rx.n[rcForwardedBytes] += uint64(len(pkt))
+	}
+	putRelayBatch(rb)
+}
+
 // mtuCounter indexes the path MTU counters.
 type mtuCounter int
 

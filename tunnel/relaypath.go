@@ -269,6 +269,10 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		return 0
 	}
 	pkt[relayOffHopLimit] = h.HopLimit - 1
+	if h.Type == RelayTypeMTUProbe {
+		b.forwardMTUProbe(rx, pkt, next) // alone, with DF (mtuprobe.go)
+		return 0
+	}
 	if rx.fwd != nil && rx.fwdEP != next {
 		b.flushForward(rx)
 	}
