@@ -1,0 +1,217 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Messages: ring gossip in and out, and space requests from other peers
+// (the donor's side of a grant).
+
+// HandleMessage processes one message from peer from. A malformed message
+// or one from another network returns an error (and is counted); it never
+// panics.
+func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
+	m, err := ParseMessage(msg)
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	if err != nil {
+		a.count("ipam_message_malformed")
+		a.mu.Unlock()
+		return err
+	}
+	var o outbox
+	switch {
+	case m.Ring != nil:
+		o, err = a.handleRingLocked(from, m.Ring)
+	case m.Request != nil:
+		o, err = a.handleRequestLocked(from, *m.Request)
+	}
+	a.mu.Unlock()
+	a.flush(o)
+	return err
+}
+
+func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) {
+	a.count("ipam_ring_received")
+	next := a.ring.Clone()
+	changed, err := next.Merge(in)
+	var mismatch *SeedMismatchError
+	if errors.As(err, &mismatch) && a.abandonsFor(in) {
+		// Our network was never used: take theirs instead of splitting
+		// the mesh into two networks forever.
+		a.logf("ipam: joining network %v; the network this peer created (%v) was never used and is dropped", in.Seed, a.ring.Seed)
+		a.count("ipam_seed_abandoned")
+		a.lastErr = nil
+		next, _ = NewRing(a.ring.Range)
+		changed, err = next.Merge(in)
+	}
+	if err != nil {
+		a.count("ipam_ring_refused")
+		if a.lastErr == nil || a.lastErr.Error() != err.Error() {
+			a.logf("ipam: ring from %s refused: %v", from.Name(), err)
+		}
+		a.lastErr = err
+		return outbox{}, err
+	}
+	var o outbox
+	if changed {
+		a.ring = next
+		merged := a.ring.Clone()
+		if o, err = a.ringChangedLocked(); err != nil {
+			return outbox{}, err
+		}
+		// Rebroadcast only what we added ourselves (votes, free counts):
+		// the gossip layer already floods what we merged.
+		if a.ring.Equal(merged) {
+			o.broadcast = nil
+		}
+	}
+	// Tell the sender what it lacks (one round trip converges).
+	if !a.ring.Equal(in) {
+		msg, err := AppendRingMessage(nil, a.ring)
+		if err == nil && o.broadcast == nil {
+			o.to, o.send = from, msg
+		}
+	}
+	if a.wantSpace {
+		if len(a.ring.Spans(a.self)) > 0 {
+			if _, ok := a.findFreeLocked(); ok {
+				a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
+			}
+		}
+		if a.wantSpace && a.reqDonor.IsZero() {
+			r := a.requestSpaceLocked(false)
+			if r.send != nil && o.send == nil {
+				o.to, o.send = r.to, r.send
+			}
+		}
+	}
+	return o, nil
+}
+
+// untouchedLocked reports whether our ring is a seed nobody used: we created
+// it, it still holds just our one entry, we handed out no address, and no
+// rmpeer happened. Nothing depends on such a network.
+func (a *Allocator) untouchedLocked() bool {
+	r := a.ring
+	return r.Seeded() && !r.Used && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
+		len(r.Transfers) == 0 && len(r.Votes) == 0 && len(a.allocs) == 0
+}
+
+// abandonsFor decides, when a ring of another network arrives, whether ours
+// gives way. A used network never does. An untouched one gives way to a
+// used one (Ring.Used, or more than one owner), and between two untouched
+// networks to the smaller seed, so two fresh peers that connect agree
+// without talking.
+func (a *Allocator) abandonsFor(in *Ring) bool {
+	if !a.untouchedLocked() {
+		return false
+	}
+	theirsUntouched := !in.Used && len(in.Entries) == 1 && in.Entries[0].Owner == in.Seed.Peer && len(in.Transfers) == 0 && len(in.Votes) == 0
+	if !theirsUntouched {
+		return true
+	}
+	return seedLess(in.Seed, a.ring.Seed)
+}
+
+func seedLess(x, y Seed) bool {
+	if x.Peer != y.Peer {
+		return x.Peer.Less(y.Peer)
+	}
+	return x.ID < y.ID
+}
+
+func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error) {
+	a.count("ipam_request_received")
+	if s != a.ring.Seed {
+		a.count("ipam_request_refused")
+		return outbox{}, fmt.Errorf("ipam: space request from %s for network %v, ours is %v", from.Name(), s, a.ring.Seed)
+	}
+	if from == a.self {
+		return outbox{}, nil
+	}
+	g, ok := a.pickGrantLocked()
+	if !ok {
+		a.count("ipam_request_declined")
+		return outbox{}, nil
+	}
+	if err := a.ring.Grant(a.self, from, g); err != nil {
+		a.count("ipam_request_declined")
+		return outbox{}, nil
+	}
+	a.count("ipam_grant")
+	a.logf("ipam: granted %v to %s", g, from.Name())
+	a.ring.Used = true
+	return a.ringChangedLocked()
+}
+
+// pickGrantLocked chooses what to give: the upper half of our largest
+// aligned free block (a single address only if we keep one too).
+func (a *Allocator) pickGrantLocked() (Span, bool) {
+	_, spans := a.ownEntries()
+	// Reserved addresses do not count as used: every peer refuses to hand
+	// them out, so a block may contain them and stay aligned.
+	used := make([]uint32, 0, len(a.allocs))
+	for addr := range a.allocs {
+		used = append(used, a2u(addr))
+	}
+	slices.Sort(used)
+	used = slices.Compact(used)
+	var best Span
+	var bestSize, totalFree uint64
+	for _, s := range spans {
+		lo := uint64(s.First)
+		i, _ := slices.BinarySearch(used, s.First)
+		for ; lo <= uint64(s.Last); i++ {
+			hi := uint64(s.Last) + 1
+			if i < len(used) && uint64(used[i]) < hi {
+				hi = uint64(used[i])
+			}
+			if hi > lo {
+				run := Span{uint32(lo), uint32(hi - 1)}
+				totalFree += run.Size()
+				if b := run.largestBlock(); b.Size() > bestSize {
+					best, bestSize = b, b.Size()
+				}
+			}
+			lo = hi + 1
+			if i >= len(used) {
+				break
+			}
+		}
+	}
+	switch {
+	case bestSize >= 2:
+		half := uint32(bestSize / 2)
+		return Span{best.First + half, best.Last}, true
+	case bestSize == 1 && totalFree >= 2:
+		return best, true
+	}
+	return Span{}, false
+}
+
+// Gossip broadcasts the whole ring (anti-entropy; the daemon may call it
+// periodically and when a peer connects).
+func (a *Allocator) Gossip() {
+	if msg := a.RingMessage(); msg != nil {
+		a.tr.Broadcast(msg)
+	}
+}
+
+// RingMessage returns the current ring message (nil before seeding).
+func (a *Allocator) RingMessage() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.ring.Seeded() {
+		return nil
+	}
+	msg, _ := AppendRingMessage(nil, a.ring)
+	return msg
+}

@@ -1,0 +1,136 @@
+package ipam
+
+import (
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Space: which peers are reachable, asking a donor for space (the
+// requester's side of a grant), and the periodic tick.
+
+// SetPeers tells the allocator which peers are reachable now. The daemon
+// calls it whenever the set changes.
+func (a *Allocator) SetPeers(reachable []key.Public) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.reachable = make(map[key.Public]bool, len(reachable))
+	for _, p := range reachable {
+		if p != a.self {
+			a.reachable[p] = true
+		}
+	}
+	var o outbox
+	if a.ring.StepTransfers(a.self, a.reachableList()) {
+		var err error
+		if o, err = a.ringChangedLocked(); err != nil {
+			a.logf("ipam: %v", err)
+		}
+	}
+	if a.wantSpace && !a.reachable[a.reqDonor] {
+		r := a.requestSpaceLocked(true)
+		o.to, o.send = r.to, r.send
+	}
+	a.mu.Unlock()
+	a.flush(o)
+}
+
+// requestSpaceLocked asks the best donor for space, unless a request is
+// pending and not timed out (or force).
+func (a *Allocator) requestSpaceLocked(force bool) outbox {
+	a.wantSpace = true
+	if !a.ring.Seeded() {
+		return outbox{}
+	}
+	now := a.now()
+	if !force && !a.reqDonor.IsZero() && now.Sub(a.reqAt) < a.reqTimeout {
+		return outbox{}
+	}
+	if !force && !a.reqDonor.IsZero() {
+		if a.silent == nil {
+			a.silent = map[key.Public]bool{}
+		}
+		a.silent[a.reqDonor] = true
+	}
+	donor, ok := a.pickDonorLocked()
+	if !ok && len(a.silent) > 0 {
+		// Every reachable donor was asked: start the round again.
+		a.silent = nil
+		donor, ok = a.pickDonorLocked()
+	}
+	if !ok {
+		a.reqDonor = key.Public{}
+		return outbox{}
+	}
+	a.reqDonor, a.reqAt = donor, now
+	a.count("ipam_request_sent")
+	return outbox{to: donor, send: AppendRequestMessage(nil, a.ring.Seed)}
+}
+
+// pickDonorLocked picks the reachable peer with the most published free
+// space (ties: smallest key); if none published any, the largest owner.
+// Donors that stayed silent for the current want are passed over.
+func (a *Allocator) pickDonorLocked() (key.Public, bool) {
+	var best key.Public
+	var bestFree, bestSize uint64
+	found := false
+	owners := a.ring.Owners()
+	for p, size := range owners {
+		if p == a.self || !a.reachable[p] || a.silent[p] {
+			continue
+		}
+		free := a.ring.FreeOf(p)
+		better := !found || free > bestFree || (free == bestFree && size > bestSize) ||
+			(free == bestFree && size == bestSize && p.Less(best))
+		if better {
+			best, bestFree, bestSize, found = p, free, size, true
+		}
+	}
+	return best, found
+}
+
+// Tick does the periodic work: publish free counts, step pending rmpeer
+// transfers, retry a space request that timed out. Call it every second or so.
+func (a *Allocator) Tick() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	var o outbox
+	changed := a.publishFreeLocked()
+	if a.ring.StepTransfers(a.self, a.reachableList()) {
+		changed = true
+	}
+	if changed {
+		var err error
+		if o, err = a.ringChangedLocked(); err != nil {
+			a.logf("ipam: %v", err)
+		}
+	}
+	if a.wantSpace {
+		if _, ok := a.findFreeLocked(); ok {
+			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
+		} else {
+			r := a.requestSpaceLocked(false)
+			o.to, o.send = r.to, r.send
+		}
+	}
+	a.mu.Unlock()
+	a.flush(o)
+}
+
+// WantSpace asks a donor for a range now if this peer owns none, so that a
+// peer that has just joined holds space before its first container comes.
+// Until the ring arrives the request waits for it.
+func (a *Allocator) WantSpace() {
+	a.mu.Lock()
+	if a.closed || len(a.ring.Spans(a.self)) > 0 {
+		a.mu.Unlock()
+		return
+	}
+	o := a.requestSpaceLocked(false)
+	a.mu.Unlock()
+	a.flush(o)
+}
