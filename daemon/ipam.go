@@ -52,9 +52,7 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 		Path:      path,
 		Transport: ch,
 		Reserved:  []netip.Addr{d.hostIP.Addr()},
-		Logf: func(format string, args ...any) {
-			d.log.Warn(fmt.Sprintf(format, args...), "part", "ipam")
-		},
+		Logger:    d.log.With("part", "ipam"),
 	})
 	if err != nil {
 		return fmt.Errorf("ipam state %s: %w", path, err)

@@ -76,7 +76,7 @@ func TestIPAMCorruptState(t *testing.T) {
 			if m, _ := filepath.Glob(path + ".corrupt-*"); len(m) == 0 {
 				t.Errorf("%s: corrupt ipam.db not kept aside", h)
 			}
-			if !strings.Contains(h.Log(), "failed its check and was moved to") {
+			if !strings.Contains(h.Log(), "failed its check and was set aside") {
 				t.Errorf("%s: no log line about the corrupt ipam.db", h)
 			}
 		}

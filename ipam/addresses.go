@@ -64,7 +64,7 @@ func (a *Allocator) dropLostLocked() {
 			lost = append(lost, addr)
 			a.conflicts = append(a.conflicts, Allocation{addr, id})
 			a.count("ipam_allocation_lost")
-			a.logf("ipam: [unexpected] lost the range holding %v (%s)", addr, id)
+			a.log.Error("[unexpected] lost the range holding an allocated address", "addr", addr, "id", id)
 		}
 	}
 	if len(lost) > 0 {
@@ -146,7 +146,7 @@ func (a *Allocator) markUsedLocked() outbox {
 	a.ring.Used = true
 	o, err := a.ringChangedLocked()
 	if err != nil {
-		a.logf("ipam: %v", err)
+		a.log.Error("saving the ring", "err", err)
 	}
 	return o
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -42,10 +43,10 @@ type Config struct {
 	// RequestTimeout is how long to wait for a donor before asking another
 	// (default 2s).
 	RequestTimeout time.Duration
-	Now            func() time.Time     // default time.Now
-	Logf           func(string, ...any) // nil: silent
-	Rand           func() uint64        // seed IDs; default crypto/rand
-	store          store                // tests: overrides Path
+	Now            func() time.Time // default time.Now
+	Logger         *slog.Logger     // nil: silent
+	Rand           func() uint64    // seed IDs; default crypto/rand
+	store          store            // tests: overrides Path
 }
 
 // Allocation is one address handed out by this peer.
@@ -87,7 +88,7 @@ type Allocator struct {
 	span       Span
 	tr         Transport
 	now        func() time.Time
-	logf       func(string, ...any)
+	log        *slog.Logger
 	rand       func() uint64
 	reqTimeout time.Duration
 
@@ -127,7 +128,7 @@ func Open(cfg Config) (*Allocator, error) {
 		return nil, err
 	}
 	a := &Allocator{
-		self: cfg.Self, span: ring.span(), tr: cfg.Transport, now: cfg.Now, logf: cfg.Logf,
+		self: cfg.Self, span: ring.span(), tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
@@ -136,8 +137,8 @@ func Open(cfg Config) (*Allocator, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	if a.logf == nil {
-		a.logf = func(string, ...any) {}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
 	}
 	if a.rand == nil {
 		a.rand = func() uint64 {
@@ -164,7 +165,8 @@ func Open(cfg Config) (*Allocator, error) {
 			a.st = st
 			if aside != "" {
 				a.count("ipam_state_set_aside")
-				a.logf("ipam: the state file failed its check and was moved to %s; starting with no ring: it comes back from the peers by gossip, and running containers keep their addresses", aside)
+				a.log.Error("the address state file failed its check and was set aside; starting with no ring: it comes back from the peers by gossip, and running containers keep their addresses",
+					"moved_to", aside)
 			}
 		}
 	}
@@ -235,7 +237,7 @@ func (a *Allocator) flush(o outbox) {
 	}
 	if o.send != nil {
 		if err := a.tr.Send(o.to, o.send); err != nil {
-			a.logf("ipam: sending to %s: %v", o.to.Name(), err)
+			a.log.Warn("sending to a peer", "peer", o.to.Name(), "err", err)
 		}
 	}
 }

@@ -75,6 +75,15 @@
 //     (on ErrWaitingForSpace wait on Updated() and retry). Detach: Free.
 //   - Routes and AllowedIPs: Prefixes(peer) / AllPrefixes after Updated().
 //
+// # Files
+//
+// ring.go and transfer.go are the CRDT (pure data); wire.go its encoding;
+// alloc.go the Allocator's state, Open and Seed; addresses.go allocating
+// and freeing; messages.go ring gossip and the donor's side of a grant;
+// space.go reachability and the requester's side; rmpeer.go rmpeer,
+// reclaim and leave; recover.go a lost or corrupt state file; store.go
+// bbolt. Logs go to Config.Logger (slog, named fields).
+//
 // # Wire format
 //
 // See wire.go: one version byte, one type byte, a fixed layout per type.

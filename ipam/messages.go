@@ -46,7 +46,8 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	if errors.As(err, &mismatch) && a.abandonsFor(in) {
 		// Our network was never used: take theirs instead of splitting
 		// the mesh into two networks forever.
-		a.logf("ipam: joining network %v; the network this peer created (%v) was never used and is dropped", in.Seed, a.ring.Seed)
+		a.log.Warn("joining another network; the network this peer created was never used and is dropped",
+			"network", in.Seed.String(), "dropped", a.ring.Seed.String())
 		a.count("ipam_seed_abandoned")
 		a.lastErr = nil
 		next, _ = NewRing(a.ring.Range)
@@ -55,7 +56,7 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	if err != nil {
 		a.count("ipam_ring_refused")
 		if a.lastErr == nil || a.lastErr.Error() != err.Error() {
-			a.logf("ipam: ring from %s refused: %v", from.Name(), err)
+			a.log.Warn("ring refused", "peer", from.Name(), "err", err)
 		}
 		a.lastErr = err
 		return outbox{}, err
@@ -147,7 +148,7 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 		return outbox{}, nil
 	}
 	a.count("ipam_grant")
-	a.logf("ipam: granted %v to %s", g, from.Name())
+	a.log.Info("granted address space", "span", g.String(), "peer", from.Name())
 	a.ring.Used = true
 	return a.ringChangedLocked()
 }

@@ -138,7 +138,7 @@ func (a *Allocator) recordPendingClaimsLocked() {
 			continue
 		}
 		if err := a.st.putAlloc(addr, id); err != nil {
-			a.logf("ipam: recording the address %v of %s after recovery: %v", addr, id, err)
+			a.log.Error("recording an address claimed after recovery", "addr", addr, "id", id, "err", err)
 		}
 	}
 }

@@ -57,7 +57,7 @@ func (a *Allocator) Reclaim(goneSince map[key.Public]time.Time, after time.Durat
 	var done []key.Public
 	for _, p := range todo {
 		if err := a.RemovePeer(p); err == nil {
-			a.logf("ipam: reclaiming the space of %s, gone since %v", p.Name(), goneSince[p])
+			a.log.Warn("reclaiming the space of a peer gone too long", "peer", p.Name(), "gone_since", goneSince[p])
 			done = append(done, p)
 		}
 	}

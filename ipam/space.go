@@ -25,7 +25,7 @@ func (a *Allocator) SetPeers(reachable []key.Public) {
 	if a.ring.StepTransfers(a.self, a.reachableList()) {
 		var err error
 		if o, err = a.ringChangedLocked(); err != nil {
-			a.logf("ipam: %v", err)
+			a.log.Error("saving the ring", "err", err)
 		}
 	}
 	if a.wantSpace && !a.reachable[a.reqDonor] {
@@ -106,7 +106,7 @@ func (a *Allocator) Tick() {
 	if changed {
 		var err error
 		if o, err = a.ringChangedLocked(); err != nil {
-			a.logf("ipam: %v", err)
+			a.log.Error("saving the ring", "err", err)
 		}
 	}
 	if a.wantSpace {
