@@ -46,6 +46,13 @@ import (
 //     end, say): weavewg's rules go first in it, written through netlink
 //     (google/nftables), each carrying weavewg's comment.
 //
+// Docker 20.10 runs whichever iptables the alternatives system links (on
+// Debian 12 iptables-nft); Weave Net's launch script guessed one backend
+// by counting the rules iptables-legacy-save and iptables-nft-save print.
+// Choosing one is not enough: when a host uses two (Docker on one, a
+// firewall on the other), a drop in either is final, so every present one
+// gets the rules.
+//
 // Every rule weavewg adds carries the comment "weavewg-<bridge>", by which
 // it is found again and removed on Close: nothing else is touched. A
 // watcher puts the rules back when a dockerd restart or a firewall reload
