@@ -5,7 +5,7 @@
 //	(a) the raw underlay: host 1 → host 2 on their veth addresses
 //	(b) the reference: the wireguard-go binary of the module version in
 //	    go.mod, one per host namespace, configured over its UAPI socket,
-//	    10.47.255.N/24, MTU 1420
+//	    203.0.113.N/24, MTU 1420
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
 //	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
 //	    the like-for-like of b without the containers' veth and bridge hops

@@ -13,7 +13,8 @@ import (
 //
 //	(v) raw kernel VXLAN: a plain vxlan device in each host namespace, VNI
 //	    42, UDP 4789, no learning, remote the other host, MTU 1420 (the
-//	    overlay's), 10.46.255.N/24: host → host
+//	    overlay's), 198.51.100.N/24 (outside the overlay range, which
+//	    weavewg refuses to share with a local interface): host → host
 //	(t) weavewg with --trusted-subnets covering both underlay addresses:
 //	    container → container, which crosses weavewg's VXLAN device
 //
@@ -38,7 +39,7 @@ func addTrustedHosts(bed *testbed.Bed) trustedHosts {
 }
 
 // rawVXLANAddr is host i's (0 or 1) address on the raw VXLAN device.
-func rawVXLANAddr(i int) string { return fmt.Sprintf("10.46.255.%d", i+1) }
+func rawVXLANAddr(i int) string { return fmt.Sprintf("198.51.100.%d", i+1) }
 
 // startRawVXLAN makes the baseline devices and checks they carry a ping.
 func startRawVXLAN(bed *testbed.Bed, th trustedHosts) error {

@@ -22,13 +22,13 @@ import (
 
 // The reference data plane: the stock wireguard-go binary of the module
 // version weavewg is built against, one per host namespace, configured over
-// its UAPI socket. Same MTU as weavewg, addresses inside the overlay range
-// 10.32.0.0/12 at its top end, away from what weavewg's allocator hands out
-// first (it fills each peer's range from the bottom); checkRefRoute makes
+// its UAPI socket. Same MTU as weavewg, addresses in 203.0.113.0/24: outside
+// the overlay range, which weavewg refuses to share with a local
+// interface's subnet (daemon/config.go checkRangeFree); checkRefRoute makes
 // sure the reference traffic really takes the reference interface.
 const (
 	refPort   = 51820
-	refSubnet = "10.47.255."
+	refSubnet = "203.0.113."
 	refMTU    = 1420
 	uapiDir   = "/var/run/wireguard"
 )
