@@ -284,6 +284,32 @@ func (d *Daemon) releaseVanished(now time.Time) {
 	}
 }
 
+// linkWatcher is what the daemon uses of hostnet.Host to learn of deleted
+// links as they go.
+type linkWatcher interface {
+	WatchDeletedLinks(stop <-chan struct{}, deleted func(name string))
+}
+
+// hostVethDeleted releases the CLI or CNI attachment whose host veth was
+// just deleted: the kernel deletes it with its namespace, so the container
+// is gone (or someone removed its interface; either way it is off the
+// overlay). Its address is freed and its name withdrawn at once, not after
+// releaseVanished's grace. Docker's endpoints end through Docker.
+func (d *Daemon) hostVethDeleted(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, rec := range d.attachments {
+		if rec.HostVeth != name || rec.Origin == attachment.OriginDocker || !rec.Plumbed() {
+			continue
+		}
+		d.log.Info("releasing the address of an attachment whose interface is gone (its namespace was deleted)", "id", rec.ID, "netns", rec.Netns, "ip", rec.IP, "host_veth", name)
+		if err := d.releaseLocked(i); err != nil {
+			d.log.Warn("releasing an attachment whose interface is gone", "id", rec.ID, "err", err)
+		}
+		return
+	}
+}
+
 // ps lists the attachments here, of every origin.
 func (d *Daemon) ps() []api.Attachment {
 	out := []api.Attachment{}

@@ -254,3 +254,30 @@ func TestDetachByIdentity(t *testing.T) {
 		t.Fatalf("detach by the path it was attached as, namespace gone = %+v, %v", res, err)
 	}
 }
+
+// TestHostVethDeletedReleases: the deletion of an attachment's host veth
+// (its namespace died) frees its address and withdraws its name at once;
+// another link's deletion changes nothing.
+func TestHostVethDeletedReleases(t *testing.T) {
+	d := newTestDaemon(t, testConfig(t), newFakeRouter(), newFakeTunnel())
+	ns := filepath.Join(t.TempDir(), "c")
+	os.WriteFile(ns, nil, 0o600)
+	a, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, Name: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.hostVethDeleted("vethwe-other")
+	if n := len(d.ps()); n != 1 {
+		t.Fatalf("another link's deletion: %d attachments, want 1", n)
+	}
+	d.hostVethDeleted(a.HostVeth)
+	if n := len(d.ps()); n != 0 {
+		t.Errorf("host veth deleted: %d attachments, want 0", n)
+	}
+	if l, _ := d.dnsLookup("gone"); len(l.Addresses) != 0 {
+		t.Errorf("the name still resolves to %v", l.Addresses)
+	}
+	if n := d.ipamStatus().Allocated; n != 0 {
+		t.Errorf("IPAM holds %d addresses, want 0", n)
+	}
+}

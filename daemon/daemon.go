@@ -434,6 +434,9 @@ func (d *Daemon) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	loopCtx, stopLoop := context.WithCancel(ctx)
 	wg.Go(func() { d.reconcileLoop(loopCtx) })
+	if w, ok := d.host.(linkWatcher); ok {
+		wg.Go(func() { w.WatchDeletedLinks(loopCtx.Done(), d.hostVethDeleted) })
+	}
 
 	<-ctx.Done()
 	d.log.Info("stopping")
