@@ -207,30 +207,49 @@ func TestSharedPortSorting(t *testing.T) {
 			once.Do(got.Done)
 		}
 	})
-	var sendErr error
-	if err := inNetns(b.ns, func() {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.under, 6783)))
-		if err != nil {
-			sendErr = err
-			return
-		}
-		defer c.Close()
-		for _, p := range [][]byte{stunMsg(1, 0), relayMsg(40), []byte("junk")} {
-			if _, err := c.Write(p); err != nil {
+	// The three datagrams go again every 200 ms until each kind was seen:
+	// wireguard-go closes and reopens the socket when the TUN comes up (its
+	// Bind is rebound on every Up), and a datagram sent in that window is
+	// lost, which says nothing about sorting.
+	send := func() error {
+		var sendErr error
+		if err := inNetns(b.ns, func() {
+			c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.under, 6783)))
+			if err != nil {
 				sendErr = err
+				return
 			}
+			defer c.Close()
+			for _, p := range [][]byte{stunMsg(1, 0), relayMsg(40), []byte("junk")} {
+				if _, err := c.Write(p); err != nil {
+					sendErr = err
+				}
+			}
+		}); err != nil {
+			return err
 		}
-	}); err != nil || sendErr != nil {
-		t.Fatal(err, sendErr)
+		return sendErr
 	}
-	waitFor(t, "STUN handler called", func() bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := send(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
 		c := a.tun.Counters()
-		return c[CounterUDPSTUN] == 1 && c[CounterUDPRelay] == 1 && c[CounterUDPJunkDropped] == 1
-	})
+		if c[CounterUDPSTUN] >= 1 && c[CounterUDPRelay] >= 1 && c[CounterUDPJunkDropped] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not every kind of datagram was sorted: %v", c)
+		}
+	}
 	got.Wait()
 	// The relay frame comes from a port that is no member's address: the
 	// relay code drops it as from an unknown source.
-	if c := a.tun.Counters(); c["udp_relay_dropped_unknown_source"] != 1 || c[CounterUDPSTUNUnhandled] != 0 {
+	// (udp_relay also counts the hosts' own MTU probes, which share the
+	// relay frame's first byte.)
+	if c := a.tun.Counters(); c["udp_relay_dropped_unknown_source"] < 1 || c["udp_relay_delivered"] != 0 || c["udp_relay_forwarded"] != 0 || c[CounterUDPSTUNUnhandled] != 0 {
 		t.Errorf("Counters = %v", c)
 	}
 	// The tunnel still works, from the hosts themselves.
