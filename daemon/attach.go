@@ -50,11 +50,22 @@ func (d *Daemon) findLocked(id string) int {
 
 // reserve records rec (its ID and Origin set, IP empty) and allocates its
 // address: ipReq if given, else the next free one, waiting up to wait for
-// address space while this peer joins. The record with its address is
-// returned; on error nothing stays allocated or recorded.
-func (d *Daemon) reserve(ctx context.Context, rec attachment.Record, ipReq string, wait time.Duration) (attachment.Record, error) {
+// address space while this peer joins. refuse, if not nil, is asked about
+// every existing record as the intent is recorded and vetoes it with an
+// error. The record with its address is returned; on error nothing stays
+// allocated or recorded.
+func (d *Daemon) reserve(ctx context.Context, rec attachment.Record, ipReq string, wait time.Duration, refuse func(attachment.Record) error) (attachment.Record, error) {
 	rec.IP = ""
 	d.mu.Lock()
+	for _, r := range d.attachments {
+		if refuse == nil {
+			break
+		}
+		if err := refuse(r); err != nil {
+			d.mu.Unlock()
+			return attachment.Record{}, err
+		}
+	}
 	if i := d.findLocked(rec.ID); i >= 0 {
 		d.mu.Unlock()
 		return attachment.Record{}, badRequest("%s is attached already (%s)", rec.ID, orText(d.attachments[i].IP, "being attached"))

@@ -51,21 +51,20 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 		wait = time.Duration(req.WaitSeconds * float64(time.Second))
 	}
 
-	// One interface of a given name per namespace, whoever asks.
-	d.mu.Lock()
-	for _, r := range d.attachments {
+	// One interface of a given name per namespace, whoever asks and by
+	// whichever path; checked as the intent is recorded, so two requests
+	// at once cannot both pass.
+	sameIface := func(r attachment.Record) error {
 		if r.Origin != attachment.OriginDocker && r.NetnsIno == ino && r.NetnsDev == dev && r.IfName == rec.IfName {
-			d.mu.Unlock()
 			as := ""
 			if r.Netns != req.Netns {
 				as = " (as " + r.Netns + ")"
 			}
-			return api.Attachment{}, badRequest("namespace %s is already attached%s with %s", req.Netns, as, orText(r.IP, "(being attached)"))
+			return badRequest("namespace %s is already attached%s with %s", req.Netns, as, orText(r.IP, "(being attached)"))
 		}
+		return nil
 	}
-	d.mu.Unlock()
-
-	rec, err = d.reserve(ctx, rec, req.IP, wait)
+	rec, err = d.reserve(ctx, rec, req.IP, wait, sameIface)
 	if err != nil {
 		return api.Attachment{}, err
 	}

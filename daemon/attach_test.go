@@ -281,3 +281,29 @@ func TestHostVethDeletedReleases(t *testing.T) {
 		t.Errorf("IPAM holds %d addresses, want 0", n)
 	}
 }
+
+// TestSameNamespaceTwoPaths: of two attaches at once of one namespace by
+// two paths (a hard link: same device and inode), exactly one succeeds.
+func TestSameNamespaceTwoPaths(t *testing.T) {
+	d := newTestDaemon(t, testConfig(t), newFakeRouter(), newFakeTunnel())
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	os.WriteFile(a, nil, 0o600)
+	if err := os.Link(a, b); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, p := range []string{a, b} {
+		go func() {
+			_, err := d.attach(context.Background(), api.AttachRequest{Netns: p})
+			errs <- err
+		}()
+	}
+	e1, e2 := <-errs, <-errs
+	if (e1 == nil) == (e2 == nil) {
+		t.Fatalf("two attaches of one namespace by two paths: %v and %v; want exactly one to succeed", e1, e2)
+	}
+	if n := d.ipamStatus().Allocated; n != 1 {
+		t.Errorf("%d addresses allocated, want 1", n)
+	}
+}

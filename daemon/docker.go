@@ -53,7 +53,7 @@ func (h dockerHost) Reserve(ctx context.Context, id string, want netip.Addr) (ne
 		ipReq = netip.PrefixFrom(want, h.d.cfg.Range.Bits()).String()
 	}
 	// ctx carries Docker's own bound on the wait.
-	rec, err := h.d.reserve(ctx, attachment.Record{ID: id, Origin: attachment.OriginDocker}, ipReq, time.Hour)
+	rec, err := h.d.reserve(ctx, attachment.Record{ID: id, Origin: attachment.OriginDocker}, ipReq, time.Hour, nil)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
