@@ -131,7 +131,7 @@ func RunProgram(verbose bool, run func(p *Program) bool) int {
 		select {}
 	}
 	signal.Stop(sigc)
-	fmt.Println("\ntearing down...")
+	fmt.Fprintln(os.Stderr, "\ntearing down...") // stdout is for results (--json)
 	p.runCleanups()
 	return code
 }
