@@ -40,6 +40,11 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 
 func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) {
 	a.count("ipam_ring_received")
+	if err := in.checkVersions(); err != nil {
+		a.count("ipam_ring_refused_versions")
+		a.log.Warn("ring refused", "peer", from.Name(), "err", err)
+		return outbox{}, err
+	}
 	next := a.ring.Clone()
 	changed, err := next.Merge(in)
 	var mismatch *SeedMismatchError

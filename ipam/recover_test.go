@@ -159,3 +159,39 @@ func TestLockedStateIsNotSetAside(t *testing.T) {
 		t.Fatalf("a locked file called corrupt: %v", err)
 	}
 }
+
+// A ring with an entry version near 2^32 (which would make its owner's
+// every later change lose, or wrap) is refused whole and counted; the
+// receiver's ring and the owner's space are unchanged.
+func TestFarFutureVersionRefused(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openTest(t, n, pk(0), "")
+	b := openTest(t, n, pk(1), "")
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeers([]key.Public{pk(1)})
+	b.SetPeers([]key.Public{pk(0)})
+	b.WantSpace()
+	n.run(t)
+	before := b.View().Ring
+	forged := before.Clone()
+	for i := range forged.Entries {
+		if forged.Entries[i].Owner == pk(0) {
+			forged.Entries[i].Owner, forged.Entries[i].Version = pk(2), 1<<32-1
+		}
+	}
+	msg, err := AppendRingMessage(nil, forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.HandleMessage(pk(2), msg); !errors.Is(err, ErrVersionTooHigh) {
+		t.Fatalf("forged ring: %v", err)
+	}
+	if !b.View().Ring.Equal(before) {
+		t.Error("b's ring changed")
+	}
+	if b.Status().Counters["ipam_ring_refused_versions"] != 1 {
+		t.Errorf("not counted: %v", b.Status().Counters)
+	}
+}

@@ -199,6 +199,32 @@ func (r *Ring) Validate() error {
 	return nil
 }
 
+// MaxVersion bounds entry versions and vote sequence numbers on receipt.
+// Each change bumps one by one, so an honest owner would need 2^31 changes
+// of one entry to reach it (68 years at one a second), while a forged
+// version near 2^32 would make every later change of its owner lose, or
+// wrap to zero (issue 14). A ring carrying a larger one is refused whole:
+// no honest ring ever holds one, so nothing is lost but the forgery.
+const MaxVersion = 1 << 31
+
+// ErrVersionTooHigh is returned for a ring with a version over MaxVersion.
+var ErrVersionTooHigh = errors.New("ipam: ring with a version beyond any honest history")
+
+// checkVersions refuses versions over MaxVersion.
+func (r *Ring) checkVersions() error {
+	for _, e := range r.Entries {
+		if e.Version > MaxVersion {
+			return fmt.Errorf("%w: entry %v owned by %s at version %d", ErrVersionTooHigh, u2a(e.Token), e.Owner.Name(), e.Version)
+		}
+	}
+	for _, v := range r.Votes {
+		if v.Seq > MaxVersion {
+			return fmt.Errorf("%w: vote of %s at %d", ErrVersionTooHigh, v.Voter.Name(), v.Seq)
+		}
+	}
+	return nil
+}
+
 // entryLess is the total order that decides which of two states of the same
 // token wins a merge. Version decides; the rest only breaks ties that honest
 // owners never create, so that merge stays a lattice join even on bad input.
