@@ -170,7 +170,10 @@ func TestCNI(t *testing.T) {
 		}
 	}
 
-	// CHECK: fine as added; fails once the interface is removed by hand.
+	// CHECK: fine as added; fails once the interface is removed by hand
+	// (the daemon may release the attachment as its veth goes, or keep it
+	// until DEL: CHECK fails either way).
+	allocBefore := hs[1].Status().IPAM.Allocated
 	c := byHost[1][0]
 	if _, _, err := cnis[1].Run("check", c.netns, c.name); err != nil {
 		t.Errorf("CHECK of a healthy pod: %v", err)
@@ -184,18 +187,34 @@ func TestCNI(t *testing.T) {
 		t.Logf("CHECK after eth0 was removed: %v", err)
 	}
 
-	// DEL twice is success; the address and the name are gone.
-	allocBefore := hs[1].Status().IPAM.Allocated
-	for k := range 2 {
-		if _, _, err := cnis[1].Run("del", c.netns, c.name); err != nil {
-			t.Errorf("DEL #%d: %v", k+1, err)
+	// The interface itself is checked: its address flushed by hand (the
+	// veth stays, so the daemon keeps the attachment), CHECK fails.
+	flushed := byHost[1][2]
+	if out, err := h1Exec(hs[1], flushed.netns, "ip", "addr", "flush", "dev", "eth0"); err != nil {
+		t.Fatalf("flushing eth0's address: %v %s", err, out)
+	}
+	if out, _, err := cnis[1].Run("check", flushed.netns, flushed.name); err == nil || !strings.Contains(err.Error(), "does not hold") {
+		t.Errorf("CHECK after eth0's address was flushed: %q %v; want a failure saying eth0 does not hold its address", out, err)
+	}
+
+	// DEL twice is success, of the broken pod and of a healthy one; both
+	// addresses and names are gone.
+	healthy := byHost[1][1]
+	for _, p := range []*pod{c, healthy} {
+		for k := range 2 {
+			if _, _, err := cnis[1].Run("del", p.netns, p.name); err != nil {
+				t.Errorf("DEL #%d of %s: %v", k+1, p.name, err)
+			}
+		}
+		if out, err := hs[1].CLIErr("dns-lookup", p.name); err == nil {
+			t.Errorf("%s still resolves after DEL: %s", p.name, out)
 		}
 	}
-	if n := hs[1].Status().IPAM.Allocated; n != allocBefore-1 {
-		t.Errorf("h2 allocated %d after DEL, want %d", n, allocBefore-1)
+	if n := hs[1].Status().IPAM.Allocated; n != allocBefore-2 {
+		t.Errorf("h2 allocated %d after the DELs, want %d", n, allocBefore-2)
 	}
-	if out, err := hs[1].CLIErr("dns-lookup", c.name); err == nil {
-		t.Errorf("%s still resolves after DEL: %s", c.name, out)
+	if out, _ := hs[1].Exec("ip", "-o", "link", "show", "type", "veth"); strings.Count(out, "vethwe") != perHost-2 {
+		t.Errorf("h2 has %d weavewg veths after the DELs, want %d", strings.Count(out, "vethwe"), perHost-2)
 	}
 
 	// GC with an empty valid list frees all: the runtime lost track of
