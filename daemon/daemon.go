@@ -110,7 +110,10 @@ type wireGuardPlane interface {
 
 // hostNetwork is what the daemon uses of hostnet.Host.
 type hostNetwork interface {
-	Close() error
+	Close() error // removes everything (reset)
+	// CloseKeepingBridge leaves the bridge, its ports and the forward
+	// rules in place (a stop or upgrade).
+	CloseKeepingBridge() error
 	// SetRoutesWithMTU routes the prefixes inside the overlay into the
 	// TUN, those in mtu with a route MTU of their own.
 	SetRoutesWithMTU(prefixes []netip.Prefix, mtu map[netip.Prefix]int) error
@@ -138,13 +141,18 @@ type dataPlane struct {
 }
 
 // close closes the fast path, the host networking, then the WireGuard
-// datapath.
-func (p dataPlane) close() error {
+// datapath. keepBridge (a stop, not a reset) leaves the bridge and its
+// forward rules for the containers' local traffic.
+func (p dataPlane) close(keepBridge bool) error {
 	var errs []error
 	if p.fast != nil {
 		errs = append(errs, p.fast.Close())
 	}
-	return errors.Join(append(errs, p.host.Close(), p.wg.Close())...)
+	host := p.host.Close
+	if keepBridge {
+		host = p.host.CloseKeepingBridge
+	}
+	return errors.Join(append(errs, host(), p.wg.Close())...)
 }
 
 var (
@@ -257,7 +265,7 @@ func start(cfg Config) (*Daemon, error) {
 		Logger: d.log.With("part", "discovery"),
 	})
 	if err != nil {
-		planes.close()
+		planes.close(false)
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
 	open := func(name string, h func(key.Public, []byte)) (gossipChannel, error) {
@@ -369,7 +377,9 @@ func prepare(cfg Config) (*Daemon, error) {
 // attachments and dials the configured peers. On error it closes both parts.
 func (d *Daemon) assemble(router controlPlane, planes dataPlane, open channelOpener) (err error) {
 	d.router, d.tun, d.host, d.planes = router, planes.wg, planes.host, planes
-	d.closers.add("data plane", planes.close)
+	// A stop keeps the bridge (local traffic flows on); reset, which sets
+	// forgetOnStop before it stops the daemon, removes everything.
+	d.closers.add("data plane", func() error { return planes.close(!d.forgetOnStop.Load()) })
 	defer func() {
 		if err != nil {
 			d.closers.close()

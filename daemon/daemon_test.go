@@ -77,7 +77,8 @@ func newFakeTunnel() *fakeTunnel {
 	return &fakeTunnel{attached: map[string]hostnet.Attached{}, gone: map[string]bool{}}
 }
 
-func (f *fakeTunnel) Close() error { return nil }
+func (f *fakeTunnel) Close() error              { return nil }
+func (f *fakeTunnel) CloseKeepingBridge() error { return nil }
 func (f *fakeTunnel) SetPeers(p []tunnel.PeerConfig) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -173,10 +173,21 @@ func (c *Config) check() error {
 }
 
 // Close removes the routes, the bridge, weavewg's firewall rules and the
-// forward filter. Attached
+// forward filter: weavewg leaves the host (reset). Attached
 // namespaces keep their veth pairs (off the bridge), so that the next run
 // can Adopt them.
-func (h *Host) Close() error {
+func (h *Host) Close() error { return h.close(false) }
+
+// CloseKeepingBridge is Close for a daemon stop or upgrade (SIGTERM): the
+// routes go (with the TUN), but the bridge with its address and its ports,
+// weavewg's forward rules and the forward filter stay, so the containers
+// on this host keep reaching each other while no daemon runs, as Weave
+// Net's did; the next New adopts them all in place. The rules that name
+// the TUN match nothing while it is gone. Why the rules stay:
+// docs/architecture.md, "Stop, upgrade and reset".
+func (h *Host) CloseKeepingBridge() error { return h.close(true) }
+
+func (h *Host) close(keep bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -187,7 +198,24 @@ func (h *Host) Close() error {
 		close(h.fwStop)
 		<-h.fwDone
 	}
+	if keep {
+		return h.release()
+	}
 	return h.teardown()
+}
+
+// release lets go of the host's networking, leaving it in place.
+func (h *Host) release() error {
+	var err error
+	if h.nl != nil && h.tunIndex != 0 {
+		if _, err = h.syncRoutes(nil); isGone(err) {
+			err = nil
+		}
+	}
+	h.nl.Close()
+	h.ns.Close()
+	h.log.Info("host networking stopped; the bridge, its ports and weavewg's forward rules stay for local traffic", "bridge", h.cfg.Bridge)
+	return err
 }
 
 // teardown releases whatever New made; it copes with a half-made Host.

@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"errors"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,8 +20,10 @@ import (
 //  2. After a firewall reload (`iptables -F FORWARD; iptables -P FORWARD
 //     DROP`, or the nftables table deleted and made again) traffic resumes
 //     without restarting weavewg; the time it took is logged.
-//  4. After SIGTERM no rule, chain or table of weavewg's remains: the
-//     host's ruleset is what it was before the first launch.
+//  4. SIGTERM keeps weavewg's rules (the bridge stays and local traffic
+//     flows on, TestStopCleansUpAndReadopts); after `weavewg reset` no
+//     rule, chain or table of weavewg's remains: the host's ruleset is
+//     what it was before the first launch.
 func TestFirewall(t *testing.T) {
 	for _, c := range []string{"iptables-nft-save", "iptables-legacy", "iptables-legacy-save", "nft"} {
 		if _, err := exec.LookPath(c); err != nil {
@@ -70,13 +74,27 @@ func TestFirewall(t *testing.T) {
 		t.Logf("%s (%s): traffic resumed %.1fs after the firewall reload", h, fws[i], time.Since(start).Seconds())
 	}
 
-	// 4. SIGTERM: the ruleset is what it was.
+	// 4. SIGTERM keeps the rules; reset removes them: the ruleset is what
+	// it was.
 	for i, h := range hs {
 		if err := h.Stop(); err != nil {
 			t.Errorf("%s: stop: %v", h, err)
 		}
+		if after := h.Ruleset(); !strings.Contains(after, "weavewg") {
+			t.Errorf("%s (%s): weavewg's rules are gone after SIGTERM; local traffic stops:\n%s", h, fws[i], after)
+		}
+	}
+	for i, h := range hs {
+		h.Launch()
+		h.CLI("reset")
+		testbed.Eventually(t, 15*time.Second, h.Name+"'s daemon stops after reset", func() error {
+			if h.Running() {
+				return errors.New("still running")
+			}
+			return nil
+		})
 		if after := h.Ruleset(); after != before[i] {
-			t.Errorf("%s (%s): the ruleset differs after SIGTERM:\nbefore:\n%s\nafter:\n%s", h, fws[i], before[i], after)
+			t.Errorf("%s (%s): the ruleset differs after reset:\nbefore:\n%s\nafter:\n%s", h, fws[i], before[i], after)
 		}
 	}
 }
