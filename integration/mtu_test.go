@@ -1,7 +1,12 @@
 package integration
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"fmt"
+	"io"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,6 +63,49 @@ func pingDF(c *testbed.Container, addr string, size int) error {
 		}
 	}
 	return err
+}
+
+// synMSS captures on h's TUN the SYN of a connection from c to dst:port
+// and checks its options contain want.
+func synMSS(t *testing.T, h *testbed.Host, c, dst *testbed.Container, port int, want string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.Netns, "tcpdump", "-l", "-nn", "-i", "weavewg0", "-c", "1",
+		fmt.Sprintf("tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst port %d", port))
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	errp, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(errp)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "listening on") {
+				close(listening)
+				break
+			}
+		}
+		io.Copy(io.Discard, errp)
+	}()
+	select {
+	case <-listening:
+	case <-ctx.Done():
+		return fmt.Errorf("tcpdump on %s did not start", h)
+	}
+	if _, err := testbed.Transfer(c, dst, port, 1<<20, 30*time.Second); err != nil {
+		return err
+	}
+	cmd.Wait()
+	if !strings.Contains(out.String(), want) {
+		return fmt.Errorf("SYN %s → %s on %s's TUN: want %q in %q", c, dst, h, want, out.String())
+	}
+	return nil
 }
 
 // TestMTUSmallUnderlay: two hosts on Google Cloud's 1460 links, launched
@@ -137,9 +185,10 @@ func TestMTUBlackHole(t *testing.T) {
 // switch port does). The 1500 pair keeps full-size packets: a DF ping with
 // 1392 bytes of payload (a 1420-byte packet) crosses h1→h2, while towards
 // h3 the route says 1300 (probed) and the host answers a 1420-byte DF ping
-// with "fragmentation needed"; 1272 bytes of payload (1300) crosses.
+// with "fragmentation needed"; 1272 bytes of payload (1300) crosses, and
+// a SYN towards h3 enters the TUN with its MSS clamped to 1260.
 func TestMTUMixedMesh(t *testing.T) {
-	needTool(t, "ping")
+	needTool(t, "ping", "tcpdump")
 	b := newBed(t, testbed.Options{})
 	h1 := b.AddHost(testbed.HostOptions{NoPeers: true})
 	h2 := b.AddHost(testbed.HostOptions{})
@@ -180,6 +229,11 @@ func TestMTUMixedMesh(t *testing.T) {
 		if strings.Contains(out, "mtu 1300") != dst.mtu || !dst.mtu && strings.Contains(out, " mtu ") {
 			t.Errorf("%s: route to %s: %q, want mtu 1300: %v\n%s", h1, addr, strings.TrimSpace(out), dst.mtu, b.MustIP(h1.Netns, "route"))
 		}
+	}
+	// A SYN from c1 (whose ethwe0 is 1420, so it offers MSS 1380) enters
+	// the TUN towards h3 clamped to the route: MSS 1260.
+	if err := synMSS(t, h1, c1, c3, 5006, "mss 1260"); err != nil {
+		t.Fatal(err)
 	}
 	// status connections says it in words.
 	out := h1.CLI("status", "connections")
