@@ -74,7 +74,9 @@
 // # Dialling
 //
 // Connect adds a persistent target dialled with exponential backoff (1 s to
-// 30 s, jittered) until Forget. Peers learned through gossip are also dialled
+// 30 s, jittered) until Forget; for 30 s after a connection of its ends it is
+// redialled every 500 ms, so a peer restarted for an upgrade is back within
+// half a second of listening. Peers learned through gossip are also dialled
 // at their Endpoint while they stay in the table and we have no connection
 // to them, so the mesh becomes full where the network allows. When two
 // connections to the same peer exist, both ends keep the same one

@@ -99,6 +99,7 @@ func newTestRouter(t testing.TB, name string, opts ...routerOpt) *testRouter {
 	tu.antiEntropy = 300 * time.Millisecond
 	tu.backoffMin = 50 * time.Millisecond
 	tu.backoffMax = 400 * time.Millisecond
+	tu.redialFast = 50 * time.Millisecond
 	tu.handshake = 2 * time.Second
 	for _, o := range opts {
 		o(&cfg, &tu)

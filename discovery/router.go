@@ -98,12 +98,18 @@ var ErrClosed = errors.New("discovery: router closed")
 
 // tunables are timings, fixed after New; tests shorten them before Start.
 type tunables struct {
-	tick          time.Duration // maintenance period (expiry, gossip dials)
-	antiEntropy   time.Duration // full state to one random neighbor
-	expireAfter   time.Duration // unreachable this long: dropped
-	tombstoneFor  time.Duration // how long an expired version is remembered
-	backoffMin    time.Duration
-	backoffMax    time.Duration
+	tick         time.Duration // maintenance period (expiry, gossip dials)
+	antiEntropy  time.Duration // full state to one random neighbor
+	expireAfter  time.Duration // unreachable this long: dropped
+	tombstoneFor time.Duration // how long an expired version is remembered
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	// A target whose connection was up redials every redialFast for
+	// redialFastFor after losing it, before backing off: a peer that
+	// closed its connection is most often restarting (an upgrade), and
+	// its containers' remote traffic waits for this dial.
+	redialFast    time.Duration
+	redialFastFor time.Duration
 	keepalive     time.Duration // send a keepalive when idle this long
 	readTimeout   time.Duration // nothing received this long: close
 	writeTimeout  time.Duration
@@ -117,12 +123,14 @@ type tunables struct {
 
 func defaultTunables() tunables {
 	return tunables{
-		tick:         time.Second,
-		antiEntropy:  10 * time.Second,
-		expireAfter:  time.Minute,
-		tombstoneFor: 5 * time.Minute,
-		backoffMin:   time.Second,
-		backoffMax:   30 * time.Second,
+		tick:          time.Second,
+		antiEntropy:   10 * time.Second,
+		expireAfter:   time.Minute,
+		tombstoneFor:  5 * time.Minute,
+		backoffMin:    time.Second,
+		backoffMax:    30 * time.Second,
+		redialFast:    500 * time.Millisecond,
+		redialFastFor: 30 * time.Second,
 		// A silent peer (cut off, not closed) is noticed within readTimeout;
 		// keepalives every 5 s keep an idle connection well inside it.
 		keepalive:     5 * time.Second,

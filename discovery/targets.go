@@ -16,7 +16,9 @@ import (
 
 // Targets are the addresses the user asked us to connect to (Connect). Each
 // has one goroutine that dials it with exponential backoff (backoffMin
-// doubling to backoffMax, ±20 % jitter) until Forget. Peers learned through
+// doubling to backoffMax, ±20 % jitter) until Forget; for redialFastFor
+// after a connection of its ends it redials every redialFast instead, so a
+// restarted peer is back within a dial of listening. Peers learned through
 // gossip are dialled too, at their known endpoint, but only while they are
 // in the table and we have no connection to them (gossipDial).
 
@@ -216,6 +218,7 @@ func (r *Router) targetSatisfied(t *target) bool {
 func (r *Router) runTarget(t *target) {
 	defer r.wg.Done()
 	backoff := r.tun.backoffMin
+	var lost time.Time // when an established connection of t's last ended
 	for {
 		for r.targetSatisfied(t) {
 			select {
@@ -238,6 +241,7 @@ func (r *Router) runTarget(t *target) {
 		switch {
 		case established:
 			backoff = r.tun.backoffMin
+			lost = time.Now()
 			r.mu.Lock()
 			t.state = StateConnecting
 			r.mu.Unlock()
@@ -249,14 +253,21 @@ func (r *Router) runTarget(t *target) {
 				backoff = r.tun.backoffMax
 			}
 		}
-		timer := time.NewTimer(r.jitter(backoff))
+		wait := r.jitter(backoff)
+		fast := !lost.IsZero() && time.Since(lost) < r.tun.redialFastFor
+		if fast {
+			wait = r.tun.redialFast
+		}
+		timer := time.NewTimer(wait)
 		select {
 		case <-t.ctx.Done():
 			timer.Stop()
 			return
 		case <-timer.C:
 		}
-		backoff = min(2*backoff, r.tun.backoffMax)
+		if !fast {
+			backoff = min(2*backoff, r.tun.backoffMax)
+		}
 	}
 }
 

@@ -53,6 +53,14 @@ func TestStopCleansUpAndReadopts(t *testing.T) {
 			ping.Wait()
 		}
 	}()
+	// The remote pair too, timestamped (-D), to see when it resumes.
+	rping := exec.Command("ip", "netns", "exec", remote.Netns, "ping", "-D", "-n", "-i", "0.1", "-W", "0.1", "-w", "3600", local[0].Addr)
+	var rpingOut strings.Builder
+	rping.Stdout, rping.Stderr = &rpingOut, &rpingOut
+	if err := rping.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { rping.Process.Kill(); rping.Wait() }()
 	time.Sleep(time.Second)
 
 	if err := h1.Stop(); err != nil {
@@ -69,13 +77,18 @@ func TestStopCleansUpAndReadopts(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // down a while, as during an upgrade
 
+	launched := time.Now()
 	h1.Launch()
-	start := time.Now()
+	apiUp := time.Now()
 	if err := remote.PingEventually(local[0].Addr, 30*time.Second); err != nil {
 		t.Errorf("after stop and launch: %v", err)
 	}
-	t.Logf("remote pair answered %.1fs after the relaunch's API came up", time.Since(start).Seconds())
 	time.Sleep(time.Second)
+	if first, ok := firstReplyAfter(rpingOut.String(), launched); ok {
+		t.Logf("remote pair: first reply %.2fs after the relaunch started (its API answered after %.2fs)", first.Sub(launched).Seconds(), apiUp.Sub(launched).Seconds())
+	} else {
+		t.Logf("remote pair: no timestamped reply after the relaunch in ping's output")
+	}
 
 	// SIGINT makes ping print its summary.
 	ping.Process.Signal(os.Interrupt)
@@ -134,4 +147,19 @@ func pingSummary(out string) (sent, recv int, err error) {
 	sent, _ = strconv.Atoi(m[1])
 	recv, _ = strconv.Atoi(m[2])
 	return sent, recv, nil
+}
+
+var pingReplyRE = regexp.MustCompile(`(?m)^\[(\d+)\.(\d+)\] \d+ bytes from`)
+
+// firstReplyAfter finds the first reply of `ping -D` stamped after t.
+func firstReplyAfter(out string, t time.Time) (time.Time, bool) {
+	for _, m := range pingReplyRE.FindAllStringSubmatch(out, -1) {
+		sec, _ := strconv.ParseInt(m[1], 10, 64)
+		frac, _ := strconv.ParseFloat("0."+m[2], 64)
+		at := time.Unix(sec, int64(frac*1e9))
+		if at.After(t) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
 }
