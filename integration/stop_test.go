@@ -163,3 +163,45 @@ func firstReplyAfter(out string, t time.Time) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+// TestResetHostOnly: with the daemon stopped, `weavewg reset --host-only`
+// removes the bridge and every rule a stop keeps (the ruleset is what it
+// was before the first launch) and keeps the network state, so the next
+// launch re-adopts the container; while a daemon runs it refuses.
+func TestResetHostOnly(t *testing.T) {
+	needTool(t, "ping")
+	b := newBed(t, testbed.Options{})
+	h := b.AddHost(testbed.HostOptions{Firewall: testbed.FirewallIPTables, NoLaunch: true})
+	before := h.Ruleset()
+	h.Launch()
+	c := h.AddContainer()
+	hostIP := strings.Split(h.Status().HostIP, "/")[0]
+	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st := h.Status()
+	if out, err := h.CLIErr("reset", "--host-only"); err == nil || !strings.Contains(out, "stop it first") {
+		t.Errorf("reset --host-only with the daemon running: %v %s; want a refusal", err, out)
+	}
+	if !hasLink(t, h, st.Bridge) {
+		t.Fatalf("the refused reset --host-only removed the bridge")
+	}
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	out := h.CLI("reset", "--host-only")
+	t.Logf("h1# weavewg reset --host-only\n%s", out)
+	if hasLink(t, h, st.Bridge) {
+		t.Errorf("the bridge %s is still there after reset --host-only", st.Bridge)
+	}
+	if after := h.Ruleset(); after != before {
+		t.Errorf("the ruleset after reset --host-only differs from before the first launch:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if out, err := h.CLIErr("reset", "--host-only"); err != nil {
+		t.Errorf("a second reset --host-only (nothing left): %v %s", err, out)
+	}
+	h.Launch()
+	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+		t.Errorf("after reset --host-only and launch, the container is not back: %v", err)
+	}
+}

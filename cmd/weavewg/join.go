@@ -13,7 +13,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/daemon"
+	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/unixhttp"
 )
 
 func joinCommand() *cli.Command {
@@ -151,12 +153,33 @@ func resetCommand() *cli.Command {
 		Name:  "reset",
 		Usage: "leave the network: release every attachment, hand the address space back, forget the network, stop",
 		Description: `After reset this host needs a new token (or --password) to be in a network
-again; its identity key stays.`,
-		Flags: []cli.Flag{apiSocketFlag()},
+again; its identity key stays. Reset also removes the weavewg bridge and every
+firewall rule weavewg added.
+
+A stop (SIGTERM, systemctl stop) keeps the bridge and its firewall rules, so
+containers on this host keep reaching each other while the daemon is down.
+With the daemon stopped, 'reset --host-only' removes those (the bridge, the
+rules, the filter table); the network state in the state dir stays, so a
+later launch rejoins.`,
+		Flags: []cli.Flag{
+			apiSocketFlag(),
+			&cli.BoolFlag{Name: "host-only", Usage: "with the daemon stopped: remove only the bridge and firewall rules a stop keeps"},
+			&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "with --host-only: the bridge launch used"},
+			&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "with --host-only: the TUN name launch used"},
+		},
 		Action: func(c *cli.Context) error {
+			if c.Bool("host-only") {
+				return resetHostOnly(c)
+			}
 			var res api.ResetResult
-			if err := newClient(c).do("POST", api.PathReset, nil, &res); err != nil {
-				return err
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+			defer cancel()
+			if err := newClient(c).c.Do(ctx, "POST", api.PathReset, nil, &res); err != nil {
+				var de *unixhttp.DialError
+				if errors.As(err, &de) {
+					return fmt.Errorf("%w\n(if the daemon is stopped, 'weavewg reset --host-only' removes the bridge and firewall rules it kept)", daemonError(err))
+				}
+				return daemonError(err)
 			}
 			fmt.Printf("left network %s", res.Network)
 			if res.Heir != "" {
@@ -169,4 +192,23 @@ again; its identity key stays.`,
 			return nil
 		},
 	}
+}
+
+// resetHostOnly removes what a stopped daemon kept for local traffic. It
+// refuses while a daemon answers on the API socket: its watcher would put
+// the rules back, and its containers would lose each other.
+func resetHostOnly(c *cli.Context) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	err := newClient(c).c.Do(ctx, "GET", api.PathStatus, nil, nil)
+	var de *unixhttp.DialError
+	if err == nil || !errors.As(err, &de) {
+		return fmt.Errorf("a weavewg daemon answers at %s: stop it first, or run 'weavewg reset' to leave the network", c.String("api-socket"))
+	}
+	bridge, tun := c.String("bridge"), c.String("iface")
+	if err := hostnet.RemoveLeftovers(bridge, tun, nil); err != nil {
+		return err
+	}
+	fmt.Printf("removed the bridge %s and weavewg's firewall rules; the network state stays (weavewg launch rejoins)\n", bridge)
+	return nil
 }
