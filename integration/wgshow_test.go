@@ -149,9 +149,14 @@ func checkWGShow(t *testing.T, h *testbed.Host, want int) *api.Status {
 func TestWGShowRelayed(t *testing.T) {
 	needTool(t, "wg", "unshare", "ping", "nft")
 	_, hs := lineBed(t, 3)
-	ca, cc := hs[0].AddContainer(), hs[2].AddContainer()
-	if err := ca.PingEventually(cc.Addr, 40*time.Second); err != nil {
-		t.Fatal(err)
+	ca, cb, cc := hs[0].AddContainer(), hs[1].AddContainer(), hs[2].AddContainer()
+	// Traffic to both peers, so both WireGuard sessions have handshaken: a
+	// peer that only relays for h1 carries none of h1's sessions, and
+	// keepalives alone need not have started one (see reach's rules).
+	for _, c := range []*testbed.Container{cc, cb} {
+		if err := ca.PingEventually(c.Addr, 40*time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := hs[0].WaitPath("h3", "relayed via h2", 10*time.Second); err != nil {
 		t.Fatal(err)
