@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/weavewg/weavewg/hostnet"
@@ -283,6 +286,14 @@ func (d *Daemon) releaseVanished(now time.Time) {
 			delete(d.missing, rec.ID)
 			continue
 		}
+		if _, _, err := attachment.NetnsIdentity(rec.Netns); errors.Is(err, fs.ErrNotExist) && rec.NetnsIno != 0 && !netnsHeld(rec.NetnsDev, rec.NetnsIno) {
+			// Its path is gone and no process is in it: the namespace
+			// is dead, even if the kernel has not deleted its veth yet
+			// (hostVethDeleted), which under load can take seconds.
+			d.log.Info("releasing the address of a namespace that was deleted", "id", rec.ID, "netns", rec.Netns, "ip", rec.IP)
+			d.releaseLocked(i)
+			continue
+		}
 		since, ok := d.missing[rec.ID]
 		if !ok {
 			d.missing[rec.ID] = now
@@ -319,6 +330,26 @@ func (d *Daemon) hostVethDeleted(name string) {
 		}
 		return
 	}
+}
+
+// netnsHeld reports whether a process is in the namespace dev/ino (or
+// holds it open as its network namespace). A namespace also lives while a
+// bind mount or an open file holds it; those are not seen here, and the
+// veth watch and the grace cover them.
+func netnsHeld(dev, ino uint64) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // cannot tell: assume held
+	}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if d, i, err := attachment.NetnsIdentity("/proc/" + e.Name() + "/ns/net"); err == nil && d == dev && i == ino {
+			return true
+		}
+	}
+	return false
 }
 
 // ps lists the attachments here, of every origin.

@@ -307,3 +307,27 @@ func TestSameNamespaceTwoPaths(t *testing.T) {
 		t.Errorf("%d addresses allocated, want 1", n)
 	}
 }
+
+// TestDeletedNetnsReleasedAtOnce: an attachment whose namespace path is gone
+// and which no process is in is released on the next check, without the
+// grace for a namespace that may still live.
+func TestDeletedNetnsReleasedAtOnce(t *testing.T) {
+	d := newTestDaemon(t, testConfig(t), newFakeRouter(), newFakeTunnel())
+	ns := filepath.Join(t.TempDir(), "c")
+	os.WriteFile(ns, nil, 0o600)
+	if _, err := d.attach(context.Background(), api.AttachRequest{Netns: ns, Name: "gone"}); err != nil {
+		t.Fatal(err)
+	}
+	d.releaseVanished(time.Now())
+	if n := len(d.ps()); n != 1 {
+		t.Fatalf("namespace still there: %d attachments, want 1", n)
+	}
+	os.Remove(ns)
+	d.releaseVanished(time.Now())
+	if n := len(d.ps()); n != 0 {
+		t.Errorf("namespace path gone, no process in it: %d attachments after one check, want 0", n)
+	}
+	if l, _ := d.dnsLookup("gone"); len(l.Addresses) != 0 {
+		t.Errorf("the name still resolves to %v", l.Addresses)
+	}
+}
