@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-
 )
 
 // Container is a network namespace attached to a host with `weavewg attach`.
