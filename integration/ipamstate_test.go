@@ -80,7 +80,13 @@ func TestIPAMCorruptState(t *testing.T) {
 				t.Errorf("%s: no log line about the corrupt ipam.db", h)
 			}
 		}
-		reachable(t, sources(cs, hs...), cs, 30*time.Second)
+		// 60 s, not 30: this test is about the ring and the addresses
+		// surviving a damaged state file. Traffic between the restarted
+		// host and one survivor has taken 5-30 s to resume (seen in CI once
+		// just past 30 s); that latency is a known bug of its own, noted
+		// for the path and keepalive logic, and TestKillAndRestart covers
+		// restarts.
+		reachable(t, sources(cs, hs...), cs, 60*time.Second)
 	}
 	cs = append(cs, addOn(t, b, "after", 1, hs...)...)
 	distinct(t, cs)
