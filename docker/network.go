@@ -214,8 +214,13 @@ func (p *Plugin) join(r joinRequest) (any, error) {
 	p.startLookupLocked(r.EndpointID, ep)
 	// No gateway: the overlay is reached through ethwe0's own prefix, and
 	// Docker gives the container its usual way out (docker_gwbridge), as
-	// with Weave Net.
-	return joinResponse{InterfaceName: interfaceName{SrcName: ep.PeerVeth, DstPrefix: ContainerIfPrefix}}, nil
+	// with Weave Net. Multicast and the limited broadcast go out of
+	// ethwe0 (RouteType 1: connected), not the default route, so they
+	// reach the bridge that replicates them to other hosts (package mcast).
+	return joinResponse{
+		InterfaceName: interfaceName{SrcName: ep.PeerVeth, DstPrefix: ContainerIfPrefix},
+		StaticRoutes:  containerLinkRoutes,
+	}, nil
 }
 
 func (p *Plugin) leave(r endpointRequest) (any, error) {
@@ -251,4 +256,11 @@ func (p *Plugin) externalConnectivity(r endpointRequest) (any, error) {
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// containerLinkRoutes are hostnet.ContainerLinkRoutes as Docker's join
+// answer carries them.
+var containerLinkRoutes = []staticRoute{
+	{Destination: "224.0.0.0/4", RouteType: 1},
+	{Destination: "255.255.255.255/32", RouteType: 1},
 }

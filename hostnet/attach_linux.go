@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -14,6 +15,17 @@ const DefaultIfName = "ethwe0"
 
 // maxIfNameLen is IFNAMSIZ minus the terminating NUL.
 const maxIfNameLen = 15
+
+// ContainerLinkRoutes are routed out of the container's interface besides
+// its own prefix: multicast (224.0.0.0/4) and the limited broadcast
+// address. Without them a container with only the overlay route gets
+// "Network is unreachable" for both; with them the datagrams reach the
+// bridge, where the host replicates them to the hosts with members
+// (package mcast).
+var ContainerLinkRoutes = []netip.Prefix{
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("255.255.255.255/32"),
+}
 
 // HostVethName is the name of the host end of the veth pair that attaches
 // ifName in the namespace at nsPath: "vethwe" and 8 hex digits of a hash of
@@ -104,6 +116,12 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 	}
 	if err := cnl.LinkSetUp(inner); err != nil {
 		return fail("setting %s up: %w", ifName, err)
+	}
+	for _, dst := range ContainerLinkRoutes {
+		r := &netlink.Route{LinkIndex: inner.Attrs().Index, Dst: prefixToIPNet(dst), Scope: netlink.SCOPE_LINK}
+		if err := cnl.RouteReplace(r); err != nil {
+			return fail("route %s dev %s: %w", dst, ifName, err)
+		}
 	}
 	if lo, err := cnl.LinkByName("lo"); err != nil {
 		return fail("finding lo: %w", err)

@@ -75,6 +75,14 @@ func TestAttachErrors(t *testing.T) {
 	if !strings.Contains(out, "ethwe0@") || !strings.Contains(out, "mtu 1420") || !strings.Contains(out, "lo: <LOOPBACK,UP,LOWER_UP>") {
 		t.Errorf("links in the namespace: %s", out)
 	}
+	// Multicast and the limited broadcast leave through ethwe0 (a
+	// container has no other route for them).
+	for _, dst := range []string{"239.1.1.1", "224.0.0.251", "255.255.255.255"} {
+		out = run(t, "ip", "-n", c.Name, "route", "get", dst)
+		if !strings.Contains(out, "dev ethwe0") {
+			t.Errorf("route to %s in the namespace: %s", dst, out)
+		}
+	}
 	out = run(t, "ip", "-n", h.ns.Name, "-o", "link", "show", a.HostVeth)
 	if !strings.Contains(out, "master weavewg") || !strings.Contains(out, "mtu 1420") || !strings.Contains(out, "state UP") {
 		t.Errorf("host veth: %s", out)
