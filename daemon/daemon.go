@@ -184,14 +184,16 @@ type Daemon struct {
 	// created or joined one now).
 	newNetwork bool
 
-	tokens tokenRegistry
-	router controlPlane
-	tun    wireGuardPlane
-	host   hostNetwork
-	planes dataPlane
-	dns    *dns.Server // nil with --no-dns
-	ipam   *ipam.Allocator
-	nat    *nat.Manager // nil when the data plane has no socket of its own (tests)
+	tokens  tokenRegistry
+	members memberRegistry
+	nicks   nicknames // nicknames of peers seen, for evicted ones
+	router  controlPlane
+	tun     wireGuardPlane
+	host    hostNetwork
+	planes  dataPlane
+	dns     *dns.Server // nil with --no-dns
+	ipam    *ipam.Allocator
+	nat     *nat.Manager // nil when the data plane has no socket of its own (tests)
 
 	recent recentLog // the last warnings and errors, for the report
 
@@ -211,6 +213,7 @@ type Daemon struct {
 	refusedHostIPs atomic.Pointer[map[key.Public]string]
 	goneSince      map[key.Public]time.Time // range owners unreachable, since when
 	reachableSet   map[key.Public]bool      // as last told to the allocator
+	evictSeen      map[key.Public]time.Time // evicted peers, since when known here (membership.go)
 	ticks          int
 
 	kick chan struct{} // capacity 1: ask the reconcile loop to run now
@@ -250,6 +253,10 @@ func start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		d.log.Warn("starting without the token registry: joiners with tokens this host does not know are refused until a peer sends it", "err", err)
 	}
+	evictions, err := loadEvictions(cfg.StateDir)
+	if err != nil {
+		d.log.Warn("starting without the saved eviction records; they come back from the peers", "err", err)
+	}
 	router, err := discovery.New(discovery.Config{
 		Private:    d.priv,
 		Secret:     d.secret,
@@ -262,6 +269,10 @@ func start(cfg Config) (*Daemon, error) {
 		SaveTokens: func(recs []discovery.TokenRecord) error {
 			return saveTokensFile(cfg.StateDir, recs)
 		},
+		Evictions: evictions,
+		SaveEvictions: func(recs []discovery.EvictRecord) error {
+			return saveEvictionsFile(cfg.StateDir, recs)
+		},
 		Logger: d.log.With("part", "discovery"),
 	})
 	if err != nil {
@@ -272,6 +283,7 @@ func start(cfg Config) (*Daemon, error) {
 		return router.Channel(name, h)
 	}
 	d.tokens = router
+	d.members = router
 	if err := d.assemble(router, planes, open); err != nil {
 		return nil, err
 	}
@@ -510,6 +522,7 @@ func (d *Daemon) reconcile() {
 		local[a.Addr] = a.ID
 	}
 	peers := d.router.Peers()
+	d.nicks.note(peers)
 	inputs := pathInputs(peers)
 	d.tun.SetPublic(d.knownPublic())
 	d.natPeers(peers)

@@ -148,6 +148,9 @@ func (d *Daemon) ipamTick(now time.Time) {
 			d.log.Warn("reclaiming the address space of a peer gone too long", "peer", p.Name(), "after", d.cfg.ReclaimAfter.String())
 		}
 	}
+	if d.members != nil {
+		d.reclaimEvicted(now)
+	}
 	d.releaseVanished(now)
 }
 

@@ -45,6 +45,10 @@ func (d *Daemon) status() api.Status {
 		Counters:   d.counters(),
 		DNS:        d.dnsStatus(false),
 		IPAM:       d.ipamStatus(),
+		Evicted:    []api.Evicted{},
+	}
+	if d.members != nil {
+		st.Evicted = d.evictedList()
 	}
 
 	nick := map[key.Public]string{}

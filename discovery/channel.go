@@ -293,6 +293,10 @@ func (r *Router) handleChannelLocked(raw []byte) error {
 	if err != nil {
 		return err
 	}
+	if r.isEvictedLocked(m.Src) || r.isEvictedLocked(m.Dst) {
+		r.ctr.inc(CtrChannelEvicted)
+		return nil
+	}
 	if m.Dst == r.self {
 		ch := r.channels[m.Name]
 		if ch == nil {

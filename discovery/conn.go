@@ -254,6 +254,11 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		}
 		return nil, err
 	}
+	if r.IsEvicted(res.peer) {
+		// Before the hello: an evicted peer learns nothing more.
+		r.ctr.inc(CtrConnEvicted)
+		return nil, fmt.Errorf("%w: %s", errEvictedPeer, res.peer.Name())
+	}
 	c := &conn{
 		r:        r,
 		nc:       nc,

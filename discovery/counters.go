@@ -42,6 +42,12 @@ const (
 	CtrJoinAdmitted       = "control_join_admitted"         // joiners admitted with a token
 	CtrJoinRefused        = "control_join_refused"          // joiners refused (expired, revoked, used up, other network)
 	CtrJoinUnsynced       = "control_join_unsynced"         // joiners refused: unknown token while the registry is being recovered
+	CtrJoinEvicted        = "control_join_evicted"          // join attempts by an evicted peer's key, refused
+	CtrConnEvicted        = "control_connection_evicted"    // control connections of an evicted peer, closed after the handshake
+	CtrRecordsEvicted     = "gossip_records_evicted"        // records of evicted peers, dropped
+	CtrChannelEvicted     = "gossip_channel_evicted"        // channel messages from or to an evicted peer, dropped
+	CtrEvictBad           = "gossip_evict_bad"              // eviction records dropped: bad signature, self-eviction, far-future time
+	CtrPeersEvicted       = "gossip_peers_evicted"          // peers that became evicted here
 )
 
 var counterNames = []string{
@@ -55,6 +61,7 @@ var counterNames = []string{
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
 	CtrJoinAdmitted, CtrJoinRefused, CtrJoinUnsynced,
+	CtrJoinEvicted, CtrConnEvicted, CtrRecordsEvicted, CtrChannelEvicted, CtrEvictBad, CtrPeersEvicted,
 }
 
 // counters is a fixed set of atomic counters; the map is never written after

@@ -272,6 +272,10 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 	}
 	reply := []byte{joinAdmitted}
 	reason := r.admissionProblem(id, expiry, uses, joiner)
+	if r.IsEvicted(joiner) {
+		r.ctr.inc(CtrJoinEvicted)
+		reason = "this host's key was evicted from the network; a member must not let it back in"
+	}
 	if reason != "" {
 		reply = append([]byte{joinRefused}, reason...)
 	} else {

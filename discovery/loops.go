@@ -111,6 +111,7 @@ func (r *Router) maintainLoop() {
 		r.mu.Unlock()
 		if ae {
 			r.broadcastTokens(nil)
+			r.broadcastEvictions(nil)
 		}
 	}
 }

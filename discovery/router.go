@@ -43,8 +43,14 @@ type Config struct {
 	// SaveTokens, if set, persists the token registry whenever it changes.
 	// It is called without router locks held.
 	SaveTokens func([]TokenRecord) error
-	Logger     *slog.Logger     // nil: discard
-	Now        func() time.Time // nil: time.Now
+	// Evictions are the eviction records as SaveEvictions saved them
+	// last time (evict.go).
+	Evictions []EvictRecord
+	// SaveEvictions, if set, persists the eviction records whenever they
+	// change. It is called without router locks held.
+	SaveEvictions func([]EvictRecord) error
+	Logger        *slog.Logger     // nil: discard
+	Now           func() time.Time // nil: time.Now
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -149,6 +155,7 @@ func defaultTunables() tunables {
 type Router struct {
 	// Constant after New.
 	cfg     Config
+	network NetworkID // IDOf(cfg.Secret): the network's name, never rotated
 	priv    key.Private
 	self    key.Public
 	log     *slog.Logger
@@ -188,6 +195,7 @@ type Router struct {
 	nextAE  time.Time
 
 	channelsState // registered channels (guarded by mu) and their stop signal
+	evictionState // eviction records and the evicted set (guarded by mu)
 
 	tokens map[TokenID]*TokenRecord // the token registry; guarded by mu
 	// tokensUnsynced: the registry was lost (Config.TokensLost) and no
@@ -232,6 +240,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	r := &Router{
 		cfg:     cfg,
+		network: IDOf(cfg.Secret),
 		priv:    cfg.Private,
 		self:    cfg.Private.Public(),
 		log:     log,
@@ -251,6 +260,9 @@ func New(cfg Config) (*Router, error) {
 	r.chanDone = make(chan struct{})
 	r.tokens = map[TokenID]*TokenRecord{}
 	if err := r.openTokens(); err != nil {
+		return nil, err
+	}
+	if err := r.openEvictions(); err != nil {
 		return nil, err
 	}
 	r.selfRec = Record{

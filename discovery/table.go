@@ -80,6 +80,10 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 		if rec.Version == 0 {
 			continue // versions start at a unix time; 0 is never a real record
 		}
+		if r.isEvictedLocked(rec.Key) {
+			r.ctr.inc(CtrRecordsEvicted) // evicted for good: never back in the table
+			continue
+		}
 		if t, ok := r.tombs[rec.Key]; ok && rec.Version <= t.version {
 			continue
 		}
@@ -235,6 +239,10 @@ func (r *Router) antiEntropyLocked() {
 func (r *Router) addConnLocked(c *conn) error {
 	if r.closed {
 		return ErrClosed
+	}
+	if r.isEvictedLocked(c.peer) {
+		r.ctr.inc(CtrConnEvicted)
+		return errEvictedPeer
 	}
 	if old := r.active[c.peer]; old != nil {
 		if !c.preferredOver(old, r.self) {

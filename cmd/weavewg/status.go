@@ -116,6 +116,16 @@ func showSummary(w io.Writer, st api.Status) {
 	if st.NAT != nil {
 		row("NAT", natLine(st.NAT))
 	}
+	if st.Secret != nil {
+		row("Secret", secretLine(st.Secret))
+	}
+	for i, e := range st.Evicted {
+		k := ""
+		if i == 0 {
+			k = "Evicted"
+		}
+		row(k, evictedLine(e))
+	}
 }
 
 // natLine is this peer's observed NAT behaviour in one line.

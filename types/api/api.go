@@ -57,6 +57,10 @@ type Status struct {
 	// NAT is this peer's NAT as observed through other peers' STUN
 	// answers; nil when NAT traversal is off.
 	NAT *NATStatus `json:"nat,omitempty"`
+	// Evicted are the peers evicted from the network (weavewg evict).
+	Evicted []Evicted `json:"evicted"`
+	// Secret is the network secret's epoch here (weavewg rotate-secret).
+	Secret *SecretRotation `json:"secret,omitempty"`
 }
 
 // NATStatus is this peer's NAT behaviour as observed: the address STUN
