@@ -70,6 +70,12 @@ type PeerConfig struct {
 	// DependsOn: we need this peer to hold our NAT mapping open (a control
 	// neighbour, or a relay we use): we keep it alive unless we are public.
 	DependsOn bool
+	// Elsewhere: another device (kernel WireGuard) carries this peer's
+	// WireGuard packets. wireguard-go keeps the peer, for the relay frames
+	// and probes that stay in userspace, but sends it no keepalives: the
+	// handshakes they start would be answered to the other device, and
+	// would overwrite the peer's handshake state with it.
+	Elsewhere bool
 }
 
 // PeerStats is what wireguard-go reports of one peer, with the path the

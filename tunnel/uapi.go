@@ -32,14 +32,18 @@ type peerState struct {
 	relay    string         // non-empty: the relay endpoint to use instead of endpoint
 	allowed  []netip.Prefix // masked, sorted, no duplicates
 	keep     reach.Keepalive
+	noKeep   bool // PeerConfig.Elsewhere: never a keepalive
 }
 
 func (p peerState) equal(o peerState) bool {
-	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && p.keep == o.keep && slices.Equal(p.allowed, o.allowed)
+	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && p.keep == o.keep && p.noKeep == o.noKeep && slices.Equal(p.allowed, o.allowed)
 }
 
 // keepalive resolves p.keep for the pair (self, k).
 func (p peerState) keepalive(self, k key.Public) bool {
+	if p.noKeep {
+		return false
+	}
 	return p.keep == reach.KeepaliveOn || (p.keep == reach.KeepaliveByKey && self.Less(k))
 }
 
@@ -52,6 +56,7 @@ func normalizePeers(peers []PeerConfig) map[key.Public]peerState {
 			continue // not a key; wireguard-go would reject the whole text
 		}
 		s := m[p.Key]
+		s.noKeep = s.noKeep || p.Elsewhere
 		if p.Endpoint.IsValid() {
 			s.endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())
 		}

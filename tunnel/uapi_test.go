@@ -196,3 +196,20 @@ func TestKeepaliveOnOneSideOnly(t *testing.T) {
 		t.Errorf("the larger key keeps the smaller alive too:\n%s", got)
 	}
 }
+
+// TestElsewhereNoKeepalive: a peer whose WireGuard packets another device
+// (kernel WireGuard) carries gets no keepalive from wireguard-go, even on
+// the side that would keep it alive, and loses the one it had.
+func TestElsewhereNoKeepalive(t *testing.T) {
+	var small, large key.Public
+	small[0], large[0] = 1, 2
+	ep := netip.MustParseAddrPort("192.0.2.1:6783")
+	here := normalizePeers([]PeerConfig{{Key: large, Endpoint: ep}})
+	there := normalizePeers([]PeerConfig{{Key: large, Endpoint: ep, Elsewhere: true}})
+	if got := buildPeersUAPI(small, nil, there, key.Secret{}); strings.Contains(got, "persistent_keepalive_interval=25") {
+		t.Errorf("a peer carried elsewhere is kept alive:\n%s", got)
+	}
+	if got := buildPeersUAPI(small, here, there, key.Secret{}); !strings.Contains(got, "persistent_keepalive_interval=0") {
+		t.Errorf("moving a peer elsewhere leaves its keepalive on:\n%s", got)
+	}
+}

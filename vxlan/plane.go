@@ -36,6 +36,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weavewg/weavewg/internal/ownroutes"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -307,27 +308,10 @@ func (p *Plane) PruneRoutes() error {
 	if p.closed {
 		return nil
 	}
-	filter := &netlink.Route{LinkIndex: p.index, Table: unix.RT_TABLE_MAIN, Protocol: routeProtocol}
-	have, err := p.nl.RouteListFiltered(netlink.FAMILY_V4, filter,
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return fmt.Errorf("vxlan: listing routes: %w", err)
+	if err := ownroutes.Prune(p.nl, p.index, p.routes); err != nil {
+		return fmt.Errorf("vxlan: %w", err)
 	}
-	var errs []error
-	for _, r := range have {
-		if r.Dst != nil {
-			if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
-				ones, _ := r.Dst.Mask.Size()
-				if p.routes[netip.PrefixFrom(a.Unmap(), ones)] {
-					continue
-				}
-			}
-		}
-		if err := p.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("vxlan: deleting route %v: %w", r.Dst, err))
-		}
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 func (p *Plane) route(pfx netip.Prefix, via netip.Addr) *netlink.Route {

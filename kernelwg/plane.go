@@ -1,0 +1,400 @@
+// Package kernelwg owns the kernel WireGuard data plane (--datapath
+// kernel): a `wireguard` link configured through wgctrl with the same
+// private key and preshared key as the userspace device, carrying the peers
+// that have a direct path; the routes that send those peers' overlay
+// prefixes into it; and the nftables table that lets the kernel's socket
+// and the userspace one share the UDP port (steer_linux.go).
+//
+// The split. The kernel device listens on --port; the userspace socket
+// (wireguard-go, STUN, relay frames, path probes) moves to the steered port
+// (--port+2). Relayed peers stay on wireguard-go, because relay frames are
+// userspace; the daemon decides which peer goes where and routes the rest
+// into the TUN. Everything is created in the network namespace of the
+// thread that calls New.
+package kernelwg
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weavewg/weavewg/internal/ownroutes"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// ErrUnsupported is returned by New when the kernel refuses to create a
+// `wireguard` link (no module, or a kernel built without it).
+var ErrUnsupported = errors.New("the kernel cannot create a wireguard link (no WireGuard module)")
+
+// Client is what a Plane uses of wgctrl.Client; a fake stands in for it in
+// the tests.
+type Client interface {
+	Device(name string) (*wgtypes.Device, error)
+	ConfigureDevice(name string, cfg wgtypes.Config) error
+	Close() error
+}
+
+var _ Client = (*wgctrl.Client)(nil)
+
+// Config is what a Plane needs.
+type Config struct {
+	Name string // the wireguard link, e.g. kwweavewg0
+	// Port is the kernel socket's UDP port (--port), SharedPort the
+	// userspace socket's, to which non-WireGuard datagrams for Port are
+	// steered and from which they leave as Port.
+	Port, SharedPort uint16
+	MTU              int
+	Private          key.Private
+	PSK              key.Secret // the network secret, as wireguard-go has it
+	HostIP           netip.Addr // the routes' source address
+	Logger           *slog.Logger
+}
+
+// Peer is one peer the kernel device is to carry.
+type Peer struct {
+	Key      key.Public
+	Endpoint netip.AddrPort // its direct address, as the path owner chose it
+	Prefixes []netip.Prefix // its AllowedIPs, routed into the device
+}
+
+// PeerStats is the kernel's view of one peer.
+type PeerStats struct {
+	Endpoint      netip.AddrPort // as the kernel last saw it (it roams)
+	LastHandshake time.Time      // zero if none
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// applied is one peer as last written to the device.
+type applied struct {
+	endpoint netip.AddrPort
+	allowed  []netip.Prefix // masked, sorted, no duplicates
+}
+
+// Plane is the kernel WireGuard device of one host.
+type Plane struct {
+	// Constant after New.
+	cfg   Config
+	log   *slog.Logger
+	ns    netns.NsHandle
+	nl    *netlink.Handle
+	index int
+	wg    Client
+
+	// mu guards what follows.
+	mu      sync.Mutex
+	closed  bool
+	synced  bool // false after a failed ConfigureDevice: rewrite every peer
+	peers   map[key.Public]applied
+	routes  map[netip.Prefix]bool // routes into the device as last set
+	ownLink bool                  // New made the link (Close deletes it)
+}
+
+// New creates the wireguard link (replacing one a crashed run left),
+// configures its key and port, and installs the port-sharing table. It
+// returns an error wrapping ErrUnsupported when the kernel has no
+// WireGuard.
+func New(cfg Config) (*Plane, error) {
+	switch {
+	case cfg.Name == "" || len(cfg.Name) > unix.IFNAMSIZ-1:
+		return nil, fmt.Errorf("kernel wireguard: device name %q must have 1 to 15 characters", cfg.Name)
+	case cfg.Port == 0 || cfg.SharedPort == 0 || cfg.Port == cfg.SharedPort:
+		return nil, fmt.Errorf("kernel wireguard: ports %d and %d must be two ports", cfg.Port, cfg.SharedPort)
+	case cfg.Private.IsZero():
+		return nil, errors.New("kernel wireguard: no private key")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ns, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("kernel wireguard: reading the network namespace: %w", err)
+	}
+	nl, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return nil, fmt.Errorf("kernel wireguard: opening netlink: %w", err)
+	}
+	p := &Plane{cfg: cfg, ns: ns, nl: nl}
+	ok := false
+	defer func() {
+		if !ok {
+			p.teardown()
+		}
+	}()
+	if old, err := nl.LinkByName(cfg.Name); err == nil {
+		nl.LinkDel(old) // left by a run that crashed
+	}
+	link := &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: cfg.Name, MTU: cfg.MTU}}
+	if err := nl.LinkAdd(link); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsupported, err)
+	}
+	p.ownLink = true
+	l, err := nl.LinkByName(cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("kernel wireguard: %s: %w", cfg.Name, err)
+	}
+	p.index = l.Attrs().Index
+	// The genetlink family exists once the module is loaded, which
+	// creating the link did.
+	c, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("kernel wireguard: opening wgctrl: %w", err)
+	}
+	if err := p.init(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := nl.LinkSetUp(l); err != nil {
+		return nil, fmt.Errorf("kernel wireguard: setting %s up: %w", cfg.Name, err)
+	}
+	if err := installSteering(ns, cfg); err != nil {
+		return nil, err
+	}
+	ok = true
+	p.log.Info("kernel wireguard up", "device", cfg.Name, "port", cfg.Port, "userspace_port", cfg.SharedPort, "mtu", cfg.MTU)
+	return p, nil
+}
+
+// init configures the device's key and port through c, with no peers. The
+// tests call it with a fake client on a link they made.
+func (p *Plane) init(c Client) error {
+	if p.cfg.Logger == nil {
+		p.cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p.log = p.cfg.Logger
+	p.wg = c
+	p.peers = map[key.Public]applied{}
+	p.routes = map[netip.Prefix]bool{}
+	priv := wgtypes.Key(p.cfg.Private)
+	port := int(p.cfg.Port)
+	if err := c.ConfigureDevice(p.cfg.Name, wgtypes.Config{PrivateKey: &priv, ListenPort: &port, ReplacePeers: true}); err != nil {
+		return fmt.Errorf("kernel wireguard: configuring %s (UDP port %d): %w", p.cfg.Name, p.cfg.Port, err)
+	}
+	p.synced = true
+	return nil
+}
+
+// Close removes the device (its routes go with it), the port-sharing
+// table, and closes the wgctrl client.
+func (p *Plane) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	return p.teardown()
+}
+
+func (p *Plane) teardown() error {
+	var errs []error
+	if p.wg != nil {
+		p.wg.Close()
+	}
+	if p.ownLink && p.nl != nil && p.index != 0 {
+		if l, err := p.nl.LinkByIndex(p.index); err == nil {
+			if err := p.nl.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("kernel wireguard: deleting %s: %w", p.cfg.Name, err))
+			}
+		}
+	}
+	if p.ownLink && p.ns.IsOpen() {
+		if err := removeSteering(p.ns, p.cfg.Port); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.nl != nil {
+		p.nl.Close()
+	}
+	if p.ns.IsOpen() {
+		p.ns.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// SetPeers makes the device's peers exactly peers (those with an endpoint
+// and a key) and routes their prefixes into it, replacing their routes
+// into the TUN. It returns the peers the device now carries; the caller
+// routes every other peer's prefixes into the TUN and then calls
+// PruneRoutes, so that no prefix is ever without a route. A peer the
+// device could not be given is not returned, and stays on the TUN.
+func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errors.New("kernel wireguard: closed")
+	}
+	want := normalize(p.cfg.Private.Public(), peers)
+	var errs []error
+	if cfg, changed := p.peerConfig(want); changed {
+		if err := p.wg.ConfigureDevice(p.cfg.Name, cfg); err != nil {
+			p.synced = false
+			return nil, fmt.Errorf("kernel wireguard: configuring peers: %w", err)
+		}
+	}
+	p.peers, p.synced = want, true
+	carried := make(map[key.Public]bool, len(want))
+	routes := map[netip.Prefix]bool{}
+	for k, a := range want {
+		carried[k] = true
+		for _, pfx := range a.allowed {
+			if !pfx.Addr().Is4() || routes[pfx] {
+				continue
+			}
+			routes[pfx] = true
+			if p.nl == nil {
+				continue
+			}
+			if err := p.nl.RouteReplace(p.route(pfx)); err != nil {
+				errs = append(errs, fmt.Errorf("kernel wireguard: routing %s: %w", pfx, err))
+			}
+		}
+	}
+	p.routes = routes
+	return carried, errors.Join(errs...)
+}
+
+// normalize turns peers into what is applied, by key: only peers with a
+// key other than self's and a valid endpoint; a key listed twice gets the
+// union of its prefixes and the last endpoint.
+func normalize(self key.Public, peers []Peer) map[key.Public]applied {
+	m := make(map[key.Public]applied, len(peers))
+	for _, pc := range peers {
+		if pc.Key.IsZero() || pc.Key == self || !pc.Endpoint.IsValid() {
+			continue
+		}
+		a := m[pc.Key]
+		a.endpoint = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+		for _, pfx := range pc.Prefixes {
+			if !pfx.IsValid() {
+				continue
+			}
+			a.allowed = append(a.allowed, netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()).Masked())
+		}
+		m[pc.Key] = a
+	}
+	for k, a := range m {
+		slices.SortFunc(a.allowed, func(x, y netip.Prefix) int {
+			if c := x.Addr().Compare(y.Addr()); c != 0 {
+				return c
+			}
+			return x.Bits() - y.Bits()
+		})
+		a.allowed = slices.Compact(a.allowed)
+		m[k] = a
+	}
+	return m
+}
+
+// peerConfig is the wgctrl change from the applied peers to want, and
+// whether there is one. A new or changed peer is written whole (its
+// AllowedIPs replaced) with the preshared key; its endpoint only when the
+// path owner's choice changed, so that one the kernel learned by roaming
+// is not reset on every update. After a failed write every peer is
+// rewritten and the peer list replaced.
+func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
+	cfg := wgtypes.Config{ReplacePeers: !p.synced}
+	psk := wgtypes.Key(p.cfg.PSK)
+	if p.synced {
+		for k := range p.peers {
+			if _, ok := want[k]; !ok {
+				cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), Remove: true})
+			}
+		}
+	}
+	for _, k := range sortedKeys(want) {
+		w := want[k]
+		old, had := p.peers[k]
+		if p.synced && had && old.endpoint == w.endpoint && slices.Equal(old.allowed, w.allowed) {
+			continue
+		}
+		pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), PresharedKey: &psk, ReplaceAllowedIPs: true,
+			AllowedIPs: make([]net.IPNet, 0, len(w.allowed))}
+		if !p.synced || !had || old.endpoint != w.endpoint {
+			pc.Endpoint = net.UDPAddrFromAddrPort(w.endpoint)
+		}
+		for _, pfx := range w.allowed {
+			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), pfx.Addr().BitLen())})
+		}
+		cfg.Peers = append(cfg.Peers, pc)
+	}
+	return cfg, cfg.ReplacePeers || len(cfg.Peers) > 0
+}
+
+func sortedKeys(m map[key.Public]applied) []key.Public {
+	ks := make([]key.Public, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.SortFunc(ks, func(a, b key.Public) int { return slices.Compare(a[:], b[:]) })
+	return ks
+}
+
+// PruneRoutes removes the device's routes that the last SetPeers did not
+// want (those of peers gone to the TUN, which the caller has routed there
+// by now).
+func (p *Plane) PruneRoutes() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.nl == nil {
+		return nil
+	}
+	if err := ownroutes.Prune(p.nl, p.index, p.routes); err != nil {
+		return fmt.Errorf("kernel wireguard: %w", err)
+	}
+	return nil
+}
+
+func (p *Plane) route(pfx netip.Prefix) *netlink.Route {
+	r := &netlink.Route{
+		LinkIndex: p.index,
+		Dst:       &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)},
+		Scope:     netlink.SCOPE_LINK,
+		Protocol:  ownroutes.Protocol,
+		Table:     unix.RT_TABLE_MAIN,
+	}
+	if p.cfg.HostIP.IsValid() {
+		r.Src = p.cfg.HostIP.AsSlice()
+	}
+	return r
+}
+
+// Stats is the kernel's view of each peer it carries; empty when the
+// device cannot be read.
+func (p *Plane) Stats() map[key.Public]PeerStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[key.Public]PeerStats{}
+	if p.closed {
+		return out
+	}
+	dev, err := p.wg.Device(p.cfg.Name)
+	if err != nil {
+		p.log.Warn("reading the kernel wireguard device", "device", p.cfg.Name, "err", err)
+		return out
+	}
+	for _, pr := range dev.Peers {
+		s := PeerStats{LastHandshake: pr.LastHandshakeTime, RxBytes: uint64(max(pr.ReceiveBytes, 0)), TxBytes: uint64(max(pr.TransmitBytes, 0))}
+		if pr.Endpoint != nil {
+			s.Endpoint = pr.Endpoint.AddrPort()
+			s.Endpoint = netip.AddrPortFrom(s.Endpoint.Addr().Unmap(), s.Endpoint.Port())
+		}
+		out[key.Public(pr.PublicKey)] = s
+	}
+	return out
+}
+
+// Name is the device's name (for the forward rules and status).
+func (p *Plane) Name() string { return p.cfg.Name }

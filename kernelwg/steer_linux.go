@@ -1,0 +1,112 @@
+package kernelwg
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strconv"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Port sharing. The kernel's WireGuard socket owns --port; STUN, relay
+// frames and path probes must still reach the userspace socket, which
+// listens on SharedPort, and every peer must keep reaching this host at the
+// one address gossip and ICE know. One stateless table does it
+// (docs/architecture.md, "Kernel WireGuard: the port question, decided"):
+//
+//	table inet weavewg_split_<port> {
+//		chain pre {
+//			type filter hook prerouting priority raw; policy accept;
+//			udp dport <port> @th,72,24 != 0 notrack udp dport set <shared>
+//			udp dport <port> @th,64,8 != 1-4 notrack udp dport set <shared>
+//		}
+//		chain out {
+//			type filter hook output priority raw; policy accept;
+//			udp sport <shared> notrack udp sport set <port>
+//		}
+//	}
+//
+// An inbound datagram whose first four payload bytes are not a WireGuard
+// message type (byte 0 in 1–4, bytes 1–3 zero: the test the userspace Bind
+// makes first, tunnel/classify.go) goes to the userspace socket; what that
+// socket sends leaves from --port. The kernel fixes the UDP checksum
+// (payload writes with the inet checksum). notrack at raw priority keeps
+// conntrack from remembering a flow under ports that are about to change.
+
+func steeringTable(port uint16) *nftables.Table {
+	return &nftables.Table{Name: "weavewg_split_" + strconv.Itoa(int(port)), Family: nftables.TableFamilyINet}
+}
+
+// udpPort matches UDP datagrams with the port at offset (0 source, 2
+// destination).
+func udpPort(offset uint32, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
+
+// setPort untracks the datagram and rewrites its port at offset.
+func setPort(offset uint32, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Notrack{},
+		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
+			Offset: offset, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 6},
+	}
+}
+
+func installSteering(ns netns.NsHandle, cfg Config) error {
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return fmt.Errorf("kernel wireguard: port sharing: %w", err)
+	}
+	t := steeringTable(cfg.Port)
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	policy := nftables.ChainPolicyAccept
+	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &policy})
+	out := c.AddChain(&nftables.Chain{Name: "out", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw, Policy: &policy})
+	rule := func(ch *nftables.Chain, parts ...[]expr.Any) {
+		var exprs []expr.Any
+		for _, p := range parts {
+			exprs = append(exprs, p...)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
+	}
+	// Bytes 1–3 of the payload not zero: not WireGuard.
+	rule(pre, udpPort(2, cfg.Port), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 9, Len: 3},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0}},
+	}, setPort(2, cfg.SharedPort))
+	// Byte 0 not a message type (1–4): not WireGuard.
+	rule(pre, udpPort(2, cfg.Port), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 1},
+		&expr.Range{Op: expr.CmpOpNeq, Register: 1, FromData: []byte{1}, ToData: []byte{4}},
+	}, setPort(2, cfg.SharedPort))
+	rule(out, udpPort(0, cfg.SharedPort), setPort(0, cfg.Port))
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("kernel wireguard: port sharing: %w", err)
+	}
+	return nil
+}
+
+func removeSteering(ns netns.NsHandle, port uint16) error {
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return err
+	}
+	c.DelTable(steeringTable(port))
+	if err := c.Flush(); err != nil && err != unix.ENOENT {
+		return fmt.Errorf("kernel wireguard: removing the port-sharing table: %w", err)
+	}
+	return nil
+}
