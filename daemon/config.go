@@ -55,6 +55,8 @@ type Config struct {
 	// TrustedSubnets are underlay subnets where traffic between peers may
 	// go unencrypted through kernel VXLAN (--trusted-subnets; fastpath.go).
 	TrustedSubnets []netip.Prefix
+	// Datapath is --datapath: auto (""), kernel or userspace (kernel.go).
+	Datapath string
 
 	// ReclaimAfter, when positive, hands over the address space of peers
 	// unreachable that long, as rmpeer would (--reclaim-after).
@@ -191,6 +193,13 @@ func (c *Config) validate() error {
 		if c.HostIP.Addr() == c.Range.Addr() || c.HostIP.Addr() == lastAddr(c.Range) {
 			return fmt.Errorf("--host-ip %s is the network or broadcast address of %s", c.HostIP.Addr(), c.Range)
 		}
+	}
+	switch c.Datapath {
+	case "":
+		c.Datapath = DatapathAuto
+	case DatapathAuto, DatapathKernel, DatapathUserspace:
+	default:
+		return fmt.Errorf("--datapath %q: want auto, kernel or userspace", c.Datapath)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

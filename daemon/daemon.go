@@ -66,9 +66,10 @@ type tokenRegistry interface {
 // them):
 //
 //   - peerDatapath carries WireGuard peers' packets. tunnel.Tunnel
-//     (wireguard-go over a TUN) is the one there is. A second one (kernel
-//     WireGuard, say) would implement peerDatapath for the peers the daemon
-//     gives it, and only that: it does not own the shared UDP socket.
+//     (wireguard-go over a TUN) carries every peer but those another
+//     device takes: kernel WireGuard (kernelPath, kernel.go) takes the
+//     direct ones, the VXLAN fast path (fastPath) the trusted ones. Those
+//     do not own the shared UDP socket.
 //   - sharedSocket is the userspace UDP port every peer knows. STUN (NAT
 //     traversal) and relay frames arrive on it and NAT traversal sends from
 //     it, whichever datapath carries a peer's packets; it is a dependency
@@ -138,6 +139,9 @@ type dataPlane struct {
 	// fast is the trusted VXLAN path (fastpath.go); nil without
 	// --trusted-subnets.
 	fast fastPath
+	// kernel is the kernel WireGuard device (kernel.go); nil on the
+	// userspace datapath.
+	kernel kernelPath
 }
 
 // close closes the fast path, the host networking, then the WireGuard
@@ -147,6 +151,9 @@ func (p dataPlane) close(keepBridge bool) error {
 	var errs []error
 	if p.fast != nil {
 		errs = append(errs, p.fast.Close())
+	}
+	if p.kernel != nil {
+		errs = append(errs, p.kernel.Close())
 	}
 	host := p.host.Close
 	if keepBridge {
@@ -172,6 +179,9 @@ type Daemon struct {
 	network *networkState
 	hostIP  netip.Prefix
 	mtuFrom string // where the tunnel MTU came from (mtu.go); set before the data plane opens
+	// datapathWhy says why the userspace datapath is used (kernel.go);
+	// set when the data plane opens.
+	datapathWhy string
 	// createdNetwork: this start created the network, so it prints how
 	// others join.
 	createdNetwork bool
@@ -214,7 +224,11 @@ type Daemon struct {
 	goneSince      map[key.Public]time.Time // range owners unreachable, since when
 	reachableSet   map[key.Public]bool      // as last told to the allocator
 	evictSeen      map[key.Public]time.Time // evicted peers, since when known here (membership.go)
-	ticks          int
+	onKernel       map[key.Public]bool      // peers the kernel device carries (kernel.go)
+	// kernelPeers is onKernel published for status; never modified after
+	// Store.
+	kernelPeers atomic.Pointer[map[key.Public]bool]
+	ticks       int
 
 	kick chan struct{} // capacity 1: ask the reconcile loop to run now
 
@@ -299,10 +313,19 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 	}
 	d.cfg.MTU, d.mtuFrom = mtu, why
 	d.log.Info("tunnel MTU", "mtu", mtu, "from", why)
+	kernel, err := d.openKernel()
+	if err != nil {
+		return dataPlane{}, fmt.Errorf("data plane: %w", err)
+	}
+	closeKernel := func() {
+		if kernel != nil {
+			kernel.Close()
+		}
+	}
 	tun, err := tunnel.New(tunnel.Config{
 		Private:   d.priv,
 		Secret:    d.secret,
-		Port:      d.cfg.Port,
+		Port:      d.tunnelPort(kernel),
 		Iface:     d.cfg.Iface,
 		MTU:       mtu,
 		FixedMTU:  fixed,
@@ -310,7 +333,12 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		Logger:    d.log.With("part", "tunnel"),
 	})
 	if err != nil {
+		closeKernel()
 		return dataPlane{}, fmt.Errorf("data plane: %w", err)
+	}
+	others := d.fastDevices()
+	if kernel != nil {
+		others = append(others, kernel.Name())
 	}
 	host, err := hostnet.New(hostnet.Config{
 		Bridge:  d.cfg.Bridge,
@@ -318,22 +346,24 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		MTU:     d.cfg.MTU,
 		HostIP:  d.hostIP,
 		MACSeed: d.pub[:],
-		// The VXLAN fast path's device, made after this, forwards like
-		// the TUN (fastpath.go).
-		OtherDevices: d.fastDevices(),
+		// The VXLAN fast path's device, made after this, and the kernel
+		// WireGuard device forward like the TUN.
+		OtherDevices: others,
 		Logger:       d.log.With("part", "hostnet"),
 	})
 	if err != nil {
 		tun.Close()
+		closeKernel()
 		return dataPlane{}, fmt.Errorf("host networking: %w", err)
 	}
 	fast, err := d.openFastPath()
 	if err != nil {
 		host.Close()
 		tun.Close()
+		closeKernel()
 		return dataPlane{}, err
 	}
-	return dataPlane{wg: tun, socket: tun, host: host, fast: fast}, nil
+	return dataPlane{wg: tun, socket: tun, host: host, fast: fast, kernel: kernel}, nil
 }
 
 // prepare validates cfg and loads what the state dir keeps.
@@ -602,18 +632,21 @@ func (d *Daemon) reconcile() {
 	}
 	d.hostIPConflict = conflicts
 	d.refusedHostIPs.Store(&conflicts)
+	d.markElsewhere(want)
 	if err := d.tun.SetPeers(want); err != nil {
 		d.log.Error("configuring WireGuard peers", "err", err)
 	}
-	// Peers on the trusted fast path get their routes there first; the
-	// rest go into the TUN; then the fast path drops what it no longer
-	// carries (fastpath.go).
+	// Peers on the trusted fast path get their routes there first, then
+	// direct peers on the kernel device theirs (kernel.go); the rest go
+	// into the TUN; then the fast path and the kernel device drop what
+	// they no longer carry (fastpath.go).
 	onVXLAN := d.setFastPeers(want, peers, conflicts)
+	onKernel := d.setKernelPeers(want, onVXLAN)
 	var routes []netip.Prefix
 	routeMTU := map[netip.Prefix]int{}
 	mtus := d.tun.PeerMTUs()
 	for _, pc := range want {
-		if onVXLAN[pc.Key] {
+		if onVXLAN[pc.Key] || onKernel[pc.Key] {
 			continue
 		}
 		routes = append(routes, pc.AllowedIPs...)
@@ -627,6 +660,7 @@ func (d *Daemon) reconcile() {
 		d.log.Error("routing peers' prefixes into the TUN", "err", err)
 	}
 	d.pruneFast()
+	d.pruneKernel()
 	if d.dns != nil {
 		// Names of peers that left are withdrawn at once and come back
 		// with them.

@@ -146,7 +146,7 @@ func (d *Daemon) addDatapath(row *api.Connection, k key.Public, fast map[key.Pub
 		}
 		return
 	}
-	if row.Endpoint != "" {
+	if row.Endpoint != "" && row.Datapath == "" {
 		row.Datapath = datapathUserspace
 	}
 }

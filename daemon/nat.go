@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"time"
@@ -48,12 +49,19 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 	sp.SetSTUNHandler(m.HandleSTUN)
 	// The path owner tells NAT traversal which peers it relays, as they
 	// change: those are the ones ICE works on.
+	var last map[key.Public]bool
 	d.tun.SetPathObserver(func(paths map[key.Public]reach.Path) {
 		relayed := make(map[key.Public]bool, len(paths))
 		for k, p := range paths {
 			relayed[k] = p.Relayed
 		}
 		m.SetRelayed(relayed)
+		// A peer moving between direct and relayed moves between the
+		// kernel device and the TUN (kernel.go): reconcile at once.
+		if d.planes.kernel != nil && !maps.Equal(relayed, last) {
+			last = relayed
+			d.nudge()
+		}
 	})
 	m.Start()
 	d.nat = m

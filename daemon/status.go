@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/kernelwg"
 	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
@@ -23,6 +24,16 @@ func (d *Daemon) status() api.Status {
 	if d.planes.fast != nil {
 		fast = d.planes.fast.Stats()
 	}
+	var kernel map[key.Public]kernelwg.PeerStats
+	if d.planes.kernel != nil {
+		kernel = d.planes.kernel.Stats()
+	}
+	dp := func(row *api.Connection, k key.Public) {
+		if s, ok := kernel[k]; ok && d.onKernelNow()[k] {
+			addKernel(row, s)
+		}
+		d.addDatapath(row, k, fast)
+	}
 
 	st := api.Status{
 		Version:    d.cfg.Build.Version,
@@ -32,6 +43,7 @@ func (d *Daemon) status() api.Status {
 		Nickname:   d.cfg.Nickname,
 		PublicKey:  d.pub.String(),
 		Encryption: d.encryption(),
+		Datapath:   d.datapathStatus(),
 		Port:       int(d.cfg.Port),
 		HostIP:     d.hostIP.String(),
 		Range:      d.cfg.Range.String(),
@@ -90,7 +102,7 @@ func (d *Daemon) status() api.Status {
 			if c.State == discovery.StateEstablished && !covered[c.Peer] {
 				covered[c.Peer] = true
 				addWireGuard(&row, wg[c.Peer], nick)
-				d.addDatapath(&row, c.Peer, fast)
+				dp(&row, c.Peer)
 			}
 		}
 		st.Conns = append(st.Conns, row)
@@ -111,7 +123,7 @@ func (d *Daemon) status() api.Status {
 			row.State = discovery.StateEstablished
 		}
 		addWireGuard(&row, s, nick)
-		d.addDatapath(&row, p.Key, fast)
+		dp(&row, p.Key)
 		st.Conns = append(st.Conns, row)
 	}
 

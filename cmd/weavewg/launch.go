@@ -59,6 +59,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "wg-uapi-dir", Value: tunnel.DefaultUAPIDir, Usage: "where the WireGuard device's socket IFACE.sock is made, so that 'wg show' sees it (read-only; \"\" for none)"},
 		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. this host's overlay address or 127.0.0.1:6782 (default: off; always on the API socket)"},
 		&cli.StringFlag{Name: "trusted-subnets", Usage: "underlay subnets, CIDR,... (e.g. 192.168.1.0/24), where traffic between two peers that both have an address in them goes UNENCRYPTED through kernel VXLAN on UDP --port+1 (6784); every other pair stays on WireGuard"},
+		&cli.StringFlag{Name: "datapath", Value: daemon.DatapathAuto, Usage: "what carries WireGuard packets: kernel (the kernel's WireGuard device on --port for peers with a direct path; relayed peers, STUN and relay frames stay in userspace on --port+2, steered there by an nftables table), userspace (wireguard-go for every peer), or auto (kernel when the kernel can create a wireguard link, else userspace)"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
 		&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
 		&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
@@ -125,6 +126,7 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		WGUAPIDir:   c.String("wg-uapi-dir"),
 
 		TrustedSubnets: trusted,
+		Datapath:       c.String("datapath"),
 		ReclaimAfter:   c.Duration("reclaim-after"),
 		NoDNS:          c.Bool("no-dns"),
 		DNSDomain:      c.String("dns-domain"),

@@ -82,6 +82,9 @@ func showSummary(w io.Writer, st api.Status) {
 	row("Version", versionLine(st.Build))
 	row("Name", fmt.Sprintf("%s(%s)", st.Name, st.Nickname))
 	row("Encryption", st.Encryption)
+	if st.Datapath != "" {
+		row("Datapath", st.Datapath)
+	}
 	row("Port", fmt.Sprintf("%d (TCP control, UDP WireGuard)", st.Port))
 	row("Host IP", fmt.Sprintf("%s on bridge %s", st.HostIP, st.Bridge))
 	row("Range", st.Range)

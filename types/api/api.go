@@ -32,24 +32,28 @@ type Error struct {
 
 // Status is everything `weavewg status` shows.
 type Status struct {
-	Version    string            `json:"version"`
-	Build      Build             `json:"build"`    // Version with its commit and date
-	Network    string            `json:"network"`  // the network ID (a hash of its secret, safe to show)
-	Name       string            `json:"name"`     // peer name, derived from the public key
-	Nickname   string            `json:"nickname"` // --name, default the hostname
-	PublicKey  string            `json:"public_key"`
-	Encryption string            `json:"encryption"`
-	Port       int               `json:"port"`
-	HostIP     string            `json:"host_ip"` // CIDR on the bridge, e.g. 10.32.0.1/12
-	Range      string            `json:"range"`   // the overlay prefix
-	Interface  string            `json:"interface"`
-	Bridge     string            `json:"bridge"`
-	MTU        int               `json:"mtu"`                // of the TUN and every container interface
-	MTUFrom    string            `json:"mtu_from,omitempty"` // where it came from: --mtu, or the underlay route or link
-	Peers      []Peer            `json:"peers"`              // every peer known by gossip, self first
-	Conns      []Connection      `json:"connections"`        // one per control target or peer
-	Attached   []Attachment      `json:"attachments"`
-	Counters   map[string]uint64 `json:"counters"` // drops and events, by name
+	Version    string `json:"version"`
+	Build      Build  `json:"build"`    // Version with its commit and date
+	Network    string `json:"network"`  // the network ID (a hash of its secret, safe to show)
+	Name       string `json:"name"`     // peer name, derived from the public key
+	Nickname   string `json:"nickname"` // --name, default the hostname
+	PublicKey  string `json:"public_key"`
+	Encryption string `json:"encryption"`
+	// Datapath is what carries WireGuard packets: kernel wireguard (for
+	// direct peers, relayed ones staying on userspace) or userspace
+	// wireguard, with why (--datapath).
+	Datapath  string            `json:"datapath,omitempty"`
+	Port      int               `json:"port"`
+	HostIP    string            `json:"host_ip"` // CIDR on the bridge, e.g. 10.32.0.1/12
+	Range     string            `json:"range"`   // the overlay prefix
+	Interface string            `json:"interface"`
+	Bridge    string            `json:"bridge"`
+	MTU       int               `json:"mtu"`                // of the TUN and every container interface
+	MTUFrom   string            `json:"mtu_from,omitempty"` // where it came from: --mtu, or the underlay route or link
+	Peers     []Peer            `json:"peers"`              // every peer known by gossip, self first
+	Conns     []Connection      `json:"connections"`        // one per control target or peer
+	Attached  []Attachment      `json:"attachments"`
+	Counters  map[string]uint64 `json:"counters"` // drops and events, by name
 	// DNS summarises the name server; its entries are at PathDNS.
 	DNS DNSStatus `json:"dns"`
 	// IPAM is the address allocator's view, as at PathIPAM.
@@ -112,7 +116,8 @@ type Connection struct {
 	Error    string `json:"error,omitempty"`    // why the last attempt failed
 	Direct   bool   `json:"direct"`             // data flows straight to the endpoint
 	// Datapath is what carries the peer's packets: "vxlan (trusted)" (the
-	// unencrypted fast path on trusted subnets) or "userspace wireguard".
+	// unencrypted fast path on trusted subnets), "kernel wireguard" or
+	// "userspace wireguard".
 	Datapath string `json:"datapath,omitempty"`
 	Endpoint string `json:"endpoint,omitempty"` // WireGuard UDP endpoint in use
 	// Via is, when the peer is relayed, the nickname (else the name) of the

@@ -1,0 +1,159 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/kernelwg"
+	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/api"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// fakeKernel is a kernel device that carries every peer it is given.
+type fakeKernel struct {
+	peers []kernelwg.Peer
+	calls []string
+}
+
+func (f *fakeKernel) Close() error { return nil }
+func (f *fakeKernel) Name() string { return "kwweavewg0" }
+func (f *fakeKernel) SetPeers(p []kernelwg.Peer) (map[key.Public]bool, error) {
+	f.peers = p
+	f.calls = append(f.calls, "set")
+	out := map[key.Public]bool{}
+	for _, c := range p {
+		out[c.Key] = true
+	}
+	return out, nil
+}
+func (f *fakeKernel) PruneRoutes() error { f.calls = append(f.calls, "prune"); return nil }
+func (f *fakeKernel) Stats() map[key.Public]kernelwg.PeerStats {
+	out := map[key.Public]kernelwg.PeerStats{}
+	for _, c := range f.peers {
+		out[c.Key] = kernelwg.PeerStats{Endpoint: c.Endpoint, LastHandshake: time.Unix(1700000000, 0), RxBytes: 7}
+	}
+	return out
+}
+
+// TestReconcileSplitsPeersBetweenKernelAndTUN: direct peers go to the
+// kernel device at the endpoint the path owner chose, and their routes
+// leave the TUN; relayed peers and those on the VXLAN fast path do not;
+// wireguard-go keeps every peer but stops keeping the kernel's alive; a
+// peer that becomes relayed comes back to the TUN.
+func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{}
+	ff := &fakeFast{use: map[key.Public]bool{pubKey(3): true}}
+	d, err := prepare(testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.assemble(r, dataPlane{wg: tn, host: tn, fast: ff, kernel: fk}, fakeOpener); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.closers.close() })
+	chosen := netip.MustParseAddrPort("198.51.100.2:40000") // ICE's choice, not gossip's
+	tn.stats = map[key.Public]tunnel.PeerStats{
+		pubKey(1): {Endpoint: chosen},
+		pubKey(2): {Relayed: true, Via: pubKey(1)},
+		pubKey(3): {Endpoint: netip.MustParseAddrPort("192.0.2.4:6783")},
+	}
+	r.peers = []discovery.Peer{
+		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+		{Key: pubKey(1), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.MustParseAddr("10.32.0.2")},
+		{Key: pubKey(2), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"), HostIP: netip.MustParseAddr("10.32.0.3")},
+		{Key: pubKey(3), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.4:6783"), HostIP: netip.MustParseAddr("10.32.0.4")},
+	}
+	d.reconcile()
+	if len(fk.peers) != 1 || fk.peers[0].Key != pubKey(1) || fk.peers[0].Endpoint != chosen {
+		t.Fatalf("kernel peers %+v: want peer 1 alone, at %v", fk.peers, chosen)
+	}
+	if !slices.Contains(fk.peers[0].Prefixes, netip.MustParsePrefix("10.32.0.2/32")) {
+		t.Errorf("peer 1's prefixes on the kernel device: %v", fk.peers[0].Prefixes)
+	}
+	if slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.2/32")) || !slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.3/32")) {
+		t.Errorf("TUN routes %v: want the relayed peer's, not the kernel peer's", tn.routes)
+	}
+	if n := len(fk.calls); n < 2 || fk.calls[n-1] != "prune" {
+		t.Errorf("kernel calls %v: want set, then prune after the TUN routes", fk.calls)
+	}
+	elsewhere := map[key.Public]bool{}
+	for _, pc := range tn.peers {
+		elsewhere[pc.Key] = pc.Elsewhere
+	}
+	if len(tn.peers) != 3 || !elsewhere[pubKey(1)] || elsewhere[pubKey(2)] || elsewhere[pubKey(3)] {
+		t.Errorf("wireguard-go peers %d, elsewhere %v: want all 3, only peer 1 elsewhere", len(tn.peers), elsewhere)
+	}
+	st := d.status()
+	found := false
+	for _, c := range st.Conns {
+		if c.Peer == pubKey(1).Name() {
+			found = c.Datapath == datapathKernel
+		}
+		if c.Peer == pubKey(1).Name() && (c.Endpoint != chosen.String() || c.RxBytes != 7 || c.LastHandshake == nil) {
+			t.Errorf("status row of the kernel peer: %+v", c)
+		}
+	}
+	if !found {
+		t.Errorf("status has no kernel wireguard row for peer 1: %+v", st.Conns)
+	}
+	if !strings.HasPrefix(st.Datapath, "kernel wireguard (device kwweavewg0") {
+		t.Errorf("status datapath %q", st.Datapath)
+	}
+
+	// Peer 1's direct path fails: it goes back to the TUN.
+	tn.stats[pubKey(1)] = tunnel.PeerStats{Relayed: true, Via: pubKey(2)}
+	d.reconcile()
+	if len(fk.peers) != 0 {
+		t.Errorf("kernel peers %+v after peer 1 became relayed", fk.peers)
+	}
+	if !slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.2/32")) {
+		t.Errorf("TUN routes %v lack the now relayed peer's", tn.routes)
+	}
+	for _, pc := range tn.peers {
+		if pc.Elsewhere {
+			t.Errorf("peer %s still elsewhere after it left the kernel device", pc.Key.Name())
+		}
+	}
+}
+
+// TestStatusRowOfKernelPeer: the row says kernel wireguard with the
+// kernel's endpoint, handshake and bytes.
+func TestStatusRowOfKernelPeer(t *testing.T) {
+	row := api.Connection{Endpoint: "192.0.2.2:6783", Direct: true}
+	addKernel(&row, kernelwg.PeerStats{Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), RxBytes: 10, TxBytes: 20})
+	d := &Daemon{}
+	d.addDatapath(&row, pubKey(1), nil)
+	if row.Datapath != datapathKernel || row.RxBytes != 10 || row.TxBytes != 20 || row.LastHandshake != nil {
+		t.Errorf("row %+v", row)
+	}
+}
+
+func TestDatapathFlag(t *testing.T) {
+	for _, v := range []string{"", "auto", "kernel", "userspace"} {
+		c := testConfig(t)
+		c.Datapath = v
+		if err := c.validate(); err != nil {
+			t.Errorf("--datapath %q: %v", v, err)
+		}
+	}
+	c := testConfig(t)
+	c.Datapath = "ebpf"
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "auto, kernel or userspace") {
+		t.Errorf("--datapath ebpf: %v", err)
+	}
+}
+
+func TestKernelDeviceName(t *testing.T) {
+	if n := kernelDeviceName("weavewg0"); n != "kwweavewg0" {
+		t.Errorf("got %q", n)
+	}
+	if n := kernelDeviceName("abcdefghijklmno"); len(n) != 15 {
+		t.Errorf("got %q (%d chars)", n, len(n))
+	}
+}
