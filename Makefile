@@ -23,7 +23,7 @@ TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
          unshare:util-linux jq:jq systemd-analyze:systemd
 
-.PHONY: all build release test unit integration deps demo bench bench-dns fuzz vet clean
+.PHONY: all build release test unit integration deps demo bench bench-dns bench-scale bench-scale-sim fuzz vet clean
 
 all: build
 
@@ -96,6 +96,20 @@ bench: build deps
 # path (integration TestDNSThroughput; target >= 20,000 q/s on 2 cores).
 bench-dns: deps
 	WEAVEWG_BENCH_DNS=1 $(GO) test -count=1 -run '^TestDNSThroughput$$' -v ./integration/
+
+# bench-scale: issue 18, in two halves that print one table each.
+#   bench-scale-sim (owner: scale): N = 100, 300, 1,000 peers' control planes
+#     (discovery, ipam, dns) in one process over an in-memory network
+#     (package sim): seconds until every peer agrees on topology, IPAM ring
+#     and DNS after the last join, one join, one leave and a partition heal,
+#     and the frames and bytes that cost (SIMBENCHFLAGS: -n 100,300 -json).
+#   The namespace half (owner: lazy; real daemons at N = 10, 20, 40: launch
+#     to full mesh, idle CPU, RSS, control bytes/s per daemon, N=40/N=10
+#     ratios) adds its own target and lists it beside bench-scale-sim here.
+bench-scale: bench-scale-sim
+
+bench-scale-sim:
+	$(GO) run ./sim/cmd/simbench $(SIMBENCHFLAGS)
 
 # fuzz runs every Fuzz target for FUZZTIME each.
 fuzz:

@@ -204,7 +204,7 @@ func (ch *Channel) deliverLoop(done <-chan struct{}) {
 		case <-done:
 			return
 		case d := <-ch.in:
-			if err := d.m.Verify(); err != nil {
+			if err := ch.r.cfg.Verify(d.m.Src, channelDomain, d.m.signedBytes(), &d.m.Sig); err != nil {
 				ch.r.ctr.inc(CtrChannelBadSig)
 				ch.r.logOnce(slog.LevelWarn, "chanbadsig:"+d.m.Src.Name(), ch.name,
 					"dropping a channel message whose signature does not check: a member is forging another's messages",

@@ -4,7 +4,8 @@
 //
 // # Control connections
 //
-// A control connection is TCP to Config.Port. It starts with the Noise
+// A control connection is TCP to Config.Port (through Config.Network: the
+// host's TCP stack, or package sim's in-memory network, network.go). It starts with the Noise
 // handshake Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s, static key = the peer's
 // key, PSK = the network secret, prologue "weavewg control v2" (handshake.go).
 // XXpsk0 rather than IKpsk2: a peer joining with a password knows only

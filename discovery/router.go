@@ -51,6 +51,11 @@ type Config struct {
 	SaveEvictions func([]EvictRecord) error
 	Logger        *slog.Logger     // nil: discard
 	Now           func() time.Time // nil: time.Now
+	// Network carries control connections; nil: the host's TCP stack.
+	Network Network
+	// Verify checks records' and channel messages' signatures; nil:
+	// key.Verify.
+	Verify Verifier
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -191,7 +196,8 @@ type Router struct {
 	targets map[string]*target    // by normalised HOST:PORT
 	dials   map[key.Public]*gossipDial
 	rt      routes
-	logged  map[string]string // log-once: subject → last message logged
+	seenAt  map[key.Public]seen // where reachable peers see each peer
+	logged  map[string]string   // log-once: subject → last message logged
 	nextAE  time.Time
 
 	channelsState // registered channels (guarded by mu) and their stop signal
@@ -237,6 +243,12 @@ func New(cfg Config) (*Router, error) {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
+	}
+	if cfg.Network == nil {
+		cfg.Network = tcpNetwork{}
+	}
+	if cfg.Verify == nil {
+		cfg.Verify = key.Verify
 	}
 	r := &Router{
 		cfg:     cfg,
@@ -292,14 +304,14 @@ func (r *Router) Start() error {
 	if addr == "" {
 		addr = net.JoinHostPort("", strconv.Itoa(int(r.cfg.Port)))
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := r.cfg.Network.Listen(addr)
 	if err != nil {
 		return fmt.Errorf("discovery: listening for control connections: %w", err)
 	}
 	r.ln = ln
 	r.port = r.cfg.Port
 	if r.port == 0 {
-		r.port = uint16(ln.Addr().(*net.TCPAddr).Port)
+		r.port = addrPortOf(ln.Addr()).Port()
 	}
 	r.selfRec.Port = r.port
 	r.bumpSelfLocked()
@@ -445,11 +457,28 @@ func (r *Router) endpointLocked(k key.Public, e *entry) (netip.AddrPort, bool) {
 	if port == 0 {
 		return netip.AddrPort{}, false
 	}
-	var best netip.Addr
-	bestHops := -1
-	var bestKey key.Public
+	s, ok := r.seenAt[k]
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(s.ip, port), false
+}
+
+// seen is the address another reachable peer sees a peer at.
+type seen struct {
+	ip   netip.Addr
+	hops int        // hops from us to the peer that sees it
+	by   key.Public // that peer
+}
+
+// indexSeenAtLocked rebuilds r.seenAt from the records of reachable peers,
+// in one pass over their neighbor lists (Peers and the gossip dials read it
+// for every peer; a scan per peer was O(peers²)). For each peer the report
+// of the reachable peer nearest to us wins, ties to the smaller key.
+func (r *Router) indexSeenAtLocked() {
+	idx := make(map[key.Public]seen, len(r.seenAt))
 	for rk, re := range r.recs {
-		if rk == k || rk == r.self {
+		if rk == r.self {
 			continue
 		}
 		h, ok := r.rt.hops[rk]
@@ -457,18 +486,16 @@ func (r *Router) endpointLocked(k key.Public, e *entry) (netip.AddrPort, bool) {
 			continue
 		}
 		for _, n := range re.rec.Neighbors {
-			if n.Key != k || !n.Established || !n.IP.IsValid() || n.IP.IsUnspecified() {
+			if n.Key == rk || !n.Established || !n.IP.IsValid() || n.IP.IsUnspecified() {
 				continue
 			}
-			if bestHops < 0 || h < bestHops || (h == bestHops && rk.Less(bestKey)) {
-				best, bestHops, bestKey = n.IP, h, rk
+			if b, ok := idx[n.Key]; ok && (b.hops < h || b.hops == h && b.by.Less(rk)) {
+				continue
 			}
+			idx[n.Key] = seen{ip: n.IP.Unmap(), hops: h, by: rk}
 		}
 	}
-	if bestHops < 0 {
-		return netip.AddrPort{}, false
-	}
-	return netip.AddrPortFrom(best.Unmap(), port), false
+	r.seenAt = idx
 }
 
 // NextHop is the first hop on the route to dst: dst itself when the best

@@ -120,7 +120,7 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 // (once per peer) a failure. Only records that would change the table are
 // checked, so anti-entropy's repeats cost nothing.
 func (r *Router) verifiedLocked(rec *Record) bool {
-	if err := rec.Verify(); err != nil {
+	if err := r.cfg.Verify(rec.Key, recordDomain, AppendRecord(nil, rec), &rec.Sig); err != nil {
 		r.ctr.inc(CtrRecordsBadSig)
 		r.logOnceLocked(slog.LevelWarn, "badsig:"+rec.Key.Name(), "", "dropping a peer record whose signature does not check: a member is forging records",
 			"peer", rec.Key.Name())
@@ -172,6 +172,7 @@ func (r *Router) recomputeLocked() {
 	}
 	old := r.rt
 	r.rt = computeRoutes(r.self, buildAdjacency(recs))
+	r.indexSeenAtLocked()
 	now := r.now()
 	for k, e := range r.recs {
 		_, reach := r.rt.hops[k]

@@ -314,8 +314,9 @@ func (r *Router) targetFailed(t *target, err error) {
 
 // dialAddr dials ap and runs the handshake; display is the address shown.
 func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string, t *target) (*conn, error) {
-	d := net.Dialer{Timeout: r.tun.dialTimeout}
-	nc, err := d.DialContext(ctx, "tcp", ap.String())
+	dctx, cancel := context.WithTimeout(ctx, r.tun.dialTimeout)
+	nc, err := r.cfg.Network.DialContext(dctx, ap.String())
+	cancel()
 	if err != nil {
 		r.ctr.inc(CtrDialFailed)
 		return nil, err

@@ -1,0 +1,314 @@
+package sim
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Config configures a Cluster.
+type Config struct {
+	// Seed drives every random choice of the cluster (which peer a joiner
+	// dials first). Keys come from crypto/rand, so runs with one seed
+	// follow the same script but not the same topology.
+	Seed uint64
+	// Range is the overlay range (default 10.32.0.0/12).
+	Range netip.Prefix
+	// Logger receives every part's logs, tagged with the node; nil: none.
+	Logger *slog.Logger
+}
+
+// Cluster is a simulated mesh: nodes that join, leave and get partitioned.
+// Its methods are safe for concurrent use.
+type Cluster struct {
+	cfg    Config
+	Net    *Network
+	Verify *VerifyCache
+	secret key.Secret
+
+	mu    sync.Mutex
+	rng   *rand.Rand
+	nodes []*Node // every node ever started, by Index
+	alive map[int]bool
+	group map[int]int
+}
+
+// New returns an empty cluster; the first Join creates the network.
+func New(cfg Config) *Cluster {
+	if !cfg.Range.IsValid() {
+		cfg.Range = netip.MustParsePrefix("10.32.0.0/12")
+	}
+	c := &Cluster{
+		cfg:    cfg,
+		Net:    NewNetwork(),
+		Verify: NewVerifyCache(),
+		rng:    rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5ca1ab1e)),
+		alive:  map[int]bool{},
+		group:  map[int]int{},
+	}
+	binary.BigEndian.PutUint64(c.secret[:], cfg.Seed^0x9e3779b97f4a7c15)
+	copy(c.secret[8:], "weavewg simulated network secret")
+	return c
+}
+
+// hostIP is node i's underlay address: 2001:db8::/32 is the documentation
+// prefix, and nothing here leaves the process anyway.
+func hostIP(i int) netip.Addr {
+	var b [16]byte
+	b[0], b[1], b[2], b[3] = 0x20, 0x01, 0x0d, 0xb8
+	binary.BigEndian.PutUint32(b[12:], uint32(i)+1)
+	return netip.AddrFrom16(b)
+}
+
+// Join starts a new node. The first one creates the network (seeds the
+// IPAM ring); every later one is given one live node to connect to, chosen
+// at random, as `weavewg join` is given a token with one endpoint, and is
+// in that node's partition group.
+func (c *Cluster) Join() (*Node, error) {
+	c.mu.Lock()
+	i := len(c.nodes)
+	cfg := nodeConfig{
+		index:   i,
+		ip:      hostIP(i),
+		secret:  c.secret,
+		rng:     c.cfg.Range,
+		network: c.Net,
+		verify:  c.Verify.Verify,
+		seed:    i == 0,
+		logger:  c.cfg.Logger,
+	}
+	g := 0
+	if i > 0 {
+		live := c.aliveLocked()
+		if len(live) == 0 {
+			c.mu.Unlock()
+			return nil, errors.New("sim: no live node to join")
+		}
+		b := live[c.rng.IntN(len(live))]
+		cfg.bootstrap = []netip.AddrPort{b.Endpoint()}
+		g = c.group[b.Index]
+	}
+	c.nodes = append(c.nodes, nil) // reserve the index
+	c.mu.Unlock()
+	c.Net.SetGroups(map[netip.Addr]int{cfg.ip: g})
+	nd, err := startNode(cfg)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	c.nodes[i] = nd
+	c.alive[i] = true
+	c.group[i] = g
+	return nd, nil
+}
+
+// Leave stops node i as a host that goes away does: its connections close
+// and nothing is handed over.
+func (c *Cluster) Leave(i int) {
+	c.mu.Lock()
+	if !c.alive[i] {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.alive, i)
+	nd := c.nodes[i]
+	c.mu.Unlock()
+	nd.close()
+}
+
+// Alive returns the live nodes by index.
+func (c *Cluster) Alive() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.aliveLocked()
+}
+
+func (c *Cluster) aliveLocked() []*Node {
+	out := make([]*Node, 0, len(c.alive))
+	for i, nd := range c.nodes {
+		if c.alive[i] {
+			out = append(out, nd)
+		}
+	}
+	return out
+}
+
+// Node returns node i (live or not).
+func (c *Cluster) Node(i int) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[i]
+}
+
+// Partition puts live nodes into groups (node index → group; unlisted
+// nodes keep theirs). Connections across groups are cut and dials across
+// them fail until Heal.
+func (c *Cluster) Partition(groups map[int]int) {
+	c.mu.Lock()
+	ips := map[netip.Addr]int{}
+	for i, g := range groups {
+		if i < len(c.nodes) && c.nodes[i] != nil {
+			c.group[i] = g
+			ips[c.nodes[i].IP] = g
+		}
+	}
+	c.mu.Unlock()
+	c.Net.SetGroups(ips)
+}
+
+// Heal puts every node back into one group.
+func (c *Cluster) Heal() {
+	c.mu.Lock()
+	groups := map[int]int{}
+	for i := range c.nodes {
+		groups[i] = 0
+	}
+	c.mu.Unlock()
+	c.Partition(groups)
+}
+
+// Traffic returns the frames and bytes sent by every node so far.
+func (c *Cluster) Traffic() (msgs, bytes uint64) {
+	c.mu.Lock()
+	nodes := slices.Clone(c.nodes)
+	c.mu.Unlock()
+	for _, nd := range nodes {
+		if nd == nil {
+			continue
+		}
+		if t := c.Net.Traffic(nd.IP); t != nil {
+			msgs += t.Msgs.Load()
+			bytes += t.Bytes.Load()
+		}
+	}
+	return msgs, bytes
+}
+
+// Close stops every node.
+func (c *Cluster) Close() {
+	var wg sync.WaitGroup
+	for _, nd := range c.Alive() {
+		wg.Go(func() { c.Leave(nd.Index) })
+	}
+	wg.Wait()
+}
+
+// Check returns nil when every live node agrees with the others of its
+// partition group: it reaches exactly the group's live nodes and holds the
+// same version of each one's record; its IPAM ring is the same; its DNS
+// table answers each group member's name with the address IPAM gave that
+// member's container, and no other node's name. Otherwise the error names
+// the first disagreement found.
+func (c *Cluster) Check() error {
+	c.mu.Lock()
+	byGroup := map[int][]*Node{}
+	for _, nd := range c.aliveLocked() {
+		byGroup[c.group[nd.Index]] = append(byGroup[c.group[nd.Index]], nd)
+	}
+	all := slices.Clone(c.nodes)
+	c.mu.Unlock()
+	gs := make([]int, 0, len(byGroup))
+	for g := range byGroup {
+		gs = append(gs, g)
+	}
+	slices.Sort(gs)
+	for _, g := range gs {
+		if err := checkGroup(byGroup[g], all); err != nil {
+			return fmt.Errorf("group %d: %w", g, err)
+		}
+	}
+	return nil
+}
+
+func checkGroup(members, all []*Node) error {
+	in := make(map[key.Public]bool, len(members))
+	for _, m := range members {
+		in[m.Key] = true
+		if !m.Addr().IsValid() {
+			return fmt.Errorf("%s has no address from IPAM yet", m.Name)
+		}
+	}
+	var refTopo, refRing []byte
+	var refNode *Node
+	for _, nd := range members {
+		type kv struct {
+			k key.Public
+			v uint64
+		}
+		var seen []kv
+		for _, p := range nd.Router.Peers() {
+			if !p.Reachable {
+				continue
+			}
+			if !in[p.Key] {
+				return fmt.Errorf("%s reaches %s, a node outside its group or gone", nd.Name, p.Nickname)
+			}
+			seen = append(seen, kv{p.Key, p.Version})
+		}
+		if len(seen) != len(members) {
+			return fmt.Errorf("%s reaches %d of the group's %d nodes", nd.Name, len(seen), len(members))
+		}
+		slices.SortFunc(seen, func(a, b kv) int { return bytes.Compare(a.k[:], b.k[:]) })
+		h := sha256.New()
+		for _, e := range seen {
+			h.Write(e.k[:])
+			binary.Write(h, binary.BigEndian, e.v)
+		}
+		topo := h.Sum(nil)
+		ring := nd.IPAM.RingMessage()
+		if refNode == nil {
+			refTopo, refRing, refNode = topo, ring, nd
+		} else {
+			if !bytes.Equal(topo, refTopo) {
+				return fmt.Errorf("%s and %s hold different versions of the topology", nd.Name, refNode.Name)
+			}
+			if !bytes.Equal(ring, refRing) {
+				return fmt.Errorf("%s and %s hold different IPAM rings", nd.Name, refNode.Name)
+			}
+		}
+		for _, o := range all {
+			if o == nil {
+				continue
+			}
+			got, err := nd.DNS.Lookup(o.Name)
+			if err != nil {
+				return err
+			}
+			if in[o.Key] {
+				if len(got) != 1 || got[0] != o.Addr() {
+					return fmt.Errorf("%s resolves %s to %v, want %v", nd.Name, o.Name, got, o.Addr())
+				}
+			} else if len(got) != 0 {
+				return fmt.Errorf("%s still resolves %s (gone or in another group) to %v", nd.Name, o.Name, got)
+			}
+		}
+	}
+	return nil
+}
+
+// WaitConverged polls Check until it passes and returns how long that took
+// from start, or the last disagreement after timeout.
+func (c *Cluster) WaitConverged(start time.Time, timeout time.Duration) (time.Duration, error) {
+	deadline := start.Add(timeout)
+	for {
+		err := c.Check()
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Since(start), fmt.Errorf("not converged after %v: %w", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,211 @@
+// Command simbench is the simulation half of `make bench-scale` (issue 18):
+// N peers' control planes (discovery, ipam, dns; package sim) in one
+// process over an in-memory network, at N = 100, 300 and 1,000 by default.
+// For each N it times convergence (every peer agrees on the topology, the
+// IPAM ring and the DNS names: sim.Cluster.Check)
+//
+//   - after the last of N joins (all launched one after another),
+//   - after one more peer joins,
+//   - after one peer leaves,
+//   - after a partition that cut a tenth of the peers off heals,
+//
+// and counts the control frames and bytes all peers sent from the change
+// until convergence: in total, per peer, and as a multiple of N (a change
+// that costs O(N) messages keeps that multiple flat as N grows). Signature
+// checks are counted as each peer's host would do them (package sim's doc
+// says how the simulator shares them); their CPU per peer is that count
+// times one verification measured in the same run.
+//
+// A benchmark, not a test: it prints the figures beside the issue's target
+// (10 s after the last join at N = 1,000) and fails only if it could not
+// measure or a run did not converge within -timeout.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/weavewg/weavewg/sim"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// target is acceptance 1 of issue 18: convergence within 10 s of the last
+// join at N = 1,000.
+const target = 10 * time.Second
+
+type change struct {
+	Name          string  `json:"change"`
+	Seconds       float64 `json:"seconds"`
+	Msgs          uint64  `json:"frames_total"`
+	Bytes         uint64  `json:"bytes_total"`
+	MsgsPerPeer   float64 `json:"frames_per_peer"`
+	BytesPerPeer  float64 `json:"bytes_per_peer"`
+	MsgsOverN     float64 `json:"frames_over_n"`
+	VerifyPerPeer float64 `json:"verifies_per_peer"`
+	Err           string  `json:"error,omitempty"`
+}
+
+type result struct {
+	N       int      `json:"n"`
+	Changes []change `json:"changes"`
+}
+
+func main() {
+	ns := flag.String("n", "100,300,1000", "comma-separated mesh sizes")
+	timeout := flag.Duration("timeout", 120*time.Second, "give up on a convergence after this long")
+	seed := flag.Uint64("seed", 1, "seed of the random choices")
+	asJSON := flag.Bool("json", false, "print the results as JSON")
+	flag.Parse()
+	var sizes []int
+	for _, s := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 10 {
+			fmt.Fprintf(os.Stderr, "simbench: bad size %q (at least 10)\n", s)
+			os.Exit(2)
+		}
+		sizes = append(sizes, n)
+	}
+	verifyCost := measureVerify()
+	var results []result
+	failed := false
+	for _, n := range sizes {
+		fmt.Fprintf(os.Stderr, "simbench: N=%d ...\n", n)
+		r := run(n, *seed, *timeout)
+		for _, c := range r.Changes {
+			if c.Err != "" {
+				failed = true
+			}
+		}
+		results = append(results, r)
+	}
+	if *asJSON {
+		json.NewEncoder(os.Stdout).Encode(map[string]any{
+			"verify_seconds": verifyCost.Seconds(),
+			"target_seconds": target.Seconds(),
+			"results":        results,
+		})
+	} else {
+		print(results, verifyCost)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+// measureVerify times one signature check on this machine now.
+func measureVerify() time.Duration {
+	priv, _ := key.NewPrivate()
+	msg := make([]byte, 200)
+	sig := key.Sign(priv, "simbench", msg)
+	const rounds = 200
+	start := time.Now()
+	for range rounds {
+		key.Verify(priv.Public(), "simbench", msg, &sig)
+	}
+	return time.Since(start) / rounds
+}
+
+func run(n int, seed uint64, timeout time.Duration) result {
+	res := result{N: n}
+	c := sim.New(sim.Config{Seed: seed})
+	defer c.Close()
+	measure := func(name string, do func() error) {
+		m0, b0 := c.Traffic()
+		v0 := c.Verify.Calls.Load()
+		start := time.Now()
+		ch := change{Name: name}
+		err := do()
+		if err == nil {
+			var d time.Duration
+			d, err = c.WaitConverged(start, timeout)
+			ch.Seconds = d.Seconds()
+		}
+		if err != nil {
+			ch.Err = err.Error()
+		}
+		m1, b1 := c.Traffic()
+		peers := float64(len(c.Alive()))
+		ch.Msgs, ch.Bytes = m1-m0, b1-b0
+		ch.MsgsPerPeer = float64(ch.Msgs) / peers
+		ch.BytesPerPeer = float64(ch.Bytes) / peers
+		ch.MsgsOverN = float64(ch.Msgs) / float64(n)
+		ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
+		res.Changes = append(res.Changes, ch)
+		fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
+	}
+	measure("all joined", func() error {
+		for range n {
+			if _, err := c.Join(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if res.Changes[0].Err != "" {
+		return res
+	}
+	measure("one joins", func() error {
+		_, err := c.Join()
+		return err
+	})
+	measure("one leaves", func() error {
+		live := c.Alive()
+		c.Leave(live[len(live)/2].Index)
+		return nil
+	})
+	live := c.Alive()
+	cut := map[int]int{}
+	for i, nd := range live {
+		if i%10 == 3 {
+			cut[nd.Index] = 1
+		}
+	}
+	c.Partition(cut)
+	if _, err := c.WaitConverged(time.Now(), timeout); err != nil {
+		res.Changes = append(res.Changes, change{Name: "partition heals", Err: "partitioned halves: " + err.Error()})
+		return res
+	}
+	measure("partition heals", func() error {
+		c.Heal()
+		return nil
+	})
+	return res
+}
+
+func print(results []result, verify time.Duration) {
+	fmt.Printf("simulation: convergence (topology, IPAM ring, DNS) and control traffic until then\n")
+	fmt.Printf("one signature check here: %v; target: N=1000 converged within %v of the last join\n\n", verify.Round(time.Microsecond), target)
+	fmt.Printf("%6s  %-16s %8s %10s %10s %12s %9s %10s %12s\n", "N", "change", "seconds", "frames", "frames/N", "bytes/peer", "verif/pr", "verify CPU", "")
+	for _, r := range results {
+		for _, c := range r.Changes {
+			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
+			note := ""
+			if c.Err != "" {
+				note = "FAILED: " + c.Err
+			} else if r.N >= 1000 && c.Name == "all joined" {
+				if time.Duration(c.Seconds*float64(time.Second)) <= target {
+					note = "meets target"
+				} else {
+					note = "misses target"
+				}
+			}
+			fmt.Printf("%6d  %-16s %8.2f %10d %10.1f %12.0f %9.1f %10v %s\n", r.N, c.Name, c.Seconds, c.Msgs, c.MsgsOverN, c.BytesPerPeer, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
+		}
+	}
+	if len(results) > 1 {
+		fmt.Printf("\ngrowth of frames/N (a change costing O(N) frames keeps it flat):\n")
+		first := results[0]
+		for _, r := range results[1:] {
+			for i, c := range r.Changes {
+				if i < len(first.Changes) && first.Changes[i].MsgsOverN > 0 {
+					fmt.Printf("  %-16s N=%d over N=%d: %.2fx\n", c.Name, r.N, first.N, c.MsgsOverN/first.Changes[i].MsgsOverN)
+				}
+			}
+		}
+	}
+}

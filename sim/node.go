@@ -1,0 +1,271 @@
+package sim
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/dns"
+	"github.com/weavewg/weavewg/ipam"
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// The daemon's timings (daemon/ipam.go): the allocator ticks every second
+// and gossips its whole ring every tenth tick; the DNS table's anti-entropy
+// runs every dns.DefaultGossipInterval.
+const (
+	tickInterval     = time.Second
+	antiEntropyTicks = 10
+	dnsTicks         = int(dns.DefaultGossipInterval / tickInterval)
+)
+
+// ControlPort is the port every simulated peer listens on.
+const ControlPort = discovery.DefaultPort
+
+// Node is one simulated peer: its router, allocator and name table, and
+// one container whose address comes from IPAM and whose name is Name.
+type Node struct {
+	Index  int
+	Key    key.Public
+	IP     netip.Addr // its address on the in-memory underlay
+	Name   string     // the DNS name of its container
+	Router *discovery.Router
+	IPAM   *ipam.Allocator
+	DNS    *dns.Server
+
+	addr  atomic.Pointer[netip.Addr] // its container's address, once allocated
+	done  chan struct{}
+	wg    sync.WaitGroup
+	log   *slog.Logger
+	reach map[key.Public]bool // owned by loop
+	ticks int                 // owned by loop
+}
+
+// Addr is the node's container address; invalid until IPAM gave it one.
+func (nd *Node) Addr() netip.Addr {
+	if a := nd.addr.Load(); a != nil {
+		return *a
+	}
+	return netip.Addr{}
+}
+
+// Endpoint is the node's control address, what a joiner dials.
+func (nd *Node) Endpoint() netip.AddrPort { return netip.AddrPortFrom(nd.IP, ControlPort) }
+
+type nodeConfig struct {
+	index     int
+	ip        netip.Addr
+	secret    key.Secret
+	rng       netip.Prefix
+	network   *Network
+	verify    discovery.Verifier
+	seed      bool // creates the network: owns the whole range
+	bootstrap []netip.AddrPort
+	logger    *slog.Logger
+}
+
+// startNode starts a peer the way `weavewg launch` (seed) or `join` does.
+func startNode(cfg nodeConfig) (*Node, error) {
+	priv, err := key.NewPrivate()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	nd := &Node{
+		Index: cfg.index,
+		Key:   priv.Public(),
+		IP:    cfg.ip,
+		Name:  fmt.Sprintf("n%d", cfg.index),
+		done:  make(chan struct{}),
+		log:   log.With("node", cfg.index),
+		reach: map[key.Public]bool{},
+	}
+	r, err := discovery.New(discovery.Config{
+		Private:    priv,
+		Secret:     cfg.secret,
+		Nickname:   nd.Name,
+		Port:       ControlPort,
+		ListenAddr: nd.Endpoint().String(),
+		Range:      cfg.rng,
+		Network:    cfg.network.Host(cfg.ip),
+		Verify:     cfg.verify,
+		Logger:     nd.log.With("part", "discovery"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	nd.Router = r
+	var alloc *ipam.Allocator
+	ipamCh, err := r.Channel("ipam", func(from key.Public, msg []byte) {
+		alloc.HandleMessage(from, msg)
+	})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	var names *dns.Server
+	dnsCh, err := r.Channel("dns", func(from key.Public, msg []byte) {
+		names.HandleMessage(from, msg)
+	})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	alloc, err = ipam.Open(ipam.Config{
+		Self:      nd.Key,
+		Range:     cfg.rng,
+		NoSync:    true,
+		Transport: ipamCh,
+		Logger:    nd.log.With("part", "ipam"),
+	})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	nd.IPAM = alloc
+	names, err = dns.New(dns.Config{
+		Self:           nd.Key,
+		Upstreams:      []string{"192.0.2.53"}, // never asked: the simulation only gossips
+		GossipInterval: -1,                     // the node loop drives Tick
+		Transport:      dnsCh,
+		Logger:         nd.log.With("part", "dns"),
+	})
+	if err != nil {
+		alloc.Close()
+		r.Close()
+		return nil, err
+	}
+	nd.DNS = names
+	if cfg.seed {
+		if err := alloc.Seed(); err != nil {
+			nd.close()
+			return nil, err
+		}
+	} else {
+		alloc.WantSpace()
+	}
+	if err := r.Start(); err != nil {
+		nd.close()
+		return nil, err
+	}
+	for _, b := range cfg.bootstrap {
+		if err := r.Connect(b.String()); err != nil {
+			nd.close()
+			return nil, err
+		}
+	}
+	nd.wg.Add(2)
+	go nd.loop()
+	go nd.attach()
+	return nd, nil
+}
+
+// close stops the node like a host going away: connections close, state
+// is gone.
+func (nd *Node) close() {
+	select {
+	case <-nd.done:
+	default:
+		close(nd.done)
+	}
+	nd.wg.Wait()
+	nd.Router.Close()
+	if nd.DNS != nil {
+		nd.DNS.Close()
+	}
+	if nd.IPAM != nil {
+		nd.IPAM.Close()
+	}
+}
+
+// loop is the control-plane half of the daemon's reconcile loop
+// (daemon.reconcileLoop, reconcile and ipamTick).
+func (nd *Node) loop() {
+	defer nd.wg.Done()
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
+	ringChanged := nd.IPAM.Updated()
+	nd.reconcile()
+	for {
+		select {
+		case <-nd.done:
+			return
+		case <-tick.C:
+			nd.IPAM.Tick()
+			nd.ticks++
+			if nd.ticks%antiEntropyTicks == 0 {
+				nd.IPAM.Gossip()
+			}
+			if nd.ticks%dnsTicks == 0 {
+				nd.DNS.Tick()
+			}
+			continue
+		case <-nd.Router.Changes():
+		case <-ringChanged:
+		}
+		ringChanged = nd.IPAM.Updated()
+		nd.reconcile()
+	}
+}
+
+// reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does.
+func (nd *Node) reconcile() {
+	var reachable []key.Public
+	set := map[key.Public]bool{}
+	for _, p := range nd.Router.Peers() {
+		if p.Self || !p.Reachable {
+			continue
+		}
+		reachable = append(reachable, p.Key)
+		set[p.Key] = true
+	}
+	changed, arrived := len(set) != len(nd.reach), false
+	for k := range set {
+		if !nd.reach[k] {
+			changed, arrived = true, true
+		}
+	}
+	if changed {
+		nd.reach = set
+		nd.IPAM.SetPeers(reachable)
+		if arrived {
+			nd.IPAM.Gossip()
+		}
+	}
+	nd.DNS.SetReachable(reachable)
+}
+
+// attach gives the node's container an address and a name, as `weavewg
+// attach` does: allocate (waiting for space), then register the name.
+func (nd *Node) attach() {
+	defer nd.wg.Done()
+	for {
+		updated := nd.IPAM.Updated()
+		a, err := nd.IPAM.Allocate("c")
+		if err == nil {
+			nd.addr.Store(&a)
+			if err := nd.DNS.AddEntry(nd.Name, a, "c"); err != nil {
+				nd.log.Error("adding the container's name", "err", err)
+			}
+			return
+		}
+		if !errors.Is(err, ipam.ErrWaitingForSpace) {
+			nd.log.Error("allocating the container's address", "err", err)
+			return
+		}
+		select {
+		case <-nd.done:
+			return
+		case <-updated:
+		case <-time.After(tickInterval):
+		}
+	}
+}
