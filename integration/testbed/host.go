@@ -155,11 +155,18 @@ func (h *Host) LaunchArgs() []string {
 		"--state-dir", h.StateDir,
 		"--api-socket", h.Socket,
 		"--log-level", h.bed.opts.LogLevel,
-		// Per-host Docker paths, so no host touches the machine's Docker.
-		"--docker-plugin-socket", h.PluginSocket(),
-		"--docker-socket", h.DockerSocket(),
-		// Each host its own /var/run/wireguard (see WG).
-		"--wg-uapi-dir", h.WGUAPIDir(),
+	}
+	// Per-host Docker paths, so no host touches the machine's Docker, and
+	// each host its own /var/run/wireguard (see WG); left out for a binary
+	// older than the flag (make bench against an earlier build).
+	for _, f := range [][2]string{
+		{"--docker-plugin-socket", h.PluginSocket()},
+		{"--docker-socket", h.DockerSocket()},
+		{"--wg-uapi-dir", h.WGUAPIDir()},
+	} {
+		if h.bed.binaryHasFlag(verb, f[0]) {
+			args = append(args, f[0], f[1])
+		}
 	}
 	if h.fixedHostIP {
 		args = append(args, "--host-ip", h.HostIP)

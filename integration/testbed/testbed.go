@@ -72,6 +72,8 @@ type Bed struct {
 	nodes  map[int]string // underlay octet → namespace
 	ctrs   []*Container
 	nftSet bool
+
+	flags binaryFlags // what the binary's --help lists (binflags.go)
 }
 
 // UnderlayNet is the underlay /24; hosts get .N, extra nodes .200 and up.

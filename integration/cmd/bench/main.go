@@ -59,6 +59,7 @@ type options struct {
 	rounds   int
 	only     map[string]bool
 	profile  string
+	hold     bool
 	verbose  bool
 }
 
@@ -73,6 +74,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
 	flag.StringVar(&only, "only", "a,b,c,r,v,t", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
+	flag.BoolVar(&o.hold, "hold", false, "set the paths up, print their namespaces and addresses, and wait for Ctrl-C instead of measuring (for profiling by hand)")
 	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
 	flag.Parse()
 	o.only = map[string]bool{}
@@ -329,6 +331,15 @@ func run(tb *benchTB, o options) int {
 				tb.Fatalf("bench: reference path: %v", err)
 			}
 		}
+	}
+
+	if o.hold {
+		var hs []holdPath
+		for _, p := range paths {
+			hs = append(hs, holdPath{p.key, p.name, p.srcNS, p.dstNS, p.dst, p.pids()})
+		}
+		hold(hs)
+		return 0
 	}
 
 	// Measure: per round, the pings of every path, then one-stream iperf3 of
