@@ -107,7 +107,7 @@ func TestDocker(t *testing.T) {
 		t.Fatalf("both containers got %s", webIP)
 	}
 	link := d1.MustRun("exec", "web", "ip", "-o", "link", "show", "ethwe0")
-	if !strings.Contains(link, "mtu 1420") {
+	if !strings.Contains(link, "mtu 1404") {
 		t.Errorf("web's ethwe0 is not at the tunnel MTU: %s", link)
 	}
 	fetch := func(what, url string, timeout time.Duration) {

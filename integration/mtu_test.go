@@ -109,7 +109,7 @@ func synMSS(t *testing.T, h *testbed.Host, c, dst *testbed.Container, port int, 
 }
 
 // TestMTUSmallUnderlay: two hosts on Google Cloud's 1460 links, launched
-// with default flags, derive a tunnel MTU of 1380 (TUN and container
+// with default flags, derive a tunnel MTU of 1364 (TUN and container
 // interfaces); a full-size DF ping crosses and 20 MB of TCP arrives intact.
 // Before, the tunnel was fixed at 1420 and TCP collapsed (159 retransmits
 // in 3 s, 0.3 Mbit/s).
@@ -120,18 +120,18 @@ func TestMTUSmallUnderlay(t *testing.T) {
 	h2 := b.AddHostWithMTU(1460, testbed.HostOptions{})
 	b.WaitMesh(60 * time.Second)
 	for _, h := range []*testbed.Host{h1, h2} {
-		if st := h.Status(); st.MTU != 1380 {
-			t.Fatalf("%s: tunnel MTU %d (%s), want 1380 from the 1460 link", h, st.MTU, st.MTUFrom)
+		if st := h.Status(); st.MTU != 1364 {
+			t.Fatalf("%s: tunnel MTU %d (%s), want 1364 from the 1460 link", h, st.MTU, st.MTUFrom)
 		}
 	}
 	c1, c2 := h1.AddContainer(), h2.AddContainer()
-	if m, err := b.LinkMTU(c1.Netns, "ethwe0"); err != nil || m != 1380 {
-		t.Fatalf("%s: ethwe0 MTU %d (%v), want 1380", c1, m, err)
+	if m, err := b.LinkMTU(c1.Netns, "ethwe0"); err != nil || m != 1364 {
+		t.Fatalf("%s: ethwe0 MTU %d (%v), want 1364", c1, m, err)
 	}
 	if err := c1.PingEventually(c2.Addr, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := pingDF(c1, c2.Addr, 1380-28); err != nil {
+	if err := pingDF(c1, c2.Addr, 1364-28); err != nil {
 		t.Fatal(err)
 	}
 	for _, pair := range [][2]*testbed.Container{{c1, c2}, {c2, c1}} {
@@ -145,7 +145,7 @@ func TestMTUSmallUnderlay(t *testing.T) {
 // which drops the ICMP "fragmentation needed" it would send (as cloud
 // firewalls do), so h1's kernel never learns the path MTU. h1's padded
 // probes find that 1372-byte datagrams cross, h1 lowers the MTU of h3's
-// routes to 1320, and 20 MB of TCP between containers arrives intact both
+// routes to 1304, and 20 MB of TCP between containers arrives intact both
 // ways. The router's drop counter shows the ICMP was needed and dropped.
 func TestMTUBlackHole(t *testing.T) {
 	needTool(t, "nft", "ping")
@@ -155,10 +155,10 @@ func TestMTUBlackHole(t *testing.T) {
 	r.RouteVia(h1)
 	h3 := r.AddHostBehind(testbed.HostOptions{Peers: []string{h1.UnderlayIP}})
 	b.WaitMesh(60*time.Second, h1, h3)
-	if st := h1.Status(); st.MTU != 1420 {
-		t.Fatalf("%s: tunnel MTU %d, want 1420 on its 1500 link", h1, st.MTU)
+	if st := h1.Status(); st.MTU != 1404 {
+		t.Fatalf("%s: tunnel MTU %d, want 1404 on its 1500 link", h1, st.MTU)
 	}
-	waitPeerMTU(t, h1, h3, 1320, "probe")
+	waitPeerMTU(t, h1, h3, 1304, "probe")
 	c1, c3 := h1.AddContainer(), h3.AddContainer()
 	if err := c1.PingEventually(c3.Addr, 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -175,18 +175,18 @@ func TestMTUBlackHole(t *testing.T) {
 	}
 	// The route of h3's addresses on h1 carries the probed MTU.
 	out := b.MustIP(h1.Netns, "route", "show", "dev", "weavewg0")
-	if !strings.Contains(out, "mtu 1320") {
-		t.Fatalf("%s: no route with mtu 1320 towards %s:\n%s", h1, h3, out)
+	if !strings.Contains(out, "mtu 1304") {
+		t.Fatalf("%s: no route with mtu 1304 towards %s:\n%s", h1, h3, out)
 	}
 }
 
 // TestMTUMixedMesh: h1 and h2 on 1500 links, h3 on a 1380 link on the same
 // underlay (a larger frame towards it is dropped without a word, as a
 // switch port does). The 1500 pair keeps full-size packets: a DF ping with
-// 1392 bytes of payload (a 1420-byte packet) crosses h1→h2, while towards
-// h3 the route says 1300 (probed) and the host answers a 1420-byte DF ping
-// with "fragmentation needed"; 1272 bytes of payload (1300) crosses, and
-// a SYN towards h3 enters the TUN with its MSS clamped to 1260.
+// 1376 bytes of payload (a 1404-byte packet) crosses h1→h2, while towards
+// h3 the route says 1284 (probed) and the host answers a 1404-byte DF ping
+// with "fragmentation needed"; 1256 bytes of payload (1284) crosses, and
+// a SYN towards h3 enters the TUN with its MSS clamped to 1244.
 func TestMTUMixedMesh(t *testing.T) {
 	needTool(t, "ping", "tcpdump")
 	b := newBed(t, testbed.Options{})
@@ -194,50 +194,50 @@ func TestMTUMixedMesh(t *testing.T) {
 	h2 := b.AddHost(testbed.HostOptions{})
 	h3 := b.AddHostWithMTU(1380, testbed.HostOptions{})
 	b.WaitMesh(60 * time.Second)
-	waitPeerMTU(t, h1, h3, 1300, "probe")
-	waitPeerMTU(t, h2, h3, 1300, "probe")
-	waitPeerMTU(t, h1, h2, 1420, "link")
-	waitPeerMTU(t, h3, h1, 1300, "link") // its own TUN: 1380 - 80
+	waitPeerMTU(t, h1, h3, 1284, "probe")
+	waitPeerMTU(t, h2, h3, 1284, "probe")
+	waitPeerMTU(t, h1, h2, 1404, "link")
+	waitPeerMTU(t, h3, h1, 1284, "link") // its own TUN: 1380 - 96
 	c1, c2, c3 := h1.AddContainer(), h2.AddContainer(), h3.AddContainer()
 	for _, c := range []*testbed.Container{c2, c3} {
 		if err := c1.PingEventually(c.Addr, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := pingDF(c1, c2.Addr, 1420-28); err != nil {
+	if err := pingDF(c1, c2.Addr, 1404-28); err != nil {
 		t.Fatalf("1500 pair lost full-size packets: %v", err)
 	}
-	if err := pingDF(c1, c3.Addr, 1420-28); err == nil {
-		t.Fatalf("a 1420-byte DF ping crossed towards the 1380 link")
-	} else if !strings.Contains(err.Error(), "mtu = 1300") {
-		t.Fatalf("towards the 1380 link, want the host's 'fragmentation needed' with mtu 1300: %v", err)
+	if err := pingDF(c1, c3.Addr, 1404-28); err == nil {
+		t.Fatalf("a 1404-byte DF ping crossed towards the 1380 link")
+	} else if !strings.Contains(err.Error(), "mtu = 1284") {
+		t.Fatalf("towards the 1380 link, want the host's 'fragmentation needed' with mtu 1284: %v", err)
 	}
-	if err := pingDF(c1, c3.Addr, 1300-28); err != nil {
+	if err := pingDF(c1, c3.Addr, 1284-28); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := testbed.Transfer(c1, c3, 5003, 20<<20, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// On h1 the routes towards h3's container and host carry an MTU of
-	// their own, 1300; those towards h2's keep the TUN's.
+	// their own, 1284; those towards h2's keep the TUN's.
 	for _, dst := range []struct {
 		addr string
 		mtu  bool
 	}{{c3.Addr, true}, {h3.HostIP, true}, {c2.Addr, false}, {h2.HostIP, false}} {
 		addr, _, _ := strings.Cut(dst.addr, "/")
 		out := b.MustIP(h1.Netns, "route", "get", addr)
-		if strings.Contains(out, "mtu 1300") != dst.mtu || !dst.mtu && strings.Contains(out, " mtu ") {
-			t.Errorf("%s: route to %s: %q, want mtu 1300: %v\n%s", h1, addr, strings.TrimSpace(out), dst.mtu, b.MustIP(h1.Netns, "route"))
+		if strings.Contains(out, "mtu 1284") != dst.mtu || !dst.mtu && strings.Contains(out, " mtu ") {
+			t.Errorf("%s: route to %s: %q, want mtu 1284: %v\n%s", h1, addr, strings.TrimSpace(out), dst.mtu, b.MustIP(h1.Netns, "route"))
 		}
 	}
-	// A SYN from c1 (whose ethwe0 is 1420, so it offers MSS 1380) enters
-	// the TUN towards h3 clamped to the route: MSS 1260.
-	if err := synMSS(t, h1, c1, c3, 5006, "mss 1260"); err != nil {
+	// A SYN from c1 (whose ethwe0 is 1404, so it offers MSS 1364) enters
+	// the TUN towards h3 clamped to the route: MSS 1244.
+	if err := synMSS(t, h1, c1, c3, 5006, "mss 1244"); err != nil {
 		t.Fatal(err)
 	}
 	// status connections says it in words.
 	out := h1.CLI("status", "connections")
-	if !strings.Contains(out, "mtu 1300 (probe)") || !strings.Contains(out, "mtu 1420 (link)") {
+	if !strings.Contains(out, "mtu 1284 (probe)") || !strings.Contains(out, "mtu 1404 (link)") {
 		t.Fatalf("status connections does not show the per-peer MTU and why:\n%s", out)
 	}
 }
@@ -245,7 +245,7 @@ func TestMTUMixedMesh(t *testing.T) {
 // TestMTUICMPRouter: h3 behind a router (1500 in, 1400 out) that answers
 // too-large DF datagrams with ICMP "fragmentation needed", as Linux routers
 // do by default. h1's kernel learns the path MTU from it, and h1's MTU
-// towards h3 follows the route: 1320 from "route", and 20 MB arrive intact.
+// towards h3 follows the route: 1304 from "route", and 20 MB arrive intact.
 func TestMTUICMPRouter(t *testing.T) {
 	needTool(t, "ping")
 	b := newBed(t, testbed.Options{})
@@ -254,7 +254,7 @@ func TestMTUICMPRouter(t *testing.T) {
 	r.RouteVia(h1)
 	h3 := r.AddHostBehind(testbed.HostOptions{Peers: []string{h1.UnderlayIP}})
 	b.WaitMesh(60*time.Second, h1, h3)
-	waitPeerMTU(t, h1, h3, 1320, "route")
+	waitPeerMTU(t, h1, h3, 1304, "route")
 	if out := b.MustIP(h1.Netns, "route", "get", h3.UnderlayIP); !strings.Contains(out, "mtu 1400") {
 		t.Fatalf("%s's kernel did not learn the path MTU from ICMP: %s", h1, out)
 	}
@@ -271,7 +271,7 @@ func TestMTUICMPRouter(t *testing.T) {
 // h3's LAN), and h3 sits behind a router whose far side is 1380 and which
 // drops the ICMP, so the relay's hop towards h3 is the small one and
 // nobody is told. h1's probes through h2 carry the relay header and find
-// it: h1's MTU towards h3 is 1300 (probe) while the path is relayed, and
+// it: h1's MTU towards h3 is 1284 (probe) while the path is relayed, and
 // 20 MB arrive intact. (A router, not a smaller link on the underlay
 // bridge: the relay forwards probes in UDP GSO batches, and a veth lets a
 // GSO packet through whatever its MTU, which no real link does.)
@@ -293,8 +293,8 @@ func TestMTURelayedPath(t *testing.T) {
 		}
 		return nil
 	})
-	waitPeerMTU(t, h1, h3, 1300, "probe")
-	waitPeerMTU(t, h1, h2, 1420, "link")
+	waitPeerMTU(t, h1, h3, 1284, "probe")
+	waitPeerMTU(t, h1, h2, 1404, "link")
 	c1, c3 := h1.AddContainer(), h3.AddContainer()
 	if err := c1.PingEventually(c3.Addr, 30*time.Second); err != nil {
 		t.Fatal(err)

@@ -432,11 +432,12 @@ func forgedSTUN(t *testing.T, node string, p, n *testbed.Host, ctrs map[*testbed
 	}
 }
 
-// forgedRelay sends p relay frames and probes that must be dropped: a
-// non-member's data frame, a probe in n's name with a wrong MAC (from
-// elsewhere and from n's own address), a real probe of n's captured and
-// replayed from elsewhere. Each is counted, and n's endpoint at p never
-// moves.
+// forgedRelay sends p relay frames and probes that must be dropped (issue
+// 12, acceptance 3): a non-member's data frame in n's name, one claiming to
+// be forwarded by a relay from a non-member's address, a real probe of n's
+// with a wrong hop MAC (from elsewhere and from n's own address), and the
+// real probe captured and replayed from elsewhere. Each is counted, and n's
+// endpoint at p never moves.
 func forgedRelay(t *testing.T, b *testbed.Bed, node string, p, n *testbed.Host, ctrs map[*testbed.Host]*testbed.Container) {
 	needTool(t, "tcpdump")
 	dst := netip.MustParseAddrPort(p.UnderlayIP + ":6783")
@@ -446,9 +447,9 @@ func forgedRelay(t *testing.T, b *testbed.Bed, node string, p, n *testbed.Host, 
 	if err != nil {
 		t.Fatalf("%s's endpoint at %s: %q", n, p, ep0)
 	}
-	// One real direct probe of n to p, off the wire: relay magic, version 1, type 1 (probe), hop limit 1.
+	// One real direct probe of n to p, off the wire: relay magic, version 2, type 1 (probe), hop limit 1.
 	out, err := exec.Command("ip", "netns", "exec", b.Underlay, "timeout", "10", "tcpdump", "-i", "br0", "-n", "-c", "1", "-w", "-",
-		fmt.Sprintf("udp and src host %s and dst host %s and dst port 6783 and udp[8:4] = 0xf7010101", nAddr.Addr(), p.UnderlayIP)).Output()
+		fmt.Sprintf("udp and src host %s and dst host %s and dst port 6783 and udp[8:4] = 0xf7020101", nAddr.Addr(), p.UnderlayIP)).Output()
 	if err != nil {
 		t.Fatalf("capturing a probe of %s: %v", n, err)
 	}
@@ -462,23 +463,29 @@ func forgedRelay(t *testing.T, b *testbed.Bed, node string, p, n *testbed.Host, 
 		return id[:]
 	}
 	pst, nst := p.Status(), n.Status()
-	hdr := func(typ byte) []byte {
-		h := []byte{0xF7, 1, typ, 1}
+	// A version-2 header (tunnel/relay.go): hop byte, IDs, then the hop
+	// counter and MAC a non-member cannot make (zero here).
+	hdr := func(typ, hop byte) []byte {
+		h := []byte{0xF7, 2, typ, hop}
 		h = append(h, idOf(pst)...)
-		return append(h, idOf(nst)...)
+		h = append(h, idOf(nst)...)
+		return append(h, make([]byte, 16)...)
 	}
 	wrongMAC := bytes.Clone(real)
-	wrongMAC[len(wrongMAC)-1] ^= 0xff
-	wrongMAC[20] ^= 1 // another timestamp, same everything else
-	data := append(hdr(0), 4, 0, 0, 0)
-	data = append(data, make([]byte, 28)...)
+	wrongMAC[tunnel.RelayHeaderLen-1] ^= 0xff // the hop MAC's last byte
+	wrongMAC[tunnel.RelayHeaderLen] ^= 1      // and another timestamp
+	data := func(hop byte) []byte {
+		d := append(hdr(0, hop), 4, 0, 0, 0)
+		return append(d, make([]byte, 28)...)
+	}
 	forged := []struct {
 		name    string
 		from    netip.AddrPort
 		pkt     []byte
 		counter string
 	}{
-		{"data frame from a non-member", stranger, data, "udp_relay_dropped_unknown_source"},
+		{"data frame in n's name from a non-member", stranger, data(16), "udp_relay_dropped_bad_mac"},
+		{"data frame 'forwarded' from a non-member's address", stranger, data(0x80 | 15), "udp_relay_dropped_unknown_source"},
 		{"probe in n's name, wrong MAC, from a non-member", stranger, wrongMAC, "udp_relay_dropped_bad_mac"},
 		{"probe in n's name, wrong MAC, from n's address", nAddr, wrongMAC, "udp_relay_dropped_bad_mac"},
 		{"n's real probe replayed from a non-member", stranger, real, "udp_relay_dropped_replayed"},

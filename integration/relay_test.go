@@ -11,6 +11,7 @@ import (
 
 	"github.com/weavewg/weavewg/integration/testbed"
 	"github.com/weavewg/weavewg/tunnel"
+	"github.com/weavewg/weavewg/types/key"
 )
 
 // underlay is host n's underlay address.
@@ -245,8 +246,9 @@ func TestRelayPeerLeaves(t *testing.T) {
 }
 
 // TestRelayDropsStrangers is acceptance 5: relay frames from an address that
-// is not a member, and frames naming a peer that does not exist, are dropped
-// and counted; the relay keeps working.
+// is not a member (claiming to be forwarded from A by a relay), and frames
+// naming a peer that does not exist, are dropped and counted; the relay
+// keeps working.
 func TestRelayDropsStrangers(t *testing.T) {
 	needTool(t, "ping", "nft")
 	b, hs := lineBed(t, 3)
@@ -259,19 +261,27 @@ func TestRelayDropsStrangers(t *testing.T) {
 
 	var unknown tunnel.PeerID
 	rand.Read(unknown[:])
-	frame := func(dst, src tunnel.PeerID) []byte {
-		f := tunnel.AppendRelayHeader(nil, tunnel.RelayHeader{Type: tunnel.RelayTypeData, HopLimit: 8, Dst: dst, Src: src})
+	frame := func(dst, src tunnel.PeerID, forwarded bool) []byte {
+		f := tunnel.AppendRelayHeader(nil, tunnel.RelayHeader{Type: tunnel.RelayTypeData, HopLimit: 8, Forwarded: forwarded, Dst: dst, Src: src})
 		return append(f, bytes.Repeat([]byte{4, 0, 0, 0}, 16)...)
 	}
+	idOf := func(h *testbed.Host) tunnel.PeerID {
+		k, err := key.ParsePublic(testbed.Self(h.Status()).PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tunnel.PeerIDOf(k)
+	}
+	idA, idC := idOf(hs[0]), idOf(hs[2])
 	stranger := b.AddNode(200)
 	const n = 50
 	for range n {
-		// From a non-member address, naming made-up peers.
-		if err := testbed.SendRawUDP(stranger, netip.MustParseAddrPort(underlay(200)+":6783"), bAddr, frame(unknown, unknown)); err != nil {
+		// From a non-member address, claiming to forward A's frame for C.
+		if err := testbed.SendRawUDP(stranger, netip.MustParseAddrPort(underlay(200)+":6783"), bAddr, frame(idC, idA, true)); err != nil {
 			t.Fatal(err)
 		}
 		// From member A's own address and port, naming a peer that does not exist.
-		if err := testbed.SendRawUDP(hs[0].Netns, netip.MustParseAddrPort(underlay(1)+":6783"), bAddr, frame(unknown, unknown)); err != nil {
+		if err := testbed.SendRawUDP(hs[0].Netns, netip.MustParseAddrPort(underlay(1)+":6783"), bAddr, frame(unknown, unknown, false)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -13,11 +13,11 @@ func TestFromUnderlay(t *testing.T) {
 		ipv6     bool
 		want     int
 	}{
-		{"ethernet v4", 1500, false, 1420},
-		{"google cloud", 1460, false, 1380},
-		{"interconnect", 1380, false, 1300},
-		{"ethernet v6", 1500, true, 1400},
-		{"jumbo", 9000, false, 8920},
+		{"ethernet v4", 1500, false, 1404},
+		{"google cloud", 1460, false, 1364},
+		{"interconnect", 1380, false, 1284},
+		{"ethernet v6", 1500, true, 1384},
+		{"jumbo", 9000, false, 8904},
 		{"tiny link floors at 576", 600, false, MinMTU},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -26,7 +26,7 @@ func TestFromUnderlay(t *testing.T) {
 			}
 		})
 	}
-	if DefaultMTU != 1420 {
+	if DefaultMTU != 1404 {
 		t.Fatalf("DefaultMTU = %d", DefaultMTU)
 	}
 	// A probe of the largest payload of a link proves what FromUnderlay says.
@@ -45,12 +45,12 @@ func TestDecide(t *testing.T) {
 		want       int
 		wantSrc    Source
 	}{
-		{"nothing smaller known", 1420, 1500, 1472, 1420, SourceLink},
-		{"route unknown, probe full", 1420, 0, 1472, 1420, SourceLink},
-		{"icmp taught the kernel 1400", 1420, 1400, 1372, 1320, SourceRoute},
-		{"black hole: only the probe knows", 1420, 1500, 1372, 1320, SourceProbe},
-		{"probe not answered yet", 1420, 1500, 0, 1420, SourceLink},
-		{"smaller link of our own", 1420, 1380, 0, 1300, SourceRoute},
+		{"nothing smaller known", 1404, 1500, 1472, 1404, SourceLink},
+		{"route unknown, probe full", 1404, 0, 1472, 1404, SourceLink},
+		{"icmp taught the kernel 1400", 1404, 1400, 1372, 1304, SourceRoute},
+		{"black hole: only the probe knows", 1404, 1500, 1372, 1304, SourceProbe},
+		{"probe not answered yet", 1404, 1500, 0, 1404, SourceLink},
+		{"smaller link of our own", 1404, 1380, 0, 1284, SourceRoute},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, src := Decide(c.tun, c.route, false, c.probed)

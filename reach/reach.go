@@ -11,7 +11,7 @@
 //     our NAT mapping open);
 //   - ICE / ICELost: the address pion/ice selected for the peer, or its end;
 //   - Learned: the address an authenticated datagram of the peer came from
-//     (its probes; WireGuard roams by itself);
+//     (its relay frames and probes; WireGuard roams by itself);
 //   - DirectReply: a probe sent straight to the peer's endpoint answered;
 //   - RelayReply: a probe sent through its relay answered;
 //   - Tick: time passes; the paths are decided again.

@@ -33,12 +33,12 @@ import "encoding/binary"
 //	 0                   1
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	| magic 0xF7    | version 1     |  rest of the relay header, then payload
+//	| magic 0xF7    | version 2     |  rest of the relay header, then payload
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //
 // The magic byte 0xF7 has its top two bits set, so a relay frame is never
 // STUN (top bits 00) and never WireGuard (byte 0 is 1–4). The rest of the
-// header (destination peer, source peer, hop limit) belongs to the relay code
+// header (destination peer, source peer, hop limit, hop counter and MAC) belongs to the relay code
 // that will parse it; it must be at least RelayMinLen bytes in all. A frame
 // with another version byte is junk: a receiver drops versions it does not
 // know rather than guessing.
@@ -88,11 +88,11 @@ const (
 // Relay frame prefix; see the comment above.
 const (
 	RelayMagic   = 0xF7
-	RelayVersion = 1
+	RelayVersion = 2
 	// RelayMinLen is the shortest frame taken for a relay frame: the 2-byte
-	// prefix, 2 bytes of flags and hop limit, 8-byte destination and 8-byte
-	// source peer identifiers.
-	RelayMinLen = 20
+	// prefix, type and hop limit, 8-byte destination and 8-byte source peer
+	// identifiers, the 8-byte hop counter and the 8-byte hop MAC.
+	RelayMinLen = 36
 )
 
 // Classify sorts one datagram. It does not allocate and never panics.

@@ -71,7 +71,7 @@ func TestClassify(t *testing.T) {
 		{"relay", relayMsg(RelayMinLen), KindRelay},
 		{"relay long", relayMsg(1500), KindRelay},
 		{"relay short", relayMsg(RelayMinLen - 1), KindJunk},
-		{"relay unknown version", func() []byte { b := relayMsg(100); b[1] = 2; return b }(), KindJunk},
+		{"relay unknown version", func() []byte { b := relayMsg(100); b[1] = 1; return b }(), KindJunk},
 		{"dns query", []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, 'w', 'w', 'w', 0, 0, 1, 0, 1}, KindJunk},
 	}
 	for _, tt := range tests {

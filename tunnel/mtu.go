@@ -92,11 +92,12 @@ func (t *Tunnel) mtuLoop() {
 				state[p.id] = s
 			}
 			path := mtuPathDirect
-			hop := p.ep
+			hopIdx := int32(i)
 			if p.via >= 0 && p.path.relayed.Load() {
 				path = mtuPathRelayed
-				hop = tbl.nextHop(int32(i))
+				hopIdx = tbl.nextHopIndex(int32(i))
 			}
+			hop := tbl.peers[hopIdx].ep
 			hopAddr, ok := netip.AddrPort{}, false
 			if hop != nil {
 				hopAddr, ok = endpointAddrPort(hop)
@@ -124,7 +125,7 @@ func (t *Tunnel) mtuLoop() {
 			}
 			sizes = s.search[path].ToProbe(now, sizes[:0])
 			if len(sizes) > 0 && t.raw != nil && p.pairKey != nil {
-				t.sendMTUProbes(tbl, p, byte(path), hopAddr, sizes, now, s)
+				t.sendMTUProbes(tbl, p, &tbl.peers[hopIdx], byte(path), hopAddr, sizes, now, s)
 			}
 			probed := s.search[path].Largest(now)
 			if other := s.search[1-path]; probed == 0 && other != nil {
@@ -164,14 +165,18 @@ func (t *Tunnel) mtuLoop() {
 }
 
 // sendMTUProbes sends one probe of each size to peer p on path through
-// the next hop at addr.
-func (t *Tunnel) sendMTUProbes(tbl *relayTable, p *relayPeer, path byte, addr netip.AddrPort, sizes []int, now time.Time, s *peerMTUState) {
+// the next hop (hop, at addr).
+func (t *Tunnel) sendMTUProbes(tbl *relayTable, p, hop *relayPeer, path byte, addr netip.AddrPort, sizes []int, now time.Time, s *peerMTUState) {
+	if hop.hopTx == nil {
+		return
+	}
 	hdr := RelayHeader{Type: RelayTypeMTUProbe, HopLimit: 1, Dst: p.id, Src: tbl.self}
 	if path == mtuPathRelayed {
 		hdr.HopLimit = DefaultHopLimit
 	}
 	for _, z := range sizes {
 		s.probeBuf = appendMTUProbe(s.probeBuf[:0], p.pairKey, hdr, now.UnixNano(), z, path)
+		sealHop(s.probeBuf, hop.hopTx, hop.path.hopSend.Add(1))
 		if err := t.raw.send(s.probeBuf, addr); err != nil {
 			t.bind.mtuCtr[mcSendErrors].Add(1)
 			continue

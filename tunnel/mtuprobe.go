@@ -19,14 +19,14 @@ import (
 //	 0                   1                   2                   3
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	|   relay header (20 bytes), type 3 MTU probe or 4 MTU reply    |
+//	|   relay header (36 bytes), type 3 MTU probe or 4 MTU reply    |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|          timestamp: the prober's clock, unix ns (8)           |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| size: the probe's UDP payload (2) | path (1)  | zero (5) ...
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|   MAC (16 bytes): BLAKE2s-256 of the pair key, the header     |
-//	|   without the hop limit and the 16 body bytes above, cut      |
+//	|   without the hop fields and the 16 body bytes above, cut     |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| probe only: zero padding up to size bytes in all              |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -52,15 +52,17 @@ const (
 	mtuPathRelayed = 1
 )
 
-// mtuMAC is BLAKE2s-256(key ‖ header without the hop limit ‖ the first 16
-// body bytes), truncated to 16 bytes: a prefix MAC, sound for BLAKE2 (no
-// length extension), computed in a stack buffer so that answering a probe
-// does not allocate (blake2s.New128 would, per call).
+// mtuMAC is BLAKE2s-256(key ‖ header without what every hop rewrites (hop
+// limit byte, hop counter and MAC) ‖ the first 16 body bytes), truncated
+// to 16 bytes: a prefix MAC, sound for BLAKE2 (no length extension),
+// computed in a stack buffer so that answering a probe does not allocate
+// (blake2s.New128 would, per call).
 func mtuMAC(k *[32]byte, frame []byte) [16]byte {
-	var in [32 + relayOffHopLimit + mtuOffMAC - relayOffDst]byte
+	var in [32 + relayOffHopLimit + relayOffCtr - relayOffDst + mtuOffMAC - RelayHeaderLen]byte
 	n := copy(in[:], k[:])
 	n += copy(in[n:], frame[:relayOffHopLimit])
-	copy(in[n:], frame[relayOffDst:mtuOffMAC])
+	n += copy(in[n:], frame[relayOffDst:relayOffCtr])
+	copy(in[n:], frame[RelayHeaderLen:mtuOffMAC])
 	sum := blake2s.Sum256(in[:])
 	var m [16]byte
 	copy(m[:], sum[:16])
@@ -119,8 +121,10 @@ func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32
 			rx.n[rcMalformed]++
 			return
 		}
+		hop := si
 		if path != mtuPathDirect {
-			ep = t.nextHop(si)
+			hop = t.nextHopIndex(si)
+			ep = t.peers[hop].ep
 		}
 		if ep == nil {
 			rx.n[rcNoRoute]++
@@ -130,14 +134,11 @@ func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32
 		putRelayHeader(reply, RelayHeader{Type: RelayTypeMTUReply, HopLimit: DefaultHopLimit, Dst: h.Src, Src: t.self})
 		m := mtuMAC(p.pairKey, reply)
 		copy(reply[mtuOffMAC:], m[:])
-		rb := getRelayBatch()
-		rb.bufs = append(rb.bufs, reply)
-		if err := b.inner.Send(rb.bufs, ep); err != nil {
+		if err := b.sendHop(t, hop, reply, ep); err != nil {
 			rx.n[rcSendErrors]++
 		} else {
 			b.mtuCtr[mcAnswered].Add(1)
 		}
-		putRelayBatch(rb)
 	case RelayTypeMTUReply:
 		ts := int64(beUint64(frame[RelayHeaderLen:]))
 		if len(frame) != mtuReplyLen || rx.now-ts < 0 || rx.now-ts > int64(time.Minute) {

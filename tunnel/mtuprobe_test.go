@@ -14,9 +14,11 @@ func TestMTUProbeLayout(t *testing.T) {
 	hdr := RelayHeader{Type: RelayTypeMTUProbe, HopLimit: 1, Dst: PeerID{1, 2, 3, 4, 5, 6, 7, 8}, Src: PeerID{9, 10, 11, 12, 13, 14, 15, 16}}
 	f := appendMTUProbe(nil, &k, hdr, 0x0102030405060708, 100, mtuPathRelayed)
 	want := []byte{
-		0xF7, 1, 3, 1, // magic, version, type 3, hop limit
+		0xF7, 2, 3, 1, // magic, version, type 3, hop limit
 		1, 2, 3, 4, 5, 6, 7, 8, // destination
 		9, 10, 11, 12, 13, 14, 15, 16, // source
+		0, 0, 0, 0, 0, 0, 0, 0, // hop counter: sealed when sent
+		0, 0, 0, 0, 0, 0, 0, 0, // hop MAC
 		1, 2, 3, 4, 5, 6, 7, 8, // timestamp
 		0, 100, // size
 		1,             // path: relayed
@@ -42,7 +44,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 	// with the pair key, straight back.
 	probe := appendMTUProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeMTUProbe, HopLimit: 1, Dst: self, Src: a}, 42, 1400, mtuPathDirect)
 	bt := newBatch()
-	bt.fill(probe, "192.0.2.1:6783")
+	bt.fill(hopFrom(probe, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	r := f.inner.last
 	h, _, err := ParseRelayHeader(r)
@@ -60,7 +62,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 	// A probe cut short on the way (its length is not its size) proves
 	// nothing and is not answered.
 	f.inner.sends = 0
-	bt.fill(probe[:1000], "192.0.2.1:6783")
+	bt.fill(hopFrom(probe[:1000], f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	if f.inner.sends != 0 || f.bind.Counters()["udp_relay_dropped_malformed"] != 1 {
 		t.Fatalf("truncated probe: %d sends, counters %v", f.inner.sends, f.bind.Counters())
@@ -68,7 +70,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 	// A probe under another key is dropped.
 	bad := bytes.Clone(probe)
 	bad[mtuOffMAC] ^= 1
-	bt.fill(bad, "192.0.2.1:6783")
+	bt.fill(hopFrom(bad, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	if f.inner.sends != 0 || f.bind.Counters()["udp_relay_dropped_bad_mac"] != 1 {
 		t.Fatal("forged probe answered")
@@ -80,7 +82,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 	binary.BigEndian.PutUint16(reply[mtuOffSize:], 1372)
 	m := mtuMAC(testPairKey(f.a), reply)
 	copy(reply[mtuOffMAC:], m[:])
-	bt.fill(reply, "192.0.2.1:6783")
+	bt.fill(hopFrom(reply, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	select {
 	case got := <-f.bind.mtuAnswers:
@@ -91,7 +93,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 		t.Fatalf("no answer handed over; counters %v", f.bind.Counters())
 	}
 	// The same "direct" reply from another address is not evidence.
-	bt.fill(reply, "192.0.2.2:6783")
+	bt.fill(hopFrom(reply, f.a), "192.0.2.2:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	select {
 	case got := <-f.bind.mtuAnswers:
@@ -107,7 +109,9 @@ func TestMTUProbeAnswerAllocs(t *testing.T) {
 	probe := appendMTUProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeMTUProbe, HopLimit: 1, Dst: self, Src: a}, 42, 1400, mtuPathDirect)
 	bt := newBatch()
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps) // warm the pools
+	k := hopKeyOf(testPairKey(f.a), a)
 	allocs := testing.AllocsPerRun(100, func() {
+		sealHop(probe, k, testHopCtr.Add(1))
 		bt.fill(probe, "192.0.2.1:6783")
 		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	})
@@ -122,7 +126,7 @@ func FuzzMTUProbe(f *testing.F) {
 	var k [32]byte
 	f.Add(appendMTUProbe(nil, &k, RelayHeader{Type: RelayTypeMTUProbe, HopLimit: 1}, 1, 60, 0))
 	f.Add(appendMTUProbe(nil, &k, RelayHeader{Type: RelayTypeMTUReply, HopLimit: 1}, 1, mtuReplyLen, 1)[:mtuReplyLen])
-	f.Add([]byte{0xF7, 1, 3, 1})
+	f.Add([]byte{0xF7, 2, 3, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fx := newRelayFixture(t)
 		self, a := PeerIDOf(fx.self), PeerIDOf(fx.a)
@@ -135,6 +139,7 @@ func FuzzMTUProbe(f *testing.F) {
 		if len(frame) > 2048 {
 			return
 		}
+		hopFrom(frame, fx.a) // a valid hop: the body's MAC must still stop it
 		bt := newBatch()
 		bt.fill(frame, "192.0.2.1:6783")
 		fx.bind.sortBatch(bt.packets, bt.sizes, bt.eps)

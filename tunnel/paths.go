@@ -134,6 +134,7 @@ func buildRelayTable(self PeerID, peers []PeerConfig, states map[key.Public]*pat
 		ps.relayed.Store(path.Relayed && !pc.Relay.IsZero())
 		gossip := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
 		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: path.Endpoint, pairKey: pairKey(pc.Key)}
+		p.hopTx, p.hopRx = hopKeyOf(p.pairKey, self), hopKeyOf(p.pairKey, p.id)
 		p.relayEP = newRelayEndpoint(p.id)
 		if p.addr.IsValid() {
 			if ep, err := parse(p.addr.String()); err == nil {

@@ -20,7 +20,7 @@ import (
 //	 0                   1                   2                   3
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	|      relay header (20 bytes), type 1 probe or 2 reply         |
+//	|      relay header (36 bytes), type 1 probe or 2 reply         |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|          timestamp: the prober's clock, unix ns (8)           |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -36,11 +36,13 @@ import (
 // straight to the peer (hop limit 1, so no relay forwards it), 1 for one sent
 // through relays; the answer goes back the same way. The timestamp is
 // echoed, so the prober measures the round trip with its own clock alone.
-// The MAC covers the header (without the hop limit, which relays change)
-// and the body before it, under the key of the pair (auth.go): it proves
-// which member sent the message, so a direct probe or reply is accepted
-// from any address and moves the sender's endpoint to that address (the
-// endpoint "learned"), and a repeated counter is dropped.
+// The MAC covers the header (without the hop limit byte, the hop counter
+// and the hop MAC, which every hop rewrites) and the body before it, under
+// the key of the pair (auth.go): it proves which member made the message
+// end to end, through relays too, and a repeated counter is dropped. Like
+// every relay frame, each hop of a probe also proves its sender (hop.go),
+// which is how a probe straight from the peer, from any address, moves the
+// peer's endpoint there (the endpoint "learned").
 //
 // The replies are the evidence the path owner (package reach, paths.go)
 // decides direct or relayed by.
@@ -60,12 +62,14 @@ const (
 	probePathRelayed = 1
 )
 
-// probeMAC computes the MAC of a probe frame: over the header without the
-// hop limit (relays change it) and the body before the MAC.
+// probeMAC computes the MAC of a probe frame: over the header without what
+// relays change (hop limit byte, hop counter and MAC) and the body before
+// the MAC.
 func probeMAC(k *[32]byte, frame []byte) [16]byte {
 	h, _ := blake2s.New128(k[:])
 	h.Write(frame[:relayOffHopLimit])
-	h.Write(frame[relayOffDst:probeMACOff])
+	h.Write(frame[relayOffDst:relayOffCtr])
+	h.Write(frame[RelayHeaderLen:probeMACOff])
 	var m [16]byte
 	h.Sum(m[:0])
 	return m
@@ -111,19 +115,12 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 		return
 	}
 	direct := path == probePathDirect
-	if direct && src.IsValid() && src != p.addr {
-		// Authenticated, straight from the peer, from somewhere else than
-		// where we send: the peer roamed, or its NAT mapping is not what
-		// gossip guessed. Send there from now on (applied by the path loop).
-		a := src
-		p.path.learned.Store(&a)
-		rx.n[rcEndpointLearned]++
-		rx.learned = true
-	}
 	switch h.Type {
 	case RelayTypeProbe:
+		hop := si // the answer's first hop: the peer, where the probe came from
 		if !direct {
-			ep = t.nextHop(si)
+			hop = t.nextHopIndex(si)
+			ep = t.peers[hop].ep
 		}
 		if ep == nil {
 			rx.n[rcNoRoute]++
@@ -136,14 +133,11 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 		putBeUint64(body[8:16], p.path.sendCtr.Add(1))
 		m := probeMAC(p.pairKey, frame)
 		copy(frame[probeMACOff:], m[:])
-		rb := getRelayBatch()
-		rb.bufs = append(rb.bufs, frame)
-		if err := b.inner.Send(rb.bufs, ep); err != nil {
+		if err := b.sendHop(t, hop, frame, ep); err != nil {
 			rx.n[rcSendErrors]++
 		} else {
 			rx.n[rcProbesAnswered]++
 		}
-		putRelayBatch(rb)
 	case RelayTypeProbeReply:
 		ts := int64(beUint64(body[:8]))
 		rtt := rx.now - ts
@@ -180,15 +174,16 @@ func (b *Bind) sendProbes() {
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}
 		if p.ep != nil {
 			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect)
-			if b.inner.Send([][]byte{f}, p.ep) == nil {
+			if b.sendHop(t, int32(i), f, p.ep) == nil {
 				sent++
 			}
 		}
 		if p.via >= 0 {
-			if ep := t.nextHop(p.via); ep != nil {
+			j := t.nextHopIndex(p.via)
+			if ep := t.peers[j].ep; ep != nil {
 				hdr.HopLimit = DefaultHopLimit
 				f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathRelayed)
-				if b.inner.Send([][]byte{f}, ep) == nil {
+				if b.sendHop(t, j, f, ep) == nil {
 					sent++
 				}
 			}

@@ -14,7 +14,7 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// # Relay header, version 1
+// # Relay header, version 2
 //
 // A peer with no working direct path is reached through other peers. The
 // WireGuard datagram (already encrypted end to end; relays cannot read it)
@@ -25,7 +25,7 @@ import (
 //	 0                   1                   2                   3
 //	 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	| magic 0xF7    | version 1     | type          | hop limit     |
+//	| magic 0xF7    | version 2     | type          |F| hop limit   |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|                                                               |
 //	+               destination peer ID (8 bytes)                   +
@@ -33,6 +33,14 @@ import (
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|                                                               |
 //	+                  source peer ID (8 bytes)                     +
+//	|                                                               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
+//	+        hop counter: the hop sender's, for this hop (8)        +
+//	|                                                               |
+//	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//	|                                                               |
+//	+        hop MAC (8 bytes), see hop.go                          +
 //	|                                                               |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	| payload: a WireGuard message (type data), or a probe body      |
@@ -43,21 +51,30 @@ import (
 // frames naming an ID that is not in the table are dropped. 64 bits make a
 // collision between two members of one network (2⁻⁶⁴ per pair) negligible.
 //
-// Types: 0 data, 1 probe, 2 probe reply (probe.go), 3 MTU probe, 4 MTU
-// reply (mtuprobe.go). Any other type, and any
-// other version, is dropped: a version-1 receiver does not guess. A new
-// field means a new version. The hop limit is decremented by every relay; a
-// frame that would be forwarded with a hop limit of 1 or less is dropped.
+// Every hop proves itself (hop.go): the sender of each hop (the source
+// peer on the first hop; the relay on the next ones, which then sets the
+// F(orwarded) bit) writes its counter for the pair (hop sender, hop
+// receiver) and a MAC over the 28 bytes before it keyed for that pair and
+// direction. So a frame is accepted from whatever address it comes from
+// when it verifies, and a first-hop frame moves its sender's endpoint there,
+// as WireGuard's roaming does; the payload is not covered (WireGuard
+// authenticates it end to end).
 //
-// Size: the header is RelayHeaderLen = 20 bytes. At the default tunnel MTU of
-// 1420 a full WireGuard transport message is 16 (header) + 1420 (payload,
-// padding never takes it past the MTU) + 16 (tag) = 1452 bytes; with the relay
-// header 1472, plus UDP (8) and IPv4 (20): exactly 1500, so relayed traffic
-// fits a 1500-byte IPv4 underlay without fragmenting. Over an IPv6 underlay
-// (40-byte IP header) a relayed full-size packet is 1520 bytes: such a network
-// needs a tunnel MTU of 1400 (--mtu) for relaying to avoid fragmentation.
+// Types: 0 data, 1 probe, 2 probe reply (probe.go), 3 MTU probe, 4 MTU
+// reply (mtuprobe.go). Any other type, and any other version, is dropped: a
+// version-2 receiver does not guess (version 1 had no hop counter and MAC;
+// a mesh upgrades all its members). A new field means a new version. The
+// hop limit (7 bits) is decremented by every relay; a frame that would be
+// forwarded with a hop limit of 1 or less is dropped.
+//
+// Size: the header is RelayHeaderLen = 36 bytes. The tunnel MTU reserves it
+// on every path (pmtu): 1404 on a 1500-byte IPv4 underlay, where a full
+// WireGuard transport message is 16 (header) + 1404 (payload, padding never
+// takes it past the MTU) + 16 (tag) = 1436 bytes; with the relay header
+// 1472, plus UDP (8) and IPv4 (20): exactly 1500, so relayed traffic fits
+// without fragmenting.
 const (
-	RelayHeaderLen = 20
+	RelayHeaderLen = 36
 
 	RelayTypeData       = 0
 	RelayTypeProbe      = 1
@@ -74,6 +91,11 @@ const (
 	relayOffHopLimit = 3
 	relayOffDst      = 4
 	relayOffSrc      = 12
+	relayOffCtr      = 20
+	relayOffMAC      = 28
+
+	relayHopMask   = 0x7f // hop limit bits of byte 3
+	relayForwarded = 0x80 // F bit of byte 3: a relay sent this hop, not the source
 )
 
 // PeerID names a peer in relay frames.
@@ -91,9 +113,12 @@ func (id PeerID) String() string { return hex.EncodeToString(id[:]) }
 
 // RelayHeader is a parsed relay header.
 type RelayHeader struct {
-	Type     uint8
-	HopLimit uint8
-	Dst, Src PeerID
+	Type      uint8
+	HopLimit  uint8 // 0–127
+	Forwarded bool  // a relay sent this hop (the F bit)
+	Dst, Src  PeerID
+	Counter   uint64  // the hop sender's counter
+	MAC       [8]byte // the hop MAC (hop.go)
 }
 
 // Relay header parse errors.
@@ -104,11 +129,21 @@ var (
 	ErrRelayType    = errors.New("relay: unknown frame type")
 )
 
-// AppendRelayHeader appends the 20-byte header h to b.
+// AppendRelayHeader appends the 36-byte header h to b.
 func AppendRelayHeader(b []byte, h RelayHeader) []byte {
-	b = append(b, RelayMagic, RelayVersion, h.Type, h.HopLimit)
+	b = append(b, RelayMagic, RelayVersion, h.Type, hopByte(h))
 	b = append(b, h.Dst[:]...)
-	return append(b, h.Src[:]...)
+	b = append(b, h.Src[:]...)
+	b = binary.BigEndian.AppendUint64(b, h.Counter)
+	return append(b, h.MAC[:]...)
+}
+
+func hopByte(h RelayHeader) byte {
+	v := h.HopLimit & relayHopMask
+	if h.Forwarded {
+		v |= relayForwarded
+	}
+	return v
 }
 
 // ParseRelayHeader parses the header at the start of b and returns it with
@@ -124,20 +159,25 @@ func ParseRelayHeader(b []byte) (RelayHeader, []byte, error) {
 	if b[1] != RelayVersion {
 		return h, nil, ErrRelayVersion
 	}
-	h.Type, h.HopLimit = b[relayOffType], b[relayOffHopLimit]
+	h.Type = b[relayOffType]
+	h.HopLimit, h.Forwarded = b[relayOffHopLimit]&relayHopMask, b[relayOffHopLimit]&relayForwarded != 0
 	if h.Type > RelayTypeMTUReply {
 		return h, nil, ErrRelayType
 	}
 	copy(h.Dst[:], b[relayOffDst:relayOffSrc])
-	copy(h.Src[:], b[relayOffSrc:RelayHeaderLen])
+	copy(h.Src[:], b[relayOffSrc:relayOffCtr])
+	h.Counter = beUint64(b[relayOffCtr:relayOffMAC])
+	copy(h.MAC[:], b[relayOffMAC:RelayHeaderLen])
 	return h, b[RelayHeaderLen:], nil
 }
 
-// putRelayHeader writes h over the first 20 bytes of b.
+// putRelayHeader writes h over the first RelayHeaderLen bytes of b.
 func putRelayHeader(b []byte, h RelayHeader) {
-	b[0], b[1], b[relayOffType], b[relayOffHopLimit] = RelayMagic, RelayVersion, h.Type, h.HopLimit
+	b[0], b[1], b[relayOffType], b[relayOffHopLimit] = RelayMagic, RelayVersion, h.Type, hopByte(h)
 	copy(b[relayOffDst:relayOffSrc], h.Dst[:])
-	copy(b[relayOffSrc:RelayHeaderLen], h.Src[:])
+	copy(b[relayOffSrc:relayOffCtr], h.Src[:])
+	putBeUint64(b[relayOffCtr:relayOffMAC], h.Counter)
+	copy(b[relayOffMAC:RelayHeaderLen], h.MAC[:])
 }
 
 // relayEndpointPrefix starts the text form of a relay endpoint,

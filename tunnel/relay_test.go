@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,18 +16,21 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// The golden header: a data frame, hop limit 16, destination
-// 01..08, source 11..18.
+// The golden header: a data frame forwarded by a relay, hop limit 15,
+// destination 01..08, source 11..18, hop counter 0x2122…28, hop MAC 31..38.
 var goldenHeader = []byte{
-	0xF7, 0x01, // magic, version 1
-	0x00, 0x10, // type data, hop limit 16
+	0xF7, 0x02, // magic, version 2
+	0x00, 0x8F, // type data; F bit (forwarded), hop limit 15
 	0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // destination peer ID
 	0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // source peer ID
+	0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, // hop counter
+	0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, // hop MAC
 }
 
 func TestRelayHeaderGolden(t *testing.T) {
-	h := RelayHeader{Type: RelayTypeData, HopLimit: 16,
-		Dst: PeerID{1, 2, 3, 4, 5, 6, 7, 8}, Src: PeerID{0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18}}
+	h := RelayHeader{Type: RelayTypeData, HopLimit: 15, Forwarded: true,
+		Dst: PeerID{1, 2, 3, 4, 5, 6, 7, 8}, Src: PeerID{0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18},
+		Counter: 0x2122232425262728, MAC: [8]byte{0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38}}
 	got := AppendRelayHeader(nil, h)
 	if !bytes.Equal(got, goldenHeader) {
 		t.Fatalf("AppendRelayHeader = % x, want % x", got, goldenHeader)
@@ -49,10 +53,10 @@ func TestParseRelayHeaderErrors(t *testing.T) {
 		b    []byte
 		want error
 	}{
-		{"short", goldenHeader[:19], ErrRelayShort},
+		{"short", goldenHeader[:RelayHeaderLen-1], ErrRelayShort},
 		{"magic", append([]byte{0xF6}, goldenHeader[1:]...), ErrRelayMagic},
-		{"version 2", append([]byte{0xF7, 2}, goldenHeader[2:]...), ErrRelayVersion},
-		{"type 5", append([]byte{0xF7, 1, 5}, goldenHeader[3:]...), ErrRelayType},
+		{"version 1", append([]byte{0xF7, 1}, goldenHeader[2:]...), ErrRelayVersion},
+		{"type 5", append([]byte{0xF7, 2, 5}, goldenHeader[3:]...), ErrRelayType},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -66,7 +70,7 @@ func TestParseRelayHeaderErrors(t *testing.T) {
 func FuzzParseRelayHeader(f *testing.F) {
 	f.Add(goldenHeader)
 	f.Add(append(append([]byte{}, goldenHeader...), 4, 0, 0, 0)) // + start of a WireGuard message
-	f.Add([]byte{0xF7, 0x01, 0x02, 0x01})                        // probe reply, truncated
+	f.Add([]byte{0xF7, 0x02, 0x02, 0x01})                        // probe reply, truncated
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, payload, err := ParseRelayHeader(b)
@@ -205,8 +209,15 @@ func TestRelayReceive(t *testing.T) {
 	f := newRelayFixture(t)
 	self, a, c := PeerIDOf(f.self), PeerIDOf(f.a), PeerIDOf(f.c)
 	wg := wgTransport(100)
-	frame := func(dst, src PeerID, hop uint8, payload []byte) []byte {
-		return append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: hop, Dst: dst, Src: src}), payload...)
+	var none key.Public
+	// frame is a data frame; by is the hop's sender (none: the source,
+	// first hop; else a relay, F bit set).
+	frame := func(dst, src PeerID, hop uint8, payload []byte, by key.Public, srcKey key.Public) []byte {
+		fr := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: hop, Forwarded: by != none, Dst: dst, Src: src}), payload...)
+		if by == none {
+			by = srcKey
+		}
+		return hopFrom(fr, by)
 	}
 	var unknown PeerID
 	unknown[0] = 0x77
@@ -218,22 +229,26 @@ func TestRelayReceive(t *testing.T) {
 		ep      string // eps[0] after, when delivered
 		sentTo  string // where a forward went, "" none
 		counter string
+		learned string // a's endpoint learned, "" none
 	}{
-		{"for us from relayed c via b", frame(self, c, 5, wg), "192.0.2.2:6783", len(wg), "relay:" + c.String(), "", "udp_relay_delivered"},
-		{"for us from direct a", frame(self, a, 5, wg), "192.0.2.1:6783", len(wg), "192.0.2.1:6783", "", "udp_relay_delivered"},
-		{"for c from a: forward via b", frame(c, a, 5, wg), "192.0.2.1:6783", 0, "", "192.0.2.2:6783", "udp_relay_forwarded"},
-		{"for a from c: forward straight to a", frame(a, c, 5, wg), "192.0.2.2:6783", 0, "", "192.0.2.1:6783", "udp_relay_forwarded"},
-		{"non-member address", frame(self, a, 5, wg), "192.0.2.99:6783", 0, "", "", "udp_relay_dropped_unknown_source"},
-		{"member IP, other port", frame(self, a, 5, wg), "192.0.2.1:4000", 0, "", "", "udp_relay_dropped_unknown_source"},
-		{"unknown source peer", frame(self, unknown, 5, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
-		{"unknown destination", frame(unknown, a, 5, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
-		{"our own ID as source", frame(a, self, 5, wg), "192.0.2.2:6783", 0, "", "", "udp_relay_dropped_unknown_peer"},
-		{"hop limit spent", frame(c, a, 1, wg), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_hop_limit"},
-		{"payload not WireGuard", frame(self, a, 5, []byte("hello, this is not wireguard at all....")), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed"},
-		{"unknown type", append([]byte{0xF7, 1, 9, 5}, frame(self, a, 5, wg)[4:]...), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed"},
+		{"for us from relayed c via b", frame(self, c, 5, wg, f.b, f.c), "192.0.2.2:6783", len(wg), "relay:" + c.String(), "", "udp_relay_delivered", ""},
+		{"for us from direct a", frame(self, a, 5, wg, none, f.a), "192.0.2.1:6783", len(wg), "192.0.2.1:6783", "", "udp_relay_delivered", ""},
+		{"for us from a at a NAT's new port", frame(self, a, 5, wg, none, f.a), "203.0.113.5:49601", len(wg), "192.0.2.1:6783", "", "udp_relay_endpoints_learned", "203.0.113.5:49601"},
+		{"for c from a: forward via b", frame(c, a, 5, wg, none, f.a), "192.0.2.1:6783", 0, "", "192.0.2.2:6783", "udp_relay_forwarded", ""},
+		{"for a from c: forward straight to a", frame(a, c, 5, wg, f.b, f.c), "192.0.2.2:6783", 0, "", "192.0.2.1:6783", "udp_relay_forwarded", ""},
+		{"forwarded, from a non-member address", frame(self, c, 5, wg, f.b, f.c), "192.0.2.99:6783", 0, "", "", "udp_relay_dropped_unknown_source", ""},
+		{"forwarded, member IP, other port", frame(self, c, 5, wg, f.b, f.c), "192.0.2.2:4000", 0, "", "", "udp_relay_dropped_unknown_source", ""},
+		{"unknown source peer", frame(self, unknown, 5, wg, none, f.a), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer", ""},
+		{"unknown destination", frame(unknown, a, 5, wg, none, f.a), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_unknown_peer", ""},
+		{"our own ID as source", frame(a, self, 5, wg, f.b, f.self), "192.0.2.2:6783", 0, "", "", "udp_relay_dropped_unknown_peer", ""},
+		{"hop limit spent", frame(c, a, 1, wg, none, f.a), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_hop_limit", ""},
+		{"payload not WireGuard", frame(self, a, 5, []byte("hello, this is not wireguard at all...."), none, f.a), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed", ""},
+		{"unknown type", append([]byte{0xF7, 2, 9, 5}, frame(self, a, 5, wg, none, f.a)[4:]...), "192.0.2.1:6783", 0, "", "", "udp_relay_dropped_malformed", ""},
+		{"version 1", append([]byte{0xF7, 1, 0, 5}, frame(self, a, 5, wg, none, f.a)[4:]...), "192.0.2.1:6783", 0, "", "", "udp_junk_dropped", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			f.paths[f.a].learned.Store(nil)
 			before := f.bind.Counters()[tt.counter]
 			beforeBytes := f.bind.Counters()["udp_relay_delivered_bytes"]
 			sends := f.inner.sends
@@ -256,10 +271,18 @@ func TestRelayReceive(t *testing.T) {
 			case tt.sentTo == "" && f.inner.sends != sends:
 				t.Errorf("sent something to %s", epAddr(f.inner.lastEP))
 			case tt.sentTo != "":
-				if f.inner.sends != sends+1 || epAddr(f.inner.lastEP) != tt.sentTo {
+				h, _, _ := ParseRelayHeader(f.inner.last)
+				to := f.a
+				if tt.sentTo == "192.0.2.2:6783" {
+					to = f.b
+				}
+				switch {
+				case f.inner.sends != sends+1 || epAddr(f.inner.lastEP) != tt.sentTo:
 					t.Errorf("forwarded to %s (%d sends), want %s", epAddr(f.inner.lastEP), f.inner.sends-sends, tt.sentTo)
-				} else if h, _, _ := ParseRelayHeader(f.inner.last); h.HopLimit != 4 {
-					t.Errorf("forwarded hop limit %d, want 4", h.HopLimit)
+				case h.HopLimit != 4 || !h.Forwarded:
+					t.Errorf("forwarded hop limit %d, F bit %v; want 4, set", h.HopLimit, h.Forwarded)
+				case !hopValidTo(f.inner.last, f.self, to):
+					t.Errorf("forwarded hop not sealed for the next hop")
 				}
 			}
 			if got := f.bind.Counters()[tt.counter]; got != before+1 {
@@ -268,7 +291,93 @@ func TestRelayReceive(t *testing.T) {
 			if got := f.bind.Counters()["udp_relay_delivered_bytes"] - beforeBytes; got != uint64(tt.size) {
 				t.Errorf("udp_relay_delivered_bytes grew by %d, want %d", got, tt.size)
 			}
+			got := ""
+			if l := f.paths[f.a].learned.Load(); l != nil {
+				got = l.String()
+			}
+			if got != tt.learned {
+				t.Errorf("a's endpoint learned %q, want %q", got, tt.learned)
+			}
 		})
+	}
+}
+
+// TestRelayHopAuthentication is issue 12's acceptance 3 for data frames:
+// frames from a non-member, replayed frames and frames with a valid-looking
+// header but a wrong MAC are dropped and counted, and none moves an
+// endpoint; the genuine frame, from anywhere, is taken and moves it.
+func TestRelayHopAuthentication(t *testing.T) {
+	f := newRelayFixture(t)
+	self, a := PeerIDOf(f.self), PeerIDOf(f.a)
+	wg := wgTransport(100)
+	data := func() []byte {
+		return append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: DefaultHopLimit, Dst: self, Src: a}), wg...)
+	}
+	genuine := hopFrom(data(), f.a)
+	wrongMAC := bytes.Clone(genuine)
+	wrongMAC[relayOffMAC] ^= 1
+	otherCounter := bytes.Clone(genuine) // a counter the MAC does not cover
+	otherCounter[relayOffMAC-1] ^= 1
+	bSpeaksForA := hopFrom(data(), f.b) // b's own key, a's name
+	var stranger [32]byte
+	stranger[0] = 0x55
+	nonMember := data()
+	sealHop(nonMember, &stranger, testHopCtr.Add(1))
+	forwardedByStranger := data()
+	forwardedByStranger[relayOffHopLimit] |= relayForwarded
+	sealHop(forwardedByStranger, &stranger, testHopCtr.Add(1))
+	steps := []struct {
+		name    string
+		pkt     []byte
+		from    string
+		counter string
+		learned string
+	}{
+		{"wrong MAC, from a's address", wrongMAC, "192.0.2.1:6783", "udp_relay_dropped_bad_mac", ""},
+		{"counter changed under the MAC", otherCounter, "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
+		{"b speaking for a", bSpeaksForA, "192.0.2.2:6783", "udp_relay_dropped_bad_mac", ""},
+		{"non-member with a key of its own", nonMember, "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
+		{"non-member claiming to forward", forwardedByStranger, "203.0.113.9:4000", "udp_relay_dropped_unknown_source", ""},
+		{"genuine, from a NAT's port", genuine, "203.0.113.5:49601", "udp_relay_delivered", "203.0.113.5:49601"},
+		{"the same frame replayed from elsewhere", genuine, "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
+		{"replayed from a's own address", genuine, "192.0.2.1:6783", "udp_relay_dropped_replayed", ""},
+	}
+	for _, s := range steps {
+		f.paths[f.a].learned.Store(nil)
+		before := f.bind.Counters()
+		bt := newBatch()
+		bt.fill(s.pkt, s.from)
+		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+		after := f.bind.Counters()
+		if after[s.counter] != before[s.counter]+1 {
+			t.Errorf("%s: %s %d → %d, want +1", s.name, s.counter, before[s.counter], after[s.counter])
+		}
+		delivered := s.counter == "udp_relay_delivered"
+		if (bt.sizes[0] != 0) != delivered {
+			t.Errorf("%s: size after %d, delivered %v", s.name, bt.sizes[0], delivered)
+		}
+		got := ""
+		if l := f.paths[f.a].learned.Load(); l != nil {
+			got = l.String()
+		}
+		if got != s.learned {
+			t.Errorf("%s: a's endpoint learned %q, want %q", s.name, got, s.learned)
+		}
+	}
+	// Frames arriving out of order within the window are taken once each.
+	k := hopKeyOf(testPairKey(f.a), a)
+	base := testHopCtr.Add(1000)
+	for _, d := range []uint64{900, 100, 500, 100, 901, 500} {
+		fr := data()
+		sealHop(fr, k, base-1000+d)
+		before := f.bind.Counters()["udp_relay_delivered"]
+		bt := newBatch()
+		bt.fill(fr, "192.0.2.1:6783")
+		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+		_ = before
+	}
+	if c := f.bind.Counters(); c["udp_relay_dropped_replayed"] != 4 {
+		t.Errorf("out of order: %d replays counted, want 4 (2 earlier, 2 repeats)", c["udp_relay_dropped_replayed"])
 	}
 }
 
@@ -398,11 +507,11 @@ func TestTokenBucket(t *testing.T) {
 // TestRelayRateLimited: forwarding stops at the source's budget and counts.
 func TestRelayRateLimited(t *testing.T) {
 	f := newRelayFixture(t)
-	f.bind.relayRate, f.bind.relayBurst = 1000, 1000
+	f.bind.relayRate, f.bind.relayBurst = 1100, 1100 // three 336-byte frames
 	pkt := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wgTransport(300)...)
 	bt := newBatch()
 	for range 5 {
-		bt.fill(pkt, "192.0.2.1:6783")
+		bt.fill(hopFrom(pkt, f.a), "192.0.2.1:6783")
 		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	}
 	c := f.bind.Counters()
@@ -436,17 +545,20 @@ func TestRelayZeroAllocs(t *testing.T) {
 	packets, sizes, eps := make([][]byte, n), make([]int, n), make([]conn.Endpoint, n)
 	srcB := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.2:6783")}
 	srcA := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.1:6783")}
-	toUs := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.self), Src: PeerIDOf(f.c)}), wg...)
+	toUs := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Forwarded: true, Dst: PeerIDOf(f.self), Src: PeerIDOf(f.c)}), wg...)
 	toC := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wg...)
 	for i := range packets {
 		packets[i] = make([]byte, 2048)
 	}
+	kb, ka := hopKeyOf(testPairKey(f.b), PeerIDOf(f.b)), hopKeyOf(testPairKey(f.a), PeerIDOf(f.a))
 	fill := func() {
 		for i := range packets {
 			if i%2 == 0 {
 				sizes[i], eps[i] = copy(packets[i], toUs), srcB
+				sealHop(packets[i], kb, testHopCtr.Add(1))
 			} else {
 				sizes[i], eps[i] = copy(packets[i], toC), srcA
+				sealHop(packets[i], ka, testHopCtr.Add(1))
 			}
 		}
 	}
@@ -455,6 +567,22 @@ func TestRelayZeroAllocs(t *testing.T) {
 	if a := testing.AllocsPerRun(200, func() { fill(); f.bind.sortBatch(packets, sizes, eps) }); a != 0 {
 		t.Errorf("relay receive (deliver and forward) allocates %v times per batch", a)
 	}
+}
+
+// testHopCtr numbers the hops tests seal: every frame a fresh counter.
+var testHopCtr atomic.Uint64
+
+// hopFrom seals frame's hop as sent by from (the source peer on a first
+// hop, the relay when the F bit is set) to the fixture's self, with a fresh
+// counter, and returns it.
+func hopFrom(frame []byte, from key.Public) []byte {
+	sealHop(frame, hopKeyOf(testPairKey(from), PeerIDOf(from)), testHopCtr.Add(1))
+	return frame
+}
+
+// hopValidTo reports whether frame carries a hop we sealed for peer to.
+func hopValidTo(frame []byte, self, to key.Public) bool {
+	return hopMACValid(hopKeyOf(testPairKey(to), PeerIDOf(self)), frame)
 }
 
 // testPairKey stands in for the X25519-derived pair key (auth.go) in
@@ -477,7 +605,7 @@ func TestProbes(t *testing.T) {
 	// a probes us: we answer straight back with the IDs swapped.
 	probe := appendProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, 7, probePathDirect)
 	bt := newBatch()
-	bt.fill(probe, "192.0.2.1:6783")
+	bt.fill(hopFrom(probe, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	h, body, err := ParseRelayHeader(f.inner.last)
 	if err != nil || h.Type != RelayTypeProbeReply || h.Dst != a || h.Src != self || epAddr(f.inner.lastEP) != "192.0.2.1:6783" || beUint64(body) != 42 {
@@ -486,10 +614,13 @@ func TestProbes(t *testing.T) {
 	if m := probeMAC(testPairKey(f.a), f.inner.last); !bytes.Equal(m[:], f.inner.last[probeMACOff:]) {
 		t.Errorf("reply not signed with the pair key")
 	}
+	if !hopValidTo(f.inner.last, f.self, f.a) {
+		t.Errorf("reply's hop not sealed for a")
+	}
 	// A probe with a bad MAC is dropped.
 	bad := bytes.Clone(probe)
 	bad[len(bad)-1] ^= 1
-	bt.fill(bad, "192.0.2.1:6783")
+	bt.fill(hopFrom(bad, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	if f.bind.Counters()["udp_relay_dropped_bad_mac"] != 1 {
 		t.Errorf("bad MAC not counted")
@@ -500,7 +631,7 @@ func TestProbes(t *testing.T) {
 	sent := now.UnixNano()
 	now = now.Add(3 * time.Millisecond)
 	reply := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, 1, probePathDirect)
-	bt.fill(reply, "192.0.2.3:6783")
+	bt.fill(hopFrom(reply, f.c), "192.0.2.3:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	pc := &f.tbl.peers[f.tbl.lookup(c)]
 	if got := time.Duration(pc.path.rtt.Load()); got != 3*time.Millisecond {
@@ -523,11 +654,16 @@ func TestProbes(t *testing.T) {
 // counted, and move nothing.
 func TestProbeAuthentication(t *testing.T) {
 	self, a, b := PeerIDOf(relayTestKey(9)), relayTestKey(1), relayTestKey(2)
+	// probe is from's probe under the pair key k, its hop sealed with the
+	// hop key of k.
 	probe := func(from key.Public, k *[32]byte, ctr uint64) []byte {
-		return appendProbe(nil, k, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: PeerIDOf(from)}, 1, ctr, probePathDirect)
+		p := appendProbe(nil, k, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: PeerIDOf(from)}, 1, ctr, probePathDirect)
+		sealHop(p, hopKeyOf(k, PeerIDOf(from)), testHopCtr.Add(1))
+		return p
 	}
 	var other [32]byte
 	other[0] = 1
+	fromNAT := probe(a, testPairKey(a), 101)
 	tests := []struct {
 		name    string
 		pkt     []byte
@@ -536,9 +672,9 @@ func TestProbeAuthentication(t *testing.T) {
 		learned string // a's endpoint after; "" unchanged
 	}{
 		{"a from its own address", probe(a, testPairKey(a), 100), "192.0.2.1:6783", "udp_relay_probes_answered", ""},
-		{"a from a NAT's port", probe(a, testPairKey(a), 101), "203.0.113.5:49601", "udp_relay_endpoints_learned", "203.0.113.5:49601"},
-		{"a replayed from elsewhere", probe(a, testPairKey(a), 101), "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
-		{"a too old for the window", probe(a, testPairKey(a), 30), "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
+		{"a from a NAT's port", fromNAT, "203.0.113.5:49601", "udp_relay_endpoints_learned", "203.0.113.5:49601"},
+		{"a replayed from elsewhere", fromNAT, "203.0.113.9:4000", "udp_relay_dropped_replayed", ""},
+		{"a's body counter too old for the window", probe(a, testPairKey(a), 30), "192.0.2.1:6783", "udp_relay_dropped_replayed", ""},
 		{"b's key claiming to be a", probe(a, testPairKey(b), 102), "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
 		{"non-member with a made-up key", probe(a, &other, 103), "203.0.113.9:4000", "udp_relay_dropped_bad_mac", ""},
 		{"unknown sender", probe(relayTestKey(77), &other, 104), "203.0.113.9:4000", "udp_relay_dropped_unknown_peer", ""},

@@ -9,6 +9,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/weavewg/weavewg/pmtu"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -33,6 +34,8 @@ type relayPeer struct {
 	relayEP *RelayEndpoint // handed to wireguard-go for frames from this peer
 	via     int32          // index of the peer to relay through; -1: none
 	pairKey *[32]byte      // probe MAC key of us and this peer (auth.go); nil: none
+	hopTx   *[32]byte      // MAC key of hops we send it (hop.go); nil: none
+	hopRx   *[32]byte      // MAC key of hops it sends us; nil: none
 	path    *pathState
 }
 
@@ -53,6 +56,9 @@ type pathState struct {
 	learned atomic.Pointer[netip.AddrPort]
 	sendCtr atomic.Uint64 // our probe counter for this pair
 	replay  replayFilter  // the peer's probe counters seen
+
+	hopSend atomic.Uint64 // our hop counter towards this peer (hop.go)
+	hopRecv hopReplay     // its hop counters seen
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The
@@ -60,6 +66,7 @@ type pathState struct {
 func newPathState(now int64) *pathState {
 	ps := &pathState{added: now}
 	ps.sendCtr.Store(uint64(now))
+	ps.hopSend.Store(uint64(now))
 	return ps
 }
 
@@ -78,14 +85,33 @@ const maxViaDepth = 4
 // is direct, else the next hop of its relay (which may itself be relayed).
 // nil when there is no address.
 func (t *relayTable) nextHop(i int32) conn.Endpoint {
+	return t.peers[t.nextHopIndex(i)].ep
+}
+
+// nextHopIndex is the peer a frame for peer i is sent to (see nextHop).
+func (t *relayTable) nextHopIndex(i int32) int32 {
 	for range maxViaDepth {
 		p := &t.peers[i]
 		if p.via < 0 || !p.path.relayed.Load() {
-			return p.ep
+			return i
 		}
 		i = p.via
 	}
-	return t.peers[i].ep
+	return i
+}
+
+// sendHop seals frame for the hop to peer j and sends it there alone.
+func (b *Bind) sendHop(t *relayTable, j int32, frame []byte, ep conn.Endpoint) error {
+	p := &t.peers[j]
+	if p.hopTx == nil {
+		return errNoHopKey
+	}
+	sealHop(frame, p.hopTx, p.path.hopSend.Add(1))
+	rb := getRelayBatch()
+	rb.bufs = append(rb.bufs, frame)
+	err := b.inner.Send(rb.bufs, ep)
+	putRelayBatch(rb)
+	return err
 }
 
 // relayBatch is a pooled send batch. Frames we wrap are laid end to end in
@@ -104,7 +130,7 @@ type relayBatch struct {
 
 // fullRelayFrameLen is the size of a relayed full-size WireGuard message at
 // the default MTU (relay.go), to size a batch's buffer.
-const fullRelayFrameLen = RelayHeaderLen + 1452
+const fullRelayFrameLen = RelayHeaderLen + pmtu.DefaultMTU + pmtu.WireGuardHeader
 
 var relayBatchPool = sync.Pool{New: func() any { return new(relayBatch) }}
 
@@ -116,9 +142,10 @@ func putRelayBatch(rb *relayBatch) {
 	relayBatchPool.Put(rb)
 }
 
-// wrap appends to rb.bufs the datagrams of bufs, each behind the header h,
-// end to end in rb.mem.
-func (rb *relayBatch) wrap(bufs [][]byte, h RelayHeader) {
+// wrap appends to rb.bufs the datagrams of bufs, each behind the header h
+// sealed for the next hop with key k and the counters from ctr on, end to
+// end in rb.mem.
+func (rb *relayBatch) wrap(bufs [][]byte, h RelayHeader, k *[32]byte, ctr uint64) {
 	total := 0
 	for _, p := range bufs {
 		total += RelayHeaderLen + len(p)
@@ -132,13 +159,18 @@ func (rb *relayBatch) wrap(bufs [][]byte, h RelayHeader) {
 	off := 0
 	for _, p := range bufs {
 		f := AppendRelayHeader(mem[off:off], h)
+		sealHop(f, k, ctr)
+		ctr++
 		f = append(f, p...)
 		rb.bufs = append(rb.bufs, f)
 		off += len(f)
 	}
 }
 
-var errNoRelayRoute = errors.New("relay: no route to peer")
+var (
+	errNoRelayRoute = errors.New("relay: no route to peer")
+	errNoHopKey     = errors.New("relay: no key for the next hop")
+)
 
 // sendRelayed wraps each datagram for dst in a relay header and sends the
 // batch to the next hop towards dst. It takes no lock and, with a warm pool,
@@ -154,14 +186,17 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
 		return errNoRelayRoute
 	}
-	ep := t.nextHop(i)
-	if ep == nil {
+	next := &t.peers[t.nextHopIndex(i)]
+	ep := next.ep
+	if ep == nil || next.hopTx == nil {
 		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
 		return errNoRelayRoute
 	}
 	h := relayHeaderFor(RelayTypeData, dst, t.self)
+	n := uint64(len(bufs))
+	ctr := next.path.hopSend.Add(n) - n + 1
 	rb := getRelayBatch()
-	rb.wrap(bufs, h)
+	rb.wrap(bufs, h, next.hopTx, ctr)
 	err := b.inner.Send(rb.bufs, ep)
 	putRelayBatch(rb)
 	if err != nil {
@@ -193,52 +228,65 @@ type relayRx struct {
 // size is returned, and eps[i] set so that wireguard-go's replies take the
 // path we chose); anything else is forwarded, answered or dropped, and 0 is
 // returned.
+//
+// Every frame must first prove its hop (hop.go): its sender is the source
+// peer, or with the F bit the member at src; the MAC must be that member's
+// and the counter new. A first-hop frame from another address than the
+// source peer's endpoint teaches the path owner that address.
 func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn.Endpoint) int {
 	t := rx.t
-	_, member := t.byAddr[src]
 	h, payload, err := ParseRelayHeader(pkt)
 	if err != nil {
-		if member {
+		if _, member := t.byAddr[src]; member {
 			rx.n[rcMalformed]++
 		} else {
 			rx.n[rcUnknownSource]++
 		}
 		return 0
 	}
-	toUs := h.Dst == t.self
-	if toUs && h.Type != RelayTypeData {
-		// Probes prove their sender (auth.go) and are taken from any
-		// address: that is how a peer's real endpoint is learned.
-		si := t.lookup(h.Src)
-		if si < 0 || h.Src == t.self {
-			rx.n[rcUnknownPeer]++
-			return 0
-		}
-		if h.Type == RelayTypeMTUProbe || h.Type == RelayTypeMTUReply {
-			b.handleMTUProbe(rx, pkt, h, si, src, *ep) // path MTU (mtuprobe.go)
-			return 0
-		}
-		b.handleProbe(rx, pkt, h, si, src, *ep)
-		return 0
-	}
-	// Data frames carry no MAC of their own (the payload is WireGuard,
-	// authenticated end to end): they are taken only from a member's
-	// address, configured or learned from its authenticated probes.
-	if !member {
-		rx.n[rcUnknownSource]++
-		return 0
-	}
 	si := t.lookup(h.Src)
-	di := int32(-1)
-	if !toUs {
-		di = t.lookup(h.Dst)
-	}
-	if si < 0 || h.Src == t.self || (!toUs && di < 0) {
+	if si < 0 || h.Src == t.self {
 		rx.n[rcUnknownPeer]++
 		return 0
 	}
-	switch {
-	case h.Type == RelayTypeData && toUs:
+	hs := si // who sent this hop
+	if h.Forwarded {
+		i, member := t.byAddr[src]
+		if !member {
+			rx.n[rcUnknownSource]++
+			return 0
+		}
+		hs = i
+	}
+	hp := &t.peers[hs]
+	if hp.hopRx == nil || !hopMACValid(hp.hopRx, pkt) {
+		rx.n[rcBadMAC]++
+		return 0
+	}
+	if !hp.path.hopRecv.accept(h.Counter) {
+		rx.n[rcReplayed]++
+		return 0
+	}
+	if !h.Forwarded && src.IsValid() && src != hp.addr {
+		// Authenticated, straight from the peer, from somewhere else than
+		// where we send: the peer roamed, or its NAT mapping is not what we
+		// knew. Send there from now on (applied by the path loop).
+		a := src
+		hp.path.learned.Store(&a)
+		rx.n[rcEndpointLearned]++
+		rx.learned = true
+	}
+	toUs := h.Dst == t.self
+	if toUs {
+		switch h.Type {
+		case RelayTypeData:
+		case RelayTypeMTUProbe, RelayTypeMTUReply:
+			b.handleMTUProbe(rx, pkt, h, si, src, *ep) // path MTU (mtuprobe.go)
+			return 0
+		default:
+			b.handleProbe(rx, pkt, h, si, src, *ep)
+			return 0
+		}
 		if !isWireGuard(payload) {
 			rx.n[rcMalformed]++
 			return 0
@@ -255,6 +303,11 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		return n
 	}
 	// For another peer: forward.
+	di := t.lookup(h.Dst)
+	if di < 0 {
+		rx.n[rcUnknownPeer]++
+		return 0
+	}
 	if h.HopLimit <= 1 {
 		rx.n[rcHopLimit]++
 		return 0
@@ -263,12 +316,15 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		rx.n[rcRateLimited]++
 		return 0
 	}
-	next := t.nextHop(di)
-	if next == nil {
+	ni := t.nextHopIndex(di)
+	np := &t.peers[ni]
+	next := np.ep
+	if next == nil || np.hopTx == nil || ni == hs {
 		rx.n[rcNoRoute]++
 		return 0
 	}
-	pkt[relayOffHopLimit] = h.HopLimit - 1
+	pkt[relayOffHopLimit] = (h.HopLimit - 1) | relayForwarded
+	sealHop(pkt, np.hopTx, np.path.hopSend.Add(1))
 	if h.Type == RelayTypeMTUProbe {
 		b.forwardMTUProbe(rx, pkt, next) // alone, with DF (mtuprobe.go)
 		return 0

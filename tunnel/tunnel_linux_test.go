@@ -245,11 +245,10 @@ func TestSharedPortSorting(t *testing.T) {
 		}
 	}
 	got.Wait()
-	// The relay frame comes from a port that is no member's address: the
-	// relay code drops it as from an unknown source.
-	// (udp_relay also counts the hosts' own MTU probes, which share the
-	// relay frame's first byte.)
-	if c := a.tun.Counters(); c["udp_relay_dropped_unknown_source"] < 1 || c["udp_relay_delivered"] != 0 || c["udp_relay_forwarded"] != 0 || c[CounterUDPSTUNUnhandled] != 0 {
+	// The relay frame names no peer (its IDs are zero): the relay code
+	// drops it as from an unknown peer. (udp_relay also counts the hosts'
+	// own MTU probes, which share the relay frame's first byte.)
+	if c := a.tun.Counters(); c["udp_relay_dropped_unknown_peer"] < 1 || c["udp_relay_delivered"] != 0 || c["udp_relay_forwarded"] != 0 || c[CounterUDPSTUNUnhandled] != 0 {
 		t.Errorf("Counters = %v", c)
 	}
 	// The tunnel still works, from the hosts themselves.
