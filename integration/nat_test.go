@@ -68,7 +68,11 @@ const (
 // Everything else must reach (relayed at worst) and is reported as seen:
 // random-fully gives every destination a new port nobody can predict,
 // and stock masquerade's mapping is spoiled whenever the other side's
-// datagram reaches the router first (issue 12, point 3).
+// datagram reaches the router first (issue 12, point 3): two stock routers
+// meet only if both first datagrams cross in flight, which the bed's
+// sub-millisecond underlay never allows, and the replacement port is
+// random and seen only by the far router, which drops it (conntrack
+// tables and reasoning in docs/architecture.md, NAT traversal, Limits).
 func TestNAT(t *testing.T) {
 	needTool(t, "ping", "nft")
 	b := newBed(t, testbed.Options{LogLevel: "info"})
