@@ -48,6 +48,7 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 	}
 	alloc, err = ipam.Open(ipam.Config{
 		Self:      d.pub,
+		Private:   d.priv,
 		Range:     d.cfg.Range,
 		Path:      path,
 		Transport: ch,
@@ -267,8 +268,10 @@ func (d *Daemon) ipamStatus() api.IPAMStatus {
 	for _, t := range st.Transfers {
 		state := "pending"
 		switch {
-		case t.Done:
+		case t.Accepted:
 			state = "done"
+		case t.Done:
+			state = "claimed" // the issuer says done; this peer has not concluded it (issue 14)
 		case t.Withdrawn:
 			state = "withdrawn"
 		}

@@ -65,6 +65,17 @@ var counterFamilies = func() map[string]counterFamily {
 		"control_frame_decrypt_failed", "frame_decrypt_failed",
 		"control_message_malformed", "message_malformed",
 		"control_message_unknown_type", "message_unknown_type")
+	// Ring items an honest peer refused (issue 14): a bad signature, a
+	// well signed state its writer had no authority for, a Done claim for a
+	// live peer, or no room left in the ring.
+	add("weavewg_ipam_ring_items_refused_total", "reason",
+		"ipam_forged_entry", "forged_entry",
+		"ipam_forged_vote", "forged_vote",
+		"ipam_forged_transfer", "forged_transfer",
+		"ipam_forged_certificate", "forged_certificate",
+		"ipam_entry_unauthorized", "entry_unauthorized",
+		"ipam_done_refused_live", "done_for_live_peer",
+		"ipam_ring_full", "ring_full")
 	add("weavewg_gossip_dropped_total", "reason",
 		"gossip_records_table_full", "records_table_full",
 		"gossip_channel_unknown", "channel_unknown",

@@ -28,8 +28,11 @@ type Transport interface {
 
 // Config configures an Allocator.
 type Config struct {
-	Self  key.Public
-	Range netip.Prefix // the overlay range, e.g. 10.32.0.0/12
+	Self key.Public
+	// Private is Self's private key: this peer signs its ring entries,
+	// votes and transfers with it (sign.go).
+	Private key.Private
+	Range   netip.Prefix // the overlay range, e.g. 10.32.0.0/12
 	// Path is the bbolt file holding the ring and own allocations. Empty
 	// keeps the state in memory (tests, tools).
 	Path string
@@ -85,6 +88,7 @@ func (e *OwnedElsewhereError) Unwrap() error { return ErrNotOwner }
 type Allocator struct {
 	// Constant after Open.
 	self       key.Public
+	priv       key.Private
 	span       Span
 	tr         Transport
 	now        func() time.Time
@@ -111,6 +115,11 @@ type Allocator struct {
 	conflicts []Allocation
 	lastErr   error
 	counters  map[string]uint64
+	verify    verifier
+	// lastReply is when each peer was last sent our ring in answer to
+	// one it sent that we refused part of (bounds a ping-pong between two
+	// peers that each refuse something of the other's).
+	lastReply map[key.Public]time.Time
 	// pendingClaims are allocations made by ClaimAfterRestart while the
 	// ring was unknown, held in allocs but not yet in the store.
 	pendingClaims map[netip.Addr]bool
@@ -123,12 +132,15 @@ func Open(cfg Config) (*Allocator, error) {
 	if cfg.Self.IsZero() {
 		return nil, errors.New("ipam: Config.Self unset")
 	}
+	if cfg.Private.Public() != cfg.Self {
+		return nil, errors.New("ipam: Config.Private is not the key of Config.Self")
+	}
 	ring, err := NewRing(cfg.Range)
 	if err != nil {
 		return nil, err
 	}
 	a := &Allocator{
-		self: cfg.Self, span: ring.span(), tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
+		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
@@ -198,6 +210,7 @@ func Open(cfg Config) (*Allocator, error) {
 			a.st.close()
 			return nil, fmt.Errorf("ipam: stored ring is for range %v, not %v", r.Range, ring.Range)
 		}
+		r.conclude(a.self) // conclusions are local, not stored
 		a.ring = r
 	}
 	for addr, id := range allocs {
@@ -272,6 +285,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	a.recordPendingClaimsLocked()
 	a.publishFreeLocked()
 	a.dropLostLocked()
+	a.ring.signPending(a.self, a.priv)
 	msg, err := AppendRingMessage(nil, a.ring)
 	if err != nil {
 		return outbox{}, err

@@ -54,7 +54,7 @@ func (n *loopNet) run(t testing.TB) {
 }
 
 func openTest(t testing.TB, n *loopNet, self key.Public, path string) *Allocator {
-	a, err := Open(Config{Self: self, Range: netip.MustParsePrefix("10.32.0.0/24"), Path: path, NoSync: true,
+	a, err := Open(Config{Self: self, Private: privOf(self), Range: netip.MustParsePrefix("10.32.0.0/24"), Path: path, NoSync: true,
 		Transport: loopTransport{n, self}, Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")}})
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +145,7 @@ func TestAllocatorJoinClaimRestart(t *testing.T) {
 	}
 	// A state file of another peer is refused.
 	a.Close()
-	if _, err := Open(Config{Self: pk(2), Range: netip.MustParsePrefix("10.32.0.0/24"), Path: filepath.Join(dir, "a.db")}); err == nil {
+	if _, err := Open(Config{Self: pk(2), Private: privOf(pk(2)), Range: netip.MustParsePrefix("10.32.0.0/24"), Path: filepath.Join(dir, "a.db")}); err == nil {
 		t.Fatal("opened another peer's state")
 	}
 }
@@ -177,7 +177,7 @@ func TestReclaim(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	var as []*Allocator
 	for i := range 3 {
-		a, err := Open(Config{Self: pk(i), Range: netip.MustParsePrefix("10.32.0.0/24"), Transport: loopTransport{n, pk(i)},
+		a, err := Open(Config{Self: pk(i), Private: privOf(pk(i)), Range: netip.MustParsePrefix("10.32.0.0/24"), Transport: loopTransport{n, pk(i)},
 			Now: func() time.Time { return now }})
 		if err != nil {
 			t.Fatal(err)
@@ -237,7 +237,7 @@ func BenchmarkAllocate(b *testing.B) {
 		{"bbolt-nosync", func() string { return filepath.Join(b.TempDir(), "s.db") }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			a, err := Open(Config{Self: pk(0), Range: netip.MustParsePrefix("10.32.0.0/12"), Path: bc.path(), NoSync: true})
+			a, err := Open(Config{Self: pk(0), Private: privOf(pk(0)), Range: netip.MustParsePrefix("10.32.0.0/12"), Path: bc.path(), NoSync: true})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -372,7 +372,7 @@ func TestSilentDonorIsPassedOver(t *testing.T) {
 	n := &loopNet{peers: map[key.Public]*Allocator{}}
 	a, b := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), "")
 	now := time.Unix(1e9, 0)
-	c, err := Open(Config{Self: pk(2), Range: netip.MustParsePrefix("10.32.0.0/24"), NoSync: true,
+	c, err := Open(Config{Self: pk(2), Private: privOf(pk(2)), Range: netip.MustParsePrefix("10.32.0.0/24"), NoSync: true,
 		Transport: loopTransport{n, pk(2)}, Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")},
 		Now: func() time.Time { return now }})
 	if err != nil {

@@ -25,6 +25,17 @@
 // upper half of its largest aligned free block, so ranges stay CIDR-shaped.
 // No consensus round, so nothing can get stuck awaiting one.
 //
+// # Who may change what (issue 14)
+//
+// Ring state is relayed, so every item carries its author's signature
+// (XEdDSA on the identity key, sign.go): an entry state its writer's (the
+// owner, the peer that granted it, or a removed owner's heir), a vote its
+// voter's, a transfer state its issuer's. A receiver takes an entry state
+// only if the writer, or the peer that sent it, is the effective owner of
+// that token in the receiver's own ring (authority.go), so a member can
+// neither take nor split another peer's space; it counts every refusal.
+// A joiner (no ring yet) takes the first ring whose signatures verify.
+//
 // # rmpeer
 //
 // RemovePeer(X) on peer I records Transfer{X, I} in the ring; I votes for
@@ -55,8 +66,10 @@
 // those containers. Using rmpeer on a live peer is misuse, as in Weave Net.
 //
 // Other limits: transfers and votes are never pruned (a CRDT cannot forget
-// without another round), so a network sees at most MaxTransfers rmpeers
-// and MaxVotes votes in its life; a peer whose own transfer was withdrawn
+// without another round), so a network sees at most MaxTransfers rmpeers,
+// MaxVotes votes and MaxCertVotes certificate votes in its life, and a
+// ring holds at most MaxEntries entries and MaxPeers keys (64-byte
+// signatures must fit one discovery channel message); a peer whose own transfer was withdrawn
 // cannot issue another for the same dead peer (another peer must, if the
 // winner itself died); every peer must be given the same Reserved list.
 //
@@ -78,6 +91,7 @@
 // # Files
 //
 // ring.go and transfer.go are the CRDT (pure data); wire.go its encoding;
+// sign.go the signatures; authority.go what a received ring may change;
 // alloc.go the Allocator's state, Open and Seed; addresses.go allocating
 // and freeing; messages.go ring gossip and the donor's side of a grant;
 // space.go reachability and the requester's side; rmpeer.go rmpeer,

@@ -1,9 +1,9 @@
 package ipam
 
 import (
-	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -46,17 +46,29 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 		return outbox{}, err
 	}
 	next := a.ring.Clone()
-	changed, err := next.Merge(in)
-	var mismatch *SeedMismatchError
-	if errors.As(err, &mismatch) && a.abandonsFor(in) {
-		// Our network was never used: take theirs instead of splitting
-		// the mesh into two networks forever.
-		a.log.Warn("joining another network; the network this peer created was never used and is dropped",
-			"network", in.Seed.String(), "dropped", a.ring.Seed.String())
-		a.count("ipam_seed_abandoned")
-		a.lastErr = nil
-		next, _ = NewRing(a.ring.Range)
-		changed, err = next.Merge(in)
+	var changed bool
+	var err error
+	refused := 0
+	switch {
+	case in.Range != a.ring.Range:
+		err = fmt.Errorf("%w: ours %v, theirs %v", ErrRangeMismatch, a.ring.Range, in.Range)
+	case !in.Seeded():
+	case !next.Seeded():
+		changed, err = a.adoptLocked(next, in)
+	case next.Seed != in.Seed:
+		err = &SeedMismatchError{Ours: next.Seed, Theirs: in.Seed}
+		if a.abandonsFor(in) {
+			// Our network was never used: take theirs instead of splitting
+			// the mesh into two networks forever.
+			a.log.Warn("joining another network; the network this peer created was never used and is dropped",
+				"network", in.Seed.String(), "dropped", a.ring.Seed.String())
+			a.count("ipam_seed_abandoned")
+			a.lastErr = nil
+			next, _ = NewRing(a.ring.Range)
+			changed, err = a.adoptLocked(next, in)
+		}
+	default:
+		changed, refused = a.mergeCheckedLocked(next, in, from)
 	}
 	if err != nil {
 		a.count("ipam_ring_refused")
@@ -79,11 +91,22 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 			o.broadcast = nil
 		}
 	}
-	// Tell the sender what it lacks (one round trip converges).
-	if !a.ring.Equal(in) {
-		msg, err := AppendRingMessage(nil, a.ring)
-		if err == nil && o.broadcast == nil {
-			o.to, o.send = from, msg
+	// Tell the sender what it lacks (one round trip converges). When we
+	// refused part of its ring it may refuse part of ours too, so answer
+	// such a peer at most once a second rather than bounce forever.
+	if a.ring.Seeded() && hasNews(a.ring, in) {
+		now := a.now()
+		if refused == 0 || now.Sub(a.lastReply[from]) >= time.Second {
+			if refused > 0 {
+				if len(a.lastReply) >= MaxPeers {
+					clear(a.lastReply)
+				}
+				a.lastReply[from] = now
+			}
+			msg, err := AppendRingMessage(nil, a.ring)
+			if err == nil && o.broadcast == nil {
+				o.to, o.send = from, msg
+			}
 		}
 	}
 	if a.wantSpace {

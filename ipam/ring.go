@@ -31,27 +31,54 @@ func (s Seed) String() string {
 // next token (or the end of the range). Only the entry's effective owner
 // changes it, and every change bumps Version, so for a given token the
 // highest version is the truth.
+//
+// Writer is the peer that made this state and Sig its signature over it
+// (sign.go): the owner itself, or the peer that gave the span away (a
+// grant), or the heir of a removed owner. A receiver takes a state only
+// when Writer (or the peer that sent it) has authority over the token's
+// span in the receiver's own ring (authority.go).
 type Entry struct {
 	Token   uint32 // an IPv4 address as a big-endian integer
 	Owner   key.Public
 	Version uint32
 	Free    uint32 // free addresses in the entry, as last published by the owner
+	Writer  key.Public
+	Sig     key.Signature
 }
 
 // Transfer is an rmpeer request: Issuer asks to inherit Dead's ranges. Done
-// and Withdrawn are set only by Issuer, never both; merging ORs them.
+// and Withdrawn are the issuer's signed claims (Sig covers the state and,
+// for Done, the certificate), never both; a merge keeps the higher state.
+// Done is only a claim: each peer concludes for itself (Accepted) from the
+// certificate and its own vote (Ring.conclude); only Accepted moves space.
 type Transfer struct {
 	Dead, Issuer key.Public
 	Done         bool
 	Withdrawn    bool
+	Sig          key.Signature
+	// Cert is, with Done, the quorum certificate: the signed votes for
+	// Issuer of every elector it counted, sorted by voter.
+	Cert []CertVote
+	// Accepted is this peer's conclusion that the transfer is complete.
+	// It is local: never on the wire, recomputed when a ring is loaded.
+	Accepted bool
+}
+
+// CertVote is one vote of a certificate: Voter's vote, at Seq, for the
+// transfer's issuer to inherit its dead peer, with Voter's signature.
+type CertVote struct {
+	Voter key.Public
+	Seq   uint32
+	Sig   key.Signature
 }
 
 // Vote is Voter's current choice among the transfers of Dead. Only Voter
-// changes it; every change bumps Seq.
+// changes it; every change bumps Seq. Sig is Voter's signature.
 type Vote struct {
 	Voter, Dead key.Public
 	Seq         uint32
 	Issuer      key.Public
+	Sig         key.Signature
 }
 
 // Span is an inclusive range of IPv4 addresses as integers.
@@ -129,6 +156,9 @@ func (r *Ring) Clone() *Ring {
 	c := *r
 	c.Entries = slices.Clone(r.Entries)
 	c.Transfers = slices.Clone(r.Transfers)
+	for i := range c.Transfers {
+		c.Transfers[i].Cert = slices.Clone(c.Transfers[i].Cert)
+	}
 	c.Votes = slices.Clone(r.Votes)
 	return &c
 }
@@ -136,7 +166,17 @@ func (r *Ring) Clone() *Ring {
 // Equal reports whether two rings hold the same state.
 func (r *Ring) Equal(o *Ring) bool {
 	return r.Range == o.Range && r.Seed == o.Seed && r.Used == o.Used &&
-		slices.Equal(r.Entries, o.Entries) && slices.Equal(r.Transfers, o.Transfers) && slices.Equal(r.Votes, o.Votes)
+		slices.Equal(r.Entries, o.Entries) && slices.EqualFunc(r.Transfers, o.Transfers, transferEqual) && slices.Equal(r.Votes, o.Votes)
+}
+
+func transferEqual(a, b Transfer) bool {
+	return sameTransferState(a, b) && a.Accepted == b.Accepted
+}
+
+// sameTransferState compares everything but the local conclusion.
+func sameTransferState(a, b Transfer) bool {
+	return a.Dead == b.Dead && a.Issuer == b.Issuer && a.Done == b.Done && a.Withdrawn == b.Withdrawn &&
+		a.Sig == b.Sig && slices.Equal(a.Cert, b.Cert)
 }
 
 // Seeded reports whether the ring belongs to a network yet.
@@ -153,7 +193,7 @@ func (r *Ring) SeedTo(self key.Public, id uint64) error {
 	}
 	sp := r.span()
 	r.Seed = Seed{self, id}
-	r.Entries = []Entry{{Token: sp.First, Owner: self, Version: 1, Free: uint32(min(sp.Size(), 1<<32-1))}}
+	r.Entries = []Entry{{Token: sp.First, Owner: self, Version: 1, Free: uint32(min(sp.Size(), 1<<32-1)), Writer: self}}
 	return nil
 }
 
@@ -177,8 +217,8 @@ func (r *Ring) Validate() error {
 		if i > 0 && r.Entries[i-1].Token >= e.Token {
 			return errors.New("ipam: tokens not strictly increasing")
 		}
-		if e.Owner.IsZero() || e.Version == 0 {
-			return errors.New("ipam: entry without owner or version")
+		if e.Owner.IsZero() || e.Version == 0 || e.Writer.IsZero() {
+			return errors.New("ipam: entry without owner, writer or version")
 		}
 	}
 	for i := 1; i < len(r.Transfers); i++ {
@@ -189,6 +229,14 @@ func (r *Ring) Validate() error {
 	for _, t := range r.Transfers {
 		if t.Done && t.Withdrawn {
 			return errors.New("ipam: transfer both done and withdrawn")
+		}
+		if (len(t.Cert) > 0) != t.Done || (t.Accepted && !t.Done) {
+			return errors.New("ipam: transfer certificate without done, or done without one")
+		}
+		for i := 1; i < len(t.Cert); i++ {
+			if !t.Cert[i-1].Voter.Less(t.Cert[i].Voter) {
+				return errors.New("ipam: certificate votes not sorted")
+			}
 		}
 	}
 	for i := 1; i < len(r.Votes); i++ {
@@ -226,16 +274,45 @@ func (r *Ring) checkVersions() error {
 }
 
 // entryLess is the total order that decides which of two states of the same
-// token wins a merge. Version decides; the rest only breaks ties that honest
-// owners never create, so that merge stays a lattice join even on bad input.
+// token wins a merge. Version decides, then the writer (a fork: two
+// writers that each had authority in their own view); the rest only breaks
+// ties that honest writers never create, so that merge stays a lattice
+// join even on bad input.
 func entryLess(a, b Entry) bool {
 	if a.Version != b.Version {
 		return a.Version < b.Version
 	}
+	if c := bytes.Compare(a.Writer[:], b.Writer[:]); c != 0 {
+		return c < 0
+	}
 	if c := bytes.Compare(a.Owner[:], b.Owner[:]); c != 0 {
 		return c < 0
 	}
-	return a.Free < b.Free
+	if a.Free != b.Free {
+		return a.Free < b.Free
+	}
+	return bytes.Compare(a.Sig[:], b.Sig[:]) < 0
+}
+
+// transferRank orders a transfer's states: issued < withdrawn < done.
+func transferRank(t Transfer) int {
+	switch {
+	case t.Done:
+		return 2
+	case t.Withdrawn:
+		return 1
+	}
+	return 0
+}
+
+// transferLess orders two states of the same transfer (issuer signatures
+// of different states; the signature only breaks ties a misbehaving issuer
+// makes).
+func transferLess(a, b Transfer) bool {
+	if ra, rb := transferRank(a), transferRank(b); ra != rb {
+		return ra < rb
+	}
+	return bytes.Compare(a.Sig[:], b.Sig[:]) < 0
 }
 
 func cmpTransfer(a, b Transfer) int {
@@ -257,7 +334,10 @@ func voteLess(a, b Vote) bool {
 	if a.Seq != b.Seq {
 		return a.Seq < b.Seq
 	}
-	return bytes.Compare(a.Issuer[:], b.Issuer[:]) > 0 // tie: smaller issuer wins
+	if c := bytes.Compare(a.Issuer[:], b.Issuer[:]); c != 0 {
+		return c > 0 // tie: smaller issuer wins
+	}
+	return bytes.Compare(a.Sig[:], b.Sig[:]) < 0
 }
 
 // Merge folds o into r: per token the higher entry wins, transfers and votes
@@ -312,14 +392,19 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 	for _, t := range o.Transfers {
 		k, found := slices.BinarySearchFunc(r.Transfers, t, cmpTransfer)
 		if !found {
+			t.Cert = slices.Clone(t.Cert)
 			r.Transfers = slices.Insert(r.Transfers, k, t)
 			changed = true
 			continue
 		}
 		cur := &r.Transfers[k]
-		if (t.Done && !cur.Done) || (t.Withdrawn && !cur.Withdrawn) {
-			cur.Done = cur.Done || t.Done
-			cur.Withdrawn = cur.Withdrawn || t.Withdrawn
+		switch {
+		case transferLess(*cur, t):
+			*cur = t
+			cur.Cert = slices.Clone(t.Cert)
+			changed = true
+		case sameTransferState(*cur, t) && t.Accepted && !cur.Accepted:
+			cur.Accepted = true // Check's merge of views; wire rings never carry it
 			changed = true
 		}
 	}
@@ -379,12 +464,13 @@ func (r *Ring) heir(p key.Public) key.Public {
 	return p
 }
 
-// doneTransfer returns the issuer of the completed transfer of dead, if any.
+// doneTransfer returns the issuer of the transfer of dead this peer
+// concluded complete (Accepted), if any.
 // Honest peers complete at most one; with several (misuse), the smallest
 // issuer key is taken so every peer resolves alike.
 func (r *Ring) doneTransfer(dead key.Public) (key.Public, bool) {
 	for _, t := range r.transfersOf(dead) {
-		if t.Done {
+		if t.Accepted {
 			return t.Issuer, true
 		}
 	}
@@ -478,17 +564,17 @@ func (r *Ring) Grant(self, to key.Public, s Span) error {
 		return ErrRingFull
 	}
 	if s.Last < es.Last {
-		r.insertToken(Entry{Token: s.Last + 1, Owner: self, Version: 1})
+		r.insertToken(Entry{Token: s.Last + 1, Owner: self, Version: 1, Writer: self})
 	}
 	if s.First == es.First {
 		e := &r.Entries[i]
-		e.Owner, e.Version, e.Free = to, e.Version+1, 0
+		e.Owner, e.Version, e.Free, e.Writer, e.Sig = to, e.Version+1, 0, self, key.Signature{}
 	} else {
-		if r.Entries[i].Owner != self { // inherited: make our ownership explicit
-			r.Entries[i].Owner = self
-			r.Entries[i].Version++
+		if e := &r.Entries[i]; e.Owner != self { // inherited: make our ownership explicit
+			e.Owner, e.Writer, e.Sig = self, self, key.Signature{}
+			e.Version++
 		}
-		r.insertToken(Entry{Token: s.First, Owner: to, Version: 1})
+		r.insertToken(Entry{Token: s.First, Owner: to, Version: 1, Writer: self})
 	}
 	return nil
 }
@@ -500,7 +586,7 @@ func (r *Ring) setFree(self key.Public, i int, free uint32) bool {
 	if r.heir(e.Owner) != self || (e.Owner == self && e.Free == free) {
 		return false
 	}
-	e.Owner, e.Free = self, free
+	e.Owner, e.Free, e.Writer, e.Sig = self, free, self, key.Signature{}
 	e.Version++
 	return true
 }

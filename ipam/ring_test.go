@@ -1,20 +1,56 @@
 package ipam
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/weavewg/weavewg/types/key"
 )
 
-func pk(i int) key.Public {
-	var p key.Public
-	p[0] = byte(i + 1)
-	p[31] = byte(i * 7)
-	return p
+// Test keys are real key pairs (ring items are signed), found by search so
+// that pk(i)'s first byte is i+1: keys sort by i, and the tests' orders
+// (smallest key wins) and the simulation's peer numbers in failure reports
+// (key[0]-1) stay readable.
+var testKeys = struct {
+	sync.Mutex
+	priv  map[int]key.Private
+	byPub map[key.Public]key.Private
+}{priv: map[int]key.Private{}, byPub: map[key.Public]key.Private{}}
+
+func sk(i int) key.Private {
+	testKeys.Lock()
+	defer testKeys.Unlock()
+	if k, ok := testKeys.priv[i]; ok {
+		return k
+	}
+	for n := 0; ; n++ {
+		seed := sha256.Sum256(fmt.Appendf(nil, "ipam test key %d %d", i, n))
+		k, err := key.ParsePrivate(base64.StdEncoding.EncodeToString(seed[:]))
+		if err != nil {
+			panic(err)
+		}
+		if p := k.Public(); p[0] == byte(i+1) {
+			testKeys.priv[i] = k
+			testKeys.byPub[p] = k
+			return k
+		}
+	}
+}
+
+func pk(i int) key.Public { return sk(i).Public() }
+
+// privOf is the private key of a test key made by pk.
+func privOf(p key.Public) key.Private {
+	testKeys.Lock()
+	defer testKeys.Unlock()
+	return testKeys.byPub[p]
 }
 
 var testRange = netip.MustParsePrefix("10.32.0.0/12")

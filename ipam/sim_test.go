@@ -95,7 +95,7 @@ func newSim(t testing.TB, seed uint64, n int, useBolt bool) *sim {
 
 func (s *sim) open(p *simPeer) {
 	cfg := Config{
-		Self: p.key, Range: netip.MustParsePrefix("10.32.0.0/22"), Transport: simTransport{s, p.i},
+		Self: p.key, Private: privOf(p.key), Range: netip.MustParsePrefix("10.32.0.0/22"), Transport: simTransport{s, p.i},
 		Now: func() time.Time { return s.now }, RequestTimeout: 3 * time.Second, NoSync: true,
 		Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")},
 		Rand:     func() uint64 { return 0xfeed },
@@ -164,6 +164,14 @@ func (s *sim) check(step int) {
 		views = append(views, p.a.View())
 	}
 	if err := Check(views); err != nil {
+		if testing.Verbose() {
+			for _, v := range views {
+				s.t.Logf("view of %s:", v.Self.Name())
+				for _, e := range v.Ring.Entries {
+					s.t.Logf("  %v owner %s v%d writer %s", u2a(e.Token), e.Owner.Name(), e.Version, e.Writer.Name())
+				}
+			}
+		}
 		s.t.Fatalf("sequence %d step %d: invariant broken: %v\nlast operations:\n%s", s.seed, step, err, strings.Join(s.log[max(0, len(s.log)-30):], "\n"))
 	}
 	for _, p := range s.alive() {

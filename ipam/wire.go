@@ -30,15 +30,26 @@ import (
 //	flags: bit 0 used (Ring.Used); other bits must be zero.
 //	| npeers 2 | npeers × peer key 32 (strictly increasing)      |
 //	+----------+-------------------------------------------------+
-//	| nentries 2 | nentries × entry 14:                          |
-//	|   token 4 | owner index 2 | version 4 | free 4             |
+//	| nentries 2 | nentries × entry 80:                          |
+//	|   token 4 | owner index 2 | version 4 | free 4 |           |
+//	|   writer index 2 | writer's signature 64                   |
 //	+------------+-----------------------------------------------+
-//	| ntransfers 2 | ntransfers × transfer 5:                    |
-//	|   dead index 2 | issuer index 2 | flags 1 (1 done, 2 withdrawn)
-//	+--------------+---------------------------------------------+
-//	| nvotes 2 | nvotes × vote 10:                               |
-//	|   voter index 2 | dead index 2 | seq 4 | issuer index 2    |
+//	| nvotes 2 | nvotes × vote 74:                               |
+//	|   voter index 2 | dead index 2 | seq 4 | issuer index 2 |  |
+//	|   voter's signature 64                                     |
 //	+----------+-------------------------------------------------+
+//	| ntransfers 2 | ntransfers × transfer:                      |
+//	|   dead index 2 | issuer index 2 | flags 1 (1 done, 2 withdrawn)
+//	|   issuer's signature 64 | ncert 2 (zero unless done) |     |
+//	|   ncert × ( voter index 2 | seq 4 | sig flag 1 |          |
+//	|             voter's signature 64, only if sig flag is 1 ) |
+//	+--------------+---------------------------------------------+
+//
+// A certificate vote's signature is left out (sig flag 0) exactly when the
+// vote table holds that voter's vote on the same dead peer with the same
+// seq, issuer and signature (the usual case: votes stay put once a
+// transfer completes); otherwise it is inline. The signatures (sign.go) are
+// not checked by the parser: the receiver checks them (authority.go).
 //
 // Peer indexes point into the peer table; every table key is used. The
 // encoding is canonical (one byte string per ring), so Append(Parse(b)) == b.
@@ -52,8 +63,9 @@ import (
 // The seed lets a donor of another network refuse instead of granting.
 
 // WireVersion is the version byte of every message.
-// Version 2 added the ring's flags byte.
-const WireVersion = 2
+// Version 2 added the ring's flags byte; version 3 the signatures, entry
+// writers and certificates (issue 14).
+const WireVersion = 3
 
 // Message types.
 const (
@@ -61,21 +73,31 @@ const (
 	msgRequest byte = 2
 )
 
-// Size bounds. A maximal ring fits in MaxMessage, under one discovery frame.
+// Size bounds. A maximal ring fits in MaxMessage, under one discovery
+// channel message (discovery.MaxChannelPayload, about 65,300 bytes).
+// Signatures cost 64 bytes per entry, vote and transfer, which is what
+// fixes these (version 2, unsigned, allowed 512 peers, 2048 entries, 256
+// transfers and 1024 votes).
 const (
-	MaxPeers     = 512
-	MaxEntries   = 2048
-	MaxTransfers = 256
-	MaxVotes     = 1024
+	MaxPeers     = 192
+	MaxEntries   = 384
+	MaxTransfers = 48
+	MaxVotes     = 160
+	// MaxCertVotes bounds the votes of all certificates together, and
+	// maxCertSigs those of them carried inline.
+	MaxCertVotes = 256
+	maxCertSigs  = 48
 
-	hdrLen       = 2
-	ringFlagUsed = 1
-	ringFixedLen = 4 + 1 + key.Len + 8 + 1 + 2*4
-	entryLen     = 4 + 2 + 4 + 4
-	transferLen  = 2 + 2 + 1
-	voteLen      = 2 + 2 + 4 + 2
-	requestLen   = key.Len + 8
-	maxRingLen   = ringFixedLen + MaxPeers*key.Len + MaxEntries*entryLen + MaxTransfers*transferLen + MaxVotes*voteLen
+	hdrLen        = 2
+	ringFlagUsed  = 1
+	ringFixedLen  = 4 + 1 + key.Len + 8 + 1 + 2*4
+	entryLen      = 4 + 2 + 4 + 4 + 2 + key.SigLen
+	transferLen   = 2 + 2 + 1 + key.SigLen + 2
+	certVoteLen   = 2 + 4 + 1
+	voteLen       = 2 + 2 + 4 + 2 + key.SigLen
+	requestLen    = key.Len + 8
+	maxRingLen    = ringFixedLen + MaxPeers*key.Len + MaxEntries*entryLen + MaxTransfers*transferLen + MaxVotes*voteLen + MaxCertVotes*certVoteLen + maxCertSigs*key.SigLen
+	certSigInline = 1
 
 	// MaxMessage bounds every IPAM message.
 	MaxMessage = 60000
@@ -103,6 +125,14 @@ func peerTable(r *Ring) ([]key.Public, map[key.Public]uint16, error) {
 	for _, v := range r.Votes {
 		set[v.Voter], set[v.Dead], set[v.Issuer] = true, true, true
 	}
+	for _, e := range r.Entries {
+		set[e.Writer] = true
+	}
+	for _, t := range r.Transfers {
+		for _, c := range t.Cert {
+			set[c.Voter] = true
+		}
+	}
 	if len(set) > MaxPeers {
 		return nil, nil, ErrRingFull
 	}
@@ -121,7 +151,7 @@ func peerTable(r *Ring) ([]key.Public, map[key.Public]uint16, error) {
 // AppendRing appends the body of a ring message (no header) to b. It fails
 // only for a ring beyond the size bounds.
 func AppendRing(b []byte, r *Ring) ([]byte, error) {
-	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes {
+	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes || r.certVotes() > MaxCertVotes {
 		return b, ErrRingFull
 	}
 	keys, idx, err := peerTable(r)
@@ -148,8 +178,19 @@ func AppendRing(b []byte, r *Ring) ([]byte, error) {
 		b = binary.BigEndian.AppendUint16(b, idx[e.Owner])
 		b = binary.BigEndian.AppendUint32(b, e.Version)
 		b = binary.BigEndian.AppendUint32(b, e.Free)
+		b = binary.BigEndian.AppendUint16(b, idx[e.Writer])
+		b = append(b, e.Sig[:]...)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Votes)))
+	for _, v := range r.Votes {
+		b = binary.BigEndian.AppendUint16(b, idx[v.Voter])
+		b = binary.BigEndian.AppendUint16(b, idx[v.Dead])
+		b = binary.BigEndian.AppendUint32(b, v.Seq)
+		b = binary.BigEndian.AppendUint16(b, idx[v.Issuer])
+		b = append(b, v.Sig[:]...)
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Transfers)))
+	inline := 0
 	for _, t := range r.Transfers {
 		b = binary.BigEndian.AppendUint16(b, idx[t.Dead])
 		b = binary.BigEndian.AppendUint16(b, idx[t.Issuer])
@@ -161,13 +202,21 @@ func AppendRing(b []byte, r *Ring) ([]byte, error) {
 			f |= flagWithdrawn
 		}
 		b = append(b, f)
-	}
-	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Votes)))
-	for _, v := range r.Votes {
-		b = binary.BigEndian.AppendUint16(b, idx[v.Voter])
-		b = binary.BigEndian.AppendUint16(b, idx[v.Dead])
-		b = binary.BigEndian.AppendUint32(b, v.Seq)
-		b = binary.BigEndian.AppendUint16(b, idx[v.Issuer])
+		b = append(b, t.Sig[:]...)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(t.Cert)))
+		for _, c := range t.Cert {
+			b = binary.BigEndian.AppendUint16(b, idx[c.Voter])
+			b = binary.BigEndian.AppendUint32(b, c.Seq)
+			if v, ok := r.vote(c.Voter, t.Dead); ok && v.Seq == c.Seq && v.Issuer == t.Issuer && v.Sig == c.Sig {
+				b = append(b, 0)
+				continue
+			}
+			if inline++; inline > maxCertSigs {
+				return b, ErrRingFull
+			}
+			b = append(b, certSigInline)
+			b = append(b, c.Sig[:]...)
+		}
 	}
 	return b, nil
 }
@@ -258,19 +307,8 @@ func ParseRing(b []byte) (*Ring, error) {
 			e.Owner = peer()
 			e.Version = rd.u32()
 			e.Free = rd.u32()
-		}
-	}
-	if n := rd.count(MaxTransfers, "transfers"); n > 0 && rd.err == nil {
-		r.Transfers = make([]Transfer, n)
-		for i := range r.Transfers {
-			t := &r.Transfers[i]
-			t.Dead = peer()
-			t.Issuer = peer()
-			f := rd.u8()
-			if f&^(flagDone|flagWithdrawn) != 0 {
-				rd.fail("unknown transfer flags %#x", f)
-			}
-			t.Done, t.Withdrawn = f&flagDone != 0, f&flagWithdrawn != 0
+			e.Writer = peer()
+			e.Sig = key.Signature(rd.bytes(key.SigLen))
 		}
 	}
 	if n := rd.count(MaxVotes, "votes"); n > 0 && rd.err == nil {
@@ -281,8 +319,59 @@ func ParseRing(b []byte) (*Ring, error) {
 			v.Dead = peer()
 			v.Seq = rd.u32()
 			v.Issuer = peer()
+			v.Sig = key.Signature(rd.bytes(key.SigLen))
 			if v.Seq == 0 {
 				rd.fail("vote with seq 0")
+			}
+			if i > 0 && rd.err == nil && cmpVote(r.Votes[i-1], *v) >= 0 {
+				rd.fail("votes not sorted")
+			}
+		}
+	}
+	if n := rd.count(MaxTransfers, "transfers"); n > 0 && rd.err == nil {
+		r.Transfers = make([]Transfer, n)
+		certs, inline := 0, 0
+		for i := range r.Transfers {
+			t := &r.Transfers[i]
+			t.Dead = peer()
+			t.Issuer = peer()
+			f := rd.u8()
+			if f&^(flagDone|flagWithdrawn) != 0 {
+				rd.fail("unknown transfer flags %#x", f)
+			}
+			t.Done, t.Withdrawn = f&flagDone != 0, f&flagWithdrawn != 0
+			t.Sig = key.Signature(rd.bytes(key.SigLen))
+			nc := rd.count(MaxPeers, "certificate votes")
+			if certs += nc; certs > MaxCertVotes {
+				rd.fail("more than %d certificate votes", MaxCertVotes)
+			}
+			if nc == 0 || rd.err != nil {
+				continue
+			}
+			t.Cert = make([]CertVote, nc)
+			for j := range t.Cert {
+				c := &t.Cert[j]
+				c.Voter = peer()
+				c.Seq = rd.u32()
+				v, inTable := r.vote(c.Voter, t.Dead)
+				inTable = inTable && v.Seq == c.Seq && v.Issuer == t.Issuer
+				switch rd.u8() {
+				case 0:
+					if !inTable {
+						rd.fail("certificate vote refers to no vote")
+					}
+					c.Sig = v.Sig
+				case certSigInline:
+					if inline++; inline > maxCertSigs {
+						rd.fail("more than %d inline certificate signatures", maxCertSigs)
+					}
+					c.Sig = key.Signature(rd.bytes(key.SigLen))
+					if inTable && v.Sig == c.Sig {
+						rd.fail("certificate signature inline and in the vote table")
+					}
+				default:
+					rd.fail("bad certificate signature flag")
+				}
 			}
 		}
 	}

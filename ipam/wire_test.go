@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/weavewg/weavewg/types/key"
 )
 
 func TestRingRoundTrip(t *testing.T) {
@@ -20,27 +23,43 @@ func TestRingRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !m.Ring.Equal(r) {
+		want := r.Clone()
+		for i := range want.Transfers {
+			want.Transfers[i].Accepted = false // local: never on the wire
+		}
+		if !m.Ring.Equal(want) {
 			t.Fatal("round trip changed the ring")
 		}
 	}
 }
 
 // goldenRing: 10.32.0.0/12 seeded by peer A, half granted to peer B, a
-// transfer of C by A (done) and A's vote.
+// transfer of C by A (done, certified by A's vote) and A's vote. The
+// signatures are fixed patterns (the parser does not check them).
 func goldenRing(t testing.TB) *Ring {
 	r := mustRing(t)
 	r.SeedTo(pk(0), 0x0102030405060708)
 	if err := r.Grant(pk(0), pk(1), Span{a2u(testRange.Addr()) + 1<<19, a2u(testRange.Addr()) + 1<<20 - 1}); err != nil {
 		t.Fatal(err)
 	}
-	r.Transfers = []Transfer{{Dead: pk(2), Issuer: pk(0), Done: true}}
-	r.Votes = []Vote{{Voter: pk(0), Dead: pk(2), Seq: 1, Issuer: pk(0)}}
+	r.Entries[0].Sig = sigOf(0x11)
+	r.Entries[1].Sig = sigOf(0x22)
+	r.Votes = []Vote{{Voter: pk(0), Dead: pk(2), Seq: 1, Issuer: pk(0), Sig: sigOf(0x33)}}
+	r.Transfers = []Transfer{{Dead: pk(2), Issuer: pk(0), Done: true, Sig: sigOf(0x44),
+		Cert: []CertVote{{Voter: pk(0), Seq: 1, Sig: sigOf(0x33)}}}}
 	return r
+}
+
+func sigOf(b byte) (s key.Signature) {
+	for i := range s {
+		s[i] = b
+	}
+	return s
 }
 
 func TestGolden(t *testing.T) {
 	k := func(i int) string { p := pk(i); return hex.EncodeToString(p[:]) }
+	sig := func(b byte) string { return strings.Repeat(fmt.Sprintf("%02x", b), key.SigLen) }
 	tests := []struct {
 		name string
 		msg  func() []byte
@@ -53,20 +72,23 @@ func TestGolden(t *testing.T) {
 			}
 			return b
 		}, []string{
-			"02 01",                  // version 2, type ring
+			"03 01",                  // version 3, type ring
 			"0a200000 0c",            // range 10.32.0.0/12
 			k(0), "0102030405060708", // seed: peer A, id
 			"00",                     // flags: not used
 			"0003", k(0), k(1), k(2), // peer table: A, B, C
-			"0002",                            // two entries
-			"0a200000 0000 00000001 00100000", // 10.32.0.0 A v1 free 1<<20
-			"0a280000 0001 00000001 00000000", // 10.40.0.0 B v1 free 0
-			"0001 0002 0000 01",               // transfer C → A, done
-			"0001 0000 0002 00000001 0000",    // vote A for C: A, seq 1
+			"0002",                                            // two entries
+			"0a200000 0000 00000001 00100000 0000", sig(0x11), // 10.32.0.0 A v1 free 1<<20, written by A
+			"0a280000 0001 00000001 00000000 0000", sig(0x22), // 10.40.0.0 B v1 free 0, written by A (a grant)
+			"0001",                               // one vote
+			"0000 0002 00000001 0000", sig(0x33), // A's vote on C: seq 1, for A
+			"0001",                    // one transfer
+			"0002 0000 01", sig(0x44), // C → A, done, A's signature
+			"0001 0000 00000001 00", // certificate: A's vote at seq 1, signature in the vote table
 		}},
 		{"request", func() []byte {
 			return AppendRequestMessage(nil, Seed{pk(0), 0x0102030405060708})
-		}, []string{"02 02", k(0), "0102030405060708"}},
+		}, []string{"03 02", k(0), "0102030405060708"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,6 +104,25 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestCertificateInline: a certificate vote that the table no longer holds
+// (the voter moved on) travels with its signature, and round trips.
+func TestCertificateInline(t *testing.T) {
+	r := goldenRing(t)
+	r.Votes[0].Seq, r.Votes[0].Issuer, r.Votes[0].Sig = 2, pk(1), sigOf(0x55)
+	b, err := AppendRingMessage(nil, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := strings.ReplaceAll("0001 0000 00000001 01", " ", "") + strings.Repeat("33", key.SigLen)
+	if got := hex.EncodeToString(b[len(b)-len(tail)/2:]); got != tail {
+		t.Fatalf("certificate encoded as %s", got)
+	}
+	m, err := ParseMessage(b)
+	if err != nil || !m.Ring.Equal(r) {
+		t.Fatalf("round trip: %v", err)
 	}
 }
 
@@ -101,6 +142,11 @@ func TestParseRejects(t *testing.T) {
 		{"bits", mut(func(b []byte) []byte { b[6] = 4; return b })},
 		{"unmasked", mut(func(b []byte) []byte { b[5] = 0x21; return b })},
 		{"too long", make([]byte, MaxMessage+1)},
+		{"certificate refers to no vote", mut(func(b []byte) []byte { b[len(b)-2] = 2; return b })}, // seq 2: no such vote
+		{"certificate flag", mut(func(b []byte) []byte { b[len(b)-1] = 7; return b })},
+		{"certificate inline duplicate", mut(func(b []byte) []byte {
+			return append(append(b[:len(b)-1], 1), bytes.Repeat([]byte{0x33}, key.SigLen)...)
+		})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -116,6 +162,10 @@ func TestParseRejects(t *testing.T) {
 func FuzzParseMessage(f *testing.F) {
 	good, _ := AppendRingMessage(nil, goldenRing(f))
 	f.Add(good)
+	moved := goldenRing(f) // a certificate vote carried inline
+	moved.Votes[0].Seq, moved.Votes[0].Issuer, moved.Votes[0].Sig = 2, pk(1), sigOf(0x55)
+	inline, _ := AppendRingMessage(nil, moved)
+	f.Add(inline)
 	f.Add(AppendRequestMessage(nil, Seed{pk(0), 1}))
 	empty, _ := AppendRingMessage(nil, mustRing(f))
 	f.Add(empty)

@@ -323,7 +323,7 @@ type IPAMPeer struct {
 type IPAMTransfer struct {
 	Dead   string `json:"dead"`
 	Issuer string `json:"issuer"`
-	State  string `json:"state"` // pending, done, withdrawn
+	State  string `json:"state"` // pending, claimed (issuer says done, not concluded here), done, withdrawn
 }
 
 // RmpeerRequest names the dead peer (name, nickname or public key).
