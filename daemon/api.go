@@ -80,6 +80,9 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 	rt.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	rt.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	rt.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	for _, add := range testRoutes {
+		add(rt)
+	}
 	rt.mux.HandleFunc("/", rt.notFound)
 	mux := rt.mux
 
@@ -100,6 +103,11 @@ type routes struct {
 	mux     *http.ServeMux
 	methods map[string][]string
 }
+
+// testRoutes are added by test-only builds (build tag forgetest: a member
+// that misbehaves on purpose, forge_forgetest.go). Release builds have
+// none.
+var testRoutes []func(*routes)
 
 func (rt *routes) handle(method, path string, h http.Handler) {
 	rt.mux.Handle(method+" "+path, h)

@@ -57,6 +57,24 @@ func BuildBinary(dir string) (string, error) {
 	return out, nil
 }
 
+// BuildBinaryTags builds ./cmd/weavewg with build tags into dir (a
+// test-only binary, e.g. "forgetest": a member that misbehaves on purpose)
+// and returns its path. It does not change the bed's binary.
+func BuildBinaryTags(dir, tags string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "weavewg-"+tags)
+	cmd := exec.Command("go", "build", "-tags", tags, "-o", out, "./cmd/weavewg")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -tags %s ./cmd/weavewg: %v\n%s", tags, err, b)
+	}
+	return out, nil
+}
+
 func setBinary(p string) {
 	binMu.Lock()
 	binSet = p

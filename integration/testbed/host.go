@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,6 +45,9 @@ type HostOptions struct {
 	// Token makes the first start `weavewg join TOKEN` (no peers); later
 	// starts are plain launches, as a user restarts a joined host.
 	Token string
+	// Binary runs this host on another weavewg binary than the bed's (a
+	// test-only build, BuildBinaryTags).
+	Binary string
 }
 
 // Host is a namespace on the underlay running a weavewg daemon.
@@ -62,7 +66,8 @@ type Host struct {
 	Token       string // join token for the next start only
 	Peers       []string
 	Args        []string
-	fixedHostIP bool // HostIP came from HostOptions and is passed as --host-ip
+	fixedHostIP bool   // HostIP came from HostOptions and is passed as --host-ip
+	binary      string // HostOptions.Binary: "" is the bed's
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -94,6 +99,7 @@ func (b *Bed) AddHost(opts HostOptions) *Host {
 		Password:   b.opts.Password,
 		Peers:      earlier,
 		Args:       opts.Args,
+		binary:     opts.Binary,
 	}
 	if opts.Password != "" {
 		h.Password = opts.Password
@@ -193,7 +199,7 @@ func (h *Host) start() error {
 	if h.cmd != nil && !closed(h.done) {
 		return errors.New("daemon already running")
 	}
-	if h.bed.bin == "" {
+	if h.bin() == "" {
 		return errors.New("no weavewg binary: set WEAVEWG_BIN or call testbed.BuildBinary first")
 	}
 	h.launches++
@@ -202,7 +208,7 @@ func (h *Host) start() error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== testbed: launch #%d of %s at %s ===\n", h.launches, h.Name, time.Now().Format(time.RFC3339Nano))
-	args := append([]string{"netns", "exec", h.Netns, h.bed.bin}, h.LaunchArgs()...)
+	args := append([]string{"netns", "exec", h.Netns, h.bin()}, h.LaunchArgs()...)
 	h.Token = "" // joined once: restarts are launches
 	cmd := exec.Command("ip", args...)
 	cmd.Env = append(os.Environ(), "WEAVEWG_PASSWORD="+h.Password, api.EnvSocket+"="+h.Socket)
@@ -358,6 +364,33 @@ func (h *Host) cleanup() {
 	}
 }
 
+// bin is the weavewg binary this host runs.
+func (h *Host) bin() string {
+	if h.binary != "" {
+		return h.binary
+	}
+	return h.bed.bin
+}
+
+// Post sends req as JSON to path on the daemon's API socket and fails on
+// an error answer.
+func (h *Host) Post(path string, req any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	resp, err := h.httpClient().Post("http://weavewg"+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 func (h *Host) httpClient() *http.Client {
 	return &http.Client{
 		Timeout: 5 * time.Second,
@@ -404,7 +437,7 @@ func (h *Host) Status() *api.Status {
 // CLIErr runs `weavewg ARGS...` in the host's namespace with
 // WEAVEWG_API_SOCKET pointing at its daemon.
 func (h *Host) CLIErr(args ...string) (string, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Netns, h.bed.bin}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.Netns, h.bin()}, args...)...)
 	cmd.Env = append(os.Environ(), api.EnvSocket+"="+h.Socket)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
