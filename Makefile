@@ -21,7 +21,7 @@ RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
 TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils-ping \
          iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
-         unshare:util-linux jq:jq systemd-analyze:systemd
+         unshare:util-linux jq:jq systemd-analyze:systemd socat:socat
 
 .PHONY: all build release test unit integration deps demo bench bench-dns bench-scale bench-scale-sim fuzz vet clean
 

@@ -52,6 +52,11 @@ type Config struct {
 	DNSResolvConf string        // "" means /etc/resolv.conf
 	DNSListen     string        // "" means HOST_IP:53
 
+	// MulticastLinkLocal replicates 224.0.0.0/24 (mDNS, say) to the other
+	// hosts with containers; off, it stays on its host
+	// (--multicast-link-local).
+	MulticastLinkLocal bool
+
 	// TrustedSubnets are underlay subnets where traffic between peers may
 	// go unencrypted through kernel VXLAN (--trusted-subnets; fastpath.go).
 	TrustedSubnets []netip.Prefix

@@ -202,6 +202,7 @@ type Daemon struct {
 	host    hostNetwork
 	planes  dataPlane
 	dns     *dns.Server // nil with --no-dns
+	mcast   *multicast  // nil when the host network cannot tap its bridge (tests)
 	ipam    *ipam.Allocator
 	nat     *nat.Manager // nil when the data plane has no socket of its own (tests)
 
@@ -437,6 +438,12 @@ func (d *Daemon) assemble(router controlPlane, planes dataPlane, open channelOpe
 	if d.dns != nil {
 		d.closers.add("dns", d.dns.Close)
 	}
+	if err := d.startMulticast(open); err != nil {
+		return err
+	}
+	if d.mcast != nil {
+		d.closers.add("multicast", d.mcast.close)
+	}
 	if err := d.openNAT(planes.socket, open); err != nil {
 		return fmt.Errorf("nat traversal: %w", err)
 	}
@@ -661,6 +668,14 @@ func (d *Daemon) reconcile() {
 	}
 	d.pruneFast()
 	d.pruneKernel()
+	if d.mcast != nil {
+		allowed := map[key.Public][]netip.Prefix{}
+		for _, pc := range want {
+			allowed[pc.Key] = pc.AllowedIPs
+		}
+		self := append([]netip.Prefix{netip.PrefixFrom(d.hostIP.Addr(), 32)}, ranges[d.pub]...)
+		d.mcast.setPeers(self, peers, allowed)
+	}
 	if d.dns != nil {
 		// Names of peers that left are withdrawn at once and come back
 		// with them.

@@ -175,5 +175,8 @@ func (d *Daemon) counters() map[string]uint64 {
 	if d.planes.fast != nil {
 		maps.Copy(out, d.planes.fast.Counters())
 	}
+	if d.mcast != nil {
+		maps.Copy(out, d.mcast.counters())
+	}
 	return out
 }

@@ -106,6 +106,7 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 	if err := h.nl.LinkSetUp(hostLink); err != nil {
 		return fail("setting %s up: %w", host, err)
 	}
+	h.setFastLeave(hostLink)
 
 	inner, err := cnl.LinkByName(ifName)
 	if err != nil {
@@ -161,6 +162,7 @@ func (h *Host) Adopt(a Attached) error {
 	if err := h.nl.LinkSetUp(link); err != nil {
 		return fmt.Errorf("adopt: namespace %s: setting %s up: %w", a.Netns, a.HostVeth, err)
 	}
+	h.setFastLeave(link)
 	return nil
 }
 

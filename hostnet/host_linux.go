@@ -132,6 +132,9 @@ func New(cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.brIndex = br.Attrs().Index
+	if err := setupBridgeMulticast(h.ns, h.brIndex); err != nil {
+		return nil, fmt.Errorf("host networking: bridge %s: multicast snooping: %w", cfg.Bridge, err)
+	}
 	if err := setSysctls(cfg.Bridge, cfg.TUN); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}

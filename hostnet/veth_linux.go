@@ -45,6 +45,7 @@ func (h *Host) CreateVeth(hostName, peerName string) (net.HardwareAddr, error) {
 	if err := h.nl.LinkSetUp(host); err != nil {
 		return fail("setting it up: %w", err)
 	}
+	h.setFastLeave(host)
 	peer, err := h.nl.LinkByName(peerName)
 	if err != nil {
 		return fail("peer %s: %w", peerName, err)
@@ -77,6 +78,7 @@ func (h *Host) AdoptVeth(hostName string) error {
 	if err := h.nl.LinkSetUp(link); err != nil {
 		return fmt.Errorf("setting %s up: %w", hostName, err)
 	}
+	h.setFastLeave(link)
 	return nil
 }
 
