@@ -52,7 +52,8 @@ type multicast struct {
 	udp  *net.UDPConn
 	port int
 	// overlayIfs are the devices a replicated datagram may arrive on: the
-	// TUN (WireGuard checked its source) and the VXLAN fast path's.
+	// TUN and the kernel WireGuard device (WireGuard checked its source)
+	// and the VXLAN fast path's.
 	overlayIfs []string
 	stop       chan struct{}
 	wg         sync.WaitGroup
@@ -76,7 +77,7 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 			Logger:    d.log.With("part", "mcast"),
 		}),
 		port:       mcast.DataPort(int(d.cfg.Port)),
-		overlayIfs: append([]string{d.cfg.Iface}, d.fastDevices()...),
+		overlayIfs: append([]string{d.cfg.Iface, kernelDeviceName(d.cfg.Iface)}, d.fastDevices()...),
 		stop:       make(chan struct{}),
 	}
 	ch, err := open(mcastChannel, func(from key.Public, msg []byte) {
