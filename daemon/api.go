@@ -62,6 +62,7 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		return nil, d.revokeToken(req.ID)
 	})
 	post(rt, api.PathEvict, func(_ *http.Request, req api.EvictRequest) (any, error) { return d.evict(req.Peer) })
+	post(rt, api.PathRotateSecret, func(_ *http.Request, _ struct{}) (any, error) { return d.rotateSecret() })
 	rt.get(api.PathEvicted, func(*http.Request) (any, error) { return d.evictedList(), nil })
 	post(rt, api.PathReset, func(_ *http.Request, _ struct{}) (any, error) { return d.reset() })
 	post(rt, api.PathDNSAdd, func(_ *http.Request, req api.DNSRequest) (any, error) {

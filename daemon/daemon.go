@@ -196,6 +196,7 @@ type Daemon struct {
 
 	tokens  tokenRegistry
 	members memberRegistry
+	secrets secretKeeper
 	nicks   nicknames // nicknames of peers seen, for evicted ones
 	router  controlPlane
 	tun     wireGuardPlane
@@ -272,6 +273,10 @@ func start(cfg Config) (*Daemon, error) {
 	if err != nil {
 		d.log.Warn("starting without the saved eviction records; they come back from the peers", "err", err)
 	}
+	secrets, err := loadSecrets(cfg.StateDir, cfg.Admission)
+	if err != nil {
+		d.log.Warn("starting without the saved secret epochs", "err", err)
+	}
 	router, err := discovery.New(discovery.Config{
 		Private:    d.priv,
 		Secret:     d.secret,
@@ -283,6 +288,10 @@ func start(cfg Config) (*Daemon, error) {
 		TokensLost: tokensLost,
 		SaveTokens: func(recs []discovery.TokenRecord) error {
 			return saveTokensFile(cfg.StateDir, recs)
+		},
+		Secrets: secrets,
+		SaveSecrets: func(st discovery.SecretState) error {
+			return saveSecretsFile(cfg.StateDir, st)
 		},
 		Evictions: evictions,
 		SaveEvictions: func(recs []discovery.EvictRecord) error {
@@ -299,6 +308,7 @@ func start(cfg Config) (*Daemon, error) {
 	}
 	d.tokens = router
 	d.members = router
+	d.secrets = router
 	if err := d.assemble(router, planes, open); err != nil {
 		return nil, err
 	}
@@ -587,6 +597,9 @@ func (d *Daemon) reconcile() {
 		reachSet[p.Key] = true
 		in := inputs[p.Key]
 		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Reflexive: d.natReflexive(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
+		if d.secrets != nil {
+			pc.PSK = d.secrets.PairSecret(p.Key)
+		}
 		if p.HostIP.IsValid() {
 			// Refused host addresses get no route and no AllowedIPs; the
 			// reason shows in status and is logged once.

@@ -163,7 +163,7 @@ func (d *Daemon) reset() (api.ResetResult, error) {
 // forget removes the network's state after the parts are closed. The
 // identity key stays: it is the host's, not the network's.
 func (d *Daemon) forget() {
-	for _, f := range []string{networkFile, tokensFile, evictionsFile, ipamFile, attachmentsFile} {
+	for _, f := range []string{networkFile, secretsFile, tokensFile, evictionsFile, ipamFile, attachmentsFile} {
 		if err := os.Remove(filepath.Join(d.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Error("forgetting the network", "file", f, "err", err)
 		}

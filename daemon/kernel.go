@@ -118,7 +118,7 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 		if onVXLAN[pc.Key] || !ok || s.Relayed || !s.Endpoint.IsValid() {
 			continue
 		}
-		cands = append(cands, kernelwg.Peer{Key: pc.Key, Endpoint: s.Endpoint, Prefixes: pc.AllowedIPs})
+		cands = append(cands, kernelwg.Peer{Key: pc.Key, Endpoint: s.Endpoint, Prefixes: pc.AllowedIPs, PSK: pc.PSK})
 	}
 	on, err := d.planes.kernel.SetPeers(cands)
 	if err != nil {

@@ -129,6 +129,12 @@ func (d *Daemon) evict(name string) (api.Evicted, error) {
 	if name == "" {
 		return api.Evicted{}, badRequest("name the peer to evict (its name, nickname or public key)")
 	}
+	for _, e := range d.members.Evictions() {
+		if e.Peer.Name() == name || e.Peer.String() == name || d.nicks.of(e.Peer) == name {
+			return d.evictedAPI(e), badRequest("%s was evicted already (by %s at %s)", d.describe(e.Peer),
+				d.describe(e.Evictor), e.Time.Format(time.RFC3339))
+		}
+	}
 	k, err := d.findPeer(name)
 	if err != nil {
 		return api.Evicted{}, err

@@ -62,6 +62,7 @@ func (d *Daemon) status() api.Status {
 	if d.members != nil {
 		st.Evicted = d.evictedList()
 	}
+	st.Secret = d.secretStatus()
 
 	nick := map[key.Public]string{}
 	for _, p := range peers {

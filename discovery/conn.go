@@ -53,6 +53,10 @@ type conn struct {
 	peer     key.Public
 	hash     []byte // handshake hash (see handshakeResult)
 	hello    Hello
+	epoch    uint32 // the secret epoch of the handshake
+	// catchUp: an inbound connection under an inactive epoch, served
+	// only with the rotation its peer missed (rotation.go).
+	catchUp bool
 
 	send *noise.CipherState // owned by establish, then by writeLoop
 	recv *noise.CipherState // owned by establish, then by readLoop
@@ -236,17 +240,26 @@ func (c *conn) handle(m []byte) error {
 }
 
 // establish runs the handshake and the hello exchange on nc, within
-// handshakeTimeout. Closing ctx aborts it.
-func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr string, t *target) (*conn, error) {
+// handshakeTimeout, an outbound one under the secret of epoch dial.
+// Closing ctx aborts it.
+func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr string, t *target, dial Epoch) (*conn, error) {
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
 	nc.SetDeadline(time.Now().Add(r.tun.handshake))
 	var res handshakeResult
 	var err error
+	catchUp := false
 	if outbound {
-		res, err = handshakeInitiator(nc, r.priv, r.cfg.Secret)
+		res, err = handshakeInitiator(nc, r.priv, dial.Secret)
+		res.epoch = dial.N
 	} else {
-		res, err = handshakeResponder(nc, r.priv, r.cfg.Secret)
+		r.mu.Lock()
+		secrets := r.acceptSecretsLocked()
+		r.mu.Unlock()
+		res, err = handshakeResponder(nc, r.priv, secrets)
+		r.mu.Lock()
+		catchUp = err == nil && res.epoch < r.activeFrom
+		r.mu.Unlock()
 	}
 	if err != nil {
 		if isTimeout(err) {
@@ -268,6 +281,8 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		target:   t,
 		peer:     res.peer,
 		hash:     res.hash,
+		epoch:    res.epoch,
+		catchUp:  catchUp,
 		send:     res.send,
 		recv:     res.recv,
 		out:      make(chan []byte, sendQueueLen),

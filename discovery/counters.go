@@ -5,49 +5,53 @@ import "sync/atomic"
 // Counter names, as returned by Router.Counters. They are stable: the daemon
 // exports them as metrics.
 const (
-	CtrAccepted           = "control_accepted"              // inbound TCP connections accepted
-	CtrHandshakeRateLimit = "control_handshake_ratelimited" // inbound dropped by the per-IP token bucket
-	CtrHandshakeBusy      = "control_handshake_busy"        // inbound dropped: too many handshakes in progress
-	CtrHandshakeFailed    = "control_handshake_failed"      // any handshake failure (both directions), timeouts included
-	CtrHandshakeTimeout   = "control_handshake_timeout"     // handshake or hello not done within 5 s
-	CtrHandshakeBadSecret = "control_handshake_bad_secret"  // inbound message 1 did not decrypt: wrong secret or version
-	CtrHandshakeRefused   = "control_handshake_refused"     // outbound closed by the peer after message 1
-	CtrFrameOversized     = "control_frame_oversized"       // handshake frame above its bound
-	CtrFrameDecryptFailed = "control_frame_decrypt_failed"  // transport frame failed to authenticate
-	CtrMessageMalformed   = "control_message_malformed"     // message that does not parse
-	CtrMessageUnknownType = "control_message_unknown_type"  // message of a type we do not know (ignored)
-	CtrEstablished        = "control_established"           // connections that completed handshake + hello
-	CtrConnSelf           = "control_connection_self"       // connections to ourselves, closed
-	CtrConnDuplicate      = "control_connection_duplicate"  // duplicate connections to one peer, closed
-	CtrConnLimit          = "control_connection_limit"      // closed: MaxNeighbors established already
-	CtrConnClosed         = "control_connection_closed"     // established connections that ended
-	CtrDialFailed         = "control_dial_failed"           // TCP dial or resolution failures
-	CtrSendDropped        = "control_send_dropped"          // message dropped: connection send queue full
-	CtrRecordsReceived    = "gossip_records_received"       // records received in records messages
-	CtrRecordsApplied     = "gossip_records_applied"        // received records that were newer than ours
-	CtrRecordsSent        = "gossip_records_sent"           // records queued for sending
-	CtrRecordsTableFull   = "gossip_records_table_full"     // records of new peers ignored: MaxPeers known
-	CtrRecordsBadSig      = "gossip_records_bad_signature"  // records dropped: not signed by their owner
-	CtrRecordsFuture      = "gossip_records_future"         // records dropped: version over MaxVersionAhead ahead
-	CtrChannelBadSig      = "gossip_channel_bad_signature"  // channel messages dropped: not signed by their source
-	CtrAntiEntropy        = "gossip_antientropy_rounds"     // periodic full-state sends
-	CtrPeersExpired       = "gossip_peers_expired"          // peers dropped after being unreachable too long
-	CtrChannelSent        = "gossip_channel_sent"           // channel messages queued (own and forwarded)
-	CtrChannelReceived    = "gossip_channel_received"       // channel messages delivered to a handler here
-	CtrChannelForwarded   = "gossip_channel_forwarded"      // channel messages relayed towards their destination
-	CtrChannelUnknown     = "gossip_channel_unknown"        // channel messages for a channel not registered here
-	CtrChannelExpired     = "gossip_channel_expired"        // channel messages dropped: hop limit reached
-	CtrChannelNoRoute     = "gossip_channel_no_route"       // channel messages dropped: destination unreachable
-	CtrChannelDropped     = "gossip_channel_dropped"        // delivered messages dropped: handler queue full
-	CtrJoinAdmitted       = "control_join_admitted"         // joiners admitted with a token
-	CtrJoinRefused        = "control_join_refused"          // joiners refused (expired, revoked, used up, other network)
-	CtrJoinUnsynced       = "control_join_unsynced"         // joiners refused: unknown token while the registry is being recovered
-	CtrJoinEvicted        = "control_join_evicted"          // join attempts by an evicted peer's key, refused
-	CtrConnEvicted        = "control_connection_evicted"    // control connections of an evicted peer, closed after the handshake
-	CtrRecordsEvicted     = "gossip_records_evicted"        // records of evicted peers, dropped
-	CtrChannelEvicted     = "gossip_channel_evicted"        // channel messages from or to an evicted peer, dropped
-	CtrEvictBad           = "gossip_evict_bad"              // eviction records dropped: bad signature, self-eviction, far-future time
-	CtrPeersEvicted       = "gossip_peers_evicted"          // peers that became evicted here
+	CtrAccepted           = "control_accepted"               // inbound TCP connections accepted
+	CtrHandshakeRateLimit = "control_handshake_ratelimited"  // inbound dropped by the per-IP token bucket
+	CtrHandshakeBusy      = "control_handshake_busy"         // inbound dropped: too many handshakes in progress
+	CtrHandshakeFailed    = "control_handshake_failed"       // any handshake failure (both directions), timeouts included
+	CtrHandshakeTimeout   = "control_handshake_timeout"      // handshake or hello not done within 5 s
+	CtrHandshakeBadSecret = "control_handshake_bad_secret"   // inbound message 1 did not decrypt: wrong secret or version
+	CtrHandshakeRefused   = "control_handshake_refused"      // outbound closed by the peer after message 1
+	CtrFrameOversized     = "control_frame_oversized"        // handshake frame above its bound
+	CtrFrameDecryptFailed = "control_frame_decrypt_failed"   // transport frame failed to authenticate
+	CtrMessageMalformed   = "control_message_malformed"      // message that does not parse
+	CtrMessageUnknownType = "control_message_unknown_type"   // message of a type we do not know (ignored)
+	CtrEstablished        = "control_established"            // connections that completed handshake + hello
+	CtrConnSelf           = "control_connection_self"        // connections to ourselves, closed
+	CtrConnDuplicate      = "control_connection_duplicate"   // duplicate connections to one peer, closed
+	CtrConnLimit          = "control_connection_limit"       // closed: MaxNeighbors established already
+	CtrConnClosed         = "control_connection_closed"      // established connections that ended
+	CtrDialFailed         = "control_dial_failed"            // TCP dial or resolution failures
+	CtrSendDropped        = "control_send_dropped"           // message dropped: connection send queue full
+	CtrRecordsReceived    = "gossip_records_received"        // records received in records messages
+	CtrRecordsApplied     = "gossip_records_applied"         // received records that were newer than ours
+	CtrRecordsSent        = "gossip_records_sent"            // records queued for sending
+	CtrRecordsTableFull   = "gossip_records_table_full"      // records of new peers ignored: MaxPeers known
+	CtrRecordsBadSig      = "gossip_records_bad_signature"   // records dropped: not signed by their owner
+	CtrRecordsFuture      = "gossip_records_future"          // records dropped: version over MaxVersionAhead ahead
+	CtrChannelBadSig      = "gossip_channel_bad_signature"   // channel messages dropped: not signed by their source
+	CtrAntiEntropy        = "gossip_antientropy_rounds"      // periodic full-state sends
+	CtrPeersExpired       = "gossip_peers_expired"           // peers dropped after being unreachable too long
+	CtrChannelSent        = "gossip_channel_sent"            // channel messages queued (own and forwarded)
+	CtrChannelReceived    = "gossip_channel_received"        // channel messages delivered to a handler here
+	CtrChannelForwarded   = "gossip_channel_forwarded"       // channel messages relayed towards their destination
+	CtrChannelUnknown     = "gossip_channel_unknown"         // channel messages for a channel not registered here
+	CtrChannelExpired     = "gossip_channel_expired"         // channel messages dropped: hop limit reached
+	CtrChannelNoRoute     = "gossip_channel_no_route"        // channel messages dropped: destination unreachable
+	CtrChannelDropped     = "gossip_channel_dropped"         // delivered messages dropped: handler queue full
+	CtrJoinAdmitted       = "control_join_admitted"          // joiners admitted with a token
+	CtrJoinRefused        = "control_join_refused"           // joiners refused (expired, revoked, used up, other network)
+	CtrJoinUnsynced       = "control_join_unsynced"          // joiners refused: unknown token while the registry is being recovered
+	CtrJoinEvicted        = "control_join_evicted"           // join attempts by an evicted peer's key, refused
+	CtrConnEvicted        = "control_connection_evicted"     // control connections of an evicted peer, closed after the handshake
+	CtrRecordsEvicted     = "gossip_records_evicted"         // records of evicted peers, dropped
+	CtrChannelEvicted     = "gossip_channel_evicted"         // channel messages from or to an evicted peer, dropped
+	CtrEvictBad           = "gossip_evict_bad"               // eviction records dropped: bad signature, self-eviction, far-future time
+	CtrPeersEvicted       = "gossip_peers_evicted"           // peers that became evicted here
+	CtrRotationBad        = "gossip_rotation_bad"            // secret rotations dropped: bad signature, evicted rotator, sealed box that does not open
+	CtrRotationsAdopted   = "gossip_rotations_adopted"       // new network secrets taken from a rotation
+	CtrConnStaleSecret    = "control_handshake_stale_secret" // connections under an inactive secret closed: not a member it was sealed to
+	CtrCatchUpServed      = "control_catchup_served"         // members that were away sent the new secret
 )
 
 var counterNames = []string{
@@ -62,6 +66,7 @@ var counterNames = []string{
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
 	CtrJoinAdmitted, CtrJoinRefused, CtrJoinUnsynced,
 	CtrJoinEvicted, CtrConnEvicted, CtrRecordsEvicted, CtrChannelEvicted, CtrEvictBad, CtrPeersEvicted,
+	CtrRotationBad, CtrRotationsAdopted, CtrConnStaleSecret, CtrCatchUpServed,
 }
 
 // counters is a fixed set of atomic counters; the map is never written after

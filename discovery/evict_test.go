@@ -111,20 +111,7 @@ func TestEvictRefusesEverywhere(t *testing.T) {
 	b.Connect(a.addr())
 	c.Connect(b.addr())
 	c.Connect(a.addr())
-	waitFor(t, 10*time.Second, "full mesh", func() bool {
-		for _, r := range []*testRouter{a, b, c} {
-			n := 0
-			for _, p := range r.Peers() {
-				if p.Reachable && !p.Self {
-					n++
-				}
-			}
-			if n != 2 {
-				return false
-			}
-		}
-		return true
-	})
+	waitAllReachable(t, a, b, c)
 	if _, err := a.Evict(a.Self()); !errors.Is(err, ErrEvictSelf) {
 		t.Fatalf("self-eviction: %v", err)
 	}
@@ -201,4 +188,23 @@ func TestEvictedJoinerRefused(t *testing.T) {
 	if _, err := Join(context.Background(), JoinConfig{Private: newKey(t), Token: tok, Timeout: 5 * time.Second}); err != nil {
 		t.Fatalf("another joiner: %v", err)
 	}
+}
+
+// waitAllReachable waits until each of rs sees every other as reachable.
+func waitAllReachable(t *testing.T, rs ...*testRouter) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "every router reaching every other", func() bool {
+		for _, r := range rs {
+			n := 0
+			for _, p := range r.Peers() {
+				if p.Reachable && !p.Self {
+					n++
+				}
+			}
+			if n != len(rs)-1 {
+				return false
+			}
+		}
+		return true
+	})
 }

@@ -28,6 +28,8 @@ import (
 // that cannot decrypt it drops the connection and answers nothing. A host
 // without the secret therefore learns nothing, not even the responder's static
 // key (which XX without psk0 would reveal in message 2), and gets nothing.
+// The PSK is the secret of an epoch (secret.go): the dialler tries the
+// epochs it holds newest first, the listener every one it holds.
 // The cost: the initiator's failure is indistinguishable from "the peer went
 // away", so the dialler reports a connection closed right after message 1 as
 // "peer does not know our secret".
@@ -79,6 +81,8 @@ type handshakeResult struct {
 	// to the session: the tie-break between two connections dialled by the
 	// same end.
 	hash []byte
+	// epoch is the secret epoch the handshake was made under (secret.go).
+	epoch uint32
 }
 
 func newHandshakeState(priv key.Private, secret key.Secret, initiator bool) (*noise.HandshakeState, error) {
@@ -137,13 +141,10 @@ func handshakeInitiator(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	return handshakeResult{peer: peer, send: cs1, recv: cs2, hash: bytes.Clone(hs.ChannelBinding())}, nil
 }
 
-// handshakeResponder runs the listener's side on nc. The caller has set the
-// deadline.
-func handshakeResponder(nc net.Conn, priv key.Private, secret key.Secret) (handshakeResult, error) {
-	hs, err := newHandshakeState(priv, secret, false)
-	if err != nil {
-		return handshakeResult{}, err
-	}
+// handshakeResponder runs the listener's side on nc, trying each of the
+// held secrets on message 1 (a fresh handshake state each: one that failed
+// has consumed the message). The caller has set the deadline.
+func handshakeResponder(nc net.Conn, priv key.Private, secrets []Epoch) (handshakeResult, error) {
 	buf := make([]byte, maxHandshakeMsg)
 	m1, err := readFrame(nc, buf, maxHandshakeMsg)
 	if err != nil {
@@ -155,7 +156,19 @@ func handshakeResponder(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	if len(m1) > msg1Min {
 		return handshakeResult{}, &joinRequest{m1: bytes.Clone(m1)}
 	}
-	if _, _, _, err := hs.ReadMessage(nil, m1); err != nil {
+	var hs *noise.HandshakeState
+	var epoch uint32
+	for _, e := range secrets {
+		h, err := newHandshakeState(priv, e.Secret, false)
+		if err != nil {
+			return handshakeResult{}, err
+		}
+		if _, _, _, err := h.ReadMessage(nil, m1); err == nil {
+			hs, epoch = h, e.N
+			break
+		}
+	}
+	if hs == nil {
 		return handshakeResult{}, errBadSecret
 	}
 	m2, _, _, err := hs.WriteMessage(nil, nil)
@@ -169,16 +182,16 @@ func handshakeResponder(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	if err != nil {
 		return handshakeResult{}, err
 	}
-	if _, cs1, cs2, err := hs.ReadMessage(nil, m3); err != nil {
+	_, cs1, cs2, err := hs.ReadMessage(nil, m3)
+	if err != nil {
 		return handshakeResult{}, fmt.Errorf("message 3 did not authenticate: %w", err)
-	} else {
-		var peer key.Public
-		copy(peer[:], hs.PeerStatic())
-		if peer == priv.Public() {
-			return handshakeResult{peer: peer}, errSelf
-		}
-		return handshakeResult{peer: peer, send: cs2, recv: cs1, hash: bytes.Clone(hs.ChannelBinding())}, nil
 	}
+	var peer key.Public
+	copy(peer[:], hs.PeerStatic())
+	if peer == priv.Public() {
+		return handshakeResult{peer: peer}, errSelf
+	}
+	return handshakeResult{peer: peer, send: cs2, recv: cs1, hash: bytes.Clone(hs.ChannelBinding()), epoch: epoch}, nil
 }
 
 // writeFrame writes len(msg) as 2 bytes big-endian, then msg, in one write.

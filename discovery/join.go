@@ -33,9 +33,14 @@ import (
 // join key from its secret and those fields, sets it as PSK, and answers
 // with message 2, whose payload is
 //
-//	status 0 (admitted) | secret 32 | range addr 4 | range bits 1
+//	status 0 (admitted) | secret 32 | range addr 4 | range bits 1 | epoch 4 | epoch secret 32
 //	status 1 (refused)  | reason text
 //
+// secret is the one the network was made with (it names the network and
+// keys what never rotates), epoch and epoch secret the newest membership
+// secret (secret.go); the join key is made from the latter, so a rotation
+// ends every token made before it. A reply without the epoch part (38
+// bytes, an older member) means epoch 0.
 // Only a member that knows the secret can make a message 2 the joiner can
 // decrypt, and only a joiner holding the join key can read the secret in it:
 // the secret never travels in a token, and a changed field of the token
@@ -68,9 +73,12 @@ type JoinConfig struct {
 
 // JoinResult is what admission yields.
 type JoinResult struct {
-	Secret key.Secret
+	Secret key.Secret // the network's (epoch 0)
 	Range  netip.Prefix
-	By     Bootstrap // the member that admitted us
+	// Epoch and EpochSecret are the newest membership secret.
+	Epoch       uint32
+	EpochSecret key.Secret
+	By          Bootstrap // the member that admitted us
 }
 
 // ErrJoinRefused wraps a member's refusal; the text says why.
@@ -201,13 +209,19 @@ func joinOnce(ctx context.Context, cfg JoinConfig, b Bootstrap) (JoinResult, err
 	if payload[0] == joinRefused {
 		return JoinResult{}, fmt.Errorf("%w by %s: %s", ErrJoinRefused, b.Addr, printable(payload[1:]))
 	}
-	if payload[0] != joinAdmitted || len(payload) != 1+key.Len+5 {
+	const admitV1 = 1 + key.Len + 5
+	if payload[0] != joinAdmitted || (len(payload) != admitV1 && len(payload) != admitV1+4+key.Len) {
 		return JoinResult{}, errors.New("malformed admission from the member")
 	}
 	var res JoinResult
 	copy(res.Secret[:], payload[1:1+key.Len])
 	a, _ := netip.AddrFromSlice(payload[1+key.Len : 1+key.Len+4])
 	res.Range = netip.PrefixFrom(a, int(payload[1+key.Len+4]))
+	res.EpochSecret = res.Secret
+	if len(payload) > admitV1 {
+		res.Epoch = binary.BigEndian.Uint32(payload[admitV1:])
+		copy(res.EpochSecret[:], payload[admitV1+4:])
+	}
 	if !res.Range.IsValid() || IDOf(res.Secret) != t.Network {
 		return JoinResult{}, errors.New("the member sent a secret that does not match the token's network")
 	}
@@ -262,11 +276,12 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 	nick := string(req[joinReqFixed:])
 	var joiner key.Public
 	copy(joiner[:], hs.PeerStatic())
-	if network != IDOf(r.cfg.Secret) {
+	if network != r.network {
 		r.ctr.inc(CtrJoinRefused)
-		return refuse(fmt.Sprintf("the token is for network %s, this peer is in network %s", network, IDOf(r.cfg.Secret)))
+		return refuse(fmt.Sprintf("the token is for network %s, this peer is in network %s", network, r.network))
 	}
-	jk := JoinKey(r.cfg.Secret, network, id, expiry, uses)
+	cur := r.currentSecret()
+	jk := JoinKey(cur.Secret, network, id, expiry, uses)
 	if err := hs.SetPresharedKey(jk[:]); err != nil {
 		return err
 	}
@@ -286,6 +301,8 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 		}
 		reply = append(reply, rng.Addr().AsSlice()...)
 		reply = append(reply, byte(rng.Bits()))
+		reply = binary.BigEndian.AppendUint32(reply, cur.N)
+		reply = append(reply, cur.Secret[:]...)
 	}
 	m2, _, _, err := hs.WriteMessage(nil, reply)
 	if err != nil {

@@ -51,7 +51,7 @@ func (r *Router) acceptLoop() {
 func (r *Router) serveInbound(nc net.Conn) {
 	defer r.wg.Done()
 	remote := addrPortOf(nc.RemoteAddr())
-	c, err := r.establish(r.ctx, nc, false, remote.String(), nil)
+	c, err := r.establish(r.ctx, nc, false, remote.String(), nil, Epoch{})
 	var jr *joinRequest
 	if errors.As(err, &jr) {
 		err = r.admit(nc, jr.m1)
@@ -68,6 +68,10 @@ func (r *Router) serveInbound(nc net.Conn) {
 		nc.Close()
 		r.countHandshakeFailure(err, false)
 		r.logInboundFailure(remote.Addr().String(), err)
+		return
+	}
+	if c.catchUp {
+		r.serveCatchUp(c)
 		return
 	}
 	r.runConn(c)
@@ -112,6 +116,7 @@ func (r *Router) maintainLoop() {
 		if ae {
 			r.broadcastTokens(nil)
 			r.broadcastEvictions(nil)
+			r.secretAntiEntropy()
 		}
 	}
 }

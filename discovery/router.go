@@ -19,8 +19,10 @@ import (
 // Config is what a Router needs. Zero values get defaults noted per field.
 type Config struct {
 	Private key.Private
-	// Secret is the network secret. All zero is allowed and means an open
-	// network (no --password): anyone who can reach the port can join.
+	// Secret is the secret the network was made with: it names the
+	// network (IDOf) and is epoch 0 of the membership secret (secret.go).
+	// All zero is allowed and means an open network (no --password):
+	// anyone who can reach the port can join.
 	Secret   key.Secret
 	Nickname string
 	// Port is the TCP port to listen on, the UDP port advertised for
@@ -43,6 +45,12 @@ type Config struct {
 	// SaveTokens, if set, persists the token registry whenever it changes.
 	// It is called without router locks held.
 	SaveTokens func([]TokenRecord) error
+	// Secrets are the secret epochs as SaveSecrets saved them last time
+	// (secret.go); empty: epoch 0 is Secret.
+	Secrets SecretState
+	// SaveSecrets, if set, persists the epochs whenever they change. It is
+	// called without router locks held.
+	SaveSecrets func(SecretState) error
 	// Evictions are the eviction records as SaveEvictions saved them
 	// last time (evict.go).
 	Evictions []EvictRecord
@@ -202,6 +210,7 @@ type Router struct {
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 	evictionState // eviction records and the evicted set (guarded by mu)
+	secretsState  // the network secret's epochs (guarded by mu)
 
 	tokens map[TokenID]*TokenRecord // the token registry; guarded by mu
 	// tokensUnsynced: the registry was lost (Config.TokensLost) and no
@@ -275,6 +284,9 @@ func New(cfg Config) (*Router, error) {
 		return nil, err
 	}
 	if err := r.openEvictions(); err != nil {
+		return nil, err
+	}
+	if err := r.openSecrets(); err != nil {
 		return nil, err
 	}
 	r.selfRec = Record{

@@ -281,7 +281,10 @@ func (r *Router) dialTarget(t *target) (bool, error) {
 		r.ctr.inc(CtrDialFailed)
 		return false, err
 	}
-	c, err := r.dialAddr(t.ctx, netip.AddrPortFrom(ip, t.port), t.addr, t)
+	r.mu.Lock()
+	peer := t.peer
+	r.mu.Unlock()
+	c, err := r.dialAddr(t.ctx, netip.AddrPortFrom(ip, t.port), t.addr, t, peer)
 	if err != nil {
 		return false, err
 	}
@@ -312,22 +315,33 @@ func (r *Router) targetFailed(t *target, err error) {
 	r.nudge()
 }
 
-// dialAddr dials ap and runs the handshake; display is the address shown.
-func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string, t *target) (*conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, r.tun.dialTimeout)
-	nc, err := r.cfg.Network.DialContext(dctx, ap.String())
-	cancel()
-	if err != nil {
-		r.ctr.inc(CtrDialFailed)
-		return nil, err
-	}
-	c, err := r.establish(ctx, nc, true, display, t)
-	if err != nil {
+// dialAddr dials ap and runs the handshake; display is the address shown,
+// peer the key expected there if known. It tries the secret epochs of
+// dialSecrets in turn while the peer refuses them (it does not hold that
+// epoch yet, or no longer accepts it).
+func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string, t *target, peer key.Public) (*conn, error) {
+	var err error
+	for _, e := range r.dialSecrets(peer) {
+		dctx, cancel := context.WithTimeout(ctx, r.tun.dialTimeout)
+		var nc net.Conn
+		nc, err = r.cfg.Network.DialContext(dctx, ap.String())
+		cancel()
+		if err != nil {
+			r.ctr.inc(CtrDialFailed)
+			return nil, err
+		}
+		var c *conn
+		c, err = r.establish(ctx, nc, true, display, t, e)
+		if err == nil {
+			return c, nil
+		}
 		nc.Close()
 		r.countHandshakeFailure(err, true)
-		return nil, err
+		if !errors.Is(err, errRefused) {
+			break
+		}
 	}
-	return c, nil
+	return nil, err
 }
 
 // countHandshakeFailure counts a failed handshake by cause.
@@ -390,7 +404,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
 	defer r.wg.Done()
 	established := false
-	c, err := r.dialAddr(r.ctx, ep, ep.String(), nil)
+	c, err := r.dialAddr(r.ctx, ep, ep.String(), nil, k)
 	if err == nil {
 		established, err = r.runConn(c)
 	}

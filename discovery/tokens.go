@@ -280,7 +280,7 @@ func (r *Router) CreateToken(ttl time.Duration, uses uint16, endpoints []Bootstr
 		endpoints = endpoints[:maxTokenEndpoints]
 	}
 	now := r.now()
-	t := Token{Network: IDOf(r.cfg.Secret), Uses: uses, Endpoints: endpoints}
+	t := Token{Network: r.network, Uses: uses, Endpoints: endpoints}
 	if _, err := rand.Read(t.ID[:]); err != nil {
 		return Token{}, err
 	}
@@ -290,7 +290,8 @@ func (r *Router) CreateToken(ttl time.Duration, uses uint16, endpoints []Bootstr
 	case ttl > 0:
 		t.Expiry = now.Add(ttl).Truncate(time.Second)
 	}
-	t.JoinKey = JoinKey(r.cfg.Secret, t.Network, t.ID, t.Expiry, t.Uses)
+	// The newest epoch's secret: a rotation ends every token made before.
+	t.JoinKey = JoinKey(r.currentSecret().Secret, t.Network, t.ID, t.Expiry, t.Uses)
 	rec := TokenRecord{ID: t.ID, Expiry: t.Expiry, Uses: uses, Creator: r.self, Created: now.Truncate(time.Second)}
 	r.mu.Lock()
 	if len(r.tokens) >= maxTokens {

@@ -67,6 +67,9 @@ type Peer struct {
 	Key      key.Public
 	Endpoint netip.AddrPort // its direct address, as the path owner chose it
 	Prefixes []netip.Prefix // its AllowedIPs, routed into the device
+	// PSK is the pair's preshared key (a rotated network secret's epoch,
+	// discovery/secret.go); zero: Config.PSK.
+	PSK key.Secret
 }
 
 // PeerStats is the kernel's view of one peer.
@@ -81,6 +84,7 @@ type PeerStats struct {
 type applied struct {
 	endpoint netip.AddrPort
 	allowed  []netip.Prefix // masked, sorted, no duplicates
+	psk      key.Secret     // zero: Config.PSK
 }
 
 // Plane is the kernel WireGuard device of one host.
@@ -277,6 +281,9 @@ func normalize(self key.Public, peers []Peer) map[key.Public]applied {
 		}
 		a := m[pc.Key]
 		a.endpoint = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
+		if !pc.PSK.IsZero() {
+			a.psk = pc.PSK
+		}
 		for _, pfx := range pc.Prefixes {
 			if !pfx.IsValid() {
 				continue
@@ -317,10 +324,15 @@ func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
 	for _, k := range sortedKeys(want) {
 		w := want[k]
 		old, had := p.peers[k]
-		if p.synced && had && old.endpoint == w.endpoint && slices.Equal(old.allowed, w.allowed) {
+		if p.synced && had && old.endpoint == w.endpoint && old.psk == w.psk && slices.Equal(old.allowed, w.allowed) {
 			continue
 		}
-		pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), PresharedKey: &psk, ReplaceAllowedIPs: true,
+		pairPSK := &psk
+		if !w.psk.IsZero() {
+			pk := wgtypes.Key(w.psk)
+			pairPSK = &pk
+		}
+		pc := wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), PresharedKey: pairPSK, ReplaceAllowedIPs: true,
 			AllowedIPs: make([]net.IPNet, 0, len(w.allowed))}
 		if !p.synced || !had || old.endpoint != w.endpoint {
 			pc.Endpoint = net.UDPAddrFromAddrPort(w.endpoint)

@@ -76,6 +76,10 @@ type PeerConfig struct {
 	// handshakes they start would be answered to the other device, and
 	// would overwrite the peer's handshake state with it.
 	Elsewhere bool
+	// PSK is the pair's WireGuard preshared key (the network secret of the
+	// newest epoch both hold); zero: Config.Secret. Changing it keeps the
+	// session wireguard-go has: the next handshake uses the new key.
+	PSK key.Secret
 }
 
 // PeerStats is what wireguard-go reports of one peer, with the path the

@@ -32,11 +32,12 @@ type peerState struct {
 	relay    string         // non-empty: the relay endpoint to use instead of endpoint
 	allowed  []netip.Prefix // masked, sorted, no duplicates
 	keep     reach.Keepalive
-	noKeep   bool // PeerConfig.Elsewhere: never a keepalive
+	noKeep   bool       // PeerConfig.Elsewhere: never a keepalive
+	psk      key.Secret // zero: the tunnel's default
 }
 
 func (p peerState) equal(o peerState) bool {
-	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && p.keep == o.keep && p.noKeep == o.noKeep && slices.Equal(p.allowed, o.allowed)
+	return !p.stale && !o.stale && p.endpoint == o.endpoint && p.relay == o.relay && p.keep == o.keep && p.noKeep == o.noKeep && p.psk == o.psk && slices.Equal(p.allowed, o.allowed)
 }
 
 // keepalive resolves p.keep for the pair (self, k).
@@ -57,6 +58,9 @@ func normalizePeers(peers []PeerConfig) map[key.Public]peerState {
 		}
 		s := m[p.Key]
 		s.noKeep = s.noKeep || p.Elsewhere
+		if !p.PSK.IsZero() {
+			s.psk = p.PSK
+		}
 		if p.Endpoint.IsValid() {
 			s.endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())
 		}
@@ -107,7 +111,11 @@ func buildPeersUAPI(self key.Public, applied, want map[key.Public]peerState, psk
 			continue
 		}
 		fmt.Fprintf(&b, "public_key=%s\n", k.Hex())
-		fmt.Fprintf(&b, "preshared_key=%s\n", psk.Hex())
+		if !w.psk.IsZero() {
+			fmt.Fprintf(&b, "preshared_key=%s\n", w.psk.Hex())
+		} else {
+			fmt.Fprintf(&b, "preshared_key=%s\n", psk.Hex())
+		}
 		switch {
 		case w.relay != "":
 			if !had || old.relay != w.relay {

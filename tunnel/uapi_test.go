@@ -213,3 +213,26 @@ func TestElsewhereNoKeepalive(t *testing.T) {
 		t.Errorf("moving a peer elsewhere leaves its keepalive on:\n%s", got)
 	}
 }
+
+// TestPairPresharedKey: a peer's own preshared key (a rotated secret)
+// replaces the default, and a change of it alone rewrites the peer without
+// removing it (wireguard-go keeps its session until the next handshake).
+func TestPairPresharedKey(t *testing.T) {
+	var k key.Public
+	k[0] = 3
+	def, rotated := key.Secret{1}, key.Secret{2}
+	ep := netip.MustParseAddrPort("192.0.2.1:6783")
+	old := normalizePeers([]PeerConfig{{Key: k, Endpoint: ep}})
+	got := buildPeersUAPI(key.Public{}, nil, old, def)
+	if !strings.Contains(got, "preshared_key="+def.Hex()+"\n") {
+		t.Fatalf("no default key:\n%s", got)
+	}
+	want := normalizePeers([]PeerConfig{{Key: k, Endpoint: ep, PSK: rotated}})
+	got = buildPeersUAPI(key.Public{}, old, want, def)
+	if !strings.Contains(got, "preshared_key="+rotated.Hex()+"\n") || strings.Contains(got, "remove=true") || strings.Contains(got, "endpoint=") {
+		t.Fatalf("rotating the key wrote:\n%s", got)
+	}
+	if got := buildPeersUAPI(key.Public{}, want, want, def); got != "" {
+		t.Errorf("nothing changed, yet:\n%s", got)
+	}
+}

@@ -64,3 +64,39 @@ func secretLine(s *api.SecretRotation) string {
 	}
 	return line
 }
+
+func rotateSecretCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "rotate-secret",
+		Usage: "move the whole network to a new secret, so an evicted member's copy opens nothing",
+		Description: `Draws a new network secret on this host and sends it to every member that is
+not evicted, sealed to each member's own key (other members relay it but
+cannot read it). Each member advertises the newest secret it holds; a pair of
+members switches its WireGuard preshared key and control connections to the
+new secret as soon as both hold it, so no traffic is dropped, and the old
+secret stops being accepted once every reachable member holds the new one.
+Join tokens made before stop working: make new ones with 'weavewg token create'.
+
+A member that is down now gets the new secret from the first member it
+reaches when it comes back. 'weavewg status' shows the epoch and who does not
+hold it yet. Run it after 'weavewg evict'. Password networks (--password):
+the new secret is random; hosts still started with the old --password
+alone cannot join any more.`,
+		Flags: []cli.Flag{apiSocketFlag(), &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("rotate-secret takes no arguments (got %q)", c.Args().First())
+			}
+			var res api.SecretRotation
+			if err := newClient(c).do("POST", api.PathRotateSecret, struct{}{}, &res); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(res)
+			}
+			fmt.Printf("rotated the network secret to epoch %d (id %s), sealed to %d member(s) including this one.\n", res.Epoch, res.ID, res.Recipients)
+			fmt.Println("Older join tokens no longer work; 'weavewg status' shows which members do not hold it yet.")
+			return nil
+		},
+	}
+}
