@@ -136,6 +136,11 @@ func ParseEvictMessage(b []byte) ([]EvictRecord, error) {
 	return out, nil
 }
 
+// verifyEviction checks e's signature through the router's Verifier.
+func (r *Router) verifyEviction(e *EvictRecord) error {
+	return r.cfg.Verify(e.Evictor, evictDomain, e.signedBytes(r.network), &e.Sig)
+}
+
 // evictKey identifies a record: one per (peer, evictor), the earliest kept.
 type evictKey struct{ peer, evictor key.Public }
 
@@ -181,7 +186,7 @@ func effectiveEvictions(recs map[evictKey]EvictRecord) map[key.Public]EvictRecor
 func (r *Router) openEvictions() error {
 	r.evictRecs = map[evictKey]EvictRecord{}
 	for _, e := range r.cfg.Evictions {
-		if e.Verify(r.network) != nil || e.Peer == e.Evictor {
+		if r.verifyEviction(&e) != nil || e.Peer == e.Evictor {
 			continue // not ours to trust (another network's, or damaged)
 		}
 		r.addEvictionLocked(e)
@@ -287,7 +292,7 @@ func (r *Router) handleEvict(from key.Public, msg []byte) {
 		if old, ok := r.evictRecs[k]; ok && !e.Time.Before(old.Time) {
 			continue // known: anti-entropy's repeats cost no signature check
 		}
-		if e.Peer == e.Evictor || e.Time.After(r.now().Add(MaxVersionAhead)) || e.Verify(r.network) != nil {
+		if e.Peer == e.Evictor || e.Time.After(r.now().Add(MaxVersionAhead)) || r.verifyEviction(&e) != nil {
 			r.ctr.inc(CtrEvictBad)
 			r.logOnceLocked(slog.LevelWarn, "evictbad:"+e.Evictor.String(), "",
 				"dropping an eviction record that does not check (bad signature, self-eviction or far-future time)",

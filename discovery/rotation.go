@@ -333,7 +333,7 @@ func (r *Router) verifyRotation(rot *Rotation) error {
 	if rot.Epoch == 0 {
 		return errSecretMsg
 	}
-	return key.Verify(rot.Rotator, rotationDomain, rot.signedBytes(r.network), &rot.Sig)
+	return r.cfg.Verify(rot.Rotator, rotationDomain, rot.signedBytes(r.network), &rot.Sig)
 }
 
 func (r *Router) handleSecret(from key.Public, msg []byte) {
