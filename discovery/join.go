@@ -286,10 +286,13 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 		return err
 	}
 	reply := []byte{joinAdmitted}
-	reason := r.admissionProblem(id, expiry, uses, joiner)
+	var reason string
+	var claimed *TokenRecord
 	if r.IsEvicted(joiner) {
 		r.ctr.inc(CtrJoinEvicted)
 		reason = "this host's key was evicted from the network; a member must not let it back in"
+	} else {
+		reason, claimed = r.claimToken(id, expiry, uses, joiner)
 	}
 	if reason != "" {
 		reply = append([]byte{joinRefused}, reason...)
@@ -316,18 +319,25 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 		r.log.Warn("refused a joiner", "joiner", joiner.Name(), "nickname", nick, "token", id.String(), "why", reason)
 		return nil
 	}
-	// A joiner whose admission was lost on the way (the key check failed on
-	// its side) has still used the token: the count errs on the safe side.
-	r.recordUse(id, joiner)
+	// The use was recorded before the answer (claimToken), so a joiner
+	// whose admission was lost on the way (the key check failed on its
+	// side) has still used the token: the count errs on the safe side.
+	if claimed != nil {
+		r.saveTokens()
+		r.broadcastTokens([]TokenRecord{*claimed})
+	}
 	r.ctr.inc(CtrJoinAdmitted)
 	r.log.Info("admitted a new peer with a token", "joiner", joiner.Name(), "nickname", nick, "token", id.String())
 	return nil
 }
 
-// admissionProblem says why a token may not admit joiner now, or "".
-func (r *Router) admissionProblem(id TokenID, expiry time.Time, uses uint16, joiner key.Public) string {
+// claimToken says why a token may not admit joiner now, or "" and then
+// records the use at once, under the same lock as the check, so two
+// joiners racing for the last use of a token at this member cannot both
+// get it. It returns the changed record, to save and gossip.
+func (r *Router) claimToken(id TokenID, expiry time.Time, uses uint16, joiner key.Public) (string, *TokenRecord) {
 	if !expiry.IsZero() && !r.now().Before(expiry) {
-		return "the token has expired; ask a member for a new one ('weavewg token create')"
+		return "the token has expired; ask a member for a new one ('weavewg token create')", nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -337,22 +347,28 @@ func (r *Router) admissionProblem(id TokenID, expiry time.Time, uses uint16, joi
 			// This member lost its registry: the token may have been
 			// revoked or used up, and only the others know.
 			r.ctr.inc(CtrJoinUnsynced)
-			return "this member lost its token registry and has not received it from the others yet; join through another member"
+			return "this member lost its token registry and has not received it from the others yet; join through another member", nil
 		}
 		// Made elsewhere and not gossiped here yet: the key proves a
-		// member made it; its record will follow.
-		return ""
+		// member made it; its record will follow (and the use is then
+		// recorded by the member that made it, not here).
+		return "", nil
 	}
 	if t.Revoked {
-		return "the token was revoked; ask a member for a new one"
+		return "the token was revoked; ask a member for a new one", nil
 	}
 	// uses is the token's own count, bound to it by the join key; the
 	// registry's copy is gossip any member could have raised.
 	if uses > 0 {
 		_, known := slices.BinarySearchFunc(t.UsedBy, joiner, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
 		if !known && len(t.UsedBy) >= int(uses) {
-			return fmt.Sprintf("the token has been used already (it admits %d host(s)); ask a member for a new one", uses)
+			return fmt.Sprintf("the token has been used already (it admits %d host(s)); ask a member for a new one", uses), nil
 		}
 	}
-	return ""
+	if !mergeToken(t, TokenRecord{UsedBy: []key.Public{joiner}}) {
+		return "", nil
+	}
+	rec := *t
+	rec.UsedBy = slices.Clone(t.UsedBy)
+	return "", &rec
 }

@@ -244,10 +244,19 @@ func (r *Router) saveTokens() {
 // broadcastTokens sends recs (all, if nil) to every reachable peer, in
 // messages that fit a channel payload.
 func (r *Router) broadcastTokens(recs []TokenRecord) {
-	if recs == nil {
+	full := recs == nil
+	if full {
 		recs = r.tokenSnapshot()
 	}
-	if len(recs) == 0 || r.tokensCh == nil {
+	if r.tokensCh == nil {
+		return
+	}
+	if len(recs) == 0 {
+		if full {
+			// An empty registry is one too: a member that lost its
+			// own admits nobody until it has received one.
+			r.tokensCh.Broadcast(AppendTokenRecords(nil, nil))
+		}
 		return
 	}
 	var batch []TokenRecord
@@ -322,21 +331,4 @@ func (r *Router) RevokeToken(id TokenID) error {
 	r.saveTokens()
 	r.broadcastTokens([]TokenRecord{rec})
 	return nil
-}
-
-// recordUse notes that joiner was admitted with token id.
-func (r *Router) recordUse(id TokenID, joiner key.Public) {
-	r.mu.Lock()
-	t := r.tokens[id]
-	if t == nil {
-		r.mu.Unlock()
-		return
-	}
-	changed := mergeToken(t, TokenRecord{UsedBy: []key.Public{joiner}})
-	rec := *t
-	r.mu.Unlock()
-	if changed {
-		r.saveTokens()
-		r.broadcastTokens([]TokenRecord{rec})
-	}
 }
