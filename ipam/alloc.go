@@ -200,8 +200,10 @@ func Open(cfg Config) (*Allocator, error) {
 		a.st.close()
 		return nil, fmt.Errorf("ipam: state is for range %v, not %v", meta.Range, ring.Range)
 	}
+	converted := false
 	if rb != nil {
-		r, err := ParseRing(rb)
+		r, conv, err := parseStoredRing(rb, a.self)
+		converted = conv
 		if err != nil {
 			a.st.close()
 			return nil, fmt.Errorf("ipam: stored ring: %w", err)
@@ -218,6 +220,14 @@ func Open(cfg Config) (*Allocator, error) {
 		a.byID[id] = append(a.byID[id], addr)
 	}
 	a.dropLostLocked()
+	if converted {
+		a.count("ipam_ring_converted")
+		a.log.Warn("converted the address ring stored by version 2 (unsigned): this peer's entries are signed now; pending rmpeers were dropped, run them again once every peer is upgraded")
+		if _, err := a.ringChangedLocked(); err != nil {
+			a.st.close()
+			return nil, err
+		}
+	}
 	return a, nil
 }
 

@@ -36,12 +36,16 @@ import (
 // A peer with no ring yet (a joiner, or one whose ipam.db was set aside)
 // has nothing to check authority against: it takes the first ring whose
 // signatures all verify (trust on first use, as it trusts the member it
-// joined through), and checks every later one as above.
+// joined through; entries without any signature, kept from a version-2
+// ring, are taken too), and checks every later one as above.
 
 // adoptLocked takes in whole into the unseeded ring next, if every
 // signature in it verifies.
 func (a *Allocator) adoptLocked(next, in *Ring) (bool, error) {
 	for i := range in.Entries {
+		if in.Entries[i].Sig == (key.Signature{}) {
+			continue // unsigned: kept from a version-2 ring (legacy.go)
+		}
 		if !a.verify.entry(in, &in.Entries[i]) {
 			a.count("ipam_forged_entry")
 			return false, fmt.Errorf("ipam: ring refused: entry %v has a bad signature", u2a(in.Entries[i].Token))

@@ -250,3 +250,47 @@ func wire(r *Ring) *Ring {
 	}
 	return c
 }
+
+// TestLaggingPeerCatchesUpFromOwner: R missed A handing its entry to B
+// (A left); B's later state of it (written by B) is refused from B, whom R
+// does not know as the owner, and taken when A, the owner R knows, sends
+// its ring (A vouches for what became of its space).
+func TestLaggingPeerCatchesUpFromOwner(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, b, r := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), ""), openTest(t, n, pk(2), "")
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	n.run(t)
+	delete(n.peers, pk(2)) // R is cut off
+	a.SetPeers([]key.Public{pk(1)})
+	b.SetPeers([]key.Public{pk(0)})
+	if heir, err := a.Leave(); err != nil || heir != pk(1) {
+		t.Fatalf("leave: %s %v", heir.Name(), err)
+	}
+	n.run(t)
+	b.Tick() // B publishes its free count: a state of the entry written by B
+	n.run(t)
+	probe := netip.MustParseAddr("10.32.0.5")
+	if o, _ := b.View().Ring.Owner(probe); o != pk(1) {
+		t.Fatalf("B does not own %v", probe)
+	}
+	if err := r.HandleMessage(pk(1), b.RingMessage()); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := r.View().Ring.Owner(probe); o != pk(0) {
+		t.Errorf("R took B's word for A's space: owner %s", o.Name())
+	}
+	if r.Status().Counters["ipam_entry_unauthorized"] == 0 {
+		t.Error("the refusal was not counted")
+	}
+	if err := r.HandleMessage(pk(0), a.RingMessage()); err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := r.View().Ring.Owner(probe); o != pk(1) {
+		t.Errorf("R did not take A's word: owner %s", o.Name())
+	}
+	if !entriesEqual(r.View().Ring, b.View().Ring) {
+		t.Error("R's entries differ from B's")
+	}
+}

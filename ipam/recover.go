@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/weavewg/weavewg/types/key"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -70,7 +71,7 @@ func openChecked(path string, noSync bool) (st *boltStore, err error) {
 		return fail(err)
 	}
 	if rb != nil {
-		r, err := ParseRing(rb)
+		r, _, err := parseStoredRing(rb, key.Public{})
 		if err != nil {
 			return fail(fmt.Errorf("stored ring: %w", err))
 		}
