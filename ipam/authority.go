@@ -164,20 +164,22 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public) (changed
 	for {
 		next = before.Clone()
 		c, r, unbounded := a.entryPassLocked(next, before, in, from, forbidden, false)
-		if unbounded < 0 {
+		if len(unbounded) == 0 {
 			a.entryPassLocked(before.Clone(), before, in, from, forbidden, true) // count once
 			*before = *next
 			return changed || c, refused + r
 		}
-		forbidden[in.Entries[unbounded].Token] = true
+		for _, i := range unbounded {
+			forbidden[in.Entries[i].Token] = true
+		}
 	}
 }
 
 // entryPassLocked takes into next the entry states of in that their
 // writer (or from) has authority over, skipping forbidden tokens, and
-// returns the index in in of a new token taken without the token after
-// it, or -1. count says whether to count the refusals.
-func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, forbidden map[uint32]bool, count bool) (changed bool, refused, unbounded int) {
+// returns the indexes in in of the new tokens taken without the token
+// after them. count says whether to count the refusals.
+func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, forbidden map[uint32]bool, count bool) (changed bool, refused int, unbounded []int) {
 	refuse := func(what string) {
 		refused++
 		if count {
@@ -231,11 +233,11 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, for
 		if i+1 < len(in.Entries) {
 			k := next.find(in.Entries[i+1].Token)
 			if k < 0 || next.Entries[k].Token != in.Entries[i+1].Token {
-				return changed, refused, i
+				unbounded = append(unbounded, i)
 			}
 		}
 	}
-	return changed, refused, -1
+	return changed, refused, unbounded
 }
 
 // hasNews reports whether ours holds a state that theirs lacks or holds
