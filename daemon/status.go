@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"maps"
+	"net/netip"
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
@@ -69,6 +70,12 @@ func (d *Daemon) status() api.Status {
 		nick[p.Key] = p.Nickname
 	}
 	refused := *d.refusedHostIPs.Load()
+	groups := map[key.Public][]netip.Addr{}
+	if d.mcast != nil {
+		var local []netip.Addr
+		local, groups = d.mcast.eng.Groups()
+		groups[d.pub] = local
+	}
 	for _, p := range peers {
 		ap := api.Peer{
 			Name:      p.Key.Name(),
@@ -88,6 +95,9 @@ func (d *Daemon) status() api.Status {
 		}
 		for _, n := range p.Neighbors {
 			ap.Neighbors = append(ap.Neighbors, n.Name())
+		}
+		for _, g := range groups[p.Key] {
+			ap.MulticastGroups = append(ap.MulticastGroups, g.String())
 		}
 		st.Peers = append(st.Peers, ap)
 	}

@@ -197,6 +197,19 @@ func TestMulticastAcrossHosts(t *testing.T) {
 	r3 := startReceiver(t, b, cs[2], 5000, "239.1.1.1")
 	warmUp(t, cs[1], "239.1.1.1:5000", r1, r3)
 
+	// Every host shows who has members (status peers).
+	for _, h := range hs {
+		st := h.Status()
+		for i, o := range hs {
+			want := ""
+			if i == 0 || i == 2 {
+				want = "239.1.1.1"
+			}
+			if p := testbed.PeerByNick(st, o.Name); p == nil || strings.Join(p.MulticastGroups, " ") != want {
+				t.Errorf("%s's status: %s's groups %v, want %q", h, o, p, want)
+			}
+		}
+	}
 	tun1, tun4 := startTunCapture(t, hs[0]), startTunCapture(t, hs[3])
 	before := hs[1].Status().Counters
 	send(t, cs[1], "239.1.1.1:5000", numbered("m", 100)...)
@@ -265,6 +278,18 @@ func TestMulticastAcrossHosts(t *testing.T) {
 	left := time.Now()
 	r3.stop()
 	stopped := time.Since(left)
+	// When h2 learns it: its status shows h3 without groups.
+	var learned time.Duration
+	for {
+		if p := testbed.PeerByNick(hs[1].Status(), "h3"); p != nil && len(p.MulticastGroups) == 0 {
+			learned = time.Since(left)
+			break
+		}
+		if time.Since(left) > 60*time.Second {
+			t.Fatal("h2 still lists h3's group 60 s after its only member left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	lastChange := left
 	for time.Since(lastChange) < 3*time.Second && time.Since(left) < 60*time.Second {
 		time.Sleep(50 * time.Millisecond)
@@ -275,7 +300,8 @@ func TestMulticastAcrossHosts(t *testing.T) {
 	if time.Since(lastChange) < 3*time.Second {
 		t.Fatalf("h2 still replicates to h3 60 s after its only member left")
 	}
-	t.Logf("h3's member left: the last copy reached h3 %.2fs after the leave began (closing the receiver took %.2fs)", lastChange.Sub(left).Seconds(), stopped.Seconds())
+	t.Logf("h3's member left: closing the receiver took %.3fs; h2 knew %.3fs after it began; the last copy reached h3 %.3fs after it began (0: none after)",
+		stopped.Seconds(), learned.Seconds(), lastChange.Sub(left).Seconds())
 	n1 := r1.lines("after")
 	time.Sleep(time.Second)
 	if r1.lines("after") <= n1 {

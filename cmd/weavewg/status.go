@@ -177,6 +177,9 @@ func showPeers(w io.Writer, st api.Status) {
 			line += " " + n
 		}
 		fmt.Fprintln(w, line)
+		if len(p.MulticastGroups) > 0 {
+			fmt.Fprintf(w, "   multicast: %s\n", strings.Join(p.MulticastGroups, " "))
+		}
 	}
 }
 

@@ -97,6 +97,9 @@ type Peer struct {
 	Self          bool     `json:"self,omitempty"` // this daemon
 	Addresses     []string `json:"addresses"`      // overlay prefixes routed to it
 	Neighbors     []string `json:"neighbors"`      // names of peers it has established connections to
+	// MulticastGroups are the groups its containers joined, as it
+	// announced them (multicast goes only to peers that have members).
+	MulticastGroups []string `json:"multicast_groups,omitempty"`
 }
 
 // Connection states.
