@@ -53,6 +53,8 @@ func (d *Daemon) serveAPI() (*http.Server, error) {
 		why := d.attachReady()
 		return api.AttachReady{Ready: why == "", Reason: why}, nil
 	})
+	post(rt, api.PathExpose, func(_ *http.Request, req api.ExposeRequest) (any, error) { return d.expose(req) })
+	post(rt, api.PathHide, func(_ *http.Request, req api.ExposeRequest) (any, error) { return d.hide(req) })
 	post(rt, api.PathRmpeer, func(_ *http.Request, req api.RmpeerRequest) (any, error) {
 		name, err := d.rmpeer(req.Peer)
 		return api.RmpeerResult{Peer: name}, err

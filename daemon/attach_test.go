@@ -135,8 +135,9 @@ func TestIntentUndone(t *testing.T) {
 	d.closers.close()
 
 	d2 := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
-	if n := len(d2.ipam.Allocations()); n != 0 {
-		t.Errorf("%d allocations after restart, want the intent's freed", n)
+	// The host address is an allocation too (hostID).
+	if n := len(d2.ipam.Allocations()); n != 1 {
+		t.Errorf("%d allocations after restart, want the intent's freed (the host's own left)", n)
 	}
 	if n := len(d2.records("")); n != 0 {
 		t.Errorf("%d records after restart, want the intent dropped", n)
@@ -186,8 +187,8 @@ func TestCNIDetachAndGC(t *testing.T) {
 	if l, _ := d.dnsLookup("c3"); len(l.Addresses) != 0 {
 		t.Errorf("c3 still resolves after GC")
 	}
-	if d.ipamStatus().Allocated != 2 {
-		t.Errorf("IPAM holds %d, want 2", d.ipamStatus().Allocated)
+	if d.ipamStatus().Allocated != 3 {
+		t.Errorf("IPAM holds %d, want 2 and the host address", d.ipamStatus().Allocated)
 	}
 }
 
@@ -277,8 +278,8 @@ func TestHostVethDeletedReleases(t *testing.T) {
 	if l, _ := d.dnsLookup("gone"); len(l.Addresses) != 0 {
 		t.Errorf("the name still resolves to %v", l.Addresses)
 	}
-	if n := d.ipamStatus().Allocated; n != 0 {
-		t.Errorf("IPAM holds %d addresses, want 0", n)
+	if n := d.ipamStatus().Allocated; n != 1 {
+		t.Errorf("IPAM holds %d addresses, want only the host address", n)
 	}
 }
 
@@ -303,8 +304,8 @@ func TestSameNamespaceTwoPaths(t *testing.T) {
 	if (e1 == nil) == (e2 == nil) {
 		t.Fatalf("two attaches of one namespace by two paths: %v and %v; want exactly one to succeed", e1, e2)
 	}
-	if n := d.ipamStatus().Allocated; n != 1 {
-		t.Errorf("%d addresses allocated, want 1", n)
+	if n := d.ipamStatus().Allocated; n != 2 {
+		t.Errorf("%d addresses allocated, want 1 and the host address", n)
 	}
 }
 

@@ -11,11 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/blake2s"
-
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/types/api"
-	"github.com/weavewg/weavewg/types/key"
 )
 
 // Defaults a Weave Net user would expect.
@@ -38,11 +35,15 @@ type Config struct {
 	Iface     string
 	Bridge    string
 	MTU       int // 0: derived from the underlay (mtu.go)
-	// HostIP is this host's overlay address on the bridge. Invalid means
-	// derive one from the public key inside Range.
+	// HostIP is this host's overlay address on the bridge, claimed in
+	// IPAM (--host-ip). Invalid means IPAM allocates one (expose.go).
 	HostIP netip.Prefix
 	Range  netip.Prefix
-	Peers  []string // HOST[:PORT] to connect to at start
+	// DefaultSubnet is where addresses come from when no subnet is asked
+	// for (--ipalloc-default-subnet); invalid means the whole Range, and
+	// then there are no isolated subnets (subnet.go).
+	DefaultSubnet netip.Prefix
+	Peers         []string // HOST[:PORT] to connect to at start
 
 	// DNS. NoDNS turns the name server off.
 	NoDNS         bool
@@ -206,25 +207,16 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("--datapath %q: want auto, kernel or userspace", c.Datapath)
 	}
+	if err := validateDefaultSubnet(c.DefaultSubnet, c.Range); err != nil {
+		return err
+	}
+	if c.HostIP.IsValid() && c.DefaultSubnet.IsValid() && !c.DefaultSubnet.Contains(c.HostIP.Addr()) {
+		return fmt.Errorf("--host-ip %s must lie in the default subnet %s", c.HostIP.Addr(), c.DefaultSubnet)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
-}
-
-// derivedHostIP picks an address for the host from its public key, so that
-// restarts keep it. It is a stopgap until IPAM hands out host addresses:
-// collisions are possible (one in a million per pair in a /12) and are
-// detected and reported by the daemon rather than silently routed.
-func derivedHostIP(r netip.Prefix, pub key.Public) netip.Prefix {
-	h := blake2s.Sum256(pub[:])
-	size := uint32(1) << (32 - r.Bits())
-	off := 1 + binary.BigEndian.Uint32(h[:4])%(size-2)
-	base := r.Addr().As4()
-	v := binary.BigEndian.Uint32(base[:]) + off
-	var out [4]byte
-	binary.BigEndian.PutUint32(out[:], v)
-	return netip.PrefixFrom(netip.AddrFrom4(out), r.Bits())
 }
 
 func lastAddr(p netip.Prefix) netip.Addr {

@@ -21,6 +21,7 @@ import (
 	"github.com/weavewg/weavewg/dns"
 	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/ipam"
+	"github.com/weavewg/weavewg/mcast"
 	"github.com/weavewg/weavewg/nat"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/attachment"
@@ -39,6 +40,8 @@ type controlPlane interface {
 	Connect(addr string) error
 	Forget(addr string) error
 	SetAttached(prefixes []netip.Prefix)
+	// SetHostIP changes the host address this peer advertises.
+	SetHostIP(ip netip.Addr)
 	Changes() <-chan struct{}
 	Peers() []discovery.Peer
 	Connections() []discovery.ConnState
@@ -177,7 +180,6 @@ type Daemon struct {
 	pub     key.Public
 	secret  key.Secret
 	network *networkState
-	hostIP  netip.Prefix
 	mtuFrom string // where the tunnel MTU came from (mtu.go); set before the data plane opens
 	// datapathWhy says why the userspace datapath is used (kernel.go);
 	// set when the data plane opens.
@@ -218,7 +220,17 @@ type Daemon struct {
 	attachments []attachment.Record  // the attachment service's records (attach.go)
 	missing     map[string]time.Time // attachments whose namespace is gone, by id, since when
 
+	// The host's own overlay address (expose.go): invalid until IPAM
+	// gives one; set by prepare or the reconcile loop, read anywhere.
+	hostIPv atomic.Pointer[netip.Prefix]
+	// exposeMu guards exposed (the subnets the host is exposed to) and
+	// host.json.
+	exposeMu sync.Mutex
+	exposed  []netip.Prefix
+
 	// Owned by the reconcile loop.
+	hostClaimed    bool                  // the host address is recorded in IPAM
+	hostClaimErr   string                // the last reason it could not be, logged once
 	hostIPConflict map[key.Public]string // peers whose host address is refused, and why
 	// refusedHostIPs is hostIPConflict published for status (read without
 	// the reconcile loop); never modified after Store.
@@ -282,7 +294,7 @@ func start(cfg Config) (*Daemon, error) {
 		Secret:     d.secret,
 		Nickname:   cfg.Nickname,
 		Port:       cfg.Port,
-		HostIP:     d.hostIP.Addr(),
+		HostIP:     d.hostPrefix().Addr(),
 		Range:      cfg.Range,
 		Tokens:     toks,
 		TokensLost: tokensLost,
@@ -355,8 +367,12 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		Bridge:  d.cfg.Bridge,
 		TUN:     tun.TUNName(),
 		MTU:     d.cfg.MTU,
-		HostIP:  d.hostIP,
-		MACSeed: d.pub[:],
+		HostIP:  d.hostPrefix(),
+		Overlay: d.cfg.Range,
+		// Other hosts replicate multicast to this port of the host
+		// address (mcast.go), through the peer devices only.
+		PeerUDPPorts: []uint16{uint16(mcast.DataPort(int(d.cfg.Port)))},
+		MACSeed:      d.pub[:],
 		// The VXLAN fast path's device, made after this, and the kernel
 		// WireGuard device forward like the TUN.
 		OtherDevices: others,
@@ -416,10 +432,7 @@ func prepare(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	cfg = d.cfg
-	d.hostIP = cfg.HostIP
-	if !d.hostIP.IsValid() {
-		d.hostIP = derivedHostIP(cfg.Range, d.pub)
-	}
+	d.loadHost()
 	if d.attachments, err = loadAttachments(cfg.StateDir, cfg.Range.Bits(), d.log); err != nil {
 		return nil, err
 	}
@@ -463,6 +476,12 @@ func (d *Daemon) assemble(router controlPlane, planes dataPlane, open channelOpe
 	}
 	d.closers.add("control plane", router.Close)
 	d.adoptAttachments()
+	// The host address: recorded in IPAM, or allocated now when this
+	// peer has space (a founder); else at a reconcile once it has.
+	d.ensureHostIP()
+	d.exposeMu.Lock()
+	d.applyExposedLocked()
+	d.exposeMu.Unlock()
 	for _, p := range d.cfg.Peers {
 		if err := router.Connect(p); err != nil {
 			return fmt.Errorf("peer %q: %w", p, err)
@@ -490,12 +509,12 @@ func (d *Daemon) run(ctx context.Context) error {
 	}
 	d.closers.add("metrics", stopMetrics)
 	d.announce()
-	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIP, d.cfg.APISocket)
+	d.notify("ready: peer %s(%s), overlay address %s, API %s", d.pub.Name(), d.cfg.Nickname, d.hostIPText(), d.cfg.APISocket)
 	// Type=notify units are ready once the API answers.
 	d.notifyManager("READY=1\nSTATUS=running; API on " + d.cfg.APISocket)
 	d.log.Info("weavewg is running",
 		"name", d.pub.Name(), "nickname", d.cfg.Nickname, "port", d.cfg.Port,
-		"host_ip", d.hostIP.String(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
+		"host_ip", d.hostIPText(), "iface", d.cfg.Iface, "bridge", d.cfg.Bridge,
 		"api_socket", d.cfg.APISocket)
 
 	stopDocker := d.startDocker()
@@ -561,7 +580,10 @@ func (d *Daemon) reconcile() {
 	var want []tunnel.PeerConfig
 	var reachable []key.Public
 	reachSet := map[key.Public]bool{}
-	hostIPs := []netip.Addr{d.hostIP.Addr()}
+	d.ensureHostIP()
+	self := d.hostPrefix().Addr()
+	// Other hosts' addresses are reserved here; our own is an allocation.
+	var hostIPs []netip.Addr
 	conflicts := map[key.Public]string{}
 	ranges := d.ipam.AllPrefixes()
 	local := map[netip.Addr]string{}
@@ -604,7 +626,7 @@ func (d *Daemon) reconcile() {
 			// Refused host addresses get no route and no AllowedIPs; the
 			// reason shows in status and is logged once.
 			why := ""
-			if p.HostIP == d.hostIP.Addr() {
+			if p.HostIP == self {
 				why = "it is this host's overlay address"
 			} else if id, taken := local[p.HostIP]; taken {
 				why = "it is the address of container " + id + " here"
@@ -686,7 +708,10 @@ func (d *Daemon) reconcile() {
 		for _, pc := range want {
 			allowed[pc.Key] = pc.AllowedIPs
 		}
-		self := append([]netip.Prefix{netip.PrefixFrom(d.hostIP.Addr(), 32)}, ranges[d.pub]...)
+		self := ranges[d.pub]
+		if hp := d.hostPrefix(); hp.IsValid() {
+			self = append([]netip.Prefix{netip.PrefixFrom(hp.Addr(), 32)}, self...)
+		}
 		d.mcast.setPeers(self, peers, allowed)
 	}
 	if d.dns != nil {

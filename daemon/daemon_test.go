@@ -54,6 +54,7 @@ func (f *fakeRouter) SetAttached(p []netip.Prefix) {
 	defer f.mu.Unlock()
 	f.attached = append([]netip.Prefix(nil), p...)
 }
+func (f *fakeRouter) SetHostIP(netip.Addr)     {}
 func (f *fakeRouter) Changes() <-chan struct{} { return f.changes }
 func (f *fakeRouter) Peers() []discovery.Peer {
 	f.mu.Lock()
@@ -334,8 +335,8 @@ func TestAttachAllocates(t *testing.T) {
 		t.Fatalf("claiming a freed address: %v", err)
 	}
 	st := d.ipamStatus()
-	if st.Allocated != 20 || len(st.Peers) != 1 || !st.Peers[0].Self || st.Peers[0].Percent != 100 {
-		t.Fatalf("ipam status = %+v, want 20 allocated on the one peer owning everything", st)
+	if st.Allocated != 21 || len(st.Peers) != 1 || !st.Peers[0].Self || st.Peers[0].Percent != 100 {
+		t.Fatalf("ipam status = %+v, want 20 allocated and the host address on the one peer owning everything", st)
 	}
 	if ps := d.ps(); len(ps) != 20 {
 		t.Fatalf("ps lists %d attachments, want 20", len(ps))
@@ -467,13 +468,34 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-func TestDerivedHostIP(t *testing.T) {
-	r := netip.MustParsePrefix("10.32.0.0/30")
-	for i := range 64 {
-		p := derivedHostIP(r, pubKey(byte(i)))
-		if !r.Contains(p.Addr()) || p.Addr() == r.Addr() || p.Addr() == lastAddr(r) || p.Bits() != 30 {
-			t.Fatalf("derivedHostIP = %v, want a host address in %v", p, r)
-		}
+// The host address comes from IPAM: allocated (under hostID, so no
+// container gets it), persisted in host.json, the same after a restart.
+func TestHostAddressFromIPAM(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.HostIP = netip.Prefix{}
+	cfg.IPAMInMemory = false
+	d := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
+	hp := d.hostPrefix()
+	if !hp.IsValid() || !cfg.Range.Contains(hp.Addr()) || hp.Bits() != cfg.Range.Bits() {
+		t.Fatalf("host address %v, want one in %v with its prefix length", hp, cfg.Range)
+	}
+	found := false
+	for _, a := range d.ipam.Allocations() {
+		found = found || (a.Addr == hp.Addr() && a.ID == hostID)
+	}
+	if !found {
+		t.Fatalf("host address %v is not allocated in IPAM: %v", hp, d.ipam.Allocations())
+	}
+	if c, err := d.ipam.Allocate("container"); err != nil || c == hp.Addr() {
+		t.Fatalf("a container got %v (%v); the host has %v", c, err, hp)
+	}
+	if st := d.status(); st.HostIP != hp.String() || st.HostIPFrom != "ipam" || len(st.Exposed) != 0 {
+		t.Fatalf("status: host_ip %q from %q, exposed %v", st.HostIP, st.HostIPFrom, st.Exposed)
+	}
+	d.closers.close()
+	d2 := newTestDaemon(t, cfg, newFakeRouter(), newFakeTunnel())
+	if got := d2.hostPrefix(); got != hp {
+		t.Fatalf("after a restart the host address is %v, was %v", got, hp)
 	}
 }
 

@@ -21,9 +21,11 @@ func (d *Daemon) startDNS(open channelOpener) error {
 	if d.cfg.NoDNS {
 		return nil
 	}
+	// With no host address yet, the server follows gossip now and
+	// listens once IPAM gives one (adoptHostIP).
 	listen := d.cfg.DNSListen
-	if listen == "" {
-		listen = net.JoinHostPort(d.hostIP.Addr().String(), "53")
+	if hp := d.hostPrefix(); listen == "" && hp.IsValid() {
+		listen = net.JoinHostPort(hp.Addr().String(), "53")
 	}
 	srv, err := dns.New(dns.Config{
 		Self:         d.pub,

@@ -78,7 +78,7 @@ func (h dockerHost) CreateVeth(hostName, peerName string) (net.HardwareAddr, err
 
 func (h dockerHost) DeleteVeth(hostName string) error { return h.d.host.DeleteVeth(hostName) }
 
-func (h dockerHost) HostIP() netip.Prefix { return h.d.hostIP }
+func (h dockerHost) HostIP() netip.Prefix { return h.d.hostPrefix() }
 func (h dockerHost) Range() netip.Prefix  { return h.d.cfg.Range }
 
 // startDocker serves the plugin socket, re-adopts the endpoints of

@@ -89,7 +89,7 @@ func (d *Daemon) openFastPath() (fastPath, error) {
 		Secret:   d.secret,
 		Trusted:  vxlan.Trusted(d.cfg.TrustedSubnets),
 		Bridge:   d.cfg.Bridge,
-		HostIP:   d.hostIP.Addr(),
+		HostIP:   d.hostPrefix().Addr(),
 		OnChange: d.nudge,
 		Logger:   d.log.With("part", "vxlan"),
 	})

@@ -52,7 +52,6 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 		Range:     d.cfg.Range,
 		Path:      path,
 		Transport: ch,
-		Reserved:  []netip.Addr{d.hostIP.Addr()},
 		Logger:    d.log.With("part", "ipam"),
 	})
 	if err != nil {
@@ -91,7 +90,7 @@ func (d *Daemon) checkAddress(ip netip.Prefix) error {
 	if ip.Addr() == d.cfg.Range.Addr() || ip.Addr() == lastAddr(d.cfg.Range) {
 		return badRequest("address %s is the network or broadcast address of %s", ip.Addr(), d.cfg.Range)
 	}
-	if ip.Addr() == d.hostIP.Addr() {
+	if ip.Addr() == d.hostPrefix().Addr() {
 		return badRequest("address %s is this host's own overlay address", ip.Addr())
 	}
 	if owner, ok := d.remoteHost(ip.Addr()); ok {

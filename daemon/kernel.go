@@ -75,7 +75,7 @@ func (d *Daemon) openKernel() (kernelPath, error) {
 		MTU:        d.cfg.MTU,
 		Private:    d.priv,
 		PSK:        d.secret,
-		HostIP:     d.hostIP.Addr(),
+		HostIP:     d.hostPrefix().Addr(), // invalid on a joiner's first start: routes without a source
 		Logger:     d.log.With("part", "kernelwg"),
 	})
 	switch {

@@ -88,7 +88,11 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 		return fmt.Errorf("multicast: %w", err)
 	}
 	m.ch = ch
-	laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(d.hostIP.Addr(), uint16(m.port)))
+	// Bound to every address: a joiner gets its host address from IPAM
+	// after this; what counts is the device a datagram came in on
+	// (deliverLoop), and the forward filter lets only the peer devices
+	// reach this port of the host address (hostnet.Config.PeerUDPPorts).
+	laddr := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(m.port)))
 	if m.udp, err = net.ListenUDP("udp4", laddr); err != nil {
 		return fmt.Errorf("multicast: replication socket on %s: %w", laddr, err)
 	}

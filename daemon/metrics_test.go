@@ -85,7 +85,7 @@ func TestMetricsAddr(t *testing.T) {
 		`weavewg_peer_path_info{nickname="h2",path="relayed",peer="` + relayed.Name() + `"} 1`,
 		`weavewg_ipam_owned_addresses `,
 		`weavewg_ipam_free_addresses `,
-		`weavewg_ipam_used_addresses 0`,
+		`weavewg_ipam_used_addresses 1`, // the host address
 		`weavewg_dns_queries_total{result="nxdomain"} 0`,
 		`weavewg_dns_names{reachable="true"} 0`,
 		`weavewg_control_x_total 1`,

@@ -402,6 +402,20 @@ func (r *Router) SetAttached(prefixes []netip.Prefix) {
 	r.nudge()
 }
 
+// SetHostIP changes the overlay address this host advertises (the daemon
+// learns it from IPAM after the router started, on a joiner's first start).
+func (r *Router) SetHostIP(ip netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.selfRec.HostIP == ip {
+		return
+	}
+	r.selfRec.HostIP = ip
+	r.bumpSelfLocked()
+	r.floodLocked(nil, []*Record{r.copySelf()})
+	r.nudge()
+}
+
 // Changes is nudged (capacity 1, never blocks the router) whenever Peers may
 // have changed.
 func (r *Router) Changes() <-chan struct{} { return r.changes }

@@ -200,39 +200,8 @@ func (s *Server) Start() error {
 		return errors.New("dns: server already started")
 	}
 	if s.cfg.ListenAddr != "" {
-		pc, ln, err := listen(s.cfg.ListenAddr)
-		if err != nil {
+		if err := s.listenLocked(s.cfg.ListenAddr); err != nil {
 			return err
-		}
-		s.udpAddr, s.tcpAddr = pc.LocalAddr(), ln.Addr()
-		s.up.exclude(s.udpAddr)
-		// Start returns once both serve: a Shutdown (Close) that comes
-		// before ActivateAndServe has started is refused by miekg/dns, and
-		// the server would then run, and Close wait, forever.
-		started := make(chan struct{}, 2)
-		notify := func() { started <- struct{}{} }
-		s.udpSrv = s.newServer()
-		s.udpSrv.PacketConn = pc
-		s.udpSrv.NotifyStartedFunc = notify
-		s.tcpSrv = s.newServer()
-		s.tcpSrv.Listener = netutil.LimitListener(ln, maxTCPConns)
-		s.tcpSrv.NotifyStartedFunc = notify
-		failed := make(chan struct{}, 2)
-		for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
-					s.cfg.Logger.Error("DNS server stopped serving", "addr", s.cfg.ListenAddr, "err", err)
-				}
-				failed <- struct{}{}
-			}()
-		}
-		for range 2 {
-			select {
-			case <-started:
-			case <-failed: // returned before it started; nothing to wait for
-			}
 		}
 	}
 	s.stop = make(chan struct{})
@@ -241,6 +210,63 @@ func (s *Server) Start() error {
 		go s.loop(s.stop)
 	}
 	s.started = true
+	return nil
+}
+
+// Listen answers on addr from now on, instead of where it answered before
+// (if anywhere): the daemon learns the host's overlay address, or a new
+// one, while the name table must already follow gossip.
+func (s *Server) Listen(addr string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
+		if srv != nil {
+			srv.Shutdown()
+		}
+	}
+	s.udpSrv, s.tcpSrv = nil, nil
+	return s.listenLocked(addr)
+}
+
+// listenLocked opens UDP and TCP on addr and serves them.
+func (s *Server) listenLocked(addr string) error {
+	pc, ln, err := listen(addr)
+	if err != nil {
+		return err
+	}
+	s.udpAddr, s.tcpAddr = pc.LocalAddr(), ln.Addr()
+	s.up.exclude(s.udpAddr)
+	// Start returns once both serve: a Shutdown (Close) that comes
+	// before ActivateAndServe has started is refused by miekg/dns, and
+	// the server would then run, and Close wait, forever.
+	started := make(chan struct{}, 2)
+	notify := func() { started <- struct{}{} }
+	s.udpSrv = s.newServer()
+	s.udpSrv.PacketConn = pc
+	s.udpSrv.NotifyStartedFunc = notify
+	s.tcpSrv = s.newServer()
+	s.tcpSrv.Listener = netutil.LimitListener(ln, maxTCPConns)
+	s.tcpSrv.NotifyStartedFunc = notify
+	failed := make(chan struct{}, 2)
+	for _, srv := range []*mdns.Server{s.udpSrv, s.tcpSrv} {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.cfg.Logger.Error("DNS server stopped serving", "addr", addr, "err", err)
+			}
+			failed <- struct{}{}
+		}()
+	}
+	for range 2 {
+		select {
+		case <-started:
+		case <-failed: // returned before it started; nothing to wait for
+		}
+	}
 	return nil
 }
 

@@ -49,16 +49,23 @@ func setupBridge(nl *netlink.Handle, name string, mtu int, hostIP netip.Prefix, 
 	if err != nil {
 		return nil, fmt.Errorf("bridge %s: listing addresses: %w", name, err)
 	}
-	want := &netlink.Addr{IPNet: prefixToIPNet(hostIP)}
+	// No address yet (a joiner waiting for IPAM) leaves the bridge
+	// without one; SetHostIP adds it.
+	var want *netlink.Addr
+	if hostIP.IsValid() {
+		want = &netlink.Addr{IPNet: prefixToIPNet(hostIP)}
+	}
 	for _, a := range addrs {
-		if a.IPNet.String() != want.IPNet.String() {
+		if want == nil || a.IPNet.String() != want.IPNet.String() {
 			if err := nl.AddrDel(link, &a); err != nil {
 				return nil, fmt.Errorf("bridge %s: removing stale address %s: %w", name, a.IPNet, err)
 			}
 		}
 	}
-	if err := nl.AddrReplace(link, want); err != nil {
-		return nil, fmt.Errorf("bridge %s: adding address %s: %w", name, hostIP, err)
+	if want != nil {
+		if err := nl.AddrReplace(link, want); err != nil {
+			return nil, fmt.Errorf("bridge %s: adding address %s: %w", name, hostIP, err)
+		}
 	}
 	if err := nl.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("bridge %s: setting up: %w", name, err)
@@ -134,7 +141,7 @@ func tunRoute(tunIndex int, dst netip.Prefix, src netip.Addr) *netlink.Route {
 		Dst:       prefixToIPNet(dst),
 		Scope:     netlink.SCOPE_LINK,
 	}
-	if src.Is4() == dst.Addr().Is4() {
+	if src.IsValid() && src.Is4() == dst.Addr().Is4() {
 		r.Src = src.AsSlice()
 	}
 	return r

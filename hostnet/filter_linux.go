@@ -34,7 +34,9 @@ import (
 //		chain input {
 //			type filter hook input priority filter; policy accept;
 //			meta nfproto ipv4 ip daddr <overlay> iifname != "<tun>" iifname != "<bridge>" iifname != "lo" counter drop
+//			iifname { "<bridge>", "<tun>" } jump overlay_in
 //		}
+//		chain overlay_in { ... }   (expose_linux.go: the host's own services are closed to the overlay but DNS)
 //	}
 //
 // So: from the TUN only to the bridge; into the bridge only from the TUN
@@ -59,6 +61,11 @@ type filterSpec struct {
 	bridge, tun string
 	others      []string
 	overlay     netip.Prefix
+	// What the overlay may reach of the host itself (expose_linux.go):
+	// DNS on hostIP (invalid: none yet), and the exposures.
+	hostIP  netip.Addr
+	exposed []Exposure
+	peerUDP []uint16 // ports of hostIP open to the peer devices
 }
 
 // installForwardFilter (re)creates the table in ns.
@@ -128,6 +135,7 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: overlay.Masked().Addr().AsSlice()},
 		}
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
+		addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...))
 	}
 	pmtu.AddMSSClamp(c, t, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if err := c.Flush(); err != nil {

@@ -172,12 +172,19 @@ type firewall struct {
 	rules  []fwRule
 	own    string // weavewg's own table (the forward filter), never touched
 	log    *slog.Logger
+	mu     sync.Mutex // serialises checks and repairs, guards filter
 	// filter is what the own table (filter_linux.go) is made for, to
-	// remake it; set by New after newFirewall.
+	// remake it; set by setFilter.
 	filter filterSpec
 
-	mu  sync.Mutex                    // serialises checks and repairs
 	ipt map[string]*iptables.IPTables // by binary, made on first use
+}
+
+// setFilter records what the own table is now made for.
+func (f *firewall) setFilter(spec filterSpec) {
+	f.mu.Lock()
+	f.filter = spec
+	f.mu.Unlock()
 }
 
 func newFirewall(ns netns.NsHandle, bridge, tun string, others []string, log *slog.Logger) *firewall {

@@ -28,10 +28,19 @@ import (
 
 // Config is what a Host needs.
 type Config struct {
-	Bridge string       // bridge name, e.g. weavewg
-	TUN    string       // the WireGuard TUN's name, e.g. weavewg0; it must exist
-	MTU    int          // the bridge's MTU; every veth gets it too
-	HostIP netip.Prefix // the bridge's address with the overlay prefix length, e.g. 10.32.0.1/12
+	Bridge string // bridge name, e.g. weavewg
+	TUN    string // the WireGuard TUN's name, e.g. weavewg0; it must exist
+	MTU    int    // the bridge's MTU; every veth gets it too
+	// HostIP is the bridge's address with the overlay prefix length, e.g.
+	// 10.32.0.1/12; invalid while the host has none yet (a joiner before
+	// IPAM gave it space: SetHostIP sets it later).
+	HostIP netip.Prefix
+	// Overlay is the overlay range; invalid means HostIP's prefix.
+	Overlay netip.Prefix
+	// PeerUDPPorts are UDP ports of the host address that other hosts
+	// reach through the peer devices (TUN, VXLAN, kernel WireGuard) while
+	// the host is hidden from containers (multicast replication).
+	PeerUDPPorts []uint16
 	// MACSeed makes the bridge's MAC address, the same on every run (the
 	// peer's public key).
 	MACSeed []byte
@@ -89,7 +98,9 @@ type Host struct {
 	// ports and the routes.
 	mu      sync.Mutex
 	closed  bool
-	skipped string // prefixes last refused a route, to log a change once
+	skipped string       // prefixes last refused a route, to log a change once
+	hostIP  netip.Prefix // the bridge's address (SetHostIP); invalid: none yet
+	spec    filterSpec   // what the forward filter is made for (expose_linux.go)
 }
 
 // New creates (or re-adopts) the bridge with HostIP, sets the sysctls
@@ -127,6 +138,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, fmt.Errorf("host networking: TUN %s: %w", cfg.TUN, err)
 	}
 	h.tunIndex = tun.Attrs().Index
+	h.hostIP = cfg.HostIP
 	br, err := setupBridge(h.nl, cfg.Bridge, cfg.MTU, cfg.HostIP, cfg.MACSeed)
 	if err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
@@ -138,13 +150,14 @@ func New(cfg Config) (*Host, error) {
 	if err := setSysctls(cfg.Bridge, cfg.TUN); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
-	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.HostIP.Masked()}
+	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.Overlay, hostIP: cfg.HostIP.Addr(), peerUDP: cfg.PeerUDPPorts}
+	h.spec = spec
 	if err := installForwardFilter(h.ns, spec); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.filtered = true
 	h.fw = newFirewall(h.ns, cfg.Bridge, cfg.TUN, cfg.OtherDevices, h.log)
-	h.fw.filter = spec
+	h.fw.setFilter(spec)
 	if repaired, err := h.fw.ensure(); err != nil {
 		// Not fatal: the watcher retries, and a host whose forward policy
 		// accepts works without the rules.
@@ -169,8 +182,15 @@ func (c *Config) check() error {
 		return fmt.Errorf("host networking: the TUN and the bridge are both named %q", c.TUN)
 	case c.MTU < 576 || c.MTU > 65535:
 		return fmt.Errorf("host networking: MTU %d is out of range", c.MTU)
-	case !c.HostIP.IsValid() || !c.HostIP.Addr().Is4():
-		return fmt.Errorf("host networking: host address %v is not an IPv4 prefix", c.HostIP)
+	}
+	if !c.Overlay.IsValid() {
+		c.Overlay = c.HostIP.Masked()
+	}
+	switch {
+	case !c.Overlay.IsValid() || !c.Overlay.Addr().Is4():
+		return fmt.Errorf("host networking: overlay range %v is not an IPv4 prefix", c.Overlay)
+	case c.HostIP.IsValid() && (!c.HostIP.Addr().Is4() || !c.Overlay.Contains(c.HostIP.Addr())):
+		return fmt.Errorf("host networking: host address %v is not an IPv4 address inside %v", c.HostIP, c.Overlay)
 	}
 	return nil
 }
@@ -279,7 +299,7 @@ func (h *Host) SetRoutesWithMTU(prefixes []netip.Prefix, mtu map[netip.Prefix]in
 	if skipped != h.skipped {
 		h.skipped = skipped
 		if skipped != "" {
-			h.log.Warn("not routing peer prefixes that are not inside the overlay prefix", "overlay", h.cfg.HostIP.Masked().String(), "prefixes", skipped)
+			h.log.Warn("not routing peer prefixes that are not inside the overlay prefix", "overlay", h.cfg.Overlay.String(), "prefixes", skipped)
 		}
 	}
 	_, err := h.syncRoutes(routes)
@@ -289,7 +309,7 @@ func (h *Host) SetRoutesWithMTU(prefixes []netip.Prefix, mtu map[netip.Prefix]in
 // routesFor returns the prefixes to route into the TUN, each with its MTU
 // from mtu (0: the TUN's), and the refused ones as text.
 func (h *Host) routesFor(prefixes []netip.Prefix, mtu map[netip.Prefix]int) (map[netip.Prefix]int, string) {
-	overlay := h.cfg.HostIP.Masked()
+	overlay := h.cfg.Overlay
 	routes := make(map[netip.Prefix]int)
 	var skipped []string
 	for _, pfx := range prefixes {
@@ -325,7 +345,7 @@ func (h *Host) syncRoutes(want map[netip.Prefix]int) (int, error) {
 	)
 	for _, r := range have {
 		pfx, ok := ipNetToPrefix(r.Dst)
-		if m, wanted := want[pfx]; ok && wanted && r.MTU == m {
+		if m, wanted := want[pfx]; ok && wanted && r.MTU == m && srcIs(r, h.hostIP.Addr()) {
 			present[pfx] = true
 			continue
 		}
@@ -339,7 +359,7 @@ func (h *Host) syncRoutes(want map[netip.Prefix]int) (int, error) {
 		if present[pfx] {
 			continue
 		}
-		r := tunRoute(h.tunIndex, pfx, h.cfg.HostIP.Addr())
+		r := tunRoute(h.tunIndex, pfx, h.hostIP.Addr())
 		r.Protocol = routeProtocol
 		if m := want[pfx]; m > 0 {
 			r.MTU = m

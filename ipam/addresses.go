@@ -131,16 +131,17 @@ func (a *Allocator) Allocate(id string) (netip.Addr, error) {
 	a.byID[id] = append(a.byID[id], addr)
 	a.cursor = a2u(addr) + 1
 	a.count("ipam_allocate")
-	o := a.markUsedLocked()
+	o := a.markUsedLocked(id)
 	a.mu.Unlock()
 	a.flush(o)
 	return addr, nil
 }
 
 // markUsedLocked records that the network has been used, the first time,
-// and returns the broadcast that tells the others.
-func (a *Allocator) markUsedLocked() outbox {
-	if a.ring.Used || !a.ring.Seeded() {
+// and returns the broadcast that tells the others. The host address
+// (HostID) does not count.
+func (a *Allocator) markUsedLocked(id string) outbox {
+	if a.ring.Used || !a.ring.Seeded() || id == HostID {
 		return outbox{}
 	}
 	a.ring.Used = true
@@ -226,7 +227,7 @@ func (a *Allocator) claimLocked(addr netip.Addr, id string) (outbox, error) {
 	a.allocs[addr] = id
 	a.byID[id] = append(a.byID[id], addr)
 	a.count("ipam_claim")
-	return a.markUsedLocked(), nil
+	return a.markUsedLocked(id), nil
 }
 
 // Free releases every address of id and returns how many.

@@ -112,6 +112,7 @@ type Allocator struct {
 	// nothing within RequestTimeout (cut off by a partition not noticed
 	// yet, or no space to give): the next request goes to another one.
 	silent    map[key.Public]bool
+	subnetReq map[Span]subnetRequest // pending requests for space in a subnet (subnet.go)
 	conflicts []Allocation
 	lastErr   error
 	counters  map[string]uint64

@@ -32,6 +32,8 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 		o, err = a.handleRingLocked(from, m.Ring)
 	case m.Request != nil:
 		o, err = a.handleRequestLocked(from, *m.Request)
+	case m.RequestIn != nil:
+		o, err = a.handleRequestInLocked(from, *m.RequestIn)
 	}
 	a.mu.Unlock()
 	a.flush(o)
@@ -63,6 +65,7 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 			a.log.Warn("joining another network; the network this peer created was never used and is dropped",
 				"network", in.Seed.String(), "dropped", a.ring.Seed.String())
 			a.count("ipam_seed_abandoned")
+			a.dropHostLocked()
 			a.lastErr = nil
 			next, _ = NewRing(a.ring.Range)
 			changed, err = a.adoptLocked(next, in)
@@ -126,12 +129,12 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 }
 
 // untouchedLocked reports whether our ring is a seed nobody used: we created
-// it, it still holds just our one entry, we handed out no address, and no
-// rmpeer happened. Nothing depends on such a network.
+// it, it still holds just our one entry, we handed out no address but the
+// host's own (HostID), and no rmpeer happened. Nothing depends on such a network.
 func (a *Allocator) untouchedLocked() bool {
 	r := a.ring
 	return r.Seeded() && !r.Used && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
-		len(r.Transfers) == 0 && len(r.Votes) == 0 && len(a.allocs) == 0
+		len(r.Transfers) == 0 && len(r.Votes) == 0 && a.usesLocked() == 0
 }
 
 // abandonsFor decides, when a ring of another network arrives, whether ours
@@ -183,16 +186,15 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 
 // pickGrantLocked chooses what to give: the upper half of our largest
 // aligned free block (a single address only if we keep one too).
-func (a *Allocator) pickGrantLocked() (Span, bool) {
+func (a *Allocator) pickGrantLocked() (Span, bool) { return a.pickGrantWithinLocked(a.span) }
+
+// pickGrantWithinLocked is pickGrantLocked for our space inside within.
+func (a *Allocator) pickGrantWithinLocked(within Span) (Span, bool) {
 	_, spans := a.ownEntries()
+	spans = clipSpans(spans, within)
 	// Reserved addresses do not count as used: every peer refuses to hand
 	// them out, so a block may contain them and stay aligned.
-	used := make([]uint32, 0, len(a.allocs))
-	for addr := range a.allocs {
-		used = append(used, a2u(addr))
-	}
-	slices.Sort(used)
-	used = slices.Compact(used)
+	used := a.usedSorted()
 	var best Span
 	var bestSize, totalFree uint64
 	for _, s := range spans {

@@ -61,6 +61,15 @@ import (
 //	+----------------+--------------+
 //
 // The seed lets a donor of another network refuse instead of granting.
+//
+// msgRequestIn (Send, to the peer owning most of the subnet): "give me
+// some space inside this subnet" (ipam/subnet.go).
+//
+//	+----------------+--------------+---------------+--------+
+//	| seed peer 32   | seed id 8    | subnet addr 4 | bits 1 |
+//	+----------------+--------------+---------------+--------+
+//
+// The subnet has no host bits set and lies inside the range.
 
 // WireVersion is the version byte of every message.
 // Version 2 added the ring's flags byte; version 3 the signatures, entry
@@ -69,8 +78,9 @@ const WireVersion = 3
 
 // Message types.
 const (
-	msgRing    byte = 1
-	msgRequest byte = 2
+	msgRing      byte = 1
+	msgRequest   byte = 2
+	msgRequestIn byte = 3
 )
 
 // Size bounds. A maximal ring fits in MaxMessage, under one discovery
@@ -96,6 +106,7 @@ const (
 	certVoteLen   = 2 + 4 + 1
 	voteLen       = 2 + 2 + 4 + 2 + key.SigLen
 	requestLen    = key.Len + 8
+	requestInLen  = requestLen + 4 + 1
 	maxRingLen    = ringFixedLen + MaxPeers*key.Len + MaxEntries*entryLen + MaxTransfers*transferLen + MaxVotes*voteLen + MaxCertVotes*certVoteLen + maxCertSigs*key.SigLen
 	certSigInline = 1
 
@@ -407,10 +418,12 @@ func AppendRequestMessage(b []byte, s Seed) []byte {
 	return binary.BigEndian.AppendUint64(b, s.ID)
 }
 
-// Message is a decoded IPAM message: exactly one of Ring and Request is set.
+// Message is a decoded IPAM message: exactly one of Ring, Request and
+// RequestIn is set.
 type Message struct {
-	Ring    *Ring
-	Request *Seed
+	Ring      *Ring
+	Request   *Seed
+	RequestIn *RequestIn
 }
 
 // ParseMessage decodes one message. It never panics.
@@ -438,6 +451,12 @@ func ParseMessage(b []byte) (Message, error) {
 		}
 		s := Seed{Peer: key.Public(body[:key.Len]), ID: binary.BigEndian.Uint64(body[key.Len:])}
 		return Message{Request: &s}, nil
+	case msgRequestIn:
+		r, err := parseRequestIn(body)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{RequestIn: &r}, nil
 	}
 	return Message{}, fmt.Errorf("%w: unknown type %d", ErrMalformed, b[1])
 }

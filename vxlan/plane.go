@@ -123,6 +123,9 @@ type Plane struct {
 	peers  map[key.Public]*peerEntry
 	byMAC  map[[6]byte]*peerEntry
 	routes map[netip.Prefix]bool // routes into the device as last set
+	// hostIP is the routes' source: cfg.HostIP, or what SetHostIP gave
+	// (a joiner gets its host address from IPAM after start).
+	hostIP netip.Addr
 
 	stop chan struct{}
 	done sync.WaitGroup
@@ -150,7 +153,7 @@ func New(cfg Config) (*Plane, error) {
 		return nil, fmt.Errorf("vxlan: port %d / VNI %d out of range", cfg.Port, cfg.VNI)
 	case len(cfg.Trusted) == 0:
 		return nil, errors.New("vxlan: no trusted subnets")
-	case !cfg.HostIP.Is4():
+	case cfg.HostIP.IsValid() && !cfg.HostIP.Is4():
 		return nil, fmt.Errorf("vxlan: host address %v is not IPv4", cfg.HostIP)
 	}
 	if cfg.Logger == nil {
@@ -158,7 +161,7 @@ func New(cfg Config) (*Plane, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	p := &Plane{cfg: cfg, log: cfg.Logger, ns: netns.None(), mac: MACOf(cfg.Self), key: probeKey(cfg.Secret),
+	p := &Plane{cfg: cfg, hostIP: cfg.HostIP, log: cfg.Logger, ns: netns.None(), mac: MACOf(cfg.Self), key: probeKey(cfg.Secret),
 		peers: map[key.Public]*peerEntry{}, byMAC: map[[6]byte]*peerEntry{}, routes: map[netip.Prefix]bool{},
 		stop: make(chan struct{})}
 	ok := false
@@ -299,6 +302,14 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	return using, errors.Join(errs...)
 }
 
+// SetHostIP sets the source of the routes into the device; the next
+// SetPeers puts it on them.
+func (p *Plane) SetHostIP(a netip.Addr) {
+	p.mu.Lock()
+	p.hostIP = a
+	p.mu.Unlock()
+}
+
 // PruneRoutes removes the device's routes that the last SetPeers did not
 // want (those of peers gone back to WireGuard, which the caller has routed
 // into the TUN by now).
@@ -319,7 +330,7 @@ func (p *Plane) route(pfx netip.Prefix, via netip.Addr) *netlink.Route {
 		LinkIndex: p.index,
 		Dst:       &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)},
 		Gw:        via.AsSlice(),
-		Src:       p.cfg.HostIP.AsSlice(),
+		Src:       p.hostIP.AsSlice(), // nil (none) while the host has no address
 		Flags:     int(netlink.FLAG_ONLINK),
 		Protocol:  routeProtocol,
 		Table:     unix.RT_TABLE_MAIN,

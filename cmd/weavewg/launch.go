@@ -52,12 +52,13 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "iface", Value: daemon.DefaultIface, Usage: "name of the TUN device"},
 		&cli.StringFlag{Name: "bridge", Value: daemon.DefaultBridge, Usage: "name of the bridge containers are attached to"},
 		&cli.IntFlag{Name: "mtu", Usage: "tunnel MTU, also given to every container interface, fixed for every peer (default: the underlay's MTU less 80 bytes of IPv4, UDP, WireGuard and relay headers, and smaller towards peers whose path is smaller, found by probing)"},
-		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR, e.g. 10.32.0.1/12 (default: derived from the peer's key)"},
+		&cli.StringFlag{Name: "host-ip", Usage: "this host's overlay address as CIDR with the range's prefix length, e.g. 10.32.0.1/12, claimed in IPAM (default: allocated by IPAM in the default subnet and kept in the state dir)"},
+		&cli.StringFlag{Name: "ipalloc-default-subnet", Usage: "the subnet of --ipalloc-range that addresses come from when none is asked for, e.g. 10.32.0.0/14; the rest of the range is for isolated subnets (attach --net CIDR, docker network create --subnet CIDR) whose containers reach only each other (default: the whole range, no isolated subnets)"},
 		&cli.StringFlag{Name: "ipalloc-range", Value: daemon.DefaultRange, Usage: "the overlay network's address range: private (10/8, 172.16/12, 192.168/16) or CGNAT (100.64/10) space, overlapping no local interface's subnet"},
 		&cli.BoolFlag{Name: "force-range", Usage: "allow an --ipalloc-range outside private and CGNAT space (addresses you own)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "wg-uapi-dir", Value: tunnel.DefaultUAPIDir, Usage: "where the WireGuard device's socket IFACE.sock is made, so that 'wg show' sees it (read-only; \"\" for none)"},
-		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. this host's overlay address or 127.0.0.1:6782 (default: off; always on the API socket)"},
+		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:6782, or an underlay address (default: off; always on the API socket). The overlay reaches the host only after 'weavewg expose'"},
 		&cli.StringFlag{Name: "trusted-subnets", Usage: "underlay subnets, CIDR,... (e.g. 192.168.1.0/24), where traffic between two peers that both have an address in them goes UNENCRYPTED through kernel VXLAN on UDP --port+1 (6784); every other pair stays on WireGuard"},
 		&cli.StringFlag{Name: "datapath", Value: daemon.DatapathAuto, Usage: "what carries WireGuard packets: kernel (the kernel's WireGuard device on --port for peers with a direct path; relayed peers, STUN and relay frames stay in userspace on --port+2, steered there by an nftables table), userspace (wireguard-go for every peer), or auto (kernel when the kernel can create a wireguard link, else userspace)"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
@@ -97,6 +98,12 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 			return fmt.Errorf("--host-ip %q: want an address with prefix length, e.g. 10.32.0.1/12", s)
 		}
 	}
+	var defSubnet netip.Prefix
+	if s := c.String("ipalloc-default-subnet"); s != "" {
+		if defSubnet, err = netip.ParsePrefix(s); err != nil {
+			return fmt.Errorf("--ipalloc-default-subnet %q: want a CIDR inside --ipalloc-range, e.g. 10.32.0.0/14", s)
+		}
+	}
 	nick := c.String("name")
 	if nick == "" {
 		nick, _ = os.Hostname()
@@ -108,20 +115,21 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	cfg := daemon.Config{
-		Nickname:   nick,
-		Port:       uint16(port),
-		Password:   c.String("password"),
-		StateDir:   c.String("state-dir"),
-		APISocket:  c.String("api-socket"),
-		Iface:      c.String("iface"),
-		Bridge:     c.String("bridge"),
-		MTU:        c.Int("mtu"),
-		HostIP:     hostIP,
-		Range:      rng,
-		ForceRange: c.Bool("force-range"),
-		Peers:      peers,
-		Logger:     logger,
-		Build:      buildInfo(),
+		Nickname:      nick,
+		Port:          uint16(port),
+		Password:      c.String("password"),
+		StateDir:      c.String("state-dir"),
+		APISocket:     c.String("api-socket"),
+		Iface:         c.String("iface"),
+		Bridge:        c.String("bridge"),
+		MTU:           c.Int("mtu"),
+		HostIP:        hostIP,
+		Range:         rng,
+		DefaultSubnet: defSubnet,
+		ForceRange:    c.Bool("force-range"),
+		Peers:         peers,
+		Logger:        logger,
+		Build:         buildInfo(),
 
 		MetricsAddr: c.String("metrics-addr"),
 		WGUAPIDir:   c.String("wg-uapi-dir"),

@@ -86,8 +86,11 @@ func showSummary(w io.Writer, st api.Status) {
 		row("Datapath", st.Datapath)
 	}
 	row("Port", fmt.Sprintf("%d (TCP control, UDP WireGuard)", st.Port))
-	row("Host IP", fmt.Sprintf("%s on bridge %s", st.HostIP, st.Bridge))
+	row("Host IP", hostIPLine(st))
 	row("Range", st.Range)
+	if st.DefaultSubnet != "" && st.DefaultSubnet != st.Range {
+		row("Subnets", "default "+st.DefaultSubnet+"; others of the range isolated")
+	}
 	if st.MTUFrom != "" {
 		row("Interface", fmt.Sprintf("%s (MTU %d: %s)", st.Interface, st.MTU, st.MTUFrom))
 	} else {
@@ -279,4 +282,24 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// hostIPLine is the host address, where it came from, and whether the
+// overlay may reach the host.
+func hostIPLine(st api.Status) string {
+	if st.HostIP == "" {
+		return fmt.Sprintf("none yet (waiting for address space) on bridge %s", st.Bridge)
+	}
+	s := fmt.Sprintf("%s on bridge %s", st.HostIP, st.Bridge)
+	if st.HostIPFrom != "" {
+		s += " (" + st.HostIPFrom + ")"
+	}
+	if len(st.Exposed) == 0 {
+		return s + "; hidden from the overlay but DNS (weavewg expose)"
+	}
+	var parts []string
+	for _, e := range st.Exposed {
+		parts = append(parts, e.Address+" to "+e.Subnet)
+	}
+	return s + "; exposed: " + strings.Join(parts, ", ")
 }

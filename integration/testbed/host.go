@@ -25,8 +25,8 @@ import (
 type HostOptions struct {
 	// Password overrides the bed's network secret for this host.
 	Password string
-	// HostIP is passed as --host-ip; "" lets the daemon derive it from its
-	// key (as users do), which keeps it clear of allocated addresses.
+	// HostIP is passed as --host-ip; "" lets IPAM allocate it (as users
+	// do), which keeps it clear of other allocations.
 	HostIP string
 	// Peers are the PEER arguments of launch. nil means the underlay
 	// addresses of every host made before this one; use NoPeers for none.
@@ -57,7 +57,7 @@ type Host struct {
 	Name        string // nickname given with --name: hN
 	Netns       string
 	UnderlayIP  string // 192.0.2.N
-	HostIP      string // the host's overlay address (CIDR), from status once launched
+	HostIP      string // the host's overlay address (CIDR), from status once launched (a joiner's: after WaitMesh)
 	Dir         string
 	StateDir    string
 	Socket      string
@@ -542,4 +542,18 @@ func (b *Bed) WaitMesh(timeout time.Duration, hs ...*Host) {
 		hs = b.Hosts()
 	}
 	Eventually(b.tb, timeout, "mesh of "+fmt.Sprint(hs), func() error { return CheckMesh(hs) })
+	// A joiner's host address comes from IPAM once it has space.
+	Eventually(b.tb, timeout, "host addresses of "+fmt.Sprint(hs), func() error {
+		for _, h := range hs {
+			st, err := h.StatusErr()
+			if err != nil {
+				return err
+			}
+			if st.HostIP == "" {
+				return fmt.Errorf("%s has no host address yet", h)
+			}
+			h.HostIP = st.HostIP
+		}
+		return nil
+	})
 }

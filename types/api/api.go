@@ -42,10 +42,19 @@ type Status struct {
 	// Datapath is what carries WireGuard packets: kernel wireguard (for
 	// direct peers, relayed ones staying on userspace) or userspace
 	// wireguard, with why (--datapath).
-	Datapath  string            `json:"datapath,omitempty"`
-	Port      int               `json:"port"`
-	HostIP    string            `json:"host_ip"` // CIDR on the bridge, e.g. 10.32.0.1/12
-	Range     string            `json:"range"`   // the overlay prefix
+	Datapath string `json:"datapath,omitempty"`
+	Port     int    `json:"port"`
+	HostIP   string `json:"host_ip"` // CIDR on the bridge, e.g. 10.32.0.1/12; "" until IPAM gave one
+	// HostIPFrom says where the host address came from: "ipam" or
+	// "--host-ip" (claimed in IPAM all the same).
+	HostIPFrom string `json:"host_ip_from,omitempty"`
+	// DefaultSubnet is where addresses come from when no subnet is asked
+	// for (--ipalloc-default-subnet; the range without it).
+	DefaultSubnet string `json:"default_subnet,omitempty"`
+	// Exposed lists the host's addresses open to the overlay (expose);
+	// empty: only its DNS answers containers.
+	Exposed   []Exposure        `json:"exposed"`
+	Range     string            `json:"range"` // the overlay prefix
 	Interface string            `json:"interface"`
 	Bridge    string            `json:"bridge"`
 	MTU       int               `json:"mtu"`                // of the TUN and every container interface

@@ -1,0 +1,82 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/weavewg/weavewg/ipam"
+)
+
+// Isolated subnets (Weave Net's net:CIDR). Containers get their addresses
+// in a subnet of the range, with the subnet's prefix length, so they see
+// only their subnet as on-link; the forward filter (hostnet) drops what
+// crosses from one subnet to another, so a route added by hand inside a
+// container does not get around it. The default subnet
+// (--ipalloc-default-subnet, the whole range without it) is where
+// addresses come from when none is asked for, and where the host's own
+// address lies.
+
+// defaultSubnet is --ipalloc-default-subnet, or the range.
+func (d *Daemon) defaultSubnet() netip.Prefix {
+	if d.cfg.DefaultSubnet.IsValid() {
+		return d.cfg.DefaultSubnet
+	}
+	return d.cfg.Range
+}
+
+// isolating says whether subnets other than the default may be used: the
+// default subnet must leave room for them.
+func (d *Daemon) isolating() bool { return d.defaultSubnet() != d.cfg.Range }
+
+// checkSubnet refuses a subnet outside the range, one that overlaps the
+// default subnet without being it, or any other subnet when the default
+// subnet is the whole range.
+func (d *Daemon) checkSubnet(p netip.Prefix) error {
+	if p == d.defaultSubnet() {
+		return nil
+	}
+	switch {
+	case !d.cfg.Range.Contains(p.Addr()) || p.Bits() < d.cfg.Range.Bits():
+		return badRequest("subnet %s is not inside the overlay range %s", p, d.cfg.Range)
+	case p.Bits() > 30:
+		return badRequest("subnet %s is too small: a subnet needs at least /30 (its first and last addresses are not handed out)", p)
+	case !d.isolating():
+		return badRequest("subnet %s: isolated subnets need a default subnet that leaves room for them; launch with --ipalloc-default-subnet (e.g. %s)", p, exampleDefaultSubnet(d.cfg.Range))
+	case p.Overlaps(d.defaultSubnet()):
+		return badRequest("subnet %s overlaps the default subnet %s; choose a subnet outside it", p, d.defaultSubnet())
+	}
+	return nil
+}
+
+// exampleDefaultSubnet suggests a default subnet: the first quarter of r.
+func exampleDefaultSubnet(r netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(r.Addr(), min(r.Bits()+2, 30))
+}
+
+// allocateIn allocates id's address in subnet s.
+func (d *Daemon) allocateIn(id string, s netip.Prefix) (netip.Addr, error) {
+	if s == d.cfg.Range {
+		return d.ipam.Allocate(id)
+	}
+	return d.ipam.AllocateIn(id, s)
+}
+
+// subnetAllocError words an allocation failure in subnet s.
+func (d *Daemon) subnetAllocError(s netip.Prefix, err error) error {
+	if errors.Is(err, ipam.ErrWaitingForSpace) {
+		return badRequest("no free address in subnet %s here yet: this peer asked the peers that own it for space; retry in a few seconds (%s)", s, d.noSpaceReason())
+	}
+	return fmt.Errorf("subnet %s: %w", s, err)
+}
+
+// validateDefaultSubnet checks --ipalloc-default-subnet against the range.
+func validateDefaultSubnet(sub, r netip.Prefix) error {
+	if !sub.IsValid() {
+		return nil
+	}
+	if !sub.Addr().Is4() || sub != sub.Masked() || !r.Contains(sub.Addr()) || sub.Bits() < r.Bits() || sub.Bits() > 30 {
+		return fmt.Errorf("--ipalloc-default-subnet %s must be a subnet of /30 or larger inside the overlay range %s, e.g. %s", sub, r, exampleDefaultSubnet(r))
+	}
+	return nil
+}

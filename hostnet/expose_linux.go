@@ -1,0 +1,240 @@
+package hostnet
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The host as seen from the overlay (Weave Net's expose/hide). By default
+// a host's own services are closed to the overlay: whatever arrives
+// through the bridge, the TUN or another peer device for this host itself
+// (any of its addresses, so also a hand-made route to its underlay
+// address) is dropped, except:
+//
+//	chain overlay_in {
+//		ct state established,related accept      (the host's own connections)
+//		meta l4proto { icmpv6, igmp } accept      (neighbour discovery, group reports)
+//		icmp type echo-request accept             (ping, for diagnostics)
+//		ip daddr <host ip> udp dport 53 accept    (weavewg's DNS)
+//		ip daddr <host ip> tcp dport 53 accept
+//		iifname <peer dev> ip daddr <host ip> udp dport <port> accept  (multicast replication)
+//		ip saddr <subnet> ip daddr <addr> accept  (each exposure)
+//		counter drop
+//	}
+//
+// entered from the input chain by `iifname <dev> jump overlay_in` for the
+// bridge and each peer device. An exposure (`weavewg expose`) opens one of
+// the host's overlay addresses to one subnet: the host address to the
+// default subnet, or an address of an isolated subnet (put on the bridge
+// as a /32) to that subnet.
+
+// Exposure opens the host's address Addr to the overlay sources in From.
+type Exposure struct {
+	Addr netip.Addr
+	From netip.Prefix
+}
+
+// overlayInputChain is the regular chain the input chain jumps to for
+// packets that came from the overlay.
+const overlayInputChain = "overlay_in"
+
+// addOverlayInput adds overlay_in to t and the jumps to it from in; devs
+// are the bridge, then the peer devices.
+func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, devs []string) {
+	ch := c.AddChain(&nftables.Chain{Name: overlayInputChain, Table: t})
+	for _, d := range devs {
+		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d),
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: overlayInputChain})})
+	}
+	accept := func(match ...expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Verdict{Kind: expr.VerdictAccept})})
+	}
+	accept(
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+	)
+	accept(l4proto(unix.IPPROTO_ICMPV6)...)
+	accept(l4proto(unix.IPPROTO_IGMP)...)
+	accept(append(append(ipv4(), l4proto(unix.IPPROTO_ICMP)...),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}}, // echo request
+	)...)
+	if spec.hostIP.Is4() {
+		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+			accept(append(append(append(ipv4(), ipField(16, netip.PrefixFrom(spec.hostIP, 32))...), l4proto(proto)...),
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 53}},
+			)...)
+		}
+	}
+	if spec.hostIP.Is4() {
+		for _, d := range devs[1:] { // the peer devices, not the bridge
+			for _, port := range spec.peerUDP {
+				accept(append(append(append(append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d), ipv4()...),
+					ipField(16, netip.PrefixFrom(spec.hostIP, 32))...), l4proto(unix.IPPROTO_UDP)...),
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+				)...)
+			}
+		}
+	}
+	for _, e := range spec.exposed {
+		if !e.Addr.Is4() || !e.From.Addr().Is4() {
+			continue
+		}
+		accept(append(append(ipv4(), ipField(12, e.From)...), ipField(16, netip.PrefixFrom(e.Addr, 32))...)...)
+	}
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}})
+}
+
+// ipv4 matches IPv4 packets (in an inet table).
+func ipv4() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+// l4proto matches the transport protocol.
+func l4proto(p byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+	}
+}
+
+// ipField matches the IPv4 address at offset (12 source, 16 destination)
+// of the network header against p.
+func ipField(offset uint32, p netip.Prefix) []expr.Any {
+	return ipFieldOp(offset, p, expr.CmpOpEq)
+}
+
+// ipFieldOp is ipField with the comparison op (Eq: inside p, Neq: outside).
+func ipFieldOp(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
+	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4}}
+	if p.Bits() < 32 {
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(p.Bits(), 32), Xor: []byte{0, 0, 0, 0}})
+	}
+	return append(out, &expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()})
+}
+
+// HostIP is the bridge's address (invalid until the host has one).
+func (h *Host) HostIP() netip.Prefix {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.hostIP
+}
+
+// SetHostIP makes p the bridge's address (the host's overlay address: the
+// source of its packets into the TUN, where its DNS answers), replacing
+// the one it had; routes into the TUN take it as their source at the next
+// SetRoutes, which the caller makes.
+func (h *Host) SetHostIP(p netip.Prefix) error {
+	if !p.Addr().Is4() || !h.cfg.Overlay.Contains(p.Addr()) {
+		return fmt.Errorf("host networking: host address %v is not inside %v", p, h.cfg.Overlay)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	if p == h.hostIP {
+		return nil
+	}
+	link, err := h.nl.LinkByIndex(h.brIndex)
+	if err != nil {
+		return fmt.Errorf("host networking: bridge %s: %w", h.cfg.Bridge, err)
+	}
+	// The old address goes first: added beside it in the same subnet, the
+	// new one would be a secondary address, which the kernel deletes with
+	// the primary.
+	if h.hostIP.IsValid() {
+		if err := h.nl.AddrDel(link, &netlink.Addr{IPNet: prefixToIPNet(h.hostIP)}); err != nil && !isGone(err) {
+			h.log.Warn("removing the bridge's old address", "address", h.hostIP.String(), "err", err)
+		}
+	}
+	if err := h.nl.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(p)}); err != nil {
+		return fmt.Errorf("host networking: bridge %s: adding address %s: %w", h.cfg.Bridge, p, err)
+	}
+	h.hostIP = p
+	spec := h.spec
+	spec.hostIP = p.Addr()
+	return h.setFilterLocked(spec)
+}
+
+// SetExposed opens the host to the overlay exactly as exposed says (an
+// empty list hides it). Exposed addresses other than the host address are
+// put on the bridge as /32s (their subnet's containers reach them through
+// the bridge; a /32 adds no route that would take the subnet's remote
+// addresses from the TUN), and those no longer exposed are removed.
+func (h *Host) SetExposed(exposed []Exposure) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	link, err := h.nl.LinkByIndex(h.brIndex)
+	if err != nil {
+		return fmt.Errorf("host networking: bridge %s: %w", h.cfg.Bridge, err)
+	}
+	want := map[netip.Addr]bool{}
+	for _, e := range exposed {
+		if e.Addr != h.hostIP.Addr() {
+			want[e.Addr] = true
+		}
+	}
+	addrs, err := h.nl.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("host networking: bridge %s: %w", h.cfg.Bridge, err)
+	}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if !ok || ones != 32 || want[ip.Unmap()] || ip.Unmap() == h.hostIP.Addr() {
+			delete(want, ip.Unmap())
+			continue
+		}
+		if err := h.nl.AddrDel(link, &a); err != nil && !isGone(err) {
+			return fmt.Errorf("host networking: bridge %s: removing %s: %w", h.cfg.Bridge, a.IPNet, err)
+		}
+	}
+	for ip := range want {
+		if err := h.nl.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(ip, 32))}); err != nil {
+			return fmt.Errorf("host networking: bridge %s: adding %s: %w", h.cfg.Bridge, ip, err)
+		}
+	}
+	spec := h.spec
+	spec.exposed = slices.Clone(exposed)
+	return h.setFilterLocked(spec)
+}
+
+// setFilterLocked remakes the forward filter for spec (one transaction:
+// the old table is replaced, never absent) and tells the watcher.
+func (h *Host) setFilterLocked(spec filterSpec) error {
+	if err := installForwardFilter(h.ns, spec); err != nil {
+		return fmt.Errorf("host networking: %w", err)
+	}
+	h.spec = spec
+	h.fw.setFilter(spec)
+	return nil
+}
+
+// srcIs reports whether route r has the preferred source src (none when
+// src is invalid).
+func srcIs(r netlink.Route, src netip.Addr) bool {
+	if !src.IsValid() {
+		return r.Src == nil
+	}
+	ip, ok := netip.AddrFromSlice(r.Src)
+	return ok && ip.Unmap() == src
+}
