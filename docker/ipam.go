@@ -53,7 +53,11 @@ func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
 	}
 	hostIP := p.host.HostIP()
 	if r.Options[optRequestAddressType] == optGateway {
-		// The gateway is the host's own overlay address on the bridge.
+		// The gateway is the host's own overlay address on the bridge,
+		// which a joining host gets from IPAM once it has space.
+		if !hostIP.IsValid() {
+			return nil, fmt.Errorf("this host has no overlay address yet: it is waiting for address space from its peers (weavewg status ipam); retry shortly")
+		}
 		if want.IsValid() && want != hostIP.Addr() {
 			return nil, fmt.Errorf("gateway %s: a weavewg network's gateway is this host's overlay address %s; omit --gateway", want, hostIP.Addr())
 		}
