@@ -64,6 +64,11 @@ type Config struct {
 	// Datapath is --datapath: auto (""), kernel or userspace (kernel.go).
 	Datapath string
 
+	// IdleAfter is how long a pair may carry no data before its probes,
+	// keepalives and ICE pause (package reach); 0: reach.DefaultIdleAfter,
+	// negative: never.
+	IdleAfter time.Duration
+
 	// ReclaimAfter, when positive, hands over the address space of peers
 	// unreachable that long, as rmpeer would (--reclaim-after).
 	ReclaimAfter time.Duration

@@ -352,6 +352,7 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		Iface:     d.cfg.Iface,
 		MTU:       mtu,
 		FixedMTU:  fixed,
+		IdleAfter: d.cfg.IdleAfter,
 		OnPeerMTU: d.nudge,
 		Logger:    d.log.With("part", "tunnel"),
 	})

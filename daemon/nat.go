@@ -52,9 +52,14 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 	var last map[key.Public]bool
 	d.tun.SetPathObserver(func(paths map[key.Public]reach.Path) {
 		relayed := make(map[key.Public]bool, len(paths))
+		idle := make(map[key.Public]bool)
 		for k, p := range paths {
 			relayed[k] = p.Relayed
+			if p.Idle {
+				idle[k] = true
+			}
 		}
+		m.SetIdle(idle)
 		m.SetRelayed(relayed)
 		// A peer moving between direct and relayed moves between the
 		// kernel device and the TUN (kernel.go): reconcile at once.

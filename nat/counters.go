@@ -20,7 +20,8 @@ const (
 	CounterSessionsStarted   = "nat_ice_sessions_started"
 	CounterSessionsConnected = "nat_ice_sessions_connected"
 	CounterSessionsFailed    = "nat_ice_sessions_failed"
-	CounterPathsDead         = "nat_ice_paths_dead" // ICE paths the tunnel's probes found dead
+	CounterPathsDead         = "nat_ice_paths_dead"     // ICE paths the tunnel's probes found dead
+	CounterSessionsIdled     = "nat_ice_sessions_idled" // closed because their pair went idle
 )
 
 type counter int
@@ -42,6 +43,7 @@ const (
 	cSessionsConnected
 	cSessionsFailed
 	cPathsDead
+	cSessionsIdled
 	numCounters
 )
 
@@ -50,6 +52,7 @@ var counterNames = [numCounters]string{
 	CounterSTUNBadIntegrity, CounterSTUNUnknownTxn, CounterSTUNWrongSource, CounterSTUNUnexpected,
 	CounterSTUNToICE, CounterSTUNQueueDropped, CounterSignalMalformed, CounterSignalStale,
 	CounterSessionsStarted, CounterSessionsConnected, CounterSessionsFailed, CounterPathsDead,
+	CounterSessionsIdled,
 }
 
 // counters are safe for concurrent use and on a nil receiver.

@@ -67,6 +67,7 @@ type Manager struct {
 	endpoints atomic.Pointer[map[key.Public]netip.AddrPort]
 	status    atomic.Pointer[Status]
 	relayed   atomic.Pointer[map[key.Public]bool]           // SetRelayed's last word
+	idle      atomic.Pointer[map[key.Public]bool]           // SetIdle's last word
 	reflexive atomic.Pointer[map[key.Public]netip.AddrPort] // reflexive.go
 
 	events chan event
@@ -254,10 +255,23 @@ func (m *Manager) SetRelayed(relayed map[key.Public]bool) {
 	m.relayed.Store(&r)
 }
 
+// SetIdle tells the Manager, per peer, whether the path owner found the
+// pair idle (no data for a while): its ICE session closes and
+// none starts until the pair carries data again. An agent costs a
+// connectivity check every few seconds, and an idle mesh must cost little
+// however large (issue 18). Offers from the peer are still answered.
+func (m *Manager) SetIdle(idle map[key.Public]bool) {
+	i := maps.Clone(idle)
+	m.idle.Store(&i)
+}
+
 func (m *Manager) tick(now time.Time) {
-	var paths map[key.Public]bool
+	var paths, idle map[key.Public]bool
 	if p := m.relayed.Load(); p != nil {
 		paths = *p
+	}
+	if p := m.idle.Load(); p != nil {
+		idle = *p
 	}
 	keys := make([]key.Public, 0, len(m.peers))
 	for k := range m.peers {
@@ -267,7 +281,29 @@ func (m *Manager) tick(now time.Time) {
 	for _, k := range keys {
 		relayed, known := paths[k]
 		p := m.pairOf(k)
+		if idle[k] {
+			m.quiet(k, p)
+			continue
+		}
 		m.act(k, p, p.tick(now, known && relayed, m.newSessionID))
+	}
+}
+
+// quiet closes the ICE session of an idle pair and forgets its state; the
+// address ICE had selected goes too (the tunnel keeps the one it learned
+// from the peer's probes).
+func (m *Manager) quiet(k key.Public, p *pair) {
+	if s := m.sessions[k]; s != nil {
+		// No bye: the peer's pair goes idle within a tick or two of ours
+		// (data on a pair stamps both ends), long before its agent would
+		// miss our checks; a bye would have it count a dead path.
+		m.ctr.inc(cSessionsIdled)
+		m.closeSession(k)
+		m.log.Debug("pair idle: ICE session closed", "peer", k.Name())
+	}
+	if p.state != pairIdle || p.failures != 0 {
+		p.reset()
+		m.updateEndpoints()
 	}
 }
 

@@ -14,6 +14,7 @@
 //     (its relay frames and probes; WireGuard roams by itself);
 //   - DirectReply: a probe sent straight to the peer's endpoint answered;
 //   - RelayReply: a probe sent through its relay answered;
+//   - Active: WireGuard data went to or came from the peer;
 //   - Tick: time passes; the paths are decided again.
 //
 // How a peer is reached (Path):
@@ -35,6 +36,20 @@
 //     for it. Without early attempts, that packet's own handshake goes out
 //     at once.
 //
+// A pair is idle (Path.Idle) when it carried no WireGuard data for
+// IdleAfter (counted from when the peer appeared, or its last data), no
+// active peer is relayed through it, and we do not depend on the peer to
+// hold our NAT mapping open (a host not known to be public keeps the
+// mappings towards its control neighbours and relays warm, issue 12). The owner sends an idle peer no probes, no MTU
+// probes and no keepalives, and NAT traversal runs no ICE for it, so the
+// idle cost of a host does not grow with the mesh (issue 18). An idle
+// peer's path is frozen as it was, except that one whose endpoint was not
+// its gossip listen address (a NAT mapping learned from traffic, ICE or
+// STUN) parks on its relay: that mapping may expire while nobody sends, and
+// the first packet after the pause must not be lost on it. The first data
+// wakes the pair: it is probed at once and decided as a new peer is, its
+// frozen path kept until probes tell (DeadAfter).
+//
 // Path.Why says in words which rule decided, for `status connections`.
 package reach
 
@@ -48,6 +63,12 @@ import (
 // DeadAfter is how long a direct path may go unanswered before the peer is
 // relayed (when it has a relay).
 const DeadAfter = 5 * time.Second
+
+// DefaultIdleAfter is how long a pair may carry no data before it goes
+// idle. Long enough that a pair in use (a request every few tens of
+// seconds) keeps its path warm; short enough that a mesh of thousands of
+// mostly quiet pairs costs little.
+const DefaultIdleAfter = 60 * time.Second
 
 // Source says where an endpoint came from.
 type Source uint8
@@ -106,6 +127,7 @@ type Path struct {
 	Relayed   bool           // datagrams go through Via
 	Via       key.Public     // the relay; zero: none
 	Keepalive Keepalive
+	Idle      bool   // no probes, keepalives or ICE until the next data
 	Why       string // the rule that decided Relayed, in words
 }
 
@@ -113,6 +135,8 @@ type Path struct {
 type peer struct {
 	in        Peer
 	added     time.Time
+	since     time.Time // added, or when the pair last woke: probes count from here
+	active    time.Time // last WireGuard data; zero: none yet
 	ice       netip.AddrPort
 	iceAt     time.Time
 	learned   netip.AddrPort
@@ -124,14 +148,27 @@ type peer struct {
 
 // Machine holds the path of every peer. Not safe for concurrent use.
 type Machine struct {
-	self   key.Public
-	public bool // STUN through other peers showed no NAT
-	peers  map[key.Public]*peer
+	self      key.Public
+	public    bool          // STUN through other peers showed no NAT
+	idleAfter time.Duration // 0: pairs never go idle
+	peers     map[key.Public]*peer
 }
 
-// New makes a Machine for the peer self.
+// New makes a Machine for the peer self; pairs go idle after
+// DefaultIdleAfter.
 func New(self key.Public) *Machine {
-	return &Machine{self: self, peers: map[key.Public]*peer{}}
+	return &Machine{self: self, idleAfter: DefaultIdleAfter, peers: map[key.Public]*peer{}}
+}
+
+// SetIdleAfter sets how long a pair may carry no data before it goes idle;
+// 0 keeps every pair active.
+func (m *Machine) SetIdleAfter(d time.Duration) { m.idleAfter = max(d, 0) }
+
+// Active records that WireGuard data went to or came from k at t.
+func (m *Machine) Active(t time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil && t.After(p.active) {
+		p.active = t
+	}
 }
 
 // SetPublic records whether this host is known to have a public address.
@@ -150,7 +187,7 @@ func (m *Machine) SetPeers(now time.Time, ps []Peer) {
 		in.Gossip, in.Reflexive = unmap(in.Gossip), unmap(in.Reflexive)
 		p := m.peers[in.Key]
 		if p == nil {
-			p = &peer{added: now}
+			p = &peer{added: now, since: now}
 			p.path.Relayed = in.StartRelayed && !in.Via.IsZero()
 			m.peers[in.Key] = p
 		} else if p.in.Gossip != in.Gossip {
@@ -211,8 +248,13 @@ func (m *Machine) RelayReply(now time.Time, k key.Public) {
 // changed.
 func (m *Machine) Tick(now time.Time) []key.Public {
 	var changed []key.Public
+	busy := m.busy(now)
 	for k, p := range m.peers {
-		next := m.decide(p, now)
+		idle := !busy[k]
+		if !idle && p.path.Idle {
+			p.since = now // woken: decided afresh from now
+		}
+		next := m.decide(p, now, idle)
 		if next != p.path {
 			p.path = next
 			changed = append(changed, k)
@@ -239,8 +281,29 @@ func (m *Machine) Paths() map[key.Public]Path {
 	return out
 }
 
+// busy is the set of peers that are not idle at now: those that carried
+// data within idleAfter (or appeared within it), those we depend on unless
+// we are public, and the relays of those.
+func (m *Machine) busy(now time.Time) map[key.Public]bool {
+	busy := make(map[key.Public]bool, len(m.peers))
+	for k, p := range m.peers {
+		if m.idleAfter == 0 || (p.in.DependsOn && !m.public) || now.Sub(p.added) < m.idleAfter ||
+			(!p.active.IsZero() && now.Sub(p.active) < m.idleAfter) {
+			busy[k] = true
+		}
+	}
+	for k, p := range m.peers {
+		if busy[k] && !p.in.Via.IsZero() {
+			if _, ok := m.peers[p.in.Via]; ok {
+				busy[p.in.Via] = true
+			}
+		}
+	}
+	return busy
+}
+
 // decide is the rule of the package comment.
-func (m *Machine) decide(p *peer, now time.Time) Path {
+func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 	next := Path{Via: p.in.Via, Keepalive: KeepaliveFor(m.public, p.in.DependsOn)}
 	switch {
 	case p.learned.IsValid() && (!p.ice.IsValid() || !p.learnedAt.Before(p.iceAt)):
@@ -252,26 +315,38 @@ func (m *Machine) decide(p *peer, now time.Time) Path {
 	case p.in.Gossip.IsValid():
 		next.Endpoint, next.From = p.in.Gossip, SourceGossip
 	}
+	fresh := p.lastReply.Before(p.since) // no direct reply since the peer appeared or woke
 	switch {
 	case p.in.Via.IsZero():
 		next.Why = "no relay: always direct"
 	case !next.Endpoint.IsValid():
 		next.Relayed, next.Why = true, "no endpoint known"
-	case !p.lastReply.IsZero() && now.Sub(p.lastReply) < DeadAfter:
+	case idle && next.From != SourceGossip:
+		next.Relayed, next.Why = true, "idle: parked on the relay (the NAT mapping may expire)"
+	case idle:
+		next.Relayed, next.Why = p.path.Relayed, "idle: path kept as it was"
+	case !fresh && now.Sub(p.lastReply) < DeadAfter:
 		next.Why = "direct probes answered"
-	case p.lastReply.IsZero() && now.Sub(p.added) < DeadAfter:
+	case fresh && now.Sub(p.since) < DeadAfter:
 		next.Relayed = p.path.Relayed
-		if next.Relayed {
+		switch {
+		case p.since != p.added:
+			next.Why = "woken: path kept until probes tell"
+		case next.Relayed:
 			next.Why = "first guess: gossip routes through the relay"
-		} else {
+		default:
 			next.Why = "first guess: gossip's route is direct"
 		}
 	default:
 		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
 	}
+	if idle {
+		next.Idle, next.Keepalive = true, KeepaliveOff
+		return next
+	}
 	// No keepalive (so no handshake started unasked) before the path in
-	// use has answered a probe.
-	if answered := (!next.Relayed && !p.lastReply.IsZero()) || (next.Relayed && !p.lastRelay.IsZero()); !answered {
+	// use has answered a probe since the peer appeared or woke.
+	if answered := (!next.Relayed && !fresh) || (next.Relayed && !p.lastRelay.Before(p.since)); !answered {
 		next.Keepalive = KeepaliveOff
 	}
 	return next

@@ -202,3 +202,133 @@ func TestRelays(t *testing.T) {
 		}
 	}
 }
+
+// TestIdle walks a pair through going quiet and waking: probes paused and
+// keepalives off while idle, a gossip-addressed path kept, a NAT-learned one
+// parked on the relay, and on the first data the frozen path kept until
+// probes tell.
+func TestIdle(t *testing.T) {
+	const idle = 30 * time.Second
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	path := func(m *Machine) Path { p, _ := m.Path(peerA); return p }
+
+	t.Run("gossip address: kept direct, woken direct", func(t *testing.T) {
+		m := New(self)
+		m.SetIdleAfter(idle)
+		m.SetPeers(at(0), []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR}})
+		m.DirectReply(at(time.Second), peerA)
+		m.Active(at(10*time.Second), peerA)
+		m.DirectReply(at(39*time.Second), peerA)
+		m.Tick(at(39 * time.Second))
+		if p := path(m); p.Idle || p.Relayed {
+			t.Fatalf("active pair: %+v", p)
+		}
+		m.Tick(at(40 * time.Second)) // 30 s after the last data
+		p := path(m)
+		if !p.Idle || p.Relayed || p.Keepalive != KeepaliveOff || p.Why != "idle: path kept as it was" {
+			t.Fatalf("idle pair: %+v", p)
+		}
+		// Its relay carries nothing for it and goes idle too.
+		if r, _ := m.Path(relayR); !r.Idle {
+			t.Errorf("relay of an idle pair not idle: %+v", r)
+		}
+		// Silence for an hour changes nothing: no probes, no verdict.
+		if ch := m.Tick(at(time.Hour)); len(ch) != 0 {
+			t.Errorf("an idle hour changed %d paths", len(ch))
+		}
+		m.Active(at(time.Hour), peerA)
+		m.Tick(at(time.Hour))
+		p = path(m)
+		if p.Idle || p.Relayed || p.Why != "woken: path kept until probes tell" {
+			t.Fatalf("woken pair: %+v", p)
+		}
+		if r, _ := m.Path(relayR); r.Idle {
+			t.Errorf("relay of a woken pair still idle: %+v", r)
+		}
+		// The last reply was an hour ago: it does not count, and no
+		// keepalive starts before a fresh one.
+		if p.Keepalive != KeepaliveOff {
+			t.Errorf("keepalive %v before a fresh reply", p.Keepalive)
+		}
+		m.DirectReply(at(time.Hour+time.Second), peerA)
+		m.Tick(at(time.Hour + time.Second))
+		if p = path(m); p.Relayed || p.Why != "direct probes answered" {
+			t.Errorf("answered after waking: %+v", p)
+		}
+		// Woken but unanswered for DeadAfter: relayed, as a new peer is.
+		m.Tick(at(time.Hour + 7*time.Second))
+		if p = path(m); !p.Relayed {
+			t.Errorf("unanswered after waking: %+v", p)
+		}
+	})
+
+	t.Run("NAT-learned address: parked on the relay, direct again when probes answer", func(t *testing.T) {
+		m := New(self)
+		m.SetIdleAfter(idle)
+		m.SetPeers(at(0), []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR}})
+		m.Learned(at(time.Second), peerA, natA)
+		m.DirectReply(at(time.Second), peerA)
+		m.Tick(at(time.Second))
+		if p := path(m); p.Relayed || p.Endpoint != natA {
+			t.Fatalf("before idle: %+v", p)
+		}
+		m.Tick(at(31 * time.Second))
+		p := path(m)
+		if !p.Idle || !p.Relayed || p.Endpoint != natA {
+			t.Fatalf("idle NATed pair not parked: %+v", p)
+		}
+		m.Active(at(5*time.Minute), peerA)
+		m.Tick(at(5 * time.Minute))
+		if p = path(m); p.Idle || !p.Relayed {
+			t.Fatalf("woken NATed pair must stay on the relay until probes answer: %+v", p)
+		}
+		m.DirectReply(at(5*time.Minute+100*time.Millisecond), peerA)
+		m.Tick(at(5*time.Minute + 100*time.Millisecond))
+		if p = path(m); p.Relayed {
+			t.Errorf("answered: %+v", p)
+		}
+	})
+
+	t.Run("never idle: peers we depend on, relays of busy pairs, idleAfter 0", func(t *testing.T) {
+		m := New(self)
+		m.SetIdleAfter(idle)
+		m.SetPeers(at(0), []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR, DependsOn: true}})
+		m.Tick(at(time.Hour))
+		if r, _ := m.Path(relayR); r.Idle {
+			t.Errorf("a peer we depend on went idle: %+v", r)
+		}
+		m2 := New(self)
+		m2.SetIdleAfter(idle)
+		m2.SetPeers(at(0), []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR}})
+		m2.Active(at(time.Hour), peerA)
+		m2.Tick(at(time.Hour))
+		if r, _ := m2.Path(relayR); r.Idle {
+			t.Errorf("the relay of a busy pair went idle: %+v", r)
+		}
+		m3 := New(self)
+		m3.SetIdleAfter(0)
+		m3.SetPeers(at(0), []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR}})
+		m3.Tick(at(time.Hour))
+		if p, _ := m3.Path(peerA); p.Idle {
+			t.Errorf("idleAfter 0: pair idle: %+v", p)
+		}
+	})
+}
+
+// TestIdlePublicHostDependsOnNobody: a public host holds no NAT mapping, so
+// the peers it would depend on go idle like any other.
+func TestIdlePublicHostDependsOnNobody(t *testing.T) {
+	m := New(self)
+	m.SetIdleAfter(30 * time.Second)
+	m.SetPublic(true)
+	m.SetPeers(t0, []Peer{{Key: relayR, Gossip: gossR, DependsOn: true}})
+	m.Tick(t0.Add(time.Minute))
+	if p, _ := m.Path(relayR); !p.Idle {
+		t.Errorf("public host: neighbour not idle: %+v", p)
+	}
+	m.SetPublic(false)
+	m.Tick(t0.Add(time.Minute))
+	if p, _ := m.Path(relayR); p.Idle {
+		t.Errorf("NATed or unsure host: neighbour idle: %+v", p)
+	}
+}

@@ -36,6 +36,7 @@ type Bind struct {
 	ns    netns.NsHandle // namespace Open creates sockets in; netns.None(): the caller's
 
 	learned chan struct{} // signalled (never blocking) when a peer's endpoint was learned
+	woke    chan struct{} // signalled (never blocking) when an idle peer carried data (idle.go)
 
 	// Set before the first Open, constant after.
 	relayRate  float64          // forwarding budget per source, bytes/s
@@ -47,6 +48,7 @@ type Bind struct {
 	relay    atomic.Pointer[PacketHandler]
 	table    atomic.Pointer[relayTable] // nil: relaying off, frames go to the relay handler
 	relayedN atomic.Int32               // peers currently relayed; 0 skips a lookup per datagram
+	coarse   atomic.Int64               // unix ns, advanced by the path loop: stamps activity (idle.go)
 	ctr      counters
 
 	// Path MTU probes (mtuprobe.go): verified replies for the MTU loop,
@@ -62,7 +64,7 @@ var _ conn.Bind = (*Bind)(nil)
 // reopens the Bind from its own goroutines (after the TUN goes down and up,
 // for instance), and those may run on threads of another namespace.
 func NewBind(inner conn.Bind, ns netns.NsHandle) *Bind {
-	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst, learned: make(chan struct{}, 1),
+	return &Bind{inner: inner, ns: ns, relayRate: defaultRelayRate, relayBurst: defaultRelayBurst, learned: make(chan struct{}, 1), woke: make(chan struct{}, 1),
 		mtuAnswers: make(chan mtuAnswer, 256)}
 }
 
@@ -171,6 +173,10 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 	)
 	rx.t = b.table.Load()
 	relayed := rx.t != nil && b.relayedN.Load() > 0
+	var (
+		activeSrc netip.AddrPort // the last data sender of the batch, looked up once
+		activeIdx int32          = -1
+	)
 	for i, size := range sizes {
 		if size <= 0 {
 			continue
@@ -180,6 +186,17 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 		n[k]++
 		switch k {
 		case KindWireGuard:
+			if rx.t != nil && isWireGuardData(pkt) {
+				if src := endpointAddr(eps[i]); src != activeSrc || activeIdx < 0 {
+					activeSrc, activeIdx = src, -1
+					if j, ok := rx.t.byAddr[src]; ok {
+						activeIdx = j
+					}
+				}
+				if activeIdx >= 0 {
+					b.markActive(rx.t, activeIdx)
+				}
+			}
 			if relayed {
 				rx.t.wireGuardEndpoint(endpointAddr(eps[i]), &eps[i])
 			}
@@ -264,6 +281,11 @@ func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if r, ok := ep.(*RelayEndpoint); ok {
 		return b.sendRelayed(bufs, r.id)
+	}
+	if t := b.table.Load(); t != nil && anyWireGuardData(bufs) {
+		if i, ok := t.byAddr[endpointAddr(ep)]; ok {
+			b.markActive(t, i)
+		}
 	}
 	return b.inner.Send(bufs, ep)
 }

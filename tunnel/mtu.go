@@ -86,6 +86,9 @@ func (t *Tunnel) mtuLoop() {
 		for i := range tbl.peers {
 			p := &tbl.peers[i]
 			seen[p.id] = true
+			if p.path.idle.Load() {
+				continue // no probes and no route lookups for idle pairs (idle.go)
+			}
 			s := state[p.id]
 			if s == nil {
 				s = &peerMTUState{cur: PeerMTU{MTU: t.cfg.MTU, Source: pmtu.SourceLink}}

@@ -132,6 +132,7 @@ func buildRelayTable(self PeerID, peers []PeerConfig, states map[key.Public]*pat
 		}
 		path := paths[pc.Key]
 		ps.relayed.Store(path.Relayed && !pc.Relay.IsZero())
+		ps.idle.Store(path.Idle)
 		gossip := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
 		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: path.Endpoint, pairKey: pairKey(pc.Key)}
 		p.hopTx, p.hopRx = hopKeyOf(p.pairKey, self), hopKeyOf(p.pairKey, p.id)
@@ -207,6 +208,7 @@ func (t *Tunnel) pathLoop() {
 	defer close(t.done)
 	tick := time.NewTicker(probeInterval)
 	defer tick.Stop()
+	t.bind.coarse.Store(t.bind.nowNano())
 	for {
 		select {
 		case <-t.stop:
@@ -214,8 +216,14 @@ func (t *Tunnel) pathLoop() {
 		case <-t.bind.learned:
 			t.feedTraffic()
 			continue
+		case <-t.bind.woke:
+			// An idle pair carried data: decide it again and probe it now.
+			t.feedProbes()
+			t.bind.sendProbes()
+			continue
 		case <-tick.C:
 		}
+		t.bind.coarse.Store(t.bind.nowNano())
 		t.bind.sendProbes()
 		t.feedProbes()
 	}
@@ -243,7 +251,8 @@ func (t *Tunnel) feedTraffic() {
 	t.decideLocked("")
 }
 
-// feedProbes gives the path owner the last direct probe reply of each peer.
+// feedProbes gives the path owner the last direct probe reply and the last
+// data of each peer.
 func (t *Tunnel) feedProbes() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -258,6 +267,9 @@ func (t *Tunnel) feedProbes() {
 			}
 			if last := p.path.lastRelay.Load(); last != 0 {
 				t.reach.RelayReply(time.Unix(0, last), p.key)
+			}
+			if last := p.path.lastActive.Load(); last != 0 {
+				t.reach.Active(time.Unix(0, last), p.key)
 			}
 		}
 	}

@@ -168,7 +168,7 @@ func (b *Bind) sendProbes() {
 	var sent uint64
 	for i := range t.peers {
 		p := &t.peers[i]
-		if p.pairKey == nil {
+		if p.pairKey == nil || p.path.idle.Load() {
 			continue
 		}
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}

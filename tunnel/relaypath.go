@@ -59,6 +59,11 @@ type pathState struct {
 
 	hopSend atomic.Uint64 // our hop counter towards this peer (hop.go)
 	hopRecv hopReplay     // its hop counters seen
+
+	// Idle pairs (idle.go): the packet path stamps lastActive (the Bind's
+	// coarse clock, unix ns) on data; the path loop sets idle from reach.
+	lastActive atomic.Int64
+	idle       atomic.Bool
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The
@@ -192,6 +197,9 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 		b.ctr.relay[rcNoRoute].Add(uint64(len(bufs)))
 		return errNoRelayRoute
 	}
+	if anyWireGuardData(bufs) {
+		b.markActive(t, i)
+	}
 	h := relayHeaderFor(RelayTypeData, dst, t.self)
 	n := uint64(len(bufs))
 	ctr := next.path.hopSend.Add(n) - n + 1
@@ -291,7 +299,10 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 			rx.n[rcMalformed]++
 			return 0
 		}
-		n := copy(pkt, payload)
+		if isWireGuardData(payload) {
+			b.markActive(t, si)
+		}
+		n := copy(pkt, payload) // overlaps payload: test it before
 		p := &t.peers[si]
 		if p.path.relayed.Load() || p.ep == nil {
 			*ep = p.relayEP

@@ -44,6 +44,9 @@ type Config struct {
 	// FixedMTU says MTU came from the operator (--mtu): no peer's MTU is
 	// lowered by its route or by probes (mtu.go).
 	FixedMTU bool
+	// IdleAfter is how long a pair may carry no data before it goes idle
+	// (idle.go); 0: reach.DefaultIdleAfter, negative: never.
+	IdleAfter time.Duration
 	// OnPeerMTU, if set, is called (from the MTU loop, without locks) when
 	// a peer's MTU changes, so that the routes follow (PeerMTUs).
 	OnPeerMTU func()
@@ -169,6 +172,9 @@ func New(cfg Config) (*Tunnel, error) {
 	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true,
 		paths: map[key.Public]*pathState{}, reach: reach.New(cfg.Private.Public()),
 		stop: make(chan struct{}), done: make(chan struct{}), mtuDone: make(chan struct{})}
+	if cfg.IdleAfter != 0 {
+		t.reach.SetIdleAfter(cfg.IdleAfter) // negative: never
+	}
 	ok := false
 	defer func() {
 		if !ok {

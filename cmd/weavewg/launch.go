@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/daemon"
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 )
 
@@ -63,6 +64,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "datapath", Value: daemon.DatapathAuto, Usage: "what carries WireGuard packets: kernel (the kernel's WireGuard device on --port for peers with a direct path; relayed peers, STUN and relay frames stay in userspace on --port+2, steered there by an nftables table), userspace (wireguard-go for every peer), or auto (kernel when the kernel can create a wireguard link, else userspace)"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
 		&cli.BoolFlag{Name: "multicast-link-local", Usage: "also replicate link-local multicast (224.0.0.0/24, e.g. mDNS) to the other hosts with containers; by default it stays on its host"},
+		&cli.DurationFlag{Name: "idle-after", Value: reach.DefaultIdleAfter, Usage: "a pair of hosts that carried no container traffic this long stops its path probes, keepalives and NAT traversal until its next packet, so an idle mesh costs little however large (0: never)"},
 		&cli.BoolFlag{Name: "no-dns", Usage: "run without the DNS server"},
 		&cli.StringFlag{Name: "dns-domain", Value: "weave.local.", Usage: "the domain answered from the gossiped name table"},
 		&cli.DurationFlag{Name: "dns-ttl", Value: time.Second, Usage: "TTL of weave.local answers (short, so load balancing and moves take effect)"},
@@ -137,6 +139,7 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		TrustedSubnets:     trusted,
 		Datapath:           c.String("datapath"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
+		IdleAfter:          idleAfterFlag(c.Duration("idle-after")),
 		NoDNS:              c.Bool("no-dns"),
 		MulticastLinkLocal: c.Bool("multicast-link-local"),
 		DNSDomain:          c.String("dns-domain"),
@@ -181,4 +184,13 @@ func parseTrustedSubnets(s string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// idleAfterFlag maps --idle-after to daemon.Config.IdleAfter, where 0 means
+// the default and a negative value never: on the command line 0 says never.
+func idleAfterFlag(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

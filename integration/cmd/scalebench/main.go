@@ -1,0 +1,267 @@
+// Command scalebench measures what a mesh of real daemons costs as it
+// grows, the namespace half of `make bench-scale` (issue 18). It grows one
+// bed in steps (N = 10, 20, 40 by default): each step launches the new
+// hosts together, every one naming only h1 as its peer, and times from the
+// last launch until every host sees every other reachable with an
+// established connection. The mesh is then left idle for a settle period,
+// and over a measuring window it reads, per daemon:
+//
+//   - CPU: utime+stime from /proc/PID/stat, as a share of one core;
+//   - RSS: VmRSS from /proc/PID/status;
+//   - underlay bytes per second: what the host's eth0 sent and received
+//     (control connections, WireGuard keepalives, probes, ICE), read from
+//     the link's counters.
+//
+// It prints one row per N and growth ratios of the largest N over the
+// smallest. A benchmark, not a test: it reports and fails only if it could
+// not measure.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/weavewg/weavewg/integration/testbed"
+)
+
+type step struct {
+	N              int     `json:"n"`
+	ConvergeSecs   float64 `json:"converge_seconds"`
+	CPUPercentMean float64 `json:"idle_cpu_percent_mean"`
+	CPUPercentMax  float64 `json:"idle_cpu_percent_max"`
+	RSSMiBMean     float64 `json:"rss_mib_mean"`
+	BytesPerSec    float64 `json:"underlay_bytes_per_second_mean"`
+}
+
+func main() {
+	sizes := flag.String("n", "10,20,40", "mesh sizes, growing")
+	settle := flag.Duration("settle", 25*time.Second, "idle time after convergence before measuring")
+	window := flag.Duration("window", 30*time.Second, "measuring window")
+	idleAfter := flag.Duration("idle-after", 10*time.Second, "the daemons' --idle-after (their default is 60s; shorter keeps the run short, the idle cost once idle is the same)")
+	profile := flag.String("profile", "", "write a CPU profile of h2 over each window to DIR/cpu-N.pprof")
+	asJSON := flag.Bool("json", false, "print the result as JSON")
+	verbose := flag.Bool("v", false, "show every test-bed step")
+	flag.Parse()
+	var ns []int
+	for _, f := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 2 || n > 250 || (len(ns) > 0 && n <= ns[len(ns)-1]) {
+			fmt.Fprintf(os.Stderr, "scalebench: -n wants growing sizes between 2 and 250, got %q\n", *sizes)
+			os.Exit(2)
+		}
+		ns = append(ns, n)
+	}
+	os.Exit(testbed.RunProgram(*verbose, func(p *testbed.Program) bool {
+		return run(p, ns, *idleAfter, *settle, *window, *profile, *asJSON)
+	}))
+}
+
+func run(tb *testbed.Program, sizes []int, idleAfter, settle, window time.Duration, profile string, asJSON bool) bool {
+	if err := testbed.Check(); err != nil {
+		tb.Fatalf("%v", err)
+	}
+	dir, err := os.MkdirTemp("", "weavewg-scalebench-")
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if _, err := testbed.BuildBinary(dir); err != nil {
+		tb.Fatalf("building weavewg: %v", err)
+	}
+	bed := testbed.New(tb, testbed.Options{LogLevel: "info", Quiet: true})
+	args := []string{"--idle-after", idleAfter.String()}
+	first := bed.AddHost(testbed.HostOptions{NoPeers: true, NoLaunch: true, Args: args})
+	hosts := []*testbed.Host{first}
+	var steps []step
+	for _, n := range sizes {
+		var fresh []*testbed.Host
+		if len(hosts) == 1 && !first.Running() {
+			fresh = append(fresh, first)
+		}
+		for len(hosts) < n {
+			h := bed.AddHost(testbed.HostOptions{Peers: []string{first.UnderlayIP}, NoLaunch: true, Args: args})
+			hosts = append(hosts, h)
+			fresh = append(fresh, h)
+		}
+		fmt.Fprintf(os.Stderr, "N=%d: launching %d hosts together …\n", n, len(fresh))
+		var wg sync.WaitGroup
+		for _, h := range fresh {
+			wg.Go(h.Launch)
+		}
+		wg.Wait()
+		launched := time.Now()
+		if err := testbed.Poll(tb, 5*time.Minute, fmt.Sprintf("a mesh of %d", n), func() error { return testbed.CheckMesh(hosts) }); err != nil {
+			tb.Fatalf("N=%d: %v", n, err)
+		}
+		s := step{N: n, ConvergeSecs: time.Since(launched).Seconds()}
+		fmt.Fprintf(os.Stderr, "N=%d: every host sees every other after %.1f s; idle %v, then measuring %v …\n", n, s.ConvergeSecs, settle, window)
+		time.Sleep(settle)
+		if profile != "" {
+			go cpuProfile(hosts[1], window, filepath.Join(profile, fmt.Sprintf("cpu-%d.pprof", n)))
+		}
+		if err := measure(hosts, window, &s); err != nil {
+			tb.Fatalf("N=%d: %v", n, err)
+		}
+		steps = append(steps, s)
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(steps)
+		return true
+	}
+	fmt.Printf("\nIdle mesh of real daemons (namespaces; every host names h1 only; --idle-after %v, settle %v, window %v)\n", idleAfter, settle, window)
+	fmt.Printf("  %4s  %12s  %14s  %13s  %9s  %15s\n", "N", "converge s", "idle CPU mean", "idle CPU max", "RSS MiB", "underlay B/s")
+	for _, s := range steps {
+		fmt.Printf("  %4d  %12.1f  %13.2f%%  %12.2f%%  %9.1f  %15.0f\n", s.N, s.ConvergeSecs, s.CPUPercentMean, s.CPUPercentMax, s.RSSMiBMean, s.BytesPerSec)
+	}
+	if len(steps) > 1 {
+		a, b := steps[0], steps[len(steps)-1]
+		fmt.Printf("  growth N=%d over N=%d: idle CPU %.2f× (target ≤ 1.5×), RSS %.2f×, underlay bytes %.2f×\n",
+			b.N, a.N, ratio(b.CPUPercentMean, a.CPUPercentMean), ratio(b.RSSMiBMean, a.RSSMiBMean), ratio(b.BytesPerSec, a.BytesPerSec))
+		fmt.Printf("  idle CPU per daemon at N=%d: %.2f%% of a core (target < 0.5%%)\n", b.N, b.CPUPercentMean)
+	}
+	return true
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// sample is one daemon's counters at one moment.
+type sample struct {
+	ticks int64 // utime+stime in clock ticks
+	bytes int64 // eth0 rx+tx
+}
+
+func measure(hosts []*testbed.Host, window time.Duration, s *step) error {
+	read := func() ([]sample, error) {
+		out := make([]sample, len(hosts))
+		for i, h := range hosts {
+			t, err := cpuTicks(h.Pid())
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v", h, err)
+			}
+			b, err := linkBytes(h.Netns)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v", h, err)
+			}
+			out[i] = sample{t, b}
+		}
+		return out, nil
+	}
+	before, err := read()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	time.Sleep(window)
+	after, err := read()
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	const ticksPerSec = 100 // USER_HZ on Linux
+	var cpus []float64
+	var bytes, rss float64
+	for i, h := range hosts {
+		cpus = append(cpus, float64(after[i].ticks-before[i].ticks)/ticksPerSec/secs*100)
+		bytes += float64(after[i].bytes-before[i].bytes) / secs
+		r, err := rssMiB(h.Pid())
+		if err != nil {
+			return fmt.Errorf("%s: %v", h, err)
+		}
+		rss += r
+	}
+	n := float64(len(hosts))
+	var sum float64
+	for _, c := range cpus {
+		sum += c
+	}
+	s.CPUPercentMean = sum / n
+	s.CPUPercentMax = slices.Max(cpus)
+	s.RSSMiBMean = rss / n
+	s.BytesPerSec = bytes / n
+	return nil
+}
+
+// cpuTicks reads utime+stime of pid. The daemon runs under `ip netns exec`,
+// which execs it, so the pid is the daemon's own.
+func cpuTicks(pid int) (int64, error) {
+	if pid == 0 {
+		return 0, fmt.Errorf("daemon not running")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces: the fields after it follow the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64) // utime, field 14
+	s, err2 := strconv.ParseInt(f[12], 10, 64) // stime, field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return u + s, nil
+}
+
+func rssMiB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err != nil {
+				return 0, err
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for %d", pid)
+}
+
+// linkBytes is eth0's rx+tx bytes inside the host's namespace.
+func linkBytes(netns string) (int64, error) {
+	out, err := exec.Command("ip", "-n", netns, "-j", "-s", "link", "show", "eth0").Output()
+	if err != nil {
+		return 0, fmt.Errorf("ip -s link: %v", err)
+	}
+	var links []struct {
+		Stats struct {
+			RX struct{ Bytes int64 } `json:"rx"`
+			TX struct{ Bytes int64 } `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		return 0, fmt.Errorf("ip -s link: %v", err)
+	}
+	return links[0].Stats.RX.Bytes + links[0].Stats.TX.Bytes, nil
+}
+
+// cpuProfile saves a CPU profile of h's daemon over d, from its API
+// socket's pprof handler.
+func cpuProfile(h *testbed.Host, d time.Duration, path string) {
+	out, err := exec.Command("curl", "-sf", "--unix-socket", h.Socket, "-o", path,
+		fmt.Sprintf("http://weavewg/debug/pprof/profile?seconds=%d", int(d.Seconds()))).CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "profiling %s: %v %s\n", h, err, out)
+	}
+}
