@@ -23,7 +23,7 @@ TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
          unshare:util-linux jq:jq systemd-analyze:systemd socat:socat
 
-.PHONY: all build release test unit integration deps demo bench bench-dns bench-scale bench-scale-sim fuzz vet clean
+.PHONY: all build release test unit integration deps demo bench bench-dns bench-scale bench-scale-sim bench-scale-ns fuzz vet clean
 
 all: build
 
@@ -103,13 +103,18 @@ bench-dns: deps
 #     (package sim): seconds until every peer agrees on topology, IPAM ring
 #     and DNS after the last join, one join, one leave and a partition heal,
 #     and the frames and bytes that cost (SIMBENCHFLAGS: -n 100,300 -json).
-#   The namespace half (owner: lazy; real daemons at N = 10, 20, 40: launch
-#     to full mesh, idle CPU, RSS, control bytes/s per daemon, N=40/N=10
-#     ratios) adds its own target and lists it beside bench-scale-sim here.
-bench-scale: bench-scale-sim
+#   bench-scale-ns: real daemons in namespaces, grown to N = 10, 20, 40
+#     (integration/cmd/scalebench): seconds from the last launch until every
+#     host sees every other, then, idle, CPU per daemon (share of a core),
+#     RSS and underlay bytes/s per daemon, and the N=40/N=10 growth ratios
+#     (SCALEBENCHFLAGS: -n 10,20 -window 60s -profile DIR -json).
+bench-scale: bench-scale-sim bench-scale-ns
 
 bench-scale-sim:
 	$(GO) run ./sim/cmd/simbench $(SIMBENCHFLAGS)
+
+bench-scale-ns: build deps
+	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/scalebench $(SCALEBENCHFLAGS)
 
 # fuzz runs every Fuzz target for FUZZTIME each.
 fuzz:
