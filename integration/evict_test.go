@@ -194,16 +194,7 @@ func TestEvictAndRotateSecret(t *testing.T) {
 	// Joins: the token from before the rotation admits nobody, and h4's
 	// own key is refused even with a new token.
 	h6 := b.AddHost(testbed.HostOptions{NoLaunch: true})
-	join := func(stateDir, token string) (string, error) {
-		// A join that is (wrongly) admitted runs the daemon: the deadline
-		// ends it and the check below fails.
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h6.Netns, b.BinaryPath(), "join", "--state-dir", stateDir,
-			"--api-socket", filepath.Join(stateDir, "api.sock"), "--join-timeout", "15s", token)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	join := func(stateDir, token string) (string, error) { return tryJoin(b, h6, stateDir, token) }
 	if out, err := join(b.Path("h6", "fresh"), oldToken); err == nil || !strings.Contains(out, "refused") {
 		t.Errorf("joining with a token made before the rotation: %v\n%s", err, out)
 	}
@@ -250,4 +241,17 @@ func TestEvictAndRotateSecret(t *testing.T) {
 	if err := c5.PingEventually(c3.Addr, 30*time.Second); err != nil {
 		t.Error(err)
 	}
+}
+
+// tryJoin runs `weavewg join TOKEN` in h's namespace with its own state
+// dir, for a join expected to be refused: a join that is (wrongly)
+// admitted runs the daemon, which the deadline ends, and the caller's
+// check of the output fails.
+func tryJoin(b *testbed.Bed, h *testbed.Host, stateDir, token string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.Netns, b.BinaryPath(), "join", "--state-dir", stateDir,
+		"--api-socket", filepath.Join(stateDir, "api.sock"), "--join-timeout", "15s", token)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
