@@ -60,7 +60,11 @@ func showIPAM(w io.Writer, st api.IPAMStatus) {
 	}
 	tw.Flush()
 	for _, t := range st.Transfers {
-		fmt.Fprintf(w, "rmpeer %s → %s: %s\n", t.Dead, t.Issuer, t.State)
+		state := t.State
+		if state == "claimed" {
+			state = "claimed done by its issuer, not confirmed by this peer's vote (ignored)"
+		}
+		fmt.Fprintf(w, "rmpeer %s → %s: %s\n", t.Dead, t.Issuer, state)
 	}
 }
 
