@@ -54,6 +54,7 @@ func TestForgedDoneTransferIgnored(t *testing.T) {
 		}
 	}
 	refused := map[*testbed.Host]uint64{h1: h1.Counter("ipam_done_refused_live"), h2: h2.Counter("ipam_done_refused_live")}
+	unauthorized := map[*testbed.Host]uint64{h1: h1.Counter("ipam_entry_unauthorized"), h2: h2.Counter("ipam_entry_unauthorized")}
 
 	if err := h3.Post("/v1/test/forge-ipam-done", api.RmpeerRequest{Peer: victim}); err != nil {
 		t.Fatalf("the forging build refused to forge: %v", err)
@@ -79,6 +80,9 @@ func TestForgedDoneTransferIgnored(t *testing.T) {
 		testbed.Eventually(t, 20*time.Second, h.Name+" counts the forged claim", func() error {
 			if n := h.Counter("ipam_done_refused_live"); n <= refused[h] {
 				return fmt.Errorf("ipam_done_refused_live stays %d", n)
+			}
+			if n := h.Counter("ipam_entry_unauthorized"); n <= unauthorized[h] {
+				return fmt.Errorf("ipam_entry_unauthorized stays %d (h3's states of h2's entries)", n)
 			}
 			return nil
 		})
@@ -142,7 +146,10 @@ func TestForgedDoneTransferIgnored(t *testing.T) {
 	if n := nftCount(t, imp); n != 0 {
 		t.Errorf("the impostor on h3 received %d of h1's echo requests", n)
 	}
-	t.Logf("h1 refused the claim %d times, h2 %d times", h1.Counter("ipam_done_refused_live")-refused[h1], h2.Counter("ipam_done_refused_live")-refused[h2])
+	for _, h := range []*testbed.Host{h1, h2} {
+		t.Logf("%s refused the Done claim %d times and h3's entry states %d times", h,
+			h.Counter("ipam_done_refused_live")-refused[h], h.Counter("ipam_entry_unauthorized")-unauthorized[h])
+	}
 }
 
 // rangesOf is the ranges status ipam gives peer name.

@@ -75,7 +75,8 @@
 //
 // # What the daemon does
 //
-//   - Open at startup with the state dir's ipam.db. Creating a network
+//   - Open at startup with the state dir's ipam.db and the identity key
+//     pair (Config.Self, Config.Private: this peer signs its ring items). Creating a network
 //     (the start that makes it): Seed once, when Status().Seed is zero.
 //     Re-adopted containers: ClaimAfterRestart.
 //     Joining: nothing; the first ring gossip makes the peer a member.
