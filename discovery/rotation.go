@@ -378,10 +378,13 @@ func (r *Router) handleSecret(from key.Public, msg []byte) {
 // applyRotation takes a rotation part received from a peer.
 func (r *Router) applyRotation(from key.Public, rot *Rotation) {
 	r.mu.Lock()
-	if r.isEvictedLocked(rot.Rotator) || r.verifyRotation(rot) != nil {
+	// An epoch more than keepEpochs ahead is refused: no member keeps an
+	// epoch that old to let such a peer catch up anyway, and a forged
+	// epoch near 2^32 would make the next rotation wrap.
+	if rot.Epoch > r.newestLocked().N+keepEpochs || r.isEvictedLocked(rot.Rotator) || r.verifyRotation(rot) != nil {
 		r.mu.Unlock()
 		r.ctr.inc(CtrRotationBad)
-		r.logOnce(slog.LevelWarn, "rotbad:"+rot.Rotator.String(), "", "dropping a secret rotation that does not check (bad signature, or its rotator was evicted)",
+		r.logOnce(slog.LevelWarn, "rotbad:"+rot.Rotator.String(), "", "dropping a secret rotation that does not check (bad signature, its rotator was evicted, or its epoch is far ahead)",
 			"claimed_rotator", rot.Rotator.Name(), "via", from.Name())
 		return
 	}

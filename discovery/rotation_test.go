@@ -180,4 +180,52 @@ func TestRotateSecret(t *testing.T) {
 	if c.Counters()[CtrCatchUpServed] == 0 {
 		t.Error("c served no catch-up")
 	}
+
+	// A member's rotation far ahead (an epoch near 2^32 would make the
+	// next one wrap) and one by an evicted member change nothing.
+	bad := b.Counters()[CtrRotationBad]
+	far, _ := makeRotation(kc, a.network, 1<<31, time.Now().UnixNano(), key.Secret{1}, []key.Public{kb.Public()})
+	b.applyRotation(c.Self(), far[0])
+	if _, err := a.Evict(kd.Public()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "b learns d's eviction", func() bool { return b.IsEvicted(kd.Public()) })
+	byEvicted, _ := makeRotation(kd, a.network, 2, time.Now().UnixNano(), key.Secret{2}, []key.Public{kb.Public()})
+	b.applyRotation(c.Self(), byEvicted[0])
+	if st := b.Secrets(); st.Epoch != 1 || b.Counters()[CtrRotationBad] != bad+2 {
+		t.Errorf("b took a bad rotation: %+v, %d refused", st, b.Counters()[CtrRotationBad]-bad)
+	}
+}
+
+// TestPairEpoch: the pair's preshared key is the newest epoch both hold,
+// judged by what the peer advertised.
+func TestPairEpoch(t *testing.T) {
+	r := newTestRouter(t, "r")
+	s0, s1, s1other := testSecret, key.Secret{11}, key.Secret{12}
+	peer := newKey(t).Public()
+	r.mu.Lock()
+	r.epochs = []Epoch{{0, s0}, {1, s1}}
+	r.activeFrom = 0
+	r.mu.Unlock()
+	for _, tc := range []struct {
+		name string
+		ad   *epochAd
+		want key.Secret
+	}{
+		{"nothing advertised: the oldest active", nil, s0},
+		{"peer behind", &epochAd{0, SecretIDOf(s0)}, s0},
+		{"both on 1", &epochAd{1, SecretIDOf(s1)}, s1},
+		{"peer ahead: our newest", &epochAd{2, SecretID{1}}, s1},
+		{"another rotation of 1: the common 0", &epochAd{1, SecretIDOf(s1other)}, s0},
+	} {
+		r.mu.Lock()
+		delete(r.peerAds, peer)
+		if tc.ad != nil {
+			r.peerAds[peer] = *tc.ad
+		}
+		r.mu.Unlock()
+		if got := r.PairSecret(peer); got != tc.want {
+			t.Errorf("%s: got %x, want %x", tc.name, got[:2], tc.want[:2])
+		}
+	}
 }
