@@ -193,6 +193,11 @@ func (h *Host) Launch() {
 	h.WaitAPI(30 * time.Second)
 }
 
+// Start starts the daemon (it must not be running) without waiting for its
+// API; for starting many at once from one goroutine (Launch's Fatalf must
+// not run on another goroutine than the test's).
+func (h *Host) Start() error { return h.start() }
+
 func (h *Host) start() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -27,7 +27,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/weavewg/weavewg/integration/testbed"
@@ -93,12 +92,17 @@ func run(tb *testbed.Program, sizes []int, idleAfter, settle, window time.Durati
 			fresh = append(fresh, h)
 		}
 		fmt.Fprintf(os.Stderr, "N=%d: launching %d hosts together …\n", n, len(fresh))
-		var wg sync.WaitGroup
 		for _, h := range fresh {
-			wg.Go(h.Launch)
+			if err := h.Start(); err != nil {
+				tb.Fatalf("starting %s: %v", h, err)
+			}
 		}
-		wg.Wait()
 		launched := time.Now()
+		for _, h := range fresh {
+			if err := testbed.Poll(tb, 3*time.Minute, h.Name+"'s API", func() error { _, err := h.StatusErr(); return err }); err != nil {
+				tb.Fatalf("%v", err)
+			}
+		}
 		if err := testbed.Poll(tb, 5*time.Minute, fmt.Sprintf("a mesh of %d", n), func() error { return testbed.CheckMesh(hosts) }); err != nil {
 			tb.Fatalf("N=%d: %v", n, err)
 		}
