@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -292,5 +293,59 @@ func TestLaggingPeerCatchesUpFromOwner(t *testing.T) {
 	}
 	if !entriesEqual(r.View().Ring, b.View().Ring) {
 		t.Error("R's entries differ from B's")
+	}
+}
+
+// TestOversizedCertificateRefused: a member's Done claims certified by the
+// (validly signed) votes of made-up peers each fit the bounds, but merged
+// into a receiver's ring they would exceed them (inline certificate
+// signatures); the receiver refuses the message that would, counts it,
+// and its ring still encodes.
+func TestOversizedCertificateRefused(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, m := openTest(t, n, pk(0), ""), openTest(t, n, pk(3), "")
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	n.run(t)
+	claim := func(dead key.Public) []byte {
+		t.Helper()
+		r := m.View().Ring
+		cert := []CertVote{{Voter: pk(3), Seq: 1, Sig: key.Sign(privOf(pk(3)), voteDomain, r.voteMessage(pk(3), dead, 1, pk(3)))}}
+		for range 30 {
+			k, err := key.NewPrivate()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := k.Public()
+			cert = append(cert, CertVote{Voter: p, Seq: 1, Sig: key.Sign(k, voteDomain, r.voteMessage(p, dead, 1, pk(3)))})
+		}
+		slices.SortFunc(cert, func(x, y CertVote) int { return bytes.Compare(x.Voter[:], y.Voter[:]) })
+		r.Transfers = []Transfer{{Dead: dead, Issuer: pk(3), Done: true, Cert: cert}}
+		r.signPending(pk(3), privOf(pk(3)))
+		msg, err := AppendRingMessage(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg
+	}
+	if err := a.HandleMessage(pk(3), claim(pk(1))); err != nil {
+		t.Fatal(err)
+	}
+	if a.Status().Counters["ipam_ring_full"] != 0 || len(a.View().Ring.Transfers) != 1 {
+		t.Fatal("the first claim, within the bounds, was not stored")
+	}
+	before := a.View().Ring
+	if err := a.HandleMessage(pk(3), claim(pk(2))); err != nil {
+		t.Fatal(err)
+	}
+	if a.Status().Counters["ipam_ring_full"] == 0 {
+		t.Error("the claim that overflows the ring was not counted")
+	}
+	if !a.View().Ring.Equal(before) {
+		t.Error("the receiver's ring changed")
+	}
+	if a.RingMessage() == nil {
+		t.Error("the receiver's ring no longer encodes")
 	}
 }

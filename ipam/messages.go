@@ -73,6 +73,16 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	default:
 		changed, refused = a.mergeCheckedLocked(next, in, from)
 	}
+	if err == nil && changed {
+		// The union of two rings within the bounds may exceed them (peer
+		// table, inline certificate signatures), and a ring that does not
+		// encode could be neither saved nor sent: refuse the message.
+		if _, encErr := AppendRing(nil, next); encErr != nil {
+			a.count("ipam_ring_full")
+			a.log.Warn("ring refused: merged with ours it would exceed the ring's size bounds", "peer", from.Name(), "err", encErr)
+			return outbox{}, nil
+		}
+	}
 	if err != nil {
 		a.count("ipam_ring_refused")
 		if a.lastErr == nil || a.lastErr.Error() != err.Error() {
