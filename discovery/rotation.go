@@ -490,6 +490,12 @@ func (r *Router) broadcastSecretAd() {
 // everyone, the rotation to each reachable member still behind, and the
 // drop check (a peer that became unreachable no longer holds it up).
 func (r *Router) secretAntiEntropy() {
+	r.mu.Lock()
+	rotated := r.newestLocked().N > 0 || len(r.rotations) > 0
+	r.mu.Unlock()
+	if !rotated {
+		return // no advertisement needed: a pair that hears none uses epoch 0
+	}
 	r.broadcastSecretAd()
 	r.mu.Lock()
 	type send struct {

@@ -2,11 +2,12 @@ package discovery
 
 import (
 	"bytes"
-	"crypto/rand"
+	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -253,9 +254,13 @@ func (r *Router) broadcastTokens(recs []TokenRecord) {
 	}
 	if len(recs) == 0 {
 		if full {
-			// An empty registry is one too: a member that lost its
-			// own admits nobody until it has received one.
-			r.tokensCh.Broadcast(AppendTokenRecords(nil, nil))
+			// An empty registry is one too: a member that lost its own
+			// admits nobody until it has received one. One random peer
+			// per round (not all: nothing changes, and every peer does
+			// the same) reaches it within a few rounds.
+			if to, ok := r.randomReachable(); ok {
+				r.tokensCh.Send(to, AppendTokenRecords(nil, nil))
+			}
 		}
 		return
 	}
@@ -290,7 +295,7 @@ func (r *Router) CreateToken(ttl time.Duration, uses uint16, endpoints []Bootstr
 	}
 	now := r.now()
 	t := Token{Network: r.network, Uses: uses, Endpoints: endpoints}
-	if _, err := rand.Read(t.ID[:]); err != nil {
+	if _, err := cryptorand.Read(t.ID[:]); err != nil {
 		return Token{}, err
 	}
 	switch {
@@ -331,4 +336,22 @@ func (r *Router) RevokeToken(id TokenID) error {
 	r.saveTokens()
 	r.broadcastTokens([]TokenRecord{rec})
 	return nil
+}
+
+// randomReachable picks a reachable peer other than us.
+func (r *Router) randomReachable() (key.Public, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(r.rt.nextHop)
+	if n == 0 {
+		return key.Public{}, false
+	}
+	i := rand.N(n)
+	for k := range r.rt.nextHop {
+		if i == 0 {
+			return k, true
+		}
+		i--
+	}
+	return key.Public{}, false
 }
