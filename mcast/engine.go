@@ -56,12 +56,13 @@ type Engine struct {
 	counters counters
 
 	// Guarded by mu.
-	mu     sync.Mutex
-	seq    uint64
-	local  []netip.Addr              // this host's groups, ascending
-	remote map[key.Public]Membership // reachable peers' last state
-	peers  map[key.Public]Peer       // reachable peers
-	self   []netip.Prefix            // this host's own sources
+	mu      sync.Mutex
+	seq     uint64
+	local   []netip.Addr              // this host's groups, ascending
+	remote  map[key.Public]Membership // reachable peers' last state
+	peers   map[key.Public]Peer       // reachable peers
+	self    []netip.Prefix            // this host's own sources
+	subnets []netip.Prefix
 }
 
 // view is what the packet path reads; never modified once published.
@@ -93,8 +94,17 @@ func New(cfg Config) *Engine {
 		remote: map[key.Public]Membership{},
 		peers:  map[key.Public]Peer{},
 	}
+	e.subnets = cfg.Subnets
 	e.publishLocked()
 	return e
+}
+
+// SetSubnets sets the overlay's subnets (Config.Subnets).
+func (e *Engine) SetSubnets(subnets []netip.Prefix) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.subnets = subnets
+	e.publishLocked()
 }
 
 // SetSelf sets the addresses this host's containers send from (its own
@@ -207,11 +217,16 @@ func (e *Engine) publishLocked() {
 			v.byGroup[g] = append(v.byGroup[g], p.HostIP)
 		}
 	}
-	for _, s := range e.cfg.Subnets {
-		sv := subnetView{prefix: s.Masked(), broadcast: broadcastOf(s)}
+	// Most specific first, so a subnet nested in another is found first;
+	// a host counts for the subnet its containers' prefixes name.
+	subnets := slices.Clone(e.subnets)
+	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return b.Bits() - a.Bits() })
+	for _, s := range subnets {
+		s = s.Masked()
+		sv := subnetView{prefix: s, broadcast: broadcastOf(s)}
 		for _, k := range keys {
 			p := e.peers[k]
-			if p.HostIP.IsValid() && slices.ContainsFunc(p.Attached, func(a netip.Prefix) bool { return s.Contains(a.Addr()) }) {
+			if p.HostIP.IsValid() && slices.ContainsFunc(p.Attached, func(a netip.Prefix) bool { return a.Masked() == s }) {
 				sv.hosts = append(sv.hosts, p.HostIP)
 			}
 		}

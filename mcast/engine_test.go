@@ -217,3 +217,30 @@ func TestMembershipState(t *testing.T) {
 		t.Errorf("membership %+v after %+v", m2, m1)
 	}
 }
+
+// A broadcast goes to the hosts with containers in the sender's subnet,
+// the most specific one when an isolated subnet lies inside the range.
+func TestBroadcastBySubnet(t *testing.T) {
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	e := New(Config{Self: selfKey})
+	e.SetSubnets([]netip.Prefix{overlay, p("10.40.1.0/24")})
+	e.SetSelf([]netip.Prefix{p("10.33.0.0/16"), p("10.40.1.0/25")})
+	e.SetPeers([]Peer{
+		{Key: peerB.key, HostIP: peerB.host, Attached: []netip.Prefix{p("10.40.1.200/24")}},
+		{Key: peerC.key, HostIP: peerC.host, Attached: []netip.Prefix{p("10.36.0.9/12")}},
+	})
+	for _, tc := range []struct {
+		src, dst string
+		want     []netip.Addr
+	}{
+		{"10.40.1.5", "10.40.1.255", []netip.Addr{peerB.host}},
+		{"10.40.1.5", "255.255.255.255", []netip.Addr{peerB.host}},
+		{"10.33.0.5", "10.47.255.255", []netip.Addr{peerC.host}},
+		{"10.33.0.5", "255.255.255.255", []netip.Addr{peerC.host}},
+		{"10.33.0.5", "10.40.1.255", nil}, // another subnet's broadcast address
+	} {
+		if got := e.Outbound(udpPacket(a(tc.src), a(tc.dst), 64)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s → %s: %v, want %v", tc.src, tc.dst, got, tc.want)
+		}
+	}
+}
