@@ -51,8 +51,6 @@ type multicast struct {
 	conn *ipv4.PacketConn
 	udp  *net.UDPConn
 	port int
-	// overlay is the overlay range, the default subnet.
-	overlay netip.Prefix
 	// overlayIfs are the devices a replicated datagram may arrive on: the
 	// TUN and the kernel WireGuard device (WireGuard checked its source)
 	// and the VXLAN fast path's.
@@ -79,7 +77,6 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 			Logger:    d.log.With("part", "mcast"),
 		}),
 		port:       mcast.DataPort(int(d.cfg.Port)),
-		overlay:    d.cfg.Range.Masked(),
 		overlayIfs: append([]string{d.cfg.Iface, kernelDeviceName(d.cfg.Iface)}, d.fastDevices()...),
 		stop:       make(chan struct{}),
 	}
@@ -222,17 +219,6 @@ func (m *multicast) antiEntropyLoop() {
 // at once.
 func (m *multicast) setPeers(self []netip.Prefix, peers []discovery.Peer, allowed map[key.Public][]netip.Prefix) {
 	m.eng.SetSelf(self)
-	// The subnets are those the containers' prefixes name (the overlay
-	// range's length for the default subnet; an isolated subnet's own).
-	subnets := []netip.Prefix{m.overlay}
-	for _, p := range peers {
-		for _, a := range p.Attached {
-			if s := a.Masked(); !slices.Contains(subnets, s) {
-				subnets = append(subnets, s)
-			}
-		}
-	}
-	m.eng.SetSubnets(subnets)
 	var ps []mcast.Peer
 	for _, p := range peers {
 		src, ok := allowed[p.Key]

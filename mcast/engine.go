@@ -218,19 +218,23 @@ func (e *Engine) publishLocked() {
 		}
 	}
 	// Most specific first, so a subnet nested in another is found first;
-	// a host counts for the subnet its containers' prefixes name.
-	subnets := slices.Clone(e.subnets)
-	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return b.Bits() - a.Bits() })
-	for _, s := range subnets {
-		s = s.Masked()
-		sv := subnetView{prefix: s, broadcast: broadcastOf(s)}
-		for _, k := range keys {
-			p := e.peers[k]
-			if p.HostIP.IsValid() && slices.ContainsFunc(p.Attached, func(a netip.Prefix) bool { return a.Masked() == s }) {
+	// a container's address belongs to the most specific subnet that
+	// holds it.
+	for _, s := range e.subnets {
+		v.subnets = append(v.subnets, subnetView{prefix: s.Masked(), broadcast: broadcastOf(s)})
+	}
+	slices.SortFunc(v.subnets, func(a, b subnetView) int { return b.prefix.Bits() - a.prefix.Bits() })
+	for _, k := range keys {
+		p := e.peers[k]
+		if !p.HostIP.IsValid() {
+			continue
+		}
+		for i := range v.subnets {
+			sv := &v.subnets[i]
+			if slices.ContainsFunc(p.Attached, func(a netip.Prefix) bool { return v.subnetIndex(a.Addr()) == i }) {
 				sv.hosts = append(sv.hosts, p.HostIP)
 			}
 		}
-		v.subnets = append(v.subnets, sv)
 	}
 	e.view.Store(v)
 }
@@ -298,15 +302,24 @@ func (e *Engine) Sent(err error) {
 	e.counters.txReplicated.Add(1)
 }
 
+// subnetIndex is the index of the most specific subnet holding a, or -1.
+func (v *view) subnetIndex(a netip.Addr) int {
+	for i, s := range v.subnets {
+		if s.prefix.Contains(a) {
+			return i
+		}
+	}
+	return -1
+}
+
 // subnetOf returns the hosts with containers in the subnet that holds src
 // (and whose broadcast address is bcast, if bcast is valid).
 func (v *view) subnetOf(src, bcast netip.Addr) []netip.Addr {
-	for _, s := range v.subnets {
-		if s.prefix.Contains(src) && (!bcast.IsValid() || s.broadcast == bcast) {
-			return s.hosts
-		}
+	i := v.subnetIndex(src)
+	if i < 0 || (bcast.IsValid() && v.subnets[i].broadcast != bcast) {
+		return nil
 	}
-	return nil
+	return v.subnets[i].hosts
 }
 
 func (v *view) isBroadcast(a netip.Addr) bool {

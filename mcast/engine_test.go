@@ -35,7 +35,7 @@ func testEngine(opts ...func(*Config)) (*Engine, testPeer) {
 	e.SetSelf([]netip.Prefix{netip.MustParsePrefix("10.32.0.1/32"), netip.MustParsePrefix("10.32.0.0/15")})
 	e.SetPeers([]Peer{
 		{Key: peerB.key, HostIP: peerB.host, Sources: []netip.Prefix{netip.PrefixFrom(peerB.host, 32), netip.MustParsePrefix("10.34.0.0/15")},
-			Attached: []netip.Prefix{netip.MustParsePrefix("10.34.0.9/12")}},
+			Attached: []netip.Prefix{netip.MustParsePrefix("10.34.0.9/32")}},
 		{Key: peerC.key, HostIP: peerC.host, Sources: []netip.Prefix{netip.PrefixFrom(peerC.host, 32), netip.MustParsePrefix("10.36.0.0/15")}},
 	})
 	e.SetLocalGroups([]netip.Addr{netip.MustParseAddr("239.1.1.1")})
@@ -226,8 +226,8 @@ func TestBroadcastBySubnet(t *testing.T) {
 	e.SetSubnets([]netip.Prefix{overlay, p("10.40.1.0/24")})
 	e.SetSelf([]netip.Prefix{p("10.33.0.0/16"), p("10.40.1.0/25")})
 	e.SetPeers([]Peer{
-		{Key: peerB.key, HostIP: peerB.host, Attached: []netip.Prefix{p("10.40.1.200/24")}},
-		{Key: peerC.key, HostIP: peerC.host, Attached: []netip.Prefix{p("10.36.0.9/12")}},
+		{Key: peerB.key, HostIP: peerB.host, Attached: []netip.Prefix{p("10.40.1.200/32")}},
+		{Key: peerC.key, HostIP: peerC.host, Attached: []netip.Prefix{p("10.36.0.9/32")}},
 	})
 	for _, tc := range []struct {
 		src, dst string
