@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -105,7 +106,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 		}
 	case n != nil:
 		s, _ := n.secret()
-		if cfg.Password != "" && key.SecretFromPassword(cfg.Password) != s {
+		if cfg.Password != "" && secretFromPassword(cfg.Password) != s {
 			return false, fmt.Errorf("this host is in network %s and --password names another one; run 'weavewg reset' to leave it first", discovery.IDOf(s))
 		}
 		// Remember peers named now too, so a restart without arguments
@@ -117,7 +118,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 		}
 		cfg.Peers = n.Peers
 	case cfg.Password != "":
-		s := key.SecretFromPassword(cfg.Password)
+		s := secretFromPassword(cfg.Password)
 		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(),
 			Founder: len(cfg.Peers) == 0, Peers: cfg.Peers, Password: true}
 		d.seedsRing = len(cfg.Peers) == 0
@@ -298,4 +299,14 @@ func (d *Daemon) revokeToken(id string) error {
 		return badRequest("token %s: %v", id, err)
 	}
 	return nil
+}
+
+// secretFromPassword derives the network secret from --password and hands
+// Argon2id's 64 MiB back to the system at once: an idle daemon allocates so
+// little that the next collection would be minutes away, and until then the
+// derivation's memory would count in every daemon's resident size.
+func secretFromPassword(password string) key.Secret {
+	s := key.SecretFromPassword(password)
+	debug.FreeOSMemory()
+	return s
 }
