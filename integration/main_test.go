@@ -62,6 +62,18 @@ func needTool(t *testing.T, names ...string) {
 	}
 }
 
+// podAllocs is how many addresses h's IPAM holds for attachments: the
+// host's own overlay address is an IPAM allocation too (ipam.HostID,
+// since hosts got IPAM addresses for expose), counted in `status ipam`.
+func podAllocs(h *testbed.Host) int {
+	st := h.Status()
+	n := st.IPAM.Allocated
+	if st.HostIP != "" {
+		n--
+	}
+	return n
+}
+
 // counterSum adds the named counters that exist in m.
 func counterSum(m map[string]uint64, names ...string) uint64 {
 	var s uint64
