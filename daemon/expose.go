@@ -39,7 +39,9 @@ const (
 )
 
 // exposeID is the IPAM id of the host's address in an isolated subnet.
-func exposeID(subnet netip.Prefix) string { return "weavewg:expose:" + subnet.String() }
+func exposeID(subnet netip.Prefix) string { return exposeIDPrefix + subnet.String() }
+
+const exposeIDPrefix = "weavewg:expose:"
 
 // hostState is host.json.
 type hostState struct {
@@ -126,6 +128,9 @@ func (d *Daemon) hostPrefix() netip.Prefix {
 // another's when it connected, so the address is in space it no longer
 // owns).
 func (d *Daemon) ensureHostIP() {
+	if d.forgetOnStop.Load() {
+		return // reset: the host leaves the network, its address with it
+	}
 	cur := d.hostPrefix()
 	if cur.IsValid() {
 		if slices.Contains(d.ipam.AddressesOf(hostID), cur.Addr()) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/atomicfile"
 	"github.com/weavewg/weavewg/types/key"
@@ -135,6 +136,9 @@ const firstTokenTTL = time.Hour
 // network (see forget).
 func (d *Daemon) reset() (api.ResetResult, error) {
 	res := api.ResetResult{Network: discovery.IDOf(d.secret).String()}
+	// From here the host is leaving: the reconcile loop must not take a
+	// host address (and ask for address space) again once it is released.
+	d.forgetOnStop.Store(true)
 	d.mu.Lock()
 	for len(d.attachments) > 0 {
 		if err := d.releaseLocked(len(d.attachments) - 1); err != nil {
@@ -143,7 +147,7 @@ func (d *Daemon) reset() (api.ResetResult, error) {
 		}
 	}
 	d.mu.Unlock()
-	heir, err := d.ipam.Leave()
+	heir, err := d.leaveIPAM()
 	switch {
 	case err == nil:
 		res.Heir = d.describe(heir)
@@ -152,7 +156,6 @@ func (d *Daemon) reset() (api.ResetResult, error) {
 	default:
 		res.Detail = fmt.Sprintf("address space not handed over (%v); run 'weavewg rmpeer %s' on a member", err, d.pub.Name())
 	}
-	d.forgetOnStop.Store(true)
 	d.log.Warn("leaving the network", "network", res.Network, "heir", res.Heir)
 	if d.stop != nil {
 		d.stop()
@@ -160,10 +163,30 @@ func (d *Daemon) reset() (api.ResetResult, error) {
 	return res, nil
 }
 
+// leaveIPAM releases the host's own addresses (its overlay address, those
+// exposed in isolated subnets: IPAM allocations too, which leave with it)
+// and hands the address space over. A reconcile pass already running may
+// record the host address again in between; then it tries again.
+func (d *Daemon) leaveIPAM() (key.Public, error) {
+	for try := 0; ; try++ {
+		for _, a := range d.ipam.Allocations() {
+			if a.ID == hostID || strings.HasPrefix(a.ID, exposeIDPrefix) {
+				if err := d.ipam.FreeAddr(a.Addr); err != nil {
+					d.log.Warn("reset: releasing a host address", "addr", a.Addr, "err", err)
+				}
+			}
+		}
+		heir, err := d.ipam.Leave()
+		if !errors.Is(err, ipam.ErrStillAllocated) || try == 2 {
+			return heir, err
+		}
+	}
+}
+
 // forget removes the network's state after the parts are closed. The
 // identity key stays: it is the host's, not the network's.
 func (d *Daemon) forget() {
-	for _, f := range []string{networkFile, secretsFile, tokensFile, evictionsFile, ipamFile, attachmentsFile} {
+	for _, f := range []string{networkFile, secretsFile, tokensFile, evictionsFile, ipamFile, attachmentsFile, hostFile} {
 		if err := os.Remove(filepath.Join(d.cfg.StateDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Error("forgetting the network", "file", f, "err", err)
 		}
