@@ -70,7 +70,13 @@ func (r *receiver) lines(prefix string) int {
 // datagram, so none is merged with the next).
 func send(t *testing.T, c *testbed.Container, dst string, texts ...string) {
 	t.Helper()
-	opt := ",ip-multicast-ttl=8"
+	sendTTL(t, c, dst, 8, texts...)
+}
+
+// sendTTL is send with the multicast TTL given.
+func sendTTL(t *testing.T, c *testbed.Container, dst string, ttl int, texts ...string) {
+	t.Helper()
+	opt := fmt.Sprintf(",ip-multicast-ttl=%d", ttl)
 	if !strings.HasPrefix(dst, "2") || strings.HasPrefix(dst, "255.") {
 		opt = ",broadcast"
 	}
@@ -242,6 +248,28 @@ func TestMulticastAcrossHosts(t *testing.T) {
 	}
 	t.Logf("h2 counters: tx_datagrams %d, tx_replicated %d; h1 rx_delivered %d; h3 rx_delivered %d",
 		after["mcast_tx_datagrams"], after["mcast_tx_replicated"], hs[0].Counter("mcast_rx_delivered"), hs[2].Counter("mcast_rx_delivered"))
+
+	// TTL 1 stays on its host (the hosts route between containers' links),
+	// and so does link-local multicast (no --multicast-link-local): none
+	// of these reach h1, the datagram after them does.
+	rll := startReceiver(t, b, cs[0], 5353, "224.0.0.251")
+	before = hs[1].Status().Counters
+	sendTTL(t, cs[1], "239.1.1.1:5000", 1, numbered("ttl1", 5)...)
+	sendTTL(t, cs[1], "224.0.0.251:5353", 255, numbered("mdns", 5)...)
+	send(t, cs[1], "239.1.1.1:5000", "marker")
+	waitReceived(t, r1, "marker", 1)
+	if n := r1.lines("ttl1"); n != 0 {
+		t.Errorf("h1 received %d datagrams sent with TTL 1", n)
+	}
+	if n := rll.lines("mdns"); n != 0 {
+		t.Errorf("h1 received %d link-local datagrams", n)
+	}
+	after = hs[1].Status().Counters
+	for name, want := range map[string]uint64{"mcast_tx_dropped_ttl": 5, "mcast_tx_link_local": 5} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("h2: %s went up by %d, want %d", name, got, want)
+		}
+	}
 
 	// The receiver on h3 leaves; h2 keeps sending. Measured: from the leave
 	// to the last copy h3 gets.
