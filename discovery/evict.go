@@ -49,6 +49,10 @@ const (
 	evictDomain     = "weavewg evict v1"
 	// MaxEvictions bounds the records kept (they are never forgotten).
 	MaxEvictions = 4096
+	// evictCloseAfter is how long the connection of a peer just evicted
+	// stays open for the record telling it so to be written; whatever
+	// it sends meanwhile is dropped as an evicted peer's.
+	evictCloseAfter = 500 * time.Millisecond
 	// maxEvictInMsg keeps one message within a channel payload.
 	maxEvictInMsg = (MaxChannelPayload - 3) / evictRecordLen
 )
@@ -335,11 +339,20 @@ func (r *Router) applyEvictionsLocked() {
 			nick = en.rec.Nickname
 		}
 		r.log.Warn("peer evicted: refusing it from now on", "peer", k.Name(), "nickname", nick, "evictor", e.Evictor.Name())
-		if c := r.active[k]; c != nil {
-			c.close() // its readLoop ends and removes it
-		}
 		for c := range r.conns {
-			if c.peer == k {
+			if c.peer == k && r.active[k] != c {
+				c.close()
+			}
+		}
+		if c := r.active[k]; c != nil {
+			// Tell it why before closing (its readLoop then ends and
+			// removes it): the evicted host logs and shows its eviction.
+			m := ChannelMessage{Name: evictChannel, Src: r.self, Dst: k, Hops: 1, Payload: AppendEvictMessage(nil, []EvictRecord{e})}
+			m.Sign(r.priv)
+			if b, err := AppendChannelMessage(nil, m); err == nil {
+				c.queue(b)
+				time.AfterFunc(evictCloseAfter, c.close)
+			} else {
 				c.close()
 			}
 		}

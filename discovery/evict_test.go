@@ -146,6 +146,9 @@ func TestEvictRefusesEverywhere(t *testing.T) {
 			t.Errorf("%s evictions %+v", r.cfg.Nickname, got)
 		}
 	}
+	if !c.IsEvicted(c.Self()) {
+		t.Error("c was not told of its eviction")
+	}
 	if n := len(c.Connections()); n == 0 {
 		t.Fatal("c has no targets")
 	}

@@ -46,3 +46,29 @@ func TestConnectionsSayWhatIsKnown(t *testing.T) {
 		t.Errorf("established session lacks its figures: %q", lines[2])
 	}
 }
+
+// TestSummaryShowsEvictionsAndSecret: status names every evicted peer with
+// its evictor, and the secret's epoch with the members still behind.
+func TestSummaryShowsEvictionsAndSecret(t *testing.T) {
+	at := time.Date(2026, 11, 30, 1, 2, 3, 0, time.UTC)
+	st := api.Status{
+		Peers: []api.Peer{{Self: true}},
+		Evicted: []api.Evicted{
+			{Peer: "aa:bb", Nickname: "h4", Evictor: "cc:dd", EvictorNickname: "h1", Time: at},
+			{Peer: "ee:ff", Evictor: "cc:dd", Time: at},
+		},
+		Secret: &api.SecretRotation{Epoch: 2, ID: "0123456789abcdef", Active: []uint32{1, 2}, Behind: []string{"11:22(h5)"}},
+	}
+	var b bytes.Buffer
+	showSummary(&b, st)
+	out := b.String()
+	for _, want := range []string{
+		"Evicted: aa:bb(h4) by cc:dd(h1) at ",
+		"ee:ff by cc:dd at ",
+		"Secret: epoch 2 (id 0123456789abcdef), epoch 1 still in use; not yet held by 11:22(h5)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+}
