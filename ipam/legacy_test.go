@@ -2,10 +2,13 @@ package ipam
 
 import (
 	"encoding/hex"
+	"errors"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/weavewg/weavewg/types/key"
 )
 
 // v2Body is a ring as version 2 stored it (the golden bytes of that
@@ -110,4 +113,20 @@ func entriesEqual(a, b *Ring) bool {
 		}
 	}
 	return true
+}
+
+// TestOtherVersionCounted: a version-2 ring message (a peer not upgraded
+// yet) is refused as malformed and counted as another version.
+func TestOtherVersionCounted(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openTest(t, n, pk(0), "")
+	msg := append([]byte{2, msgRing}, v2Body(t)...)
+	for range 2 {
+		if err := a.HandleMessage(pk(1), msg); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("err = %v", err)
+		}
+	}
+	if c := a.Status().Counters; c["ipam_message_other_version"] != 2 || c["ipam_message_malformed"] != 2 {
+		t.Fatalf("counters %v", c)
+	}
 }

@@ -23,6 +23,18 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 	}
 	if err != nil {
 		a.count("ipam_message_malformed")
+		if len(msg) > 0 && msg[0] != WireVersion {
+			// A rolling upgrade (legacy.go): say so once per peer.
+			a.count("ipam_message_other_version")
+			if !a.versionWarned[from] {
+				if len(a.versionWarned) >= MaxPeers {
+					clear(a.versionWarned)
+				}
+				a.versionWarned[from] = true
+				a.log.Warn("a peer sends address-ring messages of another wire version; nothing passes between the two until both run the same version (upgrade it)",
+					"peer", from.Name(), "theirs", msg[0], "ours", WireVersion)
+			}
+		}
 		a.mu.Unlock()
 		return err
 	}
