@@ -76,6 +76,9 @@ func run(tb *testbed.Program, sizes []int, idleAfter, settle, window time.Durati
 	if _, err := testbed.BuildBinary(dir); err != nil {
 		tb.Fatalf("building weavewg: %v", err)
 	}
+	if err := roomForNeighbours(tb, sizes[len(sizes)-1]); err != nil {
+		tb.Fatalf("%v", err)
+	}
 	bed := testbed.New(tb, testbed.Options{LogLevel: "info", Quiet: true})
 	args := []string{"--idle-after", idleAfter.String()}
 	first := bed.AddHost(testbed.HostOptions{NoPeers: true, NoLaunch: true, Args: args})
@@ -268,4 +271,41 @@ func cpuProfile(h *testbed.Host, d time.Duration, path string) {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "profiling %s: %v %s\n", h, err, out)
 	}
+}
+
+// neighbourLimits are the kernel's ARP table thresholds.
+var neighbourLimits = []string{
+	"/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+	"/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+}
+
+// roomForNeighbours makes the kernel's ARP table large enough for a mesh of
+// n namespace hosts, and restores it at the end. The table and its limits
+// (gc_thresh3, 1,024 by default) are shared by every namespace of the
+// machine, whereas n real hosts would each have a table of their own: a
+// mesh of 40 needs 40×39 entries, and past the limit ARP fails ("neighbor
+// table overflow", sendmsg ENOBUFS) and hosts cannot reach each other at
+// all. Raising the shared limit to n times what each host needs models the
+// n separate tables; it changes nothing weavewg sees on any one host.
+func roomForNeighbours(tb *testbed.Program, n int) error {
+	want := n * n * 2 // underlay neighbours, with room for other beds on the machine
+	for _, path := range neighbourLimits {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		cur, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return fmt.Errorf("%s: %v", path, err)
+		}
+		if cur >= want {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0o644); err != nil {
+			return fmt.Errorf("raising %s for %d hosts: %v", path, n, err)
+		}
+		fmt.Fprintf(os.Stderr, "%s: %d → %d for the bed's duration (one ARP table shared by %d namespace hosts)\n", path, cur, want, n)
+		tb.Cleanup(func() { os.WriteFile(path, b, 0o644) })
+	}
+	return nil
 }
