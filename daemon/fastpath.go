@@ -88,7 +88,6 @@ func (d *Daemon) openFastPath() (fastPath, error) {
 		Self:     d.pub,
 		Secret:   d.secret,
 		Trusted:  vxlan.Trusted(d.cfg.TrustedSubnets),
-		Bridge:   d.cfg.Bridge,
 		HostIP:   d.hostPrefix().Addr(),
 		OnChange: d.nudge,
 		Logger:   d.log.With("part", "vxlan"),

@@ -30,6 +30,8 @@ import (
 //			iifname "<tun>" oifname != "<bridge>" counter drop
 //			oifname "<bridge>" iifname != { "<tun>", "<bridge>" } counter drop
 //			oifname "<tun>" iifname != "<bridge>" counter drop
+//			tcp flags & (syn|rst) == syn oifname "<tun>" tcp option maxseg size set rt mtu
+//			tcp flags & (syn|rst) == syn iifname "<tun>" tcp option maxseg size set rt mtu
 //		}
 //		chain input {
 //			type filter hook input priority filter; policy accept;
@@ -47,7 +49,13 @@ import (
 // peer's AllowedIPs, and those are what the peer provably owns (its IPAM
 // ranges and an unrefused host address). Locally made traffic (output) is
 // untouched, as is what other tables decide. Other devices that carry
-// peers' packets (the VXLAN fast path's) count as the TUN does.
+// peers' packets (the VXLAN fast path's, kernel WireGuard's) count as the
+// TUN does: a rule of each of the three kinds per device.
+//
+// Every forwarded packet of the host runs this chain, so it is one chain:
+// the MSS clamp (pmtu.AddMSSClamp) is its last rules rather than a chain
+// of its own at mangle priority, since each base chain costs a hook call
+// per packet, and each rule loads the cheapest field first.
 
 // filterTable names the table for tun.
 func filterTable(tun string) *nftables.Table {
@@ -90,22 +98,14 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		Priority: nftables.ChainPriorityFilter,
 		Policy:   &policy,
 	})
-	c.AddRule(&nftables.Rule{
-		Table: t,
-		Chain: ch,
-		Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(tun)},
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifnameBytes(bridge)},
-			&expr.Counter{},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		},
-	})
 	drop := func(ch *nftables.Chain, match ...expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	}
 	peerDevs := append([]string{tun}, spec.others...)
+	// From a peer device only to the bridge.
+	for _, d := range peerDevs {
+		drop(ch, append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, bridge)...)...)
+	}
 	notFrom := func(devs ...string) []expr.Any {
 		var m []expr.Any
 		for _, d := range devs {
@@ -117,6 +117,7 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 	for _, d := range peerDevs {
 		drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, d), notFrom(bridge)...)...)
 	}
+	pmtu.AddMSSClamp(c, ch, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if overlay.IsValid() && overlay.Addr().Is4() {
 		in := c.AddChain(&nftables.Chain{
 			Name:     "input",
@@ -137,7 +138,6 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
 		addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...))
 	}
-	pmtu.AddMSSClamp(c, t, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("forward filter: %w", err)
 	}

@@ -171,8 +171,13 @@ type firewall struct {
 	tag    string // the comment on every rule: weavewg-<bridge>
 	rules  []fwRule
 	own    string // weavewg's own table (the forward filter), never touched
-	log    *slog.Logger
-	mu     sync.Mutex // serialises checks and repairs, guards filter
+	// ownOthers are the tables the other devices' owners name after them
+	// (weavewg_<device>, as the VXLAN fast path's): weavewg's too, with accept
+	// policies, so accept rules there would only cost every forwarded
+	// packet two more interface-name loads per rule.
+	ownOthers map[string]bool
+	log       *slog.Logger
+	mu        sync.Mutex // serialises checks and repairs, guards filter
 	// filter is what the own table (filter_linux.go) is made for, to
 	// remake it; set by setFilter.
 	filter filterSpec
@@ -188,8 +193,12 @@ func (f *firewall) setFilter(spec filterSpec) {
 }
 
 func newFirewall(ns netns.NsHandle, bridge, tun string, others []string, log *slog.Logger) *firewall {
-	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), own: filterTable(tun).Name, log: log,
-		ipt: map[string]*iptables.IPTables{}}
+	ownOthers := map[string]bool{}
+	for _, d := range others {
+		ownOthers[filterTable(d).Name] = true
+	}
+	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), own: filterTable(tun).Name,
+		ownOthers: ownOthers, log: log, ipt: map[string]*iptables.IPTables{}}
 }
 
 // iptables returns the go-iptables handle for the binary bin (which runs
@@ -340,7 +349,7 @@ func (f *firewall) foreignForwardChains(c *nftables.Conn) ([]*nftables.Chain, er
 		if fam := ch.Table.Family; fam != nftables.TableFamilyIPv4 && fam != nftables.TableFamilyINet {
 			continue
 		}
-		if ch.Table.Name == f.own || isIPTablesNFT(ch) {
+		if ch.Table.Name == f.own || f.ownOthers[ch.Table.Name] || isIPTablesNFT(ch) {
 			continue
 		}
 		out = append(out, ch)

@@ -49,9 +49,9 @@ type Config struct {
 	Self    key.Public
 	Secret  key.Secret // keys the probe frames
 	Trusted Trusted
-	// Bridge is the only interface decapsulated traffic may be forwarded
-	// to (the forward filter); HostIP is the source of routed packets.
-	Bridge string
+	// HostIP is the source of routed packets. (That decapsulated traffic
+	// is forwarded only to the bridge is the host's forward filter's job:
+	// the owner lists the device in hostnet.Config.OtherDevices.)
 	HostIP netip.Addr
 	// OnChange is called, from the probe loop and without locks held, when
 	// a peer moves between VXLAN and WireGuard; the owner then calls

@@ -29,7 +29,7 @@ func twoPlanes(t *testing.T) (a, b *Plane, nsA, nsB *netnstest.NS, kA, kB key.Pu
 		var p *Plane
 		var err error
 		cfg := Config{Name: "vxweavewg0", Port: 6784, VNI: VNIOf(secret), MTU: 1420, Self: self, Secret: secret,
-			Trusted: Trusted{netip.MustParsePrefix("192.0.2.0/24")}, Bridge: "weavewg", HostIP: netip.MustParseAddr(host),
+			Trusted: Trusted{netip.MustParsePrefix("192.0.2.0/24")}, HostIP: netip.MustParseAddr(host),
 			Logger: netnstest.Logger(t, ns.Name+": ")}
 		if nerr := netnstest.Do(ns, func() { p, err = New(cfg) }); nerr != nil {
 			t.Fatal(nerr)
