@@ -85,7 +85,9 @@ demo: build deps
 	WEAVEWG_BIN=$(abspath $(BIN)) $(GO) run ./integration/cmd/demo $(DEMOFLAGS)
 
 # bench: weavewg against the raw underlay and the reference wireguard-go
-# (iperf3 TCP and ping; ratios c/a and c/b beside the targets); NAT
+# (iperf3 TCP and ping; ratios c/a and c/b beside the targets, c/e against
+# wireguard-go with the same container hops; BENCHFLAGS=--compare BIN
+# measures another build in the same rounds); NAT
 # traversal time; container TCP on 1460 and 1380 underlays as a ratio
 # against 1500 in the same run (mtubench, target >= 0.8). deps installs
 # iperf3 if it is missing. BENCHFLAGS=--json for scripts, --help for the rest.

@@ -170,7 +170,7 @@ func (h *Host) LaunchArgs() []string {
 		{"--docker-socket", h.DockerSocket()},
 		{"--wg-uapi-dir", h.WGUAPIDir()},
 	} {
-		if h.bed.binaryHasFlag(verb, f[0]) {
+		if h.bed.binaryHasFlag(h.bin(), verb, f[0]) {
 			args = append(args, f[0], f[1])
 		}
 	}

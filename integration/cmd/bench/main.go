@@ -5,13 +5,20 @@
 //	(a) the raw underlay: host 1 → host 2 on their veth addresses
 //	(b) the reference: the wireguard-go binary of the module version in
 //	    go.mod, one per host namespace, configured over its UAPI socket,
-//	    203.0.113.N/24, MTU 1420
+//	    203.0.113.N/24, at weavewg's tunnel MTU
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
+//	(e) the reference with containers: b's wireguard-go, plus on each host
+//	    a bridge with proxy ARP and a container behind a veth, as weavewg
+//	    attaches one: the like-for-like of c (c/b also counts the
+//	    containers' veth, bridge and forwarding hops, which b has not)
 //	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
 //	    the like-for-like of b without the containers' veth and bridge hops
 //	(r) weavewg relayed through a third host
 //	(v) raw kernel VXLAN and (t) weavewg's trusted fast path on two more
 //	    hosts (trusted.go)
+//	(C, T) with --compare BIN: c and t again on hosts of their own running
+//	    BIN, measured in the same rounds, for a before/after of a change
+//	    under the same load (ratios C/c and T/t)
 //
 // For each it runs iperf3 TCP (one stream; --parallel N adds -P N) and
 // ping (RTT avg, p50, p99), then prints the ratios c/a and c/b beside the
@@ -42,6 +49,7 @@ import (
 	"os/signal"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +67,7 @@ type options struct {
 	rounds   int
 	only     map[string]bool
 	profile  string
+	compare  string
 	hold     bool
 	verbose  bool
 }
@@ -72,19 +81,23 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
-	flag.StringVar(&only, "only", "a,b,c,r,v,t", "paths to measure: a (underlay), b (wireguard-go), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
+	flag.StringVar(&only, "only", "a,b,c,e,r,v,t", "paths to measure: a (underlay), b (wireguard-go host → host), e (wireguard-go container → container behind a bridge as weavewg's: the like-for-like of c; needs b), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) of the tunnel processes of b and c during the one-stream run into DIR, and print the top symbols")
+	flag.StringVar(&o.compare, "compare", "", "another weavewg binary (an earlier build, say): also measure c and t with it on hosts of their own (paths C and T), interleaved in the same rounds, and print C/c and T/t")
 	flag.BoolVar(&o.hold, "hold", false, "set the paths up, print their namespaces and addresses, and wait for Ctrl-C instead of measuring (for profiling by hand)")
 	flag.BoolVar(&o.verbose, "v", false, "log every step of the test bed to stderr")
 	flag.Parse()
 	o.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
 		p = strings.TrimSpace(p)
-		if !strings.Contains("abcdrvtu", p) || len(p) != 1 {
-			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, r, v, t, u)\n", p)
+		if !strings.Contains("abcdervtu", p) || len(p) != 1 {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, e, r, v, t, u)\n", p)
 			os.Exit(2)
 		}
 		o.only[p] = true
+	}
+	if o.only["e"] {
+		o.only["b"] = true // e is b's wireguard-go with containers added
 	}
 	if o.rounds < 1 || o.pings < 1 || o.dur < time.Second {
 		fmt.Fprintln(os.Stderr, "bench: --rounds and --pings must be ≥ 1, --time ≥ 1s")
@@ -98,6 +111,18 @@ func main() {
 		if _, err := exec.LookPath(tool); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %s is not installed (make bench installs it)\n", tool)
 			os.Exit(1)
+		}
+	}
+	if o.compare != "" {
+		if _, err := os.Stat(o.compare); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: --compare: %v\n", err)
+			os.Exit(2)
+		}
+		if o.only["c"] {
+			o.only["C"] = true
+		}
+		if o.only["t"] {
+			o.only["T"] = true
 		}
 	}
 	if o.profile != "" {
@@ -195,9 +220,18 @@ func run(tb *benchTB, o options) int {
 	if o.only["r"] {
 		h3 = bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{h2.UnderlayIP}})
 	}
-	var th trustedHosts
+	var th, thC trustedHosts
 	if o.only["t"] || o.only["v"] || o.only["u"] {
-		th = addTrustedHosts(bed)
+		th = addTrustedHosts(bed, "")
+	}
+	var cmp1, cmp2 *testbed.Host
+	if o.only["C"] {
+		pw := "bench-compare-" + bed.Prefix
+		cmp1 = bed.AddHost(testbed.HostOptions{NoLaunch: true, NoPeers: true, Password: pw, Binary: o.compare})
+		cmp2 = bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{cmp1.UnderlayIP}, Password: pw, Binary: o.compare})
+	}
+	if o.only["T"] {
+		thC = addTrustedHosts(bed, o.compare)
 	}
 
 	type path struct {
@@ -218,7 +252,7 @@ func run(tb *benchTB, o options) int {
 	}
 	if o.only["b"] {
 		progress("starting wireguard-go %s in both hosts …", rep.WireguardVersion)
-		nodes := startRef(tb, bed, wgBin, []*testbed.Host{h1, h2})
+		nodes := startRef(tb, bed, wgBin, []*testbed.Host{h1, h2}, o.only["e"])
 		if err := testbed.Poll(tb, 15*time.Second, "wireguard-go handshake", func() error {
 			return pingOnce(h1.Netns, nodes[1].Addr)
 		}); err != nil {
@@ -229,6 +263,17 @@ func run(tb *benchTB, o options) int {
 			srcNS: h1.Netns, dstNS: h2.Netns, dst: nodes[1].Addr,
 			pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} },
 			ref:  nodes})
+		if o.only["e"] {
+			if err := testbed.Poll(tb, 15*time.Second, "wireguard-go container ping", func() error {
+				return pingOnce(nodes[0].CNetns, nodes[1].CAddr)
+			}); err != nil {
+				tb.Fatalf("bench: reference containers: %v", err)
+			}
+			paths = append(paths, &path{key: "e", name: "wireguard-go container",
+				from: "h1e " + nodes[0].CAddr, to: "h2e " + nodes[1].CAddr,
+				srcNS: nodes[0].CNetns, dstNS: nodes[1].CNetns, dst: nodes[1].CAddr,
+				pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} }})
+		}
 	}
 	if wwg && cErr == nil {
 		progress("launching weavewg on both hosts, attaching a container to each …")
@@ -261,6 +306,21 @@ func run(tb *benchTB, o options) int {
 			}
 		})
 		daemons := func() []int { return []int{h1.Pid(), h2.Pid()} }
+		if cErr == nil && o.only["C"] {
+			cErr = try(func() {
+				cmp1.Launch()
+				cmp2.Launch()
+				bed.WaitMesh(60*time.Second, cmp1, cmp2)
+				k1, k2 := cmp1.AddContainer(), cmp2.AddContainer()
+				if err := k1.PingEventually(k2.Addr, 30*time.Second); err != nil {
+					tb.Fatalf("--compare: %v", err)
+				}
+				paths = append(paths, &path{key: "C", name: "weavewg (--compare)",
+					from: cmp1.Name + "c1 " + k1.Addr, to: cmp2.Name + "c1 " + k2.Addr,
+					srcNS: k1.Netns, dstNS: k2.Netns, dst: k2.Addr,
+					pids: func() []int { return []int{cmp1.Pid(), cmp2.Pid()} }})
+			})
+		}
 		if cErr == nil {
 			if o.only["c"] {
 				paths = append(paths, &path{key: "c", name: "weavewg",
@@ -309,6 +369,19 @@ func run(tb *benchTB, o options) int {
 			rep.Errors = append(rep.Errors, err.Error())
 		} else {
 			tpids := func() []int { return []int{th.a.Pid(), th.b.Pid()} }
+			if o.only["T"] {
+				progress("launching the --compare binary with --trusted-subnets on %s and %s …", thC.a, thC.b)
+				k1, k2, err := startTrusted(bed, thC)
+				if err != nil {
+					progress("trusted path of --compare not measured: %v", err)
+					rep.Errors = append(rep.Errors, "--compare: "+err.Error())
+				} else {
+					paths = append(paths, &path{key: "T", name: "weavewg vxlan (--compare)",
+						from: thC.a.Name + "c1 " + k1.Addr, to: thC.b.Name + "c1 " + k2.Addr,
+						srcNS: k1.Netns, dstNS: k2.Netns, dst: k2.Addr,
+						pids: func() []int { return []int{thC.a.Pid(), thC.b.Pid()} }})
+				}
+			}
 			if o.only["t"] {
 				paths = append(paths, &path{key: "t", name: "weavewg vxlan (trusted)",
 					from: th.a.Name + "c1 " + t1.Addr, to: th.b.Name + "c1 " + t2.Addr,
@@ -318,6 +391,28 @@ func run(tb *benchTB, o options) int {
 				paths = append(paths, &path{key: "u", name: "weavewg vxlan host → host",
 					from: th.a.Name + " " + hostAddr(th.a), to: th.b.Name + " " + hostAddr(th.b),
 					srcNS: th.a.Netns, dstNS: th.b.Netns, dst: hostAddr(th.b), pids: tpids})
+			}
+		}
+	}
+
+	// The baselines at weavewg's MTU: the reference wireguard-go and its
+	// containers at the TUN's, raw VXLAN at weavewg's VXLAN device's, so
+	// that each ratio compares data planes, not packet sizes.
+	if cErr == nil && (o.only["c"] || o.only["d"]) {
+		if mtu, err := bed.LinkMTU(h1.Netns, "weavewg0"); err == nil {
+			rep.MTU = mtu
+			for _, p := range paths {
+				for _, n := range p.ref {
+					setRefMTU(bed, n, mtu)
+				}
+			}
+		}
+	}
+	if o.only["v"] && (o.only["t"] || o.only["u"]) {
+		if mtu, err := bed.LinkMTU(th.a.Netns, "vxweavewg0"); err == nil && mtu != refMTU {
+			progress("raw VXLAN at weavewg's VXLAN MTU %d", mtu)
+			for _, h := range []*testbed.Host{th.a, th.b} {
+				bed.MustIP(h.Netns, "link", "set", "rvx0", "mtu", strconv.Itoa(mtu))
 			}
 		}
 	}

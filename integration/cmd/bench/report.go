@@ -112,6 +112,13 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 		add("c", den, "RTT p50", p50, tgtR, okR)
 		add("c", den, "RTT p99", p99, "", nil)
 	}
+	// The like-for-like of c: the reference with the same container hops.
+	add("c", "e", "throughput 1 stream", tcp1, "", nil)
+	add("c", "e", "throughput parallel", tcpn, "", nil)
+	add("c", "e", "RTT avg", avg, "", nil)
+	add("c", "e", "RTT p50", p50, "", nil)
+	add("e", "b", "throughput 1 stream", tcp1, "", nil)
+	add("e", "b", "RTT avg", avg, "", nil)
 	// The like-for-like of b (host to host, no container hops), when measured.
 	add("d", "b", "throughput 1 stream", tcp1, "", nil)
 	add("d", "b", "RTT avg", avg, "", nil)
@@ -127,6 +134,12 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	add("t", "v", "RTT avg", avg, "", nil)
 	add("t", "c", "throughput 1 stream", tcp1, "", nil)
 	add("u", "v", "throughput 1 stream", tcp1, "", nil)
+	// --compare: the other binary against this one, paired per round.
+	add("C", "c", "throughput 1 stream", tcp1, "", nil)
+	add("C", "c", "RTT avg", avg, "", nil)
+	add("C", "c", "RTT p50", p50, "", nil)
+	add("T", "t", "throughput 1 stream", tcp1, "", nil)
+	add("T", "t", "RTT avg", avg, "", nil)
 	// How much the reference itself costs against the wire, for context.
 	add("b", "a", "throughput 1 stream", tcp1, "", nil)
 	add("b", "a", "RTT avg", avg, "", nil)

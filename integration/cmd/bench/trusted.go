@@ -12,8 +12,8 @@ import (
 // own (a network of their own, so h1 and h2 stay as they are):
 //
 //	(v) raw kernel VXLAN: a plain vxlan device in each host namespace, VNI
-//	    42, UDP 4789, no learning, remote the other host, MTU 1420 (the
-//	    overlay's), 198.51.100.N/24 (outside the overlay range, which
+//	    42, UDP 4789, no learning, remote the other host, at the MTU of
+//	    weavewg's VXLAN device (main.go sets it), 198.51.100.N/24 (outside the overlay range, which
 //	    weavewg refuses to share with a local interface): host → host
 //	(t) weavewg with --trusted-subnets covering both underlay addresses:
 //	    container → container, which crosses weavewg's VXLAN device
@@ -26,15 +26,16 @@ type trustedHosts struct {
 	a, b *testbed.Host
 }
 
-// addTrustedHosts makes the two hosts (not launched).
-func addTrustedHosts(bed *testbed.Bed) trustedHosts {
+// addTrustedHosts makes the two hosts (not launched), running bin ("": the
+// bed's binary).
+func addTrustedHosts(bed *testbed.Bed, bin string) trustedHosts {
 	n := len(bed.Hosts())
 	ua := fmt.Sprintf("%s%d", testbed.UnderlayNet, n+1)
 	ub := fmt.Sprintf("%s%d", testbed.UnderlayNet, n+2)
 	args := []string{"--trusted-subnets", ua + "/32," + ub + "/32"}
-	pw := "bench-trusted-" + bed.Prefix
-	a := bed.AddHost(testbed.HostOptions{NoLaunch: true, NoPeers: true, Password: pw, Args: args})
-	b := bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{a.UnderlayIP}, Password: pw, Args: args})
+	pw := fmt.Sprintf("bench-trusted-%s%d", bed.Prefix, n)
+	a := bed.AddHost(testbed.HostOptions{NoLaunch: true, NoPeers: true, Password: pw, Args: args, Binary: bin})
+	b := bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{a.UnderlayIP}, Password: pw, Args: args, Binary: bin})
 	return trustedHosts{a, b}
 }
 

@@ -22,7 +22,8 @@ import (
 
 // The reference data plane: the stock wireguard-go binary of the module
 // version weavewg is built against, one per host namespace, configured over
-// its UAPI socket. Same MTU as weavewg, addresses in 203.0.113.0/24: outside
+// its UAPI socket. Made at wireguard-go's default MTU 1420, then set to
+// weavewg's TUN MTU once weavewg runs (setRefMTU), addresses in 203.0.113.0/24: outside
 // the overlay range, which weavewg refuses to share with a local
 // interface's subnet (daemon/config.go checkRangeFree); checkRefRoute makes
 // sure the reference traffic really takes the reference interface.
@@ -58,7 +59,9 @@ func buildWireguardGo(dir string) (path, version string, err error) {
 type refNode struct {
 	Netns   string
 	Iface   string
-	Addr    string // overlay address, 10.40.0.N
+	Addr    string // address on the wireguard-go interface, 203.0.113.N
+	CNetns  string // with containers: the container's namespace (path e)
+	CAddr   string // and its address, 203.0.113.100+N
 	Under   string // underlay address
 	Socket  string
 	priv    []byte
@@ -74,7 +77,13 @@ func (n *refNode) Pid() int { return n.cmd.Process.Pid }
 // startRef starts wireguard-go in each host's namespace, gives each its
 // address and MTU, and makes every pair peers with a common preshared key
 // (weavewg uses one too: the network secret).
-func startRef(tb *benchTB, bed *testbed.Bed, bin string, hosts []*testbed.Host) []*refNode {
+//
+// With containers, each host also gets what weavewg gives a container
+// (path e, the like-for-like of c): a bridge with proxy ARP (delay 0), a
+// veth pair at the tunnel's MTU into a namespace of its own with address
+// 203.0.113.100+N/24, a /32 route to it via the bridge, and the address
+// added to the host's AllowedIPs at its peers.
+func startRef(tb *benchTB, bed *testbed.Bed, bin string, hosts []*testbed.Host, containers bool) []*refNode {
 	psk := make([]byte, 32)
 	rand.Read(psk)
 	var nodes []*refNode
@@ -99,6 +108,10 @@ func startRef(tb *benchTB, bed *testbed.Bed, bin string, hosts []*testbed.Host) 
 			pub:     key.PublicKey().Bytes(),
 			logPath: bed.Path("wireguard-go-" + h.Name + ".log"),
 		}
+		if containers {
+			n.CNetns = h.Netns + "e"
+			n.CAddr = fmt.Sprintf("%s%d", refSubnet, 100+h.Index)
+		}
 		n.start(tb, bin)
 		nodes = append(nodes, n)
 	}
@@ -111,6 +124,9 @@ func startRef(tb *benchTB, bed *testbed.Bed, bin string, hosts []*testbed.Host) 
 			}
 			fmt.Fprintf(&cfg, "public_key=%s\npreshared_key=%s\nendpoint=%s:%d\nreplace_allowed_ips=true\nallowed_ip=%s/32\n",
 				hex.EncodeToString(o.pub), hex.EncodeToString(psk), o.Under, refPort, o.Addr)
+			if o.CAddr != "" {
+				fmt.Fprintf(&cfg, "allowed_ip=%s/32\n", o.CAddr)
+			}
 		}
 		if err := uapiSet(n.Socket, cfg.String()); err != nil {
 			tb.Fatalf("bench: configure %s: %v", n.Iface, err)
@@ -118,8 +134,46 @@ func startRef(tb *benchTB, bed *testbed.Bed, bin string, hosts []*testbed.Host) 
 		bed.MustIP(n.Netns, "addr", "add", n.Addr+"/24", "dev", n.Iface)
 		bed.MustIP(n.Netns, "link", "set", n.Iface, "mtu", strconv.Itoa(refMTU), "up")
 		tb.Logf("bench: wireguard-go %s in %s: %s/24 mtu %d, listening on %s:%d", n.Iface, n.Netns, n.Addr, refMTU, n.Under, refPort)
+		if n.CNetns != "" {
+			addRefContainer(tb, bed, n)
+		}
 	}
 	return nodes
+}
+
+// setRefMTU sets n's interface, and its container's veth and bridge, to mtu.
+func setRefMTU(bed *testbed.Bed, n *refNode, mtu int) {
+	m := strconv.Itoa(mtu)
+	bed.MustIP(n.Netns, "link", "set", n.Iface, "mtu", m)
+	if n.CNetns != "" {
+		bed.MustIP(n.Netns, "link", "set", "wbveth", "mtu", m)
+		bed.MustIP(n.Netns, "link", "set", "wbbr", "mtu", m)
+		bed.MustIP(n.CNetns, "link", "set", "ethe0", "mtu", m)
+	}
+}
+
+// addRefContainer puts n's container behind a bridge in n's namespace, as
+// weavewg attaches one (hostnet/attach_linux.go): flat /24 in the
+// container, proxy ARP on the bridge, host routes into the tunnel.
+func addRefContainer(tb *benchTB, bed *testbed.Bed, n *refNode) {
+	if err := bed.NewNetnsFast(n.CNetns); err != nil {
+		tb.Fatalf("bench: %v", err)
+	}
+	const br, host, ctr = "wbbr", "wbveth", "ethe0"
+	mtu := strconv.Itoa(refMTU)
+	bed.MustIP(n.Netns, "link", "add", br, "type", "bridge")
+	bed.MustIP(n.Netns, "link", "set", br, "mtu", mtu, "up")
+	bed.MustIP(n.Netns, "link", "add", host, "mtu", mtu, "type", "veth", "peer", "name", ctr, "mtu", mtu, "netns", n.CNetns)
+	bed.MustIP(n.Netns, "link", "set", host, "master", br, "up")
+	bed.MustIP(n.CNetns, "addr", "add", n.CAddr+"/24", "dev", ctr)
+	bed.MustIP(n.CNetns, "link", "set", ctr, "up")
+	bed.MustIP(n.Netns, "route", "add", n.CAddr+"/32", "dev", br)
+	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf." + br + ".proxy_arp=1", "net.ipv4.neigh." + br + ".proxy_delay=0"} {
+		if out, err := exec.Command("ip", "netns", "exec", n.Netns, "sysctl", "-q", "-w", kv).CombinedOutput(); err != nil {
+			tb.Fatalf("bench: sysctl %s in %s: %v: %s", kv, n.Netns, err, out)
+		}
+	}
+	tb.Logf("bench: wireguard-go container %s: %s/24 behind bridge %s", n.CNetns, n.CAddr, br)
 }
 
 func (n *refNode) start(tb *benchTB, bin string) {
