@@ -132,6 +132,8 @@ func TestEvictAndRotateSecret(t *testing.T) {
 	})
 	if st := h4.Status(); testbed.Established(st, "h1") || testbed.Established(st, "h2") {
 		t.Errorf("h4 still has an established control connection: %+v", st.Conns)
+	} else if len(st.Evicted) != 1 || st.Evicted[0].PublicKey != ev.PublicKey {
+		t.Errorf("h4 was not told of its eviction: %+v", st.Evicted)
 	}
 
 	// h5 goes down; h2 rotates the secret.
