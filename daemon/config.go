@@ -69,6 +69,9 @@ type Config struct {
 	// negative: never.
 	IdleAfter time.Duration
 
+	// ConnLimit is --conn-limit, the most control connections this peer
+	// holds (0: discovery.DefaultConnLimit; discovery/connlimit.go).
+	ConnLimit int
 	// ReclaimAfter, when positive, hands over the address space of peers
 	// unreachable that long, as rmpeer would (--reclaim-after).
 	ReclaimAfter time.Duration

@@ -207,7 +207,8 @@ type Daemon struct {
 	dns     *dns.Server // nil with --no-dns
 	mcast   *multicast  // nil when the host network cannot tap its bridge (tests)
 	ipam    *ipam.Allocator
-	nat     *nat.Manager // nil when the data plane has no socket of its own (tests)
+	ipamCh  gossipChannel // the ipam channel: anti-entropy goes to one peer (ipamAntiEntropy)
+	nat     *nat.Manager  // nil when the data plane has no socket of its own (tests)
 
 	recent recentLog // the last warnings and errors, for the report
 
@@ -305,6 +306,7 @@ func start(cfg Config) (*Daemon, error) {
 		SaveSecrets: func(st discovery.SecretState) error {
 			return saveSecretsFile(cfg.StateDir, st)
 		},
+		ConnLimit: cfg.ConnLimit,
 		Evictions: evictions,
 		SaveEvictions: func(recs []discovery.EvictRecord) error {
 			return saveEvictionsFile(cfg.StateDir, recs)
@@ -654,17 +656,20 @@ func (d *Daemon) reconcile() {
 	}
 	d.ipam.SetReserved(hostIPs)
 	if !maps.Equal(reachSet, d.reachableSet) {
-		newPeer := false
-		for k := range reachSet {
-			if !d.reachableSet[k] {
-				newPeer = true
+		// A peer that just arrived may lack the ring, or hold one that
+		// lacks ours: exchange at once rather than at the next round. Its
+		// control neighbours do (the ring broadcast reaches everyone); the
+		// other peers need not, or one join would cost a broadcast per
+		// peer, O(N²) messages (issue 18; sim's node loop does the same).
+		arrivedNeighbour := false
+		for _, p := range peers {
+			if p.Direct && reachSet[p.Key] && !d.reachableSet[p.Key] {
+				arrivedNeighbour = true
 			}
 		}
 		d.reachableSet = reachSet
 		d.ipam.SetPeers(reachable)
-		if newPeer {
-			// A peer that just arrived may lack the ring, or hold one that
-			// lacks ours: exchange at once rather than at the next round.
+		if arrivedNeighbour {
 			d.ipam.Gossip()
 		}
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -58,6 +59,7 @@ func (d *Daemon) openIPAM(open channelOpener) error {
 		return fmt.Errorf("ipam state %s: %w", path, err)
 	}
 	d.ipam = alloc
+	d.ipamCh = ch
 	st := alloc.Status()
 	switch {
 	case !st.Seed.IsZero():
@@ -141,7 +143,7 @@ func (d *Daemon) ipamTick(now time.Time) {
 	d.ipam.Tick()
 	d.ticks++
 	if d.ticks%antiEntropyTicks == 0 {
-		d.ipam.Gossip() // repairs ring updates lost on the way
+		d.ipamAntiEntropy()
 	}
 	if d.cfg.ReclaimAfter > 0 {
 		for _, p := range d.ipam.Reclaim(d.goneSince, d.cfg.ReclaimAfter) {
@@ -152,6 +154,32 @@ func (d *Daemon) ipamTick(now time.Time) {
 		d.reclaimEvicted(now)
 	}
 	d.releaseVanished(now)
+}
+
+// ipamAntiEntropy repairs ring updates lost on the way: it sends the ring
+// to one reachable peer chosen at random, which answers with whatever we
+// lack, so updates spread epidemically (a few rounds) while a round costs
+// each peer one message. A broadcast from every peer every round was N²
+// messages of the whole ring per round (issue 18; sim's node loop does
+// the same).
+func (d *Daemon) ipamAntiEntropy() {
+	if len(d.reachableSet) == 0 || d.ipamCh == nil {
+		return
+	}
+	msg := d.ipam.RingMessage()
+	if msg == nil {
+		return
+	}
+	i := rand.IntN(len(d.reachableSet))
+	for k := range d.reachableSet {
+		if i == 0 {
+			if err := d.ipamCh.Send(k, msg); err != nil {
+				d.log.Debug("ipam anti-entropy", "peer", k.Name(), "err", err)
+			}
+			return
+		}
+		i--
+	}
 }
 
 // trackLiveness records when each range owner was last reachable, for

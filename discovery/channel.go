@@ -259,6 +259,7 @@ func (ch *Channel) Broadcast(msg []byte) {
 	m.Sign(r.priv) // once: a broadcast's signature does not cover dst
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	for dst := range r.rt.nextHop {
 		m.Dst = dst
 		b, err := AppendChannelMessage(nil, m)
@@ -274,6 +275,10 @@ func (ch *Channel) Broadcast(msg []byte) {
 // dst's next hop.
 func (r *Router) forwardLocked(dst key.Public, wire []byte) bool {
 	nh, ok := r.rt.nextHop[dst]
+	if !ok && r.recomputePending {
+		r.freshLocked() // a route that records just brought
+		nh, ok = r.rt.nextHop[dst]
+	}
 	if !ok {
 		return false
 	}

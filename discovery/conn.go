@@ -215,11 +215,7 @@ func (c *conn) handle(m []byte) error {
 		if err != nil {
 			return err
 		}
-		r.mu.Lock()
-		if r.active[c.peer] == c {
-			r.applyRecordsLocked(c, recs)
-		}
-		r.mu.Unlock()
+		r.applyRecords(c, recs)
 	case msgKeepalive:
 		if len(m) != 1 {
 			return errTrailing
@@ -289,17 +285,33 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		done:     make(chan struct{}),
 	}
 	r.mu.Lock()
+	if !outbound && r.fullLocked(c.peer) {
+		// At the limit: refer the dialler to the mesh instead of a hello.
+		msgs := append([][]byte{{msgBusy}}, packRecords(r.allRecordsLocked())...)
+		r.mu.Unlock()
+		r.ctr.inc(CtrConnLimit)
+		for _, m := range msgs {
+			if err := c.writeMsg(m, 0); err != nil {
+				return nil, wrapTimeout(err)
+			}
+		}
+		return nil, errBusy
+	}
 	h := Hello{Port: r.port, RecordVersion: r.selfRec.Version, Nickname: r.selfRec.Nickname}
 	r.mu.Unlock()
 	if err := c.writeMsg(AppendHello(nil, &h), 0); err != nil {
 		return nil, wrapTimeout(err)
 	}
-	m, err := c.readMsg(make([]byte, maxFrame), nil)
+	buf := make([]byte, maxFrame)
+	m, err := c.readMsg(buf, nil)
 	if err != nil {
 		if errors.Is(err, errDecrypt) {
 			r.ctr.inc(CtrFrameDecryptFailed)
 		}
 		return nil, wrapTimeout(err)
+	}
+	if outbound && len(m) == 1 && m[0] == msgBusy {
+		return nil, r.readReferral(c, buf)
 	}
 	if len(m) == 0 || m[0] != msgHello {
 		r.ctr.inc(CtrMessageMalformed)
@@ -315,6 +327,27 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 	}
 	nc.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// readReferral takes the records a peer at its connection limit sends
+// after msgBusy, until it closes (within the handshake's deadline), and
+// returns errBusy.
+func (r *Router) readReferral(c *conn, buf []byte) error {
+	r.ctr.inc(CtrConnBusy)
+	var plain []byte
+	for {
+		m, err := c.readMsg(buf, plain)
+		if err != nil {
+			return errBusy
+		}
+		plain = m
+		recs, err := ParseRecordsMessage(m)
+		if err != nil {
+			r.ctr.inc(CtrMessageMalformed)
+			return fmt.Errorf("%w (then a malformed message: %v)", errBusy, err)
+		}
+		r.applyRecords(nil, recs)
+	}
 }
 
 func wrapTimeout(err error) error {

@@ -19,7 +19,8 @@ const (
 	CtrEstablished        = "control_established"            // connections that completed handshake + hello
 	CtrConnSelf           = "control_connection_self"        // connections to ourselves, closed
 	CtrConnDuplicate      = "control_connection_duplicate"   // duplicate connections to one peer, closed
-	CtrConnLimit          = "control_connection_limit"       // closed: MaxNeighbors established already
+	CtrConnLimit          = "control_connection_limit"       // inbound refused (referred to the mesh): at --conn-limit
+	CtrConnBusy           = "control_connection_busy"        // outbound answered "at its connection limit" by the peer
 	CtrConnClosed         = "control_connection_closed"      // established connections that ended
 	CtrDialFailed         = "control_dial_failed"            // TCP dial or resolution failures
 	CtrSendDropped        = "control_send_dropped"           // message dropped: connection send queue full
@@ -59,7 +60,7 @@ var counterNames = []string{
 	CtrHandshakeTimeout, CtrHandshakeBadSecret, CtrHandshakeRefused,
 	CtrFrameOversized, CtrFrameDecryptFailed, CtrMessageMalformed,
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
-	CtrConnLimit, CtrConnClosed, CtrDialFailed, CtrSendDropped,
+	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,

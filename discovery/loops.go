@@ -82,7 +82,7 @@ func (r *Router) logInboundFailure(ip string, err error) {
 	case errors.Is(err, errBadSecret):
 		r.logOnce(slog.LevelWarn, "in:"+ip, "secret",
 			"rejected control connection: it does not know this network's secret (different --password?)", "from", ip)
-	case errors.Is(err, errSelf), r.ctx.Err() != nil:
+	case errors.Is(err, errSelf), errors.Is(err, errBusy), r.ctx.Err() != nil:
 	default:
 		r.logOnce(slog.LevelInfo, "in:"+ip, failureClass(err),
 			"rejected control connection: handshake failed", "from", ip, "err", err.Error())

@@ -59,6 +59,9 @@ type Config struct {
 	SaveEvictions func([]EvictRecord) error
 	Logger        *slog.Logger     // nil: discard
 	Now           func() time.Time // nil: time.Now
+	// ConnLimit bounds this peer's control connections (--conn-limit);
+	// 0: DefaultConnLimit. connlimit.go says how peers are chosen.
+	ConnLimit int
 	// Network carries control connections; nil: the host's TCP stack.
 	Network Network
 	// Verify checks records' and channel messages' signatures; nil:
@@ -130,14 +133,20 @@ type tunables struct {
 	redialFast    time.Duration
 	redialFastFor time.Duration
 	keepalive     time.Duration // send a keepalive when idle this long
-	readTimeout   time.Duration // nothing received this long: close
-	writeTimeout  time.Duration
-	dialTimeout   time.Duration
-	resolveTimout time.Duration
-	handshake     time.Duration // handshake and hello must finish within it
-	hsRate        float64       // inbound handshakes per second per IP
-	hsBurst       float64
-	maxHandshakes int // inbound handshakes in progress at once
+	// recomputeDelay gathers the records of a flood into one route
+	// computation (scheduleRecomputeLocked).
+	recomputeDelay time.Duration
+	// selfPublishDelay gathers our connection changes into one version
+	// of our record (selfNeighborsChangedLocked).
+	selfPublishDelay time.Duration
+	readTimeout      time.Duration // nothing received this long: close
+	writeTimeout     time.Duration
+	dialTimeout      time.Duration
+	resolveTimout    time.Duration
+	handshake        time.Duration // handshake and hello must finish within it
+	hsRate           float64       // inbound handshakes per second per IP
+	hsBurst          float64
+	maxHandshakes    int // inbound handshakes in progress at once
 }
 
 func defaultTunables() tunables {
@@ -152,15 +161,17 @@ func defaultTunables() tunables {
 		redialFastFor: 30 * time.Second,
 		// A silent peer (cut off, not closed) is noticed within readTimeout;
 		// keepalives every 5 s keep an idle connection well inside it.
-		keepalive:     5 * time.Second,
-		readTimeout:   20 * time.Second,
-		writeTimeout:  10 * time.Second,
-		dialTimeout:   5 * time.Second,
-		resolveTimout: 5 * time.Second,
-		handshake:     handshakeTimeout,
-		hsRate:        5,
-		hsBurst:       20,
-		maxHandshakes: 64,
+		keepalive:        5 * time.Second,
+		recomputeDelay:   50 * time.Millisecond,
+		selfPublishDelay: 100 * time.Millisecond,
+		readTimeout:      20 * time.Second,
+		writeTimeout:     10 * time.Second,
+		dialTimeout:      5 * time.Second,
+		resolveTimout:    5 * time.Second,
+		handshake:        handshakeTimeout,
+		hsRate:           5,
+		hsBurst:          20,
+		maxHandshakes:    64,
 	}
 }
 
@@ -204,9 +215,14 @@ type Router struct {
 	targets map[string]*target    // by normalised HOST:PORT
 	dials   map[key.Public]*gossipDial
 	rt      routes
-	seenAt  map[key.Public]seen // where reachable peers see each peer
-	logged  map[string]string   // log-once: subject → last message logged
-	nextAE  time.Time
+	// recomputePending: records changed since rt was computed.
+	recomputePending bool
+	// publishPending: our connections changed since our record was
+	// last published.
+	publishPending bool
+	seenAt         map[key.Public]seen // where reachable peers see each peer
+	logged         map[string]string   // log-once: subject → last message logged
+	nextAE         time.Time
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 	evictionState // eviction records and the evicted set (guarded by mu)
@@ -224,6 +240,11 @@ type entry struct {
 	rec              Record
 	hello            Hello     // from our connection to it, if any
 	unreachableSince time.Time // zero while reachable
+	// lastIP is the last address a reachable peer reported seeing it at:
+	// a peer cut off from the mesh still knows where to dial (connlimit.go).
+	// Our own connections do not set it, so a forgotten target is not
+	// redialled on its own word.
+	lastIP netip.Addr
 }
 
 type tomb struct {
@@ -252,6 +273,12 @@ func New(cfg Config) (*Router, error) {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
+	}
+	switch {
+	case cfg.ConnLimit == 0:
+		cfg.ConnLimit = DefaultConnLimit
+	case cfg.ConnLimit < 0 || cfg.ConnLimit > MaxNeighbors:
+		return nil, fmt.Errorf("discovery: connection limit %d: 1-%d", cfg.ConnLimit, MaxNeighbors)
 	}
 	if cfg.Network == nil {
 		cfg.Network = tcpNetwork{}
@@ -431,6 +458,7 @@ func (r *Router) nudge() {
 func (r *Router) Peers() []Peer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	out := make([]Peer, 0, len(r.recs))
 	for k, e := range r.recs {
 		p := Peer{
@@ -522,6 +550,11 @@ func (r *Router) indexSeenAtLocked() {
 		}
 	}
 	r.seenAt = idx
+	for k, sn := range idx {
+		if e := r.recs[k]; e != nil {
+			e.lastIP = sn.ip
+		}
+	}
 }
 
 // NextHop is the first hop on the route to dst: dst itself when the best
@@ -530,6 +563,7 @@ func (r *Router) indexSeenAtLocked() {
 func (r *Router) NextHop(dst key.Public) (key.Public, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	k, ok := r.rt.nextHop[dst]
 	return k, ok
 }
@@ -539,6 +573,7 @@ func (r *Router) NextHop(dst key.Public) (key.Public, bool) {
 func (r *Router) Route(dst key.Public) []key.Public {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.freshLocked()
 	return r.rt.path(dst)
 }
 

@@ -36,9 +36,29 @@ func (r *Router) copySelf() *Record {
 	return &rec
 }
 
-// selfNeighborsChangedLocked rebuilds our neighbor list from the active connections
-// and publishes a new version of our record to everyone.
+// selfNeighborsChangedLocked publishes our neighbor list, rebuilt from the
+// active connections, selfPublishDelay from now: the connections a peer
+// makes or loses together (joining, a partition) go out as one new version
+// of its record, not one each, for a flood of every version reaches every
+// peer.
 func (r *Router) selfNeighborsChangedLocked() {
+	if r.publishPending || r.closed {
+		return
+	}
+	r.publishPending = true
+	time.AfterFunc(r.tun.selfPublishDelay, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.publishPending && !r.closed {
+			r.publishNeighborsLocked()
+		}
+	})
+}
+
+// publishNeighborsLocked rebuilds our neighbor list from the active
+// connections and publishes a new version of our record to everyone.
+func (r *Router) publishNeighborsLocked() {
+	r.publishPending = false
 	nb := make([]Neighbor, 0, len(r.active))
 	for k, c := range r.active {
 		nb = append(nb, Neighbor{Key: k, IP: c.remote.Addr(), Established: true})
@@ -51,9 +71,82 @@ func (r *Router) selfNeighborsChangedLocked() {
 	r.nudge()
 }
 
+// applyRecords merges records received on c (nil: a referral, readReferral)
+// like applyRecordsLocked, but checks signatures outside the router's lock:
+// a new connection's full state or a flood brings many new records, and
+// one verification each under the lock would stall every other connection
+// (in simulation at 60 peers, long enough for handshakes to time out).
+func (r *Router) applyRecords(c *conn, recs []Record) {
+	r.mu.Lock()
+	if r.closed || c != nil && r.active[c.peer] != c {
+		r.mu.Unlock()
+		return
+	}
+	var check []int
+	for i := range recs {
+		if r.wantsLocked(&recs[i]) {
+			check = append(check, i)
+		}
+	}
+	r.mu.Unlock()
+	verified := make([]sigCheck, len(recs))
+	for _, i := range check {
+		verified[i] = sigBad
+		if r.verified(&recs[i]) {
+			verified[i] = sigGood
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || c != nil && r.active[c.peer] != c {
+		return
+	}
+	r.mergeRecordsLocked(c, recs, verified)
+}
+
+// wantsLocked reports whether rec would change our table if its signature
+// checks.
+func (r *Router) wantsLocked(rec *Record) bool {
+	if rec.Version > uint64(r.now().Add(MaxVersionAhead).UnixNano()) {
+		return false // dropped and counted by mergeRecordsLocked
+	}
+	if rec.Key == r.self {
+		return rec.Version > r.selfRec.Version
+	}
+	if rec.Version == 0 || r.isEvictedLocked(rec.Key) {
+		return false
+	}
+	if t, ok := r.tombs[rec.Key]; ok && rec.Version <= t.version {
+		return false
+	}
+	e := r.recs[rec.Key]
+	return e == nil || rec.Version > e.rec.Version
+}
+
 // applyRecordsLocked merges records received from conn from (nil: local) and
 // forwards the ones that changed our table to every other connection.
 func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
+	r.mergeRecordsLocked(from, recs, nil)
+}
+
+// sigCheck is the outcome of a signature check done before merging.
+type sigCheck int8
+
+const (
+	sigUnchecked sigCheck = iota
+	sigGood
+	sigBad // counted and logged already
+)
+
+// mergeRecordsLocked is applyRecordsLocked; verified[i] is what a check of
+// recs[i]'s signature found before (nil: none was checked).
+func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigCheck) {
+	checked := func(i int) bool {
+		if verified != nil && verified[i] != sigUnchecked {
+			return verified[i] == sigGood
+		}
+		return r.verifiedLocked(&recs[i])
+	}
 	r.ctr.add(CtrRecordsReceived, uint64(len(recs)))
 	var changed []*Record
 	limit := uint64(r.now().Add(MaxVersionAhead).UnixNano())
@@ -69,7 +162,7 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 			// A record of ours with a version at least as high as the
 			// current one comes from a previous run whose clock was ahead.
 			// Jump past it so that our current state wins everywhere.
-			if rec.Version > r.selfRec.Version && r.verifiedLocked(rec) {
+			if rec.Version > r.selfRec.Version && checked(i) {
 				r.selfRec.Version = rec.Version
 				r.bumpSelfLocked()
 				changed = append(changed, r.copySelf())
@@ -91,7 +184,7 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 		if e != nil && rec.Version <= e.rec.Version {
 			continue
 		}
-		if !r.verifiedLocked(rec) {
+		if !checked(i) {
 			continue
 		}
 		if e == nil && len(r.recs) >= MaxPeers {
@@ -111,22 +204,64 @@ func (r *Router) applyRecordsLocked(from *conn, recs []Record) {
 	if len(changed) == 0 {
 		return
 	}
-	r.recomputeLocked()
+	r.scheduleRecomputeLocked()
 	r.floodLocked(from, changed)
-	r.nudge()
 }
 
-// verifiedLocked checks rec's signature by its owner, counting and logging
-// (once per peer) a failure. Only records that would change the table are
-// checked, so anti-entropy's repeats cost nothing.
-func (r *Router) verifiedLocked(rec *Record) bool {
+// scheduleRecomputeLocked recomputes routes recomputeDelay from now, once
+// for however many records arrive meanwhile (a flood brings them one
+// message at a time), and then nudges Changes. Peers, NextHop and Route
+// recompute at once if one is pending, so their answers are never stale;
+// channel forwarding uses the routes as they are until then.
+func (r *Router) scheduleRecomputeLocked() {
+	if r.recomputePending || r.closed {
+		return
+	}
+	r.recomputePending = true
+	time.AfterFunc(r.tun.recomputeDelay, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.recomputePending && !r.closed {
+			r.recomputeLocked()
+			r.nudge()
+		}
+	})
+}
+
+// freshLocked recomputes the routes if records changed since the last
+// computation.
+func (r *Router) freshLocked() {
+	if r.recomputePending {
+		r.recomputeLocked()
+	}
+}
+
+// verified checks rec's signature by its owner, counting and logging (once
+// per peer) a failure. Only records that would change the table are
+// checked, so anti-entropy's repeats cost nothing. Called without r.mu.
+func (r *Router) verified(rec *Record) bool {
 	if err := r.cfg.Verify(rec.Key, recordDomain, AppendRecord(nil, rec), &rec.Sig); err != nil {
-		r.ctr.inc(CtrRecordsBadSig)
-		r.logOnceLocked(slog.LevelWarn, "badsig:"+rec.Key.Name(), "", "dropping a peer record whose signature does not check: a member is forging records",
-			"peer", rec.Key.Name())
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.badSigLocked(rec)
 		return false
 	}
 	return true
+}
+
+// verifiedLocked is verified with r.mu held.
+func (r *Router) verifiedLocked(rec *Record) bool {
+	if err := r.cfg.Verify(rec.Key, recordDomain, AppendRecord(nil, rec), &rec.Sig); err != nil {
+		r.badSigLocked(rec)
+		return false
+	}
+	return true
+}
+
+func (r *Router) badSigLocked(rec *Record) {
+	r.ctr.inc(CtrRecordsBadSig)
+	r.logOnceLocked(slog.LevelWarn, "badsig:"+rec.Key.Name(), "", "dropping a peer record whose signature does not check: a member is forging records",
+		"peer", rec.Key.Name())
 }
 
 // floodLocked queues recs to every active connection except skip.
@@ -146,8 +281,8 @@ func (r *Router) floodLocked(skip *conn, recs []*Record) {
 	}
 }
 
-// sendFullStateLocked queues every record we hold to c.
-func (r *Router) sendFullStateLocked(c *conn) {
+// allRecordsLocked returns copies of every record we hold, ours first.
+func (r *Router) allRecordsLocked() []*Record {
 	recs := make([]*Record, 0, len(r.recs))
 	recs = append(recs, r.copySelf())
 	for k, e := range r.recs {
@@ -157,6 +292,12 @@ func (r *Router) sendFullStateLocked(c *conn) {
 		rec := e.rec
 		recs = append(recs, &rec)
 	}
+	return recs
+}
+
+// sendFullStateLocked queues every record we hold to c.
+func (r *Router) sendFullStateLocked(c *conn) {
+	recs := r.allRecordsLocked()
 	r.ctr.add(CtrRecordsSent, uint64(len(recs)))
 	for _, m := range packRecords(recs) {
 		c.queue(m)
@@ -170,6 +311,7 @@ func (r *Router) recomputeLocked() {
 	for k, e := range r.recs {
 		recs[k] = &e.rec
 	}
+	r.recomputePending = false
 	old := r.rt
 	r.rt = computeRoutes(r.self, buildAdjacency(recs))
 	r.indexSeenAtLocked()
@@ -253,7 +395,9 @@ func (r *Router) addConnLocked(c *conn) error {
 		r.log.Debug("closing duplicate control connection", "peer", c.peer.Name(), "addr", old.addr)
 		delete(r.active, c.peer)
 		old.close()
-	} else if len(r.active) >= MaxNeighbors {
+	} else if len(r.active) >= MaxNeighbors || c.target == nil && len(r.active) >= r.cfg.ConnLimit {
+		// Only connections the user asked for (targets) go past the
+		// limit (connlimit.go).
 		return errTooManyConns
 	}
 	r.active[c.peer] = c

@@ -51,6 +51,7 @@ func (t *target) wakeUp() {
 // Router.mu.
 type gossipDial struct {
 	inFlight bool
+	bridge   bool // to an unreachable peer: backoff capped at bridgeBackoffMax
 	next     time.Time
 	backoff  time.Duration
 }
@@ -199,17 +200,22 @@ func (r *Router) startTargetLocked(t *target) {
 	go r.runTarget(t)
 }
 
-// satisfied reports whether another connection to the peer t reached last
-// is established, so t need not dial.
+// targetSatisfied reports whether t need not dial: another connection to
+// the peer t reached last is established, or that peer is reachable through
+// the mesh while this peer holds the connections gossip dials aim for (a
+// peer at its connection limit refuses more; connlimit.go).
 func (r *Router) targetSatisfied(t *target) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if t.peer.IsZero() {
 		return false
 	}
-	c := r.active[t.peer]
-	if c != nil && c.target != t {
+	if c := r.active[t.peer]; c != nil && c.target != t {
 		t.state, t.err, t.nickname = StateEstablished, "", c.hello.Nickname
+		return true
+	}
+	if _, reach := r.rt.hops[t.peer]; reach && r.active[t.peer] == nil && len(r.active) >= r.connWant() {
+		t.state, t.err = StateEstablished, ""
 		return true
 	}
 	return false
@@ -221,11 +227,17 @@ func (r *Router) runTarget(t *target) {
 	var lost time.Time // when an established connection of t's last ended
 	for {
 		for r.targetSatisfied(t) {
+			// Woken when its peer's connection ends; rechecked every
+			// tick for reachability and our connection count.
+			timer := time.NewTimer(r.tun.tick)
 			select {
 			case <-t.ctx.Done():
+				timer.Stop()
 				return
 			case <-t.wake:
+			case <-timer.C:
 			}
+			timer.Stop()
 		}
 		if t.ctx.Err() != nil {
 			return
@@ -308,6 +320,10 @@ func (r *Router) targetFailed(t *target, err error) {
 		msg = "control connection refused by peer: it does not know our network secret (different --password?)"
 	case errors.Is(err, errSelf):
 		msg = "connection target is this peer itself; not connecting to ourselves"
+	case errors.Is(err, errBusy):
+		r.logOnceLocked(slog.LevelInfo, "target:"+t.addr, "busy", "control target is at its connection limit; connecting to the peers it told us of instead", "addr", t.addr)
+		r.nudge()
+		return
 	default:
 		msg = "cannot connect to control target"
 	}
@@ -350,6 +366,8 @@ func (r *Router) countHandshakeFailure(err error, outbound bool) {
 	case errors.Is(err, errSelf):
 		r.ctr.inc(CtrConnSelf)
 		return
+	case errors.Is(err, errBusy):
+		return // counted by readReferral
 	case errors.Is(err, context.Canceled), errors.Is(err, net.ErrClosed):
 		return
 	case errors.Is(err, errTimeout):
@@ -362,43 +380,6 @@ func (r *Router) countHandshakeFailure(err error, outbound bool) {
 		r.ctr.inc(CtrFrameOversized)
 	}
 	r.ctr.inc(CtrHandshakeFailed)
-}
-
-// gossipDialsLocked starts a dial to every peer in the table we have no
-// connection to, whose endpoint we know, and that no target is handling.
-func (r *Router) gossipDialsLocked(now time.Time) {
-	covered := map[key.Public]bool{}
-	for _, t := range r.targets {
-		if !t.peer.IsZero() {
-			covered[t.peer] = true
-		}
-	}
-	for k, e := range r.recs {
-		if k == r.self || covered[k] {
-			continue
-		}
-		d := r.dials[k]
-		if r.active[k] != nil {
-			if d != nil && !d.inFlight {
-				delete(r.dials, k)
-			}
-			continue
-		}
-		ep, _ := r.endpointLocked(k, e)
-		if !ep.IsValid() {
-			continue
-		}
-		if d == nil {
-			d = &gossipDial{backoff: r.tun.backoffMin}
-			r.dials[k] = d
-		}
-		if d.inFlight || now.Before(d.next) {
-			continue
-		}
-		d.inFlight = true
-		r.wg.Add(1)
-		go r.gossipDial(k, ep)
-	}
 }
 
 func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
@@ -423,6 +404,9 @@ func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
 		d.backoff = r.tun.backoffMin
 	} else {
 		d.backoff = min(2*d.backoff, r.tun.backoffMax)
+		if d.bridge {
+			d.backoff = min(d.backoff, bridgeBackoffMax)
+		}
 	}
 	d.next = r.now().Add(r.jitter(d.backoff))
 }

@@ -347,10 +347,20 @@ func (s *Server) loop(stop chan struct{}) {
 }
 
 // Tick expires old tombstones and unreachable peers' entries and broadcasts
-// the whole table (anti-entropy). Start calls it every GossipInterval.
+// this peer's own entries, tombstones included (anti-entropy). Start calls
+// it every GossipInterval.
 func (s *Server) Tick() {
 	s.table.Expire(s.cfg.Now())
-	s.broadcast(MsgState, s.table.All())
+	// Only our own entries: receivers take no others (HandleMessage), so
+	// the rest of the table was N² bytes per round for nothing. Copies of
+	// another peer's entries reach it when it arrives (SetReachable).
+	var own []Entry
+	for _, e := range s.table.All() {
+		if e.Owner == s.cfg.Self {
+			own = append(own, e)
+		}
+	}
+	s.broadcast(MsgState, own)
 }
 
 // SetTransport sets (or replaces) the gossip transport.
@@ -481,6 +491,7 @@ func (s *Server) SetReachable(peers []key.Public) {
 	now := make(map[key.Public]bool, len(peers))
 	arrived := false
 	s.mu.Lock()
+	prev := s.reach
 	for _, p := range peers {
 		now[p] = true
 		if p != s.cfg.Self && !s.reach[p] {
@@ -489,9 +500,46 @@ func (s *Server) SetReachable(peers []key.Public) {
 	}
 	s.reach = now
 	s.mu.Unlock()
-	if arrived {
-		s.broadcast(MsgState, s.table.All())
+	if !arrived {
+		return
 	}
+	tb := s.transport.Load()
+	if tb == nil {
+		return
+	}
+	sender, ok := tb.t.(Sender)
+	if !ok {
+		s.broadcast(MsgState, s.table.All())
+		return
+	}
+	// Each arrival gets only what it can take (HandleMessage): our own
+	// entries, and the copies we hold of its entries, so it buries stale
+	// ones of a previous run. One join costs a message per peer, where a
+	// broadcast of the table from every peer cost N² (issue 18).
+	all := s.table.All()
+	for _, p := range peers {
+		if p == s.cfg.Self || prev[p] {
+			continue
+		}
+		var es []Entry
+		for _, e := range all {
+			if e.Owner == s.cfg.Self || e.Owner == p {
+				es = append(es, e)
+			}
+		}
+		for _, m := range AppendMessages(MsgState, es) {
+			if sender.Send(p, m) == nil {
+				s.c.gossipSent.Add(1)
+			}
+		}
+	}
+}
+
+// Sender is implemented by a Transport that can also send to one peer
+// (discovery's channels can). With it, a peer that becomes reachable is
+// sent what it can take instead of the whole table going to everyone.
+type Sender interface {
+	Send(to key.Public, msg []byte) error
 }
 
 // RemovePeer withdraws the names of a peer that left or became unreachable.

@@ -22,6 +22,8 @@ type Config struct {
 	// dials first). Keys come from crypto/rand, so runs with one seed
 	// follow the same script but not the same topology.
 	Seed uint64
+	// ConnLimit is each router's --conn-limit; 0 takes discovery's default.
+	ConnLimit int
 	// Range is the overlay range (default 10.32.0.0/12).
 	Range netip.Prefix
 	// Logger receives every part's logs, tagged with the node; nil: none.
@@ -78,14 +80,15 @@ func (c *Cluster) Join() (*Node, error) {
 	c.mu.Lock()
 	i := len(c.nodes)
 	cfg := nodeConfig{
-		index:   i,
-		ip:      hostIP(i),
-		secret:  c.secret,
-		rng:     c.cfg.Range,
-		network: c.Net,
-		verify:  c.Verify.Verify,
-		seed:    i == 0,
-		logger:  c.cfg.Logger,
+		index:     i,
+		ip:        hostIP(i),
+		secret:    c.secret,
+		rng:       c.cfg.Range,
+		network:   c.Net,
+		verify:    c.Verify.Verify,
+		connLimit: c.cfg.ConnLimit,
+		seed:      i == 0,
+		logger:    c.cfg.Logger,
 	}
 	g := 0
 	if i > 0 {

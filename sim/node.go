@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,8 @@ type Node struct {
 	IPAM   *ipam.Allocator
 	DNS    *dns.Server
 
+	ipamCh *discovery.Channel
+
 	addr  atomic.Pointer[netip.Addr] // its container's address, once allocated
 	done  chan struct{}
 	wg    sync.WaitGroup
@@ -64,6 +67,7 @@ type nodeConfig struct {
 	rng       netip.Prefix
 	network   *Network
 	verify    discovery.Verifier
+	connLimit int
 	seed      bool // creates the network: owns the whole range
 	bootstrap []netip.AddrPort
 	logger    *slog.Logger
@@ -95,6 +99,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		Port:       ControlPort,
 		ListenAddr: nd.Endpoint().String(),
 		Range:      cfg.rng,
+		ConnLimit:  cfg.connLimit,
 		Network:    cfg.network.Host(cfg.ip),
 		Verify:     cfg.verify,
 		Logger:     nd.log.With("part", "discovery"),
@@ -121,6 +126,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 	}
 	alloc, err = ipam.Open(ipam.Config{
 		Self:      nd.Key,
+		Private:   priv,
 		Range:     cfg.rng,
 		NoSync:    true,
 		Transport: ipamCh,
@@ -131,6 +137,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		return nil, err
 	}
 	nd.IPAM = alloc
+	nd.ipamCh = ipamCh
 	names, err = dns.New(dns.Config{
 		Self:           nd.Key,
 		Upstreams:      []string{"192.0.2.53"}, // never asked: the simulation only gossips
@@ -202,7 +209,7 @@ func (nd *Node) loop() {
 			nd.IPAM.Tick()
 			nd.ticks++
 			if nd.ticks%antiEntropyTicks == 0 {
-				nd.IPAM.Gossip()
+				nd.ipamAntiEntropy()
 			}
 			if nd.ticks%dnsTicks == 0 {
 				nd.DNS.Tick()
@@ -216,31 +223,58 @@ func (nd *Node) loop() {
 	}
 }
 
-// reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does.
+// reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does;
+// the ring goes out at once when a control neighbour arrives.
 func (nd *Node) reconcile() {
 	var reachable []key.Public
 	set := map[key.Public]bool{}
-	for _, p := range nd.Router.Peers() {
+	peers := nd.Router.Peers()
+	for _, p := range peers {
 		if p.Self || !p.Reachable {
 			continue
 		}
 		reachable = append(reachable, p.Key)
 		set[p.Key] = true
 	}
-	changed, arrived := len(set) != len(nd.reach), false
+	changed, arrivedNeighbour := len(set) != len(nd.reach), false
 	for k := range set {
 		if !nd.reach[k] {
-			changed, arrived = true, true
+			changed = true
 		}
 	}
 	if changed {
+		for _, p := range peers {
+			if p.Direct && set[p.Key] && !nd.reach[p.Key] {
+				arrivedNeighbour = true
+			}
+		}
 		nd.reach = set
 		nd.IPAM.SetPeers(reachable)
-		if arrived {
+		if arrivedNeighbour {
 			nd.IPAM.Gossip()
 		}
 	}
 	nd.DNS.SetReachable(reachable)
+}
+
+// ipamAntiEntropy sends the ring to one reachable peer chosen at random
+// (daemon.ipamAntiEntropy).
+func (nd *Node) ipamAntiEntropy() {
+	if len(nd.reach) == 0 {
+		return
+	}
+	msg := nd.IPAM.RingMessage()
+	if msg == nil {
+		return
+	}
+	i := rand.IntN(len(nd.reach))
+	for k := range nd.reach {
+		if i == 0 {
+			nd.ipamCh.Send(k, msg)
+			return
+		}
+		i--
+	}
 }
 
 // attach gives the node's container an address and a name, as `weavewg

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/weavewg/weavewg/daemon"
+	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 )
@@ -62,6 +63,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:6782, or an underlay address (default: off; always on the API socket). The overlay reaches the host only after 'weavewg expose'"},
 		&cli.StringFlag{Name: "trusted-subnets", Usage: "underlay subnets, CIDR,... (e.g. 192.168.1.0/24), where traffic between two peers that both have an address in them goes UNENCRYPTED through kernel VXLAN on UDP --port+1 (6784); every other pair stays on WireGuard"},
 		&cli.StringFlag{Name: "datapath", Value: daemon.DatapathAuto, Usage: "what carries WireGuard packets: kernel (the kernel's WireGuard device on --port for peers with a direct path; relayed peers, STUN and relay frames stay in userspace on --port+2, steered there by an nftables table), userspace (wireguard-go for every peer), or auto (kernel when the kernel can create a wireguard link, else userspace)"},
+		&cli.IntFlag{Name: "conn-limit", Value: discovery.DefaultConnLimit, Usage: "most control connections this peer holds (Weave Net's flag). A mesh of up to half this many peers plus one is a full mesh; in a larger one each peer holds half to all of this many, chosen to keep the mesh well connected, and gossip crosses several hops. Peers given on the command line are dialled even past it"},
 		&cli.DurationFlag{Name: "reclaim-after", Usage: "take over the address space of peers unreachable this long (e.g. 24h; default off)"},
 		&cli.BoolFlag{Name: "multicast-link-local", Usage: "also replicate link-local multicast (224.0.0.0/24, e.g. mDNS) to the other hosts with containers; by default it stays on its host"},
 		&cli.DurationFlag{Name: "idle-after", Value: reach.DefaultIdleAfter, Usage: "a pair of hosts that carried no container traffic this long stops its path probes, keepalives and NAT traversal until its next packet, so an idle mesh costs little however large (0: never)"},
@@ -95,6 +97,9 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		return err
 	}
 	var hostIP netip.Prefix
+	if n := c.Int("conn-limit"); n < 1 || n > discovery.MaxNeighbors {
+		return fmt.Errorf("--conn-limit %d: want 1 to %d", n, discovery.MaxNeighbors)
+	}
 	if s := c.String("host-ip"); s != "" {
 		if hostIP, err = netip.ParsePrefix(s); err != nil {
 			return fmt.Errorf("--host-ip %q: want an address with prefix length, e.g. 10.32.0.1/12", s)
@@ -140,6 +145,7 @@ func runDaemon(c *cli.Context, peers []string, adm *daemon.Admission) error {
 		Datapath:           c.String("datapath"),
 		ReclaimAfter:       c.Duration("reclaim-after"),
 		IdleAfter:          idleAfterFlag(c.Duration("idle-after")),
+		ConnLimit:          c.Int("conn-limit"),
 		NoDNS:              c.Bool("no-dns"),
 		MulticastLinkLocal: c.Bool("multicast-link-local"),
 		DNSDomain:          c.String("dns-domain"),

@@ -58,6 +58,7 @@ type result struct {
 func main() {
 	ns := flag.String("n", "100,300,1000", "comma-separated mesh sizes")
 	timeout := flag.Duration("timeout", 120*time.Second, "give up on a convergence after this long")
+	connLimit := flag.Int("conn-limit", 0, "each router's --conn-limit (0: the default)")
 	seed := flag.Uint64("seed", 1, "seed of the random choices")
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	flag.Parse()
@@ -75,7 +76,7 @@ func main() {
 	failed := false
 	for _, n := range sizes {
 		fmt.Fprintf(os.Stderr, "simbench: N=%d ...\n", n)
-		r := run(n, *seed, *timeout)
+		r := run(n, *seed, *connLimit, *timeout)
 		for _, c := range r.Changes {
 			if c.Err != "" {
 				failed = true
@@ -110,9 +111,9 @@ func measureVerify() time.Duration {
 	return time.Since(start) / rounds
 }
 
-func run(n int, seed uint64, timeout time.Duration) result {
+func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
 	res := result{N: n}
-	c := sim.New(sim.Config{Seed: seed})
+	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit})
 	defer c.Close()
 	measure := func(name string, do func() error) {
 		m0, b0 := c.Traffic()

@@ -1,0 +1,257 @@
+package discovery
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// Connection limit (--conn-limit, Config.ConnLimit).
+//
+// A peer holds at most ConnLimit control connections; connections a user
+// asked for (Connect targets) are dialled whatever the count, everything
+// else is refused beyond it. Gossip dials aim lower, at half the limit
+// (connWant): a peer that has fewer connections than that dials peers it
+// learned through gossip; a peer accepts until the full limit. Since no
+// peer dials past connWant, the edges number at most N·connWant, the mean
+// degree is at most ConnLimit, and a newcomer always finds peers with room
+// (each record lists its owner's neighbours, so full peers are not asked).
+// Meshes of up to connWant+1 peers stay full meshes, as before the limit.
+//
+// Which peers: unreachable ones first (they bridge a partition), then each
+// peer's own pseudo-random order of the others (a hash of both keys), so
+// the graph is a random graph of minimum degree connWant: connected with
+// overwhelming probability, diameter about log N / log connWant (2-3 hops
+// at 1,000 peers and the default). Records list at most ConnLimit
+// neighbours, so a record costs O(ConnLimit), not O(N), and one peer's
+// change floods O(N·ConnLimit) record messages in total.
+//
+// Bridges: a peer at connWant or more does not dial, so two parts of a
+// mesh that were cut apart and can reach each other again would stay apart.
+// While known peers are unreachable, the bridgeCount peers of each part
+// that come first in an order every peer computes alike (a hash of the key)
+// and have room dial bridgeCount of the unreachable peers each (failed ones
+// retried at most every bridgeBackoffMax), so a heal is repaired by a few
+// connections, not by every peer dialling every peer it lost.
+//
+// A peer at its limit still completes the handshake of an inbound
+// connection, then answers with msgBusy instead of a hello, followed by
+// every record it holds, and closes. The dialler learns the mesh from it
+// and dials peers with room; its target to the full peer counts as
+// satisfied while that peer is reachable and the dialler holds connWant
+// connections, so `join` with one bootstrap endpoint works at any size.
+
+// DefaultConnLimit is the default of --conn-limit. Thirty keeps meshes of
+// up to 16 peers full meshes (every pair direct, as the data plane's relay
+// and STUN choices prefer) and makes each peer hold 15-30 connections in a
+// larger mesh: 1,000 peers are 2-3 hops apart, a record is at most 1.5 KB,
+// and one change costs about 20 record messages per peer (bench-scale).
+const DefaultConnLimit = 30
+
+const (
+	// bridgeCount is how many peers of each part dial across, and how
+	// many peers each of them dials.
+	bridgeCount = 2
+	// bridgeBackoffMax caps the backoff of dials to unreachable peers:
+	// a partition's heal waits for the next of them.
+	bridgeBackoffMax = 4 * time.Second
+	// msgBusy replaces the hello of a peer at its connection limit; the
+	// records messages that follow hold every record it knows.
+	msgBusy byte = 5
+)
+
+// errBusy is what a dialler gets from a peer at its connection limit.
+var errBusy = errors.New("peer is at its connection limit (--conn-limit); learned the mesh from it")
+
+// connWant is how many connections gossip dials aim for.
+func (r *Router) connWant() int { return (r.cfg.ConnLimit + 1) / 2 }
+
+// fullLocked reports whether an inbound connection from peer would exceed
+// the limit (a second connection to a connected peer is a duplicate,
+// resolved elsewhere).
+func (r *Router) fullLocked(peer key.Public) bool {
+	return r.active[peer] == nil && len(r.active) >= r.cfg.ConnLimit
+}
+
+// dialRank is self's pseudo-random preference for dialling k: lower first.
+func dialRank(self, k key.Public) uint64 {
+	return splitmix64(binary.BigEndian.Uint64(self[:8])*0x9e3779b97f4a7c15 ^ binary.BigEndian.Uint64(k[:8]))
+}
+
+// bridgeRank orders peers the same way on every peer.
+func bridgeRank(k key.Public) uint64 { return splitmix64(binary.BigEndian.Uint64(k[8:16])) }
+
+// establishedNeighbors counts the neighbours a record lists as established.
+func establishedNeighbors(rec *Record) int {
+	n := 0
+	for _, nb := range rec.Neighbors {
+		if nb.Established {
+			n++
+		}
+	}
+	return n
+}
+
+// dialCandidate is a peer gossip may dial.
+type dialCandidate struct {
+	k           key.Public
+	ep          netip.AddrPort
+	unreachable bool
+	rank        uint64
+}
+
+// gossipDialsLocked starts the dials the limit allows: towards connWant
+// connections, and across a partition when this peer is one of its part's
+// bridges.
+func (r *Router) gossipDialsLocked(now time.Time) {
+	covered := map[key.Public]bool{}
+	for _, t := range r.targets {
+		if !t.peer.IsZero() {
+			covered[t.peer] = true
+		}
+	}
+	inFlight := 0
+	for k, d := range r.dials {
+		if d.inFlight {
+			inFlight++
+		} else if r.active[k] != nil || r.recs[k] == nil {
+			delete(r.dials, k)
+		}
+	}
+	var cands []dialCandidate
+	unreachable := 0
+	for k, e := range r.recs {
+		if k == r.self || covered[k] || r.active[k] != nil || r.isEvictedLocked(k) {
+			continue
+		}
+		_, reach := r.rt.hops[k]
+		if reach && establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
+			continue // full: it would refuse
+		}
+		ep, _ := r.endpointLocked(k, e)
+		if !ep.IsValid() && e.lastIP.IsValid() && e.rec.Port != 0 {
+			ep = netip.AddrPortFrom(e.lastIP, e.rec.Port)
+		}
+		if !ep.IsValid() {
+			continue
+		}
+		if d := r.dials[k]; d != nil && (d.inFlight || now.Before(d.next)) {
+			continue
+		}
+		if !reach {
+			unreachable++
+		}
+		cands = append(cands, dialCandidate{k: k, ep: ep, unreachable: !reach, rank: dialRank(r.self, k)})
+	}
+	if len(cands) == 0 {
+		return
+	}
+	room := r.connWant() - len(r.active) - inFlight
+	bridging := false
+	if room <= 0 {
+		if unreachable == 0 || !r.isBridgeLocked() {
+			return
+		}
+		room = min(bridgeCount-inFlight, r.cfg.ConnLimit-len(r.active)-inFlight)
+		cands = slices.DeleteFunc(cands, func(c dialCandidate) bool { return !c.unreachable })
+		if room <= 0 {
+			return
+		}
+		bridging = true
+	}
+	// Peers whose dials failed go last (a cut-off or dead peer is not
+	// tried before every other), then unreachable ones first (they
+	// bridge), each peer in its own order; bridges all in one order, so
+	// that a heal needs few new connections.
+	slices.SortFunc(cands, func(a, b dialCandidate) int {
+		if c := cmpInt(r.dialFailures(a.k), r.dialFailures(b.k)); c != 0 {
+			return c
+		}
+		if bridging {
+			return cmpU64(bridgeRank(a.k), bridgeRank(b.k))
+		}
+		if a.unreachable != b.unreachable {
+			if a.unreachable {
+				return -1
+			}
+			return 1
+		}
+		return cmpU64(a.rank, b.rank)
+	})
+	for _, c := range cands[:min(room, len(cands))] {
+		d := r.dials[c.k]
+		if d == nil {
+			d = &gossipDial{backoff: r.tun.backoffMin}
+			r.dials[c.k] = d
+		}
+		d.inFlight = true
+		d.bridge = c.unreachable
+		r.wg.Add(1)
+		go r.gossipDial(c.k, c.ep)
+	}
+}
+
+// isBridgeLocked reports whether this peer is one of the bridgeCount peers
+// of its part (the peers reachable from it, itself included) that come
+// first by bridgeRank among those with room for another connection.
+func (r *Router) isBridgeLocked() bool {
+	if len(r.active) >= r.cfg.ConnLimit {
+		return false
+	}
+	mine := bridgeRank(r.self)
+	ahead := 0
+	for k := range r.rt.hops {
+		if k == r.self {
+			continue
+		}
+		e := r.recs[k]
+		if e == nil || establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
+			continue
+		}
+		if b := bridgeRank(k); b < mine || b == mine && k.Less(r.self) {
+			ahead++
+			if ahead >= bridgeCount {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// dialFailures is how far the gossip dials of k have backed off: 0 if
+// they never failed.
+func (r *Router) dialFailures(k key.Public) int {
+	d := r.dials[k]
+	if d == nil {
+		return 0
+	}
+	n := 0
+	for b := d.backoff; b > r.tun.backoffMin; b /= 2 {
+		n++
+	}
+	return n
+}
+
+func cmpInt(a, b int) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
