@@ -47,8 +47,9 @@ type Throughput struct {
 
 // iperf3 runs a one-off server in dstNS on dst:port and a client in srcNS
 // for dur with streams parallel streams. tunnelPIDs are the processes whose
-// CPU time is charged to the path (none for the raw underlay).
-func iperf3(srcNS, dstNS, dst string, port int, dur time.Duration, streams int, tunnelPIDs []int) (Throughput, error) {
+// CPU time is charged to the path (none for the raw underlay). onStart, if
+// not nil, is given the server's and the client's pids once both run.
+func iperf3(srcNS, dstNS, dst string, port int, dur time.Duration, streams int, tunnelPIDs []int, onStart func([]int)) (Throughput, error) {
 	res := Throughput{Streams: streams, TunnelCPU: -1}
 	// Bounded lifetime: the server handles one client (-1) and is killed
 	// with its process group if anything hangs.
@@ -102,7 +103,16 @@ func iperf3(srcNS, dstNS, dst string, port int, dur time.Duration, streams int, 
 	cli := nsCommand(ctx, srcNS, "iperf3", "-c", dst, "-p", strconv.Itoa(port),
 		"-t", strconv.FormatFloat(dur.Seconds(), 'f', -1, 64), "-P", strconv.Itoa(streams),
 		"-O", "1", "-J", "--connect-timeout", "5000")
-	out, err := cli.Output()
+	var cliOut bytes.Buffer
+	cli.Stdout = &cliOut
+	err := cli.Start()
+	if err == nil {
+		if onStart != nil {
+			onStart([]int{srv.Process.Pid, cli.Process.Pid})
+		}
+		err = cli.Wait()
+	}
+	out := cliOut.Bytes()
 	cpu1 := cpuTicks(tunnelPIDs)
 	m0 := <-first
 	cpu0, wall := m0.ticks, time.Since(m0.at)

@@ -46,7 +46,7 @@ type Ratio struct {
 	Value float64 `json:"value"` // median of Rounds when there are several, else OfMedians
 	// OfMedians is the quotient of the two paths' figures in the table.
 	OfMedians float64 `json:"of_medians"`
-	Target    string  `json:"target,omitempty"` // e.g. ">= 0.95"
+	Target    string  `json:"target,omitempty"` // e.g. ">= 1.00"
 	Met       *bool   `json:"met,omitempty"`
 	// Rounds are the same quotient within each round (paths measured
 	// minutes apart share less of the machine's load than paths of a round).
@@ -97,13 +97,13 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	avg := func(r *Result) (float64, bool) { return r.Ping.AvgMs, r.Ping.Received > 0 }
 	p50 := func(r *Result) (float64, bool) { return r.Ping.P50Ms, r.Ping.Received > 0 }
 	p99 := func(r *Result) (float64, bool) { return r.Ping.P99Ms, r.Ping.Received > 0 }
-	atLeast95 := func(v float64) bool { return v >= 0.95 }
+	atLeast1 := func(v float64) bool { return v >= 1.0 }
 	within10 := func(v float64) bool { return v <= 1.10 }
 	for _, den := range []string{"a", "b"} {
 		var tgtT, tgtR string
 		var okT, okR func(float64) bool
 		if den == "b" {
-			tgtT, okT = ">= 0.95", atLeast95
+			tgtT, okT = ">= 1.00", atLeast1 // issue 16
 			tgtR, okR = "<= 1.10", within10
 		}
 		add("c", den, "throughput 1 stream", tcp1, tgtT, okT)
