@@ -77,9 +77,12 @@
 // Connect adds a persistent target dialled with exponential backoff (1 s to
 // 30 s, jittered) until Forget; for 30 s after a connection of its ends it is
 // redialled every 500 ms, so a peer restarted for an upgrade is back within
-// half a second of listening. Peers learned through gossip are also dialled
-// at their Endpoint while they stay in the table and we have no connection
-// to them, so the mesh becomes full where the network allows. When two
+// half a second of listening. A target whose peer is reachable through the
+// mesh while we hold half the connection limit is satisfied without a
+// connection of its own. Peers learned through gossip are dialled at their
+// Endpoint while we hold fewer than half of Config.ConnLimit connections,
+// so meshes up to that size become full meshes and larger ones a random
+// graph of bounded degree (connlimit.go). When two
 // connections to the same peer exist, both ends keep the same one
 // (conn.preferredOver).
 package discovery
