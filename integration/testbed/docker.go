@@ -94,7 +94,14 @@ func (h *Host) StartDockerErr() (*Docker, error) {
 	if err := os.WriteFile(filepath.Join(dk.Root, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
 		h.bed.tb.Fatalf("testbed: %v", err)
 	}
-	h.bed.tb.Cleanup(func() { dk.stop(20 * time.Second) })
+	h.bed.tb.Cleanup(func() {
+		// A failure after dockerd came up (a restart slow under load, a
+		// container that did not come back) is read in dockerd's log too.
+		if f, ok := h.bed.tb.(failer); ok && f.Failed() {
+			h.bed.tb.Logf("testbed: ---- last lines of %s's dockerd (%s) ----\n%s", h.Name, dk.LogPath, tail(dk.LogPath, 60))
+		}
+		dk.stop(20 * time.Second)
+	})
 	return dk, dk.start()
 }
 
