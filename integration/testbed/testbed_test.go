@@ -167,3 +167,23 @@ func TestSweep(t *testing.T) {
 		t.Errorf("live owner's namespace %s swept", liveName)
 	}
 }
+
+// TestPingFirstReply reads the summaries iputils ping printed here for a
+// reply to the first request and for one to the fifth (the first four
+// dropped by the far side's nftables).
+func TestPingFirstReply(t *testing.T) {
+	for _, tc := range []struct {
+		out  string
+		want time.Duration
+	}{
+		{"--- 127.0.0.1 ping statistics ---\n1 packets transmitted, 1 received, 0% packet loss, time 0ms\nrtt min/avg/max/mdev = 0.045/0.045/0.045/0.000 ms\n", 45 * time.Microsecond},
+		{"--- 198.51.100.2 ping statistics ---\n5 packets transmitted, 1 received, 80% packet loss, time 825ms\nrtt min/avg/max/mdev = 0.067/0.067/0.067/0.000 ms\n", 825*time.Millisecond + 67*time.Microsecond},
+	} {
+		if d, ok := pingFirstReply(tc.out); !ok || d != tc.want {
+			t.Errorf("pingFirstReply = %v %v, want %v from:\n%s", d, ok, tc.want, tc.out)
+		}
+	}
+	if _, ok := pingFirstReply("ping: connect: Network is unreachable\n"); ok {
+		t.Error("pingFirstReply read a time from a ping without a summary")
+	}
+}
