@@ -38,6 +38,12 @@ func testMulticastGroupsAndTap(t *testing.T, igmpVersion string) {
 		t.Fatal(err)
 	}
 	run(t, "ip", "netns", "exec", c.Name, "sysctl", "-q", "-w", "net.ipv4.conf.ethwe0.force_igmp_version="+igmpVersion)
+	br := run(t, "ip", "-n", h.ns.Name, "-d", "link", "show", "weavewg")
+	for _, want := range []string{"mcast_snooping 1", "mcast_router 2", "mcast_querier 1", "mcast_query_interval 2000"} {
+		if !strings.Contains(br, want) {
+			t.Errorf("bridge lacks %q: %s", want, br)
+		}
+	}
 	group := netip.MustParseAddr("239.1.1.1")
 	var recvErr strings.Builder
 	waitGroups := func(want []netip.Addr) {
