@@ -39,6 +39,16 @@ type step struct {
 	CPUPercentMax  float64 `json:"idle_cpu_percent_max"`
 	RSSMiBMean     float64 `json:"rss_mib_mean"`
 	BytesPerSec    float64 `json:"underlay_bytes_per_second_mean"`
+	// Control is what h2's control plane did over the window, per second:
+	// a breakdown of where the idle bytes go.
+	Control map[string]float64 `json:"h2_control_per_second"`
+}
+
+// controlCounters are the status counters of h2 the window reports.
+var controlCounters = []string{
+	"gossip_records_sent", "gossip_records_received", "gossip_antientropy_rounds",
+	"gossip_channel_sent", "gossip_channel_received", "gossip_channel_forwarded",
+	"udp_relay_probes_sent",
 }
 
 func main() {
@@ -131,6 +141,14 @@ func run(tb *testbed.Program, sizes []int, idleAfter, settle, window time.Durati
 	for _, s := range steps {
 		fmt.Printf("  %4d  %12.1f  %13.2f%%  %12.2f%%  %9.1f  %15.0f\n", s.N, s.ConvergeSecs, s.CPUPercentMean, s.CPUPercentMax, s.RSSMiBMean, s.BytesPerSec)
 	}
+	fmt.Printf("  h2's control plane per second over the window:\n")
+	for _, name := range controlCounters {
+		fmt.Printf("    %-28s", name)
+		for _, s := range steps {
+			fmt.Printf("  N=%d %8.1f", s.N, s.Control[name])
+		}
+		fmt.Println()
+	}
 	if len(steps) > 1 {
 		a, b := steps[0], steps[len(steps)-1]
 		fmt.Printf("  growth N=%d over N=%d: idle CPU %.2f× (target ≤ 1.5×), RSS %.2f×, underlay bytes %.2f×\n",
@@ -173,6 +191,10 @@ func measure(hosts []*testbed.Host, window time.Duration, s *step) error {
 	if err != nil {
 		return err
 	}
+	ctrBefore, err := hosts[1].StatusErr()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	time.Sleep(window)
 	after, err := read()
@@ -180,6 +202,14 @@ func measure(hosts []*testbed.Host, window time.Duration, s *step) error {
 		return err
 	}
 	secs := time.Since(start).Seconds()
+	ctrAfter, err := hosts[1].StatusErr()
+	if err != nil {
+		return err
+	}
+	s.Control = map[string]float64{}
+	for _, name := range controlCounters {
+		s.Control[name] = float64(ctrAfter.Counters[name]-ctrBefore.Counters[name]) / secs
+	}
 	const ticksPerSec = 100 // USER_HZ on Linux
 	var cpus []float64
 	var bytes, rss float64
