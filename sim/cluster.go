@@ -213,7 +213,14 @@ func (c *Cluster) Close() {
 // table answers each group member's name with the address IPAM gave that
 // member's container, and no other node's name. Otherwise the error names
 // the first disagreement found.
-func (c *Cluster) Check() error {
+func (c *Cluster) Check() error { return c.check(true) }
+
+// CheckTopology is the topology part of Check alone: every live node
+// reaches exactly its group's live nodes and holds the same version of
+// each one's record.
+func (c *Cluster) CheckTopology() error { return c.check(false) }
+
+func (c *Cluster) check(full bool) error {
 	c.mu.Lock()
 	byGroup := map[int][]*Node{}
 	for _, nd := range c.aliveLocked() {
@@ -227,18 +234,18 @@ func (c *Cluster) Check() error {
 	}
 	slices.Sort(gs)
 	for _, g := range gs {
-		if err := checkGroup(byGroup[g], all); err != nil {
+		if err := checkGroup(byGroup[g], all, full); err != nil {
 			return fmt.Errorf("group %d: %w", g, err)
 		}
 	}
 	return nil
 }
 
-func checkGroup(members, all []*Node) error {
+func checkGroup(members, all []*Node, full bool) error {
 	in := make(map[key.Public]bool, len(members))
 	for _, m := range members {
 		in[m.Key] = true
-		if !m.Addr().IsValid() {
+		if full && !m.Addr().IsValid() {
 			return fmt.Errorf("%s has no address from IPAM yet", m.Name)
 		}
 	}
@@ -269,7 +276,10 @@ func checkGroup(members, all []*Node) error {
 			binary.Write(h, binary.BigEndian, e.v)
 		}
 		topo := h.Sum(nil)
-		ring := nd.IPAM.RingMessage()
+		var ring []byte
+		if full {
+			ring = nd.IPAM.RingMessage()
+		}
 		if refNode == nil {
 			refTopo, refRing, refNode = topo, ring, nd
 		} else {
@@ -281,7 +291,7 @@ func checkGroup(members, all []*Node) error {
 			}
 		}
 		for _, o := range all {
-			if o == nil {
+			if o == nil || !full {
 				continue
 			}
 			got, err := nd.DNS.Lookup(o.Name)
@@ -303,9 +313,14 @@ func checkGroup(members, all []*Node) error {
 // WaitConverged polls Check until it passes and returns how long that took
 // from start, or the last disagreement after timeout.
 func (c *Cluster) WaitConverged(start time.Time, timeout time.Duration) (time.Duration, error) {
+	return c.WaitFor(c.Check, start, timeout)
+}
+
+// WaitFor polls check until it passes, as WaitConverged does.
+func (c *Cluster) WaitFor(check func() error, start time.Time, timeout time.Duration) (time.Duration, error) {
 	deadline := start.Add(timeout)
 	for {
-		err := c.Check()
+		err := check()
 		if err == nil {
 			return time.Since(start), nil
 		}
