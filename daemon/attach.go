@@ -57,7 +57,7 @@ func (d *Daemon) findLocked(id string) int {
 // every existing record as the intent is recorded and vetoes it with an
 // error. The record with its address is returned; on error nothing stays
 // allocated or recorded.
-func (d *Daemon) reserve(ctx context.Context, rec attachment.Record, ipReq string, wait time.Duration, refuse func(attachment.Record) error) (attachment.Record, error) {
+func (d *Daemon) reserve(ctx context.Context, rec attachment.Record, ipReq string, subnet netip.Prefix, wait time.Duration, refuse func(attachment.Record) error) (attachment.Record, error) {
 	rec.IP = ""
 	d.mu.Lock()
 	for _, r := range d.attachments {
@@ -82,7 +82,7 @@ func (d *Daemon) reserve(ctx context.Context, rec attachment.Record, ipReq strin
 	d.mu.Unlock()
 
 	// Waiting for address space happens without the lock.
-	ip, err := d.allocate(ctx, rec.ID, ipReq, wait)
+	ip, err := d.allocate(ctx, rec.ID, ipReq, subnet, wait)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	i := d.findLocked(rec.ID)

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/attachment"
 )
@@ -29,7 +29,13 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 	if err := refuseHostNetns(dev, ino); err != nil {
 		return api.Attachment{}, badRequest("network namespace %s: %v", req.Netns, err)
 	}
-	rec := attachment.Record{Netns: req.Netns, NetnsDev: dev, NetnsIno: ino, Name: req.Name, IfName: req.IfName}
+	rec := attachment.Record{Netns: req.Netns, NetnsDev: dev, NetnsIno: ino, Name: req.Name, IfName: req.IfName, Egress: req.Egress}
+	var subnet netip.Prefix
+	if req.Net != "" {
+		if subnet, err = d.subnetArg(req.Net); err != nil {
+			return api.Attachment{}, err
+		}
+	}
 	if rec.IfName == "" {
 		rec.IfName = ContainerIfName
 	}
@@ -64,12 +70,15 @@ func (d *Daemon) attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 		}
 		return nil
 	}
-	rec, err = d.reserve(ctx, rec, req.IP, wait, sameIface)
+	rec, err = d.reserve(ctx, rec, req.IP, subnet, wait, sameIface)
 	if err != nil {
 		return api.Attachment{}, err
 	}
 	p, _ := rec.Prefix()
-	a, err := d.host.Attach(hostnet.AttachSpec{Netns: req.Netns, IP: p, IfName: rec.IfName})
+	// The subnet's isolation (and egress) rules are in place before the
+	// interface is.
+	d.applyFilters()
+	a, err := d.host.Attach(d.attachSpec(req.Netns, p, rec.IfName, rec.Egress))
 	if err != nil {
 		d.release(rec.ID)
 		return api.Attachment{}, err

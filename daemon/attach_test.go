@@ -203,7 +203,7 @@ func TestReserveWaitsThenSaysWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := dockerHost{d}.Reserve(ctx, "docker:0123", netip.Addr{})
+	_, err := dockerHost{d}.Reserve(ctx, "docker:0123", netip.Addr{}, netip.Prefix{})
 	if err == nil || !strings.Contains(err.Error(), "no address after waiting") || !strings.Contains(err.Error(), "has not received the network's address ring") {
 		t.Fatalf("Reserve on a joining peer = %v, want the reason it has no address", err)
 	}

@@ -12,12 +12,13 @@ import (
 	"github.com/weavewg/weavewg/ipam"
 )
 
-// allocate finds the address for attachment id: ipReq (claimed, refused if
-// another peer owns it or it is taken) or the next free one, waiting up to
-// wait for address space while this peer joins or asks a peer for a range.
+// allocate finds the address for attachment id in subnet (invalid: the
+// default subnet, or the subnet a CIDR ipReq names): ipReq (claimed,
+// refused if another peer owns it or it is taken) or the next free one,
+// waiting up to wait for address space while this peer joins or asks a
+// peer for a range. The address carries the subnet's prefix length.
 // Giving up, it says why in a sentence (noSpaceReason).
-func (d *Daemon) allocate(ctx context.Context, id, ipReq string, wait time.Duration) (netip.Prefix, error) {
-	bits := d.cfg.Range.Bits()
+func (d *Daemon) allocate(ctx context.Context, id, ipReq string, subnet netip.Prefix, wait time.Duration) (netip.Prefix, error) {
 	if ipReq != "" {
 		ip, err := netip.ParsePrefix(ipReq)
 		if err != nil {
@@ -25,7 +26,16 @@ func (d *Daemon) allocate(ctx context.Context, id, ipReq string, wait time.Durat
 			if aerr != nil {
 				return netip.Prefix{}, badRequest("address %q is not an IPv4 address or CIDR", ipReq)
 			}
-			ip = netip.PrefixFrom(addr, bits)
+			if !subnet.IsValid() {
+				subnet = d.defaultSubnet()
+				if !subnet.Contains(addr) && d.isolating() {
+					return netip.Prefix{}, badRequest("address %s is outside the default subnet %s; give it as CIDR with its subnet's prefix length, or with --net", addr, subnet)
+				}
+			}
+			ip = netip.PrefixFrom(addr, subnet.Bits())
+		}
+		if subnet.IsValid() && ip.Masked() != subnet {
+			return netip.Prefix{}, badRequest("address %s is not in subnet %s", ip, subnet)
 		}
 		if err := d.checkAddress(ip); err != nil {
 			return netip.Prefix{}, err
@@ -35,13 +45,17 @@ func (d *Daemon) allocate(ctx context.Context, id, ipReq string, wait time.Durat
 		}
 		return ip, nil
 	}
+	if !subnet.IsValid() {
+		subnet = d.defaultSubnet()
+	}
+	bits := subnet.Bits()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	logged := time.Time{}
 	for {
 		updated := d.ipam.Updated()
-		addr, err := d.ipam.Allocate(id)
+		addr, err := d.allocateIn(id, subnet)
 		if err == nil {
 			if !logged.IsZero() {
 				d.log.Info("got address space; attaching", "id", id, "waited", time.Since(start).Round(time.Millisecond).String())

@@ -228,6 +228,10 @@ type Daemon struct {
 	// host.json.
 	exposeMu sync.Mutex
 	exposed  []netip.Prefix
+	// filterMu guards filterErr, the last error of applyFilters (logged
+	// once).
+	filterMu  sync.Mutex
+	filterErr string
 
 	// Owned by the reconcile loop.
 	hostClaimed    bool                  // the host address is recorded in IPAM
@@ -584,6 +588,7 @@ func (d *Daemon) reconcile() {
 	var reachable []key.Public
 	reachSet := map[key.Public]bool{}
 	d.ensureHostIP()
+	d.applyFilters()
 	self := d.hostPrefix().Addr()
 	// Other hosts' addresses are reserved here; our own is an allocation.
 	var hostIPs []netip.Addr

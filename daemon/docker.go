@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"strings"
 	"time"
 
 	"github.com/weavewg/weavewg/docker"
@@ -47,13 +48,13 @@ type dockerHost struct {
 
 var _ docker.Host = dockerHost{}
 
-func (h dockerHost) Reserve(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
+func (h dockerHost) Reserve(ctx context.Context, id string, want netip.Addr, subnet netip.Prefix) (netip.Prefix, error) {
 	ipReq := ""
 	if want.IsValid() {
-		ipReq = netip.PrefixFrom(want, h.d.cfg.Range.Bits()).String()
+		ipReq = want.String()
 	}
 	// ctx carries Docker's own bound on the wait.
-	rec, err := h.d.reserve(ctx, attachment.Record{ID: id, Origin: attachment.OriginDocker}, ipReq, time.Hour, nil)
+	rec, err := h.d.reserve(ctx, attachment.Record{ID: id, Origin: attachment.OriginDocker}, ipReq, subnet, time.Hour, nil)
 	if err != nil {
 		return netip.Prefix{}, err
 	}
@@ -79,6 +80,16 @@ func (h dockerHost) CreateVeth(hostName, peerName string) (net.HardwareAddr, err
 func (h dockerHost) DeleteVeth(hostName string) error { return h.d.host.DeleteVeth(hostName) }
 
 func (h dockerHost) HostIP() netip.Prefix { return h.d.hostPrefix() }
+
+func (h dockerHost) CheckSubnet(p netip.Prefix) error {
+	if p != p.Masked() {
+		return fmt.Errorf("subnet %s has host bits set", p)
+	}
+	if err := h.d.checkSubnet(p); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), errBadRequest.Error()+": "))
+	}
+	return nil
+}
 func (h dockerHost) Range() netip.Prefix  { return h.d.cfg.Range }
 
 // startDocker serves the plugin socket, re-adopts the endpoints of

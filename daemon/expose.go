@@ -38,10 +38,12 @@ const (
 	hostID = ipam.HostID
 )
 
+// exposeIDPrefix begins the IPAM id of the host's address in an isolated
+// subnet: exposeID.
+const exposeIDPrefix = "weavewg:expose:"
+
 // exposeID is the IPAM id of the host's address in an isolated subnet.
 func exposeID(subnet netip.Prefix) string { return exposeIDPrefix + subnet.String() }
-
-const exposeIDPrefix = "weavewg:expose:"
 
 // hostState is host.json.
 type hostState struct {

@@ -86,11 +86,19 @@ func (d *Daemon) checkAddress(ip netip.Prefix) error {
 	if !ip.Addr().Is4() || !d.cfg.Range.Contains(ip.Addr()) {
 		return badRequest("address %s is outside the overlay range %s", ip.Addr(), d.cfg.Range)
 	}
-	if ip.Bits() != d.cfg.Range.Bits() {
-		return badRequest("address %s must carry the overlay prefix length /%d so containers see one flat subnet", ip, d.cfg.Range.Bits())
+	if !d.isolating() && ip.Bits() != d.cfg.Range.Bits() {
+		return badRequest("address %s must carry the overlay prefix length /%d so containers see one flat subnet (isolated subnets need launch --ipalloc-default-subnet)", ip, d.cfg.Range.Bits())
 	}
-	if ip.Addr() == d.cfg.Range.Addr() || ip.Addr() == lastAddr(d.cfg.Range) {
-		return badRequest("address %s is the network or broadcast address of %s", ip.Addr(), d.cfg.Range)
+	if sub := ip.Masked(); d.isolating() && sub != d.cfg.Range && sub != d.defaultSubnet() {
+		if err := d.checkSubnet(sub); err != nil {
+			return badRequest("address %s: its prefix length makes it part of subnet %s, which is not usable: %s", ip, sub, strings.TrimPrefix(err.Error(), errBadRequest.Error()+": "))
+		}
+	}
+	if ip.Masked() == d.cfg.Range && d.isolating() {
+		return badRequest("address %s carries the range's prefix length, but addresses come from subnets here: use /%d for the default subnet %s, or an isolated subnet's", ip, d.defaultSubnet().Bits(), d.defaultSubnet())
+	}
+	if ip.Addr() == ip.Masked().Addr() || ip.Addr() == lastAddr(ip) {
+		return badRequest("address %s is the network or broadcast address of %s", ip.Addr(), ip.Masked())
 	}
 	if ip.Addr() == d.hostPrefix().Addr() {
 		return badRequest("address %s is this host's own overlay address", ip.Addr())

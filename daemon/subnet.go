@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
+	"github.com/weavewg/weavewg/hostnet"
 	"github.com/weavewg/weavewg/ipam"
 )
 
@@ -79,4 +81,67 @@ func validateDefaultSubnet(sub, r netip.Prefix) error {
 		return fmt.Errorf("--ipalloc-default-subnet %s must be a subnet of /30 or larger inside the overlay range %s, e.g. %s", sub, r, exampleDefaultSubnet(r))
 	}
 	return nil
+}
+
+// attachSpec is what hostnet needs to attach a namespace at p: a
+// container outside the default subnet gets an on-link route to the host
+// address (its DNS server), and an egress one a default route via it.
+func (d *Daemon) attachSpec(netns string, p netip.Prefix, ifName string, egress bool) hostnet.AttachSpec {
+	spec := hostnet.AttachSpec{Netns: netns, IP: p, IfName: ifName}
+	hp := d.hostPrefix()
+	if hp.IsValid() && !p.Masked().Contains(hp.Addr()) {
+		spec.Routes = []netip.Prefix{netip.PrefixFrom(hp.Addr(), 32)}
+	}
+	if egress && hp.IsValid() {
+		spec.Gateway = hp.Addr()
+	}
+	return spec
+}
+
+// subnetFilter is what hostnet needs of the forward filter for subnets
+// and egress (hostnet.Host; an interface so the daemon's fakes need not
+// have it).
+type subnetFilter interface {
+	SetSubnets(subnets []netip.Prefix) error
+	SetEgress(sources []netip.Addr) error
+}
+
+// applyFilters hands hostnet the subnets this host's containers use (for
+// isolation, when the default subnet leaves room for others) and the
+// addresses that may leave through the host (egress). It runs at attach,
+// and in every reconcile (releases, restarts).
+func (d *Daemon) applyFilters() {
+	f, ok := d.host.(subnetFilter)
+	if !ok {
+		return
+	}
+	var subnets []netip.Prefix
+	var egress []netip.Addr
+	if d.isolating() {
+		subnets = append(subnets, d.defaultSubnet())
+	}
+	d.mu.Lock()
+	for _, r := range d.attachments {
+		p, ok := r.Prefix()
+		if !ok {
+			continue
+		}
+		if d.isolating() && !slices.Contains(subnets, p.Masked()) && p.Masked() != d.cfg.Range {
+			subnets = append(subnets, p.Masked())
+		}
+		if r.Egress {
+			egress = append(egress, p.Addr())
+		}
+	}
+	d.mu.Unlock()
+	err := errors.Join(f.SetSubnets(subnets), f.SetEgress(egress))
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if msg := fmt.Sprint(err); err != nil && msg != d.filterErr {
+		d.log.Error("subnet isolation and egress rules; retried at each reconcile", "err", err)
+		d.filterErr = msg
+	} else if err == nil && d.filterErr != "" {
+		d.log.Info("subnet isolation and egress rules in place again")
+		d.filterErr = ""
+	}
 }

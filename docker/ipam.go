@@ -5,10 +5,33 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
-// The IPAM driver: one pool, the overlay range; each address handed out is
+// The IPAM driver: the pool of the overlay range (addresses in the default
+// subnet), and one pool per isolated subnet (docker network create
+// --subnet 10.33.1.0/24, Weave Net's net:CIDR); each address handed out is
 // an attachment of the daemon's attachment service until it is released.
+
+// subnetPoolPrefix begins the ID of an isolated subnet's pool.
+const subnetPoolPrefix = "weavewg-subnet-"
+
+// poolSubnet is the isolated subnet of pool ID id: invalid for the
+// range's pool; false for an ID that is not weavewg's.
+func (p *Plugin) poolSubnet(id string) (netip.Prefix, bool) {
+	if id == p.poolID {
+		return netip.Prefix{}, true
+	}
+	s, ok := strings.CutPrefix(id, subnetPoolPrefix)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	sub, err := netip.ParsePrefix(s)
+	if err != nil || p.host.CheckSubnet(sub) != nil {
+		return netip.Prefix{}, false
+	}
+	return sub, true
+}
 
 func (p *Plugin) requestPool(r requestPoolRequest) (any, error) {
 	if r.V6 {
@@ -18,29 +41,37 @@ func (p *Plugin) requestPool(r requestPoolRequest) (any, error) {
 		return nil, fmt.Errorf("unknown address space %q (weavewg's is %q)", r.AddressSpace, AddressSpace)
 	}
 	rng := p.host.Range().String()
-	pool := r.Pool
+	pool, id := r.Pool, p.poolID
 	switch pool {
 	case "":
 		pool = anyPool
 	case rng:
 	default:
-		return nil, fmt.Errorf("subnet %s: weavewg allocates from its overlay range %s; omit --subnet or give that", r.Pool, rng)
+		sub, err := netip.ParsePrefix(pool)
+		if err != nil {
+			return nil, fmt.Errorf("subnet %q is not a CIDR", pool)
+		}
+		if err := p.host.CheckSubnet(sub); err != nil {
+			return nil, fmt.Errorf("subnet %s: %v (omit --subnet for the default subnet of %s)", pool, err, rng)
+		}
+		id = subnetPoolPrefix + sub.String()
 	}
-	if r.SubPool != "" && r.SubPool != rng {
-		return nil, fmt.Errorf("ip-range %s: weavewg allocates from the whole overlay range %s; omit --ip-range", r.SubPool, rng)
+	if r.SubPool != "" && r.SubPool != r.Pool && r.SubPool != rng {
+		return nil, fmt.Errorf("ip-range %s: weavewg allocates from the whole subnet; omit --ip-range", r.SubPool)
 	}
-	return requestPoolResponse{PoolID: p.poolID, Pool: pool, Data: map[string]string{}}, nil
+	return requestPoolResponse{PoolID: id, Pool: pool, Data: map[string]string{}}, nil
 }
 
 func (p *Plugin) releasePool(r releasePoolRequest) (any, error) {
-	if r.PoolID != p.poolID {
+	if _, ok := p.poolSubnet(r.PoolID); !ok {
 		return nil, fmt.Errorf("unknown pool %q", r.PoolID)
 	}
 	return struct{}{}, nil
 }
 
 func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
-	if r.PoolID != p.poolID {
+	subnet, ok := p.poolSubnet(r.PoolID)
+	if !ok {
 		return nil, fmt.Errorf("unknown pool %q", r.PoolID)
 	}
 	var want netip.Addr
@@ -83,7 +114,7 @@ func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
 	// while waiting leaks nothing.
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.AddressWait)
 	defer cancel()
-	addr, err := p.host.Reserve(ctx, id, want)
+	addr, err := p.host.Reserve(ctx, id, want, subnet)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +123,7 @@ func (p *Plugin) requestAddress(r requestAddressRequest) (any, error) {
 }
 
 func (p *Plugin) releaseAddress(r releaseAddressRequest) (any, error) {
-	if r.PoolID != p.poolID {
+	if _, ok := p.poolSubnet(r.PoolID); !ok {
 		return nil, fmt.Errorf("unknown pool %q", r.PoolID)
 	}
 	a, err := netip.ParseAddr(r.Address)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/weavewg/weavewg/types/attachment"
 )
@@ -22,8 +23,11 @@ func (p *Plugin) createNetwork(r createNetworkRequest) (any, error) {
 		return nil, fmt.Errorf("no IPv4 pool: create the network with --ipam-driver weavewg")
 	}
 	for _, d := range r.IPv4Data {
-		if d.Pool != anyPool && d.Pool != p.host.Range().String() {
-			return nil, fmt.Errorf("pool %s is not weavewg's: create the network with --ipam-driver weavewg (addresses come from the overlay range %s)", d.Pool, p.host.Range())
+		if d.Pool == anyPool || d.Pool == p.host.Range().String() {
+			continue
+		}
+		if sub, err := netip.ParsePrefix(d.Pool); err != nil || p.host.CheckSubnet(sub) != nil {
+			return nil, fmt.Errorf("pool %s is not weavewg's: create the network with --ipam-driver weavewg (addresses come from the overlay range %s, or an isolated subnet of it)", d.Pool, p.host.Range())
 		}
 	}
 	p.mu.Lock()
@@ -217,9 +221,17 @@ func (p *Plugin) join(r joinRequest) (any, error) {
 	// with Weave Net. Multicast and the limited broadcast go out of
 	// ethwe0 (RouteType 1: connected), not the default route, so they
 	// reach the bridge that replicates them to other hosts (package mcast).
+	// A container of an isolated subnet reaches its host's DNS (on the
+	// host address, outside its subnet) by a route of its own.
+	routes := containerLinkRoutes
+	if a, ok := ep.Prefix(); ok {
+		if h := p.host.HostIP(); h.IsValid() && !a.Masked().Contains(h.Addr()) {
+			routes = append(slices.Clone(routes), staticRoute{Destination: netip.PrefixFrom(h.Addr(), 32).String(), RouteType: 1})
+		}
+	}
 	return joinResponse{
 		InterfaceName: interfaceName{SrcName: ep.PeerVeth, DstPrefix: ContainerIfPrefix},
-		StaticRoutes:  containerLinkRoutes,
+		StaticRoutes:  routes,
 	}, nil
 }
 

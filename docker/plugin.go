@@ -49,8 +49,12 @@ type Host interface {
 	// Reserve records attachment id (origin docker) and allocates its
 	// address in weavewg's IPAM: want if valid (failing if it is not free
 	// here), else the next free one, waiting for space from other peers
-	// until ctx ends. The prefix length is the overlay range's.
-	Reserve(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error)
+	// until ctx ends, in subnet (an isolated subnet; invalid: the default
+	// one). The prefix length is the subnet's.
+	Reserve(ctx context.Context, id string, want netip.Addr, subnet netip.Prefix) (netip.Prefix, error)
+	// CheckSubnet refuses a subnet that is not a usable isolated subnet
+	// (or the default one), saying why.
+	CheckSubnet(p netip.Prefix) error
 	// Release removes attachment id and frees its address; an unknown id
 	// is fine.
 	Release(id string) error

@@ -31,6 +31,8 @@ type fakeHost struct {
 	allocs   map[string]netip.Addr        // id → address
 	veths    map[string]string            // host end → peer end
 	failVeth bool
+	subnets  []netip.Prefix // isolated subnets CheckSubnet accepts
+	asked    []netip.Prefix // the subnet of each Reserve
 }
 
 func newFakeHost() *fakeHost {
@@ -40,9 +42,29 @@ func newFakeHost() *fakeHost {
 	}
 }
 
-func (h *fakeHost) Reserve(ctx context.Context, id string, want netip.Addr) (netip.Prefix, error) {
+func (h *fakeHost) CheckSubnet(p netip.Prefix) error {
+	if slices.Contains(h.subnets, p) {
+		return nil
+	}
+	return fmt.Errorf("subnet %s is not usable", p)
+}
+
+func (h *fakeHost) Reserve(ctx context.Context, id string, want netip.Addr, subnet netip.Prefix) (netip.Prefix, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.asked = append(h.asked, subnet)
+	if subnet.IsValid() {
+		a := subnet.Addr().Next()
+		for _, o := range h.allocs {
+			if o == a {
+				a = a.Next()
+			}
+		}
+		h.allocs[id] = a
+		p := netip.PrefixFrom(a, subnet.Bits())
+		h.recs[id] = attachment.Record{ID: id, Origin: attachment.OriginDocker, IP: p.String()}
+		return p, nil
+	}
 	if _, ok := h.recs[id]; ok {
 		return netip.Prefix{}, fmt.Errorf("%s is attached already", id)
 	}
@@ -325,6 +347,34 @@ func TestExplicitSubnetAndStaticAddress(t *testing.T) {
 		// The fake refuses a second id for the same address, as the allocator does.
 		t.Errorf("the same static address twice: HTTP %d", code)
 	}
+}
+
+// An isolated subnet (docker network create --subnet 10.33.1.0/24): its
+// own pool, addresses in it with its prefix length, and a route to the
+// host's DNS at Join; a subnet the daemon refuses is refused.
+func TestIsolatedSubnetPool(t *testing.T) {
+	r := newRig(t, "")
+	r.host.subnets = []netip.Prefix{netip.MustParsePrefix("10.33.1.0/24")}
+	if code, m := r.call("IpamDriver.RequestPool", `{"Pool":"10.33.2.0/24"}`); code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(m), "not usable") {
+		t.Fatalf("a refused subnet: HTTP %d %v", code, m)
+	}
+	m := r.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": AddressSpace, "Pool": "10.33.1.0/24"})
+	id, _ := m["PoolID"].(string)
+	if m["Pool"] != "10.33.1.0/24" || id == pool {
+		t.Fatalf("RequestPool 10.33.1.0/24: %v", m)
+	}
+	r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Options": map[string]string{optRequestAddressType: optGateway}})
+	a := r.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id})
+	if a["Address"] != "10.33.1.1/24" || len(r.host.asked) != 1 || r.host.asked[0] != netip.MustParsePrefix("10.33.1.0/24") {
+		t.Fatalf("address in the subnet: %v (asked %v)", a, r.host.asked)
+	}
+	r.ok("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": "n1", "IPv4Data": []map[string]any{{"Pool": "10.33.1.0/24", "Gateway": "10.32.0.1/12"}}})
+	r.ok("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": "n1", "EndpointID": "e0123456789abcdef", "Interface": map[string]any{"Address": a["Address"]}})
+	j := r.ok("NetworkDriver.Join", map[string]any{"NetworkID": "n1", "EndpointID": "e0123456789abcdef", "SandboxKey": "/var/run/docker/netns/x"})
+	if !strings.Contains(fmt.Sprint(j["StaticRoutes"]), "10.32.0.1/32") {
+		t.Fatalf("Join gave no route to the host's DNS: %v", j)
+	}
+	r.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": id})
 }
 
 // TestMalformed is acceptance 4 at the protocol level: every malformed or

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -118,10 +119,16 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 	if err := cnl.LinkSetUp(inner); err != nil {
 		return fail("setting %s up: %w", ifName, err)
 	}
-	for _, dst := range ContainerLinkRoutes {
+	for _, dst := range append(slices.Clone(ContainerLinkRoutes), spec.Routes...) {
 		r := &netlink.Route{LinkIndex: inner.Attrs().Index, Dst: prefixToIPNet(dst), Scope: netlink.SCOPE_LINK}
 		if err := cnl.RouteReplace(r); err != nil {
 			return fail("route %s dev %s: %w", dst, ifName, err)
+		}
+	}
+	if spec.Gateway.Is4() {
+		r := &netlink.Route{LinkIndex: inner.Attrs().Index, Gw: spec.Gateway.AsSlice(), Flags: int(netlink.FLAG_ONLINK)}
+		if err := cnl.RouteReplace(r); err != nil {
+			return fail("default route via %s dev %s: %w", spec.Gateway, ifName, err)
 		}
 	}
 	if lo, err := cnl.LinkByName("lo"); err != nil {

@@ -74,6 +74,11 @@ type filterSpec struct {
 	hostIP  netip.Addr
 	exposed []Exposure
 	peerUDP []uint16 // ports of hostIP open to the peer devices
+	// subnets are the isolated subnets in use here (subnet_linux.go).
+	subnets []netip.Prefix
+	// egress are the containers that may leave through the host
+	// (egress_linux.go).
+	egress []netip.Addr
 }
 
 // installForwardFilter (re)creates the table in ns.
@@ -98,6 +103,7 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		Priority: nftables.ChainPriorityFilter,
 		Policy:   &policy,
 	})
+	addEgress(c, t, ch, spec, append([]string{tun}, spec.others...))
 	drop := func(ch *nftables.Chain, match ...expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	}
@@ -117,6 +123,7 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 	for _, d := range peerDevs {
 		drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, d), notFrom(bridge)...)...)
 	}
+	addIsolation(c, t, ch, spec)
 	pmtu.AddMSSClamp(c, ch, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
 	if overlay.IsValid() && overlay.Addr().Is4() {
 		in := c.AddChain(&nftables.Chain{
@@ -154,7 +161,7 @@ func removeForwardFilter(ns netns.NsHandle, tun string) error {
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("forward filter: %w", err)
 	}
-	return nil
+	return removeBridgeTable(ns, tun)
 }
 
 // ifname matches the input or output interface name against n.

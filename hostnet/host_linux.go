@@ -56,6 +56,12 @@ type AttachSpec struct {
 	Netns  string       // path of a network namespace
 	IP     netip.Prefix // address with the overlay prefix length
 	IfName string       // name inside the namespace; "" means ethwe0
+	// Routes are on-link routes besides the address's own prefix: the
+	// host address (its DNS) for a container of an isolated subnet.
+	Routes []netip.Prefix
+	// Gateway, if valid, is the namespace's default route (onlink, via
+	// this interface): egress through the host (attach --egress).
+	Gateway netip.Addr
 }
 
 // Attached describes an attachment, enough to adopt it again after a restart.

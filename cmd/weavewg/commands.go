@@ -48,12 +48,24 @@ It gets ethwe0 with an address from the network's allocator (or --ip, which
 must lie in this peer's part of the range) and the tunnel MTU, its host end on
 the weavewg bridge. --name registers NAME.weave.local in DNS. Prints the address.
 
+--net CIDR attaches to an isolated subnet of the range (Weave Net's
+net:CIDR; launch --ipalloc-default-subnet leaves room for them): ethwe0 gets
+the subnet's prefix length, and its containers, on any host, reach each
+other and no other subnet's (the hosts drop what crosses, whatever routes a
+container adds). Without --net the address is in the default subnet.
+
+--egress gives a namespace with no other way out a default route through
+its host, which masquerades its traffic to the host's own address on the
+host's uplink.
+
 On a host that has just joined, the address space arrives from the peers
 within a second or two; attach waits for it (a progress line on stderr says
 what it waits for) up to --timeout, then fails with the reason.`,
 		Flags: []cli.Flag{
 			apiSocketFlag(),
-			&cli.StringFlag{Name: "ip", Usage: "a specific address, e.g. 10.32.1.5/12 (default: the next free one)"},
+			&cli.StringFlag{Name: "ip", Usage: "a specific address, e.g. 10.32.1.5/12 (default: the next free one of the subnet)"},
+			&cli.StringFlag{Name: "net", Usage: "an isolated subnet of the range, e.g. 10.33.1.0/24 (default: the default subnet)"},
+			&cli.BoolFlag{Name: "egress", Usage: "a default route through this host, masqueraded out of its uplink"},
 			&cli.StringFlag{Name: "name", Usage: "a name for the attachment, registered as NAME.weave.local"},
 			&cli.BoolFlag{Name: "json", Usage: "print the attachment as JSON"},
 			&cli.DurationFlag{Name: "timeout", Value: api.DefaultAttachWait, Usage: "how long to wait for address space while this peer joins the network"},
@@ -71,7 +83,8 @@ what it waits for) up to --timeout, then fails with the reason.`,
 			if wait <= 0 {
 				return errors.New("--timeout must be positive")
 			}
-			req := api.AttachRequest{Netns: ns, IP: c.String("ip"), Name: c.String("name"), WaitSeconds: wait.Seconds()}
+			req := api.AttachRequest{Netns: ns, IP: c.String("ip"), Name: c.String("name"), WaitSeconds: wait.Seconds(),
+				Net: c.String("net"), Egress: c.Bool("egress")}
 			a, err := attachWithProgress(newClient(c), req, wait, os.Stderr)
 			if err != nil {
 				return err

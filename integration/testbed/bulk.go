@@ -148,7 +148,17 @@ func (h *Host) AddContainerWithIPErr(ip string) (*Container, error) {
 	return h.addContainerErr("", ip)
 }
 
+// AddContainerOpts is AddContainerErr with more of attach's flags: the
+// isolated subnet (--net) and --egress.
+func (h *Host) AddContainerOpts(name, net string, egress bool) (*Container, error) {
+	return h.addContainerWith(name, "", func(c *Container) { c.Net, c.Egress = net, egress })
+}
+
 func (h *Host) addContainerErr(name, ip string) (*Container, error) {
+	return h.addContainerWith(name, ip, nil)
+}
+
+func (h *Host) addContainerWith(name, ip string, set func(*Container)) (*Container, error) {
 	b := h.bed
 	b.mu.Lock()
 	m := 1
@@ -167,6 +177,9 @@ func (h *Host) addContainerErr(name, ip string) (*Container, error) {
 	if ip != "" {
 		c.IP, c.Fixed = ip, true
 	}
+	if set != nil {
+		set(c)
+	}
 	b.ctrs = append(b.ctrs, c)
 	b.mu.Unlock()
 	if err := b.NewNetnsFast(c.Netns); err != nil {
@@ -177,10 +190,7 @@ func (h *Host) addContainerErr(name, ip string) (*Container, error) {
 
 // AttachErr is Attach returning the error (safe on any goroutine).
 func (c *Container) AttachErr() error {
-	args := []string{"attach", "--json", "--name", c.Name}
-	if c.Fixed {
-		args = append(args, "--ip", c.IP)
-	}
+	args := append([]string{"attach", "--json", "--name", c.Name}, c.attachFlags()...)
 	out, err := c.Host.CLIErr(append(args, NetnsPath(c.Netns))...)
 	if err != nil {
 		return err

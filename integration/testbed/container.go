@@ -17,6 +17,25 @@ type Container struct {
 	Addr  string // the address alone
 	// Fixed makes Attach ask for IP instead of letting the allocator choose.
 	Fixed bool
+	// Net is the isolated subnet to attach to (--net); Egress asks for a
+	// way out through the host (--egress).
+	Net    string
+	Egress bool
+}
+
+// attachFlags are the attach flags c asks for.
+func (c *Container) attachFlags() []string {
+	var args []string
+	if c.Fixed {
+		args = append(args, "--ip", c.IP)
+	}
+	if c.Net != "" {
+		args = append(args, "--net", c.Net)
+	}
+	if c.Egress {
+		args = append(args, "--egress")
+	}
+	return args
 }
 
 // AddContainer makes the next container of h and attaches it with
@@ -83,10 +102,7 @@ func (b *Bed) AddContainers(n int, hs ...*Host) []*Container {
 // c.IP and c.Addr are set to what the daemon handed out.
 func (c *Container) Attach() {
 	c.bed.tb.Helper()
-	args := []string{"attach", "--json", "--name", c.Name}
-	if c.Fixed {
-		args = append(args, "--ip", c.IP)
-	}
+	args := append([]string{"attach", "--json", "--name", c.Name}, c.attachFlags()...)
 	out := c.Host.CLI(append(args, NetnsPath(c.Netns))...)
 	a, err := ParseAttachOutput(out)
 	if err != nil {

@@ -192,6 +192,12 @@ type AttachRequest struct {
 	// WaitSeconds bounds how long the daemon waits for address space while
 	// this peer joins; 0 means DefaultAttachWait.
 	WaitSeconds float64 `json:"wait_seconds,omitempty"`
+	// Net is the isolated subnet to attach to (Weave Net's net:CIDR, e.g.
+	// 10.33.1.0/24); "" is the default subnet.
+	Net string `json:"net,omitempty"`
+	// Egress gives the namespace a default route through this host, its
+	// traffic masqueraded to the host's own address on the way out.
+	Egress bool `json:"egress,omitempty"`
 }
 
 // DefaultAttachWait is how long attach waits for address space by default.

@@ -37,8 +37,8 @@ type Record struct {
 	// Docker, "cni:CONTAINERID/IFNAME" for CNI.
 	ID     string `json:"id"`
 	Origin string `json:"origin"`
-	// IP is the address with the overlay prefix length; "" while the
-	// address is being allocated.
+	// IP is the address with its subnet's prefix length (the overlay's,
+	// or an isolated subnet's); "" while the address is being allocated.
 	IP   string `json:"ip,omitempty"`
 	Name string `json:"name,omitempty"` // registered in weave.local when set
 	// Netns is the namespace path as given; NetnsDev and NetnsIno name the
@@ -51,6 +51,9 @@ type Record struct {
 	IfName   string `json:"ifname,omitempty"`    // inside the namespace
 	HostVeth string `json:"host_veth,omitempty"` // the end on the bridge; "" until plumbed
 	MTU      int    `json:"mtu,omitempty"`
+	// Egress: the namespace's default route goes through the host, which
+	// masquerades its traffic out of its own uplink (attach --egress).
+	Egress bool `json:"egress,omitempty"`
 
 	// ContainerID is the runtime's container ID (Docker, CNI).
 	ContainerID string `json:"container_id,omitempty"`

@@ -1,0 +1,92 @@
+package hostnet
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+)
+
+// Egress (attach --egress): a namespace attached with no other interface
+// may get a default route through its host, which masquerades its
+// traffic to the host's own address on the way out of the host's uplink,
+// as Docker does for its bridge. Only the addresses given to SetEgress
+// may leave the overlay through the host; a container that adds a
+// default route by hand gets nowhere. In the forward chain, first:
+//
+//	oifname "<bridge>" ip daddr <egress addr> ct state established,related accept
+//	iifname "<bridge>" oifname != { "<bridge>", <peer devices> } ip saddr <egress addr> accept
+//	iifname "<bridge>" oifname != { "<bridge>", <peer devices> } counter drop
+//
+// and a NAT chain in the same table:
+//
+//	chain egress_nat {
+//		type nat hook postrouting priority srcnat; policy accept;
+//		ip saddr <egress addr> oifname != { "<bridge>", <peer devices> } masquerade
+//	}
+
+// addEgress adds the egress rules to the forward chain fwd (call it
+// before any other rule of fwd) and the NAT chain to t.
+func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec filterSpec, peerDevs []string) {
+	notOverlay := func(k expr.MetaKey) []expr.Any {
+		var m []expr.Any
+		for _, d := range append([]string{spec.bridge}, peerDevs...) {
+			m = append(m, ifname(k, expr.CmpOpNeq, d)...)
+		}
+		return m
+	}
+	host32 := func(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+	egress := slices.DeleteFunc(slices.Clone(spec.egress), func(a netip.Addr) bool { return !a.Is4() })
+	for _, a := range egress {
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(append(append(
+			ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, spec.bridge), ipv4()...), ipField(16, host32(a))...),
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		)})
+	}
+	out := append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, spec.bridge), notOverlay(expr.MetaKeyOIFNAME)...)
+	for _, a := range egress {
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(append(append(slices.Clone(out), ipv4()...), ipField(12, host32(a))...),
+			&expr.Verdict{Kind: expr.VerdictAccept})})
+	}
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(slices.Clone(out), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
+	if len(egress) == 0 {
+		return
+	}
+	policy := nftables.ChainPolicyAccept
+	nat := c.AddChain(&nftables.Chain{
+		Name:     "egress_nat",
+		Table:    t,
+		Type:     nftables.ChainTypeNAT,
+		Hooknum:  nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource,
+		Policy:   &policy,
+	})
+	for _, a := range egress {
+		c.AddRule(&nftables.Rule{Table: t, Chain: nat, Exprs: append(append(append(ipv4(), ipField(12, host32(a))...), notOverlay(expr.MetaKeyOIFNAME)...),
+			&expr.Masq{})})
+	}
+}
+
+// SetEgress makes the addresses that may leave through the host exactly
+// sources.
+func (h *Host) SetEgress(sources []netip.Addr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	sources = slices.Clone(sources)
+	slices.SortFunc(sources, netip.Addr.Compare)
+	if slices.Equal(sources, h.spec.egress) {
+		return nil
+	}
+	spec := h.spec
+	spec.egress = sources
+	return h.setFilterLocked(spec)
+}
