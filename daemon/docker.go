@@ -9,8 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/weavewg/weavewg/docker"
@@ -90,7 +90,7 @@ func (h dockerHost) CheckSubnet(p netip.Prefix) error {
 	}
 	return nil
 }
-func (h dockerHost) Range() netip.Prefix  { return h.d.cfg.Range }
+func (h dockerHost) Range() netip.Prefix { return h.d.cfg.Range }
 
 // startDocker serves the plugin socket, re-adopts the endpoints of
 // containers that ran across a restart and, when Docker answers, creates
