@@ -168,7 +168,11 @@ func (r *Router) Secrets() SecretStatus {
 		if k == r.self {
 			continue
 		}
-		if ad, ok := r.peerAds[k]; !ok || ad.n != n.N || ad.id != st.ID {
+		ad, ok := r.peerAds[k]
+		if !ok && n.N == 0 {
+			continue // a network never rotated advertises nothing: all hold epoch 0
+		}
+		if !ok || ad.n != n.N || ad.id != st.ID {
 			st.Behind = append(st.Behind, k)
 		}
 	}

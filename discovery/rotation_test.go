@@ -112,6 +112,10 @@ func TestRotateSecret(t *testing.T) {
 	c.Connect(a.addr())
 	d.Connect(a.addr())
 	waitAllReachable(t, a, b, c, d)
+	// Never rotated: nobody advertises an epoch, and all hold epoch 0.
+	if st := a.Secrets(); st.Epoch != 0 || len(st.Behind) != 0 {
+		t.Errorf("before any rotation: epoch %d, %d peers said not to hold it", st.Epoch, len(st.Behind))
+	}
 	oldTok, err := a.CreateToken(time.Hour, 0, []Bootstrap{{Addr: addrPortOf(a.Addr()), Key: a.Self()}})
 	if err != nil {
 		t.Fatal(err)
