@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -36,6 +37,11 @@ var ErrCorrupt = errors.New("ipam: state file is corrupt")
 // wraps ErrCorrupt; one that says nothing about the file (another process
 // holds its lock, no permission) does not.
 func openChecked(path string, noSync bool) (st *boltStore, err error) {
+	// bbolt reads the file through a read-only mmap: a damaged freelist or
+	// page pointer can send it past the mapping, a memory fault that would
+	// kill the process (TestCorruptStateRecoversFromGossip did so once)
+	// rather than a panic recover can take. Turn faults into panics here.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
 			if st != nil {
