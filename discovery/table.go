@@ -233,6 +233,9 @@ func (r *Router) scheduleRecomputeLocked() {
 func (r *Router) freshLocked() {
 	if r.recomputePending {
 		r.recomputeLocked()
+		// The pending timer finds nothing left to do: nudge here, or
+		// the change would go unannounced.
+		r.nudge()
 	}
 }
 
