@@ -9,15 +9,18 @@ import (
 	"github.com/weavewg/weavewg/internal/netnstest"
 )
 
-// filterDrops reads the forward filter's drop counter in ns, or -1 when
-// the table is not there.
+// filterDrops reads the counter of the forward filter's rule that drops
+// what the TUN would send anywhere but the bridge, in ns, or -1 when the
+// table is not there. (Not the table's first counter: since attach
+// --egress, the chain starts with the rule that drops the bridge's traffic
+// leaving the overlay.)
 func filterDrops(t *testing.T, ns *netnstest.NS) int {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", ns.Name, "nft", "list", "table", "inet", "weavewg_weavewg0").CombinedOutput()
 	if err != nil {
 		return -1
 	}
-	m := regexp.MustCompile(`counter packets (\d+)`).FindSubmatch(out)
+	m := regexp.MustCompile(`iifname "weavewg0" oifname != "weavewg" counter packets (\d+)`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("no counter in the forward filter:\n%s", out)
 	}
