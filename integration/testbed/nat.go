@@ -271,40 +271,38 @@ func pubBytes(k key.Private) []byte { p := k.Public(); return p[:] }
 
 // FirstReply pings addr from c every 200 ms until the first reply or
 // timeout, and returns how long the first reply took, from the first echo
-// request on the wire: ping's own clock (its last send, which drew the
-// reply, plus that reply's round trip), so starting ip(8) and ping in the
-// namespace, slow on a loaded machine, is not counted. The wall clock
-// around the command is the fallback when ping's summary cannot be read.
+// request on the wire: by ping's own clock, the answered request's place
+// in the 200 ms schedule plus its round trip (a request WireGuard held
+// until its handshake is answered late, so the answered one need not be
+// the last sent). Starting ip(8) and ping in the namespace, slow on a
+// loaded machine, is not counted. The wall clock around the command is
+// the fallback when ping's output cannot be read.
 func (c *Container) FirstReply(addr string, timeout time.Duration) (time.Duration, error) {
 	start := time.Now()
-	out, err := c.Exec("ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", strconv.Itoa(int((timeout+time.Second-1)/time.Second)), addr)
+	out, err := c.Exec("ping", "-n", "-c", "1", "-i", "0.2", "-w", strconv.Itoa(int((timeout+time.Second-1)/time.Second)), addr)
 	took := time.Since(start)
 	if err != nil {
 		return took, fmt.Errorf("ping %s → %s: no reply in %v: %v: %s", c, addr, timeout, err, strings.TrimSpace(out))
 	}
-	if d, ok := pingFirstReply(out); ok {
+	if d, ok := pingFirstReply(out, 200*time.Millisecond); ok {
 		return d, nil
 	}
 	return took, nil
 }
 
-var (
-	pingElapsed = regexp.MustCompile(`received, .*time (\d+)ms`)
-	pingRTT     = regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/[\d.]+/([\d.]+)/`)
-)
+var pingReply = regexp.MustCompile(`icmp_seq=(\d+) .*time=([\d.]+) ms`)
 
-// pingFirstReply reads iputils ping's summary of a run that stopped at its
-// first reply: "time" is from the first send to the last, and the reply
-// answered the last.
-func pingFirstReply(out string) (time.Duration, bool) {
-	e, r := pingElapsed.FindStringSubmatch(out), pingRTT.FindStringSubmatch(out)
-	if e == nil || r == nil {
+// pingFirstReply reads iputils ping's first reply line, of requests sent
+// every interval from icmp_seq 1 on.
+func pingFirstReply(out string, interval time.Duration) (time.Duration, bool) {
+	m := pingReply.FindStringSubmatch(out)
+	if m == nil {
 		return 0, false
 	}
-	ms, err1 := strconv.Atoi(e[1])
-	rtt, err2 := strconv.ParseFloat(r[1], 64)
-	if err1 != nil || err2 != nil {
+	seq, err1 := strconv.Atoi(m[1])
+	rtt, err2 := strconv.ParseFloat(m[2], 64)
+	if err1 != nil || err2 != nil || seq < 1 {
 		return 0, false
 	}
-	return time.Duration(ms)*time.Millisecond + time.Duration(rtt*float64(time.Millisecond)), true
+	return time.Duration(seq-1)*interval + time.Duration(rtt*float64(time.Millisecond)), true
 }

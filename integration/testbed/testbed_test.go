@@ -168,22 +168,24 @@ func TestSweep(t *testing.T) {
 	}
 }
 
-// TestPingFirstReply reads the summaries iputils ping printed here for a
-// reply to the first request and for one to the fifth (the first four
-// dropped by the far side's nftables).
+// TestPingFirstReply reads the output iputils ping printed here for a
+// reply to the first request, for one to the fifth (the first four
+// dropped by the far side's nftables), and for a first request answered
+// late (held 4.9 s, as WireGuard holds packets until its handshake).
 func TestPingFirstReply(t *testing.T) {
 	for _, tc := range []struct {
 		out  string
 		want time.Duration
 	}{
-		{"--- 127.0.0.1 ping statistics ---\n1 packets transmitted, 1 received, 0% packet loss, time 0ms\nrtt min/avg/max/mdev = 0.045/0.045/0.045/0.000 ms\n", 45 * time.Microsecond},
-		{"--- 198.51.100.2 ping statistics ---\n5 packets transmitted, 1 received, 80% packet loss, time 825ms\nrtt min/avg/max/mdev = 0.067/0.067/0.067/0.000 ms\n", 825*time.Millisecond + 67*time.Microsecond},
+		{"PING 127.0.0.1 (127.0.0.1) 56(84) bytes of data.\n64 bytes from 127.0.0.1: icmp_seq=1 ttl=64 time=0.045 ms\n\n--- 127.0.0.1 ping statistics ---\n1 packets transmitted, 1 received, 0% packet loss, time 0ms\n", 45 * time.Microsecond},
+		{"PING 198.51.100.2 (198.51.100.2) 56(84) bytes of data.\n64 bytes from 198.51.100.2: icmp_seq=5 ttl=64 time=0.067 ms\n\n--- 198.51.100.2 ping statistics ---\n5 packets transmitted, 1 received, 80% packet loss, time 825ms\n", 800*time.Millisecond + 67*time.Microsecond},
+		{"PING 10.44.0.1 (10.44.0.1) 56(84) bytes of data.\n64 bytes from 10.44.0.1: icmp_seq=1 ttl=64 time=4900 ms\n\n--- 10.44.0.1 ping statistics ---\n25 packets transmitted, 1 received, 96% packet loss, time 4805ms\n", 4900 * time.Millisecond},
 	} {
-		if d, ok := pingFirstReply(tc.out); !ok || d != tc.want {
+		if d, ok := pingFirstReply(tc.out, 200*time.Millisecond); !ok || d != tc.want {
 			t.Errorf("pingFirstReply = %v %v, want %v from:\n%s", d, ok, tc.want, tc.out)
 		}
 	}
-	if _, ok := pingFirstReply("ping: connect: Network is unreachable\n"); ok {
-		t.Error("pingFirstReply read a time from a ping without a summary")
+	if _, ok := pingFirstReply("ping: connect: Network is unreachable\n", 200*time.Millisecond); ok {
+		t.Error("pingFirstReply read a time from a ping without a reply")
 	}
 }
