@@ -25,7 +25,12 @@ TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils
          iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
          unshare:util-linux jq:jq systemd-analyze:systemd socat:socat \
-         sysctl:procps curl:curl
+         sysctl:procps curl:curl qemu-system-x86_64:qemu-system-x86 ldd:libc-bin
+
+# The kernel WireGuard test (integration/vm_test.go) boots Debian's own
+# kernel under qemu; deps unpacks linux-image-amd64's kernel package here
+# (not installed: no boot loader or initramfs hooks run).
+VM_KERNEL_DIR ?= /var/cache/weavewg-test/linux-image
 
 .PHONY: all build release test unit integration deps demo bench bench-dns bench-scale bench-scale-sim bench-scale-ns fuzz vet clean
 
@@ -60,6 +65,20 @@ deps:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
 		echo "make deps: missing$$missing; the tests that need them will skip"; \
+	fi
+	@if [ ! -d $(VM_KERNEL_DIR)/boot ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		pkg=$$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: //p' | head -n 1); \
+		if [ -z "$$pkg" ]; then apt-get update -qq; \
+			pkg=$$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: //p' | head -n 1); fi; \
+		tmp=$$(mktemp -d); \
+		if [ -n "$$pkg" ] && (cd $$tmp && apt-get download -qq $$pkg) && mkdir -p $(VM_KERNEL_DIR) && \
+			dpkg-deb -x $$tmp/*.deb $(VM_KERNEL_DIR); then \
+			echo "make deps: unpacked $$pkg into $(VM_KERNEL_DIR) for the kernel WireGuard VM test"; \
+		else \
+			echo "make deps: could not unpack Debian's kernel; the kernel WireGuard VM test will skip"; \
+			rm -rf $(VM_KERNEL_DIR); \
+		fi; \
+		rm -rf $$tmp; \
 	fi
 
 # test runs every package's tests, fuzz seed corpora included: the unit

@@ -75,6 +75,9 @@ func BuildBinaryTags(dir, tags string) (string, error) {
 	return out, nil
 }
 
+// Binary is the weavewg binary BuildBinary made or found.
+func Binary() string { return binaryPath() }
+
 func setBinary(p string) {
 	binMu.Lock()
 	binSet = p
