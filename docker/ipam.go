@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -52,7 +54,16 @@ func (p *Plugin) requestPool(r requestPoolRequest) (any, error) {
 			return nil, fmt.Errorf("subnet %q is not a CIDR", pool)
 		}
 		if err := p.host.CheckSubnet(sub); err != nil {
-			return nil, fmt.Errorf("subnet %s: %v (omit --subnet for the default subnet of %s)", pool, err, rng)
+			return nil, fmt.Errorf("%v (omit --subnet for the default subnet of %s)", err, rng)
+		}
+		// Docker checks pools against each other only for its own IPAM.
+		// The network that has sub itself is refused at CreateNetwork,
+		// since a restarted dockerd asks again for its networks' pools.
+		p.mu.Lock()
+		err = p.subnetOverlapLocked(sub, "", false)
+		p.mu.Unlock()
+		if err != nil {
+			return nil, err
 		}
 		id = subnetPoolPrefix + sub.String()
 	}
@@ -60,6 +71,32 @@ func (p *Plugin) requestPool(r requestPoolRequest) (any, error) {
 		return nil, fmt.Errorf("ip-range %s: weavewg allocates from the whole subnet; omit --ip-range", r.SubPool)
 	}
 	return requestPoolResponse{PoolID: id, Pool: pool, Data: map[string]string{}}, nil
+}
+
+// isolated reports whether a network's pool is an isolated subnet rather
+// than the range (a network without --subnet).
+func (p *Plugin) isolated(pool netip.Prefix) bool {
+	return pool.String() != anyPool && pool != p.host.Range()
+}
+
+// subnetOverlapLocked refuses an isolated subnet that overlaps the subnet
+// of a network other than networkID on this host; one with sub itself only
+// if same. Networks without --subnet (the default subnet) overlap none.
+func (p *Plugin) subnetOverlapLocked(sub netip.Prefix, networkID string, same bool) error {
+	ids := slices.Sorted(maps.Keys(p.st.Networks))
+	for _, id := range ids {
+		other, err := netip.ParsePrefix(p.st.Networks[id].Pool)
+		if id == networkID || err != nil || !p.isolated(other) || !other.Overlaps(sub) {
+			continue
+		}
+		switch {
+		case other != sub:
+			return fmt.Errorf("subnet %s overlaps %s, the subnet of Docker network %s on this host: isolated subnets must not overlap", sub, other, short(id))
+		case same:
+			return fmt.Errorf("subnet %s overlaps Docker network %s, whose subnet it is on this host: an isolated subnet has one network per host (run its containers on that network)", sub, short(id))
+		}
+	}
+	return nil
 }
 
 func (p *Plugin) releasePool(r releasePoolRequest) (any, error) {

@@ -35,6 +35,13 @@ func (p *Plugin) createNetwork(r createNetworkRequest) (any, error) {
 	if _, ok := p.st.Networks[r.NetworkID]; ok {
 		return struct{}{}, nil
 	}
+	for _, d := range r.IPv4Data {
+		if sub, err := netip.ParsePrefix(d.Pool); err == nil && p.isolated(sub) {
+			if err := p.subnetOverlapLocked(sub, r.NetworkID, true); err != nil {
+				return nil, err
+			}
+		}
+	}
 	p.st.Networks[r.NetworkID] = network{Pool: r.IPv4Data[0].Pool, Gateway: r.IPv4Data[0].Gateway}
 	if err := p.saveLocked(); err != nil {
 		delete(p.st.Networks, r.NetworkID)

@@ -374,7 +374,26 @@ func TestIsolatedSubnetPool(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(j["StaticRoutes"]), "10.32.0.1/32") {
 		t.Fatalf("Join gave no route to the host's DNS: %v", j)
 	}
+	// Another network may not overlap n1's subnet: a pool partly over it
+	// is refused at once; the same subnet (which a restarted dockerd asks
+	// for again, for n1) at CreateNetwork. n1 itself is created again.
+	r.host.subnets = append(r.host.subnets, netip.MustParsePrefix("10.33.1.0/25"), netip.MustParsePrefix("10.33.0.0/16"))
+	for _, sub := range []string{"10.33.1.0/25", "10.33.0.0/16"} {
+		if code, m := r.call("IpamDriver.RequestPool", `{"Pool":"`+sub+`"}`); code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(m), "overlaps 10.33.1.0/24, the subnet of Docker network n1") {
+			t.Errorf("RequestPool %s overlapping n1's subnet: HTTP %d %v", sub, code, m)
+		}
+	}
+	r.ok("IpamDriver.RequestPool", map[string]any{"Pool": "10.33.1.0/24"})
+	if code, m := r.call("NetworkDriver.CreateNetwork", `{"NetworkID":"n2","IPv4Data":[{"Pool":"10.33.1.0/24"}]}`); code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(m), "overlaps Docker network n1") {
+		t.Errorf("CreateNetwork n2 with n1's subnet: HTTP %d %v", code, m)
+	}
+	r.ok("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": "n1", "IPv4Data": []map[string]any{{"Pool": "10.33.1.0/24"}}})
+	r.ok("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": "n3", "IPv4Data": []map[string]any{{"Pool": "0.0.0.0/0"}}})
 	r.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": id})
+	// Once n1 is gone its subnet is free again.
+	r.ok("NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "n1", "EndpointID": "e0123456789abcdef"})
+	r.ok("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "n1"})
+	r.ok("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": "n2", "IPv4Data": []map[string]any{{"Pool": "10.33.1.0/24"}}})
 }
 
 // TestMalformed is acceptance 4 at the protocol level: every malformed or
