@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // inNetns runs f with a netlink handle inside the namespace at path; the
@@ -18,7 +19,7 @@ func inNetns(path string, f func(h *netlink.Handle) error) error {
 		return fmt.Errorf("namespace %s: %w", path, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("namespace %s: netlink: %w", path, err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultIfName is the interface a namespace gets when AttachSpec.IfName is "".
@@ -65,7 +66,7 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 		return Attached{}, fmt.Errorf("attach: namespace %s: %w", spec.Netns, err)
 	}
 	defer ns.Close()
-	cnl, err := netlink.NewHandleAt(ns)
+	cnl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return Attached{}, fmt.Errorf("attach: namespace %s: opening netlink: %w", spec.Netns, err)
 	}

@@ -136,7 +136,7 @@ func New(cfg Config) (*Host, error) {
 	if h.ns, err = netns.Get(); err != nil {
 		return nil, fmt.Errorf("host networking: reading the network namespace: %w", err)
 	}
-	if h.nl, err = netlink.NewHandleAt(h.ns); err != nil {
+	if h.nl, err = netlink.NewHandleAt(h.ns, unix.NETLINK_ROUTE); err != nil {
 		return nil, fmt.Errorf("host networking: opening netlink: %w", err)
 	}
 	tun, err := h.nl.LinkByName(cfg.TUN)

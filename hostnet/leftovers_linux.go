@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // RemoveLeftovers removes what a stopped daemon leaves for its containers'
@@ -35,7 +36,7 @@ func RemoveLeftovers(bridge, tun string, log *slog.Logger) error {
 	if err := removeForwardFilter(ns, tun); err != nil {
 		errs = append(errs, fmt.Errorf("host networking: %w", err))
 	}
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("host networking: opening netlink: %w", err))...)
 	}

@@ -19,10 +19,11 @@ import (
 // veths, wireguard-go's TUN, and nftables with the ct expression that
 // holds notrack (the port-sharing table, vxlan and hostnet filters).
 // crc32c_generic is libcrc32c's soft dependency ("crc32c", an alias that
-// insmod cannot resolve), which nf_tables needs. xfrm_user: vishvananda's
-// netlink handles open an XFRM socket too, which a host's modprobe loads on
-// demand and the guest, without modprobe, cannot.
-var vmModules = []string{"wireguard", "veth", "bridge", "tun", "crc32c_generic", "nf_tables", "nft_ct", "xfrm_user"}
+// insmod cannot resolve), which nf_tables needs. Nothing else: the guest
+// has no modprobe, so a family the daemon opened without needing it (as
+// vishvananda's netlink handles do by default: XFRM needs xfrm_user) fails
+// the run, as on a host without that module.
+var vmModules = []string{"wireguard", "veth", "bridge", "tun", "crc32c_generic", "nf_tables", "nft_ct"}
 
 // vmOutput is what the guest printed: RESULT lines and named blocks.
 type vmOutput struct {

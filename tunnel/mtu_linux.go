@@ -94,7 +94,7 @@ func routeMTU(nl *netlink.Handle, dst netip.Addr) (route, link int, err error) {
 // paths get a smaller MTU on their own routes (mtu.go) and every other pair
 // keeps full-size packets. why says where the figure came from.
 func UnderlayMTU(dsts []netip.Addr, skip ...string) (mtu int, why string, err error) {
-	nl, err := netlink.NewHandle()
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return 0, "", fmt.Errorf("underlay MTU: %w", err)
 	}

@@ -185,7 +185,7 @@ func New(cfg Config) (*Tunnel, error) {
 	if t.ns, err = netns.Get(); err != nil {
 		return nil, fmt.Errorf("tunnel: reading the network namespace: %w", err)
 	}
-	if t.nl, err = netlink.NewHandleAt(t.ns); err != nil {
+	if t.nl, err = netlink.NewHandleAt(t.ns, unix.NETLINK_ROUTE); err != nil {
 		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
 	}
 	if t.tunDev, err = tun.CreateTUN(cfg.Iface, cfg.MTU); err != nil {
@@ -201,13 +201,13 @@ func New(cfg Config) (*Tunnel, error) {
 	t.tunIndex = link.Attrs().Index
 	t.bind = NewBind(conn.NewStdNetBind(), t.ns)
 	t.keys = pairKeys{priv: cfg.Private, secret: cfg.Secret}
-	if t.mtuNL, err = netlink.NewHandleAt(t.ns); err != nil {
+	if t.mtuNL, err = netlink.NewHandleAt(t.ns, unix.NETLINK_ROUTE); err != nil {
 		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
 	}
 	if t.raw, err = openRawSender(cfg.Port); err != nil {
 		t.log.Warn("no path MTU probes: peers behind paths that drop ICMP may stall", "err", err)
 	}
-	tunNL, err := netlink.NewHandleAt(t.ns)
+	tunNL, err := netlink.NewHandleAt(t.ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: opening netlink: %w", err)
 	}

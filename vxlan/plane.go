@@ -174,7 +174,7 @@ func New(cfg Config) (*Plane, error) {
 	if p.ns, err = netns.Get(); err != nil {
 		return nil, fmt.Errorf("vxlan: reading the network namespace: %w", err)
 	}
-	if p.nl, err = netlink.NewHandleAt(p.ns); err != nil {
+	if p.nl, err = netlink.NewHandleAt(p.ns, unix.NETLINK_ROUTE); err != nil {
 		return nil, fmt.Errorf("vxlan: opening netlink: %w", err)
 	}
 	if p.index, err = createDevice(p.nl, cfg, p.mac); err != nil {
