@@ -38,7 +38,7 @@ const (
 // multicastHost is what multicast needs of hostnet.Host; a host network
 // without it (the daemon's tests' fakes) has no multicast.
 type multicastHost interface {
-	WatchMulticastGroups(stop <-chan struct{}, changed func([]netip.Addr))
+	WatchMulticastMembers(stop <-chan struct{}, changed func([]hostnet.MulticastMember))
 	OpenMulticastTap() (*hostnet.MulticastTap, error)
 }
 
@@ -59,6 +59,13 @@ type multicast struct {
 	wg         sync.WaitGroup
 
 	rxWrongIf atomic.Uint64
+
+	// Guarded by mu: the bridge's members as last read, and the subnet of
+	// the container behind each port (applyFilters), which together make
+	// this host's groups on each subnet.
+	mu      sync.Mutex
+	members []hostnet.MulticastMember
+	ports   map[string]netip.Prefix
 }
 
 // startMulticast opens the mcast channel (before the control plane
@@ -72,7 +79,6 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 	m := &multicast{
 		eng: mcast.New(mcast.Config{
 			Self:      d.pub,
-			Subnets:   []netip.Prefix{d.cfg.Range},
 			LinkLocal: d.cfg.MulticastLinkLocal,
 			Logger:    d.log.With("part", "mcast"),
 		}),
@@ -116,10 +122,11 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 	m.wg.Go(m.replicateLoop)
 	m.wg.Go(m.deliverLoop)
 	m.wg.Go(func() {
-		mh.WatchMulticastGroups(m.stop, func(gs []netip.Addr) {
-			if m.eng.SetLocalGroups(gs) {
-				m.ch.Broadcast(m.eng.Message())
-			}
+		mh.WatchMulticastMembers(m.stop, func(ms []hostnet.MulticastMember) {
+			m.mu.Lock()
+			m.members = ms
+			m.mu.Unlock()
+			m.updateGroups(false)
 		})
 	})
 	m.wg.Go(m.antiEntropyLoop)
@@ -229,11 +236,39 @@ func (m *multicast) setPeers(self []netip.Prefix, peers []discovery.Peer, allowe
 		if slices.Contains(src, netip.PrefixFrom(p.HostIP, 32)) {
 			host = p.HostIP
 		}
-		ps = append(ps, mcast.Peer{Key: p.Key, HostIP: host, Sources: src, Attached: p.Attached})
+		ps = append(ps, mcast.Peer{Key: p.Key, HostIP: host, Sources: src})
 	}
 	for _, k := range m.eng.SetPeers(ps) {
 		// An error means unreachable again already; anti-entropy repairs it.
 		m.ch.Send(k, m.eng.Message())
+	}
+}
+
+// setSubnets tells replication this host's subnets (the default one and
+// those its containers are on) and the subnet of the container behind
+// each bridge port; a change is told to every peer at once.
+func (m *multicast) setSubnets(subnets []netip.Prefix, ports map[string]netip.Prefix) {
+	m.mu.Lock()
+	m.ports = ports
+	m.mu.Unlock()
+	m.updateGroups(m.eng.SetSubnets(subnets))
+}
+
+// updateGroups hands the engine the bridge's members, each on the subnet
+// of its port's container (a port without one, a moment before its
+// attachment is recorded, is left out until the next update), and tells
+// every peer if this host's state changed.
+func (m *multicast) updateGroups(changed bool) {
+	m.mu.Lock()
+	var ms []mcast.Member
+	for _, mm := range m.members {
+		if s, ok := m.ports[mm.Port]; ok {
+			ms = append(ms, mcast.Member{Subnet: s, Group: mm.Group})
+		}
+	}
+	m.mu.Unlock()
+	if m.eng.SetLocalGroups(ms) || changed {
+		m.ch.Broadcast(m.eng.Message())
 	}
 }
 

@@ -103,7 +103,17 @@ func (d *Daemon) attachSpec(netns string, p netip.Prefix, ifName string, egress 
 // have it).
 type subnetFilter interface {
 	SetSubnets(subnets []netip.Prefix) error
+	SetPortSubnets(ports map[string]netip.Prefix) error
 	SetEgress(sources []netip.Addr) error
+}
+
+// attachmentSubnet is the subnet a container at p is on: its own when
+// isolating, else the whole range.
+func (d *Daemon) attachmentSubnet(p netip.Prefix) netip.Prefix {
+	if !d.isolating() {
+		return d.cfg.Range
+	}
+	return p.Masked()
 }
 
 // applyFilters hands hostnet the subnets this host's containers use (for
@@ -111,30 +121,52 @@ type subnetFilter interface {
 // addresses that may leave through the host (egress). It runs at attach,
 // and in every reconcile (releases, restarts).
 func (d *Daemon) applyFilters() {
-	f, ok := d.host.(subnetFilter)
-	if !ok {
-		return
-	}
-	var subnets []netip.Prefix
+	// The subnets this host's containers are on, and the default one
+	// (where the host address lies) for the filter.
+	var used []netip.Prefix
+	ports := map[string]netip.Prefix{}
 	var egress []netip.Addr
-	if d.isolating() {
-		subnets = append(subnets, d.defaultSubnet())
-	}
 	d.mu.Lock()
 	for _, r := range d.attachments {
 		p, ok := r.Prefix()
 		if !ok {
 			continue
 		}
-		if d.isolating() && !slices.Contains(subnets, p.Masked()) && p.Masked() != d.cfg.Range {
-			subnets = append(subnets, p.Masked())
+		s := d.attachmentSubnet(p)
+		if !slices.Contains(used, s) {
+			used = append(used, s)
+		}
+		if r.HostVeth != "" {
+			ports[r.HostVeth] = s
 		}
 		if r.Egress {
 			egress = append(egress, p.Addr())
 		}
 	}
 	d.mu.Unlock()
-	err := errors.Join(f.SetSubnets(subnets), f.SetEgress(egress))
+	if d.mcast != nil {
+		// Multicast and broadcast are scoped by subnet, isolating or not
+		// (one subnet, the range, when not); a host is sent a subnet's
+		// broadcasts only if it has containers on it.
+		d.mcast.setSubnets(used, ports)
+	}
+	subnets := []netip.Prefix{d.defaultSubnet()}
+	for _, s := range used {
+		if !slices.Contains(subnets, s) {
+			subnets = append(subnets, s)
+		}
+	}
+	f, ok := d.host.(subnetFilter)
+	if !ok {
+		return
+	}
+	if !d.isolating() {
+		subnets, ports = nil, nil
+	}
+	// A record from before isolation was turned on has the range's prefix
+	// length: no isolation rule of its own (its port is still scoped).
+	subnets = slices.DeleteFunc(subnets, func(s netip.Prefix) bool { return s == d.cfg.Range })
+	err := errors.Join(f.SetSubnets(subnets), f.SetPortSubnets(ports), f.SetEgress(egress))
 	d.filterMu.Lock()
 	defer d.filterMu.Unlock()
 	if msg := fmt.Sprint(err); err != nil && msg != d.filterErr {

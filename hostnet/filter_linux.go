@@ -76,6 +76,9 @@ type filterSpec struct {
 	peerUDP []uint16 // ports of hostIP open to the peer devices
 	// subnets are the isolated subnets in use here (subnet_linux.go).
 	subnets []netip.Prefix
+	// ports are the bridge ports of containers and their subnets, whose
+	// group frames are scoped (subnet_linux.go).
+	ports map[string]netip.Prefix
 	// egress are the containers that may leave through the host
 	// (egress_linux.go).
 	egress []netip.Addr

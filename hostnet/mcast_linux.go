@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -96,19 +97,59 @@ func (h *Host) setFastLeave(link netlink.Link) {
 	}
 }
 
-// MulticastGroups returns the IPv4 groups with members behind some port of
-// the bridge (not groups only the host itself joined), ascending.
-func (h *Host) MulticastGroups() ([]netip.Addr, error) {
+// MulticastMember is a group with a member behind one port of the bridge.
+type MulticastMember struct {
+	// Port is the port's name: a container's host-side veth, whose
+	// attachment says which subnet the member is on.
+	Port  string
+	Group netip.Addr
+}
+
+// MulticastMembers returns the IPv4 groups with members behind some port
+// of the bridge (not groups only the host itself joined), by port, sorted.
+func (h *Host) MulticastMembers() ([]MulticastMember, error) {
 	req := nl.NewNetlinkRequest(unix.RTM_GETMDB, unix.NLM_F_DUMP)
 	req.AddData(brPortMsg{family: unix.AF_BRIDGE, ifindex: uint32(h.brIndex)})
-	var groups []netip.Addr
+	var entries []mdbEntry
 	// The kernel answers a dump with messages of type RTM_GETMDB
 	// (br_mdb_dump); notifications are RTM_NEWMDB and RTM_DELMDB.
 	err := executeAt(h.ns, req, unix.RTM_GETMDB, func(m []byte) {
-		groups = append(groups, parseMDB(m, h.brIndex)...)
+		entries = append(entries, parseMDB(m, h.brIndex)...)
 	})
 	if err != nil && !errors.Is(err, nl.ErrDumpInterrupted) {
 		return nil, fmt.Errorf("reading the bridge's multicast database: %w", err)
+	}
+	names := map[int]string{}
+	var out []MulticastMember
+	for _, e := range entries {
+		name, ok := names[e.port]
+		if !ok {
+			// A port that went since the dump has no name: its entry
+			// goes with it.
+			if l, lerr := h.nl.LinkByIndex(e.port); lerr == nil {
+				name = l.Attrs().Name
+			}
+			names[e.port] = name
+		}
+		if name != "" {
+			out = append(out, MulticastMember{Port: name, Group: e.group})
+		}
+	}
+	slices.SortFunc(out, func(a, b MulticastMember) int {
+		if c := strings.Compare(a.Port, b.Port); c != 0 {
+			return c
+		}
+		return a.Group.Compare(b.Group)
+	})
+	return slices.Compact(out), err
+}
+
+// MulticastGroups returns the groups of MulticastMembers, ascending.
+func (h *Host) MulticastGroups() ([]netip.Addr, error) {
+	ms, err := h.MulticastMembers()
+	var groups []netip.Addr
+	for _, m := range ms {
+		groups = append(groups, m.Group)
 	}
 	slices.SortFunc(groups, netip.Addr.Compare)
 	return slices.Compact(groups), err
@@ -128,14 +169,20 @@ func (m brPortMsg) Serialize() []byte {
 	return b
 }
 
-// parseMDB returns the IPv4 groups of one RTM_NEWMDB message (struct
+// mdbEntry is an IPv4 group with a member behind the port at index port.
+type mdbEntry struct {
+	port  int
+	group netip.Addr
+}
+
+// parseMDB returns the IPv4 entries of one RTM_NEWMDB message (struct
 // br_port_msg and attributes) of bridge brIndex that have a member behind
 // a port, not the bridge device itself. Anything it cannot read is skipped.
-func parseMDB(m []byte, brIndex int) []netip.Addr {
+func parseMDB(m []byte, brIndex int) []mdbEntry {
 	if len(m) < brPortMsgLen || int(nl.NativeEndian().Uint32(m[4:8])) != brIndex {
 		return nil
 	}
-	var out []netip.Addr
+	var out []mdbEntry
 	for _, mdb := range parseAttrs(m[brPortMsgLen:], mdbaMDB) {
 		for _, ent := range parseAttrs(mdb, mdbaMDBEntry) {
 			for _, info := range parseAttrs(ent, mdbaMDBEntryInfo) {
@@ -148,7 +195,7 @@ func parseMDB(m []byte, brIndex int) []netip.Addr {
 					continue
 				}
 				if g := netip.AddrFrom4([4]byte(info[8:12])); g.IsMulticast() {
-					out = append(out, g)
+					out = append(out, mdbEntry{port: port, group: g})
 				}
 			}
 		}
@@ -171,20 +218,20 @@ func parseAttrs(b []byte, typ uint16) [][]byte {
 	return out
 }
 
-// WatchMulticastGroups calls changed with the bridge's groups
-// (MulticastGroups) at once, whenever the kernel notifies a change of its
+// WatchMulticastMembers calls changed with the bridge's members
+// (MulticastMembers) at once, whenever the kernel notifies a change of its
 // multicast database, and every 10 s in case a notification was lost,
 // until stop is closed.
-func (h *Host) WatchMulticastGroups(stop <-chan struct{}, changed func([]netip.Addr)) {
+func (h *Host) WatchMulticastMembers(stop <-chan struct{}, changed func([]MulticastMember)) {
 	notes := make(chan struct{}, 1)
 	go h.subscribeMDB(stop, notes)
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
-		if gs, err := h.MulticastGroups(); err != nil {
+		if ms, err := h.MulticastMembers(); err != nil {
 			h.log.Warn("reading the bridge's multicast groups", "err", err)
 		} else {
-			changed(gs)
+			changed(ms)
 		}
 		select {
 		case <-stop:

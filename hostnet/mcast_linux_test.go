@@ -189,7 +189,7 @@ func mdbMessage() []byte {
 
 func TestParseMDB(t *testing.T) {
 	m := mdbMessage()
-	if got := parseMDB(m, 2); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("239.1.1.1")}) {
+	if got := parseMDB(m, 2); !slices.Equal(got, []mdbEntry{{port: 3, group: netip.MustParseAddr("239.1.1.1")}}) {
 		t.Errorf("groups behind ports of bridge 2: %v", got)
 	}
 	if got := parseMDB(m, 7); got != nil {
@@ -200,9 +200,9 @@ func TestParseMDB(t *testing.T) {
 func FuzzParseMDB(f *testing.F) {
 	f.Add(mdbMessage())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, g := range parseMDB(b, 2) {
-			if !g.Is4() || !g.IsMulticast() {
-				t.Fatalf("parsed %v", g)
+		for _, e := range parseMDB(b, 2) {
+			if g := e.group; !g.Is4() || !g.IsMulticast() || e.port == 2 {
+				t.Fatalf("parsed %v", e)
 			}
 		}
 	})

@@ -3,6 +3,7 @@ package hostnet
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -33,6 +34,19 @@ import (
 //			iifname "vethw*" ether type ip <the two rules per subnet>
 //		}
 //	}
+//
+// Multicast and broadcast frames (group bit set in the destination MAC)
+// are scoped by the port they leave through: each port with a container
+// drops those whose source is outside that container's subnet, both those
+// the bridge switches between ports (forward) and those the host puts on
+// the bridge (output: what package mcast delivers from other hosts):
+//
+//	oifname <port> ether type ip ether daddr & 01:00:00:00:00:00 != 0
+//		ip protocol != igmp ip saddr != <its subnet> counter drop
+//
+// IGMP is left alone: the bridge's own queries come from 0.0.0.0 and must
+// reach every port, or members would stop reporting. The rules are linear
+// in the ports (two per container), evaluated only for group frames.
 //
 // Traffic to the host itself (DNS, an exposure) is input, not forward, and
 // is the business of overlay_in.
@@ -99,6 +113,44 @@ func addIsolation(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec
 	for _, r := range isolationRules(spec, prefix) {
 		c.AddRule(&nftables.Rule{Table: bt, Chain: ch, Exprs: r})
 	}
+	out := c.AddChain(&nftables.Chain{
+		Name:     "output",
+		Table:    bt,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookOutput,
+		Priority: nftables.ChainPriorityFilter,
+		Policy:   &policy,
+	})
+	for _, r := range groupScopeRules(spec) {
+		c.AddRule(&nftables.Rule{Table: bt, Chain: ch, Exprs: r})
+		c.AddRule(&nftables.Rule{Table: bt, Chain: out, Exprs: slices.Clone(r)})
+	}
+}
+
+// groupScopeRules drop, at each port, group-addressed IPv4 frames (other
+// than IGMP) from outside the subnet of the port's container.
+func groupScopeRules(spec filterSpec) [][]expr.Any {
+	ports := slices.Sorted(maps.Keys(spec.ports))
+	var out [][]expr.Any
+	for _, port := range ports {
+		s := spec.ports[port]
+		if !s.Addr().Is4() {
+			continue
+		}
+		r := ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, port)
+		r = append(r,
+			&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x08, 0x00}}, // ether type ip
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x01}, Xor: []byte{0x00}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x00}}, // group bit
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.IPPROTO_IGMP}},
+		)
+		r = append(r, ipFieldOp(12, s, expr.CmpOpNeq)...)
+		out = append(out, append(r, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}))
+	}
+	return out
 }
 
 // removeBridgeTable deletes the bridge table; a missing one is fine. Its
@@ -131,5 +183,22 @@ func (h *Host) SetSubnets(subnets []netip.Prefix) error {
 	}
 	spec := h.spec
 	spec.subnets = subnets
+	return h.setFilterLocked(spec)
+}
+
+// SetPortSubnets makes ports (a bridge port's name to the subnet of the
+// container behind it) the ports whose multicast and broadcast frames are
+// scoped to their subnet; they are used only while SetSubnets has subnets.
+func (h *Host) SetPortSubnets(ports map[string]netip.Prefix) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return ErrClosed
+	}
+	if maps.Equal(ports, h.spec.ports) {
+		return nil
+	}
+	spec := h.spec
+	spec.ports = maps.Clone(ports)
 	return h.setFilterLocked(spec)
 }

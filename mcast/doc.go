@@ -5,19 +5,27 @@
 // does no I/O: hostnet taps the bridge and reads its snooping table, the
 // daemon carries the messages.
 //
-// A membership message (payload of the "mcast" gossip channel, signed end to
-// end by the channel, so a host speaks only for its own groups):
+// A membership message (payload of the "mcast" gossip channel, signed end
+// to end by the channel, so a host speaks only for its own groups):
 //
+//	+-----------+--------+--------+------------------------------------+
+//	| version 2 | seq 8  | n 2    | n × subnet                         |
+//	| (1)       | BE u64 | BE u16 | ascending (address, then length)   |
+//	+-----------+--------+--------+------------------------------------+
+//	subnet:
 //	+-----------+--------+--------+-------------------+
-//	| version 1 | seq 8  | n 2    | n × group 4       |
-//	| (1)       | BE u64 | BE u16 | IPv4, ascending   |
+//	| address 4 | bits 1 | k 2    | k × group 4       |
+//	| (masked)  | ≤ 32   | BE u16 | IPv4, ascending   |
 //	+-----------+--------+--------+-------------------+
 //
-// It is the sender's whole set: a receiver keeps, per peer, the message with
-// the highest seq (seqs start at the start time in nanoseconds, so a restarted
-// host's state wins). Groups are multicast addresses outside 224.0.0.0/24,
-// strictly ascending (so each set has one encoding), at most MaxGroups;
-// anything else, or trailing bytes, refuses the message whole.
+// It is the sender's whole state: the subnets its containers are on, and
+// on each the groups with members there. A receiver keeps, per peer, the
+// message with the highest seq (seqs start at the start time in
+// nanoseconds, so a restarted host's state wins). Groups are multicast
+// addresses outside 224.0.0.0/24; each list strictly ascending (so each
+// state has one encoding); at most MaxSubnets subnets and MaxGroups
+// groups in all; anything else, or trailing bytes, refuses the message
+// whole. Version 1 (groups without subnets) is refused.
 //
 // A replicated datagram (UDP payload to port DataPort(--port) on the member
 // host's overlay address, so WireGuard carries it like any packet to that

@@ -18,9 +18,7 @@ import (
 // Config configures an Engine.
 type Config struct {
 	Self key.Public
-	// Subnets are the overlay's subnets: a broadcast to one's broadcast
-	// address (or to 255.255.255.255 from an address in it) goes to the
-	// hosts with containers in it.
+	// Subnets are this host's subnets at the start (SetSubnets).
 	Subnets []netip.Prefix
 	// LinkLocal replicates 224.0.0.0/24 (mDNS, say) to every host with
 	// containers in the sender's subnet; off, it stays on its host.
@@ -38,9 +36,12 @@ type Peer struct {
 	// Sources are the addresses it may send from (its AllowedIPs): a
 	// datagram it replicates from any other source is dropped.
 	Sources []netip.Prefix
-	// Attached are its containers' addresses (broadcasts go to the hosts
-	// with containers in the subnet).
-	Attached []netip.Prefix
+}
+
+// Member is a group with a member on one of this host's subnets.
+type Member struct {
+	Subnet netip.Prefix
+	Group  netip.Addr
 }
 
 // Engine holds the memberships of every host and decides replication.
@@ -58,26 +59,22 @@ type Engine struct {
 	// Guarded by mu.
 	mu      sync.Mutex
 	seq     uint64
-	local   []netip.Addr              // this host's groups, ascending
-	remote  map[key.Public]Membership // reachable peers' last state
+	subnets []netip.Prefix            // this host's, ascending
+	members []Member                  // this host's, as last set
+	local   []SubnetGroups            // this host's announced state
+	remote  map[key.Public]Membership // peers' last state
 	peers   map[key.Public]Peer       // reachable peers
 	self    []netip.Prefix            // this host's own sources
-	subnets []netip.Prefix
 }
 
 // view is what the packet path reads; never modified once published.
 type view struct {
-	local   map[netip.Addr]bool
-	byGroup map[netip.Addr][]netip.Addr // group → member hosts' addresses
-	byHost  map[netip.Addr]*Peer        // host address → peer
-	subnets []subnetView
-	self    []netip.Prefix
-}
-
-type subnetView struct {
-	prefix    netip.Prefix
-	broadcast netip.Addr
-	hosts     []netip.Addr // hosts with containers in it
+	subnets  []netip.Prefix                // this host's, most specific first
+	local    map[Member]bool               // this host's members
+	byMember map[Member][]netip.Addr       // → hosts with members of the group on the subnet
+	bySubnet map[netip.Prefix][]netip.Addr // → hosts with containers on the subnet
+	byHost   map[netip.Addr]*Peer          // host address → peer
+	self     []netip.Prefix
 }
 
 // New makes an engine with no peers and no groups.
@@ -94,17 +91,28 @@ func New(cfg Config) *Engine {
 		remote: map[key.Public]Membership{},
 		peers:  map[key.Public]Peer{},
 	}
-	e.subnets = cfg.Subnets
+	e.subnets = sortedSubnets(cfg.Subnets)
+	e.local = e.localLocked()
 	e.publishLocked()
 	return e
 }
 
-// SetSubnets sets the overlay's subnets (Config.Subnets).
-func (e *Engine) SetSubnets(subnets []netip.Prefix) {
+// SetSubnets makes subnets this host's subnets: those its containers are
+// on (the default subnet included). A container's datagram is scoped to
+// the most specific of them that holds its address: it goes to the hosts
+// announcing members (or, for a broadcast, containers) on that subnet,
+// and one from another host is delivered only if its source is on one of
+// them. It reports whether the announced state changed; then Message is
+// the new state to tell every peer.
+func (e *Engine) SetSubnets(subnets []netip.Prefix) bool {
+	ss := sortedSubnets(subnets)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.subnets = subnets
-	e.publishLocked()
+	if slices.Equal(ss, e.subnets) {
+		return false
+	}
+	e.subnets = ss
+	return e.updateLocalLocked()
 }
 
 // SetSelf sets the addresses this host's containers send from (its own
@@ -137,34 +145,69 @@ func (e *Engine) SetPeers(peers []Peer) (added []key.Public) {
 	return added
 }
 
-// SetLocalGroups makes groups this host's groups with members (from the
-// bridge's snooping table). It reports whether they changed; then Message
-// is the new state to tell every peer.
-func (e *Engine) SetLocalGroups(groups []netip.Addr) bool {
-	gs := sortedGroups(groups)
-	if len(gs) > MaxGroups {
-		e.counters.groupsOverLimit.Add(1)
-		gs = gs[:MaxGroups]
-	}
+// SetLocalGroups makes members this host's groups with members, each on
+// the subnet of the container that joined (from the bridge's snooping
+// table). Members on a subnet that is not this host's are left out. It
+// reports whether the announced state changed; then Message is the new
+// state to tell every peer.
+func (e *Engine) SetLocalGroups(members []Member) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if slices.Equal(gs, e.local) {
+	e.members = slices.Clone(members)
+	return e.updateLocalLocked()
+}
+
+// updateLocalLocked recomputes the announced state; a change takes a new
+// seq and is published.
+func (e *Engine) updateLocalLocked() bool {
+	next := e.localLocked()
+	if slices.EqualFunc(next, e.local, func(a, b SubnetGroups) bool {
+		return a.Subnet == b.Subnet && slices.Equal(a.Groups, b.Groups)
+	}) {
 		return false
 	}
-	e.local = gs
+	e.local = next
 	e.seq++
 	e.publishLocked()
 	return true
 }
 
+// localLocked is the announced state: each subnet with its groups, within
+// the limits (what is over them is counted and left out).
+func (e *Engine) localLocked() []SubnetGroups {
+	ss := e.subnets
+	if len(ss) > MaxSubnets {
+		e.counters.subnetsOverLimit.Add(1)
+		ss = ss[:MaxSubnets]
+	}
+	out := make([]SubnetGroups, 0, len(ss))
+	total := 0
+	for _, s := range ss {
+		var gs []netip.Addr
+		for _, m := range e.members {
+			if m.Subnet.Masked() == s {
+				gs = append(gs, m.Group)
+			}
+		}
+		gs = sortedGroups(gs)
+		if total+len(gs) > MaxGroups {
+			e.counters.groupsOverLimit.Add(1)
+			gs = gs[:MaxGroups-total]
+		}
+		total += len(gs)
+		out = append(out, SubnetGroups{Subnet: s, Groups: gs})
+	}
+	return out
+}
+
 // Message is this host's membership message.
 func (e *Engine) Message() []byte {
 	e.mu.Lock()
-	m := Membership{Seq: e.seq, Groups: e.local}
+	m := Membership{Seq: e.seq, Subnets: e.local}
 	e.mu.Unlock()
 	b, err := AppendMembership(nil, m)
 	if err != nil {
-		// SetLocalGroups keeps local valid, sorted and bounded.
+		// localLocked keeps local valid, sorted and bounded.
 		panic(fmt.Sprintf("mcast: own membership: %v", err))
 	}
 	return b
@@ -198,13 +241,20 @@ func (e *Engine) HandleMessage(from key.Public, msg []byte) error {
 
 func (e *Engine) publishLocked() {
 	v := &view{
-		local:   map[netip.Addr]bool{},
-		byGroup: map[netip.Addr][]netip.Addr{},
-		byHost:  map[netip.Addr]*Peer{},
-		self:    e.self,
+		subnets:  slices.Clone(e.subnets),
+		local:    map[Member]bool{},
+		byMember: map[Member][]netip.Addr{},
+		bySubnet: map[netip.Prefix][]netip.Addr{},
+		byHost:   map[netip.Addr]*Peer{},
+		self:     e.self,
 	}
-	for _, g := range e.local {
-		v.local[g] = true
+	// Most specific first, so a subnet nested in another is found first:
+	// a container's address belongs to the most specific subnet holding it.
+	slices.SortStableFunc(v.subnets, func(a, b netip.Prefix) int { return b.Bits() - a.Bits() })
+	for _, s := range e.local {
+		for _, g := range s.Groups {
+			v.local[Member{s.Subnet, g}] = true
+		}
 	}
 	keys := slices.SortedFunc(maps.Keys(e.peers), func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
 	for _, k := range keys {
@@ -213,26 +263,11 @@ func (e *Engine) publishLocked() {
 			continue
 		}
 		v.byHost[p.HostIP] = &p
-		for _, g := range e.remote[k].Groups {
-			v.byGroup[g] = append(v.byGroup[g], p.HostIP)
-		}
-	}
-	// Most specific first, so a subnet nested in another is found first;
-	// a container's address belongs to the most specific subnet that
-	// holds it.
-	for _, s := range e.subnets {
-		v.subnets = append(v.subnets, subnetView{prefix: s.Masked(), broadcast: broadcastOf(s)})
-	}
-	slices.SortFunc(v.subnets, func(a, b subnetView) int { return b.prefix.Bits() - a.prefix.Bits() })
-	for _, k := range keys {
-		p := e.peers[k]
-		if !p.HostIP.IsValid() {
-			continue
-		}
-		for i := range v.subnets {
-			sv := &v.subnets[i]
-			if slices.ContainsFunc(p.Attached, func(a netip.Prefix) bool { return v.subnetIndex(a.Addr()) == i }) {
-				sv.hosts = append(sv.hosts, p.HostIP)
+		for _, s := range e.remote[k].Subnets {
+			v.bySubnet[s.Subnet] = append(v.bySubnet[s.Subnet], p.HostIP)
+			for _, g := range s.Groups {
+				m := Member{s.Subnet, g}
+				v.byMember[m] = append(v.byMember[m], p.HostIP)
 			}
 		}
 	}
@@ -261,23 +296,25 @@ func (e *Engine) Outbound(pkt []byte) (targets []netip.Addr) {
 		e.counters.txNotLocal.Add(1)
 		return nil
 	}
+	s, ok := v.subnetOf(h.src)
+	if !ok {
+		e.counters.txNoSubnet.Add(1)
+		return nil
+	}
 	switch {
 	case h.dst.IsLinkLocalMulticast():
 		if !e.cfg.LinkLocal {
 			e.counters.txLinkLocal.Add(1)
 			return nil
 		}
-		targets = v.subnetOf(h.src, netip.Addr{})
+		targets = v.bySubnet[s]
 	case h.dst.IsMulticast():
-		targets = v.byGroup[h.dst]
-	case h.dst == limitedBroadcast:
-		targets = v.subnetOf(h.src, netip.Addr{})
+		targets = v.byMember[Member{s, h.dst}]
+	case h.dst == limitedBroadcast || h.dst == broadcastOf(s):
+		targets = v.bySubnet[s]
 	default:
-		targets = v.subnetOf(h.src, h.dst)
-		if targets == nil && !v.isBroadcast(h.dst) {
-			e.counters.txNotMulticast.Add(1)
-			return nil
-		}
+		e.counters.txNotMulticast.Add(1)
+		return nil
 	}
 	if len(targets) == 0 {
 		e.counters.txNoMembers.Add(1)
@@ -302,33 +339,14 @@ func (e *Engine) Sent(err error) {
 	e.counters.txReplicated.Add(1)
 }
 
-// subnetIndex is the index of the most specific subnet holding a, or -1.
-func (v *view) subnetIndex(a netip.Addr) int {
-	for i, s := range v.subnets {
-		if s.prefix.Contains(a) {
-			return i
-		}
-	}
-	return -1
-}
-
-// subnetOf returns the hosts with containers in the subnet that holds src
-// (and whose broadcast address is bcast, if bcast is valid).
-func (v *view) subnetOf(src, bcast netip.Addr) []netip.Addr {
-	i := v.subnetIndex(src)
-	if i < 0 || (bcast.IsValid() && v.subnets[i].broadcast != bcast) {
-		return nil
-	}
-	return v.subnets[i].hosts
-}
-
-func (v *view) isBroadcast(a netip.Addr) bool {
+// subnetOf returns this host's most specific subnet holding a.
+func (v *view) subnetOf(a netip.Addr) (netip.Prefix, bool) {
 	for _, s := range v.subnets {
-		if s.broadcast == a {
-			return true
+		if s.Contains(a) {
+			return s, true
 		}
 	}
-	return false
+	return netip.Prefix{}, false
 }
 
 // Inbound checks a datagram another host replicated to this one: from is
@@ -362,6 +380,14 @@ func (e *Engine) Inbound(from netip.Addr, payload []byte) (pkt []byte, dst net.H
 		e.counters.rxMalformed.Add(1)
 		return nil, nil, false
 	}
+	// Delivered only within the sender's subnet: none of this host's
+	// containers is on it, or (multicast) none of its members there is
+	// in the group. The bridge scopes it to that subnet's ports.
+	s, ok := v.subnetOf(h.src)
+	if !ok {
+		e.counters.rxSubnet.Add(1)
+		return nil, nil, false
+	}
 	switch {
 	case h.dst.IsLinkLocalMulticast():
 		if !e.cfg.LinkLocal {
@@ -370,12 +396,12 @@ func (e *Engine) Inbound(from netip.Addr, payload []byte) (pkt []byte, dst net.H
 		}
 		dst = groupMAC(h.dst)
 	case h.dst.IsMulticast():
-		if !v.local[h.dst] {
+		if !v.local[Member{s, h.dst}] {
 			e.counters.rxNoMembers.Add(1)
 			return nil, nil, false
 		}
 		dst = groupMAC(h.dst)
-	case h.dst == limitedBroadcast || v.isBroadcast(h.dst):
+	case h.dst == limitedBroadcast || h.dst == broadcastOf(s):
 		dst = broadcastMAC
 	default:
 		e.counters.rxNotMulticast.Add(1)
@@ -393,17 +419,40 @@ func (e *Engine) Delivered(err error) {
 	e.counters.rxDelivered.Add(1)
 }
 
-// Groups is this host's groups and each reachable peer's, for status.
+// Groups is this host's groups and each peer's with some, whatever their
+// subnet, for status.
 func (e *Engine) Groups() (local []netip.Addr, remote map[key.Public][]netip.Addr) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	remote = map[key.Public][]netip.Addr{}
 	for k, m := range e.remote {
-		if len(m.Groups) > 0 {
-			remote[k] = slices.Clone(m.Groups)
+		if gs := allGroups(m.Subnets); len(gs) > 0 {
+			remote[k] = gs
 		}
 	}
-	return slices.Clone(e.local), remote
+	return allGroups(e.local), remote
+}
+
+// allGroups is the groups of ss, ascending, without repeats.
+func allGroups(ss []SubnetGroups) []netip.Addr {
+	var gs []netip.Addr
+	for _, s := range ss {
+		gs = append(gs, s.Groups...)
+	}
+	return sortedGroups(gs)
+}
+
+// sortedSubnets returns the valid subnets of ss, masked, ascending,
+// without repeats.
+func sortedSubnets(ss []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ss))
+	for _, s := range ss {
+		if s.IsValid() && s.Addr().Is4() {
+			out = append(out, s.Masked())
+		}
+	}
+	slices.SortFunc(out, comparePrefix)
+	return slices.Compact(out)
 }
 
 func containsAddr(ps []netip.Prefix, a netip.Addr) bool {

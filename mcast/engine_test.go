@@ -23,9 +23,22 @@ var (
 	overlay = netip.MustParsePrefix("10.32.0.0/12")
 )
 
-// testEngine is host A (10.32.0.0/15) with a member of 239.1.1.1; B
-// (containers, a member of 239.1.1.1) and C (no containers, a member of
-// 239.2.2.2) are reachable.
+// membership encodes one subnet's groups.
+func membership(seq uint64, subnet netip.Prefix, groups ...string) []byte {
+	m := Membership{Seq: seq, Subnets: []SubnetGroups{{Subnet: subnet}}}
+	for _, g := range groups {
+		m.Subnets[0].Groups = append(m.Subnets[0].Groups, netip.MustParseAddr(g))
+	}
+	b, err := AppendMembership(nil, m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// testEngine is host A (10.32.0.0/15, one subnet: the whole overlay) with
+// a member of 239.1.1.1; B (containers, a member of 239.1.1.1) and C (a
+// member of 239.2.2.2 on another subnet, 10.36.0.0/15) are reachable.
 func testEngine(opts ...func(*Config)) (*Engine, testPeer) {
 	cfg := Config{Self: selfKey, Subnets: []netip.Prefix{overlay}}
 	for _, o := range opts {
@@ -34,17 +47,12 @@ func testEngine(opts ...func(*Config)) (*Engine, testPeer) {
 	e := New(cfg)
 	e.SetSelf([]netip.Prefix{netip.MustParsePrefix("10.32.0.1/32"), netip.MustParsePrefix("10.32.0.0/15")})
 	e.SetPeers([]Peer{
-		{Key: peerB.key, HostIP: peerB.host, Sources: []netip.Prefix{netip.PrefixFrom(peerB.host, 32), netip.MustParsePrefix("10.34.0.0/15")},
-			Attached: []netip.Prefix{netip.MustParsePrefix("10.34.0.9/32")}},
+		{Key: peerB.key, HostIP: peerB.host, Sources: []netip.Prefix{netip.PrefixFrom(peerB.host, 32), netip.MustParsePrefix("10.34.0.0/15")}},
 		{Key: peerC.key, HostIP: peerC.host, Sources: []netip.Prefix{netip.PrefixFrom(peerC.host, 32), netip.MustParsePrefix("10.36.0.0/15")}},
 	})
-	e.SetLocalGroups([]netip.Addr{netip.MustParseAddr("239.1.1.1")})
-	msg := func(seq uint64, g string) []byte {
-		b, _ := AppendMembership(nil, Membership{Seq: seq, Groups: []netip.Addr{netip.MustParseAddr(g)}})
-		return b
-	}
-	e.HandleMessage(peerB.key, msg(5, "239.1.1.1"))
-	e.HandleMessage(peerC.key, msg(5, "239.2.2.2"))
+	e.SetLocalGroups([]Member{{overlay, netip.MustParseAddr("239.1.1.1")}})
+	e.HandleMessage(peerB.key, membership(5, overlay, "239.1.1.1"))
+	e.HandleMessage(peerC.key, membership(5, overlay, "239.2.2.2"))
 	return e, peerB
 }
 
@@ -98,9 +106,9 @@ func TestOutbound(t *testing.T) {
 		{name: "group without members elsewhere", pkt: udpPacket(local, a("239.3.3.3"), 8), counter: "mcast_tx_no_members"},
 		{name: "TTL 1 stays on its link", pkt: udpPacket(local, a("239.1.1.1"), 1), counter: "mcast_tx_dropped_ttl"},
 		{name: "link-local stays", pkt: udpPacket(local, a("224.0.0.251"), 255), counter: "mcast_tx_link_local"},
-		{name: "link-local with the flag goes to hosts with containers", linkLocal: true, pkt: udpPacket(local, a("224.0.0.251"), 255), want: []netip.Addr{peerB.host}},
-		{name: "subnet broadcast to hosts with containers", pkt: udpPacket(local, a("10.47.255.255"), 64), want: []netip.Addr{peerB.host}},
-		{name: "limited broadcast", pkt: udpPacket(local, a("255.255.255.255"), 64), want: []netip.Addr{peerB.host}},
+		{name: "link-local with the flag goes to hosts with containers", linkLocal: true, pkt: udpPacket(local, a("224.0.0.251"), 255), want: []netip.Addr{peerB.host, peerC.host}},
+		{name: "subnet broadcast to hosts with containers", pkt: udpPacket(local, a("10.47.255.255"), 64), want: []netip.Addr{peerB.host, peerC.host}},
+		{name: "limited broadcast", pkt: udpPacket(local, a("255.255.255.255"), 64), want: []netip.Addr{peerB.host, peerC.host}},
 		{name: "from the overlay: never again", pkt: udpPacket(peerB.src, a("239.1.1.1"), 8), counter: "mcast_tx_dropped_not_local"},
 		{name: "unicast", pkt: udpPacket(local, peerB.src, 8), counter: "mcast_tx_dropped_not_multicast"},
 		{name: "truncated", pkt: udpPacket(local, a("239.1.1.1"), 8)[:19], counter: "mcast_tx_dropped_malformed"},
@@ -172,8 +180,7 @@ func TestMembershipState(t *testing.T) {
 	g := netip.MustParseAddr("239.1.1.1")
 	pkt := func() []byte { return udpPacket(local, g, 8) }
 	// A stale (replayed) message changes nothing.
-	old, _ := AppendMembership(nil, Membership{Seq: 4})
-	e.HandleMessage(peerB.key, old)
+	e.HandleMessage(peerB.key, membership(4, overlay))
 	if got := e.Outbound(pkt()); !slices.Equal(got, []netip.Addr{peerB.host}) {
 		t.Fatalf("after a stale message: %v", got)
 	}
@@ -181,15 +188,13 @@ func TestMembershipState(t *testing.T) {
 		t.Error("stale message not counted")
 	}
 	// B leaves: nothing goes to it.
-	left, _ := AppendMembership(nil, Membership{Seq: 6})
-	e.HandleMessage(peerB.key, left)
+	e.HandleMessage(peerB.key, membership(6, overlay))
 	if got := e.Outbound(pkt()); got != nil {
 		t.Fatalf("after B left: %v", got)
 	}
 	// C joins, becomes unreachable (not used), comes back (used again,
 	// and told this host's groups).
-	join, _ := AppendMembership(nil, Membership{Seq: 6, Groups: []netip.Addr{g}})
-	e.HandleMessage(peerC.key, join)
+	e.HandleMessage(peerC.key, membership(6, overlay, g.String()))
 	if got := e.Outbound(pkt()); !slices.Equal(got, []netip.Addr{peerC.host}) {
 		t.Fatalf("after C joined: %v", got)
 	}
@@ -206,41 +211,112 @@ func TestMembershipState(t *testing.T) {
 	}
 	// Local groups: a change bumps seq, the same set does not.
 	m1, _ := ParseMembership(e.Message())
-	if e.SetLocalGroups([]netip.Addr{g, netip.MustParseAddr("224.0.0.251")}) {
-		t.Error("the same groups (and a link-local one, never announced) counted as a change")
+	other := netip.MustParsePrefix("10.40.1.0/24")
+	if e.SetLocalGroups([]Member{{overlay, g}, {overlay, netip.MustParseAddr("224.0.0.251")}, {other, g}}) {
+		t.Error("the same groups (and a link-local one, never announced, and one on a subnet not this host's) counted as a change")
 	}
-	if !e.SetLocalGroups([]netip.Addr{netip.MustParseAddr("239.9.9.9"), g}) {
+	if !e.SetLocalGroups([]Member{{overlay, netip.MustParseAddr("239.9.9.9")}, {overlay, g}, {other, g}}) {
 		t.Error("a new group was not a change")
 	}
 	m2, _ := ParseMembership(e.Message())
-	if m2.Seq <= m1.Seq || len(m2.Groups) != 2 {
+	if m2.Seq <= m1.Seq || len(m2.Subnets) != 1 || len(m2.Subnets[0].Groups) != 2 {
 		t.Errorf("membership %+v after %+v", m2, m1)
+	}
+	// A new subnet of this host is announced, with its member.
+	if !e.SetSubnets([]netip.Prefix{overlay, other}) {
+		t.Error("a new subnet was not a change")
+	}
+	m3, _ := ParseMembership(e.Message())
+	if m3.Seq <= m2.Seq || len(m3.Subnets) != 2 || m3.Subnets[1].Subnet != other || !slices.Equal(m3.Subnets[1].Groups, []netip.Addr{g}) {
+		t.Errorf("membership %+v after %+v", m3, m2)
+	}
+	if e.SetSubnets([]netip.Prefix{other, overlay, other}) {
+		t.Error("the same subnets counted as a change")
 	}
 }
 
-// A broadcast goes to the hosts with containers in the sender's subnet,
-// the most specific one when an isolated subnet lies inside the range.
-func TestBroadcastBySubnet(t *testing.T) {
-	a, p := netip.MustParseAddr, netip.MustParsePrefix
-	e := New(Config{Self: selfKey})
-	e.SetSubnets([]netip.Prefix{overlay, p("10.40.1.0/24")})
-	e.SetSelf([]netip.Prefix{p("10.33.0.0/16"), p("10.40.1.0/25")})
+// isolatedEngine is host A with containers on the default subnet
+// 10.32.0.0/16 and the isolated 10.40.1.0/24, a member of 239.1.1.1 on
+// each; B has containers on 10.40.1.0/24, a member of 239.1.1.1 there; C
+// has containers on 10.40.2.0/24 and the default subnet, a member of
+// 239.1.1.1 on 10.40.2.0/24 only.
+func isolatedEngine() *Engine {
+	p, g := netip.MustParsePrefix, netip.MustParseAddr("239.1.1.1")
+	def, sa, sb := p("10.32.0.0/16"), p("10.40.1.0/24"), p("10.40.2.0/24")
+	e := New(Config{Self: selfKey, Subnets: []netip.Prefix{def, sa}})
+	e.SetSelf([]netip.Prefix{p("10.32.0.0/18"), p("10.40.1.0/25")})
 	e.SetPeers([]Peer{
-		{Key: peerB.key, HostIP: peerB.host, Attached: []netip.Prefix{p("10.40.1.200/32")}},
-		{Key: peerC.key, HostIP: peerC.host, Attached: []netip.Prefix{p("10.36.0.9/32")}},
+		{Key: peerB.key, HostIP: peerB.host, Sources: []netip.Prefix{p("10.32.64.0/18"), p("10.40.1.128/25")}},
+		{Key: peerC.key, HostIP: peerC.host, Sources: []netip.Prefix{p("10.32.128.0/18"), p("10.40.2.0/24")}},
 	})
+	e.SetLocalGroups([]Member{{def, g}, {sa, g}})
+	e.HandleMessage(peerB.key, membership(1, sa, "239.1.1.1"))
+	mc, _ := AppendMembership(nil, Membership{Seq: 1, Subnets: []SubnetGroups{{Subnet: def}, {Subnet: sb, Groups: []netip.Addr{g}}}})
+	e.HandleMessage(peerC.key, mc)
+	return e
+}
+
+// Multicast and broadcast go to the hosts with members (or containers) on
+// the sender's subnet only, the most specific one when an isolated subnet
+// lies inside another.
+func TestOutboundBySubnet(t *testing.T) {
+	a := netip.MustParseAddr
+	e := isolatedEngine()
 	for _, tc := range []struct {
 		src, dst string
 		want     []netip.Addr
 	}{
+		{"10.40.1.5", "239.1.1.1", []netip.Addr{peerB.host}},
+		{"10.32.0.5", "239.1.1.1", nil}, // C's member is on 10.40.2.0/24
 		{"10.40.1.5", "10.40.1.255", []netip.Addr{peerB.host}},
 		{"10.40.1.5", "255.255.255.255", []netip.Addr{peerB.host}},
-		{"10.33.0.5", "10.47.255.255", []netip.Addr{peerC.host}},
-		{"10.33.0.5", "255.255.255.255", []netip.Addr{peerC.host}},
-		{"10.33.0.5", "10.40.1.255", nil}, // another subnet's broadcast address
+		{"10.32.0.5", "10.32.255.255", []netip.Addr{peerC.host}},
+		{"10.32.0.5", "255.255.255.255", []netip.Addr{peerC.host}},
+		{"10.32.0.5", "10.40.1.255", nil},   // another subnet's broadcast address
+		{"10.40.1.5", "10.47.255.255", nil}, // the range's: not a subnet here
+		{"10.32.63.5", "10.40.2.255", nil},  // a subnet of others only
 	} {
 		if got := e.Outbound(udpPacket(a(tc.src), a(tc.dst), 64)); !slices.Equal(got, tc.want) {
 			t.Errorf("%s → %s: %v, want %v", tc.src, tc.dst, got, tc.want)
+		}
+	}
+	// A source on none of this host's subnets (an address of its range
+	// handed to no subnet it has): counted, not replicated.
+	e.SetSelf([]netip.Prefix{p4("10.41.0.0/16")})
+	if got := e.Outbound(udpPacket(a("10.41.0.5"), a("239.1.1.1"), 64)); got != nil || e.Counters()["mcast_tx_dropped_no_subnet"] != 1 {
+		t.Errorf("source on no subnet: %v, counter %d", got, e.Counters()["mcast_tx_dropped_no_subnet"])
+	}
+}
+
+func p4(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// A datagram from another host is delivered only when a container here is
+// on the sender's subnet (a member of the group, for multicast).
+func TestInboundBySubnet(t *testing.T) {
+	a := netip.MustParseAddr
+	e := isolatedEngine()
+	for _, tc := range []struct {
+		from     netip.Addr
+		src, dst string
+		ok       bool
+		counter  string
+	}{
+		{peerB.host, "10.40.1.200", "239.1.1.1", true, ""},
+		{peerB.host, "10.40.1.200", "10.40.1.255", true, ""},
+		{peerB.host, "10.40.1.200", "255.255.255.255", true, ""},
+		{peerB.host, "10.32.64.9", "239.1.1.1", true, ""},
+		{peerB.host, "10.32.64.9", "10.40.1.255", false, "mcast_rx_dropped_not_multicast"},
+		{peerC.host, "10.40.2.9", "239.1.1.1", false, "mcast_rx_dropped_subnet"},
+		{peerC.host, "10.40.2.9", "255.255.255.255", false, "mcast_rx_dropped_subnet"},
+		{peerC.host, "10.32.128.9", "239.2.2.2", false, "mcast_rx_dropped_no_members"},
+	} {
+		before := e.Counters()[tc.counter]
+		_, _, ok := e.Inbound(tc.from, AppendData(nil, udpPacket(a(tc.src), a(tc.dst), 8)))
+		if ok != tc.ok {
+			t.Errorf("%s → %s from %s: delivered %v, want %v", tc.src, tc.dst, tc.from, ok, tc.ok)
+		}
+		if tc.counter != "" && e.Counters()[tc.counter] != before+1 {
+			t.Errorf("%s → %s: %s not counted", tc.src, tc.dst, tc.counter)
 		}
 	}
 }

@@ -9,11 +9,16 @@ import (
 )
 
 const (
-	// membershipVersion is the first byte of a membership message.
-	membershipVersion = 1
+	// membershipVersion is the first byte of a membership message. Version
+	// 1 (groups without subnets) is refused: a host that cannot say on
+	// which subnet its members are would break isolation.
+	membershipVersion = 2
 	membershipHdrLen  = 1 + 8 + 2
-	// MaxGroups bounds the groups one host announces (4 KB of message).
-	MaxGroups = 1024
+	subnetHdrLen      = 4 + 1 + 2
+	// MaxGroups bounds the (subnet, group) pairs one host announces, and
+	// MaxSubnets its subnets (at most 4 KB + 7 KB of message).
+	MaxGroups  = 1024
+	MaxSubnets = 1024
 
 	dataVersion = 1
 	// DataHdrLen is the header in front of a replicated datagram.
@@ -30,9 +35,16 @@ func DataPort(port int) int { return port + DataPortOffset }
 // ErrMalformed is wrapped by every parse error.
 var ErrMalformed = errors.New("mcast: malformed message")
 
-// Membership is one host's whole set of groups with members.
+// Membership is one host's whole state: the subnets its containers are on
+// and, on each, the groups with members.
 type Membership struct {
-	Seq    uint64
+	Seq     uint64
+	Subnets []SubnetGroups // ascending by subnet
+}
+
+// SubnetGroups are the groups with members on one subnet of a host.
+type SubnetGroups struct {
+	Subnet netip.Prefix // IPv4, masked
 	Groups []netip.Addr // ascending, multicast, not link-local
 }
 
@@ -42,23 +54,52 @@ func validGroup(g netip.Addr) bool {
 	return g.Is4() && g.IsMulticast() && !g.IsLinkLocalMulticast()
 }
 
+// validSubnet reports whether s may be announced: a masked IPv4 prefix.
+func validSubnet(s netip.Prefix) bool {
+	return s.IsValid() && s.Addr().Is4() && s == s.Masked()
+}
+
+// comparePrefix orders subnets by address, then by length.
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
 // AppendMembership appends m's encoding to b.
 func AppendMembership(b []byte, m Membership) ([]byte, error) {
-	if len(m.Groups) > MaxGroups {
-		return b, fmt.Errorf("mcast: %d groups, at most %d", len(m.Groups), MaxGroups)
+	if len(m.Subnets) > MaxSubnets {
+		return b, fmt.Errorf("mcast: %d subnets, at most %d", len(m.Subnets), MaxSubnets)
 	}
 	b = append(b, membershipVersion)
 	b = binary.BigEndian.AppendUint64(b, m.Seq)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Groups)))
-	for i, g := range m.Groups {
-		if !validGroup(g) {
-			return b, fmt.Errorf("mcast: %v is not a group that may be announced", g)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Subnets)))
+	total := 0
+	for i, s := range m.Subnets {
+		if !validSubnet(s.Subnet) {
+			return b, fmt.Errorf("mcast: %v is not a subnet that may be announced", s.Subnet)
 		}
-		if i > 0 && m.Groups[i-1].Compare(g) >= 0 {
-			return b, fmt.Errorf("mcast: groups not strictly ascending at %v", g)
+		if i > 0 && comparePrefix(m.Subnets[i-1].Subnet, s.Subnet) >= 0 {
+			return b, fmt.Errorf("mcast: subnets not strictly ascending at %v", s.Subnet)
 		}
-		a := g.As4()
+		if total += len(s.Groups); total > MaxGroups {
+			return b, fmt.Errorf("mcast: more than %d groups", MaxGroups)
+		}
+		a := s.Subnet.Addr().As4()
 		b = append(b, a[:]...)
+		b = append(b, byte(s.Subnet.Bits()))
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s.Groups)))
+		for j, g := range s.Groups {
+			if !validGroup(g) {
+				return b, fmt.Errorf("mcast: %v is not a group that may be announced", g)
+			}
+			if j > 0 && s.Groups[j-1].Compare(g) >= 0 {
+				return b, fmt.Errorf("mcast: groups not strictly ascending at %v", g)
+			}
+			a := g.As4()
+			b = append(b, a[:]...)
+		}
 	}
 	return b, nil
 }
@@ -73,22 +114,51 @@ func ParseMembership(b []byte) (Membership, error) {
 	}
 	m := Membership{Seq: binary.BigEndian.Uint64(b[1:9])}
 	n := int(binary.BigEndian.Uint16(b[9:11]))
-	if n > MaxGroups {
-		return Membership{}, fmt.Errorf("%w: %d groups", ErrMalformed, n)
+	if n > MaxSubnets {
+		return Membership{}, fmt.Errorf("%w: %d subnets", ErrMalformed, n)
 	}
-	if len(b) != membershipHdrLen+4*n {
-		return Membership{}, fmt.Errorf("%w: %d bytes for %d groups", ErrMalformed, len(b), n)
-	}
-	m.Groups = make([]netip.Addr, 0, n)
+	b = b[membershipHdrLen:]
+	m.Subnets = make([]SubnetGroups, 0, min(n, len(b)/subnetHdrLen))
+	total := 0
 	for i := range n {
-		g := netip.AddrFrom4([4]byte(b[membershipHdrLen+4*i:]))
-		if !validGroup(g) {
-			return Membership{}, fmt.Errorf("%w: %v is not a group that may be announced", ErrMalformed, g)
+		if len(b) < subnetHdrLen {
+			return Membership{}, fmt.Errorf("%w: subnet %d truncated", ErrMalformed, i)
 		}
-		if i > 0 && m.Groups[i-1].Compare(g) >= 0 {
-			return Membership{}, fmt.Errorf("%w: groups not strictly ascending", ErrMalformed)
+		bits := int(b[4])
+		if bits > 32 {
+			return Membership{}, fmt.Errorf("%w: prefix length %d", ErrMalformed, bits)
 		}
-		m.Groups = append(m.Groups, g)
+		s := SubnetGroups{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte(b[:4])), bits)}
+		if !validSubnet(s.Subnet) {
+			return Membership{}, fmt.Errorf("%w: %v is not a subnet", ErrMalformed, s.Subnet)
+		}
+		if i > 0 && comparePrefix(m.Subnets[i-1].Subnet, s.Subnet) >= 0 {
+			return Membership{}, fmt.Errorf("%w: subnets not strictly ascending", ErrMalformed)
+		}
+		k := int(binary.BigEndian.Uint16(b[5:7]))
+		if total += k; total > MaxGroups {
+			return Membership{}, fmt.Errorf("%w: more than %d groups", ErrMalformed, MaxGroups)
+		}
+		b = b[subnetHdrLen:]
+		if len(b) < 4*k {
+			return Membership{}, fmt.Errorf("%w: %d bytes for %d groups", ErrMalformed, len(b), k)
+		}
+		s.Groups = make([]netip.Addr, 0, k)
+		for j := range k {
+			g := netip.AddrFrom4([4]byte(b[4*j:]))
+			if !validGroup(g) {
+				return Membership{}, fmt.Errorf("%w: %v is not a group that may be announced", ErrMalformed, g)
+			}
+			if j > 0 && s.Groups[j-1].Compare(g) >= 0 {
+				return Membership{}, fmt.Errorf("%w: groups not strictly ascending", ErrMalformed)
+			}
+			s.Groups = append(s.Groups, g)
+		}
+		b = b[4*k:]
+		m.Subnets = append(m.Subnets, s)
+	}
+	if len(b) != 0 {
+		return Membership{}, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b))
 	}
 	return m, nil
 }

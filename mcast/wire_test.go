@@ -4,23 +4,33 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
-// goldenMembership is Membership{Seq: 0x0102030405060708, Groups:
-// 239.1.1.1, 239.255.0.7} on the wire.
+// goldenMembership is Membership{Seq: 0x0102030405060708, Subnets:
+// 10.32.0.0/16 (239.1.1.1, 239.255.0.7), 10.40.1.0/24 (none)} on the wire.
 var goldenMembership = []byte{
-	0x01,                                           // version 1
+	0x02,                                           // version 2
 	0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, // seq
+	0x00, 0x02, // two subnets
+	10, 32, 0, 0, 16, // ascending
 	0x00, 0x02, // two groups
 	239, 1, 1, 1, // ascending
 	239, 255, 0, 7,
+	10, 40, 1, 0, 24,
+	0x00, 0x00, // no group
+}
+
+func goldenValue() Membership {
+	return Membership{Seq: 0x0102030405060708, Subnets: []SubnetGroups{
+		{Subnet: netip.MustParsePrefix("10.32.0.0/16"), Groups: []netip.Addr{netip.MustParseAddr("239.1.1.1"), netip.MustParseAddr("239.255.0.7")}},
+		{Subnet: netip.MustParsePrefix("10.40.1.0/24"), Groups: []netip.Addr{}},
+	}}
 }
 
 func TestMembershipGolden(t *testing.T) {
-	m := Membership{Seq: 0x0102030405060708, Groups: []netip.Addr{
-		netip.MustParseAddr("239.1.1.1"), netip.MustParseAddr("239.255.0.7"),
-	}}
+	m := goldenValue()
 	b, err := AppendMembership(nil, m)
 	if err != nil {
 		t.Fatal(err)
@@ -29,7 +39,7 @@ func TestMembershipGolden(t *testing.T) {
 		t.Fatalf("encoding\n got %x\nwant %x", b, goldenMembership)
 	}
 	got, err := ParseMembership(goldenMembership)
-	if err != nil || got.Seq != m.Seq || len(got.Groups) != 2 || got.Groups[0] != m.Groups[0] || got.Groups[1] != m.Groups[1] {
+	if err != nil || !reflect.DeepEqual(got, m) {
 		t.Fatalf("parse: %+v, %v", got, err)
 	}
 }
@@ -44,19 +54,25 @@ func TestMembershipRefused(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"short header", goldenMembership[:10]},
-		{"version 2", mod(func(b []byte) []byte { b[0] = 2; return b })},
+		{"version 1", mod(func(b []byte) []byte { b[0] = 1; return b })},
 		{"trailing byte", mod(func(b []byte) []byte { return append(b, 0) })},
-		{"missing group", goldenMembership[:len(goldenMembership)-4]},
-		{"count too large", mod(func(b []byte) []byte { b[9], b[10] = 0xff, 0xff; return b })},
-		{"unicast group", mod(func(b []byte) []byte { b[11] = 10; return b })},
+		{"missing subnet", goldenMembership[:len(goldenMembership)-7]},
+		{"truncated subnet", goldenMembership[:len(goldenMembership)-1]},
+		{"missing group", mod(func(b []byte) []byte { return append(b[:20], b[24:]...) })},
+		{"subnet count too large", mod(func(b []byte) []byte { b[9], b[10] = 0xff, 0xff; return b })},
+		{"group count too large", mod(func(b []byte) []byte { b[16], b[17] = 0xff, 0xff; return b })},
+		{"prefix length 33", mod(func(b []byte) []byte { b[15] = 33; return b })},
+		{"subnet not masked", mod(func(b []byte) []byte { b[13] = 1; return b })},
+		{"subnets descending", mod(func(b []byte) []byte { b[27] = 31; return b })},
+		{"repeated subnet", mod(func(b []byte) []byte { copy(b[26:31], b[11:16]); return b })},
+		{"unicast group", mod(func(b []byte) []byte { b[18] = 10; return b })},
 		{"link-local group", mod(func(b []byte) []byte {
-			copy(b[15:], []byte{224, 0, 0, 251})
-			b[11] = 224
-			b[12], b[13], b[14] = 0, 0, 1
+			copy(b[22:], []byte{224, 0, 0, 251})
+			copy(b[18:], []byte{224, 0, 0, 1})
 			return b
 		})},
-		{"descending", mod(func(b []byte) []byte { b[11], b[15] = 239, 238; return b })},
-		{"repeated", mod(func(b []byte) []byte { copy(b[15:], b[11:15]); return b })},
+		{"descending", mod(func(b []byte) []byte { b[18], b[22] = 239, 238; return b })},
+		{"repeated", mod(func(b []byte) []byte { copy(b[22:26], b[18:22]); return b })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := ParseMembership(tc.b); !errors.Is(err, ErrMalformed) {
@@ -64,8 +80,15 @@ func TestMembershipRefused(t *testing.T) {
 			}
 		})
 	}
-	if _, err := AppendMembership(nil, Membership{Groups: []netip.Addr{netip.MustParseAddr("224.0.0.251")}}); err == nil {
-		t.Error("a link-local group was encoded")
+	sub := netip.MustParsePrefix("10.32.0.0/16")
+	for _, m := range []Membership{
+		{Subnets: []SubnetGroups{{Subnet: sub, Groups: []netip.Addr{netip.MustParseAddr("224.0.0.251")}}}},
+		{Subnets: []SubnetGroups{{Subnet: netip.MustParsePrefix("10.32.0.1/16")}}},
+		{Subnets: []SubnetGroups{{Subnet: sub}, {Subnet: sub}}},
+	} {
+		if _, err := AppendMembership(nil, m); err == nil {
+			t.Errorf("%+v was encoded", m)
+		}
 	}
 }
 
@@ -90,7 +113,7 @@ func TestDataRoundTrip(t *testing.T) {
 // nothing panics.
 func FuzzMembership(f *testing.F) {
 	f.Add(goldenMembership)
-	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseMembership(b)
 		if err != nil {
