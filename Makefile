@@ -25,7 +25,8 @@ TOOLS := ip:iproute2 nft:nftables iptables:iptables tcpdump:tcpdump ping:iputils
          iperf3:iperf3 dockerd:docker.io busybox:busybox-static podman:podman \
          wg:wireguard-tools promtool:prometheus dig:bind9-dnsutils dnsperf:dnsperf \
          unshare:util-linux jq:jq systemd-analyze:systemd socat:socat \
-         sysctl:procps curl:curl qemu-system-x86_64:qemu-system-x86 ldd:libc-bin
+         sysctl:procps curl:curl qemu-system-x86_64:qemu-system-x86 ldd:libc-bin \
+         ufw:ufw
 
 # The kernel WireGuard test (integration/vm_test.go) boots Debian's own
 # kernel under qemu; deps unpacks linux-image-amd64's kernel package here

@@ -1,8 +1,10 @@
 package hostnet
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -26,6 +28,10 @@ import (
 //		type nat hook postrouting priority srcnat; policy accept;
 //		ip saddr <egress addr> oifname != { "<bridge>", <peer devices> } masquerade
 //	}
+//
+// The host's own default-deny forward policy (Docker's FORWARD DROP, ufw's)
+// would drop egress all the same: while there is an egress address the
+// firewall (firewall_linux.go) adds egressRules to the host's chains.
 
 // addEgress adds the egress rules to the forward chain fwd (call it
 // before any other rule of fwd) and the NAT chain to t.
@@ -88,5 +94,17 @@ func (h *Host) SetEgress(sources []netip.Addr) error {
 	}
 	spec := h.spec
 	spec.egress = sources
-	return h.setFilterLocked(spec)
+	if err := h.setFilterLocked(spec); err != nil {
+		return err
+	}
+	// The host's default-deny forward policy (Docker's, ufw's) is passed
+	// now, not at the watcher's next check.
+	repaired, err := h.fw.ensure()
+	if err != nil {
+		return fmt.Errorf("host networking: egress: %w", err)
+	}
+	if len(repaired) > 0 {
+		h.log.Info("firewall rules for egress changed", "where", strings.Join(repaired, ", "), "egress", len(sources))
+	}
+	return nil
 }

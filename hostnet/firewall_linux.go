@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -62,40 +63,6 @@ import (
 // nftables through netlink (no process is started) and runs iptables-legacy
 // -S only on hosts that use iptables-legacy; binaries run only to repair.
 const watchInterval = 2 * time.Second
-
-// fwRule is one accept rule: packets in through In and out through Out.
-type fwRule struct{ In, Out string }
-
-// forwardRules is every rule weavewg adds to the host's forward chains, in
-// order: the one place they are built. Containers on the bridge talk to
-// each other (the bridge is filtered when br_netfilter is on, as Docker
-// turns it on), to peers through the TUN, and peers to them; likewise
-// through each other device that carries peers' packets (the VXLAN fast
-// path's).
-func forwardRules(bridge, tun string, others ...string) []fwRule {
-	rules := []fwRule{{bridge, bridge}, {bridge, tun}, {tun, bridge}}
-	for _, o := range others {
-		rules = append(rules, fwRule{bridge, o}, fwRule{o, bridge})
-	}
-	return rules
-}
-
-// iptablesSpec is r as iptables arguments, carrying tag as its comment.
-func (r fwRule) iptablesSpec(tag string) []string {
-	return []string{"-i", r.In, "-o", r.Out, "-m", "comment", "--comment", tag, "-j", "ACCEPT"}
-}
-
-// nftExprs is r as nftables expressions.
-func (r fwRule) nftExprs() []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(r.In)},
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameBytes(r.Out)},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}
-}
 
 // Kinds of rule in a chain as the planner sees it; 0..n-1 are weavewg's
 // rules by their index in forwardRules.
@@ -181,14 +148,21 @@ type firewall struct {
 	// filter is what the own table (filter_linux.go) is made for, to
 	// remake it; set by setFilter.
 	filter filterSpec
+	others []string // the other devices that carry peers' packets
 
 	ipt map[string]*iptables.IPTables // by binary, made on first use
 }
 
-// setFilter records what the own table is now made for.
+// setFilter records what the own table is now made for, and so which
+// rules belong in the host's chains: the egress rules only while some
+// container has egress.
 func (f *firewall) setFilter(spec filterSpec) {
 	f.mu.Lock()
 	f.filter = spec
+	f.rules = forwardRules(f.bridge, f.tun, f.others...)
+	if slices.ContainsFunc(spec.egress, netip.Addr.Is4) {
+		f.rules = append(f.rules, egressRules(f.bridge)...)
+	}
 	f.mu.Unlock()
 }
 
@@ -197,7 +171,7 @@ func newFirewall(ns netns.NsHandle, bridge, tun string, others []string, log *sl
 	for _, d := range others {
 		ownOthers[filterTable(d).Name] = true
 	}
-	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), own: filterTable(tun).Name,
+	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), others: others, own: filterTable(tun).Name,
 		ownOthers: ownOthers, log: log, ipt: map[string]*iptables.IPTables{}}
 }
 
@@ -371,25 +345,45 @@ func (f *firewall) nftView(c *nftables.Conn, ch *nftables.Chain) (chainView, []*
 }
 
 // classifyNFT tells weavewg's rules (by the comment, in nftables' user data
-// or iptables-nft's comment match, and the interfaces) and jumps to
+// or iptables-nft's comment match, and their shape) and jumps to
 // DOCKER-USER from the rest.
 func (f *firewall) classifyNFT(r *nftables.Rule) int {
 	tagged := false
 	if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == f.tag {
 		tagged = true
 	}
-	var names []string
+	var shape fwRule
+	var loaded expr.MetaKey // the interface name in register 1, if any
 	jumpUser := false
 	for _, e := range r.Exprs {
 		switch e := e.(type) {
 		case *expr.Match:
-			if cm, ok := e.Info.(*xt.Comment); ok && string(*cm) == f.tag {
-				tagged = true
+			switch info := e.Info.(type) {
+			case *xt.Comment:
+				if string(*info) == f.tag {
+					tagged = true
+				}
+			default:
+				// iptables-nft's -m conntrack (or -m state).
+				shape.Reply = shape.Reply || e.Name == "conntrack" || e.Name == "state"
 			}
+		case *expr.Meta:
+			loaded = e.Key
+		case *expr.Ct:
+			shape.Reply, loaded = shape.Reply || e.Key == expr.CtKeySTATE, 0
 		case *expr.Cmp:
-			names = append(names, strings.TrimRight(string(e.Data), "\x00"))
+			name := strings.TrimRight(string(e.Data), "\x00")
+			switch loaded {
+			case expr.MetaKeyIIFNAME:
+				shape.In = name
+			case expr.MetaKeyOIFNAME:
+				shape.Out = name
+			}
+			loaded = 0
 		case *expr.Verdict:
 			jumpUser = (e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto) && e.Chain == "DOCKER-USER"
+		default:
+			loaded = 0
 		}
 	}
 	if jumpUser {
@@ -398,13 +392,16 @@ func (f *firewall) classifyNFT(r *nftables.Rule) int {
 	if !tagged {
 		return ruleOther
 	}
-	for i, fr := range f.rules {
-		if len(names) == 2 && names[0] == fr.In && names[1] == fr.Out {
-			return i
-		}
+	return f.ruleIndex(shape)
+}
+
+// ruleIndex is the index of shape among today's rules; a tagged rule that
+// is none of them (an older version's, or egress's once no container has
+// egress) gets len(f.rules): out of place, so it is removed.
+func (f *firewall) ruleIndex(shape fwRule) int {
+	if i := slices.Index(f.rules, shape); i >= 0 {
+		return i
 	}
-	// Tagged but not one of today's rules (an older version's): treat it
-	// as out of place, so it is removed.
 	return len(f.rules)
 }
 
@@ -530,12 +527,7 @@ func (f *firewall) classifyIPTables(line string) int {
 	if !strings.Contains(line, "--comment "+f.tag+" ") && !strings.Contains(line, `--comment "`+f.tag+`"`) {
 		return ruleOther
 	}
-	for i, r := range f.rules {
-		if strings.Contains(line, " -i "+r.In+" -o "+r.Out+" ") {
-			return i
-		}
-	}
-	return len(f.rules)
+	return f.ruleIndex(parseIPTablesRule(fields))
 }
 
 // iptablesRewrite deletes weavewg's rules from FORWARD (and DOCKER-USER if

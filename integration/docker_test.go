@@ -35,7 +35,8 @@ const (
 //  2. docker rm -f: its address is free again, its name gone on both hosts.
 //
 // And issue 13's: the dockerds run as packaged (iptables on, FORWARD DROP),
-// h3 is a plain host with ufw's `iptables -P FORWARD DROP` and no Docker.
+// h3 is a plain host with a bare `iptables -P FORWARD DROP` (ufw's
+// forward policy) and no Docker.
 //
 //   - A Docker container reaches a plain attached container on h3, and back.
 //   - A plain container on Docker host h1 keeps reaching h3's through a

@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,18 +17,64 @@ import (
 // on the host's underlay LAN (the bed's stand-in for the outside), which
 // sees the host's own underlay address (masquerade); a plain container
 // that adds a default route by hand gets nowhere; both hold after a
-// restart of the daemon.
+// restart of the daemon. On three hosts, as they ship:
+//
+//   - open: no firewall (the kernel's forward policy accept);
+//   - dockerd: Docker run as packaged in the host's namespace (it sets
+//     the FORWARD policy to DROP);
+//   - ufw: Debian's ufw enabled as the package configures it
+//     (DEFAULT_FORWARD_POLICY="DROP").
+//
+// And egress leaves nothing behind: a relaunch puts back exactly the rules
+// it found, and once the egress container is detached the host's rulesets
+// (nft list ruleset, iptables-save) are what they were before it was
+// attached, no masquerade or accept rule left, after a relaunch too.
 func TestAttachEgress(t *testing.T) {
-	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
-	h1 := b.AddHost(testbed.HostOptions{})
-	b.WaitMesh(30*time.Second, h1)
-	e, err := h1.AddContainerOpts("out", "", true)
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		name     string
+		docker   bool
+		firewall testbed.Firewall
+	}{
+		{"open", false, testbed.FirewallNone},
+		{"dockerd", true, testbed.FirewallNone},
+		{"ufw", false, testbed.FirewallUFW},
+	} {
+		t.Run(c.name, func(t *testing.T) { testAttachEgress(t, c.docker, c.firewall) })
 	}
+}
+
+func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
+	if docker {
+		if err := testbed.DockerCheck(); err != nil {
+			t.Skip(err)
+		}
+	}
+	if fw == testbed.FirewallUFW {
+		if err := testbed.UFWCheck(); err != nil {
+			t.Skip(err)
+		}
+	}
+	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
+	h1 := b.AddHost(testbed.HostOptions{NoLaunch: true, Firewall: fw})
+	if docker {
+		if _, err := h1.StartDockerErr(); err != nil {
+			t.Skipf("dockerd cannot run here: %v", err)
+		}
+		if out, _ := h1.Exec("iptables", "-S", "FORWARD"); !strings.Contains(out, "-P FORWARD DROP") {
+			t.Fatalf("dockerd did not set the FORWARD policy to DROP; is it stock?\n%s", out)
+		}
+	}
+	h1.Launch()
+	b.WaitMesh(30*time.Second, h1)
 	plain := h1.AddContainer()
 	if out, err := plain.Exec("ip", "route", "add", "default", "dev", "ethwe0"); err != nil {
 		t.Fatalf("plain container: default route by hand: %v %s", err, out)
+	}
+	// The firewall as weavewg keeps it with no egress container.
+	noEgress := h1.Ruleset()
+	e, err := h1.AddContainerOpts("out", "", true)
+	if err != nil {
+		t.Fatal(err)
 	}
 	hostIP := strings.Split(h1.HostIP, "/")[0]
 	if out, _ := e.Exec("ip", "route", "show", "default"); !strings.Contains(out, "default via "+hostIP) {
@@ -72,6 +120,10 @@ func TestAttachEgress(t *testing.T) {
 		}
 	}
 	check("after attach")
+	withEgress := h1.Ruleset()
+	if !strings.Contains(withEgress, "masquerade") {
+		t.Errorf("no masquerade rule while %s has egress:\n%s", e, withEgress)
+	}
 	if err := h1.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +131,50 @@ func TestAttachEgress(t *testing.T) {
 	b.WaitMesh(30*time.Second, h1)
 	testbed.Eventually(t, 10*time.Second, "egress after a restart", func() error { _, err := seenFrom(e); return err })
 	check("after a restart")
+	sameRules(t, h1, "after a relaunch with an egress container", withEgress)
 	// The egress container still reaches the overlay.
 	if err := plain.PingEventually(e.Addr, 10*time.Second); err != nil {
 		t.Error(err)
 	}
+	// Detach: its rules go, and a relaunch brings none back.
+	e.Detach()
+	sameRules(t, h1, "after the egress container was detached", noEgress)
+	if err := h1.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	h1.Launch()
+	b.WaitMesh(30*time.Second, h1)
+	sameRules(t, h1, "after a relaunch once the egress container was detached", noEgress)
+	// Nothing reloaded the firewall: had the watcher put rules back, it
+	// would have misread its own (and rewritten them every 2 s).
+	if l := h1.Log(); strings.Contains(l, "firewall rules put back") {
+		t.Errorf("the firewall watcher rewrote weavewg's rules with no reload:\n%s", l)
+	}
+}
+
+// sameRules checks that the host's rulesets are want (the firewall
+// watcher gets one check, 2 s, to settle), showing the lines that differ.
+func sameRules(t *testing.T, h *testbed.Host, when, want string) {
+	t.Helper()
+	var got string
+	for range 3 {
+		if got = h.Ruleset(); got == want {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	wl, gl := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var d []string
+	for _, l := range gl {
+		if !slices.Contains(wl, l) {
+			d = append(d, "+ "+l)
+		}
+	}
+	for _, l := range wl {
+		if !slices.Contains(gl, l) {
+			d = append(d, "- "+l)
+		}
+	}
+	t.Errorf("%s: %s's rulesets differ from before (+ now, - before; empty means order):\n%s", when, h, strings.Join(d, "\n"))
+	t.Log(fmt.Sprintf("%s's rulesets now:\n%s", h, got))
 }

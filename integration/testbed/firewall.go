@@ -2,6 +2,9 @@ package testbed
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -19,15 +22,65 @@ type Firewall string
 const (
 	// FirewallNone: no rules, the kernel's default (forward accept).
 	FirewallNone Firewall = ""
-	// FirewallIPTables is ufw's default forward policy, `iptables -P
-	// FORWARD DROP`, with the system's iptables (iptables-nft on Debian 12).
+	// FirewallIPTables is a bare `iptables -P FORWARD DROP` with the
+	// system's iptables (iptables-nft on Debian 12): the forward policy
+	// ufw sets, without ufw's chains (FirewallUFW is ufw itself).
 	FirewallIPTables Firewall = "iptables"
 	// FirewallIPTablesLegacy is the same with iptables-legacy.
 	FirewallIPTablesLegacy Firewall = "iptables-legacy"
 	// FirewallNftables is a plain nftables ruleset whose forward chain's
 	// policy is drop (an /etc/nftables.conf that denies forwarding).
 	FirewallNftables Firewall = "nftables"
+	// FirewallUFW is Debian's ufw package as it ships, enabled: `ufw
+	// --force enable` with the package's own /etc/ufw and /etc/default/ufw
+	// (DEFAULT_INPUT_POLICY="DROP", DEFAULT_FORWARD_POLICY="DROP", its
+	// before/after rules, its sysctl.conf), run in the host's namespace
+	// with copies of those files bind-mounted in a mount namespace of its
+	// own, so that enabling it changes no file of the machine. ufw's
+	// default input policy also drops what peers send to the host:
+	// a ufw host is alone in its mesh unless its user opens weavewg's
+	// port, which the bed does not do.
+	FirewallUFW Firewall = "ufw"
 )
+
+// UFWCheck says why a host cannot have ufw here, or nil.
+func UFWCheck() error {
+	if _, err := exec.LookPath("ufw"); err != nil {
+		return fmt.Errorf("ufw is not installed (make test installs ufw)")
+	}
+	for _, f := range []string{"/etc/ufw/ufw.conf", "/etc/default/ufw"} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("ufw's configuration is missing: %v", err)
+		}
+	}
+	return nil
+}
+
+// ufw enables (or reloads) ufw in the host's namespace with the host's
+// copies of the package's configuration.
+func (h *Host) ufw(reload bool) error {
+	etc, def := filepath.Join(h.Dir, "ufw", "etc-ufw"), filepath.Join(h.Dir, "ufw", "default-ufw")
+	if _, err := os.Stat(etc); err != nil {
+		if err := os.MkdirAll(filepath.Dir(etc), 0o755); err != nil {
+			return err
+		}
+		if out, err := run("cp", "-a", "/etc/ufw", etc); err != nil {
+			return fmt.Errorf("%s: copying /etc/ufw: %v: %s", h, err, out)
+		}
+		if out, err := run("cp", "-a", "/etc/default/ufw", def); err != nil {
+			return fmt.Errorf("%s: copying /etc/default/ufw: %v: %s", h, err, out)
+		}
+	}
+	cmd := "ufw --force enable"
+	if reload {
+		cmd = "ufw reload"
+	}
+	script := fmt.Sprintf("mount --bind %q /etc/ufw && mount --bind %q /etc/default/ufw && %s", etc, def, cmd)
+	if out, err := h.Exec("unshare", "-m", "--propagation", "private", "sh", "-c", script); err != nil {
+		return fmt.Errorf("%s: %s: %v: %s", h, cmd, err, out)
+	}
+	return nil
+}
 
 const nftablesDenyForward = "add table inet filter; add chain inet filter forward { type filter hook forward priority filter; policy drop; }"
 
@@ -44,6 +97,8 @@ func (h *Host) setFirewall(fw Firewall, reload bool) error {
 			cmds = append(cmds, []string{bin, "-F", "FORWARD"})
 		}
 		cmds = append(cmds, []string{bin, "-P", "FORWARD", "DROP"})
+	case FirewallUFW:
+		return h.ufw(reload)
 	case FirewallNftables:
 		if reload {
 			cmds = append(cmds, []string{"nft", "delete table inet filter"})
