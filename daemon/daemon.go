@@ -295,14 +295,16 @@ func start(cfg Config) (*Daemon, error) {
 		d.log.Warn("starting without the saved secret epochs", "err", err)
 	}
 	router, err := discovery.New(discovery.Config{
-		Private:    d.priv,
-		Secret:     d.secret,
-		Nickname:   cfg.Nickname,
-		Port:       cfg.Port,
-		HostIP:     d.hostPrefix().Addr(),
-		Range:      cfg.Range,
-		Tokens:     toks,
-		TokensLost: tokensLost,
+		Private:  d.priv,
+		Secret:   d.secret,
+		Nickname: cfg.Nickname,
+		Port:     cfg.Port,
+		HostIP:   d.hostPrefix().Addr(),
+		// The network's (resolveNetwork), told to joiners.
+		Range:         d.cfg.Range,
+		DefaultSubnet: d.cfg.DefaultSubnet,
+		Tokens:        toks,
+		TokensLost:    tokensLost,
 		SaveTokens: func(recs []discovery.TokenRecord) error {
 			return saveTokensFile(cfg.StateDir, recs)
 		},

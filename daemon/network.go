@@ -34,10 +34,13 @@ const (
 )
 
 type networkState struct {
-	Secret  string   `json:"secret"` // base64
-	Range   string   `json:"range"`
-	Founder bool     `json:"founder,omitempty"` // this host created the network
-	Peers   []string `json:"peers,omitempty"`   // HOST:PORT to dial at start
+	Secret string `json:"secret"` // base64
+	Range  string `json:"range"`
+	// DefaultSubnet is --ipalloc-default-subnet of the host that created
+	// the network, told to joiners ("" when it is the whole range).
+	DefaultSubnet string   `json:"default_subnet,omitempty"`
+	Founder       bool     `json:"founder,omitempty"` // this host created the network
+	Peers         []string `json:"peers,omitempty"`   // HOST:PORT to dial at start
 	// Password marks a secret derived from --password (Weave-style setups).
 	Password bool `json:"password,omitempty"`
 }
@@ -104,6 +107,12 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 			Range:  a.Range.String(),
 			Peers:  cfg.Peers,
 		}
+		if a.DefaultSubnet.IsValid() {
+			n.DefaultSubnet = a.DefaultSubnet.String()
+		}
+		if cfg.DefaultSubnet.IsValid() && cfg.DefaultSubnet != a.DefaultSubnet && !(cfg.DefaultSubnet == a.Range && !a.DefaultSubnet.IsValid()) {
+			return false, fmt.Errorf("--ipalloc-default-subnet %s: the network's default subnet is %s; leave the flag out (a joiner takes the network's) or give that one", cfg.DefaultSubnet, orRange(a.DefaultSubnet, a.Range))
+		}
 	case n != nil:
 		s, _ := n.secret()
 		if cfg.Password != "" && secretFromPassword(cfg.Password) != s {
@@ -120,7 +129,7 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 	case cfg.Password != "":
 		s := secretFromPassword(cfg.Password)
 		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(),
-			Founder: len(cfg.Peers) == 0, Peers: cfg.Peers, Password: true}
+			Founder: len(cfg.Peers) == 0, Peers: cfg.Peers, Password: true, DefaultSubnet: subnetText(cfg.DefaultSubnet, cfg.Range)}
 		d.seedsRing = len(cfg.Peers) == 0
 	default:
 		if len(cfg.Peers) > 0 {
@@ -130,16 +139,59 @@ func (d *Daemon) resolveNetwork() (created bool, err error) {
 		if _, err := rand.Read(s[:]); err != nil {
 			return false, err
 		}
-		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(), Founder: true}
+		n = &networkState{Secret: base64.StdEncoding.EncodeToString(s[:]), Range: cfg.Range.String(), Founder: true,
+			DefaultSubnet: subnetText(cfg.DefaultSubnet, cfg.Range)}
 		created = true
 		d.seedsRing = true
 	}
 	if r, err := netip.ParsePrefix(n.Range); err == nil {
 		cfg.Range = r
 	}
+	if err := resolveDefaultSubnet(cfg, n); err != nil {
+		return false, err
+	}
 	d.secret, _ = n.secret()
 	d.network = n
 	return created, saveNetwork(cfg.StateDir, n)
+}
+
+// resolveDefaultSubnet makes the network's default subnet (network.json)
+// this start's: a start without --ipalloc-default-subnet takes it, one
+// with another is refused (containers would get addresses the others
+// isolate). A network recorded before the default subnet was kept (or
+// joined with --password, where each host gives the flag, as under Weave
+// Net) records the flag's.
+func resolveDefaultSubnet(cfg *Config, n *networkState) error {
+	if n.DefaultSubnet == "" {
+		n.DefaultSubnet = subnetText(cfg.DefaultSubnet, cfg.Range)
+		return nil
+	}
+	def, err := netip.ParsePrefix(n.DefaultSubnet)
+	if err != nil {
+		return fmt.Errorf("%s: default subnet %q is corrupt", networkFile, n.DefaultSubnet)
+	}
+	if cfg.DefaultSubnet.IsValid() && cfg.DefaultSubnet != def {
+		return fmt.Errorf("--ipalloc-default-subnet %s: this host's network has the default subnet %s; leave the flag out or give that one ('weavewg reset' leaves the network)", cfg.DefaultSubnet, def)
+	}
+	cfg.DefaultSubnet = def
+	return nil
+}
+
+// subnetText is the default subnet as network.json keeps it: "" for none
+// or the whole range.
+func subnetText(def, rng netip.Prefix) string {
+	if !def.IsValid() || def == rng {
+		return ""
+	}
+	return def.String()
+}
+
+// orRange is p, or r when p is invalid.
+func orRange(p, r netip.Prefix) netip.Prefix {
+	if p.IsValid() {
+		return p
+	}
+	return r
 }
 
 // loadTokens reads the token registry. lost reports that it should exist

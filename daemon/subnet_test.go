@@ -86,3 +86,42 @@ func TestNoSubnetsWithoutDefault(t *testing.T) {
 		t.Fatalf("attach --net without a default subnet: %v", err)
 	}
 }
+
+// The network's default subnet (network.json) is this start's: taken when
+// no flag is given, a different flag refused, recorded from the flag when
+// the network has none yet.
+func TestResolveDefaultSubnet(t *testing.T) {
+	p := netip.MustParsePrefix
+	rng, def := p("10.32.0.0/12"), p("10.32.0.0/16")
+	for _, tc := range []struct {
+		name      string
+		stored    string
+		flag      netip.Prefix
+		want      netip.Prefix
+		wantSaved string
+		err       string
+	}{
+		{name: "taken without the flag", stored: "10.32.0.0/16", want: def, wantSaved: "10.32.0.0/16"},
+		{name: "the same flag", stored: "10.32.0.0/16", flag: def, want: def, wantSaved: "10.32.0.0/16"},
+		{name: "another flag refused", stored: "10.32.0.0/16", flag: p("10.34.0.0/16"), err: "default subnet 10.32.0.0/16"},
+		{name: "none stored: the flag's recorded", flag: def, want: def, wantSaved: "10.32.0.0/16"},
+		{name: "none at all", want: netip.Prefix{}, wantSaved: ""},
+		{name: "the range is none", flag: rng, want: rng, wantSaved: ""},
+		{name: "corrupt", stored: "10.32.0.0/99", err: "corrupt"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := &Config{Range: rng, DefaultSubnet: tc.flag}
+			n := &networkState{DefaultSubnet: tc.stored}
+			err := resolveDefaultSubnet(cfg, n)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want one saying %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || cfg.DefaultSubnet != tc.want || n.DefaultSubnet != tc.wantSaved {
+				t.Fatalf("default subnet %v, saved %q, err %v; want %v, %q", cfg.DefaultSubnet, n.DefaultSubnet, err, tc.want, tc.wantSaved)
+			}
+		})
+	}
+}

@@ -34,13 +34,17 @@ import (
 // with message 2, whose payload is
 //
 //	status 0 (admitted) | secret 32 | range addr 4 | range bits 1 | epoch 4 | epoch secret 32
+//	                      [| default subnet addr 4 | default subnet bits 1]
 //	status 1 (refused)  | reason text
 //
 // secret is the one the network was made with (it names the network and
 // keys what never rotates), epoch and epoch secret the newest membership
 // secret (secret.go); the join key is made from the latter, so a rotation
 // ends every token made before it. A reply without the epoch part (38
-// bytes, an older member) means epoch 0.
+// bytes, an older member) means epoch 0. The default subnet
+// (--ipalloc-default-subnet) is sent only when it is not the whole range
+// (a network with isolated subnets), so joiners of other networks are
+// answered as before; without it, the default subnet is the range.
 // Only a member that knows the secret can make a message 2 the joiner can
 // decrypt, and only a joiner holding the join key can read the secret in it:
 // the secret never travels in a token, and a changed field of the token
@@ -75,6 +79,9 @@ type JoinConfig struct {
 type JoinResult struct {
 	Secret key.Secret // the network's (epoch 0)
 	Range  netip.Prefix
+	// DefaultSubnet is the network's --ipalloc-default-subnet; invalid
+	// when it is the whole range.
+	DefaultSubnet netip.Prefix
 	// Epoch and EpochSecret are the newest membership secret.
 	Epoch       uint32
 	EpochSecret key.Secret
@@ -210,7 +217,8 @@ func joinOnce(ctx context.Context, cfg JoinConfig, b Bootstrap) (JoinResult, err
 		return JoinResult{}, fmt.Errorf("%w by %s: %s", ErrJoinRefused, b.Addr, printable(payload[1:]))
 	}
 	const admitV1 = 1 + key.Len + 5
-	if payload[0] != joinAdmitted || (len(payload) != admitV1 && len(payload) != admitV1+4+key.Len) {
+	const admitV2 = admitV1 + 4 + key.Len
+	if payload[0] != joinAdmitted || (len(payload) != admitV1 && len(payload) != admitV2 && len(payload) != admitV2+5) {
 		return JoinResult{}, errors.New("malformed admission from the member")
 	}
 	var res JoinResult
@@ -220,10 +228,17 @@ func joinOnce(ctx context.Context, cfg JoinConfig, b Bootstrap) (JoinResult, err
 	res.EpochSecret = res.Secret
 	if len(payload) > admitV1 {
 		res.Epoch = binary.BigEndian.Uint32(payload[admitV1:])
-		copy(res.EpochSecret[:], payload[admitV1+4:])
+		copy(res.EpochSecret[:], payload[admitV1+4:admitV2])
 	}
 	if !res.Range.IsValid() || IDOf(res.Secret) != t.Network {
 		return JoinResult{}, errors.New("the member sent a secret that does not match the token's network")
+	}
+	if len(payload) > admitV2 {
+		a, _ := netip.AddrFromSlice(payload[admitV2 : admitV2+4])
+		res.DefaultSubnet = netip.PrefixFrom(a, int(payload[admitV2+4]))
+		if !res.DefaultSubnet.IsValid() || res.DefaultSubnet != res.DefaultSubnet.Masked() || !res.Range.Contains(a) || res.DefaultSubnet.Bits() < res.Range.Bits() {
+			return JoinResult{}, fmt.Errorf("malformed admission from the member: default subnet %s is not a subnet of the range %s", res.DefaultSubnet, res.Range)
+		}
 	}
 	res.By = b
 	return res, nil
@@ -306,6 +321,10 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 		reply = append(reply, byte(rng.Bits()))
 		reply = binary.BigEndian.AppendUint32(reply, cur.N)
 		reply = append(reply, cur.Secret[:]...)
+		if def := r.cfg.DefaultSubnet; def.IsValid() && def.Addr().Is4() && def != rng {
+			reply = append(reply, def.Addr().AsSlice()...)
+			reply = append(reply, byte(def.Bits()))
+		}
 	}
 	m2, _, _, err := hs.WriteMessage(nil, reply)
 	if err != nil {

@@ -36,6 +36,9 @@ type Config struct {
 	HostIP netip.Addr
 	// Range is the overlay range, told to peers admitted with a token.
 	Range netip.Prefix
+	// DefaultSubnet is the network's default subnet, told to them too
+	// when it is not the whole range.
+	DefaultSubnet netip.Prefix
 	// Tokens is the token registry as SaveTokens saved it last time.
 	Tokens []TokenRecord
 	// TokensLost says the saved registry was lost or unreadable: until a

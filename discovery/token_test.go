@@ -142,7 +142,7 @@ func TestJoinWithToken(t *testing.T) {
 	if err != nil {
 		t.Fatalf("join: %v", err)
 	}
-	if res.Secret != testSecret || res.Range.String() != "10.32.0.0/12" || res.By.Key != m.Self() {
+	if res.Secret != testSecret || res.Range.String() != "10.32.0.0/12" || res.DefaultSubnet.IsValid() || res.By.Key != m.Self() {
 		t.Fatalf("admission = %+v", res)
 	}
 	// The same host again is a rejoin, not a second use.
@@ -156,6 +156,15 @@ func TestJoinWithToken(t *testing.T) {
 	waitFor(t, 2*time.Second, "2 admissions and 1 refusal counted", func() bool {
 		return m.Counters()[CtrJoinAdmitted] == 2 && m.Counters()[CtrJoinRefused] == 1
 	})
+	// A network with isolated subnets tells its default subnet.
+	m.cfg.DefaultSubnet = netip.MustParsePrefix("10.32.0.0/16")
+	tokDef, err := m.CreateToken(time.Hour, 1, []Bootstrap{bootstrapOf(m)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := join(tokDef); err != nil || res.DefaultSubnet != m.cfg.DefaultSubnet || res.Range != m.cfg.Range {
+		t.Fatalf("admission into a network with a default subnet = %+v, %v", res, err)
+	}
 
 	// Revoked.
 	tok2, _ := m.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(m)})
