@@ -24,12 +24,14 @@ type natCell struct {
 	// wantDirect: the NAT kinds let a direct path open whoever sends
 	// first (see TestNAT for which and why); other cells must only reach.
 	wantDirect bool
+	why        string // why the cell must go direct, or why it may stay relayed
 	// Results.
 	firstAB, firstBA time.Duration // to the first reply, a→b then b→a
 	errAB, errBA     error
 	direct           bool
 	took             time.Duration // containers attached → both sides direct
 	typeAB           string        // candidate types a uses for b ("" when not through ICE)
+	fromAB, fromBA   string        // where a's endpoint for b came from, and b's for a
 	pathSeen         string
 }
 
@@ -129,8 +131,7 @@ func TestNAT(t *testing.T) {
 	var cells []*natCell
 	for _, p := range pairs {
 		c := &natCell{row: role[p[0]], col: role[p[1]], a: p[0], b: p[1]}
-		c.wantDirect = c.row == kindPublic || c.col == kindPublic ||
-			(c.row == kindIdeal && c.col == kindIdeal) || c.row == kindSame
+		c.wantDirect, c.why = expectDirect(c.row, c.col)
 		cells = append(cells, c)
 	}
 
@@ -242,6 +243,7 @@ func TestNAT(t *testing.T) {
 			if pa == "direct" && pb == "direct" {
 				c.direct, c.took = true, time.Since(start)
 				c.typeAB = iceType(sts[c.a], c.b.Name)
+				c.fromAB, c.fromBA = endpointFrom(sts[c.a], c.b.Name), endpointFrom(sts[c.b], c.a.Name)
 				continue
 			}
 			if c.wantDirect {
@@ -267,6 +269,20 @@ func TestNAT(t *testing.T) {
 		}
 		fmt.Fprintf(&sb, "  %-12s ↔ %-12s %-3s–%-3s %s  %s / %s  %-40s before: %s\n", c.row, c.col, c.a, c.b, order,
 			replyText(c.firstAB, c.errAB), replyText(c.firstBA, c.errBA), c.text(), sessions[c])
+	}
+	sb.WriteString("\nexpected path per kind pair (asserted where direct):\n")
+	seenPair := map[string]bool{}
+	for _, c := range cells {
+		k := c.row + " ↔ " + c.col
+		if seenPair[k] {
+			continue
+		}
+		seenPair[k] = true
+		want := "may stay relayed"
+		if c.wantDirect {
+			want = "direct"
+		}
+		fmt.Fprintf(&sb, "  %-29s %-16s %s\n", k, want, c.why)
 	}
 	sb.WriteString("\nNAT behaviour as observed:\n")
 	for _, h := range hosts {
@@ -346,6 +362,28 @@ func TestNAT(t *testing.T) {
 	node := b.AddNode(200)
 	t.Run("forged STUN", func(t *testing.T) { forgedSTUN(t, node, p2, s2, ctrs) })
 	t.Run("forged relay frames", func(t *testing.T) { forgedRelay(t, b, node, p2, s2, ctrs) })
+}
+
+// expectDirect says whether NAT kinds row and col let a pair go direct
+// whichever side sends first, and why (the reasoning of TestNAT's comment
+// and docs/architecture.md, NAT traversal, Limits).
+func expectDirect(row, col string) (bool, string) {
+	has := func(k string) bool { return row == k || col == k }
+	switch {
+	case row == kindPublic && col == kindPublic:
+		return true, "no NAT on either side"
+	case has(kindPublic):
+		return true, "the NATed side's datagrams reach the public side, which learns the mapping they came from"
+	case row == kindSame:
+		return true, "ICE's host candidates on the shared LAN"
+	case row == kindIdeal && col == kindIdeal:
+		return true, "one fixed mapping each, unsolicited datagrams dropped before conntrack: server-reflexive candidates meet"
+	case has(kindRandom):
+		return false, "random-fully gives each destination a new random port nobody can predict, and the far NAT filters by port"
+	case row == kindStock && col == kindStock:
+		return false, "each router takes the other's first datagram as unsolicited (an unreplied entry) and gives its own host's flow a random other port"
+	}
+	return false, "goes direct only if the stock side's first datagram leaves before the ideal side's arrives: an early one from the ideal side takes the stock router's tuple and its host's flow gets a random other port, which the ideal router drops"
 }
 
 func keyLess(a, b *api.Status) bool {
@@ -554,11 +592,23 @@ func (c *natCell) text() string {
 	}
 	s := fmt.Sprintf("direct %.1fs", c.took.Seconds())
 	if c.typeAB != "" {
-		s += " (ice " + c.typeAB + ")"
-	} else {
-		s += " (gossip endpoint)"
+		return s + " (ice " + c.typeAB + ")"
 	}
-	return s
+	// Each side's endpoint for the other and where it came from: a
+	// public host learns a NATed one's mapping from its traffic (or the
+	// reflexive address it advertised), never from gossip's listen port.
+	return fmt.Sprintf("%s (endpoints from %s / %s)", s, c.fromAB, c.fromBA)
+}
+
+// endpointFrom is where st's endpoint for nick came from (gossip,
+// reflexive, ice, traffic).
+func endpointFrom(st *api.Status, nick string) string {
+	for _, c := range testbed.ConnsTo(st, nick) {
+		if c.EndpointFrom != "" {
+			return c.EndpointFrom
+		}
+	}
+	return "?"
 }
 
 // statuses reads every host's status in parallel.
