@@ -138,6 +138,7 @@ func (h *Host) Attach(spec AttachSpec) (Attached, error) {
 		return fail("setting lo up: %w", err)
 	}
 	h.forgetNeighbors()
+	h.settleLinks(host)
 	return Attached{Netns: spec.Netns, IP: spec.IP, IfName: ifName, HostVeth: host, MTU: h.cfg.MTU}, nil
 }
 
@@ -171,6 +172,7 @@ func (h *Host) Adopt(a Attached) error {
 		return fmt.Errorf("adopt: namespace %s: setting %s up: %w", a.Netns, a.HostVeth, err)
 	}
 	h.setFastLeave(link)
+	h.settleLinks(a.HostVeth)
 	return nil
 }
 

@@ -125,6 +125,25 @@ func (h *Host) forgetNeighbors() {
 	}
 }
 
+// settleLinks makes the kernel apply the carrier of a port that just came
+// up (hostVeth, both ends up) to the port and to the bridge before the
+// caller returns. The kernel applies carrier changes in its link-watch
+// work: a veth's at once, but the bridge's (whose carrier comes on with
+// its first forwarding port) up to a second later, and until then the
+// bridge device drops what the host sends into it, so the first
+// container on a host missed the host's ARP request and the first
+// packets routed to it from the TUN. Reading a link (RTM_GETLINK) runs
+// its pending link-watch event at once, the port's first since it turns
+// the bridge's carrier on.
+func (h *Host) settleLinks(hostVeth string) {
+	if _, err := h.nl.LinkByName(hostVeth); err != nil {
+		h.log.Debug("reading a new port", "veth", hostVeth, "err", err)
+	}
+	if _, err := h.nl.LinkByIndex(h.brIndex); err != nil {
+		h.log.Debug("reading the bridge", "bridge", h.cfg.Bridge, "err", err)
+	}
+}
+
 // bridgeMAC derives a locally administered unicast MAC address from seed, so
 // the bridge keeps its address across restarts of the daemon.
 func bridgeMAC(seed []byte) net.HardwareAddr {
