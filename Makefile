@@ -131,9 +131,14 @@ bench-dns: deps
 #     and the frames and bytes that cost (SIMBENCHFLAGS: -n 100,300 -json).
 #   bench-scale-ns: real daemons in namespaces, grown to N = 10, 20, 40
 #     (integration/cmd/scalebench): seconds from the last launch until every
-#     host sees every other, then, idle, CPU per daemon (share of a core),
-#     RSS and underlay bytes/s per daemon, and the N=40/N=10 growth ratios
-#     (SCALEBENCHFLAGS: -n 10,20 -window 60s -profile DIR -json).
+#     host sees every other and has its address, then, after a settle
+#     period, idle over 60 s: CPU per daemon (utime+stime, share of a
+#     core), wakeups/s, RSS and underlay bytes/s per daemon, the machine's
+#     load average during the window, and the N=40/N=10 growth ratios
+#     (SCALEBENCHFLAGS: -n 10,20 -window 60s -profile DIR -json). It raises
+#     the shared ARP table's gc_thresh for N=40 and restores it (also on
+#     Ctrl-C, and at the next run after a SIGKILL); run it under nice on a
+#     shared machine.
 bench-scale: bench-scale-sim bench-scale-ns
 
 bench-scale-sim:
