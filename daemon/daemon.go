@@ -20,6 +20,7 @@ import (
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/dns"
 	"github.com/weavewg/weavewg/hostnet"
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/mcast"
 	"github.com/weavewg/weavewg/nat"
@@ -554,9 +555,11 @@ func (d *Daemon) run(ctx context.Context) error {
 
 // reconcileLoop makes the data plane follow the control plane.
 func (d *Daemon) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(reconcileInterval)
+	// On the process's beat (internal/beat): with the other loops'
+	// ticks, an idle daemon wakes once a second, not once per loop.
+	t := beat.NewTicker(reconcileInterval)
 	defer t.Stop()
-	tick := time.NewTicker(tickInterval)
+	tick := beat.NewTicker(tickInterval)
 	defer tick.Stop()
 	// ringChanged is taken before each reconcile, so a ring change during
 	// it (or during a tick) closes the channel this loop is waiting on.

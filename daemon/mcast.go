@@ -15,6 +15,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/hostnet"
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/mcast"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -57,6 +58,7 @@ type multicast struct {
 	overlayIfs []string
 	stop       chan struct{}
 	wg         sync.WaitGroup
+	peers      atomic.Int32 // how many peers replication knows (setPeers)
 
 	rxWrongIf atomic.Uint64
 
@@ -209,7 +211,7 @@ func (m *multicast) deliverLoop() {
 }
 
 func (m *multicast) antiEntropyLoop() {
-	t := time.NewTicker(mcastAntiEntropy)
+	t := beat.NewTicker(mcastAntiEntropy) // with the daemon's other loops
 	defer t.Stop()
 	for {
 		select {
@@ -218,6 +220,9 @@ func (m *multicast) antiEntropyLoop() {
 		case <-t.C:
 			m.ch.Broadcast(m.eng.Message())
 		}
+		// A round costs a message to every peer: past beat.SpreadPeers
+		// peers it comes less often (issue 18); changes go out at once.
+		t.Reset(beat.Spread(mcastAntiEntropy, int(m.peers.Load())))
 	}
 }
 
@@ -238,6 +243,7 @@ func (m *multicast) setPeers(self []netip.Prefix, peers []discovery.Peer, allowe
 		}
 		ps = append(ps, mcast.Peer{Key: p.Key, HostIP: host, Sources: src})
 	}
+	m.peers.Store(int32(len(ps)))
 	for _, k := range m.eng.SetPeers(ps) {
 		// An error means unreachable again already; anti-entropy repairs it.
 		m.ch.Send(k, m.eng.Message())

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flynn/noise"
@@ -62,6 +63,7 @@ type conn struct {
 	recv *noise.CipherState // owned by establish, then by readLoop
 
 	out       chan []byte   // plaintext messages for writeLoop; sends under Router.mu
+	lastWrite atomic.Int64  // unix ns of the last write, or of the last keepalive queued
 	done      chan struct{} // closed by close
 	closeOnce sync.Once
 }
@@ -150,27 +152,27 @@ func (c *conn) readMsg(buf, plain []byte) ([]byte, error) {
 
 func (c *conn) writeLoop() {
 	defer c.r.wg.Done()
-	tick := time.NewTicker(c.r.tun.keepalive / 3)
-	defer tick.Stop()
-	last := time.Now()
 	for {
-		var err error
 		select {
 		case <-c.done:
 			return
 		case m := <-c.out:
-			err = c.writeMsg(m, c.r.tun.writeTimeout)
-			last = time.Now()
-		case <-tick.C:
-			if time.Since(last) >= c.r.tun.keepalive {
-				err = c.writeMsg([]byte{msgKeepalive}, c.r.tun.writeTimeout)
-				last = time.Now()
+			if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
+				c.close()
+				return
 			}
+			c.lastWrite.Store(time.Now().UnixNano())
 		}
-		if err != nil {
-			c.close()
-			return
-		}
+	}
+}
+
+// keepaliveDueLocked queues a keepalive if nothing was written for the
+// keepalive period. The maintenance loop calls it on its beat, so an idle
+// connection has no timer of its own (liveness.go).
+func (c *conn) keepaliveDueLocked(now time.Time) {
+	if now.UnixNano()-c.lastWrite.Load() >= int64(c.r.tun.keepalive) {
+		c.lastWrite.Store(now.UnixNano()) // one queued at a time
+		c.queue([]byte{msgKeepalive})
 	}
 }
 
@@ -384,9 +386,11 @@ func (r *Router) runConn(c *conn) (bool, error) {
 		t.conn, t.state, t.err = c, StateEstablished, ""
 		t.peer, t.nickname = c.peer, c.hello.Nickname
 	}
+	c.lastWrite.Store(time.Now().UnixNano())
 	r.wg.Add(1)
 	go c.writeLoop()
 	r.mu.Unlock()
+	watchLiveness(c.nc)
 
 	err := c.readLoop()
 	c.close()

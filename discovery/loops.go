@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/weavewg/weavewg/internal/beat"
 )
 
 // acceptLoop accepts control connections until the listener closes.
@@ -93,7 +95,8 @@ func (r *Router) logInboundFailure(ip string, err error) {
 // anti-entropy.
 func (r *Router) maintainLoop() {
 	defer r.wg.Done()
-	tick := time.NewTicker(r.tun.tick)
+	// On the process's beat, with the daemon's other loops (internal/beat).
+	tick := beat.NewTicker(r.tun.tick)
 	defer tick.Stop()
 	for {
 		select {
@@ -104,6 +107,10 @@ func (r *Router) maintainLoop() {
 		r.mu.Lock()
 		now := r.now()
 		r.expireLocked(now)
+		wall := time.Now() // writes are stamped by the real clock, whatever r.now is
+		for _, c := range r.active {
+			c.keepaliveDueLocked(wall)
+		}
 		if !r.closed {
 			r.gossipDialsLocked(now)
 		}

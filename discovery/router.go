@@ -162,12 +162,13 @@ func defaultTunables() tunables {
 		backoffMax:    30 * time.Second,
 		redialFast:    500 * time.Millisecond,
 		redialFastFor: 30 * time.Second,
-		// A silent peer (cut off, not closed) is noticed within readTimeout;
-		// keepalives every 5 s keep an idle connection well inside it.
-		keepalive:        5 * time.Second,
+		// A cut-off peer is noticed by the kernel's TCP keepalive within
+		// about 20 s (liveness.go); application keepalives every 30 s
+		// catch a hung peer process within readTimeout.
+		keepalive:        30 * time.Second,
 		recomputeDelay:   50 * time.Millisecond,
 		selfPublishDelay: 100 * time.Millisecond,
-		readTimeout:      20 * time.Second,
+		readTimeout:      95 * time.Second,
 		writeTimeout:     10 * time.Second,
 		dialTimeout:      5 * time.Second,
 		resolveTimout:    5 * time.Second,

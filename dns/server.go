@@ -14,6 +14,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"golang.org/x/net/netutil"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -334,7 +335,7 @@ func (s *Server) Close() error {
 
 func (s *Server) loop(stop chan struct{}) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.GossipInterval)
+	t := beat.NewTicker(s.cfg.GossipInterval) // with the daemon's other loops
 	defer t.Stop()
 	for {
 		select {
@@ -343,6 +344,13 @@ func (s *Server) loop(stop chan struct{}) {
 		case <-t.C:
 			s.Tick()
 		}
+		// A round costs a message to every peer: past beat.SpreadPeers
+		// peers it comes less often, so an idle host's repair traffic
+		// stays flat as the mesh grows (issue 18).
+		s.mu.Lock()
+		peers := len(s.reach)
+		s.mu.Unlock()
+		t.Reset(beat.Spread(s.cfg.GossipInterval, peers))
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/google/nftables/userdata"
 	"github.com/google/nftables/xt"
 	"github.com/vishvananda/netns"
+
+	"github.com/weavewg/weavewg/internal/beat"
 )
 
 // Firewall rules: weavewg's traffic through a default-deny forward policy.
@@ -620,7 +622,7 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 // watch re-checks the rules every watchInterval until stop is closed.
 func (f *firewall) watch(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	t := time.NewTicker(watchInterval)
+	t := beat.NewTicker(watchInterval) // with the daemon's other loops
 	defer t.Stop()
 	failing := ""
 	for {

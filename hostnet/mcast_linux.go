@@ -16,6 +16,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/internal/beat"
 )
 
 // Multicast on the bridge (package mcast decides what crosses hosts):
@@ -225,7 +227,7 @@ func parseAttrs(b []byte, typ uint16) [][]byte {
 func (h *Host) WatchMulticastMembers(stop <-chan struct{}, changed func([]MulticastMember)) {
 	notes := make(chan struct{}, 1)
 	go h.subscribeMDB(stop, notes)
-	t := time.NewTicker(10 * time.Second)
+	t := beat.NewTicker(10 * time.Second) // with the daemon's other loops
 	defer t.Stop()
 	for {
 		if ms, err := h.MulticastMembers(); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pion/ice/v4"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -206,7 +207,7 @@ func (m *Manager) post(e event) {
 
 func (m *Manager) loop() {
 	defer close(m.done)
-	tick := time.NewTicker(m.cfg.Tick)
+	tick := beat.NewTicker(m.cfg.Tick) // with the daemon's other loops
 	defer tick.Stop()
 	nextObserve := m.cfg.Now().Add(2 * time.Second)
 	for {

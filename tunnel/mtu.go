@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/pmtu"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -61,7 +62,10 @@ type peerMTUState struct {
 // mtuLoop runs until t.stop closes.
 func (t *Tunnel) mtuLoop() {
 	defer close(t.mtuDone)
-	tick := time.NewTicker(mtuTick)
+	// On the process's beat (internal/beat), and only once a second
+	// while every pair is idle: then there is nothing to probe, and four
+	// wakeups a second were an idle daemon's largest single timer.
+	tick := beat.NewTicker(mtuTick)
 	defer tick.Stop()
 	state := map[PeerID]*peerMTUState{}
 	var sizes []int
@@ -78,10 +82,12 @@ func (t *Tunnel) mtuLoop() {
 		}
 		tbl := t.bind.table.Load()
 		if tbl == nil || t.cfg.FixedMTU {
+			tick.Reset(time.Second)
 			continue
 		}
 		now := time.Unix(0, t.bind.nowNano())
 		changed := false
+		active := 0
 		seen := make(map[PeerID]bool, len(tbl.peers))
 		for i := range tbl.peers {
 			p := &tbl.peers[i]
@@ -89,6 +95,7 @@ func (t *Tunnel) mtuLoop() {
 			if p.path.idle.Load() {
 				continue // no probes and no route lookups for idle pairs (idle.go)
 			}
+			active++
 			s := state[p.id]
 			if s == nil {
 				s = &peerMTUState{cur: PeerMTU{MTU: t.cfg.MTU, Source: pmtu.SourceLink}}
@@ -158,6 +165,11 @@ func (t *Tunnel) mtuLoop() {
 			if s := state[tbl.peers[i].id]; s != nil {
 				pub[tbl.peers[i].key] = s.cur
 			}
+		}
+		if active == 0 {
+			tick.Reset(time.Second)
+		} else {
+			tick.Reset(mtuTick)
 		}
 		old := t.peerMTUs.Load()
 		t.peerMTUs.Store(&pub)

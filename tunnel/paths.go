@@ -6,6 +6,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -206,7 +207,7 @@ func (t *Tunnel) setPathsLocked(want map[key.Public]peerState) {
 // decide again; it wakes early when the packet path learned an endpoint.
 func (t *Tunnel) pathLoop() {
 	defer close(t.done)
-	tick := time.NewTicker(probeInterval)
+	tick := beat.NewTicker(probeInterval) // with the daemon's other loops
 	defer tick.Stop()
 	t.bind.coarse.Store(t.bind.nowNano())
 	for {

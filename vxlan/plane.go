@@ -36,6 +36,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/internal/ownroutes"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -431,7 +432,7 @@ func (p *Plane) Counters() map[string]uint64 {
 // path rule; when a peer changes path it tells the owner.
 func (p *Plane) probeLoop() {
 	defer p.done.Done()
-	tick := time.NewTicker(ProbeInterval)
+	tick := beat.NewTicker(ProbeInterval) // with the daemon's other loops
 	defer tick.Stop()
 	for {
 		select {
