@@ -380,19 +380,30 @@ func (r *Router) saveEvictions() {
 	}
 }
 
-// broadcastEvictions sends recs (all, if nil) to every reachable peer.
+// broadcastEvictions sends recs to every reachable peer; nil is the
+// anti-entropy round: every record to one random reachable peer (as
+// broadcastTokens does, for the same reason).
 func (r *Router) broadcastEvictions(recs []EvictRecord) {
+	send := func(m []byte) { r.evictCh.Broadcast(m) }
 	if recs == nil {
 		r.mu.Lock()
 		recs = r.evictRecordsLocked()
 		r.mu.Unlock()
+		if len(recs) == 0 {
+			return
+		}
+		to, ok := r.randomReachable()
+		if !ok {
+			return
+		}
+		send = func(m []byte) { r.evictCh.Send(to, m) }
 	}
 	if r.evictCh == nil {
 		return
 	}
 	for len(recs) > 0 {
 		n := min(len(recs), maxEvictInMsg)
-		r.evictCh.Broadcast(AppendEvictMessage(nil, recs[:n]))
+		send(AppendEvictMessage(nil, recs[:n]))
 		recs = recs[n:]
 	}
 }

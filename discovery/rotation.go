@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/weavewg/weavewg/internal/beat"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -500,7 +501,18 @@ func (r *Router) secretAntiEntropy() {
 	if !rotated {
 		return // no advertisement needed: a pair that hears none uses epoch 0
 	}
-	r.broadcastSecretAd()
+	// The advertisement goes to every peer: past beat.SpreadPeers peers,
+	// not every round (issue 18); a rotation advertises at once.
+	r.mu.Lock()
+	now := r.now()
+	ad := !now.Before(r.nextSecretAd)
+	if ad {
+		r.nextSecretAd = now.Add(beat.Spread(r.tun.antiEntropy, len(r.rt.hops)) - r.tun.antiEntropy/2)
+	}
+	r.mu.Unlock()
+	if ad {
+		r.broadcastSecretAd()
+	}
 	r.mu.Lock()
 	type send struct {
 		to    key.Public

@@ -227,6 +227,7 @@ type Router struct {
 	seenAt         map[key.Public]seen // where reachable peers see each peer
 	logged         map[string]string   // log-once: subject → last message logged
 	nextAE         time.Time
+	nextSecretAd   time.Time // the anti-entropy round that next advertises our epoch (rotation.go)
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 	evictionState // eviction records and the evicted set (guarded by mu)

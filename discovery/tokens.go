@@ -242,8 +242,12 @@ func (r *Router) saveTokens() {
 	}
 }
 
-// broadcastTokens sends recs (all, if nil) to every reachable peer, in
-// messages that fit a channel payload.
+// broadcastTokens sends recs to every reachable peer, in messages that
+// fit a channel payload; nil is the anti-entropy round: the whole registry
+// to one random reachable peer. Changes go to everyone at once, so the
+// round only repairs, and with every peer picking one at random each peer
+// still hears from about one per round: an idle host sends and receives
+// O(1) registry messages a round, not one from every peer (issue 18).
 func (r *Router) broadcastTokens(recs []TokenRecord) {
 	full := recs == nil
 	if full {
@@ -252,15 +256,19 @@ func (r *Router) broadcastTokens(recs []TokenRecord) {
 	if r.tokensCh == nil {
 		return
 	}
+	send := r.tokensCh.Broadcast
+	if full {
+		to, ok := r.randomReachable()
+		if !ok {
+			return
+		}
+		send = func(m []byte) { r.tokensCh.Send(to, m) }
+	}
 	if len(recs) == 0 {
 		if full {
 			// An empty registry is one too: a member that lost its own
-			// admits nobody until it has received one. One random peer
-			// per round (not all: nothing changes, and every peer does
-			// the same) reaches it within a few rounds.
-			if to, ok := r.randomReachable(); ok {
-				r.tokensCh.Send(to, AppendTokenRecords(nil, nil))
-			}
+			// admits nobody until it has received one.
+			send(AppendTokenRecords(nil, nil))
 		}
 		return
 	}
@@ -268,7 +276,7 @@ func (r *Router) broadcastTokens(recs []TokenRecord) {
 	size := 3
 	flush := func() {
 		if len(batch) > 0 {
-			r.tokensCh.Broadcast(AppendTokenRecords(nil, batch))
+			send(AppendTokenRecords(nil, batch))
 		}
 		batch, size = nil, 3
 	}
