@@ -373,6 +373,7 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 	if kernel != nil {
 		others = append(others, kernel.Name())
 	}
+	fs := d.filterState()
 	host, err := hostnet.New(hostnet.Config{
 		Bridge:  d.cfg.Bridge,
 		TUN:     tun.TUNName(),
@@ -386,7 +387,11 @@ func (d *Daemon) openDataPlane() (dataPlane, error) {
 		// The VXLAN fast path's device, made after this, and the kernel
 		// WireGuard device forward like the TUN.
 		OtherDevices: others,
-		Logger:       d.log.With("part", "hostnet"),
+		// A relaunch builds the filter whole (applyFilters sets it later).
+		Subnets:     fs.subnets,
+		PortSubnets: fs.ports,
+		Egress:      fs.egress,
+		Logger:      d.log.With("part", "hostnet"),
 	})
 	if err != nil {
 		tun.Close()

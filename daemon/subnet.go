@@ -121,6 +121,42 @@ func (d *Daemon) attachmentSubnet(p netip.Prefix) netip.Prefix {
 // addresses that may leave through the host (egress). It runs at attach,
 // and in every reconcile (releases, restarts).
 func (d *Daemon) applyFilters() {
+	fs := d.filterState()
+	if d.mcast != nil {
+		// Multicast and broadcast are scoped by subnet, isolating or not
+		// (one subnet, the range, when not); a host is sent a subnet's
+		// broadcasts only if it has containers on it.
+		d.mcast.setSubnets(fs.used, fs.allPorts)
+	}
+	f, ok := d.host.(subnetFilter)
+	if !ok {
+		return
+	}
+	err := errors.Join(f.SetSubnets(fs.subnets), f.SetPortSubnets(fs.ports), f.SetEgress(fs.egress))
+	d.filterMu.Lock()
+	defer d.filterMu.Unlock()
+	if msg := fmt.Sprint(err); err != nil && msg != d.filterErr {
+		d.log.Error("subnet isolation and egress rules; retried at each reconcile", "err", err)
+		d.filterErr = msg
+	} else if err == nil && d.filterErr != "" {
+		d.log.Info("subnet isolation and egress rules in place again")
+		d.filterErr = ""
+	}
+}
+
+// filterState is what the attachments make of the host's filter: the
+// subnets its containers use (used, and the bridge ports on them,
+// allPorts), the isolation rules' subnets and ports (none unless
+// isolating) and the egress addresses. hostnet.New gets it too, so a
+// relaunch builds the filter whole.
+type filterState struct {
+	used            []netip.Prefix
+	allPorts, ports map[string]netip.Prefix
+	subnets         []netip.Prefix
+	egress          []netip.Addr
+}
+
+func (d *Daemon) filterState() filterState {
 	// The subnets this host's containers are on, and the default one
 	// (where the host address lies) for the filter.
 	var used []netip.Prefix
@@ -144,36 +180,18 @@ func (d *Daemon) applyFilters() {
 		}
 	}
 	d.mu.Unlock()
-	if d.mcast != nil {
-		// Multicast and broadcast are scoped by subnet, isolating or not
-		// (one subnet, the range, when not); a host is sent a subnet's
-		// broadcasts only if it has containers on it.
-		d.mcast.setSubnets(used, ports)
-	}
 	subnets := []netip.Prefix{d.defaultSubnet()}
 	for _, s := range used {
 		if !slices.Contains(subnets, s) {
 			subnets = append(subnets, s)
 		}
 	}
-	f, ok := d.host.(subnetFilter)
-	if !ok {
-		return
-	}
+	allPorts := ports
 	if !d.isolating() {
 		subnets, ports = nil, nil
 	}
 	// A record from before isolation was turned on has the range's prefix
 	// length: no isolation rule of its own (its port is still scoped).
 	subnets = slices.DeleteFunc(subnets, func(s netip.Prefix) bool { return s == d.cfg.Range })
-	err := errors.Join(f.SetSubnets(subnets), f.SetPortSubnets(ports), f.SetEgress(egress))
-	d.filterMu.Lock()
-	defer d.filterMu.Unlock()
-	if msg := fmt.Sprint(err); err != nil && msg != d.filterErr {
-		d.log.Error("subnet isolation and egress rules; retried at each reconcile", "err", err)
-		d.filterErr = msg
-	} else if err == nil && d.filterErr != "" {
-		d.log.Info("subnet isolation and egress rules in place again")
-		d.filterErr = ""
-	}
+	return filterState{used: used, allPorts: allPorts, ports: ports, subnets: subnets, egress: egress}
 }

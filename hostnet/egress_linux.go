@@ -79,6 +79,13 @@ func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec fi
 	}
 }
 
+// sortedAddrs is addrs in the filter's order (a copy).
+func sortedAddrs(addrs []netip.Addr) []netip.Addr {
+	addrs = slices.Clone(addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	return addrs
+}
+
 // SetEgress makes the addresses that may leave through the host exactly
 // sources.
 func (h *Host) SetEgress(sources []netip.Addr) error {
@@ -87,8 +94,7 @@ func (h *Host) SetEgress(sources []netip.Addr) error {
 	if h.closed {
 		return ErrClosed
 	}
-	sources = slices.Clone(sources)
-	slices.SortFunc(sources, netip.Addr.Compare)
+	sources = sortedAddrs(sources)
 	if slices.Equal(sources, h.spec.egress) {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -48,7 +49,13 @@ type Config struct {
 	// path's device); the host's forward policy is passed for them as for
 	// the TUN. They need not exist yet.
 	OtherDevices []string
-	Logger       *slog.Logger
+	// The forward filter's state as the daemon's attachments make it
+	// (SetSubnets, SetPortSubnets, SetEgress), so that New builds it whole
+	// and a relaunch has no moment without isolation or egress.
+	Subnets     []netip.Prefix
+	PortSubnets map[string]netip.Prefix
+	Egress      []netip.Addr
+	Logger      *slog.Logger
 }
 
 // AttachSpec says which namespace to attach and with which address.
@@ -156,7 +163,8 @@ func New(cfg Config) (*Host, error) {
 	if err := setSysctls(cfg.Bridge, cfg.TUN); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
-	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.Overlay, hostIP: cfg.HostIP.Addr(), peerUDP: cfg.PeerUDPPorts}
+	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.Overlay, hostIP: cfg.HostIP.Addr(), peerUDP: cfg.PeerUDPPorts,
+		subnets: sortedSubnets(cfg.Subnets), ports: maps.Clone(cfg.PortSubnets), egress: sortedAddrs(cfg.Egress)}
 	h.spec = spec
 	if err := installForwardFilter(h.ns, spec); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)

@@ -1,6 +1,8 @@
 package hostnet
 
 import (
+	"errors"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -56,5 +58,34 @@ func TestCloseKeepingBridge(t *testing.T) {
 	}
 	if after := ruleset(t, h.ns); after != before {
 		t.Errorf("the ruleset differs after Close:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestNewBuildsFilterWhole: a relaunch (New after CloseKeepingBridge) given
+// the attachments' isolated subnets and egress addresses builds the
+// filter and the host's accept rules with them at once, exactly as the
+// Set calls left them: no moment without isolation or egress.
+func TestNewBuildsFilterWhole(t *testing.T) {
+	requireFirewallTools(t, "iptables-nft")
+	h := oneHost(t)
+	h.cfg.HostIP, h.cfg.Overlay = netipPrefix("10.32.0.1/16"), netipPrefix("10.32.0.0/12")
+	run(t, "ip", "netns", "exec", h.ns.Name, "iptables-nft", "-P", "FORWARD", "DROP")
+	h.start(t)
+	subnets := []netip.Prefix{netipPrefix("10.33.1.0/24"), netipPrefix("10.32.0.0/16")}
+	egress := []netip.Addr{netip.MustParseAddr("10.32.0.9"), netip.MustParseAddr("10.32.0.5")}
+	if err := errors.Join(h.host.SetSubnets(subnets), h.host.SetEgress(egress)); err != nil {
+		t.Fatal(err)
+	}
+	set := ruleset(t, h.ns)
+	if !strings.Contains(set, "masquerade") || !strings.Contains(set, "10.33.1.0/24") || !strings.Contains(set, "-i weavewg -m comment") {
+		t.Fatalf("the Set calls made no egress or isolation rules:\n%s", set)
+	}
+	if err := h.host.CloseKeepingBridge(); err != nil {
+		t.Fatal(err)
+	}
+	h.cfg.Subnets, h.cfg.Egress = subnets, egress
+	h.start(t)
+	if got := ruleset(t, h.ns); got != set {
+		t.Errorf("New with the subnets and egress: the rules differ from the Set calls':\nthen:\n%s\nnow:\n%s", set, got)
 	}
 }

@@ -167,6 +167,13 @@ func removeBridgeTable(ns netns.NsHandle, tun string) error {
 	return nil
 }
 
+// sortedSubnets is subnets in the filter's order (a copy).
+func sortedSubnets(subnets []netip.Prefix) []netip.Prefix {
+	subnets = slices.Clone(subnets)
+	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return subnets
+}
+
 // SetSubnets makes the isolation rules those of subnets (the subnets this
 // host's containers use, the default one included; none when the default
 // subnet is the whole range).
@@ -176,8 +183,7 @@ func (h *Host) SetSubnets(subnets []netip.Prefix) error {
 	if h.closed {
 		return ErrClosed
 	}
-	subnets = slices.Clone(subnets)
-	slices.SortFunc(subnets, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	subnets = sortedSubnets(subnets)
 	if slices.Equal(subnets, h.spec.subnets) {
 		return nil
 	}
