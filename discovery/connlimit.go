@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"net/netip"
@@ -168,11 +169,11 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 	// bridge), each peer in its own order; bridges all in one order, so
 	// that a heal needs few new connections.
 	slices.SortFunc(cands, func(a, b dialCandidate) int {
-		if c := cmpInt(r.dialFailures(a.k), r.dialFailures(b.k)); c != 0 {
+		if c := cmp.Compare(r.dialFailures(a.k), r.dialFailures(b.k)); c != 0 {
 			return c
 		}
 		if bridging {
-			return cmpU64(bridgeRank(a.k), bridgeRank(b.k))
+			return cmp.Compare(bridgeRank(a.k), bridgeRank(b.k))
 		}
 		if a.unreachable != b.unreachable {
 			if a.unreachable {
@@ -180,7 +181,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 			}
 			return 1
 		}
-		return cmpU64(a.rank, b.rank)
+		return cmp.Compare(a.rank, b.rank)
 	})
 	for _, c := range cands[:min(room, len(cands))] {
 		d := r.dials[c.k]
@@ -234,24 +235,4 @@ func (r *Router) dialFailures(k key.Public) int {
 		n++
 	}
 	return n
-}
-
-func cmpInt(a, b int) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

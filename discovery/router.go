@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -598,7 +599,7 @@ func (r *Router) Connections() []ConnState {
 		}
 		out = append(out, cs)
 	}
-	slices.SortFunc(out, func(a, b ConnState) int { return cmpStr(a.Addr, b.Addr) })
+	slices.SortFunc(out, func(a, b ConnState) int { return cmp.Compare(a.Addr, b.Addr) })
 	n := len(out)
 	for _, c := range r.active {
 		if covered[c] {
@@ -612,18 +613,8 @@ func (r *Router) Connections() []ConnState {
 			State:    StateEstablished,
 		})
 	}
-	slices.SortFunc(out[n:], func(a, b ConnState) int { return cmpStr(a.Addr, b.Addr) })
+	slices.SortFunc(out[n:], func(a, b ConnState) int { return cmp.Compare(a.Addr, b.Addr) })
 	return out
-}
-
-func cmpStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Counters returns event and drop counters by name (see counters.go).
