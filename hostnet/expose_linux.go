@@ -22,7 +22,6 @@ import (
 //	chain overlay_in {
 //		ct state established,related accept      (the host's own connections)
 //		meta l4proto { icmpv6, igmp } accept      (neighbour discovery, group reports)
-//		icmp type echo-request accept             (ping, for diagnostics)
 //		ip daddr <host ip> udp dport 53 accept    (weavewg's DNS)
 //		ip daddr <host ip> tcp dport 53 accept
 //		iifname <peer dev> ip daddr <host ip> udp dport <port> accept  (multicast replication)
@@ -35,6 +34,12 @@ import (
 // the host's overlay addresses to one subnet: the host address to the
 // default subnet, or an address of an isolated subnet (put on the bridge
 // as a /32) to that subnet.
+//
+// A hidden host does not answer ping either: a Weave Net host had no
+// overlay address until `weave expose`, so nothing answered, and an echo
+// reply would tell every container the host is there. The host's own
+// pings (and ICMP errors about its own traffic) are established or
+// related; DNS answering is the sign a container's link to its host works.
 
 // Exposure opens the host's address Addr to the overlay sources in From.
 type Exposure struct {
@@ -65,10 +70,6 @@ func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, sp
 	)
 	accept(l4proto(unix.IPPROTO_ICMPV6)...)
 	accept(l4proto(unix.IPPROTO_IGMP)...)
-	accept(append(append(ipv4(), l4proto(unix.IPPROTO_ICMP)...),
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}}, // echo request
-	)...)
 	if spec.hostIP.Is4() {
 		for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 			accept(append(append(append(ipv4(), ipField(16, netip.PrefixFrom(spec.hostIP, 32))...), l4proto(proto)...),

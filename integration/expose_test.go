@@ -19,11 +19,14 @@ import (
 // 0.0.0.0 is unreachable from any container (h1's own and h2's, through
 // h1's overlay address, and through h1's underlay address by a route
 // added by hand in the container) until `weavewg expose`, reachable after
-// (also after a restart of h1), unreachable after `weavewg hide`; DNS
-// keeps answering throughout, and h1's own connections to containers
-// work while it is hidden. The host address comes from IPAM: inside the
+// (also after a restart of h1), unreachable after `weavewg hide`; h1
+// answers no container's ping while hidden (as a Weave Net host, which had
+// no overlay address), and does once exposed; DNS keeps answering
+// throughout, and h1's own connections and pings to containers work while
+// it is hidden. The host address comes from IPAM: inside the
 // range, and no container's.
 func TestExposeHide(t *testing.T) {
+	needTool(t, "ping")
 	b := newBed(t, testbed.Options{Quiet: true, LogLevel: "info"})
 	h1, h2 := b.AddHost(testbed.HostOptions{}), b.AddHost(testbed.HostOptions{})
 	b.WaitMesh(30*time.Second, h1, h2)
@@ -94,6 +97,11 @@ func TestExposeHide(t *testing.T) {
 		if err := reach(c1, h1.UnderlayIP); err == nil {
 			t.Errorf("%s: %s reached h1's listener at its underlay address %s", phase, c1, h1.UnderlayIP)
 		}
+		for _, c := range []*testbed.Container{c1, c2} {
+			if err := c.Ping(hostIP); err == nil {
+				t.Errorf("%s: hidden h1 answered %s's ping at %s", phase, c, hostIP)
+			}
+		}
 		dnsWorks(phase)
 	}
 	exposed := func(phase string) {
@@ -101,6 +109,9 @@ func TestExposeHide(t *testing.T) {
 		for _, c := range []*testbed.Container{c1, c2} {
 			if err := reach(c, hostIP); err != nil {
 				t.Errorf("%s: %s cannot reach h1's listener at %s: %v", phase, c, hostIP, err)
+			}
+			if err := c.PingEventually(hostIP, 5*time.Second); err != nil {
+				t.Errorf("%s: exposed h1 does not answer %s's ping: %v", phase, c, err)
 			}
 		}
 		dnsWorks(phase)
@@ -122,6 +133,9 @@ func TestExposeHide(t *testing.T) {
 		t.Errorf("hidden h1 cannot connect to a container itself: %v", err)
 	} else {
 		conn.Close()
+	}
+	if out, err := h1.Exec("ping", "-c", "1", "-W", "2", "-n", "-q", c2.Addr); err != nil {
+		t.Errorf("hidden h1 cannot ping a container itself: %v %s", err, out)
 	}
 
 	var res api.ExposeResult
@@ -159,5 +173,19 @@ func TestExposeHide(t *testing.T) {
 	}
 	if out, err := h1.CLIErr("expose", "10.99.0.0/24"); err == nil || !strings.Contains(out, "not inside the overlay range") {
 		t.Errorf("expose outside the range: %v %s", err, out)
+	}
+}
+
+// reachHostEventually waits until the host at hostIP answers a DNS query
+// from namespace ns: what a container reaches of a host that is not
+// exposed (it answers no ping), so the sign its link to the host works.
+func reachHostEventually(ns, hostIP string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := testbed.DNSQuery(ns, hostIP+":53", "weave.local", mdns.TypeA, time.Second)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

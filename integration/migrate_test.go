@@ -24,7 +24,7 @@ func TestRestartWithOldStateDir(t *testing.T) {
 	h := b.AddHost(testbed.HostOptions{})
 	c := h.AddContainer()
 	hostIP := strings.Split(h.Status().HostIP, "/")[0]
-	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+	if err := reachHostEventually(c.Netns, hostIP, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	var before []api.Attachment
@@ -90,7 +90,7 @@ func TestRestartWithOldStateDir(t *testing.T) {
 	if strings.Contains(string(d2), "addresses") || !strings.Contains(string(d2), "n0123456789abcdef") {
 		t.Errorf("docker.json after migration keeps more than its networks:\n%s", d2)
 	}
-	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+	if err := reachHostEventually(c.Netns, hostIP, 10*time.Second); err != nil {
 		t.Errorf("the container lost the host after the restart: %v", err)
 	}
 	if l, err := h.CLIErr("dns-lookup", c.Name); err != nil || !strings.Contains(l, c.Addr) {

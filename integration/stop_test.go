@@ -176,7 +176,7 @@ func TestResetHostOnly(t *testing.T) {
 	h.Launch()
 	c := h.AddContainer()
 	hostIP := strings.Split(h.Status().HostIP, "/")[0]
-	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+	if err := reachHostEventually(c.Netns, hostIP, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	st := h.Status()
@@ -201,7 +201,7 @@ func TestResetHostOnly(t *testing.T) {
 		t.Errorf("a second reset --host-only (nothing left): %v %s", err, out)
 	}
 	h.Launch()
-	if err := c.PingEventually(hostIP, 10*time.Second); err != nil {
+	if err := reachHostEventually(c.Netns, hostIP, 10*time.Second); err != nil {
 		t.Errorf("after reset --host-only and launch, the container is not back: %v", err)
 	}
 }
