@@ -85,8 +85,8 @@ func testMulticastGroupsAndTap(t *testing.T, igmpVersion string) {
 	}
 	defer tap.Close()
 	// The container sends to the group: the tap reads it (and only it: the
-	// unicast ping before it is filtered out).
-	run(t, "ip", "netns", "exec", c.Name, "ping", "-c", "1", "-W", "1", "10.32.0.1")
+	// unicast datagram to the host before it is filtered out).
+	run(t, "ip", "netns", "exec", c.Name, "sh", "-c", "echo unicast | socat -u - UDP4-DATAGRAM:10.32.0.1:5002")
 	run(t, "ip", "netns", "exec", c.Name, "sh", "-c", "echo hello | socat -u - UDP4-DATAGRAM:239.1.1.1:5001,ip-multicast-ttl=4")
 	buf := make([]byte, 2048)
 	got := make(chan []byte, 1)
