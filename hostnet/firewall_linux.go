@@ -49,6 +49,12 @@ import (
 //     end, say): weavewg's rules go first in it, written through netlink
 //     (google/nftables), each carrying weavewg's comment.
 //
+// The input hook is treated the same way (the chain INPUT, no
+// DOCKER-USER): a default-deny input policy (ufw's) would drop what
+// containers and peers send the host itself, weavewg's DNS first, so
+// inputRules accept what arrives through weavewg's own interfaces, which
+// the own table's overlay_in then filters (expose_linux.go).
+//
 // Docker 20.10 runs whichever iptables the alternatives system links (on
 // Debian 12 iptables-nft); Weave Net's launch script guessed one backend
 // by counting the rules iptables-legacy-save and iptables-nft-save print.
@@ -111,25 +117,35 @@ func (c chainView) hasOurs() bool {
 }
 
 // planIPTables chooses where weavewg's n rules go in an iptables filter
-// table: DOCKER-USER when it exists and FORWARD jumps to it, else FORWARD,
-// or nowhere when FORWARD cannot drop. It reports whether they are in place
-// already.
-func planIPTables(fwd, user chainView, n int) (target string, inPlace bool) {
+// table: DOCKER-USER when it exists and the base chain (FORWARD) jumps to
+// it, else the base chain named base, or nowhere when it cannot drop. It
+// reports whether they are in place already.
+func planIPTables(base string, fwd, user chainView, n int) (target string, inPlace bool) {
 	switch {
 	case !fwd.needsRules():
 		target = ""
 	case user.exists && slices.Contains(fwd.rules, ruleJumpDockerUser):
 		target = "DOCKER-USER"
 	default:
-		target = "FORWARD"
+		target = base
 	}
 	switch target {
 	case "DOCKER-USER":
 		return target, user.oursOnTop(n) && !fwd.hasOurs()
-	case "FORWARD":
+	case base:
 		return target, fwd.oursOnTop(n) && !user.hasOurs()
 	}
 	return "", !fwd.hasOurs() && !user.hasOurs()
+}
+
+// hookRules are weavewg's rules on one netfilter hook and where they go:
+// the base chains of that hook (iptables' chain base, and DOCKER-USER
+// when dockerUser and FORWARD jumps to it).
+type hookRules struct {
+	hook       *nftables.ChainHook
+	base       string // FORWARD or INPUT
+	dockerUser bool
+	rules      []fwRule
 }
 
 // firewall keeps weavewg's rules in the host's forward chains.
@@ -138,8 +154,9 @@ type firewall struct {
 	bridge string
 	tun    string
 	tag    string // the comment on every rule: weavewg-<bridge>
-	rules  []fwRule
-	own    string // weavewg's own table (the forward filter), never touched
+	// fwd and in are the rules for the forward and the input hook.
+	fwd, in hookRules
+	own     string // weavewg's own table (the forward filter), never touched
 	// ownOthers are the tables the other devices' owners name after them
 	// (weavewg_<device>, as the VXLAN fast path's): weavewg's too, with accept
 	// policies, so accept rules there would only cost every forwarded
@@ -161,9 +178,15 @@ type firewall struct {
 func (f *firewall) setFilter(spec filterSpec) {
 	f.mu.Lock()
 	f.filter = spec
-	f.rules = forwardRules(f.bridge, f.tun, f.others...)
+	f.fwd.rules = forwardRules(f.bridge, f.tun, f.others...)
 	if slices.ContainsFunc(spec.egress, netip.Addr.Is4) {
-		f.rules = append(f.rules, egressRules(f.bridge)...)
+		f.fwd.rules = append(f.fwd.rules, egressRules(f.bridge)...)
+	}
+	// The input accepts are safe only behind the own table's overlay_in,
+	// which it has with an IPv4 overlay (filter_linux.go).
+	f.in.rules = nil
+	if spec.overlay.IsValid() && spec.overlay.Addr().Is4() {
+		f.in.rules = inputRules(f.bridge, f.tun, f.others...)
 	}
 	f.mu.Unlock()
 }
@@ -173,7 +196,9 @@ func newFirewall(ns netns.NsHandle, bridge, tun string, others []string, log *sl
 	for _, d := range others {
 		ownOthers[filterTable(d).Name] = true
 	}
-	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, rules: forwardRules(bridge, tun, others...), others: others, own: filterTable(tun).Name,
+	return &firewall{ns: ns, bridge: bridge, tun: tun, tag: "weavewg-" + bridge, others: others, own: filterTable(tun).Name,
+		fwd:       hookRules{hook: nftables.ChainHookForward, base: "FORWARD", dockerUser: true, rules: forwardRules(bridge, tun, others...)},
+		in:        hookRules{hook: nftables.ChainHookInput, base: "INPUT"}, // rules: setFilter
 		ownOthers: ownOthers, log: log, ipt: map[string]*iptables.IPTables{}}
 }
 
@@ -198,9 +223,10 @@ func (f *firewall) iptables(bin string) (*iptables.IPTables, error) {
 // iptablesFlavour is iptables-nft or iptables-legacy.
 type iptablesFlavour struct {
 	name string // the binary
-	// read returns FORWARD and DOCKER-USER of the filter table; ok false
-	// when the flavour holds no filter table here.
-	read func() (fwd, user chainView, ok bool, err error)
+	// read returns the hook's base chain (FORWARD, INPUT) and DOCKER-USER
+	// of the filter table; ok false when the flavour holds no filter table
+	// here.
+	read func(h *hookRules) (base, user chainView, ok bool, err error)
 }
 
 // ensure puts weavewg's rules where they belong and removes any left where
@@ -223,21 +249,35 @@ func (f *firewall) ensure() (repaired []string, err error) {
 			repaired = append(repaired, "forward filter")
 		}
 	}
-	chains, err := f.foreignForwardChains(c)
+	for _, h := range []*hookRules{&f.fwd, &f.in} {
+		r, err := f.ensureHook(c, h)
+		repaired = append(repaired, r...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return repaired, errors.Join(errs...)
+}
+
+// ensureHook puts the rules of one hook in place.
+func (f *firewall) ensureHook(c *nftables.Conn, h *hookRules) (repaired []string, err error) {
+	var errs []error
+	// Plain nftables chains.
+	chains, err := f.foreignChains(c, h)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	for _, ch := range chains {
-		view, rules, err := f.nftView(c, ch)
+		view, rules, err := f.nftView(c, ch, h)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		want := view.needsRules()
-		if (want && view.oursOnTop(len(f.rules))) || (!want && !view.hasOurs()) {
+		if (want && view.oursOnTop(len(h.rules))) || (!want && !view.hasOurs()) {
 			continue
 		}
-		if err := f.nftRewrite(c, ch, rules, want); err != nil {
+		if err := f.nftRewrite(c, ch, rules, want, h); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -245,7 +285,7 @@ func (f *firewall) ensure() (repaired []string, err error) {
 	}
 	// The iptables flavours.
 	for _, fl := range f.flavours(c) {
-		fwd, user, ok, err := fl.read()
+		base, user, ok, err := fl.read(h)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -253,18 +293,18 @@ func (f *firewall) ensure() (repaired []string, err error) {
 		if !ok {
 			continue
 		}
-		target, inPlace := planIPTables(fwd, user, len(f.rules))
+		target, inPlace := planIPTables(h.base, base, user, len(h.rules))
 		if inPlace {
 			continue
 		}
-		if err := f.iptablesRewrite(fl.name, user.exists, target); err != nil {
+		if err := f.iptablesRewrite(fl.name, user.exists, target, h); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		if target == "" {
 			target = "none"
 		}
-		repaired = append(repaired, fl.name+" "+target)
+		repaired = append(repaired, fl.name+" "+h.base+" "+target)
 	}
 	return repaired, errors.Join(errs...)
 }
@@ -280,52 +320,55 @@ func (f *firewall) remove() error {
 		return fmt.Errorf("firewall: %w", err)
 	}
 	defer c.CloseLasting()
-	chains, err := f.foreignForwardChains(c)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, ch := range chains {
-		view, rules, err := f.nftView(c, ch)
-		if err == nil && view.hasOurs() {
-			err = f.nftRewrite(c, ch, rules, false)
-		}
+	for _, h := range []*hookRules{&f.fwd, &f.in} {
+		chains, err := f.foreignChains(c, h)
 		if err != nil {
 			errs = append(errs, err)
 		}
-	}
-	for _, fl := range f.flavours(c) {
-		fwd, user, ok, err := fl.read()
-		if err == nil && ok && (fwd.hasOurs() || user.hasOurs()) {
-			err = f.iptablesRewrite(fl.name, user.exists, "")
+		for _, ch := range chains {
+			view, rules, err := f.nftView(c, ch, h)
+			if err == nil && view.hasOurs() {
+				err = f.nftRewrite(c, ch, rules, false, h)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
 		}
-		if err != nil {
-			errs = append(errs, err)
+		for _, fl := range f.flavours(c) {
+			base, user, ok, err := fl.read(h)
+			if err == nil && ok && (base.hasOurs() || user.hasOurs()) {
+				err = f.iptablesRewrite(fl.name, user.exists, "", h)
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// isIPTablesNFT reports whether ch is iptables-nft's FORWARD.
-func isIPTablesNFT(ch *nftables.Chain) bool {
-	return ch.Table.Family == nftables.TableFamilyIPv4 && ch.Table.Name == "filter" && ch.Name == "FORWARD"
+// isIPTablesNFT reports whether ch is iptables-nft's base chain of h
+// (FORWARD, INPUT).
+func isIPTablesNFT(ch *nftables.Chain, h *hookRules) bool {
+	return ch.Table.Family == nftables.TableFamilyIPv4 && ch.Table.Name == "filter" && ch.Name == h.base
 }
 
-// foreignForwardChains lists the base chains on the forward hook of ip and
-// inet tables that are neither weavewg's nor iptables-nft's.
-func (f *firewall) foreignForwardChains(c *nftables.Conn) ([]*nftables.Chain, error) {
+// foreignChains lists the base chains on h's hook of ip and inet tables
+// that are neither weavewg's nor iptables-nft's.
+func (f *firewall) foreignChains(c *nftables.Conn, h *hookRules) ([]*nftables.Chain, error) {
 	all, err := c.ListChains()
 	if err != nil {
 		return nil, fmt.Errorf("firewall: listing nftables chains: %w", err)
 	}
 	var out []*nftables.Chain
 	for _, ch := range all {
-		if ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookForward || ch.Type != nftables.ChainTypeFilter {
+		if ch.Hooknum == nil || *ch.Hooknum != *h.hook || ch.Type != nftables.ChainTypeFilter {
 			continue
 		}
 		if fam := ch.Table.Family; fam != nftables.TableFamilyIPv4 && fam != nftables.TableFamilyINet {
 			continue
 		}
-		if ch.Table.Name == f.own || f.ownOthers[ch.Table.Name] || isIPTablesNFT(ch) {
+		if ch.Table.Name == f.own || f.ownOthers[ch.Table.Name] || isIPTablesNFT(ch, h) {
 			continue
 		}
 		out = append(out, ch)
@@ -333,15 +376,15 @@ func (f *firewall) foreignForwardChains(c *nftables.Conn) ([]*nftables.Chain, er
 	return out, nil
 }
 
-// nftView reads a chain through netlink and classifies its rules.
-func (f *firewall) nftView(c *nftables.Conn, ch *nftables.Chain) (chainView, []*nftables.Rule, error) {
+// nftView reads a chain through netlink and classifies its rules as h's.
+func (f *firewall) nftView(c *nftables.Conn, ch *nftables.Chain, h *hookRules) (chainView, []*nftables.Rule, error) {
 	rules, err := c.GetRules(ch.Table, ch)
 	if err != nil {
 		return chainView{}, nil, fmt.Errorf("firewall: reading %s %s %s: %w", familyName(ch.Table.Family), ch.Table.Name, ch.Name, err)
 	}
 	v := chainView{exists: true, policyDrop: ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop}
 	for _, r := range rules {
-		v.rules = append(v.rules, f.classifyNFT(r))
+		v.rules = append(v.rules, f.classifyNFT(r, h))
 	}
 	return v, rules, nil
 }
@@ -349,7 +392,7 @@ func (f *firewall) nftView(c *nftables.Conn, ch *nftables.Chain) (chainView, []*
 // classifyNFT tells weavewg's rules (by the comment, in nftables' user data
 // or iptables-nft's comment match, and their shape) and jumps to
 // DOCKER-USER from the rest.
-func (f *firewall) classifyNFT(r *nftables.Rule) int {
+func (f *firewall) classifyNFT(r *nftables.Rule, h *hookRules) int {
 	tagged := false
 	if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == f.tag {
 		tagged = true
@@ -394,24 +437,24 @@ func (f *firewall) classifyNFT(r *nftables.Rule) int {
 	if !tagged {
 		return ruleOther
 	}
-	return f.ruleIndex(shape)
+	return h.index(shape)
 }
 
-// ruleIndex is the index of shape among today's rules; a tagged rule that
-// is none of them (an older version's, or egress's once no container has
-// egress) gets len(f.rules): out of place, so it is removed.
-func (f *firewall) ruleIndex(shape fwRule) int {
-	if i := slices.Index(f.rules, shape); i >= 0 {
+// index is the index of shape among the hook's rules today; a tagged
+// rule that is none of them (an older version's, or egress's once no
+// container has egress) gets len(h.rules): out of place, so it is removed.
+func (h *hookRules) index(shape fwRule) int {
+	if i := slices.Index(h.rules, shape); i >= 0 {
 		return i
 	}
-	return len(f.rules)
+	return len(h.rules)
 }
 
 // nftRewrite deletes weavewg's rules from ch and, if add, inserts them at
 // its top, in one transaction.
-func (f *firewall) nftRewrite(c *nftables.Conn, ch *nftables.Chain, rules []*nftables.Rule, add bool) error {
+func (f *firewall) nftRewrite(c *nftables.Conn, ch *nftables.Chain, rules []*nftables.Rule, add bool, h *hookRules) error {
 	for _, r := range rules {
-		if f.classifyNFT(r) >= 0 {
+		if f.classifyNFT(r, h) >= 0 {
 			if err := c.DelRule(r); err != nil {
 				return fmt.Errorf("firewall: %w", err)
 			}
@@ -419,8 +462,8 @@ func (f *firewall) nftRewrite(c *nftables.Conn, ch *nftables.Chain, rules []*nft
 	}
 	if add {
 		// Each insert goes first: insert the last rule first.
-		for i := len(f.rules) - 1; i >= 0; i-- {
-			c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: f.rules[i].nftExprs(),
+		for i := len(h.rules) - 1; i >= 0; i-- {
+			c.InsertRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: h.rules[i].nftExprs(),
 				UserData: userdata.AppendString(nil, userdata.TypeComment, f.tag)})
 		}
 	}
@@ -433,14 +476,14 @@ func (f *firewall) nftRewrite(c *nftables.Conn, ch *nftables.Chain, rules []*nft
 // flavours returns the iptables flavours to look at.
 func (f *firewall) flavours(c *nftables.Conn) []iptablesFlavour {
 	return []iptablesFlavour{
-		{name: "iptables-nft", read: func() (chainView, chainView, bool, error) { return f.readIPTablesNFT(c) }},
+		{name: "iptables-nft", read: func(h *hookRules) (chainView, chainView, bool, error) { return f.readIPTablesNFT(c, h) }},
 		{name: "iptables-legacy", read: f.readIPTablesLegacy},
 	}
 }
 
-// readIPTablesNFT reads iptables-nft's FORWARD and DOCKER-USER through
-// netlink: no process is started.
-func (f *firewall) readIPTablesNFT(c *nftables.Conn) (fwd, user chainView, ok bool, err error) {
+// readIPTablesNFT reads iptables-nft's base chain of h (and DOCKER-USER
+// for FORWARD) through netlink: no process is started.
+func (f *firewall) readIPTablesNFT(c *nftables.Conn, h *hookRules) (fwd, user chainView, ok bool, err error) {
 	t := &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
@@ -450,17 +493,17 @@ func (f *firewall) readIPTablesNFT(c *nftables.Conn) (fwd, user chainView, ok bo
 		if ch.Table.Name != t.Name {
 			continue
 		}
-		switch ch.Name {
-		case "FORWARD":
-			if !isIPTablesNFT(ch) || ch.Hooknum == nil {
+		switch {
+		case ch.Name == h.base:
+			if !isIPTablesNFT(ch, h) || ch.Hooknum == nil {
 				continue
 			}
-			if fwd, _, err = f.nftView(c, ch); err != nil {
+			if fwd, _, err = f.nftView(c, ch, h); err != nil {
 				return fwd, user, false, err
 			}
 			ok = true
-		case "DOCKER-USER":
-			if user, _, err = f.nftView(c, ch); err != nil {
+		case ch.Name == "DOCKER-USER" && h.dockerUser:
+			if user, _, err = f.nftView(c, ch, h); err != nil {
 				return fwd, user, false, err
 			}
 		}
@@ -468,9 +511,10 @@ func (f *firewall) readIPTablesNFT(c *nftables.Conn) (fwd, user chainView, ok bo
 	return fwd, user, ok, nil
 }
 
-// readIPTablesLegacy reads iptables-legacy's FORWARD and DOCKER-USER with
-// iptables-legacy -S, when the namespace has a legacy filter table.
-func (f *firewall) readIPTablesLegacy() (fwd, user chainView, ok bool, err error) {
+// readIPTablesLegacy reads iptables-legacy's base chain of h (and
+// DOCKER-USER for FORWARD) with iptables-legacy -S, when the namespace has
+// a legacy filter table.
+func (f *firewall) readIPTablesLegacy(h *hookRules) (fwd, user chainView, ok bool, err error) {
 	var names []byte
 	err = inNS(f.ns, func() error {
 		names, err = os.ReadFile("/proc/thread-self/net/ip_tables_names")
@@ -506,13 +550,16 @@ func (f *firewall) readIPTablesLegacy() (fwd, user chainView, ok bool, err error
 			case strings.HasPrefix(l, "-P ") && strings.HasSuffix(l, " DROP"):
 				v.policyDrop = true
 			case strings.HasPrefix(l, "-A "):
-				v.rules = append(v.rules, f.classifyIPTables(l))
+				v.rules = append(v.rules, f.classifyIPTables(l, h))
 			}
 		}
 		return v, nil
 	}
-	if fwd, err = list("FORWARD"); err != nil {
+	if fwd, err = list(h.base); err != nil {
 		return fwd, user, false, err
+	}
+	if !h.dockerUser {
+		return fwd, user, fwd.exists, nil
 	}
 	if user, err = list("DOCKER-USER"); err != nil {
 		return fwd, user, false, err
@@ -521,7 +568,7 @@ func (f *firewall) readIPTablesLegacy() (fwd, user chainView, ok bool, err error
 }
 
 // classifyIPTables classifies one line of iptables -S.
-func (f *firewall) classifyIPTables(line string) int {
+func (f *firewall) classifyIPTables(line string, h *hookRules) int {
 	fields := strings.Fields(line)
 	if slices.Equal(fields[2:], []string{"-j", "DOCKER-USER"}) || slices.Equal(fields[2:], []string{"-g", "DOCKER-USER"}) {
 		return ruleJumpDockerUser
@@ -529,19 +576,19 @@ func (f *firewall) classifyIPTables(line string) int {
 	if !strings.Contains(line, "--comment "+f.tag+" ") && !strings.Contains(line, `--comment "`+f.tag+`"`) {
 		return ruleOther
 	}
-	return f.ruleIndex(parseIPTablesRule(fields))
+	return h.index(parseIPTablesRule(fields))
 }
 
-// iptablesRewrite deletes weavewg's rules from FORWARD (and DOCKER-USER if
+// iptablesRewrite deletes h's rules from its base chain (and DOCKER-USER if
 // it exists) with the binary bin and inserts them at the top of target
 // ("" for nowhere).
-func (f *firewall) iptablesRewrite(bin string, userExists bool, target string) error {
+func (f *firewall) iptablesRewrite(bin string, userExists bool, target string, h *hookRules) error {
 	ipt, err := f.iptables(bin)
 	if err != nil {
 		return err
 	}
-	chains := []string{"FORWARD"}
-	if userExists {
+	chains := []string{h.base}
+	if userExists && h.dockerUser {
 		chains = append(chains, "DOCKER-USER")
 	}
 	return inNS(f.ns, func() error {
@@ -559,7 +606,7 @@ func (f *firewall) iptablesRewrite(bin string, userExists bool, target string) e
 					continue
 				}
 				n++
-				if f.classifyIPTables(l) >= 0 {
+				if f.classifyIPTables(l, h) >= 0 {
 					nums = append(nums, n)
 				}
 			}
@@ -572,8 +619,8 @@ func (f *firewall) iptablesRewrite(bin string, userExists bool, target string) e
 		if target == "" {
 			return nil
 		}
-		for i := len(f.rules) - 1; i >= 0; i-- {
-			if err := ipt.Insert("filter", target, 1, f.rules[i].iptablesSpec(f.tag)...); err != nil {
+		for i := len(h.rules) - 1; i >= 0; i-- {
+			if err := ipt.Insert("filter", target, 1, h.rules[i].iptablesSpec(f.tag)...); err != nil {
 				return fmt.Errorf("firewall: %s -I %s: %w", bin, target, err)
 			}
 		}

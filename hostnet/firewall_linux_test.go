@@ -323,7 +323,7 @@ func TestPlanIPTables(t *testing.T) {
 		{"Docker: also left in FORWARD", chainView{exists: true, policyDrop: true, rules: with(jump, ours)}, chainView{exists: true, rules: with(ours, other)}, "DOCKER-USER", false},
 		{"FORWARD flushed: the jump is gone", chainView{exists: true, policyDrop: true}, chainView{exists: true, rules: with(ours, other)}, "FORWARD", false},
 	} {
-		target, inPlace := planIPTables(c.fwd, c.user, n)
+		target, inPlace := planIPTables("FORWARD", c.fwd, c.user, n)
 		if target != c.target || inPlace != c.inPlace {
 			t.Errorf("%s: planIPTables = %q, %v; want %q, %v", c.name, target, inPlace, c.target, c.inPlace)
 		}

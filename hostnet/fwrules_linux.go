@@ -33,6 +33,22 @@ func forwardRules(bridge, tun string, others ...string) []fwRule {
 	return rules
 }
 
+// inputRules are every rule weavewg adds to the host's input chains:
+// whatever reaches the host from the bridge, the TUN or another peer
+// device. They are broad on purpose and safe: weavewg's own table sends
+// all of it through overlay_in (expose_linux.go), which accepts only
+// weavewg's DNS, ICMP echo, group reports, replies, multicast replication
+// and the exposures, and drops the rest; a drop there is final, so these
+// accepts only stop a default-deny input policy (ufw's) from dropping what
+// weavewg lets in, its containers' DNS first.
+func inputRules(bridge, tun string, others ...string) []fwRule {
+	var rules []fwRule
+	for _, d := range append([]string{bridge, tun}, others...) {
+		rules = append(rules, fwRule{In: d})
+	}
+	return rules
+}
+
 // egressRules are added after forwardRules while some container has
 // egress (attach --egress): from the bridge to any interface, and the
 // replies back to it. They are broad on purpose and safe: weavewg's own

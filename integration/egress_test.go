@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
+
 	"github.com/weavewg/weavewg/integration/testbed"
 )
 
@@ -28,7 +30,10 @@ import (
 // And egress leaves nothing behind: a relaunch puts back exactly the rules
 // it found, and once the egress container is detached the host's rulesets
 // (nft list ruleset, iptables-save) are what they were before it was
-// attached, no masquerade or accept rule left, after a relaunch too.
+// attached, no masquerade or accept rule left, after a relaunch too;
+// after `weavewg reset` they are what they were before the first launch.
+// Containers resolve names at their host's DNS throughout (ufw's input
+// policy DROP would drop the queries).
 func TestAttachEgress(t *testing.T) {
 	for _, c := range []struct {
 		name     string
@@ -64,6 +69,7 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 			t.Fatalf("dockerd did not set the FORWARD policy to DROP; is it stock?\n%s", out)
 		}
 	}
+	beforeLaunch := h1.Ruleset()
 	h1.Launch()
 	b.WaitMesh(30*time.Second, h1)
 	plain := h1.AddContainer()
@@ -120,6 +126,15 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 		}
 	}
 	check("after attach")
+	// Containers still resolve names at their host's DNS (ufw's input
+	// policy would drop the queries as it drops egress).
+	server := hostIP + ":53"
+	for _, c := range []*testbed.Container{e, plain} {
+		addrs, r, err := lookupA(c, server, plain.Name+".weave.local")
+		if err != nil || r.Rcode != mdns.RcodeSuccess || len(addrs) != 1 || addrs[0] != plain.Addr {
+			t.Errorf("%s asked %s for %s.weave.local: %v %v %v", c, server, plain.Name, addrs, r, err)
+		}
+	}
 	withEgress := h1.Ruleset()
 	if !strings.Contains(withEgress, "masquerade") {
 		t.Errorf("no masquerade rule while %s has egress:\n%s", e, withEgress)
@@ -145,6 +160,16 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 	h1.Launch()
 	b.WaitMesh(30*time.Second, h1)
 	sameRules(t, h1, "after a relaunch once the egress container was detached", noEgress)
+	// weavewg reset: the rulesets are what they were before the first
+	// launch.
+	h1.CLI("reset")
+	testbed.Eventually(t, 15*time.Second, h1.Name+"'s daemon stops after reset", func() error {
+		if h1.Running() {
+			return errorf("still running")
+		}
+		return nil
+	})
+	sameRules(t, h1, "after weavewg reset", beforeLaunch)
 	// Nothing reloaded the firewall: had the watcher put rules back, it
 	// would have misread its own (and rewritten them every 2 s).
 	if l := h1.Log(); strings.Contains(l, "firewall rules put back") {
