@@ -78,15 +78,20 @@ func (d *Daemon) startMulticast(open channelOpener) error {
 	if !ok {
 		return nil
 	}
+	// A relaunch's containers are scoped from the start, not from the
+	// first reconcile (applyFilters keeps it current).
+	fs := d.filterState()
 	m := &multicast{
 		eng: mcast.New(mcast.Config{
 			Self:      d.pub,
+			Subnets:   fs.used,
 			LinkLocal: d.cfg.MulticastLinkLocal,
 			Logger:    d.log.With("part", "mcast"),
 		}),
 		port:       mcast.DataPort(int(d.cfg.Port)),
 		overlayIfs: append([]string{d.cfg.Iface, kernelDeviceName(d.cfg.Iface)}, d.fastDevices()...),
 		stop:       make(chan struct{}),
+		ports:      fs.allPorts,
 	}
 	ch, err := open(mcastChannel, func(from key.Public, msg []byte) {
 		// A malformed message is counted; gossip goes on.

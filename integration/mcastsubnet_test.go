@@ -20,7 +20,8 @@ import (
 // (another host), none of the b or d members; h3 gets no copy at all. A
 // directed broadcast to 10.33.1.255 and a broadcast to 255.255.255.255
 // from a1 reach a1x and a2 and nobody else; a broadcast from d2 to the
-// default subnet's 10.32.255.255 reaches d1 and nobody else.
+// default subnet's 10.32.255.255 reaches d1 and nobody else. All of it
+// holds after h2 is killed and relaunched.
 func TestMulticastSubnets(t *testing.T) {
 	needTool(t, "socat", "tcpdump")
 	args := []string{"--ipalloc-range", "10.32.0.0/12", "--ipalloc-default-subnet", "10.32.0.0/16"}
@@ -105,6 +106,23 @@ func TestMulticastSubnets(t *testing.T) {
 	if n := tun3.seen(); n != 0 {
 		t.Errorf("h3 (members on another subnet only) saw %d replicated datagrams on its TUN", n)
 	}
+
+	// A relaunched h2 (SIGKILL: nothing cleaned up) keeps both the
+	// delivery to its 10.33.1.0/24 member and the isolation of the others.
+	hs[1].Restart()
+	b.WaitMesh(60*time.Second, hs...)
+	warmUp(t, a1, "239.1.1.1:5000", group[a2])
+	warmUp(t, a1, "10.33.1.255:5001", bcast[a2])
+	send(t, a1, "239.1.1.1:5000", numbered("r", 20)...)
+	send(t, a1, "10.33.1.255:5001", numbered("rb", 10)...)
+	waitReceived(t, group[a2], "r ", 20)
+	waitReceived(t, bcast[a2], "rb ", 10)
+	for _, c := range []*testbed.Container{b1, d1, b2, d2, b3} {
+		if n, m := group[c].lines("r "), bcast[c].lines("rb "); n != 0 || m != 0 {
+			t.Errorf("after h2's relaunch, %s (%s on %s) received %d of a1's group datagrams and %d broadcasts, want none", c, c.IP, c.Host, n, m)
+		}
+	}
+
 	if t.Failed() {
 		for _, h := range hs {
 			t.Logf("%s", mcastCounters(h))
