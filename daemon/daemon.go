@@ -673,19 +673,21 @@ func (d *Daemon) reconcile() {
 	if !maps.Equal(reachSet, d.reachableSet) {
 		// A peer that just arrived may lack the ring, or hold one that
 		// lacks ours: exchange at once rather than at the next round. Its
-		// control neighbours do (the ring broadcast reaches everyone); the
-		// other peers need not, or one join would cost a broadcast per
-		// peer, O(N²) messages (issue 18; sim's node loop does the same).
-		arrivedNeighbour := false
+		// control neighbours send it the whole ring with relay set, and
+		// it floods only what is news to its side of the mesh (a healed
+		// partition); the other peers need not, or one join would cost a
+		// broadcast per peer, O(N²) messages (issue 18; sim's node loop
+		// does the same).
+		var arrived []key.Public
 		for _, p := range peers {
 			if p.Direct && reachSet[p.Key] && !d.reachableSet[p.Key] {
-				arrivedNeighbour = true
+				arrived = append(arrived, p.Key)
 			}
 		}
 		d.reachableSet = reachSet
 		d.ipam.SetPeers(reachable)
-		if arrivedNeighbour {
-			d.ipam.Gossip()
+		for _, k := range arrived {
+			d.ipam.SendRing(k, true)
 		}
 	}
 	d.trackLiveness(reachSet, time.Now())

@@ -174,16 +174,10 @@ func (d *Daemon) ipamAntiEntropy() {
 	if len(d.reachableSet) == 0 || d.ipamCh == nil {
 		return
 	}
-	msg := d.ipam.RingMessage()
-	if msg == nil {
-		return
-	}
 	i := rand.IntN(len(d.reachableSet))
 	for k := range d.reachableSet {
 		if i == 0 {
-			if err := d.ipamCh.Send(k, msg); err != nil {
-				d.log.Debug("ipam anti-entropy", "peer", k.Name(), "err", err)
-			}
+			d.ipam.SendRing(k, false)
 			return
 		}
 		i--

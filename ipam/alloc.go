@@ -49,7 +49,14 @@ type Config struct {
 	Now            func() time.Time // default time.Now
 	Logger         *slog.Logger     // nil: silent
 	Rand           func() uint64    // seed IDs; default crypto/rand
-	store          store            // tests: overrides Path
+	// Verify checks one signature of a ring item; key.Verify when nil.
+	// Each allocator remembers what it verified (sign.go); the simulator
+	// (package sim) passes one cache shared by all its peers, since in one
+	// process N peers each checking the same N signed entries is N^2
+	// checks of identical bytes. A daemon leaves it nil: it verifies
+	// everything itself.
+	Verify func(p key.Public, domain string, msg []byte, sig *key.Signature) error
+	store  store // tests: overrides Path
 }
 
 // Allocation is one address handed out by this peer.
@@ -117,6 +124,19 @@ type Allocator struct {
 	lastErr   error
 	counters  map[string]uint64
 	verify    verifier
+	held      map[uint32]heldEntry    // entry states refused for authority, retried (authority.go)
+	askAuth   map[key.Public][]uint32 // owners to ask for the spans of refused states (authority.go)
+	lastAsk   map[key.Public]time.Time
+	// sent is the ring as the network last heard it from us (our last
+	// broadcast, or a merge of what others sent everyone): a change goes
+	// out as the difference (parts.go).
+	sent *Ring
+	// dirty: the ring changed by merges since it was last saved.
+	dirty bool
+	// asm is the ring being put together from parts while ours is
+	// unseeded, and asmCover the spans its parts described (parts.go).
+	asm      *Ring
+	asmCover []Span
 	// lastReply is when each peer was last sent our ring in answer to
 	// one it sent that we refused part of (bounds a ping-pong between two
 	// peers that each refuse something of the other's).
@@ -143,7 +163,7 @@ func Open(cfg Config) (*Allocator, error) {
 		return nil, err
 	}
 	a := &Allocator{
-		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, versionWarned: map[key.Public]bool{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
+		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, lastAsk: map[key.Public]time.Time{}, versionWarned: map[key.Public]bool{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
@@ -167,6 +187,10 @@ func Open(cfg Config) (*Allocator, error) {
 	}
 	if a.tr == nil {
 		a.tr = nopTransport{}
+	}
+	a.verify.verify = cfg.Verify
+	if a.verify.verify == nil {
+		a.verify.verify = key.Verify
 	}
 	a.setReservedLocked(cfg.Reserved)
 	if a.st == nil {
@@ -247,19 +271,44 @@ func (a *Allocator) Close() error {
 		return nil
 	}
 	a.closed = true
+	if a.dirty {
+		if err := a.saveRingLocked(); err != nil {
+			a.log.Error("saving the ring", "err", err)
+		}
+	}
 	return a.st.close()
 }
 
-// outbox collects messages to send after the lock is released.
+// outbox collects messages to send after the lock is released: ring
+// parts to everyone, ring parts in answer to one peer, and one request.
 type outbox struct {
-	broadcast []byte
+	broadcast [][]byte
+	replyTo   key.Public
+	reply     [][]byte
 	to        key.Public
 	send      []byte
+	asks      []addressed // to the owners of spans we refused states in
+}
+
+type addressed struct {
+	to  key.Public
+	msg []byte
 }
 
 func (a *Allocator) flush(o outbox) {
-	if o.broadcast != nil {
-		a.tr.Broadcast(o.broadcast)
+	for _, m := range o.broadcast {
+		a.tr.Broadcast(m)
+	}
+	for _, m := range o.reply {
+		if err := a.tr.Send(o.replyTo, m); err != nil {
+			a.log.Debug("answering a peer's ring", "peer", o.replyTo.Name(), "err", err)
+			break
+		}
+	}
+	for _, m := range o.asks {
+		if err := a.tr.Send(m.to, m.msg); err != nil {
+			a.log.Debug("asking an owner for its span", "peer", m.to.Name(), "err", err)
+		}
 	}
 	if o.send != nil {
 		if err := a.tr.Send(o.to, o.send); err != nil {
@@ -298,17 +347,46 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	a.recordPendingClaimsLocked()
 	a.publishFreeLocked()
 	a.dropLostLocked()
-	a.ring.signPending(a.self, a.priv)
-	msg, err := AppendRingMessage(nil, a.ring)
-	if err != nil {
-		return outbox{}, err
+	// What this peer changed itself (a grant, a free count, a vote) is
+	// saved before it goes out, so a restart never contradicts what others
+	// heard; what it merged from others is saved at the next Tick (a crash
+	// loses at most that second, and gossip brings it back).
+	if a.ring.signPending(a.self, a.priv) > 0 {
+		if err := a.saveRingLocked(); err != nil {
+			return outbox{}, err
+		}
+	} else {
+		a.dirty = true
 	}
-	if err := a.st.saveRing(msg[hdrLen:]); err != nil {
-		return outbox{}, fmt.Errorf("ipam: saving ring: %w", err)
+	// Everyone hears what changed since the last broadcast: our own
+	// changes, and what a relay message taught us (handleRingLocked marks
+	// what others already know as sent).
+	marks, anyEntry, votes := changedSince(a.ring, a.sent)
+	var o outbox
+	if anyEntry || votes {
+		msgs, err := ringParts(a.ring, marks, votes, false) // marks is never nil
+		if err != nil {
+			return outbox{}, err
+		}
+		o.broadcast = msgs
 	}
+	a.sent = a.ring.Clone()
 	close(a.updated)
 	a.updated = make(chan struct{})
-	return outbox{broadcast: msg}, nil
+	return o, nil
+}
+
+// saveRingLocked writes the ring to the state file.
+func (a *Allocator) saveRingLocked() error {
+	body, err := AppendRing(nil, a.ring)
+	if err != nil {
+		return err
+	}
+	if err := a.st.saveRing(body); err != nil {
+		return fmt.Errorf("ipam: saving ring: %w", err)
+	}
+	a.dirty = false
+	return nil
 }
 
 // Updated returns a channel closed at the next change of the ring.

@@ -3,6 +3,7 @@ package ipam
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -42,31 +43,8 @@ import (
 // adoptLocked takes in whole into the unseeded ring next, if every
 // signature in it verifies.
 func (a *Allocator) adoptLocked(next, in *Ring) (bool, error) {
-	for i := range in.Entries {
-		if in.Entries[i].Sig == (key.Signature{}) {
-			continue // unsigned: kept from a version-2 ring (legacy.go)
-		}
-		if !a.verify.entry(in, &in.Entries[i]) {
-			a.count("ipam_forged_entry")
-			return false, fmt.Errorf("ipam: ring refused: entry %v has a bad signature", u2a(in.Entries[i].Token))
-		}
-	}
-	for i := range in.Votes {
-		if !a.verify.vote(in, &in.Votes[i]) {
-			a.count("ipam_forged_vote")
-			return false, fmt.Errorf("ipam: ring refused: a vote of %s has a bad signature", in.Votes[i].Voter.Name())
-		}
-	}
-	for i := range in.Transfers {
-		t := &in.Transfers[i]
-		if !a.verify.transfer(in, t) {
-			a.count("ipam_forged_transfer")
-			return false, fmt.Errorf("ipam: ring refused: a transfer of %s has a bad signature", t.Dead.Name())
-		}
-		if !a.verify.cert(in, t) {
-			a.count("ipam_forged_certificate")
-			return false, fmt.Errorf("ipam: ring refused: a transfer of %s has a bad certificate", t.Dead.Name())
-		}
+	if err := a.verifyAllLocked(in); err != nil {
+		return false, err
 	}
 	changed, err := next.Merge(in)
 	if err != nil {
@@ -76,10 +54,44 @@ func (a *Allocator) adoptLocked(next, in *Ring) (bool, error) {
 	return changed, nil
 }
 
+// verifyAllLocked checks every signature in in (entries without any, kept
+// from a version-2 ring, pass).
+func (a *Allocator) verifyAllLocked(in *Ring) error {
+	for i := range in.Entries {
+		if in.Entries[i].Sig == (key.Signature{}) {
+			continue // unsigned: kept from a version-2 ring (legacy.go)
+		}
+		if !a.verify.entry(in, &in.Entries[i]) {
+			a.count("ipam_forged_entry")
+			return fmt.Errorf("ipam: ring refused: entry %v has a bad signature", u2a(in.Entries[i].Token))
+		}
+	}
+	for i := range in.Votes {
+		if !a.verify.vote(in, &in.Votes[i]) {
+			a.count("ipam_forged_vote")
+			return fmt.Errorf("ipam: ring refused: a vote of %s has a bad signature", in.Votes[i].Voter.Name())
+		}
+	}
+	for i := range in.Transfers {
+		t := &in.Transfers[i]
+		if !a.verify.transfer(in, t) {
+			a.count("ipam_forged_transfer")
+			return fmt.Errorf("ipam: ring refused: a transfer of %s has a bad signature", t.Dead.Name())
+		}
+		if !a.verify.cert(in, t) {
+			a.count("ipam_forged_certificate")
+			return fmt.Errorf("ipam: ring refused: a transfer of %s has a bad certificate", t.Dead.Name())
+		}
+	}
+	return nil
+}
+
 // mergeCheckedLocked folds into next (seeded, same network as in) what
-// the items of in may change, as the comment above says. It returns
-// whether next changed and how many items it refused.
-func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public) (changed bool, refused int) {
+// the items of in may change, as the comment above says. bound marks the
+// entries of in that are only a run's bound (parts.go): taken as later
+// states of tokens next holds, never as new tokens; nil marks none. It
+// returns whether next changed and how many items it refused.
+func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []bool) (changed bool, refused int) {
 	if in.Used && !next.Used {
 		next.Used = true
 		changed = true
@@ -163,11 +175,12 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public) (changed
 	forbidden := map[uint32]bool{}
 	for {
 		next = before.Clone()
-		c, r, unbounded := a.entryPassLocked(next, before, in, from, forbidden, false)
+		var rs []refusal
+		c, unbounded := a.entryPassLocked(next, before, in, from, forbidden, bound, &rs)
 		if len(unbounded) == 0 {
-			a.entryPassLocked(before.Clone(), before, in, from, forbidden, true) // count once
+			a.refusedLocked(rs, from) // the last pass's, once
 			*before = *next
-			return changed || c, refused + r
+			return changed || c, refused + len(rs)
 		}
 		for _, i := range unbounded {
 			forbidden[in.Entries[i].Token] = true
@@ -175,18 +188,38 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public) (changed
 	}
 }
 
-// entryPassLocked takes into next the entry states of in that their
-// writer (or from) has authority over, skipping forbidden tokens, and
-// returns the indexes in in of the new tokens taken without the token
-// after them. count says whether to count the refusals.
-func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, forbidden map[uint32]bool, count bool) (changed bool, refused int, unbounded []int) {
-	refuse := func(what string) {
-		refused++
-		if count {
-			a.count(what)
+// refusal is an entry state a pass refused: why, and the owner that
+// would have had to write or send it.
+type refusal struct {
+	what string
+	e    Entry
+	auth key.Public
+}
+
+// refusedLocked counts the refusals of a merge's last pass; states refused
+// for lack of authority are held and their owners asked (see below).
+func (a *Allocator) refusedLocked(rs []refusal, from key.Public) {
+	for _, r := range rs {
+		a.count(r.what)
+		if r.what != "ipam_entry_unauthorized" || r.auth.IsZero() {
+			continue
+		}
+		a.holdLocked(r.e, from)
+		if r.auth != a.self && (len(a.askAuth) < maxAsk || a.askAuth[r.auth] != nil) {
+			if a.askAuth == nil {
+				a.askAuth = map[key.Public][]uint32{}
+			}
+			a.askAuth[r.auth] = append(a.askAuth[r.auth], r.e.Token)
 		}
 	}
-	var taken []int // indexes in in of new tokens taken
+}
+
+// entryPassLocked takes into next the entry states of in that their
+// writer (or from) has authority over, skipping forbidden tokens, adds
+// the states it refused to rs, and returns the indexes in in of the new
+// tokens taken without the token after them.
+func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, forbidden map[uint32]bool, bound []bool, rs *[]refusal) (changed bool, unbounded []int) {
+	var taken []int // indexes in in of new tokens (and grants) taken
 	for i := range in.Entries {
 		e := in.Entries[i]
 		j := next.find(e.Token)
@@ -197,12 +230,15 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, for
 		if exists && !entryLess(next.Entries[j], e) {
 			continue
 		}
+		if !exists && bound != nil && bound[i] {
+			continue // a bound says where a span ends, not that its token exists here
+		}
 		if !a.verify.entry(next, &e) {
-			refuse("ipam_forged_entry")
+			*rs = append(*rs, refusal{what: "ipam_forged_entry", e: e})
 			continue
 		}
 		if forbidden[e.Token] {
-			refuse("ipam_entry_unauthorized")
+			*rs = append(*rs, refusal{what: "ipam_entry_unauthorized", e: e, auth: next.heir(next.Entries[j].Owner)})
 			continue
 		}
 		auth := next.heir(next.Entries[j].Owner)
@@ -214,14 +250,22 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, for
 			auth0 = before.heir(before.Entries[before.find(e.Token)].Owner)
 		}
 		if e.Writer != auth && from != auth && e.Writer != auth0 && from != auth0 {
-			refuse("ipam_entry_unauthorized")
+			*rs = append(*rs, refusal{what: "ipam_entry_unauthorized", e: e, auth: auth})
 			continue
 		}
 		if exists {
+			if e.Owner != next.Entries[j].Owner {
+				// A grant of a span we knew: it ends at the granter's next
+				// token, which we may lack (the granter split its span
+				// before, and those tokens have not reached us), and we
+				// would believe the span reaches further than it does.
+				// Taken only with the token after it, as a new token is.
+				taken = append(taken, i)
+			}
 			next.Entries[j] = e
 		} else {
 			if len(next.Entries) >= MaxEntries {
-				refuse("ipam_ring_full")
+				*rs = append(*rs, refusal{what: "ipam_ring_full", e: e})
 				continue
 			}
 			next.insertToken(e)
@@ -237,7 +281,7 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, for
 			}
 		}
 	}
-	return changed, refused, unbounded
+	return changed, unbounded
 }
 
 // hasNews reports whether ours holds a state that theirs lacks or holds
@@ -267,4 +311,115 @@ func hasNews(ours, theirs *Ring) bool {
 		}
 	}
 	return false
+}
+
+// Held entry states. An honest peer refuses a well signed state when it
+// arrives before the state that gave its writer the span: J's first free
+// count on the span A just granted it, when J's message overtakes A's
+// grant on another path. Rather than wait for anti-entropy to offer it
+// again, the refused state is held (its signature checked) with the peer
+// that sent it, and taken when a later merge gives its writer, or that
+// peer, authority over the token (retryHeldLocked). Held states are bounded
+// (maxHeld, oldest arbitrary one dropped first) and dropped once the ring
+// holds their token at that version or later.
+
+// maxHeld bounds the held states.
+const maxHeld = 1024
+
+// Asking the authority. A whole ring carries only the latest state of each
+// token: J's free count on the span A granted it, not A's grant. A peer
+// that missed the grant (a message lost to a full queue, a partition) can
+// take J's state only from A, the owner in its own view, which vouches for
+// what it gave away. So such a peer asks A: it sends A the span it holds
+// there, and A answers with its states of that span (newsFor), which it
+// takes because A sent them. At most maxAsk owners are asked per message,
+// each at most once a second.
+const maxAsk = 4
+
+// askAuthoritiesLocked builds the asks that the last merge's refusals
+// call for, and clears them.
+func (a *Allocator) askAuthoritiesLocked(o *outbox) {
+	if len(a.askAuth) == 0 {
+		return
+	}
+	now := a.now()
+	for auth, tokens := range a.askAuth {
+		if now.Sub(a.lastAsk[auth]) < time.Second {
+			continue
+		}
+		if len(a.lastAsk) >= MaxPeers {
+			clear(a.lastAsk)
+		}
+		a.lastAsk[auth] = now
+		marks := make([]bool, len(a.ring.Entries))
+		for _, t := range tokens {
+			if j := a.ring.find(t); j >= 0 {
+				marks[j] = true
+			}
+		}
+		msgs, err := ringParts(a.ring, marks, false, false)
+		if err != nil {
+			continue
+		}
+		a.count("ipam_authority_asked")
+		for _, m := range msgs {
+			o.asks = append(o.asks, addressed{auth, m})
+		}
+	}
+	clear(a.askAuth)
+}
+
+type heldEntry struct {
+	e    Entry
+	from key.Public
+}
+
+func (a *Allocator) holdLocked(e Entry, from key.Public) {
+	if h, ok := a.held[e.Token]; ok && !entryLess(h.e, e) {
+		return
+	}
+	if a.held == nil {
+		a.held = map[uint32]heldEntry{}
+	}
+	if _, ok := a.held[e.Token]; !ok && len(a.held) >= maxHeld {
+		for t := range a.held {
+			delete(a.held, t)
+			a.count("ipam_held_dropped")
+			break
+		}
+	}
+	a.held[e.Token] = heldEntry{e, from}
+}
+
+// retryHeldLocked takes into r the held states that r's owners now
+// authorize, and drops those r has caught up with. Only states of tokens r
+// holds are taken: a new token needs its span's end, which a held state
+// alone does not bring. It reports whether r changed.
+func (a *Allocator) retryHeldLocked(r *Ring) bool {
+	changed := false
+	for progress := true; progress && len(a.held) > 0; {
+		progress = false
+		for t, h := range a.held {
+			j := r.find(t)
+			if j < 0 || r.Entries[j].Token != t {
+				continue
+			}
+			if !entryLess(r.Entries[j], h.e) {
+				delete(a.held, t)
+				continue
+			}
+			if h.e.Owner != r.Entries[j].Owner {
+				continue // a grant needs the token after it (entryPassLocked)
+			}
+			auth := r.heir(r.Entries[j].Owner)
+			if h.e.Writer != auth && h.from != auth {
+				continue
+			}
+			r.Entries[j] = h.e
+			delete(a.held, t)
+			a.count("ipam_held_taken")
+			changed, progress = true, true
+		}
+	}
+	return changed
 }

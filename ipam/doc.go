@@ -67,9 +67,11 @@
 //
 // Other limits: transfers and votes are never pruned (a CRDT cannot forget
 // without another round), so a network sees at most MaxTransfers rmpeers,
-// MaxVotes votes and MaxCertVotes certificate votes in its life, and a
-// ring holds at most MaxEntries entries and MaxPeers keys (64-byte
-// signatures must fit one discovery channel message); a peer whose own transfer was withdrawn
+// MaxVotes votes and MaxCertVotes certificate votes in its life (votes and
+// transfers travel in one message, so rmpeer needs every owner's vote
+// within MaxVotes: it is not usable above about 150 owners yet), and a
+// ring holds at most MaxEntries entries and MaxPeers keys (a ring larger
+// than one message travels in parts, parts.go); a peer whose own transfer was withdrawn
 // cannot issue another for the same dead peer (another peer must, if the
 // winner itself died); every peer must be given the same Reserved list.
 //
@@ -91,7 +93,8 @@
 //
 // # Files
 //
-// ring.go and transfer.go are the CRDT (pure data); wire.go its encoding;
+// ring.go and transfer.go are the CRDT (pure data); wire.go its encoding
+// and parts.go the parts it travels in;
 // sign.go the signatures; authority.go what a received ring may change;
 // alloc.go the Allocator's state, Open and Seed; addresses.go allocating
 // and freeing; messages.go ring gossip and the donor's side of a grant;
@@ -102,5 +105,13 @@
 // # Wire format
 //
 // See wire.go: one version byte, one type byte, a fixed layout per type.
-// Ring state goes by Broadcast; space requests go by Send to the donor.
+// Ring state goes as parts (parts.go): a change by Broadcast, as the
+// entries that changed with their bounds; the whole ring by Send, to a
+// random peer for anti-entropy and to a new control neighbour with relay
+// set (it floods what is news to its side: a healed partition); an answer
+// carries what its asker lacks of what it sent. Space requests go by Send
+// to the donor. A peer that refuses a state for lack of authority holds
+// it for a later merge and asks the owner in its own view for that span
+// (authority.go): the whole ring carries only each token's latest state,
+// not the grant that made its writer the owner.
 package ipam

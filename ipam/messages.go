@@ -41,7 +41,9 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 	var o outbox
 	switch {
 	case m.Ring != nil:
-		o, err = a.handleRingLocked(from, m.Ring)
+		o, err = a.handleRingLocked(from, wholePart(m.Ring))
+	case m.Part != nil:
+		o, err = a.handleRingLocked(from, m.Part)
 	case m.Request != nil:
 		o, err = a.handleRequestLocked(from, *m.Request)
 	case m.RequestIn != nil:
@@ -52,46 +54,66 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 	return err
 }
 
-func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) {
+func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, error) {
+	in := p.Ring
 	a.count("ipam_ring_received")
 	if err := in.checkVersions(); err != nil {
 		a.count("ipam_ring_refused_versions")
 		a.log.Warn("ring refused", "peer", from.Name(), "err", err)
 		return outbox{}, err
 	}
-	next := a.ring.Clone()
-	var changed bool
+	var next *Ring
+	var changed, adopted bool
 	var err error
 	refused := 0
 	switch {
 	case in.Range != a.ring.Range:
 		err = fmt.Errorf("%w: ours %v, theirs %v", ErrRangeMismatch, a.ring.Range, in.Range)
 	case !in.Seeded():
-	case !next.Seeded():
-		changed, err = a.adoptLocked(next, in)
-	case next.Seed != in.Seed:
-		err = &SeedMismatchError{Ours: next.Seed, Theirs: in.Seed}
+	case !a.ring.Seeded():
+		next = a.ring.Clone()
+		changed, err = a.adoptPartLocked(next, p)
+		adopted = true
+	case a.ring.Seed != in.Seed:
+		err = &SeedMismatchError{Ours: a.ring.Seed, Theirs: in.Seed}
 		if a.abandonsFor(in) {
 			// Our network was never used: take theirs instead of splitting
-			// the mesh into two networks forever.
-			a.log.Warn("joining another network; the network this peer created was never used and is dropped",
-				"network", in.Seed.String(), "dropped", a.ring.Seed.String())
-			a.count("ipam_seed_abandoned")
-			a.dropHostLocked()
-			a.lastErr = nil
-			next, _ = NewRing(a.ring.Range)
-			changed, err = a.adoptLocked(next, in)
+			// the mesh into two networks forever (once its parts cover
+			// the range).
+			fresh, _ := NewRing(a.ring.Range)
+			if changed, err = a.adoptPartLocked(fresh, p); changed && err == nil {
+				a.log.Warn("joining another network; the network this peer created was never used and is dropped",
+					"network", in.Seed.String(), "dropped", a.ring.Seed.String())
+				a.count("ipam_seed_abandoned")
+				a.dropHostLocked()
+				a.lastErr = nil
+				next, adopted = fresh, true
+			}
 		}
+	case !a.mayChangeLocked(p):
+		// Nothing newer than ours: skip the merge (most messages, at scale).
 	default:
-		changed, refused = a.mergeCheckedLocked(next, in, from)
+		next = a.ring.Clone()
+		changed, refused = a.mergeCheckedLocked(next, in, from, p.Bound)
+		if a.retryHeldLocked(next) {
+			changed = true
+		}
 	}
 	if err == nil && changed {
 		// The union of two rings within the bounds may exceed them (peer
 		// table, inline certificate signatures), and a ring that does not
 		// encode could be neither saved nor sent: refuse the message.
-		if _, encErr := AppendRing(nil, next); encErr != nil {
+		if encErr := next.checkBounds(); encErr == nil {
+			_, encErr = appendVotesTransfers(nil, next, map[key.Public]uint16{})
+			if encErr != nil {
+				err = encErr
+			}
+		} else {
+			err = encErr
+		}
+		if err != nil {
 			a.count("ipam_ring_full")
-			a.log.Warn("ring refused: merged with ours it would exceed the ring's size bounds", "peer", from.Name(), "err", encErr)
+			a.log.Warn("ring refused: merged with ours it would exceed the ring's size bounds", "peer", from.Name(), "err", err)
 			return outbox{}, nil
 		}
 	}
@@ -106,34 +128,39 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 	var o outbox
 	if changed {
 		a.ring = next
-		merged := a.ring.Clone()
+		if adopted || !p.Relay {
+			// The sender told everyone (a broadcast), or we are joining:
+			// only what we add ourselves goes out. A relay part (from a
+			// new control neighbour) is news to our side of the mesh.
+			a.sent = a.ring.Clone()
+		}
 		if o, err = a.ringChangedLocked(); err != nil {
 			return outbox{}, err
 		}
-		// Rebroadcast only what we added ourselves (votes, free counts):
-		// the gossip layer already floods what we merged.
-		if a.ring.Equal(merged) {
-			o.broadcast = nil
-		}
 	}
-	// Tell the sender what it lacks (one round trip converges). When we
-	// refused part of its ring it may refuse part of ours too, so answer
-	// such a peer at most once a second rather than bounce forever.
-	if a.ring.Seeded() && hasNews(a.ring, in) {
+	// Tell the sender what it lacks of what it sent (one round trip
+	// converges). When we refused part of its ring it may refuse part of
+	// ours too, so answer such a peer at most once a second rather than
+	// bounce forever.
+	if a.ring.Seeded() && a.ring.Seed == in.Seed {
+		marks, anyEntry, votes := newsFor(a.ring, p)
 		now := a.now()
-		if refused == 0 || now.Sub(a.lastReply[from]) >= time.Second {
+		if (anyEntry || votes) && (refused == 0 || now.Sub(a.lastReply[from]) >= time.Second) {
 			if refused > 0 {
 				if len(a.lastReply) >= MaxPeers {
 					clear(a.lastReply)
 				}
 				a.lastReply[from] = now
 			}
-			msg, err := AppendRingMessage(nil, a.ring)
-			if err == nil && o.broadcast == nil {
-				o.to, o.send = from, msg
+			if marks == nil {
+				marks = make([]bool, len(a.ring.Entries))
+			}
+			if msgs, err := ringParts(a.ring, marks, votes, p.Relay); err == nil {
+				o.replyTo, o.reply = from, msgs
 			}
 		}
 	}
+	a.askAuthoritiesLocked(&o)
 	if a.wantSpace {
 		if len(a.ring.Spans(a.self)) > 0 {
 			if _, ok := a.findFreeLocked(); ok {
@@ -148,6 +175,89 @@ func (a *Allocator) handleRingLocked(from key.Public, in *Ring) (outbox, error) 
 		}
 	}
 	return o, nil
+}
+
+// mayChangeLocked reports whether part p holds anything newer than our
+// ring: a new token or a later state, a vote, a transfer state, the Used
+// flag. It costs a lookup per item, where a merge costs a copy of the
+// ring. (Held states wait for a merge that brings something new.)
+func (a *Allocator) mayChangeLocked(p *RingPart) bool {
+	r, in := a.ring, p.Ring
+	if in.Used && !r.Used {
+		return true
+	}
+	for _, e := range in.Entries {
+		j := r.find(e.Token)
+		if j < 0 || r.Entries[j].Token != e.Token || entryLess(r.Entries[j], e) {
+			return true
+		}
+	}
+	for _, v := range in.Votes {
+		if w, ok := r.vote(v.Voter, v.Dead); !ok || voteLess(w, v) {
+			return true
+		}
+	}
+	for _, t := range in.Transfers {
+		k, found := r.transferIndex(t.Dead, t.Issuer)
+		if !found || transferLess(r.Transfers[k], t) {
+			return true
+		}
+	}
+	return false
+}
+
+// adoptPartLocked takes a ring into the unseeded ring next: a whole one at
+// once (adoptLocked), a part into the ring being put together, adopted
+// once the parts cover the range.
+func (a *Allocator) adoptPartLocked(next *Ring, p *RingPart) (bool, error) {
+	if p.Whole() {
+		a.asm, a.asmCover = nil, nil
+		return a.adoptLocked(next, p.Ring)
+	}
+	whole, err := a.assembleLocked(p)
+	if err != nil || whole == nil {
+		return false, err
+	}
+	return a.adoptLocked(next, whole)
+}
+
+// assembleLocked adds part p (its signatures checked) to the ring being
+// put together, and returns that ring once its parts cover the range.
+// Parts of another network than the one being assembled start over.
+func (a *Allocator) assembleLocked(p *RingPart) (*Ring, error) {
+	if err := a.verifyAllLocked(p.Ring); err != nil {
+		return nil, err
+	}
+	if a.asm == nil || a.asm.Seed != p.Ring.Seed {
+		a.asm, a.asmCover = &Ring{Range: a.ring.Range}, nil
+	}
+	sub := p.Ring.Clone()
+	sub.Entries = sub.Entries[:0]
+	for i, e := range p.Ring.Entries {
+		if !p.Bound[i] {
+			sub.Entries = append(sub.Entries, e)
+		}
+	}
+	if _, err := a.asm.Merge(sub); err != nil {
+		a.asm, a.asmCover = nil, nil
+		return nil, err
+	}
+	if len(a.asm.Entries) > MaxEntries || a.asm.checkCounts() != nil {
+		a.asm, a.asmCover = nil, nil
+		a.count("ipam_ring_full")
+		return nil, ErrRingFull
+	}
+	a.asmCover = addCover(a.asmCover, p.cover)
+	a.count("ipam_ring_part_assembled")
+	if len(a.asmCover) != 1 || a.asmCover[0] != a.span {
+		return nil, nil
+	}
+	whole := a.asm
+	a.asm, a.asmCover = nil, nil
+	if err := whole.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: ring put together from parts: %v", ErrMalformed, err)
+	}
+	return whole, nil
 }
 
 // untouchedLocked reports whether our ring is a seed nobody used: we created
@@ -250,15 +360,45 @@ func (a *Allocator) pickGrantWithinLocked(within Span) (Span, bool) {
 	return Span{}, false
 }
 
-// Gossip broadcasts the whole ring (anti-entropy; the daemon may call it
-// periodically and when a peer connects).
+// Gossip broadcasts the whole ring, in parts (the daemon calls it when
+// asked to repair; anti-entropy and new neighbours use SendRing).
 func (a *Allocator) Gossip() {
-	if msg := a.RingMessage(); msg != nil {
-		a.tr.Broadcast(msg)
+	a.mu.Lock()
+	if !a.ring.Seeded() {
+		a.mu.Unlock()
+		return
 	}
+	msgs, err := ringParts(a.ring, nil, true, false)
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("encoding the ring", "err", err)
+		return
+	}
+	a.flush(outbox{broadcast: msgs})
 }
 
-// RingMessage returns the current ring message (nil before seeding).
+// SendRing sends the whole ring, in parts, to one peer: a random peer for
+// anti-entropy (it answers with what we lack), or a new control neighbour
+// with relay set (it broadcasts what it learns, and answers likewise with
+// relay: when a partition heals, each side floods the other's news).
+func (a *Allocator) SendRing(to key.Public, relay bool) {
+	a.mu.Lock()
+	if !a.ring.Seeded() || a.closed {
+		a.mu.Unlock()
+		return
+	}
+	msgs, err := ringParts(a.ring, nil, true, relay)
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("encoding the ring", "err", err)
+		return
+	}
+	a.flush(outbox{replyTo: to, reply: msgs})
+}
+
+// RingMessage returns the whole ring as one msgRing message (nil before
+// seeding): for comparing rings, and for sending only while it is within
+// MaxMessage (SendRing sends any ring).
 func (a *Allocator) RingMessage() []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()

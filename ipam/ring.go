@@ -198,7 +198,11 @@ func (r *Ring) SeedTo(self key.Public, id uint64) error {
 }
 
 // Validate checks the structural invariants.
-func (r *Ring) Validate() error {
+func (r *Ring) Validate() error { return r.validate(true) }
+
+// validate checks the invariants; a part of a ring (whole false) need not
+// start at the range start.
+func (r *Ring) validate(whole bool) error {
 	if !validRange(r.Range) || r.Range != r.Range.Masked() {
 		return ErrBadRange
 	}
@@ -206,7 +210,7 @@ func (r *Ring) Validate() error {
 		if len(r.Entries) != 0 {
 			return errors.New("ipam: unseeded ring with entries")
 		}
-	} else if len(r.Entries) == 0 || r.Entries[0].Token != r.span().First {
+	} else if whole && (len(r.Entries) == 0 || r.Entries[0].Token != r.span().First) {
 		return errors.New("ipam: seeded ring does not start at the range start")
 	}
 	sp := r.span()

@@ -109,6 +109,11 @@ func (a *Allocator) Tick() {
 			a.log.Error("saving the ring", "err", err)
 		}
 	}
+	if a.dirty {
+		if err := a.saveRingLocked(); err != nil {
+			a.log.Error("saving the ring", "err", err)
+		}
+	}
 	if a.wantSpace {
 		if _, ok := a.findFreeLocked(); ok {
 			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil

@@ -73,24 +73,28 @@ import (
 
 // WireVersion is the version byte of every message.
 // Version 2 added the ring's flags byte; version 3 the signatures, entry
-// writers and certificates (issue 14).
-const WireVersion = 3
+// writers and certificates (issue 14); version 4 ring parts (msgRingPart:
+// a ring beyond one message, changes sent alone, relay) and lifted the
+// ring's size bounds from 192 peers and 384 entries (issue 18).
+const WireVersion = 4
 
 // Message types.
 const (
 	msgRing      byte = 1
 	msgRequest   byte = 2
 	msgRequestIn byte = 3
+	msgRingPart  byte = 4
 )
 
-// Size bounds. A maximal ring fits in MaxMessage, under one discovery
-// channel message (discovery.MaxChannelPayload, about 65,300 bytes).
-// Signatures cost 64 bytes per entry, vote and transfer, which is what
-// fixes these (version 2, unsigned, allowed 512 peers, 2048 entries, 256
-// transfers and 1024 votes).
+// Size bounds. A ring holds at most MaxEntries entries and MaxPeers keys
+// (a network of a few thousand peers); one message at most MaxMessage
+// bytes, under one discovery channel message (discovery.MaxChannelPayload,
+// about 65,300 bytes), so a ring larger than that goes out in parts
+// (parts.go). Transfers and votes are bounded for the network's life (the
+// package doc); they travel in one part of their own.
 const (
-	MaxPeers     = 192
-	MaxEntries   = 384
+	MaxPeers     = 8192
+	MaxEntries   = 8192
 	MaxTransfers = 48
 	MaxVotes     = 160
 	// MaxCertVotes bounds the votes of all certificates together, and
@@ -107,14 +111,11 @@ const (
 	voteLen       = 2 + 2 + 4 + 2 + key.SigLen
 	requestLen    = key.Len + 8
 	requestInLen  = requestLen + 4 + 1
-	maxRingLen    = ringFixedLen + MaxPeers*key.Len + MaxEntries*entryLen + MaxTransfers*transferLen + MaxVotes*voteLen + MaxCertVotes*certVoteLen + maxCertSigs*key.SigLen
 	certSigInline = 1
 
 	// MaxMessage bounds every IPAM message.
 	MaxMessage = 60000
 )
-
-var _ [MaxMessage - hdrLen - maxRingLen]struct{} // a maximal ring fits
 
 const (
 	flagDone      = 1
@@ -159,39 +160,77 @@ func peerTable(r *Ring) ([]key.Public, map[key.Public]uint16, error) {
 	return keys, idx, nil
 }
 
-// AppendRing appends the body of a ring message (no header) to b. It fails
-// only for a ring beyond the size bounds.
+// AppendRing appends the body of a ring message (no header) to b: the
+// whole ring, as saved in the state file. It fails only for a ring beyond
+// the size bounds. A ring message (msgRing) holds at most MaxMessage
+// bytes; a larger ring goes out in parts (parts.go).
 func AppendRing(b []byte, r *Ring) ([]byte, error) {
-	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes || r.certVotes() > MaxCertVotes {
-		return b, ErrRingFull
+	if err := r.checkCounts(); err != nil {
+		return b, err
 	}
 	keys, idx, err := peerTable(r)
 	if err != nil {
 		return b, err
 	}
+	var flags byte
+	if r.Used {
+		flags |= ringFlagUsed
+	}
+	b = appendRingHead(b, r, flags, keys)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Entries)))
+	for i := range r.Entries {
+		b = appendEntry(b, &r.Entries[i], idx)
+	}
+	return appendVotesTransfers(b, r, idx)
+}
+
+// checkCounts checks the counted bounds (not the peer table's).
+func (r *Ring) checkCounts() error {
+	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes || r.certVotes() > MaxCertVotes {
+		return ErrRingFull
+	}
+	return nil
+}
+
+// checkBounds reports whether r encodes: checkCounts, and at most
+// MaxPeers distinct keys (counted only when the items could mention more).
+func (r *Ring) checkBounds() error {
+	if err := r.checkCounts(); err != nil {
+		return err
+	}
+	if 2*len(r.Entries)+3*len(r.Votes)+2*len(r.Transfers)+r.certVotes() <= MaxPeers {
+		return nil
+	}
+	_, _, err := peerTable(r)
+	return err
+}
+
+// appendRingHead appends the fixed part and the peer table.
+func appendRingHead(b []byte, r *Ring, flags byte, keys []key.Public) []byte {
 	a4 := r.Range.Addr().As4()
 	b = append(b, a4[:]...)
 	b = append(b, byte(r.Range.Bits()))
 	b = append(b, r.Seed.Peer[:]...)
 	b = binary.BigEndian.AppendUint64(b, r.Seed.ID)
-	var flags byte
-	if r.Used {
-		flags |= ringFlagUsed
-	}
 	b = append(b, flags)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(keys)))
 	for _, k := range keys {
 		b = append(b, k[:]...)
 	}
-	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Entries)))
-	for _, e := range r.Entries {
-		b = binary.BigEndian.AppendUint32(b, e.Token)
-		b = binary.BigEndian.AppendUint16(b, idx[e.Owner])
-		b = binary.BigEndian.AppendUint32(b, e.Version)
-		b = binary.BigEndian.AppendUint32(b, e.Free)
-		b = binary.BigEndian.AppendUint16(b, idx[e.Writer])
-		b = append(b, e.Sig[:]...)
-	}
+	return b
+}
+
+func appendEntry(b []byte, e *Entry, idx map[key.Public]uint16) []byte {
+	b = binary.BigEndian.AppendUint32(b, e.Token)
+	b = binary.BigEndian.AppendUint16(b, idx[e.Owner])
+	b = binary.BigEndian.AppendUint32(b, e.Version)
+	b = binary.BigEndian.AppendUint32(b, e.Free)
+	b = binary.BigEndian.AppendUint16(b, idx[e.Writer])
+	return append(b, e.Sig[:]...)
+}
+
+// appendVotesTransfers appends the vote and transfer tables.
+func appendVotesTransfers(b []byte, r *Ring, idx map[key.Public]uint16) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Votes)))
 	for _, v := range r.Votes {
 		b = binary.BigEndian.AppendUint16(b, idx[v.Voter])
@@ -233,8 +272,9 @@ func AppendRing(b []byte, r *Ring) ([]byte, error) {
 }
 
 type reader struct {
-	b   []byte
-	err error
+	b     []byte
+	err   error
+	flags byte // the ring's flags byte, once read
 }
 
 func (r *reader) bytes(n int) []byte {
@@ -274,6 +314,43 @@ func (r *reader) count(max int, what string) int {
 // breaks the ring invariants. It never panics.
 func ParseRing(b []byte) (*Ring, error) {
 	rd := &reader{b: b}
+	r, pt := parseRingHead(rd, 0)
+	if n := rd.count(MaxEntries, "entries"); n > 0 && rd.err == nil {
+		r.Entries = make([]Entry, n)
+		for i := range r.Entries {
+			parseEntry(rd, &r.Entries[i], pt)
+		}
+	}
+	parseVotesTransfers(rd, r, pt)
+	if err := parseEnd(rd, pt); err != nil {
+		return nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return r, nil
+}
+
+// peerTab is a parsed peer table and which of its keys were used.
+type peerTab struct {
+	rd   *reader
+	keys []key.Public
+	used []bool
+}
+
+func (pt *peerTab) peer() key.Public {
+	i := int(pt.rd.u16())
+	if i >= len(pt.keys) {
+		pt.rd.fail("peer index %d out of table", i)
+		return key.Public{}
+	}
+	pt.used[i] = true
+	return pt.keys[i]
+}
+
+// parseRingHead reads the fixed part (flags beyond ringFlagUsed|extra
+// refused) and the peer table.
+func parseRingHead(rd *reader, extra byte) (*Ring, *peerTab) {
 	a4 := [4]byte(rd.bytes(4))
 	bits := int(rd.u8())
 	pfx := netip.PrefixFrom(netip.AddrFrom4(a4), bits)
@@ -286,50 +363,41 @@ func ParseRing(b []byte) (*Ring, error) {
 	if (r.Seed.ID == 0) != r.Seed.Peer.IsZero() {
 		rd.fail("half a seed")
 	}
-	switch f := rd.u8(); {
-	case f&^ringFlagUsed != 0:
-		rd.fail("unknown ring flags %#x", f)
-	default:
-		r.Used = f&ringFlagUsed != 0
+	rd.flags = rd.u8()
+	if rd.flags&^(ringFlagUsed|extra) != 0 {
+		rd.fail("unknown ring flags %#x", rd.flags)
 	}
+	r.Used = rd.flags&ringFlagUsed != 0
 	np := rd.count(MaxPeers, "peers")
-	keys := make([]key.Public, np)
-	used := make([]bool, np)
-	for i := range keys {
-		keys[i] = key.Public(rd.bytes(key.Len))
-		if i > 0 && !keys[i-1].Less(keys[i]) {
+	pt := &peerTab{rd: rd, keys: make([]key.Public, np), used: make([]bool, np)}
+	for i := range pt.keys {
+		pt.keys[i] = key.Public(rd.bytes(key.Len))
+		if i > 0 && !pt.keys[i-1].Less(pt.keys[i]) {
 			rd.fail("peer table not sorted")
 		}
 	}
-	peer := func() key.Public {
-		i := int(rd.u16())
-		if i >= np {
-			rd.fail("peer index %d out of table", i)
-			return key.Public{}
-		}
-		used[i] = true
-		return keys[i]
-	}
-	if n := rd.count(MaxEntries, "entries"); n > 0 && rd.err == nil {
-		r.Entries = make([]Entry, n)
-		for i := range r.Entries {
-			e := &r.Entries[i]
-			e.Token = rd.u32()
-			e.Owner = peer()
-			e.Version = rd.u32()
-			e.Free = rd.u32()
-			e.Writer = peer()
-			e.Sig = key.Signature(rd.bytes(key.SigLen))
-		}
-	}
+	return r, pt
+}
+
+func parseEntry(rd *reader, e *Entry, pt *peerTab) {
+	e.Token = rd.u32()
+	e.Owner = pt.peer()
+	e.Version = rd.u32()
+	e.Free = rd.u32()
+	e.Writer = pt.peer()
+	e.Sig = key.Signature(rd.bytes(key.SigLen))
+}
+
+// parseVotesTransfers reads the vote and transfer tables into r.
+func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab) {
 	if n := rd.count(MaxVotes, "votes"); n > 0 && rd.err == nil {
 		r.Votes = make([]Vote, n)
 		for i := range r.Votes {
 			v := &r.Votes[i]
-			v.Voter = peer()
-			v.Dead = peer()
+			v.Voter = pt.peer()
+			v.Dead = pt.peer()
 			v.Seq = rd.u32()
-			v.Issuer = peer()
+			v.Issuer = pt.peer()
 			v.Sig = key.Signature(rd.bytes(key.SigLen))
 			if v.Seq == 0 {
 				rd.fail("vote with seq 0")
@@ -344,15 +412,15 @@ func ParseRing(b []byte) (*Ring, error) {
 		certs, inline := 0, 0
 		for i := range r.Transfers {
 			t := &r.Transfers[i]
-			t.Dead = peer()
-			t.Issuer = peer()
+			t.Dead = pt.peer()
+			t.Issuer = pt.peer()
 			f := rd.u8()
 			if f&^(flagDone|flagWithdrawn) != 0 {
 				rd.fail("unknown transfer flags %#x", f)
 			}
 			t.Done, t.Withdrawn = f&flagDone != 0, f&flagWithdrawn != 0
 			t.Sig = key.Signature(rd.bytes(key.SigLen))
-			nc := rd.count(MaxPeers, "certificate votes")
+			nc := rd.count(MaxCertVotes, "certificate votes")
 			if certs += nc; certs > MaxCertVotes {
 				rd.fail("more than %d certificate votes", MaxCertVotes)
 			}
@@ -362,7 +430,7 @@ func ParseRing(b []byte) (*Ring, error) {
 			t.Cert = make([]CertVote, nc)
 			for j := range t.Cert {
 				c := &t.Cert[j]
-				c.Voter = peer()
+				c.Voter = pt.peer()
 				c.Seq = rd.u32()
 				v, inTable := r.vote(c.Voter, t.Dead)
 				inTable = inTable && v.Seq == c.Seq && v.Issuer == t.Issuer
@@ -386,24 +454,27 @@ func ParseRing(b []byte) (*Ring, error) {
 			}
 		}
 	}
-	if rd.err != nil {
-		return nil, rd.err
-	}
-	if len(rd.b) != 0 {
-		return nil, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(rd.b))
-	}
-	if slices.Contains(used, false) {
-		return nil, fmt.Errorf("%w: unused peer in table", ErrMalformed)
-	}
-	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	for _, t := range r.Transfers {
-		if t.Dead == t.Issuer {
-			return nil, fmt.Errorf("%w: self transfer", ErrMalformed)
+	if rd.err == nil {
+		for _, t := range r.Transfers {
+			if t.Dead == t.Issuer {
+				rd.fail("self transfer")
+			}
 		}
 	}
-	return r, nil
+}
+
+// parseEnd checks that nothing trails and every table key was used.
+func parseEnd(rd *reader, pt *peerTab) error {
+	if rd.err != nil {
+		return rd.err
+	}
+	if len(rd.b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(rd.b))
+	}
+	if slices.Contains(pt.used, false) {
+		return fmt.Errorf("%w: unused peer in table", ErrMalformed)
+	}
+	return nil
 }
 
 // AppendRingMessage appends a whole ring message (header and body).
@@ -418,10 +489,11 @@ func AppendRequestMessage(b []byte, s Seed) []byte {
 	return binary.BigEndian.AppendUint64(b, s.ID)
 }
 
-// Message is a decoded IPAM message: exactly one of Ring, Request and
-// RequestIn is set.
+// Message is a decoded IPAM message: exactly one of Ring, Part, Request
+// and RequestIn is set.
 type Message struct {
 	Ring      *Ring
+	Part      *RingPart
 	Request   *Seed
 	RequestIn *RequestIn
 }
@@ -445,6 +517,12 @@ func ParseMessage(b []byte) (Message, error) {
 			return Message{}, err
 		}
 		return Message{Ring: r}, nil
+	case msgRingPart:
+		p, err := parseRingPart(body)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Part: p}, nil
 	case msgRequest:
 		if len(body) != requestLen {
 			return Message{}, fmt.Errorf("%w: request of %d bytes", ErrMalformed, len(body))

@@ -72,7 +72,7 @@ func TestGolden(t *testing.T) {
 			}
 			return b
 		}, []string{
-			"03 01",                  // version 3, type ring
+			"04 01",                  // version 4, type ring
 			"0a200000 0c",            // range 10.32.0.0/12
 			k(0), "0102030405060708", // seed: peer A, id
 			"00",                     // flags: not used
@@ -88,7 +88,47 @@ func TestGolden(t *testing.T) {
 		}},
 		{"request", func() []byte {
 			return AppendRequestMessage(nil, Seed{pk(0), 0x0102030405060708})
-		}, []string{"03 02", k(0), "0102030405060708"}},
+		}, []string{"04 02", k(0), "0102030405060708"}},
+		{"part", func() []byte {
+			// B's entry alone, as the change A's grant made: the last
+			// entry, so its run reaches the ring's end and needs no bound.
+			r := goldenRing(t)
+			msgs, err := ringParts(r, []bool{false, true}, false, true)
+			if err != nil || len(msgs) != 1 {
+				t.Fatalf("%d parts, %v", len(msgs), err)
+			}
+			return msgs[0]
+		}, []string{
+			"04 04",                  // version 4, type ring part
+			"0a200000 0c",            // range 10.32.0.0/12
+			k(0), "0102030405060708", // seed: peer A, id
+			"02",               // flags: relay
+			"0002", k(0), k(1), // peer table: A, B
+			"0001",                                            // one run
+			"0001 01",                                         // one entry, reaching the ring's end
+			"0a280000 0001 00000001 00000000 0000", sig(0x22), // 10.40.0.0 B v1 free 0, written by A
+			"0000", // no votes
+			"0000", // no transfers
+		}},
+		{"part with bound", func() []byte {
+			r := goldenRing(t)
+			msgs, err := ringParts(r, []bool{true, false}, false, false)
+			if err != nil || len(msgs) != 1 {
+				t.Fatalf("%d parts, %v", len(msgs), err)
+			}
+			return msgs[0]
+		}, []string{
+			"04 04",
+			"0a200000 0c",
+			k(0), "0102030405060708",
+			"00",               // flags: none
+			"0002", k(0), k(1), // peer table: A, B
+			"0001",                                            // one run
+			"0002 00",                                         // two entries, the last a bound
+			"0a200000 0000 00000001 00100000 0000", sig(0x11), // 10.32.0.0 A
+			"0a280000 0001 00000001 00000000 0000", sig(0x22), // bound: 10.40.0.0 B
+			"0000", "0000",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,6 +215,12 @@ func FuzzParseMessage(f *testing.F) {
 		b, _ := AppendRingMessage(nil, snaps[i])
 		f.Add(b)
 	}
+	for _, send := range [][]bool{nil, {true, false}, {false, true}} {
+		msgs, _ := ringParts(goldenRing(f), send, true, send == nil)
+		for _, m := range msgs {
+			f.Add(m)
+		}
+	}
 	f.Add([]byte{1})
 	f.Add([]byte{1, 1, 10, 32, 0, 0, 12})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -189,6 +235,13 @@ func FuzzParseMessage(f *testing.F) {
 				t.Fatal(err)
 			}
 			if again, err = AppendRingMessage(nil, m.Ring); err != nil {
+				t.Fatal(err)
+			}
+		case m.Part != nil:
+			if err := m.Part.Ring.validate(false); err != nil {
+				t.Fatal(err)
+			}
+			if again, err = AppendRingPartMessage(nil, m.Part); err != nil {
 				t.Fatal(err)
 			}
 		case m.Request != nil:

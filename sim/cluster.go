@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weavewg/weavewg/ipam"
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -287,7 +288,7 @@ func checkGroup(members, all []*Node, full bool) error {
 				return fmt.Errorf("%s and %s hold different versions of the topology", nd.Name, refNode.Name)
 			}
 			if !bytes.Equal(ring, refRing) {
-				return fmt.Errorf("%s and %s hold different IPAM rings", nd.Name, refNode.Name)
+				return fmt.Errorf("%s and %s hold different IPAM rings%s", nd.Name, refNode.Name, ringDiff(ring, refRing))
 			}
 		}
 		for _, o := range all {
@@ -329,4 +330,51 @@ func (c *Cluster) WaitFor(check func() error, start time.Time, timeout time.Dura
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// ringDiff names the first entry where two encoded rings differ.
+func ringDiff(a, b []byte) string {
+	ma, errA := ipam.ParseMessage(a)
+	mb, errB := ipam.ParseMessage(b)
+	if errA != nil || errB != nil || ma.Ring == nil || mb.Ring == nil {
+		return ""
+	}
+	ea, eb := ma.Ring.Entries, mb.Ring.Entries
+	for i := 0; i < len(ea) || i < len(eb); i++ {
+		switch {
+		case i >= len(ea):
+			return fmt.Sprintf(" (first: only the second has token %d)", eb[i].Token)
+		case i >= len(eb):
+			return fmt.Sprintf(" (first: only the first has token %d)", ea[i].Token)
+		case ea[i] != eb[i]:
+			return fmt.Sprintf(" (first at token %d/%d: %s v%d by %s against %s v%d by %s)", ea[i].Token, eb[i].Token,
+				ea[i].Owner.Name(), ea[i].Version, ea[i].Writer.Name(), eb[i].Owner.Name(), eb[i].Version, eb[i].Writer.Name())
+		}
+	}
+	if len(ma.Ring.Votes) != len(mb.Ring.Votes) || len(ma.Ring.Transfers) != len(mb.Ring.Transfers) {
+		return " (votes or transfers)"
+	}
+	return ""
+}
+
+// Counters sums the counters of every node's router (discovery) and
+// allocator (ipam), gone ones included (so totals never go down): where a
+// run's messages were dropped or refused.
+func (c *Cluster) Counters() map[string]uint64 {
+	out := map[string]uint64{}
+	c.mu.Lock()
+	nodes := slices.Clone(c.nodes)
+	c.mu.Unlock()
+	for _, nd := range nodes {
+		if nd == nil {
+			continue
+		}
+		for k, v := range nd.Router.Counters() {
+			out[k] += v
+		}
+		for k, v := range nd.IPAM.Status().Counters {
+			out[k] += v
+		}
+	}
+	return out
 }

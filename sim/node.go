@@ -39,8 +39,6 @@ type Node struct {
 	IPAM   *ipam.Allocator
 	DNS    *dns.Server
 
-	ipamCh *discovery.Channel
-
 	addr  atomic.Pointer[netip.Addr] // its container's address, once allocated
 	done  chan struct{}
 	wg    sync.WaitGroup
@@ -130,6 +128,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		Range:     cfg.rng,
 		NoSync:    true,
 		Transport: ipamCh,
+		Verify:    cfg.verify,
 		Logger:    nd.log.With("part", "ipam"),
 	})
 	if err != nil {
@@ -137,7 +136,6 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		return nil, err
 	}
 	nd.IPAM = alloc
-	nd.ipamCh = ipamCh
 	names, err = dns.New(dns.Config{
 		Self:           nd.Key,
 		Upstreams:      []string{"192.0.2.53"}, // never asked: the simulation only gossips
@@ -224,7 +222,8 @@ func (nd *Node) loop() {
 }
 
 // reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does;
-// the ring goes out at once when a control neighbour arrives.
+// the whole ring goes at once to a control neighbour that arrives, with
+// relay set (ipam.Allocator.SendRing): it floods what is news to its side.
 func (nd *Node) reconcile() {
 	var reachable []key.Public
 	set := map[key.Public]bool{}
@@ -236,41 +235,38 @@ func (nd *Node) reconcile() {
 		reachable = append(reachable, p.Key)
 		set[p.Key] = true
 	}
-	changed, arrivedNeighbour := len(set) != len(nd.reach), false
+	changed := len(set) != len(nd.reach)
 	for k := range set {
 		if !nd.reach[k] {
 			changed = true
 		}
 	}
 	if changed {
+		var arrived []key.Public
 		for _, p := range peers {
 			if p.Direct && set[p.Key] && !nd.reach[p.Key] {
-				arrivedNeighbour = true
+				arrived = append(arrived, p.Key)
 			}
 		}
 		nd.reach = set
 		nd.IPAM.SetPeers(reachable)
-		if arrivedNeighbour {
-			nd.IPAM.Gossip()
+		for _, k := range arrived {
+			nd.IPAM.SendRing(k, true)
 		}
 	}
 	nd.DNS.SetReachable(reachable)
 }
 
-// ipamAntiEntropy sends the ring to one reachable peer chosen at random
-// (daemon.ipamAntiEntropy).
+// ipamAntiEntropy sends the ring to one reachable peer chosen at random,
+// which answers with what we lack (daemon.ipamAntiEntropy).
 func (nd *Node) ipamAntiEntropy() {
 	if len(nd.reach) == 0 {
-		return
-	}
-	msg := nd.IPAM.RingMessage()
-	if msg == nil {
 		return
 	}
 	i := rand.IntN(len(nd.reach))
 	for k := range nd.reach {
 		if i == 0 {
-			nd.ipamCh.Send(k, msg)
+			nd.IPAM.SendRing(k, false)
 			return
 		}
 		i--

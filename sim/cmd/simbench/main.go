@@ -28,6 +28,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -64,7 +66,22 @@ func main() {
 	connLimit := flag.Int("conn-limit", 0, "each router's --conn-limit (0: the default)")
 	seed := flag.Uint64("seed", 1, "seed of the random choices")
 	asJSON := flag.Bool("json", false, "print the results as JSON")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	flag.Parse()
+	printCounters = *showCounters
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+			os.Exit(2)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var sizes []int
 	for _, s := range strings.Split(*ns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -74,6 +91,7 @@ func main() {
 		}
 		sizes = append(sizes, n)
 	}
+	loadStart = loadavg()
 	verifyCost := measureVerify()
 	var results []result
 	failed := false
@@ -91,13 +109,50 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(map[string]any{
 			"verify_seconds": verifyCost.Seconds(),
 			"target_seconds": target.Seconds(),
+			"load_start":     loadStart,
+			"load_end":       loadavg(),
 			"results":        results,
 		})
 	} else {
 		print(results, verifyCost)
 	}
 	if failed {
+		pprof.StopCPUProfile()
 		os.Exit(1)
+	}
+}
+
+// loadStart is the machine's load average when the run began.
+var loadStart string
+
+// loadavg returns /proc/loadavg's three load averages ("?" elsewhere):
+// the simulation shares the machine, and its timings depend on it.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// printCounters: -counters.
+var printCounters bool
+
+// counterDelta prints the counters that moved between before and after.
+func counterDelta(n int, name string, before, after map[string]uint64) {
+	keys := make([]string, 0, len(after))
+	for k, v := range after {
+		if v != before[k] {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(os.Stderr, "simbench:   N=%d %s: %s +%d\n", n, name, k, after[k]-before[k])
 	}
 }
 
@@ -119,11 +174,17 @@ func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
 	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit})
 	defer c.Close()
 	measure := func(name string, do func() error) {
+		var ctr0 map[string]uint64
+		if printCounters {
+			ctr0 = c.Counters()
+		}
 		m0, b0 := c.Traffic()
 		v0 := c.Verify.Calls.Load()
-		start := time.Now()
 		ch := change{Name: name}
 		err := do()
+		// Timed from the change's end: the last join returned (its peer
+		// is running and dialling), the leave closed, the heal made.
+		start := time.Now()
 		if err == nil {
 			var d time.Duration
 			d, err = c.WaitFor(c.CheckTopology, start, timeout)
@@ -145,6 +206,9 @@ func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
 		ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
 		res.Changes = append(res.Changes, ch)
 		fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
+		if printCounters {
+			counterDelta(n, name, ctr0, c.Counters())
+		}
 	}
 	measure("all joined", func() error {
 		for range n {
@@ -186,8 +250,10 @@ func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
 }
 
 func print(results []result, verify time.Duration) {
-	fmt.Printf("simulation: seconds until every peer agrees on the topology (topo s), and on topology, IPAM ring and DNS names (all s); control traffic until then\n")
-	fmt.Printf("one signature check here: %v; target: N=1000 converged within %v of the last join\n\n", verify.Round(time.Microsecond), target)
+	fmt.Printf("simulation: seconds from the change (the last join returned, the leave, the heal) until every peer agrees on the topology (topo s), and on topology, IPAM ring and DNS names (all s); control traffic from the change until then\n")
+	fmt.Printf("one signature check here: %v; target: N=1000 converged within %v of the last join\n", verify.Round(time.Microsecond), target)
+	fmt.Printf("signatures: the simulated peers share one verification cache (discovery and ipam, through their Verify seams), so one process does not check N copies of each signature; verif/pr counts the checks each peer asked for (what its host would do), verify CPU that times one measured check\n")
+	fmt.Printf("machine load (1, 5, 15 min) at start: %s, at end: %s\n\n", loadStart, loadavg())
 	fmt.Printf("%6s  %-16s %8s %8s %10s %10s %12s %9s %10s %12s\n", "N", "change", "topo s", "all s", "frames", "frames/N", "bytes/peer", "verif/pr", "verify CPU", "")
 	for _, r := range results {
 		for _, c := range r.Changes {

@@ -1,0 +1,143 @@
+package ipam
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+func openWide(t *testing.T, n *loopNet, self key.Public) *Allocator {
+	t.Helper()
+	a, err := Open(Config{Self: self, Private: privOf(self), Range: netip.MustParsePrefix("10.32.0.0/12"), NoSync: true,
+		Transport: loopTransport{n, self}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.peers[self] = a
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// TestThousandOwnerRing (issue 18): a ring of 1,000 owners is larger than
+// one message. It reaches a peer with no ring as parts, each within
+// MaxMessage, and that peer puts together exactly the sender's ring; a
+// later grant goes out as the change alone, a few hundred bytes, not the
+// ring again.
+func TestThousandOwnerRing(t *testing.T) {
+	const owners = 1000
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openWide(t, n, pk(0))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	base := a.span.First
+	for i := 1; i <= owners; i++ {
+		s := Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}
+		var owner key.Public // owners never sign here: any distinct key
+		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
+		if err := a.ring.Grant(a.self, owner, s); err != nil {
+			a.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	a.ring.Used = true
+	if _, err := a.ringChangedLocked(); err != nil {
+		a.mu.Unlock()
+		t.Fatal(err)
+	}
+	entries := len(a.ring.Entries)
+	a.mu.Unlock()
+	n.queue = nil
+	if whole, err := AppendRingMessage(nil, a.View().Ring); err != nil || len(whole) <= MaxMessage {
+		t.Fatalf("the test ring (%d bytes, %v) should not fit one message", len(whole), err)
+	}
+
+	b := openWide(t, n, pk(1))
+	a.SendRing(b.self, false)
+	parts := len(n.queue)
+	for _, m := range n.queue {
+		if len(m.b) > MaxMessage {
+			t.Fatalf("a part of %d bytes", len(m.b))
+		}
+	}
+	n.run(t)
+	if parts < 2 {
+		t.Fatalf("%d entries went in %d message", entries, parts)
+	}
+	if !b.View().Ring.Equal(a.View().Ring) {
+		t.Fatalf("the joiner put together another ring than the sender's (%d parts)", parts)
+	}
+	t.Logf("%d entries, %d owners: %d parts", entries, owners+1, parts)
+
+	// b asks for space: a grants, and everyone hears the change alone.
+	a.SetPeers([]key.Public{b.self})
+	b.SetPeers([]key.Public{a.self})
+	if _, err := b.Allocate("c"); err == nil {
+		t.Fatal("b allocated before it owned space")
+	}
+	sizes := 0
+	for len(n.queue) > 0 {
+		m := n.queue[0]
+		n.queue = n.queue[1:]
+		sizes += len(m.b)
+		if len(m.b) > 2000 {
+			t.Errorf("a message of %d bytes after one grant", len(m.b))
+		}
+		if err := n.peers[m.to].HandleMessage(m.from, m.b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Allocate("c"); err != nil {
+		t.Fatalf("after the grant: %v", err)
+	}
+	n.run(t)
+	if !b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("rings differ after the grant")
+	}
+	if c := b.Status().Counters; c["ipam_entry_unauthorized"] != 0 || c["ipam_message_malformed"] != 0 {
+		t.Fatalf("refusals between honest peers: %v", c)
+	}
+}
+
+// TestPartBounds: a part is refused (counted, nothing changes) when it is
+// malformed: more entries than a part holds, a bound that is a run of its
+// own, a run reaching the ring's end before another.
+func TestPartBounds(t *testing.T) {
+	r := goldenRing(t)
+	good, err := ringParts(r, []bool{true, false}, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mut := func(f func(b []byte) []byte) []byte {
+		b := append([]byte(nil), good[0]...)
+		return f(b)
+	}
+	runsAt := 2 + 4 + 1 + key.Len + 8 + 1 + 2 + 2*key.Len // nruns
+	tests := map[string][]byte{
+		"runs beyond a part":   mut(func(b []byte) []byte { b[runsAt], b[runsAt+1] = 0xff, 0xff; return b }),
+		"bound alone":          mut(func(b []byte) []byte { b[runsAt+3] = 1; return b }), // run of 1 entry with end 0
+		"bad end":              mut(func(b []byte) []byte { b[runsAt+4] = 2; return b }),
+		"entries beyond a run": mut(func(b []byte) []byte { b[runsAt+2], b[runsAt+3] = 0x01, 0x41; return b }),
+		"relay and more flags": mut(func(b []byte) []byte { b[2+4+1+key.Len+8] = 6; return b }),
+		"truncated":            good[0][:len(good[0])-3],
+	}
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openWide(t, n, pk(0))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	before := a.View().Ring
+	for name, b := range tests {
+		if err := a.HandleMessage(pk(1), b); err == nil {
+			t.Errorf("%s: taken", name)
+		}
+	}
+	if got := a.Status().Counters["ipam_message_malformed"]; got != uint64(len(tests)) {
+		t.Errorf("ipam_message_malformed = %d, want %d", got, len(tests))
+	}
+	if !a.View().Ring.Equal(before) {
+		t.Error("a refused part changed the ring")
+	}
+}
