@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -30,7 +31,8 @@ import (
 // And egress leaves nothing behind: a relaunch puts back exactly the rules
 // it found, and once the egress container is detached the host's rulesets
 // (nft list ruleset, iptables-save) are what they were before it was
-// attached, no masquerade or accept rule left, after a relaunch too;
+// attached, no masquerade or accept rule left, after a relaunch too, and
+// when an egress container's namespace is deleted without a detach;
 // after `weavewg reset` they are what they were before the first launch.
 // Containers resolve names at their host's DNS throughout (ufw's input
 // policy DROP would drop the queries).
@@ -160,6 +162,19 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 	h1.Launch()
 	b.WaitMesh(30*time.Second, h1)
 	sameRules(t, h1, "after a relaunch once the egress container was detached", noEgress)
+	// An egress container that goes away without a detach (its namespace
+	// deleted) takes its rules with it.
+	gone, err := h1.AddContainerOpts("gone", "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seenFrom(gone); err != nil {
+		t.Errorf("a second egress container cannot get out: %v", err)
+	}
+	if out, err := exec.Command("ip", "netns", "del", gone.Netns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", gone.Netns, err, out)
+	}
+	sameRules(t, h1, "after the egress container's namespace was deleted", noEgress)
 	// weavewg reset: the rulesets are what they were before the first
 	// launch.
 	h1.CLI("reset")
@@ -177,12 +192,13 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 	}
 }
 
-// sameRules checks that the host's rulesets are want (the firewall
-// watcher gets one check, 2 s, to settle), showing the lines that differ.
+// sameRules checks that the host's rulesets are want within 10 s (the
+// firewall watcher checks every 2 s; a deleted namespace is released
+// within 2 s), showing the lines that differ.
 func sameRules(t *testing.T, h *testbed.Host, when, want string) {
 	t.Helper()
 	var got string
-	for range 3 {
+	for range 10 {
 		if got = h.Ruleset(); got == want {
 			return
 		}
