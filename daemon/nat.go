@@ -53,13 +53,18 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 	d.tun.SetPathObserver(func(paths map[key.Public]reach.Path) {
 		relayed := make(map[key.Public]bool, len(paths))
 		idle := make(map[key.Public]bool)
+		held := make(map[key.Public]bool)
 		for k, p := range paths {
 			relayed[k] = p.Relayed
 			if p.Idle {
 				idle[k] = true
 			}
+			if p.Hold {
+				held[k] = true
+			}
 		}
 		m.SetIdle(idle)
+		m.SetHeld(held)
 		m.SetRelayed(relayed)
 		// A peer moving between direct and relayed moves between the
 		// kernel device and the TUN (kernel.go): reconcile at once.

@@ -66,6 +66,12 @@ const (
 //   - ideal EIM ↔ ideal EIM: one fixed mapping per host and no race, so
 //     ICE's server-reflexive candidates meet.
 //   - same router: ICE's host candidates on the LAN.
+//   - stock ↔ ideal EIM: the pair takes turns sending first (package
+//     reach, opening turns); in the turn where the stock side sends first
+//     its router keeps the port, the ideal router drops that datagram
+//     before conntrack confirms it, and the ideal side's datagrams then
+//     arrive at the stock router as replies. One key order goes direct in
+//     the first turn, the other after a quiet spell (up to ~55 s).
 //
 // Everything else must reach (relayed at worst) and is reported as seen:
 // random-fully gives every destination a new port nobody can predict,
@@ -102,11 +108,11 @@ func TestNAT(t *testing.T) {
 		return n, withKey(b.AddHostBehind(n, testbed.HostOptions{Peers: public, NoLaunch: true}), rank)
 	}
 	nS1, s1 := behind(testbed.NATStock, 101, 0, rS1)
-	_, s2 := behind(testbed.NATStock, 102, 1, rS2)
-	_, r1 := behind(testbed.NATStockRandom, 103, 2, rR1)
-	_, r2 := behind(testbed.NATStockRandom, 104, 3, rR2)
-	_, i1 := behind(testbed.NATIdealEIM, 105, 4, rI1)
-	_, i2 := behind(testbed.NATIdealEIM, 106, 5, rI2)
+	nS2, s2 := behind(testbed.NATStock, 102, 1, rS2)
+	nR1, r1 := behind(testbed.NATStockRandom, 103, 2, rR1)
+	nR2, r2 := behind(testbed.NATStockRandom, 104, 3, rR2)
+	nI1, i1 := behind(testbed.NATIdealEIM, 105, 4, rI1)
+	nI2, i2 := behind(testbed.NATIdealEIM, 106, 5, rI2)
 	nT, t1 := behind(testbed.NATStock, 107, 6, rT1)
 	t2 := withKey(b.AddHostBehind(nT, testbed.HostOptions{Peers: public, NoLaunch: true}), rT2)
 	nated := []*testbed.Host{s1, s2, r1, r2, i1, i2, t1, t2}
@@ -116,6 +122,7 @@ func TestNAT(t *testing.T) {
 	}
 	wg.Wait()
 	hosts := append([]*testbed.Host{p1, p2}, nated...)
+	router := map[*testbed.Host]*testbed.NAT{s1: nS1, s2: nS2, r1: nR1, r2: nR2, i1: nI1, i2: nI2, t1: nT, t2: nT}
 	role := map[*testbed.Host]string{p1: kindPublic, p2: kindPublic, s1: kindStock, s2: kindStock,
 		r1: kindRandom, r2: kindRandom, i1: kindIdeal, i2: kindIdeal, t1: kindSame, t2: kindSame}
 	for _, h := range hosts {
@@ -230,7 +237,9 @@ func TestNAT(t *testing.T) {
 	wg.Wait()
 
 	// Then watch the paths: one status poll per host per round.
-	deadline := time.Now().Add(60 * time.Second)
+	// Long enough for a pair's second opening turn (reach.OpenFor +
+	// reach.QuietFor after the peers met, then ICE).
+	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		sts := statuses(hosts)
 		pending := 0
@@ -303,6 +312,16 @@ func TestNAT(t *testing.T) {
 		}
 		if c.wantDirect && !c.direct {
 			t.Errorf("%s↔%s (%s–%s): want direct, path is %s", c.row, c.col, c.a, c.b, c.pathSeen)
+			for _, pair := range [][2]*testbed.Host{{c.a, c.b}, {c.b, c.a}} {
+				for _, cn := range testbed.ConnsTo(sts[pair[0]], pair[1].Name) {
+					t.Logf("%s's path to %s: endpoint %s from %s, why %q, ice %s", pair[0], pair[1], cn.Endpoint, cn.EndpointFrom, cn.PathWhy, cn.ICE)
+				}
+			}
+			for _, h := range []*testbed.Host{c.a, c.b} {
+				if n := router[h]; n != nil {
+					t.Logf("%s's router %s, UDP conntrack:\n%s", h, n.WANIP, n.UDPMappings())
+				}
+			}
 		}
 	}
 	if n := sts[r1].NAT; n == nil || !n.VariesPerDestination {
@@ -383,7 +402,8 @@ func expectDirect(row, col string) (bool, string) {
 	case row == kindStock && col == kindStock:
 		return false, "each router takes the other's first datagram as unsolicited (an unreplied entry) and gives its own host's flow a random other port"
 	}
-	return false, "goes direct only if the stock side's first datagram leaves before the ideal side's arrives: an early one from the ideal side takes the stock router's tuple and its host's flow gets a random other port, which the ideal router drops"
+	// stock ↔ ideal EIM
+	return true, "the pair takes turns sending first (reach, opening turns): in the stock side's turn its router keeps its port, the ideal router drops unsolicited datagrams unconfirmed, and the ideal side's arrive as replies"
 }
 
 func keyLess(a, b *api.Status) bool {

@@ -22,6 +22,7 @@ const (
 	CounterSessionsFailed    = "nat_ice_sessions_failed"
 	CounterPathsDead         = "nat_ice_paths_dead"     // ICE paths the tunnel's probes found dead
 	CounterSessionsIdled     = "nat_ice_sessions_idled" // closed because their pair went idle
+	CounterSignalHeld        = "nat_signal_held"        // offers and requests not taken: our path holds off the peer (SetHeld)
 )
 
 type counter int
@@ -44,6 +45,7 @@ const (
 	cSessionsFailed
 	cPathsDead
 	cSessionsIdled
+	cSignalHeld
 	numCounters
 )
 
@@ -52,7 +54,7 @@ var counterNames = [numCounters]string{
 	CounterSTUNBadIntegrity, CounterSTUNUnknownTxn, CounterSTUNWrongSource, CounterSTUNUnexpected,
 	CounterSTUNToICE, CounterSTUNQueueDropped, CounterSignalMalformed, CounterSignalStale,
 	CounterSessionsStarted, CounterSessionsConnected, CounterSessionsFailed, CounterPathsDead,
-	CounterSessionsIdled,
+	CounterSessionsIdled, CounterSignalHeld,
 }
 
 // counters are safe for concurrent use and on a nil receiver.

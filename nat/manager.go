@@ -69,6 +69,7 @@ type Manager struct {
 	status    atomic.Pointer[Status]
 	relayed   atomic.Pointer[map[key.Public]bool]           // SetRelayed's last word
 	idle      atomic.Pointer[map[key.Public]bool]           // SetIdle's last word
+	held      atomic.Pointer[map[key.Public]bool]           // SetHeld's last word
 	reflexive atomic.Pointer[map[key.Public]netip.AddrPort] // reflexive.go
 
 	events chan event
@@ -266,13 +267,32 @@ func (m *Manager) SetIdle(idle map[key.Public]bool) {
 	m.idle.Store(&i)
 }
 
+// SetHeld tells the Manager, per peer, whether the path owner holds off
+// sending the peer anything straight (package reach, opening turns: the
+// peer's NAT must see its own host's datagram first). A held pair runs no
+// ICE session, starts none, and takes no offer or request: an agent would
+// send the peer STUN and checks at once. When the hold ends, the pair
+// starts afresh (the controlled side asks at once).
+func (m *Manager) SetHeld(held map[key.Public]bool) {
+	h := maps.Clone(held)
+	m.held.Store(&h)
+}
+
+func (m *Manager) isHeld(k key.Public) bool {
+	p := m.held.Load()
+	return p != nil && (*p)[k]
+}
+
 func (m *Manager) tick(now time.Time) {
-	var paths, idle map[key.Public]bool
+	var paths, idle, held map[key.Public]bool
 	if p := m.relayed.Load(); p != nil {
 		paths = *p
 	}
 	if p := m.idle.Load(); p != nil {
 		idle = *p
+	}
+	if p := m.held.Load(); p != nil {
+		held = *p
 	}
 	keys := make([]key.Public, 0, len(m.peers))
 	for k := range m.peers {
@@ -284,6 +304,10 @@ func (m *Manager) tick(now time.Time) {
 		p := m.pairOf(k)
 		if idle[k] {
 			m.quiet(k, p)
+			continue
+		}
+		if held[k] {
+			m.holdOff(k, p)
 			continue
 		}
 		m.act(k, p, p.tick(now, known && relayed, m.newSessionID))
@@ -303,6 +327,19 @@ func (m *Manager) quiet(k key.Public, p *pair) {
 		m.log.Debug("pair idle: ICE session closed", "peer", k.Name())
 	}
 	if p.state != pairIdle || p.failures != 0 {
+		p.reset()
+		m.updateEndpoints()
+	}
+}
+
+// holdOff closes the ICE session of a held pair and forgets its state, so
+// that it starts afresh when the hold ends.
+func (m *Manager) holdOff(k key.Public, p *pair) {
+	if s := m.sessions[k]; s != nil {
+		m.closeSession(k)
+		m.log.Debug("pair held off: ICE session closed", "peer", k.Name())
+	}
+	if p.state != pairIdle || p.failures != 0 || !p.asked.IsZero() {
 		p.reset()
 		m.updateEndpoints()
 	}
@@ -401,8 +438,20 @@ func (m *Manager) handleSignal(now time.Time, from key.Public, s Signal) {
 	}
 	p := m.pairOf(from)
 	sess := m.sessions[from]
+	if (s.Type == SignalOffer || s.Type == SignalRequest) && m.isHeld(from) {
+		m.ctr.inc(cSignalHeld)
+		return
+	}
 	switch s.Type {
 	case SignalRequest:
+		if sess != nil && sess.controlling && !sess.checking && p.state == pairRunning {
+			// The peer never answered our offer (it held off) and asks
+			// now: offer again in a new session rather than wait for
+			// this one to time out.
+			p.start(now, m.newSessionID())
+			m.act(from, p, actStart)
+			return
+		}
 		m.act(from, p, p.request(now, m.newSessionID))
 	case SignalOffer:
 		if !p.offer(now, s.Session) {

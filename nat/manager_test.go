@@ -19,7 +19,9 @@ type fakeNet struct {
 	mu    sync.Mutex
 	nodes map[netip.AddrPort]*Manager
 	drop  func(src, dst netip.AddrPort) bool
-	sent  int
+	// dropPkt, if set, sees every datagram too.
+	dropPkt func(src, dst netip.AddrPort, pkt []byte) bool
+	sent    int
 }
 
 func (n *fakeNet) sender(self netip.AddrPort) func([]byte, netip.AddrPort) error {
@@ -27,6 +29,9 @@ func (n *fakeNet) sender(self netip.AddrPort) func([]byte, netip.AddrPort) error
 		n.mu.Lock()
 		m := n.nodes[dst]
 		drop := n.drop != nil && n.drop(self, dst)
+		if n.dropPkt != nil && n.dropPkt(self, dst, pkt) {
+			drop = true
+		}
 		n.sent++
 		n.mu.Unlock()
 		if m != nil && !drop {
@@ -58,6 +63,13 @@ func newKey(t *testing.T) key.Public {
 // directly, each seeing the other relayed until told otherwise.
 func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 	t.Helper()
+	return twoPeersWith(t, n, true, nil)
+}
+
+// twoPeersWith is twoPeers with setup run on both Managers before they
+// start; direct says whether they hold a control connection to each other.
+func twoPeersWith(t *testing.T, n *fakeNet, direct bool, setup func(a, b *fakePeer)) (a, b *fakePeer) {
+	t.Helper()
 	a = &fakePeer{key: newKey(t), addr: netip.MustParseAddrPort("192.0.2.1:6783"), relayed: true}
 	b = &fakePeer{key: newKey(t), addr: netip.MustParseAddrPort("192.0.2.2:6783"), relayed: true}
 	byKey := map[key.Public]*fakePeer{a.key: a, b.key: b}
@@ -81,6 +93,9 @@ func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 		p.m = m
 		n.nodes[p.addr] = m
 	}
+	if setup != nil {
+		setup(a, b)
+	}
 	for _, p := range []*fakePeer{a, b} {
 		other := a
 		if p == a {
@@ -89,7 +104,7 @@ func twoPeers(t *testing.T, n *fakeNet) (a, b *fakePeer) {
 		p.m.SetRelayed(map[key.Public]bool{other.key: p.relayed})
 		p.m.Start()
 		t.Cleanup(func() { p.m.Close() })
-		p.m.SetPeers([]PeerInfo{{Key: other.key, Endpoint: other.addr, Direct: true}})
+		p.m.SetPeers([]PeerInfo{{Key: other.key, Endpoint: other.addr, Direct: direct}})
 	}
 	return a, b
 }
@@ -159,6 +174,50 @@ func TestManagersFailAndRetry(t *testing.T) {
 		return a.m.Endpoints()[b.key] == b.addr && b.m.Endpoints()[a.key] == a.addr
 	})
 }
+
+// TestManagerHeldPair: while b's path owner holds a off (reach's opening
+// turns), b sends a nothing: no session, no STUN, a's offers and requests
+// refused and counted. Once the hold ends, the pair finds its path.
+func TestManagerHeldPair(t *testing.T) {
+	n := &fakeNet{}
+	var mu sync.Mutex
+	var bToA int
+	var bAddr, aAddr netip.AddrPort
+	n.dropPkt = func(src, dst netip.AddrPort, pkt []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if src == bAddr && dst == aAddr && !isSTUNAnswer(pkt) {
+			bToA++
+		}
+		return false
+	}
+	// Held pairs hold no control connection (reach holds off only peers
+	// gossip routes through a relay), so b does not observe its NAT
+	// through a either. STUN answers are replies, not counted.
+	a, b := twoPeersWith(t, n, false, func(a, b *fakePeer) {
+		mu.Lock()
+		aAddr, bAddr = a.addr, b.addr
+		mu.Unlock()
+		b.m.SetHeld(map[key.Public]bool{a.key: true})
+	})
+	waitFor(t, 10*time.Second, "a's offers or requests refused", func() bool {
+		return b.m.Counters()[CounterSignalHeld] >= 1
+	})
+	mu.Lock()
+	sent := bToA
+	mu.Unlock()
+	if sent != 0 || len(b.m.Endpoints()) != 0 {
+		t.Fatalf("held: b sent a %d datagrams, endpoints %v", sent, b.m.Endpoints())
+	}
+	b.m.SetHeld(nil)
+	waitFor(t, 20*time.Second, "both endpoints after the hold", func() bool {
+		return a.m.Endpoints()[b.key] == b.addr && b.m.Endpoints()[a.key] == a.addr
+	})
+}
+
+// isSTUNAnswer reports whether pkt is a STUN success or error response
+// (class bit C1 of the message type set).
+func isSTUNAnswer(pkt []byte) bool { return len(pkt) >= 2 && pkt[0]&0x01 != 0 }
 
 // stunCheck builds an ICE-style check: USERNAME, MESSAGE-INTEGRITY with
 // pwd, FINGERPRINT.

@@ -54,6 +54,7 @@
 package reach
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -127,8 +128,11 @@ type Path struct {
 	Relayed   bool           // datagrams go through Via
 	Via       key.Public     // the relay; zero: none
 	Keepalive Keepalive
-	Idle      bool   // no probes, keepalives or ICE until the next data
-	Why       string // the rule that decided Relayed, in words
+	Idle      bool // no probes, keepalives or ICE until the next data
+	// Hold: send the peer nothing straight (no direct probes, no ICE) for
+	// now; its NAT must see our peer's datagram first (see Opening).
+	Hold bool
+	Why  string // the rule that decided Relayed, in words
 }
 
 // peer is the state of one peer. Times are zero when never.
@@ -143,6 +147,7 @@ type peer struct {
 	learnedAt time.Time
 	lastReply time.Time
 	lastRelay time.Time
+	opened    bool // a direct probe answered since the peer appeared: no more holds
 	path      Path
 }
 
@@ -234,6 +239,9 @@ func (m *Machine) Learned(now time.Time, k key.Public, addr netip.AddrPort) bool
 func (m *Machine) DirectReply(now time.Time, k key.Public) {
 	if p := m.peers[k]; p != nil {
 		p.lastReply = now
+		if !now.Before(p.since) {
+			p.opened = true
+		}
 	}
 }
 
@@ -340,6 +348,12 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 	default:
 		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
 	}
+	if hold, why := m.hold(p, now); hold && !idle {
+		next.Hold = true
+		if next.Relayed {
+			next.Why = why
+		}
+	}
 	if idle {
 		next.Idle, next.Keepalive = true, KeepaliveOff
 		return next
@@ -350,6 +364,63 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 		next.Keepalive = KeepaliveOff
 	}
 	return next
+}
+
+// Opening a pair of NATed peers (issue 12). Two peers that are both behind
+// NATs and hold no control connection to each other (gossip routes them
+// through a relay) take turns: a stock Linux masquerade router takes the
+// first datagram that reaches it from a peer before its own host sent
+// there as unsolicited, and that unreplied conntrack entry holds the very
+// tuple its host's flow towards the peer needs, so the flow leaves from a
+// random other port the peer's NAT drops. Whichever NAT is the stock one,
+// its host must send first. Neither side can tell, so:
+//
+//   - attempt 1: the side with the larger key (ICE's controlled side)
+//     sends at once; the other holds off for OpenLead (no direct probes,
+//     no ICE), then its ICE session starts;
+//   - an attempt with no direct probe answered within OpenFor failed: both
+//     sides hold off for QuietFor, longer than the 30 s an unreplied UDP
+//     entry lives in Linux conntrack (nf_conntrack_udp_timeout), so every
+//     entry the attempt left in either router expires;
+//   - then attempt 2 with the roles swapped, and so on, alternating.
+//
+// A direct probe answered ends the turns for good. Both sides count from
+// when each learned of the other, which gossip makes within a second or
+// two of each other; OpenLead absorbs that. A public host takes no turns
+// (its address has no NAT to spoil), nor does a pair that holds a control
+// connection (one side dialled the other, so it is reachable).
+//
+// QuietFor leaves ten seconds over the 30 s: an attempt's last datagrams
+// leave up to a couple of seconds after it ends (the ICE agent closes on
+// the next tick of the NAT manager), and the two sides' clocks start a
+// second or two apart.
+const (
+	OpenLead = 3 * time.Second
+	OpenFor  = 12 * time.Second
+	QuietFor = 40 * time.Second
+)
+
+// hold reports whether we must send p nothing straight at now, and why.
+func (m *Machine) hold(p *peer, now time.Time) (bool, string) {
+	if m.public || p.opened || !p.in.StartRelayed || p.in.Via.IsZero() {
+		return false, ""
+	}
+	el := now.Sub(p.since)
+	if el < 0 {
+		return false, ""
+	}
+	cycle := OpenFor + QuietFor
+	attempt := int(el / cycle)
+	in := el % cycle
+	if in >= OpenFor {
+		return true, fmt.Sprintf("opening attempt %d got no direct reply: quiet for %v so both NATs forget it", attempt+1, QuietFor)
+	}
+	larger := p.in.Key.Less(m.self)
+	opener := larger == (attempt%2 == 0)
+	if !opener && in < OpenLead {
+		return true, fmt.Sprintf("opening attempt %d: the peer sends first", attempt+1)
+	}
+	return false, ""
 }
 
 // KeepaliveFor is which side of a pair sends WireGuard keepalives (and so

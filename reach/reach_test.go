@@ -332,3 +332,65 @@ func TestIdlePublicHostDependsOnNobody(t *testing.T) {
 		t.Errorf("NATed or unsure host: neighbour idle: %+v", p)
 	}
 }
+
+// TestOpeningTurns: two NATed peers that gossip routes through a relay take
+// turns sending first, with a quiet spell between attempts long enough for
+// Linux conntrack to forget the unreplied entries of the last one; the
+// larger key opens the first attempt; a direct reply ends the turns; a
+// public host and a pair that holds a control connection take none.
+func TestOpeningTurns(t *testing.T) {
+	small, large := testKey(1), testKey(9) // self is testKey(5)
+	held := func(m *Machine, k key.Public, at time.Duration) bool {
+		m.Tick(t0.Add(at))
+		p, _ := m.Path(k)
+		if p.Hold && p.Relayed && p.Why == "" {
+			t.Errorf("held without a why: %+v", p)
+		}
+		return p.Hold
+	}
+	m := New(self)
+	m.SetIdleAfter(0)
+	m.SetPeers(t0, []Peer{
+		{Key: small, Gossip: gossA, Via: relayR, StartRelayed: true},
+		{Key: large, Gossip: gossA, Via: relayR, StartRelayed: true},
+		{Key: relayR, Gossip: gossR, DependsOn: true},
+	})
+	cycle := OpenFor + QuietFor
+	for _, c := range []struct {
+		at          time.Duration
+		small, larg bool // held towards small (we are the larger key) and towards large
+	}{
+		{0, false, true}, // attempt 1: the larger key sends first
+		{OpenLead - time.Millisecond, false, true},
+		{OpenLead, false, false}, // then both
+		{OpenFor - time.Millisecond, false, false},
+		{OpenFor, true, true}, // quiet
+		{cycle - time.Millisecond, true, true},
+		{cycle, true, false}, // attempt 2: roles swapped
+		{cycle + OpenLead, false, false},
+		{2 * cycle, false, true}, // attempt 3 as attempt 1
+	} {
+		if got := held(m, small, c.at); got != c.small {
+			t.Errorf("at %v: held towards the smaller key %v, want %v", c.at, got, c.small)
+		}
+		if got := held(m, large, c.at); got != c.larg {
+			t.Errorf("at %v: held towards the larger key %v, want %v", c.at, got, c.larg)
+		}
+	}
+	if p, _ := m.Path(relayR); p.Hold {
+		t.Errorf("a control neighbour is held: %+v", p)
+	}
+	// A direct reply ends the turns for good.
+	m.DirectReply(t0.Add(2*cycle+time.Second), large)
+	if held(m, large, 2*cycle+OpenFor+time.Second) {
+		t.Error("held after a direct reply")
+	}
+	// A public host holds off nobody.
+	pub := New(self)
+	pub.SetIdleAfter(0)
+	pub.SetPublic(true)
+	pub.SetPeers(t0, []Peer{{Key: large, Gossip: gossA, Via: relayR, StartRelayed: true}, {Key: relayR, Gossip: gossR}})
+	if held(pub, large, OpenFor) {
+		t.Error("a public host held off a peer")
+	}
+}

@@ -134,6 +134,7 @@ func buildRelayTable(self PeerID, peers []PeerConfig, states map[key.Public]*pat
 		path := paths[pc.Key]
 		ps.relayed.Store(path.Relayed && !pc.Relay.IsZero())
 		ps.idle.Store(path.Idle)
+		ps.hold.Store(path.Hold)
 		gossip := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
 		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: path.Endpoint, pairKey: pairKey(pc.Key)}
 		p.hopTx, p.hopRx = hopKeyOf(p.pairKey, self), hopKeyOf(p.pairKey, p.id)

@@ -156,8 +156,8 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 	}
 }
 
-// sendProbes sends every peer a direct probe and, if it has a relay, a
-// relayed one. It runs on the path loop; its allocations are per probe, not
+// sendProbes sends every peer a direct probe (unless its path holds off:
+// reach's opening turns) and, if it has a relay, a relayed one. It runs on the path loop; its allocations are per probe, not
 // per packet.
 func (b *Bind) sendProbes() {
 	t := b.table.Load()
@@ -172,7 +172,7 @@ func (b *Bind) sendProbes() {
 			continue
 		}
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}
-		if p.ep != nil {
+		if p.ep != nil && !p.path.hold.Load() {
 			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect)
 			if b.sendHop(t, int32(i), f, p.ep) == nil {
 				sent++

@@ -64,6 +64,9 @@ type pathState struct {
 	// coarse clock, unix ns) on data; the path loop sets idle from reach.
 	lastActive atomic.Int64
 	idle       atomic.Bool
+	// hold: no direct probes for now, the peer's NAT must see its own
+	// host's datagram first (reach.Path.Hold; relayed probes go on).
+	hold atomic.Bool
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The

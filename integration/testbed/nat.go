@@ -35,9 +35,12 @@ import (
 // routers as they are. A test that needs a mapping gone waits past the
 // timeout or flushes conntrack (FlushMappings); it does not tune the router.
 //
-//   - NATStock: `oifname "eth0" masquerade`. Linux keeps a flow's source
-//     port when the flow's tuple is free and picks another one when it is
-//     not, per flow: an unsolicited datagram that reached the router's WAN
+//   - NATStock: `oifname "eth0" masquerade`. Linux gives a new flow the
+//     WAN port its source already has in another flow (for the source's
+//     first flow, its own port) when the flow's tuple is free, and a random
+//     other port when it is not (seen in TestNAT: a host's mapping is the
+//     same towards every server, and its reflexive address reaches it from
+//     a new peer): an unsolicited datagram that reached the router's WAN
 //     address first (and was confirmed by conntrack on the way to its
 //     input) takes the tuple an outgoing flow needs, so that flow gets
 //     another port. Endpoint-independent mapping only while nothing races.
@@ -305,4 +308,32 @@ func pingFirstReply(out string, interval time.Duration) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(seq-1)*interval + time.Duration(rtt*float64(time.Millisecond)), true
+}
+
+// UDPMappings lists the router's UDP conntrack entries, one a line (for
+// logs: which tuples a NAT holds, replied or not).
+func (n *NAT) UDPMappings() string {
+	var sb strings.Builder
+	err := InNetns(n.Netns, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			if f.Forward.Protocol == unix.IPPROTO_UDP {
+				sb.WriteString(f.String())
+				sb.WriteByte('\n')
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "conntrack: " + err.Error()
+	}
+	return sb.String()
 }
