@@ -270,6 +270,8 @@ func (m *multicast) setSubnets(subnets []netip.Prefix, ports map[string]netip.Pr
 // attachment is recorded, is left out until the next update), and tells
 // every peer if this host's state changed.
 func (m *multicast) updateGroups(changed bool) {
+	// Held while the engine takes them, so a watcher's update made from
+	// the ports before a change cannot land after the change's own.
 	m.mu.Lock()
 	var ms []mcast.Member
 	for _, mm := range m.members {
@@ -277,8 +279,9 @@ func (m *multicast) updateGroups(changed bool) {
 			ms = append(ms, mcast.Member{Subnet: s, Group: mm.Group})
 		}
 	}
+	changed = m.eng.SetLocalGroups(ms) || changed
 	m.mu.Unlock()
-	if m.eng.SetLocalGroups(ms) || changed {
+	if changed {
 		m.ch.Broadcast(m.eng.Message())
 	}
 }

@@ -205,17 +205,22 @@ func parseMDB(m []byte, brIndex int) []mdbEntry {
 	return out
 }
 
-// parseAttrs returns the payloads of the attributes of type typ in b.
+// parseAttrs returns the payloads of the attributes of type typ in b; it
+// stops at the first malformed one. (nl.ParseRouteAttr panics on an
+// attribute whose length runs past its padding at the end of b, which
+// FuzzParseMDB found.)
 func parseAttrs(b []byte, typ uint16) [][]byte {
-	attrs, err := nl.ParseRouteAttr(b)
-	if err != nil {
-		return nil
-	}
 	var out [][]byte
-	for _, a := range attrs {
-		if a.Attr.Type&nl.NLA_TYPE_MASK == typ {
-			out = append(out, a.Value)
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(nl.NativeEndian().Uint16(b[0:2]))
+		t := nl.NativeEndian().Uint16(b[2:4])
+		if l < unix.SizeofRtAttr || l > len(b) {
+			break
 		}
+		if t&nl.NLA_TYPE_MASK == typ {
+			out = append(out, b[unix.SizeofRtAttr:l])
+		}
+		b = b[min(len(b), (l+unix.RTA_ALIGNTO-1)&^(unix.RTA_ALIGNTO-1)):]
 	}
 	return out
 }

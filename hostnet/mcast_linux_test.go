@@ -34,7 +34,8 @@ func testMulticastGroupsAndTap(t *testing.T, igmpVersion string) {
 	h := oneHost(t)
 	h.start(t)
 	c := newNetns(t, "c")
-	if _, err := h.host.Attach(AttachSpec{Netns: c.Path, IP: netip.MustParsePrefix("10.32.1.1/12")}); err != nil {
+	att, err := h.host.Attach(AttachSpec{Netns: c.Path, IP: netip.MustParsePrefix("10.32.1.1/12")})
+	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, "ip", "netns", "exec", c.Name, "sysctl", "-q", "-w", "net.ipv4.conf.ethwe0.force_igmp_version="+igmpVersion)
@@ -78,6 +79,11 @@ func testMulticastGroupsAndTap(t *testing.T, igmpVersion string) {
 	}
 	defer func() { cancel(); recv.Wait() }()
 	waitGroups([]netip.Addr{group})
+	// The member is named by its port: the container's host-side veth,
+	// whose attachment says which subnet it is on.
+	if ms, err := h.host.MulticastMembers(); err != nil || !slices.Equal(ms, []MulticastMember{{Port: att.HostVeth, Group: group}}) {
+		t.Errorf("members %+v, %v; want %s on port %s", ms, err, group, att.HostVeth)
+	}
 
 	tap, err := h.host.OpenMulticastTap()
 	if err != nil {
