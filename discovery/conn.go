@@ -349,6 +349,32 @@ func (r *Router) readReferral(c *conn, buf []byte) error {
 			return fmt.Errorf("%w (then a malformed message: %v)", errBusy, err)
 		}
 		r.applyRecords(nil, recs)
+		r.learnReferralAddrs(c.peer)
+	}
+}
+
+// learnReferralAddrs takes the addresses a peer that referred us (at its
+// connection limit) sees its neighbours at as their last known addresses.
+// Addresses otherwise come only from reachable peers' records (seenAt),
+// and a joiner whose one target is full reaches nobody: it knew the mesh
+// and had nobody to dial, forgot it a minute later, and then refused the
+// same records for the tombstones' five minutes (seen at N=40 in
+// scalebench: ten hosts alone for good). The referrer is authenticated by
+// the handshake and its record is signed.
+func (r *Router) learnReferralAddrs(referrer key.Public) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.recs[referrer]
+	if e == nil {
+		return
+	}
+	for _, n := range e.rec.Neighbors {
+		if !n.Established || !n.IP.IsValid() || n.IP.IsUnspecified() {
+			continue
+		}
+		if ne := r.recs[n.Key]; ne != nil && n.Key != r.self && !ne.lastIP.IsValid() {
+			ne.lastIP = n.IP.Unmap()
+		}
 	}
 }
 

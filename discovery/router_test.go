@@ -418,3 +418,31 @@ func TestCloseDuringHandshake(t *testing.T) {
 		t.Errorf("Close took %v with a handshake pending", d)
 	}
 }
+
+// A joiner whose only target is at its connection limit is referred to the
+// mesh and dials the referrer's neighbours at the addresses the referrer
+// sees them at: it reaches nobody yet, so no reachable peer tells it where
+// they are.
+func TestReferralGivesAddressesToDial(t *testing.T) {
+	full := newTestRouter(t, "full", func(c *Config, _ *tunables) { c.ConnLimit = 1 })
+	b := newTestRouter(t, "b")
+	if err := full.Connect(b.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "full and b connected", func() bool {
+		p, ok := full.peer(b.Self())
+		return ok && p.Reachable && p.Direct
+	})
+	joiner := newTestRouter(t, "joiner")
+	if err := joiner.Connect(full.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the joiner connected to b, to whom full referred it", func() bool {
+		p, ok := joiner.peer(b.Self())
+		q, ok2 := joiner.peer(full.Self())
+		return ok && ok2 && p.Reachable && p.Direct && q.Reachable
+	})
+	if joiner.Counters()[CtrConnBusy] == 0 {
+		t.Error("the joiner was never referred (full was not at its limit)")
+	}
+}
