@@ -56,7 +56,9 @@ container adds). Without --net the address is in the default subnet.
 
 --egress gives a namespace with no other way out a default route through
 its host, which masquerades its traffic to the host's own address on the
-host's uplink.
+host's uplink (weavewg adds what the host's firewall needs to let it out:
+Docker's and ufw's forward policy DROP included). Other containers cannot
+leave through the host, whatever routes they add.
 
 On a host that has just joined, the address space arrives from the peers
 within a second or two; attach waits for it (a progress line on stderr says
