@@ -17,7 +17,8 @@ import (
 //	h3: b3 (its only member is on another subnet than the sender's)
 //
 // 100 datagrams from a1 to the group reach a1x (same host) and a2
-// (another host), none of the b or d members; h3 gets no copy at all. A
+// (another host), none of the b or d members; h3 gets no copy at all.
+// d2's reach d1 only, b3's b1 and b2 only. A
 // directed broadcast to 10.33.1.255 and a broadcast to 255.255.255.255
 // from a1 reach a1x and a2 and nobody else; a broadcast from d2 to the
 // default subnet's 10.32.255.255 reaches d1 and nobody else. All of it
@@ -64,20 +65,22 @@ func TestMulticastSubnets(t *testing.T) {
 	send(t, a1, "10.33.1.255:5001", numbered("directed", 10)...)
 	send(t, a1, "255.255.255.255:5001", numbered("limited", 10)...)
 	send(t, d2, "10.32.255.255:5001", numbered("default", 10)...)
+	send(t, d2, "239.1.1.1:5000", numbered("dm", 20)...)
 	for _, c := range []*testbed.Container{a1x, a2} {
 		waitReceived(t, group[c], "m ", 100)
 		waitReceived(t, bcast[c], "directed ", 10)
 		waitReceived(t, bcast[c], "limited ", 10)
 	}
 	waitReceived(t, bcast[d1], "default ", 10)
+	waitReceived(t, group[d1], "dm ", 20)
 	time.Sleep(time.Second)
 	for _, c := range all {
-		want := map[string]int{"m ": 0, "directed ": 0, "limited ": 0, "default ": 0}
+		want := map[string]int{"m ": 0, "directed ": 0, "limited ": 0, "default ": 0, "dm ": 0}
 		switch c {
 		case a1x, a2:
 			want["m "], want["directed "], want["limited "] = 100, 10, 10
 		case d1:
-			want["default "] = 10
+			want["default "], want["dm "] = 10, 20
 		case a1:
 			continue // the sender's own socket
 		}
@@ -86,9 +89,10 @@ func TestMulticastSubnets(t *testing.T) {
 			"directed ": bcast[c].lines("directed "),
 			"limited ":  bcast[c].lines("limited "),
 			"default ":  bcast[c].lines("default "),
+			"dm ":       group[c].lines("dm "),
 		}
 		if d2 == c {
-			got["default "] = 0 // its own
+			got["default "], got["dm "] = 0, 0 // its own
 		}
 		for k, w := range want {
 			if got[k] != w {
@@ -105,6 +109,15 @@ func TestMulticastSubnets(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := tun3.seen(); n != 0 {
 		t.Errorf("h3 (members on another subnet only) saw %d replicated datagrams on its TUN", n)
+	}
+	// And 10.33.2.0/24's own datagrams reach its members on every host.
+	send(t, b3, "239.1.1.1:5000", numbered("bm", 20)...)
+	waitReceived(t, group[b1], "bm ", 20)
+	waitReceived(t, group[b2], "bm ", 20)
+	for _, c := range []*testbed.Container{a1, a1x, d1, a2, d2} {
+		if n := group[c].lines("bm "); n != 0 {
+			t.Errorf("%s (%s on %s) received %d of b3's group datagrams, want none", c, c.IP, c.Host, n)
+		}
 	}
 
 	// A relaunched h2 (SIGKILL: nothing cleaned up) keeps both the
