@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +22,9 @@ type Capture struct {
 	cmd  *exec.Cmd
 	once sync.Once
 	err  error
-	errb *strings.Builder
+	errb *strings.Builder // tcpdump's stderr; read once errDone is closed
+	// errDone is closed when tcpdump's stderr ends (it exited).
+	errDone chan struct{}
 }
 
 // StartCapture runs tcpdump on the underlay bridge br0, writing full packets
@@ -31,9 +34,9 @@ func (b *Bed) StartCapture(name string) *Capture {
 	if _, err := exec.LookPath("tcpdump"); err != nil {
 		b.tb.Fatalf("testbed: tcpdump not installed (make test installs it)")
 	}
-	c := &Capture{bed: b, Path: b.Path(name + ".pcap"), errb: &strings.Builder{}}
+	c := &Capture{bed: b, Path: b.Path(name + ".pcap"), errb: &strings.Builder{}, errDone: make(chan struct{})}
 	c.cmd = exec.Command("ip", "netns", "exec", b.Underlay,
-		"tcpdump", "-i", "br0", "-n", "-s", "0", "-U", "--immediate-mode", "-w", c.Path)
+		"tcpdump", "-i", "br0", "-n", "-s", "0", "-B", "65536", "-U", "--immediate-mode", "-w", c.Path)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		b.tb.Fatalf("testbed: %v", err)
@@ -44,6 +47,7 @@ func (b *Bed) StartCapture(name string) *Capture {
 	b.tb.Cleanup(func() { c.Stop() })
 	ready := make(chan struct{})
 	go func() {
+		defer close(c.errDone)
 		sc := bufio.NewScanner(stderr)
 		signalled := false
 		for sc.Scan() {
@@ -74,13 +78,21 @@ func (c *Capture) Stop() error {
 	c.once.Do(func() {
 		time.Sleep(200 * time.Millisecond) // let in-flight packets be written
 		c.cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan error, 1)
-		go func() { done <- c.cmd.Wait() }()
+		// Wait reads no more of stderr once called: first the end of
+		// stderr, where tcpdump prints its counts as it exits.
 		select {
-		case c.err = <-done:
+		case <-c.errDone:
 		case <-time.After(5 * time.Second):
 			c.cmd.Process.Kill()
-			c.err = <-done
+			<-c.errDone
+		}
+		c.err = c.cmd.Wait()
+		// tcpdump's own count, so a test that finds packets missing can
+		// tell a drop in the capture from one on the wire.
+		for _, l := range strings.Split(c.errb.String(), "\n") {
+			if strings.Contains(l, "dropped by kernel") && !strings.HasPrefix(l, "0 ") {
+				c.bed.tb.Logf("testbed: capture %s: tcpdump: %s", filepath.Base(c.Path), l)
+			}
 		}
 	})
 	return c.err
