@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +73,10 @@ type Bed struct {
 	nodes  map[int]string // underlay octet → namespace
 	ctrs   []*Container
 	nftSet bool
+
+	// arpFullsAtStart is the machine's count of neighbour-table overflows
+	// when the bed was made (arpTableFulls).
+	arpFullsAtStart uint64
 
 	flags binaryFlags // what the binary's --help lists (binflags.go)
 }
@@ -123,6 +128,7 @@ func New(tb TB, opts Options) *Bed {
 	b.MustIP(b.Underlay, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
 	b.MustIP(b.Underlay, "link", "set", "br0", "up")
 	tb.Logf("testbed: prefix %s, dir %s", b.Prefix, dir)
+	b.arpFullsAtStart = arpTableFulls()
 	tb.Cleanup(b.dumpLogsOnFailure)
 	return b
 }
@@ -223,6 +229,11 @@ func (b *Bed) dumpLogsOnFailure() {
 	if !ok || !f.Failed() {
 		return
 	}
+	if n := arpTableFulls() - b.arpFullsAtStart; n > 0 {
+		b.tb.Logf("testbed: the machine's ARP table overflowed %d times during this test "+
+			"(gc_thresh3, shared by every namespace: another bed filled it); addresses that needed "+
+			"resolving then went unanswered (dial i/o timeouts, lost pings)", n)
+	}
 	for _, h := range b.Hosts() {
 		if h.launches == 0 {
 			continue
@@ -300,3 +311,25 @@ func (p Permanent) Unwrap() error { return p.Err }
 
 // Path joins elements under the bed's directory.
 func (b *Bed) Path(elem ...string) string { return filepath.Join(append([]string{b.Dir}, elem...)...) }
+
+// arpTableFulls is how many times since boot the kernel could not add a
+// neighbour (ARP) entry because the table, one for every namespace on the
+// machine, was at gc_thresh3: the last column of /proc/net/stat/arp_cache,
+// one row per CPU, in hex. 0 if it cannot be read.
+func arpTableFulls() uint64 {
+	data, err := os.ReadFile("/proc/net/stat/arp_cache")
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 13 {
+			continue
+		}
+		if v, err := strconv.ParseUint(f[12], 16, 64); err == nil {
+			n += v
+		}
+	}
+	return n
+}
