@@ -141,6 +141,9 @@ type Allocator struct {
 	// one it sent that we refused part of (bounds a ping-pong between two
 	// peers that each refuse something of the other's).
 	lastReply map[key.Public]time.Time
+	// left holds the rings of networks this peer gave way from, by seed
+	// (giveway.go), in case it comes back to one.
+	left map[Seed]*Ring
 	// versionWarned: peers already logged as speaking another wire version.
 	versionWarned map[key.Public]bool
 	// pendingClaims are allocations made by ClaimAfterRestart while the
@@ -163,7 +166,7 @@ func Open(cfg Config) (*Allocator, error) {
 		return nil, err
 	}
 	a := &Allocator{
-		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, lastAsk: map[key.Public]time.Time{}, versionWarned: map[key.Public]bool{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
+		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, lastAsk: map[key.Public]time.Time{}, left: map[Seed]*Ring{}, versionWarned: map[key.Public]bool{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),

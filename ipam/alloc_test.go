@@ -156,6 +156,12 @@ func TestTwoNetworksRefuse(t *testing.T) {
 	b := openTest(t, n, pk(1), "")
 	a.Seed()
 	b.Seed()
+	// Both used: neither gives way (an unused one would, giveway.go).
+	for _, x := range []*Allocator{a, b} {
+		if _, err := x.Allocate("c1"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ra, rb := a.View().Ring, b.View().Ring
 	err := a.HandleMessage(pk(1), b.RingMessage())
 	if !errors.Is(err, ErrSeedMismatch) || !strings.Contains(err.Error(), pk(0).Name()) || !strings.Contains(err.Error(), pk(1).Name()) {
@@ -284,9 +290,19 @@ func TestUntouchedNetworkGivesWay(t *testing.T) {
 		t.Fatal(err)
 	}
 	freshRing := fresh.RingMessage()
-	if err := used.HandleMessage(pk(0x10), freshRing); !errors.Is(err, ErrSeedMismatch) {
-		t.Fatalf("a used network accepted another: %v", err)
+	n.queue = nil
+	if err := used.HandleMessage(pk(0x10), freshRing); err != nil {
+		t.Fatalf("a used network took a fresh one's ring as an error: %v", err)
 	}
+	if st := used.Status(); st.Seed.Peer != pk(2) || st.Counters["ipam_ring_other_network_gives_way"] != 1 || st.Err != "" {
+		t.Fatalf("a used network gave way to a fresh one: %+v", st)
+	}
+	// It answers with its own ring, so the fresh peer need not wait for
+	// anti-entropy.
+	if len(n.queue) != 1 || n.queue[0].to != pk(0x10) {
+		t.Fatalf("the used network's answer: %d messages queued", len(n.queue))
+	}
+	n.queue = nil
 	if err := fresh.HandleMessage(pk(2), used.RingMessage()); err != nil {
 		t.Fatalf("untouched network refused a used one: %v", err)
 	}
@@ -294,21 +310,28 @@ func TestUntouchedNetworkGivesWay(t *testing.T) {
 		t.Fatal("fresh peer did not join the used network")
 	}
 
-	// An untouched network with the smaller seed still gives way to one
-	// that has visibly grown (more than one owner).
+	// A network that has grown (a grant: two owners) but holds no
+	// container is still unused: it gives way to one with the smaller
+	// seed, which keeps its own.
 	tiny, big := openTest(t, n, pk(0), ""), openTest(t, n, pk(0x20), "")
 	tiny.Seed()
 	big.Seed()
+	if !seedLess(tiny.Status().Seed, big.Status().Seed) {
+		t.Fatal("test keys: tiny's seed must be the smaller")
+	}
 	n.peers = map[key.Public]*Allocator{pk(0x20): big}
 	big.SetPeers([]key.Public{pk(0x21)})
 	if err := big.HandleMessage(pk(0x21), AppendRequestMessage(nil, big.Status().Seed)); err != nil {
 		t.Fatal(err)
 	}
-	if len(big.Status().Peers) != 2 {
-		t.Fatalf("big did not grant space: %+v", big.Status().Peers)
+	if len(big.Status().Peers) != 2 || big.View().Ring.Used {
+		t.Fatalf("big did not grant space, or a grant made it used: %+v", big.Status().Peers)
 	}
-	if err := tiny.HandleMessage(pk(0x20), big.RingMessage()); err != nil || tiny.Status().Seed != big.Status().Seed {
-		t.Fatalf("untouched smaller seed did not join the grown network: %v", err)
+	if err := tiny.HandleMessage(pk(0x20), big.RingMessage()); err != nil || tiny.Status().Seed.Peer != pk(0) {
+		t.Fatalf("the smaller seed gave way to a grown network holding no container: %v", err)
+	}
+	if err := big.HandleMessage(pk(0), tiny.RingMessage()); err != nil || big.Status().Seed != tiny.Status().Seed {
+		t.Fatalf("a grown network holding no container did not give way to the smaller seed: %v", err)
 	}
 	// A one-peer network whose only use is an allocation is used all the
 	// same: an untouched network with a smaller seed gives way to it.

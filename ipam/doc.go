@@ -11,8 +11,11 @@
 // Tokens are never removed. A peer gives space away by splitting one of its
 // entries (Ring.Grant): it inserts tokens and hands the new entry to the
 // other peer. The ring carries its Seed (creating peer and random ID); rings
-// of different seeds refuse to merge (SeedMismatchError names both), and
-// neither is touched.
+// of different seeds never merge. When two networks meet, one that holds
+// no container's address gives way: its peers drop their rings and join
+// the other (giveway.go says which and why every order of meetings ends
+// in one network); two used networks refuse each other
+// (SeedMismatchError names both) and neither is touched.
 //
 // Who seeds: the start that creates the network (launch with nobody to join
 // and no network in its state dir) calls Allocator.Seed and owns the whole
@@ -98,6 +101,7 @@
 // sign.go the signatures; authority.go what a received ring may change;
 // alloc.go the Allocator's state, Open and Seed; addresses.go allocating
 // and freeing; messages.go ring gossip and the donor's side of a grant;
+// giveway.go which of two networks that meet gives way;
 // space.go reachability and the requester's side; rmpeer.go rmpeer,
 // reclaim and leave; recover.go a lost or corrupt state file; store.go
 // bbolt. Logs go to Config.Logger (slog, named fields).

@@ -6,11 +6,11 @@ import (
 )
 
 // HostID is the allocation id of a host's own overlay address. A network
-// whose only allocation is its host's address is still untouched: it
-// gives way to another network when its peer connects to one (a host
-// launched alone, then connected, must not split the mesh), and the host
-// address, in space the peer no longer owns, is dropped quietly for the
-// daemon to allocate another.
+// whose only allocations are its hosts' addresses is still unused: it may
+// give way to another network when its peers connect to one (hosts
+// launched alone, then connected, must not split the mesh; giveway.go),
+// and each host address, in space its peer no longer owns, is dropped
+// quietly for the daemon to allocate another.
 const HostID = "weavewg:host"
 
 // AddressesOf returns the addresses allocated to id (also claims held
@@ -27,7 +27,7 @@ func (a *Allocator) usesLocked() int {
 	return len(a.allocs) - len(a.byID[HostID])
 }
 
-// dropHostLocked forgets the host address before our untouched network
+// dropHostLocked forgets the host address before our unused network
 // gives way to another.
 func (a *Allocator) dropHostLocked() {
 	l := slices.Clone(a.byID[HostID])

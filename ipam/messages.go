@@ -75,20 +75,17 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		changed, err = a.adoptPartLocked(next, p)
 		adopted = true
 	case a.ring.Seed != in.Seed:
-		err = &SeedMismatchError{Ours: a.ring.Seed, Theirs: in.Seed}
-		if a.abandonsFor(in) {
-			// Our network was never used: take theirs instead of splitting
-			// the mesh into two networks forever (once its parts cover
-			// the range).
-			fresh, _ := NewRing(a.ring.Range)
-			if changed, err = a.adoptPartLocked(fresh, p); changed && err == nil {
-				a.log.Warn("joining another network; the network this peer created was never used and is dropped",
-					"network", in.Seed.String(), "dropped", a.ring.Seed.String())
-				a.count("ipam_seed_abandoned")
-				a.dropHostLocked()
-				a.lastErr = nil
-				next, adopted = fresh, true
-			}
+		switch a.meetLocked(in) {
+		case weGiveWay:
+			// Once the other network's ring is whole here (its parts
+			// cover the range), or at once if we come back to it.
+			next, changed, err = a.giveWayLocked(p, from)
+			adopted = changed
+		case theyGiveWay:
+			// Not an error: its peers come to our network.
+			return a.answerLoserLocked(from), nil
+		default:
+			err = &SeedMismatchError{Ours: a.ring.Seed, Theirs: in.Seed}
 		}
 	case !a.mayChangeLocked(p):
 		// Nothing newer than ours: skip the merge (most messages, at scale).
@@ -260,43 +257,11 @@ func (a *Allocator) assembleLocked(p *RingPart) (*Ring, error) {
 	return whole, nil
 }
 
-// untouchedLocked reports whether our ring is a seed nobody used: we created
-// it, it still holds just our one entry, we handed out no address but the
-// host's own (HostID), and no rmpeer happened. Nothing depends on such a network.
-func (a *Allocator) untouchedLocked() bool {
-	r := a.ring
-	return r.Seeded() && !r.Used && r.Seed.Peer == a.self && len(r.Entries) == 1 && r.Entries[0].Owner == a.self &&
-		len(r.Transfers) == 0 && len(r.Votes) == 0 && a.usesLocked() == 0
-}
-
-// abandonsFor decides, when a ring of another network arrives, whether ours
-// gives way. A used network never does. An untouched one gives way to a
-// used one (Ring.Used, or more than one owner), and between two untouched
-// networks to the smaller seed, so two fresh peers that connect agree
-// without talking.
-func (a *Allocator) abandonsFor(in *Ring) bool {
-	if !a.untouchedLocked() {
-		return false
-	}
-	theirsUntouched := !in.Used && len(in.Entries) == 1 && in.Entries[0].Owner == in.Seed.Peer && len(in.Transfers) == 0 && len(in.Votes) == 0
-	if !theirsUntouched {
-		return true
-	}
-	return seedLess(in.Seed, a.ring.Seed)
-}
-
-func seedLess(x, y Seed) bool {
-	if x.Peer != y.Peer {
-		return x.Peer.Less(y.Peer)
-	}
-	return x.ID < y.ID
-}
-
 func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error) {
 	a.count("ipam_request_received")
 	if s != a.ring.Seed {
 		a.count("ipam_request_refused")
-		return outbox{}, fmt.Errorf("ipam: space request from %s for network %v, ours is %v", from.Name(), s, a.ring.Seed)
+		return outbox{}, fmt.Errorf("%w: from %s for network %v, ours is %v", ErrOtherNetwork, from.Name(), s, a.ring.Seed)
 	}
 	if from == a.self {
 		return outbox{}, nil
@@ -312,7 +277,6 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	}
 	a.count("ipam_grant")
 	a.log.Info("granted address space", "span", g.String(), "peer", from.Name())
-	a.ring.Used = true
 	return a.ringChangedLocked()
 }
 

@@ -104,9 +104,10 @@ func (s Span) String() string {
 type Ring struct {
 	Range netip.Prefix
 	Seed  Seed
-	// Used is set, for good, by the first allocation, grant or rmpeer in
-	// the network (an OR on merge). A network nobody used may give way to
-	// another one (see Allocator.abandonsFor); a used one never does.
+	// Used is set, for good, by the first allocation (other than a host
+	// address), claim or rmpeer in the network (an OR on merge); a grant
+	// does not set it. A network nobody used may give way to another one
+	// (giveway.go); a used one never does.
 	Used      bool
 	Entries   []Entry
 	Transfers []Transfer // sorted by (Dead, Issuer)
@@ -115,7 +116,11 @@ type Ring struct {
 
 // Errors.
 var (
-	ErrSeedMismatch  = errors.New("ipam: rings of two different networks")
+	ErrSeedMismatch = errors.New("ipam: rings of two different networks")
+	// ErrOtherNetwork: a space request for another network than ours (one
+	// side gave its network up for another one and the other has not
+	// heard yet, giveway.go).
+	ErrOtherNetwork  = errors.New("ipam: space request for another network")
 	ErrRangeMismatch = errors.New("ipam: rings of two different ranges")
 	ErrNotOwner      = errors.New("ipam: not the owner")
 	ErrBadRange      = errors.New("ipam: range must be an IPv4 prefix between /8 and /30")

@@ -156,7 +156,7 @@ func (a *Allocator) handleRequestInLocked(from key.Public, r RequestIn) (outbox,
 	a.count("ipam_request_received")
 	if r.Seed != a.ring.Seed {
 		a.count("ipam_request_refused")
-		return outbox{}, fmt.Errorf("ipam: space request from %s for network %v, ours is %v", from.Name(), r.Seed, a.ring.Seed)
+		return outbox{}, fmt.Errorf("%w: from %s for network %v, ours is %v", ErrOtherNetwork, from.Name(), r.Seed, a.ring.Seed)
 	}
 	if from == a.self {
 		return outbox{}, nil
@@ -177,7 +177,6 @@ func (a *Allocator) handleRequestInLocked(from key.Public, r RequestIn) (outbox,
 	}
 	a.count("ipam_grant")
 	a.log.Info("granted address space in a subnet", "span", g.String(), "subnet", r.Subnet.String(), "peer", from.Name())
-	a.ring.Used = true
 	return a.ringChangedLocked()
 }
 

@@ -120,7 +120,10 @@ func TestHostAddressKeepsNetworkUntouched(t *testing.T) {
 	fresh.Seed()
 	used.Allocate(HostID)
 	used.Allocate("c1")
-	if err := used.HandleMessage(pk(3), fresh.RingMessage()); !errors.Is(err, ErrSeedMismatch) {
-		t.Fatalf("a used network accepted another: %v", err)
+	if err := used.HandleMessage(pk(3), fresh.RingMessage()); err != nil || used.Status().Seed.Peer != pk(2) {
+		t.Fatalf("a used network gave way: %v", err)
+	}
+	if err := fresh.HandleMessage(pk(2), used.RingMessage()); err != nil || fresh.Status().Seed.Peer != pk(2) {
+		t.Fatalf("a fresh network did not give way to a used one: %v", err)
 	}
 }
