@@ -94,7 +94,7 @@ func (t *Tunnel) feedPeersLocked(peers []PeerConfig) {
 // paths decided, swaps it in, and publishes the paths.
 func (t *Tunnel) updateRelayTableLocked() {
 	paths := t.reach.Paths()
-	tbl := buildRelayTable(PeerIDOf(t.cfg.Private.Public()), t.peers, t.paths, paths, t.keys.get, t.bind.inner.ParseEndpoint, t.bind.nowNano())
+	tbl := buildRelayTable(PeerIDOf(t.self), t.peers, t.paths, paths, t.keys.get, t.bind.inner.ParseEndpoint, t.bind.nowNano())
 	t.bind.setRelayTable(tbl)
 	t.countRelayed(tbl)
 	keep := make(map[key.Public]bool, len(tbl.peers))

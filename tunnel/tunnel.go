@@ -114,6 +114,7 @@ var ErrClosed = errors.New("tunnel closed")
 type Tunnel struct {
 	// Constant after New.
 	cfg      Config
+	self     key.Public // cfg.Private.Public(): a scalar multiplication, not redone per reconcile
 	log      *slog.Logger
 	ns       netns.NsHandle  // the namespace New ran in
 	nl       *netlink.Handle // netlink in ns
@@ -169,7 +170,7 @@ func New(cfg Config) (*Tunnel, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	t := &Tunnel{cfg: cfg, log: cfg.Logger, ns: netns.None(), synced: true,
+	t := &Tunnel{cfg: cfg, self: cfg.Private.Public(), log: cfg.Logger, ns: netns.None(), synced: true,
 		paths: map[key.Public]*pathState{}, reach: reach.New(cfg.Private.Public()),
 		stop: make(chan struct{}), done: make(chan struct{}), mtuDone: make(chan struct{})}
 	if cfg.IdleAfter != 0 {
@@ -318,7 +319,7 @@ func (t *Tunnel) applyLocked() error {
 			applied = cur
 		}
 	}
-	if text := buildPeersUAPI(t.cfg.Private.Public(), applied, want, t.cfg.Secret); text != "" {
+	if text := buildPeersUAPI(t.self, applied, want, t.cfg.Secret); text != "" {
 		if err := t.dev.IpcSet(text); err != nil {
 			t.synced = false
 			errs = append(errs, fmt.Errorf("set peers: configuring WireGuard: %w", err))
