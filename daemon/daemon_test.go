@@ -152,12 +152,19 @@ func testConfig(t *testing.T) Config {
 
 func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Daemon {
 	t.Helper()
+	return newTestDaemonOn(t, cfg, r, dataPlane{wg: tn, host: tn})
+}
+
+// newTestDaemonOn is newTestDaemon with the data plane given (a fake
+// kernel device or fast path beside the fake tunnel).
+func newTestDaemonOn(t *testing.T, cfg Config, r *fakeRouter, dp dataPlane) *Daemon {
+	t.Helper()
 	d, err := prepare(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// No shared socket: no NAT traversal in these tests.
-	if err := d.assemble(r, dataPlane{wg: tn, host: tn}, fakeOpener); err != nil {
+	if err := d.assemble(r, dp, fakeOpener); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.closers.close() })

@@ -46,14 +46,7 @@ func (f *fakeFast) Counters() map[string]uint64 { return nil }
 func TestReconcileRoutesFastPeersOutOfTheTUN(t *testing.T) {
 	r, tn := newFakeRouter(), newFakeTunnel()
 	ff := &fakeFast{use: map[key.Public]bool{pubKey(1): true}}
-	d, err := prepare(testConfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.assemble(r, dataPlane{wg: tn, host: tn, fast: ff}, fakeOpener); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.closers.close() })
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: ff})
 	r.peers = []discovery.Peer{
 		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
 		{Key: pubKey(1), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.MustParseAddr("10.32.0.2")},
@@ -96,12 +89,19 @@ func TestReconcileRoutesFastPeersOutOfTheTUN(t *testing.T) {
 	}
 }
 
-func TestVXLANDeviceName(t *testing.T) {
-	if n := vxlanDeviceName("weavewg0"); n != "vxweavewg0" {
-		t.Errorf("got %q", n)
-	}
-	if n := vxlanDeviceName("abcdefghijklmno"); len(n) != 15 {
-		t.Errorf("got %q (%d chars)", n, len(n))
+// TestDeviceNames: the kernel WireGuard and VXLAN devices are named after
+// the TUN and fit IFNAMSIZ.
+func TestDeviceNames(t *testing.T) {
+	for _, f := range []struct {
+		name func(string) string
+		want string
+	}{{kernelDeviceName, "kwweavewg0"}, {vxlanDeviceName, "vxweavewg0"}} {
+		if n := f.name("weavewg0"); n != f.want {
+			t.Errorf("got %q, want %q", n, f.want)
+		}
+		if n := f.name("abcdefghijklmno"); len(n) != 15 {
+			t.Errorf("got %q (%d chars)", n, len(n))
+		}
 	}
 }
 

@@ -49,14 +49,7 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 	r, tn := newFakeRouter(), newFakeTunnel()
 	fk := &fakeKernel{}
 	ff := &fakeFast{use: map[key.Public]bool{pubKey(3): true}}
-	d, err := prepare(testConfig(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.assemble(r, dataPlane{wg: tn, host: tn, fast: ff, kernel: fk}, fakeOpener); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.closers.close() })
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: ff, kernel: fk})
 	chosen := netip.MustParseAddrPort("198.51.100.2:40000") // ICE's choice, not gossip's
 	tn.stats = map[key.Public]tunnel.PeerStats{
 		pubKey(1): {Endpoint: chosen},
@@ -146,14 +139,5 @@ func TestDatapathFlag(t *testing.T) {
 	c.Datapath = "ebpf"
 	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "auto, kernel or userspace") {
 		t.Errorf("--datapath ebpf: %v", err)
-	}
-}
-
-func TestKernelDeviceName(t *testing.T) {
-	if n := kernelDeviceName("weavewg0"); n != "kwweavewg0" {
-		t.Errorf("got %q", n)
-	}
-	if n := kernelDeviceName("abcdefghijklmno"); len(n) != 15 {
-		t.Errorf("got %q (%d chars)", n, len(n))
 	}
 }
