@@ -177,6 +177,12 @@ func TestDockerSubnets(t *testing.T) {
 	if ping(a1, b2.ip) == nil {
 		t.Errorf("after dockerd restarted on h1, a1 reached b2 (%s)", b2.ip)
 	}
+	// A static address in a subnet (docker run --ip) is handed out and
+	// reached across hosts
+	// (An address is handed out by the host that owns it in the ring, as
+	// for attach --ip: h1 made the subnet's first allocation.)
+	d1.MustRun("run", "-d", "--init", "--name", "a1static", "--net", "a", "--ip", "10.33.1.77", dockerImage, "sleep", "3600")
+	testbed.Eventually(t, 30*time.Second, "a2 pings a1static (10.33.1.77)", func() error { return ping(a2, "10.33.1.77") })
 	// Networks can be removed and made again with the same subnet.
 	d2.MustRun("rm", "-f", "b2")
 	d2.MustRun("network", "rm", "b")
