@@ -690,7 +690,7 @@ func (d *Daemon) reconcile() {
 			d.ipam.SendRing(k, true)
 		}
 	}
-	d.trackLiveness(reachSet, time.Now())
+	d.trackLiveness(ranges, reachSet, time.Now())
 	if !d.toldSpace && len(ranges[d.pub]) > 0 {
 		d.toldSpace = true
 		d.notify("got address space: %v", ranges[d.pub])
