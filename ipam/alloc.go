@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -127,10 +128,15 @@ type Allocator struct {
 	held      map[uint32]heldEntry    // entry states refused for authority, retried (authority.go)
 	askAuth   map[key.Public][]uint32 // owners to ask for the spans of refused states (authority.go)
 	lastAsk   map[key.Public]time.Time
-	// sent is the ring as the network last heard it from us (our last
-	// broadcast, or a merge of what others sent everyone): a change goes
-	// out as the difference (parts.go).
-	sent *Ring
+	// relayNews marks the entries a relay part taught us, relayVotes
+	// whether it brought votes or transfers: ringChangedLocked broadcasts
+	// them with our own changes (parts.go). votesBefore and
+	// transfersBefore are the votes and transfers as last broadcast or
+	// merged: a change of ours among them goes out whole.
+	relayNews       []bool
+	relayVotes      bool
+	votesBefore     []Vote
+	transfersBefore []Transfer
 	// dirty: the ring changed by merges since it was last saved.
 	dirty bool
 	// asm is the ring being put together from parts while ours is
@@ -354,6 +360,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// saved before it goes out, so a restart never contradicts what others
 	// heard; what it merged from others is saved at the next Tick (a crash
 	// loses at most that second, and gossip brings it back).
+	ownVotes := !slices.Equal(a.ring.Votes, a.votesBefore) || !slices.EqualFunc(a.ring.Transfers, a.transfersBefore, sameTransferState)
 	if a.ring.signPending(a.self, a.priv) > 0 {
 		if err := a.saveRingLocked(); err != nil {
 			return outbox{}, err
@@ -361,19 +368,27 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	} else {
 		a.dirty = true
 	}
-	// Everyone hears what changed since the last broadcast: our own
-	// changes, and what a relay message taught us (handleRingLocked marks
-	// what others already know as sent).
-	marks, anyEntry, votes := changedSince(a.ring, a.sent)
+	// Everyone hears what changed: the entries we signed just now, and
+	// what a relay part taught us (relayNews, set by handleRingLocked).
+	marks, anyEntry := a.relayNews, false
+	if len(marks) != len(a.ring.Entries) {
+		marks = make([]bool, len(a.ring.Entries))
+	}
+	for _, i := range a.ring.signed {
+		marks[i] = true
+	}
+	anyEntry = slices.Contains(marks, true)
+	votes := ownVotes || a.relayVotes
+	a.relayNews, a.relayVotes = nil, false
 	var o outbox
 	if anyEntry || votes {
-		msgs, err := ringParts(a.ring, marks, votes, false) // marks is never nil
+		msgs, err := ringParts(a.ring, marks, votes, false)
 		if err != nil {
 			return outbox{}, err
 		}
 		o.broadcast = msgs
 	}
-	a.sent = a.ring.Clone()
+	a.votesBefore, a.transfersBefore = slices.Clone(a.ring.Votes), cloneTransfers(a.ring.Transfers)
 	close(a.updated)
 	a.updated = make(chan struct{})
 	return o, nil

@@ -124,13 +124,19 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 	}
 	var o outbox
 	if changed {
-		a.ring = next
-		if adopted || !p.Relay {
-			// The sender told everyone (a broadcast), or we are joining:
-			// only what we add ourselves goes out. A relay part (from a
-			// new control neighbour) is news to our side of the mesh.
-			a.sent = a.ring.Clone()
+		if p.Relay && !adopted {
+			// A relay part (from a new control neighbour) is news to our
+			// side of the mesh: what it changed goes out with our own
+			// changes. Otherwise the sender told everyone (a broadcast),
+			// or we are joining: only what we add ourselves goes out.
+			var anyEntry bool
+			a.relayNews, anyEntry, a.relayVotes = changedSince(next, a.ring)
+			if !anyEntry {
+				a.relayNews = nil
+			}
 		}
+		a.ring = next
+		a.votesBefore, a.transfersBefore = slices.Clone(next.Votes), cloneTransfers(next.Transfers)
 		if o, err = a.ringChangedLocked(); err != nil {
 			return outbox{}, err
 		}

@@ -362,3 +362,12 @@ func addCover(cover, add []Span) []Span {
 	}
 	return out
 }
+
+// cloneTransfers copies transfers and their certificates.
+func cloneTransfers(ts []Transfer) []Transfer {
+	out := slices.Clone(ts)
+	for i := range out {
+		out[i].Cert = slices.Clone(out[i].Cert)
+	}
+	return out
+}

@@ -112,6 +112,10 @@ type Ring struct {
 	Entries   []Entry
 	Transfers []Transfer // sorted by (Dead, Issuer)
 	Votes     []Vote     // sorted by (Voter, Dead)
+
+	// signed: the indexes of the entries the last signPending signed
+	// (scratch, not state: never compared, copied or sent).
+	signed []int
 }
 
 // Errors.
@@ -159,6 +163,7 @@ func (r *Ring) span() Span {
 // Clone returns a deep copy.
 func (r *Ring) Clone() *Ring {
 	c := *r
+	c.signed = nil
 	c.Entries = slices.Clone(r.Entries)
 	c.Transfers = slices.Clone(r.Transfers)
 	for i := range c.Transfers {

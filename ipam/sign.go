@@ -71,13 +71,17 @@ func (r *Ring) transferMessage(t *Transfer) []byte {
 // signPending signs every item self made since the last call (they carry
 // a zero signature until then): the Ring's methods stay free of keys, and
 // the allocator signs once per change, before the ring is saved or sent.
-// It returns how many items it signed: whether this peer changed the ring.
+// It returns how many items it signed (whether this peer changed the
+// ring) and marks the entries it signed in r.signed (for the broadcast of
+// the change, parts.go).
 func (r *Ring) signPending(self key.Public, priv key.Private) (signed int) {
 	var zero key.Signature
+	r.signed = r.signed[:0]
 	for i := range r.Entries {
 		if e := &r.Entries[i]; e.Writer == self && e.Sig == zero {
 			e.Sig = key.Sign(priv, entryDomain, r.entryMessage(e))
 			signed++
+			r.signed = append(r.signed, i)
 		}
 	}
 	for i := range r.Votes {

@@ -55,3 +55,11 @@ func (a *Allocator) Status() Status {
 	slices.SortFunc(s.Peers, func(x, y PeerStatus) int { return bytes.Compare(x.Peer[:], y.Peer[:]) })
 	return s
 }
+
+// Counters returns a copy of the counters alone (Status computes every
+// owner's prefixes too, O(owners × entries)).
+func (a *Allocator) Counters() map[string]uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.counters)
+}

@@ -372,7 +372,7 @@ func (c *Cluster) Counters() map[string]uint64 {
 		for k, v := range nd.Router.Counters() {
 			out[k] += v
 		}
-		for k, v := range nd.IPAM.Status().Counters {
+		for k, v := range nd.IPAM.Counters() {
 			out[k] += v
 		}
 	}
