@@ -305,14 +305,16 @@ type addressed struct {
 }
 
 func (a *Allocator) flush(o outbox) {
-	for _, m := range o.broadcast {
-		a.tr.Broadcast(m)
-	}
+	// The answer first: a grant's requester waits on it (the broadcast
+	// reaches it too, after up to N-1 others).
 	for _, m := range o.reply {
 		if err := a.tr.Send(o.replyTo, m); err != nil {
 			a.log.Debug("answering a peer's ring", "peer", o.replyTo.Name(), "err", err)
 			break
 		}
+	}
+	for _, m := range o.broadcast {
+		a.tr.Broadcast(m)
 	}
 	for _, m := range o.asks {
 		if err := a.tr.Send(m.to, m.msg); err != nil {

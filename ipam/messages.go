@@ -283,7 +283,9 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	}
 	a.count("ipam_grant")
 	a.log.Info("granted address space", "span", g.String(), "peer", from.Name())
-	return a.ringChangedLocked()
+	o, err := a.ringChangedLocked()
+	o.replyTo, o.reply = from, o.broadcast
+	return o, err
 }
 
 // pickGrantLocked chooses what to give: the upper half of our largest
