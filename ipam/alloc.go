@@ -126,7 +126,7 @@ type Allocator struct {
 	counters  map[string]uint64
 	verify    verifier
 	held      map[uint32]heldEntry    // entry states refused for authority, retried (authority.go)
-	askAuth   map[key.Public][]uint32 // owners to ask for the spans of refused states (authority.go)
+	askAuth   map[key.Public]askState // owners to ask for the spans of refused states (authority.go)
 	lastAsk   map[key.Public]time.Time
 	// relayNews marks the entries a relay part taught us, relayVotes
 	// whether it brought votes or transfers: ringChangedLocked broadcasts
@@ -134,6 +134,7 @@ type Allocator struct {
 	// transfersBefore are the votes and transfers as last broadcast or
 	// merged: a change of ours among them goes out whole.
 	relayNews       []bool
+	merging         bool // ringChangedLocked runs for a merge (handleRingLocked)
 	relayVotes      bool
 	votesBefore     []Vote
 	transfersBefore []Transfer
@@ -356,7 +357,13 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// rather than at the next Tick (donor choice reads them).
 	a.ring.StepTransfers(a.self, a.reachableList())
 	a.recordPendingClaimsLocked()
-	a.publishFreeLocked()
+	if !a.merging {
+		// After a merge the free counts wait for the next Tick: a grantee
+		// that published at once, on the grant its donor answered it
+		// with, overtook the donor's broadcast of that grant at most
+		// peers, which then refused the free count for lack of authority.
+		a.publishFreeLocked()
+	}
 	a.dropLostLocked()
 	// What this peer changed itself (a grant, a free count, a vote) is
 	// saved before it goes out, so a restart never contradicts what others

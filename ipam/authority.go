@@ -205,11 +205,18 @@ func (a *Allocator) refusedLocked(rs []refusal, from key.Public) {
 			continue
 		}
 		a.holdLocked(r.e, from)
-		if r.auth != a.self && (len(a.askAuth) < maxAsk || a.askAuth[r.auth] != nil) {
+		if _, asking := a.askAuth[r.auth]; r.auth != a.self && (asking || len(a.askAuth) < maxAsk) {
 			if a.askAuth == nil {
-				a.askAuth = map[key.Public][]uint32{}
+				a.askAuth = map[key.Public]askState{}
 			}
-			a.askAuth[r.auth] = append(a.askAuth[r.auth], r.e.Token)
+			st := a.askAuth[r.auth]
+			if st.since.IsZero() {
+				st.since = a.now()
+			}
+			if len(st.tokens) < maxPartEntries {
+				st.tokens = append(st.tokens, r.e.Token)
+			}
+			a.askAuth[r.auth] = st
 		}
 	}
 }
@@ -323,40 +330,54 @@ func hasNews(ours, theirs *Ring) bool {
 // (maxHeld, oldest arbitrary one dropped first) and dropped once the ring
 // holds their token at that version or later.
 
-// maxHeld bounds the held states.
-const maxHeld = 1024
-
 // Asking the authority. A whole ring carries only the latest state of each
 // token: J's free count on the span A granted it, not A's grant. A peer
 // that missed the grant (a message lost to a full queue, a partition) can
 // take J's state only from A, the owner in its own view, which vouches for
-// what it gave away. So such a peer asks A: it sends A the span it holds
-// there, and A answers with its states of that span (newsFor), which it
-// takes because A sent them. At most maxAsk owners are asked per message,
-// each at most once a second.
+// what it gave away. So a state still held a second after its refusal (the
+// grant did not come on another path meanwhile, the usual case) makes this
+// peer ask A, from Tick: it sends A the spans it holds there, and A answers
+// with its states of them (newsFor), which it takes because A sent them.
+// At most maxAsk owners are pending at once, each asked at most once a
+// second.
 const maxAsk = 4
 
-// askAuthoritiesLocked builds the asks that the last merge's refusals
-// call for, and clears them.
+// askState is what an owner is to be asked about: the tokens of the
+// states refused, and when the first was.
+type askState struct {
+	tokens []uint32
+	since  time.Time
+}
+
+// askAuthoritiesLocked asks the owners whose refused states are still
+// held after a second, and forgets the rest.
 func (a *Allocator) askAuthoritiesLocked(o *outbox) {
-	if len(a.askAuth) == 0 {
-		return
-	}
 	now := a.now()
-	for auth, tokens := range a.askAuth {
+	for auth, st := range a.askAuth {
+		if now.Sub(st.since) < time.Second {
+			continue
+		}
+		delete(a.askAuth, auth)
 		if now.Sub(a.lastAsk[auth]) < time.Second {
+			continue
+		}
+		marks := make([]bool, len(a.ring.Entries))
+		any := false
+		for _, t := range st.tokens {
+			if _, still := a.held[t]; !still {
+				continue
+			}
+			if j := a.ring.find(t); j >= 0 {
+				marks[j], any = true, true
+			}
+		}
+		if !any {
 			continue
 		}
 		if len(a.lastAsk) >= MaxPeers {
 			clear(a.lastAsk)
 		}
 		a.lastAsk[auth] = now
-		marks := make([]bool, len(a.ring.Entries))
-		for _, t := range tokens {
-			if j := a.ring.find(t); j >= 0 {
-				marks[j] = true
-			}
-		}
 		msgs, err := ringParts(a.ring, marks, false, false)
 		if err != nil {
 			continue
@@ -366,8 +387,10 @@ func (a *Allocator) askAuthoritiesLocked(o *outbox) {
 			o.asks = append(o.asks, addressed{auth, m})
 		}
 	}
-	clear(a.askAuth)
 }
+
+// maxHeld bounds the held states.
+const maxHeld = 1024
 
 type heldEntry struct {
 	e    Entry

@@ -137,7 +137,10 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		}
 		a.ring = next
 		a.votesBefore, a.transfersBefore = slices.Clone(next.Votes), cloneTransfers(next.Transfers)
-		if o, err = a.ringChangedLocked(); err != nil {
+		a.merging = true
+		o, err = a.ringChangedLocked()
+		a.merging = false
+		if err != nil {
 			return outbox{}, err
 		}
 	}
@@ -163,7 +166,6 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 			}
 		}
 	}
-	a.askAuthoritiesLocked(&o)
 	if a.wantSpace {
 		if len(a.ring.Spans(a.self)) > 0 {
 			if _, ok := a.findFreeLocked(); ok {

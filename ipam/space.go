@@ -114,6 +114,7 @@ func (a *Allocator) Tick() {
 			a.log.Error("saving the ring", "err", err)
 		}
 	}
+	a.askAuthoritiesLocked(&o)
 	if a.wantSpace {
 		if _, ok := a.findFreeLocked(); ok {
 			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
