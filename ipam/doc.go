@@ -115,7 +115,8 @@
 // set (it floods what is news to its side: a healed partition); an answer
 // carries what its asker lacks of what it sent. Space requests go by Send
 // to the donor. A peer that refuses a state for lack of authority holds
-// it for a later merge and asks the owner in its own view for that span
-// (authority.go): the whole ring carries only each token's latest state,
-// not the grant that made its writer the owner.
+// it for a later merge and, if it is still held a second later, asks the
+// owner in its own view for that span (authority.go): the whole ring
+// carries only each token's latest state, not the grant that made its
+// writer the owner.
 package ipam
