@@ -97,6 +97,9 @@ type peerDatapath interface {
 	// PeerMTUs is each peer's overlay MTU where known (path MTU: routes
 	// to a peer behind a smaller path get it).
 	PeerMTUs() map[key.Public]tunnel.PeerMTU
+	// MarkActive says that these peers carried data through another
+	// device (kernel WireGuard): their paths are not idle.
+	MarkActive(keys map[key.Public]bool)
 }
 
 // sharedSocket is the userspace UDP port: STUN and relay frames on it,
@@ -245,6 +248,7 @@ type Daemon struct {
 	reachableSet   map[key.Public]bool      // as last told to the allocator
 	evictSeen      map[key.Public]time.Time // evicted peers, since when known here (membership.go)
 	onKernel       map[key.Public]bool      // peers the kernel device carries (kernel.go)
+	kernelBytes    map[key.Public]uint64    // their bytes both ways at the last reconcile
 	// kernelPeers is onKernel published for status; never modified after
 	// Store.
 	kernelPeers atomic.Pointer[map[key.Public]bool]

@@ -72,6 +72,8 @@ type fakeTunnel struct {
 	attached map[string]hostnet.Attached
 	gone     map[string]bool // namespaces whose Adopt fails
 	stats    map[key.Public]tunnel.PeerStats
+	mtus     map[key.Public]tunnel.PeerMTU
+	active   []key.Public // MarkActive's peers, in order
 }
 
 func newFakeTunnel() *fakeTunnel {
@@ -91,12 +93,23 @@ func (f *fakeTunnel) PeerStats() map[key.Public]tunnel.PeerStats {
 	defer f.mu.Unlock()
 	return f.stats
 }
-func (f *fakeTunnel) Counters() map[string]uint64             { return map[string]uint64{"udp_y": 2} }
-func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)     {}
-func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error    { return nil }
-func (f *fakeTunnel) SetPublic(bool)                          {}
-func (f *fakeTunnel) SetPathObserver(tunnel.PathObserver)     {}
-func (f *fakeTunnel) PeerMTUs() map[key.Public]tunnel.PeerMTU { return nil }
+func (f *fakeTunnel) Counters() map[string]uint64          { return map[string]uint64{"udp_y": 2} }
+func (f *fakeTunnel) SetSTUNHandler(tunnel.PacketHandler)  {}
+func (f *fakeTunnel) SendUDP([]byte, netip.AddrPort) error { return nil }
+func (f *fakeTunnel) SetPublic(bool)                       {}
+func (f *fakeTunnel) SetPathObserver(tunnel.PathObserver)  {}
+func (f *fakeTunnel) MarkActive(keys map[key.Public]bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k := range keys {
+		f.active = append(f.active, k)
+	}
+}
+func (f *fakeTunnel) PeerMTUs() map[key.Public]tunnel.PeerMTU {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mtus
+}
 func (f *fakeTunnel) SetRoutesWithMTU(p []netip.Prefix, _ map[netip.Prefix]int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

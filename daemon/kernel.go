@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 
 	"github.com/weavewg/weavewg/kernelwg"
 	"github.com/weavewg/weavewg/tunnel"
@@ -36,6 +37,7 @@ const datapathKernel = "kernel wireguard"
 type kernelPath interface {
 	Close() error
 	Name() string
+	SetHostIP(a netip.Addr)
 	SetPeers(peers []kernelwg.Peer) (map[key.Public]bool, error)
 	PruneRoutes() error
 	Stats() map[key.Public]kernelwg.PeerStats
@@ -75,7 +77,7 @@ func (d *Daemon) openKernel() (kernelPath, error) {
 		MTU:        d.cfg.MTU,
 		Private:    d.priv,
 		PSK:        d.secret,
-		HostIP:     d.hostPrefix().Addr(), // invalid on a joiner's first start: routes without a source
+		HostIP:     d.hostPrefix().Addr(), // invalid on a joiner's first start: setKernelPeers sets it
 		Logger:     d.log.With("part", "kernelwg"),
 	})
 	switch {
@@ -104,7 +106,8 @@ func (d *Daemon) tunnelPort(kernel kernelPath) uint16 {
 
 // setKernelPeers gives the kernel device every peer in want that the
 // fast path does not carry and whose path is direct, at the endpoint the
-// path owner chose, and returns those it carries. A peer's move is then
+// path owner chose, with the path MTU the tunnel found towards it on its
+// routes, and returns those it carries. A peer's move is then
 // told to the tunnel (Elsewhere), so that wireguard-go stops keeping it
 // alive.
 func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public]bool) map[key.Public]bool {
@@ -112,18 +115,24 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 		return nil
 	}
 	stats := d.tun.PeerStats()
+	mtus := d.tun.PeerMTUs()
 	var cands []kernelwg.Peer
 	for _, pc := range want {
 		s, ok := stats[pc.Key]
 		if onVXLAN[pc.Key] || !ok || s.Relayed || !s.Endpoint.IsValid() {
 			continue
 		}
-		cands = append(cands, kernelwg.Peer{Key: pc.Key, Endpoint: s.Endpoint, Prefixes: pc.AllowedIPs, PSK: pc.PSK})
+		cands = append(cands, kernelwg.Peer{Key: pc.Key, Endpoint: s.Endpoint, Prefixes: pc.AllowedIPs, PSK: pc.PSK,
+			MTU: mtus[pc.Key].MTU})
 	}
+	// The routes' source: the host's address, which a first join gets
+	// from IPAM after the device was made.
+	d.planes.kernel.SetHostIP(d.hostPrefix().Addr())
 	on, err := d.planes.kernel.SetPeers(cands)
 	if err != nil {
 		d.log.Error("configuring kernel WireGuard peers", "err", err)
 	}
+	d.markKernelActive(on)
 	if !maps.Equal(on, d.onKernel) {
 		d.onKernel = on
 		d.kernelPeers.Store(&on)
@@ -135,6 +144,35 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 		}
 	}
 	return on
+}
+
+// markKernelActive tells the path owner which peers on the kernel device
+// carried data since the last reconcile (their bytes grew). wireguard-go
+// sees none of their packets, so their pairs would otherwise go idle
+// (tunnel/idle.go) a minute after they moved: no more path probes, so a
+// direct path that fails would never be noticed (between two kernel
+// hosts) and the peer would stay on the kernel device, sending into the
+// void. Bytes grow only with data and what data causes (handshakes,
+// WireGuard's passive keepalives), so an unused pair still goes idle.
+func (d *Daemon) markKernelActive(on map[key.Public]bool) {
+	if len(on) == 0 {
+		d.kernelBytes = nil
+		return
+	}
+	stats := d.planes.kernel.Stats()
+	active := map[key.Public]bool{}
+	seen := make(map[key.Public]uint64, len(stats))
+	for k, s := range stats {
+		n := s.RxBytes + s.TxBytes
+		seen[k] = n
+		if old, ok := d.kernelBytes[k]; on[k] && n > old || on[k] && !ok && n > 0 {
+			active[k] = true
+		}
+	}
+	d.kernelBytes = seen
+	if len(active) > 0 {
+		d.tun.MarkActive(active)
+	}
 }
 
 // markElsewhere flags the peers the kernel device carried at the last

@@ -9,6 +9,7 @@ import (
 
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/kernelwg"
+	"github.com/weavewg/weavewg/pmtu"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
@@ -16,8 +17,16 @@ import (
 
 // fakeKernel is a kernel device that carries every peer it is given.
 type fakeKernel struct {
-	peers []kernelwg.Peer
-	calls []string
+	peers  []kernelwg.Peer
+	calls  []string
+	hostIP netip.Addr
+	rx     uint64 // every peer's received bytes; 0: 7
+}
+
+func (f *fakeKernel) SetHostIP(a netip.Addr) {
+	if a.IsValid() {
+		f.hostIP = a
+	}
 }
 
 func (f *fakeKernel) Close() error { return nil }
@@ -35,7 +44,11 @@ func (f *fakeKernel) PruneRoutes() error { f.calls = append(f.calls, "prune"); r
 func (f *fakeKernel) Stats() map[key.Public]kernelwg.PeerStats {
 	out := map[key.Public]kernelwg.PeerStats{}
 	for _, c := range f.peers {
-		out[c.Key] = kernelwg.PeerStats{Endpoint: c.Endpoint, LastHandshake: time.Unix(1700000000, 0), RxBytes: 7}
+		rx := f.rx
+		if rx == 0 {
+			rx = 7
+		}
+		out[c.Key] = kernelwg.PeerStats{Endpoint: c.Endpoint, LastHandshake: time.Unix(1700000000, 0), RxBytes: rx}
 	}
 	return out
 }
@@ -56,6 +69,7 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 		pubKey(2): {Relayed: true, Via: pubKey(1)},
 		pubKey(3): {Endpoint: netip.MustParseAddrPort("192.0.2.4:6783")},
 	}
+	tn.mtus = map[key.Public]tunnel.PeerMTU{pubKey(1): {MTU: 1284, Source: pmtu.SourceProbe, Probed: 1352}}
 	r.peers = []discovery.Peer{
 		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
 		{Key: pubKey(1), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.MustParseAddr("10.32.0.2")},
@@ -68,6 +82,12 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 	}
 	if !slices.Contains(fk.peers[0].Prefixes, netip.MustParsePrefix("10.32.0.2/32")) {
 		t.Errorf("peer 1's prefixes on the kernel device: %v", fk.peers[0].Prefixes)
+	}
+	if hp := d.hostPrefix(); !hp.IsValid() || fk.hostIP != hp.Addr() {
+		t.Errorf("kernel routes' source %v; want the host's address %v", fk.hostIP, hp)
+	}
+	if fk.peers[0].MTU != 1284 {
+		t.Errorf("peer 1 on the kernel device with MTU %d; want the probed 1284 for its routes", fk.peers[0].MTU)
 	}
 	if slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.2/32")) || !slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.3/32")) {
 		t.Errorf("TUN routes %v: want the relayed peer's, not the kernel peer's", tn.routes)
@@ -112,6 +132,64 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 		if pc.Elsewhere {
 			t.Errorf("peer %s still elsewhere after it left the kernel device", pc.Key.Name())
 		}
+	}
+
+	// Its direct path comes back (at another address, say a new NAT
+	// mapping): it returns to the kernel device there, its route leaves
+	// the TUN again, and wireguard-go stops keeping it alive.
+	back := netip.MustParseAddrPort("198.51.100.2:40001")
+	tn.stats[pubKey(1)] = tunnel.PeerStats{Endpoint: back}
+	d.reconcile()
+	if len(fk.peers) != 1 || fk.peers[0].Key != pubKey(1) || fk.peers[0].Endpoint != back {
+		t.Errorf("kernel peers %+v after peer 1's direct path came back: want it at %v", fk.peers, back)
+	}
+	if slices.Contains(tn.routes, netip.MustParsePrefix("10.32.0.2/32")) {
+		t.Errorf("TUN routes %v still carry peer 1, back on the kernel device", tn.routes)
+	}
+	for _, pc := range tn.peers {
+		if pc.Elsewhere != (pc.Key == pubKey(1)) {
+			t.Errorf("peer %s elsewhere %v after peer 1 came back to the kernel device", pc.Key.Name(), pc.Elsewhere)
+		}
+	}
+	if n := len(fk.calls); n < 2 || fk.calls[n-2] != "set" || fk.calls[n-1] != "prune" {
+		t.Errorf("kernel calls %v: want set, then prune after the TUN routes", fk.calls)
+	}
+}
+
+// TestKernelPeersStayActive: wireguard-go never sees a kernel peer's data,
+// so reconcile tells the path owner a kernel peer is active whenever the
+// kernel's byte counters grew, and not when they did not (an unused pair
+// still goes idle).
+func TestKernelPeersStayActive(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{rx: 100}
+	d, err := prepare(testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.assemble(r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk}, fakeOpener); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.closers.close() })
+	tn.stats = map[key.Public]tunnel.PeerStats{pubKey(1): {Endpoint: netip.MustParseAddrPort("192.0.2.2:6783")}}
+	r.peers = []discovery.Peer{
+		{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+		{Key: pubKey(1), Reachable: true, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.MustParseAddr("10.32.0.2")},
+	}
+	activeAfter := func(rx uint64) bool {
+		fk.rx = rx
+		tn.active = nil
+		d.reconcile()
+		return slices.Contains(tn.active, pubKey(1))
+	}
+	if !activeAfter(100) {
+		t.Error("a peer that arrived on the kernel device with bytes moved was not marked active")
+	}
+	if activeAfter(100) {
+		t.Error("a kernel peer whose bytes did not grow was marked active")
+	}
+	if !activeAfter(250) {
+		t.Error("a kernel peer whose bytes grew was not marked active")
 	}
 }
 

@@ -58,7 +58,7 @@ type Config struct {
 	MTU              int
 	Private          key.Private
 	PSK              key.Secret // the network secret, as wireguard-go has it
-	HostIP           netip.Addr // the routes' source address
+	HostIP           netip.Addr // the routes' source address; SetHostIP changes it
 	Logger           *slog.Logger
 }
 
@@ -70,6 +70,11 @@ type Peer struct {
 	// PSK is the pair's preshared key (a rotated network secret's epoch,
 	// discovery/secret.go); zero: Config.PSK.
 	PSK key.Secret
+	// MTU is the peer's overlay MTU when its path is smaller than the
+	// device's (the tunnel's path MTU search, tunnel/mtu.go): its routes
+	// carry it, so the host answers larger DF packets with "fragmentation
+	// needed" and its own sockets use it. 0 or not below Config.MTU: none.
+	MTU int
 }
 
 // PeerStats is the kernel's view of one peer.
@@ -85,6 +90,7 @@ type applied struct {
 	endpoint netip.AddrPort
 	allowed  []netip.Prefix // masked, sorted, no duplicates
 	psk      key.Secret     // zero: Config.PSK
+	mtu      int            // of its routes; not part of the device's configuration
 }
 
 // Plane is the kernel WireGuard device of one host.
@@ -251,6 +257,7 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	p.peers, p.synced = want, true
 	carried := make(map[key.Public]bool, len(want))
 	routes := map[netip.Prefix]bool{}
+	mtus := map[netip.Prefix]int{}
 	for k, a := range want {
 		carried[k] = true
 		for _, pfx := range a.allowed {
@@ -258,10 +265,13 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 				continue
 			}
 			routes[pfx] = true
+			if a.mtu > 0 && a.mtu < p.cfg.MTU {
+				mtus[pfx] = a.mtu
+			}
 			if p.nl == nil {
 				continue
 			}
-			if err := p.nl.RouteReplace(p.route(pfx)); err != nil {
+			if err := p.nl.RouteReplace(p.route(pfx, mtus[pfx])); err != nil {
 				errs = append(errs, fmt.Errorf("kernel wireguard: routing %s: %w", pfx, err))
 			}
 		}
@@ -283,6 +293,9 @@ func normalize(self key.Public, peers []Peer) map[key.Public]applied {
 		a.endpoint = netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
 		if !pc.PSK.IsZero() {
 			a.psk = pc.PSK
+		}
+		if pc.MTU > 0 && (a.mtu == 0 || pc.MTU < a.mtu) {
+			a.mtu = pc.MTU
 		}
 		for _, pfx := range pc.Prefixes {
 			if !pfx.IsValid() {
@@ -369,7 +382,9 @@ func (p *Plane) PruneRoutes() error {
 	return nil
 }
 
-func (p *Plane) route(pfx netip.Prefix) *netlink.Route {
+// route is the route of pfx into the device, with an MTU of its own when
+// mtu is not 0 (and the MSS the host's own TCP sockets then advertise).
+func (p *Plane) route(pfx netip.Prefix, mtu int) *netlink.Route {
 	r := &netlink.Route{
 		LinkIndex: p.index,
 		Dst:       &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)},
@@ -380,7 +395,22 @@ func (p *Plane) route(pfx netip.Prefix) *netlink.Route {
 	if p.cfg.HostIP.IsValid() {
 		r.Src = p.cfg.HostIP.AsSlice()
 	}
+	if mtu > 0 {
+		r.MTU, r.AdvMSS = mtu, mtu-40 // IPv4 + TCP headers, as hostnet's routes into the TUN
+	}
 	return r
+}
+
+// SetHostIP sets the routes' source address (the host's overlay address,
+// which a host joining for the first time learns from IPAM after New);
+// the next SetPeers routes with it. An invalid address is ignored.
+func (p *Plane) SetHostIP(a netip.Addr) {
+	if !a.IsValid() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg.HostIP = a.Unmap()
 }
 
 // Stats is the kernel's view of each peer it carries; empty when the

@@ -2,7 +2,9 @@ package kernelwg
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weavewg/weavewg/internal/netnstest"
@@ -112,6 +116,11 @@ func fakePlane(t *testing.T) (*Plane, *fakeClient, *netnstest.NS) {
 	p := &Plane{cfg: Config{Name: "kwweavewg0", Port: 6783, SharedPort: 6785, MTU: 1420, Private: priv,
 		PSK: key.Secret{7}, HostIP: netip.MustParseAddr("10.32.0.1"), Logger: netnstest.Logger(t, "kwg: ")},
 		nl: nl, index: l.Attrs().Index}
+	// Its own handle on the namespace (Close closes it; a zero handle
+	// would close fd 0).
+	if p.ns, err = netns.GetFromName(ns.Name); err != nil {
+		t.Fatal(err)
+	}
 	fc := &fakeClient{}
 	if err := p.init(fc); err != nil {
 		t.Fatal(err)
@@ -192,6 +201,101 @@ func TestPlaneConfiguresPeersAndRoutes(t *testing.T) {
 	st := p.Stats()[kB]
 	if st.RxBytes != 1234 || st.LastHandshake.Unix() != 1700000000 || st.Endpoint.String() != "198.51.100.9:40000" {
 		t.Errorf("stats of B: %+v", st)
+	}
+}
+
+// TestPlaneRouteMTU: a peer behind a smaller path gets that MTU (and the
+// matching advmss) on its routes into the device, a peer whose MTU is not
+// below the device's gets none, and a change of MTU alone moves the route
+// but writes nothing to the device.
+func TestPlaneRouteMTU(t *testing.T) {
+	p, fc, ns := fakePlane(t)
+	small := Peer{Key: key.Public{2}, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"),
+		Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}, MTU: 1284}
+	full := Peer{Key: key.Public{3}, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"),
+		Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.3/32")}, MTU: 1420}
+	if _, err := p.SetPeers([]Peer{small, full}); err != nil {
+		t.Fatal(err)
+	}
+	route := func(dst string) string {
+		return strings.TrimSpace(netnstest.Run(t, "ip", "-n", ns.Name, "route", "show", dst, "dev", "kwweavewg0"))
+	}
+	if r := route("10.32.0.2"); !strings.Contains(r, "mtu 1284") || !strings.Contains(r, "advmss 1244") {
+		t.Errorf("route of the peer behind a 1284 path: %q; want mtu 1284 advmss 1244", r)
+	}
+	if r := route("10.32.0.3"); r == "" || strings.Contains(r, "mtu") {
+		t.Errorf("route of the full-size peer: %q; want one without an MTU of its own", r)
+	}
+	n := len(fc.configs)
+	small.MTU = 0
+	if _, err := p.SetPeers([]Peer{small, full}); err != nil {
+		t.Fatal(err)
+	}
+	if r := route("10.32.0.2"); r == "" || strings.Contains(r, "mtu") {
+		t.Errorf("route after the MTU went back to the device's: %q; want no MTU of its own", r)
+	}
+	if len(fc.configs) != n {
+		t.Errorf("a change of MTU wrote to the device: %+v", fc.configs[n:])
+	}
+}
+
+// TestPlaneRoutesGetTheHostIPWhenKnown: a host joining for the first time
+// has no overlay address when the device is made, so its routes have no
+// source; once SetHostIP gives it, the next SetPeers routes with it.
+func TestPlaneRoutesGetTheHostIPWhenKnown(t *testing.T) {
+	p, _, ns := fakePlane(t)
+	p.cfg.HostIP = netip.Addr{}
+	peer := Peer{Key: key.Public{2}, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"),
+		Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
+	if _, err := p.SetPeers([]Peer{peer}); err != nil {
+		t.Fatal(err)
+	}
+	route := func() string {
+		return strings.TrimSpace(netnstest.Run(t, "ip", "-n", ns.Name, "route", "show", "10.32.0.2", "dev", "kwweavewg0"))
+	}
+	if r := route(); r == "" || strings.Contains(r, "src") {
+		t.Fatalf("route before the host has an address: %q; want one without a source", r)
+	}
+	p.SetHostIP(netip.Addr{}) // not known yet: nothing changes
+	p.SetHostIP(netip.MustParseAddr("10.32.0.1"))
+	if _, err := p.SetPeers([]Peer{peer}); err != nil {
+		t.Fatal(err)
+	}
+	if r := route(); !strings.Contains(r, "src 10.32.0.1") {
+		t.Errorf("route once the host has 10.32.0.1: %q; want it as the source", r)
+	}
+}
+
+// TestPlanePeerMovesAwayAndBack: a peer that becomes relayed leaves the
+// device and its route; when its direct path comes back it is written
+// whole again, at its endpoint, with its route.
+func TestPlanePeerMovesAwayAndBack(t *testing.T) {
+	p, fc, ns := fakePlane(t)
+	kB := key.Public{2}
+	peerB := Peer{Key: kB, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
+	check := func(when string, on bool) {
+		t.Helper()
+		route := netnstest.Run(t, "ip", "-n", ns.Name, "route", "show", "dev", "kwweavewg0")
+		b := fc.peer(kB)
+		if got := b != nil && b.Endpoint.String() == "192.0.2.2:6783" && allowed(b) == "10.32.0.2/32"; got != on {
+			t.Errorf("%s: B on the device %v (%+v); want %v", when, got, b, on)
+		}
+		if got := strings.Contains(route, "10.32.0.2"); got != on {
+			t.Errorf("%s: B's route into the device %v; want %v:\n%s", when, got, on, route)
+		}
+	}
+	for i, on := range []bool{true, false, true, false, true} {
+		var peers []Peer
+		if on {
+			peers = []Peer{peerB}
+		}
+		if _, err := p.SetPeers(peers); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.PruneRoutes(); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("move %d", i), on)
 	}
 }
 
@@ -294,10 +398,51 @@ func TestSteering(t *testing.T) {
 	if !bytes.Equal(got, stunReply) || from.String() != "192.0.2.2:6783" {
 		t.Errorf("the answer from 6785 arrived as %d bytes from %v; want it intact from 192.0.2.2:6783", len(got), from)
 	}
+	// Datagrams without a UDP checksum (zero, allowed over IPv4: the path
+	// MTU probes, which leave through a raw socket) arrive intact both
+	// ways: the port rewrite must not turn the zero into a wrong checksum.
+	zeroSum := append([]byte{0xf7, 0x03}, bytes.Repeat([]byte{5}, 1200)...)
+	sendRaw(t, nsA, 6783, netip.MustParseAddrPort("192.0.2.2:6783"), zeroSum)
+	if got, _ := recv(user); !bytes.Equal(got, zeroSum) {
+		t.Errorf("a datagram without checksum to 6783 reached the userspace socket as %d bytes; want %d intact", len(got), len(zeroSum))
+	}
+	sendRaw(t, nsB, 6785, netip.MustParseAddrPort("192.0.2.1:6783"), zeroSum)
+	if got, from := recv(peer); !bytes.Equal(got, zeroSum) || from.String() != "192.0.2.2:6783" {
+		t.Errorf("a datagram without checksum from 6785 arrived as %d bytes from %v; want %d intact from 192.0.2.2:6783", len(got), from, len(zeroSum))
+	}
 	if err := removeSteering(nsB.H, 6783); err != nil {
 		t.Fatal(err)
 	}
 	if out := netnstest.Run(t, "ip", "netns", "exec", nsB.Name, "nft", "list", "tables"); strings.Contains(out, "weavewg_split") {
 		t.Errorf("the table is still there after removal:\n%s", out)
+	}
+}
+
+// sendRaw sends payload from UDP port sport to dst in ns through a raw
+// socket, with the UDP checksum left zero, as tunnel's path MTU prober does.
+func sendRaw(t *testing.T, ns *netnstest.NS, sport uint16, dst netip.AddrPort, payload []byte) {
+	t.Helper()
+	p := make([]byte, 28+len(payload))
+	p[0] = 0x45
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[6:], 0x4000)
+	p[8], p[9] = 64, unix.IPPROTO_UDP
+	d4 := dst.Addr().As4()
+	copy(p[16:20], d4[:])
+	binary.BigEndian.PutUint16(p[20:], sport)
+	binary.BigEndian.PutUint16(p[22:], dst.Port())
+	binary.BigEndian.PutUint16(p[24:], uint16(8+len(payload)))
+	copy(p[28:], payload)
+	var err error
+	netnstest.Do(ns, func() {
+		var fd int
+		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+			return
+		}
+		defer unix.Close(fd)
+		err = unix.Sendto(fd, p, 0, &unix.SockaddrInet4{Addr: d4})
+	})
+	if err != nil {
+		t.Fatalf("raw send to %s: %v", dst, err)
 	}
 }

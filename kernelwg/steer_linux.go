@@ -20,11 +20,14 @@ import (
 //	table inet weavewg_split_<port> {
 //		chain pre {
 //			type filter hook prerouting priority raw; policy accept;
+//			udp dport <port> @th,72,24 != 0 udp checksum 0 notrack udp dport set <shared> (no checksum update)
 //			udp dport <port> @th,72,24 != 0 notrack udp dport set <shared>
+//			udp dport <port> @th,64,8 != 1-4 udp checksum 0 notrack udp dport set <shared> (no checksum update)
 //			udp dport <port> @th,64,8 != 1-4 notrack udp dport set <shared>
 //		}
 //		chain out {
 //			type filter hook output priority raw; policy accept;
+//			udp sport <shared> udp checksum 0 notrack udp sport set <port> (no checksum update)
 //			udp sport <shared> notrack udp sport set <port>
 //		}
 //	}
@@ -32,9 +35,20 @@ import (
 // An inbound datagram whose first four payload bytes are not a WireGuard
 // message type (byte 0 in 1–4, bytes 1–3 zero: the test the userspace Bind
 // makes first, tunnel/classify.go) goes to the userspace socket; what that
-// socket sends leaves from --port. The kernel fixes the UDP checksum
-// (payload writes with the inet checksum). notrack at raw priority keeps
-// conntrack from remembering a flow under ports that are about to change.
+// socket sends leaves from --port. A rewritten datagram no longer matches
+// the port, so the first rule that rewrites it is the last. notrack at raw
+// priority keeps conntrack from remembering a flow under ports that are
+// about to change.
+//
+// Checksums. A payload write with the inet checksum type adjusts the
+// 16-bit field at the offset given, whatever it holds: for a datagram
+// that carries a UDP checksum the kernel so keeps it right, but over IPv4
+// a zero field means "no checksum" (the path MTU probes, which leave
+// through a raw socket, tunnel/mtu_linux.go), and adjusting it makes it a
+// wrong one that the receiver drops (UdpInCsumErrors; tcpdump -vv: "bad
+// udp cksum 0x0002"). Datagrams without a checksum are rewritten by rules
+// of their own that leave it alone. (nftables' pseudo-header flag would
+// not do: it adjusts the checksum field again, for the addresses.)
 
 func steeringTable(port uint16) *nftables.Table {
 	return &nftables.Table{Name: "weavewg_split_" + strconv.Itoa(int(port)), Family: nftables.TableFamilyINet}
@@ -51,13 +65,24 @@ func udpPort(offset uint32, port uint16) []expr.Any {
 	}
 }
 
-// setPort untracks the datagram and rewrites its port at offset.
-func setPort(offset uint32, port uint16) []expr.Any {
+// noChecksum matches UDP datagrams without a checksum (the field zero).
+var noChecksum = []expr.Any{
+	&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 6, Len: 2},
+	&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0}},
+}
+
+// setPort untracks the datagram and rewrites its port at offset, adjusting
+// the UDP checksum if csum (see "Checksums" above).
+func setPort(offset uint32, port uint16, csum bool) []expr.Any {
+	w := &expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
+		Offset: offset, Len: 2}
+	if csum {
+		w.CsumType, w.CsumOffset = expr.CsumTypeInet, 6
+	}
 	return []expr.Any{
 		&expr.Notrack{},
 		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
-		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
-			Offset: offset, Len: 2, CsumType: expr.CsumTypeInet, CsumOffset: 6},
+		w,
 	}
 }
 
@@ -82,17 +107,24 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
 	}
-	// Bytes 1–3 of the payload not zero: not WireGuard.
-	rule(pre, udpPort(2, cfg.Port), []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 9, Len: 3},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0}},
-	}, setPort(2, cfg.SharedPort))
-	// Byte 0 not a message type (1–4): not WireGuard.
-	rule(pre, udpPort(2, cfg.Port), []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 1},
-		&expr.Range{Op: expr.CmpOpNeq, Register: 1, FromData: []byte{1}, ToData: []byte{4}},
-	}, setPort(2, cfg.SharedPort))
-	rule(out, udpPort(0, cfg.SharedPort), setPort(0, cfg.Port))
+	notWireGuard := [][]expr.Any{
+		// bytes 1–3 of the payload not zero
+		{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 9, Len: 3},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0}},
+		},
+		// byte 0 not a message type (1–4)
+		{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 1},
+			&expr.Range{Op: expr.CmpOpNeq, Register: 1, FromData: []byte{1}, ToData: []byte{4}},
+		},
+	}
+	for _, test := range notWireGuard {
+		rule(pre, udpPort(2, cfg.Port), test, noChecksum, setPort(2, cfg.SharedPort, false))
+		rule(pre, udpPort(2, cfg.Port), test, setPort(2, cfg.SharedPort, true))
+	}
+	rule(out, udpPort(0, cfg.SharedPort), noChecksum, setPort(0, cfg.Port, false))
+	rule(out, udpPort(0, cfg.SharedPort), setPort(0, cfg.Port, true))
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("kernel wireguard: port sharing: %w", err)
 	}

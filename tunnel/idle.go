@@ -1,5 +1,7 @@
 package tunnel
 
+import "github.com/weavewg/weavewg/types/key"
+
 // # Idle pairs
 //
 // The path owner (package reach) decides when a pair is idle: no WireGuard
@@ -48,6 +50,23 @@ func (b *Bind) markActive(t *relayTable, i int32) {
 		select {
 		case b.woke <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// MarkActive records that the peers in keys carried data just now through
+// another device (kernel WireGuard, which the packet path never sees), so
+// that their pairs do not go idle (or wake if they are): the path owner
+// keeps probing their paths and moves them off that device when the
+// direct path fails.
+func (t *Tunnel) MarkActive(keys map[key.Public]bool) {
+	tbl := t.bind.table.Load()
+	if tbl == nil || len(keys) == 0 {
+		return
+	}
+	for i := range tbl.peers {
+		if keys[tbl.peers[i].key] {
+			t.bind.markActive(tbl, int32(i))
 		}
 	}
 }
