@@ -252,6 +252,7 @@ func Open(cfg Config) (*Allocator, error) {
 		r.conclude(a.self) // conclusions are local, not stored
 		a.ring = r
 	}
+	a.loadLeftLocked()
 	for addr, id := range allocs {
 		a.allocs[addr] = id
 		a.byID[id] = append(a.byID[id], addr)

@@ -47,10 +47,8 @@ import (
 // before they meet (both used: they stay apart, as two used networks
 // always do), including a host of an unused network that was cut off
 // when its network gave way and attached containers before it heard.
-// The rings of networks given up are kept in memory (Allocator.left), not
-// in ipam.db: a peer restarted between leaving a network and coming back
-// to it adopts that network's ring as sent, which may lack a grant it
-// made there before leaving.
+// The rings of networks given up are kept in ipam.db too (bucket
+// "left"), so a restart between leaving and coming back changes nothing.
 
 // ringUsed reports whether a ring shows its network used. An rmpeer
 // marks the ring Used too; transfers and votes are counted for rings
@@ -103,7 +101,7 @@ func (a *Allocator) meetLocked(in *Ring) meeting {
 }
 
 // maxLeft bounds the rings of networks this peer gave up that it keeps.
-const maxLeft = 8
+const maxLeft = 4
 
 // giveWayLocked drops our network for the one p belongs to: the host
 // address goes (the daemon allocates another), and what this peer was
@@ -141,6 +139,7 @@ func (a *Allocator) giveWayLocked(p *RingPart, from key.Public) (next *Ring, cha
 		clear(a.left)
 	}
 	a.left[a.ring.Seed] = a.ring
+	a.saveLeftLocked()
 	a.dropHostLocked()
 	a.lastErr = nil
 	a.reqDonor, a.silent = key.Public{}, nil
@@ -165,4 +164,40 @@ func (a *Allocator) answerLoserLocked(from key.Public) outbox {
 		return outbox{}
 	}
 	return outbox{replyTo: from, reply: msgs}
+}
+
+// saveLeftLocked writes the rings of the networks given up to the state
+// file. A failure is logged: the ring in memory still serves until a
+// restart.
+func (a *Allocator) saveLeftLocked() {
+	var bodies [][]byte
+	for _, r := range a.left {
+		b, err := AppendRing(nil, r)
+		if err != nil {
+			continue
+		}
+		bodies = append(bodies, b)
+	}
+	if err := a.st.saveLeft(bodies); err != nil {
+		a.log.Error("saving the rings of networks given up", "err", err)
+	}
+}
+
+// loadLeftLocked reads them back at Open. One that does not parse is
+// dropped with a count (it only guards a return to that network).
+func (a *Allocator) loadLeftLocked() {
+	bodies, err := a.st.loadLeft()
+	if err != nil {
+		a.log.Error("loading the rings of networks given up", "err", err)
+		return
+	}
+	for _, b := range bodies {
+		r, _, err := parseStoredRing(b, a.self)
+		if err != nil || r.Range != a.ring.Range || r.Validate() != nil || len(a.left) >= maxLeft {
+			a.count("ipam_left_ring_dropped")
+			continue
+		}
+		r.conclude(a.self)
+		a.left[r.Seed] = r
+	}
 }

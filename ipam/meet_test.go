@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -303,22 +304,7 @@ func TestGaveWayThenUsedArrives(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.queue = nil
-	// among delivers the queued messages between the given peers only.
-	among := func(hs ...*Allocator) {
-		in := map[key.Public]bool{}
-		for _, h := range hs {
-			in[h.self] = true
-		}
-		for len(n.queue) > 0 {
-			m := n.queue[0]
-			n.queue = n.queue[1:]
-			if in[m.from] && in[m.to] {
-				if err := n.peers[m.to].HandleMessage(m.from, m.b); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
+	among := func(hs ...*Allocator) { deliverAmong(t, n, hs...) }
 	h2.SetPeers([]key.Public{h3.self})
 	h3.SetPeers([]key.Public{h2.self})
 	if err := h2.HandleMessage(h3.self, h3.RingMessage()); err != nil || h2.Status().Seed != h3.Status().Seed {
@@ -361,5 +347,71 @@ func TestGaveWayThenUsedArrives(t *testing.T) {
 	}
 	if err := Check(views); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// deliverAmong delivers the queued messages between the given peers and
+// drops the others.
+func deliverAmong(t *testing.T, n *loopNet, hs ...*Allocator) {
+	in := map[key.Public]bool{}
+	for _, h := range hs {
+		in[h.self] = true
+	}
+	for len(n.queue) > 0 {
+		m := n.queue[0]
+		n.queue = n.queue[1:]
+		if in[m.from] && in[m.to] {
+			if err := n.peers[m.to].HandleMessage(m.from, m.b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestComeBackAfterRestart: p created network A and granted space to q,
+// then to r (q never heard of the second grant); p gave A up for B, an
+// unused network with a smaller seed, and restarted. Then q attaches a
+// container (A is used) and sends p its ring of A, which lacks p's grant
+// to r. p comes back to A from the ring it kept in ipam.db, so it never
+// believes it still owns r's space.
+func TestComeBackAfterRestart(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	pathP := filepath.Join(t.TempDir(), "p.db")
+	p, q, r := openTest(t, n, pk(0x31), pathP), openTest(t, n, pk(0x32), ""), openTest(t, n, pk(0x33), "")
+	b := openTest(t, n, pk(0x30), "") // the smaller seed (pk orders by index)
+	p.Seed()
+	b.Seed()
+	p.SetPeers([]key.Public{q.self, r.self, b.self})
+	q.SetPeers([]key.Public{p.self})
+	r.SetPeers([]key.Public{p.self})
+	n.queue = nil
+	for _, x := range []*Allocator{q, r} {
+		if err := x.HandleMessage(p.self, p.RingMessage()); err != nil {
+			t.Fatal(err)
+		}
+		x.WantSpace()
+		deliverAmong(t, n, p, x)
+		if len(x.Status().Peers) < 2 {
+			t.Fatalf("%s got no space in A", x.self.Name())
+		}
+	}
+	if err := p.HandleMessage(b.self, b.RingMessage()); err != nil || p.Status().Seed != b.Status().Seed {
+		t.Fatalf("p did not give A up for B: %v", err)
+	}
+	p.Close()
+	p = openTest(t, n, pk(0x31), pathP)
+	p.SetPeers([]key.Public{q.self, r.self, b.self})
+	if _, err := q.Allocate("c"); err != nil {
+		t.Fatal(err)
+	}
+	n.queue = nil
+	if err := p.HandleMessage(q.self, q.RingMessage()); err != nil || p.Status().Seed != q.Status().Seed {
+		t.Fatalf("p did not come back to A, now used: %v", err)
+	}
+	if st := p.Status(); st.Counters["ipam_seed_abandoned"] != 1 {
+		t.Fatalf("counters %v", st.Counters)
+	}
+	if err := Check([]PeerView{p.View(), r.View()}); err != nil {
+		t.Fatalf("p came back to A believing it owns r's space: %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,6 +21,9 @@ type store interface {
 	saveRing(ring []byte) error
 	putAlloc(a netip.Addr, id string) error
 	delAllocs(as []netip.Addr) error
+	// The rings of networks this peer gave up (giveway.go), replaced whole.
+	saveLeft(rings [][]byte) error
+	loadLeft() ([][]byte, error)
 	close() error
 }
 
@@ -30,11 +34,13 @@ type storedMeta struct {
 
 // bbolt layout: bucket "meta" {"self": 32 bytes, "range": text prefix},
 // bucket "ring" {"state": ring body as on the wire}, bucket "allocs"
-// {4-byte address: container ID}.
+// {4-byte address: container ID}, bucket "left" {1-byte index: ring body
+// of a network given up}.
 var (
 	bucketMeta   = []byte("meta")
 	bucketRing   = []byte("ring")
 	bucketAllocs = []byte("allocs")
+	bucketLeft   = []byte("left")
 	keySelf      = []byte("self")
 	keyRange     = []byte("range")
 	keyState     = []byte("state")
@@ -48,7 +54,7 @@ func openBolt(path string, noSync bool) (*boltStore, error) {
 		return nil, fmt.Errorf("ipam: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketRing, bucketAllocs} {
+		for _, b := range [][]byte{bucketMeta, bucketRing, bucketAllocs, bucketLeft} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -121,6 +127,38 @@ func (s *boltStore) delAllocs(as []netip.Addr) error {
 	})
 }
 
+func (s *boltStore) saveLeft(rings [][]byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketLeft); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+			return err
+		}
+		b, err := tx.CreateBucket(bucketLeft)
+		if err != nil {
+			return err
+		}
+		for i, r := range rings {
+			if err := b.Put([]byte{byte(i)}, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *boltStore) loadLeft() (rings [][]byte, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketLeft)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(_, v []byte) error {
+			rings = append(rings, append([]byte(nil), v...))
+			return nil
+		})
+	})
+	return rings, err
+}
+
 func (s *boltStore) close() error { return s.db.Close() }
 
 // memStore is the in-memory store for tests and for callers without a state
@@ -129,6 +167,7 @@ type memStore struct {
 	meta   storedMeta
 	ring   []byte
 	allocs map[netip.Addr]string
+	left   [][]byte
 }
 
 func newMemStore() *memStore { return &memStore{allocs: map[netip.Addr]string{}} }
@@ -148,4 +187,12 @@ func (s *memStore) delAllocs(as []netip.Addr) error {
 	}
 	return nil
 }
-func (s *memStore) close() error { return nil }
+func (s *memStore) saveLeft(rings [][]byte) error {
+	s.left = nil
+	for _, r := range rings {
+		s.left = append(s.left, append([]byte(nil), r...))
+	}
+	return nil
+}
+func (s *memStore) loadLeft() ([][]byte, error) { return slices.Clone(s.left), nil }
+func (s *memStore) close() error                { return nil }
