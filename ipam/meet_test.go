@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -168,14 +169,27 @@ func (r *meetRun) meet(during func()) {
 		if i == at && during != nil {
 			during()
 		}
-		switch x := s.rng.IntN(10); {
-		case x < 7:
+		switch x := s.rng.IntN(40); {
+		case x < 28:
 			s.deliver(1 + s.rng.IntN(8))
-		default:
+		case x < 39:
 			r.tick()
+		default:
+			r.restart(s.peers[s.rng.IntN(len(s.peers))])
 		}
 		r.check()
 	}
+}
+
+// restart crashes p and opens it again on its state (messages in flight
+// to it are lost), as a daemon restarted in the middle of the meeting.
+func (r *meetRun) restart(p *simPeer) {
+	s := r.s
+	s.logf("restart %d", p.i)
+	p.a.Close()
+	s.queue = slices.DeleteFunc(s.queue, func(m simMsg) bool { return m.to == p.i })
+	s.open(p)
+	s.setPeers()
 }
 
 // tick is one second of every daemon: the allocator's tick, the host
