@@ -29,7 +29,8 @@ func filterDrops(t *testing.T, ns *netnstest.NS) int {
 }
 
 // TestForwardFilter: a member cannot use a host as a router into the host's
-// other networks, while the host's own overlay address stays reachable.
+// other networks, while the host's own overlay address stays reachable
+// (the test hosts are exposed).
 func TestForwardFilter(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("nft is not installed (make test installs it); it is only used to read the table")
