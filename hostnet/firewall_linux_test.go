@@ -180,6 +180,14 @@ func ourRulesOnTop(listing string) bool {
 	return true
 }
 
+// stopFirewallWatcher stops h's firewall watcher so that a test can drive
+// ensure itself; Close copes with the watcher already stopped.
+func stopFirewallWatcher(h *Host) {
+	close(h.fwStop)
+	<-h.fwDone
+	h.fwStop = nil
+}
+
 // TestFirewallBackends: on each kind of host firewall weavewg's rules head
 // the chain that holds the forward policy, come back after a reload, and
 // leave the ruleset exactly as it was when the Host closes.
@@ -200,6 +208,10 @@ func TestFirewallBackends(t *testing.T) {
 			if l := in(bk.chain...); !ourRulesOnTop(l) {
 				t.Fatalf("after New, %s:\n%s", strings.Join(bk.chain, " "), l)
 			}
+			// The watcher would put the rules back between the reload
+			// and the check below (it ticks every 2 s on the process's
+			// beat); this part drives ensure itself.
+			stopFirewallWatcher(h.host)
 			for _, c := range bk.reload {
 				in(c...)
 			}
@@ -278,9 +290,7 @@ func TestFirewallPassesBridgedTraffic(t *testing.T) {
 	}
 	// The watcher would put the rules back while the next ping waits; this
 	// part of the test drives ensure itself.
-	close(h.host.fwStop)
-	<-h.host.fwDone
-	h.host.fwStop = nil
+	stopFirewallWatcher(h.host)
 	in("iptables-nft", "-F", "FORWARD")
 	if ping() {
 		t.Fatal("bridged traffic passes without weavewg's rules too; the test tests nothing")
