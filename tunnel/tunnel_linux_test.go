@@ -80,6 +80,12 @@ func (h *testHost) start(t *testing.T) {
 	}
 	tn, hn := h.tun, h.host
 	t.Cleanup(func() { hn.Close(); tn.Close() })
+	// Exposed to the whole range, as `weavewg expose` does: these tests
+	// ping the hosts' own addresses through the tunnel, and a hidden host
+	// answers no ping (hostnet's overlay_in chain).
+	if err := h.host.SetExposed([]hostnet.Exposure{{Addr: h.hostIP.Addr(), From: h.hostIP.Masked()}}); err != nil {
+		t.Fatalf("expose in %s: %v", h.ns.Name, err)
+	}
 }
 
 // setPeers sets the WireGuard peers and the routes into the TUN, as the
