@@ -83,11 +83,13 @@ deps:
 	fi
 
 # test runs every package's tests, fuzz seed corpora included: the unit
-# tests under the race detector, then the integration tests (which need
-# root, /dev/net/tun and the tools above; they drive the daemon binary, so
-# -race would add nothing there).
+# tests under the race detector (then, without it, the allocation tests,
+# which skip under it: sync.Pool drops items at random there), then the
+# integration tests (which need root, /dev/net/tun and the tools above;
+# they drive the daemon binary, so -race would add nothing there).
 test: deps
 	$(GO) test -race -count=1 -timeout 10m $$($(GO) list ./... | grep -v '/integration')
+	$(GO) test -count=1 -run 'ZeroAllocs$$' ./tunnel/
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./integration/...
 
 # unit: everything but the namespace tests.
