@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"errors"
+	"sync"
 
 	"filippo.io/edwards25519"
 	"filippo.io/edwards25519/field"
@@ -70,6 +71,62 @@ func edwardsPrivate(k Private) (a *edwards25519.Scalar, A []byte) {
 	return a, A
 }
 
+// edwardsKey is k's Edwards key pair as signing uses it. It depends on k
+// alone, and deriving it costs a scalar base multiplication, as much as
+// the rest of a signature: the channel layer signs every unicast, so it is
+// derived once per key and kept (signingKeys). Never changed once made.
+type edwardsKey struct {
+	a      edwards25519.Scalar // private scalar, sign-adjusted
+	aBytes []byte              // a's encoding, hashed into every nonce
+	A      []byte              // public key, sign bit zero
+}
+
+func newEdwardsKey(k Private) *edwardsKey {
+	a, A := edwardsPrivate(k)
+	return &edwardsKey{a: *a, aBytes: a.Bytes(), A: A}
+}
+
+// maxSigningKeys bounds signingKeys. A daemon signs with one key (two
+// across a key change); the simulation (package sim) runs up to a
+// thousand peers in one process, each signing with its own key. Past the
+// bound an arbitrary entry is dropped, so a process that signs with ever
+// new keys keeps at most this many (about 100 KiB) and stays correct,
+// only slower.
+const maxSigningKeys = 1024
+
+// signingKeys caches the Edwards key pairs of the private keys this
+// process signs with. It holds nothing the process does not already hold
+// (each entry is its private key in another form) and is never logged or
+// exported.
+var signingKeys struct {
+	sync.Mutex
+	m map[Private]*edwardsKey
+}
+
+// signingKey returns k's Edwards key pair, derived once per key.
+func signingKey(k Private) *edwardsKey {
+	signingKeys.Lock()
+	ek := signingKeys.m[k]
+	signingKeys.Unlock()
+	if ek != nil {
+		return ek
+	}
+	ek = newEdwardsKey(k) // outside the lock: other signers need not wait
+	signingKeys.Lock()
+	defer signingKeys.Unlock()
+	if signingKeys.m == nil {
+		signingKeys.m = make(map[Private]*edwardsKey)
+	}
+	if len(signingKeys.m) >= maxSigningKeys {
+		for old := range signingKeys.m {
+			delete(signingKeys.m, old)
+			break
+		}
+	}
+	signingKeys.m[k] = ek
+	return ek
+}
+
 // Sign signs msg for domain (at most 255 bytes) with k.
 func Sign(k Private, domain string, msg []byte) Signature {
 	var z [64]byte
@@ -80,14 +137,18 @@ func Sign(k Private, domain string, msg []byte) Signature {
 }
 
 func signWithRandom(k Private, domain string, msg, z []byte) Signature {
+	return signWith(signingKey(k), domain, msg, z)
+}
+
+func signWith(ek *edwardsKey, domain string, msg, z []byte) Signature {
 	if len(domain) > 255 {
 		panic("key: signature domain longer than 255 bytes")
 	}
 	m := signedMessage(domain, msg)
-	a, A := edwardsPrivate(k)
+	a, A := &ek.a, ek.A
 	h := sha512.New()
 	h.Write(hash1Prefix)
-	h.Write(a.Bytes())
+	h.Write(ek.aBytes)
 	h.Write(m)
 	h.Write(z)
 	r, _ := edwards25519.NewScalar().SetUniformBytes(h.Sum(nil))
