@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,9 +60,11 @@ func parseVMOutput(s string) vmOutput {
 // --datapath kernel, h2 and h3 cut off from each other on the underlay.
 // Every pair pings and moves 1 MB intact both ways (kernel↔userspace,
 // kernel↔kernel, and userspace↔kernel relayed through the kernel host
-// h1); `wg show` lists on each kernel device exactly the peers weavewg put
-// there, with handshakes and bytes; status says the datapath of the host
-// and of each peer; h2 has no kernel device; stopping removes the devices.
+// h1); every host's path MTU probes, which cross the port split, are
+// answered and no host counts a bad UDP checksum; `wg show` lists on each
+// kernel device exactly the peers weavewg put there, with handshakes and
+// bytes; status says the datapath of the host and of each peer; h2 has no
+// kernel device; stopping removes the devices.
 func TestKernelWireGuardVM(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (the test bed builds the weavewg binary as root)")
@@ -169,6 +172,19 @@ func TestKernelWireGuardVM(t *testing.T) {
 			t.Errorf("h%d → %s: datapath %q, handshake %v; want %q with a handshake", c.host, c.peer, got.Datapath, got.LastHandshake, c.datapath)
 		}
 	}
+	// Path MTU probes leave through a raw socket without a UDP checksum
+	// and cross the port-sharing table's rewrites (out of a kernel host's
+	// 6785, into its 6783): every host got answers to its probes, and none
+	// counted a bad UDP checksum (the rewrites once turned the zero into a
+	// wrong one).
+	for i := 1; i <= 3; i++ {
+		if n := st[i].Counters["udp_mtu_probe_replies"]; n == 0 {
+			t.Errorf("h%d: no path MTU probe answered (udp_mtu_probe_replies 0)", i)
+		}
+		if n, ok := snmpCounter(o.blocks["snmp-h"+string(rune('0'+i))], "Udp", "InCsumErrors"); !ok || n != 0 {
+			t.Errorf("h%d: Udp InCsumErrors %d (read: %v); want 0", i, n, ok)
+		}
+	}
 	if !strings.Contains(o.blocks["connections-h1"], "kernel wireguard") || !strings.Contains(o.blocks["connections-h3"], "relayed via h1") {
 		t.Errorf("status connections:\nh1:\n%s\nh3:\n%s", o.blocks["connections-h1"], o.blocks["connections-h3"])
 	}
@@ -260,6 +276,30 @@ func buildVMInitramfs(k testbed.VMKernel, bin, path string) error {
 		a.Dir(d)
 	}
 	return a.Close()
+}
+
+// snmpCounter reads counter name of protocol proto from /proc/net/snmp's
+// text (a header line of names, then a line of values, both "Proto: ...").
+func snmpCounter(snmp, proto, name string) (uint64, bool) {
+	var names []string
+	for _, l := range strings.Split(snmp, "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != proto+":" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == name && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				return v, err == nil
+			}
+		}
+		return 0, false
+	}
+	return 0, false
 }
 
 func tail(s string, n int) string {

@@ -118,6 +118,7 @@ for i in 1 2 3; do
 	dump "kwdev-h$i" ip -n h$i -d link show kwweavewg0
 	dump "wgdump-h$i" ip netns exec h$i wg show kwweavewg0 dump
 	dump "udp-h$i" ip netns exec h$i cat /proc/net/udp
+	dump "snmp-h$i" ip netns exec h$i cat /proc/net/snmp
 done
 
 # Stop the daemons (SIGTERM) and wait for them to exit.
