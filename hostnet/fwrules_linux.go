@@ -38,9 +38,9 @@ func forwardRules(bridge, tun string, others ...string) []fwRule {
 // device. They are broad on purpose and safe: weavewg's own table sends
 // all of it through overlay_in (expose_linux.go), which accepts only
 // weavewg's DNS, group reports, replies, multicast replication and the
-// exposures (a hidden host answers no ping), and drops the rest; a drop there is final, so these
-// accepts only stop a default-deny input policy (ufw's) from dropping what
-// weavewg lets in, its containers' DNS first.
+// exposures (a hidden host answers no ping), and drops the rest; a drop
+// there is final, so these accepts only stop a default-deny input policy
+// (ufw's) from dropping what weavewg lets in, its containers' DNS first.
 func inputRules(bridge, tun string, others ...string) []fwRule {
 	var rules []fwRule
 	for _, d := range append([]string{bridge, tun}, others...) {
