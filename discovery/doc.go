@@ -82,7 +82,17 @@
 // connection of its own. Peers learned through gossip are dialled at their
 // Endpoint while we hold fewer than half of Config.ConnLimit connections,
 // so meshes up to that size become full meshes and larger ones a random
-// graph of bounded degree (connlimit.go). When two
+// graph of bounded degree (connlimit.go). A peer at its limit answers a
+// handshake with msgBusy and every record it holds; the joiner it referred
+// dials the referrer's neighbours at the addresses the referrer sees them
+// at (conn.learnReferralAddrs), since it reaches nobody yet. When two
 // connections to the same peer exist, both ends keep the same one
 // (conn.preferredOver).
+//
+// # Liveness
+//
+// A silent connection is closed by the kernel: TCP keepalive (5 s idle,
+// 5 s interval, 3 probes) and TCP_USER_TIMEOUT 20 s (liveness.go); an
+// application keepalive goes out after 30 s with nothing written, and
+// nothing read for 95 s closes the connection.
 package discovery
