@@ -40,11 +40,17 @@ func (a *Allocator) usedIn(s Span) uint64 {
 	return n
 }
 
-// publishFreeLocked updates the free counts of our entries.
-func (a *Allocator) publishFreeLocked() bool {
+// publishFreeLocked updates the free counts of our entries; with
+// inheritedOnly, only of those we own through a completed rmpeer and have
+// not written yet (their published count is still the dead peer's, and
+// FreeOf counts them zero for us).
+func (a *Allocator) publishFreeLocked(inheritedOnly bool) bool {
 	idx, spans := a.ownEntries()
 	changed := false
 	for k, i := range idx {
+		if inheritedOnly && a.ring.Entries[i].Owner == a.self {
+			continue
+		}
 		free := spans[k].Size() - a.usedIn(spans[k])
 		if a.ring.setFree(a.self, i, uint32(min(free, 1<<32-1))) {
 			changed = true

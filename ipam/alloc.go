@@ -358,13 +358,17 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// rather than at the next Tick (donor choice reads them).
 	a.ring.StepTransfers(a.self, a.reachableList())
 	a.recordPendingClaimsLocked()
-	if !a.merging {
-		// After a merge the free counts wait for the next Tick: a grantee
-		// that published at once, on the grant its donor answered it
-		// with, overtook the donor's broadcast of that grant at most
-		// peers, which then refused the free count for lack of authority.
-		a.publishFreeLocked()
-	}
+	// After a merge the free counts of our own entries wait for the next
+	// Tick: a grantee that published at once, on the grant its donor
+	// answered it with, overtook the donor's broadcast of that grant at
+	// most peers, which then refused the free count for lack of authority.
+	// Inherited entries are published at once, merge or not: until then
+	// they count zero for us (FreeOf), so our status and every donor
+	// choice would miss the space we just took over (TestIPAMRmpeer: the
+	// winner filled by the count it showed left the dead peer's addresses
+	// unused). Receivers take them: the Done claim goes in the same
+	// broadcast, and its transfers are merged before its entries.
+	a.publishFreeLocked(a.merging)
 	a.dropLostLocked()
 	// What this peer changed itself (a grant, a free count, a vote) is
 	// saved before it goes out, so a restart never contradicts what others

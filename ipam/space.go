@@ -99,7 +99,7 @@ func (a *Allocator) Tick() {
 		return
 	}
 	var o outbox
-	changed := a.publishFreeLocked()
+	changed := a.publishFreeLocked(false)
 	if a.ring.StepTransfers(a.self, a.reachableList()) {
 		changed = true
 	}
