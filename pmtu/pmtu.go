@@ -6,8 +6,9 @@
 // # Overhead
 //
 // An overlay packet of MTU bytes becomes a WireGuard transport message of
-// MTU + 32 bytes (16 of header, 16 of tag; padding to 16 never takes it past
-// the MTU), in a UDP datagram (8) in an IP packet (20 for IPv4, 40 for IPv6).
+// MTU + 32 bytes (16 of header, 16 of tag; wireguard-go's padding to 16
+// never takes it past the TUN's MTU, and a peer's smaller MTU is a multiple
+// of 16, see Decide), in a UDP datagram (8) in an IP packet (20 for IPv4, 40 for IPv6).
 // When the peer is relayed, a 36-byte relay header comes first (its hop
 // counter and MAC prove each hop's sender). We always reserve room for the
 // relay header: the overhead is 96 bytes over IPv4 and 116 over IPv6, not
@@ -27,7 +28,12 @@ const (
 	IPv6Header      = 40
 	UDPHeader       = 8
 	WireGuardHeader = 32 // transport message header (16) + Poly1305 tag (16)
-	RelayHeader     = 36 // tunnel.RelayHeaderLen; a test there keeps them equal
+	// WireGuardPadding is the multiple wireguard-go pads a packet's
+	// plaintext to, never past the TUN's MTU (device/send.go
+	// calculatePaddingSize): a packet of the TUN's MTU gets none, a
+	// smaller one up to 15 bytes (see Decide).
+	WireGuardPadding = 16
+	RelayHeader      = 36 // tunnel.RelayHeaderLen; a test there keeps them equal
 
 	// MinMTU is the smallest overlay MTU we set: IPv4's minimum datagram
 	// every host must accept (RFC 791).
@@ -80,7 +86,12 @@ const (
 
 // Decide is a peer's overlay MTU: the tunnel MTU, lowered to what the route
 // towards the peer allows (routeMTU, the underlay MTU; 0 unknown) and to
-// what probes proved (probed, a UDP payload size; 0 unknown).
+// what probes proved (probed, a UDP payload size; 0 unknown). An MTU below
+// the tunnel's is a multiple of WireGuardPadding: wireguard-go pads each
+// packet to that multiple up to the TUN's MTU, not to the peer's route, so
+// a 1284-byte packet (a 1380 hop's figure) becomes a 1296-byte plaintext,
+// and relayed (where the relay header uses the room kept for it) a
+// 1392-byte datagram: 12 bytes more than the hop the figure came from.
 func Decide(tunnel, routeMTU int, ipv6 bool, probed int) (int, Source) {
 	m, src := tunnel, SourceLink
 	if routeMTU > 0 {
@@ -92,6 +103,9 @@ func Decide(tunnel, routeMTU int, ipv6 bool, probed int) (int, Source) {
 		if p := FromPayload(probed); p < m {
 			m, src = p, SourceProbe
 		}
+	}
+	if m < tunnel {
+		m = max(m&^(WireGuardPadding-1), MinMTU)
 	}
 	return m, src
 }

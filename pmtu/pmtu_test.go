@@ -47,10 +47,14 @@ func TestDecide(t *testing.T) {
 	}{
 		{"nothing smaller known", 1404, 1500, 1472, 1404, SourceLink},
 		{"route unknown, probe full", 1404, 0, 1472, 1404, SourceLink},
-		{"icmp taught the kernel 1400", 1404, 1400, 1372, 1304, SourceRoute},
-		{"black hole: only the probe knows", 1404, 1500, 1372, 1304, SourceProbe},
+		{"icmp taught the kernel 1400", 1404, 1400, 1372, 1296, SourceRoute},
+		{"black hole: only the probe knows", 1404, 1500, 1372, 1296, SourceProbe},
 		{"probe not answered yet", 1404, 1500, 0, 1404, SourceLink},
-		{"smaller link of our own", 1404, 1380, 0, 1284, SourceRoute},
+		{"smaller link of our own", 1404, 1380, 0, 1280, SourceRoute},
+		{"relayed towards a 1380 hop", 1404, 1500, 1352, 1280, SourceProbe},
+		{"a multiple of 16 already", 1404, 1500, 1412, 1344, SourceProbe},
+		{"the tunnel's own is not rounded (padding stops at it)", 1284, 1380, 1352, 1284, SourceLink},
+		{"a tiny path floors at 576", 1404, 600, 0, MinMTU, SourceRoute},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, src := Decide(c.tun, c.route, false, c.probed)
