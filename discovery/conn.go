@@ -63,6 +63,14 @@ type conn struct {
 	recv *noise.CipherState // owned by establish, then by readLoop
 
 	out       chan []byte   // plaintext messages for writeLoop; sends under Router.mu
+
+	// Under Router.mu (digest.go). speaksDigest: the peer sent a digest;
+	// legacy: its first message after the hello was records (it predates
+	// digests), so it is sent full states; digest: the parts of a digest
+	// being received.
+	speaksDigest, legacy bool
+	digest               map[key.Public]uint64
+
 	lastWrite atomic.Int64  // unix ns of the last write, or of the last keepalive queued
 	done      chan struct{} // closed by close
 	closeOnce sync.Once
@@ -217,6 +225,13 @@ func (c *conn) handle(m []byte) error {
 		if err != nil {
 			return err
 		}
+		r.mu.Lock()
+		if !c.speaksDigest && !c.legacy && r.active[c.peer] == c {
+			// A peer that knows digests starts with one (digest.go).
+			c.legacy = true
+			r.sendFullStateLocked(c)
+		}
+		r.mu.Unlock()
 		r.applyRecords(c, recs)
 	case msgKeepalive:
 		if len(m) != 1 {
@@ -229,6 +244,13 @@ func (c *conn) handle(m []byte) error {
 			return nil // a duplicate being closed; its peer resends elsewhere
 		}
 		return r.handleChannelLocked(m)
+	case msgDigest:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.active[c.peer] != c {
+			return nil
+		}
+		return r.handleDigestLocked(c, m)
 	case msgHello:
 		return errors.New("second hello")
 	default:

@@ -31,7 +31,9 @@ const (
 	CtrRecordsBadSig      = "gossip_records_bad_signature"   // records dropped: not signed by their owner
 	CtrRecordsFuture      = "gossip_records_future"          // records dropped: version over MaxVersionAhead ahead
 	CtrChannelBadSig      = "gossip_channel_bad_signature"   // channel messages dropped: not signed by their source
-	CtrAntiEntropy        = "gossip_antientropy_rounds"      // periodic full-state sends
+	CtrAntiEntropy        = "gossip_antientropy_rounds"      // periodic digests to one neighbour
+	CtrDigestsSent        = "gossip_digests_sent"            // digests (records held) sent: new connections, anti-entropy
+	CtrDigestsReceived    = "gossip_digests_received"        // whole digests received (answered with what the sender lacks)
 	CtrPeersExpired       = "gossip_peers_expired"           // peers dropped after being unreachable too long
 	CtrChannelSent        = "gossip_channel_sent"            // channel messages queued (own and forwarded)
 	CtrChannelReceived    = "gossip_channel_received"        // channel messages delivered to a handler here
@@ -62,6 +64,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
+	CtrDigestsSent, CtrDigestsReceived,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,

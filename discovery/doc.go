@@ -50,10 +50,14 @@
 // speak for another, nor push another's version up) and its version is at
 // most MaxVersionAhead (1 h) ahead of the receiver's clock; anything else is
 // dropped and counted (gossip_records_bad_signature, gossip_records_future).
-// A new connection starts with both sides sending every record they hold; a
-// record that is new or newer is forwarded at once to every other
-// established connection; every ~10 s the full state goes to one random
-// neighbor (anti-entropy). Peers unreachable for more than a minute are
+// A new connection starts with both sides sending a digest, the (key,
+// version) of every record they hold (40 bytes each, digest.go), and each
+// answers the other's digest with the records it lacks; a record that is
+// new or newer is forwarded at once to every other established
+// connection; every ~10 s a digest goes to one random neighbor
+// (anti-entropy), which answers with what we lack and, if we hold
+// something it lacks, with its own digest. A peer that predates digests
+// starts with its full state and is sent full states. Peers unreachable for more than a minute are
 // dropped; their last version is remembered for five minutes so that stale
 // copies still in flight do not bring them back, while a restarted peer comes
 // back with a higher version.

@@ -30,8 +30,10 @@ import (
 // Message types.
 const (
 	msgHello     byte = 1 // first message each way after the handshake
-	msgRecords   byte = 2 // peer records: initial exchange, floods, anti-entropy
+	msgRecords   byte = 2 // peer records: answers to digests, floods
 	msgKeepalive byte = 3 // empty body; sent when a connection has been idle
+	// msgChannel (4) is in channel.go, msgBusy (5) in connlimit.go,
+	// msgDigest (6) in digest.go.
 )
 
 // Size bounds. A record of maximal size must fit in one transport frame,

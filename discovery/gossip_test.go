@@ -211,6 +211,7 @@ func FuzzParseHello(f *testing.F) {
 func FuzzConnHandle(f *testing.F) {
 	f.Add(AppendRecordsMessage(nil, []*Record{&goldenRecord}))
 	f.Add([]byte{msgKeepalive})
+	f.Add(AppendDigestMessage(nil, digestReply, []DigestEntry{{Key: seqKey(1), Version: 1}}))
 	f.Add([]byte{msgHello, 0})
 	f.Add([]byte{99})
 	r, err := New(Config{Private: key.Private{1}, Port: 1})

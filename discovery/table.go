@@ -367,7 +367,8 @@ func (r *Router) expireLocked(now time.Time) {
 	}
 }
 
-// antiEntropyLocked sends the full state to one random active connection.
+// antiEntropyLocked sends our digest to one random active connection,
+// which answers with what we lack and sends what it lacks.
 func (r *Router) antiEntropyLocked() {
 	if len(r.active) == 0 {
 		return
@@ -377,7 +378,7 @@ func (r *Router) antiEntropyLocked() {
 		cs = append(cs, c)
 	}
 	r.ctr.inc(CtrAntiEntropy)
-	r.sendFullStateLocked(cs[rand.N(len(cs))])
+	r.sendDigestLocked(cs[rand.N(len(cs))], true)
 }
 
 // addConnLocked makes c the active connection to its peer, or reports why
@@ -414,7 +415,7 @@ func (r *Router) addConnLocked(c *conn) error {
 	r.ctr.inc(CtrEstablished)
 	r.log.Info("control connection established", "peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr, "outbound", c.outbound)
 	r.selfNeighborsChangedLocked()
-	r.sendFullStateLocked(c)
+	r.sendDigestLocked(c, false)
 	return nil
 }
 
