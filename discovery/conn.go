@@ -62,7 +62,7 @@ type conn struct {
 	send *noise.CipherState // owned by establish, then by writeLoop
 	recv *noise.CipherState // owned by establish, then by readLoop
 
-	out       chan []byte   // plaintext messages for writeLoop; sends under Router.mu
+	out chan []byte // plaintext messages for writeLoop; sends under Router.mu
 
 	// Under Router.mu (digest.go). speaksDigest: the peer sent a digest;
 	// legacy: its first message after the hello was records (it predates
