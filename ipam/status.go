@@ -27,11 +27,14 @@ type Status struct {
 
 // PeerStatus is one owner's share of the range.
 type PeerStatus struct {
-	Peer      key.Public
-	Prefixes  []netip.Prefix
-	Size      uint64 // addresses owned
-	Free      uint64 // as last published by the owner
-	Reachable bool   // false: show "unreachable!"
+	Peer     key.Public
+	Prefixes []netip.Prefix
+	Size     uint64 // addresses owned
+	// Free is, for this peer, its free addresses now (allocations and
+	// reserved addresses taken off its spans); for another, the count it
+	// last published (its allocations since then show at its next tick).
+	Free      uint64
+	Reachable bool // false: show "unreachable!"
 }
 
 // Status returns a snapshot for display.
@@ -47,9 +50,19 @@ func (a *Allocator) Status() Status {
 		s.Err = a.lastErr.Error()
 	}
 	for p, size := range a.ring.Owners() {
+		spans := a.ring.Spans(p)
+		free := a.ring.FreeOf(p)
+		if p == a.self {
+			// What we publish at the next tick, not what we published:
+			// an attach just made (or space just inherited) shows at once.
+			free = 0
+			for _, sp := range spans {
+				free += sp.Size() - a.usedIn(sp)
+			}
+		}
 		s.Peers = append(s.Peers, PeerStatus{
-			Peer: p, Prefixes: SpansToPrefixes(a.ring.Spans(p)), Size: size,
-			Free: a.ring.FreeOf(p), Reachable: p == a.self || a.reachable[p],
+			Peer: p, Prefixes: SpansToPrefixes(spans), Size: size,
+			Free: free, Reachable: p == a.self || a.reachable[p],
 		})
 	}
 	slices.SortFunc(s.Peers, func(x, y PeerStatus) int { return bytes.Compare(x.Peer[:], y.Peer[:]) })
