@@ -50,6 +50,7 @@ type Bind struct {
 	relayedN atomic.Int32               // peers currently relayed; 0 skips a lookup per datagram
 	coarse   atomic.Int64               // unix ns, advanced by the path loop: stamps activity (idle.go)
 	ctr      counters
+	hs       handshakes // handshake messages sent and not yet answered (handshake.go)
 
 	// Path MTU probes (mtuprobe.go): verified replies for the MTU loop,
 	// and the counters.
@@ -89,6 +90,8 @@ func (b *Bind) Counters() map[string]uint64 {
 	for i := range b.mtuCtr {
 		m[mtuCounterNames[i]] = b.mtuCtr[i].Load()
 	}
+	m[CounterHandshakeRetransmits] = b.hs.resent.Load()
+	m[CounterHandshakeCrossedDropped] = b.hs.crossedDropped.Load()
 	return m
 }
 
@@ -177,6 +180,7 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 		activeSrc netip.AddrPort // the last data sender of the batch, looked up once
 		activeIdx int32          = -1
 	)
+	hsPending := b.handshakesPending() // handshake.go: look for answers
 	for i, size := range sizes {
 		if size <= 0 {
 			continue
@@ -196,6 +200,10 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 				if activeIdx >= 0 {
 					b.markActive(rx.t, activeIdx)
 				}
+			}
+			if hsPending && b.noteDirectHandshakeReceived(rx.t, pkt, endpointAddr(eps[i])) {
+				sizes[i] = 0 // an initiation that crossed ours (handshake.go)
+				continue
 			}
 			if relayed {
 				rx.t.wireGuardEndpoint(endpointAddr(eps[i]), &eps[i])
@@ -278,7 +286,11 @@ func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
 // Send sends a batch to ep through the inner Bind; to a RelayEndpoint it
 // sends the batch wrapped in relay headers to the next hop (sendRelayed).
+// A handshake message is kept until answered (handshake.go).
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if len(bufs) == 1 && handshakeType(bufs[0]) != 0 {
+		b.noteHandshakeSent(bufs[0], ep) // handshake.go: sent again if unanswered
+	}
 	if r, ok := ep.(*RelayEndpoint); ok {
 		return b.sendRelayed(bufs, r.id)
 	}

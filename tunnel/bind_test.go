@@ -146,13 +146,15 @@ func TestBindSortsBatch(t *testing.T) {
 	}
 
 	want := map[string]uint64{
-		CounterUDPWireGuard:      2,
-		CounterUDPSTUN:           2,
-		CounterUDPRelay:          1,
-		CounterUDPJunkDropped:    1,
-		CounterUDPSTUNUnhandled:  1,
-		CounterUDPRelayUnhandled: 0,
-		CounterUDPReceiveBatches: 2,
+		CounterUDPWireGuard:            2,
+		CounterUDPSTUN:                 2,
+		CounterUDPRelay:                1,
+		CounterUDPJunkDropped:          1,
+		CounterUDPSTUNUnhandled:        1,
+		CounterUDPRelayUnhandled:       0,
+		CounterUDPReceiveBatches:       2,
+		CounterHandshakeRetransmits:    0,
+		CounterHandshakeCrossedDropped: 0,
 	}
 	c := b.Counters()
 	for k, w := range want {

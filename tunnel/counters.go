@@ -75,6 +75,12 @@ const (
 	CounterUDPSTUNUnhandled  = "udp_stun_unhandled"  // STUN datagrams dropped for want of a handler
 	CounterUDPRelayUnhandled = "udp_relay_unhandled" // relay frames dropped for want of a handler
 	CounterUDPReceiveBatches = "udp_receive_batches" // receive calls that returned datagrams
+	// Handshake messages of ours sent again on the peer's current path,
+	// unanswered after handshakeRetryAfter (handshake.go).
+	CounterHandshakeRetransmits = "udp_handshake_retransmits"
+	// Initiations from a peer dropped because ours to it crossed them and
+	// our relay ID orders first: the peer answers ours (handshake.go).
+	CounterHandshakeCrossedDropped = "udp_handshake_crossed_dropped"
 )
 
 func (c *counters) snapshot() map[string]uint64 {

@@ -228,6 +228,7 @@ func (t *Tunnel) pathLoop() {
 		t.bind.coarse.Store(t.bind.nowNano())
 		t.bind.sendProbes()
 		t.feedProbes()
+		t.bind.retransmitHandshakes() // handshake.go
 	}
 }
 
@@ -305,6 +306,8 @@ func (t *Tunnel) decideLocked(cause string) {
 	if err := t.applyLocked(); err != nil {
 		t.log.Error("carrying out the paths decided", "err", err)
 	}
+	// A handshake lost on the old path goes again on the new one.
+	t.bind.retransmitHandshakes()
 }
 
 // addPathStats adds the path choice and probe figures to wireguard-go's.

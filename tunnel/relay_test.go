@@ -148,8 +148,11 @@ func relayTestKey(n byte) key.Public {
 	return k
 }
 
-func newRelayFixture(t testing.TB) *relayFixture {
-	f := &relayFixture{inner: newSinkBind(), self: relayTestKey(9), a: relayTestKey(1), b: relayTestKey(2), c: relayTestKey(3), paths: map[key.Public]*pathState{}}
+func newRelayFixture(t testing.TB) *relayFixture { return newRelayFixtureAs(t, relayTestKey(9)) }
+
+// newRelayFixtureAs is newRelayFixture with self as our key.
+func newRelayFixtureAs(t testing.TB, self key.Public) *relayFixture {
+	f := &relayFixture{inner: newSinkBind(), self: self, a: relayTestKey(1), b: relayTestKey(2), c: relayTestKey(3), paths: map[key.Public]*pathState{}}
 	f.bind = NewBind(f.inner, netns.None())
 	now := time.Unix(1000, 0)
 	f.bind.now = func() time.Time { return now }

@@ -307,6 +307,9 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		}
 		n := copy(pkt, payload) // overlaps payload: test it before
 		p := &t.peers[si]
+		if b.handshakesPending() && b.noteHandshakeReceived(pkt[:n], t.self, p.id, true) {
+			return 0 // an initiation that crossed ours (handshake.go)
+		}
 		if p.path.relayed.Load() || p.ep == nil {
 			*ep = p.relayEP
 		} else {
