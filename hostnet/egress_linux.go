@@ -89,18 +89,17 @@ func sortedAddrs(addrs []netip.Addr) []netip.Addr {
 // SetEgress makes the addresses that may leave through the host exactly
 // sources.
 func (h *Host) SetEgress(sources []netip.Addr) error {
+	sources = sortedAddrs(sources)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
-		return ErrClosed
-	}
-	sources = sortedAddrs(sources)
-	if slices.Equal(sources, h.spec.egress) {
-		return nil
-	}
-	spec := h.spec
-	spec.egress = sources
-	if err := h.setFilterLocked(spec); err != nil {
+	changed, err := h.changeFilterLocked(func(spec *filterSpec) bool {
+		if slices.Equal(sources, spec.egress) {
+			return false
+		}
+		spec.egress = sources
+		return true
+	})
+	if err != nil || !changed {
 		return err
 	}
 	// The host's default-deny forward policy (Docker's, ufw's) is passed

@@ -219,6 +219,20 @@ func (h *Host) SetExposed(exposed []Exposure) error {
 	return h.setFilterLocked(spec)
 }
 
+// changeFilterLocked remakes the forward filter with change applied to a
+// copy of its spec; change reports whether it changed anything (nothing is
+// remade when it did not). It reports whether the filter was remade.
+func (h *Host) changeFilterLocked(change func(*filterSpec) bool) (bool, error) {
+	if h.closed {
+		return false, ErrClosed
+	}
+	spec := h.spec
+	if !change(&spec) {
+		return false, nil
+	}
+	return true, h.setFilterLocked(spec)
+}
+
 // setFilterLocked remakes the forward filter for spec (one transaction:
 // the old table is replaced, never absent) and tells the watcher.
 func (h *Host) setFilterLocked(spec filterSpec) error {

@@ -178,18 +178,17 @@ func sortedSubnets(subnets []netip.Prefix) []netip.Prefix {
 // host's containers use, the default one included; none when the default
 // subnet is the whole range).
 func (h *Host) SetSubnets(subnets []netip.Prefix) error {
+	subnets = sortedSubnets(subnets)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
-		return ErrClosed
-	}
-	subnets = sortedSubnets(subnets)
-	if slices.Equal(subnets, h.spec.subnets) {
-		return nil
-	}
-	spec := h.spec
-	spec.subnets = subnets
-	return h.setFilterLocked(spec)
+	_, err := h.changeFilterLocked(func(spec *filterSpec) bool {
+		if slices.Equal(subnets, spec.subnets) {
+			return false
+		}
+		spec.subnets = subnets
+		return true
+	})
+	return err
 }
 
 // SetPortSubnets makes ports (a bridge port's name to the subnet of the
@@ -198,13 +197,12 @@ func (h *Host) SetSubnets(subnets []netip.Prefix) error {
 func (h *Host) SetPortSubnets(ports map[string]netip.Prefix) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
-		return ErrClosed
-	}
-	if maps.Equal(ports, h.spec.ports) {
-		return nil
-	}
-	spec := h.spec
-	spec.ports = maps.Clone(ports)
-	return h.setFilterLocked(spec)
+	_, err := h.changeFilterLocked(func(spec *filterSpec) bool {
+		if maps.Equal(ports, spec.ports) {
+			return false
+		}
+		spec.ports = maps.Clone(ports)
+		return true
+	})
+	return err
 }
