@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"io"
 	"net"
 	"os/exec"
 	"slices"
@@ -98,30 +97,15 @@ func testAttachEgress(t *testing.T, docker bool, fw testbed.Firewall) {
 	// The server could answer the overlay's own addresses (through h1): only
 	// h1's filter keeps the plain container from the outside.
 	b.MustIP(x, "route", "add", "10.32.0.0/12", "via", h1.UnderlayIP)
-	ln, err := testbed.Listen(x, "0.0.0.0:8080")
+	ln, err := testbed.ServeReplies(x, "0.0.0.0:8080", func(c net.Conn) string {
+		return c.RemoteAddr().(*net.TCPAddr).IP.String()
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(conn, conn.RemoteAddr().(*net.TCPAddr).IP.String())
-			conn.Close()
-		}
-	}()
 	seenFrom := func(c *testbed.Container) (string, error) {
-		conn, err := testbed.Dial(c.Netns, testbed.UnderlayNet+"150:8080", 2*time.Second)
-		if err != nil {
-			return "", err
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(2 * time.Second))
-		b, err := io.ReadAll(conn)
-		return string(b), err
+		return testbed.ReadReply(c.Netns, testbed.UnderlayNet+"150:8080", 2*time.Second)
 	}
 	check := func(phase string) {
 		t.Helper()

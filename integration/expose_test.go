@@ -3,7 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -45,36 +44,23 @@ func TestExposeHide(t *testing.T) {
 		t.Errorf("h1's host address comes from %q, want ipam", st.HostIPFrom)
 	}
 
-	ln, err := testbed.Listen(h1.Netns, "0.0.0.0:8080")
+	ln, err := testbed.ServeReplies(h1.Netns, "0.0.0.0:8080", func(net.Conn) string { return "hello\n" })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(conn, "hello\n")
-			conn.Close()
-		}
-	}()
 	// c1 routes h1's underlay address into the bridge by hand: proxy ARP
 	// answers for it, so only the host's filter stands in the way.
 	if out, err := c1.Exec("ip", "route", "add", h1.UnderlayIP+"/32", "dev", "ethwe0"); err != nil {
 		t.Fatalf("route by hand: %v %s", err, out)
 	}
 	reach := func(c *testbed.Container, addr string) error {
-		conn, err := testbed.Dial(c.Netns, net.JoinHostPort(addr, "8080"), 2*time.Second)
+		b, err := testbed.ReadReply(c.Netns, net.JoinHostPort(addr, "8080"), 2*time.Second)
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(2 * time.Second))
-		b, err := io.ReadAll(conn)
-		if err != nil || string(b) != "hello\n" {
-			return errors.New("no greeting: " + string(b))
+		if b != "hello\n" {
+			return errors.New("no greeting: " + b)
 		}
 		return nil
 	}

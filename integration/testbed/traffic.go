@@ -31,6 +31,39 @@ func Dial(ns, addr string, timeout time.Duration) (net.Conn, error) {
 	return c, err
 }
 
+// ServeReplies answers every TCP connection to addr inside namespace ns
+// with reply(conn) and closes it, until the listener it returns is closed.
+func ServeReplies(ns, addr string, reply func(net.Conn) string) (net.Listener, error) {
+	l, err := Listen(ns, addr)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, reply(c))
+			c.Close()
+		}
+	}()
+	return l, nil
+}
+
+// ReadReply connects to addr from inside namespace ns and returns what the
+// server sends before it closes; timeout bounds the connect and the read.
+func ReadReply(ns, addr string, timeout time.Duration) (string, error) {
+	c, err := Dial(ns, addr, timeout)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
 // DialUDP opens a connected UDP socket from inside namespace ns.
 func DialUDP(ns, addr string) (net.Conn, error) {
 	var c net.Conn
