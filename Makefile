@@ -128,9 +128,12 @@ bench-dns: deps
 # bench-scale: issue 18, in two halves that print one table each.
 #   bench-scale-sim (owner: scale): N = 100, 300, 1,000 peers' control planes
 #     (discovery, ipam, dns) in one process over an in-memory network
-#     (package sim): seconds until every peer agrees on topology, IPAM ring
-#     and DNS after the last join, one join, one leave and a partition heal,
-#     and the frames and bytes that cost (SIMBENCHFLAGS: -n 100,300 -json).
+#     (package sim): a mesh of N-1 is built (-batch peers at a time, waiting
+#     for agreement after each), then seconds until every peer agrees on
+#     topology, IPAM ring and DNS after the N-th join, one more join, one
+#     leave and a partition heal, and the frames and bytes that cost
+#     (SIMBENCHFLAGS: -n 100,300 -batch 50 -burst -json; -burst adds N
+#     peers launched together). Run it under nice on a shared machine.
 #   bench-scale-ns: real daemons in namespaces, grown to N = 10, 20, 40
 #     (integration/cmd/scalebench): seconds from the last launch until every
 #     host sees every other and has its address, then, after a settle

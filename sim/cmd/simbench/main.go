@@ -1,15 +1,20 @@
 // Command simbench is the simulation half of `make bench-scale` (issue 18):
 // N peers' control planes (discovery, ipam, dns; package sim) in one
 // process over an in-memory network, at N = 100, 300 and 1,000 by default.
-// For each N it times convergence, of the topology alone (every peer
-// reaches every other and holds the same record versions:
-// sim.Cluster.CheckTopology) and of everything (topology, IPAM ring and DNS
-// names: sim.Cluster.Check),
+// For each N it builds a mesh of N-1 peers, joining them -batch at a time
+// and waiting for agreement after each batch (untimed: the build), then
+// times convergence, of the topology alone (every peer reaches every other
+// and holds the same record versions: sim.Cluster.CheckTopology) and of
+// everything (topology, IPAM ring and DNS names: sim.Cluster.Check),
 //
-//   - after the last of N joins (all launched one after another),
+//   - after the N-th peer joins (the last join; issue 18's 10 s),
 //   - after one more peer joins,
 //   - after one peer leaves,
 //   - after a partition that cut a tenth of the peers off heals,
+//
+// and, with -burst, in a mesh of its own, after N peers launched together
+// (one after another with no wait: the harshest start, every peer joining
+// while the others still do),
 //
 // and counts the control frames and bytes all peers sent from the change
 // until convergence: in total, per peer, and as a multiple of N (a change
@@ -57,17 +62,25 @@ type change struct {
 }
 
 type result struct {
-	N       int      `json:"n"`
-	Changes []change `json:"changes"`
+	N            int      `json:"n"`
+	BuildSeconds float64  `json:"build_seconds"` // joining the first N-1, batch by batch, with the waits
+	Changes      []change `json:"changes"`
 }
 
-// firstFailed reports whether the first change (all N joined) did not
-// even converge on the topology: the later changes would start from a mesh
-// that never formed, and a larger N would only fail slower, so the run
-// stops. (A first change whose topology converged but IPAM or DNS did not
-// goes on, for the discovery figures: see the topo s column.)
+// firstFailed reports whether the mesh of N did not form: the build did
+// not agree, or the N-th join did not even converge on the topology. The
+// later changes would start from a mesh that never formed, and a larger N
+// would only fail slower, so the run stops. (An N-th join whose topology
+// converged but IPAM or DNS did not goes on, for the discovery figures:
+// see the topo s column; so does a failed -burst row, which has a mesh of
+// its own.)
 func (r result) firstFailed() bool {
-	return len(r.Changes) > 0 && r.Changes[0].TopoFailed
+	for _, c := range r.Changes {
+		if (c.Name == "building" || c.Name == "N-th joins") && c.TopoFailed {
+			return true
+		}
+	}
+	return false
 }
 
 func main() {
@@ -78,6 +91,8 @@ func main() {
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
+	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
+	burst := flag.Bool("burst", false, "also time N peers launched together, in a mesh of their own (slow at N >= 100 on a loaded machine)")
 	flag.Parse()
 	printCounters = *showCounters
 	if *cpuProfile != "" {
@@ -107,7 +122,7 @@ func main() {
 	failed := false
 	for _, n := range sizes {
 		fmt.Fprintf(os.Stderr, "simbench: N=%d ...\n", n)
-		r := run(n, *seed, *connLimit, *timeout)
+		r := run(n, *seed, *connLimit, *batch, *burst, *timeout)
 		for _, c := range r.Changes {
 			if c.Err != "" {
 				failed = true
@@ -115,7 +130,8 @@ func main() {
 		}
 		results = append(results, r)
 		if r.firstFailed() {
-			fmt.Fprintf(os.Stderr, "simbench: stopping: N=%d did not converge on the topology after all joined (%s); later changes and larger sizes not run\n", n, r.Changes[0].Err)
+			last := r.Changes[len(r.Changes)-1]
+			fmt.Fprintf(os.Stderr, "simbench: stopping: N=%d: the mesh did not form (%s: %s); later changes and larger sizes not run\n", n, last.Name, last.Err)
 			break
 		}
 	}
@@ -183,58 +199,45 @@ func measureVerify() time.Duration {
 	return time.Since(start) / rounds
 }
 
-func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
+func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Duration) result {
 	res := result{N: n}
+	if burst {
+		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit})
+		measureOn(c, n, &res, "N launched", timeout, func() error {
+			for range n {
+				if _, err := c.Join(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		c.Close()
+	}
 	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit})
 	defer c.Close()
-	measure := func(name string, do func() error) {
-		var ctr0 map[string]uint64
-		if printCounters {
-			ctr0 = c.Counters()
-		}
-		m0, b0 := c.Traffic()
-		v0 := c.Verify.Calls.Load()
-		ch := change{Name: name}
-		err := do()
-		// Timed from the change's end: the last join returned (its peer
-		// is running and dialling), the leave closed, the heal made.
-		start := time.Now()
-		ch.TopoFailed = err != nil // the change itself failed: no wait
-		if err == nil {
-			var d time.Duration
-			d, err = c.WaitFor(c.CheckTopology, start, timeout)
-			ch.TopoSeconds = d.Seconds()
-			ch.TopoFailed = err != nil
-			if err == nil {
-				d, err = c.WaitConverged(start, timeout)
-				ch.Seconds = d.Seconds()
-			}
-		}
-		if err != nil {
-			ch.Err = err.Error()
-		}
-		m1, b1 := c.Traffic()
-		peers := float64(len(c.Alive()))
-		ch.Msgs, ch.Bytes = m1-m0, b1-b0
-		ch.MsgsPerPeer = float64(ch.Msgs) / peers
-		ch.BytesPerPeer = float64(ch.Bytes) / peers
-		ch.MsgsOverN = float64(ch.Msgs) / float64(n)
-		ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
-		res.Changes = append(res.Changes, ch)
-		fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
-		if printCounters {
-			counterDelta(n, name, ctr0, c.Counters())
-		}
-	}
-	measure("all joined", func() error {
-		for range n {
+	start := time.Now()
+	for joined := 0; joined < n-1; {
+		k := min(max(batch, 1), n-1-joined)
+		for range k {
 			if _, err := c.Join(); err != nil {
-				return err
+				res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: err.Error()})
+				return res
 			}
 		}
-		return nil
+		joined += k
+		if _, err := c.WaitConverged(time.Now(), timeout); err != nil {
+			res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: fmt.Sprintf("%d peers: %v", joined, err)})
+			return res
+		}
+		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s)\n", n, joined, time.Since(start).Seconds())
+	}
+	res.BuildSeconds = time.Since(start).Seconds()
+	measure := func(name string, do func() error) { measureOn(c, n, &res, name, timeout, do) }
+	measure("N-th joins", func() error {
+		_, err := c.Join()
+		return err
 	})
-	if res.firstFailed() {
+	if res.Changes[len(res.Changes)-1].TopoFailed {
 		return res
 	}
 	measure("one joins", func() error {
@@ -265,19 +268,62 @@ func run(n int, seed uint64, connLimit int, timeout time.Duration) result {
 	return res
 }
 
+// measureOn makes a change on c with do and times the agreement after it,
+// appending the figures to res.
+func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Duration, do func() error) {
+	var ctr0 map[string]uint64
+	if printCounters {
+		ctr0 = c.Counters()
+	}
+	m0, b0 := c.Traffic()
+	v0 := c.Verify.Calls.Load()
+	ch := change{Name: name}
+	err := do()
+	// Timed from the change's end: the last join returned (its peer
+	// is running and dialling), the leave closed, the heal made.
+	start := time.Now()
+	ch.TopoFailed = err != nil // the change itself failed: no wait
+	if err == nil {
+		var d time.Duration
+		d, err = c.WaitFor(c.CheckTopology, start, timeout)
+		ch.TopoSeconds = d.Seconds()
+		ch.TopoFailed = err != nil
+		if err == nil {
+			d, err = c.WaitConverged(start, timeout)
+			ch.Seconds = d.Seconds()
+		}
+	}
+	if err != nil {
+		ch.Err = err.Error()
+	}
+	m1, b1 := c.Traffic()
+	peers := float64(len(c.Alive()))
+	ch.Msgs, ch.Bytes = m1-m0, b1-b0
+	ch.MsgsPerPeer = float64(ch.Msgs) / peers
+	ch.BytesPerPeer = float64(ch.Bytes) / peers
+	ch.MsgsOverN = float64(ch.Msgs) / float64(n)
+	ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
+	res.Changes = append(res.Changes, ch)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
+	if printCounters {
+		counterDelta(n, name, ctr0, c.Counters())
+	}
+}
+
 func print(results []result, verify time.Duration) {
-	fmt.Printf("simulation: seconds from the change (the last join returned, the leave, the heal) until every peer agrees on the topology (topo s), and on topology, IPAM ring and DNS names (all s); control traffic from the change until then\n")
+	fmt.Printf("simulation: seconds from the change (the N-th join returned, the leave, the heal) until every peer agrees on the topology (topo s), and on topology, IPAM ring and DNS names (all s); control traffic from the change until then\n")
 	fmt.Printf("one signature check here: %v; target: N=1000 converged within %v of the last join\n", verify.Round(time.Microsecond), target)
 	fmt.Printf("signatures: the simulated peers share one verification cache (discovery and ipam, through their Verify seams), so one process does not check N copies of each signature; verif/pr counts the checks each peer asked for (what its host would do), verify CPU that times one measured check\n")
 	fmt.Printf("machine load (1, 5, 15 min) at start: %s, at end: %s\n\n", loadStart, loadavg())
 	fmt.Printf("%6s  %-16s %8s %8s %10s %10s %12s %9s %10s %12s\n", "N", "change", "topo s", "all s", "frames", "frames/N", "bytes/peer", "verif/pr", "verify CPU", "")
 	for _, r := range results {
+		fmt.Printf("%6d  %-16s %8.0f s: joining the first N-1, %s at a time, waiting for agreement after each\n", r.N, "(build)", r.BuildSeconds, "-batch")
 		for _, c := range r.Changes {
 			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
 			note := ""
 			if c.Err != "" {
 				note = "FAILED: " + c.Err
-			} else if r.N >= 1000 && c.Name == "all joined" {
+			} else if r.N >= 1000 && c.Name == "N-th joins" {
 				if time.Duration(c.Seconds*float64(time.Second)) <= target {
 					note = "meets target"
 				} else {

@@ -2,15 +2,23 @@ package main
 
 import "testing"
 
-// A first change whose topology timed out stops the run even though the
+// An N-th join whose topology timed out stops the run even though the
 // timed-out wait left a duration in TopoSeconds (that duration used to be
-// the stop's test, so the stop never came).
+// the stop's test, so the stop never came); so does a build that did not
+// agree, and a failed -burst row does not.
 func TestFirstFailedStops(t *testing.T) {
-	timedOut := result{N: 100, Changes: []change{{Name: "all joined", TopoSeconds: 120, TopoFailed: true, Err: "not converged after 2m0s: ..."}}}
+	timedOut := result{N: 100, Changes: []change{{Name: "N-th joins", TopoSeconds: 120, TopoFailed: true, Err: "not converged after 2m0s: ..."}}}
 	if !timedOut.firstFailed() {
-		t.Error("a first change whose topology timed out does not stop the run")
+		t.Error("an N-th join whose topology timed out does not stop the run")
 	}
-	topoOnly := result{N: 100, Changes: []change{{Name: "all joined", TopoSeconds: 3, Seconds: 120, Err: "not converged after 2m0s: ring"}}}
+	if !(result{N: 100, Changes: []change{{Name: "building", TopoFailed: true}}}).firstFailed() {
+		t.Error("a build that did not agree does not stop the run")
+	}
+	burstOnly := result{N: 100, Changes: []change{{Name: "N launched", TopoFailed: true}, {Name: "N-th joins", TopoSeconds: 1}}}
+	if burstOnly.firstFailed() {
+		t.Error("a failed burst stops the run although the built mesh formed")
+	}
+	topoOnly := result{N: 100, Changes: []change{{Name: "N-th joins", TopoSeconds: 3, Seconds: 120, Err: "not converged after 2m0s: ring"}}}
 	if topoOnly.firstFailed() {
 		t.Error("a first change whose topology converged (IPAM did not) stops the run: the discovery figures are lost")
 	}
