@@ -127,7 +127,12 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, d), notFrom(bridge)...)...)
 	}
 	addIsolation(c, t, ch, spec)
-	pmtu.AddMSSClamp(c, ch, tun) // MSS clamping to peer route MTUs (tunnel/mtu.go)
+	// MSS clamping to peer route MTUs (tunnel/mtu.go), on every device
+	// that carries peers' packets: kernel WireGuard's routes carry a
+	// smaller path's MTU as the TUN's do.
+	for _, d := range peerDevs {
+		pmtu.AddMSSClamp(c, ch, d)
+	}
 	if overlay.IsValid() && overlay.Addr().Is4() {
 		in := c.AddChain(&nftables.Chain{
 			Name:     "input",

@@ -8,7 +8,9 @@ import (
 
 // AddMSSClamp appends to the forward chain ch (in c's pending batch;
 // nothing is sent before c.Flush) the rules that clamp the MSS of TCP SYNs
-// crossing the TUN, either way, to the MTU of the route they take:
+// crossing the device tun (the TUN, or another device that carries peers'
+// packets, such as kernel WireGuard's), either way, to the MTU of the
+// route they take:
 //
 //	tcp flags & (syn|rst) == syn oifname "<tun>" tcp option maxseg size set rt mtu
 //	tcp flags & (syn|rst) == syn iifname "<tun>" tcp option maxseg size set rt mtu
