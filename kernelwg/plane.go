@@ -110,7 +110,19 @@ type Plane struct {
 	peers   map[key.Public]applied
 	routes  map[netip.Prefix]bool // routes into the device as last set
 	ownLink bool                  // New made the link (Close deletes it)
+	// steering: the port-sharing table is there; SetPeers keeps its sets
+	// to steered (sorted), the endpoints of the device's peers.
+	steering bool
+	steered  []netip.AddrPort
+	steerBad bool // the last write failed: the sets are unknown
 }
+
+// kickInterval is the persistent keepalive a peer is given for a moment
+// when it joins the device: the kernel sends a keepalive the moment a
+// peer's interval goes from zero to non-zero, and, having no session with
+// a new peer, starts a handshake for it. It is set back to zero at once
+// (see SetPeers).
+const kickInterval = 25 * time.Second
 
 // New creates the wireguard link (replacing one a crashed run left),
 // configures its key and port, and installs the port-sharing table. It
@@ -172,6 +184,7 @@ func New(cfg Config) (*Plane, error) {
 	if err := installSteering(ns, cfg); err != nil {
 		return nil, err
 	}
+	p.steering = true
 	ok = true
 	p.log.Info("kernel wireguard up", "device", cfg.Name, "port", cfg.Port, "userspace_port", cfg.SharedPort, "mtu", cfg.MTU)
 	return p, nil
@@ -240,6 +253,21 @@ func (p *Plane) teardown() error {
 // routes every other peer's prefixes into the TUN and then calls
 // PruneRoutes, so that no prefix is ever without a route. A peer the
 // device could not be given is not returned, and stays on the TUN.
+//
+// A peer that joins the device (or whose endpoint changes) is kicked: the
+// kernel starts a handshake with it at once. Its side may still hold the
+// session it made with wireguard-go (through a relay, before its path
+// went direct) and send its data with it, straight to the kernel socket,
+// which cannot read it; with nothing to send (the receiving end of a
+// stream that stopped arriving) the kernel would never handshake, and the
+// pair would wait for the peer's own retry, or longer (a stream stalled a
+// minute in the VM). The new session, confirmed by the kernel's first
+// keepalive, is the one the peer then sends with.
+//
+// The steering sets (steer_linux.go) hold the device's peers' endpoints:
+// an endpoint leaves them before its peer leaves the device and joins them
+// after the peer joined, so that no WireGuard datagram of a peer reaches
+// the kernel socket while the device does not know the peer.
 func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -248,13 +276,30 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	}
 	want := normalize(p.cfg.Private.Public(), peers)
 	var errs []error
+	eps := endpoints(want)
+	if err := p.steer(intersect(p.steered, eps)); err != nil {
+		errs = append(errs, err)
+	}
 	if cfg, changed := p.peerConfig(want); changed {
 		if err := p.wg.ConfigureDevice(p.cfg.Name, cfg); err != nil {
 			p.synced = false
-			return nil, fmt.Errorf("kernel wireguard: configuring peers: %w", err)
+			return nil, errors.Join(append(errs, fmt.Errorf("kernel wireguard: configuring peers: %w", err))...)
+		}
+		p.synced = true
+		if reset, any := kickReset(cfg); any {
+			// Only the transition from zero sends: back to zero at once
+			// (the userspace probes hold NAT mappings open). A failure
+			// leaves a 25 s keepalive, harmless, and the device unknown.
+			if err := p.wg.ConfigureDevice(p.cfg.Name, reset); err != nil {
+				p.synced = false
+				errs = append(errs, fmt.Errorf("kernel wireguard: resetting the keepalives: %w", err))
+			}
 		}
 	}
-	p.peers, p.synced = want, true
+	p.peers = want
+	if err := p.steer(eps); err != nil {
+		errs = append(errs, err)
+	}
 	carried := make(map[key.Public]bool, len(want))
 	routes := map[netip.Prefix]bool{}
 	mtus := map[netip.Prefix]int{}
@@ -278,6 +323,54 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	}
 	p.routes = routes
 	return carried, errors.Join(errs...)
+}
+
+// kickReset is the configuration that sets back to zero the keepalives
+// cfg set to kick a handshake, and whether there is any.
+func kickReset(cfg wgtypes.Config) (wgtypes.Config, bool) {
+	var reset wgtypes.Config
+	zero := time.Duration(0)
+	for _, pc := range cfg.Peers {
+		if pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval != 0 {
+			reset.Peers = append(reset.Peers, wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true,
+				PersistentKeepaliveInterval: &zero})
+		}
+	}
+	return reset, len(reset.Peers) > 0
+}
+
+// steer makes the steering sets eps (sorted) unless they are already.
+func (p *Plane) steer(eps []netip.AddrPort) error {
+	if !p.steering || !p.steerBad && slices.Equal(eps, p.steered) {
+		return nil
+	}
+	if err := setKernelEndpoints(p.ns, p.cfg.Port, eps); err != nil {
+		p.steerBad = true
+		return err
+	}
+	p.steered, p.steerBad = eps, false
+	return nil
+}
+
+// endpoints are the applied peers' endpoints, sorted, without repeats.
+func endpoints(m map[key.Public]applied) []netip.AddrPort {
+	eps := make([]netip.AddrPort, 0, len(m))
+	for _, a := range m {
+		eps = append(eps, a.endpoint)
+	}
+	slices.SortFunc(eps, netip.AddrPort.Compare)
+	return slices.Compact(eps)
+}
+
+// intersect is the sorted a without what sorted b lacks.
+func intersect(a, b []netip.AddrPort) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(a))
+	for _, x := range a {
+		if _, ok := slices.BinarySearchFunc(b, x, netip.AddrPort.Compare); ok {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // normalize turns peers into what is applied, by key: only peers with a
@@ -322,8 +415,9 @@ func normalize(self key.Public, peers []Peer) map[key.Public]applied {
 // whether there is one. A new or changed peer is written whole (its
 // AllowedIPs replaced) with the preshared key; its endpoint only when the
 // path owner's choice changed, so that one the kernel learned by roaming
-// is not reset on every update. After a failed write every peer is
-// rewritten and the peer list replaced.
+// is not reset on every update. A peer written with an endpoint (new, or
+// moved) gets kickInterval as its keepalive (see SetPeers). After a
+// failed write every peer is rewritten and the peer list replaced.
 func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
 	cfg := wgtypes.Config{ReplacePeers: !p.synced}
 	psk := wgtypes.Key(p.cfg.PSK)
@@ -349,6 +443,8 @@ func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
 			AllowedIPs: make([]net.IPNet, 0, len(w.allowed))}
 		if !p.synced || !had || old.endpoint != w.endpoint {
 			pc.Endpoint = net.UDPAddrFromAddrPort(w.endpoint)
+			kick := kickInterval
+			pc.PersistentKeepaliveInterval = &kick
 		}
 		for _, pfx := range w.allowed {
 			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), pfx.Addr().BitLen())})

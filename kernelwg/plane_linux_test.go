@@ -26,7 +26,8 @@ import (
 type fakeClient struct {
 	dev     wgtypes.Device
 	configs []wgtypes.Config
-	fail    error // returned by the next ConfigureDevice
+	fail    error        // returned by the next ConfigureDevice
+	kicked  []key.Public // peers whose keepalive went from zero to non-zero, in order
 }
 
 func (f *fakeClient) Device(name string) (*wgtypes.Device, error) {
@@ -65,10 +66,21 @@ func (f *fakeClient) ConfigureDevice(name string, cfg wgtypes.Config) error {
 			continue
 		}
 		if i < 0 {
+			if pc.UpdateOnly {
+				continue
+			}
 			f.dev.Peers = append(f.dev.Peers, wgtypes.Peer{PublicKey: pc.PublicKey})
 			i = len(f.dev.Peers) - 1
 		}
 		p := &f.dev.Peers[i]
+		if pc.PersistentKeepaliveInterval != nil {
+			// The kernel sends a keepalive (a handshake, without a
+			// session) when the interval goes from zero to non-zero.
+			if p.PersistentKeepaliveInterval == 0 && *pc.PersistentKeepaliveInterval != 0 {
+				f.kicked = append(f.kicked, key.Public(pc.PublicKey))
+			}
+			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
+		}
 		if pc.PresharedKey != nil {
 			p.PresharedKey = *pc.PresharedKey
 		}
@@ -299,6 +311,40 @@ func TestPlanePeerMovesAwayAndBack(t *testing.T) {
 	}
 }
 
+// TestPlaneKicksAHandshake: a peer that joins the device, or whose
+// endpoint changes, gets a keepalive interval for a moment (the kernel
+// starts a handshake with it then), set back to zero at once; a peer
+// written again for another reason (a new prefix) is not kicked.
+func TestPlaneKicksAHandshake(t *testing.T) {
+	p, fc, _ := fakePlane(t)
+	kB, kC := key.Public{2}, key.Public{3}
+	peerB := Peer{Key: kB, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
+	peerC := Peer{Key: kC, Endpoint: netip.MustParseAddrPort("192.0.2.3:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.3/32")}}
+	step := func(when string, want []key.Public, peers ...Peer) {
+		t.Helper()
+		fc.kicked = nil
+		if _, err := p.SetPeers(peers); err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(fc.kicked) != fmt.Sprint(want) {
+			t.Errorf("%s: kicked %v; want %v", when, fc.kicked, want)
+		}
+		for _, pr := range fc.dev.Peers {
+			if pr.PersistentKeepaliveInterval != 0 {
+				t.Errorf("%s: peer %v left with a keepalive of %v", when, pr.PublicKey, pr.PersistentKeepaliveInterval)
+			}
+		}
+	}
+	step("B and C join", []key.Public{kB, kC}, peerB, peerC)
+	step("nothing changes", nil, peerB, peerC)
+	peerB.Prefixes = append(peerB.Prefixes, netip.MustParsePrefix("10.40.0.0/14"))
+	step("B gets a prefix", nil, peerB, peerC)
+	peerC.Endpoint = netip.MustParseAddrPort("198.51.100.3:40000")
+	step("C's endpoint changes", []key.Public{kC}, peerB, peerC)
+	step("C leaves", nil, peerB)
+	step("C comes back", []key.Public{kC}, peerB, peerC)
+}
+
 // TestPlaneRewritesAfterFailure: a failed configuration leaves the device
 // unknown, so the next one replaces the whole peer list.
 func TestPlaneRewritesAfterFailure(t *testing.T) {
@@ -313,7 +359,12 @@ func TestPlaneRewritesAfterFailure(t *testing.T) {
 	if _, err := p.SetPeers([]Peer{peerB}); err != nil {
 		t.Fatal(err)
 	}
-	last := fc.configs[len(fc.configs)-1]
+	var last wgtypes.Config
+	for _, c := range fc.configs {
+		if c.ReplacePeers {
+			last = c
+		}
+	}
 	if !last.ReplacePeers || len(last.Peers) != 1 || last.Peers[0].Endpoint == nil {
 		t.Errorf("after a failure: %+v; want the peer list replaced, B written whole", last)
 	}
@@ -328,8 +379,10 @@ func allowed(p *wgtypes.Peer) string {
 }
 
 // TestSteering: with the port-sharing table in a namespace, WireGuard
-// messages to 6783 reach the socket on 6783, STUN and relay frames reach
-// the one on 6785, and what 6785 sends leaves from 6783.
+// messages to 6783 from a kernel peer's endpoint reach the socket on 6783;
+// WireGuard messages from any other endpoint (a peer the kernel device
+// does not carry), STUN and relay frames reach the one on 6785; and what
+// 6785 sends leaves from 6783.
 func TestSteering(t *testing.T) {
 	netnstest.RequireNetAdmin(t)
 	nsA, nsB := netnstest.New(t, "a"), netnstest.New(t, "b")
@@ -366,6 +419,20 @@ func TestSteering(t *testing.T) {
 	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.2:6783"))
 	initiation := append([]byte{1, 0, 0, 0}, make([]byte, 144)...)
 	transport := append([]byte{4, 0, 0, 0}, bytes.Repeat([]byte{0xab}, 60)...)
+	// Before the device carries the peer (a peer we relay, that sends to
+	// us directly), its WireGuard messages reach the userspace socket.
+	for _, msg := range [][]byte{initiation, transport} {
+		if _, err := peer.WriteToUDP(msg, dst); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := recv(user); !bytes.Equal(got, msg) {
+			t.Errorf("WireGuard type %d from a peer not on the kernel device: %d bytes on the userspace socket; want it intact there", msg[0], len(got))
+		}
+	}
+	if err := setKernelEndpoints(nsB.H, 6783, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:6783"),
+		netip.MustParseAddrPort("[2001:db8::1]:6783")}); err != nil {
+		t.Fatal(err)
+	}
 	stun := append([]byte{0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
 	stunReply := append([]byte{0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
 	relay := append([]byte{0xf7, 0x01}, bytes.Repeat([]byte{3}, 40)...)
@@ -389,6 +456,30 @@ func TestSteering(t *testing.T) {
 				t.Errorf("%s arrived on the other socket (%d bytes)", tc.name, n)
 			}
 		}
+	}
+	// The same address from another port is another endpoint: not the
+	// kernel's, also when its datagram has no UDP checksum.
+	other := listen(nsA, "192.0.2.1:7000")
+	if _, err := other.WriteToUDP(transport, dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := recv(user); !bytes.Equal(got, transport) {
+		t.Errorf("a data message from 192.0.2.1:7000, not a kernel peer's endpoint: %d bytes on the userspace socket; want it intact", len(got))
+	}
+	sendRaw(t, nsA, 7000, netip.MustParseAddrPort("192.0.2.2:6783"), transport)
+	if got, _ := recv(user); !bytes.Equal(got, transport) {
+		t.Errorf("a data message without checksum from 192.0.2.1:7000: %d bytes on the userspace socket; want it intact", len(got))
+	}
+	// The peer leaves the device: its messages go to the userspace socket
+	// again.
+	if err := setKernelEndpoints(nsB.H, 6783, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer.WriteToUDP(transport, dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := recv(user); !bytes.Equal(got, transport) {
+		t.Errorf("a data message from a peer that left the kernel device: %d bytes on the userspace socket; want it intact", len(got))
 	}
 	// The userspace socket answers; the answer comes from 6783, intact.
 	if _, err := user.WriteToUDP(stunReply, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:6783"))); err != nil {

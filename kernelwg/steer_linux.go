@@ -3,6 +3,7 @@ package kernelwg
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"strconv"
 
 	"github.com/google/nftables"
@@ -18,8 +19,13 @@ import (
 // (docs/architecture.md, "Kernel WireGuard: the port question, decided"):
 //
 //	table inet weavewg_split_<port> {
+//		set kernel4 { type ipv4_addr . inet_service; }
+//		set kernel6 { type ipv6_addr . inet_service; }
 //		chain pre {
 //			type filter hook prerouting priority raw; policy accept;
+//			udp dport <port> ip saddr . udp sport != @kernel4 udp checksum 0 notrack udp dport set <shared> (no checksum update)
+//			udp dport <port> ip saddr . udp sport != @kernel4 notrack udp dport set <shared>
+//			(the same two for ip6 saddr and @kernel6)
 //			udp dport <port> @th,72,24 != 0 udp checksum 0 notrack udp dport set <shared> (no checksum update)
 //			udp dport <port> @th,72,24 != 0 notrack udp dport set <shared>
 //			udp dport <port> @th,64,8 != 1-4 udp checksum 0 notrack udp dport set <shared> (no checksum update)
@@ -32,10 +38,19 @@ import (
 //		}
 //	}
 //
-// An inbound datagram whose first four payload bytes are not a WireGuard
+// The kernel socket gets only WireGuard messages from the endpoints of the
+// peers the kernel device carries (the sets, which SetPeers keeps equal to
+// the device's peers). Everything else goes to the userspace socket:
+// datagrams from any other address, which wireguard-go, holding every
+// peer, can read (a peer we relay that sends to us directly, as when its
+// side went direct before ours or behind an asymmetric path; a peer that
+// just left the kernel device; the kernel would drop them, not knowing the
+// peer), and datagrams whose first four payload bytes are not a WireGuard
 // message type (byte 0 in 1–4, bytes 1–3 zero: the test the userspace Bind
-// makes first, tunnel/classify.go) goes to the userspace socket; what that
-// socket sends leaves from --port. A rewritten datagram no longer matches
+// makes first, tunnel/classify.go). So the kernel never roams a peer: a
+// peer's new address reaches wireguard-go, whose probes make it the path
+// owner's, and the next SetPeers gives it to the device. What the
+// userspace socket sends leaves from --port. A rewritten datagram no longer matches
 // the port, so the first rule that rewrites it is the last. notrack at raw
 // priority keeps conntrack from remembering a flow under ports that are
 // about to change.
@@ -52,6 +67,37 @@ import (
 
 func steeringTable(port uint16) *nftables.Table {
 	return &nftables.Table{Name: "weavewg_split_" + strconv.Itoa(int(port)), Family: nftables.TableFamilyINet}
+}
+
+// kernelSets are the sets of the kernel device's peers' endpoints (address
+// and UDP port), IPv4 and IPv6, in t.
+func kernelSets(t *nftables.Table) (v4, v6 *nftables.Set) {
+	return &nftables.Set{Table: t, Name: "kernel4", Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)},
+		&nftables.Set{Table: t, Name: "kernel6", Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)}
+}
+
+// notFromKernelPeer matches datagrams of family proto whose source address
+// and port are not in set: the address (at offset, length bytes) into the
+// concatenation's first registers, the port into the next (each part of a
+// concatenation fills whole 32-bit registers).
+func notFromKernelPeer(proto byte, offset, length uint32, set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 8, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: length},
+		&expr.Payload{DestRegister: 8 + length/4, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Lookup{SourceRegister: 8, SetName: set.Name, SetID: set.ID, Invert: true},
+	}
+}
+
+// endpointKey is an endpoint as a set element: the address, the port, two
+// bytes of padding.
+func endpointKey(ep netip.AddrPort) []byte {
+	k := append(ep.Addr().Unmap().AsSlice(), 0, 0, 0, 0)
+	binary.BigEndian.PutUint16(k[len(k)-4:], ep.Port())
+	return k
 }
 
 // udpPort matches UDP datagrams with the port at offset (0 source, 2
@@ -100,6 +146,12 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &policy})
 	out := c.AddChain(&nftables.Chain{Name: "out", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw, Policy: &policy})
+	set4, set6 := kernelSets(t)
+	for _, set := range []*nftables.Set{set4, set6} {
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("kernel wireguard: port sharing: %w", err)
+		}
+	}
 	rule := func(ch *nftables.Chain, parts ...[]expr.Any) {
 		var exprs []expr.Any
 		for _, p := range parts {
@@ -107,7 +159,9 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs})
 	}
-	notWireGuard := [][]expr.Any{
+	notForKernel := [][]expr.Any{
+		notFromKernelPeer(unix.NFPROTO_IPV4, 12, 4, set4),
+		notFromKernelPeer(unix.NFPROTO_IPV6, 8, 16, set6),
 		// bytes 1–3 of the payload not zero
 		{
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 9, Len: 3},
@@ -119,7 +173,7 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 			&expr.Range{Op: expr.CmpOpNeq, Register: 1, FromData: []byte{1}, ToData: []byte{4}},
 		},
 	}
-	for _, test := range notWireGuard {
+	for _, test := range notForKernel {
 		rule(pre, udpPort(2, cfg.Port), test, noChecksum, setPort(2, cfg.SharedPort, false))
 		rule(pre, udpPort(2, cfg.Port), test, setPort(2, cfg.SharedPort, true))
 	}
@@ -139,6 +193,42 @@ func removeSteering(ns netns.NsHandle, port uint16) error {
 	c.DelTable(steeringTable(port))
 	if err := c.Flush(); err != nil && err != unix.ENOENT {
 		return fmt.Errorf("kernel wireguard: removing the port-sharing table: %w", err)
+	}
+	return nil
+}
+
+// setKernelEndpoints makes the sets exactly eps: the kernel socket gets
+// WireGuard messages from those endpoints only. One transaction, so no
+// datagram sees the sets half written.
+func setKernelEndpoints(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return fmt.Errorf("kernel wireguard: port sharing: %w", err)
+	}
+	set4, set6 := kernelSets(steeringTable(port))
+	c.FlushSet(set4)
+	c.FlushSet(set6)
+	var e4, e6 []nftables.SetElement
+	for _, ep := range eps {
+		if ep.Addr().Unmap().Is4() {
+			e4 = append(e4, nftables.SetElement{Key: endpointKey(ep)})
+		} else {
+			e6 = append(e6, nftables.SetElement{Key: endpointKey(ep)})
+		}
+	}
+	for _, x := range []struct {
+		set *nftables.Set
+		els []nftables.SetElement
+	}{{set4, e4}, {set6, e6}} {
+		if len(x.els) == 0 {
+			continue
+		}
+		if err := c.SetAddElements(x.set, x.els); err != nil {
+			return fmt.Errorf("kernel wireguard: port sharing: %w", err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("kernel wireguard: setting the kernel peers' endpoints: %w", err)
 	}
 	return nil
 }
