@@ -55,21 +55,24 @@ func parseVMOutput(s string) vmOutput {
 }
 
 // TestKernelWireGuardVM is issue 16's acceptance 1, in a qemu guest that
-// boots Debian's kernel (this machine's has no WireGuard): three namespace
-// hosts, h1 on --datapath auto (so kernel), h2 forced to userspace, h3 on
-// --datapath kernel, h2 and h3 cut off from each other on the underlay.
+// boots Debian's kernel (this machine's has no WireGuard): four namespace
+// hosts, h1 on --datapath auto (so kernel), h2 forced to userspace, h3 and
+// h4 on --datapath kernel, h2 and h3 cut off from each other on the
+// underlay, h4 on a 1380-byte link and reaching only h1 directly.
 // Every pair pings and moves 1 MB intact both ways (kernel↔userspace,
 // kernel↔kernel, and userspace↔kernel relayed through the kernel host
 // h1); every host's path MTU probes, which cross the port split, are
 // answered and no host counts a bad UDP checksum; `wg show` lists on each
 // kernel device exactly the peers weavewg put there, with handshakes and
 // bytes; status says the datapath of the host and of each peer; h2 has no
-// kernel device; stopping removes the devices.
+// kernel device; a container's SYN towards h4 leaves h1's kernel device
+// with its MSS clamped to the route's probed MTU; stopping removes the
+// devices.
 func TestKernelWireGuardVM(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (the test bed builds the weavewg binary as root)")
 	}
-	needTool(t, "qemu-system-x86_64", "busybox", "wg", "ip", "ldd")
+	needTool(t, "qemu-system-x86_64", "busybox", "wg", "ip", "ldd", "tcpdump")
 	k, err := testbed.FindVMKernel()
 	if err != nil {
 		t.Skip(err)
@@ -95,7 +98,7 @@ func TestKernelWireGuardVM(t *testing.T) {
 		t.Fatalf("qemu: %v; console:\n%s", err, tail(out, 80))
 	}
 	if !strings.Contains(out, "VMTEST DONE") {
-		t.Fatalf("the guest did not finish; console:\n%s", tail(out, 60))
+		t.Fatalf("the guest did not finish; console:\n%s", tail(out, 200))
 	}
 	o := parseVMOutput(out)
 	t.Logf("guest ran %.1fs (kernel %s)", time.Since(start).Seconds(), k.Version)
@@ -106,7 +109,7 @@ func TestKernelWireGuardVM(t *testing.T) {
 	}
 	defer func() {
 		if t.Failed() { // the daemons' logs say why (path and MTU decisions)
-			for i := 1; i <= 3; i++ {
+			for i := 1; i <= 4; i++ {
 				t.Logf("h%d log:\n%s", i, tail(o.blocks["log-h"+string(rune('0'+i))], 80))
 			}
 		}
@@ -125,14 +128,15 @@ func TestKernelWireGuardVM(t *testing.T) {
 		}
 	}
 
-	var st [4]api.Status
-	for i := 1; i <= 3; i++ {
+	var st [5]api.Status
+	for i := 1; i <= 4; i++ {
 		if err := json.Unmarshal([]byte(o.blocks["status-h"+string(rune('0'+i))]), &st[i]); err != nil {
 			t.Fatalf("status of h%d: %v\n%s", i, err, o.blocks["status-h"+string(rune('0'+i))])
 		}
 	}
 	// The host's datapath.
-	for i, want := range map[int]string{1: "kernel wireguard (device kwweavewg0", 2: "userspace wireguard (wireguard-go; --datapath userspace)", 3: "kernel wireguard (device kwweavewg0"} {
+	for i, want := range map[int]string{1: "kernel wireguard (device kwweavewg0", 2: "userspace wireguard (wireguard-go; --datapath userspace)",
+		3: "kernel wireguard (device kwweavewg0", 4: "kernel wireguard (device kwweavewg0"} {
 		if !strings.HasPrefix(st[i].Datapath, want) {
 			t.Errorf("h%d status datapath %q; want %q…", i, st[i].Datapath, want)
 		}
@@ -160,6 +164,7 @@ func TestKernelWireGuardVM(t *testing.T) {
 		{1, "h2", "kernel wireguard", ""}, {1, "h3", "kernel wireguard", ""},
 		{3, "h1", "kernel wireguard", ""}, {2, "h1", "userspace wireguard", ""},
 		{2, "h3", "", "h1"}, {3, "h2", "", "h1"},
+		{1, "h4", "kernel wireguard", ""}, {4, "h1", "kernel wireguard", ""},
 	} {
 		got := peerPath(c.host, c.peer)
 		if c.via != "" {
@@ -177,7 +182,7 @@ func TestKernelWireGuardVM(t *testing.T) {
 	// 6785, into its 6783): every host got answers to its probes, and none
 	// counted a bad UDP checksum (the rewrites once turned the zero into a
 	// wrong one).
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
 		if n := st[i].Counters["udp_mtu_probe_replies"]; n == 0 {
 			t.Errorf("h%d: no path MTU probe answered (udp_mtu_probe_replies 0)", i)
 		}
@@ -192,13 +197,13 @@ func TestKernelWireGuardVM(t *testing.T) {
 	// wg show on the kernel devices: the peers weavewg configured, with
 	// handshakes and bytes both ways (the kernel carried the traffic).
 	keyOf := map[string]string{}
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= 4; i++ {
 		keyOf["h"+string(rune('0'+i))] = st[i].PublicKey
 	}
 	for _, c := range []struct {
 		host  string
 		peers []string
-	}{{"h1", []string{"h2", "h3"}}, {"h3", []string{"h1"}}} {
+	}{{"h1", []string{"h2", "h3", "h4"}}, {"h3", []string{"h1"}}, {"h4", []string{"h1"}}} {
 		dump := o.blocks["wgdump-"+c.host]
 		pub, peers := parseWGDump(t, dump)
 		if pub != keyOf[c.host] {
@@ -228,10 +233,12 @@ func TestKernelWireGuardVM(t *testing.T) {
 	if r := o.blocks["routes-h3"]; !strings.Contains(r, "10.32.0.2 dev weavewg0") {
 		t.Errorf("h3 routes (h2 is relayed: into the TUN):\n%s", r)
 	}
+	checkKernelMSS(t, o)
+	checkMoveOntoKernel(t, o, keyOf["h2"])
 	if strings.Contains(o.blocks["kwdev-h2"], "wireguard") {
 		t.Errorf("h2 (--datapath userspace) has a kernel device:\n%s", o.blocks["kwdev-h2"])
 	}
-	for _, h := range []string{"h1", "h3"} {
+	for _, h := range []string{"h1", "h3", "h4"} {
 		if !strings.Contains(o.blocks["kwdev-"+h], "wireguard") {
 			t.Errorf("%s has no kernel wireguard device:\n%s", h, o.blocks["kwdev-"+h])
 		}
@@ -239,6 +246,76 @@ func TestKernelWireGuardVM(t *testing.T) {
 			t.Errorf("%s's kernel device is left after the daemon stopped:\n%s", h, o.blocks["after-"+h])
 		}
 	}
+}
+
+// checkKernelMSS: h1's route to h4 into the kernel device carries the MTU
+// its probes found, smaller than the container's interface, and the SYN
+// of the container's connection to h4 left through the kernel device with
+// the MSS of that route (the forward filter's clamp covers the device).
+func checkKernelMSS(t *testing.T, o vmOutput) {
+	t.Helper()
+	routeMTU := fieldAfter(o.blocks["route-h1-h4"], "mtu")
+	linkMTU := fieldAfter(o.blocks["link-c1"], "mtu")
+	if routeMTU == 0 || linkMTU == 0 || routeMTU >= linkMTU {
+		t.Errorf("h1's route to h4 %q (mtu %d), c1's ethwe0 %q (mtu %d): want a route MTU below the container's",
+			o.blocks["route-h1-h4"], routeMTU, o.blocks["link-c1"], linkMTU)
+		return
+	}
+	want := "mss " + strconv.Itoa(routeMTU-40)
+	if syn := o.blocks["syn-c1-h4"]; !strings.Contains(syn, "kwweavewg0") || !strings.Contains(syn, want+",") {
+		t.Errorf("c1's SYN to h4 on h1's kwweavewg0: want %q (c1 offers %d); tcpdump:\n%s\nattach:\n%s",
+			want, linkMTU-40, syn, o.blocks["attach-c1"])
+	}
+}
+
+// checkMoveOntoKernel: a stream from h2 (userspace) to h3 (kernel) that
+// began relayed through h1 arrived intact after the underlay between them
+// opened; h3 routed h2 into its kernel device before the second half was
+// sent, and the second half crossed that device (h3's kernel counted at
+// least its bytes from h2) and stayed there. Before, h2 went on sending
+// with the session it had made with h3's wireguard-go, straight to h3's
+// kernel socket, which dropped it: no data for a minute, then h3's pair
+// went idle and was parked on the relay again.
+func checkMoveOntoKernel(t *testing.T, o vmOutput, h2 string) {
+	t.Helper()
+	want := strings.Fields(o.blocks["sum-move"])
+	got := strings.Fields(o.blocks["fetch-move"])
+	if len(want) == 0 || len(got) < 3 || got[0] != want[0] {
+		t.Errorf("the stream h2 → h3 across the move arrived as %v (sha256, -, bytes); want sha256 %v", got, want)
+	}
+	if r := o.blocks["route-move0-h3"]; !strings.Contains(r, "dev weavewg0") {
+		t.Errorf("h3's route to h2 before the underlay opened: %q; want it into the TUN (relayed)", r)
+	}
+	if r := o.blocks["route-move1-h3"]; !strings.Contains(r, "dev kwweavewg0") {
+		t.Errorf("h3's route to h2 after the stream: %q; want it into the kernel device\nstatus connections:\n%s",
+			r, o.blocks["connections-move-h3"])
+	}
+	rx := func(dump string) int64 {
+		for _, l := range strings.Split(dump, "\n") {
+			if f := strings.Split(l, "\t"); len(f) == 8 && f[0] == h2 {
+				n, _ := strconv.ParseInt(f[5], 10, 64)
+				return n
+			}
+		}
+		return -1
+	}
+	before, after := rx(o.blocks["wgdump-move0-h3"]), rx(o.blocks["wgdump-move1-h3"])
+	if before < 0 || after-before < 1000000 {
+		t.Errorf("h3's kernel device received %d bytes from h2 (%d before the second half, %d after); want at least the second half's 1000000:\nbefore:\n%s\nafter:\n%s",
+			after-before, before, after, o.blocks["wgdump-move0-h3"], o.blocks["wgdump-move1-h3"])
+	}
+}
+
+// fieldAfter is the number after the first field word in s, 0 if none.
+func fieldAfter(s, word string) int {
+	f := strings.Fields(s)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == word {
+			n, _ := strconv.Atoi(f[i+1])
+			return n
+		}
+	}
+	return 0
 }
 
 // buildVMInitramfs writes the guest's initramfs: busybox, ip, wg, the
@@ -258,6 +335,11 @@ func buildVMInitramfs(k testbed.VMKernel, bin, path string) error {
 	a.Copy("/bin/busybox", bb)
 	a.CopyDynamic("/usr/sbin/ip", ip)
 	a.CopyDynamic("/usr/bin/wg", wg)
+	td, _ := exec.LookPath("tcpdump")
+	a.CopyDynamic("/usr/bin/tcpdump", td)
+	// tcpdump drops to a user it looks up (-Z root in the guest).
+	a.File("/etc/passwd", 0o644, []byte("root:x:0:0:root:/:/bin/sh\n"))
+	a.File("/etc/group", 0o644, []byte("root:x:0:\n"))
 	a.Copy("/usr/bin/weavewg", bin)
 	for name, src := range map[string]string{"/init": "testdata/vm/init", "/vmtest.sh": "testdata/vm/vmtest.sh"} {
 		b, err := os.ReadFile(src)
