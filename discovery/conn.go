@@ -251,6 +251,16 @@ func (c *conn) handle(m []byte) error {
 			return nil
 		}
 		return r.handleDigestLocked(c, m)
+	case msgHave, msgWant:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.active[c.peer] != c {
+			return nil
+		}
+		if m[0] == msgHave {
+			return r.handleHaveLocked(c, m)
+		}
+		return r.handleWantLocked(c, m)
 	case msgHello:
 		return errors.New("second hello")
 	default:

@@ -34,6 +34,8 @@ const (
 	CtrAntiEntropy        = "gossip_antientropy_rounds"      // periodic digests to one neighbour
 	CtrDigestsSent        = "gossip_digests_sent"            // digests (records held) sent: new connections, anti-entropy
 	CtrDigestsReceived    = "gossip_digests_received"        // whole digests received (answered with what the sender lacks)
+	CtrHavesSent          = "gossip_haves_sent"              // records announced (key, version) instead of forwarded whole
+	CtrWantsSent          = "gossip_wants_sent"              // announced records asked for
 	CtrPeersExpired       = "gossip_peers_expired"           // peers dropped after being unreachable too long
 	CtrChannelSent        = "gossip_channel_sent"            // channel messages queued (own and forwarded)
 	CtrChannelReceived    = "gossip_channel_received"        // channel messages delivered to a handler here
@@ -64,7 +66,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
-	CtrDigestsSent, CtrDigestsReceived,
+	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,

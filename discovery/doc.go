@@ -53,8 +53,9 @@
 // A new connection starts with both sides sending a digest, the (key,
 // version) of every record they hold (40 bytes each, digest.go), and each
 // answers the other's digest with the records it lacks; a record that is
-// new or newer is forwarded at once to every other established
-// connection; every ~10 s a digest goes to one random neighbor
+// new or newer is announced at once to every other established connection
+// (a have: key and version), and a neighbour that lacks it asks for it (a
+// want; announce.go); our own record goes whole to every neighbour; every ~10 s a digest goes to one random neighbor
 // (anti-entropy), which answers with what we lack and, if we hold
 // something it lacks, with its own digest. A peer that predates digests
 // starts with its full state and is sent full states. Peers unreachable for more than a minute are

@@ -148,3 +148,10 @@ func connStates(r *testRouter) string {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// bumpSelfLockedForTest gives our record a new version.
+func (r *Router) bumpSelfLockedForTest() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.bumpSelfLocked()
+}

@@ -107,6 +107,7 @@ func (r *Router) maintainLoop() {
 		r.mu.Lock()
 		now := r.now()
 		r.expireLocked(now)
+		r.retryWantsLocked(now)
 		wall := time.Now() // writes are stamped by the real clock, whatever r.now is
 		for _, c := range r.active {
 			c.keepaliveDueLocked(wall)

@@ -215,6 +215,7 @@ type Router struct {
 	selfRec Record
 	recs    map[key.Public]*entry // every known peer, self included
 	tombs   map[key.Public]tomb   // expired peers' last versions
+	wants   map[key.Public]*want  // records asked for after a have (announce.go)
 	conns   map[*conn]struct{}    // every connection past its handshake
 	active  map[key.Public]*conn  // the one established connection per peer
 	targets map[string]*target    // by normalised HOST:PORT
@@ -304,6 +305,7 @@ func New(cfg Config) (*Router, error) {
 		tun:     defaultTunables(),
 		recs:    map[key.Public]*entry{},
 		tombs:   map[key.Public]tomb{},
+		wants:   map[key.Public]*want{},
 		conns:   map[*conn]struct{}{},
 		active:  map[key.Public]*conn{},
 		targets: map[string]*target{},

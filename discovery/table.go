@@ -199,6 +199,7 @@ func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigChe
 			r.log.Info("learned of peer", "peer", rec.Key.Name(), "nickname", rec.Nickname)
 		}
 		e.rec = *rec
+		r.gotLocked(rec)
 		changed = append(changed, rec)
 	}
 	if len(changed) == 0 {
@@ -267,19 +268,40 @@ func (r *Router) badSigLocked(rec *Record) {
 		"peer", rec.Key.Name())
 }
 
-// floodLocked queues recs to every active connection except skip.
+// floodLocked queues recs to every active connection except skip: our
+// own record whole, others' as haves to neighbours that know them
+// (announce.go).
 func (r *Router) floodLocked(skip *conn, recs []*Record) {
 	if len(r.active) == 0 || len(recs) == 0 {
 		return
 	}
-	msgs := packRecords(recs)
+	var own, others []*Record
+	for _, rec := range recs {
+		if rec.Key == r.self {
+			own = append(own, rec)
+		} else {
+			others = append(others, rec)
+		}
+	}
+	var ownMsgs, otherMsgs [][]byte
+	if len(own) > 0 {
+		ownMsgs = packRecords(own)
+	}
+	if len(others) > 0 {
+		otherMsgs = packRecords(others)
+	}
 	for _, c := range r.active {
 		if c == skip {
 			continue
 		}
-		r.ctr.add(CtrRecordsSent, uint64(len(recs)))
-		for _, m := range msgs {
-			c.queue(m)
+		if len(own) > 0 {
+			r.ctr.add(CtrRecordsSent, uint64(len(own)))
+			for _, m := range ownMsgs {
+				c.queue(m)
+			}
+		}
+		if len(others) > 0 {
+			r.announceLocked(c, others, otherMsgs)
 		}
 	}
 }
