@@ -116,7 +116,15 @@ for pair in 1-2 2-1 1-3 3-1 2-3 3-2; do
 	a=${pair%-*} b=${pair#*-}
 	port=$((port + 1))
 	(sleep 600 | ip netns exec h$a nc -l -p $port >/run/got-$a-$b) &
-	sleep 1
+	# Wait until the listener is in LISTEN (0A in /proc/net/tcp*, port in
+	# hex): in an emulated CPU on a loaded machine it can take more than
+	# a second, and a sender that comes first is refused and sends nothing.
+	hex=$(printf '%04X' $port)
+	n=0
+	until ip netns exec h$a cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -Eq ":$hex [0-9A-F]+:0000 0A " || [ $n -ge 600 ]; do
+		sleep 0.1
+		n=$((n + 1))
+	done
 	ip netns exec h$b timeout 300 nc 10.32.0.$a $port </run/blob$b
 	n=0
 	while [ "$(wc -c </run/got-$a-$b)" -lt 1000000 ] && [ $n -lt 10 ]; do
