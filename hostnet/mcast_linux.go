@@ -31,6 +31,18 @@ import (
 //     answer general queries (every 20 s: queryInterval) and their entries
 //     never age out (without a querier, nobody asks and entries expire
 //     after 260 s).
+//   - Until the kernel counts a querier as present, a query response
+//     interval after the querier is turned on, the bridge floods IGMP
+//     reports to every port, and a container in IGMPv2 mode (the bridge's
+//     queries are v2) that hears another member's report for its group
+//     cancels its own (report suppression, RFC 2236): its port is not
+//     learned until the next general query, the second startup query
+//     (31.25 s later by default). Members have 1 s to answer a query
+//     (queryResponseInterval: a bridge's ports are one hop away), so the
+//     window is 1 s, and the startup queries come every 5 s
+//     (startupQueryInterval), so a join lost in it is learned within
+//     about 6 s. The querier is turned on after these are set: the kernel
+//     opens the window with the response interval it has then.
 //   - Every port has fast leave (one container per port): a leave deletes
 //     the port's entry at once, and the hosts replicating to this one hear
 //     of it within the notification's round trip.
@@ -56,20 +68,46 @@ const (
 // query with one report per group (v2) or one for all (v3).
 const queryInterval = 20 * 100
 
+// queryResponseInterval (1 s, the kernel's is 10 s) is how long members
+// may take to answer a query, and how long after the querier is turned on
+// the bridge floods reports (see above); startupQueryInterval (5 s, a
+// quarter of queryInterval as RFC 3376 has it; the kernel's is 31.25 s)
+// spaces the first two queries. Both in hundredths of a second.
+const (
+	queryResponseInterval = 1 * 100
+	startupQueryInterval  = 5 * 100
+)
+
 // setupBridgeMulticast turns on snooping, the bridge's querier and its
-// router port on the bridge at index.
+// router port on the bridge at index: the querier in a second request,
+// once the query intervals are set (the kernel reads a request's
+// attributes in its own order, the querier before the intervals).
 func setupBridgeMulticast(ns netns.NsHandle, index int) error {
+	err := changeBridge(ns, index, func(data *nl.RtAttr) {
+		data.AddRtAttr(unix.IFLA_BR_MCAST_SNOOPING, []byte{1})
+		data.AddRtAttr(unix.IFLA_BR_MCAST_ROUTER, []byte{2})
+		data.AddRtAttr(unix.IFLA_BR_MCAST_QUERY_INTVL, nl.Uint64Attr(queryInterval))
+		data.AddRtAttr(unix.IFLA_BR_MCAST_QUERY_RESPONSE_INTVL, nl.Uint64Attr(queryResponseInterval))
+		data.AddRtAttr(unix.IFLA_BR_MCAST_STARTUP_QUERY_INTVL, nl.Uint64Attr(startupQueryInterval))
+	})
+	if err != nil {
+		return err
+	}
+	return changeBridge(ns, index, func(data *nl.RtAttr) {
+		data.AddRtAttr(unix.IFLA_BR_MCAST_QUERIER, []byte{1})
+	})
+}
+
+// changeBridge sends one RTM_NEWLINK for the bridge at index with the
+// bridge attributes add puts in.
+func changeBridge(ns netns.NsHandle, index int, add func(data *nl.RtAttr)) error {
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
 	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
 	req.AddData(msg)
 	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
 	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
-	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
-	data.AddRtAttr(unix.IFLA_BR_MCAST_SNOOPING, []byte{1})
-	data.AddRtAttr(unix.IFLA_BR_MCAST_QUERIER, []byte{1})
-	data.AddRtAttr(unix.IFLA_BR_MCAST_ROUTER, []byte{2})
-	data.AddRtAttr(unix.IFLA_BR_MCAST_QUERY_INTVL, nl.Uint64Attr(queryInterval))
+	add(info.AddRtAttr(nl.IFLA_INFO_DATA, nil))
 	req.AddData(info)
 	return executeAt(ns, req, 0, func([]byte) {})
 }
