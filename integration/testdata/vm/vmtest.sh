@@ -86,6 +86,19 @@ waitping() {
 	return 1
 }
 
+# waitlisten HOST PORT: until a listener on PORT is in LISTEN in HOST (0A
+# in /proc/net/tcp*, port in hex): in an emulated CPU on a loaded machine a
+# background `nc -l` can take more than a second to listen, and a sender
+# that comes first is refused and sends nothing.
+waitlisten() {
+	hex=$(printf '%04X' $2)
+	n=0
+	until ip netns exec h$1 cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -Eq ":$hex [0-9A-F]+:0000 0A " || [ $n -ge 600 ]; do
+		sleep 0.1
+		n=$((n + 1))
+	done
+}
+
 # A file per host, fetched by every other host over the overlay.
 for i in 1 2 3; do
 	head -c 1000000 /dev/urandom >/run/blob$i
@@ -116,15 +129,7 @@ for pair in 1-2 2-1 1-3 3-1 2-3 3-2; do
 	a=${pair%-*} b=${pair#*-}
 	port=$((port + 1))
 	(sleep 600 | ip netns exec h$a nc -l -p $port >/run/got-$a-$b) &
-	# Wait until the listener is in LISTEN (0A in /proc/net/tcp*, port in
-	# hex): in an emulated CPU on a loaded machine it can take more than
-	# a second, and a sender that comes first is refused and sends nothing.
-	hex=$(printf '%04X' $port)
-	n=0
-	until ip netns exec h$a cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -Eq ":$hex [0-9A-F]+:0000 0A " || [ $n -ge 600 ]; do
-		sleep 0.1
-		n=$((n + 1))
-	done
+	waitlisten $a $port
 	ip netns exec h$b timeout 300 nc 10.32.0.$a $port </run/blob$b
 	n=0
 	while [ "$(wc -c </run/got-$a-$b)" -lt 1000000 ] && [ $n -lt 10 ]; do
@@ -153,6 +158,7 @@ ip netns add c1
 dump attach-c1 ip netns exec h1 weavewg attach --api-socket /run/h1.sock --json --name c1 /run/netns/c1
 dump link-c1 ip -n c1 -o link show ethwe0
 (sleep 60 | ip netns exec h4 nc -l -p 9100 >/dev/null) &
+waitlisten 4 9100
 ip netns exec h1 timeout 90 tcpdump -Z root -l -nn -i kwweavewg0 -c 1 'tcp[tcpflags] & tcp-syn != 0 and dst port 9100' >/run/syn 2>/run/syn.err &
 n=0
 until grep -q "listening on" /run/syn.err || [ $n -ge 60 ]; do
@@ -190,7 +196,7 @@ echo "=== BEGIN sum-move"
 cat /run/move1 /run/move2 | sha256sum
 echo "=== END sum-move"
 (sleep 900 | ip netns exec h3 nc -l -p 9200 >/run/got-move) &
-sleep 1
+waitlisten 3 9200
 (
 	cat /run/move1
 	n=0
