@@ -682,16 +682,29 @@ func (d *Daemon) reconcile() {
 		// partition); the other peers need not, or one join would cost a
 		// broadcast per peer, O(N²) messages (issue 18; sim's node loop
 		// does the same).
-		var arrived []key.Public
+		// Other arrivals get our own entries (ipam.SendOwn: the
+		// broadcasts of our changes made before it was reachable missed
+		// it), unless many arrive at once (we joined, or a partition
+		// healed: the neighbours' relayed rings cover that).
+		var arrived, others []key.Public
 		for _, p := range peers {
-			if p.Direct && reachSet[p.Key] && !d.reachableSet[p.Key] {
-				arrived = append(arrived, p.Key)
+			if reachSet[p.Key] && !d.reachableSet[p.Key] {
+				if p.Direct {
+					arrived = append(arrived, p.Key)
+				} else {
+					others = append(others, p.Key)
+				}
 			}
 		}
 		d.reachableSet = reachSet
 		d.ipam.SetPeers(reachable)
 		for _, k := range arrived {
 			d.ipam.SendRing(k, true)
+		}
+		if len(others) <= ipam.MaxSendOwnArrivals {
+			for _, k := range others {
+				d.ipam.SendOwn(k)
+			}
 		}
 	}
 	d.trackLiveness(ranges, reachSet, time.Now())

@@ -320,7 +320,7 @@ func (r *Router) handleChannelLocked(raw []byte) error {
 	fwd := append([]byte(nil), raw...)
 	fwd[channelHopsOffset(len(m.Name))]--
 	if !r.forwardLocked(m.Dst, fwd) {
-		r.ctr.inc(CtrChannelNoRoute)
+		r.parkLocked(m.Dst, fwd) // our routes may lag the sender's (parked.go)
 	} else {
 		r.ctr.inc(CtrChannelForwarded)
 	}

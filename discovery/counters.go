@@ -42,7 +42,8 @@ const (
 	CtrChannelForwarded   = "gossip_channel_forwarded"       // channel messages relayed towards their destination
 	CtrChannelUnknown     = "gossip_channel_unknown"         // channel messages for a channel not registered here
 	CtrChannelExpired     = "gossip_channel_expired"         // channel messages dropped: hop limit reached
-	CtrChannelNoRoute     = "gossip_channel_no_route"        // channel messages dropped: destination unreachable
+	CtrChannelNoRoute     = "gossip_channel_no_route"        // channel messages dropped: destination unreachable (held 3 s first)
+	CtrChannelParked      = "gossip_channel_parked"          // channel messages a relay held for want of a route to their destination
 	CtrChannelDropped     = "gossip_channel_dropped"         // delivered messages dropped: handler queue full
 	CtrJoinAdmitted       = "control_join_admitted"          // joiners admitted with a token
 	CtrJoinRefused        = "control_join_refused"           // joiners refused (expired, revoked, used up, other network)
@@ -66,7 +67,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
-	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent,
+	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,

@@ -108,6 +108,7 @@ func (r *Router) maintainLoop() {
 		now := r.now()
 		r.expireLocked(now)
 		r.retryWantsLocked(now)
+		r.retryParkedLocked()
 		wall := time.Now() // writes are stamped by the real clock, whatever r.now is
 		for _, c := range r.active {
 			c.keepaliveDueLocked(wall)

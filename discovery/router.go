@@ -216,6 +216,7 @@ type Router struct {
 	recs    map[key.Public]*entry // every known peer, self included
 	tombs   map[key.Public]tomb   // expired peers' last versions
 	wants   map[key.Public]*want  // records asked for after a have (announce.go)
+	parked  []parkedMsg           // channel messages waiting for a route (parked.go)
 	conns   map[*conn]struct{}    // every connection past its handshake
 	active  map[key.Public]*conn  // the one established connection per peer
 	targets map[string]*target    // by normalised HOST:PORT

@@ -340,6 +340,7 @@ func (r *Router) recomputeLocked() {
 	old := r.rt
 	r.rt = computeRoutes(r.self, buildAdjacency(recs))
 	r.indexSeenAtLocked()
+	defer r.retryParkedLocked()
 	now := r.now()
 	for k, e := range r.recs {
 		_, reach := r.rt.hops[k]

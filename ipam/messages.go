@@ -370,6 +370,47 @@ func (a *Allocator) SendRing(to key.Public, relay bool) {
 	a.flush(outbox{replyTo: to, reply: msgs})
 }
 
+// MaxSendOwnArrivals bounds the peers a caller sends its own entries to
+// (SendOwn) when they become reachable at once: more arrive together when
+// we joined or a partition healed, and there the control neighbours'
+// relayed rings bring the news (each peer sending every arrival its
+// entries would cost O(N²) messages per heal).
+const MaxSendOwnArrivals = 16
+
+// SendOwn sends the entries this peer owns (with their bounds) to one
+// peer: one that has just become reachable to us, and so missed the
+// broadcasts of our changes made before (a broadcast goes to the peers
+// reachable at the time: a joiner's donor published its new free count
+// while the joiner was not yet reachable to it, and the joiner waited for
+// anti-entropy, 10 s). It answers with what we lack of what we sent.
+// Each peer sends an arrival a message of its own few entries: O(N) small
+// messages per join, where the whole ring from each would be O(N²) bytes.
+func (a *Allocator) SendOwn(to key.Public) {
+	a.mu.Lock()
+	if !a.ring.Seeded() || a.closed {
+		a.mu.Unlock()
+		return
+	}
+	marks := make([]bool, len(a.ring.Entries))
+	any := false
+	for i, e := range a.ring.Entries {
+		if e.Owner == a.self {
+			marks[i], any = true, true
+		}
+	}
+	if !any {
+		a.mu.Unlock()
+		return
+	}
+	msgs, err := ringParts(a.ring, marks, false, false)
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("encoding the ring", "err", err)
+		return
+	}
+	a.flush(outbox{replyTo: to, reply: msgs})
+}
+
 // RingMessage returns the whole ring as one msgRing message (nil before
 // seeding): for comparing rings, and for sending only while it is within
 // MaxMessage (SendRing sends any ring).

@@ -141,3 +141,43 @@ func TestPartBounds(t *testing.T) {
 		t.Error("a refused part changed the ring")
 	}
 }
+
+// A peer that missed a broadcast of another's change (it was not
+// reachable to the sender then) gets it from that peer's SendOwn, which
+// carries the sender's own entries and nothing else.
+func TestSendOwnBringsMissedChange(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openWide(t, n, pk(0))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	b := openWide(t, n, pk(1))
+	a.SendRing(b.self, false)
+	n.run(t)
+	// a changes its entry (a free count) while b hears nothing.
+	if _, err := a.Allocate("c"); err != nil {
+		t.Fatal(err)
+	}
+	a.Tick()
+	n.queue = nil
+	if b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("b holds a's change although its broadcast was lost: the test shows nothing")
+	}
+	a.SendOwn(b.self)
+	if len(n.queue) != 1 {
+		t.Fatalf("SendOwn queued %d messages, want 1", len(n.queue))
+	}
+	m, err := ParseMessage(n.queue[0].b)
+	if err != nil || m.Part == nil {
+		t.Fatalf("SendOwn sent %+v (%v), want a ring part", m, err)
+	}
+	for _, e := range m.Part.Ring.Entries {
+		if e.Owner != a.self {
+			t.Fatalf("SendOwn sent an entry of %s", e.Owner.Name())
+		}
+	}
+	n.run(t)
+	if !b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("after SendOwn b's ring still differs from a's")
+	}
+}

@@ -242,16 +242,25 @@ func (nd *Node) reconcile() {
 		}
 	}
 	if changed {
-		var arrived []key.Public
+		var arrived, others []key.Public
 		for _, p := range peers {
-			if p.Direct && set[p.Key] && !nd.reach[p.Key] {
-				arrived = append(arrived, p.Key)
+			if set[p.Key] && !nd.reach[p.Key] {
+				if p.Direct {
+					arrived = append(arrived, p.Key)
+				} else {
+					others = append(others, p.Key)
+				}
 			}
 		}
 		nd.reach = set
 		nd.IPAM.SetPeers(reachable)
 		for _, k := range arrived {
 			nd.IPAM.SendRing(k, true)
+		}
+		if len(others) <= ipam.MaxSendOwnArrivals {
+			for _, k := range others {
+				nd.IPAM.SendOwn(k)
+			}
 		}
 	}
 	nd.DNS.SetReachable(reachable)
