@@ -215,6 +215,7 @@ waitlisten 3 9200
 	done
 	echo "VMTEST move: h3 routes h2 into kwweavewg0 after ${n}s" >/dev/console
 	dump wgdump-move0-h3 ip netns exec h3 wg show kwweavewg0 dump >>/run/move.log
+	date +%s >/run/move2.start
 	cat /run/move2
 ) | ip netns exec h2 timeout 600 nc 10.32.0.3 9200
 n=0
@@ -222,6 +223,8 @@ while [ "$(wc -c </run/got-move)" -lt 2000000 ] && [ $n -lt 30 ]; do
 	sleep 1
 	n=$((n + 1))
 done
+# How long the second half took (said, not checked: emulated time).
+echo "VMTEST move: second half in $(($(date +%s) - $(cat /run/move2.start)))s, $(wc -c </run/got-move) bytes in all"
 cat /run/move.log
 echo "=== BEGIN fetch-move"
 sha256sum </run/got-move
