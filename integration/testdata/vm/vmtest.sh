@@ -214,6 +214,21 @@ waitlisten 3 9200
 		n=$((n + 1))
 	done
 	echo "VMTEST move: h3 routes h2 into kwweavewg0 after ${n}s" >/dev/console
+	# The kernel handshakes with the peer it was just given at once, with
+	# no data to send (the second half is not sent yet): the session the
+	# peer then sends with is the kernel's. Without it the peer went on
+	# with its session from the relay, which the kernel cannot read.
+	n=0
+	until [ "$(ip netns exec h3 wg show kwweavewg0 dump | awk -F'\t' '$3 == "192.0.2.2:6783" { print $5 }')" -gt 0 ] 2>/dev/null || [ $n -ge 60 ]; do
+		sleep 1
+		n=$((n + 1))
+	done
+	if [ $n -lt 60 ]; then
+		result move-handshake OK
+	else
+		result move-handshake "FAIL (h3's kernel device made no handshake with h2 in 60 s, with nothing sent yet)"
+	fi >/dev/console
+	echo "VMTEST move: h3's kernel handshook with h2 after ${n}s" >/dev/console
 	dump wgdump-move0-h3 ip netns exec h3 wg show kwweavewg0 dump >>/run/move.log
 	date +%s >/run/move2.start
 	cat /run/move2
