@@ -616,6 +616,9 @@ func (d *Daemon) reconcile() {
 	d.nicks.note(peers)
 	inputs := pathInputs(peers)
 	d.tun.SetPublic(d.knownPublic())
+	if m, ok := d.tun.(interface{ SetMappedAddrs([]netip.Addr) }); ok {
+		m.SetMappedAddrs(d.natMappedAddrs()) // tunnel/natanswer.go
+	}
 	d.natPeers(peers)
 	// A host address is believed only if nobody else uses it: its own
 	// record is signed, but any member may declare any --host-ip, and a

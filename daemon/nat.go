@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/weavewg/weavewg/discovery"
@@ -159,6 +160,22 @@ func (d *Daemon) natReflexive(k key.Public) netip.AddrPort {
 // to have a public address (no NAT).
 func (d *Daemon) knownPublic() bool {
 	return d.nat != nil && d.nat.Status().Behaviour.Public
+}
+
+// natMappedAddrs are the addresses STUN through other peers showed this host
+// at: its NAT's WAN addresses (the tunnel ignores ICMP from those about peers
+// behind the same NAT).
+func (d *Daemon) natMappedAddrs() []netip.Addr {
+	if d.nat == nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, m := range d.nat.Status().Behaviour.Mappings {
+		if a := m.Mapped.Addr().Unmap(); a.IsValid() && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // addNATStatus adds the ICE state per peer and the observed NAT behaviour

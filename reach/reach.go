@@ -132,7 +132,12 @@ type Path struct {
 	// Hold: send the peer nothing straight (no direct probes, no ICE) for
 	// now; its NAT must see our peer's datagram first (see Opening).
 	Hold bool
-	Why  string // the rule that decided Relayed, in words
+	// Opening: this is our turn to send first, and our datagrams go to the
+	// peer's NAT mapping (not gossip's guess of its listen port): tell the
+	// peer, which holds off until then (the tunnel flags its relayed
+	// probes; see Opening).
+	Opening bool
+	Why     string // the rule that decided Relayed, in words
 }
 
 // peer is the state of one peer. Times are zero when never.
@@ -148,7 +153,13 @@ type peer struct {
 	lastReply time.Time
 	lastRelay time.Time
 	opened    bool // a direct probe answered since the peer appeared: no more holds
-	path      Path
+	// peerOpening: when the peer last told us it sends to our NAT mapping
+	// in its opening turn (zero: never).
+	peerOpening time.Time
+	// takesIn: when the peer last told us our NAT took its datagram in
+	// (ICMP port unreachable; zero: never).
+	takesIn time.Time
+	path    Path
 }
 
 // Machine holds the path of every peer. Not safe for concurrent use.
@@ -175,6 +186,20 @@ func (m *Machine) Active(t time.Time, k key.Public) {
 		p.active = t
 	}
 }
+
+// NATTakesIn records that k told us at t that our NAT answered its
+// datagram to our mapping with ICMP port unreachable: it took k's
+// datagram in and confirmed it in conntrack, so sending in k's opening
+// turn would only spoil our mapping (see Opening).
+func (m *Machine) NATTakesIn(t time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil && t.After(p.takesIn) {
+		p.takesIn = t
+	}
+}
+
+// TakesInFor is how long a peer's word that our NAT takes unsolicited
+// datagrams in holds.
+const TakesInFor = 10 * time.Minute
 
 // SetPublic records whether this host is known to have a public address.
 func (m *Machine) SetPublic(public bool) { m.public = public }
@@ -242,6 +267,14 @@ func (m *Machine) DirectReply(now time.Time, k key.Public) {
 		if !now.Before(p.since) {
 			p.opened = true
 		}
+	}
+}
+
+// PeerOpening records that k told us at t that it now sends to our NAT
+// mapping in its opening turn (its relayed probes say so).
+func (m *Machine) PeerOpening(t time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil && t.After(p.peerOpening) {
+		p.peerOpening = t
 	}
 }
 
@@ -348,12 +381,15 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 	default:
 		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
 	}
-	if hold, why := m.hold(p, now); hold && !idle {
+	hold, opener, why := m.hold(p, now)
+	if hold && !idle {
 		next.Hold = true
 		if next.Relayed {
 			next.Why = why
 		}
 	}
+	// Our turn, and our direct datagrams reach the peer's NAT mapping.
+	next.Opening = opener && !hold && !idle && next.Endpoint.IsValid() && next.From != SourceGossip
 	if idle {
 		next.Idle, next.Keepalive = true, KeepaliveOff
 		return next
@@ -376,8 +412,23 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 // its host must send first. Neither side can tell, so:
 //
 //   - attempt 1: the side with the larger key (ICE's controlled side)
-//     sends at once; the other holds off for OpenLead (no direct probes,
-//     no ICE), then its ICE session starts;
+//     sends at once; the other holds off (no direct probes, no ICE) until
+//     the opener says that its datagrams now go to our NAT mapping (a flag
+//     in its relayed probes, Path.Opening: until it learns our mapping,
+//     from our advertised reflexive address or ICE, it sends to gossip's
+//     guess of our listen port, which reaches nobody), at least OpenLead;
+//     then its ICE session starts. Without that, the holder's fixed lead
+//     could run out before the opener knew where to send, and a holder
+//     sending first to a stock router spoils it (TestNAT: a stock opener
+//     still probing the ideal peer's gossip guess when the ideal holder,
+//     its lead over, sent to the stock host's mapping);
+//   - a holder whose NAT takes the opener's datagrams in (the opener's
+//     probe to its mapping drew ICMP port unreachable from it, and the
+//     opener said so: NATTakesIn) keeps quiet for the whole of that turn: the
+//     opener's first datagram already holds the tuple its flow would need,
+//     and sending would only give its later flows a random port, spoiling
+//     its own turn (stock masquerade: Linux gives a source's new flows the
+//     port of its newest mapping);
 //   - an attempt with no direct probe answered within OpenFor failed: both
 //     sides hold off for QuietFor, longer than the 30 s an unreplied UDP
 //     entry lives in Linux conntrack (nf_conntrack_udp_timeout), so every
@@ -387,8 +438,9 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 // A direct probe answered ends the turns for good. Both sides count from
 // when each learned of the other, which gossip makes within a second or
 // two of each other in the worst case and well within a second in the test
-// bed; OpenLead absorbs most of that, and a lead longer than needed only
-// delays the direct path (ideal EIM ↔ ideal EIM, natbench's target 5 s). A public host takes no turns
+// bed; the holder waits for the opener's word rather than for a fixed
+// lead, so that skew, and the opener learning the holder's mapping late,
+// cost only time. A public host takes no turns
 // (its address has no NAT to spoil), nor does a pair that holds a control
 // connection (one side dialled the other, so it is reachable).
 //
@@ -402,27 +454,40 @@ const (
 	QuietFor = 40 * time.Second
 )
 
-// hold reports whether we must send p nothing straight at now, and why.
-func (m *Machine) hold(p *peer, now time.Time) (bool, string) {
+// hold reports whether we must send p nothing straight at now, whether
+// this is our turn to send first, and why we hold.
+func (m *Machine) hold(p *peer, now time.Time) (hold, opener bool, why string) {
 	if m.public || p.opened || !p.in.StartRelayed || p.in.Via.IsZero() {
-		return false, ""
+		return false, false, ""
 	}
 	el := now.Sub(p.since)
 	if el < 0 {
-		return false, ""
+		return false, false, ""
 	}
 	cycle := OpenFor + QuietFor
 	attempt := int(el / cycle)
 	in := el % cycle
 	if in >= OpenFor {
-		return true, fmt.Sprintf("opening attempt %d got no direct reply: quiet for %v so both NATs forget it", attempt+1, QuietFor)
+		return true, false, fmt.Sprintf("opening attempt %d got no direct reply: quiet for %v so both NATs forget it", attempt+1, QuietFor)
 	}
 	larger := p.in.Key.Less(m.self)
-	opener := larger == (attempt%2 == 0)
-	if !opener && in < OpenLead {
-		return true, fmt.Sprintf("opening attempt %d: the peer sends first", attempt+1)
+	if larger == (attempt%2 == 0) {
+		return false, true, ""
 	}
-	return false, ""
+	// The peer's turn. If our NAT takes unsolicited datagrams in, the
+	// peer's first datagram already took the tuple our flow would need:
+	// keep quiet the whole attempt (sending would only give our later
+	// flows a random port); our turn comes next.
+	if !p.takesIn.IsZero() && now.Sub(p.takesIn) < TakesInFor {
+		return true, false, fmt.Sprintf("opening attempt %d: the peer sends first, and our NAT takes its datagrams in (ICMP port unreachable): waiting for our turn", attempt+1)
+	}
+	// Else hold off until it told us, in this attempt, that it sends to
+	// our mapping, and for OpenLead at least.
+	start := now.Add(-in)
+	if in < OpenLead || p.peerOpening.Before(start) {
+		return true, false, fmt.Sprintf("opening attempt %d: the peer sends first", attempt+1)
+	}
+	return false, false, ""
 }
 
 // KeepaliveFor is which side of a pair sends WireGuard keepalives (and so

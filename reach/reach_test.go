@@ -62,6 +62,9 @@ func TestMachine(t *testing.T) {
 	relayed := func(ep netip.AddrPort, from Source, why string) Path {
 		return Path{Endpoint: ep, From: from, Relayed: true, Via: relayR, Why: why}
 	}
+	// We hold the larger key: our turn to open first, and once we know
+	// A's NAT mapping (not gossip's guess) our probes say so.
+	opening := func(p Path) Path { p.Opening = true; return p }
 	tests := []struct {
 		name  string
 		steps []step
@@ -80,24 +83,24 @@ func TestMachine(t *testing.T) {
 		{"the advertised reflexive address before gossip's guess; traffic after it", []step{
 			{0, func(m *Machine, now time.Time) {
 				m.SetPeers(now, []Peer{{Key: peerA, Gossip: gossA, Reflexive: natA, Via: relayR, StartRelayed: true}, {Key: relayR, Gossip: gossR}})
-			}, relayed(natA, SourceReflexive, "first guess: gossip routes through the relay"), false},
-			{time.Second, learned(iceA), relayed(iceA, SourceTraffic, "first guess: gossip routes through the relay"), false},
+			}, opening(relayed(natA, SourceReflexive, "first guess: gossip routes through the relay")), false},
+			{time.Second, learned(iceA), opening(relayed(iceA, SourceTraffic, "first guess: gossip routes through the relay")), false},
 		}},
 		{"no endpoint: relayed", []step{
 			{0, peers(false, netip.AddrPort{}), relayed(netip.AddrPort{}, SourceNone, "no endpoint known"), false},
 		}},
 		{"the NAT's port learned from traffic wins over gossip's guess", []step{
 			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
-			{time.Second, learned(natA), relayed(natA, SourceTraffic, "first guess: gossip routes through the relay"), false},
+			{time.Second, learned(natA), opening(relayed(natA, SourceTraffic, "first guess: gossip routes through the relay")), false},
 			{1100 * time.Millisecond, reply, direct(natA, SourceTraffic, "direct probes answered"), false},
 			// gossip says the same again: nothing forgotten
 			{2 * time.Second, peers(true, gossA), direct(natA, SourceTraffic, "direct probes answered"), true},
 		}},
 		{"newest of ICE and traffic wins; new gossip address forgets both", []step{
 			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
-			{time.Second, ice(iceA), relayed(iceA, SourceICE, "first guess: gossip routes through the relay"), false},
-			{2 * time.Second, learned(natA), relayed(natA, SourceTraffic, "first guess: gossip routes through the relay"), false},
-			{3 * time.Second, ice(iceA), relayed(iceA, SourceICE, "first guess: gossip routes through the relay"), false},
+			{time.Second, ice(iceA), opening(relayed(iceA, SourceICE, "first guess: gossip routes through the relay")), false},
+			{2 * time.Second, learned(natA), opening(relayed(natA, SourceTraffic, "first guess: gossip routes through the relay")), false},
+			{3 * time.Second, ice(iceA), opening(relayed(iceA, SourceICE, "first guess: gossip routes through the relay")), false},
 			{4 * time.Second, peers(true, netip.MustParseAddrPort("192.0.2.77:6783")), relayed(netip.MustParseAddrPort("192.0.2.77:6783"), SourceGossip, "first guess: gossip routes through the relay"), false},
 		}},
 	}
@@ -340,6 +343,7 @@ func TestIdlePublicHostDependsOnNobody(t *testing.T) {
 // public host and a pair that holds a control connection take none.
 func TestOpeningTurns(t *testing.T) {
 	small, large := testKey(1), testKey(9) // self is testKey(5)
+	var none key.Public
 	held := func(m *Machine, k key.Public, at time.Duration) bool {
 		m.Tick(t0.Add(at))
 		p, _ := m.Path(k)
@@ -358,18 +362,24 @@ func TestOpeningTurns(t *testing.T) {
 	cycle := OpenFor + QuietFor
 	for _, c := range []struct {
 		at          time.Duration
-		small, larg bool // held towards small (we are the larger key) and towards large
+		signal      key.Public // this peer's probe says it opens, just before at
+		small, larg bool       // held towards small (we are the larger key) and towards large
 	}{
-		{0, false, true}, // attempt 1: the larger key sends first
-		{OpenLead - time.Millisecond, false, true},
-		{OpenLead, false, false}, // then both
-		{OpenFor - time.Millisecond, false, false},
-		{OpenFor, true, true}, // quiet
-		{cycle - time.Millisecond, true, true},
-		{cycle, true, false}, // attempt 2: roles swapped
-		{cycle + OpenLead, false, false},
-		{2 * cycle, false, true}, // attempt 3 as attempt 1
+		{0, none, false, true}, // attempt 1: the larger key sends first
+		{OpenLead - time.Millisecond, none, false, true},
+		{OpenLead, none, false, true},          // still: it has not said it sends to our mapping
+		{2 * time.Second, large, false, false}, // it has: then both
+		{OpenFor - time.Millisecond, none, false, false},
+		{OpenFor, none, true, true}, // quiet
+		{cycle - time.Millisecond, none, true, true},
+		{cycle, none, true, false}, // attempt 2: roles swapped; attempt 1's word does not count
+		{cycle + OpenLead, none, true, false},
+		{cycle + OpenLead + time.Second, small, false, false},
+		{2 * cycle, none, false, true}, // attempt 3 as attempt 1
 	} {
+		if !c.signal.IsZero() {
+			m.PeerOpening(t0.Add(c.at-time.Millisecond), c.signal)
+		}
 		if got := held(m, small, c.at); got != c.small {
 			t.Errorf("at %v: held towards the smaller key %v, want %v", c.at, got, c.small)
 		}
@@ -392,5 +402,68 @@ func TestOpeningTurns(t *testing.T) {
 	pub.SetPeers(t0, []Peer{{Key: large, Gossip: gossA, Via: relayR, StartRelayed: true}, {Key: relayR, Gossip: gossR}})
 	if held(pub, large, OpenFor) {
 		t.Error("a public host held off a peer")
+	}
+}
+
+// TestOpeningSays: in our turn we tell the peer we open (Path.Opening) once
+// our direct datagrams go to its NAT mapping, not before (gossip's guess of
+// its listen port reaches nobody behind a NAT), and never in its turn, in
+// the quiet, or once a direct probe answered.
+func TestOpeningSays(t *testing.T) {
+	small, large := testKey(1), testKey(9) // self is testKey(5): we open to small first
+	m := New(self)
+	m.SetIdleAfter(0)
+	set := func(refl netip.AddrPort) {
+		m.SetPeers(t0, []Peer{
+			{Key: small, Gossip: gossA, Reflexive: refl, Via: relayR, StartRelayed: true},
+			{Key: large, Gossip: gossA, Reflexive: refl, Via: relayR, StartRelayed: true},
+			{Key: relayR, Gossip: gossR, DependsOn: true},
+		})
+	}
+	opening := func(k key.Public, at time.Duration) bool {
+		m.Tick(t0.Add(at))
+		p, _ := m.Path(k)
+		return p.Opening
+	}
+	set(netip.AddrPort{})
+	if opening(small, 0) {
+		t.Error("says it opens while sending to gossip's guess")
+	}
+	set(natA)
+	if !opening(small, time.Second) {
+		t.Error("our turn, sending to the peer's mapping: does not say so")
+	}
+	if opening(large, time.Second) {
+		t.Error("says it opens in the peer's turn")
+	}
+	if opening(small, OpenFor) {
+		t.Error("says it opens in the quiet")
+	}
+	m.DirectReply(t0.Add(OpenFor+QuietFor+time.Second), small)
+	if opening(small, 2*(OpenFor+QuietFor)) {
+		t.Error("says it opens after a direct reply")
+	}
+}
+
+// TestQuietWhenNATTakesIn: told by a peer that our NAT took its datagrams
+// in, we keep quiet for the whole of its turn (its word does not end it),
+// and still open in ours.
+func TestQuietWhenNATTakesIn(t *testing.T) {
+	small, large := testKey(1), testKey(9) // self is testKey(5)
+	m := New(self)
+	m.SetIdleAfter(0)
+	m.SetPeers(t0, []Peer{
+		{Key: small, Gossip: gossA, Reflexive: natA, Via: relayR, StartRelayed: true},
+		{Key: large, Gossip: gossA, Reflexive: natA, Via: relayR, StartRelayed: true},
+		{Key: relayR, Gossip: gossR, DependsOn: true},
+	})
+	m.NATTakesIn(t0.Add(time.Second), large)
+	m.PeerOpening(t0.Add(2*time.Second), large)
+	m.Tick(t0.Add(3 * time.Second))
+	if p, _ := m.Path(large); !p.Hold {
+		t.Errorf("in the peer's turn, after its word: not held (%+v)", p)
+	}
+	if p, _ := m.Path(small); p.Hold || !p.Opening {
+		t.Errorf("in our turn: %+v, want sending and saying so", p)
 	}
 }

@@ -51,6 +51,8 @@ type Bind struct {
 	coarse   atomic.Int64               // unix ns, advanced by the path loop: stamps activity (idle.go)
 	ctr      counters
 	hs       handshakes // handshake messages sent and not yet answered (handshake.go)
+	// ownMapped: our NAT's WAN addresses as STUN showed them (natanswer.go).
+	ownMapped atomic.Pointer[[]netip.Addr]
 
 	// Path MTU probes (mtuprobe.go): verified replies for the MTU loop,
 	// and the counters.
@@ -92,6 +94,7 @@ func (b *Bind) Counters() map[string]uint64 {
 	}
 	m[CounterHandshakeRetransmits] = b.hs.resent.Load()
 	m[CounterHandshakeCrossedDropped] = b.hs.crossedDropped.Load()
+	m[CounterNATPortUnreachable] = b.ctr.natAnswers.Load()
 	return m
 }
 

@@ -155,6 +155,7 @@ func TestBindSortsBatch(t *testing.T) {
 		CounterUDPReceiveBatches:       2,
 		CounterHandshakeRetransmits:    0,
 		CounterHandshakeCrossedDropped: 0,
+		CounterNATPortUnreachable:      0,
 	}
 	c := b.Counters()
 	for k, w := range want {

@@ -13,6 +13,8 @@ type counters struct {
 	batches        atomic.Uint64 // successful receive calls
 
 	relay [numRelayCounters]atomic.Uint64 // relay outcomes, by relayCounter
+
+	natAnswers atomic.Uint64 // ICMP port unreachable from a peer's NAT for our datagram (natanswer.go)
 }
 
 // relayCounter indexes the relay outcome counters; relayCounterNames holds
@@ -81,6 +83,10 @@ const (
 	// Initiations from a peer dropped because ours to it crossed them and
 	// our relay ID orders first: the peer answers ours (handshake.go).
 	CounterHandshakeCrossedDropped = "udp_handshake_crossed_dropped"
+	// ICMP port unreachable from a peer's NAT for our datagram to the
+	// peer's mapping: that NAT takes unsolicited datagrams in
+	// (natanswer.go).
+	CounterNATPortUnreachable = "nat_port_unreachable"
 )
 
 func (c *counters) snapshot() map[string]uint64 {

@@ -135,6 +135,7 @@ func buildRelayTable(self PeerID, peers []PeerConfig, states map[key.Public]*pat
 		ps.relayed.Store(path.Relayed && !pc.Relay.IsZero())
 		ps.idle.Store(path.Idle)
 		ps.hold.Store(path.Hold)
+		ps.opening.Store(path.Opening)
 		gossip := netip.AddrPortFrom(pc.Endpoint.Addr().Unmap(), pc.Endpoint.Port())
 		p := relayPeer{key: pc.Key, id: PeerIDOf(pc.Key), via: -1, path: ps, addr: path.Endpoint, pairKey: pairKey(pc.Key)}
 		p.hopTx, p.hopRx = hopKeyOf(p.pairKey, self), hopKeyOf(p.pairKey, p.id)
@@ -273,6 +274,12 @@ func (t *Tunnel) feedProbes() {
 			}
 			if last := p.path.lastActive.Load(); last != 0 {
 				t.reach.Active(time.Unix(0, last), p.key)
+			}
+			if last := p.path.peerOpening.Load(); last != 0 {
+				t.reach.PeerOpening(time.Unix(0, last), p.key)
+			}
+			if last := p.path.takesIn.Load(); last != 0 {
+				t.reach.NATTakesIn(time.Unix(0, last), p.key)
 			}
 		}
 	}

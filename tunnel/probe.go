@@ -3,6 +3,7 @@ package tunnel
 import (
 	"crypto/subtle"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/blake2s"
@@ -26,7 +27,7 @@ import (
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|          counter: the sender's, for this pair (8)             |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//	| path          |           reserved, zero (7 bytes)            |
+//	| path          | flags         |    reserved, zero (6 bytes)   |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //	|   MAC: BLAKE2s-128 keyed with the pair key (16 bytes)         |
 //	+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -36,6 +37,13 @@ import (
 // straight to the peer (hop limit 1, so no relay forwards it), 1 for one sent
 // through relays; the answer goes back the same way. The timestamp is
 // echoed, so the prober measures the round trip with its own clock alone.
+// flags bit 0 (probeFlagOpening, in probes only): it is the sender's turn to
+// send first to open the pair's NATs, and its datagrams now go to our NAT
+// mapping (reach.Path.Opening); the receiver, holding off, may send now.
+// flags bit 1 (probeFlagNATAnswers, probes only): the receiver's NAT
+// answered the sender's datagram to its mapping with ICMP port
+// unreachable, so it takes unsolicited datagrams in (natanswer.go).
+// Peers that predate the flags ignore them (reserved bytes were zero).
 // The MAC covers the header (without the hop limit byte, the hop counter
 // and the hop MAC, which every hop rewrites) and the body before it, under
 // the key of the pair (auth.go): it proves which member made the message
@@ -60,6 +68,9 @@ const (
 
 	probePathDirect  = 0
 	probePathRelayed = 1
+
+	probeFlagOpening    = 1 << 0
+	probeFlagNATAnswers = 1 << 1
 )
 
 // probeMAC computes the MAC of a probe frame: over the header without what
@@ -76,13 +87,14 @@ func probeMAC(k *[32]byte, frame []byte) [16]byte {
 }
 
 // appendProbe appends a probe frame.
-func appendProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, ctr uint64, path byte) []byte {
+func appendProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, ctr uint64, path, flags byte) []byte {
 	start := len(b)
 	b = AppendRelayHeader(b, hdr)
 	var body [probeBodyLen]byte
 	putBeUint64(body[:8], uint64(ts))
 	putBeUint64(body[8:16], ctr)
 	body[16] = path
+	body[17] = flags
 	b = append(b, body[:]...)
 	m := probeMAC(k, b[start:])
 	copy(b[start+probeMACOff:], m[:])
@@ -117,6 +129,12 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 	direct := path == probePathDirect
 	switch h.Type {
 	case RelayTypeProbe:
+		if body[17]&probeFlagOpening != 0 {
+			p.path.peerOpening.Store(rx.now) // the path loop tells reach
+		}
+		if body[17]&probeFlagNATAnswers != 0 {
+			p.path.takesIn.Store(rx.now) // the path loop tells reach
+		}
 		hop := si // the answer's first hop: the peer, where the probe came from
 		if !direct {
 			hop = t.nextHopIndex(si)
@@ -131,6 +149,7 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 			frame[relayOffHopLimit] = 1
 		}
 		putBeUint64(body[8:16], p.path.sendCtr.Add(1))
+		body[17] = 0 // flags speak for the prober only
 		m := probeMAC(p.pairKey, frame)
 		copy(frame[probeMACOff:], m[:])
 		if err := b.sendHop(t, hop, frame, ep); err != nil {
@@ -172,8 +191,9 @@ func (b *Bind) sendProbes() {
 			continue
 		}
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}
+		flags := b.probeFlags(p, now)
 		if p.ep != nil && !p.path.hold.Load() {
-			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect)
+			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect, flags)
 			if b.sendHop(t, int32(i), f, p.ep) == nil {
 				sent++
 			}
@@ -182,7 +202,7 @@ func (b *Bind) sendProbes() {
 			j := t.nextHopIndex(p.via)
 			if ep := t.peers[j].ep; ep != nil {
 				hdr.HopLimit = DefaultHopLimit
-				f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathRelayed)
+				f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathRelayed, flags)
 				if b.sendHop(t, j, f, ep) == nil {
 					sent++
 				}
@@ -190,4 +210,32 @@ func (b *Bind) sendProbes() {
 		}
 	}
 	b.ctr.relay[rcProbesSent].Add(sent)
+}
+
+// probeFlags are the flags of this round's probes to p at now: the opening
+// word once we have probed its mapping for a probe interval in our turn
+// (so that an ICMP port unreachable from its NAT has come back first), and
+// whether its NAT answered so (natanswer.go).
+//
+// Both wait until STUN has shown this host its own NAT's address
+// (SetMappedAddrs): an ICMP answer about a peer behind our own router comes
+// from that router's LAN side and says nothing of its WAN side, and that
+// peer is told nothing.
+func (b *Bind) probeFlags(p *relayPeer, now int64) byte {
+	var flags byte
+	own := b.ownMapped.Load()
+	if own == nil || len(*own) == 0 {
+		return 0
+	}
+	if !p.path.opening.Load() || p.ep == nil {
+		p.path.openingSince.Store(0)
+	} else if since := p.path.openingSince.Load(); since == 0 {
+		p.path.openingSince.Store(now)
+	} else if now-since >= int64(probeInterval)/2 {
+		flags |= probeFlagOpening
+	}
+	if at := p.path.natAnswers.Load(); at != 0 && now-at < int64(natAnswersRecent) && !slices.Contains(*own, p.addr.Addr()) {
+		flags |= probeFlagNATAnswers
+	}
+	return flags
 }

@@ -606,7 +606,7 @@ func TestProbes(t *testing.T) {
 	self, a := PeerIDOf(f.self), PeerIDOf(f.a)
 
 	// a probes us: we answer straight back with the IDs swapped.
-	probe := appendProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, 7, probePathDirect)
+	probe := appendProbe(nil, testPairKey(f.a), RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: a}, 42, 7, probePathDirect, 0)
 	bt := newBatch()
 	bt.fill(hopFrom(probe, f.a), "192.0.2.1:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
@@ -633,7 +633,7 @@ func TestProbes(t *testing.T) {
 	c := PeerIDOf(f.c)
 	sent := now.UnixNano()
 	now = now.Add(3 * time.Millisecond)
-	reply := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, 1, probePathDirect)
+	reply := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbeReply, HopLimit: 1, Dst: self, Src: c}, sent, 1, probePathDirect, 0)
 	bt.fill(hopFrom(reply, f.c), "192.0.2.3:6783")
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	pc := &f.tbl.peers[f.tbl.lookup(c)]
@@ -651,6 +651,127 @@ func TestProbes(t *testing.T) {
 	}
 }
 
+// TestProbeOpeningFlag: in our opening turn (reach.Path.Opening) our probes,
+// direct and relayed, carry the opening flag under the pair's MAC, from the
+// round after the first, with the NAT-answers flag when the peer's NAT
+// answered with ICMP port unreachable; a peer's flags are noted for the
+// path owner, and the answer does not echo them.
+func TestProbeOpeningFlag(t *testing.T) {
+	f := newRelayFixture(t)
+	f.inner.keep = true
+	now := time.Unix(1000, 0)
+	f.bind.now = func() time.Time { return now }
+	self, c := PeerIDOf(f.self), PeerIDOf(f.c)
+	pc := &f.tbl.peers[f.tbl.lookup(c)]
+
+	// Ours: c's probes carry the word from the round after our first
+	// direct probe of the turn (an ICMP answer from c's NAT is back by
+	// then, and goes with it), others' never.
+	round := func() (opening, answers []string) {
+		sends := &captureBind{}
+		f.bind.inner = sends
+		f.bind.sendProbes()
+		for _, fr := range sends.frames {
+			h, body, err := ParseRelayHeader(fr.b)
+			if err != nil || h.Type != RelayTypeProbe {
+				t.Fatalf("sent %v, %v", h, err)
+			}
+			if body[17]&probeFlagOpening != 0 {
+				opening = append(opening, fr.to)
+			}
+			if body[17]&probeFlagNATAnswers != 0 {
+				answers = append(answers, fr.to)
+			}
+		}
+		return opening, answers
+	}
+	if o, a := round(); len(o)+len(a) != 0 {
+		t.Errorf("not opening: flagged %v %v", o, a)
+	}
+	// Nothing is said before STUN showed us our own NAT's address.
+	pc.path.opening.Store(true)
+	f.bind.noteUnreachable(netip.MustParseAddrPort("192.0.2.3:6783"))
+	now = now.Add(probeInterval)
+	round()
+	now = now.Add(probeInterval)
+	if o, a := round(); len(o)+len(a) != 0 {
+		t.Errorf("own NAT's address unknown: flagged %v %v", o, a)
+	}
+	own := []netip.Addr{netip.MustParseAddr("203.0.113.7")}
+	f.bind.ownMapped.Store(&own)
+	pc.path.opening.Store(false)
+	pc.path.natAnswers.Store(0)
+	f.bind.ctr.natAnswers.Store(0)
+	round()
+	pc.path.opening.Store(true)
+	if o, _ := round(); len(o) != 0 {
+		t.Errorf("first round of the turn: opening word to %v already", o)
+	}
+	f.bind.noteUnreachable(netip.MustParseAddrPort("192.0.2.3:6783")) // c's NAT answered
+	now = now.Add(probeInterval)
+	if o, a := round(); len(o) != 2 || len(a) != 2 {
+		t.Errorf("next round: opening word to %v, NAT-answers word to %v; want c direct and through b, both", o, a)
+	}
+	if got := f.bind.Counters()[CounterNATPortUnreachable]; got != 1 {
+		t.Errorf("%s = %d, want 1", CounterNATPortUnreachable, got)
+	}
+	pc.path.opening.Store(false)
+	if o, _ := round(); len(o) != 0 {
+		t.Errorf("turn over: opening word to %v", o)
+	}
+	// A peer behind our own NAT (its mapping on our NAT's address) is
+	// never told its NAT took our datagrams in.
+	own = []netip.Addr{netip.MustParseAddr("192.0.2.3")}
+	if _, a := round(); len(a) != 0 {
+		t.Errorf("peer behind our own NAT told its NAT answered: %v", a)
+	}
+	f.bind.inner = f.inner
+
+	// Theirs: c's flagged probe, relayed by b, is noted; the reply is not flagged.
+	probe := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbe, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, 42, 9, probePathRelayed, probeFlagOpening|probeFlagNATAnswers)
+	bt := newBatch()
+	bt.fill(hopFrom(probe, f.b), "192.0.2.2:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := pc.path.peerOpening.Load(); got != now.UnixNano() {
+		t.Errorf("peer's opening noted at %d, want %d", got, now.UnixNano())
+	}
+	if got := pc.path.takesIn.Load(); got != now.UnixNano() {
+		t.Errorf("peer's word that our NAT took its datagram in noted at %d, want %d", got, now.UnixNano())
+	}
+	_, body, err := ParseRelayHeader(f.inner.last)
+	if err != nil || body[17] != 0 {
+		t.Errorf("reply flags %x (%v), want none", body[17], err)
+	}
+	// A forged flag (the MAC no longer matches) is dropped, noted nowhere.
+	pc.path.peerOpening.Store(0)
+	forged := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbe, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, 43, 10, probePathRelayed, 0)
+	forged[RelayHeaderLen+17] |= probeFlagOpening
+	bt.fill(hopFrom(forged, f.b), "192.0.2.2:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := pc.path.peerOpening.Load(); got != 0 {
+		t.Errorf("forged opening flag noted")
+	}
+}
+
+// captureBind records every datagram sent and where.
+type captureBind struct {
+	fakeBind
+	frames []struct {
+		to string
+		b  []byte
+	}
+}
+
+func (c *captureBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	for _, b := range bufs {
+		c.frames = append(c.frames, struct {
+			to string
+			b  []byte
+		}{epAddr(ep), bytes.Clone(b)})
+	}
+	return nil
+}
+
 // TestProbeAuthentication: a probe is taken from any address when its MAC
 // is the sender's pair key, moves the sender's endpoint there, and wakes
 // the path loop; forged, replayed and other members' probes are dropped,
@@ -660,7 +781,7 @@ func TestProbeAuthentication(t *testing.T) {
 	// probe is from's probe under the pair key k, its hop sealed with the
 	// hop key of k.
 	probe := func(from key.Public, k *[32]byte, ctr uint64) []byte {
-		p := appendProbe(nil, k, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: PeerIDOf(from)}, 1, ctr, probePathDirect)
+		p := appendProbe(nil, k, RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: self, Src: PeerIDOf(from)}, 1, ctr, probePathDirect, 0)
 		sealHop(p, hopKeyOf(k, PeerIDOf(from)), testHopCtr.Add(1))
 		return p
 	}

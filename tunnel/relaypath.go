@@ -67,6 +67,20 @@ type pathState struct {
 	// hold: no direct probes for now, the peer's NAT must see its own
 	// host's datagram first (reach.Path.Hold; relayed probes go on).
 	hold atomic.Bool
+	// opening: our turn to send first, to the peer's mapping: our probes
+	// say so (reach.Path.Opening). peerOpening: unix ns the peer's probe
+	// last said so (a mailbox to the path loop; 0: never).
+	opening     atomic.Bool
+	peerOpening atomic.Int64
+	// openingSince: unix ns of our first direct probe of this opening
+	// turn (0: not opening); the word goes out a probe interval later,
+	// with natAnswers if the probe brought back ICMP port unreachable
+	// from the peer's NAT (natanswer.go; unix ns, 0: never).
+	openingSince atomic.Int64
+	natAnswers   atomic.Int64
+	// takesIn: unix ns the peer's probe last said our NAT took its
+	// datagram in (0: never; a mailbox to the path loop).
+	takesIn atomic.Int64
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -150,6 +151,10 @@ type Tunnel struct {
 	mtuNL    *netlink.Handle // the MTU loop's own, in ns
 	peerMTUs atomic.Pointer[map[key.Public]PeerMTU]
 	mtuDone  chan struct{} // closed when the MTU loop has ended
+
+	// ICMP (natanswer.go): nil when it cannot be read.
+	icmp     net.PacketConn
+	icmpDone chan struct{} // closed when the ICMP loop has ended
 }
 
 // New creates the TUN device and wireguard-go device, binds the UDP port,
@@ -225,6 +230,12 @@ func New(cfg Config) (*Tunnel, error) {
 	if err := t.nl.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("tunnel: TUN %s: setting up: %w", t.tunName, err)
 	}
+	t.icmpDone = make(chan struct{})
+	if t.icmp = t.openICMP(); t.icmp != nil {
+		go func() { defer close(t.icmpDone); t.icmpLoop(t.icmp) }()
+	} else {
+		close(t.icmpDone)
+	}
 	ok = true
 	go t.pathLoop()
 	go t.mtuLoop()
@@ -258,6 +269,10 @@ func (t *Tunnel) Close() error {
 	t.mu.Unlock()
 	<-t.done    // the path loop takes mu
 	<-t.mtuDone // the MTU loop reads the path table
+	if t.icmp != nil {
+		t.icmp.Close()
+		<-t.icmpDone
+	}
 	t.mu.Lock()
 	return t.teardown()
 }
