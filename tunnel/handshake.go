@@ -50,7 +50,12 @@ import (
 // initiation (counted) and keeps sending its own; the larger one's lets it
 // through and forgets its own, whose copies would otherwise replace the
 // handshake state the peer keeps for our response. Whichever of the two
-// initiations got through first, the smaller side's completes.
+// initiations got through first, the smaller side's completes. Only while
+// ours is fresh (younger than handshakeRetryAfter): wireguard-go can
+// consume our initiation and lose that state to its own before it
+// responds ("handshake initiation must be consumed first", seen in
+// TestNAT), after which our copies are refused as replays and only the
+// peer's initiation, sent again by its Bind, can complete the pair.
 // Answering a peer's initiation (a response sent) forgets ours too.
 const (
 	handshakeRetryAfter = 500 * time.Millisecond
@@ -207,7 +212,13 @@ func (b *Bind) crossed(self, peer PeerID) bool {
 	if mine < 0 {
 		return false
 	}
-	if bytes.Compare(self[:], peer[:]) < 0 {
+	// Ours goes on only while it is fresh: one that went unanswered for
+	// handshakeRetryAfter may never be (the peer's wireguard-go can
+	// consume it and then lose the state to its own initiation before it
+	// responds, after which our copies are replays), so the peer's, sent
+	// again by its Bind, is let through then.
+	fresh := b.nowNano()-h.pending[mine].first < int64(handshakeRetryAfter)
+	if fresh && bytes.Compare(self[:], peer[:]) < 0 {
 		h.crossedDropped.Add(1)
 		return true
 	}

@@ -285,6 +285,20 @@ func TestHandshakeCrossing(t *testing.T) {
 			if resent := f.inner.sends - sends; resent != map[bool]int{true: 1}[weFirst] || (resent == 1 && !bytes.Equal(resentPayload(f), init7)) {
 				t.Errorf("sent %d copies of ours, want one if ours goes on, none if forgotten", resent)
 			}
+			// Ours, unanswered for handshakeRetryAfter, no longer holds off
+			// the peer's (sent again by its Bind): it goes through and ours
+			// is forgotten.
+			if weFirst {
+				clk.at(f, 700*time.Millisecond)
+				bt.fill(wgInitiation(44), "192.0.2.1:6783")
+				f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+				if bt.sizes[0] == 0 {
+					t.Errorf("the peer's initiation dropped while ours had gone unanswered for %v", 700*time.Millisecond)
+				}
+				if f.bind.handshakesPending() {
+					t.Errorf("ours still pending after letting the peer's through")
+				}
+			}
 			// An initiation from a peer we sent none to is never dropped.
 			bt.fill(wgInitiation(45), "192.0.2.2:6783")
 			f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
