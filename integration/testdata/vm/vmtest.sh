@@ -3,8 +3,11 @@
 #   h1 192.0.2.1  --datapath auto (the guest's kernel has WireGuard: kernel)
 #   h2 192.0.2.2  --datapath userspace (forced, on a kernel that has it)
 #   h3 192.0.2.3  --datapath kernel
-#   h4 192.0.2.4  --datapath kernel, on a 1380-byte link (its veth and the
-#                 bridge port): h1's probes find the smaller path
+#   h4 198.51.100.2 --datapath kernel, behind r4, a stock masquerade router
+#                   (WAN 192.0.2.4) configured as the nat bed's NATStock
+#                   (testbed/nat.go: one nftables rule and ip_forward), whose
+#                   WAN link has MTU 1380 (its veth and the bridge port):
+#                   h1's probes find the smaller path
 # h2 and h3 cannot reach each other on the underlay (a blackhole route on
 # each side), so they are relayed through h1, a kernel host; h4 reaches
 # only h1 directly (so it is no relay for them either).
@@ -24,7 +27,7 @@ dump() { # NAME COMMAND...
 
 ip link add ul type bridge
 ip link set ul up
-for i in 1 2 3 4; do
+for i in 1 2 3; do
 	ip netns add h$i
 	ip link add u$i type veth peer name eth0 netns h$i
 	ip link set u$i master ul up
@@ -32,8 +35,33 @@ for i in 1 2 3 4; do
 	ip -n h$i addr add 192.0.2.$i/24 dev eth0
 	ip -n h$i link set eth0 up
 done
+ip netns add r4
+ip link add u4 type veth peer name eth0 netns r4
 ip link set u4 mtu 1380
-ip -n h4 link set eth0 mtu 1380
+ip link set u4 master ul up
+ip -n r4 link set lo up
+ip -n r4 link set eth0 mtu 1380
+ip -n r4 addr add 192.0.2.4/24 dev eth0
+ip -n r4 link set eth0 up
+ip -n r4 link add lan0 type bridge
+ip -n r4 addr add 198.51.100.1/27 dev lan0
+ip -n r4 link set lan0 up
+ip netns exec r4 nft -f - <<'NFT'
+table ip wwgnat {
+	chain nat_postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+}
+NFT
+ip netns exec r4 sysctl -q -w net.ipv4.ip_forward=1
+ip netns add h4
+ip -n r4 link add l4 type veth peer name eth0 netns h4
+ip -n r4 link set l4 master lan0 up
+ip -n h4 link set lo up
+ip -n h4 addr add 198.51.100.2/27 dev eth0
+ip -n h4 link set eth0 up
+ip -n h4 route add default via 198.51.100.1
 ip -n h2 route add blackhole 192.0.2.3/32
 ip -n h3 route add blackhole 192.0.2.2/32
 for i in 2 3; do
@@ -100,23 +128,23 @@ waitlisten() {
 }
 
 # A file per host, fetched by every other host over the overlay.
-for i in 1 2 3; do
+for i in 1 2 3 4; do
 	head -c 1000000 /dev/urandom >/run/blob$i
 	echo "=== BEGIN sum-h$i"
 	sha256sum </run/blob$i
 	echo "=== END sum-h$i"
 done
 
-for pair in 1-2 2-1 1-3 3-1 2-3 3-2 4-1; do
+for pair in 1-2 2-1 1-3 3-1 2-3 3-2 4-1 1-4; do
 	a=${pair%-*} b=${pair#*-}
 	if waitping $a $b 60; then
 		result "ping-h$a-h$b" OK
 	else
 		result "ping-h$a-h$b" FAIL
 		# Say why at once: the rest of the run may not finish in time.
-		for i in $a $b; do
+		for i in $(echo "$a $b 1 4" | tr " " "\n" | sort -u); do
 			dump "failed-ping-connections-h$i" weavewg status connections --api-socket /run/h$i.sock
-			dump "failed-ping-log-h$i" tail -n 40 /run/h$i.log
+			dump "failed-ping-log-h$i" tail -n 60 /run/h$i.log
 		done
 	fi
 done
@@ -125,7 +153,7 @@ done
 # listens with an input that never ends (a sleep) and the sender, whose
 # file ends, closes the connection: then the receiver has it all.
 port=8000
-for pair in 1-2 2-1 1-3 3-1 2-3 3-2; do
+for pair in 1-2 2-1 1-3 3-1 2-3 3-2 1-4 4-1; do
 	a=${pair%-*} b=${pair#*-}
 	port=$((port + 1))
 	(sleep 600 | ip netns exec h$a nc -l -p $port >/run/got-$a-$b) &
