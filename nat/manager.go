@@ -38,7 +38,8 @@ type Config struct {
 	// never overlay or loopback addresses.
 	HostAddrs func() []netip.Addr
 	// OnChange is called (from the Manager's goroutine, so it must not
-	// block) when Endpoints changed.
+	// block) when Endpoints, Reflexive or this host's observed NAT
+	// behaviour changed.
 	OnChange func()
 	Logger   *slog.Logger     // nil: discard
 	Now      func() time.Time // nil: time.Now
@@ -422,8 +423,15 @@ func (m *Manager) handle(e event) {
 			m.act(e.peer, p, p.failed(now, e.sid))
 		}
 	case evObserved:
+		old := m.behave
 		m.behave = behaviourOf(e.mappings, m.cfg.HostAddrs(), e.observedAt)
 		m.reflexiveObserved()
+		if old.Public != m.behave.Public || !slices.Equal(old.Mappings, m.behave.Mappings) {
+			// The owner reads our own NAT's address and publicness from
+			// Status (the tunnel's opening turns wait for them): tell it now
+			// rather than at its next periodic look.
+			m.cfg.OnChange()
+		}
 	}
 }
 

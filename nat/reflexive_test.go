@@ -70,3 +70,38 @@ func TestReflexive(t *testing.T) {
 		t.Errorf("departed peer still has a reflexive address")
 	}
 }
+
+// TestObservedNATTellsOwner: a new observation of this host's own NAT
+// (its mapped addresses, or whether it is public) is news to the owner
+// (OnChange), which hands the addresses to the tunnel's opening turns;
+// the same observation again is not.
+func TestObservedNATTellsOwner(t *testing.T) {
+	pub := netip.MustParseAddrPort("192.0.2.1:6783")
+	mapped := netip.MustParseAddrPort("192.0.2.101:49601")
+	var changes int
+	m, err := New(Config{
+		Self:      newKey(t),
+		Port:      6783,
+		Send:      func([]byte, netip.AddrPort) error { return nil },
+		Signal:    func(key.Public, []byte) error { return nil },
+		HostAddrs: func() []netip.Addr { return []netip.Addr{netip.MustParseAddr("198.51.100.2")} },
+		OnChange:  func() { changes++ },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	seen := []Mapping{{Server: pub, Mapped: mapped}}
+	m.handle(event{kind: evObserved, mappings: seen})
+	if changes != 1 {
+		t.Fatalf("first observation: OnChange called %d times, want 1", changes)
+	}
+	m.handle(event{kind: evObserved, mappings: seen})
+	if changes != 1 {
+		t.Errorf("same observation again: OnChange called %d times, want still 1", changes)
+	}
+	m.handle(event{kind: evObserved, mappings: []Mapping{{Server: pub, Mapped: netip.MustParseAddrPort("192.0.2.101:50002")}}})
+	if changes != 2 {
+		t.Errorf("new mapping: OnChange called %d times, want 2", changes)
+	}
+}
