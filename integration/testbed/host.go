@@ -298,8 +298,37 @@ func (h *Host) WaitAPI(timeout time.Duration) {
 		return err
 	})
 	if err != nil {
-		h.bed.tb.Fatalf("testbed: %v\n---- %s ----\n%s", err, h.LogPath, tail(h.LogPath, 30))
+		logTail := tail(h.LogPath, 30)
+		h.bed.tb.Fatalf("testbed: %v\n---- %s ----\n%s%s", err, h.LogPath, logTail, h.stacks())
 	}
+}
+
+// stacks makes a daemon that is still running but never answered dump its
+// goroutines (SIGQUIT: the Go runtime prints them and exits) and returns
+// the start of the dump: where its start was stuck (once 51 s between
+// "created a new identity" and "tunnel MTU", with nothing logged).
+func (h *Host) stacks() string {
+	h.mu.Lock()
+	cmd, done := h.cmd, h.done
+	h.mu.Unlock()
+	if cmd == nil || cmd.Process == nil || closed(done) {
+		return ""
+	}
+	before, _ := os.ReadFile(h.LogPath)
+	cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	after, _ := os.ReadFile(h.LogPath)
+	if len(after) <= len(before) {
+		return ""
+	}
+	dump := strings.Split(string(after[len(before):]), "\n")
+	if len(dump) > 400 {
+		dump = dump[:400]
+	}
+	return "\n---- goroutines of the daemon (SIGQUIT) ----\n" + strings.Join(dump, "\n")
 }
 
 // signal sends sig and waits up to timeout for the daemon to exit.
