@@ -140,3 +140,49 @@ func TestSearch(t *testing.T) {
 	// Answers of sizes not on the ladder are ignored.
 	s.Answered(1000, now)
 }
+
+// TestSearchLastKnown: answers that expired while a pair was idle still
+// bound the MTU when it wakes (a black hole does not go away because the
+// pair stopped probing), until a new round answers.
+func TestSearchLastKnown(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := Ladder(1472, false)
+	s := NewSearch(l, t0)
+	if s.LastKnown() != 0 {
+		t.Fatal("last known before any answer")
+	}
+	// Behind a 1380 black hole: 1352 and smaller answer, a few ms apart.
+	for i, z := range s.ToProbe(t0, nil) {
+		if z <= 1352 {
+			s.Answered(z, t0.Add(time.Duration(i)*time.Millisecond))
+		}
+	}
+	if s.Largest(t0.Add(time.Second)) != 1352 || s.LastKnown() != 1352 {
+		t.Fatalf("largest %d, last known %d; want 1352", s.Largest(t0.Add(time.Second)), s.LastKnown())
+	}
+	// Idle for ten minutes: nothing probed, the answers expire.
+	woke := t0.Add(10 * time.Minute)
+	if s.Largest(woke) != 0 {
+		t.Fatalf("largest %d after the answers expired, want 0", s.Largest(woke))
+	}
+	if s.LastKnown() != 1352 {
+		t.Fatalf("last known %d after idling, want 1352 (what the path proved)", s.LastKnown())
+	}
+	// The round on waking finds the path smaller now: that wins.
+	for _, z := range s.ToProbe(woke, nil) {
+		if z <= 1292 {
+			s.Answered(z, woke.Add(time.Millisecond))
+		}
+	}
+	if s.Largest(woke.Add(time.Second)) != 1292 || s.LastKnown() != 1292 {
+		t.Fatalf("after a smaller round: largest %d, last known %d; want 1292", s.Largest(woke.Add(time.Second)), s.LastKnown())
+	}
+	// An old large answer does not outlive a newer round: 1472 answered
+	// long before the newest answers is not counted.
+	s2 := NewSearch(l, t0)
+	s2.Answered(1472, t0)
+	s2.Answered(1352, t0.Add(time.Hour))
+	if s2.LastKnown() != 1352 {
+		t.Fatalf("last known %d, want 1352 (1472's answer is older than Valid before the newest)", s2.LastKnown())
+	}
+}

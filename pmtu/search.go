@@ -71,6 +71,27 @@ func (s *Search) Largest(now time.Time) int {
 	return 0
 }
 
+// LastKnown is the largest UDP payload that crossed when the path was last
+// heard from: the largest size answered within Valid of the newest answer,
+// however old that answer is; 0 if no probe was ever answered. An idle pair
+// sends no probes, so its answers expire (Largest is 0 when it wakes), yet
+// the path is the one they measured until a new round says otherwise:
+// falling back to the link's MTU would send packets a black hole drops (an
+// idle pair behind a 1380 hop woke at 1404 and kept it while idle again).
+func (s *Search) LastKnown() int {
+	var newest int64
+	for _, t := range s.answered {
+		newest = max(newest, t)
+	}
+	if newest == 0 {
+		return 0
+	}
+	if i := s.best(newest); i >= 0 {
+		return s.sizes[i]
+	}
+	return 0
+}
+
 // ToProbe appends to out the sizes to probe at now and schedules the next
 // round; it appends nothing when no round is due.
 func (s *Search) ToProbe(now time.Time, out []int) []int {

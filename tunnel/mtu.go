@@ -144,6 +144,16 @@ func (t *Tunnel) mtuLoop() {
 				// MTU, so a flap does not grow the MTU under traffic.
 				probed = other.Largest(now)
 			}
+			if probed == 0 {
+				// No fresh answer on either path (the pair was idle, so
+				// nothing was probed, or the path stopped answering):
+				// what the path last proved stands until a new round
+				// answers; only a path never measured gets the link's.
+				probed = s.search[path].LastKnown()
+				if other := s.search[1-path]; probed == 0 && other != nil {
+					probed = other.LastKnown()
+				}
+			}
 			m, src := pmtu.Decide(t.cfg.MTU, s.route, false, probed)
 			next := PeerMTU{MTU: m, Source: src, Probed: probed}
 			if next != s.cur {
