@@ -161,12 +161,7 @@ func (r *Router) handleWantLocked(c *conn, m []byte) error {
 			send = append(send, &rec)
 		}
 	}
-	if len(send) > 0 {
-		r.ctr.add(CtrRecordsSent, uint64(len(send)))
-		for _, msg := range packRecords(send) {
-			c.queue(msg)
-		}
-	}
+	r.sendRecordsLocked(c, send)
 	return nil
 }
 

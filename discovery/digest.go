@@ -180,12 +180,7 @@ func (r *Router) handleDigestLocked(c *conn, m []byte) error {
 		rec := e.rec
 		push = append(push, &rec)
 	}
-	if len(push) > 0 {
-		r.ctr.add(CtrRecordsSent, uint64(len(push)))
-		for _, msg := range packRecords(push) {
-			c.queue(msg)
-		}
-	}
+	r.sendRecordsLocked(c, push)
 	if flags&digestReply == 0 {
 		return nil
 	}

@@ -322,7 +322,14 @@ func (r *Router) allRecordsLocked() []*Record {
 
 // sendFullStateLocked queues every record we hold to c.
 func (r *Router) sendFullStateLocked(c *conn) {
-	recs := r.allRecordsLocked()
+	r.sendRecordsLocked(c, r.allRecordsLocked())
+}
+
+// sendRecordsLocked queues recs to c, packed, and counts them.
+func (r *Router) sendRecordsLocked(c *conn, recs []*Record) {
+	if len(recs) == 0 {
+		return
+	}
 	r.ctr.add(CtrRecordsSent, uint64(len(recs)))
 	for _, m := range packRecords(recs) {
 		c.queue(m)
