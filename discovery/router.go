@@ -222,6 +222,7 @@ type Router struct {
 	targets map[string]*target    // by normalised HOST:PORT
 	dials   map[key.Public]*gossipDial
 	rt      routes
+	graph   topoGraph // the edges rt was computed from (topology.go)
 	// recomputePending: records changed since rt was computed.
 	recomputePending bool
 	// publishPending: our connections changed since our record was
@@ -334,7 +335,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.selfRec.Sign(r.priv)
 	r.recs[r.self] = &entry{rec: r.selfRec}
-	r.rt = computeRoutes(r.self, nil)
+	r.rt = noRoutes(r.self)
 	return r, nil
 }
 

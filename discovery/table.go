@@ -337,15 +337,25 @@ func (r *Router) sendRecordsLocked(c *conn, recs []*Record) {
 }
 
 // recomputeLocked recomputes edges, reachability and routes, and notes when
-// each peer became unreachable.
+// each peer became unreachable. Records whose new versions left every edge
+// as it was (topology.go) leave the routes alone.
 func (r *Router) recomputeLocked() {
-	recs := make(map[key.Public]*Record, len(r.recs))
-	for k, e := range r.recs {
-		recs[k] = &e.rec
-	}
 	r.recomputePending = false
+	edges, neighbors := r.graph.update(func(yield func(key.Public, *Record) bool) {
+		for k, e := range r.recs {
+			if !yield(k, &e.rec) {
+				return
+			}
+		}
+	}, len(r.recs))
+	if !edges {
+		if neighbors {
+			r.indexSeenAtLocked() // where neighbours are seen may have moved
+		}
+		return
+	}
 	old := r.rt
-	r.rt = computeRoutes(r.self, buildAdjacency(recs))
+	r.rt = r.graph.routes(r.self)
 	r.indexSeenAtLocked()
 	defer r.retryParkedLocked()
 	now := r.now()

@@ -1,8 +1,8 @@
 package discovery
 
 import (
-	"container/heap"
 	"encoding/binary"
+	"iter"
 	"slices"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -24,38 +24,127 @@ import (
 // overflow for any path shorter than 65536 hops. Should two paths tie exactly
 // (probability about 2^-48 per pair), the smaller predecessor key wins, which
 // is deterministic but not guaranteed symmetric.
+//
+// Cost: a flood changes a few records at a time and every router
+// recomputes (in simulation, a thousand routers in one process). The graph
+// is therefore kept between computations (topoGraph): each record's
+// established neighbours are turned into dense indexes with the edge
+// weights once per record version, a version whose neighbour keys did not
+// change leaves the routes alone, and a computation is one breadth-first
+// pass over arrays (every edge counts one hop, so the layers of a BFS are
+// Dijkstra's order) with no map lookups and no hashing.
 
-// adjacency maps each peer to its confirmed neighbors, sorted by key.
-type adjacency map[key.Public][]key.Public
+// topoGraph is the graph of claimed edges, by dense index, kept between
+// recomputations.
+type topoGraph struct {
+	ids   map[key.Public]int32
+	keys  []key.Public
+	nodes []topoNode
+	gen   uint32
+	// scratch of routes, reused
+	hops []int32
+	tie  []uint64
+	prev []int32
+}
 
-// buildAdjacency derives the confirmed edges from records.
-func buildAdjacency(recs map[key.Public]*Record) adjacency {
-	claims := func(a, b key.Public) bool {
-		ra := recs[a]
-		if ra == nil {
-			return false
-		}
-		for _, n := range ra.Neighbors {
-			if n.Key == b && n.Established {
-				return true
-			}
-		}
-		return false
+type topoNode struct {
+	present bool   // has a record in the table
+	mark    uint32 // gen of the update that last saw its record
+	version uint64 // of the record claims were derived from
+	claims  []claim
+}
+
+// claim is one established neighbour a record lists, with the weight of
+// the edge (which exists only if the neighbour claims back).
+type claim struct {
+	id int32
+	w  uint64
+}
+
+func (g *topoGraph) id(k key.Public) int32 {
+	if i, ok := g.ids[k]; ok {
+		return i
 	}
-	adj := make(adjacency, len(recs))
-	for a, ra := range recs {
-		for _, n := range ra.Neighbors {
-			b := n.Key
-			if b == a || !n.Established || !claims(b, a) {
+	if g.ids == nil {
+		g.ids = map[key.Public]int32{}
+	}
+	i := int32(len(g.keys))
+	g.ids[k] = i
+	g.keys = append(g.keys, k)
+	g.nodes = append(g.nodes, topoNode{})
+	return i
+}
+
+// update brings the graph to recs (every record of the table). It reports
+// whether any edge (or the set of peers) changed, so routes must be
+// recomputed, and whether any record's neighbour list changed at all (the
+// addresses neighbours are seen at included).
+func (g *topoGraph) update(recs iter.Seq2[key.Public, *Record], n int) (edges, neighbors bool) {
+	if len(g.keys) > 2*n+1024 {
+		// Keys of forgotten peers and of neighbours never seen pile
+		// up; start over.
+		*g = topoGraph{}
+	}
+	g.gen++
+	for k, rec := range recs {
+		i := g.id(k)
+		nd := &g.nodes[i]
+		nd.mark = g.gen
+		if !nd.present {
+			nd.present, edges = true, true
+		}
+		if nd.version == rec.Version && nd.claims != nil {
+			continue
+		}
+		if nd.version != rec.Version {
+			neighbors = true
+		}
+		claims := make([]claim, 0, len(rec.Neighbors))
+		for _, nb := range rec.Neighbors {
+			if nb.Key == k || !nb.Established {
 				continue
 			}
-			if !slices.Contains(adj[a], b) {
-				adj[a] = append(adj[a], b)
+			claims = append(claims, claim{id: g.id(nb.Key), w: edgeWeight(k, nb.Key)})
+		}
+		nd = &g.nodes[i] // g.id may have moved the nodes
+		nd.version = rec.Version
+		slices.SortFunc(claims, func(a, b claim) int { return int(a.id) - int(b.id) })
+		claims = slices.CompactFunc(claims, func(a, b claim) bool { return a.id == b.id })
+		if !slices.EqualFunc(claims, nd.claims, func(a, b claim) bool { return a.id == b.id }) {
+			edges = true
+		}
+		nd.claims = claims
+	}
+	for i := range g.nodes {
+		nd := &g.nodes[i]
+		if nd.present && nd.mark != g.gen {
+			*nd = topoNode{}
+			edges, neighbors = true, true
+		}
+	}
+	return edges, neighbors
+}
+
+// claims reports whether node a's record lists b as an established
+// neighbour.
+func (g *topoGraph) claims(a, b int32) bool {
+	_, ok := slices.BinarySearchFunc(g.nodes[a].claims, b, func(c claim, t int32) int { return int(c.id) - int(t) })
+	return ok
+}
+
+// adjacency returns the confirmed neighbours of every peer, sorted by key
+// (tests).
+func (g *topoGraph) adjacency() map[key.Public][]key.Public {
+	adj := map[key.Public][]key.Public{}
+	for a := range g.nodes {
+		for _, c := range g.nodes[a].claims {
+			if g.claims(c.id, int32(a)) {
+				adj[g.keys[a]] = append(adj[g.keys[a]], g.keys[c.id])
 			}
 		}
 	}
-	for a := range adj {
-		slices.SortFunc(adj[a], cmpKey)
+	for k := range adj {
+		slices.SortFunc(adj[k], cmpKey)
 	}
 	return adj
 }
@@ -99,62 +188,73 @@ type routes struct {
 	nextHop map[key.Public]key.Public // first hop from self; absent for self
 }
 
-// computeRoutes runs Dijkstra over (hops, tie-break sum) from self.
-func computeRoutes(self key.Public, adj adjacency) routes {
-	rt := routes{
+// noRoutes is the routes of a peer that knows no other.
+func noRoutes(self key.Public) routes {
+	return routes{
 		self:    self,
 		hops:    map[key.Public]int{self: 0},
 		prev:    map[key.Public]key.Public{},
 		nextHop: map[key.Public]key.Public{},
 	}
-	type best struct {
-		hops int
-		tie  uint64
-		prev key.Public
+}
+
+// routes computes the best paths from self over the confirmed edges:
+// fewest hops, then the smallest sum of edge weights, then the smaller
+// predecessor key. Every edge is one hop, so breadth-first layers settle
+// peers in Dijkstra's order: when layer L+1 is reached from every peer of
+// layer L, each peer's best predecessor is the minimum over them.
+func (g *topoGraph) routes(self key.Public) routes {
+	s, ok := g.ids[self]
+	if !ok {
+		return noRoutes(self)
 	}
-	dist := map[key.Public]best{self: {}}
-	done := map[key.Public]bool{}
-	pq := &pathHeap{{k: self}}
-	for pq.Len() > 0 {
-		it := heap.Pop(pq).(pathItem)
-		if done[it.k] {
-			continue
-		}
-		done[it.k] = true
-		if it.k != self {
-			p := dist[it.k].prev
-			rt.hops[it.k] = it.hops
-			rt.prev[it.k] = p
-			if p == self {
-				rt.nextHop[it.k] = it.k
-			} else {
-				rt.nextHop[it.k] = rt.nextHop[p]
+	n := len(g.nodes)
+	g.hops = slices.Grow(g.hops[:0], n)[:n]
+	g.tie = slices.Grow(g.tie[:0], n)[:n]
+	g.prev = slices.Grow(g.prev[:0], n)[:n]
+	for i := range g.hops {
+		g.hops[i] = -1
+	}
+	g.hops[s], g.tie[s], g.prev[s] = 0, 0, -1
+	order := []int32{s} // every reached peer, layer by layer
+	for start, layer := 0, int32(0); start < len(order); layer++ {
+		end := len(order)
+		for _, u := range order[start:end] {
+			for _, c := range g.nodes[u].claims {
+				v := c.id
+				if h := g.hops[v]; h >= 0 && h <= layer || !g.claims(v, u) {
+					continue
+				}
+				t := g.tie[u] + c.w
+				switch {
+				case g.hops[v] < 0:
+					g.hops[v], g.tie[v], g.prev[v] = layer+1, t, u
+					order = append(order, v)
+				case t < g.tie[v] || t == g.tie[v] && g.keys[u].Less(g.keys[g.prev[v]]):
+					g.tie[v], g.prev[v] = t, u
+				}
 			}
 		}
-		for _, n := range adj[it.k] {
-			if done[n] {
-				continue
-			}
-			cand := best{hops: it.hops + 1, tie: it.tie + edgeWeight(it.k, n), prev: it.k}
-			old, seen := dist[n]
-			if seen && !better(cand.hops, cand.tie, cand.prev, old.hops, old.tie, old.prev) {
-				continue
-			}
-			dist[n] = cand
-			heap.Push(pq, pathItem{k: n, hops: cand.hops, tie: cand.tie})
+		start = end
+	}
+	rt := routes{
+		self:    self,
+		hops:    make(map[key.Public]int, len(order)),
+		prev:    make(map[key.Public]key.Public, len(order)),
+		nextHop: make(map[key.Public]key.Public, len(order)),
+	}
+	rt.hops[self] = 0
+	for _, v := range order[1:] {
+		k, p := g.keys[v], g.keys[g.prev[v]]
+		rt.hops[k] = int(g.hops[v])
+		rt.prev[k] = p
+		if g.prev[v] == s {
+			rt.nextHop[k] = k
+		} else {
+			rt.nextHop[k] = rt.nextHop[p]
 		}
 	}
 	return rt
-}
-
-func better(h1 int, t1 uint64, p1 key.Public, h2 int, t2 uint64, p2 key.Public) bool {
-	if h1 != h2 {
-		return h1 < h2
-	}
-	if t1 != t2 {
-		return t1 < t2
-	}
-	return p1.Less(p2)
 }
 
 // path returns the best path from self to dst, both included, or nil when
@@ -172,31 +272,4 @@ func (rt routes) path(dst key.Public) []key.Public {
 	}
 	slices.Reverse(p)
 	return p
-}
-
-type pathItem struct {
-	k    key.Public
-	hops int
-	tie  uint64
-}
-
-type pathHeap []pathItem
-
-func (h pathHeap) Len() int { return len(h) }
-func (h pathHeap) Less(i, j int) bool {
-	if h[i].hops != h[j].hops {
-		return h[i].hops < h[j].hops
-	}
-	if h[i].tie != h[j].tie {
-		return h[i].tie < h[j].tie
-	}
-	return h[i].k.Less(h[j].k)
-}
-func (h pathHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *pathHeap) Push(x any)   { *h = append(*h, x.(pathItem)) }
-func (h *pathHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return it
 }

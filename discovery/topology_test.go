@@ -2,6 +2,7 @@ package discovery
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -23,21 +24,25 @@ func testKeys(n int) []key.Public {
 	return ks
 }
 
-func graph(ks []key.Public, edges [][2]int) adjacency {
-	adj := adjacency{}
+// graph returns the topology of the undirected edges given, as the records
+// of both ends would claim them.
+func graph(ks []key.Public, edges [][2]int) *topoGraph {
+	recs := map[key.Public]*Record{}
+	for _, k := range ks {
+		recs[k] = &Record{Key: k, Version: 1}
+	}
 	for _, e := range edges {
 		a, b := ks[e[0]], ks[e[1]]
-		adj[a] = append(adj[a], b)
-		adj[b] = append(adj[b], a)
+		recs[a].Neighbors = append(recs[a].Neighbors, Neighbor{Key: b, Established: true})
+		recs[b].Neighbors = append(recs[b].Neighbors, Neighbor{Key: a, Established: true})
 	}
-	for k := range adj {
-		slices.SortFunc(adj[k], cmpKey)
-	}
-	return adj
+	g := &topoGraph{}
+	g.update(maps.All(recs), len(recs))
+	return g
 }
 
 // bfs returns hop distances from src.
-func bfs(adj adjacency, src key.Public) map[key.Public]int {
+func bfs(adj map[key.Public][]key.Public, src key.Public) map[key.Public]int {
 	d := map[key.Public]int{src: 0}
 	q := []key.Public{src}
 	for len(q) > 0 {
@@ -115,13 +120,13 @@ func TestRoutesSymmetric(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ks := ks[:tt.n]
-			adj := graph(ks, tt.edges)
+			g := graph(ks, tt.edges)
 			rts := map[key.Public]routes{}
 			for _, k := range ks {
-				rts[k] = computeRoutes(k, adj)
+				rts[k] = g.routes(k)
 			}
 			for _, a := range ks {
-				dist := bfs(adj, a)
+				dist := bfs(g.adjacency(), a)
 				for _, c := range ks {
 					pac := rts[a].path(c)
 					_, reach := dist[c]
@@ -183,14 +188,16 @@ func TestEdgesNeedBothEnds(t *testing.T) {
 		ks[3]: {Key: ks[3], Neighbors: append(nb(ks[0]), Neighbor{Key: ks[1]})},
 	}
 	recs[ks[1]].Neighbors = append(recs[ks[1]].Neighbors, Neighbor{Key: ks[3]}) // not established
-	adj := buildAdjacency(recs)
+	g := &topoGraph{}
+	g.update(maps.All(recs), len(recs))
+	adj := g.adjacency()
 	if !slices.Equal(adj[ks[0]], []key.Public{ks[1]}) || !slices.Equal(adj[ks[1]], []key.Public{ks[0]}) {
 		t.Errorf("adjacency: %v", adj)
 	}
 	if len(adj[ks[2]]) != 0 || len(adj[ks[3]]) != 0 {
 		t.Errorf("one-sided or unestablished claims made edges: %v", adj)
 	}
-	rt := computeRoutes(ks[0], adj)
+	rt := g.routes(ks[0])
 	if _, ok := rt.hops[ks[2]]; ok {
 		t.Error("peer 2 reachable over a one-sided edge")
 	}
@@ -205,9 +212,9 @@ func BenchmarkRoutes(b *testing.B) {
 			es = append(es, [2]int{i, rng.IntN(len(ks))})
 		}
 	}
-	adj := graph(ks, es)
+	g := graph(ks, es)
 	for b.Loop() {
-		computeRoutes(ks[0], adj)
+		g.routes(ks[0])
 	}
 }
 
