@@ -100,6 +100,10 @@ type peerDatapath interface {
 	// MarkActive says that these peers carried data through another
 	// device (kernel WireGuard): their paths are not idle.
 	MarkActive(keys map[key.Public]bool)
+	// Rehandshake starts a new handshake with these peers now, although
+	// a session with them is fresh: they come back from another device
+	// (kernel WireGuard), whose session is the one they send with.
+	Rehandshake(keys map[key.Public]bool)
 }
 
 // sharedSocket is the userspace UDP port: STUN and relay frames on it,

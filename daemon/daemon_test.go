@@ -74,6 +74,14 @@ type fakeTunnel struct {
 	stats    map[key.Public]tunnel.PeerStats
 	mtus     map[key.Public]tunnel.PeerMTU
 	active   []key.Public // MarkActive's peers, in order
+	// Rehandshake's peers, in order, each with its Elsewhere in the last
+	// SetPeers before the call
+	rehandshakes []rehandshake
+}
+
+type rehandshake struct {
+	key       key.Public
+	elsewhere bool
 }
 
 func newFakeTunnel() *fakeTunnel {
@@ -103,6 +111,19 @@ func (f *fakeTunnel) MarkActive(keys map[key.Public]bool) {
 	defer f.mu.Unlock()
 	for k := range keys {
 		f.active = append(f.active, k)
+	}
+}
+func (f *fakeTunnel) Rehandshake(keys map[key.Public]bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k := range keys {
+		r := rehandshake{key: k}
+		for _, pc := range f.peers {
+			if pc.Key == k {
+				r.elsewhere = pc.Elsewhere
+			}
+		}
+		f.rehandshakes = append(f.rehandshakes, r)
 	}
 }
 func (f *fakeTunnel) PeerMTUs() map[key.Public]tunnel.PeerMTU {

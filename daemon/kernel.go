@@ -109,7 +109,8 @@ func (d *Daemon) tunnelPort(kernel kernelPath) uint16 {
 // path owner chose, with the path MTU the tunnel found towards it on its
 // routes, and returns those it carries. A peer's move is then
 // told to the tunnel (Elsewhere), so that wireguard-go stops keeping it
-// alive.
+// alive; a peer that left the device gets a new handshake from
+// wireguard-go.
 func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public]bool) map[key.Public]bool {
 	if d.planes.kernel == nil {
 		return nil
@@ -134,13 +135,28 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 	}
 	d.markKernelActive(on)
 	if !maps.Equal(on, d.onKernel) {
+		left := map[key.Public]bool{}
+		for i := range want {
+			k := want[i].Key
+			want[i].Elsewhere = on[k]
+			if d.onKernel[k] && !on[k] {
+				left[k] = true
+			}
+		}
 		d.onKernel = on
 		d.kernelPeers.Store(&on)
-		for i := range want {
-			want[i].Elsewhere = on[want[i].Key]
-		}
 		if err := d.tun.SetPeers(want); err != nil {
 			d.log.Error("configuring WireGuard peers", "err", err)
+		}
+		// A peer back on wireguard-go holds the session it made with the
+		// kernel device, which wireguard-go cannot read: what it sends is
+		// dropped until one side handshakes. It would, 15 s after hearing
+		// nothing back, or we when we next send; with nothing to send
+		// (the receiving end of a stream) that is a 15 s stall. So
+		// wireguard-go handshakes at once, as the kernel does for a peer
+		// that joins its device.
+		if len(left) > 0 {
+			d.tun.Rehandshake(left)
 		}
 	}
 	return on

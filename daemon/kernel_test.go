@@ -156,6 +156,52 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 	}
 }
 
+// TestPeerLeavingKernelHandshakes: a peer that leaves the kernel device
+// for wireguard-go (its direct path failed) holds the kernel's session,
+// so wireguard-go is told to handshake with it, after it was given the
+// peer back (no longer Elsewhere); a peer that joins or stays on the
+// device, or one that never was on it, is not.
+func TestPeerLeavingKernelHandshakes(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{}
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
+	direct := func(port uint16) tunnel.PeerStats {
+		return tunnel.PeerStats{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)}
+	}
+	tn.stats = map[key.Public]tunnel.PeerStats{
+		pubKey(1): direct(6783),
+		pubKey(2): direct(6784),
+		pubKey(3): {Relayed: true, Via: pubKey(1)},
+	}
+	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")}}
+	for i := byte(1); i <= 3; i++ {
+		r.peers = append(r.peers, discovery.Peer{Key: pubKey(i), Reachable: true,
+			Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.AddrFrom4([4]byte{10, 32, 0, 1 + i})})
+	}
+	d.reconcile()
+	if len(fk.peers) != 2 {
+		t.Fatalf("kernel peers %+v: want peers 1 and 2", fk.peers)
+	}
+	if len(tn.rehandshakes) != 0 {
+		t.Fatalf("handshakes %+v asked of wireguard-go when peers joined the kernel device (the kernel kicks those)", tn.rehandshakes)
+	}
+
+	tn.stats[pubKey(1)] = tunnel.PeerStats{Relayed: true, Via: pubKey(2)}
+	d.reconcile()
+	if len(tn.rehandshakes) != 1 || tn.rehandshakes[0].key != pubKey(1) || tn.rehandshakes[0].elsewhere {
+		t.Fatalf("handshakes asked of wireguard-go after peer 1 left the kernel device: %+v; want peer 1 alone, no longer elsewhere", tn.rehandshakes)
+	}
+	d.reconcile()
+	if len(tn.rehandshakes) != 1 {
+		t.Errorf("handshakes asked again with nothing moved: %+v", tn.rehandshakes)
+	}
+	tn.stats[pubKey(1)] = direct(6783)
+	d.reconcile()
+	if len(tn.rehandshakes) != 1 || len(fk.peers) != 2 {
+		t.Errorf("peer 1 back on the kernel device (kernel peers %+v): handshakes asked of wireguard-go %+v", fk.peers, tn.rehandshakes)
+	}
+}
+
 // TestKernelPeersStayActive: wireguard-go never sees a kernel peer's data,
 // so reconcile tells the path owner a kernel peer is active whenever the
 // kernel's byte counters grew, and not when they did not (an unused pair

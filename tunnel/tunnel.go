@@ -382,6 +382,33 @@ func (t *Tunnel) PeerStats() map[key.Public]PeerStats {
 	return stats
 }
 
+// Rehandshake makes wireguard-go start a handshake with each of these
+// peers now, even while it holds a session with them, and confirm it with
+// a keepalive. The daemon calls it for peers that come back from another
+// device (kernel WireGuard): the peer's current session is the one it made
+// with that device, which wireguard-go cannot read, and a host with
+// nothing to send (the receiving end of a stream) would otherwise wait
+// for the peer to give up on its session (15 s without an answer) before
+// anything it sends arrives. Unknown keys are ignored.
+func (t *Tunnel) Rehandshake(keys map[key.Public]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	for k := range keys {
+		p := t.dev.LookupPeer(device.NoisePublicKey(k))
+		if p == nil {
+			continue
+		}
+		// The session no longer sends (and the 5 s guard on new
+		// initiations is lifted), so the keepalive waits for a handshake.
+		p.ExpireCurrentKeypairs()
+		p.SendKeepalive()
+		t.log.Info("handshaking again with a peer back from another device", "peer", k.Name())
+	}
+}
+
 // TUNName is the name of the TUN device, as the kernel gave it.
 func (t *Tunnel) TUNName() string { return t.tunName }
 
