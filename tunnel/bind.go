@@ -204,9 +204,19 @@ func (b *Bind) sortBatch(packets [][]byte, sizes []int, eps []conn.Endpoint) {
 					b.markActive(rx.t, activeIdx)
 				}
 			}
-			if hsPending && b.noteDirectHandshakeReceived(rx.t, pkt, endpointAddr(eps[i])) {
-				sizes[i] = 0 // an initiation that crossed ours (handshake.go)
-				continue
+			if hsPending && rx.t != nil { // handshake.go: an answer, or a crossing initiation?
+				var p *relayPeer // the sender; nil: not a member
+				if isWireGuardData(pkt) {
+					if activeIdx >= 0 { // looked up above
+						p = &rx.t.peers[activeIdx]
+					}
+				} else if j, ok := rx.t.byAddr[endpointAddr(eps[i])]; ok {
+					p = &rx.t.peers[j]
+				}
+				if b.noteHandshakeReceived(pkt, rx.t.self, p) {
+					sizes[i] = 0 // an initiation that crossed ours
+					continue
+				}
 			}
 			if relayed {
 				rx.t.wireGuardEndpoint(endpointAddr(eps[i]), &eps[i])

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +56,16 @@ import (
 // TestNAT), after which our copies are refused as replays and only the
 // peer's initiation, sent again by its Bind, can complete the pair.
 // Answering a peer's initiation (a response sent) forgets ours too.
+//
+// The receive path looks for answers only in packets from a peer that has
+// a message pending: each pending message counts itself on its peer's
+// pathState (hsPending), so a transport packet from any other peer costs
+// one atomic load, no lock, however many of the other peers' handshakes
+// are pending (with hundreds of peers some always is). A message whose
+// peer the relay table did not name when it was sent (unattached) is
+// looked for in every packet while it is pending, and a packet from an
+// address the table does not know (a peer that roamed) is matched against
+// every pending message, as before.
 const (
 	handshakeRetryAfter = 500 * time.Millisecond
 	handshakeRetries    = 4
@@ -72,6 +81,10 @@ type pendingHandshake struct {
 	// destination; else only the endpoint it went to.
 	peer  PeerID
 	known bool
+	// ps is the peer's path state, whose hsPending counts this message;
+	// nil when the relay table did not have the peer (counted in
+	// handshakes.unattached instead).
+	ps    *pathState
 	ep    conn.Endpoint // where it went, when sent straight
 	first int64         // unix ns of the first send
 	last  int64         // unix ns of the last send
@@ -81,13 +94,16 @@ type pendingHandshake struct {
 }
 
 // handshakes is the Bind's set of pending handshake messages. The packet
-// path reads n without the lock and takes it only while some message is
-// pending (a handshake's round trip, normally).
+// path reads n, unattached and the sender's pathState.hsPending without
+// the lock and takes it only for a packet that may answer or cross one of
+// them (see mayConcern).
 type handshakes struct {
 	mu      sync.Mutex
 	pending []pendingHandshake
 	n       atomic.Int32 // len(pending)
-	resent  atomic.Uint64
+	// unattached counts the pending messages with no pathState (ps nil).
+	unattached atomic.Int32
+	resent     atomic.Uint64
 	// Initiations dropped because ours to the same peer crossed them and
 	// our ID orders first.
 	crossedDropped atomic.Uint64
@@ -117,13 +133,19 @@ func (b *Bind) noteHandshakeSent(msg []byte, ep conn.Endpoint) {
 	}
 	e := pendingHandshake{typ: typ, index: binary.LittleEndian.Uint32(msg[4:8])}
 	e.n = copy(e.msg[:], msg)
+	t := b.table.Load()
 	if r, ok := ep.(*RelayEndpoint); ok {
 		e.peer, e.known = r.id, true
+		if t != nil {
+			if i := t.lookup(r.id); i >= 0 {
+				e.ps = t.peers[i].path
+			}
+		}
 	} else {
 		e.ep = ep
-		if t := b.table.Load(); t != nil {
+		if t != nil {
 			if i, ok := t.byAddr[endpointAddr(ep)]; ok {
-				e.peer, e.known = t.peers[i].id, true
+				e.peer, e.known, e.ps = t.peers[i].id, true, t.peers[i].path
 			}
 		}
 	}
@@ -132,12 +154,68 @@ func (b *Bind) noteHandshakeSent(msg []byte, ep conn.Endpoint) {
 	h := &b.hs
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.pending = deletePending(h.pending, func(p *pendingHandshake) bool { return p.samePeer(&e) })
+	h.deleteLocked(func(p *pendingHandshake) bool { return p.samePeer(&e) })
 	if len(h.pending) >= maxPendingHandshake {
-		h.pending = append(h.pending[:0], h.pending[1:]...)
+		h.deleteLocked(func(p *pendingHandshake) bool { return p == &h.pending[0] })
 	}
 	h.pending = append(h.pending, e)
+	h.counted(&e, 1)
 	h.n.Store(int32(len(h.pending)))
+}
+
+// counted adds d to the count that p is in: its peer's hsPending, or
+// unattached. h.mu is held.
+func (h *handshakes) counted(p *pendingHandshake, d int32) {
+	if p.ps != nil {
+		p.ps.hsPending.Add(d)
+	} else {
+		h.unattached.Add(d)
+	}
+}
+
+// deleteLocked removes the pending messages drop picks, uncounting them.
+// h.mu is held.
+func (h *handshakes) deleteLocked(drop func(*pendingHandshake) bool) {
+	out := h.pending[:0]
+	for i := range h.pending {
+		if p := &h.pending[i]; drop(p) {
+			h.counted(p, -1)
+		} else {
+			out = append(out, *p)
+		}
+	}
+	clear(h.pending[len(out):]) // drop endpoint and path references
+	h.pending = out
+	h.n.Store(int32(len(out)))
+}
+
+// answerLocked removes the pending message of type typ with sender index
+// index, if any (no closure: it runs on the packet path). h.mu is held.
+func (h *handshakes) answerLocked(typ byte, index uint32) {
+	for i := range h.pending {
+		if p := &h.pending[i]; p.typ == typ && p.index == index {
+			h.counted(p, -1)
+			last := len(h.pending) - 1
+			copy(h.pending[i:], h.pending[i+1:])
+			h.pending[last] = pendingHandshake{}
+			h.pending = h.pending[:last]
+			h.n.Store(int32(last))
+			return
+		}
+	}
+}
+
+// mayConcern reports whether a message from the peer whose path state is
+// ps (nil: a sender the relay table does not know) may answer or cross a
+// pending message: ps has one pending, or a message is pending whose peer
+// was not known when sent; for an unknown sender, any pending message (the
+// peer may have roamed to an address the table does not have yet). It
+// takes no lock.
+func (h *handshakes) mayConcern(ps *pathState) bool {
+	if ps == nil {
+		return h.n.Load() > 0
+	}
+	return ps.hsPending.Load() > 0 || h.unattached.Load() > 0
 }
 
 func (p *pendingHandshake) samePeer(o *pendingHandshake) bool {
@@ -147,51 +225,48 @@ func (p *pendingHandshake) samePeer(o *pendingHandshake) bool {
 	return endpointAddr(p.ep) == endpointAddr(o.ep)
 }
 
-func deletePending(ps []pendingHandshake, drop func(*pendingHandshake) bool) []pendingHandshake {
-	out := ps[:0]
-	for i := range ps {
-		if !drop(&ps[i]) {
-			out = append(out, ps[i])
-		}
-	}
-	clear(ps[len(out):]) // drop endpoint references
-	return out
-}
-
 // noteHandshakeReceived looks at a WireGuard message received from peer
-// (known: the relay table named the sender) while some handshake message
-// is pending: a response or transport message answers ours; an initiation
-// from a peer we sent one to crosses it. It reports whether the message
-// must be dropped: an initiation that crossed ours when self, our relay ID,
-// orders before the peer's.
-func (b *Bind) noteHandshakeReceived(msg []byte, self, peer PeerID, known bool) (drop bool) {
+// p (nil: the relay table does not know the sender) while some handshake
+// message is pending: a response or transport message answers ours; an
+// initiation from a peer we sent one to crosses it. It reports whether the
+// message must be dropped: an initiation that crossed ours when self, our
+// relay ID, orders before the peer's. A message from a peer with nothing
+// pending costs an atomic load or two (mayConcern); none takes a lock or
+// allocates unless it may concern a pending message.
+func (b *Bind) noteHandshakeReceived(msg []byte, self PeerID, p *relayPeer) (drop bool) {
 	if len(msg) < wgMinSizeTransport || msg[1] != 0 || msg[2] != 0 || msg[3] != 0 {
 		return false
 	}
-	if msg[0] == wgTypeInitiation {
-		if !known || len(msg) != wgSizeInitiation {
+	var ps *pathState
+	if p != nil {
+		ps = p.path
+	}
+	h := &b.hs
+	if !h.mayConcern(ps) {
+		return false
+	}
+	var (
+		typ   byte
+		index uint32
+	)
+	switch msg[0] {
+	case wgTypeInitiation:
+		if p == nil || len(msg) != wgSizeInitiation {
 			return false
 		}
-		return b.crossed(self, peer)
-	}
-	var answered func(*pendingHandshake) bool
-	switch msg[0] {
+		return b.crossed(self, p.id)
 	case wgTypeResponse:
 		if len(msg) != wgSizeResponse {
-			return
+			return false
 		}
-		rx := binary.LittleEndian.Uint32(msg[8:12])
-		answered = func(p *pendingHandshake) bool { return p.typ == wgTypeInitiation && p.index == rx }
+		typ, index = wgTypeInitiation, binary.LittleEndian.Uint32(msg[8:12])
 	case wgTypeTransport:
-		rx := binary.LittleEndian.Uint32(msg[4:8])
-		answered = func(p *pendingHandshake) bool { return p.typ == wgTypeResponse && p.index == rx }
+		typ, index = wgTypeResponse, binary.LittleEndian.Uint32(msg[4:8])
 	default:
 		return false
 	}
-	h := &b.hs
 	h.mu.Lock()
-	h.pending = deletePending(h.pending, answered)
-	h.n.Store(int32(len(h.pending)))
+	h.answerLocked(typ, index)
 	h.mu.Unlock()
 	return false
 }
@@ -222,8 +297,7 @@ func (b *Bind) crossed(self, peer PeerID) bool {
 		h.crossedDropped.Add(1)
 		return true
 	}
-	h.pending = deletePending(h.pending, func(p *pendingHandshake) bool { return p.typ == wgTypeInitiation && p.known && p.peer == peer })
-	h.n.Store(int32(len(h.pending)))
+	h.deleteLocked(func(p *pendingHandshake) bool { return p.typ == wgTypeInitiation && p.known && p.peer == peer })
 	return false
 }
 
@@ -245,7 +319,7 @@ func (b *Bind) retransmitHandshakes() {
 	var due []pendingHandshake
 	h := &b.hs
 	h.mu.Lock()
-	h.pending = deletePending(h.pending, func(p *pendingHandshake) bool {
+	h.deleteLocked(func(p *pendingHandshake) bool {
 		if now-p.first >= int64(handshakeGiveUp) || p.tries >= handshakeRetries {
 			return true // wireguard-go's own retry takes over
 		}
@@ -256,7 +330,6 @@ func (b *Bind) retransmitHandshakes() {
 		}
 		return false
 	})
-	h.n.Store(int32(len(h.pending)))
 	h.mu.Unlock()
 	t := b.table.Load()
 	for i := range due {
@@ -287,14 +360,4 @@ func (b *Bind) resendHandshake(t *relayTable, p *pendingHandshake) error {
 		return errNoRelayRoute
 	}
 	return b.inner.Send([][]byte{msg}, p.ep)
-}
-
-// noteDirectHandshakeReceived is noteHandshakeReceived for a datagram that
-// came straight from src: the peer is whoever src belongs to, if anyone.
-func (b *Bind) noteDirectHandshakeReceived(t *relayTable, msg []byte, src netip.AddrPort) (drop bool) {
-	if t == nil {
-		return false
-	}
-	i, ok := t.byAddr[src]
-	return b.noteHandshakeReceived(msg, t.self, t.peers[i].id, ok)
 }

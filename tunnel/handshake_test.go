@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -306,5 +307,166 @@ func TestHandshakeCrossing(t *testing.T) {
 				t.Errorf("an initiation from a peer we sent none to was dropped")
 			}
 		})
+	}
+}
+
+// pendingCounts is the number of pending messages each peer's path state
+// counts, and the unattached ones, checked against the list itself: a
+// count left behind would send every packet of that peer to the lock.
+func pendingCounts(t *testing.T, f *relayFixture) map[string]int32 {
+	t.Helper()
+	h := &f.bind.hs
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	got := map[string]int32{"unattached": h.unattached.Load()}
+	sum := got["unattached"]
+	for _, k := range []key.Public{f.a, f.b, f.c} {
+		n := f.tbl.peers[f.tbl.lookup(PeerIDOf(k))].path.hsPending.Load()
+		got[k.String()[:4]] = n
+		sum += n
+	}
+	if int(sum) != len(h.pending) || h.n.Load() != int32(len(h.pending)) {
+		t.Fatalf("counts %v (sum %d), n %d, but %d pending", got, sum, h.n.Load(), len(h.pending))
+	}
+	return got
+}
+
+// TestHandshakeOtherPeersNoLock: while a handshake message to peer a is
+// pending, packets from every other peer (transport data, handshakes,
+// straight or relayed) are passed to wireguard-go without taking the
+// handshakes lock or allocating; a's own answer still clears it. With
+// hundreds of peers some handshake is nearly always pending, and the old
+// receive path locked and built a closure for every transport packet then.
+func TestHandshakeOtherPeersNoLock(t *testing.T) {
+	f := newRelayFixture(t)
+	var clk hsClock
+	clk.at(f, 0)
+	a, _ := f.bind.ParseEndpoint("192.0.2.1:6783")
+	if err := f.bind.Send([][]byte{wgInitiation(7)}, a); err != nil {
+		t.Fatal(err)
+	}
+	if c := pendingCounts(t, f); c[f.a.String()[:4]] != 1 || c["unattached"] != 0 {
+		t.Fatalf("after an initiation to a: counts %v, want a 1", c)
+	}
+
+	// A batch from b (straight) and c (relayed through b): data, an
+	// initiation, a response and a transport message naming our index 7.
+	n := 6
+	packets, sizes, eps := make([][]byte, n), make([]int, n), make([]conn.Endpoint, n)
+	for i := range packets {
+		packets[i] = make([]byte, 2048)
+	}
+	srcB := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.2:6783")}
+	fromC := func(msg []byte) []byte {
+		return append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Forwarded: true, Dst: PeerIDOf(f.self), Src: PeerIDOf(f.c)}), msg...)
+	}
+	msgs := [][]byte{wgTransport(1400), wgInitiation(44), wgResponse(45, 7), wgTransportTo(7), fromC(wgTransport(1400)), fromC(wgResponse(46, 7))}
+	want := []int{1400, wgSizeInitiation, wgSizeResponse, wgMinSizeTransport, 1400, wgSizeResponse}
+	kb := hopKeyOf(testPairKey(f.b), PeerIDOf(f.b))
+	fill := func() {
+		for i, m := range msgs {
+			sizes[i], eps[i] = copy(packets[i], m), srcB
+			if i >= 4 {
+				sealHop(packets[i], kb, testHopCtr.Add(1))
+			}
+		}
+	}
+	h := &f.bind.hs
+	h.mu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fill()
+		f.bind.sortBatch(packets, sizes, eps)
+	}()
+	select {
+	case <-done:
+		h.mu.Unlock()
+	case <-time.After(10 * time.Second):
+		h.mu.Unlock()
+		<-done
+		t.Fatal("packets from peers with nothing pending waited for the handshakes lock")
+	}
+	for i := range want {
+		if sizes[i] != want[i] {
+			t.Errorf("packet %d handed to wireguard-go with size %d, want %d", i, sizes[i], want[i])
+		}
+	}
+	if !raceEnabled {
+		if allocs := testing.AllocsPerRun(100, func() { fill(); f.bind.sortBatch(packets, sizes, eps) }); allocs != 0 {
+			t.Errorf("receiving other peers' packets while a's handshake is pending allocates %v times per batch", allocs)
+		}
+	}
+	if c := pendingCounts(t, f); c[f.a.String()[:4]] != 1 {
+		t.Fatalf("a's initiation no longer pending after other peers' packets (counts %v)", c)
+	}
+
+	// a's response names our index: it answers ours, and a's count goes.
+	bt := newBatch()
+	bt.fill(wgResponse(3, 7), "192.0.2.1:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if c := pendingCounts(t, f); c[f.a.String()[:4]] != 0 || f.bind.handshakesPending() {
+		t.Errorf("a's response did not answer our initiation (counts %v)", c)
+	}
+}
+
+// TestHandshakePendingCounts: every way a pending message goes (answered,
+// replaced, crossed, pushed out by the bound, given up) takes it off the
+// count it was in, and a message to an address the relay table does not
+// know is counted unattached and answered from there.
+func TestHandshakePendingCounts(t *testing.T) {
+	f := newRelayFixture(t)
+	var clk hsClock
+	clk.at(f, 0)
+	send := func(msg []byte, to string) {
+		t.Helper()
+		var ep conn.Endpoint = newRelayEndpoint(PeerIDOf(f.c))
+		if to != "relay:c" {
+			ep, _ = f.bind.ParseEndpoint(to)
+		}
+		if err := f.bind.Send([][]byte{msg}, ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func(msg []byte, from string) {
+		bt := newBatch()
+		bt.fill(msg, from)
+		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	}
+	ka, kb, kc := f.a.String()[:4], f.b.String()[:4], f.c.String()[:4]
+	check := func(step string, want map[string]int32) {
+		t.Helper()
+		got := pendingCounts(t, f)
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: counts %v, want %v", step, got, want)
+				return
+			}
+		}
+	}
+	send(wgInitiation(1), "192.0.2.1:6783")
+	send(wgInitiation(2), "192.0.2.2:6783")
+	send(wgInitiation(3), "relay:c")
+	send(wgInitiation(4), "192.0.2.99:6783")
+	check("one each", map[string]int32{ka: 1, kb: 1, kc: 1, "unattached": 1})
+	send(wgResponse(5, 77), "192.0.2.1:6783") // replaces a's initiation
+	check("replaced", map[string]int32{ka: 1, kb: 1, kc: 1, "unattached": 1})
+	recv(wgResponse(9, 4), "192.0.2.99:6783") // from an address the table lacks
+	check("unattached answered", map[string]int32{ka: 1, kb: 1, kc: 1, "unattached": 0})
+	recv(wgTransportTo(5), "192.0.2.1:6783")
+	check("a answered", map[string]int32{ka: 0, kb: 1, kc: 1})
+	clk.at(f, 600*time.Millisecond) // ours to b no longer fresh: b's initiation goes through
+	recv(wgInitiation(50), "192.0.2.2:6783")
+	check("b crossed", map[string]int32{kb: 0, kc: 1})
+	clk.at(f, handshakeGiveUp)
+	f.bind.retransmitHandshakes()
+	check("given up", map[string]int32{kc: 0, "unattached": 0})
+	for i := range maxPendingHandshake + 3 {
+		send(wgInitiation(uint32(100+i)), fmt.Sprintf("192.0.2.%d:6783", 100+i%100))
+		send(wgInitiation(uint32(1000+i)), fmt.Sprintf("[2001:db8::%x]:6783", i))
+	}
+	pendingCounts(t, f) // the bound pushed the oldest out, each uncounted
+	if got := f.bind.hs.unattached.Load(); got != maxPendingHandshake {
+		t.Errorf("unattached = %d, want the bound %d", got, maxPendingHandshake)
 	}
 }

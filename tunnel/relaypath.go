@@ -81,6 +81,11 @@ type pathState struct {
 	// takesIn: unix ns the peer's probe last said our NAT took its
 	// datagram in (0: never; a mailbox to the path loop).
 	takesIn atomic.Int64
+	// hsPending: handshake messages we sent this peer that are not
+	// answered yet (handshake.go, written under its lock). The packet
+	// path looks for answers only in packets from a peer whose count is
+	// not 0.
+	hsPending atomic.Int32
 }
 
 // newPathState is the state of a peer first seen at now (unix ns). The
@@ -321,7 +326,7 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		}
 		n := copy(pkt, payload) // overlaps payload: test it before
 		p := &t.peers[si]
-		if b.handshakesPending() && b.noteHandshakeReceived(pkt[:n], t.self, p.id, true) {
+		if b.handshakesPending() && b.noteHandshakeReceived(pkt[:n], t.self, p) {
 			return 0 // an initiation that crossed ours (handshake.go)
 		}
 		if p.path.relayed.Load() || p.ep == nil {
