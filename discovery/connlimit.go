@@ -109,6 +109,10 @@ type dialCandidate struct {
 // connections, and across a partition when this peer is one of its part's
 // bridges.
 func (r *Router) gossipDialsLocked(now time.Time) {
+	if len(r.active) >= r.connWant() && len(r.dials) == 0 && len(r.rt.hops) == len(r.recs) {
+		return // nothing to dial, nobody to bridge to: skip the pass over every record
+	}
+	r.freshSeenAtLocked() // lastIP
 	covered := map[key.Public]bool{}
 	for _, t := range r.targets {
 		if !t.peer.IsZero() {

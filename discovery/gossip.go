@@ -43,7 +43,10 @@ const (
 	MaxNickname  = 64   // bytes of UTF-8
 	MaxAttached  = 1024 // prefixes per record
 	MaxNeighbors = 896  // neighbors per record
-	MaxPeers     = 4096 // records kept; records of further new peers are ignored
+	// MaxPeers bounds the records kept; records of further new peers are
+	// ignored. It is the IPAM ring's bound on owners too (ipam.MaxPeers;
+	// package sim's tests check they agree): one limit for a network.
+	MaxPeers = 8192
 
 	// maxFrame is the largest Noise transport message (2-byte length prefix).
 	maxFrame = 65535

@@ -228,7 +228,8 @@ type Router struct {
 	// publishPending: our connections changed since our record was
 	// last published.
 	publishPending bool
-	seenAt         map[key.Public]seen // where reachable peers see each peer
+	seenAt         map[key.Public]seen // where reachable peers see each peer; stale while seenDirty
+	seenDirty      bool                // records or routes changed since seenAt was built
 	logged         map[string]string   // log-once: subject → last message logged
 	nextAE         time.Time
 	nextSecretAd   time.Time // the anti-entropy round that next advertises our epoch (rotation.go)
@@ -504,6 +505,31 @@ func (r *Router) Peers() []Peer {
 	return out
 }
 
+// Reach is what Reachable says of a reachable peer.
+type Reach struct {
+	Key     key.Public
+	Version uint64 // of its record
+	Direct  bool   // we have an established control connection to it
+}
+
+// Reachable returns every reachable peer, self included, unsorted: what
+// loops that follow membership need of Peers, without its copies of every
+// record (at a thousand peers, Peers allocates over half a megabyte).
+func (r *Router) Reachable() []Reach {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.freshLocked()
+	out := make([]Reach, 0, len(r.rt.hops))
+	for k := range r.rt.hops {
+		rc := Reach{Key: k, Direct: r.active[k] != nil}
+		if e := r.recs[k]; e != nil {
+			rc.Version = e.rec.Version
+		}
+		out = append(out, rc)
+	}
+	return out
+}
+
 // endpointLocked chooses where to reach peer k: the remote IP of our
 // established connection to it, else the IP reported by the reachable peer
 // nearest to us (ties: smaller key), always with k's advertised port.
@@ -521,6 +547,7 @@ func (r *Router) endpointLocked(k key.Public, e *entry) (netip.AddrPort, bool) {
 	if port == 0 {
 		return netip.AddrPort{}, false
 	}
+	r.freshSeenAtLocked()
 	s, ok := r.seenAt[k]
 	if !ok {
 		return netip.AddrPort{}, false
@@ -535,11 +562,23 @@ type seen struct {
 	by   key.Public // that peer
 }
 
+// freshSeenAtLocked rebuilds r.seenAt (and the lastIP it sets) if records
+// or routes changed since it was built. It is built when read, not on
+// every change: a flood brings many record versions, and every rebuild
+// reads every neighbour of every record (at a thousand simulated peers,
+// the largest share of a recomputation).
+func (r *Router) freshSeenAtLocked() {
+	if r.seenDirty {
+		r.indexSeenAtLocked()
+	}
+}
+
 // indexSeenAtLocked rebuilds r.seenAt from the records of reachable peers,
 // in one pass over their neighbor lists (Peers and the gossip dials read it
 // for every peer; a scan per peer was O(peers²)). For each peer the report
 // of the reachable peer nearest to us wins, ties to the smaller key.
 func (r *Router) indexSeenAtLocked() {
+	r.seenDirty = false
 	idx := make(map[key.Public]seen, len(r.seenAt))
 	for rk, re := range r.recs {
 		if rk == r.self {

@@ -348,15 +348,15 @@ func (r *Router) recomputeLocked() {
 			}
 		}
 	}, len(r.recs))
+	if neighbors {
+		r.seenDirty = true // where neighbours are seen may have moved
+	}
 	if !edges {
-		if neighbors {
-			r.indexSeenAtLocked() // where neighbours are seen may have moved
-		}
 		return
 	}
 	old := r.rt
 	r.rt = r.graph.routes(r.self)
-	r.indexSeenAtLocked()
+	r.seenDirty = true
 	defer r.retryParkedLocked()
 	now := r.now()
 	for k, e := range r.recs {

@@ -258,12 +258,15 @@ func checkGroup(members, all []*Node, full bool) error {
 			v uint64
 		}
 		var seen []kv
-		for _, p := range nd.Router.Peers() {
-			if !p.Reachable {
-				continue
-			}
+		for _, p := range nd.Router.Reachable() {
 			if !in[p.Key] {
-				return fmt.Errorf("%s reaches %s, a node outside its group or gone", nd.Name, p.Nickname)
+				name := p.Key.Name()
+				for _, o := range all {
+					if o != nil && o.Key == p.Key {
+						name = o.Name
+					}
+				}
+				return fmt.Errorf("%s reaches %s, a node outside its group or gone", nd.Name, name)
 			}
 			seen = append(seen, kv{p.Key, p.Version})
 		}

@@ -227,9 +227,9 @@ func (nd *Node) loop() {
 func (nd *Node) reconcile() {
 	var reachable []key.Public
 	set := map[key.Public]bool{}
-	peers := nd.Router.Peers()
+	peers := nd.Router.Reachable()
 	for _, p := range peers {
-		if p.Self || !p.Reachable {
+		if p.Key == nd.Key {
 			continue
 		}
 		reachable = append(reachable, p.Key)
@@ -262,8 +262,11 @@ func (nd *Node) reconcile() {
 				nd.IPAM.SendOwn(k)
 			}
 		}
+		// Only on a change (the daemon tells it every round): with
+		// the same set it does nothing but read it, O(N) per router
+		// per route change, 4 % of the simulation's CPU at N=100.
+		nd.DNS.SetReachable(reachable)
 	}
-	nd.DNS.SetReachable(reachable)
 }
 
 // ipamAntiEntropy sends the ring to one reachable peer chosen at random,
