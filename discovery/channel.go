@@ -260,7 +260,7 @@ func (ch *Channel) Broadcast(msg []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.freshLocked()
-	for dst := range r.rt.nextHop {
+	for dst := range r.rt.others() {
 		m.Dst = dst
 		b, err := AppendChannelMessage(nil, m)
 		if err != nil {
@@ -274,10 +274,10 @@ func (ch *Channel) Broadcast(msg []byte) {
 // forwardLocked queues a channel message in wire form on the connection to
 // dst's next hop.
 func (r *Router) forwardLocked(dst key.Public, wire []byte) bool {
-	nh, ok := r.rt.nextHop[dst]
+	nh, ok := r.rt.nextHop(dst)
 	if !ok && r.recomputePending {
 		r.freshLocked() // a route that records just brought
-		nh, ok = r.rt.nextHop[dst]
+		nh, ok = r.rt.nextHop(dst)
 	}
 	if !ok {
 		return false

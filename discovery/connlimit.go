@@ -109,7 +109,7 @@ type dialCandidate struct {
 // connections, and across a partition when this peer is one of its part's
 // bridges.
 func (r *Router) gossipDialsLocked(now time.Time) {
-	if len(r.active) >= r.connWant() && len(r.dials) == 0 && len(r.rt.hops) == len(r.recs) {
+	if len(r.active) >= r.connWant() && len(r.dials) == 0 && r.rt.count() == len(r.recs) {
 		return // nothing to dial, nobody to bridge to: skip the pass over every record
 	}
 	r.freshSeenAtLocked() // lastIP
@@ -133,7 +133,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		if k == r.self || covered[k] || r.active[k] != nil || r.isEvictedLocked(k) {
 			continue
 		}
-		_, reach := r.rt.hops[k]
+		reach := r.rt.reachable(k)
 		if reach && establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
 			continue // full: it would refuse
 		}
@@ -209,10 +209,7 @@ func (r *Router) isBridgeLocked() bool {
 	}
 	mine := bridgeRank(r.self)
 	ahead := 0
-	for k := range r.rt.hops {
-		if k == r.self {
-			continue
-		}
+	for k := range r.rt.others() {
 		e := r.recs[k]
 		if e == nil || establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
 			continue

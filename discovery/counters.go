@@ -58,6 +58,7 @@ const (
 	CtrRotationsAdopted   = "gossip_rotations_adopted"       // new network secrets taken from a rotation
 	CtrConnStaleSecret    = "control_handshake_stale_secret" // connections under an inactive secret closed: not a member it was sealed to
 	CtrCatchUpServed      = "control_catchup_served"         // members that were away sent the new secret
+	CtrRoutesComputed     = "gossip_routes_computed"         // shortest-path computations (records that changed an edge)
 )
 
 var counterNames = []string{
@@ -67,7 +68,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
-	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked,
+	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,

@@ -64,6 +64,6 @@ func (r *Router) retryParkedLocked() {
 // routeLocked reports whether a message to dst can be queued now, without
 // recomputing routes.
 func (r *Router) routeLocked(dst key.Public) bool {
-	nh, ok := r.rt.nextHop[dst]
+	nh, ok := r.rt.nextHop(dst)
 	return ok && r.active[nh] != nil
 }

@@ -3,6 +3,8 @@ package discovery
 import (
 	"testing"
 	"time"
+
+	"github.com/weavewg/weavewg/types/key"
 )
 
 // A relay with no route yet towards a channel message's destination holds
@@ -34,7 +36,7 @@ func TestRelayParksUntilRoute(t *testing.T) {
 		t.Fatalf("forwarded %d messages with no route", n)
 	}
 	// A route to seqKey(11) through c appears.
-	r.rt.nextHop[seqKey(11)] = c.peer
+	r.rt = graph([]key.Public{r.self, c.peer, seqKey(11)}, [][2]int{{0, 1}, {1, 2}}).routes(r.self)
 	r.retryParkedLocked()
 	got := drain(c)
 	if len(got) != 1 {

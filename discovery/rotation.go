@@ -165,10 +165,7 @@ func (r *Router) Secrets() SecretStatus {
 			st.Active = append(st.Active, e.N)
 		}
 	}
-	for k := range r.rt.hops {
-		if k == r.self {
-			continue
-		}
+	for k := range r.rt.others() {
 		ad, ok := r.peerAds[k]
 		if !ok && n.N == 0 {
 			continue // a network never rotated advertises nothing: all hold epoch 0
@@ -463,8 +460,8 @@ func (r *Router) checkDropLocked() bool {
 	}
 	id := SecretIDOf(newest.Secret)
 	recips := r.recipientsLocked(newest.N)
-	for k := range r.rt.hops {
-		if k == r.self || (recips != nil && !recips[k]) {
+	for k := range r.rt.others() {
+		if recips != nil && !recips[k] {
 			continue
 		}
 		if ad, ok := r.peerAds[k]; !ok || ad.n != newest.N || ad.id != id {
@@ -507,7 +504,7 @@ func (r *Router) secretAntiEntropy() {
 	now := r.now()
 	ad := !now.Before(r.nextSecretAd)
 	if ad {
-		r.nextSecretAd = now.Add(beat.Spread(r.tun.antiEntropy, len(r.rt.hops)) - r.tun.antiEntropy/2)
+		r.nextSecretAd = now.Add(beat.Spread(r.tun.antiEntropy, r.rt.count()) - r.tun.antiEntropy/2)
 	}
 	r.mu.Unlock()
 	if ad {
@@ -519,10 +516,7 @@ func (r *Router) secretAntiEntropy() {
 		parts [][]byte
 	}
 	var sends []send
-	for k := range r.rt.hops {
-		if k == r.self {
-			continue
-		}
+	for k := range r.rt.others() {
 		n := uint32(0)
 		if ad, ok := r.peerAds[k]; ok {
 			n = ad.n

@@ -486,8 +486,8 @@ func (r *Router) Peers() []Peer {
 				p.Neighbors = append(p.Neighbors, n.Key)
 			}
 		}
-		_, p.Reachable = r.rt.hops[k]
-		p.NextHop = r.rt.nextHop[k]
+		p.Reachable = r.rt.reachable(k)
+		p.NextHop, _ = r.rt.nextHop(k)
 		if !p.Self {
 			p.Endpoint, p.Direct = r.endpointLocked(k, e)
 		}
@@ -519,8 +519,8 @@ func (r *Router) Reachable() []Reach {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.freshLocked()
-	out := make([]Reach, 0, len(r.rt.hops))
-	for k := range r.rt.hops {
+	out := make([]Reach, 0, r.rt.count())
+	for k := range r.rt.all() {
 		rc := Reach{Key: k, Direct: r.active[k] != nil}
 		if e := r.recs[k]; e != nil {
 			rc.Version = e.rec.Version
@@ -584,7 +584,7 @@ func (r *Router) indexSeenAtLocked() {
 		if rk == r.self {
 			continue
 		}
-		h, ok := r.rt.hops[rk]
+		h, ok := r.rt.hopCount(rk)
 		if !ok {
 			continue
 		}
@@ -613,7 +613,7 @@ func (r *Router) NextHop(dst key.Public) (key.Public, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.freshLocked()
-	k, ok := r.rt.nextHop[dst]
+	k, ok := r.rt.nextHop(dst)
 	return k, ok
 }
 

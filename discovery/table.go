@@ -356,12 +356,13 @@ func (r *Router) recomputeLocked() {
 	}
 	old := r.rt
 	r.rt = r.graph.routes(r.self)
+	r.ctr.inc(CtrRoutesComputed)
 	r.seenDirty = true
 	defer r.retryParkedLocked()
 	now := r.now()
 	for k, e := range r.recs {
-		_, reach := r.rt.hops[k]
-		_, was := old.hops[k]
+		reach := r.rt.reachable(k)
+		was := old.reachable(k)
 		switch {
 		case reach:
 			e.unreachableSince = time.Time{}

@@ -214,7 +214,7 @@ func (r *Router) targetSatisfied(t *target) bool {
 		t.state, t.err, t.nickname = StateEstablished, "", c.hello.Nickname
 		return true
 	}
-	if _, reach := r.rt.hops[t.peer]; reach && r.active[t.peer] == nil && len(r.active) >= r.connWant() {
+	if r.rt.reachable(t.peer) && r.active[t.peer] == nil && len(r.active) >= r.connWant() {
 		t.state, t.err = StateEstablished, ""
 		return true
 	}

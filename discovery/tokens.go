@@ -350,12 +350,12 @@ func (r *Router) RevokeToken(id TokenID) error {
 func (r *Router) randomReachable() (key.Public, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := len(r.rt.nextHop)
+	n := r.rt.count() - 1
 	if n == 0 {
 		return key.Public{}, false
 	}
 	i := rand.N(n)
-	for k := range r.rt.nextHop {
+	for k := range r.rt.others() {
 		if i == 0 {
 			return k, true
 		}

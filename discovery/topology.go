@@ -41,10 +41,7 @@ type topoGraph struct {
 	keys  []key.Public
 	nodes []topoNode
 	gen   uint32
-	// scratch of routes, reused
-	hops []int32
-	tie  []uint64
-	prev []int32
+	tie   []uint64 // scratch of routes
 }
 
 type topoNode struct {
@@ -180,21 +177,88 @@ func splitmix64(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
-// routes is the result of one shortest-path computation from self.
+// routes is the result of one shortest-path computation from self, by the
+// graph's dense indexes (a map per result cost more than the search at a
+// thousand peers). ids and keys are the graph's: they only grow, and an
+// index never changes meaning while the graph lives.
 type routes struct {
-	self    key.Public
-	hops    map[key.Public]int        // reachable peers (self at 0)
-	prev    map[key.Public]key.Public // predecessor on the best path from self
-	nextHop map[key.Public]key.Public // first hop from self; absent for self
+	self  key.Public
+	ids   map[key.Public]int32
+	keys  []key.Public
+	order []int32 // the reachable peers, self first, nearest first
+	hops  []int32 // by index; -1: unreachable (indexes past the end too)
+	prev  []int32 // predecessor on the best path from self
+	next  []int32 // first hop from self; -1 for self
 }
 
 // noRoutes is the routes of a peer that knows no other.
 func noRoutes(self key.Public) routes {
 	return routes{
-		self:    self,
-		hops:    map[key.Public]int{self: 0},
-		prev:    map[key.Public]key.Public{},
-		nextHop: map[key.Public]key.Public{},
+		self:  self,
+		ids:   map[key.Public]int32{self: 0},
+		keys:  []key.Public{self},
+		order: []int32{0},
+		hops:  []int32{0},
+		prev:  []int32{-1},
+		next:  []int32{-1},
+	}
+}
+
+// index is k's index if k is reachable.
+func (rt *routes) index(k key.Public) (int32, bool) {
+	i, ok := rt.ids[k]
+	if !ok || int(i) >= len(rt.hops) || rt.hops[i] < 0 {
+		return -1, false
+	}
+	return i, true
+}
+
+// reachable reports whether a path leads to k (self included).
+func (rt *routes) reachable(k key.Public) bool {
+	_, ok := rt.index(k)
+	return ok
+}
+
+// hopCount is the length of the best path to k.
+func (rt *routes) hopCount(k key.Public) (int, bool) {
+	i, ok := rt.index(k)
+	if !ok {
+		return 0, false
+	}
+	return int(rt.hops[i]), true
+}
+
+// nextHop is the first hop towards k; false for self and unreachable k.
+func (rt *routes) nextHop(k key.Public) (key.Public, bool) {
+	i, ok := rt.index(k)
+	if !ok || rt.next[i] < 0 {
+		return key.Public{}, false
+	}
+	return rt.keys[rt.next[i]], true
+}
+
+// count is the number of reachable peers, self included.
+func (rt *routes) count() int { return len(rt.order) }
+
+// all yields every reachable peer, self first.
+func (rt *routes) all() iter.Seq[key.Public] {
+	return func(yield func(key.Public) bool) {
+		for _, i := range rt.order {
+			if !yield(rt.keys[i]) {
+				return
+			}
+		}
+	}
+}
+
+// others yields every reachable peer but self.
+func (rt *routes) others() iter.Seq[key.Public] {
+	return func(yield func(key.Public) bool) {
+		for _, i := range rt.order[1:] {
+			if !yield(rt.keys[i]) {
+				return
+			}
+		}
 	}
 }
 
@@ -209,49 +273,48 @@ func (g *topoGraph) routes(self key.Public) routes {
 		return noRoutes(self)
 	}
 	n := len(g.nodes)
-	g.hops = slices.Grow(g.hops[:0], n)[:n]
-	g.tie = slices.Grow(g.tie[:0], n)[:n]
-	g.prev = slices.Grow(g.prev[:0], n)[:n]
-	for i := range g.hops {
-		g.hops[i] = -1
+	rt := routes{
+		self:  self,
+		ids:   g.ids,
+		keys:  g.keys,
+		order: []int32{s},
+		hops:  make([]int32, n),
+		prev:  make([]int32, n),
+		next:  make([]int32, n),
 	}
-	g.hops[s], g.tie[s], g.prev[s] = 0, 0, -1
-	order := []int32{s} // every reached peer, layer by layer
-	for start, layer := 0, int32(0); start < len(order); layer++ {
-		end := len(order)
-		for _, u := range order[start:end] {
+	hops, prev := rt.hops, rt.prev
+	g.tie = slices.Grow(g.tie[:0], n)[:n]
+	tie := g.tie
+	for i := range hops {
+		hops[i] = -1
+	}
+	hops[s], tie[s], prev[s] = 0, 0, -1
+	for start, layer := 0, int32(0); start < len(rt.order); layer++ {
+		end := len(rt.order)
+		for _, u := range rt.order[start:end] {
 			for _, c := range g.nodes[u].claims {
 				v := c.id
-				if h := g.hops[v]; h >= 0 && h <= layer || !g.claims(v, u) {
+				if h := hops[v]; h >= 0 && h <= layer || !g.claims(v, u) {
 					continue
 				}
-				t := g.tie[u] + c.w
+				t := tie[u] + c.w
 				switch {
-				case g.hops[v] < 0:
-					g.hops[v], g.tie[v], g.prev[v] = layer+1, t, u
-					order = append(order, v)
-				case t < g.tie[v] || t == g.tie[v] && g.keys[u].Less(g.keys[g.prev[v]]):
-					g.tie[v], g.prev[v] = t, u
+				case hops[v] < 0:
+					hops[v], tie[v], prev[v] = layer+1, t, u
+					rt.order = append(rt.order, v)
+				case t < tie[v] || t == tie[v] && g.keys[u].Less(g.keys[prev[v]]):
+					tie[v], prev[v] = t, u
 				}
 			}
 		}
 		start = end
 	}
-	rt := routes{
-		self:    self,
-		hops:    make(map[key.Public]int, len(order)),
-		prev:    make(map[key.Public]key.Public, len(order)),
-		nextHop: make(map[key.Public]key.Public, len(order)),
-	}
-	rt.hops[self] = 0
-	for _, v := range order[1:] {
-		k, p := g.keys[v], g.keys[g.prev[v]]
-		rt.hops[k] = int(g.hops[v])
-		rt.prev[k] = p
-		if g.prev[v] == s {
-			rt.nextHop[k] = k
+	rt.next[s] = -1
+	for _, v := range rt.order[1:] {
+		if prev[v] == s {
+			rt.next[v] = v
 		} else {
-			rt.nextHop[k] = rt.nextHop[p]
+			rt.next[v] = rt.next[prev[v]]
 		}
 	}
 	return rt
@@ -259,16 +322,14 @@ func (g *topoGraph) routes(self key.Public) routes {
 
 // path returns the best path from self to dst, both included, or nil when
 // dst is unreachable.
-func (rt routes) path(dst key.Public) []key.Public {
-	if _, ok := rt.hops[dst]; !ok {
+func (rt *routes) path(dst key.Public) []key.Public {
+	i, ok := rt.index(dst)
+	if !ok {
 		return nil
 	}
 	var p []key.Public
-	for k := dst; ; k = rt.prev[k] {
-		p = append(p, k)
-		if k == rt.self {
-			break
-		}
+	for ; i >= 0; i = rt.prev[i] {
+		p = append(p, rt.keys[i])
 	}
 	slices.Reverse(p)
 	return p

@@ -121,9 +121,10 @@ func TestRoutesSymmetric(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ks := ks[:tt.n]
 			g := graph(ks, tt.edges)
-			rts := map[key.Public]routes{}
+			rts := map[key.Public]*routes{}
 			for _, k := range ks {
-				rts[k] = g.routes(k)
+				rt := g.routes(k)
+				rts[k] = &rt
 			}
 			for _, a := range ks {
 				dist := bfs(g.adjacency(), a)
@@ -134,7 +135,7 @@ func TestRoutesSymmetric(t *testing.T) {
 						if pac != nil {
 							t.Errorf("%d→%d: path %v to an unreachable peer", a[0], c[0], names(pac))
 						}
-						if _, ok := rts[a].nextHop[c]; ok {
+						if _, ok := rts[a].nextHop(c); ok {
 							t.Errorf("%d→%d: next hop to an unreachable peer", a[0], c[0])
 						}
 						continue
@@ -154,7 +155,7 @@ func TestRoutesSymmetric(t *testing.T) {
 						}
 					}
 					if a != c {
-						if hop := rts[a].nextHop[c]; hop != pac[1] {
+						if hop, _ := rts[a].nextHop(c); hop != pac[1] {
 							t.Errorf("%d→%d: next hop %d, path %v", a[0], c[0], hop[0], names(pac))
 						}
 					}
@@ -198,7 +199,7 @@ func TestEdgesNeedBothEnds(t *testing.T) {
 		t.Errorf("one-sided or unestablished claims made edges: %v", adj)
 	}
 	rt := g.routes(ks[0])
-	if _, ok := rt.hops[ks[2]]; ok {
+	if rt.reachable(ks[2]) {
 		t.Error("peer 2 reachable over a one-sided edge")
 	}
 }
