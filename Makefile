@@ -108,7 +108,8 @@ demo: build deps
 
 # bench: weavewg against the raw underlay and the reference wireguard-go
 # (iperf3 TCP and ping; ratios c/a and c/b beside the targets, c/e against
-# wireguard-go with the same container hops; BENCHFLAGS=--compare BIN
+# wireguard-go with the same container hops, t/w and u/v for the trusted
+# VXLAN path against raw kernel VXLAN; BENCHFLAGS=--compare BIN
 # measures another build in the same rounds); NAT
 # traversal time; container TCP on 1460 and 1380 underlays as a ratio
 # against 1500 in the same run (mtubench, target >= 0.8). deps installs

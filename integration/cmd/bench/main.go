@@ -14,8 +14,9 @@
 //	(d) only with --only …,d: weavewg host → host (10.32.0.1 → 10.32.0.2),
 //	    the like-for-like of b without the containers' veth and bridge hops
 //	(r) weavewg relayed through a third host
-//	(v) raw kernel VXLAN and (t) weavewg's trusted fast path on two more
-//	    hosts (trusted.go)
+//	(v) raw kernel VXLAN host → host and (w) container → container, on two
+//	    hosts that never run weavewg, and (t) weavewg's trusted fast path
+//	    container → container, (u) host → host, on two more (trusted.go)
 //	(C, T) with --compare BIN: c and t again on hosts of their own running
 //	    BIN, measured in the same rounds, for a before/after of a change
 //	    under the same load (ratios C/c and T/t)
@@ -49,7 +50,6 @@ import (
 	"os/signal"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -81,7 +81,7 @@ func main() {
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
-	flag.StringVar(&only, "only", "a,b,c,e,r,v,t", "paths to measure: a (underlay), b (wireguard-go host → host), e (wireguard-go container → container behind a bridge as weavewg's: the like-for-like of c; needs b), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
+	flag.StringVar(&only, "only", "a,b,c,e,r,v,w,t", "paths to measure: a (underlay), b (wireguard-go host → host), e (wireguard-go container → container behind a bridge as weavewg's: the like-for-like of c; needs b), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host, on hosts without weavewg), w (raw kernel VXLAN container → container, each behind a bridge as weavewg attaches one: the like-for-like of t), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) during the first one-stream run of each path into DIR, and print the top symbols: of the tunnel processes (wireguard-go, weavewg), or for the kernel paths v, t, u of the two iperf3 processes, whose system calls and softirqs do the kernel's forwarding and encapsulation")
 	flag.StringVar(&o.compare, "compare", "", "another weavewg binary (an earlier build, say): also measure c and t with it on hosts of their own (paths C and T), interleaved in the same rounds, and print C/c and T/t")
 	flag.BoolVar(&o.hold, "hold", false, "set the paths up, print their namespaces and addresses, and wait for Ctrl-C instead of measuring (for profiling by hand)")
@@ -90,8 +90,8 @@ func main() {
 	o.only = map[string]bool{}
 	for _, p := range strings.Split(only, ",") {
 		p = strings.TrimSpace(p)
-		if !strings.Contains("abcdervtu", p) || len(p) != 1 {
-			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, e, r, v, t, u)\n", p)
+		if !strings.Contains("abcdervwtu", p) || len(p) != 1 {
+			fmt.Fprintf(os.Stderr, "bench: --only: unknown path %q (want a, b, c, d, e, r, v, w, t, u)\n", p)
 			os.Exit(2)
 		}
 		o.only[p] = true
@@ -220,9 +220,12 @@ func run(tb *benchTB, o options) int {
 	if o.only["r"] {
 		h3 = bed.AddHost(testbed.HostOptions{NoLaunch: true, Peers: []string{h2.UnderlayIP}})
 	}
-	var th, thC trustedHosts
-	if o.only["t"] || o.only["v"] || o.only["u"] {
+	var th, thC, rh trustedHosts
+	if o.only["t"] || o.only["u"] {
 		th = addTrustedHosts(bed, "")
+	}
+	if o.only["v"] || o.only["w"] {
+		rh = addRawHosts(bed)
 	}
 	var cmp1, cmp2 *testbed.Host
 	if o.only["C"] {
@@ -276,9 +279,14 @@ func run(tb *benchTB, o options) int {
 		}
 	}
 	if wwg && cErr == nil {
-		progress("launching weavewg on both hosts, attaching a container to each …")
+		if o.only["c"] || o.only["d"] || o.only["r"] {
+			progress("launching weavewg on both hosts, attaching a container to each …")
+		}
 		var c1, c2, r1, r3 *testbed.Container
 		cErr = try(func() {
+			if !o.only["c"] && !o.only["d"] && !o.only["r"] {
+				return // only the trusted hosts' weavewg (t, u)
+			}
 			h1.Launch()
 			h2.Launch()
 			bed.WaitMesh(60*time.Second, h1, h2)
@@ -352,15 +360,23 @@ func run(tb *benchTB, o options) int {
 		progress("weavewg path not measured: %v", cErr)
 		rep.Errors = append(rep.Errors, "weavewg: "+cErr.Error())
 	}
-	if o.only["v"] {
-		progress("making raw kernel VXLAN devices on %s and %s …", th.a, th.b)
-		if err := startRawVXLAN(bed, th); err != nil {
+	if o.only["v"] || o.only["w"] {
+		progress("making raw kernel VXLAN devices on %s and %s (no weavewg there) …", rh.a, rh.b)
+		if err := startRawVXLAN(tb, bed, rh, o.only["w"]); err != nil {
 			tb.Fatalf("bench: raw VXLAN: %v", err)
 		}
-		paths = append(paths, &path{key: "v", name: "kernel VXLAN (raw)",
-			from: th.a.Name + " " + rawVXLANAddr(0), to: th.b.Name + " " + rawVXLANAddr(1),
-			srcNS: th.a.Netns, dstNS: th.b.Netns, dst: rawVXLANAddr(1),
-			pids: func() []int { return nil }})
+		if o.only["v"] {
+			paths = append(paths, &path{key: "v", name: "kernel VXLAN (raw)",
+				from: rh.a.Name + " " + rawVXLANAddr(0), to: rh.b.Name + " " + rawVXLANAddr(1),
+				srcNS: rh.a.Netns, dstNS: rh.b.Netns, dst: rawVXLANAddr(1),
+				pids: func() []int { return nil }})
+		}
+		if o.only["w"] {
+			paths = append(paths, &path{key: "w", name: "kernel VXLAN (raw) container",
+				from: rh.a.Name + "w " + rawContainerAddr(0), to: rh.b.Name + "w " + rawContainerAddr(1),
+				srcNS: rawContainerNetns(rh.a), dstNS: rawContainerNetns(rh.b), dst: rawContainerAddr(1),
+				pids: func() []int { return nil }})
+		}
 	}
 	if (o.only["t"] || o.only["u"]) && cErr == nil {
 		progress("launching weavewg --trusted-subnets on %s and %s …", th.a, th.b)
@@ -412,12 +428,10 @@ func run(tb *benchTB, o options) int {
 			}
 		}
 	}
-	if o.only["v"] && (o.only["t"] || o.only["u"]) {
+	if (o.only["v"] || o.only["w"]) && (o.only["t"] || o.only["u"]) {
 		if mtu, err := bed.LinkMTU(th.a.Netns, "vxweavewg0"); err == nil && mtu != refMTU {
 			progress("raw VXLAN at weavewg's VXLAN MTU %d", mtu)
-			for _, h := range []*testbed.Host{th.a, th.b} {
-				bed.MustIP(h.Netns, "link", "set", "rvx0", "mtu", strconv.Itoa(mtu))
-			}
+			setRawVXLANMTU(bed, rh, o.only["w"], mtu)
 		}
 	}
 
@@ -474,7 +488,7 @@ func run(tb *benchTB, o options) int {
 				// The kernel data planes (v, t, u) do their work in the
 				// iperf3 processes' system calls and softirqs, not in a
 				// tunnel process: those are sampled once they run.
-				kernelPath := strings.Contains("vtuT", p.key)
+				kernelPath := strings.Contains("vwtuT", p.key)
 				if profiled && !kernelPath && len(p.pids()) > 0 {
 					prof = startPerf(o.profile, p.key, p.pids(), o.dur)
 				}

@@ -146,9 +146,7 @@ func setRefMTU(bed *testbed.Bed, n *refNode, mtu int) {
 	m := strconv.Itoa(mtu)
 	bed.MustIP(n.Netns, "link", "set", n.Iface, "mtu", m)
 	if n.CNetns != "" {
-		bed.MustIP(n.Netns, "link", "set", "wbveth", "mtu", m)
-		bed.MustIP(n.Netns, "link", "set", "wbbr", "mtu", m)
-		bed.MustIP(n.CNetns, "link", "set", "ethe0", "mtu", m)
+		setBridgedContainerMTU(bed, n.Netns, n.CNetns, mtu)
 	}
 }
 
@@ -156,24 +154,44 @@ func setRefMTU(bed *testbed.Bed, n *refNode, mtu int) {
 // weavewg attaches one (hostnet/attach_linux.go): flat /24 in the
 // container, proxy ARP on the bridge, host routes into the tunnel.
 func addRefContainer(tb *benchTB, bed *testbed.Bed, n *refNode) {
-	if err := bed.NewNetnsFast(n.CNetns); err != nil {
+	addBridgedContainer(tb, bed, n.Netns, n.CNetns, n.CAddr, refMTU)
+	tb.Logf("bench: wireguard-go container %s: %s/24 behind bridge %s", n.CNetns, n.CAddr, refBridge)
+}
+
+// The devices of a baseline's container (paths e and w).
+const refBridge, refHostVeth, refCtrVeth = "wbbr", "wbveth", "ethe0"
+
+// addBridgedContainer makes what weavewg makes for a container, for a
+// baseline: in hostNS a bridge with proxy ARP (delay 0) and forwarding
+// on, a veth pair at mtu into the new namespace ctrNS, where ctrAddr/24 is
+// the container's address, and a /32 route to it via the bridge.
+func addBridgedContainer(tb *benchTB, bed *testbed.Bed, hostNS, ctrNS, ctrAddr string, mtu int) {
+	if err := bed.NewNetnsFast(ctrNS); err != nil {
 		tb.Fatalf("bench: %v", err)
 	}
-	const br, host, ctr = "wbbr", "wbveth", "ethe0"
-	mtu := strconv.Itoa(refMTU)
-	bed.MustIP(n.Netns, "link", "add", br, "type", "bridge")
-	bed.MustIP(n.Netns, "link", "set", br, "mtu", mtu, "up")
-	bed.MustIP(n.Netns, "link", "add", host, "mtu", mtu, "type", "veth", "peer", "name", ctr, "mtu", mtu, "netns", n.CNetns)
-	bed.MustIP(n.Netns, "link", "set", host, "master", br, "up")
-	bed.MustIP(n.CNetns, "addr", "add", n.CAddr+"/24", "dev", ctr)
-	bed.MustIP(n.CNetns, "link", "set", ctr, "up")
-	bed.MustIP(n.Netns, "route", "add", n.CAddr+"/32", "dev", br)
+	const br, host, ctr = refBridge, refHostVeth, refCtrVeth
+	m := strconv.Itoa(mtu)
+	bed.MustIP(hostNS, "link", "add", br, "type", "bridge")
+	bed.MustIP(hostNS, "link", "set", br, "mtu", m, "up")
+	bed.MustIP(hostNS, "link", "add", host, "mtu", m, "type", "veth", "peer", "name", ctr, "mtu", m, "netns", ctrNS)
+	bed.MustIP(hostNS, "link", "set", host, "master", br, "up")
+	bed.MustIP(ctrNS, "addr", "add", ctrAddr+"/24", "dev", ctr)
+	bed.MustIP(ctrNS, "link", "set", ctr, "up")
+	bed.MustIP(hostNS, "route", "add", ctrAddr+"/32", "dev", br)
 	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv4.conf." + br + ".proxy_arp=1", "net.ipv4.neigh." + br + ".proxy_delay=0"} {
-		if out, err := exec.Command("ip", "netns", "exec", n.Netns, "sysctl", "-q", "-w", kv).CombinedOutput(); err != nil {
-			tb.Fatalf("bench: sysctl %s in %s: %v: %s", kv, n.Netns, err, out)
+		if out, err := exec.Command("ip", "netns", "exec", hostNS, "sysctl", "-q", "-w", kv).CombinedOutput(); err != nil {
+			tb.Fatalf("bench: sysctl %s in %s: %v: %s", kv, hostNS, err, out)
 		}
 	}
-	tb.Logf("bench: wireguard-go container %s: %s/24 behind bridge %s", n.CNetns, n.CAddr, br)
+}
+
+// setBridgedContainerMTU sets the baseline container's bridge and veth
+// pair to mtu.
+func setBridgedContainerMTU(bed *testbed.Bed, hostNS, ctrNS string, mtu int) {
+	m := strconv.Itoa(mtu)
+	bed.MustIP(hostNS, "link", "set", refHostVeth, "mtu", m)
+	bed.MustIP(hostNS, "link", "set", refBridge, "mtu", m)
+	bed.MustIP(ctrNS, "link", "set", refCtrVeth, "mtu", m)
 }
 
 func (n *refNode) start(tb *benchTB, bin string) {
