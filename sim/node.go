@@ -262,11 +262,10 @@ func (nd *Node) reconcile() {
 				nd.IPAM.SendOwn(k)
 			}
 		}
-		// Only on a change (the daemon tells it every round): with
-		// the same set it does nothing but read it, O(N) per router
-		// per route change, 4 % of the simulation's CPU at N=100.
-		nd.DNS.SetReachable(reachable)
 	}
+	// Every round, changed or not, as the daemon does: it also marks
+	// down the owners of entries that arrived since the last call.
+	nd.DNS.SetReachable(reachable)
 }
 
 // ipamAntiEntropy sends the ring to one reachable peer chosen at random,
