@@ -86,21 +86,9 @@ func dialRank(self, k key.Public) uint64 {
 // bridgeRank orders peers the same way on every peer.
 func bridgeRank(k key.Public) uint64 { return splitmix64(binary.BigEndian.Uint64(k[8:16])) }
 
-// establishedNeighbors counts the neighbours a record lists as established.
-func establishedNeighbors(rec *Record) int {
-	n := 0
-	for _, nb := range rec.Neighbors {
-		if nb.Established {
-			n++
-		}
-	}
-	return n
-}
-
 // dialCandidate is a peer gossip may dial.
 type dialCandidate struct {
 	k           key.Public
-	ep          netip.AddrPort
 	unreachable bool
 	rank        uint64
 }
@@ -109,10 +97,9 @@ type dialCandidate struct {
 // connections, and across a partition when this peer is one of its part's
 // bridges.
 func (r *Router) gossipDialsLocked(now time.Time) {
-	if len(r.active) >= r.connWant() && len(r.dials) == 0 && r.rt.count() == len(r.recs) {
+	if len(r.active) >= r.connWant() && r.rt.count() == len(r.recs) {
 		return // nothing to dial, nobody to bridge to: skip the pass over every record
 	}
-	r.freshSeenAtLocked() // lastIP
 	covered := map[key.Public]bool{}
 	for _, t := range r.targets {
 		if !t.peer.IsZero() {
@@ -133,24 +120,20 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		if k == r.self || covered[k] || r.active[k] != nil || r.isEvictedLocked(k) {
 			continue
 		}
-		reach := r.rt.reachable(k)
-		if reach && establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
-			continue // full: it would refuse
-		}
-		ep, _ := r.endpointLocked(k, e)
-		if !ep.IsValid() && e.lastIP.IsValid() && e.rec.Port != 0 {
-			ep = netip.AddrPortFrom(e.lastIP, e.rec.Port)
-		}
-		if !ep.IsValid() {
-			continue
-		}
 		if d := r.dials[k]; d != nil && (d.inFlight || now.Before(d.next)) {
 			continue
+		}
+		reach := r.rt.reachable(k)
+		if reach && r.graph.degree(k) >= r.cfg.ConnLimit {
+			continue // full: it would refuse
+		}
+		if !e.lastIP.IsValid() || e.rec.Port == 0 && e.hello.Port == 0 {
+			continue // nowhere to dial
 		}
 		if !reach {
 			unreachable++
 		}
-		cands = append(cands, dialCandidate{k: k, ep: ep, unreachable: !reach, rank: dialRank(r.self, k)})
+		cands = append(cands, dialCandidate{k: k, unreachable: !reach, rank: dialRank(r.self, k)})
 	}
 	if len(cands) == 0 {
 		return
@@ -188,6 +171,12 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		return cmp.Compare(a.rank, b.rank)
 	})
 	for _, c := range cands[:min(room, len(cands))] {
+		e := r.recs[c.k]
+		port := e.rec.Port
+		if port == 0 {
+			port = e.hello.Port
+		}
+		ep := netip.AddrPortFrom(e.lastIP, port)
 		d := r.dials[c.k]
 		if d == nil {
 			d = &gossipDial{backoff: r.tun.backoffMin}
@@ -196,7 +185,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		d.inFlight = true
 		d.bridge = c.unreachable
 		r.wg.Add(1)
-		go r.gossipDial(c.k, c.ep)
+		go r.gossipDial(c.k, ep)
 	}
 }
 
@@ -211,7 +200,7 @@ func (r *Router) isBridgeLocked() bool {
 	ahead := 0
 	for k := range r.rt.others() {
 		e := r.recs[k]
-		if e == nil || establishedNeighbors(&e.rec) >= r.cfg.ConnLimit {
+		if e == nil || r.graph.degree(k) >= r.cfg.ConnLimit {
 			continue
 		}
 		if b := bridgeRank(k); b < mine || b == mine && k.Less(r.self) {

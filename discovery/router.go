@@ -562,6 +562,39 @@ type seen struct {
 	by   key.Public // that peer
 }
 
+// noteSeenLocked takes the addresses rec's owner sees its neighbours at as
+// their last known addresses (lastIP, what gossip dials use), as each
+// record arrives: O(neighbours) per record, where rebuilding seenAt for
+// each dial pass read every record's neighbours. The owner's own address
+// comes from its neighbours' records, which may have come first.
+func (r *Router) noteSeenLocked(rec *Record) {
+	usable := func(n Neighbor) bool { return n.Established && n.IP.IsValid() && !n.IP.IsUnspecified() }
+	for _, n := range rec.Neighbors {
+		if n.Key == rec.Key || n.Key == r.self || !usable(n) {
+			continue
+		}
+		if e := r.recs[n.Key]; e != nil {
+			e.lastIP = n.IP.Unmap()
+		}
+	}
+	e := r.recs[rec.Key]
+	if e == nil || e.lastIP.IsValid() || rec.Key == r.self {
+		return
+	}
+	for _, n := range rec.Neighbors {
+		ne := r.recs[n.Key]
+		if !n.Established || ne == nil || n.Key == r.self {
+			continue
+		}
+		for _, m := range ne.rec.Neighbors {
+			if m.Key == rec.Key && usable(m) {
+				e.lastIP = m.IP.Unmap()
+				return
+			}
+		}
+	}
+}
+
 // freshSeenAtLocked rebuilds r.seenAt (and the lastIP it sets) if records
 // or routes changed since it was built. It is built when read, not on
 // every change: a flood brings many record versions, and every rebuild

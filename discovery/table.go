@@ -199,6 +199,7 @@ func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigChe
 			r.log.Info("learned of peer", "peer", rec.Key.Name(), "nickname", rec.Nickname)
 		}
 		e.rec = *rec
+		r.noteSeenLocked(rec)
 		r.gotLocked(rec)
 		changed = append(changed, rec)
 	}

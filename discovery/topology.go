@@ -122,6 +122,16 @@ func (g *topoGraph) update(recs iter.Seq2[key.Public, *Record], n int) (edges, n
 	return edges, neighbors
 }
 
+// degree is the number of established neighbours k's record lists (0
+// for a peer without a record).
+func (g *topoGraph) degree(k key.Public) int {
+	i, ok := g.ids[k]
+	if !ok {
+		return 0
+	}
+	return len(g.nodes[i].claims)
+}
+
 // claims reports whether node a's record lists b as an established
 // neighbour.
 func (g *topoGraph) claims(a, b int32) bool {
