@@ -2,10 +2,14 @@ package tunnel
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // # Which NATs take unsolicited datagrams in
@@ -37,7 +41,13 @@ import (
 // The Tunnel reads ICMP through a raw socket in its namespace; a datagram
 // of ours is recognised by its source port, and counted for the peer whose
 // endpoint it was sent to. Without the socket (no CAP_NET_RAW) nothing is
-// learned and the turns work as before.
+// learned and the turns work as before. The socket takes only destination
+// unreachable messages (the kernel's ICMP_FILTER, checked before a raw
+// socket is handed a copy): a raw ICMP socket is given a copy of every
+// ICMP message the namespace receives, and without the filter every echo
+// reply to the host (a ping, a monitoring probe) woke the daemon: a flood
+// ping between two hosts' overlay addresses took twice the CPU, and its
+// round trip 0.029 ms where raw kernel VXLAN took 0.016 (November 30).
 
 // icmpUnreachable parses an ICMPv4 message (no IP header): for a port
 // unreachable about a UDP datagram from port sport, it returns the
@@ -100,12 +110,42 @@ func (t *Tunnel) icmpLoop(c net.PacketConn) {
 // openICMP opens the raw ICMP socket of the Tunnel's namespace (the calling
 // thread's); nil when it cannot (no CAP_NET_RAW): nothing is learned.
 func (t *Tunnel) openICMP() net.PacketConn {
-	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+	c, err := listenICMPUnreachable()
 	if err != nil {
 		t.log.Warn("not reading ICMP: opening NATed peers cannot tell which NATs take unsolicited datagrams in", "err", err)
 		return nil
 	}
 	return c
+}
+
+// icmpDestUnreachable is ICMP's destination unreachable type.
+const icmpDestUnreachable = 3
+
+// listenICMPUnreachable opens a raw ICMP socket in the calling thread's
+// namespace that is given only destination unreachable messages.
+func listenICMPUnreachable() (net.PacketConn, error) {
+	c, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		return nil, err
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		// struct icmp_filter: a bit set per type is a type dropped.
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_RAW, unix.ICMP_FILTER, int(^uint32(1<<icmpDestUnreachable)))
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ICMP filter: %w", err)
+	}
+	return c, nil
 }
 
 // natAnswersRecent is how long a peer's NAT answering with ICMP port
