@@ -205,8 +205,8 @@ func writeFrame(w io.Writer, msg []byte) error {
 	return err
 }
 
-// readFrame reads one length-prefixed frame into buf (cap ≥ limit) and
-// returns it. A length above limit is errOversized; nothing more is read.
+// readFrame reads one length-prefixed frame into buf, or into a buffer of
+// its own if it does not fit, and returns it. A length above limit is errOversized; nothing more is read.
 func readFrame(r io.Reader, buf []byte, limit int) ([]byte, error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -215,6 +215,9 @@ func readFrame(r io.Reader, buf []byte, limit int) ([]byte, error) {
 	n := int(binary.BigEndian.Uint16(hdr[:]))
 	if n > limit {
 		return nil, errOversized
+	}
+	if n > len(buf) {
+		buf = make([]byte, n)
 	}
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {
 		if err == io.EOF {

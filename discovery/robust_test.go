@@ -45,7 +45,7 @@ func rawPeer(t *testing.T, r *testRouter, priv key.Private) *conn {
 	if err := c.writeMsg(AppendHello(nil, &Hello{Port: 1, Nickname: "raw"}), 0); err != nil {
 		t.Fatal(err)
 	}
-	m, err := c.readMsg(make([]byte, maxFrame), nil)
+	m, err := c.readMsg(make([]byte, readBufLen))
 	if err != nil {
 		t.Fatal(err)
 	}
