@@ -364,6 +364,24 @@ func ringDiff(a, b []byte) string {
 	return ""
 }
 
+// RouterCounters is Counters of the routers alone (discovery), which never
+// waits on an allocator busy with a ring.
+func (c *Cluster) RouterCounters() map[string]uint64 {
+	out := map[string]uint64{}
+	c.mu.Lock()
+	nodes := slices.Clone(c.nodes)
+	c.mu.Unlock()
+	for _, nd := range nodes {
+		if nd == nil {
+			continue
+		}
+		for k, v := range nd.Router.Counters() {
+			out[k] += v
+		}
+	}
+	return out
+}
+
 // Counters sums the counters of every node's router (discovery) and
 // allocator (ipam), gone ones included (so totals never go down): where a
 // run's messages were dropped or refused.

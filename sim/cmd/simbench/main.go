@@ -33,12 +33,16 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/sim"
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -58,7 +62,21 @@ type change struct {
 	BytesPerPeer  float64 `json:"bytes_per_peer"`
 	MsgsOverN     float64 `json:"frames_over_n"`
 	VerifyPerPeer float64 `json:"verifies_per_peer"`
-	Err           string  `json:"error,omitempty"`
+	// CPUSeconds is the CPU the whole process (every simulated peer and
+	// the harness) used from the change until agreement: what the
+	// change cost the machine, whatever its load.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// Until the mesh settled: the change's whole cost, the moves it set
+	// off after agreement included (a joiner dials until it has half its
+	// limit, each dial a new version of two records). Settled: no record
+	// applied and no connection made or lost anywhere for settleQuiet;
+	// the traffic counted is the traffic until the last such event.
+	SettleSeconds       float64 `json:"settled_seconds"`
+	SettleFailed        bool    `json:"settle_failed,omitempty"` // still moving after -timeout
+	SettleMsgsOverN     float64 `json:"settled_frames_over_n"`
+	SettleBytesPerPeer  float64 `json:"settled_bytes_per_peer"`
+	IdleMsgsPerPeerPerS float64 `json:"idle_frames_per_peer_per_second"` // in the quiet window: anti-entropy's background
+	Err                 string  `json:"error,omitempty"`
 }
 
 type result struct {
@@ -90,11 +108,14 @@ func main() {
 	seed := flag.Uint64("seed", 1, "seed of the random choices")
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built (the last N's is kept)")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
+	topoOnly := flag.Bool("topology-only", false, "check only the topology, never the IPAM ring or DNS (for discovery's figures while IPAM cannot form a mesh of that size; not issue 18's measure)")
 	burst := flag.Bool("burst", false, "also time N peers launched together, in a mesh of their own (slow at N >= 100 on a loaded machine)")
 	flag.Parse()
 	printCounters = *showCounters
+	topologyOnly = *topoOnly
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -169,8 +190,40 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
+// memProfile: -memprofile.
+var memProfile string
+
+// writeHeap writes a heap profile to -memprofile, if given.
+func writeHeap() {
+	if memProfile == "" {
+		return
+	}
+	f, err := os.Create(memProfile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+		return
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+	}
+}
+
 // printCounters: -counters.
 var printCounters bool
+
+// topologyOnly: -topology-only.
+var topologyOnly bool
+
+// agreed is the check a build or a change waits for: everything, or the
+// topology alone with -topology-only.
+func agreed(c *sim.Cluster) func() error {
+	if topologyOnly {
+		return c.CheckTopology
+	}
+	return c.Check
+}
 
 // counterDelta prints the counters that moved between before and after.
 func counterDelta(n int, name string, before, after map[string]uint64) {
@@ -225,13 +278,18 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 			}
 		}
 		joined += k
-		if _, err := c.WaitConverged(time.Now(), timeout); err != nil {
+		if _, err := c.WaitFor(sayWhy(n, c, agreed(c)), time.Now(), timeout); err != nil {
 			res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: fmt.Sprintf("%d peers: %v", joined, err)})
 			return res
 		}
 		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s)\n", n, joined, time.Since(start).Seconds())
 	}
+	settle(c, time.Now(), timeout) // the build's last moves are not the N-th join's
 	res.BuildSeconds = time.Since(start).Seconds()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines\n", n, ms.HeapInuse>>20, runtime.NumGoroutine())
+	writeHeap()
 	measure := func(name string, do func() error) { measureOn(c, n, &res, name, timeout, do) }
 	measure("N-th joins", func() error {
 		_, err := c.Join()
@@ -257,10 +315,11 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		}
 	}
 	c.Partition(cut)
-	if _, err := c.WaitConverged(time.Now(), timeout); err != nil {
+	if _, err := c.WaitFor(agreed(c), time.Now(), timeout); err != nil {
 		res.Changes = append(res.Changes, change{Name: "partition heals", Err: "partitioned halves: " + err.Error()})
 		return res
 	}
+	settle(c, time.Now(), timeout)
 	measure("partition heals", func() error {
 		c.Heal()
 		return nil
@@ -277,6 +336,7 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	}
 	m0, b0 := c.Traffic()
 	v0 := c.Verify.Calls.Load()
+	cpu0 := cpuTime()
 	ch := change{Name: name}
 	err := do()
 	// Timed from the change's end: the last join returned (its peer
@@ -288,7 +348,7 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		d, err = c.WaitFor(c.CheckTopology, start, timeout)
 		ch.TopoSeconds = d.Seconds()
 		ch.TopoFailed = err != nil
-		if err == nil {
+		if err == nil && !topologyOnly {
 			d, err = c.WaitConverged(start, timeout)
 			ch.Seconds = d.Seconds()
 		}
@@ -296,6 +356,7 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	if err != nil {
 		ch.Err = err.Error()
 	}
+	ch.CPUSeconds = (cpuTime() - cpu0).Seconds()
 	m1, b1 := c.Traffic()
 	peers := float64(len(c.Alive()))
 	ch.Msgs, ch.Bytes = m1-m0, b1-b0
@@ -303,6 +364,14 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	ch.BytesPerPeer = float64(ch.Bytes) / peers
 	ch.MsgsOverN = float64(ch.Msgs) / float64(n)
 	ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
+	if !ch.TopoFailed {
+		st := settle(c, start, timeout)
+		ch.SettleSeconds = st.at.Seconds()
+		ch.SettleFailed = !st.ok
+		ch.SettleMsgsOverN = float64(st.msgs-m0) / float64(n)
+		ch.SettleBytesPerPeer = float64(st.bytes-b0) / peers
+		ch.IdleMsgsPerPeerPerS = st.idleRate / peers
+	}
 	res.Changes = append(res.Changes, ch)
 	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
 	if printCounters {
@@ -310,14 +379,97 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	}
 }
 
+// sayWhy wraps a check so that a wait of more than 30 s says, every 30 s,
+// what still disagrees: a build that takes minutes shows where.
+func sayWhy(n int, c *sim.Cluster, check func() error) func() error {
+	start, last := time.Now(), time.Now()
+	ctr0 := c.RouterCounters()
+	return func() error {
+		err := check()
+		if err != nil && time.Since(last) > 30*time.Second {
+			last = time.Now()
+			var moved []string
+			for k, v := range c.RouterCounters() {
+				if d := v - ctr0[k]; d > 0 && troubleCounter.MatchString(k) {
+					moved = append(moved, fmt.Sprintf("%s +%d", k, d))
+				}
+			}
+			sort.Strings(moved)
+			fmt.Fprintf(os.Stderr, "simbench: N=%d: after %.0f s: %v (since the wait began: %s)\n", n, time.Since(start).Seconds(), err, strings.Join(moved, ", "))
+		}
+		return err
+	}
+}
+
+// troubleCounter matches the counters of losses, refusals and moves.
+var troubleCounter = regexp.MustCompile(`drop|fail|timeout|busy|limit|no_route|expired|full|refused|bad|established|closed|duplicate|applied|routes`)
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// settleQuiet is how long the mesh must be still to count as settled.
+const settleQuiet = 3 * time.Second
+
+type settled struct {
+	at          time.Duration // from the change to the last event
+	msgs, bytes uint64        // traffic counters at the last event
+	idleRate    float64       // frames a second, all peers, in the quiet window
+	ok          bool
+}
+
+// settle waits until no router applied a record, made or lost a
+// connection for settleQuiet, and returns when (from start) and the
+// traffic counters at the last such event: so the next change starts
+// from a still mesh, and the change's cost includes all it set off.
+func settle(c *sim.Cluster, start time.Time, timeout time.Duration) settled {
+	events := func() uint64 {
+		ctr := c.RouterCounters()
+		return ctr[discovery.CtrRecordsApplied] + ctr[discovery.CtrEstablished] + ctr[discovery.CtrConnClosed]
+	}
+	var st settled
+	last := events()
+	st.msgs, st.bytes = c.Traffic()
+	lastAt := time.Now()
+	st.at = lastAt.Sub(start)
+	for time.Since(start) < timeout {
+		time.Sleep(250 * time.Millisecond)
+		e := events()
+		m, b := c.Traffic()
+		now := time.Now()
+		if e != last {
+			last, lastAt = e, now
+			st.msgs, st.bytes, st.at = m, b, now.Sub(start)
+			continue
+		}
+		if now.Sub(lastAt) >= settleQuiet {
+			st.idleRate = float64(m-st.msgs) / now.Sub(lastAt).Seconds()
+			st.ok = true
+			return st
+		}
+	}
+	return st
+}
+
 func print(results []result, verify time.Duration) {
 	fmt.Printf("simulation: seconds from the change (the N-th join returned, the leave, the heal) until every peer agrees on the topology (topo s), and on topology, IPAM ring and DNS names (all s); control traffic from the change until then\n")
 	fmt.Printf("one signature check here: %v; target: N=1000 converged within %v of the last join\n", verify.Round(time.Microsecond), target)
 	fmt.Printf("signatures: the simulated peers share one verification cache (discovery and ipam, through their Verify seams), so one process does not check N copies of each signature; verif/pr counts the checks each peer asked for (what its host would do), verify CPU that times one measured check\n")
-	fmt.Printf("machine load (1, 5, 15 min) at start: %s, at end: %s\n\n", loadStart, loadavg())
-	fmt.Printf("%6s  %-16s %8s %8s %10s %10s %12s %9s %10s %12s\n", "N", "change", "topo s", "all s", "frames", "frames/N", "bytes/peer", "verif/pr", "verify CPU", "")
+	fmt.Printf("machine load (1, 5, 15 min) at start: %s, at end: %s\n", loadStart, loadavg())
+	if topologyOnly {
+		fmt.Printf("-topology-only: IPAM ring and DNS names NOT checked (all s is 0): not issue 18's measure\n")
+	}
+	fmt.Printf("settled s: until no router applied a record or made or lost a connection for %v (the change's tail: a joiner dials until it has half its limit); the last pair of columns counts traffic until then; idle f/p/s: frames per peer per second while still (anti-entropy)\n\n", settleQuiet)
+	fmt.Printf("cpu s: CPU seconds the whole process (every peer, and the harness's checks) used from the change until agreement; the machine is shared, so the seconds to agreement depend on its load, the CPU much less\n\n")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
-		fmt.Printf("%6d  %-16s %8.0f s: joining the first N-1, %s at a time, waiting for agreement after each\n", r.N, "(build)", r.BuildSeconds, "-batch")
+		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, %s at a time, waiting for agreement after each\n", r.N, "(build)", r.BuildSeconds, "-batch")
 		for _, c := range r.Changes {
 			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
 			note := ""
@@ -330,16 +482,20 @@ func print(results []result, verify time.Duration) {
 					note = "misses target"
 				}
 			}
-			fmt.Printf("%6d  %-16s %8.2f %8.2f %10d %10.1f %12.0f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.Msgs, c.MsgsOverN, c.BytesPerPeer, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
+			if c.SettleFailed {
+				note += " (still moving after -timeout)"
+			}
+			fmt.Printf("%6d  %-16s %7.2f %7.2f %6.1f %9.1f | %9.1f %11.0f | %9.1f %11.0f | %8.2f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.CPUSeconds, c.SettleSeconds,
+				c.MsgsOverN, c.BytesPerPeer, c.SettleMsgsOverN, c.SettleBytesPerPeer, c.IdleMsgsPerPeerPerS, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
 		}
 	}
 	if len(results) > 1 {
-		fmt.Printf("\ngrowth of frames/N (a change costing O(N) frames keeps it flat):\n")
+		fmt.Printf("\ngrowth of frames/N until settled (a change costing O(N) frames keeps it flat):\n")
 		first := results[0]
 		for _, r := range results[1:] {
 			for i, c := range r.Changes {
-				if i < len(first.Changes) && first.Changes[i].MsgsOverN > 0 {
-					fmt.Printf("  %-16s N=%d over N=%d: %.2fx\n", c.Name, r.N, first.N, c.MsgsOverN/first.Changes[i].MsgsOverN)
+				if i < len(first.Changes) && first.Changes[i].SettleMsgsOverN > 0 {
+					fmt.Printf("  %-16s N=%d over N=%d: %.2fx\n", c.Name, r.N, first.N, c.SettleMsgsOverN/first.Changes[i].SettleMsgsOverN)
 				}
 			}
 		}
