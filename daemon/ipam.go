@@ -164,12 +164,14 @@ func (d *Daemon) ipamTick(now time.Time) {
 	d.releaseVanished(now)
 }
 
-// ipamAntiEntropy repairs ring updates lost on the way: it sends the ring
-// to one reachable peer chosen at random, which answers with whatever we
-// lack, so updates spread epidemically (a few rounds) while a round costs
-// each peer one message. A broadcast from every peer every round was N²
-// messages of the whole ring per round (issue 18; sim's node loop does
-// the same).
+// ipamAntiEntropy repairs ring updates lost on the way: it sends a digest
+// of the ring to one reachable peer chosen at random, which answers with
+// the stretches of its ring that differ (ipam/digest.go), so updates
+// spread epidemically (a few rounds) while a round costs each peer one
+// small message when the rings agree. A broadcast from every peer every
+// round was N² messages of the whole ring per round, and the whole ring
+// to one peer O(N) bytes per peer per round (issue 18; sim's node loop
+// does the same).
 func (d *Daemon) ipamAntiEntropy() {
 	if len(d.reachableSet) == 0 || d.ipamCh == nil {
 		return
@@ -177,7 +179,7 @@ func (d *Daemon) ipamAntiEntropy() {
 	i := rand.IntN(len(d.reachableSet))
 	for k := range d.reachableSet {
 		if i == 0 {
-			d.ipam.SendRing(k, false)
+			d.ipam.SendDigest(k)
 			return
 		}
 		i--

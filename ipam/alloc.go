@@ -307,6 +307,7 @@ type addressed struct {
 }
 
 func (a *Allocator) flush(o outbox) {
+	a.countSent(o)
 	// The answer first: a grant's requester waits on it (the broadcast
 	// reaches it too, after up to N-1 others).
 	for _, m := range o.reply {
@@ -331,6 +332,32 @@ func (a *Allocator) flush(o outbox) {
 }
 
 func (a *Allocator) count(name string) { a.counters[name]++ }
+
+// countSent counts the messages and bytes o sends (ipam_sent_messages,
+// ipam_sent_bytes), a broadcast once per peer reachable: what a change or
+// a round costs the mesh (sim/cmd/simbench prints them per change).
+func (a *Allocator) countSent(o outbox) {
+	var n, bytes uint64
+	for _, m := range o.reply {
+		n, bytes = n+1, bytes+uint64(len(m))
+	}
+	for _, m := range o.asks {
+		n, bytes = n+1, bytes+uint64(len(m.msg))
+	}
+	if o.send != nil {
+		n, bytes = n+1, bytes+uint64(len(o.send))
+	}
+	a.mu.Lock()
+	for _, m := range o.broadcast {
+		k := uint64(len(a.reachable))
+		n, bytes = n+k, bytes+k*uint64(len(m))
+	}
+	if n > 0 {
+		a.counters["ipam_sent_messages"] += n
+		a.counters["ipam_sent_bytes"] += bytes
+	}
+	a.mu.Unlock()
+}
 
 // Seed creates a new network: this peer owns the whole range at once. Call
 // it from `launch` with no peer to join; it fails if the ring is seeded.

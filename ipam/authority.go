@@ -31,8 +31,9 @@ import (
 // signature), ipam_entry_unauthorized (a well signed state its writer had
 // no right to make, as this peer sees the ring), ipam_done_refused_live
 // (a Done claim for this peer or for a peer it can reach). A state refused
-// for lack of authority is offered again by the next anti-entropy round,
-// and taken once the receiver has caught up.
+// for lack of authority is held and the owner asked (below), or offered
+// again by a later anti-entropy round, and taken once the receiver has
+// caught up.
 //
 // A peer with no ring yet (a joiner, or one whose ipam.db was set aside)
 // has nothing to check authority against: it takes the first ring whose
@@ -357,10 +358,10 @@ func (a *Allocator) askAuthoritiesLocked(o *outbox) {
 		if now.Sub(st.since) < time.Second {
 			continue
 		}
-		delete(a.askAuth, auth)
 		if now.Sub(a.lastAsk[auth]) < time.Second {
-			continue
+			continue // asked just now: ask again at the next tick
 		}
+		delete(a.askAuth, auth)
 		marks := make([]bool, len(a.ring.Entries))
 		any := false
 		for _, t := range st.tokens {
@@ -382,6 +383,7 @@ func (a *Allocator) askAuthoritiesLocked(o *outbox) {
 		if err != nil {
 			continue
 		}
+		askParts(msgs)
 		a.count("ipam_authority_asked")
 		for _, m := range msgs {
 			o.asks = append(o.asks, addressed{auth, m})
@@ -431,8 +433,11 @@ func (a *Allocator) retryHeldLocked(r *Ring) bool {
 				delete(a.held, t)
 				continue
 			}
-			if h.e.Owner != r.Entries[j].Owner {
-				continue // a grant needs the token after it (entryPassLocked)
+			if h.e.Owner != r.Entries[j].Owner && h.e.Owner != r.heir(r.Entries[j].Owner) {
+				// A grant needs the token after it (entryPassLocked). An
+				// heir's state of an entry it inherited moves no bound:
+				// the span was the heir's here already (heir).
+				continue
 			}
 			auth := r.heir(r.Entries[j].Owner)
 			if h.e.Writer != auth && h.from != auth {

@@ -87,7 +87,8 @@
 //     Joining: nothing; the first ring gossip makes the peer a member.
 //   - Carry messages: Transport.Broadcast/Send out, HandleMessage in (a
 //     returned error is logged once and counted; a seed mismatch also shows
-//     in Status().Err). Call Gossip when a peer connects and periodically.
+//     in Status().Err). SendRing(peer, true) to a new control neighbour;
+//     SendDigest to one random reachable peer every 10 s (anti-entropy).
 //   - SetPeers whenever reachability changes; Tick about once a second;
 //     Reclaim from that loop when --reclaim-after is set.
 //   - Attach: Claim existing addresses first after a restart, then Allocate
@@ -101,7 +102,8 @@
 // sign.go the signatures; authority.go what a received ring may change;
 // alloc.go the Allocator's state, Open and Seed; addresses.go allocating
 // and freeing; messages.go ring gossip and the donor's side of a grant;
-// giveway.go which of two networks that meet gives way;
+// giveway.go which of two networks that meet gives way; digest.go
+// anti-entropy; answers.go which parts are answered;
 // space.go reachability and the requester's side; rmpeer.go rmpeer,
 // reclaim and leave; recover.go a lost or corrupt state file; store.go
 // bbolt. Logs go to Config.Logger (slog, named fields).
@@ -110,11 +112,13 @@
 //
 // See wire.go: one version byte, one type byte, a fixed layout per type.
 // Ring state goes as parts (parts.go): a change by Broadcast, as the
-// entries that changed with their bounds; the whole ring by Send, to a
-// random peer for anti-entropy and to a new control neighbour with relay
-// set (it floods what is news to its side: a healed partition); an answer
-// carries what its asker lacks of what it sent. Space requests go by Send
-// to the donor. A peer that refuses a state for lack of authority holds
+// entries that changed with their bounds (nobody answers it); the whole
+// ring by Send, to a new control neighbour with relay set (it floods what
+// is news to its side: a healed partition) and to a peer just granted
+// space. Anti-entropy sends a random peer a digest (digest.go), answered
+// with the stretches of the ring that differ, as an ask: a part whose
+// receiver answers with what its sender lacks of it (answers.go). Space
+// requests go by Send to the donor. A peer that refuses a state for lack of authority holds
 // it for a later merge and, if it is still held a second later, asks the
 // owner in its own view for that span (authority.go): the whole ring
 // carries only each token's latest state, not the grant that made its

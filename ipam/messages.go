@@ -48,6 +48,8 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 		o, err = a.handleRequestLocked(from, *m.Request)
 	case m.RequestIn != nil:
 		o, err = a.handleRequestInLocked(from, *m.RequestIn)
+	case m.Digest != nil:
+		o = a.handleDigestLocked(from, m.Digest)
 	}
 	a.mu.Unlock()
 	a.flush(o)
@@ -144,11 +146,11 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 			return outbox{}, err
 		}
 	}
-	// Tell the sender what it lacks of what it sent (one round trip
-	// converges). When we refused part of its ring it may refuse part of
-	// ours too, so answer such a peer at most once a second rather than
-	// bounce forever.
-	if a.ring.Seeded() && a.ring.Seed == in.Seed {
+	// Tell the sender what it lacks of what it sent, when it asks
+	// (answers.go): not for a change it broadcast. When we refused part
+	// of its ring it may refuse part of ours too, so answer such a peer
+	// at most once a second rather than bounce forever.
+	if a.ring.Seeded() && a.ring.Seed == in.Seed && wantsAnswer(p) {
 		marks, anyEntry, votes := newsFor(a.ring, p)
 		now := a.now()
 		if (anyEntry || votes) && (refused == 0 || now.Sub(a.lastReply[from]) >= time.Second) {
@@ -286,7 +288,18 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	a.count("ipam_grant")
 	a.log.Info("granted address space", "span", g.String(), "peer", from.Name())
 	o, err := a.ringChangedLocked()
+	// The requester gets our whole ring, not only the change: a joiner's
+	// ring is the one a neighbour had when it joined, which may lack
+	// grants we made since, and then it lacks the token after its new
+	// span (the grant is refused until it has it: authority.go) and the
+	// states of the peers we granted to (refused: in its ring we still
+	// own that space). Everything in our ring about space we gave away we
+	// vouch for, so it takes all of it from us. It costs one peer a ring
+	// per grant, a few parts at 1,000 owners.
 	o.replyTo, o.reply = from, o.broadcast
+	if msgs, perr := ringParts(a.ring, nil, false, false); perr == nil {
+		o.reply = msgs
+	}
 	return o, err
 }
 
@@ -351,10 +364,11 @@ func (a *Allocator) Gossip() {
 	a.flush(outbox{broadcast: msgs})
 }
 
-// SendRing sends the whole ring, in parts, to one peer: a random peer for
-// anti-entropy (it answers with what we lack), or a new control neighbour
-// with relay set (it broadcasts what it learns, and answers likewise with
-// relay: when a partition heals, each side floods the other's news).
+// SendRing sends the whole ring, in parts, to one peer: a new control
+// neighbour, with relay set (it broadcasts what it learns: when a
+// partition heals, each side floods the other's news; both sides send
+// theirs). A ring that fits one part is answered with what we lack;
+// anti-entropy uses SendDigest.
 func (a *Allocator) SendRing(to key.Public, relay bool) {
 	a.mu.Lock()
 	if !a.ring.Seeded() || a.closed {
@@ -382,8 +396,7 @@ const MaxSendOwnArrivals = 16
 // broadcasts of our changes made before (a broadcast goes to the peers
 // reachable at the time: a joiner's donor published its new free count
 // while the joiner was not yet reachable to it, and the joiner waited for
-// anti-entropy, 10 s). It answers with what we lack of what we sent.
-// Each peer sends an arrival a message of its own few entries: O(N) small
+// anti-entropy, 10 s). It is not answered (answers.go). Each peer sends an arrival a message of its own few entries: O(N) small
 // messages per join, where the whole ring from each would be O(N²) bytes.
 func (a *Allocator) SendOwn(to key.Public) {
 	a.mu.Lock()

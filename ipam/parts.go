@@ -67,6 +67,9 @@ type RingPart struct {
 	Ring  *Ring
 	Bound []bool // per Ring.Entries: a run's bound
 	Relay bool
+	// Ask: the part went as msgRingAsk, so its sender wants what it lacks
+	// of what the part covers (answers.go).
+	Ask bool
 	// cover is the token spans the part's runs describe completely.
 	cover []Span
 }
@@ -113,7 +116,11 @@ func AppendRingPartMessage(b []byte, p *RingPart) ([]byte, error) {
 	if p.Relay {
 		flags |= partFlagRelay
 	}
-	b = append(b, WireVersion, msgRingPart)
+	typ := msgRingPart
+	if p.Ask {
+		typ = msgRingAsk
+	}
+	b = append(b, WireVersion, typ)
 	b = appendRingHead(b, r, flags, keys)
 	var runs [][2]int
 	for s, i := 0, 0; i < len(r.Entries); i++ {
@@ -137,11 +144,12 @@ func AppendRingPartMessage(b []byte, p *RingPart) ([]byte, error) {
 	return appendVotesTransfers(b, r, idx)
 }
 
-// parseRingPart decodes a part body. It never panics.
-func parseRingPart(b []byte) (*RingPart, error) {
+// parseRingPart decodes a part body (of a msgRingAsk if ask). It never
+// panics.
+func parseRingPart(b []byte, ask bool) (*RingPart, error) {
 	rd := &reader{b: b}
 	r, pt := parseRingHead(rd, partFlagRelay)
-	p := &RingPart{Ring: r, Relay: rd.flags&partFlagRelay != 0}
+	p := &RingPart{Ring: r, Relay: rd.flags&partFlagRelay != 0, Ask: ask}
 	nruns := rd.count(maxPartEntries, "runs")
 	total := 0
 	for k := 0; k < nruns && rd.err == nil; k++ {

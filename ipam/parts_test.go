@@ -71,33 +71,48 @@ func TestThousandOwnerRing(t *testing.T) {
 	}
 	t.Logf("%d entries, %d owners: %d parts", entries, owners+1, parts)
 
-	// b asks for space: a grants, and everyone hears the change alone.
-	a.SetPeers([]key.Public{b.self})
-	b.SetPeers([]key.Public{a.self})
+	// b asks for space: a grants, and everyone else hears the change
+	// alone (b gets a's ring, in parts: its own may be older, messages.go).
+	c := openWide(t, n, pk(2))
+	a.SendRing(c.self, false)
+	n.run(t)
+	a.SetPeers([]key.Public{b.self, c.self})
+	b.SetPeers([]key.Public{a.self, c.self})
+	c.SetPeers([]key.Public{a.self, b.self})
 	if _, err := b.Allocate("c"); err == nil {
 		t.Fatal("b allocated before it owned space")
 	}
-	sizes := 0
+	toC := 0
 	for len(n.queue) > 0 {
 		m := n.queue[0]
 		n.queue = n.queue[1:]
-		sizes += len(m.b)
-		if len(m.b) > 2000 {
-			t.Errorf("a message of %d bytes after one grant", len(m.b))
+		if m.to == c.self {
+			toC++
+			if len(m.b) > 2000 {
+				t.Errorf("a message of %d bytes to a third peer after one grant", len(m.b))
+			}
+		}
+		if len(m.b) > MaxMessage {
+			t.Errorf("a message of %d bytes", len(m.b))
 		}
 		if err := n.peers[m.to].HandleMessage(m.from, m.b); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if toC == 0 {
+		t.Error("the third peer heard nothing of the grant")
+	}
 	if _, err := b.Allocate("c"); err != nil {
 		t.Fatalf("after the grant: %v", err)
 	}
 	n.run(t)
-	if !b.View().Ring.Equal(a.View().Ring) {
+	if !b.View().Ring.Equal(a.View().Ring) || !c.View().Ring.Equal(a.View().Ring) {
 		t.Fatal("rings differ after the grant")
 	}
-	if c := b.Status().Counters; c["ipam_entry_unauthorized"] != 0 || c["ipam_message_malformed"] != 0 {
-		t.Fatalf("refusals between honest peers: %v", c)
+	for _, p := range []*Allocator{b, c} {
+		if got := p.Status().Counters; got["ipam_entry_unauthorized"] != 0 || got["ipam_message_malformed"] != 0 {
+			t.Fatalf("refusals between honest peers: %v", got)
+		}
 	}
 }
 

@@ -48,6 +48,13 @@ type sim struct {
 	// networks: peers hold rings of different networks (meet_test.go),
 	// so a seed mismatch is an expected answer, not a failure.
 	networks bool
+	// prefix is the range (10.32.0.0/22 when not set).
+	prefix netip.Prefix
+	// reach, when set, is whom each peer reaches (join_test.go): its
+	// broadcasts and sends go only there, as over discovery's routes.
+	reach map[int]map[int]bool
+	// sent and sentBytes count the messages queued.
+	sent, sentBytes int
 }
 
 type simTransport struct {
@@ -59,7 +66,8 @@ var _ Transport = simTransport{}
 
 func (tr simTransport) Broadcast(b []byte) {
 	for _, p := range tr.s.peers {
-		if p.i != tr.from && !p.dead {
+		if p.i != tr.from && !p.dead && (tr.s.reach == nil || tr.s.reach[tr.from][p.i]) {
+			tr.s.sent, tr.s.sentBytes = tr.s.sent+1, tr.s.sentBytes+len(b)
 			tr.s.queue = append(tr.s.queue, simMsg{tr.from, p.i, b})
 		}
 	}
@@ -67,7 +75,8 @@ func (tr simTransport) Broadcast(b []byte) {
 
 func (tr simTransport) Send(to key.Public, b []byte) error {
 	for _, p := range tr.s.peers {
-		if p.key == to && !p.dead && tr.s.group[p.i] == tr.s.group[tr.from] {
+		if p.key == to && !p.dead && tr.s.group[p.i] == tr.s.group[tr.from] && (tr.s.reach == nil || tr.s.reach[tr.from][p.i]) {
+			tr.s.sent, tr.s.sentBytes = tr.s.sent+1, tr.s.sentBytes+len(b)
 			tr.s.queue = append(tr.s.queue, simMsg{tr.from, p.i, b})
 			return nil
 		}
@@ -103,8 +112,12 @@ func newSimUnseeded(t testing.TB, seed uint64, n int, useBolt bool) *sim {
 }
 
 func (s *sim) open(p *simPeer) {
+	rng := s.prefix
+	if !rng.IsValid() {
+		rng = netip.MustParsePrefix("10.32.0.0/22")
+	}
 	cfg := Config{
-		Self: p.key, Private: privOf(p.key), Range: netip.MustParsePrefix("10.32.0.0/22"), Transport: simTransport{s, p.i},
+		Self: p.key, Private: privOf(p.key), Range: rng, Transport: simTransport{s, p.i},
 		Now: func() time.Time { return s.now }, RequestTimeout: 3 * time.Second, NoSync: true,
 		Reserved: []netip.Addr{netip.MustParseAddr("10.32.0.1")},
 		Rand:     func() uint64 { return 0xfeed },

@@ -44,7 +44,17 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 		return outbox{}
 	}
 	now := a.now()
-	if !force && !a.reqDonor.IsZero() && now.Sub(a.reqAt) < a.reqTimeout {
+	// Each donor that stays silent for this want doubles the wait for the
+	// next (up to 8 times RequestTimeout): a donor busy with a batch of
+	// joiners answers late, and asking another one too takes twice the
+	// space and makes twice the changes.
+	if !force && !a.reqDonor.IsZero() && now.Sub(a.reqAt) < a.reqTimeout<<min(len(a.silent), 3) {
+		return outbox{}
+	}
+	if !force && !a.reqDonor.IsZero() && a.grantHeldLocked() && now.Sub(a.reqAt) < 5*a.reqTimeout {
+		// A donor granted us space we could not place yet (we asked it
+		// for the rest: authority.go): wait for that rather than take
+		// space from another donor as well.
 		return outbox{}
 	}
 	if !force && !a.reqDonor.IsZero() {
@@ -66,6 +76,17 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 	a.reqDonor, a.reqAt = donor, now
 	a.count("ipam_request_sent")
 	return outbox{to: donor, send: AppendRequestMessage(nil, a.ring.Seed)}
+}
+
+// grantHeldLocked reports whether a held state (authority.go) gives us
+// space.
+func (a *Allocator) grantHeldLocked() bool {
+	for _, h := range a.held {
+		if h.e.Owner == a.self {
+			return true
+		}
+	}
+	return false
 }
 
 // pickDonorLocked picks the reachable peer with the most published free

@@ -70,6 +70,9 @@ import (
 //	+----------------+--------------+---------------+--------+
 //
 // The subnet has no host bits set and lies inside the range.
+//
+// msgRingPart and msgRingAsk (parts.go, answers.go) and msgRingDigest
+// (digest.go) are described where they are built.
 
 // WireVersion is the version byte of every message.
 // Version 2 added the ring's flags byte; version 3 the signatures, entry
@@ -84,6 +87,8 @@ const (
 	msgRequest   byte = 2
 	msgRequestIn byte = 3
 	msgRingPart  byte = 4
+	// msgRingDigest (5, digest.go)
+	msgRingAsk byte = 6 // a msgRingPart that wants an answer (answers.go)
 )
 
 // Size bounds. A ring holds at most MaxEntries entries and MaxPeers keys
@@ -489,13 +494,14 @@ func AppendRequestMessage(b []byte, s Seed) []byte {
 	return binary.BigEndian.AppendUint64(b, s.ID)
 }
 
-// Message is a decoded IPAM message: exactly one of Ring, Part, Request
-// and RequestIn is set.
+// Message is a decoded IPAM message: exactly one of Ring, Part, Request,
+// RequestIn and Digest is set.
 type Message struct {
 	Ring      *Ring
 	Part      *RingPart
 	Request   *Seed
 	RequestIn *RequestIn
+	Digest    *ringDigest
 }
 
 // ParseMessage decodes one message. It never panics.
@@ -517,8 +523,8 @@ func ParseMessage(b []byte) (Message, error) {
 			return Message{}, err
 		}
 		return Message{Ring: r}, nil
-	case msgRingPart:
-		p, err := parseRingPart(body)
+	case msgRingPart, msgRingAsk:
+		p, err := parseRingPart(body, b[1] == msgRingAsk)
 		if err != nil {
 			return Message{}, err
 		}
@@ -535,6 +541,12 @@ func ParseMessage(b []byte) (Message, error) {
 			return Message{}, err
 		}
 		return Message{RequestIn: &r}, nil
+	case msgRingDigest:
+		d, err := parseDigest(body)
+		if err != nil {
+			return Message{}, err
+		}
+		return Message{Digest: d}, nil
 	}
 	return Message{}, fmt.Errorf("%w: unknown type %d", ErrMalformed, b[1])
 }

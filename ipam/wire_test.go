@@ -221,6 +221,8 @@ func FuzzParseMessage(f *testing.F) {
 			f.Add(m)
 		}
 	}
+	d := digestOf(goldenRing(f))
+	f.Add(appendDigestMessage(nil, &d))
 	f.Add([]byte{1})
 	f.Add([]byte{1, 1, 10, 32, 0, 0, 12})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -246,6 +248,8 @@ func FuzzParseMessage(f *testing.F) {
 			}
 		case m.Request != nil:
 			again = AppendRequestMessage(nil, *m.Request)
+		case m.Digest != nil:
+			again = appendDigestMessage(nil, m.Digest)
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("re-encoding differs:\n%x\n%x", b, again)

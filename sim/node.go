@@ -268,8 +268,8 @@ func (nd *Node) reconcile() {
 	nd.DNS.SetReachable(reachable)
 }
 
-// ipamAntiEntropy sends the ring to one reachable peer chosen at random,
-// which answers with what we lack (daemon.ipamAntiEntropy).
+// ipamAntiEntropy sends a digest of the ring to one reachable peer chosen
+// at random, which answers with what differs (daemon.ipamAntiEntropy).
 func (nd *Node) ipamAntiEntropy() {
 	if len(nd.reach) == 0 {
 		return
@@ -277,7 +277,7 @@ func (nd *Node) ipamAntiEntropy() {
 	i := rand.IntN(len(nd.reach))
 	for k := range nd.reach {
 		if i == 0 {
-			nd.IPAM.SendRing(k, false)
+			nd.IPAM.SendDigest(k)
 			return
 		}
 		i--

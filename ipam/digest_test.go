@@ -1,0 +1,272 @@
+package ipam
+
+import (
+	"bytes"
+	"encoding/hex"
+	"testing"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// wideMesh opens n peers on 10.32.0.0/12; peer 0 seeds and grants each
+// other peer space, and every peer ends with the same ring.
+func wideMesh(t *testing.T, n int) (*loopNet, []*Allocator) {
+	t.Helper()
+	net := &loopNet{peers: map[key.Public]*Allocator{}}
+	var as []*Allocator
+	for i := range n {
+		as = append(as, openWide(t, net, pk(i)))
+	}
+	if err := as[0].Seed(); err != nil {
+		t.Fatal(err)
+	}
+	var all []key.Public
+	for _, a := range as {
+		all = append(all, a.self)
+	}
+	for _, a := range as {
+		a.SetPeers(all)
+	}
+	for _, a := range as[1:] {
+		as[0].SendRing(a.self, false)
+	}
+	net.run(t)
+	for _, a := range as[1:] {
+		a.WantSpace()
+		net.run(t)
+	}
+	for _, a := range as {
+		a.Tick()
+	}
+	net.run(t)
+	for _, a := range as[1:] {
+		if !a.View().Ring.Equal(as[0].View().Ring) || len(a.View().Ring.Spans(a.self)) == 0 {
+			t.Fatalf("setting up: peer %s has no space or another ring", a.self.Name())
+		}
+	}
+	return net, as
+}
+
+// TestDigestAntiEntropy (issue 18): anti-entropy between rings that agree
+// costs one digest and no answer; a change one peer missed comes back in
+// the round, in both directions, as the differing stretch of the ring
+// rather than the whole ring.
+func TestDigestAntiEntropy(t *testing.T) {
+	net, as := wideMesh(t, 12)
+	a, b, c := as[0], as[1], as[2]
+
+	a.SendDigest(b.self)
+	if len(net.queue) != 1 || len(net.queue[0].b) > 600 {
+		t.Fatalf("a digest is %d messages", len(net.queue))
+	}
+	net.run(t)
+	if got := b.Status().Counters["ipam_digest_matched"]; got != 1 {
+		t.Fatalf("equal rings: ipam_digest_matched = %d, want 1 (counters %v)", got, b.Status().Counters)
+	}
+
+	// b and c change their entries (free counts) and the broadcasts to a
+	// are lost: a misses b's change, and c misses nothing but lacks
+	// nothing a has either.
+	for _, p := range []*Allocator{b, c} {
+		if _, err := p.Allocate("x"); err != nil {
+			t.Fatal(err)
+		}
+		p.Tick()
+	}
+	var kept []simMsg2
+	for _, m := range net.queue {
+		if m.to != a.self {
+			kept = append(kept, m)
+		}
+	}
+	net.queue = kept
+	net.run(t)
+	if a.View().Ring.Equal(b.View().Ring) {
+		t.Fatal("a holds b's change although its broadcast was lost: the test shows nothing")
+	}
+
+	// a's round to b: b answers with what differs, a takes it.
+	a.SendDigest(b.self)
+	net.run(t)
+	if !a.View().Ring.Equal(b.View().Ring) {
+		t.Fatal("after a's digest round with b, a still lacks b's change")
+	}
+
+	// The other direction: d, which missed c's change, sends its digest
+	// to c; c answers, and d takes c's change.
+	d := as[3]
+	if !d.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("d should hold the ring everyone holds")
+	}
+	// Lose c's next change at a and d.
+	if _, err := c.Allocate("y"); err != nil {
+		t.Fatal(err)
+	}
+	c.Tick()
+	kept = nil
+	for _, m := range net.queue {
+		if m.to != a.self && m.to != d.self {
+			kept = append(kept, m)
+		}
+	}
+	net.queue = kept
+	net.run(t)
+	// c sends its digest to d (c is the one with news): d answers with
+	// its stretch, and c answers that with what d lacks.
+	c.SendDigest(d.self)
+	net.run(t)
+	if !d.View().Ring.Equal(c.View().Ring) {
+		t.Fatal("after c's digest round with d, d still lacks c's change")
+	}
+	for _, p := range as {
+		if got := p.Status().Counters; got["ipam_entry_unauthorized"] != 0 || got["ipam_message_malformed"] != 0 {
+			t.Fatalf("refusals between honest peers at %s: %v", p.self.Name(), got)
+		}
+	}
+}
+
+// TestDigestAnswerSize: at 1,000 owners a peer that missed one change
+// gets, in the digest round, the stretch of the ring that holds it: a
+// small fraction of the whole ring, which the round used to send.
+func TestDigestAnswerSize(t *testing.T) {
+	const owners = 1000
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openWide(t, n, pk(0))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	base := a.span.First
+	for i := 1; i <= owners; i++ {
+		s := Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}
+		var owner key.Public // owners never sign here: any distinct key
+		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
+		if err := a.ring.Grant(a.self, owner, s); err != nil {
+			a.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.ringChangedLocked(); err != nil {
+		a.mu.Unlock()
+		t.Fatal(err)
+	}
+	a.mu.Unlock()
+	n.queue = nil
+	b := openWide(t, n, pk(1))
+	a.SendRing(b.self, false)
+	n.run(t)
+	whole := b.Status().Counters["ipam_sent_bytes"] // b answered nothing
+	wholeBytes := uint64(0)
+	msgs, _ := ringParts(a.View().Ring, nil, true, false)
+	for _, m := range msgs {
+		wholeBytes += uint64(len(m))
+	}
+	if whole != 0 || !b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("setting up: b should hold a's ring")
+	}
+	a.SetPeers([]key.Public{b.self})
+	b.SetPeers([]key.Public{a.self})
+	if _, err := a.Allocate("c"); err != nil {
+		t.Fatal(err)
+	}
+	a.Tick()
+	n.queue = nil // the broadcast of a's free count is lost
+	if b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("b holds a's change although its broadcast was lost")
+	}
+	before := a.Status().Counters["ipam_sent_bytes"]
+	b.SendDigest(a.self)
+	n.run(t)
+	if !b.View().Ring.Equal(a.View().Ring) {
+		t.Fatal("after b's digest round with a, b still lacks a's change")
+	}
+	got := a.Status().Counters["ipam_sent_bytes"] - before
+	t.Logf("%d owners: whole ring %d bytes, the digest round's answer %d", owners, wholeBytes, got)
+	if got == 0 || got*20 > wholeBytes {
+		t.Errorf("a answered with %d bytes; the whole ring is %d", got, wholeBytes)
+	}
+}
+
+// TestDigestFromJoiner: a peer with no ring (its control neighbours'
+// rings were lost on the way) gets the whole ring by sending its digest.
+func TestDigestFromJoiner(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	j.SendDigest(as[1].self)
+	net.run(t)
+	if !j.View().Ring.Equal(as[1].View().Ring) {
+		t.Fatal("the joiner has no ring after its digest round")
+	}
+}
+
+// TestDigestVotes: a vote only one side holds crosses in a digest round
+// started by either side, also when the side that lacks it holds none.
+func TestDigestVotes(t *testing.T) {
+	for _, fromHolder := range []bool{true, false} {
+		net, as := wideMesh(t, 4)
+		a, b := as[0], as[1]
+		dead := as[3]
+		var live []key.Public
+		for _, p := range as[:3] {
+			live = append(live, p.self)
+		}
+		a.SetPeers(live)
+		if err := a.RemovePeer(dead.self); err != nil {
+			t.Fatal(err)
+		}
+		net.queue = nil // the broadcast of a's transfer and vote is lost
+		if len(a.View().Ring.Votes) == 0 || len(b.View().Ring.Votes) != 0 {
+			t.Fatal("setting up: a should hold a vote and b none")
+		}
+		if fromHolder {
+			a.SendDigest(b.self)
+		} else {
+			b.SendDigest(a.self)
+		}
+		net.run(t)
+		if got, want := b.View().Ring.Transfers, a.View().Ring.Transfers; len(got) != len(want) {
+			t.Fatalf("digest from the holder %v: b holds %d transfers, a %d", fromHolder, len(got), len(want))
+		}
+	}
+}
+
+// TestGoldenDigest pins the digest's wire bytes.
+func TestGoldenDigest(t *testing.T) {
+	d := digestOf(goldenRing(t))
+	b := appendDigestMessage(nil, &d)
+	if len(b) != hdrLen+digestLen {
+		t.Fatalf("digest of %d bytes, want %d", len(b), hdrLen+digestLen)
+	}
+	got := hex.EncodeToString(b)
+	if got != goldenDigestHex {
+		t.Errorf("digest bytes changed:\n got %s\nwant %s", got, goldenDigestHex)
+	}
+	m, err := ParseMessage(b)
+	if err != nil || m.Digest == nil || *m.Digest != d {
+		t.Fatalf("parsing the digest: %+v, %v", m.Digest, err)
+	}
+	for _, cut := range []int{1, digestLen} {
+		if _, err := ParseMessage(b[:len(b)-cut]); err == nil {
+			t.Errorf("a digest %d bytes short parsed", cut)
+		}
+	}
+	bad := bytes.Clone(b)
+	bad[hdrLen+4+1+key.Len+8] = 4 // unknown flag
+	if _, err := ParseMessage(bad); err == nil {
+		t.Error("a digest with an unknown flag parsed")
+	}
+}
+
+// goldenDigestHex is the digest of goldenRing: its two entries fall in
+// the first and the 33rd stretch.
+const goldenDigestHex = "" +
+	"04050a2000000c016360cbecef682710e373ea8503597ed6ef9ee9b5b3494aa010841b4ec6f865010203040506070800" + // version, type, range, seed, flags
+	"ac3bcdacf1ea23880000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"d65d3262e9c924c70000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
+	"e1491ac56ffd3c4b" // votes and transfers
