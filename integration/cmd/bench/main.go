@@ -5,7 +5,8 @@
 //	(a) the raw underlay: host 1 → host 2 on their veth addresses
 //	(b) the reference: the wireguard-go binary of the module version in
 //	    go.mod, one per host namespace, configured over its UAPI socket,
-//	    203.0.113.N/24, at weavewg's tunnel MTU
+//	    203.0.113.N/24, at weavewg's tunnel MTU, on two hosts of its own
+//	    that never run weavewg (whose host firewall and conntrack c pays)
 //	(c) weavewg: container h1c1 → container h2c1 across the two hosts
 //	(e) the reference with containers: b's wireguard-go, plus on each host
 //	    a bridge with proxy ARP and a container behind a veth, as weavewg
@@ -214,6 +215,14 @@ func run(tb *benchTB, o options) int {
 	bed := testbed.New(tb, testbed.Options{LogLevel: "info", Quiet: !o.verbose})
 	h1 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
 	h2 := bed.AddHost(testbed.HostOptions{NoLaunch: true})
+	// (b, e) The reference on two hosts of its own that never run
+	// weavewg: in h1 and h2 weavewg's nftables chains, conntrack and
+	// sockets would hook its packets too (as v and w, trusted.go).
+	var ref1, ref2 *testbed.Host
+	if o.only["b"] {
+		ref1 = bed.AddHost(testbed.HostOptions{NoLaunch: true, NoPeers: true})
+		ref2 = bed.AddHost(testbed.HostOptions{NoLaunch: true, NoPeers: true})
+	}
 	// (r) A third host that knows only h2 and cannot reach h1 on the
 	// underlay: h1 ↔ h3 traffic is relayed by h2.
 	var h3 *testbed.Host
@@ -255,15 +264,15 @@ func run(tb *benchTB, o options) int {
 	}
 	if o.only["b"] {
 		progress("starting wireguard-go %s in both hosts …", rep.WireguardVersion)
-		nodes := startRef(tb, bed, wgBin, []*testbed.Host{h1, h2}, o.only["e"])
+		nodes := startRef(tb, bed, wgBin, []*testbed.Host{ref1, ref2}, o.only["e"])
 		if err := testbed.Poll(tb, 15*time.Second, "wireguard-go handshake", func() error {
-			return pingOnce(h1.Netns, nodes[1].Addr)
+			return pingOnce(ref1.Netns, nodes[1].Addr)
 		}); err != nil {
 			tb.Fatalf("bench: reference: %v", err)
 		}
 		paths = append(paths, &path{key: "b", name: "wireguard-go " + shortVersion(rep.WireguardVersion),
-			from: "h1 " + nodes[0].Addr, to: "h2 " + nodes[1].Addr,
-			srcNS: h1.Netns, dstNS: h2.Netns, dst: nodes[1].Addr,
+			from: ref1.Name + " " + nodes[0].Addr, to: ref2.Name + " " + nodes[1].Addr,
+			srcNS: ref1.Netns, dstNS: ref2.Netns, dst: nodes[1].Addr,
 			pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} },
 			ref:  nodes})
 		if o.only["e"] {
@@ -273,7 +282,7 @@ func run(tb *benchTB, o options) int {
 				tb.Fatalf("bench: reference containers: %v", err)
 			}
 			paths = append(paths, &path{key: "e", name: "wireguard-go container",
-				from: "h1e " + nodes[0].CAddr, to: "h2e " + nodes[1].CAddr,
+				from: ref1.Name + "e " + nodes[0].CAddr, to: ref2.Name + "e " + nodes[1].CAddr,
 				srcNS: nodes[0].CNetns, dstNS: nodes[1].CNetns, dst: nodes[1].CAddr,
 				pids: func() []int { return []int{nodes[0].Pid(), nodes[1].Pid()} }})
 		}
