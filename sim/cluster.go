@@ -29,6 +29,10 @@ type Config struct {
 	Range netip.Prefix
 	// Logger receives every part's logs, tagged with the node; nil: none.
 	Logger *slog.Logger
+	// RoutersOnly runs each node's router alone, with no allocator and
+	// no name table (IPAM and DNS are nil): discovery's own figures.
+	// Check checks the topology alone.
+	RoutersOnly bool
 }
 
 // Cluster is a simulated mesh: nodes that join, leave and get partitioned.
@@ -89,6 +93,7 @@ func (c *Cluster) Join() (*Node, error) {
 		verify:    c.Verify.Verify,
 		connLimit: c.cfg.ConnLimit,
 		seed:      i == 0,
+		routers:   c.cfg.RoutersOnly,
 		logger:    c.cfg.Logger,
 	}
 	g := 0
@@ -214,7 +219,7 @@ func (c *Cluster) Close() {
 // table answers each group member's name with the address IPAM gave that
 // member's container, and no other node's name. Otherwise the error names
 // the first disagreement found.
-func (c *Cluster) Check() error { return c.check(true) }
+func (c *Cluster) Check() error { return c.check(!c.cfg.RoutersOnly) }
 
 // CheckTopology is the topology part of Check alone: every live node
 // reaches exactly its group's live nodes and holds the same version of
@@ -397,8 +402,10 @@ func (c *Cluster) Counters() map[string]uint64 {
 		for k, v := range nd.Router.Counters() {
 			out[k] += v
 		}
-		for k, v := range nd.IPAM.Counters() {
-			out[k] += v
+		if nd.IPAM != nil {
+			for k, v := range nd.IPAM.Counters() {
+				out[k] += v
+			}
 		}
 	}
 	return out

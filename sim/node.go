@@ -67,6 +67,7 @@ type nodeConfig struct {
 	verify    discovery.Verifier
 	connLimit int
 	seed      bool // creates the network: owns the whole range
+	routers   bool // the router alone: no allocator, no name table
 	bootstrap []netip.AddrPort
 	logger    *slog.Logger
 }
@@ -106,6 +107,9 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		return nil, err
 	}
 	nd.Router = r
+	if cfg.routers {
+		return nd, nd.startRouter(cfg.bootstrap)
+	}
 	var alloc *ipam.Allocator
 	ipamCh, err := r.Channel("ipam", func(from key.Public, msg []byte) {
 		alloc.HandleMessage(from, msg)
@@ -157,20 +161,28 @@ func startNode(cfg nodeConfig) (*Node, error) {
 	} else {
 		alloc.WantSpace()
 	}
-	if err := r.Start(); err != nil {
-		nd.close()
+	if err := nd.startRouter(cfg.bootstrap); err != nil {
 		return nil, err
-	}
-	for _, b := range cfg.bootstrap {
-		if err := r.Connect(b.String()); err != nil {
-			nd.close()
-			return nil, err
-		}
 	}
 	nd.wg.Add(2)
 	go nd.loop()
 	go nd.attach()
 	return nd, nil
+}
+
+// startRouter starts the router and gives it its bootstrap targets.
+func (nd *Node) startRouter(bootstrap []netip.AddrPort) error {
+	if err := nd.Router.Start(); err != nil {
+		nd.close()
+		return err
+	}
+	for _, b := range bootstrap {
+		if err := nd.Router.Connect(b.String()); err != nil {
+			nd.close()
+			return err
+		}
+	}
+	return nil
 }
 
 // close stops the node like a host going away: connections close, state
