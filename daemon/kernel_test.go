@@ -10,6 +10,7 @@ import (
 	"github.com/weavewg/weavewg/discovery"
 	"github.com/weavewg/weavewg/kernelwg"
 	"github.com/weavewg/weavewg/pmtu"
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
@@ -199,6 +200,36 @@ func TestPeerLeavingKernelHandshakes(t *testing.T) {
 	d.reconcile()
 	if len(tn.rehandshakes) != 1 || len(fk.peers) != 2 {
 		t.Errorf("peer 1 back on the kernel device (kernel peers %+v): handshakes asked of wireguard-go %+v", fk.peers, tn.rehandshakes)
+	}
+}
+
+// TestKernelPathsChanged: reconcile is kicked when a peer moves between
+// direct and relayed or a direct peer's endpoint moves (the kernel device
+// must follow: it does not roam peers itself), and not for changes the
+// device does not see.
+func TestKernelPathsChanged(t *testing.T) {
+	var k kernelPaths
+	ep := netip.MustParseAddrPort("192.0.2.4:6783")
+	paths := map[key.Public]reach.Path{pubKey(1): {Endpoint: ep}, pubKey(2): {Relayed: true, Via: pubKey(1)}}
+	for _, step := range []struct {
+		what string
+		edit func()
+		want bool
+	}{
+		{"the first paths", func() {}, true},
+		{"the same paths", func() {}, false},
+		{"peer 1 idle", func() { paths[pubKey(1)] = reach.Path{Endpoint: ep, Idle: true} }, false},
+		{"peer 2's relay's endpoint only", func() { paths[pubKey(2)] = reach.Path{Relayed: true, Via: pubKey(1), Endpoint: ep} }, false},
+		{"peer 1's endpoint moved", func() {
+			paths[pubKey(1)] = reach.Path{Endpoint: netip.MustParseAddrPort("192.0.2.6:6783"), From: reach.SourceTraffic}
+		}, true},
+		{"peer 1 relayed", func() { paths[pubKey(1)] = reach.Path{Relayed: true, Via: pubKey(2)} }, true},
+		{"peer 2 direct", func() { paths[pubKey(2)] = reach.Path{Endpoint: ep} }, true},
+	} {
+		step.edit()
+		if got := k.changed(paths); got != step.want {
+			t.Errorf("%s: changed %v; want %v", step.what, got, step.want)
+		}
 	}
 }
 

@@ -50,7 +50,7 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 	sp.SetSTUNHandler(m.HandleSTUN)
 	// The path owner tells NAT traversal which peers it relays, as they
 	// change: those are the ones ICE works on.
-	var last map[key.Public]bool
+	var kernelSeen kernelPaths
 	d.tun.SetPathObserver(func(paths map[key.Public]reach.Path) {
 		relayed := make(map[key.Public]bool, len(paths))
 		idle := make(map[key.Public]bool)
@@ -67,16 +67,37 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 		m.SetIdle(idle)
 		m.SetHeld(held)
 		m.SetRelayed(relayed)
-		// A peer moving between direct and relayed moves between the
-		// kernel device and the TUN (kernel.go): reconcile at once.
-		if d.planes.kernel != nil && !maps.Equal(relayed, last) {
-			last = relayed
+		if d.planes.kernel != nil && kernelSeen.changed(paths) {
 			d.nudge()
 		}
 	})
 	m.Start()
 	d.nat = m
 	return nil
+}
+
+// kernelPaths is what the kernel device was last given of the paths: the
+// direct peers and their endpoints. A peer moving between direct and
+// relayed moves between the kernel device and the TUN (kernel.go), and a
+// direct peer whose endpoint moved (its NAT's mapping changed: the kernel
+// does not roam it, the probes found it) must be given to the device
+// there; either way reconcile runs at once, not at the next tick.
+type kernelPaths map[key.Public]netip.AddrPort
+
+// changed records paths and says whether the kernel device's share of
+// them differs from the last.
+func (k *kernelPaths) changed(paths map[key.Public]reach.Path) bool {
+	direct := make(kernelPaths, len(paths))
+	for p, path := range paths {
+		if !path.Relayed {
+			direct[p] = path.Endpoint
+		}
+	}
+	if maps.Equal(direct, *k) {
+		return false
+	}
+	*k = direct
+	return true
 }
 
 func (d *Daemon) closeNAT() error {
