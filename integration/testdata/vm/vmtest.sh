@@ -8,9 +8,15 @@
 #                   (testbed/nat.go: one nftables rule and ip_forward), whose
 #                   WAN link has MTU 1380 (its veth and the bridge port):
 #                   h1's probes find the smaller path
+#   h5 198.51.100.34 --datapath kernel, behind r5 (WAN 192.0.2.5), another
+#                   stock masquerade router: h4 and h5 are two NATed
+#                   kernel hosts, which stock routers keep relayed
+#                   (docs/architecture.md's NAT table), through h1
 # h2 and h3 cannot reach each other on the underlay (a blackhole route on
-# each side), so they are relayed through h1, a kernel host; h4 reaches
-# only h1 directly (so it is no relay for them either).
+# each side), so they are relayed through h1, a kernel host; h4 and h5
+# reach only h1 directly (so they are no relay for h2 and h3 either).
+# Later r4's WAN address moves to 192.0.2.6 (roaming), and the h2-h3
+# underlay opens and closes again (moves onto and off h3's kernel device).
 # Lines "RESULT NAME: OK|FAIL ..." are checks; blocks between
 # "=== BEGIN NAME" and "=== END NAME" are outputs the test parses.
 
@@ -62,23 +68,60 @@ ip -n h4 link set lo up
 ip -n h4 addr add 198.51.100.2/27 dev eth0
 ip -n h4 link set eth0 up
 ip -n h4 route add default via 198.51.100.1
+# r5: the same stock router (full MTU), h5 behind it.
+ip netns add r5
+ip link add u5 type veth peer name eth0 netns r5
+ip link set u5 master ul up
+ip -n r5 link set lo up
+ip -n r5 addr add 192.0.2.5/24 dev eth0
+ip -n r5 link set eth0 up
+ip -n r5 link add lan0 type bridge
+ip -n r5 addr add 198.51.100.33/27 dev lan0
+ip -n r5 link set lan0 up
+ip netns exec r5 nft -f - <<'NFT'
+table ip wwgnat {
+	chain nat_postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "eth0" masquerade
+	}
+}
+NFT
+ip netns exec r5 sysctl -q -w net.ipv4.ip_forward=1
+ip netns add h5
+ip -n r5 link add l5 type veth peer name eth0 netns h5
+ip -n r5 link set l5 master lan0 up
+ip -n h5 link set lo up
+ip -n h5 addr add 198.51.100.34/27 dev eth0
+ip -n h5 link set eth0 up
+ip -n h5 route add default via 198.51.100.33
 ip -n h2 route add blackhole 192.0.2.3/32
 ip -n h3 route add blackhole 192.0.2.2/32
 for i in 2 3; do
-	ip -n h$i route add blackhole 192.0.2.4/32
+	for r in 4 5 6; do
+		ip -n h$i route add blackhole 192.0.2.$r/32
+	done
 	ip -n h4 route add blackhole 192.0.2.$i/32
+	ip -n h5 route add blackhole 192.0.2.$i/32
 done
 
 # run HOST COMMAND ARGS...: weavewg launch or join on a host, in the
 # background, ARGS (flags, then the token) after the common flags. Joining
 # with a token, not --password: the password's Argon2id (64 MiB) takes
 # minutes in an emulated CPU.
+# h3's wireguard-go socket is where wg looks (/var/run/wireguard), so that
+# `wg show weavewg0` reads h3's userspace device.
+# weavewg_debug=1 on the kernel command line (WEAVEWG_VM_DEBUG=1 for the
+# test) runs every daemon with --log-level debug (wireguard-go's handshakes).
+loglevel=info
+grep -q 'weavewg_debug=1' /proc/cmdline && loglevel=debug
 run() {
 	i=$1 cmd=$2
 	shift 2
-	mkdir -p /run/h$i-wg
-	ip netns exec h$i weavewg $cmd --name h$i --host-ip 10.32.0.$i/12 \
-		--state-dir /run/h$i --api-socket /run/h$i.sock --wg-uapi-dir /run/h$i-wg --no-dns \
+	uapi=/run/h$i-wg
+	[ $i = 3 ] && uapi=/run/wireguard
+	mkdir -p $uapi
+	ip netns exec h$i weavewg $cmd --name h$i --host-ip 10.32.0.$i/12 --log-level $loglevel \
+		--state-dir /run/h$i --api-socket /run/h$i.sock --wg-uapi-dir $uapi --no-dns \
 		"$@" >/run/h$i.log 2>&1 &
 }
 run 1 launch
@@ -93,9 +136,10 @@ if [ -n "$tok" ]; then result token OK; else result token "FAIL (h1's API never 
 run 2 join --datapath userspace $tok
 run 3 join --datapath kernel $tok
 run 4 join --datapath kernel $tok
+run 5 join --datapath kernel $tok
 # A host's own services are closed to the overlay until exposed: open
 # each, once its API answers, for the transfers between host addresses.
-for i in 1 2 3 4; do
+for i in 1 2 3 4 5; do
 	n=0
 	until ip netns exec h$i weavewg expose --api-socket /run/h$i.sock >/dev/null 2>&1 || [ $n -ge 180 ]; do
 		sleep 1
@@ -104,12 +148,19 @@ for i in 1 2 3 4; do
 	if [ $n -lt 180 ]; then result "expose-h$i" OK; else result "expose-h$i" "FAIL (weavewg expose never succeeded)"; fi
 done
 
-# waitping FROM TO SECONDS: one echo answered within SECONDS tries.
+# waitping FROM TO SECONDS: one echo answered within SECONDS tries. A
+# pair still silent after 15 tries says what its hosts and h1, the relay,
+# see then (slow-ping-*: the relayed pairs start slowly under load).
 waitping() {
 	n=0
 	while [ $n -lt $3 ]; do
 		ip netns exec h$1 ping -c1 -W1 10.32.0.$2 >/dev/null 2>&1 && return 0
 		n=$((n + 1))
+		if [ $n = 15 ]; then
+			for i in $(echo "$1 $2 1" | tr " " "\n" | sort -u); do
+				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40"
+			done
+		fi
 	done
 	return 1
 }
@@ -128,21 +179,21 @@ waitlisten() {
 }
 
 # A file per host, fetched by every other host over the overlay.
-for i in 1 2 3 4; do
+for i in 1 2 3 4 5; do
 	head -c 1000000 /dev/urandom >/run/blob$i
 	echo "=== BEGIN sum-h$i"
 	sha256sum </run/blob$i
 	echo "=== END sum-h$i"
 done
 
-for pair in 1-2 2-1 1-3 3-1 2-3 3-2 4-1 1-4; do
+for pair in 1-2 2-1 1-3 3-1 2-3 3-2 4-1 1-4 5-1 1-5 4-5 5-4; do
 	a=${pair%-*} b=${pair#*-}
 	if waitping $a $b 60; then
 		result "ping-h$a-h$b" OK
 	else
 		result "ping-h$a-h$b" FAIL
 		# Say why at once: the rest of the run may not finish in time.
-		for i in $(echo "$a $b 1 4" | tr " " "\n" | sort -u); do
+		for i in 1 2 3 4 5; do
 			dump "failed-ping-connections-h$i" weavewg status connections --api-socket /run/h$i.sock
 			dump "failed-ping-log-h$i" tail -n 60 /run/h$i.log
 		done
@@ -153,7 +204,7 @@ done
 # listens with an input that never ends (a sleep) and the sender, whose
 # file ends, closes the connection: then the receiver has it all.
 port=8000
-for pair in 1-2 2-1 1-3 3-1 2-3 3-2 1-4 4-1; do
+for pair in 1-2 2-1 1-3 3-1 2-3 3-2 1-4 4-1 1-5 5-1 4-5 5-4; do
 	a=${pair%-*} b=${pair#*-}
 	port=$((port + 1))
 	(sleep 600 | ip netns exec h$a nc -l -p $port >/run/got-$a-$b) &
@@ -198,7 +249,7 @@ wait $!
 dump syn-c1-h4 cat /run/syn /run/syn.err
 echo "VMTEST SYN checked"
 
-for i in 1 2 3 4; do
+for i in 1 2 3 4 5; do
 	dump "status-h$i" weavewg status --json --api-socket /run/h$i.sock
 	dump "connections-h$i" weavewg status connections --api-socket /run/h$i.sock
 	dump "routes-h$i" ip -n h$i route show
@@ -268,6 +319,8 @@ while [ "$(wc -c </run/got-move)" -lt 2000000 ] && [ $n -lt 30 ]; do
 done
 # How long the second half took (said, not checked: emulated time).
 echo "VMTEST move: second half in $(($(date +%s) - $(cat /run/move2.start)))s, $(wc -c </run/got-move) bytes in all"
+dump move2-start cat /run/move2.start
+dump move2-end date +%s
 cat /run/move.log
 echo "=== BEGIN fetch-move"
 sha256sum </run/got-move
@@ -278,16 +331,130 @@ dump route-move1-h3 ip -n h3 route show 10.32.0.2
 dump connections-move-h3 weavewg status connections --api-socket /run/h3.sock
 echo "VMTEST move done"
 
-ip netns exec h1 weavewg detach --api-socket /run/h1.sock /run/netns/c1 >/dev/null 2>&1
-for i in 1 2 3 4; do
-	kill $(ip netns pids h$i) 2>/dev/null
-done
+# The move back: h2 streams to h3 again, now on h3's kernel device; the
+# underlay between them closes again under the stream, both go back to
+# the relay through h1, h3 routes h2 into its TUN again. h2 holds the
+# session it made with h3's kernel, which h3's wireguard-go cannot read:
+# h3's wireguard-go must handshake with h2 at once, with nothing sent yet
+# (h2 would give up on its session only 15 s after data of its own went
+# unanswered), and the second half must arrive, relayed.
+h2key=$(ip netns exec h3 wg show kwweavewg0 dump | awk -F'\t' '$3 == "192.0.2.2:6783" { print $1 }')
+# wgohs: h3's wireguard-go's last handshake with h2 (unix seconds)
+wgohs() {
+	ip netns exec h3 wg show weavewg0 dump | awk -F'\t' -v k="$h2key" '$1 == k { print $5 }'
+}
+head -c 1000000 /dev/urandom >/run/back1
+head -c 1000000 /dev/urandom >/run/back2
+echo "=== BEGIN sum-back"
+cat /run/back1 /run/back2 | sha256sum
+echo "=== END sum-back"
+(sleep 900 | ip netns exec h3 nc -l -p 9300 >/run/got-back) &
+waitlisten 3 9300
+(
+	cat /run/back1
+	n=0
+	while [ "$(wc -c </run/got-back)" -lt 1000000 ] && [ $n -lt 300 ]; do
+		sleep 1
+		n=$((n + 1))
+	done
+	echo "VMTEST back: first half arrived after ${n}s" >/dev/console
+	dump route-back0-h3 ip -n h3 route show 10.32.0.2 >/run/back.log
+	dump wgdump-back0-h3 ip netns exec h3 wg show kwweavewg0 dump >>/run/back.log
+	hs0=$(wgohs)
+	ip -n h2 route add blackhole 192.0.2.3/32
+	ip -n h3 route add blackhole 192.0.2.2/32
+	n=0
+	until ip -n h3 route show 10.32.0.2 | grep -q "dev weavewg0" || [ $n -ge 180 ]; do
+		sleep 1
+		n=$((n + 1))
+	done
+	echo "VMTEST back: h3 routes h2 into weavewg0 after ${n}s" >/dev/console
+	n=0
+	until [ "$(wgohs)" -gt "${hs0:-0}" ] 2>/dev/null || [ $n -ge 60 ]; do
+		sleep 1
+		n=$((n + 1))
+	done
+	if [ -n "$h2key" ] && [ $n -lt 60 ]; then
+		result back-handshake OK
+	else
+		result back-handshake "FAIL (h3's wireguard-go made no handshake with h2 (key '$h2key', last at '$hs0') in 60 s after h2 came back to it, with nothing sent yet)"
+	fi >/dev/console
+	echo "VMTEST back: h3's wireguard-go handshook with h2 after ${n}s" >/dev/console
+	dump wgodump-back0-h3 ip netns exec h3 wg show weavewg0 dump >>/run/back.log
+	date +%s >/run/back2.start
+	cat /run/back2
+) | ip netns exec h2 timeout 600 nc 10.32.0.3 9300
 n=0
-while [ -n "$(ip netns pids h1)$(ip netns pids h2)$(ip netns pids h3)$(ip netns pids h4)" ] && [ $n -lt 120 ]; do
+while [ "$(wc -c </run/got-back)" -lt 2000000 ] && [ $n -lt 30 ]; do
 	sleep 1
 	n=$((n + 1))
 done
-for i in 1 2 3 4; do
+echo "VMTEST back: second half in $(($(date +%s) - $(cat /run/back2.start)))s, $(wc -c </run/got-back) bytes in all"
+cat /run/back.log
+echo "=== BEGIN fetch-back"
+sha256sum </run/got-back
+wc -c </run/got-back
+echo "=== END fetch-back"
+dump wgodump-back1-h3 ip netns exec h3 wg show weavewg0 dump
+dump route-back1-h3 ip -n h3 route show 10.32.0.2
+dump connections-back-h3 weavewg status connections --api-socket /run/h3.sock
+echo "VMTEST back done"
+
+# Roaming: r4's WAN address moves from 192.0.2.4 to 192.0.2.6 (a new
+# lease; masquerade forgets the old address's flows) under a stream from
+# h4 to h1, kernel to kernel. The kernel does not roam h4 itself (its
+# datagrams from the new address are steered to h1's wireguard-go): h1's
+# path owner must learn the new address from h4's probes and give it to
+# the kernel device, and the stream's second half, sent at once, must
+# arrive through h1's kernel device.
+head -c 1000000 /dev/urandom >/run/roam1
+head -c 1000000 /dev/urandom >/run/roam2
+echo "=== BEGIN sum-roam"
+cat /run/roam1 /run/roam2 | sha256sum
+echo "=== END sum-roam"
+(sleep 900 | ip netns exec h1 nc -l -p 9400 >/run/got-roam) &
+waitlisten 1 9400
+(
+	cat /run/roam1
+	n=0
+	while [ "$(wc -c </run/got-roam)" -lt 1000000 ] && [ $n -lt 300 ]; do
+		sleep 1
+		n=$((n + 1))
+	done
+	echo "VMTEST roam: first half arrived after ${n}s" >/dev/console
+	dump wgdump-roam0-h1 ip netns exec h1 wg show kwweavewg0 dump >/run/roam.log
+	ip -n r4 addr del 192.0.2.4/24 dev eth0
+	ip -n r4 addr add 192.0.2.6/24 dev eth0
+	date +%s >/run/roam2.start
+	cat /run/roam2
+) | ip netns exec h4 timeout 600 nc 10.32.0.1 9400
+n=0
+while [ "$(wc -c </run/got-roam)" -lt 2000000 ] && [ $n -lt 30 ]; do
+	sleep 1
+	n=$((n + 1))
+done
+echo "VMTEST roam: second half in $(($(date +%s) - $(cat /run/roam2.start)))s, $(wc -c </run/got-roam) bytes in all"
+cat /run/roam.log
+echo "=== BEGIN fetch-roam"
+sha256sum </run/got-roam
+wc -c </run/got-roam
+echo "=== END fetch-roam"
+dump wgdump-roam1-h1 ip netns exec h1 wg show kwweavewg0 dump
+dump route-roam1-h1 ip -n h1 route show 10.32.0.4
+dump connections-roam-h1 weavewg status connections --api-socket /run/h1.sock
+dump connections-roam-h4 weavewg status connections --api-socket /run/h4.sock
+echo "VMTEST roam done"
+
+ip netns exec h1 weavewg detach --api-socket /run/h1.sock /run/netns/c1 >/dev/null 2>&1
+for i in 1 2 3 4 5; do
+	kill $(ip netns pids h$i) 2>/dev/null
+done
+n=0
+while [ -n "$(ip netns pids h1)$(ip netns pids h2)$(ip netns pids h3)$(ip netns pids h4)$(ip netns pids h5)" ] && [ $n -lt 120 ]; do
+	sleep 1
+	n=$((n + 1))
+done
+for i in 1 2 3 4 5; do
 	dump "log-h$i" cat /run/h$i.log
 	dump "after-h$i" ip -n h$i link show
 done
