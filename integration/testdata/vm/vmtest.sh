@@ -455,6 +455,6 @@ while [ -n "$(ip netns pids h1)$(ip netns pids h2)$(ip netns pids h3)$(ip netns 
 	n=$((n + 1))
 done
 for i in 1 2 3 4 5; do
-	dump "log-h$i" cat /run/h$i.log
+	dump "log-h$i" grep -v level=DEBUG /run/h$i.log
 	dump "after-h$i" ip -n h$i link show
 done
