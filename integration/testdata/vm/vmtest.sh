@@ -150,7 +150,8 @@ done
 
 # waitping FROM TO SECONDS: one echo answered within SECONDS tries. A
 # pair still silent after 15 tries says what its hosts and h1, the relay,
-# see then (slow-ping-*: the relayed pairs start slowly under load).
+# see then (slow-ping-*: the relayed pairs start slowly under load; the
+# UDP sockets' receive queues, /proc/net/udp, show a relay's backlog).
 waitping() {
 	n=0
 	while [ $n -lt $3 ]; do
@@ -158,7 +159,7 @@ waitping() {
 		n=$((n + 1))
 		if [ $n = 15 ]; then
 			for i in $(echo "$1 $2 1" | tr " " "\n" | sort -u); do
-				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40"
+				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40; cat /proc/net/udp"
 			done
 		fi
 	done
