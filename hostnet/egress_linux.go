@@ -35,13 +35,9 @@ import (
 
 // addEgress adds the egress rules to the forward chain fwd (call it
 // before any other rule of fwd) and the NAT chain to t.
-func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec filterSpec, peerDevs []string) {
+func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec filterSpec, peerDevs []string, sets *ifnameSets) {
 	notOverlay := func(k expr.MetaKey) []expr.Any {
-		var m []expr.Any
-		for _, d := range append([]string{spec.bridge}, peerDevs...) {
-			m = append(m, ifname(k, expr.CmpOpNeq, d)...)
-		}
-		return m
+		return sets.in(k, false, "overlay_devs", append([]string{spec.bridge}, peerDevs...)...)
 	}
 	host32 := func(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
 	egress := slices.DeleteFunc(slices.Clone(spec.egress), func(a netip.Addr) bool { return !a.Is4() })
@@ -55,12 +51,14 @@ func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec fi
 			&expr.Verdict{Kind: expr.VerdictAccept},
 		)})
 	}
-	out := append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, spec.bridge), notOverlay(expr.MetaKeyOIFNAME)...)
+	out := func() []expr.Any {
+		return append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, spec.bridge), notOverlay(expr.MetaKeyOIFNAME)...)
+	}
 	for _, a := range egress {
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(append(append(slices.Clone(out), ipv4()...), ipField(12, host32(a))...),
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(append(append(out(), ipv4()...), ipField(12, host32(a))...),
 			&expr.Verdict{Kind: expr.VerdictAccept})})
 	}
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(slices.Clone(out), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
+	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(out(), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	if len(egress) == 0 {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -50,7 +51,10 @@ import (
 // ranges and an unrefused host address). Locally made traffic (output) is
 // untouched, as is what other tables decide. Other devices that carry
 // peers' packets (the VXLAN fast path's, kernel WireGuard's) count as the
-// TUN does: a rule of each of the three kinds per device.
+// TUN does. A rule that matches several devices names a set of the table
+// (peer_devs: the TUN and the others, when there are others; overlay_devs:
+// those and the bridge; input_devs: those and lo): one rule of each kind
+// whatever the number of devices.
 //
 // Every forwarded packet of the host runs this chain, so it is one chain:
 // the MSS clamp (pmtu.AddMSSClamp) is its last rules rather than a chain
@@ -106,26 +110,20 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		Priority: nftables.ChainPriorityFilter,
 		Policy:   &policy,
 	})
-	addEgress(c, t, ch, spec, append([]string{tun}, spec.others...))
+	sets := &ifnameSets{c: c, t: t}
+	addEgress(c, t, ch, spec, append([]string{tun}, spec.others...), sets)
 	drop := func(ch *nftables.Chain, match ...expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	}
 	peerDevs := append([]string{tun}, spec.others...)
-	// From a peer device only to the bridge.
-	for _, d := range peerDevs {
-		drop(ch, append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, bridge)...)...)
-	}
-	notFrom := func(devs ...string) []expr.Any {
-		var m []expr.Any
-		for _, d := range devs {
-			m = append(m, ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, d)...)
-		}
-		return m
-	}
-	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), notFrom(append(peerDevs, bridge)...)...)...)
-	for _, d := range peerDevs {
-		drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, d), notFrom(bridge)...)...)
-	}
+	// From a peer device only to the bridge; into the bridge only from a
+	// peer device or the bridge; into a peer device only from the bridge.
+	// One rule each, whatever the number of peer devices (a set of their
+	// names): every forwarded packet runs them.
+	drop(ch, append(sets.in(expr.MetaKeyIIFNAME, true, "peer_devs", peerDevs...), ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, bridge)...)...)
+	drop(ch, append(ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, bridge), sets.in(expr.MetaKeyIIFNAME, false, "overlay_devs", append(peerDevs, bridge)...)...)...)
+	drop(ch, append(sets.in(expr.MetaKeyOIFNAME, true, "peer_devs", peerDevs...), ifname(expr.MetaKeyIIFNAME, expr.CmpOpNeq, bridge)...)...)
+	notFrom := func(devs ...string) []expr.Any { return sets.in(expr.MetaKeyIIFNAME, false, "input_devs", devs...) }
 	addIsolation(c, t, ch, spec)
 	// MSS clamping to peer route MTUs (tunnel/mtu.go), on every device
 	// that carries peers' packets: kernel WireGuard's routes carry a
@@ -153,6 +151,9 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
 		addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...))
 	}
+	if sets.err != nil {
+		return fmt.Errorf("forward filter: %w", sets.err)
+	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("forward filter: %w", err)
 	}
@@ -175,6 +176,52 @@ func removeForwardFilter(ns netns.NsHandle, tun string) error {
 // ifname matches the input or output interface name against n.
 func ifname(k expr.MetaKey, op expr.CmpOp, n string) []expr.Any {
 	return []expr.Any{&expr.Meta{Key: k, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: ifnameBytes(n)}}
+}
+
+// ifnameSets makes the interface name matches of one transaction.
+type ifnameSets struct {
+	c    *nftables.Conn
+	t    *nftables.Table
+	made map[string]*nftables.Set
+	err  error // the first set that could not be added
+}
+
+// in matches the input or output interface name against names: a member
+// of them (member) or none of them. Several names are a named set of the
+// table (name; made once per transaction, shared by the rules that use
+// it): one 16-byte copy of the interface name and one lookup, where a
+// comparison per name copied the name each time (nft_meta's strscpy, the
+// largest part of the filter's cost per packet). Named, not anonymous:
+// the kernel binds an anonymous set to one rule only, and nft prints an
+// anonymous set's interface names as "" (google/nftables marks its keys
+// big-endian; nft wants a string's host order).
+func (s *ifnameSets) in(k expr.MetaKey, member bool, name string, names ...string) []expr.Any {
+	op := expr.CmpOpEq
+	if !member {
+		op = expr.CmpOpNeq
+	}
+	if len(names) == 1 {
+		return ifname(k, op, names[0])
+	}
+	set := s.made[name]
+	if set == nil {
+		set = &nftables.Set{Table: s.t, Name: name, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+		var elems []nftables.SetElement
+		for _, n := range names {
+			elems = append(elems, nftables.SetElement{Key: ifnameBytes(n)})
+		}
+		if err := s.c.AddSet(set, elems); err != nil {
+			if s.err == nil {
+				s.err = fmt.Errorf("interface set %s %v: %w", name, names, err)
+			}
+			return ifname(k, op, names[0]) // never flushed: the caller fails
+		}
+		if s.made == nil {
+			s.made = map[string]*nftables.Set{}
+		}
+		s.made[name] = set
+	}
+	return []expr.Any{&expr.Meta{Key: k, Register: 1}, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: !member}}
 }
 
 // ifnameBytes is an interface name as nftables compares it: NUL-padded to
