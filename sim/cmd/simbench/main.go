@@ -373,7 +373,8 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		ch.IdleMsgsPerPeerPerS = st.idleRate / peers
 	}
 	res.Changes = append(res.Changes, ch)
-	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: %.1f s %s\n", n, name, ch.Seconds, ch.Err)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s; until agreement %.1f frames/N, %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",
+		n, name, ch.TopoSeconds, ch.Seconds, ch.CPUSeconds, ch.SettleSeconds, ch.MsgsOverN, ch.BytesPerPeer, ch.SettleMsgsOverN, ch.SettleBytesPerPeer, ch.IdleMsgsPerPeerPerS, ch.VerifyPerPeer, ch.Err)
 	if printCounters {
 		counterDelta(n, name, ctr0, c.Counters())
 	}
