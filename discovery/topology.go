@@ -132,6 +132,17 @@ func (g *topoGraph) degree(k key.Public) int {
 	return len(g.nodes[i].claims)
 }
 
+// claimsKeys reports whether a's record lists b as an established
+// neighbour.
+func (g *topoGraph) claimsKeys(a, b key.Public) bool {
+	i, ok := g.ids[a]
+	if !ok {
+		return false
+	}
+	j, ok := g.ids[b]
+	return ok && g.claims(i, j)
+}
+
 // claims reports whether node a's record lists b as an established
 // neighbour.
 func (g *topoGraph) claims(a, b int32) bool {
