@@ -159,7 +159,7 @@ waitping() {
 		n=$((n + 1))
 		if [ $n = 15 ]; then
 			for i in $(echo "$1 $2 1" | tr " " "\n" | sort -u); do
-				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40; cat /proc/net/udp"
+				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40; ip netns exec h$i cat /proc/net/udp"
 			done
 		fi
 	done
@@ -198,6 +198,16 @@ for pair in 1-2 2-1 1-3 3-1 2-3 3-2 4-1 1-4 5-1 1-5 4-5 5-4; do
 			dump "failed-ping-connections-h$i" weavewg status connections --api-socket /run/h$i.sock
 			dump "failed-ping-log-h$i" tail -n 60 /run/h$i.log
 		done
+		dump "failed-ping-udp-h1" ip netns exec h1 cat /proc/net/udp
+		# At debug level, h1 (the relay) is made to dump its goroutines
+		# (SIGQUIT ends it: the rest of the run fails).
+		if [ $loglevel = debug ]; then
+			for p in $(ip netns pids h1); do
+				[ "$(cat /proc/$p/comm)" = weavewg ] && kill -QUIT $p
+			done
+			sleep 5
+			dump "failed-ping-goroutines-h1" sh -c "grep -v 'level=' /run/h1.log | tail -n 4000"
+		fi
 	fi
 done
 # Transfers with busybox nc (its wget segfaults here over the overlay).
