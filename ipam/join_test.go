@@ -350,3 +350,57 @@ func TestStaleJoinerTakesItsGrant(t *testing.T) {
 		t.Fatalf("d granted %d times, want 2", got)
 	}
 }
+
+// TestRequestAgainNotGrantedTwice: a joiner whose donor's answer was lost
+// asks again, of another donor after its timeout; that donor, which heard
+// the first grant, sends its ring (holding it) rather than a second grant.
+func TestRequestAgainNotGrantedTwice(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	all := []key.Public{j.self}
+	for _, a := range as {
+		all = append(all, a.self)
+	}
+	for _, a := range append(as, j) {
+		a.SetPeers(all)
+	}
+	as[0].SendRing(j.self, false)
+	net.run(t)
+	grants := func() (n uint64) {
+		for _, a := range as {
+			n += a.Status().Counters["ipam_grant"]
+		}
+		return n
+	}
+	before := grants()
+	j.WantSpace()
+	// Deliver the request and everything but what goes to j.
+	for len(net.queue) > 0 {
+		m := net.queue[0]
+		net.queue = net.queue[1:]
+		if m.to != j.self {
+			if err := net.peers[m.to].HandleMessage(m.from, m.b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if grants() != before+1 || len(j.View().Ring.Spans(j.self)) != 0 {
+		t.Fatal("setting up: one grant, lost on its way to j")
+	}
+	for range 20 {
+		if len(j.View().Ring.Spans(j.self)) > 0 {
+			break
+		}
+		j.mu.Lock()
+		j.reqAt = j.reqAt.Add(-time.Minute) // the request times out
+		j.mu.Unlock()
+		j.Tick()
+		net.run(t)
+	}
+	if len(j.View().Ring.Spans(j.self)) == 0 {
+		t.Fatal("j owns no space after asking again")
+	}
+	if got := grants() - before; got != 1 {
+		t.Errorf("%d grants for one joiner", got)
+	}
+}

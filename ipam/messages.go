@@ -276,6 +276,19 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	if from == a.self {
 		return outbox{}, nil
 	}
+	if a.grantUntakenLocked(from) {
+		// A donor already granted the requester space it has not taken
+		// yet (its answer was lost, or is late: the requester timed out
+		// and asked again, or asked us). Granting again took twice the
+		// space (610 grants for 200 simulated joiners, batch 50): send
+		// our ring, which holds that grant, instead.
+		a.count("ipam_request_grant_resent")
+		msgs, err := ringParts(a.ring, nil, false, false)
+		if err != nil {
+			return outbox{}, nil
+		}
+		return outbox{replyTo: from, reply: msgs}, nil
+	}
 	g, ok := a.pickGrantLocked()
 	if !ok {
 		a.count("ipam_request_declined")
@@ -301,6 +314,17 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 		o.reply = msgs
 	}
 	return o, err
+}
+
+// grantUntakenLocked reports whether p owns an entry still in the state
+// its granter wrote (p publishes its own state once it takes a grant).
+func (a *Allocator) grantUntakenLocked(p key.Public) bool {
+	for _, e := range a.ring.Entries {
+		if e.Owner == p && e.Writer != p && a.ring.heir(p) == p {
+			return true
+		}
+	}
+	return false
 }
 
 // pickGrantLocked chooses what to give: the upper half of our largest
