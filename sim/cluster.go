@@ -371,26 +371,14 @@ func ringDiff(a, b []byte) string {
 
 // RouterCounters is Counters of the routers alone (discovery), which never
 // waits on an allocator busy with a ring.
-func (c *Cluster) RouterCounters() map[string]uint64 {
-	out := map[string]uint64{}
-	c.mu.Lock()
-	nodes := slices.Clone(c.nodes)
-	c.mu.Unlock()
-	for _, nd := range nodes {
-		if nd == nil {
-			continue
-		}
-		for k, v := range nd.Router.Counters() {
-			out[k] += v
-		}
-	}
-	return out
-}
+func (c *Cluster) RouterCounters() map[string]uint64 { return c.sumCounters(false) }
 
 // Counters sums the counters of every node's router (discovery) and
 // allocator (ipam), gone ones included (so totals never go down): where a
 // run's messages were dropped or refused.
-func (c *Cluster) Counters() map[string]uint64 {
+func (c *Cluster) Counters() map[string]uint64 { return c.sumCounters(true) }
+
+func (c *Cluster) sumCounters(withIPAM bool) map[string]uint64 {
 	out := map[string]uint64{}
 	c.mu.Lock()
 	nodes := slices.Clone(c.nodes)
@@ -402,7 +390,7 @@ func (c *Cluster) Counters() map[string]uint64 {
 		for k, v := range nd.Router.Counters() {
 			out[k] += v
 		}
-		if nd.IPAM != nil {
+		if withIPAM && nd.IPAM != nil {
 			for k, v := range nd.IPAM.Counters() {
 				out[k] += v
 			}
