@@ -41,18 +41,26 @@ for i in 1 2 3; do
 	ip -n h$i addr add 192.0.2.$i/24 dev eth0
 	ip -n h$i link set eth0 up
 done
-ip netns add r4
-ip link add u4 type veth peer name eth0 netns r4
-ip link set u4 mtu 1380
-ip link set u4 master ul up
-ip -n r4 link set lo up
-ip -n r4 link set eth0 mtu 1380
-ip -n r4 addr add 192.0.2.4/24 dev eth0
-ip -n r4 link set eth0 up
-ip -n r4 link add lan0 type bridge
-ip -n r4 addr add 198.51.100.1/27 dev lan0
-ip -n r4 link set lan0 up
-ip netns exec r4 nft -f - <<'NFT'
+# stock_router N WAN LAN_GW/PREFIX HOST/PREFIX [MTU]: router rN on the
+# underlay at WAN with the nat bed's NATStock configuration (one nftables
+# masquerade rule and ip_forward), host hN behind it on LAN; MTU, when
+# given, is that of rN's WAN link (its veth and the bridge port).
+stock_router() {
+	n=$1 wan=$2 gw=$3 haddr=$4 mtu=$5
+	ip netns add r$n
+	ip link add u$n type veth peer name eth0 netns r$n
+	if [ -n "$mtu" ]; then
+		ip link set u$n mtu $mtu
+		ip -n r$n link set eth0 mtu $mtu
+	fi
+	ip link set u$n master ul up
+	ip -n r$n link set lo up
+	ip -n r$n addr add $wan/24 dev eth0
+	ip -n r$n link set eth0 up
+	ip -n r$n link add lan0 type bridge
+	ip -n r$n addr add $gw dev lan0
+	ip -n r$n link set lan0 up
+	ip netns exec r$n nft -f - <<'NFT'
 table ip wwgnat {
 	chain nat_postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
@@ -60,40 +68,18 @@ table ip wwgnat {
 	}
 }
 NFT
-ip netns exec r4 sysctl -q -w net.ipv4.ip_forward=1
-ip netns add h4
-ip -n r4 link add l4 type veth peer name eth0 netns h4
-ip -n r4 link set l4 master lan0 up
-ip -n h4 link set lo up
-ip -n h4 addr add 198.51.100.2/27 dev eth0
-ip -n h4 link set eth0 up
-ip -n h4 route add default via 198.51.100.1
+	ip netns exec r$n sysctl -q -w net.ipv4.ip_forward=1
+	ip netns add h$n
+	ip -n r$n link add l$n type veth peer name eth0 netns h$n
+	ip -n r$n link set l$n master lan0 up
+	ip -n h$n link set lo up
+	ip -n h$n addr add $haddr dev eth0
+	ip -n h$n link set eth0 up
+	ip -n h$n route add default via ${gw%/*}
+}
+stock_router 4 192.0.2.4 198.51.100.1/27 198.51.100.2/27 1380
 # r5: the same stock router (full MTU), h5 behind it.
-ip netns add r5
-ip link add u5 type veth peer name eth0 netns r5
-ip link set u5 master ul up
-ip -n r5 link set lo up
-ip -n r5 addr add 192.0.2.5/24 dev eth0
-ip -n r5 link set eth0 up
-ip -n r5 link add lan0 type bridge
-ip -n r5 addr add 198.51.100.33/27 dev lan0
-ip -n r5 link set lan0 up
-ip netns exec r5 nft -f - <<'NFT'
-table ip wwgnat {
-	chain nat_postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "eth0" masquerade
-	}
-}
-NFT
-ip netns exec r5 sysctl -q -w net.ipv4.ip_forward=1
-ip netns add h5
-ip -n r5 link add l5 type veth peer name eth0 netns h5
-ip -n r5 link set l5 master lan0 up
-ip -n h5 link set lo up
-ip -n h5 addr add 198.51.100.34/27 dev eth0
-ip -n h5 link set eth0 up
-ip -n h5 route add default via 198.51.100.33
+stock_router 5 192.0.2.5 198.51.100.33/27 198.51.100.34/27
 ip -n h2 route add blackhole 192.0.2.3/32
 ip -n h3 route add blackhole 192.0.2.2/32
 for i in 2 3; do
