@@ -74,6 +74,31 @@ func installFilter(ns netns.NsHandle, cfg Config) error {
 	return nil
 }
 
+// filterInPlace reports whether the filter table is there with the rules
+// installFilter makes (counted, not compared: a reload removes tables
+// whole).
+func filterInPlace(ns netns.NsHandle, cfg Config) (bool, error) {
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		return false, fmt.Errorf("vxlan filter: %w", err)
+	}
+	t := filterTable(cfg.Name)
+	if got, err := c.ListTableOfFamily(t.Name, t.Family); err != nil || got == nil {
+		return false, nil // ENOENT: gone
+	}
+	rules, err := c.GetRules(t, &nftables.Chain{Name: "input", Table: t})
+	if err != nil {
+		return false, nil // the chain is gone
+	}
+	want := 1 // the drop
+	for _, pfx := range cfg.Trusted {
+		if pfx.Addr().Is4() {
+			want++
+		}
+	}
+	return len(rules) == want, nil
+}
+
 func removeFilter(ns netns.NsHandle, dev string) error {
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {

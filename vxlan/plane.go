@@ -90,6 +90,9 @@ const (
 	CounterBadDropped     = "vxlan_probe_bad_dropped"
 	CounterUnknownDropped = "vxlan_probe_unknown_peer_dropped"
 	CounterSendErrors     = "vxlan_probe_send_errors"
+	// CounterFilterRestored counts the times the filter table was found
+	// missing (a firewall reload's `nft flush ruleset`) and put back.
+	CounterFilterRestored = "vxlan_filter_restored"
 )
 
 type peerEntry struct {
@@ -116,7 +119,7 @@ type Plane struct {
 	key   [32]byte
 	sock  *packetSocket
 
-	ctr [6]atomic.Uint64 // by counterNames index
+	ctr [7]atomic.Uint64 // by counterNames index
 
 	// mu guards what follows.
 	mu     sync.Mutex
@@ -133,7 +136,7 @@ type Plane struct {
 }
 
 var counterNames = [...]string{CounterProbesSent, CounterProbeReplies, CounterProbesAnswered,
-	CounterBadDropped, CounterUnknownDropped, CounterSendErrors}
+	CounterBadDropped, CounterUnknownDropped, CounterSendErrors, CounterFilterRestored}
 
 const (
 	cSent = iota
@@ -142,6 +145,7 @@ const (
 	cBad
 	cUnknown
 	cSendErr
+	cFilterRestored
 )
 
 // New creates the VXLAN device (replacing one a crashed run left), the
@@ -440,6 +444,7 @@ func (p *Plane) probeLoop() {
 			return
 		case <-tick.C:
 		}
+		p.keepFilter()
 		now := time.Now().UnixNano()
 		changed := false
 		p.mu.Lock()
@@ -463,6 +468,28 @@ func (p *Plane) probeLoop() {
 			p.cfg.OnChange()
 		}
 	}
+}
+
+// keepFilter puts the filter table back when it is gone. The kernel's
+// VXLAN device decapsulates datagrams from any source; only the table
+// keeps those from outside the trusted subnets out, and a firewall reload
+// (`nft flush ruleset`, as nftables.service runs it) removes every table.
+// hostnet's watcher puts the forward filter back the same way.
+func (p *Plane) keepFilter() {
+	ok, err := filterInPlace(p.ns, p.cfg)
+	if err != nil {
+		p.log.Warn("vxlan: reading the filter table", "err", err)
+		return
+	}
+	if ok {
+		return
+	}
+	if err := installFilter(p.ns, p.cfg); err != nil {
+		p.log.Error("vxlan: putting the filter table back", "err", err)
+		return
+	}
+	p.ctr[cFilterRestored].Add(1)
+	p.log.Warn("vxlan: filter table was gone (a firewall reload?); put back", "device", p.cfg.Name)
 }
 
 // receiveLoop answers probes and records answers until the socket closes.

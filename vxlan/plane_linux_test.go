@@ -126,3 +126,27 @@ func TestPlaneUntrustedPeerNotProgrammed(t *testing.T) {
 		t.Errorf("FDB entry for an untrusted peer:\n%s", fdb)
 	}
 }
+
+// TestPlaneFilterPutBack: a firewall reload (`nft flush ruleset`) removes
+// the filter table, which alone keeps VXLAN datagrams from outside the
+// trusted subnets out of the device; the plane puts it back, drop rule and
+// all, and counts it.
+func TestPlaneFilterPutBack(t *testing.T) {
+	a, _, nsA, _, _, _ := twoPlanes(t)
+	netnstest.Run(t, "ip", "netns", "exec", nsA.Name, "nft", "flush", "ruleset")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _ := exec.Command("ip", "netns", "exec", nsA.Name, "nft", "list", "table", "ip", "weavewg_vxweavewg0").CombinedOutput()
+		if strings.Contains(string(out), "udp dport 6784 ip saddr 192.0.2.0/24 accept") && strings.Contains(string(out), "udp dport 6784 counter") &&
+			strings.Contains(string(out), "drop") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("filter table not put back after a flush:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := a.Counters()[CounterFilterRestored]; n == 0 {
+		t.Errorf("%s = 0 after putting the table back", CounterFilterRestored)
+	}
+}
