@@ -336,6 +336,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	r.selfRec.Sign(r.priv)
 	r.recs[r.self] = &entry{rec: r.selfRec}
+	r.graphSetLocked(r.self)
 	r.rt = noRoutes(r.self)
 	return r, nil
 }

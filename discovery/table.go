@@ -26,6 +26,23 @@ func (r *Router) bumpSelfLocked() {
 	e.rec = r.selfRec
 	e.rec.Attached = slices.Clone(r.selfRec.Attached)
 	e.rec.Neighbors = slices.Clone(r.selfRec.Neighbors)
+	r.graphSetLocked(r.self)
+}
+
+// graphSetLocked hands k's entry as the table holds it now (none: the
+// peer was forgotten) to the route graph, which notes the edges it
+// changes for the next refresh of the routes (reroute.go). Every change
+// of r.recs goes through here.
+func (r *Router) graphSetLocked(k key.Public) {
+	e := r.recs[k]
+	if e == nil {
+		r.graph.remove(k)
+		r.seenDirty = true
+		return
+	}
+	if _, nb := r.graph.set(k, &e.rec); nb {
+		r.seenDirty = true // where neighbours are seen may have moved
+	}
 }
 
 // copySelf returns a copy of our record that does not alias selfRec.
@@ -216,11 +233,14 @@ func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigChe
 		}
 		r.ctr.inc(CtrRecordsApplied)
 		if e == nil {
-			e = &entry{}
+			// Unreachable until its edges are confirmed: a peer with
+			// no record has none.
+			e = &entry{unreachableSince: r.now()}
 			r.recs[rec.Key] = e
 			r.log.Info("learned of peer", "peer", rec.Key.Name(), "nickname", rec.Nickname)
 		}
 		e.rec = *rec
+		r.graphSetLocked(rec.Key)
 		r.noteSeenLocked(rec)
 		r.gotLocked(rec)
 		changed = append(changed, rec)
@@ -359,45 +379,43 @@ func (r *Router) sendRecordsLocked(c *conn, recs []*Record) {
 	}
 }
 
-// recomputeLocked recomputes edges, reachability and routes, and notes when
-// each peer became unreachable. Records whose new versions left every edge
-// as it was (topology.go) leave the routes alone.
+// recomputeLocked brings the routes to the records' edges and notes when
+// each peer became unreachable. Only the edges the changed records touched
+// are looked at (reroute.go), and only peers whose reachability flipped:
+// a change costs each router the peers it moves, not a pass over all.
 func (r *Router) recomputeLocked() {
 	r.recomputePending = false
-	edges, neighbors := r.graph.update(func(yield func(key.Public, *Record) bool) {
-		for k, e := range r.recs {
-			if !yield(k, &e.rec) {
-				return
+	if len(r.graph.keys) > 2*len(r.recs)+1024 {
+		// Keys of forgotten peers and of neighbours never seen pile
+		// up; start over (update does, and refresh then computes the
+		// routes in full).
+		r.graph.update(func(yield func(key.Public, *Record) bool) {
+			for k, e := range r.recs {
+				if !yield(k, &e.rec) {
+					return
+				}
 			}
-		}
-	}, len(r.recs))
-	if neighbors {
-		r.seenDirty = true // where neighbours are seen may have moved
+		}, len(r.recs))
 	}
-	if !edges {
+	flipped, computed := r.graph.refresh(&r.rt)
+	if !computed {
 		return
 	}
-	old := r.rt
-	r.rt = r.graph.routes(r.self)
 	r.ctr.inc(CtrRoutesComputed)
 	r.seenDirty = true
 	defer r.retryParkedLocked()
 	now := r.now()
-	for k, e := range r.recs {
-		reach := r.rt.reachable(k)
-		was := old.reachable(k)
-		switch {
-		case reach:
-			e.unreachableSince = time.Time{}
-		case e.unreachableSince.IsZero():
-			e.unreachableSince = now
+	for _, k := range flipped {
+		e := r.recs[k]
+		if e == nil || k == r.self {
+			continue
 		}
-		if reach != was && k != r.self {
-			if reach {
-				r.log.Info("peer reachable", "peer", k.Name(), "nickname", e.rec.Nickname)
-			} else if was {
-				r.log.Info("peer unreachable", "peer", k.Name(), "nickname", e.rec.Nickname)
-			}
+		if r.rt.reachable(k) {
+			e.unreachableSince = time.Time{}
+			r.log.Info("peer reachable", "peer", k.Name(), "nickname", e.rec.Nickname)
+		} else {
+			e.unreachableSince = now
+			r.log.Info("peer unreachable", "peer", k.Name(), "nickname", e.rec.Nickname)
 		}
 	}
 }
@@ -414,6 +432,7 @@ func (r *Router) expireLocked(now time.Time) {
 			continue
 		}
 		delete(r.recs, k)
+		r.graphSetLocked(k)
 		delete(r.dials, k)
 		r.tombs[k] = tomb{version: e.rec.Version, at: now}
 		r.ctr.inc(CtrPeersExpired)
@@ -474,6 +493,7 @@ func (r *Router) addConnLocked(c *conn) error {
 		// Until its record arrives, show the peer with what its hello said.
 		e = &entry{rec: Record{Key: c.peer, Nickname: c.hello.Nickname, Port: c.hello.Port}, unreachableSince: r.now()}
 		r.recs[c.peer] = e
+		r.graphSetLocked(c.peer)
 	}
 	e.hello = c.hello
 	r.ctr.inc(CtrEstablished)

@@ -41,7 +41,12 @@ type topoGraph struct {
 	keys  []key.Public
 	nodes []topoNode
 	gen   uint32
-	tie   []uint64 // scratch of routes
+	epoch uint32 // bumped each time the graph starts over
+	// touched: edges whose existence may have changed since the routes
+	// were last refreshed (reroute.go), as pairs of indexes.
+	touched [][2]int32
+	moved   []uint32 // scratch of refresh: the pass that moved each index
+	pass    uint32
 }
 
 type topoNode struct {
@@ -72,54 +77,116 @@ func (g *topoGraph) id(k key.Public) int32 {
 	return i
 }
 
-// update brings the graph to recs (every record of the table). It reports
-// whether any edge (or the set of peers) changed, so routes must be
-// recomputed, and whether any record's neighbour list changed at all (the
-// addresses neighbours are seen at included).
+// update brings the graph to recs (every record of the table): the full
+// pass, for a graph started over and for tests; the router hands each
+// changed record to set as it changes (table.go). It reports whether any
+// edge (or the set of peers) changed, so routes must be recomputed, and
+// whether any record's neighbour list changed at all (the addresses
+// neighbours are seen at included).
 func (g *topoGraph) update(recs iter.Seq2[key.Public, *Record], n int) (edges, neighbors bool) {
 	if len(g.keys) > 2*n+1024 {
 		// Keys of forgotten peers and of neighbours never seen pile
 		// up; start over.
-		*g = topoGraph{}
+		*g = topoGraph{epoch: g.epoch + 1}
 	}
 	g.gen++
 	for k, rec := range recs {
-		i := g.id(k)
-		nd := &g.nodes[i]
-		nd.mark = g.gen
-		if !nd.present {
-			nd.present, edges = true, true
-		}
-		if nd.version == rec.Version && nd.claims != nil {
-			continue
-		}
-		if nd.version != rec.Version {
-			neighbors = true
-		}
-		claims := make([]claim, 0, len(rec.Neighbors))
-		for _, nb := range rec.Neighbors {
-			if nb.Key == k || !nb.Established {
-				continue
-			}
-			claims = append(claims, claim{id: g.id(nb.Key), w: edgeWeight(k, nb.Key)})
-		}
-		nd = &g.nodes[i] // g.id may have moved the nodes
-		nd.version = rec.Version
-		slices.SortFunc(claims, func(a, b claim) int { return int(a.id) - int(b.id) })
-		claims = slices.CompactFunc(claims, func(a, b claim) bool { return a.id == b.id })
-		if !slices.EqualFunc(claims, nd.claims, func(a, b claim) bool { return a.id == b.id }) {
-			edges = true
-		}
-		nd.claims = claims
+		e, nb := g.set(k, rec)
+		edges, neighbors = edges || e, neighbors || nb
+		g.nodes[g.ids[k]].mark = g.gen
 	}
 	for i := range g.nodes {
 		nd := &g.nodes[i]
 		if nd.present && nd.mark != g.gen {
-			*nd = topoNode{}
+			g.remove(g.keys[i])
 			edges, neighbors = true, true
 		}
 	}
 	return edges, neighbors
+}
+
+// set brings k's node to rec, O(its neighbours): it reports whether an
+// edge or the set of peers changed and whether the neighbour list changed
+// at all, and notes each edge whose existence may have changed (touched)
+// for the next refresh of the routes.
+func (g *topoGraph) set(k key.Public, rec *Record) (edges, neighbors bool) {
+	i := g.id(k)
+	nd := &g.nodes[i]
+	if !nd.present {
+		nd.present, edges = true, true
+	}
+	if nd.version == rec.Version && nd.claims != nil {
+		return edges, false
+	}
+	if nd.version != rec.Version {
+		neighbors = true
+	}
+	claims := make([]claim, 0, len(rec.Neighbors))
+	for _, nb := range rec.Neighbors {
+		if nb.Key == k || !nb.Established {
+			continue
+		}
+		claims = append(claims, claim{id: g.id(nb.Key), w: edgeWeight(k, nb.Key)})
+	}
+	nd = &g.nodes[i] // g.id may have moved the nodes
+	nd.version = rec.Version
+	slices.SortFunc(claims, func(a, b claim) int { return int(a.id) - int(b.id) })
+	claims = slices.CompactFunc(claims, func(a, b claim) bool { return a.id == b.id })
+	if g.touchDiff(i, nd.claims, claims) {
+		edges = true
+	}
+	nd.claims = claims
+	return edges, neighbors
+}
+
+// remove forgets k's record: its claims, so every edge it had.
+func (g *topoGraph) remove(k key.Public) {
+	i, ok := g.ids[k]
+	if !ok || !g.nodes[i].present {
+		return
+	}
+	g.touchDiff(i, g.nodes[i].claims, nil)
+	g.nodes[i] = topoNode{}
+}
+
+// touchDiff notes, in g.touched, the edges of node i whose claim differs
+// between old and new (both sorted by id) and which the other end
+// claims back: the edges that appear or vanish. It reports whether there
+// were any differences at all.
+func (g *topoGraph) touchDiff(i int32, old, new []claim) bool {
+	diff := false
+	touch := func(j int32) {
+		diff = true
+		if g.claims(j, i) {
+			g.touched = append(g.touched, [2]int32{i, j})
+		}
+	}
+	a, b := 0, 0
+	for a < len(old) || b < len(new) {
+		switch {
+		case b == len(new) || a < len(old) && old[a].id < new[b].id:
+			touch(old[a].id)
+			a++
+		case a == len(old) || new[b].id < old[a].id:
+			touch(new[b].id)
+			b++
+		default:
+			a++
+			b++
+		}
+	}
+	return diff
+}
+
+// edge reports whether the edge a–b exists (both claim it) and its
+// weight.
+func (g *topoGraph) edge(a, b int32) (uint64, bool) {
+	cs := g.nodes[a].claims
+	i, ok := slices.BinarySearchFunc(cs, b, func(c claim, t int32) int { return int(c.id) - int(t) })
+	if !ok || !g.claims(b, a) {
+		return 0, false
+	}
+	return cs[i].w, true
 }
 
 // degree is the number of established neighbours k's record lists (0
@@ -198,18 +265,31 @@ func splitmix64(x uint64) uint64 {
 	return x ^ (x >> 31)
 }
 
-// routes is the result of one shortest-path computation from self, by the
+// routes is the result of a shortest-path computation from self, by the
 // graph's dense indexes (a map per result cost more than the search at a
 // thousand peers). ids and keys are the graph's: they only grow, and an
-// index never changes meaning while the graph lives.
+// index never changes meaning while the graph lives. A full computation
+// (topoGraph.routes) fills every array; topoGraph.refresh then changes
+// only what the graph's touched edges change (reroute.go).
 type routes struct {
 	self  key.Public
 	ids   map[key.Public]int32
 	keys  []key.Public
-	order []int32 // the reachable peers, self first, nearest first
-	hops  []int32 // by index; -1: unreachable (indexes past the end too)
-	prev  []int32 // predecessor on the best path from self
-	next  []int32 // first hop from self; -1 for self
+	order []int32  // the reachable peers, self first, in no further order
+	hops  []int32  // by index; -1: unreachable (indexes past the end too)
+	prev  []int32  // predecessor on the best path from self
+	next  []int32  // first hop from self; -1 for self
+	tie   []uint64 // sum of the tie-break weights along the best path
+	pos   []int32  // where the index is in order; -1: unreachable
+	// The tree of best paths: each index's first child and its siblings
+	// (doubly linked), so a cut edge finds the peers routed through it
+	// without a pass over every peer.
+	kid, sib, sibPrev []int32
+	// graph is the epoch of the graph the routes were computed from;
+	// refresh only continues routes of the same graph.
+	from  *topoGraph
+	graph uint32
+	full  bool // computed by topoGraph.routes (noRoutes is not)
 }
 
 // noRoutes is the routes of a peer that knows no other.
@@ -289,6 +369,7 @@ func (rt *routes) others() iter.Seq[key.Public] {
 // peers in Dijkstra's order: when layer L+1 is reached from every peer of
 // layer L, each peer's best predecessor is the minimum over them.
 func (g *topoGraph) routes(self key.Public) routes {
+	g.touched = g.touched[:0]
 	s, ok := g.ids[self]
 	if !ok {
 		return noRoutes(self)
@@ -299,16 +380,12 @@ func (g *topoGraph) routes(self key.Public) routes {
 		ids:   g.ids,
 		keys:  g.keys,
 		order: []int32{s},
-		hops:  make([]int32, n),
-		prev:  make([]int32, n),
-		next:  make([]int32, n),
+		from:  g,
+		graph: g.epoch,
+		full:  true,
 	}
-	hops, prev := rt.hops, rt.prev
-	g.tie = slices.Grow(g.tie[:0], n)[:n]
-	tie := g.tie
-	for i := range hops {
-		hops[i] = -1
-	}
+	rt.grow(n)
+	hops, prev, tie := rt.hops, rt.prev, rt.tie
 	hops[s], tie[s], prev[s] = 0, 0, -1
 	for start, layer := 0, int32(0); start < len(rt.order); layer++ {
 		end := len(rt.order)
@@ -331,7 +408,12 @@ func (g *topoGraph) routes(self key.Public) routes {
 		start = end
 	}
 	rt.next[s] = -1
-	for _, v := range rt.order[1:] {
+	for p, v := range rt.order {
+		rt.pos[v] = int32(p)
+		if p == 0 {
+			continue
+		}
+		rt.link(v, prev[v])
 		if prev[v] == s {
 			rt.next[v] = v
 		} else {
