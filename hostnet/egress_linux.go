@@ -20,7 +20,11 @@ import (
 //
 //	oifname "<bridge>" ip daddr <egress addr> ct state established,related accept
 //	iifname "<bridge>" oifname != { "<bridge>", <peer devices> } ip saddr <egress addr> accept
-//	iifname "<bridge>" oifname != { "<bridge>", <peer devices> } counter drop
+//
+// and first in from_bridge, where the forward chain sends the bridge's
+// packets (filter_linux.go):
+//
+//	oifname != { "<bridge>", <peer devices> } counter drop
 //
 // and a NAT chain in the same table:
 //
@@ -33,9 +37,10 @@ import (
 // would drop egress all the same: while there is an egress address the
 // firewall (firewall_linux.go) adds egressRules to the host's chains.
 
-// addEgress adds the egress rules to the forward chain fwd (call it
-// before any other rule of fwd) and the NAT chain to t.
-func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec filterSpec, peerDevs []string, sets *ifnameSets) {
+// addEgress adds the egress accepts to the forward chain fwd (call it
+// before any other rule of fwd), the drop to fromBridge (likewise) and the
+// NAT chain to t.
+func addEgress(c *nftables.Conn, t *nftables.Table, fwd, fromBridge *nftables.Chain, spec filterSpec, peerDevs []string, sets *ifnameSets) {
 	notOverlay := func(k expr.MetaKey) []expr.Any {
 		return sets.in(k, false, "overlay_devs", append([]string{spec.bridge}, peerDevs...)...)
 	}
@@ -58,7 +63,9 @@ func addEgress(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec fi
 		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(append(append(out(), ipv4()...), ipField(12, host32(a))...),
 			&expr.Verdict{Kind: expr.VerdictAccept})})
 	}
-	c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: append(out(), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
+	// The bridge's other traffic out of the overlay, in the chain the
+	// forward chain sends the bridge's packets to.
+	c.AddRule(&nftables.Rule{Table: t, Chain: fromBridge, Exprs: append(notOverlay(expr.MetaKeyOIFNAME), &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})})
 	if len(egress) == 0 {
 		return
 	}

@@ -17,7 +17,8 @@ import (
 // each other, on this host and others, and no other subnet's, even with
 // a route added by hand inside a container. Each host enforces it for the
 // subnets its own containers use (both directions, so a packet between
-// two hosts is checked by each), in the forward chain of the inet table,
+// two hosts is checked by each), in the inet table (the chains its forward
+// chain dispatches to: from_bridge, from_peer),
 // for what the host routes:
 //
 //	ip saddr <subnet> ip daddr <overlay> ip daddr != <subnet> counter drop
@@ -78,11 +79,14 @@ func isolationRules(spec filterSpec, prefix []expr.Any) [][]expr.Any {
 	return out
 }
 
-// addIsolation adds the subnet rules to the inet forward chain and
-// (re)makes the bridge table, in c's transaction.
-func addIsolation(c *nftables.Conn, t *nftables.Table, fwd *nftables.Chain, spec filterSpec) {
-	for _, r := range isolationRules(spec, ipv4()) {
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: r})
+// addIsolation adds the subnet rules to the inet forward chains fwd (the
+// bridge's and the peer devices', which the forward chain dispatches to)
+// and (re)makes the bridge table, in c's transaction.
+func addIsolation(c *nftables.Conn, t *nftables.Table, fwd []*nftables.Chain, spec filterSpec) {
+	for _, ch := range fwd {
+		for _, r := range isolationRules(spec, ipv4()) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r})
+		}
 	}
 	bt := bridgeTable(spec.tun)
 	c.AddTable(bt)
