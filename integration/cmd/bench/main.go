@@ -38,6 +38,8 @@
 // have 2 cores shared with other work, whose bursts last seconds. Three
 // interleaved rounds put every path under the same mix of load and the
 // median drops the round a burst hit; the per-round ratios show the spread.
+// Even rounds run the paths in reverse order, so no ratio's two paths are
+// always measured in the same order.
 // TCP on these sub-millisecond paths is past slow start well within the
 // first second, which iperf3 leaves out (-O 1).
 package main
@@ -50,6 +52,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -81,7 +84,7 @@ func main() {
 	flag.IntVar(&o.pings, "pings", 200, "echo requests per ping run")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
-	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, a, b, c, …); report medians")
+	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, c, b, a, a, …: even rounds in reverse order); report medians")
 	flag.StringVar(&only, "only", "a,b,c,e,r,v,w,t", "paths to measure: a (underlay), b (wireguard-go host → host), e (wireguard-go container → container behind a bridge as weavewg's: the like-for-like of c; needs b), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host, on hosts without weavewg), w (raw kernel VXLAN container → container, each behind a bridge as weavewg attaches one: the like-for-like of t), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
 	flag.StringVar(&o.profile, "profile", "", "record a CPU profile (perf) during the first one-stream run of each path into DIR, and print the top symbols: of the tunnel processes (wireguard-go, weavewg), or for the kernel paths v, t, u of the two iperf3 processes, whose system calls and softirqs do the kernel's forwarding and encapsulation")
 	flag.StringVar(&o.compare, "compare", "", "another weavewg binary (an earlier build, say): also measure c and t with it on hosts of their own (paths C and T), interleaved in the same rounds, and print C/c and T/t")
@@ -481,7 +484,14 @@ func run(tb *benchTB, o options) int {
 		for _, p := range paths {
 			cur[p.key] = &Result{}
 		}
-		for _, p := range paths {
+		// Every other round runs the paths in reverse order, so that no
+		// path always follows the same one (t always ran right after w,
+		// C right after c) nor always comes first or last in a round.
+		order := slices.Clone(paths)
+		if r%2 == 0 {
+			slices.Reverse(order)
+		}
+		for _, p := range order {
 			progress("(%s) %s: ping %d × %v%s …", p.key, p.name, o.pings, o.interval, round)
 			l, err := ping(p.srcNS, p.dst, o.pings, o.interval)
 			if err != nil {
@@ -490,7 +500,7 @@ func run(tb *benchTB, o options) int {
 			cur[p.key].Ping = l
 		}
 		for _, streams := range streamCounts(o.parallel) {
-			for _, p := range paths {
+			for _, p := range order {
 				progress("(%s) %s: iperf3 -P %d for %v%s …", p.key, p.name, streams, o.dur, round)
 				var prof *perfRun
 				profiled := o.profile != "" && streams == 1 && r == 1
