@@ -77,6 +77,10 @@ func TestHaveWant(t *testing.T) {
 	x := Record{Key: xPriv.Public(), Version: 9, Nickname: "x"}
 	x.Sign(xPriv)
 	r.mergeRecordsLocked(a, []Record{x}, nil)
+	if m := drain(b); len(m) != 0 {
+		t.Fatalf("a have went out at once (%d messages); haves wait to be gathered", len(m))
+	}
+	r.flushHavesLocked()
 	if m := drain(b); len(m) != 1 || m[0][0] != msgHave {
 		t.Fatalf("a neighbour that knows haves got %d messages, first of type %v; want one have", len(m), m)
 	}
@@ -134,5 +138,52 @@ func TestHaveWant(t *testing.T) {
 	recs, _ := sent(t, b)
 	if !reflect.DeepEqual(recs, []key.Public{y.Key}) {
 		t.Fatalf("answered a want with %v; want y only (x is older than asked, the third unknown)", recs)
+	}
+}
+
+// Records that arrive within haveDelay of each other go to a neighbour
+// as one have, each record once at its newest version: a join's record
+// versions cost a neighbour a few frames, not one each.
+func TestHavesGathered(t *testing.T) {
+	r, a := digestRouter(t)
+	b := &conn{r: r, peer: seqKey(11), out: make(chan []byte, sendQueueLen), speaksDigest: true}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.active[b.peer] = b
+	var keys []key.Public
+	privs := []key.Private{newKey(t), newKey(t), newKey(t)}
+	for v := range uint64(3) {
+		for _, p := range privs {
+			rec := Record{Key: p.Public(), Version: 10 + v, Nickname: "p"}
+			rec.Sign(p)
+			r.mergeRecordsLocked(a, []Record{rec}, nil)
+			if v == 0 {
+				keys = append(keys, rec.Key)
+			}
+		}
+	}
+	if m := drain(b); len(m) != 0 {
+		t.Fatalf("%d messages before the flush", len(m))
+	}
+	r.flushHavesLocked()
+	m := drain(b)
+	if len(m) != 1 {
+		t.Fatalf("nine record versions of three peers: %d messages; want one have", len(m))
+	}
+	got, err := ParseEntryList(m[0], msgHave)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(keys, cmpKey)
+	var want []DigestEntry
+	for _, k := range keys {
+		want = append(want, DigestEntry{k, 12})
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("have lists %v; want each record once at version 12", got)
+	}
+	r.flushHavesLocked()
+	if m := drain(b); len(m) != 0 {
+		t.Fatalf("a second flush sent %d messages", len(m))
 	}
 }

@@ -70,6 +70,9 @@ type conn struct {
 	// being received.
 	speaksDigest, legacy bool
 	digest               map[key.Public]uint64
+	// haves: records announced to it and not yet sent (announce.go);
+	// under Router.mu.
+	haves []DigestEntry
 
 	lastWrite atomic.Int64  // unix ns of the last write, or of the last keepalive queued
 	done      chan struct{} // closed by close

@@ -140,6 +140,9 @@ type tunables struct {
 	// recomputeDelay gathers the records of a flood into one route
 	// computation (scheduleRecomputeLocked).
 	recomputeDelay time.Duration
+	// haveDelay gathers the records a flood brings into one have per
+	// neighbour (announceLocked).
+	haveDelay time.Duration
 	// selfPublishDelay gathers our connection changes into one version
 	// of our record (selfNeighborsChangedLocked).
 	selfPublishDelay time.Duration
@@ -168,6 +171,7 @@ func defaultTunables() tunables {
 		// catch a hung peer process within readTimeout.
 		keepalive:        30 * time.Second,
 		recomputeDelay:   50 * time.Millisecond,
+		haveDelay:        50 * time.Millisecond,
 		selfPublishDelay: 100 * time.Millisecond,
 		readTimeout:      95 * time.Second,
 		writeTimeout:     10 * time.Second,
@@ -228,11 +232,13 @@ type Router struct {
 	// publishPending: our connections changed since our record was
 	// last published.
 	publishPending bool
-	seenAt         map[key.Public]seen // where reachable peers see each peer; stale while seenDirty
-	seenDirty      bool                // records or routes changed since seenAt was built
-	logged         map[string]string   // log-once: subject → last message logged
-	nextAE         time.Time
-	nextSecretAd   time.Time // the anti-entropy round that next advertises our epoch (rotation.go)
+	// havesPending: haves wait in conns' haves for a flush.
+	havesPending bool
+	seenAt       map[key.Public]seen // where reachable peers see each peer; stale while seenDirty
+	seenDirty    bool                // records or routes changed since seenAt was built
+	logged       map[string]string   // log-once: subject → last message logged
+	nextAE       time.Time
+	nextSecretAd time.Time // the anti-entropy round that next advertises our epoch (rotation.go)
 
 	channelsState // registered channels (guarded by mu) and their stop signal
 	evictionState // eviction records and the evicted set (guarded by mu)

@@ -424,20 +424,25 @@ func (r *Router) recomputeLocked() {
 // tombstones past tombstoneFor.
 func (r *Router) expireLocked(now time.Time) {
 	dropped := false
-	for k, e := range r.recs {
-		if k == r.self || e.unreachableSince.IsZero() || r.active[k] != nil {
-			continue
+	// While every known peer is reachable there is nothing to expire:
+	// no pass over every record each second (the simulation's N routers
+	// spent 2.6 % of their CPU on it at 300 peers).
+	if r.rt.count() < len(r.recs) {
+		for k, e := range r.recs {
+			if k == r.self || e.unreachableSince.IsZero() || r.active[k] != nil {
+				continue
+			}
+			if now.Sub(e.unreachableSince) < r.tun.expireAfter {
+				continue
+			}
+			delete(r.recs, k)
+			r.graphSetLocked(k)
+			delete(r.dials, k)
+			r.tombs[k] = tomb{version: e.rec.Version, at: now}
+			r.ctr.inc(CtrPeersExpired)
+			r.log.Info("forgot unreachable peer", "peer", k.Name(), "nickname", e.rec.Nickname)
+			dropped = true
 		}
-		if now.Sub(e.unreachableSince) < r.tun.expireAfter {
-			continue
-		}
-		delete(r.recs, k)
-		r.graphSetLocked(k)
-		delete(r.dials, k)
-		r.tombs[k] = tomb{version: e.rec.Version, at: now}
-		r.ctr.inc(CtrPeersExpired)
-		r.log.Info("forgot unreachable peer", "peer", k.Name(), "nickname", e.rec.Nickname)
-		dropped = true
 	}
 	for k, t := range r.tombs {
 		if now.Sub(t.at) > r.tun.tombstoneFor {
