@@ -71,6 +71,11 @@ type Config struct {
 	// Verify checks records' and channel messages' signatures; nil:
 	// key.Verify.
 	Verify Verifier
+	// HandshakeTimeout bounds a control handshake and hello (how long a
+	// slow or silent peer holds one of the handshake slots); 0: 5 s. A
+	// simulation of N peers in one process sets it longer: its peers'
+	// handshakes share the few cores N hosts would each have alone.
+	HandshakeTimeout time.Duration
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -296,6 +301,9 @@ func New(cfg Config) (*Router, error) {
 	case cfg.ConnLimit < 0 || cfg.ConnLimit > MaxNeighbors:
 		return nil, fmt.Errorf("discovery: connection limit %d: 1-%d", cfg.ConnLimit, MaxNeighbors)
 	}
+	if cfg.HandshakeTimeout < 0 {
+		return nil, fmt.Errorf("discovery: handshake timeout %v is negative", cfg.HandshakeTimeout)
+	}
 	if cfg.Network == nil {
 		cfg.Network = tcpNetwork{}
 	}
@@ -320,6 +328,9 @@ func New(cfg Config) (*Router, error) {
 		targets: map[string]*target{},
 		dials:   map[key.Public]*gossipDial{},
 		logged:  map[string]string{},
+	}
+	if cfg.HandshakeTimeout > 0 {
+		r.tun.handshake = cfg.HandshakeTimeout
 	}
 	r.channels = map[string]*Channel{}
 	r.chanDone = make(chan struct{})

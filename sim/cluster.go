@@ -33,6 +33,13 @@ type Config struct {
 	// no name table (IPAM and DNS are nil): discovery's own figures.
 	// Check checks the topology alone.
 	RoutersOnly bool
+	// HandshakeTimeout is each router's (discovery.Config); 0: the
+	// daemon's 5 s. The simulated peers' handshakes share the process's
+	// cores, which N hosts would each have alone: a build of hundreds
+	// of peers on two shared cores stretches them past 5 s (at 1,000,
+	// 1,774 of 3,507 failed handshakes timed out and were tried again,
+	// more load still).
+	HandshakeTimeout time.Duration
 }
 
 // Cluster is a simulated mesh: nodes that join, leave and get partitioned.
@@ -92,6 +99,7 @@ func (c *Cluster) Join() (*Node, error) {
 		network:   c.Net,
 		verify:    c.Verify.Verify,
 		connLimit: c.cfg.ConnLimit,
+		hsTimeout: c.cfg.HandshakeTimeout,
 		seed:      i == 0,
 		routers:   c.cfg.RoutersOnly,
 		logger:    c.cfg.Logger,

@@ -68,6 +68,7 @@ type nodeConfig struct {
 	network   *Network
 	verify    discovery.Verifier
 	connLimit int
+	hsTimeout time.Duration
 	seed      bool // creates the network: owns the whole range
 	routers   bool // the router alone: no allocator, no name table
 	bootstrap []netip.AddrPort
@@ -94,16 +95,17 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		reach: map[key.Public]bool{},
 	}
 	r, err := discovery.New(discovery.Config{
-		Private:    priv,
-		Secret:     cfg.secret,
-		Nickname:   nd.Name,
-		Port:       ControlPort,
-		ListenAddr: nd.Endpoint().String(),
-		Range:      cfg.rng,
-		ConnLimit:  cfg.connLimit,
-		Network:    cfg.network.Host(cfg.ip),
-		Verify:     cfg.verify,
-		Logger:     nd.log.With("part", "discovery"),
+		Private:          priv,
+		Secret:           cfg.secret,
+		Nickname:         nd.Name,
+		Port:             ControlPort,
+		ListenAddr:       nd.Endpoint().String(),
+		Range:            cfg.rng,
+		ConnLimit:        cfg.connLimit,
+		Network:          cfg.network.Host(cfg.ip),
+		HandshakeTimeout: cfg.hsTimeout,
+		Verify:           cfg.verify,
+		Logger:           nd.log.With("part", "discovery"),
 	})
 	if err != nil {
 		return nil, err

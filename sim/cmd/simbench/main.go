@@ -35,6 +35,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -80,9 +81,11 @@ type change struct {
 }
 
 type result struct {
-	N            int      `json:"n"`
-	BuildSeconds float64  `json:"build_seconds"` // joining the first N-1, batch by batch, with the waits
-	Changes      []change `json:"changes"`
+	N            int     `json:"n"`
+	BuildSeconds float64 `json:"build_seconds"` // joining the first N-1, batch by batch, with the waits
+	// HandshakeSeconds is the routers' handshake timeout (handshakeFor).
+	HandshakeSeconds float64  `json:"handshake_timeout_seconds"`
+	Changes          []change `json:"changes"`
 }
 
 // firstFailed reports whether the mesh of N did not form: the build did
@@ -112,8 +115,10 @@ func main() {
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
 	topoOnly := flag.Bool("routers-only", false, "run each peer's router alone, with no IPAM and no DNS, and check only the topology (discovery's own figures; not issue 18's measure)")
+	gogc := flag.Int("gogc", 200, "the Go collector's GOGC for the run: N peers' state is one heap here, where N hosts would each collect their own small one; 100 spent about a sixth of the N=300 build's CPU collecting")
 	burst := flag.Bool("burst", false, "also time N peers launched together, in a mesh of their own (slow at N >= 100 on a loaded machine)")
 	flag.Parse()
+	debug.SetGCPercent(*gogc)
 	printCounters = *showCounters
 	topologyOnly = *topoOnly
 	if *cpuProfile != "" {
@@ -252,10 +257,37 @@ func measureVerify() time.Duration {
 	return time.Since(start) / rounds
 }
 
+// nextBatch is the build's backoff: a batch that took over a quarter of
+// the timeout to agree halves the next (down to minBatch): joins crowded
+// onto a starved process time out and are tried again, which starves it
+// further; one that agreed within a twentieth doubles it back, up to
+// -batch.
+func nextBatch(size, most int, took, timeout time.Duration) int {
+	switch {
+	case took > timeout/4:
+		return max(min(size, most)/2, min(minBatch, most))
+	case took < timeout/20:
+		return min(size*2, most)
+	}
+	return size
+}
+
+// minBatch is the smallest batch the backoff goes down to.
+const minBatch = 10
+
+// handshakeFor is the routers' handshake timeout for a simulation of n
+// peers: the daemon's 5 s per 100 peers. A host has its cores to itself;
+// here n peers share the process's, and a build's handshakes wait behind
+// every other peer's work (at N=1,000 and 5 s, half the failed
+// handshakes timed out, and each was tried again).
+func handshakeFor(n int) time.Duration {
+	return 5 * time.Second * time.Duration(max(1, (n+99)/100))
+}
+
 func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Duration) result {
-	res := result{N: n}
+	res := result{N: n, HandshakeSeconds: handshakeFor(n).Seconds()}
 	if burst {
-		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly})
+		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n)})
 		measureOn(c, n, &res, "N launched", timeout, func() error {
 			for range n {
 				if _, err := c.Join(); err != nil {
@@ -266,11 +298,12 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		})
 		c.Close()
 	}
-	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly})
+	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n)})
 	defer c.Close()
 	start := time.Now()
+	size := max(batch, 1)
 	for joined := 0; joined < n-1; {
-		k := min(max(batch, 1), n-1-joined)
+		k := min(size, n-1-joined)
 		for range k {
 			if _, err := c.Join(); err != nil {
 				res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: err.Error()})
@@ -278,11 +311,13 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 			}
 		}
 		joined += k
-		if _, err := c.WaitFor(sayWhy(n, c, agreed(c)), time.Now(), timeout); err != nil {
+		took, err := c.WaitFor(sayWhy(n, c, agreed(c)), time.Now(), timeout)
+		if err != nil {
 			res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: fmt.Sprintf("%d peers: %v", joined, err)})
 			return res
 		}
-		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s)\n", n, joined, time.Since(start).Seconds())
+		size = nextBatch(size, batch, took, timeout)
+		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s; the batch of %d in %.0f s, next %d)\n", n, joined, time.Since(start).Seconds(), k, took.Seconds(), size)
 	}
 	settle(c, time.Now(), timeout) // the build's last moves are not the N-th join's
 	res.BuildSeconds = time.Since(start).Seconds()
@@ -470,7 +505,7 @@ func print(results []result, verify time.Duration) {
 	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
 	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
-		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, %s at a time, waiting for agreement after each\n", r.N, "(build)", r.BuildSeconds, "-batch")
+		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds)
 		for _, c := range r.Changes {
 			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
 			note := ""
