@@ -37,7 +37,9 @@
 // only if the writer, or the peer that sent it, is the effective owner of
 // that token in the receiver's own ring (authority.go), so a member can
 // neither take nor split another peer's space; it counts every refusal.
-// A joiner (no ring yet) takes the first ring whose signatures verify.
+// A joiner (no ring yet) takes the first ring whose signatures verify, and
+// while it owns nothing, the rings of the donors it asked for space; space
+// granted to a peer it takes from the granter only (authority.go).
 //
 // # rmpeer
 //

@@ -22,6 +22,7 @@ import (
 type simMsg struct {
 	from, to int
 	b        []byte
+	due      int // joinSim with latency: the step it may be delivered at (0: not stamped yet)
 }
 
 type simPeer struct {
@@ -68,7 +69,7 @@ func (tr simTransport) Broadcast(b []byte) {
 	for _, p := range tr.s.peers {
 		if p.i != tr.from && !p.dead && (tr.s.reach == nil || tr.s.reach[tr.from][p.i]) {
 			tr.s.sent, tr.s.sentBytes = tr.s.sent+1, tr.s.sentBytes+len(b)
-			tr.s.queue = append(tr.s.queue, simMsg{tr.from, p.i, b})
+			tr.s.queue = append(tr.s.queue, simMsg{from: tr.from, to: p.i, b: b})
 		}
 	}
 }
@@ -77,7 +78,7 @@ func (tr simTransport) Send(to key.Public, b []byte) error {
 	for _, p := range tr.s.peers {
 		if p.key == to && !p.dead && tr.s.group[p.i] == tr.s.group[tr.from] && (tr.s.reach == nil || tr.s.reach[tr.from][p.i]) {
 			tr.s.sent, tr.s.sentBytes = tr.s.sent+1, tr.s.sentBytes+len(b)
-			tr.s.queue = append(tr.s.queue, simMsg{tr.from, p.i, b})
+			tr.s.queue = append(tr.s.queue, simMsg{from: tr.from, to: p.i, b: b})
 			return nil
 		}
 	}
