@@ -31,6 +31,11 @@ type counters struct {
 	gossipSent      atomic.Uint64 // messages handed to the transport
 	gossipNotOwner  atomic.Uint64 // entries dropped: sent by a peer that does not own them
 	gossipFuture    atomic.Uint64 // entries dropped: version over MaxVersionAhead ahead
+	digestSent      atomic.Uint64 // digests sent (digest.go)
+	digestReceived  atomic.Uint64 // digests received
+	summarySent     atomic.Uint64 // digests answered with a summary: the tables differed
+	pullSent        atomic.Uint64 // owners asked for their entries (a summary showed them newer)
+	pullAnswered    atomic.Uint64 // pulls answered with our own entries
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -59,5 +64,10 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_gossip_sent":            c.gossipSent.Load(),
 		"dns_gossip_not_owner":       c.gossipNotOwner.Load(),
 		"dns_gossip_future":          c.gossipFuture.Load(),
+		"dns_digest_sent":            c.digestSent.Load(),
+		"dns_digest_received":        c.digestReceived.Load(),
+		"dns_digest_differed":        c.summarySent.Load(),
+		"dns_pull_sent":              c.pullSent.Load(),
+		"dns_pull_answered":          c.pullAnswered.Load(),
 	}
 }

@@ -117,6 +117,8 @@ type Server struct {
 	wg              sync.WaitGroup
 	// reach is the last set given to SetReachable.
 	reach map[key.Public]bool
+	// pulled is when each owner was last pulled (digest.go).
+	pulled map[key.Public]time.Time
 }
 
 type transportBox struct{ t Transport }
@@ -337,10 +339,17 @@ func (s *Server) loop(stop chan struct{}) {
 	defer s.wg.Done()
 	t := beat.NewTicker(s.cfg.GossipInterval) // with the daemon's other loops
 	defer t.Stop()
+	// A digest to one peer every interval, whatever the size (digest.go):
+	// it repairs what the spread rounds would take minutes to.
+	d := beat.NewTicker(s.cfg.GossipInterval)
+	defer d.Stop()
 	for {
 		select {
 		case <-stop:
 			return
+		case <-d.C:
+			s.sendDigestRandom()
+			continue
 		case <-t.C:
 			s.Tick()
 		}
@@ -415,6 +424,9 @@ const MaxVersionAhead = time.Hour
 // version or type is counted, ignored and returns ErrVersion or
 // ErrUnknownType.
 func (s *Server) HandleMessage(from key.Public, msg []byte) error {
+	if isRepair(msg) {
+		return s.handleRepair(from, msg)
+	}
 	typ, entries, err := ParseMessage(msg)
 	switch {
 	case errors.Is(err, ErrVersion), errors.Is(err, ErrUnknownType):
@@ -529,17 +541,7 @@ func (s *Server) SetReachable(peers []key.Public) {
 		if p == s.cfg.Self || prev[p] {
 			continue
 		}
-		var es []Entry
-		for _, e := range all {
-			if e.Owner == s.cfg.Self || e.Owner == p {
-				es = append(es, e)
-			}
-		}
-		for _, m := range AppendMessages(MsgState, es) {
-			if sender.Send(p, m) == nil {
-				s.c.gossipSent.Add(1)
-			}
-		}
+		s.sendOwn(sender, p, all)
 	}
 }
 

@@ -225,6 +225,11 @@ func (nd *Node) loop() {
 			nd.ticks++
 			if nd.ticks%antiEntropyTicks == 0 {
 				nd.ipamAntiEntropy()
+				// As dns.Server's own loop: a digest to one peer every
+				// interval (dns/digest.go), whatever the size.
+				if k, ok := nd.randomPeer(); ok {
+					nd.DNS.SendDigest(k)
+				}
 			}
 			if nd.ticks >= nd.dnsDue {
 				// As dns.Server's own loop: a round sends to every
@@ -294,17 +299,24 @@ func (nd *Node) reconcile() {
 // ipamAntiEntropy sends a digest of the ring to one reachable peer chosen
 // at random, which answers with what differs (daemon.ipamAntiEntropy).
 func (nd *Node) ipamAntiEntropy() {
+	if k, ok := nd.randomPeer(); ok {
+		nd.IPAM.SendDigest(k)
+	}
+}
+
+// randomPeer picks a reachable peer at random.
+func (nd *Node) randomPeer() (key.Public, bool) {
 	if len(nd.reach) == 0 {
-		return
+		return key.Public{}, false
 	}
 	i := rand.IntN(len(nd.reach))
 	for k := range nd.reach {
 		if i == 0 {
-			nd.IPAM.SendDigest(k)
-			return
+			return k, true
 		}
 		i--
 	}
+	return key.Public{}, false
 }
 
 // attach gives the node's container an address and a name, as `weavewg
