@@ -480,6 +480,9 @@ func run(tb *benchTB, o options) int {
 		if o.rounds > 1 {
 			round = fmt.Sprintf(" [round %d/%d]", r, o.rounds)
 		}
+		if l := strings.Fields(loadavg()); len(l) > 0 {
+			rep.RoundLoads = append(rep.RoundLoads, l[0])
+		}
 		cur := map[string]*Result{}
 		for _, p := range paths {
 			cur[p.key] = &Result{}

@@ -24,6 +24,10 @@ type Report struct {
 	Paths            []Result `json:"paths"`
 	Ratios           []Ratio  `json:"ratios"`
 	Errors           []string `json:"errors,omitempty"`
+
+	// RoundLoads is the 1-minute load average as each round began: the
+	// per-round ratios of a shared machine read against it.
+	RoundLoads []string `json:"round_loads,omitempty"`
 }
 
 // Result is one path's figures (medians over rounds when there were several).
@@ -224,7 +228,10 @@ func printTable(w io.Writer, rep *Report) {
 	if len(rep.Ratios) > 0 {
 		fmt.Fprintln(w)
 		if rep.Rounds > 1 {
-			fmt.Fprintln(w, "ratios: median of the per-round ratios (each round measures a, b, c back to back under the same load)")
+			fmt.Fprintln(w, "ratios: median of the per-round ratios (each round measures a, b, c back to back under the same load; even rounds in reverse order)")
+			if len(rep.RoundLoads) > 0 {
+				fmt.Fprintf(w, "load (1 min) as each round began: %s\n", strings.Join(rep.RoundLoads, " "))
+			}
 		}
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for _, r := range rep.Ratios {
