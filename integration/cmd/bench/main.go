@@ -22,8 +22,10 @@
 //	    BIN, measured in the same rounds, for a before/after of a change
 //	    under the same load (ratios C/c and T/t)
 //
-// For each it runs iperf3 TCP (one stream; --parallel N adds -P N) and
-// ping (RTT avg, p50, p99), then prints the ratios c/a and c/b beside the
+// For each it runs iperf3 TCP (one stream; --parallel N adds -P N), ping
+// (RTT avg, p50, p99) and a flood ping (its minimum: the cost of one
+// packet, which the load of a shared machine hardly moves), then prints
+// the ratios c/a and c/b beside the
 // targets of the performance issue (c/b ≥ 1.0 in throughput, RTT within
 // 10%). It is a benchmark, not a test: nothing fails on a ratio; the exit
 // status is 0 when every path asked for was measured. Everything it makes is
@@ -31,7 +33,7 @@
 //
 // Usage (as root; `make bench` builds and runs it):
 //
-//	bench [--json] [--time 5s] [--pings 200] [--interval 10ms] [--parallel 0]
+//	bench [--json] [--time 5s] [--pings 200] [--interval 10ms] [--flood 2000] [--parallel 0]
 //	      [--rounds 3] [--only a,b,c] [--profile DIR] [-v]
 //
 // Why 3 rounds of 5 s rather than one of 10 s: the machines this runs on
@@ -66,6 +68,7 @@ type options struct {
 	json     bool
 	dur      time.Duration
 	pings    int
+	flood    int
 	interval time.Duration
 	parallel int
 	rounds   int
@@ -83,6 +86,7 @@ func main() {
 	flag.DurationVar(&o.dur, "time", 5*time.Second, "length of each iperf3 run, after a first second of slow start that is left out (-O 1)")
 	flag.IntVar(&o.pings, "pings", 200, "echo requests per ping run")
 	flag.DurationVar(&o.interval, "interval", 10*time.Millisecond, "interval between echo requests")
+	flag.IntVar(&o.flood, "flood", 2000, "after each paced ping run, this many echo requests back to back (ping -f), whose minimum is the path's cost per packet with the load of a shared machine mostly left out (0: don't)")
 	flag.IntVar(&o.parallel, "parallel", 0, "also run iperf3 with this many parallel streams (0 or 1: don't)")
 	flag.IntVar(&o.rounds, "rounds", 3, "measure every path this many times, interleaved (a, b, c, c, b, a, a, …: even rounds in reverse order); report medians")
 	flag.StringVar(&only, "only", "a,b,c,e,r,v,w,t", "paths to measure: a (underlay), b (wireguard-go host → host), e (wireguard-go container → container behind a bridge as weavewg's: the like-for-like of c; needs b), c (weavewg container → container), d (weavewg host → host over the tunnel, no container hops: the like-for-like of b), r (weavewg relayed: container on h1 → container on h3 through h2, h1–h3 blocked), v (raw kernel VXLAN host → host, on hosts without weavewg), w (raw kernel VXLAN container → container, each behind a bridge as weavewg attaches one: the like-for-like of t), t (weavewg --trusted-subnets container → container over its VXLAN), u (weavewg --trusted-subnets host → host: the like-for-like of v)")
@@ -497,6 +501,9 @@ func run(tb *benchTB, o options) int {
 		for _, p := range order {
 			progress("(%s) %s: ping %d × %v%s …", p.key, p.name, o.pings, o.interval, round)
 			l, err := ping(p.srcNS, p.dst, o.pings, o.interval)
+			if err == nil && o.flood > 0 {
+				err = floodPing(&l, p.srcNS, p.dst, o.flood)
+			}
 			if err != nil {
 				l.Err = err.Error()
 			}
@@ -607,6 +614,8 @@ func median(res *Result, rounds []Result) {
 			func(l *Latency) *float64 { return &l.P50Ms },
 			func(l *Latency) *float64 { return &l.P99Ms },
 			func(l *Latency) *float64 { return &l.MaxMs },
+			func(l *Latency) *float64 { return &l.FloodMinMs },
+			func(l *Latency) *float64 { return &l.FloodAvgMs },
 		} {
 			var vs []float64
 			for i := range ok {

@@ -101,6 +101,7 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	avg := func(r *Result) (float64, bool) { return r.Ping.AvgMs, r.Ping.Received > 0 }
 	p50 := func(r *Result) (float64, bool) { return r.Ping.P50Ms, r.Ping.Received > 0 }
 	p99 := func(r *Result) (float64, bool) { return r.Ping.P99Ms, r.Ping.Received > 0 }
+	flood := func(r *Result) (float64, bool) { return r.Ping.FloodMinMs, r.Ping.FloodMinMs > 0 }
 	atLeast1 := func(v float64) bool { return v >= 1.0 }
 	within10 := func(v float64) bool { return v <= 1.10 }
 	for _, den := range []string{"a", "b"} {
@@ -115,14 +116,17 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 		add("c", den, "RTT avg", avg, tgtR, okR)
 		add("c", den, "RTT p50", p50, tgtR, okR)
 		add("c", den, "RTT p99", p99, "", nil)
+		add("c", den, "per packet (flood-ping min)", flood, "", nil)
 	}
 	// The like-for-like of c: the reference with the same container hops.
 	add("c", "e", "throughput 1 stream", tcp1, "", nil)
 	add("c", "e", "throughput parallel", tcpn, "", nil)
 	add("c", "e", "RTT avg", avg, "", nil)
 	add("c", "e", "RTT p50", p50, "", nil)
+	add("c", "e", "per packet (flood-ping min)", flood, "", nil)
 	add("e", "b", "throughput 1 stream", tcp1, "", nil)
 	add("e", "b", "RTT avg", avg, "", nil)
+	add("e", "b", "per packet (flood-ping min)", flood, "", nil)
 	// The like-for-like of b (host to host, no container hops), when measured.
 	add("d", "b", "throughput 1 stream", tcp1, "", nil)
 	add("d", "b", "RTT avg", avg, "", nil)
@@ -141,8 +145,10 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	add("t", "w", "throughput parallel", tcpn, "", nil)
 	add("t", "w", "RTT avg", avg, "", nil)
 	add("t", "w", "RTT p50", p50, "", nil)
+	add("t", "w", "per packet (flood-ping min)", flood, "", nil)
 	add("u", "v", "throughput 1 stream", tcp1, ">= 0.90", atLeast09)
 	add("u", "v", "RTT avg", avg, "", nil)
+	add("u", "v", "per packet (flood-ping min)", flood, "", nil)
 	add("t", "v", "throughput 1 stream", tcp1, "", nil)
 	add("t", "v", "RTT avg", avg, "", nil)
 	add("w", "v", "throughput 1 stream", tcp1, "", nil)
@@ -151,8 +157,10 @@ func ratios(rs map[string]*Result, rounds map[string][]Result) []Ratio {
 	add("C", "c", "throughput 1 stream", tcp1, "", nil)
 	add("C", "c", "RTT avg", avg, "", nil)
 	add("C", "c", "RTT p50", p50, "", nil)
+	add("C", "c", "per packet (flood-ping min)", flood, "", nil)
 	add("T", "t", "throughput 1 stream", tcp1, "", nil)
 	add("T", "t", "RTT avg", avg, "", nil)
+	add("T", "t", "per packet (flood-ping min)", flood, "", nil)
 	// How much the reference itself costs against the wire, for context.
 	add("b", "a", "throughput 1 stream", tcp1, "", nil)
 	add("b", "a", "RTT avg", avg, "", nil)
@@ -207,21 +215,24 @@ func printTable(w io.Writer, rep *Report) {
 			break
 		}
 	}
-	fmt.Fprintf(tw, "path\tfrom → to\tTCP 1 stream\tretr\t%s\ttunnel CPU (1 stream)\tRTT avg\tp50\tp99\tloss\n", hdrPar)
+	fmt.Fprintf(tw, "path\tfrom → to\tTCP 1 stream\tretr\t%s\ttunnel CPU (1 stream)\tRTT avg\tp50\tp99\tloss\tflood min\n", hdrPar)
 	for _, p := range rep.Paths {
 		retr := "-"
 		if p.TCP1 != nil && p.TCP1.Err == "" {
 			retr = fmt.Sprint(p.TCP1.Retransmits)
 		}
-		rtt, p50, p99, loss := "error", "-", "-", "-"
+		rtt, p50, p99, loss, flood := "error", "-", "-", "-", "-"
+		if p.Ping.FloodMinMs > 0 {
+			flood = fmt.Sprintf("%.3f ms", p.Ping.FloodMinMs)
+		}
 		if p.Ping.Received > 0 {
 			rtt = fmt.Sprintf("%.3f ms", p.Ping.AvgMs)
 			p50 = fmt.Sprintf("%.3f", p.Ping.P50Ms)
 			p99 = fmt.Sprintf("%.3f", p.Ping.P99Ms)
 			loss = fmt.Sprintf("%d/%d", p.Ping.Sent-p.Ping.Received, p.Ping.Sent)
 		}
-		fmt.Fprintf(tw, "(%s) %s\t%s → %s\t%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			p.Key, p.Name, p.From, p.To, fmtGbps(p.TCP1), spread(p.Rounds), retr, fmtGbps(p.TCPn), fmtCPU(p.TCP1), rtt, p50, p99, loss)
+		fmt.Fprintf(tw, "(%s) %s\t%s → %s\t%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			p.Key, p.Name, p.From, p.To, fmtGbps(p.TCP1), spread(p.Rounds), retr, fmtGbps(p.TCPn), fmtCPU(p.TCP1), rtt, p50, p99, loss, flood)
 	}
 	tw.Flush()
 
@@ -281,6 +292,7 @@ func printTable(w io.Writer, rep *Report) {
 		}
 	}
 	fmt.Fprintln(w, "\ntunnel CPU: user+system time of the tunnel processes at both ends (wireguard-go, or the weavewg daemons) during the run, in % of one core and CPU-seconds per GB received (kernel work in their own syscalls counts, softirq work charged elsewhere does not).")
+	fmt.Fprintln(w, "flood min: the fastest round trip of a flood ping (ping -f) across the path: what one packet costs it with every CPU awake; the load of a shared machine moves it far less than throughput or paced RTT.")
 	fmt.Fprintln(w, "A benchmark on a shared 2-core machine: figures are noisy, compare the ratios of one run. Nothing fails on a target.")
 }
 
