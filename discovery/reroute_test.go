@@ -183,6 +183,13 @@ func TestRefreshMatchesFull(t *testing.T) {
 					m.leave(g, j)
 					what = fmt.Sprintf("leave of %d", j)
 				}
+				for i, nd := range g.nodes {
+					for _, c := range nd.claims {
+						if c.w != edgeWeight(g.keys[i], g.keys[c.id]) {
+							t.Fatalf("step %d (%s): edge %d-%d kept a weight not its own", step, what, g.keys[i][0], g.keys[c.id][0])
+						}
+					}
+				}
 				flipped, _ := g.refresh(&rt)
 				full := g.routes(m.ks[self])
 				if err := sameRoutes(&rt, &full); err != nil {

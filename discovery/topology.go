@@ -126,12 +126,25 @@ func (g *topoGraph) set(k key.Public, rec *Record) (edges, neighbors bool) {
 		if nb.Key == k || !nb.Established {
 			continue
 		}
-		claims = append(claims, claim{id: g.id(nb.Key), w: edgeWeight(k, nb.Key)})
+		claims = append(claims, claim{id: g.id(nb.Key)})
 	}
 	nd = &g.nodes[i] // g.id may have moved the nodes
 	nd.version = rec.Version
 	slices.SortFunc(claims, func(a, b claim) int { return int(a.id) - int(b.id) })
 	claims = slices.CompactFunc(claims, func(a, b claim) bool { return a.id == b.id })
+	// A new version mostly lists the same neighbours: their edges keep
+	// their weights, and only new ones are hashed.
+	old := nd.claims
+	for x, j := 0, 0; x < len(claims); x++ {
+		for j < len(old) && old[j].id < claims[x].id {
+			j++
+		}
+		if j < len(old) && old[j].id == claims[x].id {
+			claims[x].w = old[j].w
+		} else {
+			claims[x].w = edgeWeight(k, g.keys[claims[x].id])
+		}
+	}
 	if g.touchDiff(i, nd.claims, claims) {
 		edges = true
 	}
