@@ -67,6 +67,11 @@ type change struct {
 	// the harness) used from the change until agreement: what the
 	// change cost the machine, whatever its load.
 	CPUSeconds float64 `json:"cpu_seconds"`
+	// SettleCPUSeconds is the process's CPU from the change until the
+	// mesh settled: the change's whole CPU, the moves after agreement
+	// included (CPUSeconds stops at agreement, which at small N comes
+	// before most of the work).
+	SettleCPUSeconds float64 `json:"settled_cpu_seconds"`
 	// Until the mesh settled: the change's whole cost, the moves it set
 	// off after agreement included (a joiner dials until it has half its
 	// limit, each dial a new version of two records). Settled: no record
@@ -402,14 +407,15 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	if !ch.TopoFailed {
 		st := settle(c, start, timeout)
 		ch.SettleSeconds = st.at.Seconds()
+		ch.SettleCPUSeconds = (st.cpu - cpu0).Seconds()
 		ch.SettleFailed = !st.ok
 		ch.SettleMsgsOverN = float64(st.msgs-m0) / float64(n)
 		ch.SettleBytesPerPeer = float64(st.bytes-b0) / peers
 		ch.IdleMsgsPerPeerPerS = st.idleRate / peers
 	}
 	res.Changes = append(res.Changes, ch)
-	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s; until agreement %.1f frames/N, %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",
-		n, name, ch.TopoSeconds, ch.Seconds, ch.CPUSeconds, ch.SettleSeconds, ch.MsgsOverN, ch.BytesPerPeer, ch.SettleMsgsOverN, ch.SettleBytesPerPeer, ch.IdleMsgsPerPeerPerS, ch.VerifyPerPeer, ch.Err)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s (cpu %.1f s); until agreement %.1f frames/N, %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",
+		n, name, ch.TopoSeconds, ch.Seconds, ch.CPUSeconds, ch.SettleSeconds, ch.SettleCPUSeconds, ch.MsgsOverN, ch.BytesPerPeer, ch.SettleMsgsOverN, ch.SettleBytesPerPeer, ch.IdleMsgsPerPeerPerS, ch.VerifyPerPeer, ch.Err)
 	if printCounters {
 		counterDelta(n, name, ctr0, c.Counters())
 	}
@@ -455,6 +461,7 @@ const settleQuiet = 3 * time.Second
 type settled struct {
 	at          time.Duration // from the change to the last event
 	msgs, bytes uint64        // traffic counters at the last event
+	cpu         time.Duration // the process's CPU time at the last event
 	idleRate    float64       // frames a second, all peers, in the quiet window
 	ok          bool
 }
@@ -471,6 +478,7 @@ func settle(c *sim.Cluster, start time.Time, timeout time.Duration) settled {
 	var st settled
 	last := events()
 	st.msgs, st.bytes = c.Traffic()
+	st.cpu = cpuTime()
 	lastAt := time.Now()
 	st.at = lastAt.Sub(start)
 	for time.Since(start) < timeout {
@@ -480,7 +488,7 @@ func settle(c *sim.Cluster, start time.Time, timeout time.Duration) settled {
 		now := time.Now()
 		if e != last {
 			last, lastAt = e, now
-			st.msgs, st.bytes, st.at = m, b, now.Sub(start)
+			st.msgs, st.bytes, st.at, st.cpu = m, b, now.Sub(start), cpuTime()
 			continue
 		}
 		if now.Sub(lastAt) >= settleQuiet {
@@ -501,9 +509,9 @@ func print(results []result, verify time.Duration) {
 		fmt.Printf("-routers-only: the routers alone, no IPAM and no DNS running, and only the topology checked (all s is 0): not issue 18's measure\n")
 	}
 	fmt.Printf("settled s: until no router applied a record or made or lost a connection for %v (the change's tail: a joiner dials until it has half its limit); the last pair of columns counts traffic until then; idle f/p/s: frames per peer per second while still (anti-entropy)\n\n", settleQuiet)
-	fmt.Printf("cpu s: CPU seconds the whole process (every peer, and the harness's checks) used from the change until agreement; the machine is shared, so the seconds to agreement depend on its load, the CPU much less\n\n")
-	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
-	fmt.Printf("%6s  %-16s %7s %7s %6s %9s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
+	fmt.Printf("cpu s: CPU seconds the whole process (every peer, and the harness's checks) used from the change until agreement; the machine is shared, so the seconds to agreement depend on its load, the CPU much less; settled cpu: until the mesh settled, the change's whole CPU; ms/peer: that over N, what one host would spend (a change whose total CPU is O(N) keeps it flat)\n\n")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "set cpu", "ms/peer", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
 		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds)
 		for _, c := range r.Changes {
@@ -521,17 +529,22 @@ func print(results []result, verify time.Duration) {
 			if c.SettleFailed {
 				note += " (still moving after -timeout)"
 			}
-			fmt.Printf("%6d  %-16s %7.2f %7.2f %6.1f %9.1f | %9.1f %11.0f | %9.1f %11.0f | %8.2f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.CPUSeconds, c.SettleSeconds,
+			fmt.Printf("%6d  %-16s %7.2f %7.2f %6.1f %9.1f %7.1f %7.2f | %9.1f %11.0f | %9.1f %11.0f | %8.2f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.CPUSeconds, c.SettleSeconds, c.SettleCPUSeconds, 1000*c.SettleCPUSeconds/float64(r.N),
 				c.MsgsOverN, c.BytesPerPeer, c.SettleMsgsOverN, c.SettleBytesPerPeer, c.IdleMsgsPerPeerPerS, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
 		}
 	}
 	if len(results) > 1 {
-		fmt.Printf("\ngrowth of frames/N until settled (a change costing O(N) frames keeps it flat):\n")
+		fmt.Printf("\ngrowth of frames/N until settled (a change costing O(N) frames keeps it flat), and of the CPU per peer (O(N) CPU in total keeps it flat; O(N²) grows as N):\n")
 		first := results[0]
 		for _, r := range results[1:] {
 			for i, c := range r.Changes {
 				if i < len(first.Changes) && first.Changes[i].SettleMsgsOverN > 0 {
-					fmt.Printf("  %-16s N=%d over N=%d: %.2fx\n", c.Name, r.N, first.N, c.SettleMsgsOverN/first.Changes[i].SettleMsgsOverN)
+					f := first.Changes[i]
+					cpu := ""
+					if f.SettleCPUSeconds > 0 {
+						cpu = fmt.Sprintf("; CPU per peer until settled %.2fx", (c.SettleCPUSeconds/float64(r.N))/(f.SettleCPUSeconds/float64(first.N)))
+					}
+					fmt.Printf("  %-16s N=%d over N=%d: %.2fx%s\n", c.Name, r.N, first.N, c.SettleMsgsOverN/f.SettleMsgsOverN, cpu)
 				}
 			}
 		}
