@@ -141,6 +141,47 @@ func TestSearch(t *testing.T) {
 	s.Answered(1000, now)
 }
 
+// TestSearchBacksOff: a path that answers nothing is probed less and less
+// often (each unanswered round doubles the wait, up to MaxBackoff times
+// the interval), and one answer brings the rounds back; an answer counts
+// by when its probe was sent, so one that comes back a minute late stands
+// for a minute-old path.
+func TestSearchBacksOff(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := Ladder(1472, false)
+	s := NewSearch(l, t0)
+	var at []time.Duration
+	for now := t0; now.Before(t0.Add(10 * time.Minute)); now = now.Add(100 * time.Millisecond) {
+		if s.ToProbe(now, nil) != nil {
+			at = append(at, now.Sub(t0))
+		}
+	}
+	want := []time.Duration{0, 1 * time.Second, 3 * time.Second, 7 * time.Second, 15 * time.Second,
+		95 * time.Second, 175 * time.Second, 255 * time.Second, 335 * time.Second, 415 * time.Second, 495 * time.Second, 575 * time.Second}
+	if !slices.Equal(at, want) {
+		t.Fatalf("rounds of a path that never answers at %v, want %v", at, want)
+	}
+	// A late answer to a probe older than the last round is no answer
+	// to it.
+	now := t0.Add(655 * time.Second)
+	s.Answered(l[len(l)-1], t0.Add(574*time.Second))
+	if s.ToProbe(now, nil) == nil || s.Largest(now) != 0 {
+		t.Fatalf("a probe sent 81 s ago, answered now: largest %d, want none (older than Valid)", s.Largest(now))
+	}
+	if s.ToProbe(now.Add(SlowInterval), nil) != nil {
+		t.Fatal("backoff ended by an answer to an older round")
+	}
+	// An answer to the last round ends the backoff.
+	s.Answered(l[len(l)-1], now)
+	next := now.Add(MaxBackoff * SlowInterval)
+	if s.ToProbe(next, nil) == nil {
+		t.Fatal("no round when due")
+	}
+	if s.ToProbe(next.Add(SlowInterval), nil) == nil {
+		t.Fatal("still backing off after an answer")
+	}
+}
+
 // TestSearchLastKnown: answers that expired while a pair was idle still
 // bound the MTU when it wakes (a black hole does not go away because the
 // pair stopped probing), until a new round answers.

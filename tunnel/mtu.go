@@ -75,7 +75,7 @@ func (t *Tunnel) mtuLoop() {
 			return
 		case a := <-t.bind.mtuAnswers:
 			if s := state[a.peer]; s != nil && int(a.path) < len(s.search) && s.search[a.path] != nil {
-				s.search[a.path].Answered(a.size, time.Unix(0, a.at))
+				s.search[a.path].Answered(a.size, time.Unix(0, a.sent))
 			}
 			continue
 		case <-tick.C:

@@ -92,7 +92,7 @@ type mtuAnswer struct {
 	peer PeerID
 	path byte
 	size int
-	at   int64 // unix ns
+	sent int64 // unix ns the answered probe was sent (its echoed timestamp)
 }
 
 // handleMTUProbe answers an MTU probe or passes on a reply; frame is the
@@ -150,7 +150,7 @@ func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32
 			return
 		}
 		select {
-		case b.mtuAnswers <- mtuAnswer{peer: h.Src, path: path, size: size, at: rx.now}:
+		case b.mtuAnswers <- mtuAnswer{peer: h.Src, path: path, size: size, sent: ts}:
 			b.mtuCtr[mcReplies].Add(1)
 		default:
 			b.mtuCtr[mcRepliesDropped].Add(1)

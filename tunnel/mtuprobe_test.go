@@ -86,7 +86,7 @@ func TestMTUProbeAnswerAndReply(t *testing.T) {
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	select {
 	case got := <-f.bind.mtuAnswers:
-		if got.peer != a || got.size != 1372 || got.path != mtuPathDirect || got.at != now.UnixNano() {
+		if got.peer != a || got.size != 1372 || got.path != mtuPathDirect || got.sent != now.Add(-2*time.Millisecond).UnixNano() {
 			t.Fatalf("answer %+v", got)
 		}
 	default:
