@@ -107,7 +107,11 @@ func (d *Daemon) tunnelPort(kernel kernelPath) uint16 {
 // setKernelPeers gives the kernel device every peer in want that the
 // fast path does not carry and whose path is direct, at the endpoint the
 // path owner chose, with the path MTU the tunnel found towards it on its
-// routes, and returns those it carries. A peer's move is then
+// routes, and returns those it carries. A peer whose probes say it sends
+// to us through its relay (the two sides disagree: its direct probes
+// failed where ours did not, or it moved a probe round before us) stays
+// on wireguard-go: its relayed datagrams arrive at the userspace socket,
+// and a session it made with the kernel device could not be read there. A peer's move is then
 // told to the tunnel (Elsewhere), so that wireguard-go stops keeping it
 // alive; a peer that left the device gets a new handshake from
 // wireguard-go.
@@ -120,7 +124,7 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 	var cands []kernelwg.Peer
 	for _, pc := range want {
 		s, ok := stats[pc.Key]
-		if onVXLAN[pc.Key] || !ok || s.Relayed || !s.Endpoint.IsValid() {
+		if onVXLAN[pc.Key] || !ok || s.Relayed || s.PeerRelays || !s.Endpoint.IsValid() {
 			continue
 		}
 		cands = append(cands, kernelwg.Peer{Key: pc.Key, Endpoint: s.Endpoint, Prefixes: pc.AllowedIPs, PSK: pc.PSK,

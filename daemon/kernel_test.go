@@ -203,6 +203,35 @@ func TestPeerLeavingKernelHandshakes(t *testing.T) {
 	}
 }
 
+// TestPeerRelayingToUsStaysOffKernel: a peer our side reaches direct but
+// whose probes say it relays to us sends its WireGuard datagrams through
+// the relay, to the userspace socket: it stays on wireguard-go (a session
+// made with the kernel device could not be read there), and joins the
+// kernel device once its probes say it is direct too.
+func TestPeerRelayingToUsStaysOffKernel(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{}
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
+	ep := netip.MustParseAddrPort("192.0.2.2:6783")
+	tn.stats = map[key.Public]tunnel.PeerStats{pubKey(1): {Endpoint: ep, PeerRelays: true}}
+	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")},
+		{Key: pubKey(1), Reachable: true, Endpoint: ep, HostIP: netip.MustParseAddr("10.32.0.2")}}
+	d.reconcile()
+	if len(fk.peers) != 0 || d.onKernelNow()[pubKey(1)] {
+		t.Fatalf("kernel peers %+v: a peer that relays to us is on the kernel device", fk.peers)
+	}
+	tn.stats[pubKey(1)] = tunnel.PeerStats{Endpoint: ep}
+	d.reconcile()
+	if len(fk.peers) != 1 || !d.onKernelNow()[pubKey(1)] {
+		t.Fatalf("kernel peers %+v: want peer 1 once it is direct both ways", fk.peers)
+	}
+	tn.stats[pubKey(1)] = tunnel.PeerStats{Endpoint: ep, PeerRelays: true}
+	d.reconcile()
+	if len(fk.peers) != 0 || len(tn.rehandshakes) != 1 || tn.rehandshakes[0].key != pubKey(1) {
+		t.Errorf("peer 1 relays to us again: kernel peers %+v, handshakes asked of wireguard-go %+v; want none on the device, one handshake with peer 1", fk.peers, tn.rehandshakes)
+	}
+}
+
 // TestKernelPathsChanged: reconcile is kicked when a peer moves between
 // direct and relayed or a direct peer's endpoint moves (the kernel device
 // must follow: it does not roam peers itself), and not for changes the
@@ -225,6 +254,8 @@ func TestKernelPathsChanged(t *testing.T) {
 		}, true},
 		{"peer 1 relayed", func() { paths[pubKey(1)] = reach.Path{Relayed: true, Via: pubKey(2)} }, true},
 		{"peer 2 direct", func() { paths[pubKey(2)] = reach.Path{Endpoint: ep} }, true},
+		{"peer 2 relays to us", func() { paths[pubKey(2)] = reach.Path{Endpoint: ep, PeerRelays: true} }, true},
+		{"peer 2 direct both ways", func() { paths[pubKey(2)] = reach.Path{Endpoint: ep} }, true},
 	} {
 		step.edit()
 		if got := k.changed(paths); got != step.want {

@@ -77,7 +77,8 @@ func (d *Daemon) openNAT(sp sharedSocket, open channelOpener) error {
 }
 
 // kernelPaths is what the kernel device was last given of the paths: the
-// direct peers and their endpoints. A peer moving between direct and
+// direct peers (both ways: PeerRelays keeps one off the device) and their
+// endpoints. A peer moving between direct and
 // relayed moves between the kernel device and the TUN (kernel.go), and a
 // direct peer whose endpoint moved (its NAT's mapping changed: the kernel
 // does not roam it, the probes found it) must be given to the device
@@ -89,7 +90,7 @@ type kernelPaths map[key.Public]netip.AddrPort
 func (k *kernelPaths) changed(paths map[key.Public]reach.Path) bool {
 	direct := make(kernelPaths, len(paths))
 	for p, path := range paths {
-		if !path.Relayed {
+		if !path.Relayed && !path.PeerRelays {
 			direct[p] = path.Endpoint
 		}
 	}

@@ -23,12 +23,22 @@
 //     authenticated traffic and the address ICE selected; else the
 //     reflexive address the peer advertised (where STUN saw it: its NAT's
 //     mapping); else gossip's listen address. A new gossip address forgets
-//     what traffic and ICE taught (the peer moved).
+//     what traffic and ICE taught (the peer moved), except an address on
+//     the new gossip address's IP (traffic got there first).
 //   - Relayed: a peer without a relay is always direct. One with a relay is
 //     direct while its direct probes were answered within DeadAfter;
-//     relayed when they were not, or when it has no endpoint at all; until
-//     it has been probed for DeadAfter it keeps gossip's first guess
-//     (relayed when gossip's route goes through another peer).
+//     relayed when they were not and the relay answered a probe since the
+//     last direct answer, or when it has no endpoint at all; until it has
+//     been probed for DeadAfter it keeps gossip's first guess (relayed when
+//     gossip's route goes through another peer). Hysteresis, so that a
+//     starved host's late or bunched replies do not flip a pair between
+//     paths every few seconds (each flip costs a handshake, and on a
+//     kernel-datapath host a move between devices): a direct path whose
+//     replies stopped while the relay's stopped too is kept (the relay is
+//     no better, and the gap is more likely the host's than the path's);
+//     and a pair that fell from direct to relayed goes back only once
+//     its direct probes have been answered without a gap of SteadyGap
+//     for SteadyFor.
 //   - Keepalive: see KeepaliveFor; and none before a probe of the peer was
 //     answered on the path in use. A handshake wireguard-go starts on a path
 //     that does not work yet is lost, and wireguard-go then starts no other
@@ -64,6 +74,14 @@ import (
 // DeadAfter is how long a direct path may go unanswered before the peer is
 // relayed (when it has a relay).
 const DeadAfter = 5 * time.Second
+
+// SteadyFor is how long direct replies must come without a gap longer
+// than SteadyGap before a pair that fell to its relay goes back direct.
+// Probes go every second, so SteadyGap is two lost in a row.
+const (
+	SteadyFor = 3 * time.Second
+	SteadyGap = 2500 * time.Millisecond
+)
 
 // DefaultIdleAfter is how long a pair may carry no data before it goes
 // idle. Long enough that a pair in use (a request every few tens of
@@ -137,7 +155,15 @@ type Path struct {
 	// peer, which holds off until then (the tunnel flags its relayed
 	// probes; see Opening).
 	Opening bool
-	Why     string // the rule that decided Relayed, in words
+	// PeerRelays: the peer's newest probe said it sends to us through its
+	// relay, whatever our own choice (PeerSays). Our path is not changed by
+	// it, but a kernel-datapath host keeps such a peer off its kernel
+	// device: the peer's relayed WireGuard datagrams reach the userspace
+	// socket, and only wireguard-go can read a session made there. It
+	// stays until a probe says otherwise (an idle peer sends none; being
+	// kept on wireguard-go costs speed, not reach).
+	PeerRelays bool
+	Why        string // the rule that decided Relayed, in words
 }
 
 // peer is the state of one peer. Times are zero when never.
@@ -151,7 +177,9 @@ type peer struct {
 	learned   netip.AddrPort
 	learnedAt time.Time
 	lastReply time.Time
+	upSince   time.Time // the first direct reply of the current unbroken run (SteadyGap)
 	lastRelay time.Time
+	fell      bool // went from direct to relayed for want of replies: back only when steady
 	opened    bool // a direct probe answered since the peer appeared: no more holds
 	// peerOpening: when the peer last told us it sends to our NAT mapping
 	// in its opening turn (zero: never).
@@ -159,7 +187,10 @@ type peer struct {
 	// takesIn: when the peer last told us our NAT took its datagram in
 	// (ICMP port unreachable; zero: never).
 	takesIn time.Time
-	path    Path
+	// saysRelayed, saysDirect: when the peer's probes last said it sends
+	// to us through its relay, and last said it does not (PeerSays).
+	saysRelayed, saysDirect time.Time
+	path                    Path
 }
 
 // Machine holds the path of every peer. Not safe for concurrent use.
@@ -206,8 +237,9 @@ func (m *Machine) SetPublic(public bool) { m.public = public }
 
 // SetPeers replaces gossip's view: new peers start, departed ones are
 // forgotten, and a peer whose gossip address changed forgets what ICE and
-// traffic taught about it.
-func (m *Machine) SetPeers(now time.Time, ps []Peer) {
+// traffic taught about it (unless on the new address's IP). It decides
+// again at now and returns the peers whose path changed.
+func (m *Machine) SetPeers(now time.Time, ps []Peer) []key.Public {
 	seen := make(map[key.Public]bool, len(ps))
 	for _, in := range ps {
 		if in.Key.IsZero() || in.Key == m.self || seen[in.Key] {
@@ -221,7 +253,18 @@ func (m *Machine) SetPeers(now time.Time, ps []Peer) {
 			p.path.Relayed = in.StartRelayed && !in.Via.IsZero()
 			m.peers[in.Key] = p
 		} else if p.in.Gossip != in.Gossip {
-			p.ice, p.iceAt, p.learned, p.learnedAt = netip.AddrPort{}, time.Time{}, netip.AddrPort{}, time.Time{}
+			// The peer moved: what ICE and traffic taught is stale, unless
+			// it is at the new address already (traffic from a roamed peer
+			// shows its new mapping seconds before its control connection
+			// comes back from there and gossip follows; forgetting it sent
+			// us to the stale reflexive address until traffic taught it
+			// again: the VM's roaming run, 3 s).
+			if !p.ice.IsValid() || p.ice.Addr() != in.Gossip.Addr() {
+				p.ice, p.iceAt = netip.AddrPort{}, time.Time{}
+			}
+			if !p.learned.IsValid() || p.learned.Addr() != in.Gossip.Addr() {
+				p.learned, p.learnedAt = netip.AddrPort{}, time.Time{}
+			}
 		}
 		p.in = in
 	}
@@ -230,7 +273,7 @@ func (m *Machine) SetPeers(now time.Time, ps []Peer) {
 			delete(m.peers, k)
 		}
 	}
-	m.Tick(now)
+	return m.Tick(now)
 }
 
 // ICE records the address ICE selected for k.
@@ -263,6 +306,12 @@ func (m *Machine) Learned(now time.Time, k key.Public, addr netip.AddrPort) bool
 // DirectReply records that a probe sent straight to k's endpoint answered.
 func (m *Machine) DirectReply(now time.Time, k key.Public) {
 	if p := m.peers[k]; p != nil {
+		if !now.After(p.lastReply) {
+			return // the same reply again (the owner feeds the last one each round)
+		}
+		if p.lastReply.IsZero() || now.Sub(p.lastReply) > SteadyGap {
+			p.upSince = now
+		}
 		p.lastReply = now
 		if !now.Before(p.since) {
 			p.opened = true
@@ -275,6 +324,21 @@ func (m *Machine) DirectReply(now time.Time, k key.Public) {
 func (m *Machine) PeerOpening(t time.Time, k key.Public) {
 	if p := m.peers[k]; p != nil && t.After(p.peerOpening) {
 		p.peerOpening = t
+	}
+}
+
+// PeerSays records that a probe k sent at t said whether k sends to us
+// through its relay (Path.PeerRelays).
+func (m *Machine) PeerSays(t time.Time, k key.Public, relayed bool) {
+	p := m.peers[k]
+	if p == nil {
+		return
+	}
+	if relayed && t.After(p.saysRelayed) {
+		p.saysRelayed = t
+	}
+	if !relayed && t.After(p.saysDirect) {
+		p.saysDirect = t
 	}
 }
 
@@ -296,6 +360,12 @@ func (m *Machine) Tick(now time.Time) []key.Public {
 			p.since = now // woken: decided afresh from now
 		}
 		next := m.decide(p, now, idle)
+		switch {
+		case next.Relayed && !p.path.Relayed && next.Why == whyUnanswered:
+			p.fell = true
+		case !next.Relayed:
+			p.fell = false
+		}
 		if next != p.path {
 			p.path = next
 			changed = append(changed, k)
@@ -366,8 +436,13 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 		next.Relayed, next.Why = true, "idle: parked on the relay (the NAT mapping may expire)"
 	case idle:
 		next.Relayed, next.Why = p.path.Relayed, "idle: path kept as it was"
+	case !fresh && now.Sub(p.lastReply) < DeadAfter && p.fell && p.path.Relayed && p.lastReply.Sub(p.upSince) < SteadyFor:
+		next.Relayed, next.Why = true, whyNotSteady
 	case !fresh && now.Sub(p.lastReply) < DeadAfter:
 		next.Why = "direct probes answered"
+		if p.fell && p.path.Relayed {
+			next.Why = whySteady
+		}
 	case fresh && now.Sub(p.since) < DeadAfter:
 		next.Relayed = p.path.Relayed
 		switch {
@@ -378,9 +453,12 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 		default:
 			next.Why = "first guess: gossip's route is direct"
 		}
+	case !p.path.Relayed && !p.lastRelay.After(p.lastReply):
+		next.Why = whyNeither
 	default:
-		next.Relayed, next.Why = true, "direct probes unanswered for "+DeadAfter.String()
+		next.Relayed, next.Why = true, whyUnanswered
 	}
+	next.PeerRelays = p.saysRelayed.After(p.saysDirect)
 	hold, opener, why := m.hold(p, now)
 	if hold && !idle {
 		next.Hold = true
@@ -401,6 +479,14 @@ func (m *Machine) decide(p *peer, now time.Time, idle bool) Path {
 	}
 	return next
 }
+
+// The words of the hysteresis rules (Path.Why).
+var (
+	whyUnanswered = "direct probes unanswered for " + DeadAfter.String()
+	whyNeither    = "direct probes unanswered for " + DeadAfter.String() + ", but the relay answers none either: kept direct"
+	whyNotSteady  = "direct probes answered again, not yet steadily for " + SteadyFor.String()
+	whySteady     = "direct probes answered steadily for " + SteadyFor.String()
+)
 
 // Opening a pair of NATed peers (issue 12). Two peers that are both behind
 // NATs and hold no control connection to each other (gossip routes them

@@ -43,7 +43,8 @@ func peers(startRelayed bool, gossip netip.AddrPort) func(m *Machine, now time.T
 	}
 }
 
-func reply(m *Machine, now time.Time) { m.DirectReply(now, peerA) }
+func reply(m *Machine, now time.Time)      { m.DirectReply(now, peerA) }
+func relayReply(m *Machine, now time.Time) { m.RelayReply(now, peerA) }
 func learned(a netip.AddrPort) func(*Machine, time.Time) {
 	return func(m *Machine, now time.Time) { m.Learned(now, peerA, a) }
 }
@@ -73,12 +74,42 @@ func TestMachine(t *testing.T) {
 			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
 			{4 * time.Second, tick, relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), true},
 			{4500 * time.Millisecond, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
-			{9 * time.Second, tick, direct(gossA, SourceGossip, "direct probes answered"), true},
+			{9 * time.Second, relayReply, direct(gossA, SourceGossip, "direct probes answered"), true},
 			{9500 * time.Millisecond, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
 		}},
 		{"first guess direct, never answered", []step{
 			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
+			{time.Second, relayReply, direct(gossA, SourceGossip, "first guess: gossip's route is direct"), true},
 			{5 * time.Second, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+		}},
+		// A starved host answers late and in bunches, on every path: a gap
+		// in direct replies while the relay answers nothing newer either
+		// moves nothing.
+		{"direct replies stop while the relay's stop too: kept direct", []step{
+			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
+			{time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
+			{1200 * time.Millisecond, relayReply, direct(gossA, SourceGossip, "direct probes answered"), true},
+			{2 * time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), true},
+			{9 * time.Second, tick, direct(gossA, SourceGossip, "direct probes unanswered for 5s, but the relay answers none either: kept direct"), false},
+			{20 * time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
+			// The relay answers after the direct path fell silent: relayed.
+			{26 * time.Second, relayReply, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+		}},
+		// A pair that fell to its relay goes back only when the direct
+		// path answers without gaps for SteadyFor, not on one late reply.
+		{"fell to the relay: back direct only when steady", []step{
+			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
+			{time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
+			{3 * time.Second, relayReply, direct(gossA, SourceGossip, "direct probes answered"), true},
+			{6 * time.Second, tick, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+			{10 * time.Second, reply, relayed(gossA, SourceGossip, "direct probes answered again, not yet steadily for 3s"), false},
+			{11 * time.Second, reply, relayed(gossA, SourceGossip, "direct probes answered again, not yet steadily for 3s"), true},
+			// two probes lost: the run starts again
+			{14 * time.Second, reply, relayed(gossA, SourceGossip, "direct probes answered again, not yet steadily for 3s"), true},
+			{15 * time.Second, reply, relayed(gossA, SourceGossip, "direct probes answered again, not yet steadily for 3s"), true},
+			{16 * time.Second, reply, relayed(gossA, SourceGossip, "direct probes answered again, not yet steadily for 3s"), true},
+			{17 * time.Second, reply, direct(gossA, SourceGossip, "direct probes answered steadily for 3s"), false},
+			{18 * time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
 		}},
 		{"the advertised reflexive address before gossip's guess; traffic after it", []step{
 			{0, func(m *Machine, now time.Time) {
@@ -95,6 +126,19 @@ func TestMachine(t *testing.T) {
 			{1100 * time.Millisecond, reply, direct(natA, SourceTraffic, "direct probes answered"), false},
 			// gossip says the same again: nothing forgotten
 			{2 * time.Second, peers(true, gossA), direct(natA, SourceTraffic, "direct probes answered"), true},
+		}},
+		// A roamed peer (its NAT's WAN address moved): its probes show the
+		// new mapping first, then its control connection comes back from
+		// there and gossip follows. The stale reflexive address it
+		// advertised must not win meanwhile.
+		{"gossip follows traffic to a new address: traffic kept", []step{
+			{0, func(m *Machine, now time.Time) {
+				m.SetPeers(now, []Peer{{Key: peerA, Gossip: gossA, Reflexive: natA}, {Key: relayR, Gossip: gossR}})
+			}, Path{Endpoint: natA, From: SourceReflexive, Why: "no relay: always direct"}, false},
+			{time.Second, learned(netip.MustParseAddrPort("192.0.2.106:49601")), Path{Endpoint: netip.MustParseAddrPort("192.0.2.106:49601"), From: SourceTraffic, Why: "no relay: always direct"}, false},
+			{2 * time.Second, func(m *Machine, now time.Time) {
+				m.SetPeers(now, []Peer{{Key: peerA, Gossip: netip.MustParseAddrPort("192.0.2.106:6783"), Reflexive: natA}, {Key: relayR, Gossip: gossR}})
+			}, Path{Endpoint: netip.MustParseAddrPort("192.0.2.106:49601"), From: SourceTraffic, Why: "no relay: always direct"}, true},
 		}},
 		{"newest of ICE and traffic wins; new gossip address forgets both", []step{
 			{0, peers(true, gossA), relayed(gossA, SourceGossip, "first guess: gossip routes through the relay"), false},
@@ -206,6 +250,31 @@ func TestRelays(t *testing.T) {
 	}
 }
 
+// TestPeerRelays: the peer's newest probe says whether it relays to us;
+// our own path is not changed by it.
+func TestPeerRelays(t *testing.T) {
+	m := New(self)
+	m.SetPeers(t0, []Peer{{Key: peerA, Gossip: gossA, Via: relayR}, {Key: relayR, Gossip: gossR}})
+	m.DirectReply(t0.Add(time.Second), peerA)
+	for _, s := range []struct {
+		at      time.Duration
+		relayed bool
+		want    bool
+	}{
+		{time.Second, true, true},
+		{2 * time.Second, false, false},
+		{1500 * time.Millisecond, true, false}, // older than the newest word
+		{3 * time.Second, true, true},
+	} {
+		m.PeerSays(t0.Add(s.at), peerA, s.relayed)
+		m.Tick(t0.Add(3 * time.Second))
+		p, _ := m.Path(peerA)
+		if p.PeerRelays != s.want || p.Relayed {
+			t.Errorf("peer said relayed=%v at %v: %+v; want PeerRelays %v, direct", s.relayed, s.at, p, s.want)
+		}
+	}
+}
+
 // TestIdle walks a pair through going quiet and waking: probes paused and
 // keepalives off while idle, a gossip-addressed path kept, a NAT-learned one
 // parked on the relay, and on the first data the frozen path kept until
@@ -258,7 +327,9 @@ func TestIdle(t *testing.T) {
 		if p = path(m); p.Relayed || p.Why != "direct probes answered" {
 			t.Errorf("answered after waking: %+v", p)
 		}
-		// Woken but unanswered for DeadAfter: relayed, as a new peer is.
+		// Woken but unanswered for DeadAfter while the relay answers:
+		// relayed, as a new peer is.
+		m.RelayReply(at(time.Hour+6*time.Second), peerA)
 		m.Tick(at(time.Hour + 7*time.Second))
 		if p = path(m); !p.Relayed {
 			t.Errorf("unanswered after waking: %+v", p)

@@ -1,7 +1,9 @@
 package tunnel
 
 import (
+	"bytes"
 	"net/netip"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -76,7 +78,9 @@ func (t *Tunnel) feedPeersLocked(peers []PeerConfig) {
 			ice[pc.Key] = pc.ICE
 		}
 	}
-	t.reach.SetPeers(now, in)
+	// SetPeers decides again: its moves are logged as the path loop's are
+	// (a new gossip address can move an endpoint), with ICE's below.
+	changed := t.reach.SetPeers(now, in)
 	for _, pc := range peers {
 		switch old, now2 := t.ice[pc.Key], ice[pc.Key]; {
 		case now2 == old:
@@ -87,7 +91,9 @@ func (t *Tunnel) feedPeersLocked(peers []PeerConfig) {
 		}
 	}
 	t.ice = ice
-	t.reach.Tick(now)
+	changed = append(changed, t.reach.Tick(now)...)
+	slices.SortFunc(changed, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
+	t.logPathChangesLocked(slices.Compact(changed))
 }
 
 // updateRelayTableLocked builds the Bind's relay table from t.peers and the
@@ -281,6 +287,12 @@ func (t *Tunnel) feedProbes() {
 			if last := p.path.takesIn.Load(); last != 0 {
 				t.reach.NATTakesIn(time.Unix(0, last), p.key)
 			}
+			if last := p.path.saysRelayed.Load(); last != 0 {
+				t.reach.PeerSays(time.Unix(0, last), p.key, true)
+			}
+			if last := p.path.saysDirect.Load(); last != 0 {
+				t.reach.PeerSays(time.Unix(0, last), p.key, false)
+			}
 		}
 	}
 	t.decideLocked("")
@@ -293,19 +305,7 @@ func (t *Tunnel) decideLocked(cause string) {
 	if len(changed) == 0 {
 		return
 	}
-	old := t.Paths()
-	for _, k := range changed {
-		p, _ := t.reach.Path(k)
-		was := old[k]
-		switch {
-		case p.Relayed && !was.Relayed:
-			t.log.Info("relaying to peer", "peer", k.Name(), "via", p.Via.Name(), "why", p.Why)
-		case !p.Relayed && was.Relayed:
-			t.log.Info("sending to peer direct", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String(), "why", p.Why)
-		case p.Endpoint != was.Endpoint:
-			t.log.Info("peer's endpoint moved", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String())
-		}
-	}
+	t.logPathChangesLocked(changed)
 	if cause != "" {
 		t.log.Info("paths decided again", "cause", cause, "changed", len(changed))
 	}
@@ -315,6 +315,25 @@ func (t *Tunnel) decideLocked(cause string) {
 	}
 	// A handshake lost on the old path goes again on the new one.
 	t.bind.retransmitHandshakes()
+}
+
+// logPathChangesLocked logs the moves among the paths of changed since
+// they were last published (t.snap).
+func (t *Tunnel) logPathChangesLocked(changed []key.Public) {
+	old := t.Paths()
+	for _, k := range changed {
+		p, _ := t.reach.Path(k)
+		was, ok := old[k]
+		switch {
+		case !ok:
+		case p.Relayed && !was.Relayed:
+			t.log.Info("relaying to peer", "peer", k.Name(), "via", p.Via.Name(), "why", p.Why)
+		case !p.Relayed && was.Relayed:
+			t.log.Info("sending to peer direct", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String(), "why", p.Why)
+		case p.Endpoint != was.Endpoint:
+			t.log.Info("peer's endpoint moved", "peer", k.Name(), "endpoint", p.Endpoint.String(), "from", p.From.String())
+		}
+	}
 }
 
 // addPathStats adds the path choice and probe figures to wireguard-go's.
@@ -331,7 +350,7 @@ func (t *Tunnel) addPathStats(stats map[key.Public]PeerStats) {
 			continue
 		}
 		path := paths[p.key]
-		s.Why, s.From = path.Why, path.From
+		s.Why, s.From, s.PeerRelays = path.Why, path.From, path.PeerRelays
 		if s.Relayed {
 			s.Endpoint = netip.AddrPort{}
 			if p.via >= 0 {

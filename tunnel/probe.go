@@ -43,6 +43,10 @@ import (
 // flags bit 1 (probeFlagNATAnswers, probes only): the receiver's NAT
 // answered the sender's datagram to its mapping with ICMP port
 // unreachable, so it takes unsolicited datagrams in (natanswer.go).
+// flags bit 2 (probeFlagRelaying, probes only): the sender sends its
+// WireGuard datagrams to the receiver through its relay (its path to the
+// receiver is relayed); a kernel-datapath receiver keeps such a peer off
+// its kernel device (reach.Path.PeerRelays).
 // Peers that predate the flags ignore them (reserved bytes were zero).
 // The MAC covers the header (without the hop limit byte, the hop counter
 // and the hop MAC, which every hop rewrites) and the body before it, under
@@ -71,6 +75,7 @@ const (
 
 	probeFlagOpening    = 1 << 0
 	probeFlagNATAnswers = 1 << 1
+	probeFlagRelaying   = 1 << 2
 )
 
 // probeMAC computes the MAC of a probe frame: over the header without what
@@ -135,6 +140,11 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 		if body[17]&probeFlagNATAnswers != 0 {
 			p.path.takesIn.Store(rx.now) // the path loop tells reach
 		}
+		if body[17]&probeFlagRelaying != 0 { // the path loop tells reach
+			p.path.saysRelayed.Store(rx.now)
+		} else {
+			p.path.saysDirect.Store(rx.now)
+		}
 		hop := si // the answer's first hop: the peer, where the probe came from
 		if !direct {
 			hop = t.nextHopIndex(si)
@@ -192,6 +202,9 @@ func (b *Bind) sendProbes() {
 		}
 		hdr := RelayHeader{Type: RelayTypeProbe, HopLimit: 1, Dst: p.id, Src: t.self}
 		flags := b.probeFlags(p, now)
+		if p.via >= 0 && p.path.relayed.Load() {
+			flags |= probeFlagRelaying
+		}
 		if p.ep != nil && !p.path.hold.Load() {
 			f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathDirect, flags)
 			if b.sendHop(t, int32(i), f, p.ep) == nil {

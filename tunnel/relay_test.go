@@ -651,18 +651,24 @@ func TestProbes(t *testing.T) {
 	}
 }
 
+// newProbeFixture is a relay fixture that keeps what it sends, its Bind's
+// clock reading *now; with our ID, peer c's, and c's row of the table.
+func newProbeFixture(t *testing.T, now *time.Time) (f *relayFixture, self, c PeerID, pc *relayPeer) {
+	f = newRelayFixture(t)
+	f.inner.keep = true
+	f.bind.now = func() time.Time { return *now }
+	self, c = PeerIDOf(f.self), PeerIDOf(f.c)
+	return f, self, c, &f.tbl.peers[f.tbl.lookup(c)]
+}
+
 // TestProbeOpeningFlag: in our opening turn (reach.Path.Opening) our probes,
 // direct and relayed, carry the opening flag under the pair's MAC, from the
 // round after the first, with the NAT-answers flag when the peer's NAT
 // answered with ICMP port unreachable; a peer's flags are noted for the
 // path owner, and the answer does not echo them.
 func TestProbeOpeningFlag(t *testing.T) {
-	f := newRelayFixture(t)
-	f.inner.keep = true
 	now := time.Unix(1000, 0)
-	f.bind.now = func() time.Time { return now }
-	self, c := PeerIDOf(f.self), PeerIDOf(f.c)
-	pc := &f.tbl.peers[f.tbl.lookup(c)]
+	f, self, c, pc := newProbeFixture(t, &now)
 
 	// Ours: c's probes carry the word from the round after our first
 	// direct probe of the turn (an ICMP answer from c's NAT is back by
@@ -750,6 +756,71 @@ func TestProbeOpeningFlag(t *testing.T) {
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	if got := pc.path.peerOpening.Load(); got != 0 {
 		t.Errorf("forged opening flag noted")
+	}
+}
+
+// TestProbeRelayingFlag: while our path to a peer is relayed, our probes
+// to it, direct and relayed, say so (probeFlagRelaying) under the pair's
+// MAC, and not once it is direct; a peer's word is noted for the path
+// owner (reach.Path.PeerRelays: a kernel-datapath host keeps a peer that
+// relays to it off its kernel device), the newest word each way.
+func TestProbeRelayingFlag(t *testing.T) {
+	now := time.Unix(1000, 0)
+	f, self, c, pc := newProbeFixture(t, &now)
+
+	flagged := func() (to []string, n int) {
+		sends := &captureBind{}
+		f.bind.inner = sends
+		defer func() { f.bind.inner = f.inner }()
+		f.bind.sendProbes()
+		for _, fr := range sends.frames {
+			h, body, err := ParseRelayHeader(fr.b)
+			if err != nil || h.Type != RelayTypeProbe {
+				t.Fatalf("sent %v, %v", h, err)
+			}
+			if h.Dst == c {
+				n++
+				if body[17]&probeFlagRelaying != 0 {
+					to = append(to, fr.to)
+				}
+			}
+		}
+		return to, n
+	}
+	pc.path.relayed.Store(false)
+	if to, n := flagged(); len(to) != 0 || n != 2 {
+		t.Errorf("direct path: %d probes to c, flagged to %v; want 2, none flagged", n, to)
+	}
+	pc.path.relayed.Store(true)
+	if to, n := flagged(); len(to) != 2 || n != 2 {
+		t.Errorf("relayed path: %d probes to c, flagged to %v; want both flagged", n, to)
+	}
+
+	// Theirs: c's probes, relayed by b.
+	probe := func(ctr uint64, flags byte) {
+		fr := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbe, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, now.UnixNano(), ctr, probePathRelayed, flags)
+		bt := newBatch()
+		bt.fill(hopFrom(fr, f.b), "192.0.2.2:6783")
+		f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	}
+	probe(9, probeFlagRelaying)
+	if got := pc.path.saysRelayed.Load(); got != now.UnixNano() || pc.path.saysDirect.Load() != 0 {
+		t.Errorf("c relays: noted relayed at %d, direct at %d; want %d, 0", got, pc.path.saysDirect.Load(), now.UnixNano())
+	}
+	now = now.Add(probeInterval)
+	probe(10, 0)
+	if got := pc.path.saysDirect.Load(); got != now.UnixNano() {
+		t.Errorf("c direct: noted at %d, want %d", got, now.UnixNano())
+	}
+	// A forged flag (the MAC no longer matches) is noted nowhere.
+	now = now.Add(probeInterval)
+	fr := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbe, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, now.UnixNano(), 11, probePathRelayed, 0)
+	fr[RelayHeaderLen+17] |= probeFlagRelaying
+	bt := newBatch()
+	bt.fill(hopFrom(fr, f.b), "192.0.2.2:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := pc.path.saysRelayed.Load(); got == now.UnixNano() {
+		t.Errorf("forged relaying flag noted")
 	}
 }
 

@@ -81,6 +81,10 @@ type pathState struct {
 	// takesIn: unix ns the peer's probe last said our NAT took its
 	// datagram in (0: never; a mailbox to the path loop).
 	takesIn atomic.Int64
+	// saysRelayed, saysDirect: unix ns the peer's probe last said it
+	// relays to us, and last said it does not (probeFlagRelaying; 0:
+	// never; mailboxes to the path loop).
+	saysRelayed, saysDirect atomic.Int64
 	// hsPending: handshake messages we sent this peer that are not
 	// answered yet (handshake.go, written under its lock). The packet
 	// path looks for answers only in packets from a peer whose count is

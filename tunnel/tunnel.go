@@ -98,6 +98,7 @@ type PeerStats struct {
 	RTT           time.Duration // last probe round trip on the path in use; 0 unknown
 	From          reach.Source  // where the endpoint came from
 	Why           string        // why the path is what it is (reach.Path.Why)
+	PeerRelays    bool          // the peer's probes say it sends to us through its relay (reach.Path.PeerRelays)
 	MTU           int           // overlay MTU towards the peer (mtu.go)
 	MTUSource     pmtu.Source   // why: flag, route, probe or link
 	MTUProbed     int           // largest UDP payload the peer answered; 0 none yet
