@@ -25,7 +25,8 @@
 ip() { /usr/sbin/ip "$@"; }
 result() { echo "RESULT $1: $2"; }
 dump() { # NAME COMMAND...
-	name=$1; shift
+	local name=$1
+	shift
 	echo "=== BEGIN $name"
 	"$@" 2>&1
 	echo "=== END $name"
@@ -145,7 +146,7 @@ waitping() {
 		n=$((n + 1))
 		if [ $n = 15 ]; then
 			for i in $(echo "$1 $2 1" | tr " " "\n" | sort -u); do
-				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep -i handshake /run/h$i.log | tail -n 40; ip netns exec h$i cat /proc/net/udp"
+				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep 'level=' /run/h$i.log | grep -i handshake | tail -n 40; /usr/sbin/ip netns exec h$i cat /proc/net/udp"
 			done
 		fi
 	done
@@ -161,6 +162,16 @@ waitlisten() {
 	n=0
 	until ip netns exec h$1 cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -Eq ":$hex [0-9A-F]+:0000 0A " || [ $n -ge 600 ]; do
 		sleep 0.1
+		n=$((n + 1))
+	done
+}
+
+# waitsize FILE BYTES SECONDS: until FILE holds BYTES or SECONDS have
+# passed; n is the seconds waited.
+waitsize() {
+	n=0
+	while [ "$(wc -c <$1)" -lt $2 ] && [ $n -lt $3 ]; do
+		sleep 1
 		n=$((n + 1))
 	done
 }
@@ -207,11 +218,7 @@ for pair in 1-2 2-1 1-3 3-1 2-3 3-2 1-4 4-1 1-5 5-1 4-5 5-4; do
 	(sleep 600 | ip netns exec h$a nc -l -p $port >/run/got-$a-$b) &
 	waitlisten $a $port
 	ip netns exec h$b timeout 300 nc 10.32.0.$a $port </run/blob$b
-	n=0
-	while [ "$(wc -c </run/got-$a-$b)" -lt 1000000 ] && [ $n -lt 10 ]; do
-		sleep 1
-		n=$((n + 1))
-	done
+	waitsize /run/got-$a-$b 1000000 10
 	echo "=== BEGIN fetch-h$a-h$b"
 	sha256sum </run/got-$a-$b
 	wc -c </run/got-$a-$b
@@ -256,9 +263,44 @@ for i in 1 2 3 4 5; do
 	dump "snmp-h$i" ip netns exec h$i cat /proc/net/snmp
 done
 
-# Stop the daemons (SIGTERM) and wait for them to exit.
-# A stream that moves from relayed to direct, onto h3's kernel device:
-# h2 (userspace) sends 1 MB to h3 (kernel) relayed through h1; then the
+# stream NAME TO FROM PORT ACTION: 1 MB from hFROM to hTO over the overlay
+# (port PORT), then ACTION (a function, run once the first half has
+# arrived; what it writes to /run/NAME.log is printed after the stream),
+# then another 1 MB on the same connection. Blocks: sum-NAME (the whole
+# stream's sha256), NAME2-start and NAME2-end (unix seconds around the
+# second half), fetch-NAME (what arrived: sha256, bytes).
+stream() {
+	local name=$1 to=$2 from=$3 port=$4 action=$5
+	head -c 1000000 /dev/urandom >/run/${name}1
+	head -c 1000000 /dev/urandom >/run/${name}2
+	echo "=== BEGIN sum-$name"
+	cat /run/${name}1 /run/${name}2 | sha256sum
+	echo "=== END sum-$name"
+	: >/run/$name.log
+	(sleep 900 | ip netns exec h$to nc -l -p $port >/run/got-$name) &
+	waitlisten $to $port
+	(
+		cat /run/${name}1
+		waitsize /run/got-$name 1000000 300
+		echo "VMTEST $name: first half arrived after ${n}s" >/dev/console
+		$action
+		date +%s >/run/${name}2.start
+		cat /run/${name}2
+	) | ip netns exec h$from timeout 600 nc 10.32.0.$to $port
+	waitsize /run/got-$name 2000000 30
+	# How long the second half took (said, not checked: emulated time).
+	echo "VMTEST $name: second half in $(($(date +%s) - $(cat /run/${name}2.start)))s, $(wc -c </run/got-$name) bytes in all"
+	dump ${name}2-start cat /run/${name}2.start
+	dump ${name}2-end date +%s
+	cat /run/$name.log
+	echo "=== BEGIN fetch-$name"
+	sha256sum </run/got-$name
+	wc -c </run/got-$name
+	echo "=== END fetch-$name"
+}
+
+# The move: a stream from relayed to direct, onto h3's kernel device. h2
+# (userspace) sends 1 MB to h3 (kernel) relayed through h1; then the
 # underlay between them opens, both sides go direct, h3 routes h2 into
 # its kernel device; then h2 sends a second 1 MB on the same connection.
 # h2 may still hold the session it made with h3's wireguard-go through
@@ -266,22 +308,8 @@ done
 # WireGuard datagrams arrive straight at a host that relays it: the
 # second half must cross h3's kernel device (its bytes from h2 grow by it)
 # and stay there.
-head -c 1000000 /dev/urandom >/run/move1
-head -c 1000000 /dev/urandom >/run/move2
-echo "=== BEGIN sum-move"
-cat /run/move1 /run/move2 | sha256sum
-echo "=== END sum-move"
-(sleep 900 | ip netns exec h3 nc -l -p 9200 >/run/got-move) &
-waitlisten 3 9200
-(
-	cat /run/move1
-	n=0
-	while [ "$(wc -c </run/got-move)" -lt 1000000 ] && [ $n -lt 300 ]; do
-		sleep 1
-		n=$((n + 1))
-	done
-	echo "VMTEST move: first half arrived relayed after ${n}s" >/dev/console
-	dump route-move0-h3 ip -n h3 route show 10.32.0.2 >/run/move.log
+move() {
+	dump route-move0-h3 ip -n h3 route show 10.32.0.2 >>/run/move.log
 	ip -n h2 route del blackhole 192.0.2.3/32
 	ip -n h3 route del blackhole 192.0.2.2/32
 	n=0
@@ -306,23 +334,8 @@ waitlisten 3 9200
 	fi >/dev/console
 	echo "VMTEST move: h3's kernel handshook with h2 after ${n}s" >/dev/console
 	dump wgdump-move0-h3 ip netns exec h3 wg show kwweavewg0 dump >>/run/move.log
-	date +%s >/run/move2.start
-	cat /run/move2
-) | ip netns exec h2 timeout 600 nc 10.32.0.3 9200
-n=0
-while [ "$(wc -c </run/got-move)" -lt 2000000 ] && [ $n -lt 30 ]; do
-	sleep 1
-	n=$((n + 1))
-done
-# How long the second half took (said, not checked: emulated time).
-echo "VMTEST move: second half in $(($(date +%s) - $(cat /run/move2.start)))s, $(wc -c </run/got-move) bytes in all"
-dump move2-start cat /run/move2.start
-dump move2-end date +%s
-cat /run/move.log
-echo "=== BEGIN fetch-move"
-sha256sum </run/got-move
-wc -c </run/got-move
-echo "=== END fetch-move"
+}
+stream move 3 2 9200 move
 dump wgdump-move1-h3 ip netns exec h3 wg show kwweavewg0 dump
 dump route-move1-h3 ip -n h3 route show 10.32.0.2
 dump connections-move-h3 weavewg status connections --api-socket /run/h3.sock
@@ -340,22 +353,8 @@ h2key=$(ip netns exec h3 wg show kwweavewg0 dump | awk -F'\t' '$3 == "192.0.2.2:
 wgohs() {
 	ip netns exec h3 wg show weavewg0 dump | awk -F'\t' -v k="$h2key" '$1 == k { print $5 }'
 }
-head -c 1000000 /dev/urandom >/run/back1
-head -c 1000000 /dev/urandom >/run/back2
-echo "=== BEGIN sum-back"
-cat /run/back1 /run/back2 | sha256sum
-echo "=== END sum-back"
-(sleep 900 | ip netns exec h3 nc -l -p 9300 >/run/got-back) &
-waitlisten 3 9300
-(
-	cat /run/back1
-	n=0
-	while [ "$(wc -c </run/got-back)" -lt 1000000 ] && [ $n -lt 300 ]; do
-		sleep 1
-		n=$((n + 1))
-	done
-	echo "VMTEST back: first half arrived after ${n}s" >/dev/console
-	dump route-back0-h3 ip -n h3 route show 10.32.0.2 >/run/back.log
+back() {
+	dump route-back0-h3 ip -n h3 route show 10.32.0.2 >>/run/back.log
 	dump wgdump-back0-h3 ip netns exec h3 wg show kwweavewg0 dump >>/run/back.log
 	hs0=$(wgohs)
 	ip -n h2 route add blackhole 192.0.2.3/32
@@ -378,20 +377,8 @@ waitlisten 3 9300
 	fi >/dev/console
 	echo "VMTEST back: h3's wireguard-go handshook with h2 after ${n}s" >/dev/console
 	dump wgodump-back0-h3 ip netns exec h3 wg show weavewg0 dump >>/run/back.log
-	date +%s >/run/back2.start
-	cat /run/back2
-) | ip netns exec h2 timeout 600 nc 10.32.0.3 9300
-n=0
-while [ "$(wc -c </run/got-back)" -lt 2000000 ] && [ $n -lt 30 ]; do
-	sleep 1
-	n=$((n + 1))
-done
-echo "VMTEST back: second half in $(($(date +%s) - $(cat /run/back2.start)))s, $(wc -c </run/got-back) bytes in all"
-cat /run/back.log
-echo "=== BEGIN fetch-back"
-sha256sum </run/got-back
-wc -c </run/got-back
-echo "=== END fetch-back"
+}
+stream back 3 2 9300 back
 dump wgodump-back1-h3 ip netns exec h3 wg show weavewg0 dump
 dump route-back1-h3 ip -n h3 route show 10.32.0.2
 dump connections-back-h3 weavewg status connections --api-socket /run/h3.sock
@@ -404,44 +391,19 @@ echo "VMTEST back done"
 # path owner must learn the new address from h4's probes and give it to
 # the kernel device, and the stream's second half, sent at once, must
 # arrive through h1's kernel device.
-head -c 1000000 /dev/urandom >/run/roam1
-head -c 1000000 /dev/urandom >/run/roam2
-echo "=== BEGIN sum-roam"
-cat /run/roam1 /run/roam2 | sha256sum
-echo "=== END sum-roam"
-(sleep 900 | ip netns exec h1 nc -l -p 9400 >/run/got-roam) &
-waitlisten 1 9400
-(
-	cat /run/roam1
-	n=0
-	while [ "$(wc -c </run/got-roam)" -lt 1000000 ] && [ $n -lt 300 ]; do
-		sleep 1
-		n=$((n + 1))
-	done
-	echo "VMTEST roam: first half arrived after ${n}s" >/dev/console
-	dump wgdump-roam0-h1 ip netns exec h1 wg show kwweavewg0 dump >/run/roam.log
+roam() {
+	dump wgdump-roam0-h1 ip netns exec h1 wg show kwweavewg0 dump >>/run/roam.log
 	ip -n r4 addr del 192.0.2.4/24 dev eth0
 	ip -n r4 addr add 192.0.2.6/24 dev eth0
-	date +%s >/run/roam2.start
-	cat /run/roam2
-) | ip netns exec h4 timeout 600 nc 10.32.0.1 9400
-n=0
-while [ "$(wc -c </run/got-roam)" -lt 2000000 ] && [ $n -lt 30 ]; do
-	sleep 1
-	n=$((n + 1))
-done
-echo "VMTEST roam: second half in $(($(date +%s) - $(cat /run/roam2.start)))s, $(wc -c </run/got-roam) bytes in all"
-cat /run/roam.log
-echo "=== BEGIN fetch-roam"
-sha256sum </run/got-roam
-wc -c </run/got-roam
-echo "=== END fetch-roam"
+}
+stream roam 1 4 9400 roam
 dump wgdump-roam1-h1 ip netns exec h1 wg show kwweavewg0 dump
 dump route-roam1-h1 ip -n h1 route show 10.32.0.4
 dump connections-roam-h1 weavewg status connections --api-socket /run/h1.sock
 dump connections-roam-h4 weavewg status connections --api-socket /run/h4.sock
 echo "VMTEST roam done"
 
+# Stop the daemons (SIGTERM) and wait for them to exit.
 ip netns exec h1 weavewg detach --api-socket /run/h1.sock /run/netns/c1 >/dev/null 2>&1
 for i in 1 2 3 4 5; do
 	kill $(ip netns pids h$i) 2>/dev/null
