@@ -603,7 +603,7 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 // which host addresses must never be handed out.
 func (d *Daemon) reconcile() {
 	var want []tunnel.PeerConfig
-	var reachable []key.Public
+	var reachable, direct []key.Public
 	reachSet := map[key.Public]bool{}
 	d.ensureHostIP()
 	d.applyFilters()
@@ -646,6 +646,9 @@ func (d *Daemon) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		reachSet[p.Key] = true
+		if p.Direct {
+			direct = append(direct, p.Key)
+		}
 		in := inputs[p.Key]
 		pc := tunnel.PeerConfig{Key: p.Key, Endpoint: p.Endpoint, ICE: d.natICE(p.Key), Reflexive: d.natReflexive(p.Key), Relay: in.via, Relayed: in.relayed, DependsOn: in.dependsOn}
 		if d.secrets != nil {
@@ -681,6 +684,9 @@ func (d *Daemon) reconcile() {
 		want = append(want, pc)
 	}
 	d.ipam.SetReserved(hostIPs)
+	// Control neighbours are the preferred donors when this host asks
+	// for space: their answer takes the direct connection (ipam/space.go).
+	d.ipam.SetNeighbours(direct)
 	if !maps.Equal(reachSet, d.reachableSet) {
 		// A peer that just arrived may lack the ring, or hold one that
 		// lacks ours: exchange at once rather than at the next round. Its

@@ -112,10 +112,13 @@ type Allocator struct {
 	byID      map[string][]netip.Addr
 	reserved  map[uint32]bool
 	reachable map[key.Public]bool
-	cursor    uint32
-	wantSpace bool
-	reqDonor  key.Public
-	reqAt     time.Time
+	// neighbours are the reachable peers we have a control connection
+	// to (SetNeighbours): preferred donors.
+	neighbours map[key.Public]bool
+	cursor     uint32
+	wantSpace  bool
+	reqDonor   key.Public
+	reqAt      time.Time
 	// silent holds the donors asked for the current want that granted
 	// nothing within RequestTimeout (cut off by a partition not noticed
 	// yet, or no space to give): the next request goes to another one.

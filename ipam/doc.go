@@ -23,8 +23,9 @@
 // (recover.go: a corrupt state file is set aside and the ring comes back by
 // gossip). Every other peer
 // starts with an empty ring, adopts the first ring gossip brings, and when
-// it needs an address asks a donor (the reachable peer with the most free
-// space published in the ring) with a request message; the donor grants the
+// it needs an address asks a donor (the control neighbour with the most
+// free space published in the ring, or with none the reachable peer with
+// the most: SetNeighbours) with a request message; the donor grants the
 // upper half of its largest aligned free block, so ranges stay CIDR-shaped.
 // No consensus round, so nothing can get stuck awaiting one.
 //
@@ -91,7 +92,8 @@
 //     returned error is logged once and counted; a seed mismatch also shows
 //     in Status().Err). SendRing(peer, true) to a new control neighbour;
 //     SendDigest to one random reachable peer every 10 s (anti-entropy).
-//   - SetPeers whenever reachability changes; Tick about once a second;
+//   - SetPeers whenever reachability changes, SetNeighbours with the
+//     peers it has control connections to; Tick about once a second;
 //     Reclaim from that loop when --reclaim-after is set.
 //   - Attach: Claim existing addresses first after a restart, then Allocate
 //     (on ErrWaitingForSpace wait on Updated() and retry). Detach: Free.

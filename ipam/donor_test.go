@@ -160,3 +160,41 @@ func TestGrantTakenOnlyFromGranter(t *testing.T) {
 		t.Fatalf("j owns %v after asking its granter, which granted %v", got, want)
 	}
 }
+
+// TestRequestGoesToANeighbour (issue 18): a joiner asks a control
+// neighbour with free space rather than the peer with the most: a distant
+// donor's grant was dropped by relays with no route to the joiner yet, and
+// the joiner waited its timeout, doubling, per donor (simulated N=300:
+// joiners without an address for 30-60 s).
+func TestRequestGoesToANeighbour(t *testing.T) {
+	net, as := bareMesh(t, 4)
+	s, x, y, j := as[0], as[1], as[2], as[3]
+	grantTo(t, net, x, s) // x: the upper half, the most free space
+	grantTo(t, net, y, s) // y: a quarter
+	j.SetNeighbours([]key.Public{y.self, s.self})
+	j.WantSpace()
+	net.run(t)
+	if len(j.View().Ring.Spans(j.self)) == 0 {
+		t.Fatal("j owns no space")
+	}
+	if got := x.Counters()["ipam_grant"]; got != 0 {
+		t.Errorf("x, no neighbour of j, granted %d times", got)
+	}
+	// With no neighbour holding free space, the peer with the most.
+	k := openWide(t, net, pk(9))
+	all := []key.Public{k.self}
+	for _, a := range as {
+		all = append(all, a.self)
+	}
+	for _, a := range append(as, k) {
+		a.SetPeers(all)
+	}
+	s.SendRing(k.self, false)
+	net.run(t)
+	k.SetNeighbours([]key.Public{pk(7)})
+	k.WantSpace()
+	net.run(t)
+	if len(k.View().Ring.Spans(k.self)) == 0 || x.Counters()["ipam_grant"] != 1 {
+		t.Errorf("k owns %v; x granted %d times, want 1", k.View().Ring.Spans(k.self), x.Counters()["ipam_grant"])
+	}
+}

@@ -36,6 +36,33 @@ func (a *Allocator) SetPeers(reachable []key.Public) {
 	a.flush(o)
 }
 
+// SetNeighbours tells the allocator which reachable peers it has a
+// control connection to (the daemon's reconcile; each call replaces the
+// set). A space request goes to one of them when one has free space: see
+// pickDonorLocked.
+func (a *Allocator) SetNeighbours(direct []key.Public) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(direct) == len(a.neighbours) {
+		same := true
+		for _, p := range direct {
+			if !a.neighbours[p] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return
+		}
+	}
+	a.neighbours = make(map[key.Public]bool, len(direct))
+	for _, p := range direct {
+		if p != a.self {
+			a.neighbours[p] = true
+		}
+	}
+}
+
 // requestSpaceLocked asks the best donor for space, unless a request is
 // pending and not timed out (or force).
 func (a *Allocator) requestSpaceLocked(force bool) outbox {
@@ -89,16 +116,33 @@ func (a *Allocator) grantHeldLocked() bool {
 	return false
 }
 
-// pickDonorLocked picks the reachable peer with the most published free
-// space (ties: smallest key); if none published any, the largest owner.
-// Donors that stayed silent for the current want are passed over.
+// pickDonorLocked picks the control neighbour with the most published
+// free space, or if none has any, the reachable peer with the most (ties:
+// smallest key); if none published any, the largest owner. Donors that
+// stayed silent for the current want are passed over.
+//
+// Why a neighbour first: a joiner is reachable at its neighbours at once,
+// but elsewhere only once its records have spread, and a relay with no
+// route to it drops what it is sent after 3 s. A distant donor's grant was
+// dropped that way, the joiner waited its timeout and asked the next,
+// with the wait doubling (simulated N=300 at load 9-11: joiners without an
+// address after 30-60 s, gossip_channel_no_route +92 for a batch of 10).
+// A neighbour's answer takes the direct connection.
 func (a *Allocator) pickDonorLocked() (key.Public, bool) {
+	if p, ok := a.pickDonorWhereLocked(func(p key.Public) bool { return a.neighbours[p] && a.ring.FreeOf(p) > 0 }); ok {
+		return p, true
+	}
+	return a.pickDonorWhereLocked(func(key.Public) bool { return true })
+}
+
+// pickDonorWhereLocked is pickDonorLocked among the peers ok accepts.
+func (a *Allocator) pickDonorWhereLocked(ok func(key.Public) bool) (key.Public, bool) {
 	var best key.Public
 	var bestFree, bestSize uint64
 	found := false
 	owners := a.ring.Owners()
 	for p, size := range owners {
-		if p == a.self || !a.reachable[p] || a.silent[p] {
+		if p == a.self || !a.reachable[p] || a.silent[p] || !ok(p) {
 			continue
 		}
 		free := a.ring.FreeOf(p)

@@ -253,7 +253,7 @@ func (nd *Node) loop() {
 // the whole ring goes at once to a control neighbour that arrives, with
 // relay set (ipam.Allocator.SendRing): it floods what is news to its side.
 func (nd *Node) reconcile() {
-	var reachable []key.Public
+	var reachable, direct []key.Public
 	set := map[key.Public]bool{}
 	peers := nd.Router.Reachable()
 	for _, p := range peers {
@@ -262,7 +262,13 @@ func (nd *Node) reconcile() {
 		}
 		reachable = append(reachable, p.Key)
 		set[p.Key] = true
+		if p.Direct {
+			direct = append(direct, p.Key)
+		}
 	}
+	// Preferred donors (ipam.Allocator.SetNeighbours), as the daemon's
+	// reconcile does.
+	nd.IPAM.SetNeighbours(direct)
 	changed := len(set) != len(nd.reach)
 	for k := range set {
 		if !nd.reach[k] {
