@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -260,7 +261,7 @@ func checkGroup(members, all []*Node, full bool) error {
 	for _, m := range members {
 		in[m.Key] = true
 		if full && !m.Addr().IsValid() {
-			return fmt.Errorf("%s has no address from IPAM yet", m.Name)
+			return fmt.Errorf("%s has no address from IPAM yet (%s)", m.Name, ipamWhy(m, all))
 		}
 	}
 	var refTopo, refRing []byte
@@ -405,4 +406,31 @@ func (c *Cluster) sumCounters(withIPAM bool) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// ipamWhy says where a peer without an address stands in IPAM: its ring,
+// its space, the donor it waits for, and its request and refusal counters.
+func ipamWhy(m *Node, all []*Node) string {
+	st := m.IPAM.Status()
+	spans, entries := 0, 0
+	for _, p := range st.Peers {
+		entries += len(p.Prefixes)
+		if p.Peer == m.Key {
+			spans = len(p.Prefixes)
+		}
+	}
+	donor := "none"
+	if !st.Donor.IsZero() {
+		donor = st.Donor.Name()
+		for _, nd := range all {
+			if nd.Key == st.Donor {
+				donor = nd.Name
+			}
+		}
+	}
+	var cs []string
+	for _, k := range []string{"ipam_request_sent", "ipam_donor_ring_trusted", "ipam_entry_unauthorized", "ipam_grant_not_from_granter", "ipam_held_taken", "ipam_authority_asked", "ipam_ring_received"} {
+		cs = append(cs, fmt.Sprintf("%s %d", strings.TrimPrefix(k, "ipam_"), st.Counters[k]))
+	}
+	return fmt.Sprintf("seeded %v, %d owners' prefixes, owns %d, waiting %v for %s; %s", st.Seed.ID != 0, entries, spans, st.WaitingForSpace, donor, strings.Join(cs, ", "))
 }
