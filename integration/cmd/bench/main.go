@@ -47,6 +47,7 @@
 package main
 
 import (
+	"debug/elf"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -213,9 +214,15 @@ func run(tb *benchTB, o options) int {
 	wwg := o.only["c"] || o.only["d"] || o.only["r"] || o.only["t"] || o.only["u"]
 	if wwg {
 		progress("building weavewg …")
-		if _, err := testbed.BuildBinary(dir); err != nil {
+		bin, err := testbed.BuildBinary(dir)
+		if err != nil {
 			cErr = err
+		} else {
+			warnDynamic(rep, bin)
 		}
+	}
+	if o.compare != "" {
+		warnDynamic(rep, o.compare)
 	}
 
 	progress("building the test bed: 2 hosts on %s0/24 …", testbed.UnderlayNet)
@@ -646,6 +653,29 @@ func median(res *Result, rounds []Result) {
 	}
 	res.TCP1 = pick(func(r Result) *Throughput { return r.TCP1 })
 	res.TCPn = pick(func(r Result) *Throughput { return r.TCPn })
+}
+
+// warnDynamic notes in the report when bin is dynamically linked (built
+// with cgo, as a plain `go build` does where a C compiler is installed):
+// glibc registers rseq for every thread, which the kernel then serves at
+// every return to the thread (__rseq_handle_notify_resume in perf: about
+// 1% of the daemons' samples under a flood ping), a cost the static
+// wireguard-go reference and `make build`'s static weavewg do not pay. A
+// before/after with one such binary measures the build too.
+func warnDynamic(rep *Report, bin string) {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			msg := fmt.Sprintf("%s is dynamically linked (cgo), unlike the static wireguard-go and make build's weavewg: glibc's per-thread rseq costs it about 1%% of its samples; build it with CGO_ENABLED=0 to compare like with like", bin)
+			progress("warning: %s", msg)
+			rep.Warnings = append(rep.Warnings, msg)
+			return
+		}
+	}
 }
 
 func loadavg() string {

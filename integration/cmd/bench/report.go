@@ -28,6 +28,9 @@ type Report struct {
 	// RoundLoads is the 1-minute load average as each round began: the
 	// per-round ratios of a shared machine read against it.
 	RoundLoads []string `json:"round_loads,omitempty"`
+	// Warnings are about what the figures may not mean (a binary built
+	// unlike the reference, say); the paths were measured.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Result is one path's figures (medians over rounds when there were several).
@@ -285,6 +288,9 @@ func printTable(w io.Writer, rep *Report) {
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(w, "not measured: %s\n", firstLines(e, 3))
+	}
+	for _, e := range rep.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", e)
 	}
 	for _, p := range rep.Paths {
 		if p.Profile != nil {
