@@ -26,9 +26,9 @@ import (
 //
 // So the Bind keeps a copy of the last handshake message our wireguard-go
 // sent each peer, until it is answered, and sends the same bytes again on
-// the peer's current path (handshakeRetryAfter, at most handshakeRetries
-// times, never past RekeyTimeout when wireguard-go sends a new one of its
-// own):
+// the peer's current path (handshakeRetryAfter, or twice the path's probe
+// round trip if longer: retryAfter; at most handshakeRetries times, never
+// past RekeyTimeout when wireguard-go sends a new one of its own):
 //
 //   - an initiation is answered by a response naming its sender index; a
 //     copy that arrives after the first one got through is refused by the
@@ -91,6 +91,25 @@ type pendingHandshake struct {
 	tries int           // sent again so many times
 	msg   [wgSizeInitiation]byte
 	n     int
+}
+
+// retryAfter is how long (ns) a copy waits unanswered before the next:
+// handshakeRetryAfter, or twice the probe round trip last measured on the
+// peer's path if that is longer. A copy is for a message lost on the way;
+// one whose answer is only late is not lost, and a relay starved of CPU
+// (the VM test: probe round trips through it of 58 s) got four more
+// copies of every handshake of every pair it relayed, queued behind the
+// rest and lengthening the queue they waited in.
+func (p *pendingHandshake) retryAfter() int64 {
+	d := int64(handshakeRetryAfter)
+	if p.ps != nil {
+		rtt := p.ps.rtt.Load()
+		if p.ps.relayed.Load() {
+			rtt = p.ps.relayRTT.Load()
+		}
+		d = max(d, 2*rtt)
+	}
+	return d
 }
 
 // handshakes is the Bind's set of pending handshake messages. The packet
@@ -323,7 +342,7 @@ func (b *Bind) retransmitHandshakes() {
 		if now-p.first >= int64(handshakeGiveUp) || p.tries >= handshakeRetries {
 			return true // wireguard-go's own retry takes over
 		}
-		if now-p.last >= int64(handshakeRetryAfter) {
+		if now-p.last >= p.retryAfter() {
 			p.tries++
 			p.last = now
 			due = append(due, *p)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -195,6 +196,42 @@ func TestHandshakeRetransmit(t *testing.T) {
 				t.Errorf("pending at the end = %v, want %v", got, tt.left)
 			}
 		})
+	}
+}
+
+// TestHandshakeRetransmitWaitsForSlowPath: on a path whose probes take
+// long to come back, a copy waits twice the round trip (an answer that is
+// only late is not lost; copies would queue behind it at a starved
+// relay), and none goes once that is past wireguard-go's own retry.
+func TestHandshakeRetransmitWaitsForSlowPath(t *testing.T) {
+	for _, tt := range []struct {
+		rtt  time.Duration
+		want []time.Duration // when copies go, checked every 100 ms up to 5 s
+	}{
+		{0, []time.Duration{500 * time.Millisecond, 1000 * time.Millisecond, 1500 * time.Millisecond, 2000 * time.Millisecond}},
+		{1200 * time.Millisecond, []time.Duration{2400 * time.Millisecond, 4800 * time.Millisecond}},
+		{3 * time.Second, nil},
+	} {
+		f := newRelayFixture(t)
+		f.inner.keep = true
+		var clk hsClock
+		clk.at(f, 0)
+		f.tbl.peers[f.tbl.lookup(PeerIDOf(f.c))].path.relayRTT.Store(int64(tt.rtt))
+		if err := f.bind.Send([][]byte{wgInitiation(7)}, newRelayEndpoint(PeerIDOf(f.c))); err != nil {
+			t.Fatal(err)
+		}
+		var got []time.Duration
+		for at := 100 * time.Millisecond; at < 5*time.Second; at += 100 * time.Millisecond {
+			clk.at(f, at)
+			sends := f.inner.sends
+			f.bind.retransmitHandshakes()
+			if f.inner.sends != sends {
+				got = append(got, at)
+			}
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("relayed path with probe round trip %v: copies at %v, want %v", tt.rtt, got, tt.want)
+		}
 	}
 }
 
