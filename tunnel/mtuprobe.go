@@ -96,8 +96,9 @@ type mtuAnswer struct {
 }
 
 // handleMTUProbe answers an MTU probe or passes on a reply; frame is the
-// whole frame (for us) from src (ep: its endpoint), si the source peer.
-func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, src netip.AddrPort, ep conn.Endpoint) {
+// whole frame (for us) from src (ep: its endpoint), si the source peer, hs
+// the member that sent this hop (si, or the relay that forwarded it).
+func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si, hs int32, src netip.AddrPort, ep conn.Endpoint) {
 	t := rx.t
 	p := &t.peers[si]
 	if len(frame) < mtuReplyLen {
@@ -121,11 +122,7 @@ func (b *Bind) handleMTUProbe(rx *relayRx, frame []byte, h RelayHeader, si int32
 			rx.n[rcMalformed]++
 			return
 		}
-		hop := si
-		if path != mtuPathDirect {
-			hop = t.nextHopIndex(si)
-			ep = t.peers[hop].ep
-		}
+		hop := hs // back the way it came (as probes: handleProbe)
 		if ep == nil {
 			rx.n[rcNoRoute]++
 			return

@@ -13,7 +13,8 @@ import (
 // # Probes
 //
 // Every probeInterval the tunnel sends each peer a probe straight to its UDP
-// address, and another through its relay if it has one. A probe is a relay
+// address, and, every relayProbeEvery (every round during a NAT opening),
+// another through its relay if it has one. A probe is a relay
 // frame of type 1 whose payload is the probe body; the answer is a body of
 // the same layout in a frame of type 2 with the peer IDs swapped, the
 // timestamp echoed and the replier's own counter:
@@ -107,9 +108,10 @@ func appendProbe(b []byte, k *[32]byte, hdr RelayHeader, ts int64, ctr uint64, p
 }
 
 // handleProbe answers a probe or records a reply; frame is the whole frame,
-// h its header (for us), si the source peer, src and ep the UDP address and
+// h its header (for us), si the source peer, hs the member that sent this
+// hop (si, or the relay that forwarded it), src and ep the UDP address and
 // endpoint it came from.
-func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, src netip.AddrPort, ep conn.Endpoint) {
+func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si, hs int32, src netip.AddrPort, ep conn.Endpoint) {
 	t := rx.t
 	p := &t.peers[si]
 	if len(frame) != probeFrameLen {
@@ -145,11 +147,12 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si int32, s
 		} else {
 			p.path.saysDirect.Store(rx.now)
 		}
-		hop := si // the answer's first hop: the peer, where the probe came from
-		if !direct {
-			hop = t.nextHopIndex(si)
-			ep = t.peers[hop].ep
-		}
+		// The answer goes back the way the probe came: straight, or to the
+		// relay that forwarded it, whatever our own path to the peer. (Sent
+		// along our path, a relayed probe's answer went straight while we
+		// still held the peer direct: over the very path that had failed,
+		// so neither side saw its relay answer.)
+		hop := hs
 		if ep == nil {
 			rx.n[rcNoRoute]++
 			return
@@ -211,9 +214,10 @@ func (b *Bind) sendProbes() {
 				sent++
 			}
 		}
-		if p.via >= 0 {
+		if p.via >= 0 && b.relayProbeDue(p, now, flags) {
 			j := t.nextHopIndex(p.via)
 			if ep := t.peers[j].ep; ep != nil {
+				p.path.relayProbeAt.Store(now)
 				hdr.HopLimit = DefaultHopLimit
 				f := appendProbe(make([]byte, 0, probeFrameLen), p.pairKey, hdr, now, p.path.sendCtr.Add(1), probePathRelayed, flags)
 				if b.sendHop(t, j, f, ep) == nil {
@@ -223,6 +227,21 @@ func (b *Bind) sendProbes() {
 		}
 	}
 	b.ctr.relay[rcProbesSent].Add(sent)
+}
+
+// relayProbeEvery is how often a pair is probed through its relay, unless
+// its probes carry the NAT opening's words (then every round: the holder
+// waits for them). Every round cost a relay four frames a second for each
+// pair it relays (probe and reply, both ways): with six relayed pairs,
+// most of what a relay starved of CPU had to forward in the VM test.
+// Nothing needs the relayed path's answer sooner: a direct path is given
+// up after DeadAfter (5 s) and only for a relay that answered since.
+const relayProbeEvery = 5 * time.Second
+
+// relayProbeDue reports whether p gets a relayed probe this round at now.
+func (b *Bind) relayProbeDue(p *relayPeer, now int64, flags byte) bool {
+	return flags&(probeFlagOpening|probeFlagNATAnswers) != 0 || p.path.hold.Load() ||
+		now-p.path.relayProbeAt.Load() >= int64(relayProbeEvery)
 }
 
 // probeFlags are the flags of this round's probes to p at now: the opening

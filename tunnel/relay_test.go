@@ -792,6 +792,7 @@ func TestProbeRelayingFlag(t *testing.T) {
 		t.Errorf("direct path: %d probes to c, flagged to %v; want 2, none flagged", n, to)
 	}
 	pc.path.relayed.Store(true)
+	now = now.Add(relayProbeEvery) // the next relayed probe is due
 	if to, n := flagged(); len(to) != 2 || n != 2 {
 		t.Errorf("relayed path: %d probes to c, flagged to %v; want both flagged", n, to)
 	}
@@ -821,6 +822,63 @@ func TestProbeRelayingFlag(t *testing.T) {
 	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
 	if got := pc.path.saysRelayed.Load(); got == now.UnixNano() {
 		t.Errorf("forged relaying flag noted")
+	}
+}
+
+// TestRelayedProbeAnsweredThroughRelay: a probe that came through a relay
+// is answered through that relay even while we hold the peer direct (the
+// two sides' choices differ while a direct path fails): answered straight,
+// over the failed path, neither side ever saw its relay answer.
+func TestRelayedProbeAnsweredThroughRelay(t *testing.T) {
+	now := time.Unix(1000, 0)
+	f, self, c, pc := newProbeFixture(t, &now)
+	pc.path.relayed.Store(false) // we send to c straight
+	probe := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbe, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, now.UnixNano(), 9, probePathRelayed, 0)
+	bt := newBatch()
+	bt.fill(hopFrom(probe, f.b), "192.0.2.2:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if f.inner.sends != 1 || epAddr(f.inner.lastEP) != "192.0.2.2:6783" || !hopValidTo(f.inner.last, f.self, f.b) {
+		t.Fatalf("relayed probe: %d sends, last to %s; want the answer to the relay b at 192.0.2.2:6783, sealed for it", f.inner.sends, epAddr(f.inner.lastEP))
+	}
+	h, _, err := ParseRelayHeader(f.inner.last)
+	if err != nil || h.Type != RelayTypeProbeReply || h.Dst != c {
+		t.Fatalf("answer %+v, %v", h, err)
+	}
+}
+
+// TestRelayedProbesPaced: a pair is probed straight every round but
+// through its relay only every relayProbeEvery, except while its probes
+// carry the NAT opening's words (the holder waits for them) or it holds.
+func TestRelayedProbesPaced(t *testing.T) {
+	now := time.Unix(1000, 0)
+	f, _, c, pc := newProbeFixture(t, &now)
+	rounds := func(n int) (direct, relayed int) {
+		sends := &captureBind{}
+		f.bind.inner = sends
+		defer func() { f.bind.inner = f.inner }()
+		for range n {
+			f.bind.sendProbes()
+			now = now.Add(probeInterval)
+		}
+		for _, fr := range sends.frames {
+			h, body, err := ParseRelayHeader(fr.b)
+			if err != nil || h.Type != RelayTypeProbe || h.Dst != c {
+				continue
+			}
+			if body[16] == probePathDirect {
+				direct++
+			} else {
+				relayed++
+			}
+		}
+		return direct, relayed
+	}
+	if d, r := rounds(10); d != 10 || r != 2 {
+		t.Errorf("10 rounds: %d direct probes, %d relayed; want 10 and 2", d, r)
+	}
+	pc.path.hold.Store(true) // holding off in a NAT opening: relayed probes only, every round
+	if d, r := rounds(3); d != 0 || r != 3 {
+		t.Errorf("holding: %d direct probes, %d relayed; want 0 and 3", d, r)
 	}
 }
 

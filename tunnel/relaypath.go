@@ -85,6 +85,9 @@ type pathState struct {
 	// relays to us, and last said it does not (probeFlagRelaying; 0:
 	// never; mailboxes to the path loop).
 	saysRelayed, saysDirect atomic.Int64
+	// relayProbeAt: unix ns our last probe through the relay went (the
+	// path loop's; relayProbeEvery).
+	relayProbeAt atomic.Int64
 	// hsPending: handshake messages we sent this peer that are not
 	// answered yet (handshake.go, written under its lock). The packet
 	// path looks for answers only in packets from a peer whose count is
@@ -315,10 +318,10 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 		switch h.Type {
 		case RelayTypeData:
 		case RelayTypeMTUProbe, RelayTypeMTUReply:
-			b.handleMTUProbe(rx, pkt, h, si, src, *ep) // path MTU (mtuprobe.go)
+			b.handleMTUProbe(rx, pkt, h, si, hs, src, *ep) // path MTU (mtuprobe.go)
 			return 0
 		default:
-			b.handleProbe(rx, pkt, h, si, src, *ep)
+			b.handleProbe(rx, pkt, h, si, hs, src, *ep)
 			return 0
 		}
 		if !isWireGuard(payload) {
