@@ -37,6 +37,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -537,8 +538,11 @@ func print(results []result, verify time.Duration) {
 		fmt.Printf("\ngrowth of frames/N until settled (a change costing O(N) frames keeps it flat), and of the CPU per peer (O(N) CPU in total keeps it flat; O(N²) grows as N):\n")
 		first := results[0]
 		for _, r := range results[1:] {
-			for i, c := range r.Changes {
-				if i < len(first.Changes) && first.Changes[i].SettleMsgsOverN > 0 {
+			for _, c := range r.Changes {
+				// The same change at the smallest N; a change that did
+				// not settle (or a failed build) has nothing to compare.
+				i := slices.IndexFunc(first.Changes, func(f change) bool { return f.Name == c.Name })
+				if i >= 0 && first.Changes[i].SettleMsgsOverN > 0 && c.SettleMsgsOverN > 0 {
 					f := first.Changes[i]
 					cpu := ""
 					if f.SettleCPUSeconds > 0 {
