@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // An N-th join whose topology timed out stops the run even though the
 // timed-out wait left a duration in TopoSeconds (that duration used to be
@@ -24,5 +27,29 @@ func TestFirstFailedStops(t *testing.T) {
 	}
 	if (result{N: 100}).firstFailed() {
 		t.Error("a run with no change counts as a failed first change")
+	}
+}
+
+// The build's backoff: a slow batch halves the next, never below
+// minBatch (nor above -batch when -batch is smaller), a quick one doubles
+// it back up to -batch, one in between keeps it.
+func TestNextBatch(t *testing.T) {
+	const timeout = 120 * time.Second
+	for _, tt := range []struct {
+		size, most int
+		took       time.Duration
+		want       int
+	}{
+		{100, 100, 40 * time.Second, 50},
+		{12, 100, 40 * time.Second, 10},
+		{10, 100, 119 * time.Second, 10},
+		{4, 4, 40 * time.Second, 4},
+		{25, 100, 5 * time.Second, 50},
+		{80, 100, 5 * time.Second, 100},
+		{25, 100, 20 * time.Second, 25},
+	} {
+		if got := nextBatch(tt.size, tt.most, tt.took, timeout); got != tt.want {
+			t.Errorf("batch of %d (at most %d) agreed in %v: next %d, want %d", tt.size, tt.most, tt.took, got, tt.want)
+		}
 	}
 }
