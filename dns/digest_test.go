@@ -2,6 +2,7 @@ package dns
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -138,4 +139,30 @@ func FuzzParseRepair(f *testing.F) {
 			t.Fatalf("summary does not round-trip")
 		}
 	})
+}
+
+// TestJoinerMissingManyRepairedAtOnce: a peer that lacks many owners'
+// names (a joiner whose arrival messages were dropped by relays with no
+// route to it yet) gets them all from one digest exchange, not 16 owners
+// a round (a simulated N=300 joiner still lacked a name after 100 s).
+func TestJoinerMissingManyRepairedAtOnce(t *testing.T) {
+	var keys []key.Public
+	for i := range 40 {
+		keys = append(keys, peerKey(byte(10+i)))
+	}
+	n := memServers(t, keys...)
+	j, q := keys[0], keys[1]
+	n.drop = func(m memMsg) bool { return m.to == j }
+	for i, k := range keys[1:] {
+		must(t, n.servers[k].AddEntry(fmt.Sprintf("c%d", i), netip.AddrFrom4([4]byte{10, 32, 1, byte(i)}), "c"))
+	}
+	n.run(t)
+	n.drop = nil
+	n.servers[j].SendDigest(q)
+	n.run(t)
+	for i := range keys[1:] {
+		if got, _ := n.servers[j].Lookup(fmt.Sprintf("c%d.weave.local", i)); len(got) != 1 {
+			t.Fatalf("c%d not resolved after one digest exchange (counters %v)", i, n.servers[j].Counters())
+		}
+	}
 }

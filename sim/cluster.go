@@ -423,9 +423,18 @@ func ipamWhy(m *Node, all []*Node) string {
 	if !st.Donor.IsZero() {
 		donor = st.Donor.Name()
 		for _, nd := range all {
-			if nd.Key == st.Donor {
-				donor = nd.Name
+			if nd.Key != st.Donor {
+				continue
 			}
+			direct := false
+			for _, p := range m.Router.Reachable() {
+				if p.Key == nd.Key {
+					direct = p.Direct
+				}
+			}
+			dc := nd.IPAM.Counters()
+			donor = fmt.Sprintf("%s (a neighbour: %v; it received %d requests, granted %d, declined %d, resent %d)", nd.Name, direct,
+				dc["ipam_request_received"], dc["ipam_grant"], dc["ipam_request_declined"], dc["ipam_request_grant_resent"])
 		}
 	}
 	var cs []string
