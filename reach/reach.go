@@ -27,8 +27,8 @@
 //     the new gossip address's IP (traffic got there first).
 //   - Relayed: a peer without a relay is always direct. One with a relay is
 //     direct while its direct probes were answered within DeadAfter;
-//     relayed when they were not and the relay answered a probe since the
-//     last direct answer, or when it has no endpoint at all; until it has
+//     relayed when they were not and the relay answered a probe sent
+//     after the last direct answer came, or when it has no endpoint at all; until it has
 //     been probed for DeadAfter it keeps gossip's first guess (relayed when
 //     gossip's route goes through another peer). Hysteresis, so that a
 //     starved host's late or bunched replies do not flip a pair between
@@ -178,9 +178,9 @@ type peer struct {
 	learnedAt time.Time
 	lastReply time.Time
 	upSince   time.Time // the first direct reply of the current unbroken run (SteadyGap)
-	lastRelay time.Time
-	fell      bool // went from direct to relayed for want of replies: back only when steady
-	opened    bool // a direct probe answered since the peer appeared: no more holds
+	lastRelay time.Time // when the newest answered relayed probe was sent
+	fell      bool      // went from direct to relayed for want of replies: back only when steady
+	opened    bool      // a direct probe answered since the peer appeared: no more holds
 	// peerOpening: when the peer last told us it sends to our NAT mapping
 	// in its opening turn (zero: never).
 	peerOpening time.Time
@@ -342,10 +342,15 @@ func (m *Machine) PeerSays(t time.Time, k key.Public, relayed bool) {
 	}
 }
 
-// RelayReply records that a probe sent through k's relay answered.
-func (m *Machine) RelayReply(now time.Time, k key.Public) {
-	if p := m.peers[k]; p != nil {
-		p.lastRelay = now
+// RelayReply records that a probe sent through k's relay at sent was
+// answered. The time it was sent, not when the answer came: a starved
+// host takes its answers in bunches, and a relayed answer read just after
+// the last direct one says nothing of the paths; one to a probe sent after
+// the last direct answer came says the relay worked while the direct path
+// did not.
+func (m *Machine) RelayReply(sent time.Time, k key.Public) {
+	if p := m.peers[k]; p != nil && sent.After(p.lastRelay) {
+		p.lastRelay = sent
 	}
 }
 

@@ -95,6 +95,17 @@ func TestMachine(t *testing.T) {
 			// The relay answers after the direct path fell silent: relayed.
 			{26 * time.Second, relayReply, relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
 		}},
+		// A starved host reads its answers in bunches: a relayed answer
+		// read after the last direct one, to a probe sent before it came,
+		// says nothing of the paths.
+		{"a relayed answer to a probe sent before the last direct answer moves nothing", []step{
+			{0, peers(false, gossA), direct(gossA, SourceGossip, "first guess: gossip's route is direct"), false},
+			{time.Second, reply, direct(gossA, SourceGossip, "direct probes answered"), false},
+			{7 * time.Second, func(m *Machine, now time.Time) { m.RelayReply(t0.Add(500*time.Millisecond), peerA) },
+				direct(gossA, SourceGossip, "direct probes unanswered for 5s, but the relay answers none either: kept direct"), false},
+			{8 * time.Second, func(m *Machine, now time.Time) { m.RelayReply(t0.Add(1500*time.Millisecond), peerA) },
+				relayed(gossA, SourceGossip, "direct probes unanswered for 5s"), false},
+		}},
 		// A pair that fell to its relay goes back only when the direct
 		// path answers without gaps for SteadyFor, not on one late reply.
 		{"fell to the relay: back direct only when steady", []step{

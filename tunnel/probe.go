@@ -182,7 +182,10 @@ func (b *Bind) handleProbe(rx *relayRx, frame []byte, h RelayHeader, si, hs int3
 			p.path.rtt.Store(rtt)
 		} else {
 			p.path.relayRTT.Store(rtt)
-			p.path.lastRelay.Store(rx.now)
+			// When the answered probe was sent, not when its answer came:
+			// the path owner asks whether the relay answered a probe sent
+			// after the last direct answer (reach.RelayReply).
+			p.path.lastRelay.Store(max(p.path.lastRelay.Load(), ts))
 		}
 		rx.n[rcProbeReplies]++
 	}

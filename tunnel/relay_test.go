@@ -844,6 +844,15 @@ func TestRelayedProbeAnsweredThroughRelay(t *testing.T) {
 	if err != nil || h.Type != RelayTypeProbeReply || h.Dst != c {
 		t.Fatalf("answer %+v, %v", h, err)
 	}
+	// c's answer to our relayed probe, read 3 s after we sent it: the
+	// path owner is told when the answered probe went (reach.RelayReply).
+	sent := now.Add(-3 * time.Second)
+	reply := appendProbe(nil, testPairKey(f.c), RelayHeader{Type: RelayTypeProbeReply, HopLimit: 5, Forwarded: true, Dst: self, Src: c}, sent.UnixNano(), 10, probePathRelayed, 0)
+	bt.fill(hopFrom(reply, f.b), "192.0.2.2:6783")
+	f.bind.sortBatch(bt.packets, bt.sizes, bt.eps)
+	if got := pc.path.lastRelay.Load(); got != sent.UnixNano() {
+		t.Errorf("relayed answer noted at %v, want the probe's send time %v", time.Unix(0, got), sent)
+	}
 }
 
 // TestRelayedProbesPaced: a pair is probed straight every round but

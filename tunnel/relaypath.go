@@ -46,7 +46,7 @@ type pathState struct {
 	lastReply atomic.Int64 // unix ns of the last direct probe reply; 0: none
 	rtt       atomic.Int64 // ns, last direct probe round trip
 	relayRTT  atomic.Int64 // ns, last relayed probe round trip
-	lastRelay atomic.Int64 // unix ns of the last relayed probe reply; 0: none
+	lastRelay atomic.Int64 // unix ns the newest answered relayed probe was sent; 0: none
 	added     int64        // unix ns the peer appeared; constant
 	bucket    tokenBucket  // forwarding budget of frames from this peer
 
