@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -296,5 +297,27 @@ func BenchmarkJoinRoutes(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// A simulation's longer timeouts reach the router; unset, the daemon's
+// stay; negative ones are refused.
+func TestConfigTimeouts(t *testing.T) {
+	r, err := New(Config{Private: newKey(t), Port: 1, HandshakeTimeout: 50 * time.Second, ReadTimeout: 950 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.tun.handshake != 50*time.Second || r.tun.readTimeout != 950*time.Second {
+		t.Errorf("handshake %v, read %v; want the configured 50s and 950s", r.tun.handshake, r.tun.readTimeout)
+	}
+	r, err = New(Config{Private: newKey(t), Port: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := defaultTunables(); r.tun.handshake != d.handshake || r.tun.readTimeout != d.readTimeout {
+		t.Errorf("unset: handshake %v, read %v; want the defaults %v and %v", r.tun.handshake, r.tun.readTimeout, d.handshake, d.readTimeout)
+	}
+	if _, err := New(Config{Private: newKey(t), Port: 1, ReadTimeout: -time.Second}); err == nil {
+		t.Error("a negative read timeout was taken")
 	}
 }

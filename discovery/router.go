@@ -76,6 +76,13 @@ type Config struct {
 	// simulation of N peers in one process sets it longer: its peers'
 	// handshakes share the few cores N hosts would each have alone.
 	HandshakeTimeout time.Duration
+	// ReadTimeout closes a control connection on which nothing arrived
+	// for this long (a hung peer process whose kernel still answers
+	// TCP keepalives); 0: 95 s. A simulation of N peers in one process
+	// sets it longer, for the reason HandshakeTimeout says: its pipes
+	// have no kernel, and its peers' keepalives wait behind every other
+	// peer's work.
+	ReadTimeout time.Duration
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -301,8 +308,8 @@ func New(cfg Config) (*Router, error) {
 	case cfg.ConnLimit < 0 || cfg.ConnLimit > MaxNeighbors:
 		return nil, fmt.Errorf("discovery: connection limit %d: 1-%d", cfg.ConnLimit, MaxNeighbors)
 	}
-	if cfg.HandshakeTimeout < 0 {
-		return nil, fmt.Errorf("discovery: handshake timeout %v is negative", cfg.HandshakeTimeout)
+	if cfg.HandshakeTimeout < 0 || cfg.ReadTimeout < 0 {
+		return nil, fmt.Errorf("discovery: negative timeout (handshake %v, read %v)", cfg.HandshakeTimeout, cfg.ReadTimeout)
 	}
 	if cfg.Network == nil {
 		cfg.Network = tcpNetwork{}
@@ -331,6 +338,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.HandshakeTimeout > 0 {
 		r.tun.handshake = cfg.HandshakeTimeout
+	}
+	if cfg.ReadTimeout > 0 {
+		r.tun.readTimeout = cfg.ReadTimeout
 	}
 	r.channels = map[string]*Channel{}
 	r.chanDone = make(chan struct{})

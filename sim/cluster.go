@@ -41,6 +41,11 @@ type Config struct {
 	// 1,774 of 3,507 failed handshakes timed out and were tried again,
 	// more load still).
 	HandshakeTimeout time.Duration
+	// ReadTimeout is each router's (discovery.Config); 0: the daemon's
+	// 95 s. At N=1,000 on a third of a shared core, connections fell
+	// silent past 95 s during the build and closed by thousands, each
+	// loss a new record version for everyone.
+	ReadTimeout time.Duration
 }
 
 // Cluster is a simulated mesh: nodes that join, leave and get partitioned.
@@ -101,6 +106,7 @@ func (c *Cluster) Join() (*Node, error) {
 		verify:    c.Verify.Verify,
 		connLimit: c.cfg.ConnLimit,
 		hsTimeout: c.cfg.HandshakeTimeout,
+		rdTimeout: c.cfg.ReadTimeout,
 		seed:      i == 0,
 		routers:   c.cfg.RoutersOnly,
 		logger:    c.cfg.Logger,

@@ -69,6 +69,7 @@ type nodeConfig struct {
 	verify    discovery.Verifier
 	connLimit int
 	hsTimeout time.Duration
+	rdTimeout time.Duration
 	seed      bool // creates the network: owns the whole range
 	routers   bool // the router alone: no allocator, no name table
 	bootstrap []netip.AddrPort
@@ -104,6 +105,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		ConnLimit:        cfg.connLimit,
 		Network:          cfg.network.Host(cfg.ip),
 		HandshakeTimeout: cfg.hsTimeout,
+		ReadTimeout:      cfg.rdTimeout,
 		Verify:           cfg.verify,
 		Logger:           nd.log.With("part", "discovery"),
 	})

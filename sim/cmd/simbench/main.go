@@ -290,10 +290,17 @@ func handshakeFor(n int) time.Duration {
 	return 5 * time.Second * time.Duration(max(1, (n+99)/100))
 }
 
+// readFor is the routers' read timeout for a simulation of n peers, for
+// handshakeFor's reason: the daemon's 95 s per 100 peers (at N=1,000
+// and 95 s the build's connections fell silent past it by thousands).
+func readFor(n int) time.Duration {
+	return 95 * time.Second * time.Duration(max(1, (n+99)/100))
+}
+
 func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Duration) result {
 	res := result{N: n, HandshakeSeconds: handshakeFor(n).Seconds()}
 	if burst {
-		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n)})
+		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n), ReadTimeout: readFor(n)})
 		measureOn(c, n, &res, "N launched", timeout, func() error {
 			for range n {
 				if _, err := c.Join(); err != nil {
@@ -304,7 +311,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		})
 		c.Close()
 	}
-	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n)})
+	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n), ReadTimeout: readFor(n)})
 	defer c.Close()
 	start := time.Now()
 	size := max(batch, 1)
@@ -514,7 +521,7 @@ func print(results []result, verify time.Duration) {
 	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
 	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "set cpu", "ms/peer", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
-		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds)
+		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s, read timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds, readFor(r.N).Seconds())
 		for _, c := range r.Changes {
 			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
 			note := ""
