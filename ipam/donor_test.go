@@ -198,3 +198,80 @@ func TestRequestGoesToANeighbour(t *testing.T) {
 		t.Errorf("k owns %v; x granted %d times, want 1", k.View().Ring.Spans(k.self), x.Counters()["ipam_grant"])
 	}
 }
+
+// TestGrantAtAPartBoundary: a joiner takes its grant from a donor's ring
+// that travels in parts when the grant is the last entry of a part. Its
+// span's end is the part's bound, a token new to the joiner (the donor
+// inserted it with the grant), which a part brings only as a bound: the
+// grant was refused as unbounded, the next part brought the end too late
+// (a refused grant is not retried), and every ring the donor sent again
+// was cut the same way (simulated N=300: a joiner took two of its donor's
+// rings and owned nothing). Parts go last first, so the end is there.
+func TestGrantAtAPartBoundary(t *testing.T) {
+	net := &loopNet{peers: map[key.Public]*Allocator{}}
+	a, j := openWide(t, net, pk(0)), openWide(t, net, pk(1))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeers([]key.Public{j.self})
+	j.SetPeers([]key.Public{a.self})
+	a.mu.Lock()
+	base := a.span.First
+	fake := func(i int) key.Public {
+		var k key.Public
+		k[0], k[1], k[31] = byte(i>>8), byte(i), 0xee
+		return k
+	}
+	// Entry 0 is a's, 1 another owner's; then per i another owner's
+	// entry (2i) and the rest of a's block (2i+1).
+	grant := func(to key.Public, s Span) {
+		if err := a.ring.Grant(a.self, to, s); err != nil {
+			a.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	grant(fake(1000), Span{base + 512, base + 1023})
+	for i := 1; i <= 200; i++ {
+		grant(fake(i), Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511})
+	}
+	if _, err := a.ringChangedLocked(); err != nil {
+		a.mu.Unlock()
+		t.Fatal(err)
+	}
+	a.mu.Unlock()
+	a.SendRing(j.self, false)
+	net.run(t)
+	j.WantSpace()
+	net.queue = nil // the request is lost: a grants below instead
+	// a grants j the middle of its block at entry 317: j's token is
+	// entry 318 and its end, new, entry 319, the first part's bound.
+	a.mu.Lock()
+	blk := a.ring.entrySpan(317)
+	if a.ring.Entries[317].Owner != a.self {
+		a.mu.Unlock()
+		t.Fatal("setting up: entry 317 is not a's")
+	}
+	grant(j.self, Span{blk.First + 128, blk.First + 255})
+	if _, err := a.ringChangedLocked(); err != nil {
+		a.mu.Unlock()
+		t.Fatal(err)
+	}
+	msgs, err := ringParts(a.ring, nil, false, false)
+	a.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	net.queue = nil // the broadcast is lost: j has a's answer alone
+	if len(msgs) < 2 {
+		t.Fatalf("setting up: the ring went in %d part", len(msgs))
+	}
+	for _, m := range msgs {
+		if err := j.HandleMessage(a.self, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := j.View().Ring.Spans(j.self)
+	if len(got) != 1 || got[0] != (Span{blk.First + 128, blk.First + 255}) {
+		t.Fatalf("j owns %v after its donor's ring (counters %v)", got, j.Counters())
+	}
+}

@@ -254,6 +254,15 @@ func ringParts(r *Ring, send []bool, votes, relay bool) ([][]byte, error) {
 	if err := flush(); err != nil {
 		return nil, err
 	}
+	// Last part first. A part's bound is the next part's first entry; a
+	// receiver takes a bound only as a token it already holds, so a new
+	// token at the end of a part (a grant, with the end its granter
+	// inserted as the bound) was refused as unbounded when the parts came
+	// in ring order, and never retried: a joiner given its grant there
+	// owned nothing after any number of its donor's rings. In reverse
+	// order the bound has arrived (on one connection, in order) when the
+	// part that ends at it does.
+	slices.Reverse(out)
 	if votes && len(r.Votes)+len(r.Transfers) > 0 {
 		vr := &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used, Votes: r.Votes, Transfers: r.Transfers}
 		msg, err := AppendRingPartMessage(nil, &RingPart{Ring: vr, Relay: relay})
