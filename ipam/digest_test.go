@@ -8,29 +8,22 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// wideMesh opens n peers on 10.32.0.0/12; peer 0 seeds and grants each
-// other peer space, and every peer ends with the same ring.
-func wideMesh(t *testing.T, n int) (*loopNet, []*Allocator) {
-	t.Helper()
-	net := &loopNet{peers: map[key.Public]*Allocator{}}
-	var as []*Allocator
-	for i := range n {
-		as = append(as, openWide(t, net, pk(i)))
-	}
-	if err := as[0].Seed(); err != nil {
-		t.Fatal(err)
-	}
-	var all []key.Public
-	for _, a := range as {
-		all = append(all, a.self)
+// introduce gives every one of as the same view of the peers: all of them.
+func introduce(as ...*Allocator) {
+	all := make([]key.Public, len(as))
+	for i, a := range as {
+		all[i] = a.self
 	}
 	for _, a := range as {
 		a.SetPeers(all)
 	}
-	for _, a := range as[1:] {
-		as[0].SendRing(a.self, false)
-	}
-	net.run(t)
+}
+
+// wideMesh opens n peers on 10.32.0.0/12; peer 0 seeds and grants each
+// other peer space, and every peer ends with the same ring.
+func wideMesh(t *testing.T, n int) (*loopNet, []*Allocator) {
+	t.Helper()
+	net, as := bareMesh(t, n)
 	for _, a := range as[1:] {
 		a.WantSpace()
 		net.run(t)

@@ -29,17 +29,13 @@ func bareMesh(t *testing.T, n int) (*loopNet, []*Allocator) {
 	t.Helper()
 	net := &loopNet{peers: map[key.Public]*Allocator{}}
 	var as []*Allocator
-	var all []key.Public
 	for i := range n {
 		as = append(as, openWide(t, net, pk(i)))
-		all = append(all, pk(i))
 	}
 	if err := as[0].Seed(); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range as {
-		a.SetPeers(all)
-	}
+	introduce(as...)
 	for _, a := range as[1:] {
 		as[0].SendRing(a.self, false)
 	}
@@ -182,13 +178,7 @@ func TestRequestGoesToANeighbour(t *testing.T) {
 	}
 	// With no neighbour holding free space, the peer with the most.
 	k := openWide(t, net, pk(9))
-	all := []key.Public{k.self}
-	for _, a := range as {
-		all = append(all, a.self)
-	}
-	for _, a := range append(as, k) {
-		a.SetPeers(all)
-	}
+	introduce(append(as, k)...)
 	s.SendRing(k.self, false)
 	net.run(t)
 	k.SetNeighbours([]key.Public{pk(7)})

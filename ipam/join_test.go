@@ -381,10 +381,7 @@ func TestStaleJoinerTakesItsGrant(t *testing.T) {
 	if err := d.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	all := []key.Public{d.self, x.self, j.self}
-	for _, a := range []*Allocator{d, x, j} {
-		a.SetPeers(all)
-	}
+	introduce(d, x, j)
 	// j adopts d's ring as it is now: d owns everything.
 	d.SendRing(j.self, false)
 	net.run(t)
@@ -427,13 +424,7 @@ func TestStaleJoinerTakesItsGrant(t *testing.T) {
 func TestRequestAgainNotGrantedTwice(t *testing.T) {
 	net, as := wideMesh(t, 3)
 	j := openWide(t, net, pk(9))
-	all := []key.Public{j.self}
-	for _, a := range as {
-		all = append(all, a.self)
-	}
-	for _, a := range append(as, j) {
-		a.SetPeers(all)
-	}
+	introduce(append(as, j)...)
 	as[0].SendRing(j.self, false)
 	net.run(t)
 	grants := func() (n uint64) {
