@@ -391,15 +391,7 @@ func TestStaleJoinerTakesItsGrant(t *testing.T) {
 	net.run(t)
 	x.WantSpace()
 	x.Tick()
-	for len(net.queue) > 0 {
-		m := net.queue[0]
-		net.queue = net.queue[1:]
-		if m.to != j.self {
-			if err := net.peers[m.to].HandleMessage(m.from, m.b); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	net.deliverWhere(t, func(m simMsg2) bool { return m.to != j.self })
 	x.Tick()
 	net.queue = slices.DeleteFunc(net.queue, func(m simMsg2) bool { return m.to == j.self })
 	net.run(t)
@@ -436,15 +428,7 @@ func TestRequestAgainNotGrantedTwice(t *testing.T) {
 	before := grants()
 	j.WantSpace()
 	// Deliver the request and everything but what goes to j.
-	for len(net.queue) > 0 {
-		m := net.queue[0]
-		net.queue = net.queue[1:]
-		if m.to != j.self {
-			if err := net.peers[m.to].HandleMessage(m.from, m.b); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	net.deliverWhere(t, func(m simMsg2) bool { return m.to != j.self })
 	if grants() != before+1 || len(j.View().Ring.Spans(j.self)) != 0 {
 		t.Fatal("setting up: one grant, lost on its way to j")
 	}
