@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/internal/netnstest"
 )
 
 // Check says why the test bed cannot run here, or nil: it needs root, the
@@ -117,8 +118,6 @@ func isZombie(pid int) bool {
 	return false
 }
 
-var stalePrefix = regexp.MustCompile(`^wwg(\d+)-[0-9a-f]{4}-`)
-
 // Sweep removes namespaces and temporary directories left by earlier runs
 // that were killed before they could clean up. Only those whose owning
 // process (its PID is in the name) is dead are touched, so concurrent runs on
@@ -126,32 +125,17 @@ var stalePrefix = regexp.MustCompile(`^wwg(\d+)-[0-9a-f]{4}-`)
 func Sweep(tb TB) {
 	names, _ := listNetns()
 	for _, n := range names {
-		if stale(n) {
+		if netnstest.Stale(n) {
 			tb.Logf("testbed: sweeping stale namespace %s", n)
 			deleteNetns(tb, n)
 		}
 	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "wwg*"))
 	for _, d := range dirs {
-		if stale(filepath.Base(d)) {
+		if netnstest.Stale(filepath.Base(d)) {
 			os.RemoveAll(d)
 		}
 	}
-}
-
-func stale(name string) bool {
-	m := stalePrefix.FindStringSubmatch(name)
-	if m == nil {
-		return false
-	}
-	pid, err := strconv.Atoi(m[1])
-	if err != nil || pid == os.Getpid() {
-		return false
-	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-		return false
-	}
-	return true
 }
 
 // InNetns runs f on an OS thread that has entered the named namespace, so

@@ -1,18 +1,21 @@
 // Package netnstest gives tests throwaway network namespaces: made with a
 // unique name (other tests run on the same machine at the same time),
-// deleted at cleanup, and a way to run code on a thread inside one.
+// deleted at cleanup, swept when the process that made them died before
+// its cleanup ran, and a way to run code on a thread inside one.
 package netnstest
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -49,13 +52,53 @@ type NS struct {
 	H    netns.NsHandle // open until cleanup
 }
 
-// New makes a namespace named "wwgt-<random>-role" with lo up; it is
-// deleted when the test ends.
+// ownedName matches the names of namespaces made by New and by the
+// integration test bed: "wwg<owner PID>-<4 hex>-...". The owner's PID is in
+// the name so that a run killed before its cleanup (a CI timeout, ^C) leaves
+// namespaces the next run can tell from those of runs still going.
+var ownedName = regexp.MustCompile(`^wwg(\d+)-[0-9a-f]{4}-`)
+
+// Stale reports whether name is an owned name (above) whose owner is dead.
+// Names of this process and of other live processes are not stale, so
+// concurrent runs on one machine never delete each other's namespaces.
+func Stale(name string) bool {
+	m := ownedName.FindStringSubmatch(name)
+	if m == nil {
+		return false
+	}
+	pid, err := strconv.Atoi(m[1])
+	if err != nil || pid == os.Getpid() {
+		return false
+	}
+	_, err = os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err != nil
+}
+
+var (
+	made      atomic.Uint32 // namespaces New made in this process: the 4 hex of the name
+	sweepOnce sync.Once
+)
+
+// sweep deletes the stale namespaces of earlier runs, once per process.
+func sweep(t testing.TB) {
+	sweepOnce.Do(func() {
+		entries, _ := os.ReadDir("/var/run/netns")
+		for _, e := range entries {
+			if Stale(e.Name()) {
+				t.Logf("netnstest: deleting namespace %s, left by a run that died", e.Name())
+				exec.Command("ip", "netns", "del", e.Name()).Run()
+			}
+		}
+	})
+}
+
+// New makes a namespace named "wwg<PID>-<n>-role" (n counts this process's
+// namespaces, in hex) with lo up; it is deleted when the test ends, or by
+// the next run's sweep if this process dies first.
 func New(t testing.TB, role string) *NS {
 	t.Helper()
-	var b [4]byte
-	rand.Read(b[:])
-	name := "wwgt-" + hex.EncodeToString(b[:]) + "-" + role
+	sweep(t)
+	name := fmt.Sprintf("wwg%d-%04x-%s", os.Getpid(), uint16(made.Add(1)), role)
 	Run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	h, err := netns.GetFromName(name)
