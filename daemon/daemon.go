@@ -690,8 +690,9 @@ func (d *Daemon) reconcile() {
 	if !maps.Equal(reachSet, d.reachableSet) {
 		// A peer that just arrived may lack the ring, or hold one that
 		// lacks ours: exchange at once rather than at the next round. Its
-		// control neighbours send it the whole ring with relay set, and
-		// it floods only what is news to its side of the mesh (a healed
+		// control neighbours and it exchange digests with relay set
+		// (ipam.Allocator.NewNeighbour: only what differs crosses, and
+		// each floods only what is news to its side of the mesh, a healed
 		// partition); the other peers need not, or one join would cost a
 		// broadcast per peer, O(N²) messages (issue 18; sim's node loop
 		// does the same).
@@ -712,7 +713,7 @@ func (d *Daemon) reconcile() {
 		d.reachableSet = reachSet
 		d.ipam.SetPeers(reachable)
 		for _, k := range arrived {
-			d.ipam.SendRing(k, true)
+			d.ipam.NewNeighbour(k)
 		}
 		if len(others) <= ipam.MaxSendOwnArrivals {
 			for _, k := range others {

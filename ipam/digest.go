@@ -32,7 +32,8 @@ import (
 //
 //	+---------------------------------------------------------------+
 //	| range addr 4 | bits 1 | seed peer 32 | seed id 8 | flags 1     |
-//	|   flags: bit 0 used, bit 1 answer; other bits must be zero    |
+//	|   flags: bit 0 used, bit 1 answer, bit 2 relay; other bits    |
+//	|   must be zero                                                |
 //	| digestBuckets × bucket hash 8 | votes and transfers hash 8    |
 //	+---------------------------------------------------------------+
 //
@@ -47,6 +48,7 @@ const (
 	// at 1,000 owners a differing stretch costs about 16 entries.
 	digestBuckets    = 64
 	digestFlagAnswer = 2
+	digestFlagRelay  = 4
 	digestLen        = 4 + 1 + key.Len + 8 + 1 + 8*digestBuckets + 8
 )
 
@@ -56,6 +58,7 @@ type ringDigest struct {
 	Seed    Seed
 	Used    bool
 	Answer  bool
+	Relay   bool // from a new control neighbour: answer with relay parts
 	Buckets [digestBuckets]uint64
 	Votes   uint64
 }
@@ -151,6 +154,9 @@ func appendDigestMessage(b []byte, d *ringDigest) []byte {
 	if d.Answer {
 		flags |= digestFlagAnswer
 	}
+	if d.Relay {
+		flags |= digestFlagRelay
+	}
 	b = append(b, flags)
 	for _, h := range d.Buckets {
 		b = binary.BigEndian.AppendUint64(b, h)
@@ -176,10 +182,13 @@ func parseDigest(b []byte) (*ringDigest, error) {
 		return nil, fmt.Errorf("%w: digest with half a seed", ErrMalformed)
 	}
 	b = b[key.Len+8:]
-	if b[0]&^(ringFlagUsed|digestFlagAnswer) != 0 {
+	if b[0]&^(ringFlagUsed|digestFlagAnswer|digestFlagRelay) != 0 {
 		return nil, fmt.Errorf("%w: unknown digest flags %#x", ErrMalformed, b[0])
 	}
-	d.Used, d.Answer = b[0]&ringFlagUsed != 0, b[0]&digestFlagAnswer != 0
+	d.Used, d.Answer, d.Relay = b[0]&ringFlagUsed != 0, b[0]&digestFlagAnswer != 0, b[0]&digestFlagRelay != 0
+	if d.Relay && d.Seed.IsZero() {
+		return nil, fmt.Errorf("%w: a relay digest of no network", ErrMalformed)
+	}
 	b = b[1:]
 	for k := range d.Buckets {
 		d.Buckets[k] = binary.BigEndian.Uint64(b[8*k:])
@@ -248,17 +257,53 @@ func (a *Allocator) handleDigestLocked(from key.Public, d *ringDigest) outbox {
 		// We have none to send: our digest makes the sender send its.
 		if !d.Answer {
 			mine := ours
-			mine.Answer = true
+			mine.Answer, mine.Relay = true, d.Relay
 			o.replyTo, o.reply = from, append(o.reply, appendDigestMessage(nil, &mine))
 		}
 		votes = false
 	}
 	if anyEntry || votes {
-		msgs, err := ringParts(a.ring, marks, votes, false)
+		msgs, err := ringParts(a.ring, marks, votes, d.Relay)
 		if err != nil {
 			return outbox{}
 		}
 		o.replyTo, o.reply = from, append(o.reply, askParts(msgs)...)
 	}
 	return o
+}
+
+// A new control neighbour (issue 18). Both ends of a new control
+// connection used to send each other their whole ring with relay set, so
+// that when a partition heals each side floods the other's news. At 1,000
+// owners a ring is about 190 KB, and one join moves tens of connections
+// (the joiner's dials, and the connections they displace), so a join cost
+// the mesh about 20 MB of rings that almost always agreed. Now each end
+// sends a digest with relay set (Allocator.NewNeighbour): the receiver
+// answers only the stretches that differ, as relay asks, the digest's
+// sender merges them (broadcasting what is news to its side, as a relay
+// part always did) and answers with what the receiver lacks of them, with
+// relay set too. Rings that agree cost two digests (1 KB). A peer with no
+// ring sends a digest of no network, answered with the whole ring (its
+// first ring, trusted: authority.go).
+//
+// Older version-4 peers (digests without the relay flag) count a relay
+// digest as malformed and answer nothing; they still send their whole
+// ring to a new neighbour, which a newer peer merges and relays. What the
+// newer peer knows reaches them only by broadcasts and anti-entropy (10 s
+// rounds): upgrade every peer.
+
+// NewNeighbour starts the exchange with a new control neighbour: a digest
+// with relay set, or with no ring yet a digest of no network (answered
+// with the whole ring).
+func (a *Allocator) NewNeighbour(to key.Public) {
+	a.mu.Lock()
+	if a.closed || to == a.self {
+		a.mu.Unlock()
+		return
+	}
+	d := digestOf(a.ring)
+	d.Relay = a.ring.Seeded()
+	a.count("ipam_neighbour_digest_sent")
+	a.mu.Unlock()
+	a.flush(outbox{replyTo: to, reply: [][]byte{appendDigestMessage(nil, &d)}})
 }

@@ -243,8 +243,24 @@ func TestGoldenDigest(t *testing.T) {
 			t.Errorf("a digest %d bytes short parsed", cut)
 		}
 	}
+	// A new control neighbour's digest: the same bytes but the relay
+	// flag (bit 2); a relay digest of no network is refused.
+	d.Relay = true
+	relay := appendDigestMessage(nil, &d)
+	want := bytes.Clone(b)
+	want[hdrLen+4+1+key.Len+8] |= digestFlagRelay
+	if !bytes.Equal(relay, want) {
+		t.Errorf("relay digest bytes:\n got %x\nwant %x", relay, want)
+	}
+	if m, err := ParseMessage(relay); err != nil || m.Digest == nil || !m.Digest.Relay {
+		t.Fatalf("parsing the relay digest: %+v, %v", m.Digest, err)
+	}
+	none := ringDigest{Range: d.Range, Relay: true}
+	if _, err := ParseMessage(appendDigestMessage(nil, &none)); err == nil {
+		t.Error("a relay digest of no network parsed")
+	}
 	bad := bytes.Clone(b)
-	bad[hdrLen+4+1+key.Len+8] = 4 // unknown flag
+	bad[hdrLen+4+1+key.Len+8] = 8 // unknown flag
 	if _, err := ParseMessage(bad); err == nil {
 		t.Error("a digest with an unknown flag parsed")
 	}
@@ -263,3 +279,80 @@ const goldenDigestHex = "" +
 	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
 	"00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000" +
 	"e1491ac56ffd3c4b" // votes and transfers
+
+// TestNewNeighbourHeals (issue 18): when a partition heals, the two peers
+// of the new control connection exchange relay digests, and what each side
+// changed while apart reaches every peer of the other side (each floods
+// what was news to it), although only the differing stretches crossed.
+func TestNewNeighbourHeals(t *testing.T) {
+	net, as := wideMesh(t, 8)
+	side := func(p key.Public) int {
+		for i, a := range as {
+			if a.self == p {
+				return i / 4
+			}
+		}
+		return -1
+	}
+	for _, p := range []*Allocator{as[1], as[5]} {
+		if _, err := p.Allocate("x"); err != nil {
+			t.Fatal(err)
+		}
+		p.Tick()
+	}
+	kept := net.queue[:0]
+	for _, m := range net.queue {
+		if side(m.from) == side(m.to) {
+			kept = append(kept, m)
+		}
+	}
+	net.queue = kept
+	net.run(t)
+	if as[2].View().Ring.Equal(as[6].View().Ring) {
+		t.Fatal("the sides agree before the heal: the test shows nothing")
+	}
+	as[0].NewNeighbour(as[4].self)
+	as[4].NewNeighbour(as[0].self)
+	net.run(t)
+	want := as[0].View().Ring
+	for _, p := range as {
+		if !p.View().Ring.Equal(want) {
+			t.Fatalf("after the heal %s holds another ring than %s", p.self.Name(), as[0].self.Name())
+		}
+		if got := p.Status().Counters; got["ipam_entry_unauthorized"] != 0 || got["ipam_message_malformed"] != 0 {
+			t.Fatalf("refusals between honest peers at %s: %v", p.self.Name(), got)
+		}
+	}
+}
+
+// TestNewNeighbourAgreeing: two neighbours whose rings agree exchange two
+// digests and nothing else, where each used to send its whole ring.
+func TestNewNeighbourAgreeing(t *testing.T) {
+	net, as := wideMesh(t, 12)
+	a, b := as[0], as[1]
+	before := a.Status().Counters["ipam_sent_bytes"] + b.Status().Counters["ipam_sent_bytes"]
+	a.NewNeighbour(b.self)
+	b.NewNeighbour(a.self)
+	net.run(t)
+	got := a.Status().Counters["ipam_sent_bytes"] + b.Status().Counters["ipam_sent_bytes"] - before
+	if got != 2*(hdrLen+digestLen) {
+		t.Fatalf("neighbours with one ring sent %d bytes, want two digests (%d)", got, 2*(hdrLen+digestLen))
+	}
+}
+
+// TestNewNeighbourJoiner: a peer with no ring gets the whole ring from a
+// new neighbour, by its digest of no network; the neighbour's relay digest
+// to it is ignored.
+func TestNewNeighbourJoiner(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	as[1].NewNeighbour(j.self)
+	j.NewNeighbour(as[1].self)
+	net.run(t)
+	if !j.View().Ring.Equal(as[1].View().Ring) {
+		t.Fatal("the joiner has no ring after meeting a neighbour")
+	}
+	if got := j.Status().Counters["ipam_message_malformed"]; got != 0 {
+		t.Fatalf("the joiner counted %d malformed messages", got)
+	}
+}

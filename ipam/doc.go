@@ -90,7 +90,7 @@
 //     Joining: nothing; the first ring gossip makes the peer a member.
 //   - Carry messages: Transport.Broadcast/Send out, HandleMessage in (a
 //     returned error is logged once and counted; a seed mismatch also shows
-//     in Status().Err). SendRing(peer, true) to a new control neighbour;
+//     in Status().Err). NewNeighbour(peer) to a new control neighbour (a relay digest);
 //     SendDigest to one random reachable peer every 10 s (anti-entropy).
 //   - SetPeers whenever reachability changes, SetNeighbours with the
 //     peers it has control connections to; Tick about once a second;
@@ -117,9 +117,10 @@
 // See wire.go: one version byte, one type byte, a fixed layout per type.
 // Ring state goes as parts (parts.go): a change by Broadcast, as the
 // entries that changed with their bounds (nobody answers it); the whole
-// ring by Send, to a new control neighbour with relay set (it floods what
-// is news to its side: a healed partition) and to a peer just granted
-// space. Anti-entropy sends a random peer a digest (digest.go), answered
+// ring by Send to a peer with no ring yet and to a peer just granted
+// space. A new control neighbour gets a digest with relay set
+// (NewNeighbour, digest.go): it answers what differs, and each side floods
+// what is news to it (a healed partition). Anti-entropy sends a random peer a digest (digest.go), answered
 // with the stretches of the ring that differ, as an ask: a part whose
 // receiver answers with what its sender lacks of it (answers.go). Space
 // requests go by Send to the donor. A peer that refuses a state for lack of authority holds

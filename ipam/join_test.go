@@ -91,8 +91,8 @@ func (j *joinSim) join(k int) {
 }
 
 // arrive makes the arrivals due reachable, and sends what the daemon's
-// reconcile sends on them: the whole ring (relay) to a new control
-// neighbour, our own entries to a few other arrivals.
+// reconcile sends on them: a relay digest to a new control neighbour
+// (NewNeighbour), our own entries to a few other arrivals.
 func (j *joinSim) arrive() {
 	s := j.sim
 	due := map[int][]int{}
@@ -122,7 +122,7 @@ func (j *joinSim) arrive() {
 		var others []int
 		for _, q := range arr {
 			if j.edges[[2]int{obs, q}] {
-				p.a.SendRing(s.peers[q].key, true)
+				p.a.NewNeighbour(s.peers[q].key)
 			} else {
 				others = append(others, q)
 			}

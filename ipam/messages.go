@@ -388,11 +388,10 @@ func (a *Allocator) Gossip() {
 	a.flush(outbox{broadcast: msgs})
 }
 
-// SendRing sends the whole ring, in parts, to one peer: a new control
-// neighbour, with relay set (it broadcasts what it learns: when a
-// partition heals, each side floods the other's news; both sides send
-// theirs). A ring that fits one part is answered with what we lack;
-// anti-entropy uses SendDigest.
+// SendRing sends the whole ring, in parts, to one peer; with relay set it
+// broadcasts what it learns. A ring that fits one part is answered with
+// what we lack. A new control neighbour gets a relay digest instead
+// (NewNeighbour), and anti-entropy a digest (SendDigest).
 func (a *Allocator) SendRing(to key.Public, relay bool) {
 	a.mu.Lock()
 	if !a.ring.Seeded() || a.closed {

@@ -223,6 +223,8 @@ func FuzzParseMessage(f *testing.F) {
 	}
 	d := digestOf(goldenRing(f))
 	f.Add(appendDigestMessage(nil, &d))
+	d.Relay = true // a new control neighbour's
+	f.Add(appendDigestMessage(nil, &d))
 	f.Add([]byte{1})
 	f.Add([]byte{1, 1, 10, 32, 0, 0, 12})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -252,8 +252,9 @@ func (nd *Node) loop() {
 }
 
 // reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does;
-// the whole ring goes at once to a control neighbour that arrives, with
-// relay set (ipam.Allocator.SendRing): it floods what is news to its side.
+// a control neighbour that arrives gets a digest of the ring with relay set
+// (ipam.Allocator.NewNeighbour): it answers what differs, and each side
+// floods what is news to it.
 func (nd *Node) reconcile() {
 	var reachable, direct []key.Public
 	set := map[key.Public]bool{}
@@ -291,7 +292,7 @@ func (nd *Node) reconcile() {
 		nd.reach = set
 		nd.IPAM.SetPeers(reachable)
 		for _, k := range arrived {
-			nd.IPAM.SendRing(k, true)
+			nd.IPAM.NewNeighbour(k)
 		}
 		if len(others) <= ipam.MaxSendOwnArrivals {
 			for _, k := range others {
