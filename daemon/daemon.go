@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -250,6 +251,7 @@ type Daemon struct {
 	refusedHostIPs atomic.Pointer[map[key.Public]string]
 	goneSince      map[key.Public]time.Time // range owners unreachable, since when
 	reachableSet   map[key.Public]bool      // as last told to the allocator
+	dnsToldReach   bool                     // the DNS table was given the whole reachable set once
 	evictSeen      map[key.Public]time.Time // evicted peers, since when known here (membership.go)
 	onKernel       map[key.Public]bool      // peers the kernel device carries (kernel.go)
 	kernelBytes    map[key.Public]uint64    // their bytes both ways at the last reconcile
@@ -687,6 +689,7 @@ func (d *Daemon) reconcile() {
 	// Control neighbours are the preferred donors when this host asks
 	// for space: their answer takes the direct connection (ipam/space.go).
 	d.ipam.SetNeighbours(direct)
+	var reachUp, reachDown []key.Public // since the last reconcile
 	if !maps.Equal(reachSet, d.reachableSet) {
 		// A peer that just arrived may lack the ring, or hold one that
 		// lacks ours: exchange at once rather than at the next round. Its
@@ -708,6 +711,12 @@ func (d *Daemon) reconcile() {
 				} else {
 					others = append(others, p.Key)
 				}
+			}
+		}
+		reachUp = append(slices.Clone(arrived), others...)
+		for k := range d.reachableSet {
+			if !reachSet[k] {
+				reachDown = append(reachDown, k)
 			}
 		}
 		d.reachableSet = reachSet
@@ -770,8 +779,17 @@ func (d *Daemon) reconcile() {
 	}
 	if d.dns != nil {
 		// Names of peers that left are withdrawn at once and come back
-		// with them.
-		d.dns.SetReachable(reachable)
+		// with them. The whole set once, then only the peers that
+		// changed: SetReachable reads every peer and entry, and on
+		// every reconcile that was O(N) per host per change (sim's node
+		// loop does the same).
+		switch {
+		case !d.dnsToldReach:
+			d.dns.SetReachable(reachable)
+			d.dnsToldReach = true
+		case len(reachUp) > 0 || len(reachDown) > 0:
+			d.dns.PeersChanged(reachUp, reachDown)
+		}
 	}
 }
 

@@ -239,6 +239,9 @@ type Router struct {
 	dials   map[key.Public]*gossipDial
 	rt      routes
 	graph   topoGraph // the edges rt was computed from (topology.go)
+	// reachLog: peers whose reachability or connection changed, for
+	// ReachChanges (reachlog.go).
+	reachLog reachLog
 	// recomputePending: records changed since rt was computed.
 	recomputePending bool
 	// publishPending: our connections changed since our record was

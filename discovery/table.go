@@ -406,6 +406,7 @@ func (r *Router) recomputeLocked() {
 	defer r.retryParkedLocked()
 	now := r.now()
 	for _, k := range flipped {
+		r.noteReachLocked(k)
 		e := r.recs[k]
 		if e == nil || k == r.self {
 			continue
@@ -493,6 +494,7 @@ func (r *Router) addConnLocked(c *conn) error {
 		return errTooManyConns
 	}
 	r.active[c.peer] = c
+	r.noteReachLocked(c.peer)
 	e := r.recs[c.peer]
 	if e == nil {
 		// Until its record arrives, show the peer with what its hello said.
@@ -516,6 +518,7 @@ func (r *Router) removeConnLocked(c *conn, why error) {
 		return
 	}
 	delete(r.active, c.peer)
+	r.noteReachLocked(c.peer)
 	r.ctr.inc(CtrConnClosed)
 	attrs := []any{"peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr}
 	if why != nil {

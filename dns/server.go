@@ -545,6 +545,47 @@ func (s *Server) SetReachable(peers []key.Public) {
 	}
 }
 
+// PeersChanged is SetReachable for a change of a few peers: up became
+// reachable, down unreachable, every other peer is as it was. Arrivals
+// are sent what they can take, as SetReachable sends them. A loop that
+// follows reachability (the daemon's reconcile) calls SetReachable once
+// and this for every change after: SetReachable reads every peer and
+// entry, which on each change of each of N peers was O(N²) for a mesh.
+func (s *Server) PeersChanged(up, down []key.Public) {
+	s.table.PeersChanged(up, down, s.cfg.Now())
+	var arrived []key.Public
+	s.mu.Lock()
+	if s.reach == nil {
+		s.reach = map[key.Public]bool{}
+	}
+	for _, p := range down {
+		delete(s.reach, p)
+	}
+	for _, p := range up {
+		if p != s.cfg.Self && !s.reach[p] {
+			arrived = append(arrived, p)
+		}
+		s.reach[p] = true
+	}
+	s.mu.Unlock()
+	if len(arrived) == 0 {
+		return
+	}
+	tb := s.transport.Load()
+	if tb == nil {
+		return
+	}
+	sender, ok := tb.t.(Sender)
+	if !ok {
+		s.broadcast(MsgState, s.table.All())
+		return
+	}
+	all := s.table.All()
+	for _, p := range arrived {
+		s.sendOwn(sender, p, all)
+	}
+}
+
 // Sender is implemented by a Transport that can also send to one peer
 // (discovery's channels can). With it, a peer that becomes reachable is
 // sent what it can take instead of the whole table going to everyone.

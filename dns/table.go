@@ -17,8 +17,8 @@ import (
 // which is commutative, associative and idempotent.
 //
 // The table reads no clock and does no I/O: callers pass now. It is safe for
-// concurrent use; readers on the DNS answer path use Snapshot, which is an
-// atomic pointer and takes no lock.
+// concurrent use; readers on the DNS answer path use Snapshot, an atomic
+// pointer that takes no lock except at the first read after a change.
 //
 // Three local (not gossiped) rules sit on top of the CRDT:
 //   - The owner is the authority on its own entries. If gossip brings this
@@ -38,7 +38,8 @@ type Table struct {
 	tombstoneExpiry time.Duration
 	peerExpiry      time.Duration
 
-	// Atomic: the answer path's view, replaced after every change.
+	// Atomic: the answer path's view; nil after a change until the next
+	// Snapshot builds it.
 	snap atomic.Pointer[Snapshot]
 
 	mu sync.Mutex
@@ -49,6 +50,12 @@ type Table struct {
 	lastVersion uint64
 	// down holds the peers marked unreachable, with the time they went down.
 	down map[key.Public]time.Time
+	// up holds the peers marked reachable, once SetReachable or
+	// PeersChanged was called (nil before: every owner is answered). An
+	// entry that arrives from an owner in neither up nor down marks the
+	// owner down at once (Merge), as SetReachable's pass over every entry
+	// did on the next call.
+	up map[key.Public]bool
 }
 
 type row struct {
@@ -189,6 +196,11 @@ func (t *Table) Merge(in []Entry, now time.Time) (news, replies []Entry) {
 		}
 		t.entries[e.id()] = &row{Entry: e, seen: now}
 		news = append(news, e)
+		if t.up != nil && !t.up[e.Owner] {
+			if _, down := t.down[e.Owner]; !down {
+				t.down[e.Owner] = now
+			}
+		}
 	}
 	if len(news) > 0 || len(replies) > 0 {
 		t.publishLocked()
@@ -205,6 +217,7 @@ func (t *Table) SetReachable(peers []key.Public, now time.Time) {
 	for _, p := range peers {
 		up[p] = true
 	}
+	t.up = up
 	changed := false
 	for p := range t.down {
 		if up[p] {
@@ -232,6 +245,13 @@ func (t *Table) SetPeerReachable(p key.Public, reachable bool, now time.Time) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.up != nil {
+		if reachable {
+			t.up[p] = true
+		} else {
+			delete(t.up, p)
+		}
+	}
 	_, isDown := t.down[p]
 	switch {
 	case reachable && isDown:
@@ -242,6 +262,45 @@ func (t *Table) SetPeerReachable(p key.Public, reachable bool, now time.Time) {
 		return
 	}
 	t.publishLocked()
+}
+
+// PeersChanged marks the peers in up reachable and those in down
+// unreachable since now (a peer is in one list at most), every other
+// peer as it was: SetReachable for a
+// change of a few peers, without a pass over every peer and entry. Call
+// SetReachable first: this marks down only the peers it is given, and
+// the owners of entries that arrive afterwards while not marked
+// reachable (Merge).
+func (t *Table) PeersChanged(up, down []key.Public, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.up == nil {
+		t.up = make(map[key.Public]bool, len(up))
+	}
+	changed := false
+	for _, p := range up {
+		if p == t.self {
+			continue
+		}
+		t.up[p] = true
+		if _, ok := t.down[p]; ok {
+			delete(t.down, p)
+			changed = true
+		}
+	}
+	for _, p := range down {
+		if p == t.self {
+			continue
+		}
+		delete(t.up, p)
+		if _, ok := t.down[p]; !ok {
+			t.down[p] = now
+			changed = true
+		}
+	}
+	if changed {
+		t.publishLocked()
+	}
 }
 
 // Expire deletes tombstones older than TombstoneExpiry and the entries of
@@ -324,8 +383,24 @@ func compareEntries(a, b *Entry) int {
 	return strings.Compare(a.Origin, b.Origin)
 }
 
-// Snapshot returns the current answerable view. It never blocks.
-func (t *Table) Snapshot() *Snapshot { return t.snap.Load() }
+// Snapshot returns the current answerable view. The first read after a
+// change builds it (under the table's lock, O(entries)); later reads take
+// no lock. Building it on every change instead cost each of N peers a
+// pass over N names for each name that arrived: O(N²) per join across
+// the mesh, for views that nobody asked for before the next change.
+func (t *Table) Snapshot() *Snapshot {
+	if s := t.snap.Load(); s != nil {
+		return s
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.snap.Load(); s != nil {
+		return s
+	}
+	s := t.buildLocked()
+	t.snap.Store(s)
+	return s
+}
 
 // Snapshot is an immutable view of the answerable names: live entries of
 // reachable owners. Addresses are deduplicated and sorted.
@@ -355,7 +430,12 @@ func (s *Snapshot) Lookup(name string) []netip.Addr {
 // Names returns the names that have addr.
 func (s *Snapshot) Names(addr netip.Addr) []string { return slices.Clone(s.ptr[addr]) }
 
-func (t *Table) publishLocked() {
+// publishLocked drops the view after a change: the next Snapshot builds
+// it.
+func (t *Table) publishLocked() { t.snap.Store(nil) }
+
+// buildLocked makes the answerable view of the entries.
+func (t *Table) buildLocked() *Snapshot {
 	s := &Snapshot{
 		names: make(map[string]*nameAddrs),
 		ents:  make(map[string]bool),
@@ -396,7 +476,7 @@ func (t *Table) publishLocked() {
 		slices.Sort(ns)
 		s.ptr[a] = slices.Compact(ns)
 	}
-	t.snap.Store(s)
+	return s
 }
 
 func compactSorted(as []netip.Addr) []netip.Addr {

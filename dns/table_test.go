@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -211,6 +212,75 @@ func TestCanonicalName(t *testing.T) {
 		got, err := CanonicalName(tt.in, "weave.local.")
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("CanonicalName(%q) = %q, %v", tt.in, got, err)
+		}
+	}
+}
+
+// TestPeersChangedMatchesSetReachable drives one table with the whole
+// reachable set after every change (SetReachable, as the daemon's
+// reconcile did) and another with SetReachable once and then only the
+// peers that changed (PeersChanged), while entries of random owners
+// arrive, and checks that both answer the same names, and mark the same
+// peers' entries unreachable, after every step.
+func TestPeersChangedMatchesSetReachable(t *testing.T) {
+	for seed := range uint64(5) {
+		rng := rand.New(rand.NewPCG(seed, 3))
+		full, inc := NewTable(selfKey, TableOptions{}), NewTable(selfKey, TableOptions{})
+		const owners = 12
+		up := map[key.Public]bool{}
+		list := func() []key.Public {
+			var l []key.Public
+			for p := range up {
+				l = append(l, p)
+			}
+			return l
+		}
+		now := t0
+		full.SetReachable(list(), now)
+		inc.SetReachable(list(), now)
+		for step := range 400 {
+			now = now.Add(time.Second)
+			var ups, downs []key.Public
+			switch op := rng.IntN(3); op {
+			case 0: // entries arrive, from owners reachable or not
+				var es []Entry
+				for range 1 + rng.IntN(4) {
+					o := peerKey(byte(10 + rng.IntN(owners)))
+					es = append(es, Entry{Owner: o, Name: fmt.Sprintf("n%d", rng.IntN(20)),
+						Addr: netip.AddrFrom4([4]byte{10, 32, 0, byte(rng.IntN(50))}), Version: uint64(step + 1), Tombstone: rng.IntN(5) == 0})
+				}
+				full.Merge(es, now)
+				inc.Merge(es, now)
+			default: // a few peers become reachable or unreachable
+				for _, i := range rng.Perm(owners)[:1+rng.IntN(3)] {
+					p := peerKey(byte(10 + i))
+					if up[p] {
+						delete(up, p)
+						downs = append(downs, p)
+					} else {
+						up[p] = true
+						ups = append(ups, p)
+					}
+				}
+			}
+			full.SetReachable(list(), now)
+			inc.PeersChanged(ups, downs, now)
+			a, b := full.Snapshot(), inc.Snapshot()
+			for i := range 20 {
+				n := fmt.Sprintf("n%d", i)
+				if x, y := a.Lookup(n), b.Lookup(n); !slices.Equal(x, y) {
+					t.Fatalf("seed %d step %d: %s answers %v after SetReachable, %v after PeersChanged", seed, step, n, x, y)
+				}
+			}
+			sa, sb := full.Entries(), inc.Entries()
+			if len(sa) != len(sb) {
+				t.Fatalf("seed %d step %d: %d entries against %d", seed, step, len(sa), len(sb))
+			}
+			for i := range sa {
+				if sa[i].Reachable != sb[i].Reachable {
+					t.Fatalf("seed %d step %d: %s of %s reachable %v after SetReachable, %v after PeersChanged", seed, step, sa[i].Name, sa[i].Owner.Name(), sa[i].Reachable, sb[i].Reachable)
+				}
+			}
 		}
 	}
 }

@@ -3,8 +3,11 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -463,5 +466,41 @@ func TestWantSpaceBeforeFirstAllocation(t *testing.T) {
 	}
 	if _, err := b.Allocate("c"); err != nil {
 		t.Fatalf("allocate after WantSpace: %v", err)
+	}
+}
+
+// TestPeersChangedMatchesSetPeers gives one allocator the whole reachable
+// set after every change (SetPeers) and another only the peers that
+// changed (PeersChanged), and checks that both hold the same set after
+// every step.
+func TestPeersChangedMatchesSetPeers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	full := openTest(t, n, pk(0), "")
+	inc := openTest(t, n, pk(1), "")
+	up := map[key.Public]bool{}
+	for step := range 300 {
+		var ups, downs []key.Public
+		for _, i := range rng.Perm(12)[:1+rng.IntN(3)] {
+			p := pk(2 + i)
+			if up[p] {
+				delete(up, p)
+				downs = append(downs, p)
+			} else {
+				up[p] = true
+				ups = append(ups, p)
+			}
+		}
+		full.SetPeers(slices.Collect(maps.Keys(up)))
+		inc.PeersChanged(ups, downs)
+		full.mu.Lock()
+		a := maps.Clone(full.reachable)
+		full.mu.Unlock()
+		inc.mu.Lock()
+		b := maps.Clone(inc.reachable)
+		inc.mu.Unlock()
+		if !maps.Equal(a, b) || !maps.Equal(a, up) {
+			t.Fatalf("step %d: SetPeers holds %d peers, PeersChanged %d, want %d", step, len(a), len(b), len(up))
+		}
 	}
 }

@@ -21,8 +21,45 @@ func (a *Allocator) SetPeers(reachable []key.Public) {
 			a.reachable[p] = true
 		}
 	}
+	a.reachableChangedLocked()
+}
+
+// PeersChanged is SetPeers for a change of a few peers: up became
+// reachable, down unreachable, every other peer is as it was. SetPeers
+// takes the whole set, O(N) on every change of each of N peers (O(N²)
+// for a mesh per join); a loop that follows reachability change by
+// change (the daemon's reconcile, discovery.Router.ReachChanges) calls
+// SetPeers once and this after.
+func (a *Allocator) PeersChanged(up, down []key.Public) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	if a.reachable == nil {
+		a.reachable = map[key.Public]bool{}
+	}
+	for _, p := range down {
+		delete(a.reachable, p)
+	}
+	for _, p := range up {
+		if p != a.self {
+			a.reachable[p] = true
+		}
+	}
+	a.reachableChangedLocked()
+}
+
+// reachableChangedLocked is the rest of SetPeers and PeersChanged, with
+// a.reachable set: it steps transfers and asks another donor if ours is
+// gone. It unlocks a.mu.
+func (a *Allocator) reachableChangedLocked() {
+	var reachable []key.Public
+	if len(a.ring.Transfers) > 0 {
+		reachable = a.reachableList() // only transfers read it
+	}
 	var o outbox
-	if a.ring.StepTransfers(a.self, a.reachableList()) {
+	if a.ring.StepTransfers(a.self, reachable) {
 		var err error
 		if o, err = a.ringChangedLocked(); err != nil {
 			a.log.Error("saving the ring", "err", err)
