@@ -156,6 +156,9 @@ type Allocator struct {
 	left map[Seed]*Ring
 	// versionWarned: peers already logged as speaking another wire version.
 	versionWarned map[key.Public]bool
+	// digestAt is when each peer's last digest was answered: a request
+	// just after one is answered with the grant alone (grant.go).
+	digestAt map[key.Public]time.Time
 	// pendingClaims are allocations made by ClaimAfterRestart while the
 	// ring was unknown, held in allocs but not yet in the store.
 	pendingClaims map[netip.Addr]bool
@@ -176,7 +179,7 @@ func Open(cfg Config) (*Allocator, error) {
 		return nil, err
 	}
 	a := &Allocator{
-		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, lastAsk: map[key.Public]time.Time{}, left: map[Seed]*Ring{}, versionWarned: map[key.Public]bool{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
+		self: cfg.Self, priv: cfg.Private, span: ring.span(), lastReply: map[key.Public]time.Time{}, lastAsk: map[key.Public]time.Time{}, left: map[Seed]*Ring{}, versionWarned: map[key.Public]bool{}, digestAt: map[key.Public]time.Time{}, tr: cfg.Transport, now: cfg.Now, log: cfg.Logger,
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
@@ -300,9 +303,13 @@ type outbox struct {
 	replyTo   key.Public
 	reply     [][]byte
 	to        key.Public
+	pre       []byte // to to, just before send: a request's digest (grant.go)
 	send      []byte
 	asks      []addressed // to the owners of spans we refused states in
 }
+
+// request takes r's request (to, pre, send) into o.
+func (o *outbox) request(r outbox) { o.to, o.pre, o.send = r.to, r.pre, r.send }
 
 type addressed struct {
 	to  key.Public
@@ -327,6 +334,11 @@ func (a *Allocator) flush(o outbox) {
 			a.log.Debug("asking an owner for its span", "peer", m.to.Name(), "err", err)
 		}
 	}
+	if o.pre != nil {
+		if err := a.tr.Send(o.to, o.pre); err != nil {
+			a.log.Debug("sending to a peer", "peer", o.to.Name(), "err", err)
+		}
+	}
 	if o.send != nil {
 		if err := a.tr.Send(o.to, o.send); err != nil {
 			a.log.Warn("sending to a peer", "peer", o.to.Name(), "err", err)
@@ -347,8 +359,10 @@ func (a *Allocator) countSent(o outbox) {
 	for _, m := range o.asks {
 		n, bytes = n+1, bytes+uint64(len(m.msg))
 	}
-	if o.send != nil {
-		n, bytes = n+1, bytes+uint64(len(o.send))
+	for _, m := range [][]byte{o.pre, o.send} {
+		if m != nil {
+			n, bytes = n+1, bytes+uint64(len(m))
+		}
 	}
 	a.mu.Lock()
 	for _, m := range o.broadcast {

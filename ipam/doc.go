@@ -107,7 +107,8 @@
 // alloc.go the Allocator's state, Open and Seed; addresses.go allocating
 // and freeing; messages.go ring gossip and the donor's side of a grant;
 // giveway.go which of two networks that meet gives way; digest.go
-// anti-entropy; answers.go which parts are answered;
+// anti-entropy and new neighbours; grant.go what a grant's requester is
+// sent; answers.go which parts are answered;
 // space.go reachability and the requester's side; rmpeer.go rmpeer,
 // reclaim and leave; recover.go a lost or corrupt state file; store.go
 // bbolt. Logs go to Config.Logger (slog, named fields).
@@ -117,8 +118,9 @@
 // See wire.go: one version byte, one type byte, a fixed layout per type.
 // Ring state goes as parts (parts.go): a change by Broadcast, as the
 // entries that changed with their bounds (nobody answers it); the whole
-// ring by Send to a peer with no ring yet and to a peer just granted
-// space. A new control neighbour gets a digest with relay set
+// ring by Send to a peer with no ring yet; a peer just granted space gets
+// the stretches its digest (sent with the request) showed differ and the
+// grant (grant.go). A new control neighbour gets a digest with relay set
 // (NewNeighbour, digest.go): it answers what differs, and each side floods
 // what is news to it (a healed partition). Anti-entropy sends a random peer a digest (digest.go), answered
 // with the stretches of the ring that differ, as an ask: a part whose

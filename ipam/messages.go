@@ -50,6 +50,7 @@ func (a *Allocator) HandleMessage(from key.Public, msg []byte) error {
 		o, err = a.handleRequestInLocked(from, *m.RequestIn)
 	case m.Digest != nil:
 		o = a.handleDigestLocked(from, m.Digest)
+		a.digestAnsweredLocked(from)
 	}
 	a.mu.Unlock()
 	a.flush(o)
@@ -177,7 +178,7 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		if a.wantSpace && a.reqDonor.IsZero() {
 			r := a.requestSpaceLocked(false)
 			if r.send != nil && o.send == nil {
-				o.to, o.send = r.to, r.send
+				o.request(r)
 			}
 		}
 	}
@@ -283,7 +284,7 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 		// space (610 grants for 200 simulated joiners, batch 50): send
 		// our ring, which holds that grant, instead.
 		a.count("ipam_request_grant_resent")
-		msgs, err := ringParts(a.ring, nil, false, false)
+		msgs, err := a.grantAnswerLocked(from, nil)
 		if err != nil {
 			return outbox{}, nil
 		}
@@ -301,16 +302,8 @@ func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error)
 	a.count("ipam_grant")
 	a.log.Info("granted address space", "span", g.String(), "peer", from.Name())
 	o, err := a.ringChangedLocked()
-	// The requester gets our whole ring, not only the change: a joiner's
-	// ring is the one a neighbour had when it joined, which may lack
-	// grants we made since, and then it lacks the token after its new
-	// span (the grant is refused until it has it: authority.go) and the
-	// states of the peers we granted to (refused: in its ring we still
-	// own that space). Everything in our ring about space we gave away we
-	// vouch for, so it takes all of it from us. It costs one peer a ring
-	// per grant, a few parts at 1,000 owners.
 	o.replyTo, o.reply = from, o.broadcast
-	if msgs, perr := ringParts(a.ring, nil, false, false); perr == nil {
+	if msgs, perr := a.grantAnswerLocked(from, o.broadcast); perr == nil {
 		o.reply = msgs
 	}
 	return o, err

@@ -66,8 +66,7 @@ func (a *Allocator) reachableChangedLocked() {
 		}
 	}
 	if a.wantSpace && !a.reachable[a.reqDonor] {
-		r := a.requestSpaceLocked(true)
-		o.to, o.send = r.to, r.send
+		o.request(a.requestSpaceLocked(true))
 	}
 	a.mu.Unlock()
 	a.flush(o)
@@ -139,7 +138,10 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 	}
 	a.reqDonor, a.reqAt = donor, now
 	a.count("ipam_request_sent")
-	return outbox{to: donor, send: AppendRequestMessage(nil, a.ring.Seed)}
+	// Our digest first: the donor answers what differs, then grants
+	// (grant.go).
+	d := digestOf(a.ring)
+	return outbox{to: donor, pre: appendDigestMessage(nil, &d), send: AppendRequestMessage(nil, a.ring.Seed)}
 }
 
 // grantHeldLocked reports whether a held state (authority.go) gives us
@@ -221,8 +223,7 @@ func (a *Allocator) Tick() {
 		if _, ok := a.findFreeLocked(); ok {
 			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
 		} else {
-			r := a.requestSpaceLocked(false)
-			o.to, o.send = r.to, r.send
+			o.request(a.requestSpaceLocked(false))
 		}
 	}
 	a.mu.Unlock()
