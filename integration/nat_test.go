@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/integration/testbed"
+	"github.com/weavewg/weavewg/reach"
 	"github.com/weavewg/weavewg/tunnel"
 	"github.com/weavewg/weavewg/types/api"
 	"github.com/weavewg/weavewg/types/key"
@@ -241,12 +242,34 @@ func TestNAT(t *testing.T) {
 	}
 	wg.Wait()
 
-	// Then watch the paths: one status poll per host per round.
-	// Long enough for a pair's second opening turn (reach.OpenFor +
-	// reach.QuietFor after the peers met, then ICE).
+	// Then watch the paths: one status poll per host per round, for
+	// long enough for a pair's second opening turn (reach.OpenFor +
+	// reach.QuietFor after the peers met, then ICE): each stock ↔ ideal
+	// cell has had its stock side's first turn by then. An attempt can
+	// still fail on timing alone (once in some 25 runs a stock ↔ ideal
+	// cell was still relayed at 90 s; its log is lost, and 13 runs since,
+	// at loads up to 17, went direct in the first stock-first turn): the
+	// product then tries again two turns later, so a cell still pending
+	// at 90 s is watched through its next stock-first turn, and the grid
+	// shows how long it took.
 	deadline := time.Now().Add(90 * time.Second)
+	retryDeadline := time.Now().Add(3*(reach.OpenFor+reach.QuietFor) + reach.OpenFor + 10*time.Second)
+	retried := false
 	lastPing := time.Now()
-	for time.Now().Before(deadline) {
+	for {
+		if !time.Now().Before(deadline) {
+			if retried || !pendingDirect(cells) {
+				break
+			}
+			retried, deadline = true, retryDeadline
+			t.Logf("at 90 s some cells that must go direct are still relayed: watching them through their next stock-first opening turn")
+			sts := statuses(hosts)
+			for _, c := range cells {
+				if c.wantDirect && !c.direct {
+					logPaths(t, c, sts, router)
+				}
+			}
+		}
 		// A pair that carries no data for a minute goes idle (issue 18):
 		// parked on its relay, no ICE, its turns started afresh when data
 		// wakes it. The second opening turn comes ~52 s in, so the cells
@@ -338,16 +361,7 @@ func TestNAT(t *testing.T) {
 		}
 		if c.wantDirect && !c.direct {
 			t.Errorf("%s↔%s (%s–%s): want direct, path is %s", c.row, c.col, c.a, c.b, c.pathSeen)
-			for _, pair := range [][2]*testbed.Host{{c.a, c.b}, {c.b, c.a}} {
-				for _, cn := range testbed.ConnsTo(sts[pair[0]], pair[1].Name) {
-					t.Logf("%s's path to %s: endpoint %s from %s, why %q, ice %s", pair[0], pair[1], cn.Endpoint, cn.EndpointFrom, cn.PathWhy, cn.ICE)
-				}
-			}
-			for _, h := range []*testbed.Host{c.a, c.b} {
-				if n := router[h]; n != nil {
-					t.Logf("%s's router %s, UDP conntrack:\n%s", h, n.WANIP, n.UDPMappings())
-				}
-			}
+			logPaths(t, c, sts, router)
 		}
 	}
 	if n := sts[r1].NAT; n == nil || !n.VariesPerDestination {
@@ -655,6 +669,32 @@ func udpPayloadOfPcap(b []byte) ([]byte, error) {
 		return nil, fmt.Errorf("pcap: short frame")
 	}
 	return bytes.Clone(f[eth+ihl+8:]), nil
+}
+
+// logPaths logs both sides' paths of c, and their routers' UDP conntrack:
+// what tells why a pair stayed relayed.
+func logPaths(t *testing.T, c *natCell, sts map[*testbed.Host]*api.Status, router map[*testbed.Host]*testbed.NAT) {
+	t.Helper()
+	for _, pair := range [][2]*testbed.Host{{c.a, c.b}, {c.b, c.a}} {
+		for _, cn := range testbed.ConnsTo(sts[pair[0]], pair[1].Name) {
+			t.Logf("%s's path to %s: endpoint %s from %s, why %q, ice %s", pair[0], pair[1], cn.Endpoint, cn.EndpointFrom, cn.PathWhy, cn.ICE)
+		}
+	}
+	for _, h := range []*testbed.Host{c.a, c.b} {
+		if n := router[h]; n != nil {
+			t.Logf("%s's router %s, UDP conntrack:\n%s", h, n.WANIP, n.UDPMappings())
+		}
+	}
+}
+
+// pendingDirect reports whether a cell that must go direct is not yet.
+func pendingDirect(cells []*natCell) bool {
+	for _, c := range cells {
+		if c.wantDirect && !c.direct {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *natCell) text() string {
