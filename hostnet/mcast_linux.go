@@ -333,6 +333,21 @@ type MulticastTap struct {
 // unicast packet up too): only IPv4 frames to a group or broadcast address,
 // and not the frames the host itself sends, so what this host delivers
 // from the overlay is never read back and replicated again.
+//
+// The socket takes every protocol (ETH_P_ALL) and ignores outgoing frames
+// (PACKET_IGNORE_OUTGOING, Linux 4.20). The kernel hands a received frame
+// to its taps of every protocol before IP, and to taps of one protocol
+// after IP's handler was handed it: bound to ETH_P_IP, the tap still held
+// a reference to every packet a container sent through the host while IP
+// forwarded it, so IP cloned each one (skb_share_check in ip_rcv) and
+// ip_forward then copied its header to lower the TTL (skb_cow), a clone
+// and a copy per packet that the tap's filter dropped anyway (perf of a
+// flood ping between containers, November 30). A tap of every protocol
+// has dropped the frame before IP sees it. Taps of every protocol are
+// also handed each frame the bridge sends, one clone for all of them
+// (dev_queue_xmit_nit), unless they ignore outgoing frames, which this
+// one needs not see: a kernel without the option gets the ETH_P_IP
+// binding as before.
 func (h *Host) OpenMulticastTap() (*MulticastTap, error) {
 	prog, err := bpf.Assemble([]bpf.Instruction{
 		bpf.LoadAbsolute{Off: 0, Size: 1},                                       // first byte of the destination MAC
@@ -372,7 +387,11 @@ func (h *Host) OpenMulticastTap() (*MulticastTap, error) {
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20); err != nil {
 		return fail("receive buffer", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: h.brIndex}); err != nil {
+	proto := uint16(unix.ETH_P_IP)
+	if unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1) == nil {
+		proto = unix.ETH_P_ALL
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: h.brIndex}); err != nil {
 		return fail("binding", err)
 	}
 	link, err := h.nl.LinkByIndex(h.brIndex)

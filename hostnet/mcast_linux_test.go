@@ -3,6 +3,7 @@ package hostnet
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A container's IGMP join shows in MulticastGroups, its leave takes the
@@ -158,6 +161,46 @@ func testMulticastGroupsAndTap(t *testing.T, igmpVersion string) {
 	cancel()
 	recv.Wait()
 	waitGroups(nil)
+}
+
+// The tap is handed the bridge's frames before IP is, and none of the
+// frames the bridge sends: a tap bound to IPv4 alone is handed each frame
+// after IP's handler, so the kernel cloned every packet a container sent
+// through the host, and copied its header to forward it, for a tap whose
+// filter drops it (OpenMulticastTap). The kernel lists a tap of every
+// protocol on a device as ALL in /proc/net/ptype.
+func TestMulticastTapBeforeIP(t *testing.T) {
+	h := oneHost(t)
+	h.start(t)
+	tap, err := h.host.OpenMulticastTap()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tap.Close()
+	sc, err := tap.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ignoring int
+	var gerr error
+	sc.Control(func(fd uintptr) {
+		ignoring, gerr = unix.GetsockoptInt(int(fd), unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING)
+	})
+	if errors.Is(gerr, unix.ENOPROTOOPT) {
+		t.Skip("this kernel has no PACKET_IGNORE_OUTGOING (Linux 4.20): the tap is bound to IPv4, after IP")
+	}
+	if gerr != nil || ignoring != 1 {
+		t.Errorf("PACKET_IGNORE_OUTGOING = %d, %v; want 1", ignoring, gerr)
+	}
+	var taps []string
+	for _, line := range strings.Split(run(t, "ip", "netns", "exec", h.ns.Name, "cat", "/proc/net/ptype"), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[1] == "weavewg" && strings.HasPrefix(f[2], "packet_rcv") {
+			taps = append(taps, f[0])
+		}
+	}
+	if !slices.Equal(taps, []string{"ALL"}) {
+		t.Errorf("packet sockets on the bridge by protocol: %q, want [ALL]", taps)
+	}
 }
 
 // Several containers that join one group at once, right after the host
