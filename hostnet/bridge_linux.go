@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/internal/rpfilter"
 )
 
 // setupBridge creates the bridge, or adopts the one a previous run left
@@ -82,21 +84,25 @@ func setupBridge(nl *netlink.Handle, name string, mtu int, hostIP netip.Prefix, 
 //     elsewhere (into the TUN), so containers see one flat subnet.
 //   - neigh proxy_delay 0 on the bridge: by default a proxied answer to a
 //     broadcast ARP request is delayed randomly by up to 0.8 s.
-//   - rp_filter 2 (loose) on the bridge and TUN: the kernel uses the larger of
-//     "all" and the interface's value, so this is loose whatever "all" is;
-//     strict mode would drop packets from peers whose addresses are routed
-//     into the TUN only once SetPeers has run.
+//   - reverse-path filtering on the bridge and TUN never strict: strict mode
+//     would drop packets from peers whose addresses are routed into the TUN
+//     only once SetPeers has run. Loose where the host's settings would make
+//     it strict, else as the host has it (package rpfilter: loose filtering
+//     costs a FIB lookup per packet).
 func setSysctls(bridge, tun string) error {
 	for _, s := range []struct{ path, val string }{
 		{"net/ipv4/ip_forward", "1"},
 		{"net/ipv4/conf/" + bridge + "/proxy_arp", "1"},
 		{"net/ipv4/neigh/" + bridge + "/proxy_delay", "0"},
-		{"net/ipv4/conf/" + bridge + "/rp_filter", "2"},
-		{"net/ipv4/conf/" + tun + "/rp_filter", "2"},
 	} {
 		p := filepath.Join("/proc/sys", s.path)
 		if err := os.WriteFile(p, []byte(s.val), 0o644); err != nil {
 			return fmt.Errorf("sysctl %s=%s: %w", s.path, s.val, err)
+		}
+	}
+	for _, dev := range []string{bridge, tun} {
+		if err := rpfilter.NotStrict(dev); err != nil {
+			return err
 		}
 	}
 	return nil

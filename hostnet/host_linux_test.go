@@ -1,12 +1,14 @@
 package hostnet
 
 import (
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/weavewg/weavewg/internal/netnstest"
+	"github.com/weavewg/weavewg/internal/rpfilter"
 )
 
 var (
@@ -233,5 +235,29 @@ func TestReattachSameAddress(t *testing.T) {
 	}
 	if err := ping(); err != nil {
 		t.Errorf("host → the new container with the same address: %v\n%s", err, run(t, "ip", "-n", h.ns.Name, "neigh", "show"))
+	}
+}
+
+// The bridge and the TUN are never filtered strictly by reverse path (a
+// peer's packets would be dropped while its prefix is not yet routed into
+// the TUN), and get no filtering the host does not ask for (loose costs
+// a FIB lookup per packet).
+func TestReversePathFilterNeverStrict(t *testing.T) {
+	for _, c := range []struct{ all, want int }{{rpfilter.Off, rpfilter.Off}, {rpfilter.Strict, rpfilter.Loose}, {rpfilter.Loose, rpfilter.Loose}} {
+		t.Run(fmt.Sprintf("all=%d", c.all), func(t *testing.T) {
+			h := oneHost(t)
+			run(t, "ip", "netns", "exec", h.ns.Name, "sysctl", "-q", "-w", fmt.Sprintf("net.ipv4.conf.all.rp_filter=%d", c.all))
+			h.start(t)
+			for _, dev := range []string{h.cfg.Bridge, h.cfg.TUN} {
+				var got int
+				var err error
+				if nerr := netnstest.Do(h.ns, func() { got, err = rpfilter.Effective(dev) }); nerr != nil {
+					t.Fatal(nerr)
+				}
+				if err != nil || got != c.want {
+					t.Errorf("%s: effective rp_filter %d, %v; want %d", dev, got, err, c.want)
+				}
+			}
+		})
 	}
 }

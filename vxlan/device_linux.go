@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weavewg/weavewg/internal/rpfilter"
 )
 
 // createDevice makes the VXLAN device: no learning (every entry is put
@@ -40,13 +40,13 @@ func createDevice(nl *netlink.Handle, cfg Config, mac net.HardwareAddr) (int, er
 	if err != nil {
 		return 0, fmt.Errorf("vxlan: %s: %w", cfg.Name, err)
 	}
-	// Loose reverse-path filtering, as on the TUN and the bridge: packets
-	// from a peer's containers arrive here, and strict mode would drop any
-	// whose prefix is routed into the TUN at that moment (during a switch).
-	p := filepath.Join("/proc/sys/net/ipv4/conf", cfg.Name, "rp_filter")
-	if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
+	// Reverse-path filtering never strict, as on the TUN and the bridge:
+	// packets from a peer's containers arrive here, and strict mode would
+	// drop any whose prefix is routed into the TUN at that moment (during
+	// a switch).
+	if err := rpfilter.NotStrict(cfg.Name); err != nil {
 		nl.LinkDel(link)
-		return 0, fmt.Errorf("vxlan: sysctl %s: %w", p, err)
+		return 0, fmt.Errorf("vxlan: %w", err)
 	}
 	if err := nl.LinkSetUp(link); err != nil {
 		nl.LinkDel(link)
