@@ -119,6 +119,7 @@ type Allocator struct {
 	wantSpace  bool
 	reqDonor   key.Public
 	reqAt      time.Time
+	ticked     time.Time // when Tick last ran (Status)
 	// silent holds the donors asked for the current want that granted
 	// nothing within RequestTimeout (cut off by a partition not noticed
 	// yet, or no space to give): the next request goes to another one.
@@ -159,6 +160,9 @@ type Allocator struct {
 	// digestAt is when each peer's last digest was answered: a request
 	// just after one is answered with the grant alone (grant.go).
 	digestAt map[key.Public]time.Time
+	// reclaimRefused is the last peer Reclaim could not remove (logged
+	// once, not at every call).
+	reclaimRefused key.Public
 	// pendingClaims are allocations made by ClaimAfterRestart while the
 	// ring was unknown, held in allocs but not yet in the store.
 	pendingClaims map[netip.Addr]bool

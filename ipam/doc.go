@@ -75,7 +75,9 @@
 // without another round), so a network sees at most MaxTransfers rmpeers,
 // MaxVotes votes and MaxCertVotes certificate votes in its life (votes and
 // transfers travel in one message, so rmpeer needs every owner's vote
-// within MaxVotes: it is not usable above about 150 owners yet), and a
+// within MaxVotes: it is not usable above about 150 owners yet, and
+// RemovePeer refuses there, ErrTooManyElectors, rather than fill the vote
+// table for good), and a
 // ring holds at most MaxEntries entries and MaxPeers keys (a ring larger
 // than one message travels in parts, parts.go); a peer whose own transfer was withdrawn
 // cannot issue another for the same dead peer (another peer must, if the

@@ -21,6 +21,14 @@ func (a *Allocator) RemovePeer(dead key.Public) error {
 		a.mu.Unlock()
 		return ErrClosed
 	}
+	if _, ours := a.ring.transferIndex(dead, a.self); !ours && a.ring.Seeded() {
+		if need, ok := a.ring.votesFit(a.self, dead, a.reachableList()); !ok {
+			a.mu.Unlock()
+			a.count("ipam_rmpeer_too_many_electors")
+			return fmt.Errorf("%w: %d electors; the ring holds %d votes of at most %d and %d certificate votes of at most %d (rmpeer is not usable in networks above about 150 peers yet)",
+				ErrTooManyElectors, need, len(a.ring.Votes), MaxVotes, a.ring.certVotes(), MaxCertVotes)
+		}
+	}
 	if err := a.ring.RemovePeer(a.self, dead); err != nil {
 		a.mu.Unlock()
 		return err
@@ -56,9 +64,17 @@ func (a *Allocator) Reclaim(goneSince map[key.Public]time.Time, after time.Durat
 	slices.SortFunc(todo, func(x, y key.Public) int { return bytes.Compare(x[:], y[:]) })
 	var done []key.Public
 	for _, p := range todo {
-		if err := a.RemovePeer(p); err == nil {
+		err := a.RemovePeer(p)
+		if err == nil {
 			a.log.Warn("reclaiming the space of a peer gone too long", "peer", p.Name(), "gone_since", goneSince[p])
 			done = append(done, p)
+		} else if errors.Is(err, ErrTooManyElectors) {
+			a.mu.Lock()
+			if a.reclaimRefused != p {
+				a.reclaimRefused = p
+				a.log.Warn("cannot reclaim the space of a peer gone too long", "peer", p.Name(), "err", err)
+			}
+			a.mu.Unlock()
 		}
 	}
 	return done

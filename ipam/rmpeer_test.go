@@ -163,3 +163,57 @@ func TestConcurrentRmpeerWinnerPublishesInheritedFree(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovePeerTooManyElectors: rmpeer needs a vote of every owner, and
+// the ring carries at most MaxVotes votes for its life. With more owners
+// than that it is refused at once and writes nothing; it used to issue the
+// transfer, which filled the vote table (never pruned) and never
+// completed, so no later rmpeer could complete either.
+func TestRemovePeerTooManyElectors(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openWide(t, n, pk(0))
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	base := a.span.First
+	var owners []key.Public
+	for i := 1; i <= MaxVotes+10; i++ {
+		var owner key.Public // owners never sign here: any distinct key
+		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
+		owners = append(owners, owner)
+		if err := a.ring.Grant(a.self, owner, Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}); err != nil {
+			a.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	a.ringChangedLocked()
+	a.mu.Unlock()
+	a.SetPeers(owners[1:])
+	before := a.View().Ring
+	err := a.RemovePeer(owners[0])
+	if !errors.Is(err, ErrTooManyElectors) {
+		t.Fatalf("rmpeer among %d owners: %v, want ErrTooManyElectors", len(owners)+1, err)
+	}
+	after := a.View().Ring
+	if len(after.Transfers) != 0 || len(after.Votes) != 0 || !after.Equal(before) {
+		t.Fatalf("a refused rmpeer wrote %d transfers and %d votes", len(after.Transfers), len(after.Votes))
+	}
+	// Fewer owners: it goes ahead.
+	small := openWide(t, &loopNet{peers: map[key.Public]*Allocator{}}, pk(2))
+	if err := small.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	small.mu.Lock()
+	for i := 1; i <= MaxVotes-20; i++ {
+		if err := small.ring.Grant(small.self, owners[i-1], Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}); err != nil {
+			small.mu.Unlock()
+			t.Fatal(err)
+		}
+	}
+	small.ringChangedLocked()
+	small.mu.Unlock()
+	if err := small.RemovePeer(owners[0]); err != nil {
+		t.Fatalf("rmpeer among %d owners: %v", MaxVotes-19, err)
+	}
+}

@@ -202,6 +202,7 @@ func (a *Allocator) Tick() {
 		a.mu.Unlock()
 		return
 	}
+	a.ticked = a.now()
 	var o outbox
 	changed := a.publishFreeLocked(false)
 	if a.ring.StepTransfers(a.self, a.reachableList()) {

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -19,6 +20,14 @@ type Status struct {
 	// WaitingForSpace: this peer owns no free address and has asked Donor.
 	WaitingForSpace bool
 	Donor           key.Public
+	// Asked is when Donor was asked (zero when none is), Silent how many
+	// donors asked for this want stayed silent, Reachable how many peers
+	// this peer was told it reaches, and Ticked when Tick last ran: why a
+	// peer that waits for space does not ask again (sim's reports).
+	Asked     time.Time
+	Silent    int
+	Reachable int
+	Ticked    time.Time
 	Transfers       []Transfer // rmpeer records
 	// Err is the last refused ring (e.g. another network's), or "".
 	Err      string
@@ -43,8 +52,12 @@ func (a *Allocator) Status() Status {
 	defer a.mu.Unlock()
 	s := Status{
 		Self: a.self, Range: a.ring.Range, Seed: a.ring.Seed, Allocated: len(a.allocs),
-		WaitingForSpace: a.wantSpace, Donor: a.reqDonor,
+		WaitingForSpace: a.wantSpace, Donor: a.reqDonor, Silent: len(a.silent),
+		Reachable: len(a.reachable), Ticked: a.ticked,
 		Transfers: slices.Clone(a.ring.Transfers), Counters: maps.Clone(a.counters),
+	}
+	if !a.reqDonor.IsZero() {
+		s.Asked = a.reqAt
 	}
 	if a.lastErr != nil {
 		s.Err = a.lastErr.Error()

@@ -35,7 +35,30 @@ import (
 var (
 	ErrAlreadyRemoved     = errors.New("ipam: peer already handed over")
 	ErrTransferInProgress = errors.New("ipam: peer is being handed over by another peer")
+	// ErrTooManyElectors: the ring cannot carry the votes a transfer
+	// needs (every owner's and every reachable peer's; see votesFit).
+	ErrTooManyElectors = errors.New("ipam: rmpeer needs a vote of every owner and reachable peer, more than the ring can carry")
 )
+
+// votesFit reports whether the votes and certificate of a new transfer of
+// dead by self fit the ring's bounds (MaxVotes, MaxCertVotes: votes and
+// certificates are never pruned, and travel in one part of their own,
+// parts.go). A transfer that did not fit was issued anyway, every peer
+// voted until the vote table was full (ring_full) and the transfer never
+// completed, and the table stayed full for the network's life, so no
+// later rmpeer could complete either, whatever the mesh's size by then:
+// past about 150 owners rmpeer broke the network's rmpeer for good. Now
+// it is refused before anything is written (ErrTooManyElectors).
+func (r *Ring) votesFit(self, dead key.Public, reachable []key.Public) (need int, ok bool) {
+	electors := r.electors(self, dead, reachable)
+	newVotes := 0
+	for _, p := range electors {
+		if _, found := r.vote(p, dead); !found {
+			newVotes++
+		}
+	}
+	return len(electors), len(r.Votes)+newVotes <= MaxVotes && r.certVotes()+len(electors) <= MaxCertVotes
+}
 
 func (r *Ring) vote(voter, dead key.Public) (Vote, bool) {
 	i, found := slices.BinarySearchFunc(r.Votes, Vote{Voter: voter, Dead: dead}, cmpVote)

@@ -447,5 +447,18 @@ func ipamWhy(m *Node, all []*Node) string {
 	for _, k := range []string{"ipam_request_sent", "ipam_donor_ring_trusted", "ipam_entry_unauthorized", "ipam_grant_not_from_granter", "ipam_held_taken", "ipam_authority_asked", "ipam_ring_received"} {
 		cs = append(cs, fmt.Sprintf("%s %d", strings.TrimPrefix(k, "ipam_"), st.Counters[k]))
 	}
-	return fmt.Sprintf("seeded %v, %d owners' prefixes, owns %d, waiting %v for %s; %s", st.Seed.ID != 0, entries, spans, st.WaitingForSpace, donor, strings.Join(cs, ", "))
+	reachOwners := 0
+	for _, p := range st.Peers {
+		if p.Reachable && p.Peer != m.Key {
+			reachOwners++
+		}
+	}
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return fmt.Sprintf("%.0f s ago", time.Since(t).Seconds())
+	}
+	return fmt.Sprintf("seeded %v, %d owners' prefixes, owns %d, waiting %v for %s (asked %s, %d silent); reaches %d peers, %d of them owners; ticked %s; %s",
+		st.Seed.ID != 0, entries, spans, st.WaitingForSpace, donor, ago(st.Asked), st.Silent, st.Reachable, reachOwners, ago(st.Ticked), strings.Join(cs, ", "))
 }
