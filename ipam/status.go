@@ -28,7 +28,7 @@ type Status struct {
 	Silent    int
 	Reachable int
 	Ticked    time.Time
-	Transfers       []Transfer // rmpeer records
+	Transfers []Transfer // rmpeer records
 	// Err is the last refused ring (e.g. another network's), or "".
 	Err      string
 	Counters map[string]uint64
