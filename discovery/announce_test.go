@@ -49,15 +49,11 @@ func FuzzParseEntryList(f *testing.F) {
 
 // drain returns the messages queued on c.
 func drain(c *conn) [][]byte {
-	var out [][]byte
-	for {
-		select {
-		case m := <-c.out:
-			out = append(out, m)
-		default:
-			return out
-		}
-	}
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	out := c.q
+	c.q = nil
+	return out
 }
 
 // A record new to us goes on to neighbours that know haves as a have, to
@@ -66,8 +62,8 @@ func drain(c *conn) [][]byte {
 // a want with the record.
 func TestHaveWant(t *testing.T) {
 	r, a := digestRouter(t) // a: the neighbour seqKey(10)
-	b := &conn{r: r, peer: seqKey(11), out: make(chan []byte, sendQueueLen), speaksDigest: true}
-	old := &conn{r: r, peer: seqKey(12), out: make(chan []byte, sendQueueLen)}
+	b := &conn{r: r, peer: seqKey(11), speaksDigest: true}
+	old := &conn{r: r, peer: seqKey(12)}
 	a.speaksDigest = true
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -146,7 +142,7 @@ func TestHaveWant(t *testing.T) {
 // versions cost a neighbour a few frames, not one each.
 func TestHavesGathered(t *testing.T) {
 	r, a := digestRouter(t)
-	b := &conn{r: r, peer: seqKey(11), out: make(chan []byte, sendQueueLen), speaksDigest: true}
+	b := &conn{r: r, peer: seqKey(11), speaksDigest: true}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.active[b.peer] = b

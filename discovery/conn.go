@@ -62,7 +62,15 @@ type conn struct {
 	send *noise.CipherState // owned by establish, then by writeLoop
 	recv *noise.CipherState // owned by establish, then by readLoop
 
-	out chan []byte // plaintext messages for writeLoop; sends under Router.mu
+	// The send queue: plaintext messages waiting for the writer, which
+	// runs only while there are some (writeLoop). A writer goroutine and
+	// a 256-slot channel per connection, idle nearly always, were half
+	// the goroutines of a simulated thousand peers. Producers hold
+	// Router.mu (one at a time); qmu orders them with the writer.
+	qmu     sync.Mutex
+	q       [][]byte
+	live    bool // runConn registered it: queued messages may be written
+	writing bool // a writer goroutine runs
 
 	// Under Router.mu (digest.go). speaksDigest: the peer sent a digest;
 	// legacy: its first message after the hello was records (it predates
@@ -112,21 +120,38 @@ func (c *conn) preferredOver(old *conn, self key.Public) bool {
 }
 
 // queue hands m to the writer without blocking, dropping the oldest queued
-// message if the queue is full. Called with Router.mu held, so there is one
-// producer at a time.
+// message if sendQueueLen are waiting, and starts a writer if none runs.
+// Called with Router.mu held, so there is one producer at a time.
 func (c *conn) queue(m []byte) {
-	for {
-		select {
-		case c.out <- m:
-			return
-		default:
-		}
-		select {
-		case <-c.out:
-			c.r.ctr.inc(CtrSendDropped)
-		default:
-		}
+	c.qmu.Lock()
+	if len(c.q) >= sendQueueLen {
+		c.q[0] = nil
+		c.q = c.q[1:]
+		c.r.ctr.inc(CtrSendDropped)
 	}
+	c.q = append(c.q, m)
+	start := c.startWriterLocked()
+	c.qmu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
+}
+
+// startWriterLocked reports whether the caller must start a writer (and
+// counts it in the router's WaitGroup): c is live and open, messages wait
+// and none runs. Called with c.qmu and Router.mu held.
+func (c *conn) startWriterLocked() bool {
+	if !c.live || c.writing || len(c.q) == 0 || c.r.closed {
+		return false
+	}
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
+	c.writing = true
+	c.r.wg.Add(1)
+	return true
 }
 
 // writeMsg encrypts and writes one message. Only one goroutine at a time
@@ -168,19 +193,41 @@ func (c *conn) readMsg(buf []byte) ([]byte, error) {
 // connection for good: 2.5 GB for a thousand simulated peers.
 const readBufLen = 4096
 
+// writeLoop writes the queued messages until none is left, then ends;
+// the next queue starts another.
 func (c *conn) writeLoop() {
 	defer c.r.wg.Done()
 	for {
+		c.qmu.Lock()
+		closed := false
 		select {
 		case <-c.done:
-			return
-		case m := <-c.out:
-			if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
-				c.close()
-				return
-			}
-			c.lastWrite.Store(time.Now().UnixNano())
+			closed = true
+		default:
 		}
+		if closed || len(c.q) == 0 {
+			c.writing = false
+			if closed {
+				c.q = nil
+			}
+			c.qmu.Unlock()
+			return
+		}
+		m := c.q[0]
+		c.q[0] = nil
+		c.q = c.q[1:]
+		if len(c.q) == 0 {
+			c.q = nil // let the backing array go
+		}
+		c.qmu.Unlock()
+		if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
+			c.close()
+			c.qmu.Lock()
+			c.writing, c.q = false, nil
+			c.qmu.Unlock()
+			return
+		}
+		c.lastWrite.Store(time.Now().UnixNano())
 	}
 }
 
@@ -323,13 +370,12 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		catchUp:  catchUp,
 		send:     res.send,
 		recv:     res.recv,
-		out:      make(chan []byte, sendQueueLen),
 		done:     make(chan struct{}),
 	}
 	r.mu.Lock()
 	if !outbound && r.fullLocked(c.peer) {
 		// At the limit: refer the dialler to the mesh instead of a hello.
-		msgs := append([][]byte{{msgBusy}}, packRecords(r.allRecordsLocked())...)
+		msgs := append([][]byte{{msgBusy}}, packRecords(r.referralLocked())...)
 		r.mu.Unlock()
 		r.ctr.inc(CtrConnLimit)
 		for _, m := range msgs {
@@ -369,6 +415,24 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 	}
 	nc.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// referralLocked is what a peer at its limit sends a dialler it refuses:
+// its own record and its neighbours' (at most ConnLimit, about 45 KB),
+// whom the dialler can dial at the addresses our record gives
+// (learnReferralAddrs). Every record it held was about 1 MB at 1,000
+// peers, for each refused handshake; the dialler gets the rest from the
+// first peer that takes it (the new connection's digest exchange).
+func (r *Router) referralLocked() []*Record {
+	recs := make([]*Record, 0, 1+len(r.active))
+	recs = append(recs, r.copySelf())
+	for k := range r.active {
+		if e := r.recs[k]; e != nil && e.rec.Version != 0 {
+			rec := e.rec
+			recs = append(recs, &rec)
+		}
+	}
+	return recs
 }
 
 // readReferral takes the records a peer at its connection limit sends
@@ -451,8 +515,13 @@ func (r *Router) runConn(c *conn) (bool, error) {
 		t.peer, t.nickname = c.peer, c.hello.Nickname
 	}
 	c.lastWrite.Store(time.Now().UnixNano())
-	r.wg.Add(1)
-	go c.writeLoop()
+	c.qmu.Lock()
+	c.live = true
+	start := c.startWriterLocked() // what addConnLocked queued
+	c.qmu.Unlock()
+	if start {
+		go c.writeLoop()
+	}
 	r.mu.Unlock()
 	watchLiveness(c.nc)
 

@@ -41,8 +41,9 @@ import (
 //
 // A peer at its limit still completes the handshake of an inbound
 // connection, then answers with msgBusy instead of a hello, followed by
-// every record it holds, and closes. The dialler learns the mesh from it
-// and dials peers with room; its target to the full peer counts as
+// its own record and its neighbours' (referralLocked), and closes. The
+// dialler dials those neighbours (a full one refers it on to its own)
+// and learns the rest of the mesh from the first that takes it; its target to the full peer counts as
 // satisfied while that peer is reachable and the dialler holds connWant
 // connections, so `join` with one bootstrap endpoint works at any size.
 
@@ -61,12 +62,12 @@ const (
 	// a partition's heal waits for the next of them.
 	bridgeBackoffMax = 4 * time.Second
 	// msgBusy replaces the hello of a peer at its connection limit; the
-	// records messages that follow hold every record it knows.
+	// records messages that follow hold its record and its neighbours'.
 	msgBusy byte = 5
 )
 
 // errBusy is what a dialler gets from a peer at its connection limit.
-var errBusy = errors.New("peer is at its connection limit (--conn-limit); learned the mesh from it")
+var errBusy = errors.New("peer is at its connection limit (--conn-limit); learned its neighbours from it")
 
 // connWant is how many connections gossip dials aim for.
 func (r *Router) connWant() int { return (r.cfg.ConnLimit + 1) / 2 }
@@ -116,24 +117,38 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 	}
 	var cands []dialCandidate
 	unreachable := 0
-	for k, e := range r.recs {
+	consider := func(k key.Public, e *entry) {
 		if k == r.self || covered[k] || r.active[k] != nil || r.isEvictedLocked(k) {
-			continue
+			return
 		}
 		if d := r.dials[k]; d != nil && (d.inFlight || now.Before(d.next)) {
-			continue
+			return
 		}
 		reach := r.rt.reachable(k)
 		if reach && r.graph.degree(k) >= r.cfg.ConnLimit {
-			continue // full: it would refuse
+			return // full: it would refuse
 		}
 		if !e.lastIP.IsValid() || e.rec.Port == 0 && e.hello.Port == 0 {
-			continue // nowhere to dial
+			return // nowhere to dial
 		}
 		if !reach {
 			unreachable++
 		}
 		cands = append(cands, dialCandidate{k: k, unreachable: !reach, rank: dialRank(r.self, k)})
+	}
+	if len(r.active) < r.connWant() {
+		for k, e := range r.recs {
+			consider(k, e)
+		}
+	} else {
+		// At connWant only bridges dial, and only to unreachable peers:
+		// read those alone (unreach), not every record each second
+		// while one peer is unreachable (a leave, for expireAfter).
+		for k := range r.unreach {
+			if e := r.recs[k]; e != nil {
+				consider(k, e)
+			}
+		}
 	}
 	if len(cands) == 0 {
 		return

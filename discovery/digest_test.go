@@ -66,7 +66,7 @@ func digestRouter(t *testing.T) (*Router, *conn) {
 	for i := byte(10); i < 14; i++ {
 		r.recs[seqKey(i)] = &entry{rec: Record{Key: seqKey(i), Version: 5}}
 	}
-	c := &conn{r: r, peer: seqKey(10), out: make(chan []byte, sendQueueLen)}
+	c := &conn{r: r, peer: seqKey(10)}
 	r.active[c.peer] = c
 	return r, c
 }
@@ -74,26 +74,22 @@ func digestRouter(t *testing.T) (*Router, *conn) {
 // sent drains c's queue: the keys of the records and the digests in it.
 func sent(t *testing.T, c *conn) (recs []key.Public, digests int) {
 	t.Helper()
-	for {
-		select {
-		case m := <-c.out:
-			switch m[0] {
-			case msgRecords:
-				rs, err := ParseRecordsMessage(m)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, rec := range rs {
-					recs = append(recs, rec.Key)
-				}
-			case msgDigest:
-				digests++
+	for _, m := range drain(c) {
+		switch m[0] {
+		case msgRecords:
+			rs, err := ParseRecordsMessage(m)
+			if err != nil {
+				t.Fatal(err)
 			}
-		default:
-			slices.SortFunc(recs, cmpKey)
-			return recs, digests
+			for _, rec := range rs {
+				recs = append(recs, rec.Key)
+			}
+		case msgDigest:
+			digests++
 		}
 	}
+	slices.SortFunc(recs, cmpKey)
+	return recs, digests
 }
 
 // A digest is answered with exactly the records its sender lacks or holds

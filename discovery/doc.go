@@ -88,8 +88,8 @@
 // Endpoint while we hold fewer than half of Config.ConnLimit connections,
 // so meshes up to that size become full meshes and larger ones a random
 // graph of bounded degree (connlimit.go). A peer at its limit answers a
-// handshake with msgBusy and every record it holds; the joiner it referred
-// dials the referrer's neighbours at the addresses the referrer sees them
+// handshake with msgBusy, its own record and its neighbours'; the joiner it
+// referred dials the referrer's neighbours at the addresses the referrer sees them
 // at (conn.learnReferralAddrs), since it reaches nobody yet. When two
 // connections to the same peer exist, both ends keep the same one
 // (conn.preferredOver).

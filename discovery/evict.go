@@ -357,6 +357,7 @@ func (r *Router) applyEvictionsLocked() {
 			}
 		}
 		delete(r.recs, k)
+		delete(r.unreach, k)
 		r.graphSetLocked(k)
 		delete(r.dials, k)
 		delete(r.tombs, k)

@@ -218,7 +218,7 @@ func FuzzConnHandle(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	c := &conn{r: r, peer: seqKey(7), out: make(chan []byte, sendQueueLen)}
+	c := &conn{r: r, peer: seqKey(7)}
 	r.active[c.peer] = c
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c.handle(b)

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -16,7 +17,9 @@ import (
 // leaves) and its own connections come and go, and checks the view it
 // folds from the changes against Reachable, the whole set, after every
 // step; a reader that reads only now and then, and one that fell out of
-// the log, must end at the same view.
+// the log, must end at the same view. The router's own set of
+// unreachable peers (expiry and bridge dials read it) is checked against
+// its routes too.
 func TestReachChangesMatchReachable(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -43,7 +46,7 @@ func TestReachChangesMatchReachable(t *testing.T) {
 				r.mu.Lock()
 				if on {
 					a, _ := net.Pipe()
-					c := &conn{r: r, nc: a, peer: m.ks[j], out: make(chan []byte, sendQueueLen), done: make(chan struct{})}
+					c := &conn{r: r, nc: a, peer: m.ks[j], done: make(chan struct{})}
 					r.conns[c] = struct{}{}
 					if err := r.addConnLocked(c); err != nil {
 						t.Fatal(err)
@@ -181,6 +184,19 @@ func TestReachChangesMatchReachable(t *testing.T) {
 					t.Fatalf("step %d (%s): full %v at mark %d", step, what, full, markEvery)
 				}
 				every, markEvery = fold(every, changes, full), next
+				r.mu.Lock()
+				for k := range r.recs {
+					_, listed := r.unreach[k]
+					if want := k != r.self && !r.rt.reachable(k); listed != want {
+						r.mu.Unlock()
+						t.Fatalf("step %d (%s): a peer in the unreachable set %v, unreachable %v", step, what, listed, want)
+					}
+				}
+				if len(r.unreach) > len(r.recs) {
+					r.mu.Unlock()
+					t.Fatalf("step %d (%s): %d peers in the unreachable set, %d records", step, what, len(r.unreach), len(r.recs))
+				}
+				r.mu.Unlock()
 				if got, want := reachable(every), truth(); !maps.Equal(got, want) {
 					t.Fatalf("step %d (%s): the changes folded give %d reachable peers %v, Reachable %d %v", step, what, len(got), got, len(want), want)
 				}
@@ -192,6 +208,17 @@ func TestReachChangesMatchReachable(t *testing.T) {
 					}
 				}
 			}
+			// Expiry forgets the unreachable peers: none is left in the set.
+			r.mu.Lock()
+			before := len(r.unreach)
+			r.expireLocked(r.now().Add(r.tun.expireAfter + time.Second))
+			for k := range r.unreach {
+				if r.recs[k] == nil {
+					r.mu.Unlock()
+					t.Fatalf("an expired peer is still in the unreachable set (%d there before expiry)", before)
+				}
+			}
+			r.mu.Unlock()
 			// A reader left behind by more than the log holds starts over.
 			r.mu.Lock()
 			for range maxReachLog + 1 {

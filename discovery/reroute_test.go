@@ -191,6 +191,18 @@ func TestRefreshMatchesFull(t *testing.T) {
 						}
 					}
 				}
+				for i := range g.nodes {
+					var want, got []int32
+					for j := range g.nodes {
+						if g.claims(int32(j), int32(i)) {
+							want = append(want, int32(j))
+						}
+					}
+					got = slices.Sorted(slices.Values(g.nodes[i].by))
+					if !slices.Equal(got, want) {
+						t.Fatalf("step %d (%s): %d is claimed by %v, its claimers list says %v", step, what, i, want, got)
+					}
+				}
 				flipped, _ := g.refresh(&rt)
 				full := g.routes(m.ks[self])
 				if err := sameRoutes(&rt, &full); err != nil {

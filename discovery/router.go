@@ -71,6 +71,9 @@ type Config struct {
 	// Verify checks records' and channel messages' signatures; nil:
 	// key.Verify.
 	Verify Verifier
+	// Shared, if set, is one store of records for the routers of one
+	// process (the simulator): see SharedRecords. nil in a daemon.
+	Shared *SharedRecords
 	// HandshakeTimeout bounds a control handshake and hello (how long a
 	// slow or silent peer holds one of the handshake slots); 0: 5 s. A
 	// simulation of N peers in one process sets it longer: its peers'
@@ -242,6 +245,9 @@ type Router struct {
 	// reachLog: peers whose reachability or connection changed, for
 	// ReachChanges (reachlog.go).
 	reachLog reachLog
+	// unreach: the peers in recs that rt does not reach, kept as routes
+	// flip, so expiry and bridge dials read them, not every record.
+	unreach map[key.Public]struct{}
 	// recomputePending: records changed since rt was computed.
 	recomputePending bool
 	// publishPending: our connections changed since our record was
@@ -337,6 +343,7 @@ func New(cfg Config) (*Router, error) {
 		active:  map[key.Public]*conn{},
 		targets: map[string]*target{},
 		dials:   map[key.Public]*gossipDial{},
+		unreach: map[key.Public]struct{}{},
 		logged:  map[string]string{},
 	}
 	if cfg.HandshakeTimeout > 0 {

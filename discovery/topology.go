@@ -54,6 +54,11 @@ type topoNode struct {
 	mark    uint32 // gen of the update that last saw its record
 	version uint64 // of the record claims were derived from
 	claims  []claim
+	// by: the nodes whose claims list this one, in no order (kept
+	// through the node's own removal: others' records still claim it).
+	// Whether a reachable peer vouches for a forgotten peer is then
+	// O(its claimers), not a pass over every reachable peer.
+	by []int32
 }
 
 // claim is one established neighbour a record lists, with the weight of
@@ -159,7 +164,7 @@ func (g *topoGraph) remove(k key.Public) {
 		return
 	}
 	g.touchDiff(i, g.nodes[i].claims, nil)
-	g.nodes[i] = topoNode{}
+	g.nodes[i] = topoNode{by: g.nodes[i].by}
 }
 
 // touchDiff notes, in g.touched, the edges of node i whose claim differs
@@ -179,9 +184,15 @@ func (g *topoGraph) touchDiff(i int32, old, new []claim) bool {
 		switch {
 		case b == len(new) || a < len(old) && old[a].id < new[b].id:
 			touch(old[a].id)
+			by := g.nodes[old[a].id].by
+			if x := slices.Index(by, i); x >= 0 {
+				by[x] = by[len(by)-1]
+				g.nodes[old[a].id].by = by[:len(by)-1]
+			}
 			a++
 		case a == len(old) || new[b].id < old[a].id:
 			touch(new[b].id)
+			g.nodes[new[b].id].by = append(g.nodes[new[b].id].by, i)
 			b++
 		default:
 			a++
@@ -212,15 +223,19 @@ func (g *topoGraph) degree(k key.Public) int {
 	return len(g.nodes[i].claims)
 }
 
-// claimsKeys reports whether a's record lists b as an established
-// neighbour.
-func (g *topoGraph) claimsKeys(a, b key.Public) bool {
-	i, ok := g.ids[a]
+// claimedByReachable reports whether a peer other than rt's self that rt
+// reaches lists k as an established neighbour.
+func (g *topoGraph) claimedByReachable(k key.Public, rt *routes) bool {
+	i, ok := g.ids[k]
 	if !ok {
 		return false
 	}
-	j, ok := g.ids[b]
-	return ok && g.claims(i, j)
+	for _, j := range g.nodes[i].by {
+		if c := g.keys[j]; c != rt.self && rt.reachable(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // claims reports whether node a's record lists b as an established

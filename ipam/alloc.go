@@ -404,7 +404,11 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// Transfers first: one that completes here makes inherited entries
 	// ours, and their free counts are published in the same broadcast
 	// rather than at the next Tick (donor choice reads them).
-	a.ring.StepTransfers(a.self, a.reachableList())
+	var reachable []key.Public
+	if len(a.ring.Transfers) > 0 {
+		reachable = a.reachableList() // only transfers read it: O(N) per change otherwise
+	}
+	a.ring.StepTransfers(a.self, reachable)
 	a.recordPendingClaimsLocked()
 	// After a merge the free counts of our own entries wait for the next
 	// Tick: a grantee that published at once, on the grant its donor
