@@ -73,6 +73,7 @@ type nodeConfig struct {
 	rng       netip.Prefix
 	network   *Network
 	verify    discovery.Verifier
+	shared    *discovery.SharedRecords
 	connLimit int
 	hsTimeout time.Duration
 	rdTimeout time.Duration
@@ -114,6 +115,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		HandshakeTimeout: cfg.hsTimeout,
 		ReadTimeout:      cfg.rdTimeout,
 		Verify:           cfg.verify,
+		Shared:           cfg.shared,
 		Logger:           nd.log.With("part", "discovery"),
 	})
 	if err != nil {
