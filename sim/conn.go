@@ -48,6 +48,9 @@ type memConn struct {
 	deadline time.Time // for reads; writes never block
 	done     chan struct{}
 	once     sync.Once
+	// closed, if set, is called once when this end closes (the network
+	// forgets the connection when both ends have).
+	closed func()
 }
 
 // newConnPair returns the two ends of a connection between a and b; what
@@ -127,11 +130,21 @@ func (c *memConn) Write(p []byte) (int, error) {
 
 // Close ends both directions: the other end reads what was already sent,
 // then EOF, and its writes fail.
+//
+// What this end had not read yet is dropped: nobody will read it, and a
+// network that kept every connection ever made, with its unread bytes,
+// held them for the whole run.
 func (c *memConn) Close() error {
 	c.once.Do(func() {
 		close(c.done)
+		c.rd.mu.Lock()
+		c.rd.buf = nil
+		c.rd.mu.Unlock()
 		c.rd.close()
 		c.wr.close()
+		if c.closed != nil {
+			c.closed()
+		}
 	})
 	return nil
 }

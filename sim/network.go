@@ -135,6 +135,18 @@ func (h hostNet) DialContext(ctx context.Context, addr string) (net.Conn, error)
 	client, server := newConnPair(local, ap, h.tr, n.traffic[ap.Addr()])
 	p := &pipe{a: h.ip, b: ap.Addr(), c1: client, c2: server}
 	n.pipes[p] = struct{}{}
+	// Forgotten once both ends closed: the set held every connection
+	// ever made (duplicates, referrals, failed handshakes), and a
+	// partition read them all.
+	var ends atomic.Int32
+	forget := func() {
+		if ends.Add(1) == 2 {
+			n.mu.Lock()
+			delete(n.pipes, p)
+			n.mu.Unlock()
+		}
+	}
+	client.closed, server.closed = forget, forget
 	n.mu.Unlock()
 	select {
 	case l.ch <- server:

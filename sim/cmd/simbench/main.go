@@ -315,6 +315,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	defer c.Close()
 	start := time.Now()
 	size := max(batch, 1)
+	sched := newSchedWatch()
 	for joined := 0; joined < n-1; {
 		k := min(size, n-1-joined)
 		for range k {
@@ -330,7 +331,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 			return res
 		}
 		size = nextBatch(size, batch, took, timeout)
-		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s; the batch of %d in %.0f s, next %d)\n", n, joined, time.Since(start).Seconds(), k, took.Seconds(), size)
+		fmt.Fprintf(os.Stderr, "simbench: N=%d: %d peers agree (%.0f s; the batch of %d in %.0f s, next %d; %s)\n", n, joined, time.Since(start).Seconds(), k, took.Seconds(), size, sched.since())
 	}
 	settle(c, time.Now(), timeout) // the build's last moves are not the N-th join's
 	res.BuildSeconds = time.Since(start).Seconds()
