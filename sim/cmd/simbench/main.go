@@ -117,7 +117,8 @@ func main() {
 	seed := flag.Uint64("seed", 1, "seed of the random choices")
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built (the last N's is kept)")
+	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built, or its build failed (the last N's is kept)")
+	flag.StringVar(&mutexProfile, "mutexprofile", "", "write a profile of lock waits (sync.Mutex contention, every wait sampled) to this file when each mesh is built, or its build failed (the last N's is kept)")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
 	topoOnly := flag.Bool("routers-only", false, "run each peer's router alone, with no IPAM and no DNS, and check only the topology (discovery's own figures; not issue 18's measure)")
@@ -125,6 +126,9 @@ func main() {
 	burst := flag.Bool("burst", false, "also time N peers launched together, in a mesh of their own (slow at N >= 100 on a loaded machine)")
 	flag.Parse()
 	debug.SetGCPercent(*gogc)
+	if mutexProfile != "" {
+		runtime.SetMutexProfileFraction(1)
+	}
 	printCounters = *showCounters
 	topologyOnly = *topoOnly
 	if *cpuProfile != "" {
@@ -217,6 +221,25 @@ func writeHeap() {
 	defer f.Close()
 	runtime.GC()
 	if err := pprof.WriteHeapProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+	}
+}
+
+// mutexProfile: -mutexprofile.
+var mutexProfile string
+
+// writeMutex writes the lock waits so far to -mutexprofile, if given.
+func writeMutex() {
+	if mutexProfile == "" {
+		return
+	}
+	f, err := os.Create(mutexProfile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup("mutex").WriteTo(f, 0); err != nil {
 		fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
 	}
 }
@@ -328,6 +351,8 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		took, err := c.WaitFor(sayWhy(n, c, agreed(c)), time.Now(), timeout)
 		if err != nil {
 			res.Changes = append(res.Changes, change{Name: "building", TopoFailed: true, Err: fmt.Sprintf("%d peers: %v", joined, err)})
+			writeHeap() // where a build that did not form stood
+			writeMutex()
 			return res
 		}
 		size = nextBatch(size, batch, took, timeout)
@@ -339,6 +364,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	runtime.ReadMemStats(&ms)
 	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines\n", n, ms.HeapInuse>>20, runtime.NumGoroutine())
 	writeHeap()
+	writeMutex()
 	measure := func(name string, do func() error) { measureOn(c, n, &res, name, timeout, do) }
 	measure("N-th joins", func() error {
 		_, err := c.Join()
