@@ -281,20 +281,32 @@ func (s *Server) handleRepair(from key.Public, msg []byte) error {
 		}
 	case MsgPull:
 		s.c.pullAnswered.Add(1)
-		s.sendOwn(sender, from, s.table.All())
+		s.sendOwnTo(sender, []key.Public{from})
 	}
 	return nil
 }
 
+// sendOwnTo sends each peer what it takes from us (sendOwn), reading the
+// table once for all of them.
+func (s *Server) sendOwnTo(sender Sender, peers []key.Public) {
+	owners := make(map[key.Public]bool, len(peers)+1)
+	owners[s.cfg.Self] = true
+	for _, p := range peers {
+		owners[p] = true
+	}
+	of := s.table.entriesOf(owners)
+	for _, p := range peers {
+		s.sendOwn(sender, p, of[s.cfg.Self], of[p])
+	}
+}
+
 // sendOwn sends peer p what it takes from us: our own entries and the
-// copies we hold of its entries, so it buries stale ones of a previous
-// run.
-func (s *Server) sendOwn(sender Sender, p key.Public, all []Entry) {
-	var es []Entry
-	for _, e := range all {
-		if e.Owner == s.cfg.Self || e.Owner == p {
-			es = append(es, e)
-		}
+// copies we hold of its entries (theirs), so it buries stale ones of a
+// previous run.
+func (s *Server) sendOwn(sender Sender, p key.Public, own, theirs []Entry) {
+	es := append(slices.Clip(own), theirs...)
+	if p == s.cfg.Self {
+		es = own
 	}
 	for _, m := range AppendMessages(MsgState, es) {
 		if sender.Send(p, m) == nil {

@@ -536,13 +536,13 @@ func (s *Server) SetReachable(peers []key.Public) {
 	// entries, and the copies we hold of its entries, so it buries stale
 	// ones of a previous run. One join costs a message per peer, where a
 	// broadcast of the table from every peer cost N² (issue 18).
-	all := s.table.All()
+	var news []key.Public
 	for _, p := range peers {
-		if p == s.cfg.Self || prev[p] {
-			continue
+		if p != s.cfg.Self && !prev[p] {
+			news = append(news, p)
 		}
-		s.sendOwn(sender, p, all)
 	}
+	s.sendOwnTo(sender, news)
 }
 
 // PeersChanged is SetReachable for a change of a few peers: up became
@@ -580,10 +580,7 @@ func (s *Server) PeersChanged(up, down []key.Public) {
 		s.broadcast(MsgState, s.table.All())
 		return
 	}
-	all := s.table.All()
-	for _, p := range arrived {
-		s.sendOwn(sender, p, all)
-	}
+	s.sendOwnTo(sender, arrived)
 }
 
 // Sender is implemented by a Transport that can also send to one peer

@@ -344,6 +344,25 @@ func (t *Table) All() []Entry {
 	return out
 }
 
+// entriesOf returns, by owner, the entries (tombstones included) of the
+// given owners, each owner's sorted: one pass over the table, with no
+// copy and sort of all of it (All), which each arrival cost every peer
+// (O(N log N) per router per join).
+func (t *Table) entriesOf(owners map[key.Public]bool) map[key.Public][]Entry {
+	out := make(map[key.Public][]Entry, len(owners))
+	t.mu.Lock()
+	for _, r := range t.entries {
+		if owners[r.Owner] {
+			out[r.Owner] = append(out[r.Owner], r.Entry)
+		}
+	}
+	t.mu.Unlock()
+	for _, es := range out {
+		sortEntries(es)
+	}
+	return out
+}
+
 // EntryStatus is an entry as `status dns` shows it.
 type EntryStatus struct {
 	Entry

@@ -284,3 +284,30 @@ func TestPeersChangedMatchesSetReachable(t *testing.T) {
 		}
 	}
 }
+
+// entriesOf gives what a filter of All gives, owner by owner, in All's
+// order.
+func TestEntriesOfMatchesAll(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 4))
+	tb := NewTable(selfKey, TableOptions{})
+	for i := range 300 {
+		tb.Merge([]Entry{{Owner: peerKey(byte(10 + rng.IntN(20))), Name: fmt.Sprintf("n%d", rng.IntN(40)),
+			Addr: netip.AddrFrom4([4]byte{10, 32, 0, byte(rng.IntN(200))}), Version: uint64(i + 1), Tombstone: rng.IntN(4) == 0}}, t0)
+	}
+	owners := map[key.Public]bool{peerKey(10): true, peerKey(13): true, peerKey(29): true, peerKey(99): true}
+	got := tb.entriesOf(owners)
+	want := map[key.Public][]Entry{}
+	for _, e := range tb.All() {
+		if owners[e.Owner] {
+			want[e.Owner] = append(want[e.Owner], e)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d owners' entries, want %d", len(got), len(want))
+	}
+	for o, es := range want {
+		if !slices.Equal(got[o], es) {
+			t.Fatalf("%s: %d entries, want %d (or another order)", o.Name(), len(got[o]), len(es))
+		}
+	}
+}
