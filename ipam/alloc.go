@@ -163,6 +163,9 @@ type Allocator struct {
 	// reclaimRefused is the last peer Reclaim could not remove (logged
 	// once, not at every call).
 	reclaimRefused key.Public
+	// askedRingAt is when this peer, with no ring, last asked a new
+	// neighbour for one (NewNeighbour).
+	askedRingAt time.Time
 	// pendingClaims are allocations made by ClaimAfterRestart while the
 	// ring was unknown, held in allocs but not yet in the store.
 	pendingClaims map[netip.Addr]bool

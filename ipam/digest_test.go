@@ -356,3 +356,34 @@ func TestNewNeighbourJoiner(t *testing.T) {
 		t.Fatalf("the joiner counted %d malformed messages", got)
 	}
 }
+
+// TestNewNeighbourJoinerAsksOnce: a peer with no ring whose control
+// connections come up together asks one of them for the ring, not each
+// (every one answered with the whole ring).
+func TestNewNeighbourJoinerAsksOnce(t *testing.T) {
+	net, as := wideMesh(t, 6)
+	j := openWide(t, net, pk(9))
+	for _, p := range as[1:] {
+		j.NewNeighbour(p.self)
+	}
+	if len(net.queue) != 1 {
+		t.Fatalf("the joiner sent %d digests to %d new neighbours, want 1", len(net.queue), len(as)-1)
+	}
+	net.run(t)
+	if !j.View().Ring.Equal(as[1].View().Ring) {
+		t.Fatal("the joiner has no ring")
+	}
+}
+
+// TestNewNeighbourJoinerAnswers: a peer with no ring that hears a new
+// neighbour's relay digest first (its own ask went elsewhere and was
+// lost) asks that neighbour for the ring.
+func TestNewNeighbourJoinerAnswers(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	as[1].NewNeighbour(j.self)
+	net.run(t)
+	if !j.View().Ring.Equal(as[1].View().Ring) {
+		t.Fatal("the joiner has no ring after its neighbour's digest")
+	}
+}
