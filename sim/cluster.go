@@ -560,6 +560,6 @@ func ipamWhy(m *Node, all []*Node) string {
 		}
 		return fmt.Sprintf("%.0f s ago", time.Since(t).Seconds())
 	}
-	return fmt.Sprintf("seeded %v, %d owners' prefixes, owns %d, waiting %v for %s (asked %s, %d silent); reaches %d peers, %d of them owners; ticked %s; %s",
-		st.Seed.ID != 0, entries, spans, st.WaitingForSpace, donor, ago(st.Asked), st.Silent, st.Reachable, reachOwners, ago(st.Ticked), strings.Join(cs, ", "))
+	return fmt.Sprintf("seeded %v, %d owners' prefixes, owns %d, waiting %v for %s (asked %s, %d silent); reaches %d peers, %d of them owners; ticked %s, its loop: %s; %s",
+		st.Seed.ID != 0, entries, spans, st.WaitingForSpace, donor, ago(st.Asked), st.Silent, st.Reachable, reachOwners, ago(st.Ticked), m.LoopStep(), strings.Join(cs, ", "))
 }

@@ -42,10 +42,12 @@ type Node struct {
 	IPAM   *ipam.Allocator
 	DNS    *dns.Server
 
-	addr atomic.Pointer[netip.Addr] // its container's address, once allocated
-	done chan struct{}
-	wg   sync.WaitGroup
-	log  *slog.Logger
+	addr       atomic.Pointer[netip.Addr] // its container's address, once allocated
+	step       atomic.Pointer[loopStep]   // what loop does now (LoopStep)
+	attachStep atomic.Pointer[loopStep]   // what attach does now (LoopStep)
+	done       chan struct{}
+	wg         sync.WaitGroup
+	log        *slog.Logger
 	// Owned by loop: the reachable peers, those of them we have a
 	// control connection to, and the router's ReachChanges mark.
 	reach  keySet
@@ -232,17 +234,21 @@ func (nd *Node) loop() {
 		case <-nd.done:
 			return
 		case <-tick.C:
+			nd.doing("ipam tick")
 			nd.IPAM.Tick()
 			nd.ticks++
 			if nd.ticks%antiEntropyTicks == 0 {
+				nd.doing("ipam digest")
 				nd.ipamAntiEntropy()
 				// As dns.Server's own loop: a digest to one peer every
 				// interval (dns/digest.go), whatever the size.
 				if k, ok := nd.randomPeer(); ok {
+					nd.doing("dns digest")
 					nd.DNS.SendDigest(k)
 				}
 			}
 			if nd.ticks >= nd.dnsDue {
+				nd.doing("dns tick")
 				// As dns.Server's own loop: a round sends to every
 				// peer, so past beat.SpreadPeers peers it comes less
 				// often. Every 10 s whatever the size made the
@@ -251,13 +257,37 @@ func (nd *Node) loop() {
 				nd.DNS.Tick()
 				nd.dnsDue = nd.ticks + int(beat.Spread(dns.DefaultGossipInterval, len(nd.reach.keys))/tickInterval)
 			}
+			nd.doing("waiting")
 			continue
 		case <-nd.Router.Changes():
 		case <-ringChanged:
 		}
 		ringChanged = nd.IPAM.Updated()
+		nd.doing("reconcile")
 		nd.reconcile()
+		nd.doing("waiting")
 	}
+}
+
+// loopStep is what the node loop does now, and since when.
+type loopStep struct {
+	what  string
+	since time.Time
+}
+
+// doing records the loop's step (sim's report of a peer that waits).
+func (nd *Node) doing(what string) { nd.step.Store(&loopStep{what, time.Now()}) }
+
+// LoopStep says what the node loop and the attach loop do now and for
+// how long they have.
+func (nd *Node) LoopStep() string {
+	say := func(s *loopStep) string {
+		if s == nil {
+			return "not started"
+		}
+		return fmt.Sprintf("%s for %.1f s", s.what, time.Since(s.since).Seconds())
+	}
+	return say(nd.step.Load()) + ", attach " + say(nd.attachStep.Load())
 }
 
 // reconcile tells IPAM and DNS who is reachable, as daemon.reconcile does;
@@ -414,6 +444,7 @@ func (nd *Node) randomPeer() (key.Public, bool) {
 func (nd *Node) attach() {
 	defer nd.wg.Done()
 	for {
+		nd.attachStep.Store(&loopStep{"allocating", time.Now()})
 		updated := nd.IPAM.Updated()
 		a, err := nd.IPAM.Allocate("c")
 		if err == nil {
@@ -427,6 +458,7 @@ func (nd *Node) attach() {
 			nd.log.Error("allocating the container's address", "err", err)
 			return
 		}
+		nd.attachStep.Store(&loopStep{"waiting", time.Now()})
 		select {
 		case <-nd.done:
 			return
