@@ -134,7 +134,11 @@ bench-dns: deps
 #     topology, IPAM ring and DNS after the N-th join, one more join, one
 #     leave and a partition heal, and the frames and bytes that cost
 #     (SIMBENCHFLAGS: -n 100,300 -batch 50 -burst -json; -burst adds N
-#     peers launched together). Run it under nice on a shared machine.
+#     peers launched together; -cpuprofile, -memprofile and -mutexprofile
+#     FILE profile the run). Each build batch's line shows the process's
+#     share of a core and how long goroutines waited for one: its
+#     timeouts at large N are that queue. Run it under nice on a shared
+#     machine.
 #   bench-scale-ns: real daemons in namespaces, grown to N = 10, 20, 40
 #     (integration/cmd/scalebench): seconds from the last launch until every
 #     host sees every other and has its address, then, after a settle
