@@ -504,3 +504,66 @@ func TestPeersChangedMatchesSetPeers(t *testing.T) {
 		}
 	}
 }
+
+// countingStore counts ring saves.
+type countingStore struct {
+	*memStore
+	saves int
+}
+
+func (c *countingStore) saveRing(b []byte) error { c.saves++; return c.memStore.saveRing(b) }
+
+// TestMergedRingSavedEveryTenSeconds: a ring changed only by merges is
+// saved by Tick at most every mergedSaveInterval, not each second (the
+// whole ring encoded per peer per second of churn), and on Close.
+func TestMergedRingSavedEveryTenSeconds(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	a := openTest(t, n, pk(0), "")
+	st := &countingStore{memStore: newMemStore()}
+	b, err := Open(Config{Self: pk(1), Private: privOf(pk(1)), Range: netip.MustParsePrefix("10.32.0.0/24"), NoSync: true,
+		Transport: loopTransport{n, pk(1)}, Now: clock, store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.peers[pk(1)] = b
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.SetPeers([]key.Public{pk(1)})
+	n.run(t)
+	a.SendRing(pk(1), false) // b adopts a's ring: a merge
+	n.run(t)
+	b.Tick() // the first save of the merged ring
+	first := st.saves
+	if first == 0 {
+		t.Fatal("the merged ring was never saved")
+	}
+	for i := range 9 {
+		if _, err := a.Allocate(fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		a.Tick() // a publishes its free count; b merges it
+		n.run(t)
+		now = now.Add(time.Second)
+		b.Tick()
+	}
+	if st.saves != first {
+		t.Fatalf("b saved its merged ring %d times in 9 s, want 0 until %v had passed", st.saves-first, mergedSaveInterval)
+	}
+	now = now.Add(time.Second)
+	b.Tick()
+	if st.saves != first+1 {
+		t.Fatalf("b saved %d times after %v, want 1", st.saves-first, mergedSaveInterval)
+	}
+	if _, err := a.Allocate("last"); err != nil {
+		t.Fatal(err)
+	}
+	a.Tick()
+	n.run(t)
+	b.Close()
+	if st.saves != first+2 {
+		t.Fatalf("Close did not save the merged ring (%d saves)", st.saves-first)
+	}
+}

@@ -1,6 +1,8 @@
 package ipam
 
 import (
+	"time"
+
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -194,6 +196,10 @@ func (a *Allocator) pickDonorWhereLocked(ok func(key.Public) bool) (key.Public, 
 	return best, found
 }
 
+// mergedSaveInterval bounds how often Tick saves a ring that changed by
+// merges alone (ringChangedLocked).
+const mergedSaveInterval = 10 * time.Second
+
 // Tick does the periodic work: publish free counts, step pending rmpeer
 // transfers, retry a space request that timed out. Call it every second or so.
 func (a *Allocator) Tick() {
@@ -205,8 +211,8 @@ func (a *Allocator) Tick() {
 	a.ticked = a.now()
 	var o outbox
 	changed := a.publishFreeLocked(false)
-	if a.ring.StepTransfers(a.self, a.reachableList()) {
-		changed = true
+	if len(a.ring.Transfers) > 0 && a.ring.StepTransfers(a.self, a.reachableList()) {
+		changed = true // (a list of every reachable peer each second: only for transfers)
 	}
 	if changed {
 		var err error
@@ -214,7 +220,7 @@ func (a *Allocator) Tick() {
 			a.log.Error("saving the ring", "err", err)
 		}
 	}
-	if a.dirty {
+	if a.dirty && a.now().Sub(a.savedAt) >= mergedSaveInterval {
 		if err := a.saveRingLocked(); err != nil {
 			a.log.Error("saving the ring", "err", err)
 		}
