@@ -502,47 +502,25 @@ func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int
 // every other peer are no longer answered (and deleted after
 // TableOptions.PeerExpiry). Call it whenever the set changes.
 //
-// When a peer becomes reachable (joined, restarted, or back from a
-// partition) the whole table is broadcast at once rather than at the next
-// anti-entropy round: a restarted peer holds no table, and until it gets
-// one its server answers NXDOMAIN for every other peer's names.
+// A peer that became reachable (joined, restarted, or back from a
+// partition) is sent at once what it can take (welcome) rather than left
+// to the next anti-entropy round: a restarted peer holds no table, and
+// until it gets one its server answers NXDOMAIN for every other peer's
+// names.
 func (s *Server) SetReachable(peers []key.Public) {
 	s.table.SetReachable(peers, s.cfg.Now())
 	now := make(map[key.Public]bool, len(peers))
-	arrived := false
+	var arrived []key.Public
 	s.mu.Lock()
-	prev := s.reach
 	for _, p := range peers {
-		now[p] = true
-		if p != s.cfg.Self && !s.reach[p] {
-			arrived = true
+		if p != s.cfg.Self && !s.reach[p] && !now[p] {
+			arrived = append(arrived, p)
 		}
+		now[p] = true
 	}
 	s.reach = now
 	s.mu.Unlock()
-	if !arrived {
-		return
-	}
-	tb := s.transport.Load()
-	if tb == nil {
-		return
-	}
-	sender, ok := tb.t.(Sender)
-	if !ok {
-		s.broadcast(MsgState, s.table.All())
-		return
-	}
-	// Each arrival gets only what it can take (HandleMessage): our own
-	// entries, and the copies we hold of its entries, so it buries stale
-	// ones of a previous run. One join costs a message per peer, where a
-	// broadcast of the table from every peer cost N² (issue 18).
-	var news []key.Public
-	for _, p := range peers {
-		if p != s.cfg.Self && !prev[p] {
-			news = append(news, p)
-		}
-	}
-	s.sendOwnTo(sender, news)
+	s.welcome(arrived)
 }
 
 // PeersChanged is SetReachable for a change of a few peers: up became
@@ -568,6 +546,15 @@ func (s *Server) PeersChanged(up, down []key.Public) {
 		s.reach[p] = true
 	}
 	s.mu.Unlock()
+	s.welcome(arrived)
+}
+
+// welcome sends each peer that just became reachable only what it can take
+// (HandleMessage): our own entries, and the copies we hold of its entries,
+// so that it buries stale ones of a previous run. One join costs a message
+// per peer, where a broadcast of the table from every peer cost N² (issue
+// 18). A transport that cannot send to one peer gets the table broadcast.
+func (s *Server) welcome(arrived []key.Public) {
 	if len(arrived) == 0 {
 		return
 	}

@@ -128,23 +128,7 @@ func TestDigestAnswerSize(t *testing.T) {
 	if err := a.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	a.mu.Lock()
-	base := a.span.First
-	for i := 1; i <= owners; i++ {
-		s := Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}
-		var owner key.Public // owners never sign here: any distinct key
-		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
-		if err := a.ring.Grant(a.self, owner, s); err != nil {
-			a.mu.Unlock()
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.ringChangedLocked(); err != nil {
-		a.mu.Unlock()
-		t.Fatal(err)
-	}
-	a.mu.Unlock()
-	n.queue = nil
+	grantToMadeUpOwners(t, n, a, owners)
 	b := openWide(t, n, pk(1))
 	a.SendRing(b.self, false)
 	n.run(t)

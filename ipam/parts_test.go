@@ -19,6 +19,31 @@ func openWide(t *testing.T, n *loopNet, self key.Public) *Allocator {
 	return a
 }
 
+// grantToMadeUpOwners has a, which seeded 10.32.0.0/12, grant a span of 512
+// addresses to each of owners made-up owners, whose keys it returns (owners
+// never sign here: any distinct key), and saves a's ring; what that sent is
+// dropped from n.
+func grantToMadeUpOwners(t *testing.T, n *loopNet, a *Allocator, owners int) []key.Public {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	base := a.span.First
+	keys := make([]key.Public, 0, owners)
+	for i := 1; i <= owners; i++ {
+		var owner key.Public
+		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
+		keys = append(keys, owner)
+		if err := a.ring.Grant(a.self, owner, Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.ringChangedLocked(); err != nil {
+		t.Fatal(err)
+	}
+	n.queue = nil
+	return keys
+}
+
 // TestThousandOwnerRing (issue 18): a ring of 1,000 owners is larger than
 // one message. It reaches a peer with no ring as parts, each within
 // MaxMessage, and that peer puts together exactly the sender's ring; a
@@ -32,24 +57,10 @@ func TestThousandOwnerRing(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.mu.Lock()
-	base := a.span.First
-	for i := 1; i <= owners; i++ {
-		s := Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}
-		var owner key.Public // owners never sign here: any distinct key
-		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
-		if err := a.ring.Grant(a.self, owner, s); err != nil {
-			a.mu.Unlock()
-			t.Fatal(err)
-		}
-	}
 	a.ring.Used = true
-	if _, err := a.ringChangedLocked(); err != nil {
-		a.mu.Unlock()
-		t.Fatal(err)
-	}
-	entries := len(a.ring.Entries)
 	a.mu.Unlock()
-	n.queue = nil
+	grantToMadeUpOwners(t, n, a, owners)
+	entries := len(a.View().Ring.Entries)
 	if whole, err := AppendRingMessage(nil, a.View().Ring); err != nil || len(whole) <= MaxMessage {
 		t.Fatalf("the test ring (%d bytes, %v) should not fit one message", len(whole), err)
 	}

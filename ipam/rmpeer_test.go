@@ -175,20 +175,7 @@ func TestRemovePeerTooManyElectors(t *testing.T) {
 	if err := a.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	a.mu.Lock()
-	base := a.span.First
-	var owners []key.Public
-	for i := 1; i <= MaxVotes+10; i++ {
-		var owner key.Public // owners never sign here: any distinct key
-		owner[0], owner[1], owner[31] = byte(i>>8), byte(i), 0xee
-		owners = append(owners, owner)
-		if err := a.ring.Grant(a.self, owner, Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}); err != nil {
-			a.mu.Unlock()
-			t.Fatal(err)
-		}
-	}
-	a.ringChangedLocked()
-	a.mu.Unlock()
+	owners := grantToMadeUpOwners(t, n, a, MaxVotes+10)
 	a.SetPeers(owners[1:])
 	before := a.View().Ring
 	err := a.RemovePeer(owners[0])
@@ -200,19 +187,12 @@ func TestRemovePeerTooManyElectors(t *testing.T) {
 		t.Fatalf("a refused rmpeer wrote %d transfers and %d votes", len(after.Transfers), len(after.Votes))
 	}
 	// Fewer owners: it goes ahead.
-	small := openWide(t, &loopNet{peers: map[key.Public]*Allocator{}}, pk(2))
+	smallNet := &loopNet{peers: map[key.Public]*Allocator{}}
+	small := openWide(t, smallNet, pk(2))
 	if err := small.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	small.mu.Lock()
-	for i := 1; i <= MaxVotes-20; i++ {
-		if err := small.ring.Grant(small.self, owners[i-1], Span{base + uint32(i)*1024, base + uint32(i)*1024 + 511}); err != nil {
-			small.mu.Unlock()
-			t.Fatal(err)
-		}
-	}
-	small.ringChangedLocked()
-	small.mu.Unlock()
+	grantToMadeUpOwners(t, smallNet, small, MaxVotes-20)
 	if err := small.RemovePeer(owners[0]); err != nil {
 		t.Fatalf("rmpeer among %d owners: %v", MaxVotes-19, err)
 	}

@@ -17,13 +17,7 @@ import (
 // between calls: every member's sorted versions, whole ring and every
 // node's name, each time. Check must agree with it.
 func checkFull(c *Cluster) error {
-	c.mu.Lock()
-	byGroup := map[int][]*Node{}
-	for _, nd := range c.aliveLocked() {
-		byGroup[c.group[nd.Index]] = append(byGroup[c.group[nd.Index]], nd)
-	}
-	all := slices.Clone(c.nodes)
-	c.mu.Unlock()
+	byGroup, all := c.aliveByGroup()
 	for g, members := range byGroup {
 		in := map[key.Public]bool{}
 		for _, m := range members {
@@ -82,16 +76,7 @@ func checkFull(c *Cluster) error {
 // step: agreement, a name changed at one peer (its table changes at once:
 // a kept result must not hide it), the name withdrawn, a cut and a heal.
 func TestCheckMatchesFull(t *testing.T) {
-	c := New(Config{Seed: 5})
-	defer c.Close()
-	for range 5 {
-		if _, err := c.Join(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := c.WaitConverged(time.Now(), convergeTimeout); err != nil {
-		t.Fatal(err)
-	}
+	c := agreed(t, Config{Seed: 5}, 5)
 	same := func(what string) {
 		t.Helper()
 		a, b := c.Check(), checkFull(c)

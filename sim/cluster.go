@@ -247,19 +247,25 @@ func (c *Cluster) Close() {
 // the first disagreement found.
 func (c *Cluster) Check() error { return c.check(!c.cfg.RoutersOnly) }
 
+// aliveByGroup is the live nodes by partition group, and every node the
+// cluster has made (live or gone), read at one moment.
+func (c *Cluster) aliveByGroup() (map[int][]*Node, []*Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	byGroup := map[int][]*Node{}
+	for _, nd := range c.aliveLocked() {
+		byGroup[c.group[nd.Index]] = append(byGroup[c.group[nd.Index]], nd)
+	}
+	return byGroup, slices.Clone(c.nodes)
+}
+
 // CheckTopology is the topology part of Check alone: every live node
 // reaches exactly its group's live nodes and holds the same version of
 // each one's record.
 func (c *Cluster) CheckTopology() error { return c.check(false) }
 
 func (c *Cluster) check(full bool) error {
-	c.mu.Lock()
-	byGroup := map[int][]*Node{}
-	for _, nd := range c.aliveLocked() {
-		byGroup[c.group[nd.Index]] = append(byGroup[c.group[nd.Index]], nd)
-	}
-	all := slices.Clone(c.nodes)
-	c.mu.Unlock()
+	byGroup, all := c.aliveByGroup()
 	gs := make([]int, 0, len(byGroup))
 	for g := range byGroup {
 		gs = append(gs, g)

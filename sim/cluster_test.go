@@ -31,16 +31,7 @@ func TestRandomChurn(t *testing.T) {
 		steps   = 12
 		minLive = 14 / churnScale
 	)
-	c := New(Config{Seed: seed, ConnLimit: limit})
-	defer c.Close()
-	for range start {
-		if _, err := c.Join(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := c.WaitConverged(time.Now(), convergeTimeout); err != nil {
-		t.Fatalf("before the churn: %v", err)
-	}
+	c := agreed(t, Config{Seed: seed, ConnLimit: limit}, start)
 	rng := rand.New(rand.NewPCG(seed, 4))
 	var script []string
 	joined := start
@@ -105,20 +96,28 @@ func TestRandomChurn(t *testing.T) {
 	}
 }
 
-// TestCheckSeesDisagreement makes sure the agreement check can fail: a
-// partitioned peer does not reach the other side, and a name added on one
-// side does not resolve on the other until the heal.
-func TestCheckSeesDisagreement(t *testing.T) {
-	c := New(Config{Seed: 2})
-	defer c.Close()
-	for range 4 {
+// agreed is a cluster of n peers that joined and agree (Check), closed
+// when the test ends.
+func agreed(t *testing.T, cfg Config, n int) *Cluster {
+	t.Helper()
+	c := New(cfg)
+	t.Cleanup(c.Close)
+	for range n {
 		if _, err := c.Join(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := c.WaitConverged(time.Now(), convergeTimeout); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%d peers joined, then: %v", n, err)
 	}
+	return c
+}
+
+// TestCheckSeesDisagreement makes sure the agreement check can fail: a
+// partitioned peer does not reach the other side, and a name added on one
+// side does not resolve on the other until the heal.
+func TestCheckSeesDisagreement(t *testing.T) {
+	c := agreed(t, Config{Seed: 2}, 4)
 	live := c.Alive()
 	// Tell Check nothing: cut the network under it, as a failed link would.
 	c.Net.SetGroups(map[netip.Addr]int{live[0].IP: 1})
