@@ -122,7 +122,14 @@ func checkWGShow(t *testing.T, h *testbed.Host, want int) *api.Status {
 			t.Errorf("status connections shows no WireGuard session with %s", p.Nickname)
 			continue
 		}
-		want := []string{p.HostIP + "/32"}
+		// A peer that just got its first space gives a container an
+		// address before its next reconcile takes one for the host, so
+		// for a moment it advertises no host address (CI, h3 in
+		// TestWGShowRelayed): then wg must not route one either.
+		var want []string
+		if p.HostIP != "" {
+			want = append(want, p.HostIP+"/32")
+		}
 		want = append(want, ranges[p.Name]...)
 		slices.Sort(want)
 		if !slices.Equal(wp.allowedIPs, want) {
