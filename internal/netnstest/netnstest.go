@@ -84,10 +84,17 @@ func sweep(t testing.TB) {
 	sweepOnce.Do(func() {
 		entries, _ := os.ReadDir("/var/run/netns")
 		for _, e := range entries {
-			if Stale(e.Name()) {
-				t.Logf("netnstest: deleting namespace %s, left by a run that died", e.Name())
-				exec.Command("ip", "netns", "del", e.Name()).Run()
+			if !Stale(e.Name()) {
+				continue
 			}
+			// A test bed's namespace may still hold its dead run's daemons:
+			// deleting the name would hide them from the test bed's Sweep,
+			// which kills them first.
+			if out, err := exec.Command("ip", "netns", "pids", e.Name()).Output(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+				continue
+			}
+			t.Logf("netnstest: deleting namespace %s, left by a run that died", e.Name())
+			exec.Command("ip", "netns", "del", e.Name()).Run()
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestNewSweepsDeadOwners: a namespace left by a test process that died
@@ -20,14 +21,34 @@ func TestNewSweepsDeadOwners(t *testing.T) {
 	}
 	deadName := fmt.Sprintf("wwg%d-0001-x", dead.Process.Pid)
 	liveName := fmt.Sprintf("wwg%d-0001-x", os.Getppid())
-	for _, n := range []string{deadName, liveName} {
+	// A dead owner's namespace in which a process still runs (a test
+	// bed's daemon): left for the test bed's Sweep, which kills it first.
+	busyName := fmt.Sprintf("wwg%d-0002-x", dead.Process.Pid)
+	for _, n := range []string{deadName, liveName, busyName} {
 		Run(t, "ip", "netns", "add", n)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+	}
+	sleeper := exec.Command("ip", "netns", "exec", busyName, "sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	for i := 0; ; i++ { // until the process is in the namespace
+		if out, _ := exec.Command("ip", "netns", "pids", busyName).Output(); len(out) > 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatal("the process never entered its namespace")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	sweepOnce = sync.Once{} // as in a fresh process
 	ns := New(t, "sweep")
 	if _, err := os.Stat("/var/run/netns/" + deadName); err == nil {
 		t.Errorf("dead owner's namespace %s not swept", deadName)
+	}
+	if _, err := os.Stat("/var/run/netns/" + busyName); err != nil {
+		t.Errorf("dead owner's namespace %s swept with a process still in it: %v", busyName, err)
 	}
 	if _, err := os.Stat("/var/run/netns/" + liveName); err != nil {
 		t.Errorf("live owner's namespace %s swept: %v", liveName, err)
