@@ -135,7 +135,8 @@ bench-dns: deps
 #     leave and a partition heal, and the frames and bytes that cost
 #     (SIMBENCHFLAGS: -n 100,300 -batch 50 -burst -json; -burst adds N
 #     peers launched together; -cpuprofile, -memprofile and -mutexprofile
-#     FILE profile the run). Each build batch's line shows the process's
+#     FILE profile the run, -idleprofile FILE the built mesh's 10 s idle
+#     window, whose CPU per peer per second it prints). Each build batch's line shows the process's
 #     share of a core and how long goroutines waited for one: its
 #     timeouts at large N are that queue. Run it under nice on a shared
 #     machine.

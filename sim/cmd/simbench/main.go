@@ -33,6 +33,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -90,8 +91,11 @@ type result struct {
 	N            int     `json:"n"`
 	BuildSeconds float64 `json:"build_seconds"` // joining the first N-1, batch by batch, with the waits
 	// HandshakeSeconds is the routers' handshake timeout (handshakeFor).
-	HandshakeSeconds float64  `json:"handshake_timeout_seconds"`
-	Changes          []change `json:"changes"`
+	HandshakeSeconds float64 `json:"handshake_timeout_seconds"`
+	// Idle is the built mesh's background, measured before the N-th
+	// join (zero if the build failed).
+	Idle    idle     `json:"idle"`
+	Changes []change `json:"changes"`
 }
 
 // firstFailed reports whether the mesh of N did not form: the build did
@@ -117,6 +121,7 @@ func main() {
 	seed := flag.Uint64("seed", 1, "seed of the random choices")
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&idleProfile, "idleprofile", "", "write a CPU profile of each built mesh's idle window to this file (the last N's is kept; not with -cpuprofile)")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built, or its build failed (the last N's is kept)")
 	flag.StringVar(&mutexProfile, "mutexprofile", "", "write a profile of lock waits (sync.Mutex contention, every wait sampled) to this file when each mesh is built, or its build failed (the last N's is kept)")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
@@ -125,6 +130,10 @@ func main() {
 	gogc := flag.Int("gogc", 200, "the Go collector's GOGC for the run: N peers' state is one heap here, where N hosts would each collect their own small one; 100 spent about a sixth of the N=300 build's CPU collecting")
 	burst := flag.Bool("burst", false, "also time N peers launched together, in a mesh of their own (slow at N >= 100 on a loaded machine)")
 	flag.Parse()
+	if *cpuProfile != "" && idleProfile != "" {
+		fmt.Fprintf(os.Stderr, "simbench: -cpuprofile and -idleprofile: one CPU profile at a time\n")
+		os.Exit(2)
+	}
 	debug.SetGCPercent(*gogc)
 	if mutexProfile != "" {
 		runtime.SetMutexProfileFraction(1)
@@ -143,6 +152,18 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// A long run stopped with Ctrl-C or kill keeps its profiles: the
+	// build of a large N is where the time goes, and it may never end.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-stop
+		fmt.Fprintf(os.Stderr, "simbench: %v: writing the profiles asked for and stopping\n", sig)
+		pprof.StopCPUProfile()
+		writeHeap()
+		writeMutex()
+		os.Exit(1)
+	}()
 	var sizes []int
 	for _, s := range strings.Split(*ns, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -365,6 +386,8 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines\n", n, ms.HeapInuse>>20, runtime.NumGoroutine())
 	writeHeap()
 	writeMutex()
+	res.Idle = measureIdle(c, idleWindow)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d: idle over %v: %s\n", n, idleWindow, res.Idle)
 	measure := func(name string, do func() error) { measureOn(c, n, &res, name, timeout, do) }
 	measure("N-th joins", func() error {
 		_, err := c.Join()
@@ -549,6 +572,9 @@ func print(results []result, verify time.Duration) {
 	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "set cpu", "ms/peer", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
 		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s, read timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds, readFor(r.N).Seconds())
+		if r.Idle.Goroutines > 0 {
+			fmt.Printf("%6d  %-16s built and still, over %v: %s\n", r.N, "(idle)", idleWindow, r.Idle)
+		}
 		for _, c := range r.Changes {
 			cpu := time.Duration(c.VerifyPerPeer * float64(verify))
 			note := ""

@@ -3,9 +3,15 @@ package main
 import (
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"sync"
 	"time"
+
+	"github.com/weavewg/weavewg/discovery"
+	"github.com/weavewg/weavewg/sim"
 )
 
 // Scheduling latency: how long runnable goroutines waited for a CPU
@@ -88,4 +94,63 @@ func fmtWait(s float64) string {
 		return "longer"
 	}
 	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
+}
+
+// idleWindow is how long the built mesh is watched while nothing changes.
+const idleWindow = 10 * time.Second
+
+// idle is what the simulated peers do while nothing changes, per peer
+// and second: the cost that must not grow with N (issue 18), however
+// many peers share the process.
+type idle struct {
+	CPUMicros  float64 `json:"cpu_us_per_peer_per_second"`
+	Frames     float64 `json:"frames_per_peer_per_second"`
+	Goroutines float64 `json:"goroutines_per_peer"`
+	Changed    bool    `json:"changed,omitempty"` // a record was applied or a connection made or lost in the window
+}
+
+func (i idle) String() string {
+	s := fmt.Sprintf("%.1f µs of CPU and %.2f frames per peer per second; %.1f goroutines per peer", i.CPUMicros, i.Frames, i.Goroutines)
+	if i.Changed {
+		s += " (the mesh was not still: records applied or connections moved meanwhile)"
+	}
+	return s
+}
+
+// idleProfile, if set, is where measureIdle writes a CPU profile of its
+// window (-idleprofile).
+var idleProfile string
+
+// measureIdle watches c for window and reports its background per peer.
+func measureIdle(c *sim.Cluster, window time.Duration) idle {
+	if idleProfile != "" {
+		if f, err := os.Create(idleProfile); err != nil {
+			fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "simbench: %v\n", err)
+			f.Close()
+		} else {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
+	events := func() uint64 {
+		ctr := c.RouterCounters()
+		return ctr[discovery.CtrRecordsApplied] + ctr[discovery.CtrEstablished] + ctr[discovery.CtrConnClosed]
+	}
+	peers := float64(len(c.Alive()))
+	e0, cpu0 := events(), cpuTime()
+	m0, _ := c.Traffic()
+	t0 := time.Now()
+	time.Sleep(window)
+	e1, cpu1 := events(), cpuTime()
+	m1, _ := c.Traffic()
+	secs := time.Since(t0).Seconds()
+	per := func(v float64) float64 { return v / peers / secs }
+	return idle{
+		CPUMicros:  per(float64((cpu1 - cpu0).Microseconds())),
+		Frames:     per(float64(m1 - m0)),
+		Goroutines: float64(runtime.NumGoroutine()) / peers,
+		Changed:    e1 != e0,
+	}
 }
