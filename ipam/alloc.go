@@ -452,11 +452,17 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 		marks[i] = true
 	}
 	anyEntry = slices.Contains(marks, true)
-	votes := ownVotes || a.relayVotes
+	var vt *Ring
+	switch {
+	case a.relayVotes:
+		vt = a.ring // a relay part's news: ours all, as the other side may lack any
+	case ownVotes:
+		vt = changedVotes(a.ring, a.votesBefore, a.transfersBefore)
+	}
 	a.relayNews, a.relayVotes = nil, false
 	var o outbox
-	if anyEntry || votes {
-		msgs, err := ringParts(a.ring, marks, votes, false)
+	if anyEntry || vt != nil {
+		msgs, err := ringPartsWith(a.ring, marks, vt, false)
 		if err != nil {
 			return outbox{}, err
 		}

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"time"
@@ -101,6 +102,9 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []
 	// issuer authority over the dead peer's entries.
 	for i := range in.Votes {
 		v := in.Votes[i]
+		if next.forgotten(v.Dead, false) {
+			continue // its transfer is concluded here (transfer.go, forget)
+		}
 		k, found := slices.BinarySearchFunc(next.Votes, v, cmpVote)
 		if found && !voteLess(next.Votes[k], v) {
 			continue // nothing new: no signature to check
@@ -125,8 +129,16 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []
 	var claims []Transfer
 	for i := range in.Transfers {
 		t := in.Transfers[i]
+		if next.forgotten(t.Dead, t.Done) {
+			continue
+		}
 		k, found := next.transferIndex(t.Dead, t.Issuer)
 		if found && !transferLess(next.Transfers[k], t) {
+			if cur := &next.Transfers[k]; cur.Done && t.Done {
+				// Maybe another slice of its certificate (parts.go).
+				c, r := a.takeCertLocked(next, cur, t)
+				changed, refused = changed || c, refused+r
+			}
 			continue
 		}
 		if !a.verify.transfer(next, &t) {
@@ -141,6 +153,12 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []
 		}
 		t.Cert, t.Accepted = slices.Clone(t.Cert), false
 		if found {
+			if next.certVotes()-len(next.Transfers[k].Cert)+len(t.Cert) > MaxCertVotes {
+				a.count("ipam_ring_full")
+				refused++
+				continue
+			}
+			t.Cert, _ = unionCert(next.Transfers[k].Cert, t.Cert)
 			next.Transfers[k] = t
 		} else {
 			if len(next.Transfers) >= MaxTransfers || next.certVotes()+len(t.Cert) > MaxCertVotes {
@@ -191,6 +209,48 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []
 			forbidden[in.Entries[i].Token] = true
 		}
 	}
+}
+
+// takeCertLocked folds into cur (a Done claim next holds) the certificate
+// votes of t (the same claim, maybe another slice of its certificate) that
+// cur lacks or holds older, each only if its voter signed it. It returns
+// whether cur changed and how many votes it refused.
+func (a *Allocator) takeCertLocked(next *Ring, cur *Transfer, t Transfer) (changed bool, refused int) {
+	if !certAdds(cur.Cert, t.Cert) {
+		return false, 0
+	}
+	var ok []CertVote
+	for i := range t.Cert {
+		c := t.Cert[i]
+		if !a.verify.certVote(next, cur, &c) {
+			a.count("ipam_forged_certificate")
+			refused++
+			continue
+		}
+		ok = append(ok, c)
+	}
+	cert, added := unionCert(cur.Cert, ok)
+	if !added {
+		return false, refused
+	}
+	if next.certVotes()-len(cur.Cert)+len(cert) > MaxCertVotes {
+		a.count("ipam_ring_full")
+		return false, refused + 1
+	}
+	cur.Cert = cert
+	return true, refused
+}
+
+// certAdds reports whether the certificate votes b hold one that a lacks
+// or holds older (unionCert would add it).
+func certAdds(a, b []CertVote) bool {
+	for _, c := range b {
+		i, found := slices.BinarySearchFunc(a, c.Voter, func(x CertVote, v key.Public) int { return bytes.Compare(x.Voter[:], v[:]) })
+		if !found || certVoteLess(a[i], c) {
+			return true
+		}
+	}
+	return false
 }
 
 // refusal is an entry state a pass refused: why, and the owner that

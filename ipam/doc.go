@@ -47,22 +47,47 @@
 // RemovePeer(X) on peer I records Transfer{X, I} in the ring; I votes for
 // itself. Every peer that learns of transfers of X votes for the smallest
 // live issuer, and keeps that vote (sticky) unless that transfer is
-// withdrawn. An issuer that sees a smaller live competitor withdraws (and
-// then never completes). An issuer completes (Done, and then never
-// withdraws) when every elector votes for it: the electors are every owner
-// in its ring and every peer it can reach, plus itself, minus X and minus
-// any peer that is itself being removed. Once Done, X's entries belong to I
-// (through Ring.heir, so X entries that arrive late map to I too).
+// withdrawn or another issuer claims Done. An issuer that sees a smaller
+// live competitor withdraws (and then never completes). An issuer
+// completes (Done, and then never withdraws) when every elector votes for
+// it: the electors are every owner in its ring and every peer it can
+// reach, plus itself, minus X and minus any peer that is itself being
+// removed. Once Done, X's entries belong to I (through Ring.heir, so X
+// entries that arrive late map to I too).
 //
 // Why two issuers never both complete: both need the votes of every owner
 // they know; any owner O known to both votes for one transfer at a time and
-// moves its vote only after that transfer is withdrawn, and an issuer never
-// withdraws after completing. So if I1 completed, no vote ever left I1, and
-// I2 cannot have collected O's vote, in or across partitions. A partition
+// moves its vote only after that transfer is withdrawn (or to a Done
+// claim, which then completed without O's vote, so O was no elector of
+// it), and an issuer never withdraws after completing. So if I1 completed,
+// no vote ever left I1 for a transfer that could still complete, and I2
+// cannot have collected O's vote, in or across partitions. A partition
 // only delays completion (an owner on the other side has not voted yet);
 // competing issuers resolve deterministically (smallest key wins) on heal.
 // If an issuer dies with its transfer pending, rmpeer the issuer too: its
 // pending transfers then count as withdrawn.
+//
+// Why a vote, not Weave Net's rmpeer (the host that runs it takes the
+// space at once): there two hosts that run it for the same peer both own
+// the space, and a peer that was only partitioned comes back owning it
+// too; Weave Net's documentation forbids both ("do not invoke weave rmpeer
+// for the same peer on more than one host"). Here completion needs every
+// owner's vote and no peer votes while it reaches X, so a completed
+// transfer means no owner reached X, and concurrent rmpeers end in one
+// owner. The price is O(N) votes per rmpeer, each broadcast: O(N^2)
+// messages (about 40,000 messages, 13 MB, at 200 owners in the
+// simulation, TestRmpeerAtScale).
+//
+// At scale (issue 18): votes and a certificate of a thousand voters do not
+// fit one message, so they travel in parts of bounded size (parts.go:
+// votesParts), a certificate in slices that each verify on their own (the
+// Done claim's signature does not cover the certificate; sign.go) and
+// that a receiver unions. A peer that concludes a transfer of X forgets
+// the votes on X and the transfers of X that are not Done (forget), and
+// drops them unread when gossip brings them again: the vote table holds
+// only pending rmpeers' votes (MaxVotes bounds those pending at once, not
+// the network's life). A change's broadcast carries only the votes and
+// transfers that changed, not the table.
 //
 // Known hole: if X grants space to a new peer J and dies before that grant
 // leaves the part of the network J is in, while I's part (which never heard
@@ -71,13 +96,12 @@
 // there (Allocator.Conflicts returns them) and the daemon must re-address
 // those containers. Using rmpeer on a live peer is misuse, as in Weave Net.
 //
-// Other limits: transfers and votes are never pruned (a CRDT cannot forget
-// without another round), so a network sees at most MaxTransfers rmpeers,
-// MaxVotes votes and MaxCertVotes certificate votes in its life (votes and
-// transfers travel in one message, so rmpeer needs every owner's vote
-// within MaxVotes: it is not usable above about 150 owners yet, and
-// RemovePeer refuses there, ErrTooManyElectors, rather than fill the vote
-// table for good), and a
+// Other limits: a completed transfer is kept for the network's life, with
+// its certificate (a returning dead peer concludes from it), so a network
+// sees at most MaxTransfers completed rmpeers and MaxCertVotes
+// certificate votes in its life (32 rmpeers at 1,000 owners); rmpeer is
+// refused (ErrTooManyElectors) when the votes it needs do not fit besides
+// those of the rmpeers pending, or its certificate besides those kept. A
 // ring holds at most MaxEntries entries and MaxPeers keys (a ring larger
 // than one message travels in parts, parts.go); a peer whose own transfer was withdrawn
 // cannot issue another for the same dead peer (another peer must, if the

@@ -104,7 +104,7 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		// table, inline certificate signatures), and a ring that does not
 		// encode could be neither saved nor sent: refuse the message.
 		if encErr := next.checkBounds(); encErr == nil {
-			_, encErr = appendVotesTransfers(nil, next, map[key.Public]uint16{})
+			_, encErr = appendVotesTransfers(nil, next, map[key.Public]uint16{}, ringTables.certSigs)
 			if encErr != nil {
 				err = encErr
 			}
@@ -201,13 +201,19 @@ func (a *Allocator) mayChangeLocked(p *RingPart) bool {
 		}
 	}
 	for _, v := range in.Votes {
+		if r.forgotten(v.Dead, false) {
+			continue
+		}
 		if w, ok := r.vote(v.Voter, v.Dead); !ok || voteLess(w, v) {
 			return true
 		}
 	}
 	for _, t := range in.Transfers {
+		if r.forgotten(t.Dead, t.Done) {
+			continue
+		}
 		k, found := r.transferIndex(t.Dead, t.Issuer)
-		if !found || transferLess(r.Transfers[k], t) {
+		if !found || transferLess(r.Transfers[k], t) || certAdds(r.Transfers[k].Cert, t.Cert) {
 			return true
 		}
 	}

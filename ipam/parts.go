@@ -51,10 +51,23 @@ const (
 	// maxPartEntries bounds the entries of one part, bounds included.
 	maxPartEntries = 320
 
+	// One part's votes, transfers and certificate votes (inline
+	// signatures too). Version-4 peers before Dec 2026 parse a part of at
+	// most 160 votes, 48 transfers, 256 certificate votes and 48 inline
+	// signatures: they refuse (counted as malformed) only a part with
+	// more inline signatures, which holds a certificate whose votes this
+	// peer has forgotten (transfer.go).
+	maxPartVotes     = 128
+	maxPartTransfers = 48
+	maxPartCertVotes = 128
+	maxPartCertSigs  = 128
+
 	maxPartEntriesLen = ringFixedLen + 2 + 2*maxPartEntries*key.Len + maxPartEntries*(entryLen+3)
-	maxPartVotesLen   = ringFixedLen + 2 + (3*MaxVotes+2*MaxTransfers+MaxCertVotes)*key.Len +
-		MaxVotes*voteLen + MaxTransfers*transferLen + MaxCertVotes*certVoteLen + maxCertSigs*key.SigLen
+	maxPartVotesLen   = ringFixedLen + 2 + (3*maxPartVotes+2*maxPartTransfers+maxPartCertVotes)*key.Len +
+		maxPartVotes*voteLen + maxPartTransfers*transferLen + maxPartCertVotes*certVoteLen + maxPartCertSigs*key.SigLen
 )
+
+var partTables = tableBounds{maxPartVotes, maxPartTransfers, maxPartCertVotes, maxPartCertSigs}
 
 var (
 	_ [MaxMessage - hdrLen - maxPartEntriesLen]struct{} // a part of entries fits
@@ -99,10 +112,10 @@ func (p *RingPart) carriesVotes() bool {
 // ring's end.
 func AppendRingPartMessage(b []byte, p *RingPart) ([]byte, error) {
 	r := p.Ring
-	if len(r.Entries) > maxPartEntries || len(p.Bound) != len(r.Entries) {
+	if len(p.Bound) != len(r.Entries) {
 		return b, ErrRingFull
 	}
-	if err := r.checkCounts(); err != nil {
+	if err := r.checkTables(maxPartEntries, partTables); err != nil {
 		return b, err
 	}
 	keys, idx, err := peerTable(r)
@@ -141,7 +154,7 @@ func AppendRingPartMessage(b []byte, p *RingPart) ([]byte, error) {
 			b = appendEntry(b, &r.Entries[i], idx)
 		}
 	}
-	return appendVotesTransfers(b, r, idx)
+	return appendVotesTransfers(b, r, idx, partTables.certSigs)
 }
 
 // parseRingPart decodes a part body (of a msgRingAsk if ask). It never
@@ -185,7 +198,7 @@ func parseRingPart(b []byte, ask bool) (*RingPart, error) {
 			p.cover = append(p.cover, Span{r.Entries[first].Token, last})
 		}
 	}
-	parseVotesTransfers(rd, r, pt)
+	parseVotesTransfers(rd, r, pt, partTables)
 	if err := parseEnd(rd, pt); err != nil {
 		return nil, err
 	}
@@ -200,8 +213,18 @@ func parseRingPart(b []byte, ask bool) (*RingPart, error) {
 
 // ringParts encodes, as parts, the entries of r marked in send (every one
 // when send is nil), each stretch with its bound, and with votes r's votes
-// and transfers in a part of their own.
+// and transfers in parts of their own (votesParts).
 func ringParts(r *Ring, send []bool, votes, relay bool) ([][]byte, error) {
+	var vt *Ring
+	if votes {
+		vt = r
+	}
+	return ringPartsWith(r, send, vt, relay)
+}
+
+// ringPartsWith is ringParts with the votes and transfers of vt (none when
+// nil): a change's broadcast sends only what changed (changedVotes).
+func ringPartsWith(r *Ring, send []bool, vt *Ring, relay bool) ([][]byte, error) {
 	var out [][]byte
 	part := &RingPart{Ring: &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}, Relay: relay}
 	flush := func() error {
@@ -263,13 +286,68 @@ func ringParts(r *Ring, send []bool, votes, relay bool) ([][]byte, error) {
 	// order the bound has arrived (on one connection, in order) when the
 	// part that ends at it does.
 	slices.Reverse(out)
-	if votes && len(r.Votes)+len(r.Transfers) > 0 {
-		vr := &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used, Votes: r.Votes, Transfers: r.Transfers}
-		msg, err := AppendRingPartMessage(nil, &RingPart{Ring: vr, Relay: relay})
+	if vt != nil {
+		vs, err := votesParts(r, vt.Votes, vt.Transfers, relay)
 		if err != nil {
 			return nil, err
 		}
+		out = append(out, vs...)
+	}
+	return out, nil
+}
+
+// votesParts encodes votes and transfers as parts within partTables: votes
+// in runs of maxPartVotes, and each transfer's certificate cut in slices
+// of maxPartCertVotes voters, each slice with the transfer's state. A
+// certificate vote is signed by its voter alone and a Done claim's
+// signature does not cover its certificate (sign.go), so a receiver takes
+// each slice on its own and the certificate it holds grows to the union
+// (Ring.Merge). A receiver that takes a part answers (newsFor) only about
+// the votes and transfers the part spans, not about what other parts hold.
+func votesParts(r *Ring, votes []Vote, transfers []Transfer, relay bool) ([][]byte, error) {
+	var out [][]byte
+	part := &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}
+	certs := 0
+	flush := func() error {
+		if len(part.Votes)+len(part.Transfers) == 0 {
+			return nil
+		}
+		msg, err := AppendRingPartMessage(nil, &RingPart{Ring: part, Relay: relay})
+		if err != nil {
+			return err
+		}
 		out = append(out, msg)
+		part, certs = &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}, 0
+		return nil
+	}
+	for len(votes) > 0 {
+		n := min(len(votes), maxPartVotes-len(part.Votes))
+		part.Votes = append(part.Votes, votes[:n]...)
+		votes = votes[n:]
+		if len(part.Votes) == maxPartVotes {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, t := range transfers {
+		cert := t.Cert
+		for first := true; first || len(cert) > 0; first = false {
+			n := min(len(cert), maxPartCertVotes)
+			if len(part.Transfers) == maxPartTransfers || certs+n > maxPartCertVotes {
+				if err := flush(); err != nil {
+					return nil, err
+				}
+			}
+			s := t
+			s.Cert, s.Accepted = cert[:n], false
+			part.Transfers = append(part.Transfers, s)
+			certs += n
+			cert = cert[n:]
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -342,19 +420,66 @@ func newsFor(ours *Ring, p *RingPart) (marks []bool, anyEntry, votes bool) {
 		marks[0], anyEntry = true, true
 	}
 	if p.carriesVotes() {
-		for _, v := range ours.Votes {
-			if w, ok := theirs.vote(v.Voter, v.Dead); !ok || voteLess(w, v) {
-				votes = true
-			}
+		votes = votesNewsFor(ours, theirs, p.Whole())
+	}
+	return marks, anyEntry, votes
+}
+
+// votesNewsFor reports whether ours holds votes, transfer states or
+// certificate votes that theirs (a whole ring, or one of the parts
+// votesParts cut) lacks or holds older. A part speaks only for the span
+// of votes, transfers and certificate voters it holds: what lies outside
+// is in the sender's other parts, so it is no news to them.
+func votesNewsFor(ours, theirs *Ring, whole bool) bool {
+	vs, ts := theirs.Votes, theirs.Transfers
+	for _, v := range ours.Votes {
+		if !whole && (len(vs) == 0 || cmpVote(v, vs[0]) < 0 || cmpVote(v, vs[len(vs)-1]) > 0) {
+			continue
 		}
-		for _, t := range ours.Transfers {
-			k, found := theirs.transferIndex(t.Dead, t.Issuer)
-			if !found || transferLess(theirs.Transfers[k], t) {
-				votes = true
+		if w, ok := theirs.vote(v.Voter, v.Dead); !ok || voteLess(w, v) {
+			return true
+		}
+	}
+	for _, t := range ours.Transfers {
+		if !whole && (len(ts) == 0 || cmpTransfer(t, ts[0]) < 0 || cmpTransfer(t, ts[len(ts)-1]) > 0) {
+			continue
+		}
+		k, found := theirs.transferIndex(t.Dead, t.Issuer)
+		if !found || transferLess(theirs.Transfers[k], t) {
+			return true
+		}
+		c := theirs.Transfers[k].Cert
+		for _, x := range t.Cert {
+			if !whole && (len(c) == 0 || x.Voter.Less(c[0].Voter) || c[len(c)-1].Voter.Less(x.Voter)) {
+				continue
+			}
+			if certAdds(c, []CertVote{x}) {
+				return true
 			}
 		}
 	}
-	return marks, anyEntry, votes
+	return false
+}
+
+// changedVotes returns, in a ring holding only them, r's votes and
+// transfers that differ from votes and transfers (as last broadcast): a
+// change's broadcast carries those, not the whole table (a thousand votes
+// on a pending rmpeer at 1,000 owners, each broadcast by its voter).
+func changedVotes(r *Ring, votes []Vote, transfers []Transfer) *Ring {
+	out := &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}
+	for _, v := range r.Votes {
+		k, found := slices.BinarySearchFunc(votes, v, cmpVote)
+		if !found || votes[k] != v {
+			out.Votes = append(out.Votes, v)
+		}
+	}
+	for _, t := range r.Transfers {
+		k, found := slices.BinarySearchFunc(transfers, t, cmpTransfer)
+		if !found || !sameTransferState(transfers[k], t) {
+			out.Transfers = append(out.Transfers, t)
+		}
+	}
+	return out
 }
 
 // addCover adds spans to a sorted list of disjoint spans, coalescing.

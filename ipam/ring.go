@@ -412,10 +412,15 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 			continue
 		}
 		cur := &r.Transfers[k]
+		if cert, added := unionCert(cur.Cert, t.Cert); added {
+			cur.Cert = cert // a Done claim's certificate: the union of its slices (parts.go)
+			changed = true
+		}
 		switch {
 		case transferLess(*cur, t):
+			cert := cur.Cert
 			*cur = t
-			cur.Cert = slices.Clone(t.Cert)
+			cur.Cert, _ = unionCert(cert, t.Cert)
 			changed = true
 		case sameTransferState(*cur, t) && t.Accepted && !cur.Accepted:
 			cur.Accepted = true // Check's merge of views; wire rings never carry it

@@ -25,7 +25,7 @@ func (a *Allocator) RemovePeer(dead key.Public) error {
 		if need, ok := a.ring.votesFit(a.self, dead, a.reachableList()); !ok {
 			a.mu.Unlock()
 			a.count("ipam_rmpeer_too_many_electors")
-			return fmt.Errorf("%w: %d electors; the ring holds %d votes of at most %d and %d certificate votes of at most %d (rmpeer is not usable in networks above about 150 peers yet)",
+			return fmt.Errorf("%w: %d electors; the ring holds %d votes of pending rmpeers of at most %d and %d certificate votes of completed ones of at most %d (wait for the pending rmpeers to complete)",
 				ErrTooManyElectors, need, len(a.ring.Votes), MaxVotes, a.ring.certVotes(), MaxCertVotes)
 		}
 	}

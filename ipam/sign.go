@@ -20,14 +20,22 @@ import (
 //	vote     = prefix | voter 32 | dead 32 | seq 4 | issuer 32
 //	transfer = prefix | dead 32 | issuer 32 | state 1 (0 issued, 1 withdrawn, 2 done)
 //	           | ncert 2 | ncert × ( voter 32 | seq 4 )
+//	claim    = prefix | dead 32 | issuer 32 | state 1 (2 done)
 //
 // A certificate vote is an ordinary vote (voter, dead, seq, issuer) and its
-// signature the voter's; the issuer's transfer signature covers which
-// votes it counted.
+// signature the voter's. A Done whose certificate is larger than one part
+// carries is signed as a claim (its own domain): the signature does not
+// cover the certificate, so a certificate of a thousand votes travels in
+// slices that each verify on their own (parts.go) and a receiver's
+// certificate grows to their union. What a certificate proves is in its
+// votes' signatures, never in the issuer's: Ring.acceptable reads only
+// which voters signed. A smaller one is signed as a transfer, over the
+// votes it counted, as earlier versions sign and verify it.
 const (
 	entryDomain    = "weavewg ipam entry v1"
 	voteDomain     = "weavewg ipam vote v1"
 	transferDomain = "weavewg ipam transfer v1"
+	claimDomain    = "weavewg ipam done claim v1"
 )
 
 func (r *Ring) sigPrefix(b []byte) []byte {
@@ -68,6 +76,13 @@ func (r *Ring) transferMessage(t *Transfer) []byte {
 	return b
 }
 
+func (r *Ring) claimMessage(t *Transfer) []byte {
+	b := r.sigPrefix(make([]byte, 0, 45+2*32+1))
+	b = append(b, t.Dead[:]...)
+	b = append(b, t.Issuer[:]...)
+	return append(b, byte(transferRank(*t)))
+}
+
 // signPending signs every item self made since the last call (they carry
 // a zero signature until then): the Ring's methods stay free of keys, and
 // the allocator signs once per change, before the ring is saved or sent.
@@ -106,7 +121,13 @@ func (r *Ring) signPending(self key.Public, priv key.Private) (signed int) {
 				c.Sig = key.Sign(priv, voteDomain, r.voteMessage(self, t.Dead, c.Seq, t.Issuer))
 			}
 		}
-		t.Sig = key.Sign(priv, transferDomain, r.transferMessage(t))
+		if t.Done && len(t.Cert) > maxPartCertVotes {
+			// Sliced (parts.go): a claim. A smaller certificate goes
+			// whole, signed with it, as earlier versions verify it.
+			t.Sig = key.Sign(priv, claimDomain, r.claimMessage(t))
+		} else {
+			t.Sig = key.Sign(priv, transferDomain, r.transferMessage(t))
+		}
 		signed++
 	}
 	return signed
@@ -154,10 +175,14 @@ func (v *verifier) vote(r *Ring, x *Vote) bool {
 	return v.check(x.Voter, voteDomain, r.voteMessage(x.Voter, x.Dead, x.Seq, x.Issuer), &x.Sig)
 }
 
-// transfer checks the issuer's signature; cert the certificate of a Done
-// claim: every vote signed by its voter, for this issuer, none by the dead
-// peer, and the issuer's own among them.
+// transfer checks the issuer's signature (a Done one as a claim, or as a
+// transfer over its whole certificate); cert the votes of a certificate or
+// of a slice of one: every vote signed by its voter, for this issuer, none
+// by the dead peer.
 func (v *verifier) transfer(r *Ring, t *Transfer) bool {
+	if t.Done && v.check(t.Issuer, claimDomain, r.claimMessage(t), &t.Sig) {
+		return true
+	}
 	return v.check(t.Issuer, transferDomain, r.transferMessage(t), &t.Sig)
 }
 
@@ -165,16 +190,17 @@ func (v *verifier) cert(r *Ring, t *Transfer) bool {
 	if !t.Done {
 		return len(t.Cert) == 0
 	}
-	issuerVoted := false
 	for i := range t.Cert {
-		c := &t.Cert[i]
-		if c.Voter == t.Dead || c.Seq == 0 || c.Seq > MaxVersion {
+		if !v.certVote(r, t, &t.Cert[i]) {
 			return false
 		}
-		if !v.check(c.Voter, voteDomain, r.voteMessage(c.Voter, t.Dead, c.Seq, t.Issuer), &c.Sig) {
-			return false
-		}
-		issuerVoted = issuerVoted || c.Voter == t.Issuer
 	}
-	return issuerVoted
+	return true
+}
+
+func (v *verifier) certVote(r *Ring, t *Transfer, c *CertVote) bool {
+	if c.Voter == t.Dead || c.Seq == 0 || c.Seq > MaxVersion {
+		return false
+	}
+	return v.check(c.Voter, voteDomain, r.voteMessage(c.Voter, t.Dead, c.Seq, t.Issuer), &c.Sig)
 }

@@ -349,7 +349,7 @@ func (s *sim) converge() {
 	r0 := alive[0].a.View().Ring
 	for _, p := range alive[1:] {
 		if r := p.a.View().Ring; !r.Equal(r0) {
-			s.t.Fatalf("rings differ after convergence (peer %d vs %d)", alive[0].i, p.i)
+			s.t.Fatalf("rings differ after convergence (peer %d %s vs %d %s)\n%s", alive[0].i, alive[0].key.Name(), p.i, p.key.Name(), ringDiff(r0, r))
 		}
 	}
 	for _, d := range s.peers {
@@ -457,4 +457,29 @@ func TestSimulation(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ringDiff describes how two rings differ (a failure's message).
+func ringDiff(a, b *Ring) string {
+	var sb strings.Builder
+	if len(a.Entries) != len(b.Entries) {
+		fmt.Fprintf(&sb, "entries %d vs %d\n", len(a.Entries), len(b.Entries))
+	} else {
+		for i := range a.Entries {
+			if a.Entries[i] != b.Entries[i] {
+				fmt.Fprintf(&sb, "entry %v: owner %s v%d vs owner %s v%d\n", u2a(a.Entries[i].Token), a.Entries[i].Owner.Name(), a.Entries[i].Version, b.Entries[i].Owner.Name(), b.Entries[i].Version)
+			}
+		}
+	}
+	fmt.Fprintf(&sb, "votes %d vs %d\n", len(a.Votes), len(b.Votes))
+	for _, r := range []*Ring{a, b} {
+		for _, t := range r.Transfers {
+			fmt.Fprintf(&sb, "  transfer dead=%s issuer=%s done=%v withdrawn=%v accepted=%v cert=%d\n", t.Dead.Name(), t.Issuer.Name(), t.Done, t.Withdrawn, t.Accepted, len(t.Cert))
+		}
+		for _, v := range r.Votes {
+			fmt.Fprintf(&sb, "  vote voter=%s dead=%s issuer=%s seq=%d\n", v.Voter.Name(), v.Dead.Name(), v.Issuer.Name(), v.Seq)
+		}
+		sb.WriteString("  --\n")
+	}
+	return sb.String()
 }

@@ -14,7 +14,8 @@ import (
 //
 //	issuer I:  Transfer{X, I} + Vote{I, X → I}
 //	every peer P that sees transfers of X: Vote{P, X → smallest live issuer}
-//	           (a vote is sticky: it moves only if its transfer is withdrawn)
+//	           (a vote is sticky: it moves only if its transfer is withdrawn,
+//	           or to a Done claim)
 //	I with a smaller live competitor:      Withdrawn (never completes after)
 //	I when every elector votes for I:      Done + the certificate (never withdraws after)
 //	every peer P:                          Accepted, when P concludes it (conclude)
@@ -36,19 +37,19 @@ var (
 	ErrAlreadyRemoved     = errors.New("ipam: peer already handed over")
 	ErrTransferInProgress = errors.New("ipam: peer is being handed over by another peer")
 	// ErrTooManyElectors: the ring cannot carry the votes a transfer
-	// needs (every owner's and every reachable peer's; see votesFit).
-	ErrTooManyElectors = errors.New("ipam: rmpeer needs a vote of every owner and reachable peer, more than the ring can carry")
+	// needs (every owner's and every reachable peer's) besides those of
+	// the rmpeers pending, or its certificate besides those of the
+	// completed ones (see votesFit).
+	ErrTooManyElectors = errors.New("ipam: rmpeer needs a vote of every owner and reachable peer, more than the ring can carry now")
 )
 
 // votesFit reports whether the votes and certificate of a new transfer of
-// dead by self fit the ring's bounds (MaxVotes, MaxCertVotes: votes and
-// certificates are never pruned, and travel in one part of their own,
-// parts.go). A transfer that did not fit was issued anyway, every peer
-// voted until the vote table was full (ring_full) and the transfer never
-// completed, and the table stayed full for the network's life, so no
-// later rmpeer could complete either, whatever the mesh's size by then:
-// past about 150 owners rmpeer broke the network's rmpeer for good. Now
-// it is refused before anything is written (ErrTooManyElectors).
+// dead by self fit the ring's bounds (MaxVotes for the votes of pending
+// rmpeers, forgotten once concluded; MaxCertVotes for the certificates
+// kept). A transfer that did not fit would be issued, every peer would
+// vote until the vote table was full (ring_full) and it would never
+// complete, blocking the others pending: it is refused before anything is
+// written (ErrTooManyElectors).
 func (r *Ring) votesFit(self, dead key.Public, reachable []key.Public) (need int, ok bool) {
 	electors := r.electors(self, dead, reachable)
 	newVotes := 0
@@ -207,16 +208,22 @@ func (r *Ring) stepDead(self, dead key.Public, reachable []key.Public) bool {
 	// A transfer its issuer already completed is the one to follow (a
 	// late voter then concludes it, as the others did); otherwise the
 	// smallest live issuer.
-	best := live[0].Issuer
+	best, done := live[0].Issuer, false
 	for _, t := range live {
 		if t.Done {
-			best = t.Issuer
+			best, done = t.Issuer, true
 			break
 		}
 	}
 	changed := false
 	v, ok := r.vote(self, dead)
-	if !ok || !slices.ContainsFunc(live, func(t Transfer) bool { return t.Issuer == v.Issuer }) {
+	// A vote sticks to a live transfer, except that it moves to a Done
+	// claim: the claim completed without it (so this voter was no elector
+	// of it), moving takes no vote from a transfer that could still
+	// complete with it, and the issuer the vote stuck to may have
+	// concluded the claim and forgotten its own transfer (forget) without
+	// ever withdrawing it, so waiting for a withdrawal could wait forever.
+	if !ok || (done && v.Issuer != best) || !slices.ContainsFunc(live, func(t Transfer) bool { return t.Issuer == v.Issuer }) {
 		if r.setVote(self, dead, best) {
 			changed = true
 		}
@@ -258,17 +265,111 @@ func (r *Ring) certVotes() int {
 }
 
 // conclude sets Accepted on every Done claim self can take (see the top of
-// this file). It is monotone: more votes and claims only accept more.
+// this file), and forgets what a concluded transfer leaves useless. It is
+// monotone: more votes and claims only accept more.
 func (r *Ring) conclude(self key.Public) bool {
 	changed := false
+	var concluded []key.Public
 	for i := range r.Transfers {
 		t := &r.Transfers[i]
 		if t.Done && !t.Accepted && r.acceptable(self, *t) {
 			t.Accepted = true
 			changed = true
 		}
+		if t.Accepted {
+			concluded = append(concluded, t.Dead)
+		}
+	}
+	for _, dead := range concluded {
+		if r.forget(dead) {
+			changed = true
+		}
 	}
 	return changed
+}
+
+// forget drops the votes on dead and its transfers that are not Done, once
+// this peer concluded a transfer of dead. They were only there to elect
+// an issuer: the Done claim stays, with its certificate (the signed votes
+// that a returning dead peer, or a voter whose vote moved, concludes
+// from), and the receivers of votes or transfers of a peer they concluded
+// drop them unread (forgotten, authority.go), so gossip never brings them
+// back. So the vote table holds only pending rmpeers' votes: a completed
+// rmpeer no longer fills it for the network's life (it did until Dec
+// 2026, and past MaxVotes no later rmpeer could complete).
+//
+// Why this is safe: a voter's vote matters only until it concludes (its
+// own acceptance reads it first); an issuer needs the votes only until it
+// completes (then they are in its certificate); a peer that concluded
+// never votes on dead again (stepDead skips a removed peer); and a
+// pending transfer of dead by another issuer can no longer complete here
+// or anywhere that holds the Done claim (it withdraws on seeing it).
+func (r *Ring) forget(dead key.Public) bool {
+	nv := len(r.Votes)
+	r.Votes = slices.DeleteFunc(r.Votes, func(v Vote) bool { return v.Dead == dead })
+	nt := len(r.Transfers)
+	r.Transfers = slices.DeleteFunc(r.Transfers, func(t Transfer) bool { return t.Dead == dead && !t.Done })
+	return len(r.Votes) != nv || len(r.Transfers) != nt
+}
+
+// forgotten reports whether a received vote or transfer state on dead is
+// one this peer dropped for good (forget): dead's transfer is concluded
+// here and the item is not a Done claim.
+func (r *Ring) forgotten(dead key.Public, done bool) bool {
+	return !done && r.removed(dead)
+}
+
+// unionCert returns the certificate votes of a and b, one per voter (the
+// later vote where both hold one), sorted by voter, and whether b added
+// to a. Certificates travel in slices (parts.go); each vote is its voter's
+// signature alone, so the union proves no more than its votes do.
+func unionCert(a, b []CertVote) ([]CertVote, bool) {
+	if len(b) == 0 || slices.Equal(a, b) {
+		return a, false
+	}
+	out := make([]CertVote, 0, len(a)+len(b))
+	added := false
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch c := cmpCertVoter(a, b, i, j); {
+		case c < 0:
+			out = append(out, a[i])
+			i++
+		case c > 0:
+			out = append(out, b[j])
+			added = true
+			j++
+		default:
+			x := a[i]
+			if certVoteLess(x, b[j]) {
+				x, added = b[j], true
+			}
+			out = append(out, x)
+			i++
+			j++
+		}
+	}
+	return out, added
+}
+
+// cmpCertVoter compares a[i] and b[j] by voter, an exhausted side last.
+func cmpCertVoter(a, b []CertVote, i, j int) int {
+	switch {
+	case j == len(b):
+		return -1
+	case i == len(a):
+		return 1
+	}
+	return bytes.Compare(a[i].Voter[:], b[j].Voter[:])
+}
+
+// certVoteLess orders two certificate votes of one voter: the later
+// vote, then (a misbehaving voter's two signatures) the larger signature.
+func certVoteLess(a, b CertVote) bool {
+	if a.Seq != b.Seq {
+		return a.Seq < b.Seq
+	}
+	return bytes.Compare(a.Sig[:], b.Sig[:]) < 0
 }
 
 // acceptable reports whether self may conclude the Done claim t. The

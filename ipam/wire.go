@@ -95,17 +95,20 @@ const (
 // (a network of a few thousand peers); one message at most MaxMessage
 // bytes, under one discovery channel message (discovery.MaxChannelPayload,
 // about 65,300 bytes), so a ring larger than that goes out in parts
-// (parts.go). Transfers and votes are bounded for the network's life (the
-// package doc); they travel in one part of their own.
+// (parts.go). The vote table holds the votes of pending rmpeers only (a
+// peer forgets the votes of a transfer it concluded, transfer.go), so
+// MaxVotes bounds the rmpeers pending at once (four at 1,000 owners), not
+// the network's life; MaxTransfers and MaxCertVotes bound the completed
+// rmpeers the network keeps (each keeps its certificate). Votes and
+// transfers travel in parts of their own, each within the part bounds
+// (parts.go).
 const (
 	MaxPeers     = 8192
 	MaxEntries   = 8192
-	MaxTransfers = 48
-	MaxVotes     = 160
-	// MaxCertVotes bounds the votes of all certificates together, and
-	// maxCertSigs those of them carried inline.
-	MaxCertVotes = 256
-	maxCertSigs  = 48
+	MaxTransfers = 256
+	MaxVotes     = 4096
+	// MaxCertVotes bounds the votes of all certificates together.
+	MaxCertVotes = 32768
 
 	hdrLen        = 2
 	ringFlagUsed  = 1
@@ -121,6 +124,13 @@ const (
 	// MaxMessage bounds every IPAM message.
 	MaxMessage = 60000
 )
+
+// tableBounds bounds the vote and transfer tables of one encoding.
+type tableBounds struct{ votes, transfers, certVotes, certSigs int }
+
+// ringTables bounds a whole ring (the state file, a msgRing; a msgRing is
+// further bounded by MaxMessage). partTables (parts.go) bounds one part.
+var ringTables = tableBounds{MaxVotes, MaxTransfers, MaxCertVotes, MaxCertVotes}
 
 const (
 	flagDone      = 1
@@ -186,12 +196,17 @@ func AppendRing(b []byte, r *Ring) ([]byte, error) {
 	for i := range r.Entries {
 		b = appendEntry(b, &r.Entries[i], idx)
 	}
-	return appendVotesTransfers(b, r, idx)
+	return appendVotesTransfers(b, r, idx, ringTables.certSigs)
 }
 
 // checkCounts checks the counted bounds (not the peer table's).
 func (r *Ring) checkCounts() error {
-	if len(r.Entries) > MaxEntries || len(r.Transfers) > MaxTransfers || len(r.Votes) > MaxVotes || r.certVotes() > MaxCertVotes {
+	return r.checkTables(MaxEntries, ringTables)
+}
+
+// checkTables checks r's counts against at most entries entries and tb.
+func (r *Ring) checkTables(entries int, tb tableBounds) error {
+	if len(r.Entries) > entries || len(r.Transfers) > tb.transfers || len(r.Votes) > tb.votes || r.certVotes() > tb.certVotes {
 		return ErrRingFull
 	}
 	return nil
@@ -234,8 +249,9 @@ func appendEntry(b []byte, e *Entry, idx map[key.Public]uint16) []byte {
 	return append(b, e.Sig[:]...)
 }
 
-// appendVotesTransfers appends the vote and transfer tables.
-func appendVotesTransfers(b []byte, r *Ring, idx map[key.Public]uint16) ([]byte, error) {
+// appendVotesTransfers appends the vote and transfer tables, with at most
+// maxSigs certificate signatures inline.
+func appendVotesTransfers(b []byte, r *Ring, idx map[key.Public]uint16, maxSigs int) ([]byte, error) {
 	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Votes)))
 	for _, v := range r.Votes {
 		b = binary.BigEndian.AppendUint16(b, idx[v.Voter])
@@ -266,7 +282,7 @@ func appendVotesTransfers(b []byte, r *Ring, idx map[key.Public]uint16) ([]byte,
 				b = append(b, 0)
 				continue
 			}
-			if inline++; inline > maxCertSigs {
+			if inline++; inline > maxSigs {
 				return b, ErrRingFull
 			}
 			b = append(b, certSigInline)
@@ -326,7 +342,7 @@ func ParseRing(b []byte) (*Ring, error) {
 			parseEntry(rd, &r.Entries[i], pt)
 		}
 	}
-	parseVotesTransfers(rd, r, pt)
+	parseVotesTransfers(rd, r, pt, ringTables)
 	if err := parseEnd(rd, pt); err != nil {
 		return nil, err
 	}
@@ -393,9 +409,9 @@ func parseEntry(rd *reader, e *Entry, pt *peerTab) {
 	e.Sig = key.Signature(rd.bytes(key.SigLen))
 }
 
-// parseVotesTransfers reads the vote and transfer tables into r.
-func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab) {
-	if n := rd.count(MaxVotes, "votes"); n > 0 && rd.err == nil {
+// parseVotesTransfers reads the vote and transfer tables into r, within tb.
+func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab, tb tableBounds) {
+	if n := rd.count(tb.votes, "votes"); n > 0 && rd.err == nil {
 		r.Votes = make([]Vote, n)
 		for i := range r.Votes {
 			v := &r.Votes[i]
@@ -412,7 +428,7 @@ func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab) {
 			}
 		}
 	}
-	if n := rd.count(MaxTransfers, "transfers"); n > 0 && rd.err == nil {
+	if n := rd.count(tb.transfers, "transfers"); n > 0 && rd.err == nil {
 		r.Transfers = make([]Transfer, n)
 		certs, inline := 0, 0
 		for i := range r.Transfers {
@@ -425,9 +441,9 @@ func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab) {
 			}
 			t.Done, t.Withdrawn = f&flagDone != 0, f&flagWithdrawn != 0
 			t.Sig = key.Signature(rd.bytes(key.SigLen))
-			nc := rd.count(MaxCertVotes, "certificate votes")
-			if certs += nc; certs > MaxCertVotes {
-				rd.fail("more than %d certificate votes", MaxCertVotes)
+			nc := rd.count(tb.certVotes, "certificate votes")
+			if certs += nc; certs > tb.certVotes {
+				rd.fail("more than %d certificate votes", tb.certVotes)
 			}
 			if nc == 0 || rd.err != nil {
 				continue
@@ -446,8 +462,8 @@ func parseVotesTransfers(rd *reader, r *Ring, pt *peerTab) {
 					}
 					c.Sig = v.Sig
 				case certSigInline:
-					if inline++; inline > maxCertSigs {
-						rd.fail("more than %d inline certificate signatures", maxCertSigs)
+					if inline++; inline > tb.certSigs {
+						rd.fail("more than %d inline certificate signatures", tb.certSigs)
 					}
 					c.Sig = key.Signature(rd.bytes(key.SigLen))
 					if inTable && v.Sig == c.Sig {

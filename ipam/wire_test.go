@@ -221,6 +221,18 @@ func FuzzParseMessage(f *testing.F) {
 			f.Add(m)
 		}
 	}
+	// A certificate in slices, and votes past one part (issue 18 rmpeer).
+	sliced := sliceRing(f)
+	for i := range maxPartVotes + 3 {
+		sliced.Votes = append(sliced.Votes, Vote{Voter: madeUp(0xc0, i), Dead: madeUp(1, 0), Seq: 1, Issuer: madeUp(2, 0), Sig: sigOf(0x33)})
+	}
+	if msgs, err := votesParts(sliced, sliced.Votes, sliced.Transfers, true); err == nil {
+		for _, m := range msgs {
+			f.Add(m)
+		}
+	} else {
+		f.Fatal(err)
+	}
 	d := digestOf(goldenRing(f))
 	f.Add(appendDigestMessage(nil, &d))
 	d.Relay = true // a new control neighbour's
