@@ -20,7 +20,7 @@ import (
 // address) is dropped, except:
 //
 //	chain overlay_in {
-//		ct state established,related accept      (the host's own connections)
+//		(replies to the host's own flows: hostflows_linux.go)
 //		meta l4proto { icmpv6, igmp } accept      (neighbour discovery, group reports)
 //		ip daddr <host ip> udp dport 53 accept    (weavewg's DNS)
 //		ip daddr <host ip> tcp dport 53 accept
@@ -37,9 +37,10 @@ import (
 //
 // A hidden host does not answer ping either: a Weave Net host had no
 // overlay address until `weave expose`, so nothing answered, and an echo
-// reply would tell every container the host is there. The host's own
-// pings (and ICMP errors about its own traffic) are established or
-// related; DNS answering is the sign a container's link to its host works.
+// reply would tell every container the host is there. The replies to the
+// host's own pings get in as those to its connections do
+// (hostflows_linux.go); DNS answering is the sign a container's link to
+// its host works.
 
 // Exposure opens the host's address Addr to the overlay sources in From.
 type Exposure struct {
@@ -53,7 +54,12 @@ const overlayInputChain = "overlay_in"
 
 // addOverlayInput adds overlay_in to t and the jumps to it from in; devs
 // are the bridge, then the peer devices.
-func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, devs []string) {
+func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, devs []string) error {
+	// The replies to the host's own flows (hostflows_linux.go).
+	replies, err := addHostFlows(c, t, spec.overlay)
+	if err != nil {
+		return fmt.Errorf("the host's own flows: %w", err)
+	}
 	ch := c.AddChain(&nftables.Chain{Name: overlayInputChain, Table: t})
 	for _, d := range devs {
 		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d),
@@ -62,12 +68,9 @@ func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, sp
 	accept := func(match ...expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(match, &expr.Verdict{Kind: expr.VerdictAccept})})
 	}
-	accept(
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-	)
+	for _, r := range replies {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r})
+	}
 	accept(l4proto(unix.IPPROTO_ICMPV6)...)
 	accept(l4proto(unix.IPPROTO_IGMP)...)
 	if spec.hostIP.Is4() {
@@ -96,6 +99,7 @@ func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, sp
 		accept(append(append(ipv4(), ipField(12, e.From)...), ipField(16, netip.PrefixFrom(e.Addr, 32))...)...)
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{&expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}})
+	return nil
 }
 
 // ipv4 matches IPv4 packets (in an inet table).

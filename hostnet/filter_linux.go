@@ -50,6 +50,7 @@ import (
 //			iifname { "<bridge>", "<tun>" } jump overlay_in
 //		}
 //		chain overlay_in { ... }   (expose_linux.go: the host's own services are closed to the overlay but DNS)
+//		chain own_out { ... }      (hostflows_linux.go: the host's own flows, for overlay_in's replies)
 //	}
 //
 // So: from the TUN only to the bridge; into the bridge only from the TUN
@@ -179,7 +180,9 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: overlay.Masked().Addr().AsSlice()},
 		}
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
-		addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...))
+		if err := addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...)); err != nil {
+			return fmt.Errorf("forward filter: %w", err)
+		}
 	}
 	if sets.err != nil {
 		return fmt.Errorf("forward filter: %w", sets.err)

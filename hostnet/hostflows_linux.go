@@ -1,0 +1,205 @@
+package hostnet
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The host's own flows into the overlay, without conntrack. overlay_in
+// (expose_linux.go) must let in the replies to the host's own connections
+// and pings and nothing else the host did not ask for. `ct state
+// established,related` did that, but one `ct` expression anywhere in a
+// namespace turns conntrack on for every packet of it: every container
+// packet the host forwards and every WireGuard and VXLAN datagram, some
+// 4–6.5 µs of CPU per round trip (docs/architecture.md, "Performance"),
+// for the sake of the few flows the host itself opens. A `notrack` chain at
+// raw priority for the forwarded packets was measured (November 30) and
+// cost as much in nftables as it saved in conntrack. So weavewg keeps the
+// state it needs itself, in two sets of its table, only for what the host
+// itself sends into the overlay:
+//
+//	chain own_out {
+//		type filter hook output priority filter; policy accept;
+//		meta nfproto ipv4 ip daddr <overlay> oif != "lo" goto own_flows
+//	}
+//	chain own_flows {
+//		tcp flags & (syn|ack) == syn update @host_flows { ip daddr . meta l4proto . th dport . th sport timeout 2m } return
+//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows tcp flags & (fin|rst) != 0 update @host_flows { … timeout 2m } return
+//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows update @host_flows { … timeout 5d } return
+//		meta l4proto udp udp sport != 53 update @host_flows { … timeout 3m } return
+//		icmp type echo-request update @host_pings { ip daddr . icmp id timeout 30s }
+//	}
+//
+// and first in overlay_in:
+//
+//	ip saddr . meta l4proto . th sport . th dport @host_flows tcp flags & (syn|ack) != syn accept
+//	meta l4proto udp ip saddr . meta l4proto . th sport . th dport @host_flows update @host_flows { … timeout 3m } accept
+//	icmp type echo-reply ip saddr . icmp id @host_pings accept
+//	icmp type { destination-unreachable, time-exceeded, parameter-problem } accept
+//
+// A TCP flow enters the set only with the host's own SYN (so a service of
+// the host answering a container adds nothing), and a SYN from the overlay
+// never matches (a new connection to a hidden host is dropped even from a
+// port the host once talked to); UDP enters with any datagram the host
+// sends but DNS answers (weavewg's server answers every container), and
+// either side's datagram keeps it; pings with the host's echo requests.
+// The timeouts are conntrack's defaults for the same states (TCP
+// established 5 days, closing and unanswered 2 minutes, UDP stream
+// 3 minutes rounded up, ICMP 30 s), and the sets hold as many flows as
+// nf_conntrack_max's default here (262,144). ICMP errors to the host are
+// accepted whatever they quote (conntrack checked that they were about a
+// flow it knew): they carry nothing a host answers. What turns conntrack
+// on now is only egress (its masquerade and `ct state` rules, while some
+// container has it) or another program's rules (Docker, kube-proxy, ufw,
+// firewalld), which track overlay traffic as before.
+
+const (
+	ownOutChain   = "own_out"
+	ownFlowsChain = "own_flows"
+	hostFlowsSet  = "host_flows"
+	hostPingsSet  = "host_pings"
+	hostFlowsSize = 262144
+)
+
+// Timeouts of the host's flows, as conntrack's defaults.
+const (
+	tcpOpeningTimeout     = 2 * time.Minute
+	tcpEstablishedTimeout = 5 * 24 * time.Hour
+	udpTimeout            = 3 * time.Minute
+	pingTimeout           = 30 * time.Second
+)
+
+// The 32-bit registers a concatenated set key is built in: NFT_REG_2's
+// (NFT_REG32_00–03 are NFT_REG_1, where the other matches load).
+const (
+	reg32a = unix.NFT_REG32_04 + iota
+	reg32b
+	reg32c
+	reg32d
+)
+
+// hostFlowSets adds the two sets to t.
+func hostFlowSets(c *nftables.Conn, t *nftables.Table) (flows, pings *nftables.Set, err error) {
+	flows = &nftables.Set{Table: t, Name: hostFlowsSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)}
+	if err := c.AddSet(flows, nil); err != nil {
+		return nil, nil, err
+	}
+	// The echo identifier is typed as a port: two bytes, as nft prints it.
+	pings = &nftables.Set{Table: t, Name: hostPingsSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)}
+	if err := c.AddSet(pings, nil); err != nil {
+		return nil, nil, err
+	}
+	return flows, pings, nil
+}
+
+// flowKey loads addr (12 source, 16 destination) . l4proto . the ports at
+// the transport header's offsets p1 and p2 into the key registers.
+func flowKey(addr, p1, p2 uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg32a, Base: expr.PayloadBaseNetworkHeader, Offset: addr, Len: 4},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b},
+		&expr.Payload{DestRegister: reg32c, Base: expr.PayloadBaseTransportHeader, Offset: p1, Len: 2},
+		&expr.Payload{DestRegister: reg32d, Base: expr.PayloadBaseTransportHeader, Offset: p2, Len: 2},
+	}
+}
+
+// pingKey loads addr . the echo identifier into the key registers.
+func pingKey(addr uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg32a, Base: expr.PayloadBaseNetworkHeader, Offset: addr, Len: 4},
+		&expr.Payload{DestRegister: reg32b, Base: expr.PayloadBaseTransportHeader, Offset: 4, Len: 2},
+	}
+}
+
+func lookupIn(s *nftables.Set) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: reg32a, SetName: s.Name, SetID: s.ID}
+}
+
+func updateIn(s *nftables.Set, timeout time.Duration) *expr.Dynset {
+	return &expr.Dynset{SrcRegKey: reg32a, SetName: s.Name, SetID: s.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: timeout}
+}
+
+// tcpFlags matches TCP segments whose flags masked by mask are (eq) or
+// are not (!eq) want.
+func tcpFlags(mask, want byte, eq bool) []expr.Any {
+	op := expr.CmpOpEq
+	if !eq {
+		op = expr.CmpOpNeq
+	}
+	return append(l4proto(unix.IPPROTO_TCP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{mask}, Xor: []byte{0}},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte{want}},
+	)
+}
+
+// icmpType matches ICMP messages of type typ.
+func icmpType(typ byte) []expr.Any {
+	return append(l4proto(unix.IPPROTO_ICMP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
+	)
+}
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+// addHostFlows adds the output chains that record the host's own flows
+// into overlay (an IPv4 prefix) and returns the accepts for overlay_in.
+func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([][]expr.Any, error) {
+	flows, pings, err := hostFlowSets(c, t)
+	if err != nil {
+		return nil, err
+	}
+	policy := nftables.ChainPolicyAccept
+	out := c.AddChain(&nftables.Chain{
+		Name:     ownOutChain,
+		Table:    t,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookOutput,
+		Priority: nftables.ChainPriorityFilter,
+		Policy:   &policy,
+	})
+	own := c.AddChain(&nftables.Chain{Name: ownFlowsChain, Table: t})
+	c.AddRule(&nftables.Rule{Table: t, Chain: out, Exprs: append(append(ipv4(), ipField(16, overlay)...),
+		&expr.Meta{Key: expr.MetaKeyOIF, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)}, // lo
+		&expr.Verdict{Kind: expr.VerdictGoto, Chain: ownFlowsChain})})
+	ret := &expr.Verdict{Kind: expr.VerdictReturn}
+	rule := func(e ...expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: own, Exprs: e}) }
+	outKey := func() []expr.Any { return flowKey(16, 2, 0) } // daddr . proto . dport . sport
+	// TCP: the host's SYN opens; the host's later segments refresh an
+	// open flow.
+	rule(append(append(tcpFlags(tcpSYN|tcpACK, tcpSYN, true), outKey()...), updateIn(flows, tcpOpeningTimeout), ret)...)
+	rule(append(append(tcpFlags(tcpFIN|tcpRST, 0, false), outKey()...), lookupIn(flows), updateIn(flows, tcpOpeningTimeout), ret)...)
+	rule(append(append(append(l4proto(unix.IPPROTO_TCP), outKey()...), lookupIn(flows)), updateIn(flows, tcpEstablishedTimeout), ret)...)
+	// UDP: anything the host sends but its DNS server's answers.
+	rule(append(append(append(l4proto(unix.IPPROTO_UDP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 53}}),
+		outKey()...), updateIn(flows, udpTimeout), ret)...)
+	rule(append(append(icmpType(8), pingKey(16)...), updateIn(pings, pingTimeout))...) // echo request
+
+	inKey := func() []expr.Any { return flowKey(12, 0, 2) } // saddr . proto . sport . dport
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	return [][]expr.Any{
+		// Not a SYN alone: a new connection to the host is never a reply.
+		append(append(tcpFlags(tcpSYN|tcpACK, tcpSYN, false), inKey()...), lookupIn(flows), accept),
+		append(append(append(l4proto(unix.IPPROTO_UDP), inKey()...), lookupIn(flows), updateIn(flows, udpTimeout)), accept),
+		append(append(icmpType(0), pingKey(12)...), lookupIn(pings), accept), // echo reply
+		append(icmpType(3), accept),  // destination unreachable (fragmentation needed among them)
+		append(icmpType(11), accept), // time exceeded
+		append(icmpType(12), accept), // parameter problem
+	}, nil
+}
