@@ -39,6 +39,7 @@ func (r *Router) noteReachLocked(k key.Public) {
 	if k == r.self {
 		return
 	}
+	r.dialChangedLocked() // a connection made or lost, a route flipped
 	l := &r.reachLog
 	if l.base == 0 {
 		l.base = 1

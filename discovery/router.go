@@ -240,8 +240,15 @@ type Router struct {
 	active  map[key.Public]*conn  // the one established connection per peer
 	targets map[string]*target    // by normalised HOST:PORT
 	dials   map[key.Public]*gossipDial
-	rt      routes
-	graph   topoGraph // the edges rt was computed from (topology.go)
+	// dialGen counts the changes that can give gossip dials a new
+	// candidate (records, routes, connections, a dial's end); dialIdle
+	// is the last pass over every record that started nothing
+	// (connlimit.go).
+	dialGen    uint64
+	dialIdle   dialIdle
+	dialPasses uint64 // passes over every record (tests)
+	rt         routes
+	graph      topoGraph // the edges rt was computed from (topology.go)
 	// reachLog: peers whose reachability or connection changed, for
 	// ReachChanges (reachlog.go).
 	reachLog reachLog

@@ -250,6 +250,7 @@ func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigChe
 	if len(changed) == 0 {
 		return
 	}
+	r.dialChangedLocked() // addresses and neighbours, before the routes follow
 	r.scheduleRecomputeLocked()
 	r.floodLocked(from, changed)
 }
@@ -387,6 +388,7 @@ func (r *Router) sendRecordsLocked(c *conn, recs []*Record) {
 // a change costs each router the peers it moves, not a pass over all.
 func (r *Router) recomputeLocked() {
 	r.recomputePending = false
+	r.dialChangedLocked()
 	if len(r.graph.keys) > 2*len(r.recs)+1024 {
 		// Keys of forgotten peers and of neighbours never seen pile
 		// up; start over (update does, and refresh then computes the

@@ -104,6 +104,7 @@ func (r *Router) Forget(addr string) error {
 		return ErrUnknownTarget
 	}
 	delete(r.targets, norm)
+	r.dialChangedLocked() // its peer is no longer covered by it
 	delete(r.logged, "target:"+norm)
 	t.cancel()
 	r.log.Info("forgot connection target", "addr", norm)
@@ -400,6 +401,7 @@ func (r *Router) gossipDial(k key.Public, ep netip.AddrPort) {
 		return
 	}
 	d.inFlight = false
+	r.dialChangedLocked()
 	if established {
 		d.backoff = r.tun.backoffMin
 	} else {

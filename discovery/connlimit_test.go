@@ -1,0 +1,65 @@
+package discovery
+
+import (
+	"testing"
+	"time"
+
+	"github.com/weavewg/weavewg/types/key"
+)
+
+// A peer under half its limit whose candidates can all not be dialled
+// (here: no address known, one backing off) reads every record once,
+// then not again each tick until something it read changes (a record,
+// a route, a connection, a dial's end), a backoff ends, or dialRecheck
+// passes: the pass over every record each second was O(N) per such
+// peer per second (issue 18).
+func TestGossipDialsSkipWhileNothingChanged(t *testing.T) {
+	r, err := New(Config{Private: newKey(t), Secret: testSecret, Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const n = 40
+	var recs []Record
+	for i := range n {
+		recs = append(recs, Record{Key: seqKey(byte(i + 1)), Version: 5, Nickname: "p"})
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mergeRecordsLocked(nil, recs, make([]sigCheck, n))
+	r.freshLocked() // not later, on the recompute timer, in the middle of the test
+	t0 := time.Now()
+	backingOff := seqKey(3)
+	r.dials[backingOff] = &gossipDial{next: t0.Add(2500 * time.Millisecond), backoff: time.Second}
+	passes := func(at time.Duration) uint64 {
+		r.gossipDialsLocked(t0.Add(at))
+		return r.dialPasses
+	}
+	if got := passes(0); got != 1 {
+		t.Fatalf("first tick: %d passes over the records, want 1", got)
+	}
+	for _, at := range []time.Duration{time.Second, 2 * time.Second} {
+		if got := passes(at); got != 1 {
+			t.Fatalf("tick at %v with nothing changed: %d passes, want still 1", at, got)
+		}
+	}
+	if got := passes(3 * time.Second); got != 2 {
+		t.Fatalf("tick after a backoff ended: %d passes, want 2", got)
+	}
+	if got := passes(4 * time.Second); got != 2 {
+		t.Fatalf("tick at 4 s with nothing changed: %d passes, want still 2", got)
+	}
+	newer := recs[7]
+	newer.Version++
+	r.mergeRecordsLocked(nil, []Record{newer}, []sigCheck{sigGood})
+	r.freshLocked()
+	if got := passes(5 * time.Second); got != 3 {
+		t.Fatalf("tick after a record changed: %d passes, want 3", got)
+	}
+	if got := passes(6 * time.Second); got != 3 {
+		t.Fatalf("tick at 6 s with nothing changed: %d passes, want still 3", got)
+	}
+	if got := passes(5*time.Second + dialRecheck); got != 4 {
+		t.Fatalf("tick dialRecheck after the last pass: %d passes, want 4", got)
+	}
+}
