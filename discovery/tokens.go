@@ -351,15 +351,10 @@ func (r *Router) randomReachable() (key.Public, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.rt.count() - 1
-	if n == 0 {
+	if n <= 0 {
 		return key.Public{}, false
 	}
-	i := rand.N(n)
-	for k := range r.rt.others() {
-		if i == 0 {
-			return k, true
-		}
-		i--
-	}
-	return key.Public{}, false
+	// By index, not by walking the reachable peers: each anti-entropy
+	// round (tokens, evictions) picked one, O(N) per router per round.
+	return r.rt.keys[r.rt.order[1+rand.N(n)]], true
 }
