@@ -57,7 +57,8 @@ type Transfer struct {
 	Withdrawn    bool
 	Sig          key.Signature
 	// Cert is, with Done, the quorum certificate: the signed votes for
-	// Issuer of every elector it counted, sorted by voter.
+	// Issuer of every elector it counted, sorted by voter (a receiver
+	// holds the union of the slices it was sent, parts.go).
 	Cert []CertVote
 	// Accepted is this peer's conclusion that the transfer is complete.
 	// It is local: never on the wire, recomputed when a ring is loaded.
