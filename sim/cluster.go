@@ -495,8 +495,8 @@ func ringDiff(a, b []byte) string {
 // waits on an allocator busy with a ring.
 func (c *Cluster) RouterCounters() map[string]uint64 { return c.sumCounters(false) }
 
-// Counters sums the counters of every node's router (discovery) and
-// allocator (ipam), gone ones included (so totals never go down): where a
+// Counters sums the counters of every node's router (discovery),
+// allocator (ipam) and name server (dns), gone ones included (so totals never go down): where a
 // run's messages were dropped or refused.
 func (c *Cluster) Counters() map[string]uint64 { return c.sumCounters(true) }
 
@@ -514,6 +514,11 @@ func (c *Cluster) sumCounters(withIPAM bool) map[string]uint64 {
 		}
 		if withIPAM && nd.IPAM != nil {
 			for k, v := range nd.IPAM.Counters() {
+				out[k] += v
+			}
+		}
+		if withIPAM && nd.DNS != nil {
+			for k, v := range nd.DNS.Counters() {
 				out[k] += v
 			}
 		}
