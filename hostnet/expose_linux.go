@@ -54,7 +54,7 @@ const overlayInputChain = "overlay_in"
 
 // addOverlayInput adds overlay_in to t and the jumps to it from in; devs
 // are the bridge, then the peer devices.
-func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, devs []string) error {
+func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, idx map[string]uint32, devs []string) error {
 	// The replies to the host's own flows (hostflows_linux.go).
 	replies, err := addHostFlows(c, t, spec.overlay)
 	if err != nil {
@@ -62,7 +62,7 @@ func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, sp
 	}
 	ch := c.AddChain(&nftables.Chain{Name: overlayInputChain, Table: t})
 	for _, d := range devs {
-		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: append(ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, d),
+		c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: append(ifmatch(idx, expr.MetaKeyIIFNAME, expr.CmpOpEq, d),
 			&expr.Verdict{Kind: expr.VerdictJump, Chain: overlayInputChain})})
 	}
 	accept := func(match ...expr.Any) {
