@@ -21,7 +21,7 @@ import (
 // vmModules are the guest kernel's modules the scenario needs (their
 // dependencies come along): kernel WireGuard, the underlay's bridge and
 // veths, wireguard-go's TUN, and nftables with the ct expression that
-// holds notrack (the port-sharing table, vxlan and hostnet filters).
+// the filters match state with (hostnet's overlay_in, h1's firewall).
 // crc32c_generic is libcrc32c's soft dependency ("crc32c", an alias that
 // insmod cannot resolve), which nf_tables needs; nft_chain_nat and
 // nft_masq for h4's NAT router. Nothing else: the guest
@@ -65,7 +65,10 @@ func parseVMOutput(s string) vmOutput {
 // underlay, h4 behind a stock masquerade router whose WAN link is 1380
 // bytes and h5 behind another (full MTU), each reaching only h1 directly
 // (the NAT case: kernel↔kernel through a NAT, and two NATed kernel hosts,
-// which two stock routers keep relayed through h1).
+// which two stock routers keep relayed through h1). h1 runs behind a host
+// firewall as ufw leaves it after `ufw allow 6783` (modelled in nftables:
+// no Python in the guest), so all of it crosses the port sharing behind a
+// default-deny input policy.
 // Every pair pings and moves 1 MB intact both ways (kernel↔userspace,
 // kernel↔kernel, userspace↔kernel relayed through the kernel host h1, and
 // NATed kernel↔kernel relayed through it); every host's path MTU probes, which cross the port split, are

@@ -383,42 +383,63 @@ func allowed(p *wgtypes.Peer) string {
 // WireGuard messages from any other endpoint (a peer the kernel device
 // does not carry), STUN and relay frames reach the one on 6785; and what
 // 6785 sends leaves from 6783.
-func TestSteering(t *testing.T) {
+// steeringBed is two namespaces on one link, a (192.0.2.1) and b
+// (192.0.2.2), with the port-sharing table for 6783 and 6785 in b.
+func steeringBed(t *testing.T) (nsA, nsB *netnstest.NS) {
 	netnstest.RequireNetAdmin(t)
-	nsA, nsB := netnstest.New(t, "a"), netnstest.New(t, "b")
+	nsA, nsB = netnstest.New(t, "a"), netnstest.New(t, "b")
 	netnstest.Run(t, "ip", "-n", nsA.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", nsB.Name)
 	for i, ns := range []*netnstest.NS{nsA, nsB} {
 		netnstest.Run(t, "ip", "-n", ns.Name, "addr", "add", "192.0.2."+string(rune('1'+i))+"/24", "dev", "eth0")
 		netnstest.Run(t, "ip", "-n", ns.Name, "link", "set", "eth0", "up")
 	}
-	cfg := Config{Port: 6783, SharedPort: 6785}
-	if err := installSteering(nsB.H, cfg); err != nil {
+	if err := installSteering(nsB.H, Config{Port: 6783, SharedPort: 6785}); err != nil {
 		t.Fatal(err)
 	}
-	listen := func(ns *netnstest.NS, addr string) *net.UDPConn {
-		var c *net.UDPConn
-		var err error
-		netnstest.Do(ns, func() { c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
+	return nsA, nsB
+}
+
+// listenUDP opens a UDP socket on addr in ns, closed when the test ends.
+func listenUDP(t *testing.T, ns *netnstest.NS, addr string) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	var err error
+	netnstest.Do(ns, func() { c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr))) })
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// recvWithin reads one datagram from c, or returns nil after wait.
+func recvWithin(c *net.UDPConn, wait time.Duration) ([]byte, netip.AddrPort) {
+	c.SetReadDeadline(time.Now().Add(wait))
+	b := make([]byte, 2000)
+	n, from, err := c.ReadFromUDPAddrPort(b)
+	if err != nil {
+		return nil, netip.AddrPort{}
+	}
+	return b[:n], from
+}
+
+// Datagrams as the steering table tells them apart by their first bytes.
+var (
+	wgInitiation = append([]byte{1, 0, 0, 0}, make([]byte, 144)...)
+	wgTransport  = append([]byte{4, 0, 0, 0}, bytes.Repeat([]byte{0xab}, 60)...)
+	stunRequest  = append([]byte{0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
+	stunResponse = append([]byte{0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
+	relayFrame   = append([]byte{0xf7, 0x01}, bytes.Repeat([]byte{3}, 40)...)
+)
+
+func TestSteering(t *testing.T) {
+	nsA, nsB := steeringBed(t)
+	listen := func(ns *netnstest.NS, addr string) *net.UDPConn { return listenUDP(t, ns, addr) }
 	kernel, user := listen(nsB, "0.0.0.0:6783"), listen(nsB, "0.0.0.0:6785")
 	peer := listen(nsA, "192.0.2.1:6783")
-	recv := func(c *net.UDPConn) ([]byte, netip.AddrPort) {
-		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		b := make([]byte, 2000)
-		n, from, err := c.ReadFromUDPAddrPort(b)
-		if err != nil {
-			return nil, netip.AddrPort{}
-		}
-		return b[:n], from
-	}
+	recv := func(c *net.UDPConn) ([]byte, netip.AddrPort) { return recvWithin(c, 3*time.Second) }
 	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.2:6783"))
-	initiation := append([]byte{1, 0, 0, 0}, make([]byte, 144)...)
-	transport := append([]byte{4, 0, 0, 0}, bytes.Repeat([]byte{0xab}, 60)...)
+	initiation, transport := wgInitiation, wgTransport
 	// Before the device carries the peer (a peer we relay, that sends to
 	// us directly), its WireGuard messages reach the userspace socket.
 	for _, msg := range [][]byte{initiation, transport} {
@@ -433,9 +454,7 @@ func TestSteering(t *testing.T) {
 		netip.MustParseAddrPort("[2001:db8::1]:6783")}); err != nil {
 		t.Fatal(err)
 	}
-	stun := append([]byte{0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
-	stunReply := append([]byte{0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42}, make([]byte, 12)...)
-	relay := append([]byte{0xf7, 0x01}, bytes.Repeat([]byte{3}, 40)...)
+	stun, stunReply, relay := stunRequest, stunResponse, relayFrame
 	for _, tc := range []struct {
 		name string
 		msg  []byte
@@ -507,6 +526,100 @@ func TestSteering(t *testing.T) {
 	if out := netnstest.Run(t, "ip", "netns", "exec", nsB.Name, "nft", "list", "tables"); strings.Contains(out, "weavewg_split") {
 		t.Errorf("the table is still there after removal:\n%s", out)
 	}
+}
+
+// TestSteeringBehindHostFirewall: a host firewall on the input hook sees
+// the userspace socket's traffic as the peer and 6783, as on a userspace
+// host, so both ways ufw is used with weavewg pass it: its default-deny
+// input with `ufw allow 6783` (a stateless accept of the port), and with
+// no allow rule (only replies to what the host sent, ct state
+// established). Each is modelled by the rules of ufw's that decide (its
+// ct state rules, the allow rule, policy drop) in an nftables chain at
+// ufw's priority.
+func TestSteeringBehindHostFirewall(t *testing.T) {
+	const base = "add table inet hostfw; " +
+		"add chain inet hostfw input { type filter hook input priority filter; policy drop; }; " +
+		"add rule inet hostfw input ct state established,related accept; " +
+		"add rule inet hostfw input ct state invalid drop; " +
+		"add rule inet hostfw input iif lo accept"
+	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.2:6783"))
+	peerEP := netip.MustParseAddrPort("192.0.2.1:6783")
+
+	t.Run("ufw allow 6783", func(t *testing.T) {
+		nsA, nsB := steeringBed(t)
+		netnstest.Run(t, "ip", "netns", "exec", nsB.Name, "nft", base+"; add rule inet hostfw input udp dport 6783 accept")
+		kernel, user := listenUDP(t, nsB, "0.0.0.0:6783"), listenUDP(t, nsB, "0.0.0.0:6785")
+		closed := listenUDP(t, nsB, "0.0.0.0:6790")
+		peer, other := listenUDP(t, nsA, "192.0.2.1:6783"), listenUDP(t, nsA, "192.0.2.1:7000")
+		// The firewall is there: a port it does not admit stays closed.
+		if _, err := peer.WriteToUDP(relayFrame, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.2:6790"))); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := recvWithin(closed, 500*time.Millisecond); got != nil {
+			t.Fatalf("the modelled firewall admitted a datagram to port 6790; the test proves nothing")
+		}
+		if err := setKernelEndpoints(nsB.H, 6783, []netip.AddrPort{peerEP}); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name string
+			from *net.UDPConn
+			msg  []byte
+			to   *net.UDPConn
+		}{
+			{"a relay frame", peer, relayFrame, user},
+			{"a STUN request", peer, stunRequest, user},
+			{"a kernel peer's data message", peer, wgTransport, kernel},
+			{"an initiation from an endpoint not on the kernel device", other, wgInitiation, user},
+		} {
+			if _, err := tc.from.WriteToUDP(tc.msg, dst); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := recvWithin(tc.to, 3*time.Second); !bytes.Equal(got, tc.msg) {
+				t.Errorf("%s to 6783, which the firewall admits, arrived as %d bytes; want it intact on its socket", tc.name, len(got))
+			}
+		}
+	})
+
+	t.Run("ufw default, replies only", func(t *testing.T) {
+		nsA, nsB := steeringBed(t)
+		netnstest.Run(t, "ip", "netns", "exec", nsB.Name, "nft", base)
+		kernel, user := listenUDP(t, nsB, "0.0.0.0:6783"), listenUDP(t, nsB, "0.0.0.0:6785")
+		peer := listenUDP(t, nsA, "192.0.2.1:6783")
+		// The firewall is there: what the host did not ask for is dropped.
+		if _, err := peer.WriteToUDP(relayFrame, dst); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := recvWithin(user, 500*time.Millisecond); got != nil {
+			t.Fatalf("the modelled firewall admitted an unsolicited datagram; the test proves nothing")
+		}
+		// The userspace socket asks; the peer's answer comes back in.
+		if _, err := user.WriteToUDP(stunRequest, net.UDPAddrFromAddrPort(peerEP)); err != nil {
+			t.Fatal(err)
+		}
+		if got, from := recvWithin(peer, 3*time.Second); !bytes.Equal(got, stunRequest) || from.String() != "192.0.2.2:6783" {
+			t.Fatalf("the userspace socket's request arrived as %d bytes from %v; want it intact from 192.0.2.2:6783", len(got), from)
+		}
+		for _, msg := range [][]byte{stunResponse, relayFrame} {
+			if _, err := peer.WriteToUDP(msg, dst); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := recvWithin(user, 3*time.Second); !bytes.Equal(got, msg) {
+				t.Errorf("the peer's reply (first byte %#x) to the userspace socket's request arrived as %d bytes; want it intact", msg[0], len(got))
+			}
+		}
+		// Both sockets' datagrams are one flow to the firewall: the kernel
+		// peer's data comes in on it too.
+		if err := setKernelEndpoints(nsB.H, 6783, []netip.AddrPort{peerEP}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := peer.WriteToUDP(wgTransport, dst); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := recvWithin(kernel, 3*time.Second); !bytes.Equal(got, wgTransport) {
+			t.Errorf("the kernel peer's data message on the flow the host opened arrived as %d bytes; want it intact on 6783", len(got))
+		}
+	})
 }
 
 // sendRaw sends payload from UDP port sport to dst in ns through a raw

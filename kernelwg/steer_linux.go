@@ -21,20 +21,20 @@ import (
 //	table inet weavewg_split_<port> {
 //		set kernel4 { type ipv4_addr . inet_service; }
 //		set kernel6 { type ipv6_addr . inet_service; }
-//		chain pre {
-//			type filter hook prerouting priority raw; policy accept;
-//			udp dport <port> ip saddr . udp sport != @kernel4 udp checksum 0 notrack udp dport set <shared> (no checksum update)
-//			udp dport <port> ip saddr . udp sport != @kernel4 notrack udp dport set <shared>
+//		chain in {
+//			type filter hook input priority 200; policy accept;
+//			udp dport <port> ip saddr . udp sport != @kernel4 udp checksum 0 udp dport set <shared> (no checksum update)
+//			udp dport <port> ip saddr . udp sport != @kernel4 udp dport set <shared>
 //			(the same two for ip6 saddr and @kernel6)
-//			udp dport <port> @th,72,24 != 0 udp checksum 0 notrack udp dport set <shared> (no checksum update)
-//			udp dport <port> @th,72,24 != 0 notrack udp dport set <shared>
-//			udp dport <port> @th,64,8 != 1-4 udp checksum 0 notrack udp dport set <shared> (no checksum update)
-//			udp dport <port> @th,64,8 != 1-4 notrack udp dport set <shared>
+//			udp dport <port> @th,72,24 != 0 udp checksum 0 udp dport set <shared> (no checksum update)
+//			udp dport <port> @th,72,24 != 0 udp dport set <shared>
+//			udp dport <port> @th,64,8 != 1-4 udp checksum 0 udp dport set <shared> (no checksum update)
+//			udp dport <port> @th,64,8 != 1-4 udp dport set <shared>
 //		}
 //		chain out {
 //			type filter hook output priority raw; policy accept;
-//			udp sport <shared> udp checksum 0 notrack udp sport set <port> (no checksum update)
-//			udp sport <shared> notrack udp sport set <port>
+//			udp sport <shared> udp checksum 0 udp sport set <port> (no checksum update)
+//			udp sport <shared> udp sport set <port>
 //		}
 //	}
 //
@@ -51,9 +51,24 @@ import (
 // peer's new address reaches wireguard-go, whose probes make it the path
 // owner's, and the next SetPeers gives it to the device. What the
 // userspace socket sends leaves from --port. A rewritten datagram no longer matches
-// the port, so the first rule that rewrites it is the last. notrack at raw
-// priority keeps conntrack from remembering a flow under ports that are
-// about to change.
+// the port, so the first rule that rewrites it is the last.
+//
+// Where the ports change. The host's firewall and conntrack must see one
+// flow, the peer and --port, both ways, whichever socket sends or
+// receives, as they do on a userspace host: a firewall that admits the
+// port (`ufw allow 6783`) or only replies to what the host sent (ufw's
+// `ct state established` with no allow rule) then admits both sockets'
+// traffic. So an outgoing datagram's source port is rewritten at raw
+// priority, before conntrack (-200) makes or finds its entry, and an
+// incoming one's destination port at the input hook, priority 200: after
+// conntrack looked it up at prerouting and after the filter chains (ufw's
+// and Docker's iptables at 0, firewalld's at 10, security at 50, input
+// SNAT at 100) judged it by --port; the socket is looked up after the
+// hook. (Rewritten at raw prerouting and untracked, as first built, the
+// userspace socket's datagrams reached input as untracked datagrams to
+// the shared port, which ufw dropped with or without `ufw allow 6783`:
+// TestSteeringBehindHostFirewall.) At input the datagram is whole: the
+// kernel reassembles fragments before the hook.
 //
 // Checksums. A payload write with the inet checksum type adjusts the
 // 16-bit field at the offset given, whatever it holds: for a datagram
@@ -64,6 +79,11 @@ import (
 // udp cksum 0x0002"). Datagrams without a checksum are rewritten by rules
 // of their own that leave it alone. (nftables' pseudo-header flag would
 // not do: it adjusts the checksum field again, for the addresses.)
+
+// steerInputPriority is where incoming datagrams move to the shared port:
+// after every filter chain a host's firewall puts on the input hook (see
+// "Where the ports change").
+var steerInputPriority = nftables.ChainPriorityRef(200)
 
 func steeringTable(port uint16) *nftables.Table {
 	return &nftables.Table{Name: "weavewg_split_" + strconv.Itoa(int(port)), Family: nftables.TableFamilyINet}
@@ -117,8 +137,8 @@ var noChecksum = []expr.Any{
 	&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0}},
 }
 
-// setPort untracks the datagram and rewrites its port at offset, adjusting
-// the UDP checksum if csum (see "Checksums" above).
+// setPort rewrites the datagram's port at offset, adjusting the UDP
+// checksum if csum (see "Checksums" above).
 func setPort(offset uint32, port uint16, csum bool) []expr.Any {
 	w := &expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseTransportHeader,
 		Offset: offset, Len: 2}
@@ -126,7 +146,6 @@ func setPort(offset uint32, port uint16, csum bool) []expr.Any {
 		w.CsumType, w.CsumOffset = expr.CsumTypeInet, 6
 	}
 	return []expr.Any{
-		&expr.Notrack{},
 		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 		w,
 	}
@@ -142,8 +161,8 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 	c.DelTable(t)
 	c.AddTable(t)
 	policy := nftables.ChainPolicyAccept
-	pre := c.AddChain(&nftables.Chain{Name: "pre", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &policy})
+	in := c.AddChain(&nftables.Chain{Name: "in", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: steerInputPriority, Policy: &policy})
 	out := c.AddChain(&nftables.Chain{Name: "out", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw, Policy: &policy})
 	set4, set6 := kernelSets(t)
@@ -174,8 +193,8 @@ func installSteering(ns netns.NsHandle, cfg Config) error {
 		},
 	}
 	for _, test := range notForKernel {
-		rule(pre, udpPort(2, cfg.Port), test, noChecksum, setPort(2, cfg.SharedPort, false))
-		rule(pre, udpPort(2, cfg.Port), test, setPort(2, cfg.SharedPort, true))
+		rule(in, udpPort(2, cfg.Port), test, noChecksum, setPort(2, cfg.SharedPort, false))
+		rule(in, udpPort(2, cfg.Port), test, setPort(2, cfg.SharedPort, true))
 	}
 	rule(out, udpPort(0, cfg.SharedPort), noChecksum, setPort(0, cfg.Port, false))
 	rule(out, udpPort(0, cfg.SharedPort), setPort(0, cfg.Port, true))

@@ -15,6 +15,9 @@
 # h2 and h3 cannot reach each other on the underlay (a blackhole route on
 # each side), so they are relayed through h1, a kernel host; h4 and h5
 # reach only h1 directly (so they are no relay for h2 and h3 either).
+# h1 has a host firewall as ufw leaves one after `ufw allow 6783` (the
+# README's advice): so every host's probes, STUN and relay frames through
+# h1 cross the kernel datapath's port sharing behind it.
 # Later r4's WAN address moves to 192.0.2.6 (roaming), and the h2-h3
 # underlay opens and closes again (moves onto and off h3's kernel device).
 # Lines "RESULT NAME: OK|FAIL ..." are checks; blocks between
@@ -81,6 +84,25 @@ NFT
 stock_router 4 192.0.2.4 198.51.100.1/27 198.51.100.2/27 1380
 # r5: the same stock router (full MTU), h5 behind it.
 stock_router 5 192.0.2.5 198.51.100.33/27 198.51.100.34/27
+# h1's firewall: ufw's rules that decide for the underlay, at ufw's
+# priority (ufw itself, Python, is not in the guest): default-deny input
+# but replies, loopback and the ICMP types ufw's before.rules admit, and
+# the allow rule `ufw allow 6783` adds (TCP and UDP). weavewg opens its
+# own interfaces in it as on any host.
+ip netns exec h1 nft -f - <<'NFT'
+table inet hostfw {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		ct state invalid drop
+		iif lo accept
+		icmp type { destination-unreachable, time-exceeded, parameter-problem, echo-request } accept
+		tcp dport 6783 accept
+		udp dport 6783 accept
+	}
+}
+NFT
+[ $? = 0 ] && result "h1-firewall" OK || result "h1-firewall" "FAIL (nft refused the ufw model)"
 ip -n h2 route add blackhole 192.0.2.3/32
 ip -n h3 route add blackhole 192.0.2.2/32
 for i in 2 3; do
