@@ -182,6 +182,60 @@ func TestSearchBacksOff(t *testing.T) {
 	}
 }
 
+// TestSearchWakesWhenThePathComesBack: a search backing off on a path
+// that went silent probes at once when the path answers again after a
+// silence, and keeps backing off while the path answers its path probes
+// all along but not the MTU probes.
+func TestSearchWakesWhenThePathComesBack(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	l := Ladder(1472, false)
+	// The path answers its probes every second, never an MTU probe (a
+	// starved relay's late answers): the backoff goes on.
+	s := NewSearch(l, t0)
+	var at []time.Duration
+	for now := t0; now.Before(t0.Add(200 * time.Second)); now = now.Add(100 * time.Millisecond) {
+		if now.Sub(t0)%time.Second == 0 {
+			s.PathHeard(now)
+		}
+		if s.ToProbe(now, nil) != nil {
+			at = append(at, now.Sub(t0))
+		}
+	}
+	want := []time.Duration{0, 1 * time.Second, 3 * time.Second, 7 * time.Second, 15 * time.Second,
+		95 * time.Second, 175 * time.Second}
+	if !slices.Equal(at, want) {
+		t.Fatalf("rounds of a path that answers its path probes but no MTU probe at %v, want %v (the backoff)", at, want)
+	}
+	// The path is silent from 200 s to 300 s, then answers: a round at
+	// once, not at 335 s (the round at 255 s went unanswered).
+	s.PathHeard(t0.Add(199 * time.Second))
+	if s.ToProbe(t0.Add(255*time.Second), nil) == nil {
+		t.Fatal("no round at 255 s")
+	}
+	back := t0.Add(300 * time.Second)
+	if s.ToProbe(back.Add(-time.Second), nil) != nil {
+		t.Fatal("a round before it was due while the path was silent")
+	}
+	s.PathHeard(back)
+	if s.ToProbe(back, nil) == nil {
+		t.Fatal("no round when the path came back after 101 s of silence")
+	}
+	// The backoff starts over: the next round one slow interval later.
+	if s.ToProbe(back.Add(SlowInterval), nil) == nil {
+		t.Fatal("the backoff did not start over after the path came back")
+	}
+	// A search that backs off from its start wakes on the path's first
+	// answer.
+	s = NewSearch(l, t0)
+	for now := t0; now.Before(t0.Add(20 * time.Second)); now = now.Add(time.Second) {
+		s.ToProbe(now, nil)
+	}
+	s.PathHeard(t0.Add(20 * time.Second))
+	if s.ToProbe(t0.Add(20*time.Second), nil) == nil {
+		t.Fatal("no round at the path's first answer after unanswered rounds")
+	}
+}
+
 // TestSearchLastKnown: answers that expired while a pair was idle still
 // bound the MTU when it wakes (a black hole does not go away because the
 // pair stopped probing), until a new round answers.

@@ -20,7 +20,8 @@ import "time"
 //
 // A round none of whose probes was answered by the next doubles the wait
 // before that next one, up to MaxBackoff times the interval; any answer
-// ends the backoff. Without it a path that answers nothing got the whole
+// ends the backoff, and so does the path's coming back after a silence
+// (PathHeard). Without it a path that answers nothing got the whole
 // ladder (a dozen datagrams near the MTU) every round, forever: a relay
 // starved of CPU answered late, so no size stayed valid, so every pair
 // relayed through it sent it whole ladders, which it had to forward before
@@ -44,6 +45,7 @@ type Search struct {
 	rounds   int
 	roundAt  int64 // unix ns of the last round; 0 none yet
 	backoff  int64 // the interval's multiplier: 1, doubled per unanswered round
+	heard    int64 // unix ns of the newest answer on the path PathHeard was told of; 0 none
 }
 
 // NewSearch starts a search over the sizes of ladder (largest first) at now.
@@ -110,6 +112,28 @@ func (s *Search) newest() int64 {
 		newest = max(newest, t)
 	}
 	return newest
+}
+
+// PathHeard tells the search of the newest answer the path gave to
+// something else (its path probes, every second or five): at is when. An
+// answer after a silence of Valid or more, or the first one, while the
+// search backs off means the path came back, maybe another one than it
+// proved before (a move behind a smaller hop while the peer was
+// unreachable): the next round comes at once, the backoff starts over,
+// rather than up to MaxBackoff slow intervals (80 s) later. A path that
+// answers its path probes all along but not the MTU probes (a relay
+// starved of CPU answering late, an old peer) keeps backing off: its gaps
+// are shorter than Valid.
+func (s *Search) PathHeard(at time.Time) {
+	a := at.UnixNano()
+	if a <= s.heard {
+		return
+	}
+	if s.backoff > 1 && (s.heard == 0 || a-s.heard >= int64(Valid)) {
+		s.roundAt = 0 // ToProbe: no unanswered round to count
+		s.next = min(s.next, a)
+	}
+	s.heard = a
 }
 
 // ToProbe appends to out the sizes to probe at now and schedules the next

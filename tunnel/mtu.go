@@ -133,6 +133,13 @@ func (t *Tunnel) mtuLoop() {
 			if s.search[path] == nil {
 				s.search[path] = pmtu.NewSearch(pmtu.Ladder(pmtu.PayloadFor(s.link, false), false), now)
 			}
+			heard := p.path.lastReply.Load() // direct probes' replies
+			if path == mtuPathRelayed {
+				heard = p.path.lastRelay.Load()
+			}
+			if heard != 0 {
+				s.search[path].PathHeard(time.Unix(0, heard)) // back after a silence: probe now
+			}
 			sizes = s.search[path].ToProbe(now, sizes[:0])
 			if len(sizes) > 0 && t.raw != nil && p.pairKey != nil {
 				t.sendMTUProbes(tbl, p, &tbl.peers[hopIdx], byte(path), hopAddr, sizes, now, s)
