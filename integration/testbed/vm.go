@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -260,6 +261,10 @@ func RunVM(ctx context.Context, kernel, initrd, cmdline string, memMB int, progr
 		"-smp", "1", "-nic", "none", "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyS0 quiet panic=-1 "+cmdline)
 	cmd.WaitDelay = 5 * time.Second
+	// qemu runs in no namespace of the bed, so no Sweep finds it: a test
+	// binary that dies (go test's -timeout panics) must take it along, or
+	// it keeps a core busy for the rest of its guest's run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", err
