@@ -29,18 +29,31 @@ import (
 //	}
 //	chain own_flows {
 //		tcp flags & (syn|ack) == syn update @host_flows { ip daddr . meta l4proto . th dport . th sport timeout 2m } return
-//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows tcp flags & (fin|rst) != 0 update @host_flows { … timeout 2m } return
-//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows update @host_flows { … timeout 5d } return
+//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows tcp flags & (fin|rst) != 0 update @host_flows { … timeout 2m } update @host_closing { … timeout 2m } return
+//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows … != @host_closing update @host_flows { … timeout 5d } return
+//		meta l4proto tcp ip daddr . meta l4proto . th dport . th sport @host_flows update @host_flows { … timeout 2m } return
 //		meta l4proto udp udp sport != 53 update @host_flows { … timeout 3m } return
 //		icmp type echo-request update @host_pings { ip daddr . icmp id timeout 30s }
 //	}
 //
 // and first in overlay_in:
 //
+//	tcp flags & (fin|rst) != 0 tcp flags & syn == 0 ip saddr . meta l4proto . th sport . th dport @host_flows update @host_flows { … timeout 2m } update @host_closing { … timeout 2m } accept
 //	ip saddr . meta l4proto . th sport . th dport @host_flows tcp flags & (syn|ack) != syn accept
 //	meta l4proto udp ip saddr . meta l4proto . th sport . th dport @host_flows update @host_flows { … timeout 3m } accept
 //	icmp type echo-reply ip saddr . icmp id @host_pings accept
 //	icmp type { destination-unreachable, time-exceeded, parameter-problem } accept
+//
+// A TCP flow either end has begun to close (a FIN or RST, the host's or
+// the container's) is in host_closing: the host's later segments (the
+// last ACK of the close) keep it 2 minutes, as conntrack's closing states
+// do, not 5 days. Without it every connection the host closed first (its
+// last ACK) stayed 5 days, and a host that opens short connections into
+// the overlay (kubelet probing its pods, a scraper) filled host_flows in
+// hours, after which no new flow of the host's got its replies
+// (TestHostFlowsForgetClosedConnections). A connection reopened on the
+// same ports within 2 minutes refreshes for 2 minutes until its closing
+// mark expires.
 //
 // A TCP flow enters the set only with the host's own SYN (so a service of
 // the host answering a container adds nothing), and a SYN from the overlay
@@ -63,6 +76,7 @@ const (
 	ownFlowsChain = "own_flows"
 	hostFlowsSet  = "host_flows"
 	hostPingsSet  = "host_pings"
+	hostClosedSet = "host_closing"
 	hostFlowsSize = 262144
 )
 
@@ -83,20 +97,24 @@ const (
 	reg32d
 )
 
-// hostFlowSets adds the two sets to t.
-func hostFlowSets(c *nftables.Conn, t *nftables.Table) (flows, pings *nftables.Set, err error) {
-	flows = &nftables.Set{Table: t, Name: hostFlowsSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize,
-		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)}
+// hostFlowSets adds the three sets to t.
+func hostFlowSets(c *nftables.Conn, t *nftables.Table) (flows, closing, pings *nftables.Set, err error) {
+	flowKey := nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)
+	flows = &nftables.Set{Table: t, Name: hostFlowsSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize, KeyType: flowKey}
 	if err := c.AddSet(flows, nil); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	closing = &nftables.Set{Table: t, Name: hostClosedSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize, KeyType: flowKey}
+	if err := c.AddSet(closing, nil); err != nil {
+		return nil, nil, nil, err
 	}
 	// The echo identifier is typed as a port: two bytes, as nft prints it.
 	pings = &nftables.Set{Table: t, Name: hostPingsSet, HasTimeout: true, Dynamic: true, Concatenation: true, Size: hostFlowsSize,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)}
 	if err := c.AddSet(pings, nil); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return flows, pings, nil
+	return flows, closing, pings, nil
 }
 
 // flowKey loads addr (12 source, 16 destination) . l4proto . the ports at
@@ -122,6 +140,10 @@ func lookupIn(s *nftables.Set) *expr.Lookup {
 	return &expr.Lookup{SourceRegister: reg32a, SetName: s.Name, SetID: s.ID}
 }
 
+func notIn(s *nftables.Set) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: reg32a, SetName: s.Name, SetID: s.ID, Invert: true}
+}
+
 func updateIn(s *nftables.Set, timeout time.Duration) *expr.Dynset {
 	return &expr.Dynset{SrcRegKey: reg32a, SetName: s.Name, SetID: s.ID, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: timeout}
 }
@@ -138,6 +160,13 @@ func tcpFlags(mask, want byte, eq bool) []expr.Any {
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{mask}, Xor: []byte{0}},
 		&expr.Cmp{Op: op, Register: 1, Data: []byte{want}},
 	)
+}
+
+// noSYN, after tcpFlags: the SYN flag is not set.
+var noSYN = []expr.Any{
+	&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+	&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpSYN}, Xor: []byte{0}},
+	&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
 }
 
 // icmpType matches ICMP messages of type typ.
@@ -158,7 +187,7 @@ const (
 // addHostFlows adds the output chains that record the host's own flows
 // into overlay (an IPv4 prefix) and returns the accepts for overlay_in.
 func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([][]expr.Any, error) {
-	flows, pings, err := hostFlowSets(c, t)
+	flows, closing, pings, err := hostFlowSets(c, t)
 	if err != nil {
 		return nil, err
 	}
@@ -180,10 +209,13 @@ func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([]
 	rule := func(e ...expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: own, Exprs: e}) }
 	outKey := func() []expr.Any { return flowKey(16, 2, 0) } // daddr . proto . dport . sport
 	// TCP: the host's SYN opens; the host's later segments refresh an
-	// open flow.
+	// open flow for 5 days, a closing one (either end's FIN or RST) for
+	// 2 minutes.
 	rule(append(append(tcpFlags(tcpSYN|tcpACK, tcpSYN, true), outKey()...), updateIn(flows, tcpOpeningTimeout), ret)...)
-	rule(append(append(tcpFlags(tcpFIN|tcpRST, 0, false), outKey()...), lookupIn(flows), updateIn(flows, tcpOpeningTimeout), ret)...)
-	rule(append(append(append(l4proto(unix.IPPROTO_TCP), outKey()...), lookupIn(flows)), updateIn(flows, tcpEstablishedTimeout), ret)...)
+	rule(append(append(tcpFlags(tcpFIN|tcpRST, 0, false), outKey()...), lookupIn(flows),
+		updateIn(flows, tcpOpeningTimeout), updateIn(closing, tcpOpeningTimeout), ret)...)
+	rule(append(append(append(l4proto(unix.IPPROTO_TCP), outKey()...), lookupIn(flows), notIn(closing)), updateIn(flows, tcpEstablishedTimeout), ret)...)
+	rule(append(append(append(l4proto(unix.IPPROTO_TCP), outKey()...), lookupIn(flows)), updateIn(flows, tcpOpeningTimeout), ret)...)
 	// UDP: anything the host sends but its DNS server's answers.
 	rule(append(append(append(l4proto(unix.IPPROTO_UDP),
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
@@ -194,6 +226,10 @@ func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([]
 	inKey := func() []expr.Any { return flowKey(12, 0, 2) } // saddr . proto . sport . dport
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}
 	return [][]expr.Any{
+		// The container closes (or resets) a flow of the host's; with a
+		// SYN it is no reply (the rule below).
+		append(append(append(tcpFlags(tcpFIN|tcpRST, 0, false), noSYN...), inKey()...), lookupIn(flows),
+			updateIn(flows, tcpOpeningTimeout), updateIn(closing, tcpOpeningTimeout), accept),
 		// Not a SYN alone: a new connection to the host is never a reply.
 		append(append(tcpFlags(tcpSYN|tcpACK, tcpSYN, false), inKey()...), lookupIn(flows), accept),
 		append(append(append(l4proto(unix.IPPROTO_UDP), inKey()...), lookupIn(flows), updateIn(flows, udpTimeout)), accept),

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -200,4 +201,110 @@ func udpHello(ns *netnstest.NS, addr string) (got string, err error) {
 		return "", nerr
 	}
 	return got, err
+}
+
+// TestHostFlowsForgetClosedConnections: a TCP flow of the host's that has
+// closed, whichever end closed first, stays in host_flows no longer than
+// conntrack keeps a closing connection (2 minutes), not the 5 days of an
+// open one: a host that opens many short connections into the overlay
+// (kubelet's probes of its pods, a scraper) would otherwise fill the set,
+// and then no new flow of the host's gets its replies.
+func TestHostFlowsForgetClosedConnections(t *testing.T) {
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
+		t.Fatal(err)
+	}
+	// The container's server closes once the host has closed (serveHello):
+	// the host closes first.
+	tcpLn, _ := serveHello(t, c1)
+	got, hostFirst, err := tcpHello(h.ns, tcpLn.Addr().String())
+	if err != nil || got != "hello" {
+		t.Fatalf("the host's own TCP connection to its container: %q %v", got, err)
+	}
+	// The container closes first (a server that says bye and hangs up),
+	// or resets the connection (linger 0).
+	hangUp := func(reset bool) string {
+		var ln net.Listener
+		var err error
+		if nerr := netnstest.Do(c1, func() { ln, err = net.Listen("tcp4", "0.0.0.0:0") }); nerr != nil || err != nil {
+			t.Fatal(nerr, err)
+		}
+		defer ln.Close()
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 1)) // the connection is up on both ends
+			c.Write([]byte("bye"))
+			if reset {
+				c.(*net.TCPConn).SetLinger(0)
+			}
+			c.Close()
+		}()
+		var port string
+		if nerr := netnstest.Do(h.ns, func() {
+			var c net.Conn
+			if c, err = net.DialTimeout("tcp4", net.JoinHostPort("10.32.1.1", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)), 2*time.Second); err != nil {
+				return
+			}
+			_, port, _ = net.SplitHostPort(c.LocalAddr().String())
+			c.Write([]byte("x"))
+			io.ReadAll(c) // until the container's FIN or RST
+			c.Close()
+		}); nerr != nil || err != nil {
+			t.Fatalf("the host's connection to a container that hangs up (reset %v): %v %v", reset, nerr, err)
+		}
+		return port
+	}
+	serverFirst, serverReset := hangUp(false), hangUp(true)
+	time.Sleep(200 * time.Millisecond) // the last ACKs
+	out := run(t, "ip", "netns", "exec", h.ns.Name, "nft", "list", "set", "inet", "weavewg_weavewg0", hostFlowsSet)
+	for _, tc := range []struct{ who, port string }{{"the host closed first", hostFirst},
+		{"the container closed first", serverFirst}, {"the container reset it", serverReset}} {
+		left, ok := flowExpiry(out, "tcp", tc.port)
+		if !ok {
+			continue // gone already: forgotten
+		}
+		if left > tcpOpeningTimeout {
+			t.Errorf("a closed connection (%s, host port %s) stays in host_flows for %v more, want at most %v:\n%s",
+				tc.who, tc.port, left, tcpOpeningTimeout, out)
+		}
+	}
+}
+
+// flowExpiry finds the element of `nft list set` output whose protocol is
+// proto and whose last part (the host's port) is port, and returns how long
+// it has left.
+func flowExpiry(out, proto, port string) (time.Duration, bool) {
+	for _, el := range strings.Split(out, ",") {
+		f := strings.Fields(el)
+		for i := 0; i+6 < len(f); i++ {
+			if f[i+1] == "." && f[i+2] == proto && f[i+5] == "." && strings.TrimSuffix(f[i+6], "}") == port {
+				for j := i + 7; j+1 < len(f); j++ {
+					if f[j] == "expires" {
+						if d, err := time.ParseDuration(nftDuration(f[j+1])); err == nil {
+							return d, true
+						}
+					}
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// nftDuration turns nft's "4d23h59m58s" (days, and milliseconds as "ms")
+// into what time.ParseDuration reads.
+func nftDuration(s string) string {
+	s = strings.TrimRight(s, ",}")
+	if d, rest, ok := strings.Cut(s, "d"); ok && !strings.HasSuffix(d, "m") {
+		if n, err := strconv.Atoi(d); err == nil {
+			return strconv.Itoa(24*n) + "h" + rest
+		}
+	}
+	return s
 }
