@@ -20,7 +20,7 @@ func filterDrops(t *testing.T, ns *netnstest.NS) int {
 	if err != nil {
 		return -1
 	}
-	m := regexp.MustCompile(`(?s)chain from_peer \{\s*oifname != "weavewg" counter packets (\d+)`).FindSubmatch(out)
+	m := regexp.MustCompile(`(?s)chain from_peer \{\s*oif(?:name)? != "weavewg" counter packets (\d+)`).FindSubmatch(out)
 	if m == nil {
 		t.Fatalf("no counter in the forward filter:\n%s", out)
 	}
