@@ -75,8 +75,8 @@
 // owner's vote and no peer votes while it reaches X, so a completed
 // transfer means no owner reached X, and concurrent rmpeers end in one
 // owner. The price is O(N) votes per rmpeer, each broadcast: O(N^2)
-// messages (about 40,000 messages, 13 MB, at 200 owners in the
-// simulation, TestRmpeerAtScale).
+// messages (about 40,000 messages, 13 MB, at 200 owners and 160,000,
+// 53 MB, at 400 in the simulation, TestRmpeerAtScale).
 //
 // At scale (issue 18): votes and a certificate of a thousand voters do not
 // fit one message, so they travel in parts of bounded size (parts.go:
