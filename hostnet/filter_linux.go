@@ -32,7 +32,8 @@ import (
 //		chain forward {
 //			type filter hook forward priority filter; policy accept;
 //			(egress_linux.go's accepts, while a container has egress)
-//			iif vmap @dispatch_index    (<bridge>: goto from_bridge, <tun>: goto from_peer; by index)
+//			iif <bridge> goto from_bridge    (by index)
+//			iif <tun> goto from_peer
 //			iifname vmap @dispatch      (the other peer devices: goto from_peer; by name)
 //			oifname @overlay_devs counter drop
 //		}
@@ -156,13 +157,14 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 	for _, d := range peerDevs {
 		dispatch[d] = fromPeerChain
 	}
-	byIndex := map[uint32]string{}
-	for name, i := range idx {
-		byIndex[i] = dispatch[name]
-		delete(dispatch, name)
-	}
-	if len(byIndex) > 0 {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: sets.dispatchIndex("dispatch_index", byIndex)})
+	// One rule per index, bridge first (a map of indexes would print its
+	// elements in the order of the indexes, which a relaunch changes).
+	for _, name := range []string{bridge, tun} {
+		if _, ok := idx[name]; ok {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(ifmatch(idx, expr.MetaKeyIIFNAME, expr.CmpOpEq, name),
+				&expr.Verdict{Kind: expr.VerdictGoto, Chain: dispatch[name]})})
+			delete(dispatch, name)
+		}
 	}
 	if len(dispatch) > 0 {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: sets.dispatch(expr.MetaKeyIIFNAME, "dispatch", dispatch)})
@@ -318,21 +320,6 @@ func (s *ifnameSets) dispatch(k expr.MetaKey, name string, to map[string]string)
 		s.err = fmt.Errorf("interface map %s: %w", name, err)
 	}
 	return []expr.Any{&expr.Meta{Key: k, Register: 1}, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, IsDestRegSet: true}}
-}
-
-// dispatchIndex jumps (goto) by the input interface's index: a named
-// verdict map of the table from each index to its chain.
-func (s *ifnameSets) dispatchIndex(name string, to map[uint32]string) []expr.Any {
-	set := &nftables.Set{Table: s.t, Name: name, IsMap: true, KeyType: nftables.TypeIFIndex, KeyByteOrder: binaryutil.NativeEndian,
-		DataType: nftables.TypeVerdict}
-	var elems []nftables.SetElement
-	for _, i := range slices.Sorted(maps.Keys(to)) {
-		elems = append(elems, nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(i), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: to[i]}})
-	}
-	if err := s.c.AddSet(set, elems); err != nil && s.err == nil {
-		s.err = fmt.Errorf("interface map %s: %w", name, err)
-	}
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyIIF, Register: 1}, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, IsDestRegSet: true}}
 }
 
 // ifnameBytes is an interface name as nftables compares it: NUL-padded to
