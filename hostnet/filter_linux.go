@@ -50,7 +50,7 @@ import (
 //		chain input {
 //			type filter hook input priority filter; policy accept;
 //			meta nfproto ipv4 ip daddr <overlay> iifname != "<tun>" iifname != "<bridge>" iifname != "lo" counter drop
-//			iif <bridge> jump overlay_in, iif <tun> jump overlay_in, iifname <other> jump overlay_in
+//			iifname <bridge> jump overlay_in, iifname <tun> jump overlay_in, iifname <other> jump overlay_in
 //		}
 //		chain overlay_in { ... }   (expose_linux.go: the host's own services are closed to the overlay but DNS)
 //		chain own_out { ... }      (hostflows_linux.go: the host's own flows, for overlay_in's replies)
@@ -199,7 +199,7 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: overlay.Masked().Addr().AsSlice()},
 		}
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
-		if err := addOverlayInput(c, t, in, spec, idx, append([]string{bridge}, peerDevs...)); err != nil {
+		if err := addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...)); err != nil {
 			return fmt.Errorf("forward filter: %w", err)
 		}
 	}

@@ -308,3 +308,48 @@ func nftDuration(s string) string {
 	}
 	return s
 }
+
+// TestOverlayInputAfterBridgeRemade: a bridge deleted and made again under
+// the same name behind the daemon's back (a new interface index) still
+// leads into overlay_in, so the hidden host stays hidden from a container
+// on it: the jumps name the devices, where a stale index would match
+// nothing and let everything in.
+func TestOverlayInputAfterBridgeRemade(t *testing.T) {
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	att, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostLn, _ := serveHello(t, h.ns)
+	if got, _, err := tcpHello(c1, hostLn.Addr().String()); err == nil {
+		t.Fatalf("the container connected to the hidden host before the bridge was remade: %q", got)
+	}
+	bridge := h.cfg.Bridge
+	if bridge == "" {
+		bridge = "weavewg"
+	}
+	for _, args := range [][]string{
+		{"link", "del", bridge},
+		{"link", "add", bridge, "type", "bridge"},
+		{"addr", "add", "10.32.0.1/12", "dev", bridge},
+		{"link", "set", bridge, "up"},
+		{"link", "set", att.HostVeth, "master", bridge},
+	} {
+		run(t, append([]string{"ip", "-n", h.ns.Name}, args...)...)
+	}
+	// The new bridge carries: the host's own ping gets its reply.
+	if out, err := exec.Command("ip", "netns", "exec", h.ns.Name, "ping", "-c", "1", "-W", "2", "10.32.1.1").CombinedOutput(); err != nil {
+		t.Fatalf("the host's ping to its container through the remade bridge: %v\n%s", err, out)
+	}
+	// The hidden host answers no ping of the container's ...
+	if out, err := exec.Command("ip", "netns", "exec", c1.Name, "ping", "-c", "1", "-W", "2", "10.32.0.1").CombinedOutput(); err == nil {
+		t.Errorf("the hidden host answered a ping through the remade bridge:\n%s", out)
+	}
+	// ... and its services stay closed to it.
+	if got, _, err := tcpHello(c1, hostLn.Addr().String()); err == nil {
+		t.Errorf("the container connected to the hidden host through the remade bridge: %q", got)
+	}
+}
