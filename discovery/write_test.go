@@ -5,7 +5,6 @@ import (
 	"net"
 	"testing"
 	"time"
-
 )
 
 // sinkConn is a net.Conn whose writes are kept (copied, as a kernel or

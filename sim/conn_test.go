@@ -28,7 +28,7 @@ func TestMemConnReadDeadlines(t *testing.T) {
 	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	done := read()
 	a.SetReadDeadline(time.Now().Add(time.Minute)) // later: no wake-up
-	time.Sleep(200 * time.Millisecond)            // past the first deadline
+	time.Sleep(200 * time.Millisecond)             // past the first deadline
 	b.Write([]byte("x"))
 	if err := <-done; err != nil {
 		t.Fatalf("a Read whose deadline was moved later failed at the earlier one: %v", err)
