@@ -36,6 +36,7 @@ type counters struct {
 	summarySent     atomic.Uint64 // digests answered with a summary: the tables differed
 	pullSent        atomic.Uint64 // owners asked for their entries (a summary showed them newer)
 	pullAnswered    atomic.Uint64 // pulls answered with our own entries
+	sendFailed      atomic.Uint64 // messages to one peer not sent: no route to it
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -69,5 +70,6 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_digest_differed":        c.summarySent.Load(),
 		"dns_pull_sent":              c.pullSent.Load(),
 		"dns_pull_answered":          c.pullAnswered.Load(),
+		"dns_send_failed":            c.sendFailed.Load(),
 	}
 }

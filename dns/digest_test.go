@@ -166,3 +166,28 @@ func TestJoinerMissingManyRepairedAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// failTransport refuses every send: no route to anyone.
+type failTransport struct{}
+
+func (failTransport) Broadcast([]byte) {}
+func (failTransport) Send(key.Public, []byte) error {
+	return fmt.Errorf("no route")
+}
+
+// TestSendFailureCounted: a message to one peer the transport cannot
+// route (a welcome, a digest, a pull's answer) is counted, not lost
+// silently.
+func TestSendFailureCounted(t *testing.T) {
+	s, err := New(Config{Self: selfKey, Upstreams: []string{"127.0.0.1:1"}, GossipInterval: -1, Transport: failTransport{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	must(t, s.AddEntry("web", netip.MustParseAddr("10.32.0.5"), ""))
+	s.PeersChanged([]key.Public{peerKey(2)}, nil) // a welcome
+	s.SendDigest(peerKey(2))
+	if got := s.Counters()["dns_send_failed"]; got != 2 {
+		t.Errorf("dns_send_failed %d, want 2", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -115,10 +116,51 @@ type Server struct {
 	tcpAddr         net.Addr
 	stop            chan struct{}
 	wg              sync.WaitGroup
-	// reach is the last set given to SetReachable.
-	reach map[key.Public]bool
+	// reach is the reachable set (SetReachable, PeersChanged).
+	reach peerSet
 	// pulled is when each owner was last pulled (digest.go).
 	pulled map[key.Public]time.Time
+}
+
+// peerSet is a set of peers that picks a random member in O(1).
+type peerSet struct {
+	keys []key.Public
+	pos  map[key.Public]int
+}
+
+func (p *peerSet) len() int { return len(p.keys) }
+
+func (p *peerSet) has(k key.Public) bool { _, ok := p.pos[k]; return ok }
+
+func (p *peerSet) add(k key.Public) {
+	if p.has(k) {
+		return
+	}
+	if p.pos == nil {
+		p.pos = map[key.Public]int{}
+	}
+	p.pos[k] = len(p.keys)
+	p.keys = append(p.keys, k)
+}
+
+func (p *peerSet) remove(k key.Public) {
+	i, ok := p.pos[k]
+	if !ok {
+		return
+	}
+	last := p.keys[len(p.keys)-1]
+	p.keys[i] = last
+	p.pos[last] = i
+	p.keys = p.keys[:len(p.keys)-1]
+	delete(p.pos, k)
+}
+
+// random returns a member chosen at random; false if p is empty.
+func (p *peerSet) random() (key.Public, bool) {
+	if len(p.keys) == 0 {
+		return key.Public{}, false
+	}
+	return p.keys[rand.IntN(len(p.keys))], true
 }
 
 type transportBox struct{ t Transport }
@@ -357,7 +399,7 @@ func (s *Server) loop(stop chan struct{}) {
 		// peers it comes less often, so an idle host's repair traffic
 		// stays flat as the mesh grows (issue 18).
 		s.mu.Lock()
-		peers := len(s.reach)
+		peers := s.reach.len()
 		s.mu.Unlock()
 		t.Reset(beat.Spread(s.cfg.GossipInterval, peers))
 	}
@@ -371,13 +413,7 @@ func (s *Server) Tick() {
 	// Only our own entries: receivers take no others (HandleMessage), so
 	// the rest of the table was N² bytes per round for nothing. Copies of
 	// another peer's entries reach it when it arrives (SetReachable).
-	var own []Entry
-	for _, e := range s.table.All() {
-		if e.Owner == s.cfg.Self {
-			own = append(own, e)
-		}
-	}
-	s.broadcast(MsgState, own)
+	s.broadcast(MsgState, s.table.ownEntries())
 }
 
 // SetTransport sets (or replaces) the gossip transport.
@@ -509,14 +545,16 @@ func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int
 // names.
 func (s *Server) SetReachable(peers []key.Public) {
 	s.table.SetReachable(peers, s.cfg.Now())
-	now := make(map[key.Public]bool, len(peers))
+	var now peerSet
 	var arrived []key.Public
 	s.mu.Lock()
 	for _, p := range peers {
-		if p != s.cfg.Self && !s.reach[p] && !now[p] {
+		if p != s.cfg.Self && !s.reach.has(p) && !now.has(p) {
 			arrived = append(arrived, p)
 		}
-		now[p] = true
+		if p != s.cfg.Self {
+			now.add(p)
+		}
 	}
 	s.reach = now
 	s.mu.Unlock()
@@ -533,17 +571,14 @@ func (s *Server) PeersChanged(up, down []key.Public) {
 	s.table.PeersChanged(up, down, s.cfg.Now())
 	var arrived []key.Public
 	s.mu.Lock()
-	if s.reach == nil {
-		s.reach = map[key.Public]bool{}
-	}
 	for _, p := range down {
-		delete(s.reach, p)
+		s.reach.remove(p)
 	}
 	for _, p := range up {
-		if p != s.cfg.Self && !s.reach[p] {
+		if p != s.cfg.Self && !s.reach.has(p) {
 			arrived = append(arrived, p)
+			s.reach.add(p)
 		}
-		s.reach[p] = true
 	}
 	s.mu.Unlock()
 	s.welcome(arrived)

@@ -311,3 +311,73 @@ func TestEntriesOfMatchesAll(t *testing.T) {
 		}
 	}
 }
+
+// The digest a table keeps (buckets of owners' newest versions, updated on
+// every change) is the one computed from scratch from All, and so is its
+// summary, under every kind of change: arrivals of others' entries and of
+// copies of our own, our adds and removes, tombstone and peer expiry.
+func TestKeptDigestMatchesScratch(t *testing.T) {
+	for seed := range uint64(4) {
+		rng := rand.New(rand.NewPCG(seed, 18))
+		owner := func() key.Public {
+			var k key.Public
+			k[0], k[1] = byte(rng.IntN(3)), byte(rng.IntN(8)) // few buckets, several owners each
+			if rng.IntN(6) == 0 {
+				return selfKey
+			}
+			return k
+		}
+		tb := NewTable(selfKey, TableOptions{TombstoneExpiry: 30 * time.Second, PeerExpiry: time.Minute})
+		now := t0
+		var up []key.Public
+		for step := range 600 {
+			now = now.Add(time.Second)
+			switch rng.IntN(6) {
+			case 0, 1:
+				var es []Entry
+				for range 1 + rng.IntN(3) {
+					es = append(es, Entry{Owner: owner(), Name: fmt.Sprintf("n%d", rng.IntN(6)),
+						Addr: netip.AddrFrom4([4]byte{10, 32, 0, byte(rng.IntN(4))}), Version: uint64(rng.IntN(2 * (step + 1))), Tombstone: rng.IntN(3) == 0})
+				}
+				tb.Merge(es, now)
+			case 2:
+				tb.Add(fmt.Sprintf("s%d", rng.IntN(4)), netip.AddrFrom4([4]byte{10, 32, 1, byte(rng.IntN(3))}), "", now)
+			case 3:
+				tb.Remove(fmt.Sprintf("s%d", rng.IntN(4)), netip.Addr{}, "", now)
+			case 4:
+				up = append(up[:0], owner(), owner())
+				tb.SetReachable(up, now)
+			default:
+				now = now.Add(time.Duration(rng.IntN(40)) * time.Second)
+				tb.Expire(now)
+			}
+			m := map[key.Public]uint64{}
+			for _, e := range tb.All() {
+				m[e.Owner] = max(m[e.Owner], e.Version)
+			}
+			hs := tb.digest()
+			if got, want := appendDigestHashes(nil, &hs), appendDigest(nil, m); !slices.Equal(got, want) {
+				t.Fatalf("seed %d step %d: kept digest %x, from scratch %x", seed, step, got, want)
+			}
+			var all [digestBuckets]bool
+			for i := range all {
+				all[i] = true
+			}
+			ps := tb.summaryOf(&all)
+			n := 0
+			for _, v := range m {
+				if v > 0 {
+					n++
+				}
+			}
+			if len(ps) != n {
+				t.Fatalf("seed %d step %d: summary of %d owners, want %d", seed, step, len(ps), n)
+			}
+			for i, v := range tb.newestOf(ps) {
+				if v != m[ps[i].Owner] || ps[i].Version != v {
+					t.Fatalf("seed %d step %d: %s newest %d (summary %d), want %d", seed, step, ps[i].Owner.Name(), v, ps[i].Version, m[ps[i].Owner])
+				}
+			}
+		}
+	}
+}
