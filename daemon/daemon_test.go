@@ -163,7 +163,7 @@ func (fakeChannel) Broadcast([]byte)              {}
 
 func fakeOpener(string, func(key.Public, []byte)) (gossipChannel, error) { return fakeChannel{}, nil }
 
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	dir := t.TempDir()
 	return Config{
@@ -184,14 +184,14 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
-func newTestDaemon(t *testing.T, cfg Config, r *fakeRouter, tn *fakeTunnel) *Daemon {
+func newTestDaemon(t testing.TB, cfg Config, r *fakeRouter, tn *fakeTunnel) *Daemon {
 	t.Helper()
 	return newTestDaemonOn(t, cfg, r, dataPlane{wg: tn, host: tn})
 }
 
 // newTestDaemonOn is newTestDaemon with the data plane given (a fake
 // kernel device or fast path beside the fake tunnel).
-func newTestDaemonOn(t *testing.T, cfg Config, r *fakeRouter, dp dataPlane) *Daemon {
+func newTestDaemonOn(t testing.TB, cfg Config, r *fakeRouter, dp dataPlane) *Daemon {
 	t.Helper()
 	d, err := prepare(cfg)
 	if err != nil {
