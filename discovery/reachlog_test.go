@@ -19,7 +19,8 @@ import (
 // step; a reader that reads only now and then, and one that fell out of
 // the log, must end at the same view. The router's own set of
 // unreachable peers (expiry and bridge dials read it) is checked against
-// its routes too.
+// its routes too, and its Fingerprint (kept between changes) against the
+// reachable set's.
 func TestReachChangesMatchReachable(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -199,6 +200,16 @@ func TestReachChangesMatchReachable(t *testing.T) {
 				r.mu.Unlock()
 				if got, want := reachable(every), truth(); !maps.Equal(got, want) {
 					t.Fatalf("step %d (%s): the changes folded give %d reachable peers %v, Reachable %d %v", step, what, len(got), got, len(want), want)
+				}
+				// Fingerprint, kept between changes, is the one of the
+				// reachable set and versions now.
+				var sum uint64
+				reach := r.Reachable()
+				for _, p := range reach {
+					sum += reachFingerprint(p.Key, p.Version)
+				}
+				if got, n := r.Fingerprint(); got != sum || n != len(reach) {
+					t.Fatalf("step %d (%s): Fingerprint %x of %d peers, the reachable set's %x of %d", step, what, got, n, sum, len(reach))
 				}
 				if rng.IntN(20) == 0 {
 					changes, next, full := r.ReachChanges(markLazy)

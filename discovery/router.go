@@ -252,6 +252,10 @@ type Router struct {
 	// reachLog: peers whose reachability or connection changed, for
 	// ReachChanges (reachlog.go).
 	reachLog reachLog
+	// viewGen counts changes of the records and of reachability;
+	// fingerprint is the Fingerprint computed at generation fpGen.
+	viewGen     uint64
+	fingerprint viewFingerprint
 	// unreach: the peers in recs that rt does not reach, kept as routes
 	// flip, so expiry and bridge dials read them, not every record.
 	unreach map[key.Public]struct{}

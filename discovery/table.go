@@ -34,6 +34,7 @@ func (r *Router) bumpSelfLocked() {
 // changes for the next refresh of the routes (reroute.go). Every change
 // of r.recs goes through here.
 func (r *Router) graphSetLocked(k key.Public) {
+	r.viewGen++
 	e := r.recs[k]
 	if e == nil {
 		r.graph.remove(k)

@@ -122,6 +122,7 @@ func main() {
 	asJSON := flag.Bool("json", false, "print the results as JSON")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&idleProfile, "idleprofile", "", "write a CPU profile of each built mesh's idle window to this file (the last N's is kept; not with -cpuprofile)")
+	flag.DurationVar(&idleWindow, "idle", idleWindow, "how long to watch each built mesh with nothing changing (its background per peer)")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built, or its build failed (the last N's is kept)")
 	flag.StringVar(&mutexProfile, "mutexprofile", "", "write a profile of lock waits (sync.Mutex contention, every wait sampled) to this file when each mesh is built, or its build failed (the last N's is kept)")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")

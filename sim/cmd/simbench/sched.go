@@ -96,8 +96,11 @@ func fmtWait(s float64) string {
 	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
 }
 
-// idleWindow is how long the built mesh is watched while nothing changes.
-const idleWindow = 10 * time.Second
+// idleWindow is how long the built mesh is watched while nothing changes
+// (-idle): 10 s holds one anti-entropy round of each router, and a
+// profile of it at N=100 routers alone had 5 samples; a longer window
+// gives the profile something to show.
+var idleWindow = 10 * time.Second
 
 // idle is what the simulated peers do while nothing changes, per peer
 // and second: the cost that must not grow with N (issue 18), however
@@ -138,6 +141,10 @@ func measureIdle(c *sim.Cluster, window time.Duration) idle {
 		ctr := c.RouterCounters()
 		return ctr[discovery.CtrRecordsApplied] + ctr[discovery.CtrEstablished] + ctr[discovery.CtrConnClosed]
 	}
+	var ctr0 map[string]uint64
+	if printCounters {
+		ctr0 = c.Counters()
+	}
 	peers := float64(len(c.Alive()))
 	e0, cpu0 := events(), cpuTime()
 	m0, _ := c.Traffic()
@@ -146,6 +153,10 @@ func measureIdle(c *sim.Cluster, window time.Duration) idle {
 	e1, cpu1 := events(), cpuTime()
 	m1, _ := c.Traffic()
 	secs := time.Since(t0).Seconds()
+	if printCounters {
+		// What the still mesh did: handshakes, rounds, channel messages.
+		counterDelta(int(peers), "idle", ctr0, c.Counters())
+	}
 	per := func(v float64) float64 { return v / peers / secs }
 	return idle{
 		CPUMicros:  per(float64((cpu1 - cpu0).Microseconds())),
