@@ -89,6 +89,33 @@ type dialIdle struct {
 // candidate: records, routes, our connections or a dial's outcome.
 func (r *Router) dialChangedLocked() { r.dialGen++ }
 
+// dialSoonLocked runs a pass of gossip dials now, off the maintenance
+// tick, when this peer is under half its limit and peers just became
+// reachable (a joiner's first connection brought it the mesh), at most
+// once a tick. A joiner waited for its next tick (0-1 s) to dial the
+// rest of its connections, so the record versions a join sets off came
+// in waves up to a second apart, each flooded through the mesh with its
+// own haves, wants and records; dialled at once, its peers' new versions
+// follow the first within a few hundred milliseconds and travel together
+// (haveDelay).
+func (r *Router) dialSoonLocked(now time.Time) {
+	if r.dialSoon || r.closed || len(r.active) >= r.connWant() || now.Sub(r.lastDialSoon) < r.tun.tick {
+		return
+	}
+	r.dialSoon = true
+	time.AfterFunc(0, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.dialSoon = false
+		if r.closed {
+			return
+		}
+		now := r.now()
+		r.lastDialSoon = now
+		r.gossipDialsLocked(now)
+	})
+}
+
 // connWant is how many connections gossip dials aim for.
 func (r *Router) connWant() int { return (r.cfg.ConnLimit + 1) / 2 }
 

@@ -63,3 +63,34 @@ func TestGossipDialsSkipWhileNothingChanged(t *testing.T) {
 		t.Fatalf("tick dialRecheck after the last pass: %d passes, want 4", got)
 	}
 }
+
+// A joiner dials the rest of its connections as soon as it reaches the
+// mesh through its first one, not at its next maintenance tick: the
+// record versions of a join (its peers' and its own) then go out within a
+// few hundred milliseconds of each other and travel together, where a
+// tick up to a second later made them a second wave of haves, wants and
+// records through the whole mesh. The joiner's tick here is an hour; the
+// others are at half their limit (3), so only the joiner dials.
+func TestJoinerDialsWithoutWaitingForItsTick(t *testing.T) {
+	limit := func(c *Config, _ *tunables) { c.ConnLimit = 3 }
+	a := newTestRouter(t, "a", limit)
+	b := newTestRouter(t, "b", limit)
+	d := newTestRouter(t, "d", limit)
+	if err := b.Connect(a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Connect(a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	direct := func(r *testRouter) int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.active)
+	}
+	waitFor(t, 10*time.Second, "a mesh of three", func() bool { return direct(a) == 2 && direct(b) == 2 && direct(d) == 2 })
+	c := newTestRouter(t, "c", limit, withTuning(func(tu *tunables) { tu.tick = time.Hour }))
+	if err := c.Connect(a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the joiner's second connection", func() bool { return direct(c) == 2 })
+}

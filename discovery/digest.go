@@ -170,7 +170,13 @@ func (r *Router) handleDigestLocked(c *conn, m []byte) error {
 	c.digest = nil
 	r.ctr.inc(CtrDigestsReceived)
 	var push []*Record
-	if r.selfRec.Version > theirs[r.self] {
+	// Not our record while a new version of it is pending
+	// (selfNeighborsChangedLocked): it goes to every connection within
+	// selfPublishDelay, and the one we hold now would be flooded through
+	// the whole mesh only to be replaced. A joiner's first connection
+	// sent its record without neighbours, one of the ~18 record
+	// versions every router took per join.
+	if r.selfRec.Version > theirs[r.self] && !r.publishPending {
 		push = append(push, r.copySelf())
 	}
 	for k, e := range r.recs {

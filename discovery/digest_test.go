@@ -128,6 +128,38 @@ func TestDigestSendsWhatTheSenderLacks(t *testing.T) {
 	}
 }
 
+// While a new version of our record is pending (a connection was just
+// made: selfPublishDelay gathers it with the next ones), a digest that
+// lacks our record is not answered with the one we hold now: the pending
+// one goes to every neighbour when it is published, and the one held now
+// would be flooded to every peer of the mesh only to be replaced (a
+// joiner's record with no neighbours, a version every router took for
+// each join).
+func TestDigestAnswerWaitsForOurPendingRecord(t *testing.T) {
+	r, c := digestRouter(t)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lacking := []DigestEntry{{seqKey(10), 5}, {seqKey(11), 5}, {seqKey(12), 5}, {seqKey(13), 5}}
+	r.publishPending = true
+	if err := r.handleDigestLocked(c, AppendDigestMessage(nil, 0, lacking)); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := sent(t, c); len(recs) != 0 {
+		t.Fatalf("with our record's next version pending, a digest lacking ours was answered with %v; want nothing", recs)
+	}
+	r.publishNeighborsLocked()
+	if recs, _ := sent(t, c); !slices.Equal(recs, []key.Public{r.self}) {
+		t.Fatalf("publishing sent %v; want our record", recs)
+	}
+	// Nothing pending: a digest lacking ours is answered with it.
+	if err := r.handleDigestLocked(c, AppendDigestMessage(nil, 0, lacking)); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := sent(t, c); !slices.Equal(recs, []key.Public{r.self}) {
+		t.Fatalf("nothing pending: a digest lacking ours was answered with %v; want our record", recs)
+	}
+}
+
 // A digest in parts is acted on once, at its last part, as one digest.
 func TestDigestInParts(t *testing.T) {
 	r, c := digestRouter(t)

@@ -410,6 +410,7 @@ func (r *Router) recomputeLocked() {
 	r.seenDirty = true
 	defer r.retryParkedLocked()
 	now := r.now()
+	arrived := false
 	for _, k := range flipped {
 		r.noteReachLocked(k)
 		e := r.recs[k]
@@ -417,6 +418,7 @@ func (r *Router) recomputeLocked() {
 			continue
 		}
 		if r.rt.reachable(k) {
+			arrived = true
 			e.unreachableSince = time.Time{}
 			delete(r.unreach, k)
 			r.log.Info("peer reachable", "peer", k.Name(), "nickname", e.rec.Nickname)
@@ -425,6 +427,9 @@ func (r *Router) recomputeLocked() {
 			r.unreach[k] = struct{}{}
 			r.log.Info("peer unreachable", "peer", k.Name(), "nickname", e.rec.Nickname)
 		}
+	}
+	if arrived {
+		r.dialSoonLocked(now)
 	}
 }
 
