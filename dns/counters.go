@@ -36,6 +36,7 @@ type counters struct {
 	summarySent     atomic.Uint64 // digests answered with a summary: the tables differed
 	pullSent        atomic.Uint64 // owners asked for their entries (a summary showed them newer)
 	pullAnswered    atomic.Uint64 // pulls answered with our own entries
+	digestBack      atomic.Uint64 // differing digests answered with a digest back
 	sendFailed      atomic.Uint64 // messages to one peer not sent: no route to it
 }
 
@@ -70,6 +71,7 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_digest_differed":        c.summarySent.Load(),
 		"dns_pull_sent":              c.pullSent.Load(),
 		"dns_pull_answered":          c.pullAnswered.Load(),
+		"dns_digest_back":            c.digestBack.Load(),
 		"dns_send_failed":            c.sendFailed.Load(),
 	}
 }

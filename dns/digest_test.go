@@ -167,6 +167,94 @@ func TestJoinerMissingManyRepairedAtOnce(t *testing.T) {
 	}
 }
 
+// rounds calls DigestTick on every server n times, delivering what each
+// round sends: the seconds after a change, as a Server's loop or the
+// simulator's node loop drive them.
+func (n *memNet) rounds(t *testing.T, times int) {
+	t.Helper()
+	for range times {
+		for _, s := range n.servers {
+			s.DigestTick()
+		}
+		n.run(t)
+	}
+}
+
+// TestLostUpdateRepairedInQuickRounds (issue 18): an owner's update lost
+// on its way to a peer that saw nothing change (at N=300 a peer resolved
+// a joiner's name to nothing for 5.6 s after the rest agreed, until its
+// own 10 s digest round) reaches it in the digest rounds that follow the
+// change, not at the next GossipInterval: the owner's digest differs at
+// b, b digests back, and pulls the owner from the summary it gets.
+func TestLostUpdateRepairedInQuickRounds(t *testing.T) {
+	a, b := peerKey(1), peerKey(2)
+	n := memServers(t, a, b)
+	n.rounds(t, quickRounds) // the arrivals' quick rounds
+	n.rounds(t, 1)           // and the periodic round: none is due now
+	n.drop = func(m memMsg) bool { return m.to == b }
+	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
+	n.run(t)
+	n.drop = nil
+	if got, _ := n.servers[b].Lookup("web.weave.local"); len(got) != 0 {
+		t.Fatalf("setting up: b has web: %v", got)
+	}
+	n.rounds(t, quickRounds)
+	if got, _ := n.servers[b].Lookup("web.weave.local"); len(got) != 1 {
+		t.Fatalf("b resolves web to %v after %d rounds; counters a %v, b %v", got, quickRounds, n.servers[a].Counters(), n.servers[b].Counters())
+	}
+	if c := n.servers[b].Counters(); c["dns_digest_back"] == 0 || c["dns_pull_sent"] == 0 {
+		t.Errorf("b repaired without a digest back and a pull: %v", c)
+	}
+}
+
+// TestLostWelcomeRepairedInQuickRounds (issue 18): a joiner whose welcome
+// from an old peer was lost (a joiner at N=300 lacked an old peer's name
+// for 6 s, until its first 10 s digest round) gets the name in the quick
+// rounds its arrivals start.
+func TestLostWelcomeRepairedInQuickRounds(t *testing.T) {
+	a, j := peerKey(1), peerKey(2)
+	n := memServers(t, a)
+	must(t, n.servers[a].AddEntry("db", netip.MustParseAddr("10.32.0.7"), "c1"))
+	n.rounds(t, quickRounds+1)
+	js, err := New(Config{Self: j, Upstreams: []string{"127.0.0.1:1"}, GossipInterval: -1, Transport: memTransport{n, j}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { js.Close() })
+	n.servers[j] = js
+	n.drop = func(m memMsg) bool { return m.to == j }
+	n.servers[a].PeersChanged([]key.Public{j}, nil)
+	js.SetReachable([]key.Public{a})
+	n.run(t)
+	n.drop = nil
+	if got, _ := js.Lookup("db"); len(got) != 0 {
+		t.Fatalf("setting up: j has db: %v", got)
+	}
+	n.rounds(t, quickRounds)
+	if got, _ := js.Lookup("db"); len(got) != 1 {
+		t.Fatalf("j resolves db to %v after %d rounds; counters %v", got, quickRounds, js.Counters())
+	}
+}
+
+// TestQuietRoundsCostOneDigest: with nothing changing, the rounds after
+// the quick ones send a digest each GossipInterval, not each second.
+func TestQuietRoundsCostOneDigest(t *testing.T) {
+	n := memServers(t, peerKey(1), peerKey(2), peerKey(3))
+	n.rounds(t, quickRounds+1)
+	var sent uint64
+	for _, s := range n.servers {
+		sent += s.Counters()["dns_digest_sent"]
+	}
+	n.rounds(t, 3) // seconds: no GossipInterval has passed
+	var after uint64
+	for _, s := range n.servers {
+		after += s.Counters()["dns_digest_sent"]
+	}
+	if after != sent {
+		t.Errorf("%d digests in 3 quiet seconds", after-sent)
+	}
+}
+
 // failTransport refuses every send: no route to anyone.
 type failTransport struct{}
 

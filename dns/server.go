@@ -118,8 +118,14 @@ type Server struct {
 	wg              sync.WaitGroup
 	// reach is the reachable set (SetReachable, PeersChanged).
 	reach peerSet
-	// pulled is when each owner was last pulled (digest.go).
-	pulled map[key.Public]time.Time
+	// pulled is when each owner was last pulled, backTo when each peer
+	// was last sent a digest back, lastDigest when the last round's
+	// digest was sent and quick how many quick rounds are left
+	// (digest.go).
+	pulled     map[key.Public]time.Time
+	backTo     map[key.Public]time.Time
+	lastDigest time.Time
+	quick      int
 }
 
 // peerSet is a set of peers that picks a random member in O(1).
@@ -231,6 +237,7 @@ func New(cfg Config) (*Server, error) {
 		s.transport.Store(&transportBox{cfg.Transport})
 	}
 	s.replies.New = func() any { return new(reply) }
+	s.lastDigest = cfg.Now()
 	return s, nil
 }
 
@@ -381,16 +388,18 @@ func (s *Server) loop(stop chan struct{}) {
 	defer s.wg.Done()
 	t := beat.NewTicker(s.cfg.GossipInterval) // with the daemon's other loops
 	defer t.Stop()
-	// A digest to one peer every interval, whatever the size (digest.go):
-	// it repairs what the spread rounds would take minutes to.
-	d := beat.NewTicker(s.cfg.GossipInterval)
+	// A digest to one peer every interval, whatever the size, and every
+	// second for a few seconds after a change (DigestTick, digest.go): it
+	// repairs what the spread rounds would take minutes to. On the
+	// process's beat: an idle daemon's one-second loops wake it once.
+	d := beat.NewTicker(min(quickEvery, s.cfg.GossipInterval))
 	defer d.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-d.C:
-			s.sendDigestRandom()
+			s.DigestTick()
 			continue
 		case <-t.C:
 			s.Tick()
@@ -491,6 +500,9 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 		}
 	}
 	news, replies := s.table.Merge(kept, now)
+	if len(news) > 0 || len(replies) > 0 {
+		s.changed() // in case a copy of it was lost on the way elsewhere
+	}
 	if s.cfg.Relay {
 		replies = append(replies, news...)
 	}
@@ -509,6 +521,9 @@ func (s *Server) AddEntry(name string, addr netip.Addr, origin string) error {
 	up, err := s.table.Add(n, addr.Unmap(), origin, s.cfg.Now())
 	if err != nil {
 		return err
+	}
+	if len(up) > 0 {
+		s.changed()
 	}
 	s.broadcast(MsgUpdate, up)
 	return nil
@@ -530,6 +545,9 @@ func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int
 		addr = addr.Unmap()
 	}
 	ts := s.table.Remove(name, addr, origin, s.cfg.Now())
+	if len(ts) > 0 {
+		s.changed()
+	}
 	s.broadcast(MsgUpdate, ts)
 	return len(ts), nil
 }
@@ -557,6 +575,9 @@ func (s *Server) SetReachable(peers []key.Public) {
 		}
 	}
 	s.reach = now
+	if len(arrived) > 0 {
+		s.quick = quickRounds
+	}
 	s.mu.Unlock()
 	s.welcome(arrived)
 }
@@ -579,6 +600,9 @@ func (s *Server) PeersChanged(up, down []key.Public) {
 			arrived = append(arrived, p)
 			s.reach.add(p)
 		}
+	}
+	if len(arrived) > 0 {
+		s.quick = quickRounds
 	}
 	s.mu.Unlock()
 	s.welcome(arrived)

@@ -240,13 +240,12 @@ func (nd *Node) loop() {
 			if nd.ticks%antiEntropyTicks == 0 {
 				nd.doing("ipam digest")
 				nd.ipamAntiEntropy()
-				// As dns.Server's own loop: a digest to one peer every
-				// interval (dns/digest.go), whatever the size.
-				if k, ok := nd.randomPeer(); ok {
-					nd.doing("dns digest")
-					nd.DNS.SendDigest(k)
-				}
 			}
+			// As dns.Server's own loop: a digest to one peer every
+			// interval whatever the size, and every second for a few
+			// seconds after a change (dns/digest.go).
+			nd.doing("dns digest")
+			nd.DNS.DigestTick()
 			if nd.ticks >= nd.dnsDue {
 				nd.doing("dns tick")
 				// As dns.Server's own loop: a round sends to every
