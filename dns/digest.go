@@ -122,9 +122,15 @@ func (t *Table) digest() [digestBuckets]uint64 {
 // summaryOf returns the (owner, newest version) pairs of the buckets
 // where differ is true, at most maxSummary.
 func (t *Table) summaryOf(differ *[digestBuckets]bool) []summaryPair {
-	var ps []summaryPair
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	n := 0
+	for i := range t.buckets {
+		if differ[i] {
+			n += len(t.buckets[i].owners)
+		}
+	}
+	ps := make([]summaryPair, 0, min(n, maxSummary))
 	for i := range t.buckets {
 		if !differ[i] {
 			continue
@@ -207,6 +213,7 @@ type summaryPair struct {
 }
 
 func appendSummary(out []byte, ps []summaryPair) []byte {
+	out = slices.Grow(out, hdrLen+len(ps)*summaryItem)
 	out = append(out, wireVersion, MsgSummary)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(ps)))
 	for _, p := range ps {
