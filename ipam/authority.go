@@ -92,8 +92,11 @@ func (a *Allocator) verifyAllLocked(in *Ring) error {
 // the items of in may change, as the comment above says. bound marks the
 // entries of in that are only a run's bound (parts.go): taken as later
 // states of tokens next holds, never as new tokens; nil marks none. It
-// returns whether next changed and how many items it refused.
-func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []bool) (changed bool, refused int) {
+// returns whether next changed and how many items it refused. It changes
+// next in place and records in u what it changed (undo.go): the caller
+// undoes it if the result must be refused.
+func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []bool, u *mergeUndo) (changed bool, refused int) {
+	u.begin(next)
 	if in.Used && !next.Used {
 		next.Used = true
 		changed = true
@@ -190,20 +193,21 @@ func (a *Allocator) mergeCheckedLocked(next, in *Ring, from key.Public, bound []
 	// would make this peer believe a span reaches further than it does
 	// (and, were the span ours, allocate there). A token refused for that
 	// is left for a later message, and the pass runs again without it.
-	before := next
-	forbidden := map[uint32]bool{}
+	var forbidden map[uint32]bool
 	donor := a.trustsDonorLocked(from)
 	if donor {
 		a.count("ipam_donor_ring_trusted")
 	}
 	for {
-		next = before.Clone()
 		var rs []refusal
-		c, unbounded := a.entryPassLocked(next, before, in, from, donor, forbidden, bound, &rs)
+		c, unbounded := a.entryPassLocked(next, u, in, from, donor, forbidden, bound, &rs)
 		if len(unbounded) == 0 {
 			a.refusedLocked(rs, from) // the last pass's, once
-			*before = *next
 			return changed || c, refused + len(rs)
+		}
+		u.undoEntries(next, 0) // the pass runs again from the ring before it
+		if forbidden == nil {
+			forbidden = map[uint32]bool{}
 		}
 		for _, i := range unbounded {
 			forbidden[in.Entries[i].Token] = true
@@ -289,8 +293,10 @@ func (a *Allocator) refusedLocked(rs []refusal, from key.Public) {
 // entryPassLocked takes into next the entry states of in that their
 // writer (or from) has authority over, skipping forbidden tokens, adds
 // the states it refused to rs, and returns the indexes in in of the new
-// tokens taken without the token after them.
-func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, donor bool, forbidden map[uint32]bool, bound []bool, rs *[]refusal) (changed bool, unbounded []int) {
+// tokens taken without the token after them. It records its changes in
+// u, which holds no entry changes before it (the ring before the pass is
+// next without them).
+func (a *Allocator) entryPassLocked(next *Ring, u *mergeUndo, in *Ring, from key.Public, donor bool, forbidden map[uint32]bool, bound []bool, rs *[]refusal) (changed bool, unbounded []int) {
 	var taken []int // indexes in in of new tokens (and grants) taken
 	for i := range in.Entries {
 		e := in.Entries[i]
@@ -325,7 +331,7 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, don
 		// has authority there too.
 		auth0 := auth
 		if !exists {
-			auth0 = before.heir(before.Entries[before.find(e.Token)].Owner)
+			auth0 = next.heir(u.ownerBefore(next, e.Token))
 		}
 		if !donor && e.Writer != auth && from != auth && e.Writer != auth0 && from != auth0 {
 			*rs = append(*rs, refusal{what: "ipam_entry_unauthorized", e: e, auth: auth})
@@ -340,13 +346,13 @@ func (a *Allocator) entryPassLocked(next, before, in *Ring, from key.Public, don
 				// Taken only with the token after it, as a new token is.
 				taken = append(taken, i)
 			}
-			next.Entries[j] = e
+			u.setEntry(next, j, e)
 		} else {
 			if len(next.Entries) >= MaxEntries {
 				*rs = append(*rs, refusal{what: "ipam_ring_full", e: e})
 				continue
 			}
-			next.insertToken(e)
+			u.insert(next, e)
 			taken = append(taken, i)
 		}
 		changed = true
@@ -535,8 +541,9 @@ func (a *Allocator) holdLocked(e Entry, from key.Public) {
 // retryHeldLocked takes into r the held states that r's owners now
 // authorize, and drops those r has caught up with. Only states of tokens r
 // holds are taken: a new token needs its span's end, which a held state
-// alone does not bring. It reports whether r changed.
-func (a *Allocator) retryHeldLocked(r *Ring) bool {
+// alone does not bring. It reports whether r changed, and records the
+// changes in u.
+func (a *Allocator) retryHeldLocked(r *Ring, u *mergeUndo) bool {
 	changed := false
 	for progress := true; progress && len(a.held) > 0; {
 		progress = false
@@ -559,7 +566,7 @@ func (a *Allocator) retryHeldLocked(r *Ring) bool {
 			if h.e.Writer != auth && h.from != auth {
 				continue
 			}
-			r.Entries[j] = h.e
+			u.setEntry(r, j, h.e)
 			delete(a.held, t)
 			a.count("ipam_held_taken")
 			changed, progress = true, true

@@ -121,7 +121,7 @@ func (a *Allocator) giveWayLocked(p *RingPart, from key.Public) (next *Ring, cha
 		clear(a.held)
 		clear(a.askAuth)
 		next = old.Clone()
-		a.mergeCheckedLocked(next, in, from, p.Bound)
+		a.mergeCheckedLocked(next, in, from, p.Bound, &mergeUndo{})
 		a.asm, a.asmCover = nil, nil
 	} else {
 		next, _ = NewRing(a.ring.Range)

@@ -66,6 +66,7 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		return outbox{}, err
 	}
 	var next *Ring
+	var undo *mergeUndo // a merge into our ring in place (undo.go)
 	var changed, adopted bool
 	var err error
 	refused := 0
@@ -93,9 +94,9 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 	case !a.mayChangeLocked(p):
 		// Nothing newer than ours: skip the merge (most messages, at scale).
 	default:
-		next = a.ring.Clone()
-		changed, refused = a.mergeCheckedLocked(next, in, from, p.Bound)
-		if a.retryHeldLocked(next) {
+		next, undo = a.ring, &mergeUndo{}
+		changed, refused = a.mergeCheckedLocked(next, in, from, p.Bound, undo)
+		if a.retryHeldLocked(next, undo) {
 			changed = true
 		}
 	}
@@ -112,6 +113,9 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 			err = encErr
 		}
 		if err != nil {
+			if undo != nil {
+				undo.undo(next)
+			}
 			a.count("ipam_ring_full")
 			a.log.Warn("ring refused: merged with ours it would exceed the ring's size bounds", "peer", from.Name(), "err", err)
 			return outbox{}, nil
@@ -133,7 +137,11 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 			// changes. Otherwise the sender told everyone (a broadcast),
 			// or we are joining: only what we add ourselves goes out.
 			var anyEntry bool
-			a.relayNews, anyEntry, a.relayVotes = changedSince(next, a.ring)
+			if undo != nil {
+				a.relayNews, anyEntry, a.relayVotes = undo.marks(next)
+			} else {
+				a.relayNews, anyEntry, a.relayVotes = changedSince(next, a.ring)
+			}
 			if !anyEntry {
 				a.relayNews = nil
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -298,5 +299,48 @@ func TestRemovePeerRace(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("%d transfers completed", n)
+	}
+}
+
+// TestMergeInPlaceUndo: a received ring is merged into the ring itself
+// (undo.go); what the merge records must undo it exactly (a result that
+// would not encode is refused, and the ring must be as before), and must
+// name the entries that changed as a comparison of the two rings does
+// (a relay part's news).
+func TestMergeInPlaceUndo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	accept := func(key.Public, string, []byte, *key.Signature) error { return nil }
+	snaps := history(t, rng, 5, 200)
+	for round := range 400 {
+		x, y := snaps[rng.IntN(len(snaps))], snaps[rng.IntN(len(snaps))]
+		self, from := pk(rng.IntN(5)), pk(rng.IntN(5))
+		a, err := Open(Config{Self: self, Private: privOf(self), Range: testRange, Verify: accept})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.mu.Lock()
+		a.ring = x.Clone()
+		u := &mergeUndo{}
+		changed, _ := a.mergeCheckedLocked(a.ring, y, from, nil, u)
+		if a.retryHeldLocked(a.ring, u) {
+			changed = true
+		}
+		if err := a.ring.Validate(); err != nil {
+			t.Fatalf("round %d: merged ring: %v", round, err)
+		}
+		if changed != !a.ring.Equal(x) {
+			t.Fatalf("round %d: merge reports changed %v, ring changed %v", round, changed, !a.ring.Equal(x))
+		}
+		wantMarks, wantAny, wantVotes := changedSince(a.ring, x)
+		marks, anyEntry, votes := u.marks(a.ring)
+		if !slices.Equal(marks, wantMarks) || anyEntry != wantAny || votes != wantVotes {
+			t.Fatalf("round %d: the record marks %v %v %v, the rings differ at %v %v %v", round, marks, anyEntry, votes, wantMarks, wantAny, wantVotes)
+		}
+		u.undo(a.ring)
+		if !a.ring.Equal(x) {
+			t.Fatalf("round %d: undone ring differs from the ring before the merge", round)
+		}
+		a.mu.Unlock()
+		a.Close()
 	}
 }
