@@ -11,18 +11,9 @@ import (
 // Addresses: allocating, claiming and freeing this peer's addresses, the
 // free counts it publishes, and the ranges each owner is routed.
 
-// ownEntries returns the spans of the entries self effectively owns.
-func (a *Allocator) ownEntries() (idx []int, spans []Span) {
-	for i := range a.ring.Entries {
-		if a.ring.heir(a.ring.Entries[i].Owner) == a.self {
-			idx = append(idx, i)
-			spans = append(spans, a.ring.entrySpan(i))
-		}
-	}
-	return idx, spans
-}
-
-// usedIn counts allocated or reserved addresses in s.
+// usedIn counts allocated or reserved addresses in s: our allocations,
+// and the reserved addresses in s by binary search (every other host's
+// address is reserved, so there are N of them).
 func (a *Allocator) usedIn(s Span) uint64 {
 	var n uint64
 	for addr := range a.allocs {
@@ -30,11 +21,10 @@ func (a *Allocator) usedIn(s Span) uint64 {
 			n++
 		}
 	}
-	for r := range a.reserved {
-		if s.Contains(r) {
-			if _, ok := a.allocs[u2a(r)]; !ok {
-				n++
-			}
+	i, _ := slices.BinarySearch(a.reservedSorted, s.First)
+	for ; i < len(a.reservedSorted) && a.reservedSorted[i] <= s.Last; i++ {
+		if _, ok := a.allocs[u2a(a.reservedSorted[i])]; !ok {
+			n++
 		}
 	}
 	return n
@@ -62,7 +52,7 @@ func (a *Allocator) publishFreeLocked(inheritedOnly bool) bool {
 // dropLostLocked moves allocations outside our ranges (lost to a
 // conflicting rmpeer, see the package doc) to the conflict list.
 func (a *Allocator) dropLostLocked() {
-	spans := a.ring.Spans(a.self)
+	spans := a.ownSpans()
 	var lost []netip.Addr
 	for addr, id := range a.allocs {
 		u := a2u(addr)
@@ -84,6 +74,7 @@ func (a *Allocator) dropLostLocked() {
 func (a *Allocator) forgetLocked(addr netip.Addr) {
 	id := a.allocs[addr]
 	delete(a.allocs, addr)
+	a.freeStale = true
 	delete(a.pendingClaims, addr)
 	l := slices.DeleteFunc(a.byID[id], func(x netip.Addr) bool { return x == addr })
 	if len(l) == 0 {
@@ -101,12 +92,24 @@ func (a *Allocator) SetReserved(addrs []netip.Addr) {
 }
 
 func (a *Allocator) setReservedLocked(addrs []netip.Addr) {
-	a.reserved = map[uint32]bool{a.span.First: true, a.span.Last: true}
+	next := make([]uint32, 0, len(addrs)+2)
+	next = append(next, a.span.First, a.span.Last)
 	for _, r := range addrs {
 		if r.Is4() && a.span.Contains(a2u(r)) {
-			a.reserved[a2u(r)] = true
+			next = append(next, a2u(r))
 		}
 	}
+	slices.Sort(next)
+	next = slices.Compact(next)
+	if a.reserved != nil && slices.Equal(next, a.reservedSorted) {
+		return // the daemon passes every host's address on each reconcile
+	}
+	a.reservedSorted = next
+	a.reserved = make(map[uint32]bool, len(next))
+	for _, r := range next {
+		a.reserved[r] = true
+	}
+	a.freeStale = true
 }
 
 // Allocate returns an address for id from this peer's ranges. The same id
@@ -135,6 +138,7 @@ func (a *Allocator) Allocate(id string) (netip.Addr, error) {
 	}
 	a.allocs[addr] = id
 	a.byID[id] = append(a.byID[id], addr)
+	a.freeStale = true
 	a.cursor = a2u(addr) + 1
 	a.count("ipam_allocate")
 	o := a.markUsedLocked(id)
@@ -160,7 +164,7 @@ func (a *Allocator) markUsedLocked(id string) outbox {
 
 // findFreeLocked scans our spans from the cursor for a free address.
 func (a *Allocator) findFreeLocked() (netip.Addr, bool) {
-	spans := a.ring.Spans(a.self)
+	spans := a.ownSpans()
 	var total uint64
 	for _, s := range spans {
 		total += s.Size() - a.usedIn(s)
@@ -232,6 +236,7 @@ func (a *Allocator) claimLocked(addr netip.Addr, id string) (outbox, error) {
 	}
 	a.allocs[addr] = id
 	a.byID[id] = append(a.byID[id], addr)
+	a.freeStale = true
 	a.count("ipam_claim")
 	return a.markUsedLocked(id), nil
 }
@@ -304,13 +309,27 @@ func (a *Allocator) Prefixes(p key.Public) []netip.Prefix {
 	return SpansToPrefixes(a.ring.Spans(p))
 }
 
-// AllPrefixes returns every owner's CIDRs.
+// AllPrefixes returns every owner's CIDRs. One pass over the ring (each
+// owner's spans coalesced as Spans does), where Spans per owner was
+// O(owners × entries) per call, and the daemon calls it on every
+// reconcile.
 func (a *Allocator) AllPrefixes() map[key.Public][]netip.Prefix {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := map[key.Public][]netip.Prefix{}
-	for p := range a.ring.Owners() {
-		out[p] = SpansToPrefixes(a.ring.Spans(p))
+	spans := map[key.Public][]Span{}
+	for i := range a.ring.Entries {
+		p := a.ring.heir(a.ring.Entries[i].Owner)
+		s := a.ring.entrySpan(i)
+		l := spans[p]
+		if n := len(l); n > 0 && uint64(l[n-1].Last)+1 == uint64(s.First) {
+			l[n-1].Last = s.Last
+			continue
+		}
+		spans[p] = append(l, s)
+	}
+	out := make(map[key.Public][]netip.Prefix, len(spans))
+	for p, l := range spans {
+		out[p] = SpansToPrefixes(l)
 	}
 	return out
 }

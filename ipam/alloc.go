@@ -104,14 +104,16 @@ type Allocator struct {
 	rand       func() uint64
 	reqTimeout time.Duration
 
-	mu        sync.Mutex // guards everything below
-	closed    bool
-	ring      *Ring
-	st        store
-	allocs    map[netip.Addr]string
-	byID      map[string][]netip.Addr
-	reserved  map[uint32]bool
-	reachable map[key.Public]bool
+	mu       sync.Mutex // guards everything below
+	closed   bool
+	ring     *Ring
+	st       store
+	allocs   map[netip.Addr]string
+	byID     map[string][]netip.Addr
+	reserved map[uint32]bool
+	// reservedSorted is reserved's keys, sorted (usedIn).
+	reservedSorted []uint32
+	reachable      map[key.Public]bool
 	// neighbours are the reachable peers we have a control connection
 	// to (SetNeighbours): preferred donors.
 	neighbours map[key.Public]bool
@@ -142,6 +144,9 @@ type Allocator struct {
 	relayVotes      bool
 	votesBefore     []Vote
 	transfersBefore []Transfer
+	// freeStale: our allocations, the reserved addresses or the ring
+	// changed since Tick last published our free counts.
+	freeStale bool
 	// dirty: the ring changed by merges since it was last saved (at
 	// savedAt).
 	dirty   bool
@@ -192,7 +197,7 @@ func Open(cfg Config) (*Allocator, error) {
 		rand: cfg.Rand, reqTimeout: cfg.RequestTimeout, ring: ring, st: cfg.store,
 		allocs: map[netip.Addr]string{}, byID: map[string][]netip.Addr{},
 		reachable: map[key.Public]bool{}, counters: map[string]uint64{}, updated: make(chan struct{}),
-		pendingClaims: map[netip.Addr]bool{},
+		pendingClaims: map[netip.Addr]bool{}, freeStale: true,
 	}
 	if a.now == nil {
 		a.now = time.Now
@@ -410,11 +415,12 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// ours, and their free counts are published in the same broadcast
 	// rather than at the next Tick (donor choice reads them).
 	var reachable []key.Public
-	if len(a.ring.Transfers) > 0 {
-		reachable = a.reachableList() // only transfers read it: O(N) per change otherwise
+	if a.ring.needsReachable(a.self) {
+		reachable = a.reachableList() // only pending transfers read it: O(N) per change otherwise
 	}
 	a.ring.StepTransfers(a.self, reachable)
 	a.recordPendingClaimsLocked()
+	a.freeStale = true
 	// After a merge the free counts of our own entries wait for the next
 	// Tick: a grantee that published at once, on the grant its donor
 	// answered it with, overtook the donor's broadcast of that grant at
@@ -444,14 +450,21 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	}
 	// Everyone hears what changed: the entries we signed just now, and
 	// what a relay part taught us (relayNews, set by handleRingLocked).
-	marks, anyEntry := a.relayNews, false
-	if len(marks) != len(a.ring.Entries) {
-		marks = make([]bool, len(a.ring.Entries))
+	// The entries go by index (ringPartsSel): a change of ours is not a
+	// pass over the ring.
+	sel := append([]int{}, a.ring.signed...)
+	if marks := a.relayNews; len(marks) == len(a.ring.Entries) {
+		for _, i := range a.ring.signed {
+			marks[i] = true
+		}
+		sel = sel[:0]
+		for i, m := range marks {
+			if m {
+				sel = append(sel, i)
+			}
+		}
 	}
-	for _, i := range a.ring.signed {
-		marks[i] = true
-	}
-	anyEntry = slices.Contains(marks, true)
+	anyEntry := len(sel) > 0
 	var vt *Ring
 	switch {
 	case a.relayVotes:
@@ -462,7 +475,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	a.relayNews, a.relayVotes = nil, false
 	var o outbox
 	if anyEntry || vt != nil {
-		msgs, err := ringPartsWith(a.ring, marks, vt, false)
+		msgs, err := ringPartsSel(a.ring, sel, vt, false)
 		if err != nil {
 			return outbox{}, err
 		}

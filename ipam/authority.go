@@ -406,8 +406,8 @@ func (a *Allocator) trustsDonorLocked(from key.Public) bool {
 	if from != a.reqDonor && !a.silent[from] {
 		return false
 	}
-	for _, e := range a.ring.Entries {
-		if e.Owner == a.self {
+	for _, t := range a.ring.ownTokens(a.self) {
+		if a.ring.Entries[a.ring.find(t)].Owner == a.self {
 			return false
 		}
 	}

@@ -30,6 +30,7 @@ func (a *Allocator) ForgeDone(dead key.Public) error {
 			e.Version++
 		}
 	}
+	r.dropDerived() // entries changed here directly
 	o, err := a.ringChangedLocked()
 	a.mu.Unlock()
 	a.flush(o)

@@ -178,7 +178,7 @@ func (a *Allocator) handleRingLocked(from key.Public, p *RingPart) (outbox, erro
 		}
 	}
 	if a.wantSpace {
-		if len(a.ring.Spans(a.self)) > 0 {
+		if len(a.ownSpans()) > 0 {
 			if _, ok := a.findFreeLocked(); ok {
 				a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
 			}
@@ -434,18 +434,20 @@ func (a *Allocator) SendOwn(to key.Public) {
 		a.mu.Unlock()
 		return
 	}
-	marks := make([]bool, len(a.ring.Entries))
-	any := false
-	for i, e := range a.ring.Entries {
-		if e.Owner == a.self {
-			marks[i], any = true, true
+	// Our entries from the own index (own.go), not a pass over the ring:
+	// those we own by name (not yet written inherited ones: their
+	// states are the dead peer's).
+	var sel []int
+	for _, t := range a.ring.ownTokens(a.self) {
+		if i := a.ring.find(t); a.ring.Entries[i].Owner == a.self {
+			sel = append(sel, i)
 		}
 	}
-	if !any {
+	if len(sel) == 0 {
 		a.mu.Unlock()
 		return
 	}
-	msgs, err := ringParts(a.ring, marks, false, false)
+	msgs, err := ringPartsSel(a.ring, sel, nil, false)
 	a.mu.Unlock()
 	if err != nil {
 		a.log.Error("encoding the ring", "err", err)

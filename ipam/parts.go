@@ -225,6 +225,22 @@ func ringParts(r *Ring, send []bool, votes, relay bool) ([][]byte, error) {
 // ringPartsWith is ringParts with the votes and transfers of vt (none when
 // nil): a change's broadcast sends only what changed (changedVotes).
 func ringPartsWith(r *Ring, send []bool, vt *Ring, relay bool) ([][]byte, error) {
+	if send == nil {
+		return ringPartsSel(r, nil, vt, relay)
+	}
+	sel := []int{}
+	for i, m := range send {
+		if m {
+			sel = append(sel, i)
+		}
+	}
+	return ringPartsSel(r, sel, vt, relay)
+}
+
+// ringPartsSel is ringPartsWith with the entries to send as their indexes,
+// increasing (every entry when sel is nil): a change of a few entries is
+// encoded without a pass over the ring.
+func ringPartsSel(r *Ring, sel []int, vt *Ring, relay bool) ([][]byte, error) {
 	var out [][]byte
 	part := &RingPart{Ring: &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}, Relay: relay}
 	flush := func() error {
@@ -239,15 +255,27 @@ func ringPartsWith(r *Ring, send []bool, vt *Ring, relay bool) ([][]byte, error)
 		part = &RingPart{Ring: &Ring{Range: r.Range, Seed: r.Seed, Used: r.Used}, Relay: relay}
 		return nil
 	}
-	n := len(r.Entries)
-	for i := 0; i < n; {
-		if send != nil && !send[i] {
-			i++
-			continue
+	n, all := len(r.Entries), sel == nil
+	// marked reports whether entry j, the k'th of sel, is to be sent.
+	marked := func(j, k int) bool { return all || (k < len(sel) && sel[k] == j) }
+	for k := 0; ; {
+		i := k // the next entry to send, and the next of sel after it
+		if !all {
+			if k >= len(sel) {
+				break
+			}
+			i = sel[k]
+		} else if i >= n {
+			break
 		}
-		j := i
-		for j < n && (send == nil || send[j]) && j-i < maxPartEntries-1 {
+		j := i + 1
+		k++
+		for j < n && marked(j, k) && j-i < maxPartEntries-1 {
 			j++
+			k++
+		}
+		if all {
+			k = j
 		}
 		// Entries i..j-1, and entry j as their bound unless j is the end.
 		size := j - i
@@ -265,8 +293,7 @@ func ringPartsWith(r *Ring, send []bool, vt *Ring, relay bool) ([][]byte, error)
 			part.Ring.Entries = append(part.Ring.Entries, r.Entries[j])
 			part.Bound = append(part.Bound, true)
 		}
-		i = j
-		if j < n && (send == nil || send[j]) {
+		if j < n && marked(j, k) {
 			// A stretch cut at maxPartEntries: the next part starts at its
 			// bound, which may not share a part with it.
 			if err := flush(); err != nil {

@@ -121,6 +121,7 @@ func (a *Allocator) ClaimAfterRestart(addr netip.Addr, id string) error {
 		}
 		a.allocs[addr] = id
 		a.byID[id] = append(a.byID[id], addr)
+		a.freeStale = true
 		a.pendingClaims[addr] = true
 		a.count("ipam_claim_pending")
 		a.mu.Unlock()

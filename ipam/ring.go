@@ -117,6 +117,13 @@ type Ring struct {
 	// signed: the indexes of the entries the last signPending signed
 	// (scratch, not state: never compared, copied or sent).
 	signed []int
+	// Derived from the entries, never compared, copied or sent (own.go):
+	// own indexes one peer's entries; signedFor is the peer whose
+	// unsigned entries the last signPending found by a whole pass, and
+	// pending the tokens it wrote since (zero: the next pass is whole).
+	own       *ownIndex
+	signedFor key.Public
+	pending   []uint32
 }
 
 // Errors.
@@ -165,6 +172,7 @@ func (r *Ring) span() Span {
 func (r *Ring) Clone() *Ring {
 	c := *r
 	c.signed = nil
+	c.dropDerived()
 	c.Entries = slices.Clone(r.Entries)
 	c.Transfers = slices.Clone(r.Transfers)
 	for i := range c.Transfers {
@@ -204,6 +212,7 @@ func (r *Ring) SeedTo(self key.Public, id uint64) error {
 	}
 	sp := r.span()
 	r.Seed = Seed{self, id}
+	r.dropDerived()
 	r.Entries = []Entry{{Token: sp.First, Owner: self, Version: 1, Free: uint32(min(sp.Size(), 1<<32-1)), Writer: self}}
 	return nil
 }
@@ -402,6 +411,7 @@ func (r *Ring) Merge(o *Ring) (changed bool, err error) {
 			}
 		}
 		r.Entries = out
+		r.dropDerived()
 	}
 	// Transfers.
 	for _, t := range o.Transfers {
@@ -567,6 +577,7 @@ func (r *Ring) FreeOf(p key.Public) uint64 {
 func (r *Ring) insertToken(e Entry) {
 	i := r.find(e.Token) + 1
 	r.Entries = slices.Insert(r.Entries, i, e)
+	r.noteOwner(e.Token, key.Public{}, e.Owner)
 }
 
 // Grant hands span s of self's space to peer to. s must lie inside one
@@ -588,16 +599,22 @@ func (r *Ring) Grant(self, to key.Public, s Span) error {
 	}
 	if s.Last < es.Last {
 		r.insertToken(Entry{Token: s.Last + 1, Owner: self, Version: 1, Writer: self})
+		r.notePending(s.Last + 1)
 	}
 	if s.First == es.First {
 		e := &r.Entries[i]
+		r.noteOwner(e.Token, e.Owner, to)
 		e.Owner, e.Version, e.Free, e.Writer, e.Sig = to, e.Version+1, 0, self, key.Signature{}
+		r.notePending(e.Token)
 	} else {
 		if e := &r.Entries[i]; e.Owner != self { // inherited: make our ownership explicit
+			r.noteOwner(e.Token, e.Owner, self)
 			e.Owner, e.Writer, e.Sig = self, self, key.Signature{}
 			e.Version++
+			r.notePending(e.Token)
 		}
 		r.insertToken(Entry{Token: s.First, Owner: to, Version: 1, Writer: self})
+		r.notePending(s.First)
 	}
 	return nil
 }
@@ -609,7 +626,9 @@ func (r *Ring) setFree(self key.Public, i int, free uint32) bool {
 	if r.heir(e.Owner) != self || (e.Owner == self && e.Free == free) {
 		return false
 	}
+	r.noteOwner(e.Token, e.Owner, self)
 	e.Owner, e.Free, e.Writer, e.Sig = self, free, self, key.Signature{}
 	e.Version++
+	r.notePending(e.Token)
 	return true
 }

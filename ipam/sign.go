@@ -3,6 +3,7 @@ package ipam
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"slices"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -92,13 +93,32 @@ func (r *Ring) claimMessage(t *Transfer) []byte {
 func (r *Ring) signPending(self key.Public, priv key.Private) (signed int) {
 	var zero key.Signature
 	r.signed = r.signed[:0]
-	for i := range r.Entries {
+	sign := func(i int) {
 		if e := &r.Entries[i]; e.Writer == self && e.Sig == zero {
 			e.Sig = key.Sign(priv, entryDomain, r.entryMessage(e))
 			signed++
 			r.signed = append(r.signed, i)
 		}
 	}
+	if r.signedFor != self {
+		// A state not followed since the last whole pass (own.go).
+		for i := range r.Entries {
+			sign(i)
+		}
+		r.signedFor = self
+	} else {
+		// Only the entries written since (Grant, setFree), in ring order.
+		slices.Sort(r.pending)
+		for k, t := range r.pending {
+			if k > 0 && r.pending[k-1] == t {
+				continue
+			}
+			if i := r.find(t); i >= 0 && r.Entries[i].Token == t {
+				sign(i)
+			}
+		}
+	}
+	r.pending = r.pending[:0]
 	for i := range r.Votes {
 		if v := &r.Votes[i]; v.Voter == self && v.Sig == zero {
 			v.Sig = key.Sign(priv, voteDomain, r.voteMessage(v.Voter, v.Dead, v.Seq, v.Issuer))

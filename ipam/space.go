@@ -57,8 +57,8 @@ func (a *Allocator) PeersChanged(up, down []key.Public) {
 // gone. It unlocks a.mu.
 func (a *Allocator) reachableChangedLocked() {
 	var reachable []key.Public
-	if len(a.ring.Transfers) > 0 {
-		reachable = a.reachableList() // only transfers read it
+	if a.ring.needsReachable(a.self) {
+		reachable = a.reachableList() // only pending transfers read it
 	}
 	var o outbox
 	if a.ring.StepTransfers(a.self, reachable) {
@@ -170,23 +170,47 @@ func (a *Allocator) grantHeldLocked() bool {
 // address after 30-60 s, gossip_channel_no_route +92 for a batch of 10).
 // A neighbour's answer takes the direct connection.
 func (a *Allocator) pickDonorLocked() (key.Public, bool) {
-	if p, ok := a.pickDonorWhereLocked(func(p key.Public) bool { return a.neighbours[p] && a.ring.FreeOf(p) > 0 }); ok {
+	owners := a.ownersFreeLocked()
+	if p, ok := a.pickDonorWhereLocked(owners, func(p key.Public, free uint64) bool { return a.neighbours[p] && free > 0 }); ok {
 		return p, true
 	}
-	return a.pickDonorWhereLocked(func(key.Public) bool { return true })
+	return a.pickDonorWhereLocked(owners, func(key.Public, uint64) bool { return true })
 }
 
-// pickDonorWhereLocked is pickDonorLocked among the peers ok accepts.
-func (a *Allocator) pickDonorWhereLocked(ok func(key.Public) bool) (key.Public, bool) {
+// ownerFree is an effective owner's total size and published free count.
+type ownerFree struct{ size, free uint64 }
+
+// ownersFreeLocked returns every effective owner's size and free count
+// (Ring.Owners and Ring.FreeOf) in one pass over the ring, where a pass
+// per owner was O(N²) per space request at N owners.
+func (a *Allocator) ownersFreeLocked() map[key.Public]ownerFree {
+	m := make(map[key.Public]ownerFree)
+	for i := range a.ring.Entries {
+		e := &a.ring.Entries[i]
+		h := a.ring.heir(e.Owner)
+		x := m[h]
+		x.size += a.ring.entrySpan(i).Size()
+		m[h] = x
+		if e.Owner != h {
+			continue // inherited: counts zero until the heir republishes it (FreeOf)
+		}
+		x = m[e.Owner]
+		x.free += uint64(e.Free)
+		m[e.Owner] = x
+	}
+	return m
+}
+
+// pickDonorWhereLocked is pickDonorLocked among the owners ok accepts.
+func (a *Allocator) pickDonorWhereLocked(owners map[key.Public]ownerFree, ok func(p key.Public, free uint64) bool) (key.Public, bool) {
 	var best key.Public
 	var bestFree, bestSize uint64
 	found := false
-	owners := a.ring.Owners()
-	for p, size := range owners {
-		if p == a.self || !a.reachable[p] || a.silent[p] || !ok(p) {
+	for p, of := range owners {
+		size, free := of.size, of.free
+		if p == a.self || !a.reachable[p] || a.silent[p] || !ok(p, free) {
 			continue
 		}
-		free := a.ring.FreeOf(p)
 		better := !found || free > bestFree || (free == bestFree && size > bestSize) ||
 			(free == bestFree && size == bestSize && p.Less(best))
 		if better {
@@ -210,9 +234,22 @@ func (a *Allocator) Tick() {
 	}
 	a.ticked = a.now()
 	var o outbox
-	changed := a.publishFreeLocked(false)
-	if len(a.ring.Transfers) > 0 && a.ring.StepTransfers(a.self, a.reachableList()) {
-		changed = true // (a list of every reachable peer each second: only for transfers)
+	changed := false
+	if a.freeStale {
+		// Our free counts can have changed only with our allocations,
+		// the reserved addresses or the ring (freeStale): an idle peer's
+		// tick does nothing here.
+		a.freeStale = false
+		changed = a.publishFreeLocked(false)
+	}
+	if len(a.ring.Transfers) > 0 {
+		var reachable []key.Public
+		if a.ring.needsReachable(a.self) {
+			reachable = a.reachableList() // (every reachable peer: only for pending transfers)
+		}
+		if a.ring.StepTransfers(a.self, reachable) {
+			changed = true
+		}
 	}
 	if changed {
 		var err error
@@ -242,7 +279,7 @@ func (a *Allocator) Tick() {
 // Until the ring arrives the request waits for it.
 func (a *Allocator) WantSpace() {
 	a.mu.Lock()
-	if a.closed || len(a.ring.Spans(a.self)) > 0 {
+	if a.closed || len(a.ownSpans()) > 0 {
 		a.mu.Unlock()
 		return
 	}

@@ -87,6 +87,7 @@ func (a *Allocator) AllocateIn(id string, sub netip.Prefix) (netip.Addr, error) 
 		return netip.Addr{}, fmt.Errorf("ipam: saving allocation: %w", err)
 	}
 	a.allocs[addr] = id
+	a.freeStale = true
 	a.byID[id] = append(a.byID[id], addr)
 	a.count("ipam_allocate")
 	o := a.markUsedLocked(id)
@@ -98,7 +99,7 @@ func (a *Allocator) AllocateIn(id string, sub netip.Prefix) (netip.Addr, error) 
 // findFreeInLocked returns the lowest free address of ours in s, not its
 // first or last (the subnet's network and broadcast addresses).
 func (a *Allocator) findFreeInLocked(s Span) (netip.Addr, bool) {
-	for _, c := range clipSpans(a.ring.Spans(a.self), s) {
+	for _, c := range clipSpans(a.ownSpans(), s) {
 		for u := uint64(c.First); u <= uint64(c.Last); u++ {
 			if uint32(u) == s.First || uint32(u) == s.Last || a.reserved[uint32(u)] {
 				continue

@@ -94,6 +94,14 @@ func (r *Ring) transferIndex(dead, issuer key.Public) (int, bool) {
 	return slices.BinarySearchFunc(r.Transfers, Transfer{Dead: dead, Issuer: issuer}, cmpTransfer)
 }
 
+// needsReachable reports whether StepTransfers would read the reachable
+// peers: a transfer of a peer (not self) not concluded yet. Completed
+// transfers are kept for the network's life, and listing every
+// reachable peer for them on each change and Tick was O(N) for nothing.
+func (r *Ring) needsReachable(self key.Public) bool {
+	return slices.ContainsFunc(r.Transfers, func(t Transfer) bool { return t.Dead != self && !r.removed(t.Dead) })
+}
+
 // removed reports whether p's space has been handed over.
 func (r *Ring) removed(p key.Public) bool {
 	_, ok := r.doneTransfer(p)

@@ -48,13 +48,16 @@ func (u *mergeUndo) begin(r *Ring) {
 // setEntry sets r.Entries[j] to e, recording its state before.
 func (u *mergeUndo) setEntry(r *Ring, j int, e Entry) {
 	u.record(entryUndo{token: r.Entries[j].Token, old: r.Entries[j]})
+	r.noteOwner(e.Token, r.Entries[j].Owner, e.Owner)
 	r.Entries[j] = e
+	r.noteUnsigned(&e)
 }
 
 // insert inserts the new token e into r, recording it.
 func (u *mergeUndo) insert(r *Ring, e Entry) {
 	u.record(entryUndo{token: e.Token, inserted: true})
 	r.insertToken(e)
+	r.noteUnsigned(&e)
 }
 
 func (u *mergeUndo) record(x entryUndo) {
@@ -115,9 +118,12 @@ func (u *mergeUndo) undoEntries(r *Ring, mark int) {
 			continue // cannot happen: the record is of a token r holds
 		}
 		if x.inserted {
+			r.noteOwner(x.token, r.Entries[j].Owner, key.Public{})
 			r.Entries = slices.Delete(r.Entries, j, j+1)
 		} else {
+			r.noteOwner(x.token, r.Entries[j].Owner, x.old.Owner)
 			r.Entries[j] = x.old
+			r.noteUnsigned(&x.old)
 		}
 	}
 	u.entries = u.entries[:mark]

@@ -1,0 +1,43 @@
+package ipam
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// Every read of a ring's own index (own.go) in this package's tests
+// compares it with a pass over the whole ring: the tests' merges, grants,
+// rmpeers and undone merges check that every change keeps it true. The
+// benchmarks turn it off (benchPeer).
+func init() { checkOwnIndex = true }
+
+// TestAllPrefixesMatchesSpans: AllPrefixes, one pass over the ring, gives
+// every effective owner the prefixes of its Spans, on rings with grants,
+// rmpeers and inherited entries.
+func TestAllPrefixesMatchesSpans(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for round, r := range history(t, rng, 5, 300) {
+		if !r.Seeded() {
+			continue
+		}
+		a, err := Open(Config{Self: pk(0), Private: privOf(pk(0)), Range: testRange})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.mu.Lock()
+		a.ring = r
+		a.mu.Unlock()
+		got := a.AllPrefixes()
+		a.Close()
+		owners := r.Owners()
+		if len(got) != len(owners) {
+			t.Fatalf("round %d: %d owners, want %d", round, len(got), len(owners))
+		}
+		for p := range owners {
+			if want := SpansToPrefixes(r.Spans(p)); !slices.Equal(got[p], want) {
+				t.Fatalf("round %d: %s: %v, want %v", round, p.Name(), got[p], want)
+			}
+		}
+	}
+}
