@@ -144,6 +144,8 @@ type Allocator struct {
 	relayVotes      bool
 	votesBefore     []Vote
 	transfersBefore []Transfer
+	// digest is the ring's digest, until the ring changes (digest.go).
+	digest *ringDigest
 	// freeStale: our allocations, the reserved addresses or the ring
 	// changed since Tick last published our free counts.
 	freeStale bool
@@ -414,6 +416,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	// Transfers first: one that completes here makes inherited entries
 	// ours, and their free counts are published in the same broadcast
 	// rather than at the next Tick (donor choice reads them).
+	a.digest = nil // (and again at the end: what follows changes the ring too)
 	var reachable []key.Public
 	if a.ring.needsReachable(a.self) {
 		reachable = a.reachableList() // only pending transfers read it: O(N) per change otherwise
@@ -482,6 +485,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 		o.broadcast = msgs
 	}
 	a.votesBefore, a.transfersBefore = slices.Clone(a.ring.Votes), cloneTransfers(a.ring.Transfers)
+	a.digest = nil
 	close(a.updated)
 	a.updated = make(chan struct{})
 	return o, nil

@@ -35,9 +35,10 @@ type ownIndex struct {
 	tokens []uint32     // sorted
 }
 
-// checkOwnIndex makes every read of the index compare it with a pass over
-// the whole ring and panic if they differ (set by the tests).
-var checkOwnIndex bool
+// checkDerived makes every read of the index (and of the kept digest,
+// digest.go) compare it with a pass over the whole ring and panic if they
+// differ (set by the tests).
+var checkDerived bool
 
 // heirsOf returns, sorted, the peers whose entries self effectively owns:
 // self (unless self was removed) and the dead peers whose heir is self.
@@ -80,7 +81,7 @@ func (r *Ring) ownTokens(self key.Public) []uint32 {
 		}
 		r.own = x
 	}
-	if checkOwnIndex {
+	if checkDerived {
 		var want []uint32
 		for i := range r.Entries {
 			if r.heir(r.Entries[i].Owner) == self {

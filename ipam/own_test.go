@@ -6,11 +6,12 @@ import (
 	"testing"
 )
 
-// Every read of a ring's own index (own.go) in this package's tests
+// Every read of a ring's own index (own.go) and of the kept digest
+// (digest.go) in this package's tests
 // compares it with a pass over the whole ring: the tests' merges, grants,
 // rmpeers and undone merges check that every change keeps it true. The
 // benchmarks turn it off (benchPeer).
-func init() { checkOwnIndex = true }
+func init() { checkDerived = true }
 
 // TestAllPrefixesMatchesSpans: AllPrefixes, one pass over the ring, gives
 // every effective owner the prefixes of its Spans, on rings with grants,

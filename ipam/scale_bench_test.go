@@ -21,7 +21,7 @@ var benchOwners = []int{100, 300, 1000}
 // the keys of the owners.
 func benchPeer(b *testing.B, owners int) (*Allocator, []key.Public) {
 	b.Helper()
-	checkOwnIndex = false // the benchmarks measure the index, not its check
+	checkDerived = false // the benchmarks measure the index, not its check
 	self := pk(1)
 	a, err := Open(Config{Self: self, Private: privOf(self), Range: testRange, NoSync: true,
 		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})

@@ -142,7 +142,7 @@ func (a *Allocator) requestSpaceLocked(force bool) outbox {
 	a.count("ipam_request_sent")
 	// Our digest first: the donor answers what differs, then grants
 	// (grant.go).
-	d := digestOf(a.ring)
+	d := a.digestLocked()
 	return outbox{to: donor, pre: appendDigestMessage(nil, &d), send: AppendRequestMessage(nil, a.ring.Seed)}
 }
 
