@@ -500,6 +500,7 @@ func (r *Router) learnReferralAddrs(referrer key.Public) {
 		}
 		if ne := r.recs[n.Key]; ne != nil && n.Key != r.self && !ne.lastIP.IsValid() {
 			ne.lastIP = n.IP.Unmap()
+			r.dialChangedLocked() // somewhere to dial: a candidate now
 		}
 	}
 }

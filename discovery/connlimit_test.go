@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -61,6 +62,32 @@ func TestGossipDialsSkipWhileNothingChanged(t *testing.T) {
 	}
 	if got := passes(5*time.Second + dialRecheck); got != 4 {
 		t.Fatalf("tick dialRecheck after the last pass: %d passes, want 4", got)
+	}
+	// A referral that gives addresses with no record changing (a full
+	// peer whose record we took before its neighbours' records) makes
+	// them candidates: the next tick passes again, not dialRecheck later.
+	referrer := recs[0]
+	referrer.Version++
+	for i := 1; i < 4; i++ {
+		referrer.Neighbors = append(referrer.Neighbors, Neighbor{Key: recs[i].Key, IP: netipMust("192.0.2.1"), Established: true})
+	}
+	r.mergeRecordsLocked(nil, []Record{referrer}, []sigCheck{sigGood})
+	r.freshLocked()
+	for i := 1; i < 4; i++ {
+		r.recs[recs[i].Key].lastIP = netip.Addr{} // as if they came after it
+	}
+	at := 6*time.Second + dialRecheck
+	if got := passes(at); got != 5 {
+		t.Fatalf("tick after a record changed: %d passes, want 5", got)
+	}
+	if got := passes(at + time.Second); got != 5 {
+		t.Fatalf("tick with nothing changed: %d passes, want still 5", got)
+	}
+	r.mu.Unlock()
+	r.learnReferralAddrs(referrer.Key)
+	r.mu.Lock()
+	if got := passes(at + 2*time.Second); got != 6 {
+		t.Fatalf("tick after a referral gave addresses: %d passes, want 6", got)
 	}
 }
 

@@ -335,3 +335,40 @@ func TestLostRegistryAdmitsNobodyUntilSynced(t *testing.T) {
 		t.Fatalf("single-use token admitted twice after its record was raised: %v", err)
 	}
 }
+
+// A member with an empty token registry sends nothing in its
+// anti-entropy rounds (each was a signed channel message, checked by its
+// recipient, every round on every member of a mesh without tokens); once
+// a token exists the rounds carry the registry again.
+func TestEmptyRegistryRoundsSendNothing(t *testing.T) {
+	a := newTestRouter(t, "a")
+	b := newTestRouter(t, "b")
+	if err := b.Connect(a.addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a and b reach each other", func() bool {
+		_, ok := a.peer(b.Self())
+		return ok && len(a.Reachable()) == 2 && len(b.Reachable()) == 2
+	})
+	rounds := func() uint64 { return a.Counters()[CtrAntiEntropy] }
+	sent := a.Counters()[CtrChannelSent]
+	r0 := rounds()
+	waitFor(t, 30*time.Second, "three anti-entropy rounds", func() bool { return rounds() >= r0+3 })
+	if got := a.Counters()[CtrChannelSent]; got != sent {
+		t.Fatalf("three rounds with an empty token registry sent %d channel messages; want none", got-sent)
+	}
+	tok, err := b.CreateToken(time.Hour, 0, []Bootstrap{bootstrapOf(b)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the token reaches a", func() bool {
+		for _, r := range a.Tokens() {
+			if r.ID == tok.ID {
+				return true
+			}
+		}
+		return false
+	})
+	sent = a.Counters()[CtrChannelSent]
+	waitFor(t, 30*time.Second, "a round that sends the registry", func() bool { return a.Counters()[CtrChannelSent] > sent })
+}
