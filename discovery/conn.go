@@ -423,7 +423,14 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		return nil, wrapTimeout(err)
 	}
 	if outbound && len(m) == 1 && m[0] == msgBusy {
-		return nil, r.readReferral(c, buf)
+		err := r.readReferral(c, buf)
+		if t != nil {
+			// Whom t reached and how full it was (targetSatisfied).
+			r.mu.Lock()
+			t.peer, t.busyDegree = c.peer, max(1, r.graph.degree(c.peer))
+			r.mu.Unlock()
+		}
+		return nil, err
 	}
 	if len(m) == 0 || m[0] != msgHello {
 		r.ctr.inc(CtrMessageMalformed)
@@ -537,7 +544,7 @@ func (r *Router) runConn(c *conn) (bool, error) {
 	}
 	if t := c.target; t != nil {
 		t.conn, t.state, t.err = c, StateEstablished, ""
-		t.peer, t.nickname = c.peer, c.hello.Nickname
+		t.peer, t.nickname, t.busyDegree = c.peer, c.hello.Nickname, 0
 	}
 	c.lastWrite.Store(time.Now().UnixNano())
 	c.qmu.Lock()

@@ -45,7 +45,8 @@ import (
 // dialler dials those neighbours (a full one refers it on to its own)
 // and learns the rest of the mesh from the first that takes it; its target to the full peer counts as
 // satisfied while that peer is reachable and the dialler holds connWant
-// connections, so `join` with one bootstrap endpoint works at any size.
+// connections or the peer is as full as when it refused, so `join` with
+// one bootstrap endpoint works at any size and is not redialled for good.
 
 // DefaultConnLimit is the default of --conn-limit. Thirty keeps meshes of
 // up to 16 peers full meshes (every pair direct, as the data plane's relay

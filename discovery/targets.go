@@ -38,6 +38,10 @@ type target struct {
 	peer     key.Public // the peer it reached last; zero until then
 	nickname string
 	conn     *conn // its established connection, if any
+	// busyDegree: peer refused us at its connection limit holding this
+	// many neighbours (0: it did not); targetSatisfied while it holds as
+	// many and we reach it.
+	busyDegree int
 }
 
 func (t *target) wakeUp() {
@@ -203,8 +207,13 @@ func (r *Router) startTargetLocked(t *target) {
 
 // targetSatisfied reports whether t need not dial: another connection to
 // the peer t reached last is established, or that peer is reachable through
-// the mesh while this peer holds the connections gossip dials aim for (a
-// peer at its connection limit refuses more; connlimit.go).
+// the mesh while this peer holds the connections gossip dials aim for, or
+// while it is as full as when it last refused us (a peer at its
+// connection limit refuses more; connlimit.go). A joiner whose bootstrap
+// peer was full and whose other candidates were full too redialled it
+// every backoffMax for good, a handshake and a referral of about 45 KB
+// each time: in a still mesh of 300 simulated routers, 152 such
+// refusals a minute (the peer it reached was not even noted on a refusal).
 func (r *Router) targetSatisfied(t *target) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -215,7 +224,8 @@ func (r *Router) targetSatisfied(t *target) bool {
 		t.state, t.err, t.nickname = StateEstablished, "", c.hello.Nickname
 		return true
 	}
-	if r.rt.reachable(t.peer) && r.active[t.peer] == nil && len(r.active) >= r.connWant() {
+	full := t.busyDegree > 0 && r.graph.degree(t.peer) >= t.busyDegree
+	if r.rt.reachable(t.peer) && r.active[t.peer] == nil && (len(r.active) >= r.connWant() || full) {
 		t.state, t.err = StateEstablished, ""
 		return true
 	}
