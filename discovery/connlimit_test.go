@@ -1,6 +1,10 @@
 package discovery
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -155,4 +159,58 @@ func TestFullTargetReachedThroughTheMeshIsSatisfied(t *testing.T) {
 	if got := a.Counters()[CtrConnLimit]; got != busy {
 		t.Fatalf("a refused c %d more times after c reached it through b", got-busy)
 	}
+}
+
+// A peer under half its limit whose gossip-dialled connections are up
+// dials more: a dial's connection was counted twice (as a connection and
+// as a dial in flight, for its whole life), so a peer some of whose first
+// dials failed stopped below connWant, and passed over every record every
+// tick. Here the router (limit 4: it aims for 2) holds one connection, to
+// peer 1, which its gossip dial made; peer 2, reachable through 1, has
+// room.
+func TestGossipDialledConnectionsCountOnce(t *testing.T) {
+	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: 4, Network: failNetwork{},
+		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	m := newMeshView(3)
+	m.ks[0] = r.self
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, _ := net.Pipe()
+	c := &conn{r: r, nc: a, peer: m.ks[1], done: make(chan struct{})}
+	r.conns[c] = struct{}{}
+	if err := r.addConnLocked(c); err != nil {
+		t.Fatal(err)
+	}
+	r.dials[m.ks[1]] = &gossipDial{inFlight: true} // its dial, serving the connection
+	r.publishNeighborsLocked()
+	m.nb[1][0], m.nb[1][2], m.nb[2][1] = true, true, true
+	for _, i := range []int{1, 2} {
+		rec := m.record(i)
+		rec.Port = 6783
+		for j := range rec.Neighbors {
+			rec.Neighbors[j].IP = netipMust(fmt.Sprintf("192.0.2.%d", 10+j))
+		}
+		r.mergeRecordsLocked(nil, []Record{*rec}, []sigCheck{sigGood})
+	}
+	r.freshLocked()
+	if !r.rt.reachable(m.ks[2]) || !r.recs[m.ks[2]].lastIP.IsValid() {
+		t.Fatal("peer 2 is not a candidate: the test's mesh is wrong")
+	}
+	r.gossipDialsLocked(r.now())
+	if d := r.dials[m.ks[2]]; d == nil || !d.inFlight {
+		t.Fatal("one connection of the two it aims for, made by its own dial: it did not dial peer 2")
+	}
+}
+
+// failNetwork refuses every dial.
+type failNetwork struct{}
+
+func (failNetwork) Listen(string) (net.Listener, error) { return nil, errors.New("no listening here") }
+func (failNetwork) DialContext(context.Context, string) (net.Conn, error) {
+	return nil, errors.New("no dialling here")
 }
