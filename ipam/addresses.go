@@ -316,17 +316,7 @@ func (a *Allocator) Prefixes(p key.Public) []netip.Prefix {
 func (a *Allocator) AllPrefixes() map[key.Public][]netip.Prefix {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	spans := map[key.Public][]Span{}
-	for i := range a.ring.Entries {
-		p := a.ring.heir(a.ring.Entries[i].Owner)
-		s := a.ring.entrySpan(i)
-		l := spans[p]
-		if n := len(l); n > 0 && uint64(l[n-1].Last)+1 == uint64(s.First) {
-			l[n-1].Last = s.Last
-			continue
-		}
-		spans[p] = append(l, s)
-	}
+	spans := a.ring.allSpans()
 	out := make(map[key.Public][]netip.Prefix, len(spans))
 	for p, l := range spans {
 		out[p] = SpansToPrefixes(l)

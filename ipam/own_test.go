@@ -13,9 +13,10 @@ import (
 // benchmarks turn it off (benchPeer).
 func init() { checkDerived = true }
 
-// TestAllPrefixesMatchesSpans: AllPrefixes, one pass over the ring, gives
-// every effective owner the prefixes of its Spans, on rings with grants,
-// rmpeers and inherited entries.
+// TestAllPrefixesMatchesSpans: AllPrefixes and Status, one pass over the
+// ring each, give every effective owner the prefixes of its Spans (and
+// Status its size and FreeOf), on rings with grants, rmpeers and
+// inherited entries.
 func TestAllPrefixesMatchesSpans(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for round, r := range history(t, rng, 5, 300) {
@@ -30,6 +31,7 @@ func TestAllPrefixesMatchesSpans(t *testing.T) {
 		a.ring = r
 		a.mu.Unlock()
 		got := a.AllPrefixes()
+		st := a.Status()
 		a.Close()
 		owners := r.Owners()
 		if len(got) != len(owners) {
@@ -38,6 +40,18 @@ func TestAllPrefixesMatchesSpans(t *testing.T) {
 		for p := range owners {
 			if want := SpansToPrefixes(r.Spans(p)); !slices.Equal(got[p], want) {
 				t.Fatalf("round %d: %s: %v, want %v", round, p.Name(), got[p], want)
+			}
+		}
+		if len(st.Peers) != len(owners) {
+			t.Fatalf("round %d: status of %d owners, want %d", round, len(st.Peers), len(owners))
+		}
+		for _, ps := range st.Peers {
+			want := PeerStatus{Peer: ps.Peer, Prefixes: SpansToPrefixes(r.Spans(ps.Peer)), Size: owners[ps.Peer], Free: r.FreeOf(ps.Peer), Reachable: ps.Reachable}
+			if ps.Peer == pk(0) {
+				want.Free = ps.Free // this peer's own: what it would publish (usedIn)
+			}
+			if !slices.Equal(ps.Prefixes, want.Prefixes) || ps.Size != want.Size || ps.Free != want.Free {
+				t.Fatalf("round %d: status %+v, want %+v", round, ps, want)
 			}
 		}
 	}

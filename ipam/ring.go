@@ -549,6 +549,22 @@ func (r *Ring) Spans(p key.Public) []Span {
 	return out
 }
 
+// allSpans is Spans of every effective owner, in one pass.
+func (r *Ring) allSpans() map[key.Public][]Span {
+	spans := map[key.Public][]Span{}
+	for i := range r.Entries {
+		p := r.heir(r.Entries[i].Owner)
+		s := r.entrySpan(i)
+		l := spans[p]
+		if n := len(l); n > 0 && uint64(l[n-1].Last)+1 == uint64(s.First) {
+			l[n-1].Last = s.Last
+			continue
+		}
+		spans[p] = append(l, s)
+	}
+	return spans
+}
+
 // Owners returns every effective owner with its total size, sorted by key.
 func (r *Ring) Owners() map[key.Public]uint64 {
 	m := make(map[key.Public]uint64)

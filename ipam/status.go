@@ -62,9 +62,12 @@ func (a *Allocator) Status() Status {
 	if a.lastErr != nil {
 		s.Err = a.lastErr.Error()
 	}
-	for p, size := range a.ring.Owners() {
-		spans := a.ring.Spans(p)
-		free := a.ring.FreeOf(p)
+	// One pass for every owner's spans and one for sizes and free
+	// counts, where Spans and FreeOf per owner were O(owners × entries)
+	// a call (CNI STATUS asks, through attachReady).
+	all, owners := a.ring.allSpans(), a.ownersFreeLocked()
+	for p, of := range owners {
+		spans, size, free := all[p], of.size, of.free
 		if p == a.self {
 			// What we publish at the next tick, not what we published:
 			// an attach just made (or space just inherited) shows at once.
