@@ -3,6 +3,7 @@ package dns
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 
@@ -277,5 +278,94 @@ func TestSendFailureCounted(t *testing.T) {
 	s.SendDigest(peerKey(2))
 	if got := s.Counters()["dns_send_failed"]; got != 2 {
 		t.Errorf("dns_send_failed %d, want 2", got)
+	}
+}
+
+// TestRepairModel: the servers alone (memory transport, one DigestTick a
+// second, nothing lost but a share of a joiner's broadcast of its name)
+// at 300 and 1,000 peers. Every peer ends with the name; -v logs how many
+// lacked it after each quick round, with the peers having seen the joiner
+// arrive just before its name came (their own quick rounds running) and
+// not (only the others' digests reach them). What the quick rounds leave
+// is repaired by the periodic rounds (here each server's SendDigest to a
+// random peer).
+func TestRepairModel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,000 servers")
+	}
+	for _, n := range []int{300, 1000} {
+		for _, arrived := range []bool{true, false} {
+			for _, loss := range []float64{0.3, 0.7} {
+				repairModel(t, n, arrived, loss)
+			}
+		}
+	}
+}
+
+func repairModel(t *testing.T, n int, arrived bool, loss float64) {
+	keys := make([]key.Public, n)
+	for i := range keys {
+		keys[i] = ownerKey(i)
+	}
+	net := &memNet{servers: map[key.Public]*Server{}}
+	for _, k := range keys {
+		s, err := New(Config{Self: k, Upstreams: []string{"127.0.0.1:1"}, GossipInterval: -1, Transport: memTransport{net, k}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		net.servers[k] = s
+	}
+	j := keys[0]
+	others := keys[1:]
+	for _, k := range others {
+		net.servers[k].SetReachable(others)
+	}
+	net.run(t)
+	net.rounds(t, quickRounds) // the arrivals among the others
+	if !arrived {
+		// j arrives, and its name comes after the quick rounds.
+		for _, k := range others {
+			net.servers[k].PeersChanged([]key.Public{j}, nil)
+		}
+		net.servers[j].SetReachable(others)
+		net.run(t)
+		net.rounds(t, quickRounds)
+	} else {
+		for _, k := range others {
+			net.servers[k].PeersChanged([]key.Public{j}, nil)
+		}
+		net.servers[j].SetReachable(others)
+		net.run(t)
+	}
+	rng := rand.New(rand.NewPCG(uint64(n), 7))
+	net.drop = func(m memMsg) bool { return m.from == j && rng.Float64() < loss }
+	must(t, net.servers[j].AddEntry("joiner", netip.MustParseAddr("10.32.0.9"), ""))
+	net.run(t)
+	net.drop = nil
+	lacking := func() int {
+		c := 0
+		for _, s := range net.servers {
+			if got, _ := s.Lookup("joiner"); len(got) == 0 {
+				c++
+			}
+		}
+		return c
+	}
+	left := []int{lacking()}
+	for range quickRounds {
+		net.rounds(t, 1)
+		left = append(left, lacking())
+	}
+	periodic := 0
+	for ; lacking() > 0 && periodic < 100; periodic++ {
+		for _, k := range keys {
+			net.servers[k].SendDigest(keys[rng.IntN(n)])
+		}
+		net.run(t)
+	}
+	t.Logf("N=%d, %.0f %% of the broadcast lost, arrival seen just before: %v: lacking the name at the start and after each quick round %v, then %d periodic rounds", n, 100*loss, arrived, left, periodic)
+	if l := lacking(); l > 0 {
+		t.Errorf("N=%d: %d peers lack the joiner's name after %d periodic rounds", n, l, periodic)
 	}
 }
