@@ -77,7 +77,10 @@ type conn struct {
 	// digests), so it is sent full states; digest: the parts of a digest
 	// being received.
 	speaksDigest, legacy bool
-	digest               map[key.Public]uint64
+	// speaksSummary: the peer sent a summary; anti-entropy sends it
+	// summaries, not digests (summary.go).
+	speaksSummary bool
+	digest        map[key.Public]uint64
 	// haves: records announced to it and not yet sent (announce.go);
 	// under Router.mu.
 	haves []DigestEntry
@@ -330,6 +333,13 @@ func (c *conn) handle(m []byte) error {
 			return nil
 		}
 		return r.handleDigestLocked(c, m)
+	case msgSummary:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.active[c.peer] != c {
+			return nil
+		}
+		return r.handleSummaryLocked(c, m)
 	case msgHave, msgWant:
 		r.mu.Lock()
 		defer r.mu.Unlock()

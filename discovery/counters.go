@@ -34,6 +34,7 @@ const (
 	CtrAntiEntropy        = "gossip_antientropy_rounds"      // periodic digests to one neighbour
 	CtrDigestsSent        = "gossip_digests_sent"            // digests (records held) sent: new connections, anti-entropy
 	CtrDigestsReceived    = "gossip_digests_received"        // whole digests received (answered with what the sender lacks)
+	CtrSummariesReceived  = "gossip_summaries_received"      // summaries received (anti-entropy rounds that send a digest only if they differ)
 	CtrHavesSent          = "gossip_haves_sent"              // records announced (key, version) instead of forwarded whole
 	CtrWantsSent          = "gossip_wants_sent"              // announced records asked for
 	CtrPeersExpired       = "gossip_peers_expired"           // peers dropped after being unreachable too long
@@ -68,7 +69,7 @@ var counterNames = []string{
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
 	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
-	CtrDigestsSent, CtrDigestsReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
+	CtrDigestsSent, CtrDigestsReceived, CtrSummariesReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
 	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,

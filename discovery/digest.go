@@ -8,7 +8,8 @@ import (
 
 // Digests: what a peer holds, as (key, version) pairs, so that a new
 // connection and an anti-entropy round send only the records the other
-// side lacks. A record is up to 1.5 KB and a digest entry 40 bytes: at
+// side lacks (a round with a peer that knows summaries sends a summary
+// first, and a digest only if they differ: summary.go). A record is up to 1.5 KB and a digest entry 40 bytes: at
 // 1,000 peers a full state is about 1 MB, its digest 40 KB. Sending the
 // full state on every connection and every round cost O(N) records per
 // peer per round (O(N²) across the mesh: 150 MB every 10 s at 1,000

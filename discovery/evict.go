@@ -356,6 +356,9 @@ func (r *Router) applyEvictionsLocked() {
 				c.close()
 			}
 		}
+		if en := r.recs[k]; en != nil {
+			r.forgetSummedLocked(k, en)
+		}
 		delete(r.recs, k)
 		delete(r.unreach, k)
 		r.graphSetLocked(k)

@@ -19,8 +19,8 @@ import (
 // step; a reader that reads only now and then, and one that fell out of
 // the log, must end at the same view. The router's own set of
 // unreachable peers (expiry and bridge dials read it) is checked against
-// its routes too, and its Fingerprint (kept between changes) against the
-// reachable set's.
+// its routes too, and its Fingerprint and anti-entropy summary (kept
+// between changes) against the reachable set's and the digest's.
 func TestReachChangesMatchReachable(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -211,6 +211,7 @@ func TestReachChangesMatchReachable(t *testing.T) {
 				if got, n := r.Fingerprint(); got != sum || n != len(reach) {
 					t.Fatalf("step %d (%s): Fingerprint %x of %d peers, the reachable set's %x of %d", step, what, got, n, sum, len(reach))
 				}
+				checkSummary(t, r, fmt.Sprintf("step %d (%s)", step, what))
 				if rng.IntN(20) == 0 {
 					changes, next, full := r.ReachChanges(markLazy)
 					lazy, markLazy = fold(lazy, changes, full), next
@@ -223,6 +224,9 @@ func TestReachChangesMatchReachable(t *testing.T) {
 			r.mu.Lock()
 			before := len(r.unreach)
 			r.expireLocked(r.now().Add(r.tun.expireAfter + time.Second))
+			r.mu.Unlock()
+			checkSummary(t, r, "after expiry")
+			r.mu.Lock()
 			for k := range r.unreach {
 				if r.recs[k] == nil {
 					r.mu.Unlock()

@@ -266,6 +266,9 @@ type Router struct {
 	// fingerprint is the Fingerprint computed at generation fpGen.
 	viewGen     uint64
 	fingerprint viewFingerprint
+	// summary: of every record the digest lists, kept as they change
+	// (summary.go).
+	summary summary
 	// unreach: the peers in recs that rt does not reach, kept as routes
 	// flip, so expiry and bridge dials read them, not every record.
 	unreach map[key.Public]struct{}
@@ -303,6 +306,8 @@ type entry struct {
 	// Our own connections do not set it, so a forgotten target is not
 	// redialled on its own word.
 	lastIP netip.Addr
+	// summed is the version the summary counts for it (summary.go).
+	summed uint64
 }
 
 type tomb struct {

@@ -41,6 +41,7 @@ func (r *Router) graphSetLocked(k key.Public) {
 		r.seenDirty = true
 		return
 	}
+	r.summedLocked(k, e)
 	if _, nb := r.graph.set(k, &e.rec); nb {
 		r.seenDirty = true // where neighbours are seen may have moved
 	}
@@ -452,6 +453,7 @@ func (r *Router) expireLocked(now time.Time) {
 			if now.Sub(e.unreachableSince) < r.tun.expireAfter {
 				continue
 			}
+			r.forgetSummedLocked(k, e)
 			delete(r.recs, k)
 			delete(r.unreach, k)
 			r.graphSetLocked(k)
@@ -484,7 +486,12 @@ func (r *Router) antiEntropyLocked() {
 		cs = append(cs, c)
 	}
 	r.ctr.inc(CtrAntiEntropy)
-	r.sendDigestLocked(cs[rand.N(len(cs))], true)
+	c := cs[rand.N(len(cs))]
+	if c.speaksSummary {
+		r.sendSummaryLocked(c, summaryReply)
+		return
+	}
+	r.sendDigestLocked(c, true)
 }
 
 // addConnLocked makes c the active connection to its peer, or reports why
@@ -525,6 +532,7 @@ func (r *Router) addConnLocked(c *conn) error {
 	r.log.Info("control connection established", "peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr, "outbound", c.outbound)
 	r.selfNeighborsChangedLocked()
 	r.sendDigestLocked(c, false)
+	r.sendSummaryLocked(c, 0) // we know summaries (summary.go)
 	return nil
 }
 
