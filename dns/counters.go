@@ -38,6 +38,7 @@ type counters struct {
 	pullAnswered    atomic.Uint64 // pulls answered with our own entries
 	digestBack      atomic.Uint64 // differing digests answered with a digest back
 	sendFailed      atomic.Uint64 // messages to one peer not sent: no route to it
+	pullRepaired    atomic.Uint64 // entries a pull brought that we lacked: lost on their way (or still on it)
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -73,5 +74,6 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_pull_answered":          c.pullAnswered.Load(),
 		"dns_digest_back":            c.digestBack.Load(),
 		"dns_send_failed":            c.sendFailed.Load(),
+		"dns_pull_repaired":          c.pullRepaired.Load(),
 	}
 }

@@ -503,6 +503,16 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 	if len(news) > 0 || len(replies) > 0 {
 		s.changed() // in case a copy of it was lost on the way elsewhere
 	}
+	if len(news) > 0 && typ == MsgState {
+		// News in answer to our pull: a copy that was lost on its way
+		// (or is still on it), repaired.
+		s.mu.Lock()
+		t, pulled := s.pulled[from]
+		s.mu.Unlock()
+		if pulled && now.Sub(t) < pullEvery {
+			s.c.pullRepaired.Add(uint64(len(news)))
+		}
+	}
 	if s.cfg.Relay {
 		replies = append(replies, news...)
 	}
