@@ -137,7 +137,10 @@
 // sent; answers.go which parts are answered;
 // space.go reachability and the requester's side; rmpeer.go rmpeer,
 // reclaim and leave; recover.go a lost or corrupt state file; store.go
-// bbolt. Logs go to Config.Logger (slog, named fields).
+// bbolt; undo.go merging a received ring in place, and undoing it;
+// own.go the index of this peer's own entries (per-change work in
+// proportion to them, not to the ring). Logs go to Config.Logger (slog,
+// named fields).
 //
 // # Wire format
 //
