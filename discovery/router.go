@@ -760,6 +760,17 @@ func (r *Router) Connections() []ConnState {
 // Counters returns event and drop counters by name (see counters.go).
 func (r *Router) Counters() map[string]uint64 { return r.ctr.snapshot() }
 
+// Counter is one of Counters (0 for a name it does not have), without a
+// copy of them all: the simulator polls a few counters of every router
+// several times a second, and a map of every counter of each of N
+// routers per poll was O(N) allocations a poll.
+func (r *Router) Counter(name string) uint64 {
+	if v := r.ctr[name]; v != nil {
+		return v.Load()
+	}
+	return 0
+}
+
 // logOnceLocked logs msg at level unless the same condition (msg and
 // detail) was the last one logged for subject; repeats go to Debug. Subjects
 // are e.g. a remote IP or a target address, so a failing retry loop logs one

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weavewg/weavewg/discovery"
 )
 
 // convergeTimeout bounds every wait for agreement. Convergence normally
@@ -146,4 +148,26 @@ func reaches(from, to *Node) bool {
 		}
 	}
 	return false
+}
+
+// RouterCounter, which the bench polls while a mesh settles, sums what
+// RouterCounters does (read between two equal reads of RouterCounters:
+// the mesh may still be moving).
+func TestRouterCounterSumsRouterCounters(t *testing.T) {
+	c := agreed(t, Config{Seed: 3, RoutersOnly: true}, 4)
+	names := []string{discovery.CtrEstablished, discovery.CtrRecordsApplied}
+	for range 100 {
+		before := c.RouterCounters()
+		one, both := c.RouterCounter(names[0]), c.RouterCounter(names...)
+		after := c.RouterCounters()
+		if before[names[0]] != after[names[0]] || before[names[1]] != after[names[1]] {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if one != after[names[0]] || one == 0 || both != after[names[0]]+after[names[1]] {
+			t.Fatalf("RouterCounter: %d and %d, RouterCounters: %d and %d", one, both, after[names[0]], after[names[0]]+after[names[1]])
+		}
+		return
+	}
+	t.Fatal("the counters never held still")
 }

@@ -555,8 +555,7 @@ type settled struct {
 // from a still mesh, and the change's cost includes all it set off.
 func settle(c *sim.Cluster, start time.Time, timeout time.Duration) settled {
 	events := func() uint64 {
-		ctr := c.RouterCounters()
-		return ctr[discovery.CtrRecordsApplied] + ctr[discovery.CtrEstablished] + ctr[discovery.CtrConnClosed]
+		return c.RouterCounter(discovery.CtrRecordsApplied, discovery.CtrEstablished, discovery.CtrConnClosed)
 	}
 	var st settled
 	last := events()

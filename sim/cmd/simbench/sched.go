@@ -138,8 +138,7 @@ func measureIdle(c *sim.Cluster, window time.Duration) idle {
 		}
 	}
 	events := func() uint64 {
-		ctr := c.RouterCounters()
-		return ctr[discovery.CtrRecordsApplied] + ctr[discovery.CtrEstablished] + ctr[discovery.CtrConnClosed]
+		return c.RouterCounter(discovery.CtrRecordsApplied, discovery.CtrEstablished, discovery.CtrConnClosed)
 	}
 	var ctr0 map[string]uint64
 	if printCounters {
