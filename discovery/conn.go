@@ -369,13 +369,13 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 	var err error
 	catchUp := false
 	if outbound {
-		res, err = handshakeInitiator(nc, r.priv, dial.Secret)
+		res, err = handshakeInitiator(nc, r.priv, r.self, dial.Secret)
 		res.epoch = dial.N
 	} else {
 		r.mu.Lock()
 		secrets := r.acceptSecretsLocked()
 		r.mu.Unlock()
-		res, err = handshakeResponder(nc, r.priv, secrets)
+		res, err = handshakeResponder(nc, r.priv, r.self, secrets)
 		r.mu.Lock()
 		catchUp = err == nil && res.epoch < r.activeFrom
 		r.mu.Unlock()

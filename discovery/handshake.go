@@ -85,8 +85,11 @@ type handshakeResult struct {
 	epoch uint32
 }
 
-func newHandshakeState(priv key.Private, secret key.Secret, initiator bool) (*noise.HandshakeState, error) {
-	pub := priv.Public()
+// newHandshakeState takes our key pair whole: pub is priv.Public(), a
+// scalar multiplication that each handshake did two or more times (7 %
+// of a simulated build's CPU, where the handshakes' own Diffie-Hellman
+// was 26 %).
+func newHandshakeState(priv key.Private, pub key.Public, secret key.Secret, initiator bool) (*noise.HandshakeState, error) {
 	return noise.NewHandshakeState(noise.Config{
 		CipherSuite:           cipherSuite,
 		Random:                rand.Reader,
@@ -101,8 +104,8 @@ func newHandshakeState(priv key.Private, secret key.Secret, initiator bool) (*no
 
 // handshakeInitiator runs the dialler's side on nc. The caller has set the
 // deadline.
-func handshakeInitiator(nc net.Conn, priv key.Private, secret key.Secret) (handshakeResult, error) {
-	hs, err := newHandshakeState(priv, secret, true)
+func handshakeInitiator(nc net.Conn, priv key.Private, pub key.Public, secret key.Secret) (handshakeResult, error) {
+	hs, err := newHandshakeState(priv, pub, secret, true)
 	if err != nil {
 		return handshakeResult{}, err
 	}
@@ -128,7 +131,7 @@ func handshakeInitiator(nc net.Conn, priv key.Private, secret key.Secret) (hands
 	}
 	var peer key.Public
 	copy(peer[:], hs.PeerStatic())
-	if peer == priv.Public() {
+	if peer == pub {
 		return handshakeResult{peer: peer}, errSelf
 	}
 	m3, cs1, cs2, err := hs.WriteMessage(nil, nil)
@@ -144,7 +147,7 @@ func handshakeInitiator(nc net.Conn, priv key.Private, secret key.Secret) (hands
 // handshakeResponder runs the listener's side on nc, trying each of the
 // held secrets on message 1 (a fresh handshake state each: one that failed
 // has consumed the message). The caller has set the deadline.
-func handshakeResponder(nc net.Conn, priv key.Private, secrets []Epoch) (handshakeResult, error) {
+func handshakeResponder(nc net.Conn, priv key.Private, pub key.Public, secrets []Epoch) (handshakeResult, error) {
 	buf := make([]byte, maxHandshakeMsg)
 	m1, err := readFrame(nc, buf, maxHandshakeMsg)
 	if err != nil {
@@ -159,7 +162,7 @@ func handshakeResponder(nc net.Conn, priv key.Private, secrets []Epoch) (handsha
 	var hs *noise.HandshakeState
 	var epoch uint32
 	for _, e := range secrets {
-		h, err := newHandshakeState(priv, e.Secret, false)
+		h, err := newHandshakeState(priv, pub, e.Secret, false)
 		if err != nil {
 			return handshakeResult{}, err
 		}
@@ -188,7 +191,7 @@ func handshakeResponder(nc net.Conn, priv key.Private, secrets []Epoch) (handsha
 	}
 	var peer key.Public
 	copy(peer[:], hs.PeerStatic())
-	if peer == priv.Public() {
+	if peer == pub {
 		return handshakeResult{peer: peer}, errSelf
 	}
 	return handshakeResult{peer: peer, send: cs2, recv: cs1, hash: bytes.Clone(hs.ChannelBinding()), epoch: epoch}, nil

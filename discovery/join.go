@@ -262,7 +262,7 @@ func (r *Router) admit(nc net.Conn, m1 []byte) error {
 		writeFrame(nc, append([]byte{joinRespRefuse}, reason...))
 		return fmt.Errorf("join refused: %s", reason)
 	}
-	pub := r.priv.Public()
+	pub := r.self
 	hs, err := noise.NewHandshakeState(noise.Config{
 		CipherSuite:           cipherSuite,
 		Random:                rand.Reader,

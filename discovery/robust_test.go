@@ -37,7 +37,7 @@ func rawPeer(t *testing.T, r *testRouter, priv key.Private) *conn {
 	t.Helper()
 	nc := rawDial(t, r)
 	nc.SetDeadline(time.Now().Add(5 * time.Second))
-	res, err := handshakeInitiator(nc, priv, testSecret)
+	res, err := handshakeInitiator(nc, priv, priv.Public(), testSecret)
 	if err != nil {
 		t.Fatal(err)
 	}

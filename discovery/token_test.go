@@ -257,7 +257,7 @@ func FuzzJoinResponder(f *testing.F) {
 			r.admit(b, m1)
 		} else {
 			go func() { writeFrame(a, m1); a.Close() }()
-			handshakeResponder(b, r.priv, []Epoch{{Secret: r.cfg.Secret}})
+			handshakeResponder(b, r.priv, r.self, []Epoch{{Secret: r.cfg.Secret}})
 		}
 		b.Close()
 	})

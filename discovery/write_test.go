@@ -36,10 +36,10 @@ func TestWriteMsgReusesFrameBuffers(t *testing.T) {
 	}
 	done := make(chan hs, 1)
 	go func() {
-		res, err := handshakeResponder(b, peer, []Epoch{{Secret: testSecret}})
+		res, err := handshakeResponder(b, peer, peer.Public(), []Epoch{{Secret: testSecret}})
 		done <- hs{res, err}
 	}()
-	ini, err := handshakeInitiator(a, priv, testSecret)
+	ini, err := handshakeInitiator(a, priv, priv.Public(), testSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
