@@ -81,7 +81,8 @@ var counterFamilies = func() map[string]counterFamily {
 		"gossip_channel_unknown", "channel_unknown",
 		"gossip_channel_expired", "channel_hop_limit",
 		"gossip_channel_no_route", "channel_no_route",
-		"gossip_channel_dropped", "channel_queue_full")
+		"gossip_channel_dropped", "channel_queue_full",
+		"gossip_channel_send_dropped", "channel_send_queue_full")
 	add("weavewg_dns_queries_total", "result",
 		"dns_answered_local", "local",
 		"dns_nodata", "nodata",

@@ -47,12 +47,13 @@ func FuzzParseEntryList(f *testing.F) {
 	})
 }
 
-// drain returns the messages queued on c.
+// drain returns the messages queued on c, gossip then channel (the
+// order the writer takes them).
 func drain(c *conn) [][]byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
-	out := c.q
-	c.q = nil
+	out := append(c.q, c.cq...) // in the writer's order
+	c.q, c.cq = nil, nil
 	return out
 }
 

@@ -289,7 +289,7 @@ func (r *Router) forwardLocked(dst key.Public, wire []byte) bool {
 	if c == nil {
 		return false
 	}
-	c.queue(wire)
+	c.queueChannel(wire)
 	r.ctr.inc(CtrChannelSent)
 	return true
 }

@@ -29,11 +29,24 @@ import (
 // replayed. It decrypts to one message (gossip.go). A frame that does not
 // decrypt, or a message that does not parse, closes the connection.
 
-// sendQueueLen bounds each connection's queue of messages waiting to be
-// written. When full the oldest is dropped (control_send_dropped): gossip
-// repairs itself through anti-entropy, and the router never blocks on a slow
-// peer.
+// sendQueueLen bounds each connection's queue of gossip messages (records,
+// haves, wants, digests, keepalives) waiting to be written. When full the
+// oldest is dropped (control_send_dropped): gossip repairs itself through
+// anti-entropy, and the router never blocks on a slow peer.
 const sendQueueLen = 256
+
+// channelSendQueueLen bounds each connection's queue of channel messages (IPAM,
+// DNS), kept apart from the gossip queue and written after it. A broadcast
+// is one message per peer, queued at once on the sender's few connections:
+// at 500 simulated peers and more a joiner's IPAM and DNS broadcasts filled
+// the one shared queue, whose drop-oldest then discarded the join's own
+// records, haves and wants (control_send_dropped about 10,000 per batch of
+// 12 joins at 750 peers, and the newest joiner unreachable for 30 s and
+// more until anti-entropy). Now a flood of channel messages drops only
+// channel messages (gossip_channel_send_dropped; IPAM and DNS repair them
+// by their digests), and gossip goes first. Its length holds a broadcast
+// of a 1,000-peer mesh on a single connection.
+const channelSendQueueLen = 1024
 
 var (
 	errDuplicate    = errors.New("duplicate connection to the same peer")
@@ -68,9 +81,10 @@ type conn struct {
 	// the goroutines of a simulated thousand peers. Producers hold
 	// Router.mu (one at a time); qmu orders them with the writer.
 	qmu     sync.Mutex
-	q       [][]byte
-	live    bool // runConn registered it: queued messages may be written
-	writing bool // a writer goroutine runs
+	q       [][]byte // gossip: records, haves, wants, digests, keepalives
+	cq      [][]byte // channel messages, written when q is empty
+	live    bool     // runConn registered it: queued messages may be written
+	writing bool     // a writer goroutine runs
 
 	// Under Router.mu (digest.go). speaksDigest: the peer sent a digest;
 	// legacy: its first message after the hello was records (it predates
@@ -125,14 +139,22 @@ func (c *conn) preferredOver(old *conn, self key.Public) bool {
 // queue hands m to the writer without blocking, dropping the oldest queued
 // message if sendQueueLen are waiting, and starts a writer if none runs.
 // Called with Router.mu held, so there is one producer at a time.
-func (c *conn) queue(m []byte) {
+func (c *conn) queue(m []byte) { c.enqueue(&c.q, sendQueueLen, CtrSendDropped, m) }
+
+// queueChannel is queue for a channel message: into the channel queue,
+// which the writer takes only when the gossip queue is empty.
+func (c *conn) queueChannel(m []byte) {
+	c.enqueue(&c.cq, channelSendQueueLen, CtrChannelSendDropped, m)
+}
+
+func (c *conn) enqueue(q *[][]byte, limit int, dropped string, m []byte) {
 	c.qmu.Lock()
-	if len(c.q) >= sendQueueLen {
-		c.q[0] = nil
-		c.q = c.q[1:]
-		c.r.ctr.inc(CtrSendDropped)
+	if len(*q) >= limit {
+		(*q)[0] = nil
+		*q = (*q)[1:]
+		c.r.ctr.inc(dropped)
 	}
-	c.q = append(c.q, m)
+	*q = append(*q, m)
 	start := c.startWriterLocked()
 	c.qmu.Unlock()
 	if start {
@@ -144,7 +166,7 @@ func (c *conn) queue(m []byte) {
 // counts it in the router's WaitGroup): c is live and open, messages wait
 // and none runs. Called with c.qmu and Router.mu held.
 func (c *conn) startWriterLocked() bool {
-	if !c.live || c.writing || len(c.q) == 0 || c.r.closed {
+	if !c.live || c.writing || len(c.q)+len(c.cq) == 0 || c.r.closed {
 		return false
 	}
 	select {
@@ -232,25 +254,29 @@ func (c *conn) writeLoop() {
 			closed = true
 		default:
 		}
-		if closed || len(c.q) == 0 {
+		if closed || len(c.q)+len(c.cq) == 0 {
 			c.writing = false
 			if closed {
-				c.q = nil
+				c.q, c.cq = nil, nil
 			}
 			c.qmu.Unlock()
 			return
 		}
-		m := c.q[0]
-		c.q[0] = nil
-		c.q = c.q[1:]
-		if len(c.q) == 0 {
-			c.q = nil // let the backing array go
+		q := &c.q
+		if len(*q) == 0 {
+			q = &c.cq
+		}
+		m := (*q)[0]
+		(*q)[0] = nil
+		*q = (*q)[1:]
+		if len(*q) == 0 {
+			*q = nil // let the backing array go
 		}
 		c.qmu.Unlock()
 		if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
 			c.close()
 			c.qmu.Lock()
-			c.writing, c.q = false, nil
+			c.writing, c.q, c.cq = false, nil, nil
 			c.qmu.Unlock()
 			return
 		}

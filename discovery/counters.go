@@ -46,6 +46,7 @@ const (
 	CtrChannelNoRoute     = "gossip_channel_no_route"        // channel messages dropped: destination unreachable (held 3 s first)
 	CtrChannelParked      = "gossip_channel_parked"          // channel messages a relay held for want of a route to their destination
 	CtrChannelDropped     = "gossip_channel_dropped"         // delivered messages dropped: handler queue full
+	CtrChannelSendDropped = "gossip_channel_send_dropped"    // channel messages dropped: connection's channel queue full
 	CtrJoinAdmitted       = "control_join_admitted"          // joiners admitted with a token
 	CtrJoinRefused        = "control_join_refused"           // joiners refused (expired, revoked, used up, other network)
 	CtrJoinUnsynced       = "control_join_unsynced"          // joiners refused: unknown token while the registry is being recovered
@@ -72,7 +73,7 @@ var counterNames = []string{
 	CtrDigestsSent, CtrDigestsReceived, CtrSummariesReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,
 	CtrPeersExpired, CtrChannelSent, CtrChannelReceived, CtrChannelForwarded,
-	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped,
+	CtrChannelUnknown, CtrChannelExpired, CtrChannelNoRoute, CtrChannelDropped, CtrChannelSendDropped,
 	CtrJoinAdmitted, CtrJoinRefused, CtrJoinUnsynced,
 	CtrJoinEvicted, CtrConnEvicted, CtrRecordsEvicted, CtrChannelEvicted, CtrEvictBad, CtrPeersEvicted,
 	CtrRotationBad, CtrRotationsAdopted, CtrConnStaleSecret, CtrCatchUpServed,
