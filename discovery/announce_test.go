@@ -53,7 +53,7 @@ func drain(c *conn) [][]byte {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	out := append(c.q, c.cq...) // in the writer's order
-	c.q, c.cq = nil, nil
+	c.q, c.cq, c.cqBytes = nil, nil, 0
 	return out
 }
 

@@ -45,8 +45,13 @@ const sendQueueLen = 256
 // more until anti-entropy). Now a flood of channel messages drops only
 // channel messages (gossip_channel_send_dropped; IPAM and DNS repair them
 // by their digests), and gossip goes first. Its length holds a broadcast
-// of a 1,000-peer mesh on a single connection.
-const channelSendQueueLen = 1024
+// of a 1,000-peer mesh on a single connection; its bytes bound what it
+// holds when the messages are large (ring parts of up to 64 KB): in the
+// simulation of 1,000 peers, N×30 connections share one heap.
+const (
+	channelSendQueueLen   = 1024
+	channelSendQueueBytes = 1 << 20
+)
 
 var (
 	errDuplicate    = errors.New("duplicate connection to the same peer")
@@ -83,6 +88,7 @@ type conn struct {
 	qmu     sync.Mutex
 	q       [][]byte // gossip: records, haves, wants, digests, keepalives
 	cq      [][]byte // channel messages, written when q is empty
+	cqBytes int      // the bytes in cq
 	live    bool     // runConn registered it: queued messages may be written
 	writing bool     // a writer goroutine runs
 
@@ -139,22 +145,35 @@ func (c *conn) preferredOver(old *conn, self key.Public) bool {
 // queue hands m to the writer without blocking, dropping the oldest queued
 // message if sendQueueLen are waiting, and starts a writer if none runs.
 // Called with Router.mu held, so there is one producer at a time.
-func (c *conn) queue(m []byte) { c.enqueue(&c.q, sendQueueLen, CtrSendDropped, m) }
-
-// queueChannel is queue for a channel message: into the channel queue,
-// which the writer takes only when the gossip queue is empty.
-func (c *conn) queueChannel(m []byte) {
-	c.enqueue(&c.cq, channelSendQueueLen, CtrChannelSendDropped, m)
+func (c *conn) queue(m []byte) {
+	c.qmu.Lock()
+	if len(c.q) >= sendQueueLen {
+		c.q[0] = nil
+		c.q = c.q[1:]
+		c.r.ctr.inc(CtrSendDropped)
+	}
+	c.q = append(c.q, m)
+	c.startWriterUnlock()
 }
 
-func (c *conn) enqueue(q *[][]byte, limit int, dropped string, m []byte) {
+// queueChannel is queue for a channel message: into the channel queue,
+// which the writer takes only when the gossip queue is empty, and which
+// holds at most channelSendQueueLen messages and channelSendQueueBytes.
+func (c *conn) queueChannel(m []byte) {
 	c.qmu.Lock()
-	if len(*q) >= limit {
-		(*q)[0] = nil
-		*q = (*q)[1:]
-		c.r.ctr.inc(dropped)
+	for len(c.cq) > 0 && (len(c.cq) >= channelSendQueueLen || c.cqBytes+len(m) > channelSendQueueBytes) {
+		c.cqBytes -= len(c.cq[0])
+		c.cq[0] = nil
+		c.cq = c.cq[1:]
+		c.r.ctr.inc(CtrChannelSendDropped)
 	}
-	*q = append(*q, m)
+	c.cq = append(c.cq, m)
+	c.cqBytes += len(m)
+	c.startWriterUnlock()
+}
+
+// startWriterUnlock starts a writer if one is needed, and unlocks qmu.
+func (c *conn) startWriterUnlock() {
 	start := c.startWriterLocked()
 	c.qmu.Unlock()
 	if start {
@@ -257,7 +276,7 @@ func (c *conn) writeLoop() {
 		if closed || len(c.q)+len(c.cq) == 0 {
 			c.writing = false
 			if closed {
-				c.q, c.cq = nil, nil
+				c.q, c.cq, c.cqBytes = nil, nil, 0
 			}
 			c.qmu.Unlock()
 			return
@@ -265,6 +284,7 @@ func (c *conn) writeLoop() {
 		q := &c.q
 		if len(*q) == 0 {
 			q = &c.cq
+			c.cqBytes -= len((*q)[0])
 		}
 		m := (*q)[0]
 		(*q)[0] = nil
@@ -276,7 +296,7 @@ func (c *conn) writeLoop() {
 		if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
 			c.close()
 			c.qmu.Lock()
-			c.writing, c.q, c.cq = false, nil, nil
+			c.writing, c.q, c.cq, c.cqBytes = false, nil, nil, 0
 			c.qmu.Unlock()
 			return
 		}

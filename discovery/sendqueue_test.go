@@ -149,3 +149,29 @@ func TestBroadcastDoesNotPushOutGossip(t *testing.T) {
 		t.Errorf("%d channel messages written, want one per peer (%d); dropped: %d", channel, peers+1, r.ctr[CtrChannelSendDropped].Load())
 	}
 }
+
+// The channel queue holds at most channelSendQueueBytes: ring parts of
+// 64 KB queued behind a slow connection drop the oldest beyond that,
+// counted, where 1,024 of them would hold 64 MB per connection.
+func TestChannelQueueBoundedInBytes(t *testing.T) {
+	r, c := digestRouter(t) // not live: nothing is written
+	big := make([]byte, 64<<10)
+	const n = 20
+	for range n {
+		c.queueChannel(big)
+	}
+	q := drain(c)
+	if got, want := len(q), channelSendQueueBytes/len(big); got != want {
+		t.Errorf("%d messages of %d bytes held, want %d (%d bytes)", got, len(big), want, channelSendQueueBytes)
+	}
+	if got, want := r.ctr[CtrChannelSendDropped].Load(), uint64(n-channelSendQueueBytes/len(big)); got != want {
+		t.Errorf("%s = %d, want %d", CtrChannelSendDropped, got, want)
+	}
+	// Small messages: the count bounds the queue.
+	for range channelSendQueueLen + 5 {
+		c.queueChannel([]byte{msgChannel})
+	}
+	if got := len(drain(c)); got != channelSendQueueLen {
+		t.Errorf("%d small messages held, want %d", got, channelSendQueueLen)
+	}
+}
