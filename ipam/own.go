@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"slices"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -53,15 +54,7 @@ func (r *Ring) heirsOf(self key.Public, buf []key.Public) []key.Public {
 		}
 	}
 	if len(buf) > 1 {
-		slices.SortFunc(buf, func(a, b key.Public) int {
-			switch {
-			case a.Less(b):
-				return -1
-			case b.Less(a):
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(buf, func(a, b key.Public) int { return bytes.Compare(a[:], b[:]) })
 	}
 	return buf
 }
