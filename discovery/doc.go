@@ -55,13 +55,16 @@
 // answers the other's digest with the records it lacks; a record that is
 // new or newer is announced at once to every other established connection
 // (a have: key and version), and a neighbour that lacks it asks for it (a
-// want; announce.go); our own record goes whole to every neighbour; every ~10 s a digest goes to one random neighbor
-// (anti-entropy), which answers with what we lack and, if we hold
-// something it lacks, with its own digest. A peer that predates digests
-// starts with its full state and is sent full states. Peers unreachable for more than a minute are
-// dropped; their last version is remembered for five minutes so that stale
-// copies still in flight do not bring them back, while a restarted peer comes
-// back with a higher version.
+// want; announce.go); our own record goes whole to every neighbour; every
+// ~10 s a summary (a hash and count of what the digest would list,
+// summary.go) goes to one random neighbour (anti-entropy), which answers,
+// only if its own differs, with its digest: then what either lacks goes
+// across. A peer that predates summaries is sent the digest instead, and
+// one that predates digests starts with its full state and is sent full
+// states. Peers unreachable for more than a minute are dropped; their
+// last version is remembered for five minutes so that stale copies still
+// in flight do not bring them back, while a restarted peer comes back
+// with a higher version.
 //
 // # Topology and routes
 //
