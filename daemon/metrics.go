@@ -61,6 +61,7 @@ var counterFamilies = func() map[string]counterFamily {
 		"control_handshake_ratelimited", "handshake_rate_limited",
 		"control_handshake_busy", "handshake_busy",
 		"control_send_dropped", "send_queue_full",
+		"control_send_discarded", "connection_closed",
 		"control_frame_oversized", "frame_oversized",
 		"control_frame_decrypt_failed", "frame_decrypt_failed",
 		"control_message_malformed", "message_malformed",

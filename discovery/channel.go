@@ -270,7 +270,9 @@ func (ch *Channel) Broadcast(msg []byte) {
 			r.log.Warn("channel message not sent", "channel", ch.name, "err", err)
 			return
 		}
-		r.forwardLocked(dst, b)
+		if !r.forwardLocked(dst, b) {
+			r.ctr.inc(CtrChannelNoRoute) // routes just changed under it
+		}
 	}
 }
 

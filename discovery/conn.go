@@ -276,7 +276,7 @@ func (c *conn) writeLoop() {
 		if closed || len(c.q)+len(c.cq) == 0 {
 			c.writing = false
 			if closed {
-				c.q, c.cq, c.cqBytes = nil, nil, 0
+				c.discardLocked(0)
 			}
 			c.qmu.Unlock()
 			return
@@ -296,12 +296,25 @@ func (c *conn) writeLoop() {
 		if err := c.writeMsg(m, c.r.tun.writeTimeout); err != nil {
 			c.close()
 			c.qmu.Lock()
-			c.writing, c.q, c.cq, c.cqBytes = false, nil, nil, 0
+			c.writing = false
+			c.discardLocked(1) // and the message that failed
 			c.qmu.Unlock()
 			return
 		}
 		c.lastWrite.Store(time.Now().UnixNano())
 	}
+}
+
+// discardLocked empties the queues of a connection that closed, counting
+// what they held and extra messages already taken from them
+// (control_send_discarded): gossip repairs them by anti-entropy, IPAM and
+// DNS by their digests, but a closing connection's queue was a loss no
+// counter showed. Called with qmu held.
+func (c *conn) discardLocked(extra int) {
+	if n := len(c.q) + len(c.cq) + extra; n > 0 {
+		c.r.ctr.add(CtrSendDiscarded, uint64(n))
+	}
+	c.q, c.cq, c.cqBytes = nil, nil, 0
 }
 
 // keepaliveDueLocked queues a keepalive if nothing was written for the

@@ -24,6 +24,7 @@ const (
 	CtrConnClosed         = "control_connection_closed"      // established connections that ended
 	CtrDialFailed         = "control_dial_failed"            // TCP dial or resolution failures
 	CtrSendDropped        = "control_send_dropped"           // message dropped: connection send queue full
+	CtrSendDiscarded      = "control_send_discarded"         // queued messages discarded: their connection closed
 	CtrRecordsReceived    = "gossip_records_received"        // records received in records messages
 	CtrRecordsApplied     = "gossip_records_applied"         // received records that were newer than ours
 	CtrRecordsSent        = "gossip_records_sent"            // records queued for sending
@@ -68,7 +69,7 @@ var counterNames = []string{
 	CtrHandshakeTimeout, CtrHandshakeBadSecret, CtrHandshakeRefused,
 	CtrFrameOversized, CtrFrameDecryptFailed, CtrMessageMalformed,
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
-	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped,
+	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped, CtrSendDiscarded,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
 	CtrDigestsSent, CtrDigestsReceived, CtrSummariesReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,

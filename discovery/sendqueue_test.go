@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flynn/noise"
+
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -26,6 +28,30 @@ func (g *gateConn) Write(p []byte) (int, error) {
 
 func (g *gateConn) SetWriteDeadline(time.Time) error { return nil }
 func (g *gateConn) Close() error                     { return nil }
+
+// noiseSession runs a control handshake between r and peer over a pipe:
+// the sending half for r's writer, and the peer's result to read back
+// what it writes.
+func noiseSession(t *testing.T, r *Router, peer key.Private) (*noise.CipherState, handshakeResult) {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan handshakeResult, 1)
+	go func() {
+		res, _ := handshakeResponder(b, peer, peer.Public(), []Epoch{{Secret: testSecret}})
+		done <- res
+	}()
+	ini, err := handshakeInitiator(a, r.cfg.Private, r.self, testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := <-done
+	if resp.recv == nil {
+		t.Fatal("handshake: the responder failed")
+	}
+	return ini.send, resp
+}
 
 // A broadcast is one channel message per peer, queued at once on the
 // sender's connections. Queued behind a slow connection, it must not push
@@ -47,29 +73,12 @@ func TestBroadcastDoesNotPushOutGossip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A noise session, so what the writer writes can be read back.
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
 	peerKey := newKey(t)
-	done := make(chan handshakeResult, 1)
-	go func() {
-		res, _ := handshakeResponder(b, peerKey, peerKey.Public(), []Epoch{{Secret: testSecret}})
-		done <- res
-	}()
-	ini, err := handshakeInitiator(a, r.cfg.Private, r.self, testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp := <-done
-	if resp.recv == nil {
-		t.Fatal("handshake: the responder failed")
-	}
-
+	send, resp := noiseSession(t, r, peerKey)
 	m := newMeshView(peers + 2)
 	m.ks[0], m.ks[1] = r.self, peerKey.Public()
 	sink := &gateConn{gate: make(chan struct{}), frames: make(chan []byte, 4*peers)}
-	c := &conn{r: r, nc: sink, send: ini.send, peer: m.ks[1], done: make(chan struct{})}
+	c := &conn{r: r, nc: sink, send: send, peer: m.ks[1], done: make(chan struct{})}
 	r.mu.Lock()
 	r.conns[c] = struct{}{}
 	if err := r.addConnLocked(c); err != nil {
@@ -173,5 +182,40 @@ func TestChannelQueueBoundedInBytes(t *testing.T) {
 	}
 	if got := len(drain(c)); got != channelSendQueueLen {
 		t.Errorf("%d small messages held, want %d", got, channelSendQueueLen)
+	}
+}
+
+// What a connection still had queued when it closed is counted
+// (control_send_discarded), as a full queue's drops are: a lost
+// message is repaired later, but not silently.
+func TestClosedConnectionCountsWhatItDiscards(t *testing.T) {
+	r, _ := digestRouter(t)
+	send, _ := noiseSession(t, r, newKey(t))
+	sink := &gateConn{gate: make(chan struct{}), frames: make(chan []byte, 16)}
+	c := &conn{r: r, nc: sink, send: send, peer: seqKey(20), done: make(chan struct{})}
+	r.wg.Add(1)
+	c.qmu.Lock()
+	c.live, c.writing = true, true
+	c.qmu.Unlock()
+	for range 3 {
+		c.queue([]byte{msgKeepalive})
+	}
+	for range 2 {
+		c.queueChannel([]byte{msgChannel})
+	}
+	finished := make(chan struct{})
+	go func() { c.writeLoop(); close(finished) }()
+	// The writer takes the first message and blocks writing it; the
+	// connection closes.
+	waitFor(t, 5*time.Second, "the writer to take a message", func() bool {
+		c.qmu.Lock()
+		defer c.qmu.Unlock()
+		return len(c.q) == 2
+	})
+	c.close()
+	close(sink.gate)
+	<-finished
+	if got := r.ctr[CtrSendDiscarded].Load(); got != 4 {
+		t.Errorf("%s = %d, want 4 (the messages still queued when the connection closed)", CtrSendDiscarded, got)
 	}
 }
