@@ -65,6 +65,13 @@ type change struct {
 	BytesPerPeer  float64 `json:"bytes_per_peer"`
 	MsgsOverN     float64 `json:"frames_over_n"`
 	VerifyPerPeer float64 `json:"verifies_per_peer"`
+	// Until agreement, what the frames were (frames.go): channel
+	// messages (IPAM and DNS, relays' copies included) and the still
+	// mesh's background for as long as the change took; the rest is
+	// the change's own gossip (records, haves, wants, digests).
+	ChannelMsgsOverN           float64 `json:"channel_frames_over_n"`
+	BackgroundMsgsOverN        float64 `json:"background_frames_over_n"`
+	BackgroundChannelMsgsOverN float64 `json:"background_channel_frames_over_n"`
 	// CPUSeconds is the CPU the whole process (every simulated peer and
 	// the harness) used from the change until agreement: what the
 	// change cost the machine, whatever its load.
@@ -434,6 +441,7 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		ctr0 = c.Counters()
 	}
 	m0, b0 := c.Traffic()
+	ch0 := c.RouterCounter(discovery.CtrChannelSent)
 	v0 := c.Verify.Calls.Load()
 	cpu0 := cpuTime()
 	ch := change{Name: name}
@@ -462,6 +470,10 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	ch.MsgsPerPeer = float64(ch.Msgs) / peers
 	ch.BytesPerPeer = float64(ch.Bytes) / peers
 	ch.MsgsOverN = float64(ch.Msgs) / float64(n)
+	ch.ChannelMsgsOverN = float64(c.RouterCounter(discovery.CtrChannelSent)-ch0) / float64(n)
+	took := max(ch.TopoSeconds, ch.Seconds)
+	ch.BackgroundMsgsOverN = background(res.Idle.Frames, peers, took, n)
+	ch.BackgroundChannelMsgsOverN = background(res.Idle.ChannelFrames, peers, took, n)
 	ch.VerifyPerPeer = float64(c.Verify.Calls.Load()-v0) / peers
 	if !ch.TopoFailed {
 		st := settle(c, start, timeout)
@@ -473,8 +485,8 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		ch.IdleMsgsPerPeerPerS = st.idleRate / peers
 	}
 	res.Changes = append(res.Changes, ch)
-	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s (cpu %.1f s); until agreement %.1f frames/N, %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",
-		n, name, ch.TopoSeconds, ch.Seconds, ch.CPUSeconds, ch.SettleSeconds, ch.SettleCPUSeconds, ch.MsgsOverN, ch.BytesPerPeer, ch.SettleMsgsOverN, ch.SettleBytesPerPeer, ch.IdleMsgsPerPeerPerS, ch.VerifyPerPeer, ch.Err)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s (cpu %.1f s); until agreement %.1f frames/N (%s), %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",
+		n, name, ch.TopoSeconds, ch.Seconds, ch.CPUSeconds, ch.SettleSeconds, ch.SettleCPUSeconds, ch.MsgsOverN, ch.frameParts(), ch.BytesPerPeer, ch.SettleMsgsOverN, ch.SettleBytesPerPeer, ch.IdleMsgsPerPeerPerS, ch.VerifyPerPeer, ch.Err)
 	if printCounters {
 		counterDelta(n, name, ctr0, c.Counters())
 	}
@@ -592,8 +604,9 @@ func print(results []result, verify time.Duration) {
 	}
 	fmt.Printf("settled s: until no router applied a record or made or lost a connection for %v (the change's tail: a joiner dials until it has half its limit); the last pair of columns counts traffic until then; idle f/p/s: frames per peer per second while still (anti-entropy)\n\n", settleQuiet)
 	fmt.Printf("cpu s: CPU seconds the whole process (every peer, and the harness's checks) used from the change until agreement; the machine is shared, so the seconds to agreement depend on its load, the CPU much less; settled cpu: until the mesh settled, the change's whole CPU; ms/peer: that over N, what one host would spend (a change whose total CPU is O(N) keeps it flat)\n\n")
-	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "", "", "until agreement", "", "until settled", "", "", "", "")
-	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "set cpu", "ms/peer", "frames/N", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
+	fmt.Printf("own gossip/N, own chan/N: of the frames until agreement, the change's own gossip (records, haves, wants, digests) and its own channel messages (IPAM, DNS; relays' copies included), each less the idle window's rate of its kind for as long as the change took\n\n")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %8s %8s %11s | %9s %11s | %8s %9s %10s\n", "", "", "", "", "", "", "", "", "until agreement", "", "", "", "until settled", "", "", "", "")
+	fmt.Printf("%6s  %-16s %7s %7s %6s %9s %7s %7s | %9s %8s %8s %11s | %9s %11s | %8s %9s %10s\n", "N", "change", "topo s", "all s", "cpu s", "settled s", "set cpu", "ms/peer", "frames/N", "own gsp", "own chan", "bytes/peer", "frames/N", "bytes/peer", "idle f/p/s", "verif/pr", "verify CPU")
 	for _, r := range results {
 		fmt.Printf("%6d  %-16s %7.0f s: joining the first N-1, up to -batch at a time (halved after a slow batch), waiting for agreement after each; handshake timeout %.0f s, read timeout %.0f s\n", r.N, "(build)", r.BuildSeconds, r.HandshakeSeconds, readFor(r.N).Seconds())
 		if r.Idle.Goroutines > 0 {
@@ -614,8 +627,8 @@ func print(results []result, verify time.Duration) {
 			if c.SettleFailed {
 				note += " (still moving after -timeout)"
 			}
-			fmt.Printf("%6d  %-16s %7.2f %7.2f %6.1f %9.1f %7.1f %7.2f | %9.1f %11.0f | %9.1f %11.0f | %8.2f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.CPUSeconds, c.SettleSeconds, c.SettleCPUSeconds, 1000*c.SettleCPUSeconds/float64(r.N),
-				c.MsgsOverN, c.BytesPerPeer, c.SettleMsgsOverN, c.SettleBytesPerPeer, c.IdleMsgsPerPeerPerS, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
+			fmt.Printf("%6d  %-16s %7.2f %7.2f %6.1f %9.1f %7.1f %7.2f | %9.1f %8.1f %8.1f %11.0f | %9.1f %11.0f | %8.2f %9.1f %10v %s\n", r.N, c.Name, c.TopoSeconds, c.Seconds, c.CPUSeconds, c.SettleSeconds, c.SettleCPUSeconds, 1000*c.SettleCPUSeconds/float64(r.N),
+				c.MsgsOverN, c.ownGossipOverN(), c.ownChannelOverN(), c.BytesPerPeer, c.SettleMsgsOverN, c.SettleBytesPerPeer, c.IdleMsgsPerPeerPerS, c.VerifyPerPeer, cpu.Round(time.Microsecond), note)
 		}
 	}
 	if len(results) > 1 {

@@ -53,3 +53,31 @@ func TestNextBatch(t *testing.T) {
 		}
 	}
 }
+
+// A change's frames until agreement split into its own gossip, its own
+// channel messages and the background, each kind less its idle rate for
+// as long as the change took: the lead's 1,000th join at fc682d6 (178
+// frames/N in 17.16 s, 142.4 of them channel messages, the still mesh
+// at 4.32 frames a peer a second, 4.57 of them channel) was read as a
+// join's gossip growing 5x from N=300; its own gossip was about 35.
+func TestFramePartsLessBackground(t *testing.T) {
+	const n, peers, secs = 1000, 1000.0, 17.16
+	c := change{MsgsOverN: 177.8, ChannelMsgsOverN: 142.4, TopoSeconds: 8.44, Seconds: secs}
+	c.BackgroundMsgsOverN = background(4.32, peers, secs, n)
+	c.BackgroundChannelMsgsOverN = background(4.30, peers, secs, n)
+	if got := c.BackgroundMsgsOverN; got < 74 || got > 74.2 {
+		t.Errorf("background %.2f frames/N, want 4.32 × 17.16 s = 74.1", got)
+	}
+	if got := c.ownGossipOverN(); got < 35 || got > 35.5 {
+		t.Errorf("own gossip %.2f frames/N, want 177.8 - 142.4 - (74.1 - 73.8) = 35.1", got)
+	}
+	if got := c.ownChannelOverN(); got < 68.5 || got > 68.8 {
+		t.Errorf("own channel %.2f frames/N, want 142.4 - 73.8 = 68.6", got)
+	}
+	if background(4.32, peers, 0, n) != 0 || background(4.32, peers, 1, 0) != 0 {
+		t.Error("a change that took no time, or no mesh, has a background")
+	}
+	if got := (change{MsgsOverN: 10, ChannelMsgsOverN: 8, BackgroundMsgsOverN: 5}).ownGossipOverN(); got != 0 {
+		t.Errorf("own gossip %.2f: a background larger than the gossip left a negative part", got)
+	}
+}

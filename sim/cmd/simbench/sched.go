@@ -106,14 +106,17 @@ var idleWindow = 10 * time.Second
 // and second: the cost that must not grow with N (issue 18), however
 // many peers share the process.
 type idle struct {
-	CPUMicros  float64 `json:"cpu_us_per_peer_per_second"`
-	Frames     float64 `json:"frames_per_peer_per_second"`
-	Goroutines float64 `json:"goroutines_per_peer"`
-	Changed    bool    `json:"changed,omitempty"` // a record was applied or a connection made or lost in the window
+	CPUMicros float64 `json:"cpu_us_per_peer_per_second"`
+	Frames    float64 `json:"frames_per_peer_per_second"`
+	// ChannelFrames is the part of Frames that was channel messages
+	// (IPAM's and DNS's rounds; gossip_channel_sent).
+	ChannelFrames float64 `json:"channel_frames_per_peer_per_second"`
+	Goroutines    float64 `json:"goroutines_per_peer"`
+	Changed       bool    `json:"changed,omitempty"` // a record was applied or a connection made or lost in the window
 }
 
 func (i idle) String() string {
-	s := fmt.Sprintf("%.1f µs of CPU and %.2f frames per peer per second; %.1f goroutines per peer", i.CPUMicros, i.Frames, i.Goroutines)
+	s := fmt.Sprintf("%.1f µs of CPU and %.2f frames per peer per second (%.2f of them channel messages); %.1f goroutines per peer", i.CPUMicros, i.Frames, i.ChannelFrames, i.Goroutines)
 	if i.Changed {
 		s += " (the mesh was not still: records applied or connections moved meanwhile)"
 	}
@@ -147,10 +150,12 @@ func measureIdle(c *sim.Cluster, window time.Duration) idle {
 	peers := float64(len(c.Alive()))
 	e0, cpu0 := events(), cpuTime()
 	m0, _ := c.Traffic()
+	ch0 := c.RouterCounter(discovery.CtrChannelSent)
 	t0 := time.Now()
 	time.Sleep(window)
 	e1, cpu1 := events(), cpuTime()
 	m1, _ := c.Traffic()
+	ch1 := c.RouterCounter(discovery.CtrChannelSent)
 	secs := time.Since(t0).Seconds()
 	if printCounters {
 		// What the still mesh did: handshakes, rounds, channel messages.
@@ -158,9 +163,10 @@ func measureIdle(c *sim.Cluster, window time.Duration) idle {
 	}
 	per := func(v float64) float64 { return v / peers / secs }
 	return idle{
-		CPUMicros:  per(float64((cpu1 - cpu0).Microseconds())),
-		Frames:     per(float64(m1 - m0)),
-		Goroutines: float64(runtime.NumGoroutine()) / peers,
-		Changed:    e1 != e0,
+		CPUMicros:     per(float64((cpu1 - cpu0).Microseconds())),
+		Frames:        per(float64(m1 - m0)),
+		ChannelFrames: per(float64(ch1 - ch0)),
+		Goroutines:    float64(runtime.NumGoroutine()) / peers,
+		Changed:       e1 != e0,
 	}
 }
