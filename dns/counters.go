@@ -39,6 +39,8 @@ type counters struct {
 	digestBack      atomic.Uint64 // differing digests answered with a digest back
 	sendFailed      atomic.Uint64 // messages to one peer not sent: no route to it
 	pullRepaired    atomic.Uint64 // entries a pull brought that we lacked: lost on their way (or still on it)
+	roundSent       atomic.Uint64 // anti-entropy rounds that broadcast our entries (Tick: no Sender, or more than fullUpdateMax)
+	welcomeSent     atomic.Uint64 // arrivals sent what they take from us (welcome)
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -75,5 +77,7 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_digest_back":            c.digestBack.Load(),
 		"dns_send_failed":            c.sendFailed.Load(),
 		"dns_pull_repaired":          c.pullRepaired.Load(),
+		"dns_round_sent":             c.roundSent.Load(),
+		"dns_welcome_sent":           c.welcomeSent.Load(),
 	}
 }

@@ -11,11 +11,14 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// Repairing lost updates (issue 18). Each owner broadcasts its own entries
-// once a round, and a round sends a message to every peer, so past
+// Repairing lost updates (issue 18). Each owner broadcasted its own
+// entries once a round, and a round sends a message to every peer, so past
 // beat.SpreadPeers peers it comes every N seconds (beat.Spread): an update
 // lost on the way (a relay with no route yet to a joiner drops it) waited
-// minutes at N=300, where names must agree within seconds. Only an owner's
+// minutes at N=300, where names must agree within seconds. Now an owner's
+// update carries all its entries (up to fullUpdateMax), so holding its
+// newest version is holding all of them, and the digests below repair
+// alone (the round broadcasts only past fullUpdateMax: Server.Tick). Only an owner's
 // own messages are taken (HandleMessage), so another peer cannot hand on
 // what it holds; it can say which owners it holds newer entries of.
 //
@@ -435,30 +438,37 @@ func (s *Server) handleRepair(from key.Public, msg []byte) error {
 }
 
 // sendOwnTo sends each peer what it takes from us (sendOwn), reading the
-// table once for all of them.
-func (s *Server) sendOwnTo(sender Sender, peers []key.Public) {
+// table once for all of them. It returns to how many peers it sent.
+func (s *Server) sendOwnTo(sender Sender, peers []key.Public) int {
 	owners := make(map[key.Public]bool, len(peers)+1)
 	owners[s.cfg.Self] = true
 	for _, p := range peers {
 		owners[p] = true
 	}
 	of := s.table.entriesOf(owners)
+	n := 0
 	for _, p := range peers {
-		s.sendOwn(sender, p, of[s.cfg.Self], of[p])
+		if s.sendOwn(sender, p, of[s.cfg.Self], of[p]) {
+			n++
+		}
 	}
+	return n
 }
 
 // sendOwn sends peer p what it takes from us: our own entries and the
 // copies we hold of its entries (theirs), so it buries stale ones of a
-// previous run.
-func (s *Server) sendOwn(sender Sender, p key.Public, own, theirs []Entry) {
+// previous run. It reports whether it sent anything.
+func (s *Server) sendOwn(sender Sender, p key.Public, own, theirs []Entry) bool {
 	es := append(slices.Clip(own), theirs...)
 	if p == s.cfg.Self {
 		es = own
 	}
+	sent := false
 	for _, m := range AppendMessages(MsgState, es) {
 		if s.sendTo(sender, p, m) {
 			s.c.gossipSent.Add(1)
+			sent = true
 		}
 	}
+	return sent
 }

@@ -369,3 +369,84 @@ func repairModel(t *testing.T, n int, arrived bool, loss float64) {
 		t.Errorf("N=%d: %d peers lack the joiner's name after %d periodic rounds", n, l, periodic)
 	}
 }
+
+// TestLostEarlierUpdateRepairedByDigests (issue 18): a peer that lost an
+// owner's update and got the next one holds the owner's newest version,
+// so digests of newest versions agree; it still gets the lost name within
+// the rounds after the change, without the owner's anti-entropy broadcast
+// (which came every N seconds: 17 minutes at N=1,000).
+func TestLostEarlierUpdateRepairedByDigests(t *testing.T) {
+	a, b, c := peerKey(1), peerKey(2), peerKey(3)
+	n := memServers(t, a, b, c)
+	n.rounds(t, quickRounds+1)
+	n.drop = func(m memMsg) bool { return m.to == b }
+	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
+	n.run(t)
+	n.drop = nil
+	must(t, n.servers[a].AddEntry("db", netip.MustParseAddr("10.32.0.6"), "c2"))
+	n.run(t)
+	if got, _ := n.servers[b].Lookup("db"); len(got) != 1 {
+		t.Fatalf("setting up: b lacks db: %v", got)
+	}
+	n.rounds(t, quickRounds)
+	if got, _ := n.servers[b].Lookup("web"); len(got) != 1 {
+		t.Fatalf("b resolves web to %v after the update after it and %d rounds; counters a %v, b %v", got, quickRounds, n.servers[a].Counters(), n.servers[b].Counters())
+	}
+}
+
+// TestStillRoundSendsNoState (issue 18): in a mesh that agrees, an
+// anti-entropy round (Tick) sends nothing: digests repair. It broadcast
+// each owner's state to every peer, a state a second at each peer of a
+// mesh of any size, the most of an idle simulated peer's traffic at
+// N=1,000. An owner of more than fullUpdateMax entries, whose updates
+// carry only the change, and a transport that cannot send to one peer
+// (no digests) keep the broadcast, and it repairs.
+func TestStillRoundSendsNoState(t *testing.T) {
+	var keys []key.Public
+	for i := range 20 {
+		keys = append(keys, peerKey(byte(10+i)))
+	}
+	n := memServers(t, keys...)
+	for i, k := range keys {
+		must(t, n.servers[k].AddEntry(fmt.Sprintf("c%d", i), netip.AddrFrom4([4]byte{10, 32, 1, byte(i)}), "c"))
+	}
+	n.run(t)
+	n.rounds(t, quickRounds+1)
+	for _, s := range n.servers {
+		s.Tick()
+	}
+	if len(n.queue) != 0 {
+		t.Fatalf("a still round sent %d messages", len(n.queue))
+	}
+
+	// Many entries: the round broadcasts, and repairs a lost one.
+	big := n.servers[keys[0]]
+	for i := range fullUpdateMax {
+		must(t, big.AddEntry(fmt.Sprintf("m%d", i), netip.AddrFrom4([4]byte{10, 33, 1, byte(i)}), "m"))
+	}
+	n.run(t)
+	n.drop = func(m memMsg) bool { return m.to == keys[1] }
+	must(t, big.AddEntry("lost", netip.MustParseAddr("10.34.0.1"), "m"))
+	n.run(t)
+	n.drop = nil
+	must(t, big.AddEntry("later", netip.MustParseAddr("10.34.0.2"), "m"))
+	n.run(t)
+	big.Tick()
+	if len(n.queue) == 0 {
+		t.Fatalf("the round of an owner of %d entries sent nothing", fullUpdateMax+3)
+	}
+	n.run(t)
+	if got, _ := n.servers[keys[1]].Lookup("lost"); len(got) != 1 {
+		t.Fatalf("a name of an owner of many entries not repaired by its round: %v", got)
+	}
+
+	// No Sender: the round broadcasts.
+	tr := &countingTransport{}
+	s := startServer(t, func(c *Config) { c.Transport = tr })
+	must(t, s.AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
+	tr.msgs = nil
+	s.Tick()
+	if len(tr.msgs) != 1 {
+		t.Fatalf("%d broadcasts in a round without a Sender", len(tr.msgs))
+	}
+}

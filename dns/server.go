@@ -72,9 +72,10 @@ type Config struct {
 	ForwardBurst int
 	// Transport for gossip; may be set later with SetTransport.
 	Transport Transport
-	// GossipInterval is the period of anti-entropy (broadcasting the whole
-	// table) and of tombstone expiry (default 10 s; negative: no loop, the
-	// caller drives Tick).
+	// GossipInterval is the period of tombstone expiry, of the digest
+	// round and of anti-entropy where digests cannot repair (broadcasting
+	// our own entries: see Tick) (default 10 s; negative: no loop, the
+	// caller drives Tick and DigestTick).
 	GossipInterval time.Duration
 	// Relay: rebroadcast gossip news. Needed only when Transport.Broadcast
 	// reaches direct neighbours only.
@@ -414,15 +415,50 @@ func (s *Server) loop(stop chan struct{}) {
 	}
 }
 
-// Tick expires old tombstones and unreachable peers' entries and broadcasts
-// this peer's own entries, tombstones included (anti-entropy). Start calls
-// it every GossipInterval.
+// Tick expires old tombstones and unreachable peers' entries and, when
+// digests cannot repair what a peer lacks of ours, broadcasts this peer's
+// own entries, tombstones included (anti-entropy). Start calls it every
+// GossipInterval, spread with the peer count.
+//
+// With a transport that sends to one peer (Sender) and our entries few
+// enough that every update carries them all (fullUpdateMax), a peer that
+// holds our newest version holds all of our entries, so the digests
+// (digest.go) find every loss within seconds and the round broadcasts
+// nothing: at N=1,000 its state, one every N seconds from each of N peers,
+// was a state a second at every peer, 26 in the 20 s after a join, and
+// about four of an idle peer's 5.5 frames a second (issue 18).
 func (s *Server) Tick() {
 	s.table.Expire(s.cfg.Now())
+	own := s.table.ownEntries()
+	if _, ok := s.sender(); ok && len(own) <= fullUpdateMax {
+		return
+	}
 	// Only our own entries: receivers take no others (HandleMessage), so
 	// the rest of the table was N² bytes per round for nothing. Copies of
 	// another peer's entries reach it when it arrives (SetReachable).
-	s.broadcast(MsgState, s.table.ownEntries())
+	s.c.roundSent.Add(1)
+	s.broadcast(MsgState, own)
+}
+
+// fullUpdateMax is the most entries (tombstones included) this peer may
+// own for its updates to carry all of them. An update carrying only what
+// changed leaves a peer that lost an earlier one with our newest version
+// and not the lost entry, which digests of newest versions do not see;
+// carrying all makes an update cost the owner's entries, so past this
+// (64 entries, about 5 KB a message) updates carry the change alone and
+// the round's broadcast (Tick) repairs, as before.
+const fullUpdateMax = 64
+
+// broadcastOwn broadcasts a change of our own entries: changed, or all our
+// entries when they are few enough (fullUpdateMax; see Tick).
+func (s *Server) broadcastOwn(changed []Entry) {
+	if len(changed) == 0 {
+		return
+	}
+	if own := s.table.ownEntries(); len(own) <= fullUpdateMax {
+		changed = own
+	}
+	s.broadcast(MsgUpdate, changed)
 }
 
 // SetTransport sets (or replaces) the gossip transport.
@@ -513,10 +549,10 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 			s.c.pullRepaired.Add(uint64(len(news)))
 		}
 	}
+	s.broadcastOwn(replies)
 	if s.cfg.Relay {
-		replies = append(replies, news...)
+		s.broadcast(MsgUpdate, news)
 	}
-	s.broadcast(MsgUpdate, replies)
 	return nil
 }
 
@@ -535,7 +571,7 @@ func (s *Server) AddEntry(name string, addr netip.Addr, origin string) error {
 	if len(up) > 0 {
 		s.changed()
 	}
-	s.broadcast(MsgUpdate, up)
+	s.broadcastOwn(up)
 	return nil
 }
 
@@ -558,7 +594,7 @@ func (s *Server) RemoveEntries(name string, addr netip.Addr, origin string) (int
 	if len(ts) > 0 {
 		s.changed()
 	}
-	s.broadcast(MsgUpdate, ts)
+	s.broadcastOwn(ts)
 	return len(ts), nil
 }
 
@@ -636,7 +672,7 @@ func (s *Server) welcome(arrived []key.Public) {
 		s.broadcast(MsgState, s.table.All())
 		return
 	}
-	s.sendOwnTo(sender, arrived)
+	s.c.welcomeSent.Add(uint64(s.sendOwnTo(sender, arrived)))
 }
 
 // Sender is implemented by a Transport that can also send to one peer
