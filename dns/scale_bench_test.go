@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -142,4 +144,36 @@ func (c *captureSender) Broadcast([]byte) {}
 func (c *captureSender) Send(_ key.Public, b []byte) error {
 	c.fn(b)
 	return nil
+}
+
+// BenchmarkTableMemory: the heap a table holds per owner of one entry, as
+// every simulated peer's table holds one of every other peer (N² in one
+// process: the N=1,000 simulation needs 12 GB).
+func BenchmarkTableMemory(b *testing.B) {
+	for _, n := range scaleSizes {
+		b.Run(fmt.Sprintf("owners=%d", n), func(b *testing.B) {
+			es := make([]Entry, n)
+			for i := range es {
+				es[i] = Entry{Owner: ownerKey(i), Name: fmt.Sprintf("n%d", i),
+					Addr: netip.AddrFrom4([4]byte{10, 32, byte(i >> 8), byte(i)}), Origin: "c", Version: uint64(i + 1)}
+			}
+			now := time.Now()
+			var per float64
+			for b.Loop() {
+				var m0, m1 runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&m0)
+				t := NewTable(selfKey, TableOptions{})
+				for i := range es {
+					t.Merge(es[i:i+1], now)
+				}
+				t.Snapshot()
+				runtime.GC()
+				runtime.ReadMemStats(&m1)
+				per = float64(m1.HeapAlloc-m0.HeapAlloc) / float64(n)
+				runtime.KeepAlive(t)
+			}
+			b.ReportMetric(per, "B/owner")
+		})
+	}
 }

@@ -72,9 +72,13 @@ type row struct {
 }
 
 // owned is one owner's rows and the newest version among them,
-// tombstones included.
+// tombstones included. The rows are a slice, searched by pointer: an
+// owner has a few entries (a container's names), and every peer holds
+// one owned of every owner, N² in a simulation of N peers, where a map
+// of one row took 900 bytes (0.5 GB of the N=1,000 simulation's heap at
+// 650 peers).
 type owned struct {
-	rows   map[id]*row
+	rows   []*row
 	newest uint64
 }
 
@@ -82,14 +86,19 @@ type owned struct {
 // version is never above r's).
 func (t *Table) putLocked(r *row) {
 	k := r.id()
+	old := t.entries[k]
 	t.entries[k] = r
 	o := t.owners[r.Owner]
 	if o == nil {
-		o = &owned{rows: make(map[id]*row, 1)}
+		o = &owned{rows: make([]*row, 0, 1)}
 		t.owners[r.Owner] = o
 		t.bucketAddLocked(r.Owner)
 	}
-	o.rows[k] = r
+	if i := slices.Index(o.rows, old); old != nil && i >= 0 {
+		o.rows[i] = r
+	} else {
+		o.rows = append(o.rows, r)
+	}
 	t.raisedLocked(r)
 }
 
@@ -112,7 +121,12 @@ func (t *Table) deleteLocked(k id) {
 	if o == nil {
 		return
 	}
-	delete(o.rows, k)
+	if i := slices.Index(o.rows, r); i >= 0 {
+		last := len(o.rows) - 1
+		o.rows[i] = o.rows[last]
+		o.rows[last] = nil
+		o.rows = o.rows[:last]
+	}
 	if len(o.rows) == 0 {
 		delete(t.owners, k.owner)
 		t.bucketRemoveLocked(k.owner)
@@ -199,7 +213,7 @@ func (t *Table) Remove(name string, addr netip.Addr, origin string, now time.Tim
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []Entry
-	var own map[id]*row
+	var own []*row
 	if o := t.owners[t.self]; o != nil {
 		own = o.rows
 	}
