@@ -255,25 +255,25 @@ func (ch *Channel) Send(to key.Public, msg []byte) error {
 	return nil
 }
 
-// Broadcast sends msg to every reachable peer.
+// Broadcast sends msg to every reachable peer: one message to each next
+// hop, listing the peers routed through it, to next hops that take
+// multicast messages (multicast.go), and one per peer to others.
 func (ch *Channel) Broadcast(msg []byte) {
 	r := ch.r
 	m := ChannelMessage{Name: ch.name, Broadcast: true, Src: r.self, Hops: maxHops, Payload: msg}
+	if len(m.Payload) > MaxChannelPayload {
+		r.log.Warn("channel message not sent", "channel", ch.name, "err", fmt.Sprintf("payload of %d bytes exceeds %d", len(msg), MaxChannelPayload))
+		return
+	}
 	m.Sign(r.priv) // once: a broadcast's signature does not cover dst
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.freshLocked()
+	dsts := make([]key.Public, 0, r.rt.count())
 	for dst := range r.rt.others() {
-		m.Dst = dst
-		b, err := AppendChannelMessage(nil, m)
-		if err != nil {
-			r.log.Warn("channel message not sent", "channel", ch.name, "err", err)
-			return
-		}
-		if !r.forwardLocked(dst, b) {
-			r.ctr.inc(CtrChannelNoRoute) // routes just changed under it
-		}
+		dsts = append(dsts, dst)
 	}
+	r.multicastLocked(&m, dsts, maxHops, false)
 }
 
 // forwardLocked queues a channel message in wire form on the connection to

@@ -100,7 +100,10 @@ type conn struct {
 	// speaksSummary: the peer sent a summary; anti-entropy sends it
 	// summaries, not digests (summary.go).
 	speaksSummary bool
-	digest        map[key.Public]uint64
+	// speaksMulticast: the peer's features message listed multicast;
+	// broadcasts go to it as multicast messages (multicast.go).
+	speaksMulticast bool
+	digest          map[key.Public]uint64
 	// haves: records announced to it and not yet sent (announce.go);
 	// under Router.mu.
 	haves []DigestEntry
@@ -399,6 +402,17 @@ func (c *conn) handle(m []byte) error {
 			return nil
 		}
 		return r.handleSummaryLocked(c, m)
+	case msgFeatures:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.handleFeaturesLocked(c, m)
+	case msgMulticast:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.active[c.peer] != c {
+			return nil // a duplicate being closed; its peer resends elsewhere
+		}
+		return r.handleMulticastLocked(m)
 	case msgHave, msgWant:
 		r.mu.Lock()
 		defer r.mu.Unlock()

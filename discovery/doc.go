@@ -78,7 +78,12 @@
 // Other subsystems (ipam, dns) register a named Channel and exchange their own
 // messages over the control connections: Send routes a message hop by hop
 // along the same routes, Broadcast sends one to every reachable peer
-// (channel.go has the format).
+// (channel.go has the format): one multicast message to each next hop,
+// listing the peers routed through it, which each relay splits by its own
+// next hops, so a broadcast crosses each edge of the sender's tree of best
+// paths once (multicast.go; a next hop that predates multicast, which it
+// tells by a features message when the connection starts, gets one
+// message per peer).
 //
 // # Dialling
 //

@@ -34,7 +34,8 @@ const (
 	msgKeepalive byte = 3 // empty body; sent when a connection has been idle
 	// msgChannel (4) is in channel.go, msgBusy (5) in connlimit.go,
 	// msgDigest (6) in digest.go, msgHave (7) and msgWant (8) in
-	// announce.go, msgSummary (9) in summary.go.
+	// announce.go, msgSummary (9) in summary.go, msgFeatures (10) and
+	// msgMulticast (11) in multicast.go.
 )
 
 // Size bounds. A record of maximal size must fit in one transport frame,

@@ -532,7 +532,8 @@ func (r *Router) addConnLocked(c *conn) error {
 	r.log.Info("control connection established", "peer", c.peer.Name(), "nickname", c.hello.Nickname, "addr", c.addr, "outbound", c.outbound)
 	r.selfNeighborsChangedLocked()
 	r.sendDigestLocked(c, false)
-	r.sendSummaryLocked(c, 0) // we know summaries (summary.go)
+	r.sendSummaryLocked(c, 0)                 // we know summaries (summary.go)
+	c.queue(appendFeatures(nil, ourFeatures)) // and multicast (multicast.go)
 	return nil
 }
 
