@@ -35,44 +35,31 @@ func (s *Server) accept(dh mdns.Header) mdns.MsgAcceptAction {
 	}
 }
 
-// zone is the table's snapshot turned into ready-made records. It is
-// rebuilt when the snapshot changes; the records are shared by concurrent
-// answers and never modified (miekg/dns's Msg.Pack does not write to them).
-type zone struct {
-	snap *Snapshot
-	a    map[string][]mdns.RR // by relative name
-	aaaa map[string][]mdns.RR
-}
-
-func (s *Server) currentZone() *zone {
-	snap := s.table.Snapshot()
-	if z := s.zone.Load(); z != nil && z.snap == snap {
-		return z
+// records returns the A and AAAA records of name rel, whose addresses
+// are n, made at its first answer and kept with n (view.go): a change of
+// one name makes that name's again, where a zone of every name's records
+// was made again after every change.
+func (s *Server) records(rel string, n *nameAddrs) *nameRRs {
+	if r := n.rrs.Load(); r != nil {
+		return r
 	}
-	s.zoneMu.Lock()
-	defer s.zoneMu.Unlock()
-	snap = s.table.Snapshot()
-	if z := s.zone.Load(); z != nil && z.snap == snap {
-		return z
+	fqdn := rel + "." + s.domain
+	r := &nameRRs{}
+	for _, a := range n.v4 {
+		r.a = append(r.a, &mdns.A{
+			Hdr: mdns.RR_Header{Name: fqdn, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: s.ttl},
+			A:   net.IP(a.AsSlice()),
+		})
 	}
-	z := &zone{snap: snap, a: make(map[string][]mdns.RR), aaaa: make(map[string][]mdns.RR)}
-	for name, n := range snap.names {
-		fqdn := name + "." + s.domain
-		for _, a := range n.v4 {
-			z.a[name] = append(z.a[name], &mdns.A{
-				Hdr: mdns.RR_Header{Name: fqdn, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: s.ttl},
-				A:   net.IP(a.AsSlice()),
-			})
-		}
-		for _, a := range n.v6 {
-			z.aaaa[name] = append(z.aaaa[name], &mdns.AAAA{
-				Hdr:  mdns.RR_Header{Name: fqdn, Rrtype: mdns.TypeAAAA, Class: mdns.ClassINET, Ttl: s.ttl},
-				AAAA: net.IP(a.AsSlice()),
-			})
-		}
+	for _, a := range n.v6 {
+		r.aaaa = append(r.aaaa, &mdns.AAAA{
+			Hdr:  mdns.RR_Header{Name: fqdn, Rrtype: mdns.TypeAAAA, Class: mdns.ClassINET, Ttl: s.ttl},
+			AAAA: net.IP(a.AsSlice()),
+		})
 	}
-	s.zone.Store(z)
-	return z
+	// Two first answers at once make two; either will do.
+	n.rrs.CompareAndSwap(nil, r)
+	return n.rrs.Load()
 }
 
 // reply is a pooled answer: the message, its answer slice and the packing
@@ -144,7 +131,7 @@ func (s *Server) singleLabel(name string) (string, bool) {
 		return "", false
 	}
 	rel := name[:len(name)-1]
-	if s.currentZone().snap.names[rel] == nil {
+	if s.table.Snapshot().name(rel) == nil {
 		return "", false
 	}
 	return rel, true
@@ -154,7 +141,7 @@ func (s *Server) ownsPTR(a netip.Addr) bool {
 	if s.cfg.OverlayRange.IsValid() {
 		return s.cfg.OverlayRange.Contains(a)
 	}
-	return len(s.table.Snapshot().ptr[a]) > 0
+	return len(s.table.Snapshot().ptrOf(a)) > 0
 }
 
 func (s *Server) answerLocal(w mdns.ResponseWriter, req *mdns.Msg, q mdns.Question, rel string) {
@@ -188,17 +175,20 @@ func (s *Server) answerLocal(w mdns.ResponseWriter, req *mdns.Msg, q mdns.Questi
 		s.send(w, r, req)
 		return
 	}
-	z := s.currentZone()
+	snap := s.table.Snapshot()
+	n := snap.name(rel)
 	var rrs []mdns.RR
-	switch q.Qtype {
-	case mdns.TypeA:
-		rrs = z.a[rel]
-	case mdns.TypeAAAA:
-		rrs = z.aaaa[rel]
+	if n != nil {
+		switch q.Qtype {
+		case mdns.TypeA:
+			rrs = s.records(rel, n).a
+		case mdns.TypeAAAA:
+			rrs = s.records(rel, n).aaaa
+		}
 	}
 	switch {
 	case len(rrs) > 0 && strings.IndexByte(q.Name, '.') == len(q.Name)-1:
-		// A single-label question: the zone's records carry the full
+		// A single-label question: the name's records carry the full
 		// name, and resolvers want the name they asked for.
 		for _, rr := range rrs {
 			c := mdns.Copy(rr)
@@ -211,7 +201,7 @@ func (s *Server) answerLocal(w mdns.ResponseWriter, req *mdns.Msg, q mdns.Questi
 		m.Answer = append(m.Answer, rrs...)
 		shuffle(m.Answer)
 		s.c.answeredLocal.Add(1)
-	case z.snap.names[rel] != nil || z.snap.ents[rel]:
+	case n != nil || snap.ents[rel]:
 		m.Ns = append(m.Ns, s.soa)
 		s.c.nodata.Add(1)
 	default:
@@ -238,7 +228,7 @@ func (s *Server) answerPTR(w mdns.ResponseWriter, req *mdns.Msg, q mdns.Question
 	r := s.replies.Get().(*reply)
 	defer s.replies.Put(r)
 	m := s.startReply(r, req, q)
-	names := s.table.Snapshot().ptr[addr]
+	names := s.table.Snapshot().ptrOf(addr)
 	switch {
 	case len(names) > 0 && q.Qtype == mdns.TypePTR:
 		for _, n := range names {

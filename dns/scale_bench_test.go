@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
+
 	"github.com/weavewg/weavewg/types/key"
 )
 
@@ -174,6 +176,32 @@ func BenchmarkTableMemory(b *testing.B) {
 				runtime.KeepAlive(t)
 			}
 			b.ReportMetric(per, "B/owner")
+		})
+	}
+}
+
+// BenchmarkAnswerAfterChange: one owner's entry changes (an update
+// arrives) and a query follows (the handler, no socket): the answerable
+// view after a change, as a peer whose containers ask a name every
+// second pays it for every name that arrives.
+func BenchmarkAnswerAfterChange(b *testing.B) {
+	req := new(mdns.Msg)
+	req.SetQuestion("c0-1.weave.local.", mdns.TypeA)
+	w := &discardWriter{}
+	for _, n := range scaleSizes {
+		b.Run(fmt.Sprintf("owners=%d", n), func(b *testing.B) {
+			s, owners := scaleServer(b, n)
+			s.ServeDNS(w, req)
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				o := owners[i%n]
+				e := Entry{Owner: o, Name: fmt.Sprintf("c%d-0", i%n), Addr: netip.AddrFrom4([4]byte{10, 32, byte((i % n) >> 8), byte(i % n)}),
+					Version: uint64(n + 1 + i), Tombstone: i%2 == 0}
+				if err := s.HandleMessage(o, AppendMessages(MsgUpdate, []Entry{e})[0]); err != nil {
+					b.Fatal(err)
+				}
+				s.ServeDNS(w, req)
+			}
 		})
 	}
 }

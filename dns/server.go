@@ -105,9 +105,7 @@ type Server struct {
 
 	c         counters
 	transport atomic.Pointer[transportBox]
-	zone      atomic.Pointer[zone]
-	zoneMu    sync.Mutex // serializes zone rebuilds
-	replies   sync.Pool  // of *reply
+	replies   sync.Pool // of *reply
 
 	mu sync.Mutex
 	// Guarded by mu.
