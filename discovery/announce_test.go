@@ -184,3 +184,67 @@ func TestHavesGathered(t *testing.T) {
 		t.Fatalf("a second flush sent %d messages", len(m))
 	}
 }
+
+// A have does not go back to a neighbour that told us it holds that
+// version: the one the record came from, and one whose own have of it
+// arrived before our flush (at 100 simulated routers over a third of a
+// join's have entries told a neighbour of a version it had announced). An
+// older version's have does not count, and what a neighbour told us is
+// forgotten after a while.
+func TestHaveNotSentToItsAnnouncer(t *testing.T) {
+	r, a := digestRouter(t) // a: the neighbour seqKey(10)
+	b := &conn{r: r, peer: seqKey(11), speaksDigest: true}
+	c := &conn{r: r, peer: seqKey(12), speaksDigest: true}
+	d := &conn{r: r, peer: seqKey(13), speaksDigest: true}
+	a.speaksDigest = true
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.active[b.peer], r.active[c.peer], r.active[d.peer] = b, c, d
+
+	xPriv := newKey(t)
+	x := Record{Key: xPriv.Public(), Version: 9, Nickname: "x"}
+	x.Sign(xPriv)
+	// b announces x, is asked for it and sends it; c announces it too,
+	// d announces an older version.
+	if err := r.handleHaveLocked(b, AppendEntryList(nil, msgHave, []DigestEntry{{x.Key, 9}})); err != nil {
+		t.Fatal(err)
+	}
+	r.mergeRecordsLocked(b, []Record{x}, nil)
+	if err := r.handleHaveLocked(c, AppendEntryList(nil, msgHave, []DigestEntry{{x.Key, 9}})); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.handleHaveLocked(d, AppendEntryList(nil, msgHave, []DigestEntry{{x.Key, 8}})); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*conn{a, b, c, d} {
+		drain(n)
+	}
+	r.flushHavesLocked()
+	for _, n := range []*conn{b, c} {
+		if m := drain(n); len(m) != 0 {
+			t.Errorf("%s, which told us it holds x at 9, was sent %d messages", n.peer.Name(), len(m))
+		}
+	}
+	for _, n := range []*conn{a, d} {
+		if m := drain(n); len(m) != 1 || m[0][0] != msgHave {
+			t.Errorf("%s, which did not announce x at 9, was sent %d messages; want a have", n.peer.Name(), len(m))
+		}
+	}
+	if got := r.ctr[CtrHavesSent].Load(); got != 2 {
+		t.Errorf("gossip_haves_sent %d, want 2", got)
+	}
+
+	// Aged twice, c's word is forgotten: x's next version goes to it.
+	r.forgetHeardLocked()
+	r.forgetHeardLocked()
+	x.Version = 10
+	x.Sign(xPriv)
+	r.mergeRecordsLocked(b, []Record{x}, nil)
+	r.flushHavesLocked()
+	if m := drain(c); len(m) != 1 {
+		t.Errorf("after heardFor twice, c got %d messages for a new version; want a have", len(m))
+	}
+	if m := drain(b); len(m) != 0 {
+		t.Errorf("the sender of the new version got %d messages", len(m))
+	}
+}

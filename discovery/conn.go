@@ -107,6 +107,10 @@ type conn struct {
 	// haves: records announced to it and not yet sent (announce.go);
 	// under Router.mu.
 	haves []DigestEntry
+	// heard, heardOld: versions the peer told us it holds lately (its
+	// haves, the records it sent), so that our haves skip them
+	// (announce.go); under Router.mu.
+	heard, heardOld map[key.Public]uint64
 
 	lastWrite atomic.Int64  // unix ns of the last write, or of the last keepalive queued
 	done      chan struct{} // closed by close

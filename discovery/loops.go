@@ -108,6 +108,10 @@ func (r *Router) maintainLoop() {
 		now := r.now()
 		r.expireLocked(now)
 		r.retryWantsLocked(now)
+		if !now.Before(r.nextHeardAge) {
+			r.forgetHeardLocked()
+			r.nextHeardAge = now.Add(heardFor)
+		}
 		r.retryParkedLocked()
 		wall := time.Now() // writes are stamped by the real clock, whatever r.now is
 		for _, c := range r.active {

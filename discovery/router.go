@@ -283,6 +283,7 @@ type Router struct {
 	seenDirty    bool                // records or routes changed since seenAt was built
 	logged       map[string]string   // log-once: subject → last message logged
 	nextAE       time.Time
+	nextHeardAge time.Time // when conns' heard sets next age (announce.go)
 	nextSecretAd time.Time // the anti-entropy round that next advertises our epoch (rotation.go)
 
 	channelsState // registered channels (guarded by mu) and their stop signal

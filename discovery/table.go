@@ -187,6 +187,11 @@ func (r *Router) mergeRecordsLocked(from *conn, recs []Record, verified []sigChe
 		return r.verifiedLocked(&recs[i])
 	}
 	r.ctr.add(CtrRecordsReceived, uint64(len(recs)))
+	if from != nil {
+		for i := range recs {
+			from.heardLocked(recs[i].Key, recs[i].Version) // it holds them: our haves skip them
+		}
+	}
 	var changed []*Record
 	limit := uint64(r.now().Add(MaxVersionAhead).UnixNano())
 	for i := range recs {
