@@ -1,7 +1,9 @@
 package ipam
 
 import (
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -91,5 +93,55 @@ func TestGrantAnswerWithoutDigest(t *testing.T) {
 	}
 	if len(b.View().Ring.Spans(b.self)) == 0 || !b.View().Ring.Equal(a.View().Ring) {
 		t.Fatal("b does not own its grant, or holds another ring")
+	}
+}
+
+// TestGrantOfNoFreeAddressTaken: a peer granted a span holding only a
+// reserved address (no free address in it) takes the grant all the same,
+// and the next request it makes is granted space. Its free count stayed
+// the one its granter wrote (0), so it never wrote the entry, and a donor
+// took that for a grant not yet taken (grantUntakenLocked) and answered
+// every request with its ring: the peer asked for space forever
+// (TestSimulation with the quick digest rounds' message order).
+func TestGrantOfNoFreeAddressTaken(t *testing.T) {
+	net := &loopNet{peers: map[key.Public]*Allocator{}}
+	a := openTest(t, net, pk(0), "")
+	b := openTest(t, net, pk(1), "")
+	introduce(a, b)
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	a.SendRing(b.self, false)
+	net.run(t)
+	reserved := a2u(netip.MustParseAddr("10.32.0.1"))
+	a.mu.Lock()
+	err := a.ring.Grant(a.self, b.self, Span{reserved, reserved})
+	o, _ := a.ringChangedLocked()
+	a.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.flush(o)
+	net.run(t)
+	if got := b.View().Ring.Spans(b.self); len(got) != 1 || got[0].Size() != 1 {
+		t.Fatalf("setting up: b owns %v, want the reserved address alone", got)
+	}
+	var err2 error
+	for range 5 {
+		b.Tick()
+		net.run(t)
+		if _, err2 = b.Allocate("c"); err2 == nil {
+			break
+		}
+		net.run(t)
+		b.mu.Lock()
+		b.reqAt = b.reqAt.Add(-time.Minute) // the request times out
+		b.mu.Unlock()
+	}
+	if err2 != nil {
+		t.Fatalf("b cannot allocate: %v (a's counters %v)", err2, a.Counters())
+	}
+	if got := a.Counters()["ipam_request_grant_resent"]; got != 0 {
+		t.Errorf("a answered %d requests with its ring (counters %v)", got, a.Counters())
 	}
 }
