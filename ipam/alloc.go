@@ -117,11 +117,17 @@ type Allocator struct {
 	// neighbours are the reachable peers we have a control connection
 	// to (SetNeighbours): preferred donors.
 	neighbours map[key.Public]bool
-	cursor     uint32
-	wantSpace  bool
-	reqDonor   key.Public
-	reqAt      time.Time
-	ticked     time.Time // when Tick last ran (Status)
+	// neighbourList is neighbours in a slice (quick rounds pick from it),
+	// quick the quick digest rounds still due after the ring's last
+	// change and quickNext the index of the next one's peer (digest.go).
+	neighbourList []key.Public
+	quick         int
+	quickNext     int
+	cursor        uint32
+	wantSpace     bool
+	reqDonor      key.Public
+	reqAt         time.Time
+	ticked        time.Time // when Tick last ran (Status)
 	// silent holds the donors asked for the current want that granted
 	// nothing within RequestTimeout (cut off by a partition not noticed
 	// yet, or no space to give): the next request goes to another one.
@@ -486,6 +492,7 @@ func (a *Allocator) ringChangedLocked() (outbox, error) {
 	}
 	a.votesBefore, a.transfersBefore = slices.Clone(a.ring.Votes), cloneTransfers(a.ring.Transfers)
 	a.digest = nil
+	a.quickRoundsLocked()
 	close(a.updated)
 	a.updated = make(chan struct{})
 	return o, nil

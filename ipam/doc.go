@@ -119,7 +119,9 @@
 //     in Status().Err). NewNeighbour(peer) to a new control neighbour (a relay digest);
 //     SendDigest to one random reachable peer every 10 s (anti-entropy).
 //   - SetPeers whenever reachability changes, SetNeighbours with the
-//     peers it has control connections to; Tick about once a second;
+//     peers it has control connections to (Tick sends them the quick
+//     digest rounds that follow a change of the ring, digest.go); Tick
+//     about once a second;
 //     Reclaim from that loop when --reclaim-after is set.
 //   - Attach: Claim existing addresses first after a restart, then Allocate
 //     (on ErrWaitingForSpace wait on Updated() and retry). Detach: Free.
@@ -151,7 +153,10 @@
 // the stretches its digest (sent with the request) showed differ and the
 // grant (grant.go). A new control neighbour gets a digest with relay set
 // (NewNeighbour, digest.go): it answers what differs, and each side floods
-// what is news to it (a healed partition). Anti-entropy sends a random peer a digest (digest.go), answered
+// what is news to it (a healed partition). After a change of the ring a
+// peer sends a control neighbour a digest each Tick for a few seconds
+// (quick rounds, digest.go), so a broadcast lost on the way is repaired
+// within seconds. Anti-entropy sends a random peer a digest (digest.go), answered
 // with the stretches of the ring that differ, as an ask: a part whose
 // receiver answers with what its sender lacks of it (answers.go). Space
 // requests go by Send to the donor. A peer that refuses a state for lack of authority holds

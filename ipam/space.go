@@ -94,9 +94,11 @@ func (a *Allocator) SetNeighbours(direct []key.Public) {
 		}
 	}
 	a.neighbours = make(map[key.Public]bool, len(direct))
+	a.neighbourList = a.neighbourList[:0]
 	for _, p := range direct {
-		if p != a.self {
+		if p != a.self && !a.neighbours[p] {
 			a.neighbours[p] = true
+			a.neighbourList = append(a.neighbourList, p)
 		}
 	}
 }
@@ -225,7 +227,9 @@ func (a *Allocator) pickDonorWhereLocked(owners map[key.Public]ownerFree, ok fun
 const mergedSaveInterval = 10 * time.Second
 
 // Tick does the periodic work: publish free counts, step pending rmpeer
-// transfers, retry a space request that timed out. Call it every second or so.
+// transfers, ask the owners of refused states, send a quick digest round
+// after a change (digest.go), retry a space request that timed out. Call
+// it every second or so.
 func (a *Allocator) Tick() {
 	a.mu.Lock()
 	if a.closed {
@@ -263,6 +267,7 @@ func (a *Allocator) Tick() {
 		}
 	}
 	a.askAuthoritiesLocked(&o)
+	a.quickDigestLocked(&o)
 	if a.wantSpace {
 		if _, ok := a.findFreeLocked(); ok {
 			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
