@@ -20,7 +20,10 @@ import (
 // learned through gossip; a peer accepts until the full limit. Since no
 // peer dials past connWant, the edges number at most N·connWant, the mean
 // degree is at most ConnLimit, and a newcomer always finds peers with room
-// (each record lists its owner's neighbours, so full peers are not asked).
+// (each record lists its owner's neighbours, so full peers are not asked;
+// a joiner, which reaches nobody, asks those of the records it was
+// referred to that have room first, and at most maxFullDials full ones a
+// pass).
 // Meshes of up to connWant+1 peers stay full meshes, as before the limit.
 //
 // Which peers: unreachable ones first (they bridge a partition), then each
@@ -62,6 +65,9 @@ const (
 	// bridgeBackoffMax caps the backoff of dials to unreachable peers:
 	// a partition's heal waits for the next of them.
 	bridgeBackoffMax = 4 * time.Second
+	// maxFullDials bounds the dials to unreachable peers whose records
+	// list ConnLimit neighbours in one pass of gossip dials.
+	maxFullDials = 2
 	// msgBusy replaces the hello of a peer at its connection limit; the
 	// records messages that follow hold its record and its neighbours'.
 	msgBusy byte = 5
@@ -144,6 +150,7 @@ func bridgeRank(k key.Public) uint64 { return splitmix64(binary.BigEndian.Uint64
 type dialCandidate struct {
 	k           key.Public
 	unreachable bool
+	full        bool // unreachable, and its record lists ConnLimit neighbours
 	rank        uint64
 }
 
@@ -203,7 +210,10 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		if !reach {
 			unreachable++
 		}
-		cands = append(cands, dialCandidate{k: k, unreachable: !reach, rank: dialRank(r.self, k)})
+		// An unreachable peer's record may be stale (a partition cut
+		// its connections), so a full one is dialled, but last.
+		full := !reach && r.graph.degree(k) >= r.cfg.ConnLimit
+		cands = append(cands, dialCandidate{k: k, unreachable: !reach, full: full, rank: dialRank(r.self, k)})
 	}
 	if len(r.active) < r.connWant() {
 		for k, e := range r.recs {
@@ -239,7 +249,13 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 	// Peers whose dials failed go last (a cut-off or dead peer is not
 	// tried before every other), then unreachable ones first (they
 	// bridge), each peer in its own order; bridges all in one order, so
-	// that a heal needs few new connections.
+	// that a heal needs few new connections. Among unreachable peers,
+	// those whose records list ConnLimit neighbours go last: a joiner
+	// reaches nobody, so every record a full bootstrap peer referred it
+	// to is unreachable, and it dialled its pick of them, full or not,
+	// each full one a refused handshake and a referral of 30 records
+	// more (105 refusals for the 1,000th join in simulation, 7 for the
+	// 100th; lead's run of fc682d6).
 	slices.SortFunc(cands, func(a, b dialCandidate) int {
 		if c := cmp.Compare(r.dialFailures(a.k), r.dialFailures(b.k)); c != 0 {
 			return c
@@ -253,9 +269,30 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 			}
 			return 1
 		}
+		if a.full != b.full {
+			if b.full {
+				return -1
+			}
+			return 1
+		}
 		return cmp.Compare(a.rank, b.rank)
 	})
-	for _, c := range cands[:min(room, len(cands))] {
+	started, fullDials := 0, 0
+	for _, c := range cands {
+		if started >= room {
+			break
+		}
+		if c.full && !bridging {
+			// Each refusal refers us to the full peer's neighbours:
+			// two at a time find those with room, where a pass of
+			// connWant dials to full peers came back as that many
+			// refusals.
+			if fullDials >= maxFullDials {
+				continue
+			}
+			fullDials++
+		}
+		started++
 		e := r.recs[c.k]
 		port := e.rec.Port
 		if port == 0 {

@@ -1,11 +1,13 @@
 package discovery
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -213,4 +215,59 @@ type failNetwork struct{}
 func (failNetwork) Listen(string) (net.Listener, error) { return nil, errors.New("no listening here") }
 func (failNetwork) DialContext(context.Context, string) (net.Conn, error) {
 	return nil, errors.New("no dialling here")
+}
+
+// A joiner reaches nobody, so every record a full bootstrap peer referred
+// it to is unreachable: it dials those whose records list fewer than
+// ConnLimit neighbours first, and at most maxFullDials full ones a pass
+// (each a refusal and a referral of the full peer's neighbours), where it
+// dialled its pick of them, full or not, connWant at a time (105
+// refusals for the 1,000th join in simulation).
+func TestJoinerDialsPeersWithRoomFirst(t *testing.T) {
+	const limit = 8 // connWant 4
+	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: limit, Network: failNetwork{},
+		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	// Candidates 0-5 full, 6-7 with room; the full ones first in our
+	// own dial order, so that order alone would dial them.
+	var cands []key.Public
+	for len(cands) < 8 {
+		cands = append(cands, newKey(t).Public())
+	}
+	slices.SortFunc(cands, func(a, b key.Public) int { return cmp.Compare(dialRank(r.self, a), dialRank(r.self, b)) })
+	var recs []Record
+	for i, k := range cands {
+		rec := Record{Key: k, Version: 5, Port: 6783}
+		n := limit
+		if i >= 6 {
+			n = 1
+		}
+		for j := range n {
+			var nb key.Public
+			nb[0], nb[1], nb[2] = 0xaa, byte(i), byte(j)
+			rec.Neighbors = append(rec.Neighbors, Neighbor{Key: nb, Established: true})
+		}
+		recs = append(recs, rec)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mergeRecordsLocked(nil, recs, make([]sigCheck, len(recs)))
+	r.freshLocked()
+	for _, k := range cands {
+		r.recs[k].lastIP = netipMust("192.0.2.1")
+	}
+	r.gossipDialsLocked(r.now())
+	var dialled []int
+	for i, k := range cands {
+		if d := r.dials[k]; d != nil && d.inFlight {
+			dialled = append(dialled, i)
+		}
+	}
+	if want := []int{0, 1, 6, 7}; !slices.Equal(dialled, want) {
+		t.Fatalf("dialled candidates %v (0-5 full, 6-7 with room; room for 4 dials); want %v: those with room and two full ones", dialled, want)
+	}
 }
