@@ -3,6 +3,9 @@ package ipam
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -447,5 +450,69 @@ func TestQuickRoundsRepairLostGrant(t *testing.T) {
 	}
 	if got := quick() - still; got != 0 {
 		t.Errorf("%d quick digests sent while no ring changed", got)
+	}
+}
+
+// TestKeptDigest: the stretch hashes a ring keeps (Ring.digest) equal a
+// digest made from scratch (digestOf) after every kind of change of an
+// entry: a merge in place (taken or undone), a grant, a free count, a
+// signature.
+func TestKeptDigest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	const n = 6
+	snaps := history(t, rng, n, 300)
+	w := snaps[len(snaps)/2].Clone()
+	check := func(what string) {
+		t.Helper()
+		if got, want := w.digest(), digestOf(w); got != want {
+			t.Fatalf("after %s: the kept digest differs from the ring's", what)
+		}
+	}
+	check("the first digest")
+	for step := range 2000 {
+		switch rng.IntN(5) {
+		case 0, 1: // merge another ring's newer entries in place, maybe undone
+			in := snaps[rng.IntN(len(snaps))]
+			u := &mergeUndo{}
+			u.begin(w)
+			for _, e := range in.Entries {
+				j := w.find(e.Token)
+				switch {
+				case j >= 0 && w.Entries[j].Token == e.Token:
+					if entryLess(w.Entries[j], e) {
+						u.setEntry(w, j, e)
+					}
+				case len(w.Entries) < MaxEntries:
+					u.insert(w, e)
+				}
+			}
+			check("a merge in place")
+			if rng.IntN(3) == 0 {
+				u.undo(w)
+				check("an undone merge")
+			}
+		case 2: // grant part of an entry
+			j := rng.IntN(len(w.Entries))
+			es := w.entrySpan(j)
+			self := w.heir(w.Entries[j].Owner)
+			if es.Size() < 2 {
+				continue
+			}
+			first := es.First + uint32(rng.Uint64N(es.Size()-1)) + 1
+			if err := w.Grant(self, pk(rng.IntN(n)), Span{first, es.Last}); err != nil && !errors.Is(err, ErrRingFull) {
+				t.Fatal(err)
+			}
+			check("a grant")
+		case 3: // a free count, then its signature
+			j := rng.IntN(len(w.Entries))
+			self := w.heir(w.Entries[j].Owner)
+			w.setFree(self, j, rng.Uint32N(100))
+			check("a free count")
+			w.signPending(self, privOf(self))
+			check(fmt.Sprint("signing, step ", step))
+		case 4:
+			w.Used = !w.Used
+			check("the used flag")
+		}
 	}
 }

@@ -108,10 +108,11 @@ func (r *Ring) noteOwner(t uint32, old, new key.Public) {
 }
 
 // dropDerived forgets what the ring keeps about its entries (the own
-// index, which of our entries are unsigned) after a change that is not
-// followed entry by entry.
+// index, which of our entries are unsigned, the digest's stretch hashes)
+// after a change that is not followed entry by entry.
 func (r *Ring) dropDerived() {
 	r.own = nil
+	r.dig = nil
 	r.signedFor = key.Public{}
 	r.pending = nil
 }

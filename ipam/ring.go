@@ -124,6 +124,8 @@ type Ring struct {
 	own       *ownIndex
 	signedFor key.Public
 	pending   []uint32
+	// dig is the digest's stretch hashes, kept entry by entry (digest.go).
+	dig *stretchHashes
 }
 
 // Errors.
@@ -593,6 +595,7 @@ func (r *Ring) FreeOf(p key.Public) uint64 {
 func (r *Ring) insertToken(e Entry) {
 	i := r.find(e.Token) + 1
 	r.Entries = slices.Insert(r.Entries, i, e)
+	r.noteEntry(e.Token)
 	r.noteOwner(e.Token, key.Public{}, e.Owner)
 }
 
@@ -622,12 +625,14 @@ func (r *Ring) Grant(self, to key.Public, s Span) error {
 		r.noteOwner(e.Token, e.Owner, to)
 		e.Owner, e.Version, e.Free, e.Writer, e.Sig = to, e.Version+1, 0, self, key.Signature{}
 		r.notePending(e.Token)
+		r.noteEntry(e.Token)
 	} else {
 		if e := &r.Entries[i]; e.Owner != self { // inherited: make our ownership explicit
 			r.noteOwner(e.Token, e.Owner, self)
 			e.Owner, e.Writer, e.Sig = self, self, key.Signature{}
 			e.Version++
 			r.notePending(e.Token)
+			r.noteEntry(e.Token)
 		}
 		r.insertToken(Entry{Token: s.First, Owner: to, Version: 1, Writer: self})
 		r.notePending(s.First)
@@ -652,5 +657,6 @@ func (r *Ring) setFree(self key.Public, i int, free uint32) bool {
 	e.Owner, e.Free, e.Writer, e.Sig = self, free, self, key.Signature{}
 	e.Version++
 	r.notePending(e.Token)
+	r.noteEntry(e.Token)
 	return true
 }

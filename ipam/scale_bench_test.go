@@ -177,3 +177,54 @@ func BenchmarkDigest(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkChangeThenDigest: a peer takes another owner's change and then
+// makes its digest, as a quick round after each change does (digest.go):
+// the digest is hashed again after every change of the ring.
+func BenchmarkChangeThenDigest(b *testing.B) {
+	for _, n := range benchOwners {
+		b.Run(fmt.Sprint("owners=", n), func(b *testing.B) {
+			a, keys := benchPeer(b, n)
+			const chunk = 1024
+			done := 0
+			msgs, senders := changeMessages(b, a, keys, chunk, done)
+			k := 0
+			b.ReportAllocs()
+			for b.Loop() {
+				if k == len(msgs) {
+					b.StopTimer()
+					done += chunk
+					msgs, senders = changeMessages(b, a, keys, chunk, done)
+					k = 0
+					b.StartTimer()
+				}
+				if err := a.HandleMessage(senders[k], msgs[k]); err != nil {
+					b.Fatal(err)
+				}
+				a.mu.Lock()
+				a.digestLocked()
+				a.mu.Unlock()
+				k++
+			}
+		})
+	}
+}
+
+// BenchmarkSaveRing: the save of a ring changed by merges (Tick, at most
+// every mergedSaveInterval): the whole ring encoded and written (to the
+// in-memory store here; a daemon's bbolt write comes on top).
+func BenchmarkSaveRing(b *testing.B) {
+	for _, n := range benchOwners {
+		b.Run(fmt.Sprint("owners=", n), func(b *testing.B) {
+			a, _ := benchPeer(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				a.mu.Lock()
+				if err := a.saveRingLocked(); err != nil {
+					b.Fatal(err)
+				}
+				a.mu.Unlock()
+			}
+		})
+	}
+}

@@ -96,6 +96,7 @@ func (r *Ring) signPending(self key.Public, priv key.Private) (signed int) {
 	sign := func(i int) {
 		if e := &r.Entries[i]; e.Writer == self && e.Sig == zero {
 			e.Sig = key.Sign(priv, entryDomain, r.entryMessage(e))
+			r.noteEntry(e.Token)
 			signed++
 			r.signed = append(r.signed, i)
 		}

@@ -50,6 +50,7 @@ func (u *mergeUndo) setEntry(r *Ring, j int, e Entry) {
 	u.record(entryUndo{token: r.Entries[j].Token, old: r.Entries[j]})
 	r.noteOwner(e.Token, r.Entries[j].Owner, e.Owner)
 	r.Entries[j] = e
+	r.noteEntry(e.Token)
 	r.noteUnsigned(&e)
 }
 
@@ -125,6 +126,7 @@ func (u *mergeUndo) undoEntries(r *Ring, mark int) {
 			r.Entries[j] = x.old
 			r.noteUnsigned(&x.old)
 		}
+		r.noteEntry(x.token)
 	}
 	u.entries = u.entries[:mark]
 	if u.at != nil {
