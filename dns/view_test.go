@@ -100,7 +100,11 @@ func TestViewMatchesTable(t *testing.T) {
 			case 0, 1: // entries arrive
 				var es []Entry
 				for range 1 + rng.IntN(4) {
-					es = append(es, Entry{Owner: peerKey(byte(10 + rng.IntN(owners))), Name: names[rng.IntN(len(names))],
+					o := peerKey(byte(10 + rng.IntN(owners)))
+					if rng.IntN(6) == 0 {
+						o = selfKey // a copy of ours: the owner's rules answer it
+					}
+					es = append(es, Entry{Owner: o, Name: names[rng.IntN(len(names))],
 						Addr: addr(), Origin: []string{"", "c"}[rng.IntN(2)], Version: uint64(step + 1), Tombstone: rng.IntN(4) == 0})
 				}
 				tb.Merge(es, now)
