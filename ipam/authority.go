@@ -487,9 +487,12 @@ func (a *Allocator) askAuthoritiesLocked(o *outbox) {
 		marks := make([]bool, len(a.ring.Entries))
 		any := false
 		for _, t := range st.tokens {
-			if _, still := a.held[t]; !still {
+			h, still := a.held[t]
+			if !still {
 				continue
 			}
+			h.asked = now
+			a.held[t] = h
 			if j := a.ring.find(t); j >= 0 {
 				marks[j], any = true, true
 			}
@@ -519,6 +522,9 @@ const maxHeld = 1024
 type heldEntry struct {
 	e    Entry
 	from key.Public
+	// asked is when an owner was last asked for the token (zero: not
+	// yet), and since when the state was first held.
+	asked, since time.Time
 }
 
 func (a *Allocator) holdLocked(e Entry, from key.Public) {
@@ -535,7 +541,68 @@ func (a *Allocator) holdLocked(e Entry, from key.Public) {
 			break
 		}
 	}
-	a.held[e.Token] = heldEntry{e, from}
+	since := a.now()
+	if h, ok := a.held[e.Token]; ok {
+		since = h.since
+	}
+	a.held[e.Token] = heldEntry{e: e, from: from, since: since}
+}
+
+// Asking again (issue 18). An owner is asked once per refusal, and the
+// refusal is what schedules the ask: when the ask or its answer was lost
+// (the owner a busy donor, its messages late, 5 % lost in
+// TestJoinInBatchesLate), or the owner itself had not yet heard of the
+// grant, the state stayed held until gossip brought it again and it was
+// refused again: an anti-entropy round later (10 s), or never for a
+// state no other peer offers again. A held state still held reAskEvery
+// after its ask is asked for again, of the owner in our ring as it is
+// now (it may have changed: a grant taken since moves the authority);
+// one held longer than heldFor is dropped (gossip brings it again), so
+// a peer's held states cost a bounded number of asks.
+const (
+	reAskEvery = 5 * time.Second
+	heldFor    = 2 * time.Minute
+)
+
+// reAskLocked schedules asks for the held states whose ask went
+// unanswered (see above), and drops those held too long.
+func (a *Allocator) reAskLocked() {
+	now := a.now()
+	for t, h := range a.held {
+		if now.Sub(h.since) >= heldFor {
+			delete(a.held, t)
+			a.count("ipam_held_expired")
+			continue
+		}
+		if h.asked.IsZero() || now.Sub(h.asked) < reAskEvery {
+			continue
+		}
+		j := a.ring.find(t)
+		if j < 0 {
+			continue
+		}
+		auth := a.ring.heir(a.ring.Entries[j].Owner)
+		if h.e.Owner == a.self && h.e.Writer != a.self {
+			auth = h.e.Writer // space granted to us: its granter (grantFromGranter)
+		}
+		st, asking := a.askAuth[auth]
+		if auth == a.self || (!asking && len(a.askAuth) >= maxAsk) {
+			continue
+		}
+		if st.since.IsZero() {
+			st.since = now.Add(-time.Second) // it waited long enough: ask at once
+		}
+		if len(st.tokens) < maxPartEntries && !slices.Contains(st.tokens, t) {
+			st.tokens = append(st.tokens, t)
+		}
+		if a.askAuth == nil {
+			a.askAuth = map[key.Public]askState{}
+		}
+		a.askAuth[auth] = st
+		h.asked = now // (askAuthoritiesLocked stamps it again when it asks)
+		a.held[t] = h
+		a.count("ipam_authority_asked_again")
+	}
 }
 
 // retryHeldLocked takes into r the held states that r's owners now

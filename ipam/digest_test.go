@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -514,5 +515,78 @@ func TestKeptDigest(t *testing.T) {
 			w.Used = !w.Used
 			check("the used flag")
 		}
+	}
+}
+
+// TestHeldStateAskedAgain: a peer that missed a grant refuses the
+// grantee's later state (in its ring the space is still the donor's),
+// holds it and asks the donor; when that ask is lost it asks again after
+// reAskEvery, and takes the state from the donor's answer. It asked once
+// per refusal: with the ask lost the state stayed held until gossip
+// offered it again (TestJoinInBatchesLate's slow tails, with the donor's
+// messages late and 5 % lost).
+func TestHeldStateAskedAgain(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	as = append(as, j)
+	introduce(as...)
+	clock := time.Unix(1e9, 0)
+	for _, a := range as {
+		a.now = func() time.Time { return clock }
+	}
+	as[0].SendRing(j.self, false)
+	net.run(t)
+
+	j.WantSpace()
+	var donor, victim, other *Allocator
+	for _, m := range net.queue {
+		if m.from == j.self {
+			donor = net.peers[m.to]
+		}
+	}
+	for _, a := range as[:3] {
+		switch {
+		case a == donor:
+		case victim == nil:
+			victim = a
+		default:
+			other = a
+		}
+	}
+	net.deliverWhere(t, func(m simMsg2) bool { return m.to != victim.self })
+	j.Tick() // its first free count on the grant
+	net.deliverWhere(t, func(m simMsg2) bool { return m.to != victim.self })
+	if donor == nil || other == nil || donor.Counters()["ipam_grant"] == 0 || len(j.View().Ring.Spans(j.self)) == 0 {
+		t.Fatal("setting up: j should hold space its donor granted")
+	}
+
+	// The other peer's digest round with the victim brings j's state:
+	// refused, held, and the donor asked a second later, but that ask is
+	// lost.
+	other.SendDigest(victim.self)
+	net.run(t)
+	if victim.Counters()["ipam_entry_unauthorized"] == 0 {
+		t.Fatalf("setting up: the victim refused nothing (counters %v)", victim.Counters())
+	}
+	clock = clock.Add(time.Second)
+	victim.Tick()
+	lost := 0
+	net.deliverWhere(t, func(m simMsg2) bool {
+		if m.from == victim.self && m.to == donor.self {
+			lost++
+			return false
+		}
+		return true
+	})
+	if lost == 0 || victim.View().Ring.Equal(j.View().Ring) {
+		t.Fatalf("setting up: the victim's ask should be lost and its ring differ (asks lost %d)", lost)
+	}
+	for range 2 * int(reAskEvery/time.Second) {
+		clock = clock.Add(time.Second)
+		victim.Tick()
+		net.run(t)
+	}
+	if !victim.View().Ring.Equal(j.View().Ring) {
+		t.Fatalf("the victim still lacks the grant and j's state (counters %v)", victim.Counters())
 	}
 }

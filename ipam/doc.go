@@ -161,7 +161,8 @@
 // receiver answers with what its sender lacks of it (answers.go). Space
 // requests go by Send to the donor. A peer that refuses a state for lack of authority holds
 // it for a later merge and, if it is still held a second later, asks the
-// owner in its own view for that span (authority.go): the whole ring
+// owner in its own view for that span, again every few seconds while it
+// stays held, for at most two minutes (authority.go): the whole ring
 // carries only each token's latest state, not the grant that made its
 // writer the owner.
 package ipam

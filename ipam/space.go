@@ -266,6 +266,7 @@ func (a *Allocator) Tick() {
 			a.log.Error("saving the ring", "err", err)
 		}
 	}
+	a.reAskLocked()
 	a.askAuthoritiesLocked(&o)
 	a.quickDigestLocked(&o)
 	if a.wantSpace {
