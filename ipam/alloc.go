@@ -181,6 +181,9 @@ type Allocator struct {
 	// askedRingAt is when this peer, with no ring, last asked a new
 	// neighbour for one (NewNeighbour).
 	askedRingAt time.Time
+	// assembledAt is when a part last went into the ring being put
+	// together (assembleLocked).
+	assembledAt time.Time
 	// pendingClaims are allocations made by ClaimAfterRestart while the
 	// ring was unknown, held in allocs but not yet in the store.
 	pendingClaims map[netip.Addr]bool

@@ -484,3 +484,33 @@ func (a *Allocator) quickPeerLocked() (key.Public, bool) {
 	}
 	return key.Public{}, false
 }
+
+// A joiner's ring lost (issue 18). A peer with no ring asks a new control
+// neighbour for one (NewNeighbour: a digest of no network, answered with
+// the whole ring in parts), at most one a second, and a joiner's
+// neighbours arrive together: one is asked. When a part of that answer
+// was lost (simulated N=100, dnsjoin's run of Dec 1: the 100th joiner
+// unseeded for 10 s after 84 ring messages), it waited for the next
+// arrival of a neighbour or its first anti-entropy round (10 s). Now Tick
+// asks the next neighbour again when the last ask is askRingEvery old
+// and no part came in the last second (a ring still arriving is not
+// asked for twice).
+const askRingEvery = 3 * time.Second
+
+// askRingAgainLocked adds to o a digest of no network to the next
+// control neighbour, if we still have no ring (see above).
+func (a *Allocator) askRingAgainLocked(o *outbox) {
+	now := a.now()
+	if a.ring.Seeded() || a.askedRingAt.IsZero() || now.Sub(a.askedRingAt) < askRingEvery || now.Sub(a.assembledAt) < time.Second {
+		return
+	}
+	to, ok := a.quickPeerLocked()
+	if !ok {
+		return
+	}
+	a.quickNext++
+	a.askedRingAt = now
+	d := a.digestLocked()
+	a.count("ipam_ring_asked_again")
+	o.asks = append(o.asks, addressed{to, appendDigestMessage(nil, &d)})
+}

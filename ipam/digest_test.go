@@ -590,3 +590,31 @@ func TestHeldStateAskedAgain(t *testing.T) {
 		t.Fatalf("the victim still lacks the grant and j's state (counters %v)", victim.Counters())
 	}
 }
+
+// TestJoinerAsksRingAgain: a joiner whose new neighbour's ring was lost
+// on the way asks a neighbour again from Tick, and takes the ring. It
+// waited for the next neighbour to arrive or for anti-entropy (10 s).
+func TestJoinerAsksRingAgain(t *testing.T) {
+	net, as := wideMesh(t, 3)
+	j := openWide(t, net, pk(9))
+	as = append(as, j)
+	introduce(as...)
+	clock := time.Unix(1e9, 0)
+	j.now = func() time.Time { return clock }
+	j.SetNeighbours([]key.Public{as[0].self, as[1].self})
+	for _, a := range as[:2] {
+		j.NewNeighbour(a.self) // the second is skipped: one ask a second
+	}
+	net.deliverWhere(t, func(m simMsg2) bool { return m.to != j.self }) // the ring is lost
+	if j.View().Ring.Seeded() {
+		t.Fatal("setting up: j holds a ring although the answer was lost")
+	}
+	for range askRingEvery/time.Second + 1 {
+		clock = clock.Add(time.Second)
+		j.Tick()
+		net.run(t)
+	}
+	if !j.View().Ring.Equal(as[0].View().Ring) {
+		t.Fatalf("j has no ring after its ask was lost (counters %v)", j.Counters())
+	}
+}

@@ -270,6 +270,7 @@ func (a *Allocator) assembleLocked(p *RingPart) (*Ring, error) {
 		return nil, ErrRingFull
 	}
 	a.asmCover = addCover(a.asmCover, p.cover)
+	a.assembledAt = a.now()
 	a.count("ipam_ring_part_assembled")
 	if len(a.asmCover) != 1 || a.asmCover[0] != a.span {
 		return nil, nil

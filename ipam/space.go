@@ -269,6 +269,7 @@ func (a *Allocator) Tick() {
 	a.reAskLocked()
 	a.askAuthoritiesLocked(&o)
 	a.quickDigestLocked(&o)
+	a.askRingAgainLocked(&o)
 	if a.wantSpace {
 		if _, ok := a.findFreeLocked(); ok {
 			a.wantSpace, a.reqDonor, a.silent = false, key.Public{}, nil
