@@ -344,3 +344,24 @@ func TestBroadcastAlongALine(t *testing.T) {
 		t.Error("the broadcast came back to its sender")
 	}
 }
+
+// Any bytes parse without a panic, and what parses encodes back to the
+// same bytes.
+func FuzzParseMulticast(f *testing.F) {
+	m := ChannelMessage{Name: "dns", Broadcast: true, Src: seqKey(1), Payload: []byte("x")}
+	seed, _ := AppendMulticast(nil, &m, 3, []key.Public{seqKey(2), seqKey(3)})
+	f.Add(seed)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, dsts, err := ParseMulticast(b)
+		if err != nil {
+			return
+		}
+		again, err := AppendMulticast(nil, &got, got.Hops, dsts)
+		if err != nil {
+			t.Fatalf("parsed but does not encode: %v", err)
+		}
+		if !bytes.Equal(again, b) {
+			t.Fatalf("round trip changed the message:\n%x\n%x", b, again)
+		}
+	})
+}
