@@ -166,9 +166,6 @@ func ParseMulticast(b []byte) (ChannelMessage, []key.Public, error) {
 // when we relay (relay: our routes may lag the sender's, parked.go) and
 // dropped when we send. It returns how many messages it queued.
 func (r *Router) multicastLocked(m *ChannelMessage, dsts []key.Public, hops uint8, relay bool) int {
-	if r.recomputePending {
-		r.freshLocked() // routes that records just brought
-	}
 	type hop struct {
 		c    *conn
 		dsts []key.Public
@@ -186,8 +183,16 @@ func (r *Router) multicastLocked(m *ChannelMessage, dsts []key.Public, hops uint
 		return b
 	}
 	for _, dst := range dsts {
+		nh, ok := r.rt.nextHop(dst)
+		if !ok && r.recomputePending {
+			// A route that records just brought, as forwardLocked
+			// finds one: only then, or every relayed broadcast would
+			// recompute the routes a flood's records gather for.
+			r.freshLocked()
+			nh, ok = r.rt.nextHop(dst)
+		}
 		var c *conn
-		if nh, ok := r.rt.nextHop(dst); ok {
+		if ok {
 			c = r.active[nh]
 		}
 		if c == nil {

@@ -365,3 +365,40 @@ func FuzzParseMulticast(f *testing.F) {
 		}
 	})
 }
+
+// A relay with a route to each destination sends a multicast on without
+// recomputing routes that records changed meanwhile: the recomputation
+// waits for its timer, which gathers a flood's records, as a unicast's
+// forwarding does (every relayed broadcast forced one).
+func TestMulticastRelayKeepsRecomputationGathered(t *testing.T) {
+	r, _, conns, behind := fanRouter(t, []int{3}, []bool{true})
+	src := newKey(t)
+	m := ChannelMessage{Name: "test", Broadcast: true, Src: src.Public(), Payload: []byte("x")}
+	m.Sign(src)
+	b, err := AppendMulticast(nil, &m, 5, behind[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recomputePending = true // a record just changed an edge elsewhere
+	computed := r.ctr[CtrRoutesComputed].Load()
+	if err := r.handleMulticastLocked(b); err != nil {
+		t.Fatal(err)
+	}
+	if !r.recomputePending || r.ctr[CtrRoutesComputed].Load() != computed {
+		t.Error("relaying a multicast whose destinations all had routes recomputed the routes")
+	}
+	if out := channelQueued(t, conns[0], src.Public()); len(out.multicasts) != 1 {
+		t.Fatalf("%d multicasts relayed, want 1", len(out.multicasts))
+	}
+	// A destination with no route yet: the routes are brought up to
+	// date first (it may be one the pending records bring).
+	var lost key.Public
+	lost[0] = 0xee
+	b, _ = AppendMulticast(nil, &m, 5, []key.Public{lost})
+	r.handleMulticastLocked(b)
+	if r.recomputePending {
+		t.Error("a destination with no route did not bring the pending recomputation forward")
+	}
+}
