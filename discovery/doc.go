@@ -54,8 +54,10 @@
 // version) of every record they hold (40 bytes each, digest.go), and each
 // answers the other's digest with the records it lacks; a record that is
 // new or newer is announced at once to every other established connection
-// (a have: key and version), and a neighbour that lacks it asks for it (a
-// want; announce.go); our own record goes whole to every neighbour; every
+// (a have: key and version; gathered for 200 ms, and not to a neighbour
+// that told us lately it holds that version), and a neighbour that lacks
+// it asks for it (a want; announce.go); our own record goes whole to
+// every neighbour; every
 // ~10 s a summary (a hash and count of what the digest would list,
 // summary.go) goes to one random neighbour (anti-entropy), which answers,
 // only if its own differs, with its digest: then what either lacks goes
