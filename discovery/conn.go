@@ -489,6 +489,7 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 		msgs := append([][]byte{{msgBusy}}, packRecords(r.referralLocked())...)
 		r.mu.Unlock()
 		r.ctr.inc(CtrConnLimit)
+		r.trace(TraceRefused, c.peer, addr, "")
 		for _, m := range msgs {
 			if err := c.writeMsg(m, 0); err != nil {
 				return nil, wrapTimeout(err)
@@ -558,6 +559,12 @@ func (r *Router) referralLocked() []*Record {
 // returns errBusy.
 func (r *Router) readReferral(c *conn, buf []byte) error {
 	r.ctr.inc(CtrConnBusy)
+	referred, room := 0, 0
+	if r.tracing() {
+		defer func() {
+			r.trace(TraceBusy, c.peer, c.addr, fmt.Sprintf("referred to %d records, %d of them with room", referred, room))
+		}()
+	}
 	for {
 		m, err := c.readMsg(buf)
 		if err != nil {
@@ -567,6 +574,12 @@ func (r *Router) readReferral(c *conn, buf []byte) error {
 		if err != nil {
 			r.ctr.inc(CtrMessageMalformed)
 			return fmt.Errorf("%w (then a malformed message: %v)", errBusy, err)
+		}
+		for _, rec := range recs {
+			referred++
+			if len(rec.Neighbors) < r.cfg.ConnLimit {
+				room++
+			}
 		}
 		r.applyRecords(nil, recs)
 		r.learnReferralAddrs(c.peer)
@@ -627,11 +640,15 @@ func (r *Router) runConn(c *conn) (bool, error) {
 		case errTooManyConns:
 			r.ctr.inc(CtrConnLimit)
 		}
+		r.trace(TraceFailed, c.peer, c.addr, err.Error())
 		return false, err
 	}
 	if t := c.target; t != nil {
 		t.conn, t.state, t.err = c, StateEstablished, ""
 		t.peer, t.nickname, t.busyDegree = c.peer, c.hello.Nickname, 0
+	}
+	if r.tracing() {
+		r.trace(TraceEstablished, c.peer, c.addr, fmt.Sprintf("outbound %v, target %v, now %d connections", c.outbound, c.target != nil, len(r.active)))
 	}
 	c.lastWrite.Store(time.Now().UnixNano())
 	c.qmu.Lock()
@@ -655,6 +672,9 @@ func (r *Router) runConn(c *conn) (bool, error) {
 		err = nil // closed by us
 	}
 	r.removeConnLocked(c, err)
+	if r.tracing() {
+		r.trace(TraceClosed, c.peer, c.addr, fmt.Sprintf("%v, now %d connections", err, len(r.active)))
+	}
 	r.mu.Unlock()
 	return true, err
 }

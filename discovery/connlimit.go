@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -278,6 +279,11 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		return cmp.Compare(a.rank, b.rank)
 	})
 	started, fullDials := 0, 0
+	if r.tracing() {
+		defer func() {
+			r.trace(TracePass, key.Public{}, "", fmt.Sprintf("%d candidates (%d unreachable), room %d, %d in flight, started %d (%d to full peers), bridging %v", len(cands), unreachable, room, inFlight, started, fullDials, bridging))
+		}()
+	}
 	for _, c := range cands {
 		if started >= room {
 			break
@@ -306,6 +312,9 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		}
 		d.inFlight = true
 		d.bridge = c.unreachable
+		if r.tracing() {
+			r.trace(TraceDial, c.k, ep.String(), fmt.Sprintf("gossip: unreachable %v, full %v, degree %d, failures %d", c.unreachable, c.full, r.graph.degree(c.k), r.dialFailures(c.k)))
+		}
 		r.wg.Add(1)
 		go r.gossipDial(c.k, ep)
 	}

@@ -86,6 +86,11 @@ type Config struct {
 	// have no kernel, and its peers' keepalives wait behind every other
 	// peer's work.
 	ReadTimeout time.Duration
+	// Trace, if set, receives each step of this peer's connection
+	// making (trace.go): a harness's timeline. It may be called with
+	// the router's lock held, so it must return quickly and must not
+	// call the Router.
+	Trace func(TraceEvent)
 }
 
 // DefaultPort is Weave Net's control port, used when Config.Port is 0.
@@ -593,6 +598,23 @@ func (r *Router) Reachable() []Reach {
 		out = append(out, rc)
 	}
 	return out
+}
+
+// ReachOf is Reachable's entry for k alone: whether k is reachable, and
+// the version of its record held here (a harness's poll of one peer over
+// a whole mesh, without N copies of every reachable set).
+func (r *Router) ReachOf(k key.Public) (Reach, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.freshLocked()
+	if !r.rt.reachable(k) && k != r.self {
+		return Reach{}, false
+	}
+	rc := Reach{Key: k, Direct: r.active[k] != nil}
+	if e := r.recs[k]; e != nil {
+		rc.Version = e.rec.Version
+	}
+	return rc, true
 }
 
 // endpointLocked chooses where to reach peer k: the remote IP of our

@@ -281,6 +281,9 @@ func (r *Router) runTarget(t *target) {
 		if fast {
 			wait = r.tun.redialFast
 		}
+		if r.tracing() {
+			r.trace(TraceWait, key.Public{}, t.addr, "target redials in "+wait.Round(time.Millisecond).String())
+		}
 		timer := time.NewTimer(wait)
 		select {
 		case <-t.ctx.Done():
@@ -307,6 +310,7 @@ func (r *Router) dialTarget(t *target) (bool, error) {
 	r.mu.Lock()
 	peer := t.peer
 	r.mu.Unlock()
+	r.trace(TraceDial, peer, t.addr, "target")
 	c, err := r.dialAddr(t.ctx, netip.AddrPortFrom(ip, t.port), t.addr, t, peer)
 	if err != nil {
 		return false, err
@@ -355,6 +359,7 @@ func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string
 		cancel()
 		if err != nil {
 			r.ctr.inc(CtrDialFailed)
+			r.trace(TraceFailed, peer, display, err.Error())
 			return nil, err
 		}
 		var c *conn
@@ -364,6 +369,9 @@ func (r *Router) dialAddr(ctx context.Context, ap netip.AddrPort, display string
 		}
 		nc.Close()
 		r.countHandshakeFailure(err, true)
+		if !errors.Is(err, errBusy) {
+			r.trace(TraceFailed, peer, display, err.Error()) // readReferral traces a refusal
+		}
 		if !errors.Is(err, errRefused) {
 			break
 		}

@@ -47,6 +47,11 @@ type Config struct {
 	// silent past 95 s during the build and closed by thousands, each
 	// loss a new record version for everyone.
 	ReadTimeout time.Duration
+	// Trace, if set, receives each node's discovery.TraceEvents with the
+	// node's index (a harness's per-joiner timeline); as
+	// discovery.Config.Trace, it must return quickly and not call the
+	// routers.
+	Trace func(node int, ev discovery.TraceEvent)
 }
 
 // Cluster is a simulated mesh: nodes that join, leave and get partitioned.
@@ -122,6 +127,9 @@ func (c *Cluster) Join() (*Node, error) {
 		routers:   c.cfg.RoutersOnly,
 		logger:    c.cfg.Logger,
 	}
+	if tr := c.cfg.Trace; tr != nil {
+		cfg.trace = func(ev discovery.TraceEvent) { tr(i, ev) }
+	}
 	g := 0
 	if i > 0 {
 		live := c.aliveLocked()
@@ -146,6 +154,13 @@ func (c *Cluster) Join() (*Node, error) {
 	c.alive[i] = true
 	c.group[i] = g
 	return nd, nil
+}
+
+// NextIndex is the index the next Join's node will have.
+func (c *Cluster) NextIndex() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.nodes)
 }
 
 // Leave stops node i as a host that goes away does: its connections close

@@ -83,6 +83,7 @@ type nodeConfig struct {
 	routers   bool // the router alone: no allocator, no name table
 	bootstrap []netip.AddrPort
 	logger    *slog.Logger
+	trace     func(discovery.TraceEvent)
 }
 
 // startNode starts a peer the way `weavewg launch` (seed) or `join` does.
@@ -119,6 +120,7 @@ func startNode(cfg nodeConfig) (*Node, error) {
 		Verify:           cfg.verify,
 		Shared:           cfg.shared,
 		Logger:           nd.log.With("part", "discovery"),
+		Trace:            cfg.trace,
 	})
 	if err != nil {
 		return nil, err

@@ -132,6 +132,7 @@ func main() {
 	flag.DurationVar(&idleWindow, "idle", idleWindow, "how long to watch each built mesh with nothing changing (its background per peer)")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built, or its build failed (the last N's is kept)")
 	flag.StringVar(&mutexProfile, "mutexprofile", "", "write a profile of lock waits (sync.Mutex contention, every wait sampled) to this file when each mesh is built, or its build failed (the last N's is kept)")
+	flag.BoolVar(&timelineOn, "timeline", false, "print each timed join's timeline: the joiner's dials, refusals, connections and backoffs, and how many peers reach it and hold its record, polled every 50 ms")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
 	topoOnly := flag.Bool("routers-only", false, "run each peer's router alone, with no IPAM and no DNS, and check only the topology (discovery's own figures; not issue 18's measure)")
@@ -349,10 +350,19 @@ func readFor(n int) time.Duration {
 	return 95 * time.Second * time.Duration(max(1, (n+99)/100))
 }
 
+// simConfig is the cluster of a run of n peers.
+func simConfig(n int, seed uint64, connLimit int) sim.Config {
+	cfg := sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n), ReadTimeout: readFor(n)}
+	if timelineOn {
+		cfg.Trace = tl.record
+	}
+	return cfg
+}
+
 func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Duration) result {
 	res := result{N: n, HandshakeSeconds: handshakeFor(n).Seconds()}
 	if burst {
-		c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n), ReadTimeout: readFor(n)})
+		c := sim.New(simConfig(n, seed, connLimit))
 		measureOn(c, n, &res, "N launched", timeout, func() error {
 			for range n {
 				if _, err := c.Join(); err != nil {
@@ -363,7 +373,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		})
 		c.Close()
 	}
-	c := sim.New(sim.Config{Seed: seed, ConnLimit: connLimit, RoutersOnly: topologyOnly, HandshakeTimeout: handshakeFor(n), ReadTimeout: readFor(n)})
+	c := sim.New(simConfig(n, seed, connLimit))
 	defer c.Close()
 	start := time.Now()
 	size := max(batch, 1)
@@ -391,7 +401,7 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	res.BuildSeconds = time.Since(start).Seconds()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines\n", n, ms.HeapInuse>>20, runtime.NumGoroutine())
+	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines; %s\n", n, ms.HeapInuse>>20, runtime.NumGoroutine(), degrees(c, connLimit))
 	writeHeap()
 	writeMutex()
 	res.Idle = measureIdle(c, idleWindow)
@@ -433,6 +443,49 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	return res
 }
 
+// degrees describes how full the built mesh is: how many peers are at
+// their connection limit, and the room the others have left. A joiner's
+// bootstrap is a random peer: in a mesh at its limits, most refuse it.
+func degrees(c *sim.Cluster, connLimit int) string {
+	if connLimit == 0 {
+		connLimit = discovery.DefaultConnLimit
+	}
+	peers, full, sum, room := 0, 0, 0, 0
+	alive := c.Alive()
+	for _, nd := range alive {
+		d := 0
+		for _, r := range nd.Router.Reachable() {
+			if r.Direct {
+				d++
+			}
+		}
+		peers++
+		sum += d
+		if d >= connLimit {
+			full++
+		} else {
+			room += connLimit - d
+		}
+	}
+	if peers == 0 {
+		return "no peers"
+	}
+	// Hops, from ten peers spread over the join order to every other
+	// (the graph's diameter and paths: a mesh whose joins pile onto the
+	// last joiners, the peers with room, grows long paths).
+	paths, hops, most := 0, 0, 0
+	for i := 0; i < len(alive); i += max(1, len(alive)/10) {
+		for _, o := range alive {
+			if p := alive[i].Router.Route(o.Key); len(p) > 1 {
+				paths++
+				hops += len(p) - 1
+				most = max(most, len(p)-1)
+			}
+		}
+	}
+	return fmt.Sprintf("mean degree %.1f of a limit of %d, %d of %d peers at the limit, %d connections of room in the others; %.2f hops on average between peers, at most %d (from ten peers to all)", float64(sum)/float64(peers), connLimit, full, peers, room, float64(hops)/float64(max(paths, 1)), most)
+}
+
 // measureOn makes a change on c with do and times the agreement after it,
 // appending the figures to res.
 func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Duration, do func() error) {
@@ -445,14 +498,31 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	v0 := c.Verify.Calls.Load()
 	cpu0 := cpuTime()
 	ch := change{Name: name}
+	// A join's timeline (-timeline): the joiner is the next node.
+	traced := timelineOn && strings.HasSuffix(name, "joins") && name != "N launched"
+	next, t0 := c.NextIndex(), time.Now()
+	if traced {
+		tl.start()
+	}
 	err := do()
 	// Timed from the change's end: the last join returned (its peer
 	// is running and dialling), the leave closed, the heal made.
 	start := time.Now()
+	var watch *joinWatch
+	var joiner *sim.Node
+	if traced && err == nil {
+		if joiner = c.Node(next); joiner != nil {
+			watch = watchJoin(c, joiner, t0)
+		}
+	}
 	ch.TopoFailed = err != nil // the change itself failed: no wait
 	if err == nil {
 		var d time.Duration
-		d, err = c.WaitFor(c.CheckTopology, start, timeout)
+		topo := c.CheckTopology
+		if traced {
+			topo = traceWhy(n, name+" (topology)", start, topo)
+		}
+		d, err = c.WaitFor(topo, start, timeout)
 		ch.TopoSeconds = d.Seconds()
 		ch.TopoFailed = err != nil
 		if err == nil && !topologyOnly {
@@ -464,6 +534,16 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		ch.Err = err.Error()
 	}
 	ch.CPUSeconds = (cpuTime() - cpu0).Seconds()
+	if traced {
+		var lines []tlLine
+		if watch != nil {
+			lines = watch.stop()
+		}
+		events := tl.stop()
+		if joiner != nil {
+			printTimeline(n, name, c, joiner, t0, events, lines)
+		}
+	}
 	m1, b1 := c.Traffic()
 	peers := float64(len(c.Alive()))
 	ch.Msgs, ch.Bytes = m1-m0, b1-b0
