@@ -267,7 +267,8 @@ func (p *Plane) teardown() error {
 // The steering sets (steer_linux.go) hold the device's peers' endpoints:
 // an endpoint leaves them before its peer leaves the device and joins them
 // after the peer joined, so that no WireGuard datagram of a peer reaches
-// the kernel socket while the device does not know the peer.
+// the kernel socket while the device does not know the peer; the kick
+// comes after it joined them, so that the answer reaches the kernel.
 func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -280,24 +281,28 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	if err := p.steer(intersect(p.steered, eps)); err != nil {
 		errs = append(errs, err)
 	}
+	var kick []key.Public
 	if cfg, changed := p.peerConfig(want); changed {
 		if err := p.wg.ConfigureDevice(p.cfg.Name, cfg); err != nil {
 			p.synced = false
 			return nil, errors.Join(append(errs, fmt.Errorf("kernel wireguard: configuring peers: %w", err))...)
 		}
 		p.synced = true
-		if reset, any := kickReset(cfg); any {
-			// Only the transition from zero sends: back to zero at once
-			// (the userspace probes hold NAT mappings open). A failure
-			// leaves a 25 s keepalive, harmless, and the device unknown.
-			if err := p.wg.ConfigureDevice(p.cfg.Name, reset); err != nil {
-				p.synced = false
-				errs = append(errs, fmt.Errorf("kernel wireguard: resetting the keepalives: %w", err))
-			}
-		}
+		kick = kicked(cfg)
 	}
 	p.peers = want
 	if err := p.steer(eps); err != nil {
+		errs = append(errs, err)
+	}
+	// The kick only now: the answer to the handshake it starts comes
+	// from the peer's endpoint, and reaches the kernel socket only once
+	// the endpoint is in the steering sets. Kicked before (as first
+	// built), a peer that answered within the few milliseconds the sets
+	// took had its response steered to wireguard-go, which dropped it
+	// (an index it never sent), and the kernel tried again only after 5 s
+	// ("Received invalid response message" at the host's wireguard-go,
+	// the VM test's first pings between two hosts joining at once).
+	if err := p.kick(kick); err != nil {
 		errs = append(errs, err)
 	}
 	carried := make(map[key.Public]bool, len(want))
@@ -325,18 +330,42 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	return carried, errors.Join(errs...)
 }
 
-// kickReset is the configuration that sets back to zero the keepalives
-// cfg set to kick a handshake, and whether there is any.
-func kickReset(cfg wgtypes.Config) (wgtypes.Config, bool) {
-	var reset wgtypes.Config
-	zero := time.Duration(0)
+// kicked are the peers cfg wrote with an endpoint (new, moved, or all
+// after a failure): those to kick.
+func kicked(cfg wgtypes.Config) []key.Public {
+	var ks []key.Public
 	for _, pc := range cfg.Peers {
-		if pc.PersistentKeepaliveInterval != nil && *pc.PersistentKeepaliveInterval != 0 {
-			reset.Peers = append(reset.Peers, wgtypes.PeerConfig{PublicKey: pc.PublicKey, UpdateOnly: true,
-				PersistentKeepaliveInterval: &zero})
+		if !pc.Remove && pc.Endpoint != nil {
+			ks = append(ks, key.Public(pc.PublicKey))
 		}
 	}
-	return reset, len(reset.Peers) > 0
+	return ks
+}
+
+// kick makes the kernel start a handshake with each of peers at once:
+// their keepalive interval goes from zero to kickInterval, and only that
+// transition sends, so it goes back to zero in the next call (the
+// userspace probes hold NAT mappings open). A failure of the second call
+// leaves a 25 s keepalive, harmless, and the device unknown.
+func (p *Plane) kick(peers []key.Public) error {
+	if len(peers) == 0 {
+		return nil
+	}
+	var on, off wgtypes.Config
+	every, zero := kickInterval, time.Duration(0)
+	for _, k := range peers {
+		on.Peers = append(on.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &every})
+		off.Peers = append(off.Peers, wgtypes.PeerConfig{PublicKey: wgtypes.Key(k), UpdateOnly: true, PersistentKeepaliveInterval: &zero})
+	}
+	if err := p.wg.ConfigureDevice(p.cfg.Name, on); err != nil {
+		p.synced = false
+		return fmt.Errorf("kernel wireguard: kicking a handshake: %w", err)
+	}
+	if err := p.wg.ConfigureDevice(p.cfg.Name, off); err != nil {
+		p.synced = false
+		return fmt.Errorf("kernel wireguard: resetting the keepalives: %w", err)
+	}
+	return nil
 }
 
 // steer makes the steering sets eps (sorted) unless they are already.
@@ -416,7 +445,7 @@ func normalize(self key.Public, peers []Peer) map[key.Public]applied {
 // AllowedIPs replaced) with the preshared key; its endpoint only when the
 // path owner's choice changed, so that one the kernel learned by roaming
 // is not reset on every update. A peer written with an endpoint (new, or
-// moved) gets kickInterval as its keepalive (see SetPeers). After a
+// moved) is kicked after the steering sets have it (see SetPeers). After a
 // failed write every peer is rewritten and the peer list replaced.
 func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
 	cfg := wgtypes.Config{ReplacePeers: !p.synced}
@@ -443,8 +472,6 @@ func (p *Plane) peerConfig(want map[key.Public]applied) (wgtypes.Config, bool) {
 			AllowedIPs: make([]net.IPNet, 0, len(w.allowed))}
 		if !p.synced || !had || old.endpoint != w.endpoint {
 			pc.Endpoint = net.UDPAddrFromAddrPort(w.endpoint)
-			kick := kickInterval
-			pc.PersistentKeepaliveInterval = &kick
 		}
 		for _, pfx := range w.allowed {
 			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), pfx.Addr().BitLen())})

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -28,6 +29,7 @@ type fakeClient struct {
 	configs []wgtypes.Config
 	fail    error        // returned by the next ConfigureDevice
 	kicked  []key.Public // peers whose keepalive went from zero to non-zero, in order
+	onKick  func(key.Public)
 }
 
 func (f *fakeClient) Device(name string) (*wgtypes.Device, error) {
@@ -78,6 +80,9 @@ func (f *fakeClient) ConfigureDevice(name string, cfg wgtypes.Config) error {
 			// session) when the interval goes from zero to non-zero.
 			if p.PersistentKeepaliveInterval == 0 && *pc.PersistentKeepaliveInterval != 0 {
 				f.kicked = append(f.kicked, key.Public(pc.PublicKey))
+				if f.onKick != nil {
+					f.onKick(key.Public(pc.PublicKey))
+				}
 			}
 			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
 		}
@@ -343,6 +348,64 @@ func TestPlaneKicksAHandshake(t *testing.T) {
 	step("C's endpoint changes", []key.Public{kC}, peerB, peerC)
 	step("C leaves", nil, peerB)
 	step("C comes back", []key.Public{kC}, peerB, peerC)
+}
+
+// TestPlaneKicksAfterSteering: when the kernel starts the handshake with
+// a peer that joined the device (or moved), the steering set already
+// holds the peer's endpoint, so that the peer's answer reaches the kernel
+// socket. Kicked before the set had it, an answer quicker than the set's
+// write went to wireguard-go, which dropped it, and the pair waited 5 s
+// for the kernel's next try (the VM test's first pings).
+func TestPlaneKicksAfterSteering(t *testing.T) {
+	p, fc, _ := fakePlane(t)
+	if err := installSteering(p.ns, p.cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.steering = true
+	kB := key.Public{2}
+	peerB := Peer{Key: kB, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
+	var atKick []string // the set when each kick was sent
+	fc.onKick = func(k key.Public) {
+		atKick = append(atKick, fmt.Sprint(steeredEndpoints(t, p)))
+	}
+	step := func(when string) {
+		t.Helper()
+		atKick = nil
+		if _, err := p.SetPeers([]Peer{peerB}); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprint([]netip.AddrPort{peerB.Endpoint})
+		if len(atKick) != 1 || atKick[0] != want {
+			t.Errorf("%s: the steering set when B was kicked: %v; want one kick with %s in it", when, atKick, want)
+		}
+	}
+	step("B joins")
+	peerB.Endpoint = netip.MustParseAddrPort("198.51.100.2:40000")
+	step("B moves")
+}
+
+// steeredEndpoints reads the IPv4 steering set of p's table from the
+// kernel.
+func steeredEndpoints(t *testing.T, p *Plane) []netip.AddrPort {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(p.ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set4, _ := kernelSets(steeringTable(p.cfg.Port))
+	els, err := c.GetSetElements(set4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eps []netip.AddrPort
+	for _, e := range els {
+		if len(e.Key) < 6 {
+			t.Fatalf("set element %x: want an address and a port", e.Key)
+		}
+		a, _ := netip.AddrFromSlice(e.Key[:4])
+		eps = append(eps, netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Key[4:6])))
+	}
+	return eps
 }
 
 // TestPlaneRewritesAfterFailure: a failed configuration leaves the device

@@ -123,6 +123,12 @@ done
 # test) runs every daemon with --log-level debug (wireguard-go's handshakes).
 loglevel=info
 grep -q 'weavewg_debug=1' /proc/cmdline && loglevel=debug
+# At debug level the kernel's WireGuard says what it sends and receives
+# too (its pr_debug lines; dumped as dmesg at the end).
+if [ $loglevel = debug ]; then
+	mount -t debugfs none /sys/kernel/debug 2>/dev/null
+	echo 'module wireguard +p' >/sys/kernel/debug/dynamic_debug/control || echo "VMTEST no dynamic debug for wireguard"
+fi
 run() {
 	i=$1 cmd=$2
 	shift 2
@@ -160,7 +166,9 @@ done
 # waitping FROM TO SECONDS: one echo answered within SECONDS tries. A
 # pair still silent after 15 tries says what its hosts and h1, the relay,
 # see then (slow-ping-*: the relayed pairs start slowly under load; the
-# UDP sockets' receive queues, /proc/net/udp, show a relay's backlog).
+# UDP sockets' receive queues, /proc/net/udp, show a relay's backlog;
+# the routes, the kernel device's peers and the steering set say which
+# device each side's handshakes leave from and reach).
 waitping() {
 	n=0
 	while [ $n -lt $3 ]; do
@@ -168,7 +176,7 @@ waitping() {
 		n=$((n + 1))
 		if [ $n = 15 ]; then
 			for i in $(echo "$1 $2 1" | tr " " "\n" | sort -u); do
-				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay'; grep 'level=' /run/h$i.log | grep -i handshake | tail -n 40; /usr/sbin/ip netns exec h$i cat /proc/net/udp"
+				dump "slow-ping-h$1-h$2-at-h$i" sh -c "date; weavewg status connections --api-socket /run/h$i.sock; weavewg status --json --api-socket /run/h$i.sock | tr ',' '\n' | grep -E 'udp_|handshake|relay|datapath|nickname'; grep 'level=' /run/h$i.log | grep -i handshake | tail -n 40; /usr/sbin/ip netns exec h$i cat /proc/net/udp; /usr/sbin/ip -n h$i route show; /usr/sbin/ip netns exec h$i wg show kwweavewg0 dump; /usr/sbin/ip netns exec h$i nft list set inet weavewg_split_6783 kernel4"
 			done
 		fi
 	done
@@ -436,6 +444,14 @@ while [ -n "$(ip netns pids h1)$(ip netns pids h2)$(ip netns pids h3)$(ip netns 
 	n=$((n + 1))
 done
 for i in 1 2 3 4 5; do
-	dump "log-h$i" grep -v level=DEBUG /run/h$i.log
+	# At debug level the whole log (WEAVEWG_VM_CONSOLE keeps it).
+	if [ $loglevel = debug ]; then
+		dump "log-h$i" cat /run/h$i.log
+	else
+		dump "log-h$i" grep -v level=DEBUG /run/h$i.log
+	fi
 	dump "after-h$i" ip -n h$i link show
 done
+if [ $loglevel = debug ]; then
+	dump dmesg dmesg
+fi
