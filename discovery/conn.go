@@ -76,6 +76,9 @@ type conn struct {
 	// catchUp: an inbound connection under an inactive epoch, served
 	// only with the rotation its peer missed (rotation.go).
 	catchUp bool
+	// mayShed: an inbound connection from a peer we do not reach, taken
+	// at our limit by closing one of our own (shedLocked).
+	mayShed bool
 
 	send *noise.CipherState // owned by establish, then by writeLoop
 	recv *noise.CipherState // owned by establish, then by readLoop
@@ -485,6 +488,9 @@ func (r *Router) establish(ctx context.Context, nc net.Conn, outbound bool, addr
 	}
 	r.mu.Lock()
 	if !outbound && r.fullLocked(c.peer) {
+		_, c.mayShed = r.shedCandidateLocked(c.peer, r.now())
+	}
+	if !outbound && r.fullLocked(c.peer) && !c.mayShed {
 		// At the limit: refer the dialler to the mesh instead of a hello.
 		msgs := append([][]byte{{msgBusy}}, packRecords(r.referralLocked())...)
 		r.mu.Unlock()

@@ -43,7 +43,24 @@ import (
 // retried at most every bridgeBackoffMax), so a heal is repaired by a few
 // connections, not by every peer dialling every peer it lost.
 //
-// A peer at its limit still completes the handshake of an inbound
+// Shedding: a peer at its limit dialled by a peer it does not reach (a
+// joiner, which reaches nobody yet, or the far side of a partition)
+// takes it, and closes instead the connection of a neighbour of its own
+// that holds more than connWant connections and that it still reaches
+// without that connection (shedLocked): an edge P–Q becomes P–J, and Q,
+// one under its limit now, is a peer with room for J's next dials (the
+// edge splitting that grows a random regular graph while keeping it
+// random). Without it a joiner whose bootstrap peer was full searched the
+// mesh for room one referral at a time, two full peers a tick: after a
+// build the peers with room are the last joiners, the neighbours of a
+// full peer are full, and the 1,000th join in simulation was refused 49
+// times over 23 s before its first connection (simbench -timeline
+// showed the chain at N=300 with a limit of 6: 16 refusals, 7.8 s). No
+// peer goes past its limit, Q keeps at least connWant (it does not dial),
+// and a peer sheds at most one connection a tick, so a stream of
+// strangers cannot churn its connections faster.
+//
+// A peer at its limit otherwise still completes the handshake of an inbound
 // connection, then answers with msgBusy instead of a hello, followed by
 // its own record and its neighbours' (referralLocked), and closes. The
 // dialler dials those neighbours (a full one refers it on to its own)
@@ -73,6 +90,10 @@ const (
 	// records messages that follow hold its record and its neighbours'.
 	msgBusy byte = 5
 )
+
+// errShed is why a peer at its limit closed a connection of its own: to
+// take one from a peer it did not reach.
+var errShed = errors.New("closed to make room for a peer that reached nobody (--conn-limit)")
 
 // errBusy is what a dialler gets from a peer at its connection limit.
 var errBusy = errors.New("peer is at its connection limit (--conn-limit); learned its neighbours from it")
@@ -137,6 +158,74 @@ func (r *Router) connWant() int { return (r.cfg.ConnLimit + 1) / 2 }
 // resolved elsewhere).
 func (r *Router) fullLocked(peer key.Public) bool {
 	return r.active[peer] == nil && len(r.active) >= r.cfg.ConnLimit
+}
+
+// shedCandidateLocked returns the neighbour whose connection we would
+// close to take an inbound connection from dialler at our limit, if we
+// may: dialler is a peer we do not reach (a joiner, or the far side of a
+// partition: those we reach find peers with room through the mesh, and
+// are referred), we hold exactly ConnLimit connections, we shed none in
+// the last tick, and a neighbour qualifies: not a connection we dialled
+// as a target (the user asked for it), holding more than connWant
+// connections by its record (it keeps connWant and does not dial), and
+// still linked to us by another path (the mesh is not cut). Of those, the
+// one with the most connections, then by our own dial order.
+func (r *Router) shedCandidateLocked(dialler key.Public, now time.Time) (key.Public, bool) {
+	if len(r.active) != r.cfg.ConnLimit || r.active[dialler] != nil || now.Sub(r.lastShed) < r.tun.tick {
+		return key.Public{}, false
+	}
+	r.freshLocked()
+	if r.rt.reachable(dialler) {
+		return key.Public{}, false
+	}
+	type cand struct {
+		k      key.Public
+		degree int
+	}
+	var cands []cand
+	for k, c := range r.active {
+		if c.target != nil {
+			continue
+		}
+		if d := r.graph.degree(k); d > r.connWant() {
+			cands = append(cands, cand{k, d})
+		}
+	}
+	slices.SortFunc(cands, func(a, b cand) int {
+		if c := cmp.Compare(b.degree, a.degree); c != 0 {
+			return c
+		}
+		return cmp.Compare(dialRank(r.self, a.k), dialRank(r.self, b.k))
+	})
+	// Each check is a search of the graph from the neighbour; in a
+	// random graph of degree connWant or more the first nearly always
+	// passes, so a few are tried, not all.
+	for _, c := range cands[:min(len(cands), 3)] {
+		if r.graph.linkedWithout(r.self, c.k) {
+			return c.k, true
+		}
+	}
+	return key.Public{}, false
+}
+
+// shedLocked closes the connection shedCandidateLocked picks, to take one
+// from dialler in its place, and reports whether it did.
+func (r *Router) shedLocked(dialler key.Public) bool {
+	now := r.now()
+	k, ok := r.shedCandidateLocked(dialler, now)
+	if !ok {
+		return false
+	}
+	old := r.active[k]
+	r.lastShed = now
+	r.ctr.inc(CtrConnShed)
+	r.log.Info("closing a control connection to take a peer we do not reach (at the connection limit)", "peer", k.Name(), "nickname", old.hello.Nickname, "for", dialler.Name())
+	if r.tracing() {
+		r.trace(TraceShed, k, old.addr, "for "+dialler.Name())
+	}
+	r.removeConnLocked(old, errShed)
+	old.close()
+	return true
 }
 
 // dialRank is self's pseudo-random preference for dialling k: lower first.

@@ -22,6 +22,7 @@ const (
 	CtrConnLimit          = "control_connection_limit"       // inbound refused (referred to the mesh): at --conn-limit
 	CtrConnBusy           = "control_connection_busy"        // outbound answered "at its connection limit" by the peer
 	CtrConnClosed         = "control_connection_closed"      // established connections that ended
+	CtrConnShed           = "control_connection_shed"        // ours closed at the limit to take a peer we did not reach (a joiner)
 	CtrDialFailed         = "control_dial_failed"            // TCP dial or resolution failures
 	CtrSendDropped        = "control_send_dropped"           // message dropped: connection send queue full
 	CtrSendDiscarded      = "control_send_discarded"         // queued messages discarded: their connection closed
@@ -69,7 +70,7 @@ var counterNames = []string{
 	CtrHandshakeTimeout, CtrHandshakeBadSecret, CtrHandshakeRefused,
 	CtrFrameOversized, CtrFrameDecryptFailed, CtrMessageMalformed,
 	CtrMessageUnknownType, CtrEstablished, CtrConnSelf, CtrConnDuplicate,
-	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrDialFailed, CtrSendDropped, CtrSendDiscarded,
+	CtrConnLimit, CtrConnBusy, CtrConnClosed, CtrConnShed, CtrDialFailed, CtrSendDropped, CtrSendDiscarded,
 	CtrRecordsReceived, CtrRecordsApplied, CtrRecordsSent, CtrRecordsTableFull, CtrAntiEntropy,
 	CtrDigestsSent, CtrDigestsReceived, CtrSummariesReceived, CtrHavesSent, CtrWantsSent, CtrChannelParked, CtrRoutesComputed,
 	CtrRecordsBadSig, CtrRecordsFuture, CtrChannelBadSig,

@@ -97,7 +97,9 @@
 // connection of its own. Peers learned through gossip are dialled at their
 // Endpoint while we hold fewer than half of Config.ConnLimit connections,
 // so meshes up to that size become full meshes and larger ones a random
-// graph of bounded degree (connlimit.go). A peer at its limit answers a
+// graph of bounded degree (connlimit.go). A peer at its limit takes a
+// dialler it does not reach (a joiner) by closing a connection of its own
+// that the mesh can spare (shedLocked); otherwise it answers a
 // handshake with msgBusy, its own record and its neighbours'; the joiner it
 // referred dials the referrer's neighbours at the addresses the referrer sees them
 // at (conn.learnReferralAddrs), since it reaches nobody yet. When two

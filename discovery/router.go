@@ -262,8 +262,11 @@ type Router struct {
 	// (dialSoonLocked); lastDialSoon is when the last one ran.
 	dialSoon     bool
 	lastDialSoon time.Time
-	rt           routes
-	graph        topoGraph // the edges rt was computed from (topology.go)
+	// lastShed: when we last closed a connection to take a peer we
+	// did not reach (shedLocked).
+	lastShed time.Time
+	rt       routes
+	graph    topoGraph // the edges rt was computed from (topology.go)
 	// reachLog: peers whose reachability or connection changed, for
 	// ReachChanges (reachlog.go).
 	reachLog reachLog

@@ -519,8 +519,11 @@ func (r *Router) addConnLocked(c *conn) error {
 		old.close()
 	} else if len(r.active) >= MaxNeighbors || c.target == nil && len(r.active) >= r.cfg.ConnLimit {
 		// Only connections the user asked for (targets) go past the
-		// limit (connlimit.go).
-		return errTooManyConns
+		// limit (connlimit.go), and a peer we do not reach takes the
+		// place of one of ours (shedLocked).
+		if !c.mayShed || !r.shedLocked(c.peer) {
+			return errTooManyConns
+		}
 	}
 	r.active[c.peer] = c
 	r.noteReachLocked(c.peer)
