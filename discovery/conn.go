@@ -79,6 +79,8 @@ type conn struct {
 	// mayShed: an inbound connection from a peer we do not reach, taken
 	// at our limit by closing one of our own (shedLocked).
 	mayShed bool
+	// since: when it was established (addConnLocked); under Router.mu.
+	since time.Time
 
 	send *noise.CipherState // owned by establish, then by writeLoop
 	recv *noise.CipherState // owned by establish, then by readLoop

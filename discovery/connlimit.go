@@ -46,7 +46,7 @@ import (
 // Shedding: a peer at its limit dialled by a peer it does not reach (a
 // joiner, which reaches nobody yet, or the far side of a partition)
 // takes it, and closes instead the connection of a neighbour of its own
-// that holds more than connWant connections and that it still reaches
+// that holds at least connWant+2 connections and that it still reaches
 // without that connection (shedLocked): an edge P–Q becomes P–J, and Q,
 // one under its limit now, is a peer with room for J's next dials (the
 // edge splitting that grows a random regular graph while keeping it
@@ -56,9 +56,12 @@ import (
 // full peer are full, and the 1,000th join in simulation was refused 49
 // times over 23 s before its first connection (simbench -timeline
 // showed the chain at N=300 with a limit of 6: 16 refusals, 7.8 s). No
-// peer goes past its limit, Q keeps at least connWant (it does not dial),
-// and a peer sheds at most one connection a tick, so a stream of
-// strangers cannot churn its connections faster.
+// peer goes past its limit, Q keeps at least connWant (it does not dial)
+// even if two peers shed it at once, and a peer sheds at most one
+// connection a tick, so a stream of strangers cannot churn its
+// connections faster. A joiner holding a connection but reaching nobody
+// yet does not dial until it does (firstReachPendingLocked): the peers
+// it would dial do not know it yet, and would shed for it too.
 //
 // A peer at its limit otherwise still completes the handshake of an inbound
 // connection, then answers with msgBusy instead of a hello, followed by
@@ -150,6 +153,32 @@ func (r *Router) dialSoonLocked(now time.Time) {
 	})
 }
 
+// firstReachWait bounds how long a peer that holds connections but
+// reaches nobody through them yet waits for their records before it
+// dials on its own (firstReachPendingLocked).
+const firstReachWait = 5 * time.Second
+
+// firstReachPendingLocked reports whether we hold a connection made less
+// than firstReachWait ago and reach nobody yet: a joiner just taken by
+// its first peer, whose records (and that peer's, listing us) are on
+// their way. Its dials would go to peers it thinks unreachable (full ones
+// too, as a bridge), each of which, not knowing it yet, would shed a
+// connection of its own for it: at limit 2 a joiner's first peer and its
+// second both shed the same neighbour, which then reached nobody and got
+// back in by a shed of its own. dialSoonLocked dials as soon as the mesh
+// is reachable.
+func (r *Router) firstReachPendingLocked(now time.Time) bool {
+	if len(r.active) == 0 || r.rt.count() > 1 {
+		return false
+	}
+	for _, c := range r.active {
+		if now.Sub(c.since) < firstReachWait {
+			return true
+		}
+	}
+	return false
+}
+
 // connWant is how many connections gossip dials aim for.
 func (r *Router) connWant() int { return (r.cfg.ConnLimit + 1) / 2 }
 
@@ -166,10 +195,12 @@ func (r *Router) fullLocked(peer key.Public) bool {
 // partition: those we reach find peers with room through the mesh, and
 // are referred), we hold exactly ConnLimit connections, we shed none in
 // the last tick, and a neighbour qualifies: not a connection we dialled
-// as a target (the user asked for it), holding more than connWant
-// connections by its record (it keeps connWant and does not dial), and
-// still linked to us by another path (the mesh is not cut). Of those, the
-// one with the most connections, then by our own dial order.
+// as a target (the user asked for it), holding connWant+2 connections or
+// more by its record (it keeps connWant and does not dial even if a
+// second peer, whose view lags ours, sheds it at the same moment), and
+// still linked to us by another path (the mesh is not cut). Of those,
+// the one with the most connections, then by our own dial order. A
+// joiner, with fewer, is never shed for the next.
 func (r *Router) shedCandidateLocked(dialler key.Public, now time.Time) (key.Public, bool) {
 	if len(r.active) != r.cfg.ConnLimit || r.active[dialler] != nil || now.Sub(r.lastShed) < r.tun.tick {
 		return key.Public{}, false
@@ -187,7 +218,7 @@ func (r *Router) shedCandidateLocked(dialler key.Public, now time.Time) (key.Pub
 		if c.target != nil {
 			continue
 		}
-		if d := r.graph.degree(k); d > r.connWant() {
+		if d := r.graph.degree(k); d > r.connWant()+1 {
 			cands = append(cands, cand{k, d})
 		}
 	}
@@ -253,6 +284,9 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 	}
 	if r.dialIdle.gen == r.dialGen && now.Before(r.dialIdle.until) {
 		return // the last pass found nothing to start, and nothing it read has changed since
+	}
+	if r.firstReachPendingLocked(now) {
+		return // our first connection brings the mesh in a moment (dialSoonLocked)
 	}
 	r.dialPasses++
 	idle := dialIdle{gen: r.dialGen, until: now.Add(dialRecheck)}

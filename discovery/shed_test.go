@@ -1,7 +1,9 @@
 package discovery
 
 import (
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,21 +13,23 @@ import (
 // A joiner whose only endpoint is a peer at its limit, in a mesh where
 // every peer is at its limit, gets its first connection from that peer,
 // which closes one of its own to a neighbour it still reaches another
-// way: the joiner used to walk referrals from full peer to full peer,
-// two a tick (49 refusals, 23 s for the 1,000th join in simulation), and
-// here, with no peer having room, it never connected at all. a, b and d
-// (limit 2) form a triangle through targets; c joins through a.
+// way; the joiner's second goes to that neighbour, which has room now.
+// The joiner used to walk referrals from full peer to full peer, two a
+// tick (49 refusals, 23 s for the 1,000th join in simulation), and here,
+// with no peer having room, it never connected at all. Five peers with a
+// limit of 4 (connWant 2) form a full mesh through targets, all dialling
+// a; c joins through a.
 func TestFullPeerTakesAJoinerByShedding(t *testing.T) {
-	limit := func(c *Config, _ *tunables) { c.ConnLimit = 2 }
-	a := newTestRouter(t, "a", limit)
-	b := newTestRouter(t, "b", limit)
-	d := newTestRouter(t, "d", limit)
-	for _, tg := range []struct {
-		r  *testRouter
-		to string
-	}{{b, a.addr()}, {d, a.addr()}, {b, d.addr()}} {
-		if err := tg.r.Connect(tg.to); err != nil {
-			t.Fatal(err)
+	limit := func(c *Config, _ *tunables) { c.ConnLimit = 4 }
+	var mesh []*testRouter
+	for _, name := range []string{"a", "b", "d", "e", "f"} {
+		mesh = append(mesh, newTestRouter(t, name, limit))
+	}
+	for i := range mesh {
+		for j := range i {
+			if err := mesh[i].Connect(mesh[j].addr()); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	direct := func(r *testRouter) int {
@@ -33,42 +37,58 @@ func TestFullPeerTakesAJoinerByShedding(t *testing.T) {
 		defer r.mu.Unlock()
 		return len(r.active)
 	}
-	waitFor(t, 10*time.Second, "a triangle of full peers", func() bool {
-		return direct(a) == 2 && direct(b) == 2 && direct(d) == 2 && len(a.Reachable()) == 3
-	})
-	c := newTestRouter(t, "c", limit)
-	if err := c.Connect(a.addr()); err != nil {
-		t.Fatal(err)
-	}
-	all := func() bool {
-		for _, r := range []*testRouter{a, b, c, d} {
-			if len(r.Reachable()) != 4 {
+	reachAll := func(rs []*testRouter) bool {
+		for _, r := range rs {
+			if len(r.Reachable()) != len(rs) {
 				return false
 			}
 		}
 		return true
 	}
-	waitFor(t, 10*time.Second, "the joiner connected to a, everyone reaching everyone", func() bool {
-		rc, ok := c.ReachOf(a.Self())
-		return ok && rc.Direct && all()
+	waitFor(t, 10*time.Second, "a full mesh of five at their limit", func() bool {
+		for _, r := range mesh {
+			if direct(r) != 4 {
+				return false
+			}
+		}
+		return reachAll(mesh)
 	})
-	if n := direct(a); n != 2 {
-		t.Fatalf("a holds %d connections, over its limit of 2", n)
+	a := mesh[0]
+	c := newTestRouter(t, "c", limit)
+	if err := c.Connect(a.addr()); err != nil {
+		t.Fatal(err)
 	}
-	if got := a.Counters()[CtrConnShed]; got != 1 {
-		t.Fatalf("a shed %d connections for one joiner, want 1", got)
+	all := append([]*testRouter{c}, mesh...)
+	waitFor(t, 10*time.Second, "the joiner connected to a and to the peer a shed, everyone reaching everyone", func() bool {
+		rc, ok := c.ReachOf(a.Self())
+		return ok && rc.Direct && direct(c) == 2 && reachAll(all)
+	})
+	sheds := func() string {
+		var b strings.Builder
+		for _, r := range all {
+			fmt.Fprintf(&b, " %s %d (%d connections)", r.cfg.Nickname, r.Counters()[CtrConnShed], direct(r))
+		}
+		return b.String()
 	}
-	// The neighbour a shed keeps its other connection and is reached
-	// through it; nobody sheds again for a peer already in the mesh.
+	for _, r := range all {
+		if n := direct(r); n > 4 {
+			t.Fatalf("%s holds %d connections, over its limit of 4", r.cfg.Nickname, n)
+		}
+		if got, want := r.Counters()[CtrConnShed], map[bool]uint64{true: 1}[r == a]; got != want {
+			t.Fatalf("sheds for one joiner:%s; want a's one alone", sheds())
+		}
+	}
+	// Nobody sheds again in a still mesh, nor redials the peer that
+	// shed it.
 	ticks := func() uint64 { return a.Counters()[CtrAntiEntropy] }
 	t0 := ticks()
 	waitFor(t, 30*time.Second, "a's anti-entropy rounds", func() bool { return ticks() >= t0+5 })
-	for _, r := range []*testRouter{a, b, d} {
-		if got := r.Counters()[CtrConnShed]; r != a && got != 0 || r == a && got != 1 {
-			t.Fatalf("%s shed %d connections in a still mesh", r.cfg.Nickname, got)
+	for _, r := range all {
+		if got, want := r.Counters()[CtrConnShed], map[bool]uint64{true: 1}[r == a]; got != want {
+			t.Fatalf("sheds in a still mesh:%s; want a's one alone", sheds())
 		}
 	}
-	if !all() {
+	if !reachAll(all) {
 		t.Fatal("the mesh came apart after the shed")
 	}
 }
@@ -77,14 +97,15 @@ func TestFullPeerTakesAJoinerByShedding(t *testing.T) {
 // when it refers the dialler instead: only for a peer it does not reach
 // (a peer in the mesh finds peers with room through it), only a
 // neighbour holding more than connWant (it would dial to make up the
-// loss), never one of its own targets (the user asked for it), never an
-// edge whose loss would cut the mesh, and at most one a tick. Self (0)
-// is at its limit of 4 (connWant 2) with neighbours 1-4:
+// loss, or fall under it if a second peer shed it too), never one of its
+// own targets (the user asked for it), never an edge whose loss would cut
+// the mesh, and at most one a tick. Self (0) is at its limit of 4
+// (connWant 2) with neighbours 1-4:
 //
-//	1: 0, 5, 6        (linked back through 5-2)
-//	2: 0, 5, 7, 8     (the most connections)
-//	3: 0, 9, 10       (9 and 10 hang off 3 alone: 0-3 is a cut edge)
-//	4: 0, 11          (at connWant)
+//	1: 0, 5, 6, 12       (linked back through 5-2)
+//	2: 0, 5, 7, 8, 13    (the most connections)
+//	3: 0, 9, 10, 14      (9, 10, 14 hang off 3 alone: 0-3 is a cut edge)
+//	4: 0, 11, 15         (connWant+1)
 //
 // then 1 loses 5 (0-1 a cut edge too), gets it back, 2 is shed, and 1
 // is linked back through 6-11-4 instead.
@@ -94,9 +115,9 @@ func TestShedCandidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	m := newMeshView(12)
+	m := newMeshView(16)
 	m.ks[0] = r.self
-	edges := [][2]int{{1, 5}, {1, 6}, {2, 5}, {2, 7}, {2, 8}, {3, 9}, {3, 10}, {9, 10}, {4, 11}}
+	edges := [][2]int{{1, 5}, {1, 6}, {1, 12}, {2, 5}, {2, 7}, {2, 8}, {2, 13}, {3, 9}, {3, 10}, {3, 14}, {9, 10}, {4, 11}, {4, 15}}
 	for _, e := range edges {
 		m.nb[e[0]][e[1]], m.nb[e[1]][e[0]] = true, true
 	}
@@ -120,7 +141,7 @@ func TestShedCandidate(t *testing.T) {
 		}
 		r.freshLocked()
 	}
-	merge(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+	merge(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
 	stranger := newKey(t).Public()
 	now := r.now()
 	want := func(what string, dialler key.Public, at time.Time, wantK int) {
@@ -140,7 +161,7 @@ func TestShedCandidate(t *testing.T) {
 	conns[2].target = &target{}
 	want("neighbour 2 one of our targets", stranger, now, 1)
 	// 1 linked back only through 0 now: 0-1, like 0-3, is a cut edge,
-	// and 4 is at connWant.
+	// and 4 holds too few.
 	delete(m.nb[1], 5)
 	delete(m.nb[5], 1)
 	merge(1, 5)

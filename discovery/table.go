@@ -526,6 +526,7 @@ func (r *Router) addConnLocked(c *conn) error {
 		}
 	}
 	r.active[c.peer] = c
+	c.since = r.now()
 	r.noteReachLocked(c.peer)
 	e := r.recs[c.peer]
 	if e == nil {
