@@ -53,6 +53,20 @@ func Check(views []PeerView) error {
 	if err := merged.Validate(); err != nil {
 		return fmt.Errorf("merged ring: %w", err)
 	}
+	// Two Done claims for one dead peer give its space to two heirs (a
+	// late entry of the dead peer maps to either): rmpeer's safety
+	// (transfer.go) is that at most one issuer ever completes.
+	heirs := map[key.Public]Transfer{}
+	for _, t := range merged.Transfers {
+		if !t.Done {
+			continue
+		}
+		if o, dup := heirs[t.Dead]; dup {
+			errs = append(errs, fmt.Errorf("the space of %s handed over twice: to %s (certificate of %d votes) and to %s (of %d)",
+				t.Dead.Name(), o.Issuer.Name(), len(o.Cert), t.Issuer.Name(), len(t.Cert)))
+		}
+		heirs[t.Dead] = t
+	}
 	type claim struct {
 		Span
 		peer key.Public

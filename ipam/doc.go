@@ -50,22 +50,55 @@
 // withdrawn or another issuer claims Done. An issuer that sees a smaller
 // live competitor withdraws (and then never completes). An issuer
 // completes (Done, and then never withdraws) when every elector votes for
-// it: the electors are every owner in its ring and every peer it can
-// reach, plus itself, minus X and minus any peer that is itself being
-// removed. Once Done, X's entries belong to I (through Ring.heir, so X
-// entries that arrive late map to I too).
+// it: the electors are every live owner in its ring (an owner that is
+// neither X nor itself being removed) and every peer it can reach, plus
+// itself; when its ring holds no live owner, also the issuer of every
+// live transfer (of any peer). Once Done, X's entries belong to I (through
+// Ring.heir, so X entries that arrive late map to I too).
 //
-// Why two issuers never both complete: both need the votes of every owner
-// they know; any owner O known to both votes for one transfer at a time and
-// moves its vote only after that transfer is withdrawn (or to a Done
-// claim, which then completed without O's vote, so O was no elector of
-// it), and an issuer never withdraws after completing. So if I1 completed,
-// no vote ever left I1 for a transfer that could still complete, and I2
-// cannot have collected O's vote, in or across partitions. A partition
-// only delays completion (an owner on the other side has not voted yet);
-// competing issuers resolve deterministically (smallest key wins) on heal.
-// If an issuer dies with its transfer pending, rmpeer the issuer too: its
-// pending transfers then count as withdrawn.
+// Why two issuers never both complete: both need the votes of every live
+// owner they know; any owner O known to both votes for one transfer at a
+// time and moves its vote only after that transfer is withdrawn (or to a
+// Done claim, which then completed without O's vote, so O was no elector
+// of it), and an issuer never withdraws after completing. So if I1
+// completed, no vote ever left I1 for a transfer that could still
+// complete, and I2 cannot have collected O's vote, in or across
+// partitions. A partition only delays completion (an owner on the other
+// side has not voted yet); competing issuers resolve deterministically
+// (smallest key wins) on heal. If an issuer dies with its transfer
+// pending, rmpeer the issuer too: its pending transfers then count as
+// withdrawn.
+//
+// The argument needs a live owner known to both. Until Dec 2026 an issuer
+// whose ring held none (every owner dead or itself being removed: the
+// seed died before its grants, or before its own transfer completed)
+// counted only the peers it reached, so the two parts of a partition each
+// completed, once on a certificate of the issuer's own vote alone
+// (TestRmpeerPartitionsWithoutCommonOwner; the simulation found it with
+// quick rounds to every reachable peer). Now such an issuer also needs
+// the issuers of the live transfers, the peers that will own the space of
+// the dead owners: known to both parts when their transfers were issued
+// before the split, so one part waits. A receiver checks a Done claim's
+// signatures (issuer's and every certificate vote's, authority.go), not
+// its size: the certificate holds the votes of the electors its issuer
+// counted, and a receiver cannot tell an owner the issuer ignored from
+// one that got its space after the claim (a receiver that refused
+// certificates missing an owner it knows refused the sole owner's honest
+// claim once that owner had granted space: simulated, Dec 2026).
+//
+// What stays unsafe, as rmpeer on a live peer is misuse: an owner that is
+// only partitioned away but being removed on one side (--reclaim-after
+// shorter than the partition, or two parts each removing the other's
+// owners) is no elector there, so if every live owner of one part is
+// being removed in the other, both parts complete; so do two parts that
+// each issued their own transfer of the last owners, or of the dead
+// issuer that was to inherit them, unknown to the other (no live owner is
+// left to arbitrate: the simulation with quick rounds to every reachable
+// peer found 2 such sequences in 2,000 after the fix). An issuer that completed and died
+// before its claim left any peer counts as withdrawn once it is removed,
+// so another issuer may complete too: its claim is lost as its grants
+// are in the known hole below (the simulation delivers a dying peer's
+// last ring to everyone, and Check finds a dead peer handed over twice).
 //
 // Why a vote, not Weave Net's rmpeer (the host that runs it takes the
 // space at once): there two hosts that run it for the same peer both own

@@ -202,3 +202,139 @@ func TestRemovePeerTooManyElectors(t *testing.T) {
 		t.Fatalf("a refused rmpeer wrote %d transfers and %d votes", len(after.Transfers), len(after.Votes))
 	}
 }
+
+// TestRmpeerPartitionsWithoutCommonOwner: two issuers of one dead peer's
+// transfer, cut off from each other, with no live owner in common. The
+// seed S owned the range but a half it granted to X; S and X die. C's
+// transfer of S is pending (it needs X's vote, which never comes) when
+// the network splits into {A} and {B, C}; then A and B each run rmpeer
+// X. A's ring then holds no live owner at all: S and X are both subjects
+// of transfers, and A reaches nobody. Before Dec 2026 its electors were
+// only itself, and A completed on a certificate of its own vote while B
+// completed on the other side: X's space had two heirs (the simulation
+// found it, sequence 112 with quick rounds to every reachable peer). Now
+// an issuer with no live owner needs the votes of every live transfer's
+// issuer too (C, the future owner of S's space), so A waits; after the
+// heal one issuer inherits X's space, and no address is owned twice at
+// any point.
+func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	s, x := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), "")
+	a, b, c := openTest(t, n, pk(2), ""), openTest(t, n, pk(3), ""), openTest(t, n, pk(4), "")
+	all := []*Allocator{s, x, a, b, c}
+	connect := func(group ...*Allocator) {
+		for _, p := range group {
+			var others []key.Public
+			for _, q := range group {
+				if q != p {
+					others = append(others, q.self)
+				}
+			}
+			p.SetPeers(others)
+		}
+	}
+	// run delivers the queue within groups (a partition); the rest is lost.
+	run := func(groups ...[]*Allocator) {
+		in := map[key.Public]int{}
+		for i, g := range groups {
+			for _, p := range g {
+				in[p.self] = i + 1
+			}
+		}
+		for len(n.queue) > 0 {
+			m := n.queue[0]
+			n.queue = n.queue[1:]
+			if to := n.peers[m.to]; to != nil && in[m.from] != 0 && in[m.from] == in[m.to] {
+				if err := to.HandleMessage(m.from, m.b); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	check := func(when string, alive ...*Allocator) {
+		t.Helper()
+		var views []PeerView
+		for _, p := range alive {
+			views = append(views, p.View())
+		}
+		if err := Check(views); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+	}
+	if err := s.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	connect(all...)
+	run(all)
+	x.WantSpace()
+	run(all)
+	xSpans := s.View().Ring.Spans(x.self)
+	if len(xSpans) == 0 {
+		t.Fatal("X was granted no space")
+	}
+
+	// S and X die; C runs rmpeer S, A and B vote for it, X never does.
+	for _, d := range []*Allocator{s, x} {
+		delete(n.peers, d.self)
+		d.Close()
+	}
+	live := []*Allocator{a, b, c}
+	connect(live...)
+	if err := c.RemovePeer(s.self); err != nil {
+		t.Fatal(err)
+	}
+	run(live)
+	for _, p := range live {
+		if tr := p.View().Ring.transfersOf(s.self); len(tr) != 1 || tr[0].Done {
+			t.Fatalf("%s: transfers of S %+v, want C's pending (X, an owner, never votes)", p.self.Name(), tr)
+		}
+	}
+
+	// The split; A and B each run rmpeer X.
+	p1, p2 := []*Allocator{a}, []*Allocator{b, c}
+	connect(p1...)
+	connect(p2...)
+	for _, p := range []*Allocator{a, b} {
+		if err := p.RemovePeer(x.self); err != nil {
+			t.Fatalf("rmpeer X by %s: %v", p.self.Name(), err)
+		}
+	}
+	for range 5 {
+		for _, p := range live {
+			p.Tick()
+		}
+		run(p1, p2)
+	}
+	for _, tr := range a.View().Ring.transfersOf(x.self) {
+		if tr.Issuer == a.self && tr.Done {
+			t.Errorf("A completed the transfer of X alone in its part, on a certificate of %d votes", len(tr.Cert))
+		}
+	}
+	check("during the split", live...)
+
+	// The heal: one heir of X for everyone.
+	connect(live...)
+	for range 10 {
+		for _, p := range live {
+			p.Gossip()
+		}
+		run(live)
+		for _, p := range live {
+			p.Tick()
+		}
+		run(live)
+	}
+	check("after the heal", live...)
+	r0 := a.View().Ring
+	for _, p := range live {
+		r := p.View().Ring
+		if !r.Equal(r0) {
+			t.Fatalf("rings differ after the heal:\n%s", ringDiff(r0, r))
+		}
+		for _, d := range []*Allocator{s, x} {
+			if sp := r.Spans(d.self); len(sp) > 0 {
+				t.Errorf("%s: dead %s still owns %v", p.self.Name(), d.self.Name(), sp)
+			}
+		}
+	}
+}

@@ -22,7 +22,8 @@ import (
 //
 // The electors of X, as I sees them: every effective owner in its ring and
 // every peer it can reach, plus I, minus X and minus any peer that is itself
-// the subject of a transfer.
+// the subject of a transfer; when that leaves no owner, also the issuer
+// of every live transfer (see electors).
 //
 // Issue 14: every vote is signed by its voter, every transfer state by its
 // issuer, and Done carries the signed votes it counted (the certificate).
@@ -164,19 +165,38 @@ func (r *Ring) RemovePeer(self, dead key.Public) error {
 	return nil
 }
 
-// electors returns the peers whose votes a transfer of dead needs.
+// electors returns the peers whose votes a transfer of dead needs: every
+// live owner (an effective owner that is neither dead nor the subject of
+// a transfer), every reachable peer, self, and, when no live owner is
+// left, the issuers of every live transfer (the package doc says why).
 func (r *Ring) electors(self, dead key.Public, reachable []key.Public) []key.Public {
 	set := map[key.Public]bool{self: true}
+	subjects := map[key.Public]bool{dead: true}
+	for _, t := range r.Transfers {
+		subjects[t.Dead] = true
+	}
+	owners := map[key.Public]bool{}
 	for _, e := range r.Entries {
-		set[r.heir(e.Owner)] = true
+		if o := r.heir(e.Owner); !subjects[o] {
+			owners[o] = true
+		}
+	}
+	for o := range owners {
+		set[o] = true
 	}
 	for _, p := range reachable {
 		set[p] = true
 	}
-	for _, t := range r.Transfers {
-		delete(set, t.Dead)
+	if len(owners) == 0 {
+		for _, t := range r.Transfers {
+			if !r.withdrawn(t) && !(t.Done && t.Accepted) {
+				set[t.Issuer] = true
+			}
+		}
 	}
-	delete(set, dead)
+	for p := range subjects {
+		delete(set, p)
+	}
 	set[self] = true // the issuer's own vote is always in its certificate
 	out := make([]key.Public, 0, len(set))
 	for p := range set {
