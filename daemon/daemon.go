@@ -105,6 +105,10 @@ type peerDatapath interface {
 	// a session with them is fresh: they come back from another device
 	// (kernel WireGuard), whose session is the one they send with.
 	Rehandshake(keys map[key.Public]bool)
+	// SetKernelEndpoints says where the kernel device's peers are (the
+	// steering sets): wireguard-go's initiations to those would be
+	// answered to the kernel socket, and are not sent.
+	SetKernelEndpoints(eps []netip.AddrPort)
 }
 
 // sharedSocket is the userspace UDP port: STUN and relay frames on it,

@@ -77,11 +77,13 @@ type fakeTunnel struct {
 	// Rehandshake's peers, in order, each with its Elsewhere in the last
 	// SetPeers before the call
 	rehandshakes []rehandshake
+	kernelEPs    []netip.AddrPort // SetKernelEndpoints', the last
 }
 
 type rehandshake struct {
 	key       key.Public
 	elsewhere bool
+	kernelEPs []netip.AddrPort // the kernel endpoints told before the call
 }
 
 func newFakeTunnel() *fakeTunnel {
@@ -117,7 +119,7 @@ func (f *fakeTunnel) Rehandshake(keys map[key.Public]bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for k := range keys {
-		r := rehandshake{key: k}
+		r := rehandshake{key: k, kernelEPs: f.kernelEPs}
 		for _, pc := range f.peers {
 			if pc.Key == k {
 				r.elsewhere = pc.Elsewhere
@@ -125,6 +127,12 @@ func (f *fakeTunnel) Rehandshake(keys map[key.Public]bool) {
 		}
 		f.rehandshakes = append(f.rehandshakes, r)
 	}
+}
+func (f *fakeTunnel) SetKernelEndpoints(eps []netip.AddrPort) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kernelEPs = slices.Clone(eps)
+	slices.SortFunc(f.kernelEPs, netip.AddrPort.Compare)
 }
 func (f *fakeTunnel) PeerMTUs() map[key.Public]tunnel.PeerMTU {
 	f.mu.Lock()

@@ -137,6 +137,17 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 	if err != nil {
 		d.log.Error("configuring kernel WireGuard peers", "err", err)
 	}
+	// Before wireguard-go gets peers back (Rehandshake below): its
+	// initiations to the kernel's peers could never complete, and they
+	// keep those peers' kernels from handshaking with ours
+	// (tunnel/kernelpeers.go).
+	eps := make([]netip.AddrPort, 0, len(on))
+	for _, c := range cands {
+		if on[c.Key] {
+			eps = append(eps, c.Endpoint)
+		}
+	}
+	d.tun.SetKernelEndpoints(eps)
 	d.markKernelActive(on)
 	if !maps.Equal(on, d.onKernel) {
 		left := map[key.Public]bool{}

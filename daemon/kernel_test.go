@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -160,8 +161,10 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 // TestPeerLeavingKernelHandshakes: a peer that leaves the kernel device
 // for wireguard-go (its direct path failed) holds the kernel's session,
 // so wireguard-go is told to handshake with it, after it was given the
-// peer back (no longer Elsewhere); a peer that joins or stays on the
-// device, or one that never was on it, is not.
+// peer back (no longer Elsewhere) and after the tunnel was told the peer's
+// endpoint no longer goes to the kernel socket (its initiations to the
+// kernel's peers are not sent); a peer that joins or stays on the device,
+// or one that never was on it, is not.
 func TestPeerLeavingKernelHandshakes(t *testing.T) {
 	r, tn := newFakeRouter(), newFakeTunnel()
 	fk := &fakeKernel{}
@@ -186,11 +189,17 @@ func TestPeerLeavingKernelHandshakes(t *testing.T) {
 	if len(tn.rehandshakes) != 0 {
 		t.Fatalf("handshakes %+v asked of wireguard-go when peers joined the kernel device (the kernel kicks those)", tn.rehandshakes)
 	}
+	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783 192.0.2.2:6784]"; got != want {
+		t.Errorf("kernel endpoints told to the tunnel: %s; want the kernel device's peers' %s", got, want)
+	}
 
 	tn.stats[pubKey(1)] = tunnel.PeerStats{Relayed: true, Via: pubKey(2)}
 	d.reconcile()
 	if len(tn.rehandshakes) != 1 || tn.rehandshakes[0].key != pubKey(1) || tn.rehandshakes[0].elsewhere {
 		t.Fatalf("handshakes asked of wireguard-go after peer 1 left the kernel device: %+v; want peer 1 alone, no longer elsewhere", tn.rehandshakes)
+	}
+	if got, want := fmt.Sprint(tn.rehandshakes[0].kernelEPs), "[192.0.2.2:6784]"; got != want {
+		t.Errorf("kernel endpoints told to the tunnel before wireguard-go handshook with peer 1: %s; want %s (peer 1's gone, or its initiation is not sent)", got, want)
 	}
 	d.reconcile()
 	if len(tn.rehandshakes) != 1 {

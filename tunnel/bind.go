@@ -51,6 +51,9 @@ type Bind struct {
 	coarse   atomic.Int64               // unix ns, advanced by the path loop: stamps activity (idle.go)
 	ctr      counters
 	hs       handshakes // handshake messages sent and not yet answered (handshake.go)
+	// kernelEPs: the endpoints the kernel WireGuard socket receives from
+	// (kernelpeers.go); nil: none.
+	kernelEPs atomic.Pointer[map[netip.AddrPort]struct{}]
 	// ownMapped: our NAT's WAN addresses as STUN showed them (natanswer.go).
 	ownMapped atomic.Pointer[[]netip.Addr]
 
@@ -94,6 +97,7 @@ func (b *Bind) Counters() map[string]uint64 {
 	}
 	m[CounterHandshakeRetransmits] = b.hs.resent.Load()
 	m[CounterHandshakeCrossedDropped] = b.hs.crossedDropped.Load()
+	m[CounterHandshakeToKernelDropped] = b.hs.toKernelDropped.Load()
 	m[CounterNATPortUnreachable] = b.ctr.natAnswers.Load()
 	return m
 }
@@ -302,6 +306,10 @@ func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 // A handshake message is kept until answered (handshake.go).
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if len(bufs) == 1 && handshakeType(bufs[0]) != 0 {
+		if bufs[0][0] == wgTypeInitiation && b.answeredToKernel(ep) {
+			b.hs.toKernelDropped.Add(1) // kernelpeers.go: it could never complete
+			return nil
+		}
 		b.noteHandshakeSent(bufs[0], ep) // handshake.go: sent again if unanswered
 	}
 	if r, ok := ep.(*RelayEndpoint); ok {

@@ -146,16 +146,17 @@ func TestBindSortsBatch(t *testing.T) {
 	}
 
 	want := map[string]uint64{
-		CounterUDPWireGuard:            2,
-		CounterUDPSTUN:                 2,
-		CounterUDPRelay:                1,
-		CounterUDPJunkDropped:          1,
-		CounterUDPSTUNUnhandled:        1,
-		CounterUDPRelayUnhandled:       0,
-		CounterUDPReceiveBatches:       2,
-		CounterHandshakeRetransmits:    0,
-		CounterHandshakeCrossedDropped: 0,
-		CounterNATPortUnreachable:      0,
+		CounterUDPWireGuard:             2,
+		CounterUDPSTUN:                  2,
+		CounterUDPRelay:                 1,
+		CounterUDPJunkDropped:           1,
+		CounterUDPSTUNUnhandled:         1,
+		CounterUDPRelayUnhandled:        0,
+		CounterUDPReceiveBatches:        2,
+		CounterHandshakeRetransmits:     0,
+		CounterHandshakeCrossedDropped:  0,
+		CounterHandshakeToKernelDropped: 0,
+		CounterNATPortUnreachable:       0,
 	}
 	c := b.Counters()
 	for k, w := range want {

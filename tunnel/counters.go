@@ -83,6 +83,10 @@ const (
 	// Initiations from a peer dropped because ours to it crossed them and
 	// our relay ID orders first: the peer answers ours (handshake.go).
 	CounterHandshakeCrossedDropped = "udp_handshake_crossed_dropped"
+	// wireguard-go's initiations (and their copies) not sent: to a peer
+	// on the kernel device, whose answer would reach the kernel socket
+	// (kernelpeers.go).
+	CounterHandshakeToKernelDropped = "udp_handshake_to_kernel_peer_dropped"
 	// ICMP port unreachable from a peer's NAT for our datagram to the
 	// peer's mapping: that NAT takes unsolicited datagrams in
 	// (natanswer.go).

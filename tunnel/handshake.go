@@ -126,6 +126,9 @@ type handshakes struct {
 	// Initiations dropped because ours to the same peer crossed them and
 	// our ID orders first.
 	crossedDropped atomic.Uint64
+	// Initiations of ours not sent: their answer would reach the kernel
+	// socket (kernelpeers.go).
+	toKernelDropped atomic.Uint64
 }
 
 // handshakeType is the type of a WireGuard handshake message (initiation or
@@ -368,7 +371,7 @@ func (b *Bind) resendHandshake(t *relayTable, p *pendingHandshake) error {
 				return b.sendRelayed([][]byte{msg}, p.peer)
 			}
 			if pp.ep != nil {
-				return b.inner.Send([][]byte{msg}, pp.ep)
+				return b.sendCopy(p, msg, pp.ep)
 			}
 		}
 	}
@@ -378,5 +381,16 @@ func (b *Bind) resendHandshake(t *relayTable, p *pendingHandshake) error {
 		}
 		return errNoRelayRoute
 	}
-	return b.inner.Send([][]byte{msg}, p.ep)
+	return b.sendCopy(p, msg, p.ep)
+}
+
+// sendCopy sends the copy msg of p straight to ep, unless it is an
+// initiation whose answer would reach the kernel socket (the peer moved
+// to the kernel device since: kernelpeers.go).
+func (b *Bind) sendCopy(p *pendingHandshake, msg []byte, ep conn.Endpoint) error {
+	if p.typ == wgTypeInitiation && b.answeredToKernel(ep) {
+		b.hs.toKernelDropped.Add(1)
+		return errToKernelPeer
+	}
+	return b.inner.Send([][]byte{msg}, ep)
 }
