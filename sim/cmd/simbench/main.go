@@ -23,6 +23,13 @@
 // says how the simulator shares them); their CPU per peer is that count
 // times one verification measured in the same run.
 //
+// With -timeline it prints, for each timed join, the joiner's steps
+// (each dial, refusal, connection, backoff, and the other peers' steps
+// about it, such as a connection shed for it) and, every 50 ms, how many
+// peers reach it and hold its record: the chain a slow join waited on
+// (timeline.go). The built mesh's line says how full it is and how long
+// its paths are.
+//
 // A benchmark, not a test: it prints the figures beside the target
 // (10 s after the last join at N = 1,000) and fails only if it could not
 // measure or a run did not converge within -timeout.
