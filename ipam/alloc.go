@@ -163,6 +163,9 @@ type Allocator struct {
 	// unseeded, and asmCover the spans its parts described (parts.go).
 	asm      *Ring
 	asmCover []Span
+	// asmEnds is what followed each of asm's tokens in its parts
+	// (dropUnbounded).
+	asmEnds map[uint32]asmEnd
 	// lastReply is when each peer was last sent our ring in answer to
 	// one it sent that we refused part of (bounds a ping-pong between two
 	// peers that each refuse something of the other's).

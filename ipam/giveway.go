@@ -122,7 +122,7 @@ func (a *Allocator) giveWayLocked(p *RingPart, from key.Public) (next *Ring, cha
 		clear(a.askAuth)
 		next = old.Clone()
 		a.mergeCheckedLocked(next, in, from, p.Bound, &mergeUndo{})
-		a.asm, a.asmCover = nil, nil
+		a.asm, a.asmCover, a.asmEnds = nil, nil, nil
 	} else {
 		next, _ = NewRing(a.ring.Range)
 		if changed, err = a.adoptPartLocked(next, p); err != nil || !changed {

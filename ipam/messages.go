@@ -233,7 +233,7 @@ func (a *Allocator) mayChangeLocked(p *RingPart) bool {
 // once the parts cover the range.
 func (a *Allocator) adoptPartLocked(next *Ring, p *RingPart) (bool, error) {
 	if p.Whole() {
-		a.asm, a.asmCover = nil, nil
+		a.asm, a.asmCover, a.asmEnds = nil, nil, nil
 		return a.adoptLocked(next, p.Ring)
 	}
 	whole, err := a.assembleLocked(p)
@@ -251,21 +251,29 @@ func (a *Allocator) assembleLocked(p *RingPart) (*Ring, error) {
 		return nil, err
 	}
 	if a.asm == nil || a.asm.Seed != p.Ring.Seed {
-		a.asm, a.asmCover = &Ring{Range: a.ring.Range}, nil
+		a.asm, a.asmCover, a.asmEnds = &Ring{Range: a.ring.Range}, nil, map[uint32]asmEnd{}
 	}
 	sub := p.Ring.Clone()
 	sub.Entries = sub.Entries[:0]
 	for i, e := range p.Ring.Entries {
-		if !p.Bound[i] {
-			sub.Entries = append(sub.Entries, e)
+		if p.Bound[i] {
+			continue
 		}
+		sub.Entries = append(sub.Entries, e)
+		end := a.asmEnds[e.Token]
+		if i+1 == len(p.Ring.Entries) {
+			end.last = true // a run that reaches the ring's last token
+		} else if t := p.Ring.Entries[i+1].Token; !slices.Contains(end.ends, t) && len(end.ends) < maxAsmEnds {
+			end.ends = append(end.ends, t)
+		}
+		a.asmEnds[e.Token] = end
 	}
 	if _, err := a.asm.Merge(sub); err != nil {
-		a.asm, a.asmCover = nil, nil
+		a.asm, a.asmCover, a.asmEnds = nil, nil, nil
 		return nil, err
 	}
 	if len(a.asm.Entries) > MaxEntries || a.asm.checkCounts() != nil {
-		a.asm, a.asmCover = nil, nil
+		a.asm, a.asmCover, a.asmEnds = nil, nil, nil
 		a.count("ipam_ring_full")
 		return nil, ErrRingFull
 	}
@@ -275,12 +283,75 @@ func (a *Allocator) assembleLocked(p *RingPart) (*Ring, error) {
 	if len(a.asmCover) != 1 || a.asmCover[0] != a.span {
 		return nil, nil
 	}
-	whole := a.asm
-	a.asm, a.asmCover = nil, nil
+	whole, ends := a.asm, a.asmEnds
+	a.asm, a.asmCover, a.asmEnds = nil, nil, nil
+	if n := dropUnbounded(whole, ends); n > 0 {
+		a.counters["ipam_ring_part_unbounded_dropped"] += uint64(n)
+	}
 	if err := whole.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: ring put together from parts: %v", ErrMalformed, err)
 	}
 	return whole, nil
+}
+
+// A ring put together from parts of different moments (issue 18). A
+// joiner's parts come from whoever sends them: a neighbour's ring in
+// parts, and the changes peers broadcast meanwhile, each part covering
+// its own stretch. A change's part holds a grant with its end (the
+// bound), but a bound is not put in (it says where a span ends, not that
+// the token exists here), so the grant went in, and when the part that
+// covered the end's place was older than the end (the granter's grant
+// just before, to another peer) the ring was adopted without it: the
+// new grantee's span reached over the other one's (simulated, 150 peers
+// in batches of 50: several joiners in every first batch traced). That
+// joiner then refused the other grantee's states for lack of
+// authority, and passed the ring on in its own parts, where the end a
+// receiver checks is the joiner's next token: a peer that took it and
+// was the other grantee refused its own grant from its granter (not the
+// owner there in its ring) and from everyone else (grantFromGranter),
+// forever (TestJoinInBatchesLate with control neighbours: 2 of 50 runs,
+// a first batch's grantee lacking its grant after 60 s). A merge takes a
+// new token only with the token after it (entryPassLocked); so does the
+// ring put together now: a token whose parts all had a next token that
+// the ring lacks is dropped before the ring is adopted, and its span goes
+// to the entry before it, as it was before that grant (gossip then brings
+// the grant with its end, checked as any merge).
+
+// asmEnd is what followed a token in the parts that brought it: the next
+// tokens (its span's end, in each sender's ring), or last when a part
+// brought it as the ring's last token.
+type asmEnd struct {
+	ends []uint32
+	last bool
+}
+
+// maxAsmEnds bounds the next tokens kept per token (parts of a few
+// moments; more is a peer resending).
+const maxAsmEnds = 4
+
+// dropUnbounded removes from r, put together from parts, every token but
+// the first whose parts all ended its span at a token r lacks, and
+// returns how many it removed.
+func dropUnbounded(r *Ring, ends map[uint32]asmEnd) int {
+	has := func(t uint32) bool {
+		k := r.find(t)
+		return k >= 0 && r.Entries[k].Token == t
+	}
+	n := 0
+	// From the last token down: the ends of a token lie above it, where
+	// every token is decided already.
+	for i := len(r.Entries) - 1; i > 0; i-- {
+		end, ok := ends[r.Entries[i].Token]
+		if !ok || end.last || slices.ContainsFunc(end.ends, has) {
+			continue
+		}
+		r.Entries = slices.Delete(r.Entries, i, i+1)
+		n++
+	}
+	if n > 0 {
+		r.dropDerived()
+	}
+	return n
 }
 
 func (a *Allocator) handleRequestLocked(from key.Public, s Seed) (outbox, error) {

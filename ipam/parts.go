@@ -44,7 +44,9 @@ import (
 //
 // A peer with no ring yet puts a ring together from parts (from any
 // peers, signatures checked) until they cover the whole range
-// (assembleLocked), then takes it as it takes a whole ring.
+// (assembleLocked), then takes it as it takes a whole ring, less every
+// token whose parts all ended its span at a token the ring lacks (parts
+// of different moments: dropUnbounded in messages.go).
 
 const (
 	partFlagRelay = 2

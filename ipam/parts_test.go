@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -343,4 +344,104 @@ func ringPartsWithRef(r *Ring, send []bool, vt *Ring, relay bool) ([][]byte, err
 		out = append(out, vs...)
 	}
 	return out, nil
+}
+
+// TestAssembledRingKeepsGrantEnds: a joiner puts its first ring together
+// from parts of different moments (a change broadcast, an older part of
+// the ring), and takes no token without the token that ended its span in
+// the part that brought it, as a merge takes none (entryPassLocked). It
+// took Y's grant without X's, granted just before and ending Y's: in its
+// ring Y owned X's space, and passed on, that ring made X refuse its own
+// grant from everyone, forever (TestJoinInBatchesLate with control
+// neighbours: a first batch's grantee without its grant after 60 s).
+func TestAssembledRingKeepsGrantEnds(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	n := &loopNet{peers: map[key.Public]*Allocator{}}
+	open := func(i int) *Allocator {
+		self := pk(i)
+		a, err := Open(Config{Self: self, Private: privOf(self), Range: netip.MustParsePrefix("10.32.0.0/12"), NoSync: true,
+			Transport: loopTransport{n, self}, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.peers[self] = a
+		t.Cleanup(func() { a.Close() })
+		return a
+	}
+	a, x, y, j := open(0), open(1), open(2), open(3)
+	introduce(a, x, y, j)
+	if err := a.Seed(); err != nil {
+		t.Fatal(err)
+	}
+	grant := func(to key.Public, first, last string) {
+		t.Helper()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err := a.ring.Grant(a.self, to, Span{a2u(netip.MustParseAddr(first)), a2u(netip.MustParseAddr(last))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.ringChangedLocked(); err != nil {
+			t.Fatal(err)
+		}
+		n.queue = nil // lost: the peers learn of it only as this test says
+	}
+	var w key.Public // a made-up owner (never signs here)
+	w[0], w[31] = 0xee, 0xee
+	grant(w, "10.44.0.0", "10.47.255.255")
+	r1 := a.View().Ring
+	a.SendRing(x.self, false) // x holds the ring as it is now
+	a.SendRing(y.self, false)
+	n.run(t)
+	grant(x.self, "10.40.0.0", "10.43.255.255") // x's answer lost
+	grant(y.self, "10.36.0.0", "10.39.255.255") // y's span ends at x's token
+	r3 := a.View().Ring
+	at := func(r *Ring, addr string) []bool {
+		marks := make([]bool, len(r.Entries))
+		marks[r.find(a2u(netip.MustParseAddr(addr)))] = true
+		return marks
+	}
+	// j, with no ring yet, gets y's grant as it was broadcast (its end
+	// x's token, a bound), a's own entry from before both grants (ending
+	// at w's token) and w's entry: together they cover the range.
+	var msgs [][]byte
+	for _, p := range []struct {
+		r    *Ring
+		addr string
+	}{{r3, "10.36.0.0"}, {r1, "10.32.0.0"}, {r3, "10.44.0.0"}} {
+		m, err := ringParts(p.r, at(p.r, p.addr), false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, m...)
+	}
+	for _, m := range msgs {
+		if err := j.HandleMessage(a.self, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jr := j.View().Ring
+	if !jr.Seeded() {
+		t.Fatal("setting up: j should have put a ring together")
+	}
+	has := func(r *Ring, addr string) bool {
+		k := r.find(a2u(netip.MustParseAddr(addr)))
+		return k >= 0 && r.Entries[k].Token == a2u(netip.MustParseAddr(addr))
+	}
+	if has(jr, "10.36.0.0") && !has(jr, "10.40.0.0") {
+		t.Errorf("j's ring holds y's grant without its end (x's token): y owns x's space there")
+	}
+	// x hears from j, then from a, its granter, every few seconds.
+	j.SendDigest(x.self)
+	n.run(t)
+	for range 10 {
+		now = now.Add(5 * time.Second)
+		for _, p := range []*Allocator{a, x, y, j} {
+			p.Tick()
+		}
+		a.SendDigest(x.self)
+		n.run(t)
+	}
+	if !x.View().Ring.Equal(a.View().Ring) || !has(x.View().Ring, "10.40.0.0") {
+		t.Fatalf("x never took its grant (10.40.0.0 from a): counters %v", x.Status().Counters)
+	}
 }
