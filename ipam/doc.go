@@ -67,7 +67,9 @@
 // side has not voted yet); competing issuers resolve deterministically
 // (smallest key wins) on heal. If an issuer dies with its transfer
 // pending, rmpeer the issuer too: its pending transfers then count as
-// withdrawn.
+// withdrawn (while no live owner is left, every other transfer waits for
+// that too: the issuer is their elector; --reclaim-after removes only
+// owners).
 //
 // The argument needs a live owner known to both. Until Dec 2026 an issuer
 // whose ring held none (every owner dead or itself being removed: the
