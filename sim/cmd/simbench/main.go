@@ -626,7 +626,7 @@ func traceWhy(n int, name string, start time.Time, check func() error) func() er
 }
 
 // troubleCounter matches the counters of losses, refusals and moves.
-var troubleCounter = regexp.MustCompile(`drop|fail|timeout|busy|limit|no_route|expired|full|refused|bad|established|closed|duplicate|applied|routes`)
+var troubleCounter = regexp.MustCompile(`drop|fail|timeout|busy|limit|shed|no_route|expired|full|refused|bad|established|closed|duplicate|applied|routes`)
 
 // cpuTime is the CPU time (user and system) this process has used.
 func cpuTime() time.Duration {
