@@ -27,15 +27,7 @@ func TestConcurrentRmpeerWinnerPublishesInheritedFree(t *testing.T) {
 	if err := h1.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range all {
-		var others []key.Public
-		for _, b := range all {
-			if b != a {
-				others = append(others, b.self)
-			}
-		}
-		a.SetPeers(others)
-	}
+	introduce(all...)
 	n.run(t)
 	for _, a := range []*Allocator{h2, h3} {
 		a.WantSpace()
@@ -222,17 +214,6 @@ func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
 	s, x := openTest(t, n, pk(0), ""), openTest(t, n, pk(1), "")
 	a, b, c := openTest(t, n, pk(2), ""), openTest(t, n, pk(3), ""), openTest(t, n, pk(4), "")
 	all := []*Allocator{s, x, a, b, c}
-	connect := func(group ...*Allocator) {
-		for _, p := range group {
-			var others []key.Public
-			for _, q := range group {
-				if q != p {
-					others = append(others, q.self)
-				}
-			}
-			p.SetPeers(others)
-		}
-	}
 	// run delivers the queue within groups (a partition); the rest is lost.
 	run := func(groups ...[]*Allocator) {
 		in := map[key.Public]int{}
@@ -264,7 +245,7 @@ func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
 	if err := s.Seed(); err != nil {
 		t.Fatal(err)
 	}
-	connect(all...)
+	introduce(all...)
 	run(all)
 	x.WantSpace()
 	run(all)
@@ -279,7 +260,7 @@ func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
 		d.Close()
 	}
 	live := []*Allocator{a, b, c}
-	connect(live...)
+	introduce(live...)
 	if err := c.RemovePeer(s.self); err != nil {
 		t.Fatal(err)
 	}
@@ -292,8 +273,8 @@ func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
 
 	// The split; A and B each run rmpeer X.
 	p1, p2 := []*Allocator{a}, []*Allocator{b, c}
-	connect(p1...)
-	connect(p2...)
+	introduce(p1...)
+	introduce(p2...)
 	for _, p := range []*Allocator{a, b} {
 		if err := p.RemovePeer(x.self); err != nil {
 			t.Fatalf("rmpeer X by %s: %v", p.self.Name(), err)
@@ -313,7 +294,7 @@ func TestRmpeerPartitionsWithoutCommonOwner(t *testing.T) {
 	check("during the split", live...)
 
 	// The heal: one heir of X for everyone.
-	connect(live...)
+	introduce(live...)
 	for range 10 {
 		for _, p := range live {
 			p.Gossip()
