@@ -56,10 +56,11 @@ const overlayInputChain = "overlay_in"
 // are the bridge, then the peer devices.
 func addOverlayInput(c *nftables.Conn, t *nftables.Table, in *nftables.Chain, spec filterSpec, devs []string) error {
 	// The replies to the host's own flows (hostflows_linux.go).
-	replies, err := addHostFlows(c, t, spec.overlay)
+	replies, flows, pings, err := addHostFlows(c, t, spec.overlay)
 	if err != nil {
 		return fmt.Errorf("the host's own flows: %w", err)
 	}
+	replies = append(replies, addICMPErrors(c, t, spec, flows, pings)...)
 	ch := c.AddChain(&nftables.Chain{Name: overlayInputChain, Table: t})
 	// By name, not index, though the forward dispatch uses the
 	// bridge's and the TUN's indexes: a jump that names a stale index

@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"net"
 	"net/netip"
 	"time"
 
@@ -42,7 +43,16 @@ import (
 //	ip saddr . meta l4proto . th sport . th dport @host_flows tcp flags & (syn|ack) != syn accept
 //	meta l4proto udp ip saddr . meta l4proto . th sport . th dport @host_flows update @host_flows { … timeout 3m } accept
 //	icmp type echo-reply ip saddr . icmp id @host_pings accept
-//	icmp type { destination-unreachable, time-exceeded, parameter-problem } accept
+//	icmp type { destination-unreachable, time-exceeded, parameter-problem } jump icmp_errors
+//
+// (icmp_errors: below, addICMPErrors). Fragments: a reply larger than the
+// overlay's MTU reaches the host in fragments, and the transport matches
+// above fail on every fragment but the first; but IPv4 reassembles what is
+// for the host itself before the input hook (ip_local_deliver), conntrack
+// or not, so overlay_in sees whole datagrams
+// (TestHostFlowsFragmentedReplies). The same matches at prerouting would
+// lose such replies without conntrack. The table has no IPv6 flows (the
+// overlay is IPv4; overlay_in takes ICMPv6 whatever it is, fragments too).
 //
 // A TCP flow either end has begun to close (a FIN or RST, the host's or
 // the container's) is in host_closing: the host's later segments (the
@@ -65,8 +75,9 @@ import (
 // established 5 days, closing and unanswered 2 minutes, UDP stream
 // 3 minutes rounded up, ICMP 30 s), and the sets hold as many flows as
 // nf_conntrack_max's default here (262,144). ICMP errors to the host are
-// accepted whatever they quote (conntrack checked that they were about a
-// flow it knew): they carry nothing a host answers. What turns conntrack
+// accepted when they quote one of these flows or what the overlay may
+// reach of the host (icmp_errors, below), as conntrack's `related` took
+// those it knew a flow for. What turns conntrack
 // on now is only egress (its masquerade and `ct state` rules, while some
 // container has it) or another program's rules (Docker, kube-proxy, ufw,
 // firewalld), which track overlay traffic as before.
@@ -185,11 +196,12 @@ const (
 )
 
 // addHostFlows adds the output chains that record the host's own flows
-// into overlay (an IPv4 prefix) and returns the accepts for overlay_in.
-func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([][]expr.Any, error) {
+// into overlay (an IPv4 prefix) and returns the accepts for overlay_in
+// and the sets of flows and pings.
+func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) (accepts [][]expr.Any, flows, pings *nftables.Set, err error) {
 	flows, closing, pings, err := hostFlowSets(c, t)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	policy := nftables.ChainPolicyAccept
 	out := c.AddChain(&nftables.Chain{
@@ -234,8 +246,95 @@ func addHostFlows(c *nftables.Conn, t *nftables.Table, overlay netip.Prefix) ([]
 		append(append(tcpFlags(tcpSYN|tcpACK, tcpSYN, false), inKey()...), lookupIn(flows), accept),
 		append(append(append(l4proto(unix.IPPROTO_UDP), inKey()...), lookupIn(flows), updateIn(flows, udpTimeout)), accept),
 		append(append(icmpType(0), pingKey(12)...), lookupIn(pings), accept), // echo reply
-		append(icmpType(3), accept),  // destination unreachable (fragmentation needed among them)
-		append(icmpType(11), accept), // time exceeded
-		append(icmpType(12), accept), // parameter problem
-	}, nil
+	}, flows, pings, nil
+}
+
+// The ICMP errors to the host (destination unreachable, fragmentation
+// needed among them; time exceeded; parameter problem), in a chain of
+// their own that overlay_in jumps to:
+//
+//	chain icmp_errors {
+//		@th,64,8 != 0x45 return             (the quoted header has options: unread)
+//		@th,192,32 . @th,136,8 . @th,240,16 . @th,224,16 @host_flows accept
+//		@th,136,8 1 @th,224,8 8 @th,192,32 . @th,256,16 @host_pings accept
+//		@th,160,32 <host ip> @th,136,8 { udp, tcp } @th,224,16 53 accept  (and the peer UDP ports)
+//		@th,160,32 <addr> @th,192,32 <subnet> accept  (each exposure)
+//	}
+//
+// An error quotes the IP header and at least 8 bytes of the datagram it is
+// about; one the host sent has no IP options, so the quoted addresses,
+// protocol and ports (or echo identifier) lie at fixed offsets from the
+// ICMP header, and the error is let in when what it quotes is one of the
+// host's own flows (the sets, keyed as own_flows keys them: remote
+// address . protocol . remote port . local port) or comes from what the
+// overlay may reach of the host (its DNS, the multicast port, an
+// exposure). What falls through returns to overlay_in, whose exposures
+// may still accept it and whose drop ends it. Until December 1 every such
+// error got in, whatever it quoted: then a container could send its host
+// errors about the host's flows outside the overlay (its tunnels' and
+// control connections' underlay ports are no secret on a LAN), and the
+// kernel, which checks only that a socket matches, lowered the path MTU
+// towards a peer's underlay address to the minimum or aborted a
+// connection being opened (TestHostICMPErrorsQuoteFlows). Conntrack had
+// let in only the errors it found a flow for (`ct state related`).
+const icmpErrorsChain = "icmp_errors"
+
+// addICMPErrors adds icmp_errors to t (see above) and returns the jumps
+// for overlay_in.
+func addICMPErrors(c *nftables.Conn, t *nftables.Table, spec filterSpec, flows, pings *nftables.Set) [][]expr.Any {
+	ch := c.AddChain(&nftables.Chain{Name: icmpErrorsChain, Table: t})
+	rule := func(e ...expr.Any) { c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e}) }
+	// The quoted datagram's fields, at offsets from the ICMP header: 8
+	// bytes of ICMP, then a 20-byte IP header, then the transport's.
+	const (
+		inVerIHL = 8
+		inProto  = 8 + 9
+		inSaddr  = 8 + 12
+		inDaddr  = 8 + 16
+		inSport  = 8 + 20 // the echo request's type too
+		inDport  = 8 + 22
+		inEchoID = 8 + 24
+	)
+	th := func(reg, off, n uint32) *expr.Payload {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: n}
+	}
+	eq := func(data ...byte) *expr.Cmp { return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: data} }
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	rule(th(1, inVerIHL, 1), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x45}}, &expr.Verdict{Kind: expr.VerdictReturn})
+	rule(th(reg32a, inDaddr, 4), th(reg32b, inProto, 1), th(reg32c, inDport, 2), th(reg32d, inSport, 2), lookupIn(flows), accept)
+	rule(th(1, inProto, 1), eq(unix.IPPROTO_ICMP), th(1, inSport, 1), eq(8), // echo request
+		th(reg32a, inDaddr, 4), th(reg32b, inEchoID, 2), lookupIn(pings), accept)
+	if spec.hostIP.Is4() {
+		from := func(proto byte, port uint16) {
+			rule(th(1, inSaddr, 4), eq(spec.hostIP.AsSlice()...), th(1, inProto, 1), eq(proto),
+				th(1, inSport, 2), eq(binaryutil.BigEndian.PutUint16(port)...), accept)
+		}
+		from(unix.IPPROTO_UDP, 53)
+		from(unix.IPPROTO_TCP, 53)
+		for _, port := range spec.peerUDP {
+			from(unix.IPPROTO_UDP, port)
+		}
+	}
+	for _, e := range spec.exposed {
+		if !e.Addr.Is4() || !e.From.Addr().Is4() {
+			continue
+		}
+		inner := append([]expr.Any{th(1, inSaddr, 4), eq(e.Addr.AsSlice()...), th(1, inDaddr, 4)}, ifMasked(e.From)...)
+		rule(append(inner, accept)...)
+	}
+	jump := &expr.Verdict{Kind: expr.VerdictJump, Chain: icmpErrorsChain}
+	return [][]expr.Any{
+		append(icmpType(3), jump),  // destination unreachable (fragmentation needed among them)
+		append(icmpType(11), jump), // time exceeded
+		append(icmpType(12), jump), // parameter problem
+	}
+}
+
+// ifMasked, after a 4-byte load into register 1: it lies in p.
+func ifMasked(p netip.Prefix) []expr.Any {
+	var out []expr.Any
+	if p.Bits() < 32 {
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(p.Bits(), 32), Xor: []byte{0, 0, 0, 0}})
+	}
+	return append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()})
 }

@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weavewg/weavewg/internal/netnstest"
+	"golang.org/x/sys/unix"
 )
 
 // TestHostFlowsWithoutConntrack: weavewg's table turns conntrack on for
@@ -352,4 +354,237 @@ func TestOverlayInputAfterBridgeRemade(t *testing.T) {
 	if got, _, err := tcpHello(c1, hostLn.Addr().String()); err == nil {
 		t.Errorf("the container connected to the hidden host through the remade bridge: %q", got)
 	}
+}
+
+// TestHostFlowsFragmentedReplies: a reply to the host's own flow that is
+// larger than the overlay's MTU (a big DNS answer from a container's
+// resolver, any UDP application's, a large ping's) arrives in fragments,
+// and nftables' transport matches fail on all but the first of them. The
+// host still gets the whole reply, with conntrack off (nothing reassembles
+// before prerouting) and with another program's `ct` rule on (which
+// reassembles there): IPv4 reassembles what is for the host itself before
+// the input hook, where overlay_in is.
+func TestHostFlowsFragmentedReplies(t *testing.T) {
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
+		t.Fatal(err)
+	}
+	const size = 4000 // about three fragments at the bridge's 1420
+	var pc net.PacketConn
+	var err error
+	if nerr := netnstest.Do(c1, func() { pc, err = net.ListenPacket("udp4", "0.0.0.0:0") }); nerr != nil || err != nil {
+		t.Fatal(nerr, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 100)
+		big := make([]byte, size)
+		for i := range big {
+			big[i] = byte(i)
+		}
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(big, from)
+		}
+	}()
+	addr := net.JoinHostPort("10.32.1.1", strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
+	check := func(when string) {
+		t.Helper()
+		reasm := reassembled(t, h.ns)
+		var n int
+		if nerr := netnstest.Do(h.ns, func() {
+			var c net.Conn
+			if c, err = net.Dial("udp4", addr); err != nil {
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 2*size)
+			// A few tries: a datagram may be lost for reasons of
+			// its own; a filter that drops fragments loses them all.
+			for try := 0; try < 3; try++ {
+				c.SetDeadline(time.Now().Add(time.Second))
+				if _, err = c.Write([]byte("hi")); err != nil {
+					return
+				}
+				if n, err = c.Read(buf); err == nil {
+					return
+				}
+			}
+		}); nerr != nil {
+			t.Fatal(nerr)
+		}
+		if err != nil || n != size {
+			t.Errorf("%s: the host's UDP request to its container got %d bytes of a %d-byte reply: %v", when, n, size, err)
+		}
+		if out, err := exec.Command("ip", "netns", "exec", h.ns.Name, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-n", "-q",
+			"-s", strconv.Itoa(size), "10.32.1.1").CombinedOutput(); err != nil {
+			t.Errorf("%s: the host's %d-byte ping to its container: %v\n%s", when, size, err, out)
+		}
+		if reassembled(t, h.ns) == reasm {
+			t.Errorf("%s: the host reassembled nothing: the replies were not fragmented, the test tests nothing", when)
+		}
+	}
+	check("conntrack off")
+	// Another program's rule that reads conntrack (Docker's, ufw's):
+	// conntrack and its reassembly at prerouting are on.
+	run(t, "ip", "netns", "exec", h.ns.Name, "nft", "add table ip other; add chain ip other in { type filter hook input priority 0; policy accept; }; add rule ip other in ct state established counter accept")
+	check("another program's ct rule")
+}
+
+// reassembled is the count of datagrams ns's IPv4 has reassembled
+// (ReasmOKs of /proc/net/snmp).
+func reassembled(t *testing.T, ns *netnstest.NS) string {
+	t.Helper()
+	lines := strings.Split(run(t, "ip", "netns", "exec", ns.Name, "cat", "/proc/net/snmp"), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "Ip:" || len(values) != len(names) {
+			continue
+		}
+		for j, n := range names {
+			if n == "ReasmOKs" {
+				return values[j]
+			}
+		}
+	}
+	t.Fatal("no Ip: ReasmOKs in /proc/net/snmp")
+	return ""
+}
+
+// TestHostICMPErrorsQuoteFlows: the ICMP errors the overlay sends the host
+// get in when they are about the host's own flows into the overlay (a
+// container's port unreachable for the host's datagram) or about what the
+// overlay may reach of the host (its DNS port), and not when they quote a
+// flow of the host's outside the overlay: a container could otherwise
+// make the host abort its connections or lower its path MTU towards any
+// underlay address (a peer's tunnel) with forged errors.
+func TestHostICMPErrorsQuoteFlows(t *testing.T) {
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
+		t.Fatal(err)
+	}
+	// An underlay of the host's: a flow there is none of the overlay's.
+	run(t, "ip", "-n", h.ns.Name, "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+	run(t, "ip", "-n", h.ns.Name, "link", "set", "under1", "up")
+	run(t, "ip", "-n", h.ns.Name, "addr", "add", "192.168.77.1/24", "dev", "under0")
+	run(t, "ip", "-n", h.ns.Name, "link", "set", "under0", "up")
+
+	// refused dials a UDP socket in the host (from local, if given) to
+	// addr, sends a datagram if send, and after wait tells whether the
+	// socket was told "connection refused" (a port unreachable got in).
+	type sock struct {
+		c  *net.UDPConn
+		lp int
+	}
+	dial := func(local, addr string) sock {
+		t.Helper()
+		var c *net.UDPConn
+		var err error
+		if nerr := netnstest.Do(h.ns, func() {
+			var la *net.UDPAddr
+			if local != "" {
+				la = net.UDPAddrFromAddrPort(netip.MustParseAddrPort(local))
+			}
+			c, err = net.DialUDP("udp4", la, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		}); nerr != nil || err != nil {
+			t.Fatal(nerr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return sock{c, c.LocalAddr().(*net.UDPAddr).Port}
+	}
+	refused := func(s sock) bool {
+		t.Helper()
+		s.c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := s.c.Read(make([]byte, 10))
+		return err != nil && strings.Contains(err.Error(), "connection refused")
+	}
+
+	// The host's datagram to a container's closed port: the container's
+	// kernel answers port unreachable, about a flow in host_flows.
+	s := dial("", "10.32.1.1:9")
+	s.c.Write([]byte("hi"))
+	if !refused(s) {
+		t.Error("the container's port unreachable for the host's datagram did not get in")
+	}
+	// The same from the host's DNS port (its server answers every
+	// container; such flows are not in host_flows).
+	s = dial("10.32.0.1:53", "10.32.1.1:9")
+	s.c.Write([]byte("hi"))
+	if !refused(s) {
+		t.Error("the container's port unreachable for the host's DNS answer did not get in")
+	}
+
+	// Forged by the container: errors about the host's flow on its
+	// underlay, which the overlay never carried.
+	under := dial("", "192.168.77.2:9999")
+	forge := func(typ, code byte, mtu uint16, from, to netip.AddrPort) {
+		t.Helper()
+		msg := make([]byte, 8+20+8)
+		msg[0], msg[1] = typ, code
+		binary.BigEndian.PutUint16(msg[6:], mtu)
+		ip := msg[8:]
+		ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
+		binary.BigEndian.PutUint16(ip[2:], 20+8+2)
+		copy(ip[12:], from.Addr().AsSlice())
+		copy(ip[16:], to.Addr().AsSlice())
+		binary.BigEndian.PutUint16(ip[20:], from.Port())
+		binary.BigEndian.PutUint16(ip[22:], to.Port())
+		binary.BigEndian.PutUint16(ip[24:], 8+2)
+		binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+		var err error
+		if nerr := netnstest.Do(c1, func() {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0"); err != nil {
+				return
+			}
+			defer pc.Close()
+			_, err = pc.WriteTo(msg, &net.IPAddr{IP: net.ParseIP("10.32.0.1")})
+		}); nerr != nil || err != nil {
+			t.Fatal(nerr, err)
+		}
+	}
+	hostEnd := netip.AddrPortFrom(netip.MustParseAddr("192.168.77.1"), uint16(under.lp))
+	farEnd := netip.MustParseAddrPort("192.168.77.2:9999")
+	forge(3, 3, 0, hostEnd, farEnd) // port unreachable
+	if refused(under) {
+		t.Error("a container's forged port unreachable about the host's underlay flow got in")
+	}
+	forge(3, 4, 600, hostEnd, farEnd) // fragmentation needed, MTU 600
+	time.Sleep(100 * time.Millisecond)
+	if out := run(t, "ip", "-n", h.ns.Name, "route", "get", "192.168.77.2"); strings.Contains(out, "mtu 600") {
+		t.Errorf("a container's forged fragmentation needed lowered the host's path MTU on its underlay:\n%s", out)
+	}
+	// The check can see an error get in: the same forged error about the
+	// host's flow into the overlay does.
+	inside := dial("", "10.32.1.1:9999")
+	inside.c.Write([]byte("hi"))
+	forge(3, 4, 600, netip.AddrPortFrom(netip.MustParseAddr("10.32.0.1"), uint16(inside.lp)), netip.MustParseAddrPort("10.32.1.1:9999"))
+	time.Sleep(100 * time.Millisecond)
+	if out := run(t, "ip", "-n", h.ns.Name, "route", "get", "10.32.1.1"); !strings.Contains(out, "mtu 600") {
+		t.Errorf("fragmentation needed about the host's flow into the overlay did not lower the path MTU:\n%s", out)
+	}
+}
+
+// icmpChecksum is the Internet checksum of msg (its checksum field zero).
+func icmpChecksum(msg []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(msg); i += 2 {
+		sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+	}
+	if len(msg)%2 == 1 {
+		sum += uint32(msg[len(msg)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
 }
