@@ -41,6 +41,9 @@ type kernelPath interface {
 	SetPeers(peers []kernelwg.Peer) (map[key.Public]bool, error)
 	PruneRoutes() error
 	Stats() map[key.Public]kernelwg.PeerStats
+	// Steered is the endpoints whose datagrams reach the kernel socket
+	// (the steering sets as last written).
+	Steered() []netip.AddrPort
 }
 
 var _ kernelPath = (*kernelwg.Plane)(nil)
@@ -140,14 +143,11 @@ func (d *Daemon) setKernelPeers(want []tunnel.PeerConfig, onVXLAN map[key.Public
 	// Before wireguard-go gets peers back (Rehandshake below): its
 	// initiations to the kernel's peers could never complete, and they
 	// keep those peers' kernels from handshaking with ours
-	// (tunnel/kernelpeers.go).
-	eps := make([]netip.AddrPort, 0, len(on))
-	for _, c := range cands {
-		if on[c.Key] {
-			eps = append(eps, c.Endpoint)
-		}
-	}
-	d.tun.SetKernelEndpoints(eps)
+	// (tunnel/kernelpeers.go). The endpoints the steering sets hold, not
+	// those of the peers on the device: after a failed write of the sets
+	// the two differ, and an endpoint not in the sets is answered to
+	// wireguard-go, whose initiations there must go out.
+	d.tun.SetKernelEndpoints(d.planes.kernel.Steered())
 	d.markKernelActive(on)
 	if !maps.Equal(on, d.onKernel) {
 		left := map[key.Public]bool{}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -17,13 +18,18 @@ import (
 	"github.com/weavewg/weavewg/types/key"
 )
 
-// fakeKernel is a kernel device that carries every peer it is given.
+// fakeKernel is a kernel device that carries every peer it is given and
+// steers their endpoints, unless its steering writes fail.
 type fakeKernel struct {
-	peers  []kernelwg.Peer
-	calls  []string
-	hostIP netip.Addr
-	rx     uint64 // every peer's received bytes; 0: 7
+	peers     []kernelwg.Peer
+	calls     []string
+	hostIP    netip.Addr
+	rx        uint64 // every peer's received bytes; 0: 7
+	steerFail bool   // SetPeers' steering writes fail: steered stays
+	steered   []netip.AddrPort
 }
+
+func (f *fakeKernel) Steered() []netip.AddrPort { return slices.Clone(f.steered) }
 
 func (f *fakeKernel) SetHostIP(a netip.Addr) {
 	if a.IsValid() {
@@ -37,9 +43,16 @@ func (f *fakeKernel) SetPeers(p []kernelwg.Peer) (map[key.Public]bool, error) {
 	f.peers = p
 	f.calls = append(f.calls, "set")
 	out := map[key.Public]bool{}
+	var eps []netip.AddrPort
 	for _, c := range p {
 		out[c.Key] = true
+		eps = append(eps, c.Endpoint)
 	}
+	if f.steerFail {
+		return out, errors.New("kernel wireguard: setting the kernel peers' endpoints: no buffer space")
+	}
+	slices.SortFunc(eps, netip.AddrPort.Compare)
+	f.steered = slices.Compact(eps)
 	return out, nil
 }
 func (f *fakeKernel) PruneRoutes() error { f.calls = append(f.calls, "prune"); return nil }
@@ -334,5 +347,49 @@ func TestDatapathFlag(t *testing.T) {
 	c.Datapath = "ebpf"
 	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "auto, kernel or userspace") {
 		t.Errorf("--datapath ebpf: %v", err)
+	}
+}
+
+// TestKernelEndpointsAreTheSteered: the tunnel is told the endpoints the
+// steering sets hold, not those of the kernel device's peers: when the
+// sets' write fails, a peer that joined the device is not steered, its
+// answers still reach wireguard-go, and wireguard-go's initiations to it
+// must go out (were they dropped, the pair had no session until the next
+// write: the kernel's answers go to wireguard-go too).
+func TestKernelEndpointsAreTheSteered(t *testing.T) {
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{}
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
+	direct := func(port uint16) tunnel.PeerStats {
+		return tunnel.PeerStats{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)}
+	}
+	tn.stats = map[key.Public]tunnel.PeerStats{
+		pubKey(1): direct(6783),
+		pubKey(2): {Relayed: true, Via: pubKey(1)},
+	}
+	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")}}
+	for i := byte(1); i <= 2; i++ {
+		r.peers = append(r.peers, discovery.Peer{Key: pubKey(i), Reachable: true,
+			Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.AddrFrom4([4]byte{10, 32, 0, 1 + i})})
+	}
+	d.reconcile()
+	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783]"; got != want {
+		t.Fatalf("kernel endpoints told to the tunnel: %s; want peer 1's %s", got, want)
+	}
+	// Peer 2's path goes direct; the device takes it, the sets' write
+	// fails.
+	fk.steerFail = true
+	tn.stats[pubKey(2)] = direct(6784)
+	d.reconcile()
+	if len(fk.peers) != 2 {
+		t.Fatalf("kernel peers %+v: want peers 1 and 2", fk.peers)
+	}
+	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783]"; got != want {
+		t.Errorf("kernel endpoints told to the tunnel after the steering write failed: %s; want the sets' %s (peer 2's answers still reach wireguard-go)", got, want)
+	}
+	fk.steerFail = false
+	d.reconcile()
+	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783 192.0.2.2:6784]"; got != want {
+		t.Errorf("kernel endpoints told to the tunnel once the write succeeded: %s; want %s", got, want)
 	}
 }

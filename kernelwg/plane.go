@@ -114,7 +114,10 @@ type Plane struct {
 	// to steered (sorted), the endpoints of the device's peers.
 	steering bool
 	steered  []netip.AddrPort
-	steerBad bool // the last write failed: the sets are unknown
+	steerBad bool // the last write failed: the sets are still steered
+	// writeSteering writes the sets (setKernelEndpoints; the tests
+	// make it fail).
+	writeSteering func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error
 }
 
 // kickInterval is the persistent keepalive a peer is given for a moment
@@ -368,17 +371,39 @@ func (p *Plane) kick(peers []key.Public) error {
 	return nil
 }
 
-// steer makes the steering sets eps (sorted) unless they are already.
+// steer makes the steering sets eps (sorted) unless they are already. A
+// write is one transaction: when it fails the sets keep what they held,
+// steered.
 func (p *Plane) steer(eps []netip.AddrPort) error {
 	if !p.steering || !p.steerBad && slices.Equal(eps, p.steered) {
 		return nil
 	}
-	if err := setKernelEndpoints(p.ns, p.cfg.Port, eps); err != nil {
+	write := setKernelEndpoints
+	if p.writeSteering != nil {
+		write = p.writeSteering
+	}
+	if err := write(p.ns, p.cfg.Port, eps); err != nil {
 		p.steerBad = true
 		return err
 	}
 	p.steered, p.steerBad = eps, false
 	return nil
+}
+
+// Steered returns the endpoints whose WireGuard datagrams the steering
+// sets give the kernel socket, sorted: the device's peers' endpoints when
+// the last writes succeeded; after a failed one, what the sets still hold
+// (a peer that joined the device then is not in them, one that left may
+// still be). These, not the peers SetPeers returned, are the endpoints
+// whose answers reach the kernel, so the daemon tells wireguard-go to
+// send them no initiation of its own (tunnel.SetKernelEndpoints): told
+// the device's peers instead, after a failed write wireguard-go dropped
+// its initiations to a peer whose datagrams still reached it and not the
+// kernel, and the pair had no session either way until the next write.
+func (p *Plane) Steered() []netip.AddrPort {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.steered)
 }
 
 // endpoints are the applied peers' endpoints, sorted, without repeats.

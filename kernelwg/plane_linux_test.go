@@ -384,6 +384,60 @@ func TestPlaneKicksAfterSteering(t *testing.T) {
 	step("B moves")
 }
 
+// TestPlaneSteeredAfterFailedWrite: Steered says what the steering sets
+// hold, which after a failed write is not the device's peers: a peer that
+// joined then is not steered (its datagrams, and the answers to
+// wireguard-go's initiations, still reach wireguard-go), one that left
+// still is; the next write that succeeds makes them the peers' again.
+func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
+	p, _, _ := fakePlane(t)
+	if err := installSteering(p.ns, p.cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.steering = true
+	var fail error
+	p.writeSteering = func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
+		if fail != nil {
+			return fail
+		}
+		return setKernelEndpoints(ns, port, eps)
+	}
+	peer := func(n byte, ep string) Peer {
+		return Peer{Key: key.Public{n}, Endpoint: netip.MustParseAddrPort(ep),
+			Prefixes: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 32, 0, n}), 32)}}
+	}
+	peerB, peerC := peer(2, "192.0.2.2:6783"), peer(3, "192.0.2.3:6783")
+	check := func(when string, carried map[key.Public]bool, want ...Peer) {
+		t.Helper()
+		var eps []netip.AddrPort
+		for _, w := range want {
+			eps = append(eps, w.Endpoint)
+		}
+		if got, inSets := p.Steered(), steeredEndpoints(t, p); fmt.Sprint(got) != fmt.Sprint(eps) || fmt.Sprint(inSets) != fmt.Sprint(eps) {
+			t.Errorf("%s: Steered %v, the sets %v; want both %v (carried: %v)", when, got, inSets, eps, carried)
+		}
+	}
+	on, err := p.SetPeers([]Peer{peerB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("B joins", on, peerB)
+	fail = errors.New("netlink: no buffer space")
+	on, err = p.SetPeers([]Peer{peerB, peerC})
+	if err == nil || !on[peerC.Key] {
+		t.Fatalf("C joins while the sets cannot be written: carried %v, err %v; want C on the device and an error", on, err)
+	}
+	check("C joins, the write fails", on, peerB)
+	on, _ = p.SetPeers([]Peer{peerC})
+	check("B leaves, the write fails", on, peerB)
+	fail = nil
+	on, err = p.SetPeers([]Peer{peerC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("the write succeeds", on, peerC)
+}
+
 // steeredEndpoints reads the IPv4 steering set of p's table from the
 // kernel.
 func steeredEndpoints(t *testing.T, p *Plane) []netip.AddrPort {
