@@ -3,7 +3,9 @@ package tunnel
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -526,6 +528,80 @@ func TestRelayRateLimited(t *testing.T) {
 	}
 }
 
+// TestRelayForwardsHandshakesFirst: of a batch a relay forwards, the
+// handshake messages and path probes go out before the WireGuard data read
+// with them, whatever their place in the batch: a relay behind on its
+// queue would otherwise send a handshake only after the bulk ahead of it,
+// late enough for WireGuard to give it up. The data keeps its order, each
+// next hop's in one send.
+func TestRelayForwardsHandshakesFirst(t *testing.T) {
+	f := newRelayFixture(t)
+	capt := &captureBind{}
+	f.bind.inner = capt
+	a, c := PeerIDOf(f.a), PeerIDOf(f.c)
+	// From a (first hop) to c, whose next hop is b; and from c, relayed
+	// by b, to a.
+	aToC := func(typ uint8, payload []byte) []byte {
+		fr := append(AppendRelayHeader(nil, RelayHeader{Type: typ, HopLimit: 5, Dst: c, Src: a}), payload...)
+		return hopFrom(fr, f.a)
+	}
+	cToA := func(typ uint8, payload []byte) []byte {
+		fr := append(AppendRelayHeader(nil, RelayHeader{Type: typ, HopLimit: 5, Forwarded: true, Dst: a, Src: c}), payload...)
+		return hopFrom(fr, f.b)
+	}
+	fromA, fromB := "192.0.2.1:6783", "192.0.2.2:6783"
+	data := func(n byte) []byte { p := wgTransport(1400); p[16] = n; return p }
+	in := []struct {
+		name, from string
+		frame      []byte
+	}{
+		{"data 1 a→c", fromA, aToC(RelayTypeData, data(1))},
+		{"data 2 c→a", fromB, cToA(RelayTypeData, data(2))},
+		{"data 3 a→c", fromA, aToC(RelayTypeData, data(3))},
+		{"initiation a→c", fromA, aToC(RelayTypeData, wgMsg(wgTypeInitiation, wgSizeInitiation, [4]byte{1}))},
+		{"data 4 a→c", fromA, aToC(RelayTypeData, data(4))},
+		{"response c→a", fromB, cToA(RelayTypeData, wgMsg(wgTypeResponse, wgSizeResponse, [4]byte{2}))},
+		{"probe a→c", fromA, aToC(RelayTypeProbe, make([]byte, 64))},
+		{"data 5 c→a", fromB, cToA(RelayTypeData, data(5))},
+	}
+	packets, sizes, eps := make([][]byte, len(in)), make([]int, len(in)), make([]conn.Endpoint, len(in))
+	for i, x := range in {
+		packets[i] = make([]byte, 2048)
+		sizes[i] = copy(packets[i], x.frame)
+		eps[i] = &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort(x.from)}
+	}
+	f.bind.sortBatch(packets, sizes, eps)
+	// Name what was sent by its payload.
+	name := func(fr []byte) string {
+		h, payload, err := ParseRelayHeader(fr)
+		if err != nil {
+			return "junk"
+		}
+		for _, x := range in {
+			_, p, _ := ParseRelayHeader(x.frame)
+			if h.Type == RelayTypeData && bytes.Equal(p, payload) || h.Type != RelayTypeData && h.Type == x.frame[relayOffType] {
+				return x.name
+			}
+		}
+		return "unknown"
+	}
+	var got []string
+	for _, fr := range capt.frames {
+		got = append(got, name(fr.b)+" to "+fr.to)
+	}
+	want := []string{
+		"initiation a→c to 192.0.2.2:6783", "response c→a to 192.0.2.1:6783", "probe a→c to 192.0.2.2:6783",
+		"data 1 a→c to 192.0.2.2:6783", "data 2 c→a to 192.0.2.1:6783", "data 3 a→c to 192.0.2.2:6783",
+		"data 4 a→c to 192.0.2.2:6783", "data 5 c→a to 192.0.2.1:6783",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forwarded in the order\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if c := f.bind.Counters(); c["udp_relay_forwarded"] != uint64(len(in)) {
+		t.Errorf("udp_relay_forwarded = %d, want %d", c["udp_relay_forwarded"], len(in))
+	}
+}
+
 // TestRelayZeroAllocs: the send and receive paths of relaying do not
 // allocate once the pool is warm.
 func TestRelayZeroAllocs(t *testing.T) {
@@ -1011,5 +1087,39 @@ func TestReplayFilter(t *testing.T) {
 		if got := f.accept(s.ctr); got != s.want {
 			t.Errorf("accept(%d) = %v, want %v", s.ctr, got, s.want)
 		}
+	}
+}
+
+// BenchmarkRelayForward: a relay's receive path for a batch of 64 frames
+// from a to c (forwarded to b), every 16th a handshake initiation.
+func BenchmarkRelayForward(b *testing.B) {
+	f := newRelayFixture(b)
+	f.bind.relayRate, f.bind.relayBurst = 1e18, 1e18 // the fixture's clock stands still: no rate limit
+	n := 64
+	packets, sizes, eps := make([][]byte, n), make([]int, n), make([]conn.Endpoint, n)
+	srcA := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("192.0.2.1:6783")}
+	bulk := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wgTransport(1400)...)
+	hs := append(AppendRelayHeader(nil, RelayHeader{Type: RelayTypeData, HopLimit: 5, Dst: PeerIDOf(f.c), Src: PeerIDOf(f.a)}), wgMsg(wgTypeInitiation, wgSizeInitiation, [4]byte{1})...)
+	for i := range packets {
+		packets[i] = make([]byte, 2048)
+	}
+	ka := hopKeyOf(testPairKey(f.a), PeerIDOf(f.a))
+	fill := func() {
+		for i := range packets {
+			fr := bulk
+			if i%16 == 15 {
+				fr = hs
+			}
+			sizes[i], eps[i] = copy(packets[i], fr), srcA
+			sealHop(packets[i], ka, testHopCtr.Add(1))
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		fill()
+		f.bind.sortBatch(packets, sizes, eps)
+	}
+	if c := f.bind.Counters(); c["udp_relay_forwarded"] == 0 || c["udp_relay_dropped_rate_limited"] != 0 {
+		b.Fatalf("forwarded %d, rate-limited %d: the benchmark forwards nothing", c["udp_relay_forwarded"], c["udp_relay_dropped_rate_limited"])
 	}
 }

@@ -250,14 +250,69 @@ func (b *Bind) sendRelayed(bufs [][]byte, dst PeerID) error {
 }
 
 // relayRx is the state of handling the relay frames of one received batch:
-// outcome counts and the frames to forward, grouped by next hop.
+// outcome counts and the frames to forward.
 type relayRx struct {
 	t       *relayTable
 	now     int64
 	n       [numRelayCounters]uint64
-	learned bool          // some peer's endpoint was learned: wake the path loop
-	fwd     *relayBatch   // nil until a frame is forwarded
-	fwdEP   conn.Endpoint // next hop of the frames in fwd
+	learned bool // some peer's endpoint was learned: wake the path loop
+	// The frames to forward, sealed for their next hop, in the order
+	// received; flushForward sends them (fwdOrder). nil until a frame is
+	// forwarded: pooled, so that a batch that forwards nothing (any of
+	// wireguard-go's) does not zero it.
+	fwd *forwardHeld
+}
+
+type forwardHeld struct {
+	f [maxForwardHeld]fwdFrame
+	n int
+}
+
+var forwardHeldPool = sync.Pool{New: func() any { return new(forwardHeld) }}
+
+// The order a relay forwards a batch in. A relay behind on its socket (a
+// starved one: docs/architecture.md, "Relay", the VM's relayed pair)
+// forwards what it reads in the order it was queued, and a handshake
+// message waits behind the bulk read with it; WireGuard abandons a
+// handshake after 5 s, so a late one is as good as lost, where late data
+// is only late. So of each batch the handshake messages, path probes and
+// their replies, and path MTU replies (a few small frames that decide
+// whether a pair has a session and a path at all) are sent first, and
+// then WireGuard data and path MTU probes in their order: data grouped by
+// next hop (one GSO send each), each MTU probe alone (forwardMTUProbe).
+// Within a batch only: the socket's queue in front of the batch stays
+// first in, first out.
+const (
+	fwdUrgent   = iota // handshake messages, probes and replies, MTU replies
+	fwdBulk            // WireGuard data (transport messages)
+	fwdMTUProbe        // a path MTU probe: sent alone
+)
+
+// maxForwardHeld is how many forwarded frames a batch holds before it
+// sends them: a whole batch of the std Bind's. A larger one is sent in
+// parts, each in fwdOrder.
+const maxForwardHeld = conn.IdealBatchSize
+
+// fwdFrame is a frame to forward: it aliases the receive buffer, which
+// stays the frame's until the batch is handed back.
+type fwdFrame struct {
+	pkt  []byte
+	ep   conn.Endpoint
+	kind uint8
+}
+
+// forwardKind is the fwd* kind of a relay frame of type typ with payload.
+func forwardKind(typ uint8, payload []byte) uint8 {
+	switch typ {
+	case RelayTypeData:
+		if len(payload) > 0 && payload[0] == wgTypeTransport {
+			return fwdBulk
+		}
+		return fwdUrgent // initiation, response, cookie reply
+	case RelayTypeMTUProbe:
+		return fwdMTUProbe
+	}
+	return fwdUrgent // probes, their replies, MTU replies
 }
 
 // handleRelay deals with the relay frame packets[i] (size bytes, from src):
@@ -368,35 +423,69 @@ func (b *Bind) handleRelay(rx *relayRx, pkt []byte, src netip.AddrPort, ep *conn
 	}
 	pkt[relayOffHopLimit] = (h.HopLimit - 1) | relayForwarded
 	sealHop(pkt, np.hopTx, np.path.hopSend.Add(1))
-	if h.Type == RelayTypeMTUProbe {
-		b.forwardMTUProbe(rx, pkt, next) // alone, with DF (mtuprobe.go)
-		return 0
-	}
-	if rx.fwd != nil && rx.fwdEP != next {
+	if rx.fwd != nil && rx.fwd.n == len(rx.fwd.f) {
 		b.flushForward(rx)
 	}
 	if rx.fwd == nil {
-		rx.fwd = getRelayBatch()
+		rx.fwd = forwardHeldPool.Get().(*forwardHeld)
 	}
-	rx.fwdEP = next
-	rx.fwd.bufs = append(rx.fwd.bufs, pkt)
-	rx.n[rcForwarded]++
-	rx.n[rcForwardedBytes] += uint64(len(pkt))
+	kind := forwardKind(h.Type, payload)
+	rx.fwd.f[rx.fwd.n] = fwdFrame{pkt: pkt, ep: next, kind: kind}
+	rx.fwd.n++
+	if kind != fwdMTUProbe { // forwardMTUProbe counts its own
+		rx.n[rcForwarded]++
+		rx.n[rcForwardedBytes] += uint64(len(pkt))
+	}
 	return 0
 }
 
-// flushForward sends the frames gathered for one next hop.
+// flushForward sends the frames held for forwarding (see fwdOrder): the
+// urgent ones first, then the rest in their order, consecutive data frames
+// for one next hop in one send.
 func (b *Bind) flushForward(rx *relayRx) {
 	if rx.fwd == nil {
 		return
 	}
-	if len(rx.fwd.bufs) > 0 {
-		if err := b.inner.Send(rx.fwd.bufs, rx.fwdEP); err != nil {
-			rx.n[rcSendErrors] += uint64(len(rx.fwd.bufs))
+	held := rx.fwd.f[:rx.fwd.n]
+	rb := getRelayBatch()
+	var to conn.Endpoint // the next hop of the frames in rb
+	send := func() {
+		if len(rb.bufs) == 0 {
+			return
+		}
+		if err := b.inner.Send(rb.bufs, to); err != nil {
+			rx.n[rcSendErrors] += uint64(len(rb.bufs))
+		}
+		clear(rb.bufs)
+		rb.bufs = rb.bufs[:0]
+	}
+	add := func(f *fwdFrame) {
+		if to != f.ep {
+			send()
+			to = f.ep
+		}
+		rb.bufs = append(rb.bufs, f.pkt)
+	}
+	for i := range held {
+		if held[i].kind == fwdUrgent {
+			add(&held[i])
 		}
 	}
-	putRelayBatch(rx.fwd)
-	rx.fwd, rx.fwdEP = nil, nil
+	for i := range held {
+		switch held[i].kind {
+		case fwdBulk:
+			add(&held[i])
+		case fwdMTUProbe:
+			send()
+			b.forwardMTUProbe(rx, held[i].pkt, held[i].ep) // alone, with DF (mtuprobe.go)
+		}
+	}
+	send()
+	putRelayBatch(rb)
+	clear(held) // drop references to the receive buffers
+	rx.fwd.n = 0
+	forwardHeldPool.Put(rx.fwd)
+	rx.fwd = nil
 }
 
 // wireGuardEndpoint is called for a direct WireGuard datagram from src while
