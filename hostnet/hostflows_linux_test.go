@@ -588,3 +588,44 @@ func icmpChecksum(msg []byte) uint16 {
 	}
 	return ^uint16(sum)
 }
+
+// TestHiddenHostOverIPv6: the hidden host answers no echo request of a
+// container's at its bridge's link-local address either, while neighbour
+// discovery still works both ways: the host's own ping to the container's
+// link-local address is answered.
+func TestHiddenHostOverIPv6(t *testing.T) {
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	att, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	linkLocal := func(ns *netnstest.NS, dev string) string {
+		t.Helper()
+		// Until duplicate address detection is done the address is
+		// tentative and answers nothing.
+		for try := 0; try < 50; try++ {
+			out := run(t, "ip", "-n", ns.Name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link")
+			f := strings.Fields(out)
+			if len(f) > 3 && f[2] == "inet6" && !strings.Contains(out, "tentative") {
+				return strings.Split(f[3], "/")[0]
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Skipf("no link-local IPv6 address on %s in %s (IPv6 off?)", dev, ns.Name)
+		return ""
+	}
+	bridge := h.cfg.Bridge
+	hostLL, ctrLL := linkLocal(h.ns, bridge), linkLocal(c1, att.IfName)
+	ping6 := func(ns, to string) ([]byte, error) {
+		return exec.Command("ip", "netns", "exec", ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-n", "-q", to).CombinedOutput()
+	}
+	if out, err := ping6(c1.Name, hostLL+"%"+att.IfName); err == nil {
+		t.Errorf("the hidden host answered its container's ping at its link-local address:\n%s", out)
+	}
+	if out, err := ping6(h.ns.Name, ctrLL+"%"+bridge); err != nil {
+		t.Errorf("the host's own ping to its container's link-local address: %v\n%s", err, out)
+	}
+}
