@@ -118,6 +118,9 @@ type Plane struct {
 	// writeSteering writes the sets (setKernelEndpoints; the tests
 	// make it fail).
 	writeSteering func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error
+	// unkicked: peers that joined the device (or moved) while the sets
+	// could not be given their endpoint; kicked once they hold it.
+	unkicked map[key.Public]bool
 }
 
 // kickInterval is the persistent keepalive a peer is given for a moment
@@ -271,7 +274,8 @@ func (p *Plane) teardown() error {
 // an endpoint leaves them before its peer leaves the device and joins them
 // after the peer joined, so that no WireGuard datagram of a peer reaches
 // the kernel socket while the device does not know the peer; the kick
-// comes after it joined them, so that the answer reaches the kernel.
+// comes after it joined them, so that the answer reaches the kernel (if
+// their write failed, at the next SetPeers whose write succeeds).
 func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -305,7 +309,30 @@ func (p *Plane) SetPeers(peers []Peer) (map[key.Public]bool, error) {
 	// (an index it never sent), and the kernel tried again only after 5 s
 	// ("Received invalid response message" at the host's wireguard-go,
 	// the VM test's first pings between two hosts joining at once).
-	if err := p.kick(kick); err != nil {
+	// A peer whose endpoint the sets do not hold (their write failed) is
+	// kicked once they do: kicked now, its answer would reach
+	// wireguard-go, which drops it, and the peer would have replaced its
+	// own handshake state with the kernel's initiation.
+	for k := range p.unkicked {
+		if _, ok := want[k]; !ok {
+			delete(p.unkicked, k)
+		} else if !slices.Contains(kick, k) {
+			kick = append(kick, k)
+		}
+	}
+	now := kick[:0]
+	for _, k := range kick {
+		if _, ok := slices.BinarySearchFunc(p.steered, want[k].endpoint, netip.AddrPort.Compare); ok || !p.steering {
+			now = append(now, k)
+			delete(p.unkicked, k)
+		} else {
+			if p.unkicked == nil {
+				p.unkicked = map[key.Public]bool{}
+			}
+			p.unkicked[k] = true
+		}
+	}
+	if err := p.kick(now); err != nil {
 		errs = append(errs, err)
 	}
 	carried := make(map[key.Public]bool, len(want))

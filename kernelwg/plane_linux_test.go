@@ -438,6 +438,51 @@ func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
 	check("the write succeeds", on, peerC)
 }
 
+// TestPlaneKicksOnceSteered: a peer that joins the device while the
+// steering sets cannot be written is not kicked then (the kernel's
+// initiation would be answered to wireguard-go, which drops the answer,
+// and the peer would have dropped its own handshake state for it), but at
+// the next SetPeers whose write succeeds, once, with its endpoint in the
+// set.
+func TestPlaneKicksOnceSteered(t *testing.T) {
+	p, fc, _ := fakePlane(t)
+	if err := installSteering(p.ns, p.cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.steering = true
+	var fail error
+	p.writeSteering = func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
+		if fail != nil {
+			return fail
+		}
+		return setKernelEndpoints(ns, port, eps)
+	}
+	peerB := Peer{Key: key.Public{2}, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
+	var atKick []string // the set when each kick was sent
+	fc.onKick = func(k key.Public) { atKick = append(atKick, fmt.Sprint(steeredEndpoints(t, p))) }
+	fail = errors.New("netlink: no buffer space")
+	if _, err := p.SetPeers([]Peer{peerB}); err == nil {
+		t.Fatal("SetPeers with the sets' write failing: no error")
+	}
+	if len(atKick) != 0 {
+		t.Errorf("B was kicked while the sets could not hold its endpoint (the set then: %v)", atKick)
+	}
+	fail = nil
+	if _, err := p.SetPeers([]Peer{peerB}); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprint([]netip.AddrPort{peerB.Endpoint}); len(atKick) != 1 || atKick[0] != want {
+		t.Errorf("once the write succeeded, kicks with the set %v; want one with %s", atKick, want)
+	}
+	atKick = nil
+	if _, err := p.SetPeers([]Peer{peerB}); err != nil {
+		t.Fatal(err)
+	}
+	if len(atKick) != 0 {
+		t.Errorf("B kicked again with nothing changed: %v", atKick)
+	}
+}
+
 // steeredEndpoints reads the IPv4 steering set of p's table from the
 // kernel.
 func steeredEndpoints(t *testing.T, p *Plane) []netip.AddrPort {
