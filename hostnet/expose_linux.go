@@ -271,10 +271,11 @@ func (h *Host) changeFilterLocked(change func(*filterSpec) bool) (bool, error) {
 // setFilterLocked remakes the forward filter for spec (one transaction:
 // the old table is replaced, never absent) and tells the watcher.
 func (h *Host) setFilterLocked(spec filterSpec) error {
-	if err := installForwardFilter(h.ns, spec); err != nil {
+	others, err := installForwardFilter(h.ns, spec)
+	if err != nil {
 		return fmt.Errorf("host networking: %w", err)
 	}
-	h.spec = spec
+	h.spec, h.otherIdx = spec, others
 	h.fw.setFilter(spec)
 	return nil
 }

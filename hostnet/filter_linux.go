@@ -34,6 +34,7 @@ import (
 //			(egress_linux.go's accepts, while a container has egress)
 //			iif <bridge> goto from_bridge    (by index)
 //			iif <tun> goto from_peer
+//			iif <other> goto from_peer       (the other peer devices that exist)
 //			iifname vmap @dispatch      (the other peer devices: goto from_peer; by name)
 //			oifname @overlay_devs counter drop
 //		}
@@ -111,12 +112,13 @@ type filterSpec struct {
 	egress []netip.Addr
 }
 
-// installForwardFilter (re)creates the table in ns.
-func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
+// installForwardFilter (re)creates the table in ns. It returns the
+// indexes it matched the other peer devices by (those that existed).
+func installForwardFilter(ns netns.NsHandle, spec filterSpec) (map[string]uint32, error) {
 	tun, bridge, overlay := spec.tun, spec.bridge, spec.overlay
 	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
 	if err != nil {
-		return fmt.Errorf("forward filter: %w", err)
+		return nil, fmt.Errorf("forward filter: %w", err)
 	}
 	t := filterTable(tun)
 	// Replace a table left by a crashed run: add (a no-op if present),
@@ -150,20 +152,29 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 	addEgress(c, t, ch, fromBridge, spec, peerDevs, sets)
 	// The bridge and the TUN exist while the table does: matched by
 	// index (a 4-byte load, where a name is a 16-byte copy: about 30% of
-	// the filter's nftables work per packet, November 30); the others
-	// (made after the table, remade by their owners) by name.
-	idx := indexes(ns, bridge, tun)
+	// the filter's nftables work per packet, November 30). The other peer
+	// devices (the VXLAN fast path's, kernel WireGuard's) are made after
+	// the table and may be made again by their owners: by index too when
+	// they exist, and by name as well, after (the map below), so that a
+	// device made again under a new index is dispatched by its name
+	// until the table is made again for the new index (Host.otherLinks).
+	idx := indexes(ns, append([]string{bridge, tun}, spec.others...)...)
 	dispatch := map[string]string{bridge: fromBridgeChain}
 	for _, d := range peerDevs {
 		dispatch[d] = fromPeerChain
 	}
+	otherIdx := map[string]uint32{}
 	// One rule per index, bridge first (a map of indexes would print its
 	// elements in the order of the indexes, which a relaunch changes).
-	for _, name := range []string{bridge, tun} {
+	for i, name := range append([]string{bridge}, peerDevs...) {
 		if _, ok := idx[name]; ok {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: append(ifmatch(idx, expr.MetaKeyIIFNAME, expr.CmpOpEq, name),
 				&expr.Verdict{Kind: expr.VerdictGoto, Chain: dispatch[name]})})
-			delete(dispatch, name)
+			if i < 2 {
+				delete(dispatch, name) // the bridge, the TUN
+			} else {
+				otherIdx[name] = idx[name]
+			}
 		}
 	}
 	if len(dispatch) > 0 {
@@ -200,16 +211,16 @@ func installForwardFilter(ns netns.NsHandle, spec filterSpec) error {
 		}
 		drop(in, append(match, notFrom(append(peerDevs, bridge, "lo")...)...)...)
 		if err := addOverlayInput(c, t, in, spec, append([]string{bridge}, peerDevs...)); err != nil {
-			return fmt.Errorf("forward filter: %w", err)
+			return nil, fmt.Errorf("forward filter: %w", err)
 		}
 	}
 	if sets.err != nil {
-		return fmt.Errorf("forward filter: %w", sets.err)
+		return nil, fmt.Errorf("forward filter: %w", sets.err)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("forward filter: %w", err)
+		return nil, fmt.Errorf("forward filter: %w", err)
 	}
-	return nil
+	return otherIdx, nil
 }
 
 // removeForwardFilter deletes the table; a missing table is not an error.

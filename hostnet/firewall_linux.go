@@ -243,7 +243,7 @@ func (f *firewall) ensure() (repaired []string, err error) {
 	defer c.CloseLasting()
 	// The forward filter, which a `nft flush ruleset` removes too.
 	if t, err := c.ListTableOfFamily(f.own, nftables.TableFamilyINet); err != nil || t == nil {
-		if err := installForwardFilter(f.ns, f.filter); err != nil {
+		if _, err := installForwardFilter(f.ns, f.filter); err != nil {
 			errs = append(errs, err)
 		} else {
 			repaired = append(repaired, "forward filter")

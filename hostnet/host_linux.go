@@ -114,6 +114,9 @@ type Host struct {
 	skipped string       // prefixes last refused a route, to log a change once
 	hostIP  netip.Prefix // the bridge's address (SetHostIP); invalid: none yet
 	spec    filterSpec   // what the forward filter is made for (expose_linux.go)
+	// otherIdx: the indexes the forward filter matches the other peer
+	// devices by (those that existed when it was made; linkwatch_linux.go).
+	otherIdx map[string]uint32
 }
 
 // New creates (or re-adopts) the bridge with HostIP, sets the sysctls
@@ -166,7 +169,7 @@ func New(cfg Config) (*Host, error) {
 	spec := filterSpec{bridge: cfg.Bridge, tun: cfg.TUN, others: cfg.OtherDevices, overlay: cfg.Overlay, hostIP: cfg.HostIP.Addr(), peerUDP: cfg.PeerUDPPorts,
 		subnets: sortedSubnets(cfg.Subnets), ports: maps.Clone(cfg.PortSubnets), egress: sortedAddrs(cfg.Egress)}
 	h.spec = spec
-	if err := installForwardFilter(h.ns, spec); err != nil {
+	if h.otherIdx, err = installForwardFilter(h.ns, spec); err != nil {
 		return nil, fmt.Errorf("host networking: %w", err)
 	}
 	h.filtered = true

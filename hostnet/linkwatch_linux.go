@@ -1,6 +1,8 @@
 package hostnet
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -14,6 +16,10 @@ import (
 // ends with them. A lost subscription (the socket's buffer overran) is made
 // again after a second; what it missed, the daemon's periodic check of the
 // namespaces still finds.
+//
+// It also keeps the forward filter matching the other peer devices
+// (Config.OtherDevices) by their indexes: when one appears, goes or is
+// made again, the table is made again (otherLinks).
 func (h *Host) WatchDeletedLinks(stop <-chan struct{}, deleted func(name string)) {
 	for {
 		ch := make(chan netlink.LinkUpdate, 64)
@@ -24,7 +30,7 @@ func (h *Host) WatchDeletedLinks(stop <-chan struct{}, deleted func(name string)
 		})
 		if err != nil {
 			h.log.Warn("watching for deleted links; retrying in a second", "err", err)
-		} else if h.dispatchDeleted(stop, ch, deleted) {
+		} else if h.otherLinks(); h.dispatchDeleted(stop, ch, deleted) {
 			close(done)
 			for range ch {
 				// Drained so the reader sees the socket closed.
@@ -53,9 +59,35 @@ func (h *Host) dispatchDeleted(stop <-chan struct{}, ch <-chan netlink.LinkUpdat
 			if !ok {
 				return false
 			}
-			if u.Header.Type == unix.RTM_DELLINK && u.Link != nil {
-				deleted(u.Link.Attrs().Name)
+			if u.Link == nil {
+				continue
+			}
+			name := u.Link.Attrs().Name
+			if u.Header.Type == unix.RTM_DELLINK {
+				deleted(name)
+			}
+			if slices.Contains(h.cfg.OtherDevices, name) {
+				h.otherLinks()
 			}
 		}
+	}
+}
+
+// otherLinks makes the forward filter again when an other peer device
+// appeared, went or was made again (a new index) since it was made, so
+// that the table matches each that exists by its index; until then a
+// device made again is matched by its name (installForwardFilter).
+func (h *Host) otherLinks() {
+	if len(h.cfg.OtherDevices) == 0 || !h.filtered {
+		return
+	}
+	now := indexes(h.ns, h.cfg.OtherDevices...)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || maps.Equal(now, h.otherIdx) {
+		return
+	}
+	if err := h.setFilterLocked(h.spec); err != nil {
+		h.log.Warn("making the forward filter again for a peer device's new index", "err", err)
 	}
 }
