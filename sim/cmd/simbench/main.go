@@ -27,8 +27,12 @@
 // (each dial, refusal, connection, backoff, and the other peers' steps
 // about it, such as a connection shed for it) and, every 50 ms, how many
 // peers reach it and hold its record: the chain a slow join waited on
-// (timeline.go). The built mesh's line says how full it is and how long
-// its paths are.
+// (timeline.go); for the heal, how many connections each part's peers
+// held before it, and every dial and connection the heal made, by reason
+// (a target, a gossip dial under half the limit, a bridge) and by side
+// (printHealSummary: a heal's cost is the connections it makes, each a
+// new version of two records). The built mesh's line says how full it
+// is and how long its paths are.
 //
 // A benchmark, not a test: it prints the figures beside the issue's target
 // (10 s after the last join at N = 1,000) and fails only if it could not
@@ -139,7 +143,7 @@ func main() {
 	flag.DurationVar(&idleWindow, "idle", idleWindow, "how long to watch each built mesh with nothing changing (its background per peer)")
 	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile to this file when each mesh is built, or its build failed (the last N's is kept)")
 	flag.StringVar(&mutexProfile, "mutexprofile", "", "write a profile of lock waits (sync.Mutex contention, every wait sampled) to this file when each mesh is built, or its build failed (the last N's is kept)")
-	flag.BoolVar(&timelineOn, "timeline", false, "print each timed join's timeline: the joiner's dials, refusals, connections and backoffs, and how many peers reach it and hold its record, polled every 50 ms")
+	flag.BoolVar(&timelineOn, "timeline", false, "print each timed join's timeline: the joiner's dials, refusals, connections and backoffs, and how many peers reach it and hold its record, polled every 50 ms; and the heal's dials and connections by reason and side")
 	showCounters := flag.Bool("counters", false, "print, after each change, the counters (drops, refusals) that moved, summed over the peers")
 	batch := flag.Int("batch", 50, "while building the mesh of N-1, join this many peers at once, then wait for agreement")
 	topoOnly := flag.Bool("routers-only", false, "run each peer's router alone, with no IPAM and no DNS, and check only the topology (discovery's own figures; not issue 18's measure)")
@@ -438,11 +442,18 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 		}
 	}
 	c.Partition(cut)
+	healCut = map[int]bool{}
+	for i := range cut {
+		healCut[i] = true
+	}
 	if _, err := c.WaitFor(agreed(c), time.Now(), timeout); err != nil {
 		res.Changes = append(res.Changes, change{Name: "partition heals", Err: "partitioned halves: " + err.Error()})
 		return res
 	}
 	settle(c, time.Now(), timeout)
+	if timelineOn {
+		printPartSizes(n, connLimit, c)
+	}
 	measure("partition heals", func() error {
 		c.Heal()
 		return nil
@@ -507,8 +518,9 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 	ch := change{Name: name}
 	// A join's timeline (-timeline): the joiner is the next node.
 	traced := timelineOn && strings.HasSuffix(name, "joins") && name != "N launched"
+	healTraced := timelineOn && name == "partition heals"
 	next, t0 := c.NextIndex(), time.Now()
-	if traced {
+	if traced || healTraced {
 		tl.start()
 	}
 	err := do()
@@ -570,6 +582,9 @@ func measureOn(c *sim.Cluster, n int, res *result, name string, timeout time.Dur
 		ch.SettleMsgsOverN = float64(st.msgs-m0) / float64(n)
 		ch.SettleBytesPerPeer = float64(st.bytes-b0) / peers
 		ch.IdleMsgsPerPeerPerS = st.idleRate / peers
+	}
+	if healTraced {
+		printHealSummary(n, c, t0, tl.stop()) // until settled: the heal's whole tail
 	}
 	res.Changes = append(res.Changes, ch)
 	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: topology %.2f s, all %.2f s, cpu %.1f s, settled %.1f s (cpu %.1f s); until agreement %.1f frames/N (%s), %.0f bytes/peer; until settled %.1f frames/N, %.0f bytes/peer; idle %.2f frames/peer/s; %.1f verifies/peer %s\n",

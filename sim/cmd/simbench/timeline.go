@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,5 +163,140 @@ func printTimeline(n int, name string, c *sim.Cluster, joiner *sim.Node, t0 time
 	fmt.Fprintf(os.Stderr, "simbench: N=%d %s: timeline of %s (from the Join call):\n", n, name, joiner.Name)
 	for _, l := range lines {
 		fmt.Fprintf(os.Stderr, "simbench:   %+8.3fs %s\n", l.at.Seconds(), l.s)
+	}
+}
+
+// healCut is the nodes the partition cut off (-timeline traces the heal).
+var healCut map[int]bool
+
+// printHealSummary sums the heal's trace events (-timeline): which dials
+// were made and why (a target, a gossip dial under half the limit, a
+// bridge), from which side to which, what each connection made was, and
+// what was closed: a heal's cost is the connections it makes, each a new
+// version of two records flooded through the mesh.
+func printHealSummary(n int, c *sim.Cluster, t0 time.Time, events []tlEvent) {
+	idx := map[key.Public]int{}
+	for _, nd := range c.Alive() {
+		idx[nd.Key] = nd.Index
+	}
+	side := func(i int) string {
+		if healCut[i] {
+			return "cut"
+		}
+		return "main"
+	}
+	peerSide := func(k key.Public) string {
+		i, ok := idx[k]
+		if !ok {
+			return "?"
+		}
+		return side(i)
+	}
+	kinds := map[string]int{}
+	dials := map[string]int{}
+	made := map[string]int{}
+	closed := map[string]int{}
+	type pair struct {
+		node int
+		peer key.Public
+	}
+	why := map[pair]string{}
+	reason := func(d string) string {
+		if d == "target" {
+			return "target"
+		}
+		var unreach, full, bridging bool
+		var degree, failures, holding int
+		if _, err := fmt.Sscanf(d, "gossip: unreachable %t, full %t, degree %d, failures %d, bridging %t, holding %d", &unreach, &full, &degree, &failures, &bridging, &holding); err != nil {
+			return "gossip"
+		}
+		if bridging {
+			return "bridge"
+		}
+		return fmt.Sprintf("gossip(unreachable %v, holding %s)", unreach, bucket(holding))
+	}
+	var firstCross time.Duration = -1
+	for _, e := range events {
+		kinds[e.ev.Kind.String()]++
+		from, to := side(e.node), peerSide(e.ev.Peer)
+		switch e.ev.Kind {
+		case discovery.TraceDial:
+			r := reason(e.ev.Detail)
+			why[pair{e.node, e.ev.Peer}] = r
+			dials[fmt.Sprintf("%s→%s %s", from, to, r)]++
+		case discovery.TraceEstablished:
+			if strings.HasPrefix(e.ev.Detail, "outbound true") {
+				r := why[pair{e.node, e.ev.Peer}]
+				if r == "" {
+					r = "target" // a target's first dial names no peer
+				}
+				made[fmt.Sprintf("%s→%s %s", from, to, r)]++
+				if from != to && firstCross < 0 {
+					firstCross = e.ev.At.Sub(t0)
+				}
+			}
+		case discovery.TraceClosed:
+			d := e.ev.Detail
+			if i := strings.LastIndex(d, ", now "); i >= 0 {
+				d = d[:i]
+			}
+			closed[fmt.Sprintf("%s–%s %s", from, to, d)]++
+		}
+	}
+	show := func(what string, m map[string]int) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, func(a, b string) int { return cmp.Or(cmp.Compare(m[b], m[a]), cmp.Compare(a, b)) })
+		for _, k := range keys {
+			fmt.Fprintf(os.Stderr, "simbench:   N=%d heal %s: %5d %s\n", n, what, m[k], k)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "simbench: N=%d heal: trace of %d events (%d cut off), first connection across at %v\n", n, len(events), len(healCut), firstCross.Round(time.Millisecond))
+	show("events", kinds)
+	show("dials", dials)
+	show("made (outbound end)", made)
+	show("closed", closed)
+}
+
+func bucket(h int) string {
+	switch {
+	case h < 15:
+		return "<15"
+	case h < 30:
+		return "15-29"
+	}
+	return ">=30"
+}
+
+// printPartSizes prints, before the heal (-timeline), how many
+// connections the peers of each part hold: a part still refilling after
+// the cut makes its connections during the heal instead.
+func printPartSizes(n, connLimit int, c *sim.Cluster) {
+	if connLimit == 0 {
+		connLimit = discovery.DefaultConnLimit
+	}
+	want := (connLimit + 1) / 2
+	for _, part := range []string{"cut", "main"} {
+		peers, under, sum, least := 0, 0, 0, connLimit
+		for _, nd := range c.Alive() {
+			if healCut[nd.Index] != (part == "cut") {
+				continue
+			}
+			d := 0
+			for _, r := range nd.Router.Reachable() {
+				if r.Direct {
+					d++
+				}
+			}
+			peers++
+			sum += d
+			least = min(least, d)
+			if d < want {
+				under++
+			}
+		}
+		fmt.Fprintf(os.Stderr, "simbench: N=%d before the heal: %s part: %d peers, %.1f connections on average, least %d, %d under %d\n", n, part, peers, float64(sum)/float64(max(peers, 1)), least, under, want)
 	}
 }
