@@ -27,8 +27,11 @@ import (
 // pass).
 // Meshes of up to connWant+1 peers stay full meshes, as before the limit.
 //
-// Which peers: unreachable ones first (they bridge a partition), then each
-// peer's own pseudo-random order of the others (a hash of both keys), so
+// Which peers: for a peer that reaches others, those it reaches first and
+// at most bridgeCount unreachable ones a pass (a part cut off fills from
+// its own peers; the bridges join the parts); for one that reaches
+// nobody (a joiner), unreachable ones with room first; each peer in its
+// own pseudo-random order of the others (a hash of both keys), so
 // the graph is a random graph of minimum degree connWant: connected with
 // overwhelming probability, diameter about log N / log connWant (2-3 hops
 // at 1,000 peers and the default). Records list at most ConnLimit
@@ -370,17 +373,41 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		}
 		bridging = true
 	}
-	// Peers whose dials failed go last (a cut-off or dead peer is not
-	// tried before every other), then unreachable ones first (they
-	// bridge), each peer in its own order; bridges all in one order, so
-	// that a heal needs few new connections. Among unreachable peers,
-	// those whose records list ConnLimit neighbours go last: a joiner
-	// reaches nobody, so every record a full bootstrap peer referred it
-	// to is unreachable, and it dialled its pick of them, full or not,
-	// each full one a refused handshake and a referral of 30 records
-	// more (105 refusals for the 1,000th join in simulation, 7 for the
-	// 100th; lead's run of fc682d6).
+	// A peer that reaches others (not a joiner, not a peer cut off from
+	// everyone) dials the peers it reaches first, and at most
+	// bridgeCount unreachable ones a pass with the room they leave.
+	// Unreachable peers all came first (they might bridge): after a
+	// cut, every peer of a part that had lost connections dialled the
+	// other part's peers first, room-many a tick, each dial failing,
+	// and only after hundreds of them the peers of its own part. It sat
+	// under connWant for the partition's first tens of seconds, and a
+	// heal that came before its part refilled made those connections
+	// then, each a new version of two records flooded through the whole
+	// healed mesh (issue 18: at N=300 the part of 30 cut off made 57
+	// connections among itself during the heal, and 53 across, where
+	// the bridges made 4; a build with shedding leaves more peers with
+	// room, so more dials across came first). The bridges (below) are
+	// what joins two parts.
+	//
+	// Then peers whose dials failed go last (a cut-off or dead peer is
+	// not tried before every other); otherwise unreachable ones first
+	// (a joiner, a peer cut off from everyone: every candidate is
+	// unreachable), each peer in its own order; bridges all in one
+	// order, so that a heal needs few new connections. Among
+	// unreachable peers, those whose records list ConnLimit neighbours
+	// go last: a joiner reaches nobody, so every record a full
+	// bootstrap peer referred it to is unreachable, and it dialled its
+	// pick of them, full or not, each full one a refused handshake and
+	// a referral of 30 records more (105 refusals for the 1,000th join
+	// in simulation, 7 for the 100th; lead's run of fc682d6).
+	reachSome := r.rt.count() > 1
 	slices.SortFunc(cands, func(a, b dialCandidate) int {
+		if reachSome && !bridging && a.unreachable != b.unreachable {
+			if b.unreachable {
+				return -1
+			}
+			return 1
+		}
 		if c := cmp.Compare(r.dialFailures(a.k), r.dialFailures(b.k)); c != 0 {
 			return c
 		}
@@ -401,7 +428,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		}
 		return cmp.Compare(a.rank, b.rank)
 	})
-	started, fullDials := 0, 0
+	started, fullDials, unreachDials := 0, 0, 0
 	if r.tracing() {
 		defer func() {
 			r.trace(TracePass, key.Public{}, "", fmt.Sprintf("%d candidates (%d unreachable), room %d, %d in flight, started %d (%d to full peers), bridging %v", len(cands), unreachable, room, inFlight, started, fullDials, bridging))
@@ -411,15 +438,19 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		if started >= room {
 			break
 		}
-		if c.full && !bridging {
-			// Each refusal refers us to the full peer's neighbours:
-			// two at a time find those with room, where a pass of
-			// connWant dials to full peers came back as that many
-			// refusals.
-			if fullDials >= maxFullDials {
-				continue
-			}
+		// Each refusal refers us to the full peer's neighbours: two at
+		// a time find those with room, where a pass of connWant dials
+		// to full peers came back as that many refusals.
+		countFull := c.full && !bridging
+		countUnreach := c.unreachable && !bridging && reachSome
+		if countFull && fullDials >= maxFullDials || countUnreach && unreachDials >= bridgeCount {
+			continue
+		}
+		if countFull {
 			fullDials++
+		}
+		if countUnreach {
+			unreachDials++
 		}
 		started++
 		e := r.recs[c.k]
@@ -436,7 +467,7 @@ func (r *Router) gossipDialsLocked(now time.Time) {
 		d.inFlight = true
 		d.bridge = c.unreachable
 		if r.tracing() {
-			r.trace(TraceDial, c.k, ep.String(), fmt.Sprintf("gossip: unreachable %v, full %v, degree %d, failures %d", c.unreachable, c.full, r.graph.degree(c.k), r.dialFailures(c.k)))
+			r.trace(TraceDial, c.k, ep.String(), fmt.Sprintf("gossip: unreachable %v, full %v, degree %d, failures %d, bridging %v, holding %d", c.unreachable, c.full, r.graph.degree(c.k), r.dialFailures(c.k), bridging, len(r.active)))
 		}
 		r.wg.Add(1)
 		go r.gossipDial(c.k, ep)

@@ -271,3 +271,83 @@ func TestJoinerDialsPeersWithRoomFirst(t *testing.T) {
 		t.Fatalf("dialled candidates %v (0-5 full, 6-7 with room; room for 4 dials); want %v: those with room and two full ones", dialled, want)
 	}
 }
+
+// A peer under half its limit that reaches others (here: of a part cut
+// off from the rest of the mesh) fills its room with the peers it reaches
+// first, and dials at most bridgeCount unreachable ones a pass with the
+// room left. Unreachable peers all came first: at N=300 in simulation
+// the peers of a part of 30 cut off dialled the 270 others first,
+// room-many a tick, each dial failing, so they sat under connWant while
+// the partition lasted and made their own part's connections during the
+// heal instead, each a new version of two records flooded through the
+// healed mesh (issue 18). Here the router holds one connection, to peer
+// 1; peers 2-4 are reached through 1, peers 5-12 not; all have room. At
+// a limit of 6 (room for 2 dials) and of 12 (room for 5).
+func TestPartFillsFromPeersItReaches(t *testing.T) {
+	for _, tc := range []struct {
+		limit, room int
+	}{{6, 2}, {12, 5}} {
+		t.Run(fmt.Sprintf("limit %d", tc.limit), func(t *testing.T) {
+			reached, unreached := partDials(t, tc.limit)
+			want := min(tc.room, 3) // of peers 2-4, in the router's own order
+			if len(reached) != want || len(unreached) > min(tc.room-want, bridgeCount) {
+				t.Fatalf("room for %d dials: dialled reachable peers %v and unreachable ones %v; want %d of the reachable 2-4 and at most %d unreachable", tc.room, reached, unreached, want, min(tc.room-want, bridgeCount))
+			}
+		})
+	}
+}
+
+// partDials runs one pass of gossip dials of TestPartFillsFromPeersItReaches's
+// router at limit and returns the reachable and unreachable peers dialled.
+func partDials(t *testing.T, limit int) (reached, unreached []int) {
+	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: limit, Network: failNetwork{},
+		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	m := newMeshView(13)
+	m.ks[0] = r.self
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, _ := net.Pipe()
+	c := &conn{r: r, nc: a, peer: m.ks[1], done: make(chan struct{})}
+	r.conns[c] = struct{}{}
+	if err := r.addConnLocked(c); err != nil {
+		t.Fatal(err)
+	}
+	r.publishNeighborsLocked()
+	m.nb[1][0] = true
+	for _, j := range []int{2, 3, 4} {
+		m.nb[1][j], m.nb[j][1] = true, true
+	}
+	for i := 5; i < 13; i += 2 {
+		m.nb[i][i+1], m.nb[i+1][i] = true, true // the other part, in pairs
+	}
+	for i := 1; i < 13; i++ {
+		rec := m.record(i)
+		rec.Port = 6783
+		r.mergeRecordsLocked(nil, []Record{*rec}, []sigCheck{sigGood})
+	}
+	r.freshLocked()
+	for i := 1; i < 13; i++ {
+		r.recs[m.ks[i]].lastIP = netipMust(fmt.Sprintf("192.0.2.%d", i))
+	}
+	for i := 2; i < 13; i++ {
+		if got, want := r.rt.reachable(m.ks[i]), i < 5; got != want {
+			t.Fatalf("peer %d reachable %v, want %v: the test's mesh is wrong", i, got, want)
+		}
+	}
+	r.gossipDialsLocked(r.now())
+	for i := 2; i < 13; i++ {
+		if d := r.dials[m.ks[i]]; d != nil && d.inFlight {
+			if i < 5 {
+				reached = append(reached, i)
+			} else {
+				unreached = append(unreached, i)
+			}
+		}
+	}
+	return reached, unreached
+}
