@@ -81,10 +81,12 @@ func (h *Host) otherLinks() {
 	if len(h.cfg.OtherDevices) == 0 || !h.filtered {
 		return
 	}
-	now := indexes(h.ns, h.cfg.OtherDevices...)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed || maps.Equal(now, h.otherIdx) {
+	if h.closed { // h.ns is closed too
+		return
+	}
+	if maps.Equal(indexes(h.ns, h.cfg.OtherDevices...), h.otherIdx) {
 		return
 	}
 	if err := h.setFilterLocked(h.spec); err != nil {
