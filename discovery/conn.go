@@ -250,6 +250,9 @@ func (c *conn) writeMsg(m []byte, deadline time.Duration) error {
 		c.nc.SetWriteDeadline(time.Now().Add(deadline))
 	}
 	_, err = c.nc.Write(b)
+	if err == nil && c.r != nil { // tests write from bare conns
+		c.r.frames.inc(m)
+	}
 	return err
 }
 

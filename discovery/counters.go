@@ -110,3 +110,42 @@ func (c counters) snapshot() map[string]uint64 {
 	}
 	return m
 }
+
+// frameCounts counts the frames a router wrote, by message type
+// (FramesSent). The simulator counts each host's frames and bytes, not
+// what they were: a change's frames per peer grew from N=300 to 1,000
+// (issue 18), and its counters count entries (records, haves, wants),
+// not the frames that carried them.
+type frameCounts [16]atomic.Uint64
+
+// msgNames names the message types for FramesSent.
+var msgNames = [16]string{
+	msgHello: "hello", msgRecords: "records", msgKeepalive: "keepalive",
+	msgChannel: "channel", msgBusy: "busy", msgDigest: "digest",
+	msgHave: "have", msgWant: "want", msgSummary: "summary",
+	msgFeatures: "features", msgMulticast: "multicast", 15: "other",
+}
+
+func (f *frameCounts) inc(m []byte) {
+	if len(m) == 0 {
+		return
+	}
+	t := int(m[0])
+	if t >= len(f) || msgNames[t] == "" {
+		t = 15
+	}
+	f[t].Add(1)
+}
+
+// FramesSent returns how many frames this router has written on its
+// control connections, by message type ("have", "records", "channel",
+// ...; types it does not name as "other"), handshakes not included.
+func (r *Router) FramesSent() map[string]uint64 {
+	m := map[string]uint64{}
+	for t := range r.frames {
+		if v := r.frames[t].Load(); v > 0 {
+			m[msgNames[t]] += v
+		}
+	}
+	return m
+}

@@ -221,6 +221,7 @@ type Router struct {
 	now     func() time.Time
 	changes chan struct{}
 	ctr     counters
+	frames  frameCounts // frames written, by message type (FramesSent)
 	tun     tunables
 	limiter *rateLimiter // has its own lock
 

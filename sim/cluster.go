@@ -517,7 +517,8 @@ func (c *Cluster) RouterCounters() map[string]uint64 { return c.sumCounters(fals
 
 // Counters sums the counters of every node's router (discovery),
 // allocator (ipam) and name server (dns), gone ones included (so totals never go down): where a
-// run's messages were dropped or refused.
+// run's messages were dropped or refused. Each router's frames by message
+// type (Router.FramesSent) are in it too, as frames_sent_TYPE.
 func (c *Cluster) Counters() map[string]uint64 { return c.sumCounters(true) }
 
 // RouterCounter sums the named counters of every node's router, gone
@@ -550,6 +551,9 @@ func (c *Cluster) sumCounters(withIPAM bool) map[string]uint64 {
 		}
 		for k, v := range nd.Router.Counters() {
 			out[k] += v
+		}
+		for k, v := range nd.Router.FramesSent() {
+			out["frames_sent_"+k] += v
 		}
 		if withIPAM && nd.IPAM != nil {
 			for k, v := range nd.IPAM.Counters() {

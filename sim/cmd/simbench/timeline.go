@@ -216,6 +216,7 @@ func printHealSummary(n int, c *sim.Cluster, t0 time.Time, events []tlEvent) {
 		return fmt.Sprintf("gossip(unreachable %v, holding %s)", unreach, bucket(holding))
 	}
 	var firstCross time.Duration = -1
+	madeAt := map[string][]time.Duration{}
 	for _, e := range events {
 		kinds[e.ev.Kind.String()]++
 		from, to := side(e.node), peerSide(e.ev.Peer)
@@ -231,6 +232,8 @@ func printHealSummary(n int, c *sim.Cluster, t0 time.Time, events []tlEvent) {
 					r = "target" // a target's first dial names no peer
 				}
 				made[fmt.Sprintf("%s→%s %s", from, to, r)]++
+				at := e.ev.At.Sub(t0)
+				madeAt[r] = append(madeAt[r], at)
 				if from != to && firstCross < 0 {
 					firstCross = e.ev.At.Sub(t0)
 				}
@@ -258,6 +261,10 @@ func printHealSummary(n int, c *sim.Cluster, t0 time.Time, events []tlEvent) {
 	show("dials", dials)
 	show("made (outbound end)", made)
 	show("closed", closed)
+	for r, ats := range madeAt {
+		slices.Sort(ats)
+		fmt.Fprintf(os.Stderr, "simbench:   N=%d heal made by %s: %d, from %v to %v (median %v)\n", n, r, len(ats), ats[0].Round(time.Millisecond), ats[len(ats)-1].Round(time.Millisecond), ats[len(ats)/2].Round(time.Millisecond))
+	}
 }
 
 func bucket(h int) string {
