@@ -171,26 +171,9 @@ func TestFullTargetReachedThroughTheMeshIsSatisfied(t *testing.T) {
 // peer 1, which its gossip dial made; peer 2, reachable through 1, has
 // room.
 func TestGossipDialledConnectionsCountOnce(t *testing.T) {
-	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: 4, Network: failNetwork{},
-		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	m := newMeshView(3)
-	m.ks[0] = r.self
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	a, _ := net.Pipe()
-	c := &conn{r: r, nc: a, peer: m.ks[1], done: make(chan struct{})}
-	r.conns[c] = struct{}{}
-	if err := r.addConnLocked(c); err != nil {
-		t.Fatal(err)
-	}
+	r, m := oneConnRouter(t, 4, 3)
 	r.dials[m.ks[1]] = &gossipDial{inFlight: true} // its dial, serving the connection
-	r.publishNeighborsLocked()
-	m.nb[1][0], m.nb[1][2], m.nb[2][1] = true, true, true
+	m.nb[1][2], m.nb[2][1] = true, true
 	for _, i := range []int{1, 2} {
 		rec := m.record(i)
 		rec.Port = 6783
@@ -207,6 +190,34 @@ func TestGossipDialledConnectionsCountOnce(t *testing.T) {
 	if d := r.dials[m.ks[2]]; d == nil || !d.inFlight {
 		t.Fatal("one connection of the two it aims for, made by its own dial: it did not dial peer 2")
 	}
+}
+
+// oneConnRouter returns a router at limit whose dials all fail, holding
+// one connection, to peer 1 of a mesh view of n peers whose peer 0 is the
+// router (peer 1's side of that edge noted in the view), with its mutex
+// held until the test ends.
+func oneConnRouter(t *testing.T, limit, n int) (*Router, *meshView) {
+	t.Helper()
+	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: limit, Network: failNetwork{},
+		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	m := newMeshView(n)
+	m.ks[0] = r.self
+	r.mu.Lock()
+	t.Cleanup(r.mu.Unlock) // before Close: cleanups run last first
+	a, _ := net.Pipe()
+	c := &conn{r: r, nc: a, peer: m.ks[1], done: make(chan struct{})}
+	r.conns[c] = struct{}{}
+	if err := r.addConnLocked(c); err != nil {
+		t.Fatal(err)
+	}
+	r.publishNeighborsLocked()
+	m.nb[1][0] = true
+	return r, m
 }
 
 // failNetwork refuses every dial.
@@ -300,25 +311,7 @@ func TestPartFillsFromPeersItReaches(t *testing.T) {
 // partDials runs one pass of gossip dials of TestPartFillsFromPeersItReaches's
 // router at limit and returns the reachable and unreachable peers dialled.
 func partDials(t *testing.T, limit int) (reached, unreached []int) {
-	r, err := New(Config{Private: newKey(t), Secret: testSecret, ConnLimit: limit, Network: failNetwork{},
-		Verify: func(key.Public, string, []byte, *key.Signature) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	m := newMeshView(13)
-	m.ks[0] = r.self
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	a, _ := net.Pipe()
-	c := &conn{r: r, nc: a, peer: m.ks[1], done: make(chan struct{})}
-	r.conns[c] = struct{}{}
-	if err := r.addConnLocked(c); err != nil {
-		t.Fatal(err)
-	}
-	r.publishNeighborsLocked()
-	m.nb[1][0] = true
+	r, m := oneConnRouter(t, limit, 13)
 	for _, j := range []int{2, 3, 4} {
 		m.nb[1][j], m.nb[j][1] = true, true
 	}

@@ -471,12 +471,7 @@ func degrees(c *sim.Cluster, connLimit int) string {
 	peers, full, sum, room := 0, 0, 0, 0
 	alive := c.Alive()
 	for _, nd := range alive {
-		d := 0
-		for _, r := range nd.Router.Reachable() {
-			if r.Direct {
-				d++
-			}
-		}
+		d := direct(nd)
 		peers++
 		sum += d
 		if d >= connLimit {
@@ -502,6 +497,17 @@ func degrees(c *sim.Cluster, connLimit int) string {
 		}
 	}
 	return fmt.Sprintf("mean degree %.1f of a limit of %d, %d of %d peers at the limit, %d connections of room in the others; %.2f hops on average between peers, at most %d (from ten peers to all)", float64(sum)/float64(peers), connLimit, full, peers, room, float64(hops)/float64(max(paths, 1)), most)
+}
+
+// direct is how many control connections nd holds.
+func direct(nd *sim.Node) int {
+	d := 0
+	for _, r := range nd.Router.Reachable() {
+		if r.Direct {
+			d++
+		}
+	}
+	return d
 }
 
 // measureOn makes a change on c with do and times the agreement after it,

@@ -291,12 +291,7 @@ func printPartSizes(n, connLimit int, c *sim.Cluster) {
 			if healCut[nd.Index] != (part == "cut") {
 				continue
 			}
-			d := 0
-			for _, r := range nd.Router.Reachable() {
-				if r.Direct {
-					d++
-				}
-			}
+			d := direct(nd)
 			peers++
 			sum += d
 			least = min(least, d)
