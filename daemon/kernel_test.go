@@ -179,22 +179,11 @@ func TestReconcileSplitsPeersBetweenKernelAndTUN(t *testing.T) {
 // kernel's peers are not sent); a peer that joins or stays on the device,
 // or one that never was on it, is not.
 func TestPeerLeavingKernelHandshakes(t *testing.T) {
-	r, tn := newFakeRouter(), newFakeTunnel()
-	fk := &fakeKernel{}
-	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
-	direct := func(port uint16) tunnel.PeerStats {
-		return tunnel.PeerStats{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)}
-	}
-	tn.stats = map[key.Public]tunnel.PeerStats{
-		pubKey(1): direct(6783),
-		pubKey(2): direct(6784),
+	d, tn, fk := newKernelTestDaemon(t, map[key.Public]tunnel.PeerStats{
+		pubKey(1): directFrom(6783),
+		pubKey(2): directFrom(6784),
 		pubKey(3): {Relayed: true, Via: pubKey(1)},
-	}
-	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")}}
-	for i := byte(1); i <= 3; i++ {
-		r.peers = append(r.peers, discovery.Peer{Key: pubKey(i), Reachable: true,
-			Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.AddrFrom4([4]byte{10, 32, 0, 1 + i})})
-	}
+	})
 	d.reconcile()
 	if len(fk.peers) != 2 {
 		t.Fatalf("kernel peers %+v: want peers 1 and 2", fk.peers)
@@ -218,7 +207,7 @@ func TestPeerLeavingKernelHandshakes(t *testing.T) {
 	if len(tn.rehandshakes) != 1 {
 		t.Errorf("handshakes asked again with nothing moved: %+v", tn.rehandshakes)
 	}
-	tn.stats[pubKey(1)] = direct(6783)
+	tn.stats[pubKey(1)] = directFrom(6783)
 	d.reconcile()
 	if len(tn.rehandshakes) != 1 || len(fk.peers) != 2 {
 		t.Errorf("peer 1 back on the kernel device (kernel peers %+v): handshakes asked of wireguard-go %+v", fk.peers, tn.rehandshakes)
@@ -357,21 +346,10 @@ func TestDatapathFlag(t *testing.T) {
 // must go out (were they dropped, the pair had no session until the next
 // write: the kernel's answers go to wireguard-go too).
 func TestKernelEndpointsAreTheSteered(t *testing.T) {
-	r, tn := newFakeRouter(), newFakeTunnel()
-	fk := &fakeKernel{}
-	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
-	direct := func(port uint16) tunnel.PeerStats {
-		return tunnel.PeerStats{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)}
-	}
-	tn.stats = map[key.Public]tunnel.PeerStats{
-		pubKey(1): direct(6783),
+	d, tn, fk := newKernelTestDaemon(t, map[key.Public]tunnel.PeerStats{
+		pubKey(1): directFrom(6783),
 		pubKey(2): {Relayed: true, Via: pubKey(1)},
-	}
-	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")}}
-	for i := byte(1); i <= 2; i++ {
-		r.peers = append(r.peers, discovery.Peer{Key: pubKey(i), Reachable: true,
-			Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.AddrFrom4([4]byte{10, 32, 0, 1 + i})})
-	}
+	})
 	d.reconcile()
 	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783]"; got != want {
 		t.Fatalf("kernel endpoints told to the tunnel: %s; want peer 1's %s", got, want)
@@ -379,7 +357,7 @@ func TestKernelEndpointsAreTheSteered(t *testing.T) {
 	// Peer 2's path goes direct; the device takes it, the sets' write
 	// fails.
 	fk.steerFail = true
-	tn.stats[pubKey(2)] = direct(6784)
+	tn.stats[pubKey(2)] = directFrom(6784)
 	d.reconcile()
 	if len(fk.peers) != 2 {
 		t.Fatalf("kernel peers %+v: want peers 1 and 2", fk.peers)
@@ -392,4 +370,26 @@ func TestKernelEndpointsAreTheSteered(t *testing.T) {
 	if got, want := fmt.Sprint(tn.kernelEPs), "[192.0.2.2:6783 192.0.2.2:6784]"; got != want {
 		t.Errorf("kernel endpoints told to the tunnel once the write succeeded: %s; want %s", got, want)
 	}
+}
+
+// newKernelTestDaemon is a daemon with a fake kernel device whose tunnel
+// reports stats for peers 1..len(stats) (pubKey(i), host 10.32.0.1+i),
+// every one reachable in the router's view.
+func newKernelTestDaemon(t *testing.T, stats map[key.Public]tunnel.PeerStats) (*Daemon, *fakeTunnel, *fakeKernel) {
+	t.Helper()
+	r, tn := newFakeRouter(), newFakeTunnel()
+	fk := &fakeKernel{}
+	d := newTestDaemonOn(t, testConfig(t), r, dataPlane{wg: tn, host: tn, fast: &fakeFast{}, kernel: fk})
+	tn.stats = stats
+	r.peers = []discovery.Peer{{Key: d.pub, Self: true, Reachable: true, HostIP: netip.MustParseAddr("10.32.0.1")}}
+	for i := byte(1); int(i) <= len(stats); i++ {
+		r.peers = append(r.peers, discovery.Peer{Key: pubKey(i), Reachable: true,
+			Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), HostIP: netip.AddrFrom4([4]byte{10, 32, 0, 1 + i})})
+	}
+	return d, tn, fk
+}
+
+// directFrom is the stats of a peer reached direct at 192.0.2.2:port.
+func directFrom(port uint16) tunnel.PeerStats {
+	return tunnel.PeerStats{Endpoint: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port)}
 }
