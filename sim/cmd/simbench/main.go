@@ -412,7 +412,14 @@ func run(n int, seed uint64, connLimit, batch int, burst bool, timeout time.Dura
 	res.BuildSeconds = time.Since(start).Seconds()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, %d goroutines; %s\n", n, ms.HeapInuse>>20, runtime.NumGoroutine(), degrees(c, connLimit))
+	inuse := ms.HeapInuse
+	// Heap in use is what the collector has not yet freed (with GOGC
+	// at 200, up to three times the live heap): one run's figure can
+	// be twice another's with the same live heap. The live heap after
+	// a collection is what the mesh holds.
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "simbench: N=%d: built; heap in use %d MB, live %d MB after a collection, %d goroutines; %s\n", n, inuse>>20, ms.HeapAlloc>>20, runtime.NumGoroutine(), degrees(c, connLimit))
 	writeHeap()
 	writeMutex()
 	res.Idle = measureIdle(c, idleWindow)
