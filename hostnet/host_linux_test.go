@@ -47,6 +47,21 @@ func (h *testHost) start(t *testing.T) {
 	t.Cleanup(func() { hn.Close() })
 }
 
+// hiddenHostWithContainer starts a host whose overlay is 10.32.0.0/12 and
+// attaches one container (c1) at 10.32.1.1: the hidden-host tests' setup.
+func hiddenHostWithContainer(t *testing.T) (*testHost, *netnstest.NS, Attached) {
+	t.Helper()
+	h := oneHost(t)
+	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
+	h.start(t)
+	c1 := newNetns(t, "c1")
+	att, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, c1, att
+}
+
 func TestAttachErrors(t *testing.T) {
 	h := oneHost(t)
 	h.start(t)

@@ -23,13 +23,7 @@ import (
 // answers none of the container's pings, connections or datagrams, nor a
 // SYN from the port it just talked to.
 func TestHostFlowsWithoutConntrack(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
-		t.Fatal(err)
-	}
+	h, c1, _ := hiddenHostWithContainer(t)
 	// A remote peer's range, routed into the TUN (which nobody reads: the
 	// packets are forwarded, and conntrack would have seen them, before
 	// they are lost there).
@@ -212,13 +206,7 @@ func udpHello(ns *netnstest.NS, addr string) (got string, err error) {
 // (kubelet's probes of its pods, a scraper) would otherwise fill the set,
 // and then no new flow of the host's gets its replies.
 func TestHostFlowsForgetClosedConnections(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
-		t.Fatal(err)
-	}
+	h, c1, _ := hiddenHostWithContainer(t)
 	// The container's server closes once the host has closed (serveHello):
 	// the host closes first.
 	tcpLn, _ := serveHello(t, c1)
@@ -317,14 +305,7 @@ func nftDuration(s string) string {
 // on it: the jumps name the devices, where a stale index would match
 // nothing and let everything in.
 func TestOverlayInputAfterBridgeRemade(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	att, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, c1, att := hiddenHostWithContainer(t)
 	hostLn, _ := serveHello(t, h.ns)
 	if got, _, err := tcpHello(c1, hostLn.Addr().String()); err == nil {
 		t.Fatalf("the container connected to the hidden host before the bridge was remade: %q", got)
@@ -365,13 +346,7 @@ func TestOverlayInputAfterBridgeRemade(t *testing.T) {
 // reassembles there): IPv4 reassembles what is for the host itself before
 // the input hook, where overlay_in is.
 func TestHostFlowsFragmentedReplies(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
-		t.Fatal(err)
-	}
+	h, c1, _ := hiddenHostWithContainer(t)
 	const size = 4000 // about three fragments at the bridge's 1420
 	var pc net.PacketConn
 	var err error
@@ -465,13 +440,7 @@ func reassembled(t *testing.T, ns *netnstest.NS) string {
 // make the host abort its connections or lower its path MTU towards any
 // underlay address (a peer's tunnel) with forged errors.
 func TestHostICMPErrorsQuoteFlows(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	if _, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")}); err != nil {
-		t.Fatal(err)
-	}
+	h, c1, _ := hiddenHostWithContainer(t)
 	// An underlay of the host's: a flow there is none of the overlay's.
 	run(t, "ip", "-n", h.ns.Name, "link", "add", "under0", "type", "veth", "peer", "name", "under1")
 	run(t, "ip", "-n", h.ns.Name, "link", "set", "under1", "up")
@@ -594,14 +563,7 @@ func icmpChecksum(msg []byte) uint16 {
 // discovery still works both ways: the host's own ping to the container's
 // link-local address is answered.
 func TestHiddenHostOverIPv6(t *testing.T) {
-	h := oneHost(t)
-	h.cfg.Overlay = netipPrefix("10.32.0.0/12")
-	h.start(t)
-	c1 := newNetns(t, "c1")
-	att, err := h.host.Attach(AttachSpec{Netns: c1.Path, IP: netipPrefix("10.32.1.1/12")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, c1, att := hiddenHostWithContainer(t)
 	linkLocal := func(ns *netnstest.NS, dev string) string {
 		t.Helper()
 		// Until duplicate address detection is done the address is
