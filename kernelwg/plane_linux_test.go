@@ -146,6 +146,24 @@ func fakePlane(t *testing.T) (*Plane, *fakeClient, *netnstest.NS) {
 	return p, fc, ns
 }
 
+// steerWithFailingWrites installs p's steering sets and makes their writes
+// fail while *fail (the pointer returned) is not nil.
+func steerWithFailingWrites(t *testing.T, p *Plane) *error {
+	t.Helper()
+	if err := installSteering(p.ns, p.cfg); err != nil {
+		t.Fatal(err)
+	}
+	p.steering = true
+	fail := new(error)
+	p.writeSteering = func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
+		if *fail != nil {
+			return *fail
+		}
+		return setKernelEndpoints(ns, port, eps)
+	}
+	return fail
+}
+
 // TestPlaneConfiguresPeersAndRoutes: the device gets the private key, the
 // port, each peer with the network secret as preshared key, its endpoint
 // and AllowedIPs; the peers' prefixes are routed into it; an unchanged
@@ -358,10 +376,7 @@ func TestPlaneKicksAHandshake(t *testing.T) {
 // for the kernel's next try (the VM test's first pings).
 func TestPlaneKicksAfterSteering(t *testing.T) {
 	p, fc, _ := fakePlane(t)
-	if err := installSteering(p.ns, p.cfg); err != nil {
-		t.Fatal(err)
-	}
-	p.steering = true
+	steerWithFailingWrites(t, p)
 	kB := key.Public{2}
 	peerB := Peer{Key: kB, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
 	var atKick []string // the set when each kick was sent
@@ -391,17 +406,7 @@ func TestPlaneKicksAfterSteering(t *testing.T) {
 // still is; the next write that succeeds makes them the peers' again.
 func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
 	p, _, _ := fakePlane(t)
-	if err := installSteering(p.ns, p.cfg); err != nil {
-		t.Fatal(err)
-	}
-	p.steering = true
-	var fail error
-	p.writeSteering = func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
-		if fail != nil {
-			return fail
-		}
-		return setKernelEndpoints(ns, port, eps)
-	}
+	fail := steerWithFailingWrites(t, p)
 	peer := func(n byte, ep string) Peer {
 		return Peer{Key: key.Public{n}, Endpoint: netip.MustParseAddrPort(ep),
 			Prefixes: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 32, 0, n}), 32)}}
@@ -422,7 +427,7 @@ func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("B joins", on, peerB)
-	fail = errors.New("netlink: no buffer space")
+	*fail = errors.New("netlink: no buffer space")
 	on, err = p.SetPeers([]Peer{peerB, peerC})
 	if err == nil || !on[peerC.Key] {
 		t.Fatalf("C joins while the sets cannot be written: carried %v, err %v; want C on the device and an error", on, err)
@@ -430,7 +435,7 @@ func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
 	check("C joins, the write fails", on, peerB)
 	on, _ = p.SetPeers([]Peer{peerC})
 	check("B leaves, the write fails", on, peerB)
-	fail = nil
+	*fail = nil
 	on, err = p.SetPeers([]Peer{peerC})
 	if err != nil {
 		t.Fatal(err)
@@ -446,28 +451,18 @@ func TestPlaneSteeredAfterFailedWrite(t *testing.T) {
 // set.
 func TestPlaneKicksOnceSteered(t *testing.T) {
 	p, fc, _ := fakePlane(t)
-	if err := installSteering(p.ns, p.cfg); err != nil {
-		t.Fatal(err)
-	}
-	p.steering = true
-	var fail error
-	p.writeSteering = func(ns netns.NsHandle, port uint16, eps []netip.AddrPort) error {
-		if fail != nil {
-			return fail
-		}
-		return setKernelEndpoints(ns, port, eps)
-	}
+	fail := steerWithFailingWrites(t, p)
 	peerB := Peer{Key: key.Public{2}, Endpoint: netip.MustParseAddrPort("192.0.2.2:6783"), Prefixes: []netip.Prefix{netip.MustParsePrefix("10.32.0.2/32")}}
 	var atKick []string // the set when each kick was sent
 	fc.onKick = func(k key.Public) { atKick = append(atKick, fmt.Sprint(steeredEndpoints(t, p))) }
-	fail = errors.New("netlink: no buffer space")
+	*fail = errors.New("netlink: no buffer space")
 	if _, err := p.SetPeers([]Peer{peerB}); err == nil {
 		t.Fatal("SetPeers with the sets' write failing: no error")
 	}
 	if len(atKick) != 0 {
 		t.Errorf("B was kicked while the sets could not hold its endpoint (the set then: %v)", atKick)
 	}
-	fail = nil
+	*fail = nil
 	if _, err := p.SetPeers([]Peer{peerB}); err != nil {
 		t.Fatal(err)
 	}
