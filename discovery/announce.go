@@ -212,8 +212,7 @@ func (r *Router) retryWantsLocked(now time.Time) {
 // one within a few hundred milliseconds, and a have each to each
 // neighbour was most of a change's frames (341 per peer per join at 300
 // simulated peers, a frame's CPU is mostly its own: encryption, a write,
-// a wake-up). While a flood lasts, haves to a neighbour are paced further
-// (paceHavesLocked).
+// a wake-up).
 func (r *Router) announceLocked(c *conn, recs []*Record, whole [][]byte) {
 	if !c.speaksDigest {
 		r.ctr.add(CtrRecordsSent, uint64(len(recs)))
@@ -222,60 +221,29 @@ func (r *Router) announceLocked(c *conn, recs []*Record, whole [][]byte) {
 		}
 		return
 	}
-	if len(recs) == 0 || r.closed {
-		return
-	}
-	now := r.now()
-	if len(c.haves) == 0 {
-		c.haveSince = now
-	}
 	for _, rec := range recs {
 		c.haves = append(c.haves, DigestEntry{rec.Key, rec.Version})
 	}
-	at := now.Add(r.tun.haveDelay)
-	if at.Before(c.haveNext) {
-		at = c.haveNext
-	}
-	r.armHavesLocked(at)
-}
-
-// armHavesLocked has flushHavesLocked run at at, or earlier if a flush is
-// already due earlier: one timer per router, not per neighbour.
-func (r *Router) armHavesLocked(at time.Time) {
-	if r.havesPending && !at.Before(r.haveAt) {
+	if r.havesPending || r.closed {
 		return
 	}
-	r.havesPending, r.haveAt = true, at
-	d := at.Sub(r.now())
-	if r.haveTimer == nil {
-		r.haveTimer = time.AfterFunc(d, func() {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.flushHavesLocked()
-		})
-		return
-	}
-	r.haveTimer.Reset(d)
+	r.havesPending = true
+	time.AfterFunc(r.tun.haveDelay, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.flushHavesLocked()
+	})
 }
 
-// flushHavesLocked queues the gathered haves of each neighbour whose
-// pace allows one now (paceHavesLocked), the newest version of each
-// record once, and sets the flush for the rest.
+// flushHavesLocked queues each neighbour's gathered haves, the newest
+// version of each record once.
 func (r *Router) flushHavesLocked() {
 	r.havesPending = false
 	if r.closed {
 		return
 	}
-	now := r.now()
-	var next time.Time
 	for _, c := range r.active {
 		if len(c.haves) == 0 {
-			continue
-		}
-		if now.Before(c.haveNext) {
-			if next.IsZero() || c.haveNext.Before(next) {
-				next = c.haveNext
-			}
 			continue
 		}
 		hs := c.haves
@@ -291,38 +259,11 @@ func (r *Router) flushHavesLocked() {
 		if len(hs) == 0 {
 			continue
 		}
-		r.paceHavesLocked(c, now)
 		r.ctr.add(CtrHavesSent, uint64(len(hs)))
 		for _, m := range packEntryList(msgHave, hs) {
 			c.queue(m)
 		}
 	}
-	if !next.IsZero() {
-		r.armHavesLocked(next)
-	}
-}
-
-// paceHavesLocked notes a have frame to c at now and sets when the next
-// may go: haveDelay after it if c's haves began after a quiet spell of
-// haveGapMax (a change alone goes on at haveDelay a hop, as before), else
-// twice the last gap, up to haveGapMax. One window of haveDelay per
-// router gathered a flood's versions into one have per neighbour per
-// window, but a join's ~18 versions reach a router over more windows the
-// larger the mesh (more hops, less CPU per simulated peer): a join cost
-// 39, 49 and 65 own gossip frames per peer at 100, 300 and 1,000
-// simulated peers, most of them haves. Paced, a flood of T seconds costs
-// a neighbour at most about 4 + T/haveGapMax have frames, not T/haveDelay
-// (at 300 simulated peers on one core, a join's have frames per peer
-// 39.0 → 33.3, six runs each; the second frame of a burst waits only
-// haveDelay, as before, because starting at twice that saved nothing
-// more in the same runs).
-func (r *Router) paceHavesLocked(c *conn, now time.Time) {
-	if c.haveSince.Sub(c.haveLast) >= r.tun.haveGapMax {
-		c.haveGap = r.tun.haveDelay
-	} else {
-		c.haveGap = min(2*c.haveGap, r.tun.haveGapMax)
-	}
-	c.haveLast, c.haveNext = now, now.Add(c.haveGap)
 }
 
 // heardFor is how long a neighbour's word that it holds a version (a

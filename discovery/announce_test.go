@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/weavewg/weavewg/types/key"
 )
@@ -247,85 +246,5 @@ func TestHaveNotSentToItsAnnouncer(t *testing.T) {
 	}
 	if m := drain(b); len(m) != 0 {
 		t.Errorf("the sender of the new version got %d messages", len(m))
-	}
-}
-
-// While a flood lasts, haves to a neighbour are paced: a router that
-// learns a new record version every 100 ms for 3 s (a join's versions
-// reaching a router of a large mesh over many haveDelay windows) sends a
-// neighbour a handful of have frames, not one per window, and the
-// neighbour still hears of every record at its last version. After a
-// quiet spell the next have goes haveDelay after its record again: a
-// change alone is not slowed.
-func TestHavesPacedInAFlood(t *testing.T) {
-	now := time.Unix(1e9, 0)
-	r, err := New(Config{Private: newKey(t), Port: 1, Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &conn{r: r, peer: seqKey(10), speaksDigest: true}
-	b := &conn{r: r, peer: seqKey(11), speaksDigest: true}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.active[a.peer], r.active[b.peer] = a, b
-
-	privs := []key.Private{newKey(t), newKey(t), newKey(t)}
-	latest := map[key.Public]uint64{}
-	heard := map[key.Public]uint64{}
-	frames := 0
-	collect := func() {
-		for _, m := range drain(b) {
-			es, err := ParseEntryList(m, msgHave)
-			if err != nil {
-				t.Fatalf("to b: %v", err)
-			}
-			frames++
-			for _, e := range es {
-				heard[e.Key] = max(heard[e.Key], e.Version)
-			}
-		}
-	}
-	const step, flood = 100 * time.Millisecond, 3 * time.Second
-	start, versions := now, 0
-	for i := 0; now.Sub(start) < flood; i++ {
-		versions++
-		p := privs[i%len(privs)]
-		rec := Record{Key: p.Public(), Version: 10 + uint64(i), Nickname: "p"}
-		rec.Sign(p)
-		latest[rec.Key] = rec.Version
-		r.mergeRecordsLocked(a, []Record{rec}, nil)
-		// Flushing every 100 ms is at least as often as the timer
-		// fires: the pace is the router's, not the timer's.
-		r.flushHavesLocked()
-		collect()
-		now = now.Add(step)
-	}
-	if r.havesPending { // the flush set for what the pace held back
-		now = r.haveAt
-		r.flushHavesLocked()
-		collect()
-	}
-	// Gaps of 0.2, 0.4, 0.8 s, up to haveGapMax: at most four frames
-	// in the first 1.4 s, one per haveGapMax after, and the leftovers.
-	if limit := 4 + int(flood/r.tun.haveGapMax) + 1; frames > limit {
-		t.Errorf("%d versions over %v: %d have frames to a neighbour; want at most %d", versions, flood, frames, limit)
-	}
-	if !reflect.DeepEqual(heard, latest) {
-		t.Errorf("the neighbour heard of %v; want each record at its last version %v", heard, latest)
-	}
-
-	// Quiet for haveGapMax: a new version goes haveDelay after it.
-	now = now.Add(r.tun.haveGapMax)
-	p := privs[0]
-	rec := Record{Key: p.Public(), Version: 100, Nickname: "p"}
-	rec.Sign(p)
-	r.mergeRecordsLocked(a, []Record{rec}, nil)
-	if want := now.Add(r.tun.haveDelay); !r.havesPending || !r.haveAt.Equal(want) {
-		t.Fatalf("after a quiet spell the flush is set for %v (pending %v); want haveDelay after the record, %v", r.haveAt.Sub(now), r.havesPending, r.tun.haveDelay)
-	}
-	now = r.haveAt
-	r.flushHavesLocked()
-	if m := drain(b); len(m) != 1 {
-		t.Fatalf("after a quiet spell: %d messages haveDelay after a new version; want its have", len(m))
 	}
 }

@@ -112,12 +112,6 @@ type conn struct {
 	// haves: records announced to it and not yet sent (announce.go);
 	// under Router.mu.
 	haves []DigestEntry
-	// haveSince: when haves last became non-empty; haveLast: when the
-	// last have frame was queued to it; haveGap: how long the next waits
-	// after it, haveNext = haveLast + haveGap (announce.go:
-	// paceHavesLocked); under Router.mu.
-	haveSince, haveLast, haveNext time.Time
-	haveGap                       time.Duration
 	// heard, heardOld: versions the peer told us it holds lately (its
 	// haves, the records it sent), so that our haves skip them
 	// (announce.go); under Router.mu.

@@ -163,9 +163,6 @@ type tunables struct {
 	// haveDelay gathers the records a flood brings into one have per
 	// neighbour (announceLocked).
 	haveDelay time.Duration
-	// haveGapMax bounds the wait between two have frames to one
-	// neighbour while a flood lasts (announce.go: paceHavesLocked).
-	haveGapMax time.Duration
 	// selfPublishDelay gathers our connection changes into one version
 	// of our record (selfNeighborsChangedLocked).
 	selfPublishDelay time.Duration
@@ -200,11 +197,7 @@ func defaultTunables() tunables {
 		// at 100 simulated routers a join cost 75-110 frames per peer
 		// at 50 ms, 62-68 at 100 ms, 32-45 at 200 ms and 43-52 at
 		// 400 ms, for 0.1-0.15 s more per hop of a flood.
-		haveDelay: 200 * time.Millisecond,
-		// 1.6 s: a join's versions reach a router within a second or
-		// two, and a tenth's heal took no less time at 0.8 s (300
-		// simulated peers on one core, two runs each, Dec 1).
-		haveGapMax:       1600 * time.Millisecond,
+		haveDelay:        200 * time.Millisecond,
 		selfPublishDelay: 100 * time.Millisecond,
 		readTimeout:      95 * time.Second,
 		writeTimeout:     10 * time.Second,
@@ -293,11 +286,8 @@ type Router struct {
 	// publishPending: our connections changed since our record was
 	// last published.
 	publishPending bool
-	// havesPending: haves wait in conns' haves for a flush, which
-	// haveTimer brings at haveAt (announce.go).
+	// havesPending: haves wait in conns' haves for a flush.
 	havesPending bool
-	haveTimer    *time.Timer
-	haveAt       time.Time
 	seenAt       map[key.Public]seen // where reachable peers see each peer; stale while seenDirty
 	seenDirty    bool                // records or routes changed since seenAt was built
 	logged       map[string]string   // log-once: subject → last message logged
