@@ -211,6 +211,31 @@ func TestBroadcastOneMessagePerNextHop(t *testing.T) {
 	}
 }
 
+// Multicast sends to the peers it is given alone, as a broadcast sends to
+// all: one message per next hop listing those of them routed through it,
+// a type-4 copy each to a next hop that predates multicast, nothing to a
+// next hop that has none of them, self skipped.
+func TestMulticastToSomePeers(t *testing.T) {
+	r, _, conns, behind := fanRouter(t, []int{6, 3, 2}, []bool{true, false, true})
+	ch := r.channels["test"]
+	to := []key.Public{r.self, behind[0][1], behind[0][4], behind[0][6], behind[1][2]}
+	ch.Multicast(to, []byte("some"))
+	out := channelQueued(t, conns[0], r.self)
+	if len(out.multicasts) != 1 || len(out.singles) != 0 {
+		t.Fatalf("to a next hop that takes multicast: %d multicast and %d single messages, want one multicast", len(out.multicasts), len(out.singles))
+	}
+	if got, want := sortedKeys(out.multicasts[0]), sortedKeys([]key.Public{behind[0][1], behind[0][4], behind[0][6]}); !slices.Equal(got, want) {
+		t.Fatalf("the multicast lists %d peers, want the 3 given that are routed through its next hop", len(got))
+	}
+	legacy := channelQueued(t, conns[1], r.self)
+	if len(legacy.multicasts) != 0 || len(legacy.singles) != 1 || legacy.singles[0] != behind[1][2] {
+		t.Fatalf("to a next hop that predates multicast: %d multicasts, copies for %d peers, want one copy for the one peer given behind it", len(legacy.multicasts), len(legacy.singles))
+	}
+	if none := channelQueued(t, conns[2], r.self); len(none.multicasts)+len(none.singles) != 0 {
+		t.Fatal("a next hop with none of the given peers behind it was sent something")
+	}
+}
+
 // A relay delivers a multicast message that lists it, and sends the rest
 // on: one multicast message per next hop that takes them, a type-4 copy
 // per destination to one that does not, each a hop shorter; a
