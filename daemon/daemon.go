@@ -693,6 +693,9 @@ func (d *Daemon) reconcile() {
 	// Control neighbours are the preferred donors when this host asks
 	// for space: their answer takes the direct connection (ipam/space.go).
 	d.ipam.SetNeighbours(direct)
+	if d.dns != nil {
+		d.dns.SetNeighbours(direct) // its quick rounds' digests go to them
+	}
 	var reachUp, reachDown []key.Public // since the last reconcile
 	if !maps.Equal(reachSet, d.reachableSet) {
 		// A peer that just arrived may lack the ring, or hold one that

@@ -24,23 +24,25 @@ type counters struct {
 	forwardDroppedRate atomic.Uint64 // source over its forward rate, unanswered
 	forwardDroppedBusy atomic.Uint64 // MaxForwards in flight: SERVFAIL at once
 
-	gossipUpdatesIn atomic.Uint64 // update messages merged
-	gossipStateIn   atomic.Uint64 // state messages merged
-	gossipMalformed atomic.Uint64 // rejected gossip messages
-	gossipUnknown   atomic.Uint64 // unknown version or type, ignored
-	gossipSent      atomic.Uint64 // messages handed to the transport
-	gossipNotOwner  atomic.Uint64 // entries dropped: sent by a peer that does not own them
-	gossipFuture    atomic.Uint64 // entries dropped: version over MaxVersionAhead ahead
-	digestSent      atomic.Uint64 // digests sent (digest.go)
-	digestReceived  atomic.Uint64 // digests received
-	summarySent     atomic.Uint64 // digests answered with a summary: the tables differed
-	pullSent        atomic.Uint64 // owners asked for their entries (a summary showed them newer)
-	pullAnswered    atomic.Uint64 // pulls answered with our own entries
-	digestBack      atomic.Uint64 // differing digests answered with a digest back
-	sendFailed      atomic.Uint64 // messages to one peer not sent: no route to it
-	pullRepaired    atomic.Uint64 // entries a pull brought that we lacked: lost on their way (or still on it)
-	roundSent       atomic.Uint64 // anti-entropy rounds that broadcast our entries (Tick: no Sender, or more than fullUpdateMax)
-	welcomeSent     atomic.Uint64 // arrivals sent what they take from us (welcome)
+	gossipUpdatesIn  atomic.Uint64 // update messages merged
+	gossipStateIn    atomic.Uint64 // state messages merged
+	gossipMalformed  atomic.Uint64 // rejected gossip messages
+	gossipUnknown    atomic.Uint64 // unknown version or type, ignored
+	gossipSent       atomic.Uint64 // messages handed to the transport
+	gossipNotOwner   atomic.Uint64 // entries dropped: sent by a peer that does not own them
+	gossipFuture     atomic.Uint64 // entries dropped: version over MaxVersionAhead ahead
+	digestSent       atomic.Uint64 // digests sent (digest.go)
+	digestReceived   atomic.Uint64 // digests received
+	summarySent      atomic.Uint64 // digests answered with a summary: the tables differed
+	pullSent         atomic.Uint64 // owners asked for their entries (a summary showed them newer)
+	pullAnswered     atomic.Uint64 // pulls answered with our own entries
+	digestBack       atomic.Uint64 // differing digests answered with a digest back
+	sendFailed       atomic.Uint64 // messages to one peer not sent: no route to it
+	pullRepaired     atomic.Uint64 // entries a pull brought that we lacked: lost on their way (or still on it)
+	roundSent        atomic.Uint64 // anti-entropy rounds that broadcast our entries (Tick: no Sender, or more than fullUpdateMax)
+	welcomeSent      atomic.Uint64 // arrivals sent what they take from us (welcome)
+	welcomeMulticast atomic.Uint64 // welcomes multicast to several arrivals at once (welcome.go)
+	staleReturned    atomic.Uint64 // entries sent back to their owner, whose state lacked them (returnStale)
 }
 
 func (c *counters) snapshot() map[string]uint64 {
@@ -79,5 +81,7 @@ func (c *counters) snapshot() map[string]uint64 {
 		"dns_pull_repaired":          c.pullRepaired.Load(),
 		"dns_round_sent":             c.roundSent.Load(),
 		"dns_welcome_sent":           c.welcomeSent.Load(),
+		"dns_welcome_multicast":      c.welcomeMulticast.Load(),
+		"dns_stale_returned":         c.staleReturned.Load(),
 	}
 }

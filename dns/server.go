@@ -125,6 +125,10 @@ type Server struct {
 	backTo     map[key.Public]time.Time
 	lastDigest time.Time
 	quick      int
+	// neighbours are the peers we hold a control connection to
+	// (SetNeighbours), in the order quick rounds take them from next on.
+	neighbours []key.Public
+	next       int
 }
 
 // peerSet is a set of peers that picks a random member in O(1).
@@ -537,6 +541,9 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 	if len(news) > 0 || len(replies) > 0 {
 		s.changed() // in case a copy of it was lost on the way elsewhere
 	}
+	if typ == MsgState && from != s.cfg.Self {
+		s.returnStale(from, kept, len(entries) > 0)
+	}
 	if len(news) > 0 && typ == MsgState {
 		// News in answer to our pull: a copy that was lost on its way
 		// (or is still on it), repaired.
@@ -652,32 +659,19 @@ func (s *Server) PeersChanged(up, down []key.Public) {
 	s.welcome(arrived)
 }
 
-// welcome sends each peer that just became reachable only what it can take
-// (HandleMessage): our own entries, and the copies we hold of its entries,
-// so that it buries stale ones of a previous run. One join costs a message
-// per peer, where a broadcast of the table from every peer cost N² (issue
-// 18). A transport that cannot send to one peer gets the table broadcast.
-func (s *Server) welcome(arrived []key.Public) {
-	if len(arrived) == 0 {
-		return
-	}
-	tb := s.transport.Load()
-	if tb == nil {
-		return
-	}
-	sender, ok := tb.t.(Sender)
-	if !ok {
-		s.broadcast(MsgState, s.table.All())
-		return
-	}
-	s.c.welcomeSent.Add(uint64(s.sendOwnTo(sender, arrived)))
-}
-
 // Sender is implemented by a Transport that can also send to one peer
 // (discovery's channels can). With it, a peer that becomes reachable is
 // sent what it can take instead of the whole table going to everyone.
 type Sender interface {
 	Send(to key.Public, msg []byte) error
+}
+
+// Multicaster is implemented by a Sender that can also send one message to
+// a set of peers at once (discovery's channels can: one copy per next
+// hop). With it, the arrivals that take the same welcome from us get it
+// as one message. What is multicast could be broadcast: our own entries.
+type Multicaster interface {
+	Multicast(to []key.Public, msg []byte)
 }
 
 // RemovePeer withdraws the names of a peer that left or became unreachable.

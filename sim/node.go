@@ -343,9 +343,11 @@ func (nd *Node) reconcile() {
 		}
 	}
 	if directChanged {
-		// Preferred donors (ipam.Allocator.SetNeighbours), as the
-		// daemon's reconcile does.
-		nd.IPAM.SetNeighbours(slices.Collect(maps.Keys(nd.direct)))
+		// Preferred donors (ipam.Allocator.SetNeighbours) and the DNS
+		// quick rounds' peers, as the daemon's reconcile sets them.
+		direct := slices.Collect(maps.Keys(nd.direct))
+		nd.IPAM.SetNeighbours(direct)
+		nd.DNS.SetNeighbours(direct)
 	}
 	if len(up) == 0 && len(down) == 0 {
 		return
@@ -375,7 +377,9 @@ func (nd *Node) resync(all []discovery.ReachChange) {
 		}
 	}
 	nd.reach, nd.direct = reach, direct
-	nd.IPAM.SetNeighbours(slices.Collect(maps.Keys(direct)))
+	neighbours := slices.Collect(maps.Keys(direct))
+	nd.IPAM.SetNeighbours(neighbours)
+	nd.DNS.SetNeighbours(neighbours)
 	nd.IPAM.SetPeers(reach.keys)
 	nd.DNS.SetReachable(reach.keys)
 	nd.sendArrivals(arrived, others)
