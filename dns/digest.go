@@ -326,6 +326,7 @@ func (s *Server) changed() {
 // round keeps going to random peers: it costs little, and it mixes the
 // whole mesh where the neighbours of a region all lack the same update.
 func (s *Server) DigestTick() {
+	s.returnStale() // the states taken in the last second (welcome.go)
 	every := s.cfg.GossipInterval
 	if every <= 0 {
 		every = DefaultGossipInterval

@@ -129,6 +129,9 @@ type Server struct {
 	// (SetNeighbours), in the order quick rounds take them from next on.
 	neighbours []key.Public
 	next       int
+	// states holds, for each peer whose state we took since the last
+	// DigestTick, the version of each of its entries in it (returnStale).
+	states map[key.Public]map[id]uint64
 }
 
 // peerSet is a set of peers that picks a random member in O(1).
@@ -542,7 +545,7 @@ func (s *Server) HandleMessage(from key.Public, msg []byte) error {
 		s.changed() // in case a copy of it was lost on the way elsewhere
 	}
 	if typ == MsgState && from != s.cfg.Self {
-		s.returnStale(from, kept, len(entries) > 0)
+		s.noteState(from, kept, len(entries) > 0)
 	}
 	if len(news) > 0 && typ == MsgState {
 		// News in answer to our pull: a copy that was lost on its way

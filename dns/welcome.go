@@ -25,7 +25,7 @@ import "github.com/weavewg/weavewg/types/key"
 // arrival; the check holds for it. One case is not covered in a mesh of
 // both: a peer of the previous version that restarted with no names, seen
 // arrive together with others, sends a state holding only copies of ours,
-// which is not taken as its state (returnStale), so its stale names stay
+// which is not taken as its state (noteState), so its stale names stay
 // answered here until it is unreachable for TableOptions.PeerExpiry.
 
 // welcome sends each peer that just became reachable what it can take
@@ -68,50 +68,93 @@ func stateMessages(es []Entry) [][]byte {
 	return AppendMessages(MsgState, es)
 }
 
-// returnStale takes entries, the entries of a state message from peer
-// from that HandleMessage kept (nonempty: whether it held any), as its
-// state: the live entries of from we hold that it lacks, or holds at an
-// older version, are sent back to it, which buries them (a previous run's
-// names) or keeps its own newer state. A message with entries but none of
-// from's own is copies of ours (a peer returning them, or the welcome of
-// an older peer with no names), not its state, and is not compared: taking
-// it as an empty state would send back all of from's names for each.
+// noteState takes entries, the entries of a state message from peer
+// from that HandleMessage kept (nonempty: whether it held any), as part of
+// its state, which returnStale compares with what we hold at the next
+// DigestTick. A message with entries but none of from's own is copies of
+// ours (a peer returning them, or the welcome of an older peer with no
+// names), not its state, and is not taken: taking it as an empty state
+// would send back all of from's names for each.
 //
-// An owner with more entries than fit one message (MaxMessageLen: some
-// hundreds) sends its state in several; each is compared alone, so such a
-// peer is sent back the rest of its names with each part, which its Merge
-// finds it holds. That costs messages, not correctness.
-func (s *Server) returnStale(from key.Public, entries []Entry, nonempty bool) {
-	theirs := make(map[id]uint64, len(entries))
+// The comparison waits for the tick because a state with more entries
+// than one message holds (MaxMessageLen: some hundreds) comes in several,
+// each sent at once: compared alone, each would have the rest of the
+// owner's names sent back, by every peer at each of its periodic rounds
+// (Tick broadcasts an owner's state when it is that large). Gathered for
+// up to a second, the parts are one state; a state also taken twice in
+// that second (a welcome and a pull's answer) is compared once. Parts
+// split by a tick, or one lost, cost the owner names it holds: messages,
+// not harm.
+func (s *Server) noteState(from key.Public, entries []Entry, nonempty bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	theirs := s.states[from]
 	for i := range entries {
-		if entries[i].Owner == from {
-			theirs[entries[i].id()] = entries[i].Version
+		e := &entries[i]
+		if e.Owner != from {
+			continue
 		}
-	}
-	if nonempty && len(theirs) == 0 {
-		return
-	}
-	held := s.table.entriesOf(map[key.Public]bool{from: true})[from]
-	var back []Entry
-	for _, e := range held {
-		if e.Tombstone {
-			continue // not answered: no harm if its owner forgot it
+		if theirs == nil {
+			theirs = make(map[id]uint64)
 		}
 		if v, ok := theirs[e.id()]; !ok || e.Version > v {
-			back = append(back, e)
+			theirs[e.id()] = e.Version
 		}
 	}
-	if len(back) == 0 {
+	if theirs == nil && nonempty {
 		return
 	}
-	sender, ok := s.sender()
-	if !ok {
+	if theirs == nil {
+		theirs = map[id]uint64{} // an empty state: all we hold is stale
+	}
+	if s.states == nil {
+		s.states = make(map[key.Public]map[id]uint64)
+	}
+	s.states[from] = theirs
+}
+
+// returnStale compares the states taken since the last call (noteState)
+// with what we hold: the live entries of each peer we hold that its state
+// lacks, or holds at an older version, are sent back to it, which buries
+// them (a previous run's names) or keeps its own newer state.
+func (s *Server) returnStale() {
+	s.mu.Lock()
+	states := s.states
+	s.states = nil
+	s.mu.Unlock()
+	if len(states) == 0 {
 		return
 	}
-	for _, m := range AppendMessages(MsgState, back) {
-		if s.sendTo(sender, from, m) {
-			s.c.gossipSent.Add(1)
+	owners := make(map[key.Public]bool, len(states))
+	for from := range states {
+		owners[from] = true
+	}
+	held := s.table.entriesOf(owners)
+	var sender Sender
+	for from, theirs := range states {
+		var back []Entry
+		for _, e := range held[from] {
+			if e.Tombstone {
+				continue // not answered: no harm if its owner forgot it
+			}
+			if v, ok := theirs[e.id()]; !ok || e.Version > v {
+				back = append(back, e)
+			}
 		}
+		if len(back) == 0 {
+			continue
+		}
+		if sender == nil {
+			var ok bool
+			if sender, ok = s.sender(); !ok {
+				return
+			}
+		}
+		for _, m := range AppendMessages(MsgState, back) {
+			if s.sendTo(sender, from, m) {
+				s.c.gossipSent.Add(1)
+			}
+		}
+		s.c.staleReturned.Add(uint64(len(back)))
 	}
-	s.c.staleReturned.Add(uint64(len(back)))
 }

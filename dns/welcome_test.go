@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weavewg/weavewg/types/key"
@@ -121,6 +122,7 @@ func TestStaleNamesReturnedAfterRestart(t *testing.T) {
 			}
 			a2.SetReachable([]key.Public{b, c, e})
 			n.run(t)
+			n.rounds(t, 1) // states are compared on the next tick
 			for _, k := range []key.Public{a, b, c, e} {
 				if got, _ := n.servers[k].Lookup("old"); len(got) != 0 {
 					t.Errorf("%s still resolves a's previous run's name to %v (counters b %v)", k.Name(), got, n.servers[b].Counters())
@@ -133,6 +135,44 @@ func TestStaleNamesReturnedAfterRestart(t *testing.T) {
 				t.Errorf("b returned %d entries, want a's one stale name", got)
 			}
 		})
+	}
+}
+
+// An owner's state in several messages (more names than one holds) is
+// one state: a peer holding all of it returns nothing, where comparing
+// each part alone had every peer send the owner the rest of its names at
+// each of its periodic rounds.
+func TestStateInPartsNotReturned(t *testing.T) {
+	a, b := peerKey(1), peerKey(2)
+	n := memServers(t, a, b)
+	as := n.servers[a]
+	label := strings.Repeat("x", 60)
+	for i := range 400 {
+		name := fmt.Sprintf("%s.%s.%s.n%d", label, label, label, i)
+		must(t, as.AddEntry(name, netip.AddrFrom4([4]byte{10, 32, byte(i >> 8), byte(i)}), fmt.Sprint("c", i)))
+	}
+	n.run(t)
+	if parts := len(stateMessages(as.table.ownEntries())); parts < 2 {
+		t.Fatalf("a's state is %d message(s), want several", parts)
+	}
+	as.Tick() // broadcasts a's state: it is past fullUpdateMax
+	n.run(t)
+	n.rounds(t, 1)
+	bs := n.servers[b]
+	if got := bs.Counters()["dns_stale_returned"]; got != 0 {
+		t.Fatalf("b returned %d of a's entries, whose state in parts held them all", got)
+	}
+	// A stale one among them is still returned and buried.
+	bs.table.Merge([]Entry{{Owner: a, Name: "old", Addr: netip.MustParseAddr("10.32.9.9"), Origin: "c-old", Version: 1}}, bs.cfg.Now())
+	as.Tick()
+	n.run(t)
+	n.rounds(t, 1)
+	if got := bs.Counters()["dns_stale_returned"]; got != 1 {
+		t.Fatalf("b returned %d entries, want the stale one", got)
+	}
+	n.rounds(t, 1)
+	if got, _ := bs.Lookup("old"); len(got) != 0 {
+		t.Fatalf("b still resolves a's stale name to %v", got)
 	}
 }
 
