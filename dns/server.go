@@ -129,9 +129,9 @@ type Server struct {
 	// (SetNeighbours), in the order quick rounds take them from next on.
 	neighbours []key.Public
 	next       int
-	// states holds, for each peer whose state we took since the last
-	// DigestTick, the version of each of its entries in it (returnStale).
-	states map[key.Public]map[id]uint64
+	// states holds each peer's state taken since the last DigestTick
+	// (noteState, returnStale).
+	states map[key.Public]*takenState
 }
 
 // peerSet is a set of peers that picks a random member in O(1).

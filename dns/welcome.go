@@ -68,6 +68,17 @@ func stateMessages(es []Entry) [][]byte {
 	return AppendMessages(MsgState, es)
 }
 
+// takenState is a peer's state as taken since the last DigestTick
+// (noteState), for returnStale to compare.
+type takenState struct {
+	// held is the version of each live entry of the peer we held when
+	// its state came: only these can be stale by it. An entry that came
+	// after (its update following its state within the second) is not.
+	held map[id]uint64
+	// has is the version of each of its entries in the state's messages.
+	has map[id]uint64
+}
+
 // noteState takes entries, the entries of a state message from peer
 // from that HandleMessage kept (nonempty: whether it held any), as part of
 // its state, which returnStale compares with what we hold at the next
@@ -82,41 +93,61 @@ func stateMessages(es []Entry) [][]byte {
 // owner's names sent back, by every peer at each of its periodic rounds
 // (Tick broadcasts an owner's state when it is that large). Gathered for
 // up to a second, the parts are one state; a state also taken twice in
-// that second (a welcome and a pull's answer) is compared once. Parts
+// that second (a welcome and a pull's answer) is compared once. Only what
+// we held when the first part came is compared: a joiner's state (none)
+// followed within the second by its name's update had every peer send
+// the name back (892 and 1,000 entries at two joins at N=1,000). Parts
 // split by a tick, or one lost, cost the owner names it holds: messages,
 // not harm.
 func (s *Server) noteState(from key.Public, entries []Entry, nonempty bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	theirs := s.states[from]
+	has := make(map[id]uint64)
 	for i := range entries {
 		e := &entries[i]
-		if e.Owner != from {
-			continue
-		}
-		if theirs == nil {
-			theirs = make(map[id]uint64)
-		}
-		if v, ok := theirs[e.id()]; !ok || e.Version > v {
-			theirs[e.id()] = e.Version
+		if v, ok := has[e.id()]; e.Owner == from && (!ok || e.Version > v) {
+			has[e.id()] = e.Version
 		}
 	}
-	if theirs == nil && nonempty {
+	if len(has) == 0 && nonempty {
 		return
 	}
-	if theirs == nil {
-		theirs = map[id]uint64{} // an empty state: all we hold is stale
+	s.mu.Lock()
+	_, pending := s.states[from]
+	s.mu.Unlock()
+	var held map[id]uint64
+	if !pending {
+		held = make(map[id]uint64)
+		for _, e := range s.table.entriesOf(map[key.Public]bool{from: true})[from] {
+			if !e.Tombstone {
+				held[e.id()] = e.Version
+			}
+		}
 	}
-	if s.states == nil {
-		s.states = make(map[key.Public]map[id]uint64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.states[from]
+	if ts == nil {
+		if held == nil {
+			return // a tick took the first part meanwhile: the next state is compared
+		}
+		ts = &takenState{held: held, has: has}
+		if s.states == nil {
+			s.states = make(map[key.Public]*takenState)
+		}
+		s.states[from] = ts
+		return
 	}
-	s.states[from] = theirs
+	for k, v := range has {
+		if w, ok := ts.has[k]; !ok || v > w {
+			ts.has[k] = v
+		}
+	}
 }
 
 // returnStale compares the states taken since the last call (noteState)
-// with what we hold: the live entries of each peer we hold that its state
-// lacks, or holds at an older version, are sent back to it, which buries
-// them (a previous run's names) or keeps its own newer state.
+// with what we hold: the live entries of each peer we held when its state
+// came, still at that version, that its state lacks or holds at an older
+// version, are sent back to it, which buries them (a previous run's names)
+// or keeps its own newer state.
 func (s *Server) returnStale() {
 	s.mu.Lock()
 	states := s.states
@@ -131,13 +162,13 @@ func (s *Server) returnStale() {
 	}
 	held := s.table.entriesOf(owners)
 	var sender Sender
-	for from, theirs := range states {
+	for from, ts := range states {
 		var back []Entry
 		for _, e := range held[from] {
-			if e.Tombstone {
-				continue // not answered: no harm if its owner forgot it
+			if v, ok := ts.held[e.id()]; e.Tombstone || !ok || v != e.Version {
+				continue // not answered, or not held when its state came
 			}
-			if v, ok := theirs[e.id()]; !ok || e.Version > v {
+			if v, ok := ts.has[e.id()]; !ok || e.Version > v {
 				back = append(back, e)
 			}
 		}

@@ -106,6 +106,7 @@ func TestStaleNamesReturnedAfterRestart(t *testing.T) {
 			n := multicastServers(t, &multicasts, a, b, c)
 			must(t, n.servers[a].AddEntry("old", netip.MustParseAddr("10.32.0.9"), "c9"))
 			n.run(t)
+			n.rounds(t, 1) // a's first run's states compared, a second before the restart
 			for _, k := range []key.Public{b, c} {
 				n.servers[k].PeersChanged(nil, []key.Public{a})
 			}
@@ -155,7 +156,8 @@ func TestStateInPartsNotReturned(t *testing.T) {
 	if parts := len(stateMessages(as.table.ownEntries())); parts < 2 {
 		t.Fatalf("a's state is %d message(s), want several", parts)
 	}
-	as.Tick() // broadcasts a's state: it is past fullUpdateMax
+	n.rounds(t, 1) // the states of the build compared
+	as.Tick()      // broadcasts a's state: it is past fullUpdateMax
 	n.run(t)
 	n.rounds(t, 1)
 	bs := n.servers[b]
@@ -173,6 +175,34 @@ func TestStateInPartsNotReturned(t *testing.T) {
 	n.rounds(t, 1)
 	if got, _ := bs.Lookup("old"); len(got) != 0 {
 		t.Fatalf("b still resolves a's stale name to %v", got)
+	}
+}
+
+// A joiner's state with no names, followed within the second by its first
+// name's update, is not answered with that name: only what a peer held
+// when the state came can be stale by it (at N=1,000 every peer sent a
+// joiner its name back).
+func TestStateThenUpdateNotReturned(t *testing.T) {
+	a, b, c := peerKey(1), peerKey(2), peerKey(3)
+	var multicasts [][]key.Public
+	n := multicastServers(t, &multicasts, b, c)
+	as := multicastServer(t, n, a, &multicasts)
+	n.servers[a] = as
+	as.SetReachable([]key.Public{b, c}) // welcomes b and c: its state, empty
+	for _, k := range []key.Public{b, c} {
+		n.servers[k].PeersChanged([]key.Public{a}, nil)
+	}
+	n.run(t)
+	must(t, as.AddEntry("web", netip.MustParseAddr("10.32.0.1"), "c1"))
+	n.run(t)
+	n.rounds(t, 2)
+	for _, k := range []key.Public{b, c} {
+		if got := n.servers[k].Counters()["dns_stale_returned"]; got != 0 {
+			t.Errorf("%s returned %d of a's entries, added after its state", k.Name(), got)
+		}
+		if got, _ := n.servers[k].Lookup("web"); len(got) != 1 {
+			t.Errorf("%s resolves a's name to %v", k.Name(), got)
+		}
 	}
 }
 
