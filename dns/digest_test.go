@@ -80,13 +80,7 @@ func memServers(t *testing.T, keys ...key.Public) *memNet {
 func TestLostUpdateRepairedByDigest(t *testing.T) {
 	a, b, c := peerKey(1), peerKey(2), peerKey(3)
 	n := memServers(t, a, b, c)
-	n.drop = func(m memMsg) bool { return m.to == b }
-	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
-	n.run(t)
-	n.drop = nil
-	if got, _ := n.servers[b].Lookup("web.weave.local"); len(got) != 0 {
-		t.Fatalf("setting up: b has web: %v", got)
-	}
+	n.loseEntry(t, a, b, "web", "10.32.0.5")
 	n.servers[b].SendDigest(c)
 	n.run(t)
 	got, err := n.servers[b].Lookup("web.weave.local")
@@ -171,6 +165,19 @@ func TestJoinerMissingManyRepairedAtOnce(t *testing.T) {
 // rounds calls DigestTick on every server n times, delivering what each
 // round sends: the seconds after a change, as a Server's loop or the
 // simulator's node loop drive them.
+// loseEntry adds name at owner with every message to victim dropped, as
+// a lost update, and checks that victim lacks it.
+func (n *memNet) loseEntry(t *testing.T, owner, victim key.Public, name, addr string) {
+	t.Helper()
+	n.drop = func(m memMsg) bool { return m.to == victim }
+	must(t, n.servers[owner].AddEntry(name, netip.MustParseAddr(addr), "c-"+name))
+	n.run(t)
+	n.drop = nil
+	if got, _ := n.servers[victim].Lookup(name); len(got) != 0 {
+		t.Fatalf("setting up: %s has %s: %v", victim.Name(), name, got)
+	}
+}
+
 func (n *memNet) rounds(t *testing.T, times int) {
 	t.Helper()
 	for range times {
@@ -192,13 +199,7 @@ func TestLostUpdateRepairedInQuickRounds(t *testing.T) {
 	n := memServers(t, a, b)
 	n.rounds(t, quickRounds) // the arrivals' quick rounds
 	n.rounds(t, 1)           // and the periodic round: none is due now
-	n.drop = func(m memMsg) bool { return m.to == b }
-	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
-	n.run(t)
-	n.drop = nil
-	if got, _ := n.servers[b].Lookup("web.weave.local"); len(got) != 0 {
-		t.Fatalf("setting up: b has web: %v", got)
-	}
+	n.loseEntry(t, a, b, "web", "10.32.0.5")
 	n.rounds(t, quickRounds)
 	if got, _ := n.servers[b].Lookup("web.weave.local"); len(got) != 1 {
 		t.Fatalf("b resolves web to %v after %d rounds; counters a %v, b %v", got, quickRounds, n.servers[a].Counters(), n.servers[b].Counters())
@@ -379,10 +380,7 @@ func TestLostEarlierUpdateRepairedByDigests(t *testing.T) {
 	a, b, c := peerKey(1), peerKey(2), peerKey(3)
 	n := memServers(t, a, b, c)
 	n.rounds(t, quickRounds+1)
-	n.drop = func(m memMsg) bool { return m.to == b }
-	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
-	n.run(t)
-	n.drop = nil
+	n.loseEntry(t, a, b, "web", "10.32.0.5")
 	must(t, n.servers[a].AddEntry("db", netip.MustParseAddr("10.32.0.6"), "c2"))
 	n.run(t)
 	if got, _ := n.servers[b].Lookup("db"); len(got) != 1 {
@@ -425,10 +423,7 @@ func TestStillRoundSendsNoState(t *testing.T) {
 		must(t, big.AddEntry(fmt.Sprintf("m%d", i), netip.AddrFrom4([4]byte{10, 33, 1, byte(i)}), "m"))
 	}
 	n.run(t)
-	n.drop = func(m memMsg) bool { return m.to == keys[1] }
-	must(t, big.AddEntry("lost", netip.MustParseAddr("10.34.0.1"), "m"))
-	n.run(t)
-	n.drop = nil
+	n.loseEntry(t, keys[0], keys[1], "lost", "10.34.0.1")
 	must(t, big.AddEntry("later", netip.MustParseAddr("10.34.0.2"), "m"))
 	n.run(t)
 	big.Tick()

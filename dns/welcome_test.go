@@ -264,13 +264,7 @@ func TestLostUpdateRepairedAlongNeighbours(t *testing.T) {
 	n.servers[a].SetNeighbours([]key.Public{b})
 	n.servers[b].SetNeighbours([]key.Public{a, c})
 	n.servers[c].SetNeighbours([]key.Public{b})
-	n.drop = func(m memMsg) bool { return m.to == c }
-	must(t, n.servers[a].AddEntry("web", netip.MustParseAddr("10.32.0.5"), "c1"))
-	n.run(t)
-	n.drop = nil
-	if got, _ := n.servers[c].Lookup("web"); len(got) != 0 {
-		t.Fatalf("setting up: c has web: %v", got)
-	}
+	n.loseEntry(t, a, c, "web", "10.32.0.5")
 	n.rounds(t, quickRounds)
 	if got, _ := n.servers[c].Lookup("web"); len(got) != 1 {
 		t.Fatalf("c resolves web to %v after %d quick rounds; counters b %v, c %v", got, quickRounds, n.servers[b].Counters(), n.servers[c].Counters())
